@@ -1,0 +1,3 @@
+file(REMOVE_RECURSE
+  "libhemexp_core.a"
+)
