@@ -1,0 +1,49 @@
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace CLI {
+class App;
+}
+
+namespace hemexp {
+
+enum ExitCode : int {
+  kExitOk = 0,          // every case succeeded
+  kExitUsage = 2,       // bad usage or configuration
+  kExitSetup = 3,       // fatal setup error, nothing processed
+  kExitCaseFailed = 4,  // the run finished but at least one case failed
+};
+
+// Options of `hemexp run`, as data: filled by CLI11, consumed by run_cases().
+struct RunOptions {
+  std::vector<std::string> inputs;
+  std::string output_dir;
+  std::string device = "cpu";
+  int threads = 0;  // 0 = all cores
+  bool resume = false;
+  bool overwrite = false;
+  int shard_index = 1;  // --shard K/N: this process handles cases K, K+N, K+2N, ... (1-based)
+  int shard_count = 1;
+  std::string series_uid;
+  std::string log_level = "info";
+  bool progress = true;
+};
+
+struct CommandLine {
+  std::string command;  // the subcommand chosen ("run", ...)
+  RunOptions run;
+};
+
+// Binds RunOptions to a `run` subcommand of app (validators included).
+CLI::App* setup_run(CLI::App& app, RunOptions& options);
+
+// The whole command line interface; the returned app writes into `line` when parsed.
+std::unique_ptr<CLI::App> make_app(CommandLine& line);
+
+// Parses argv and runs the chosen command; returns the process exit code.
+int main_entry(int argc, const char* const* argv);
+
+}  // namespace hemexp

@@ -1,0 +1,65 @@
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "hemexp/core/slice_stack.hpp"
+
+namespace hemexp {
+
+// What hemexp needs from one DICOM file's header.
+struct DicomHeader {
+  std::filesystem::path path;
+  std::string sop_class_uid, modality, series_uid, series_description, image_type,
+      convolution_kernel, transfer_syntax;
+  int64_t series_number = 0, instance_number = 0;
+  int64_t rows = 0, columns = 0, frames = 1;
+  int bits_allocated = 16, pixel_representation = 0;
+  bool has_position = false, has_orientation = false, has_pixel_spacing = false;
+  SliceGeometry geometry;
+  double rescale_slope = 1.0, rescale_intercept = 0.0;
+  std::optional<double> padding_value;        // stored (raw) value, signedness resolved
+  std::optional<double> gantry_tilt_tag_deg;  // (0018,1120) as written by the scanner
+  int64_t pixel_data_bytes = -1;              // raw pixel data length; -1 encapsulated, -2 absent
+
+  bool is_secondary_capture() const;
+  bool is_localizer() const;
+  bool is_enhanced_multiframe() const;
+};
+
+// Cheap test used when walking folders: DICM preamble, or a header GDCM can parse.
+bool looks_like_dicom(const std::filesystem::path& path);
+
+// Reads the header (throws IoError if the file is not readable DICOM).
+DicomHeader read_dicom_header(const std::filesystem::path& path);
+
+// Why this file cannot be a slice of a CT volume, or "" if it can.
+std::string slice_problem(const DicomHeader& h);
+
+// Pixel values of a single-frame file in HU: rescale applied, padding values mapped to
+// air_hu. Shape {rows, columns}, float32. Throws IoError when the pixel data is truncated or
+// cannot be decoded.
+struct PixelStats {
+  int64_t padding_voxels = 0;
+};
+torch::Tensor read_dicom_pixels(const DicomHeader& h, double air_hu, PixelStats* stats = nullptr);
+
+// Choosing one series among the files of a folder.
+struct SeriesChoice {
+  std::string series_uid;
+  std::vector<DicomHeader> files;  // of the chosen series
+  std::string explanation;         // why this series, and why the others were skipped
+  int series_in_folder = 0;
+};
+// Picks the axial CT series with the most images, skipping localizers, secondary captures,
+// non-CT, reformats (non-axial or DERIVED) and bone kernels when a soft-tissue one exists.
+// wanted_uid, when given, overrides the choice. Throws IoError when nothing qualifies.
+SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::string& wanted_uid);
+
+// Reads every DICOM file of a folder (not recursive). Files that are not DICOM are ignored.
+std::vector<DicomHeader> read_folder_headers(const std::filesystem::path& folder,
+                                             std::vector<std::string>* unreadable = nullptr);
+
+}  // namespace hemexp

@@ -1,0 +1,29 @@
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include "hemexp/core/geometry.hpp"
+
+namespace hemexp {
+
+// NIfTI (.nii, .nii.gz), MHA/MHD, NRRD: anything ITK reads as a scalar 3D image.
+bool is_volume_file(const std::filesystem::path& path);
+
+struct ImageFileContents {
+  Volume volume;            // voxels as float32 (scl_slope/inter applied by ITK)
+  std::string format;       // "nifti", "mha", "nrrd"
+};
+
+// Reads a scalar 3D volume. Throws IoError for 2D, 4D, multi-component or unreadable files.
+ImageFileContents read_image_file(const std::filesystem::path& path);
+
+// Writes voxels (z,y,x; uint8, int16 or float32) on grid g, atomically. The file type follows
+// the extension (.nii.gz, .nii, .mha, .nrrd).
+void write_image_file(const std::filesystem::path& path, const torch::Tensor& voxels,
+                      const Geometry& g);
+
+// Writes an 8-bit grey (H,W) or RGB (H,W,3) uint8 image as PNG, atomically.
+void write_png(const std::filesystem::path& path, const torch::Tensor& pixels);
+
+}  // namespace hemexp

@@ -1,0 +1,45 @@
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "hemexp/core/geometry.hpp"
+
+namespace hemexp {
+
+// Everything known about where a volume came from and what was done to it on reading.
+struct InputInfo {
+  std::string path;
+  std::string format;  // "nifti", "mha", "nrrd", "dicom"
+  std::string modality;
+  std::string series_uid, series_description;
+  std::string series_choice;  // DICOM: which series was chosen and why
+  Geometry geometry;          // grid of the volume as read (after any correction)
+  double gantry_tilt_deg = 0.0;
+  double min_slice_spacing_mm = 0.0, max_slice_spacing_mm = 0.0;
+  int64_t source_slices = 0;
+  std::vector<std::string> corrections;
+  std::vector<std::string> warnings;
+  // DICOM: true when tilt or spacing correction put the voxels on a grid of their own,
+  // rather than the grid the slices were acquired on.
+  bool grid_resampled = false;
+};
+
+struct ReadOptions {
+  std::string series_uid;     // DICOM: read this series instead of choosing one
+  double air_hu = -1000.0;    // value given to padding and to voxels outside the acquisition
+  double min_hu = -1024.0;    // values below (outside the reconstruction circle) are raised to it
+};
+
+struct LoadedVolume {
+  Volume volume;  // HU, float32, on the grid in info.geometry
+  InputInfo info;
+};
+
+// Reads one case: a NIfTI/MHA/NRRD file, a DICOM file (its series in the same folder), or a
+// folder of DICOM files (one series, or a study from which one series is chosen).
+// Throws IoError with a one-line reason.
+LoadedVolume read_volume(const std::filesystem::path& path, const ReadOptions& options = {});
+
+}  // namespace hemexp

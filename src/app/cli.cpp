@@ -1,0 +1,87 @@
+#include "hemexp/app/cli.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <regex>
+
+#include "hemexp/app/run_command.hpp"
+#include "hemexp/version.hpp"
+
+namespace hemexp {
+
+namespace {
+
+const CLI::Validator kDevice(
+    [](std::string& value) -> std::string {
+      static const std::regex re(R"(^(cpu|cuda(:\d+)?)$)");
+      return std::regex_match(value, re) ? "" : "device must be cpu, cuda or cuda:N, not '" + value + "'";
+    },
+    "cpu|cuda|cuda:N", "Device");
+
+}  // namespace
+
+CLI::App* setup_run(CLI::App& app, RunOptions& o) {
+  CLI::App* run = app.add_subcommand("run", "Segment, measure and score every input scan");
+  run->add_option("-i,--input", o.inputs,
+                  "NIfTI/MHA/NRRD files, DICOM files or folders, cohort folders, or .txt/.csv lists")
+      ->required()
+      ->check(CLI::ExistingPath);
+  run->add_option("-o,--output", o.output_dir, "Output folder")->required();
+  run->add_option("--device", o.device, "cpu, cuda or cuda:N")->check(kDevice)->capture_default_str();
+  run->add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(CLI::Range(1, 1024));
+  auto* resume = run->add_flag("--resume", o.resume, "Keep cases already done in OUTDIR, do the rest");
+  auto* overwrite = run->add_flag("--overwrite", o.overwrite, "Replace the results of a previous run in OUTDIR");
+  resume->excludes(overwrite);
+  run->add_option_function<std::string>(
+         "--shard",
+         [&o](const std::string& value) {
+           const auto slash = value.find('/');
+           o.shard_index = std::stoi(value.substr(0, slash));
+           o.shard_count = std::stoi(value.substr(slash + 1));
+         },
+         "Process part K of N (1-based), e.g. --shard 2/8 for a SLURM array")
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            static const std::regex re(R"(^(\d+)/(\d+)$)");
+            std::smatch m;
+            if (!std::regex_match(value, m, re)) return "shard must look like K/N, e.g. 2/8";
+            const long k = std::stol(m[1]), n = std::stol(m[2]);
+            if (n < 1 || k < 1 || k > n) return "shard K/N needs 1 <= K <= N";
+            return "";
+          },
+          "K/N", "Shard"));
+  run->add_option("--series-uid", o.series_uid, "DICOM: read this SeriesInstanceUID instead of choosing");
+  run->add_option("--log-level", o.log_level, "Log detail")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
+      ->capture_default_str();
+  run->add_flag("!--no-progress", o.progress, "No per-case progress lines on the console");
+  return run;
+}
+
+std::unique_ptr<CLI::App> make_app(CommandLine& line) {
+  auto app = std::make_unique<CLI::App>(
+      "hemexp: hematoma segmentation, measurement and expansion risk from non-contrast head CT.\n"
+      "Research use only; not for clinical decisions.",
+      "hemexp");
+  app->set_version_flag("--version", std::string("hemexp ") + kVersion + " (" + kGitCommit + ")");
+  app->require_subcommand(1);
+  CLI::App* run = setup_run(*app, line.run);
+  run->callback([&line] { line.command = "run"; });
+  return app;
+}
+
+int main_entry(int argc, const char* const* argv) {
+  CommandLine line;
+  auto app = make_app(line);
+  try {
+    app->parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app->exit(e);
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+  const std::vector<std::string> args(argv, argv + argc);
+  if (line.command == "run") return run_cases(line.run, args);
+  return kExitUsage;
+}
+
+}  // namespace hemexp

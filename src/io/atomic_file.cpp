@@ -1,0 +1,43 @@
+#include "hemexp/io/atomic_file.hpp"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+
+#include "hemexp/io/error.hpp"
+
+namespace hemexp {
+
+namespace fs = std::filesystem;
+
+fs::path temporary_path_for(const fs::path& target) {
+  static std::atomic<unsigned> counter{0};
+  // Keep the extension(s) so that ITK picks the right writer for the temporary file.
+  const std::string name = target.filename().string();
+  return target.parent_path() /
+         (".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" + name);
+}
+
+void write_atomically(const fs::path& target, const std::function<void(const fs::path&)>& write) {
+  const fs::path tmp = temporary_path_for(target);
+  try {
+    write(tmp);
+    fs::rename(tmp, target);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
+  }
+}
+
+void write_text_atomically(const fs::path& target, const std::string& contents) {
+  write_atomically(target, [&](const fs::path& tmp) {
+    std::ofstream out(tmp, std::ios::binary);
+    out << contents;
+    out.flush();
+    if (!out) throw IoError("writing " + target.string() + ": cannot write file");
+  });
+}
+
+}  // namespace hemexp

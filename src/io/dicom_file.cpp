@@ -1,0 +1,218 @@
+// One DICOM file: header through GDCM (which ITK uses), pixels through itk::GDCMImageIO.
+#include <gdcmReader.h>
+#include <gdcmStringFilter.h>
+#include <itkGDCMImageIO.h>
+#include <itkImage.h>
+#include <itkImageFileReader.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "hemexp/io/dicom.hpp"
+#include "hemexp/io/error.hpp"
+
+namespace hemexp {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  const auto e = s.find_last_not_of(" \t\r\n");
+  return s.substr(b, e - b + 1);
+}
+
+std::string upper(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
+  return s;
+}
+
+std::vector<double> numbers(const std::string& s) {
+  std::vector<double> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, '\\')) {
+    try {
+      out.push_back(std::stod(trim(item)));
+    } catch (...) {
+      return {};
+    }
+  }
+  return out;
+}
+
+std::optional<double> number(const std::string& s) {
+  const auto v = numbers(s);
+  if (v.empty()) return std::nullopt;
+  return v[0];
+}
+
+}  // namespace
+
+bool DicomHeader::is_secondary_capture() const {
+  return sop_class_uid.rfind("1.2.840.10008.5.1.4.1.1.7", 0) == 0;
+}
+bool DicomHeader::is_localizer() const { return upper(image_type).find("LOCALIZER") != std::string::npos; }
+bool DicomHeader::is_enhanced_multiframe() const {
+  return frames > 1 || sop_class_uid == "1.2.840.10008.5.1.4.1.1.2.1";
+}
+
+bool looks_like_dicom(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  char buf[132] = {};
+  in.read(buf, 132);
+  if (in.gcount() == 132 && std::memcmp(buf + 128, "DICM", 4) == 0) return true;
+  // Files without preamble or meta header: let GDCM try, but only on plausible candidates.
+  const std::string ext = path.extension().string();
+  if (!(ext.empty() || ext == ".dcm" || ext == ".DCM" || ext == ".ima" || ext == ".IMA")) return false;
+  gdcm::Reader reader;
+  reader.SetFileName(path.c_str());
+  return reader.Read() && reader.GetFile().GetDataSet().FindDataElement(gdcm::Tag(0x0008, 0x0016));
+}
+
+DicomHeader read_dicom_header(const fs::path& path) {
+  gdcm::Reader reader;
+  reader.SetFileName(path.c_str());
+  if (!reader.Read()) throw IoError("not a readable DICOM file (" + path.filename().string() + ")");
+  const gdcm::File& file = reader.GetFile();
+  const gdcm::DataSet& ds = file.GetDataSet();
+  gdcm::StringFilter sf;
+  sf.SetFile(file);
+  auto get = [&](uint16_t group, uint16_t element) -> std::string {
+    const gdcm::Tag tag(group, element);
+    if (!ds.FindDataElement(tag) || ds.GetDataElement(tag).IsEmpty()) return "";
+    return trim(sf.ToString(tag));
+  };
+
+  DicomHeader h;
+  h.path = path;
+  h.sop_class_uid = get(0x0008, 0x0016);
+  if (h.sop_class_uid.empty()) {
+    const std::string media = trim(file.GetHeader().GetMediaStorageAsString());
+    h.sop_class_uid = media;
+  }
+  h.modality = upper(get(0x0008, 0x0060));
+  h.image_type = get(0x0008, 0x0008);
+  h.series_uid = get(0x0020, 0x000e);
+  h.series_description = get(0x0008, 0x103e);
+  h.convolution_kernel = get(0x0018, 0x1210);
+  h.transfer_syntax = file.GetHeader().GetDataSetTransferSyntax().GetString();
+  h.series_number = int64_t(number(get(0x0020, 0x0011)).value_or(0));
+  h.instance_number = int64_t(number(get(0x0020, 0x0013)).value_or(0));
+  h.rows = int64_t(number(get(0x0028, 0x0010)).value_or(0));
+  h.columns = int64_t(number(get(0x0028, 0x0011)).value_or(0));
+  h.frames = std::max<int64_t>(1, int64_t(number(get(0x0028, 0x0008)).value_or(1)));
+  h.bits_allocated = int(number(get(0x0028, 0x0100)).value_or(16));
+  h.pixel_representation = int(number(get(0x0028, 0x0103)).value_or(0));
+  h.rescale_slope = number(get(0x0028, 0x1053)).value_or(1.0);
+  if (h.rescale_slope == 0) h.rescale_slope = 1.0;
+  h.rescale_intercept = number(get(0x0028, 0x1052)).value_or(0.0);
+  if (auto pad = number(get(0x0028, 0x0120))) {
+    double v = *pad;
+    // Padding written as unsigned while the pixels are signed (seen on GE): reinterpret.
+    if (h.pixel_representation == 1 && h.bits_allocated == 16 && v > 32767) v -= 65536;
+    h.padding_value = v;
+  }
+  h.gantry_tilt_tag_deg = number(get(0x0018, 0x1120));
+
+  const auto ipp = numbers(get(0x0020, 0x0032));
+  const auto iop = numbers(get(0x0020, 0x0037));
+  const auto ps = numbers(get(0x0028, 0x0030));
+  h.has_position = ipp.size() == 3;
+  h.has_orientation = iop.size() == 6;
+  h.has_pixel_spacing = ps.size() == 2 && ps[0] > 0 && ps[1] > 0;
+  SliceGeometry& g = h.geometry;
+  g.rows = h.rows;
+  g.columns = h.columns;
+  if (h.has_position) g.position_mm = {ipp[0], ipp[1], ipp[2]};
+  if (h.has_orientation) {
+    g.row_direction = {iop[0], iop[1], iop[2]};
+    g.column_direction = {iop[3], iop[4], iop[5]};
+  }
+  if (h.has_pixel_spacing) g.row_spacing_mm = ps[0], g.column_spacing_mm = ps[1];
+  g.thickness_mm = number(get(0x0018, 0x0050)).value_or(0.0);
+
+  const gdcm::Tag pixel_tag(0x7fe0, 0x0010);
+  if (!ds.FindDataElement(pixel_tag)) {
+    h.pixel_data_bytes = -2;
+  } else {
+    const gdcm::DataElement& pd = ds.GetDataElement(pixel_tag);
+    if (pd.GetSequenceOfFragments()) h.pixel_data_bytes = -1;
+    else if (const gdcm::ByteValue* bv = pd.GetByteValue()) h.pixel_data_bytes = int64_t(bv->GetLength());
+    else h.pixel_data_bytes = 0;
+  }
+  return h;
+}
+
+std::string slice_problem(const DicomHeader& h) {
+  if (h.modality != "CT")
+    return "modality is " + (h.modality.empty() ? std::string("missing") : h.modality) + ", not CT";
+  if (h.is_secondary_capture()) return "CT stored as Secondary Capture (no reliable geometry)";
+  if (h.is_enhanced_multiframe())
+    return "enhanced multi-frame CT (" + std::to_string(h.frames) +
+           " frames) is not supported; export the series as single-frame images";
+  if (h.is_localizer()) return "image is a localizer (scout)";
+  if (h.pixel_data_bytes == -2) return "file has no pixel data";
+  if (!h.has_position || !h.has_orientation)
+    return "image has no position or orientation (ImagePositionPatient/ImageOrientationPatient)";
+  if (!h.has_pixel_spacing) return "image has no pixel spacing";
+  if (h.rows < 2 || h.columns < 2) return "image has no rows or columns";
+  if (h.pixel_data_bytes >= 0) {
+    const int64_t expected = h.rows * h.columns * h.frames * (h.bits_allocated / 8);
+    if (h.pixel_data_bytes < expected)
+      return "pixel data is truncated (" + std::to_string(h.pixel_data_bytes) + " of " +
+             std::to_string(expected) + " bytes)";
+  }
+  return "";
+}
+
+torch::Tensor read_dicom_pixels(const DicomHeader& h, double air_hu, PixelStats* stats) {
+  using Image = itk::Image<float, 3>;
+  try {
+    auto io = itk::GDCMImageIO::New();
+    auto reader = itk::ImageFileReader<Image>::New();
+    reader->SetImageIO(io);
+    reader->SetFileName(h.path.string());
+    reader->Update();
+    Image::Pointer image = reader->GetOutput();
+    const auto size = image->GetLargestPossibleRegion().GetSize();
+    if (int64_t(size[0]) != h.columns || int64_t(size[1]) != h.rows || size[2] != 1)
+      throw IoError("decoded image size differs from the header");
+    torch::Tensor hu = torch::empty({h.rows, h.columns}, torch::kFloat32);
+    std::memcpy(hu.data_ptr<float>(), image->GetBufferPointer(), sizeof(float) * size_t(hu.numel()));
+    // GDCMImageIO has applied slope/intercept; padding is compared in the same units.
+    if (h.padding_value) {
+      const double pad_hu = *h.padding_value * h.rescale_slope + h.rescale_intercept;
+      const torch::Tensor is_pad = (hu - float(pad_hu)).abs() < float(0.5 * std::abs(h.rescale_slope));
+      if (stats) stats->padding_voxels += is_pad.sum().item<int64_t>();
+      hu.masked_fill_(is_pad, float(air_hu));
+    }
+    return hu;
+  } catch (const itk::ExceptionObject& e) {
+    throw IoError("cannot decode pixel data of " + h.path.filename().string() + " (" +
+                  h.transfer_syntax + "): " + trim(e.GetDescription()));
+  }
+}
+
+std::vector<DicomHeader> read_folder_headers(const fs::path& folder, std::vector<std::string>* unreadable) {
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(folder))
+    if (entry.is_regular_file() && entry.path().filename().string()[0] != '.') files.push_back(entry.path());
+  std::sort(files.begin(), files.end());
+  std::vector<DicomHeader> out;
+  for (const fs::path& f : files) {
+    if (!looks_like_dicom(f)) continue;
+    try {
+      out.push_back(read_dicom_header(f));
+    } catch (const IoError& e) {
+      if (unreadable) unreadable->push_back(f.filename().string() + ": " + e.what());
+    }
+  }
+  return out;
+}
+
+}  // namespace hemexp

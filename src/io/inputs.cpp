@@ -1,0 +1,122 @@
+#include "hemexp/io/inputs.hpp"
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+
+#include "hemexp/io/dicom.hpp"
+#include "hemexp/io/error.hpp"
+#include "hemexp/io/image_file.hpp"
+
+namespace hemexp {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+bool is_list_file(const fs::path& p) {
+  const std::string ext = lower(p.extension().string());
+  return ext == ".txt" || ext == ".csv" || ext == ".lst";
+}
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r\n\"");
+  if (b == std::string::npos) return "";
+  const auto e = s.find_last_not_of(" \t\r\n\"");
+  return s.substr(b, e - b + 1);
+}
+
+struct Found {
+  fs::path path;
+  fs::path relative;  // names the case
+};
+
+void walk_folder(const fs::path& root, std::vector<Found>& out) {
+  std::vector<fs::path> folders{root};
+  for (auto it = fs::recursive_directory_iterator(root, fs::directory_options::skip_permission_denied);
+       it != fs::recursive_directory_iterator(); ++it)
+    if (it->is_directory() && it->path().filename().string()[0] != '.') folders.push_back(it->path());
+    else if (it->is_directory()) it.disable_recursion_pending();
+  std::sort(folders.begin(), folders.end());
+  std::vector<Found> found;
+  for (const fs::path& folder : folders) {
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(folder))
+      if (e.is_regular_file() && e.path().filename().string()[0] != '.') files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    bool has_dicom = false;
+    for (const fs::path& f : files) {
+      if (is_volume_file(f)) found.push_back({f, fs::relative(f, root.parent_path().empty() ? "." : root.parent_path())});
+      else if (!has_dicom && !is_list_file(f) && looks_like_dicom(f)) has_dicom = true;
+    }
+    if (has_dicom) found.push_back({folder, fs::relative(folder, root.parent_path().empty() ? "." : root.parent_path())});
+  }
+  std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) { return a.path < b.path; });
+  out.insert(out.end(), found.begin(), found.end());
+}
+
+void expand_one(const fs::path& input, std::vector<Found>& out, int depth) {
+  if (!fs::exists(input)) throw IoError("input " + input.string() + " does not exist");
+  if (fs::is_directory(input)) {
+    walk_folder(fs::path(input).lexically_normal(), out);
+  } else if (is_list_file(input)) {
+    if (depth > 0) throw IoError("list " + input.string() + " names another list");
+    std::ifstream in(input);
+    std::string line;
+    bool first = true;
+    while (std::getline(in, line)) {
+      std::string entry = trim(line.substr(0, line.find(',')));
+      const bool header = first;
+      first = false;
+      if (entry.empty() || entry[0] == '#') continue;
+      fs::path p = fs::path(entry).is_absolute() ? fs::path(entry) : input.parent_path() / entry;
+      if (header && !fs::exists(p)) continue;  // a CSV header line
+      if (!fs::exists(p)) throw IoError("list " + input.string() + " names " + entry + ", which does not exist");
+      if (fs::is_directory(p)) walk_folder(p.lexically_normal(), out);
+      else out.push_back({p, fs::path(entry).filename()});
+    }
+  } else {
+    out.push_back({input, input.filename()});
+  }
+}
+
+}  // namespace
+
+std::string case_id_from_path(const fs::path& relative) {
+  std::string name = relative.generic_string();
+  for (const std::string ext : {".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm"}) {
+    if (name.size() > ext.size() && lower(name.substr(name.size() - ext.size())) == ext) {
+      name.resize(name.size() - ext.size());
+      break;
+    }
+  }
+  std::string id;
+  for (char c : name) {
+    if (c == '/') id += '_';
+    else if (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_') id += c;
+    else id += '-';
+  }
+  while (!id.empty() && (id.front() == '.' || id.front() == '_')) id.erase(id.begin());
+  return id.empty() ? "case" : id;
+}
+
+std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs) {
+  std::vector<Found> found;
+  for (const fs::path& input : inputs) expand_one(input, found, 0);
+  std::vector<CaseInput> cases;
+  std::set<std::string> used;
+  for (const Found& f : found) {
+    const std::string base = case_id_from_path(f.relative);
+    std::string id = base;
+    for (int k = 2; used.count(id); ++k) id = base + "-" + std::to_string(k);
+    used.insert(id);
+    cases.push_back({id, f.path});
+  }
+  return cases;
+}
+
+}  // namespace hemexp

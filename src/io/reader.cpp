@@ -1,0 +1,147 @@
+#include "hemexp/io/reader.hpp"
+
+#include <cmath>
+#include <sstream>
+
+#include "hemexp/core/error.hpp"
+#include "hemexp/core/slice_stack.hpp"
+#include "hemexp/io/dicom.hpp"
+#include "hemexp/io/error.hpp"
+#include "hemexp/io/image_file.hpp"
+
+namespace hemexp {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string fixed(double v, int precision) {
+  std::ostringstream s;
+  s.setf(std::ios::fixed);
+  s.precision(precision);
+  s << v;
+  return s.str();
+}
+
+// Values below the CT range (outside the reconstruction circle, vendor fill values) are
+// raised to min_hu; recorded when it happens.
+void clamp_below_range(Volume& v, const ReadOptions& options, InputInfo& info) {
+  const torch::Tensor low = v.voxels < float(options.min_hu);
+  const int64_t n = low.sum().item<int64_t>();
+  if (n == 0) return;
+  v.voxels.masked_fill_(low, float(options.min_hu));
+  info.corrections.push_back(std::to_string(n) + " voxels below " + fixed(options.min_hu, 0) +
+                             " HU (outside the reconstruction circle) set to " +
+                             fixed(options.min_hu, 0) + " HU");
+}
+
+// A volume in HU has air near -1000; one without any value below -500 is not a CT in HU.
+void check_hounsfield(const Volume& v) {
+  const double lowest = v.voxels.min().item<double>();
+  if (lowest > -500)
+    throw IoError("intensities do not look like CT in Hounsfield units (lowest value " +
+                  fixed(lowest, 0) + ", no air near -1000)");
+}
+
+LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
+  const bool single_file = fs::is_regular_file(path);
+  const fs::path folder = single_file ? path.parent_path() : path;
+  std::vector<std::string> unreadable;
+  std::vector<DicomHeader> headers = read_folder_headers(folder.empty() ? "." : folder, &unreadable);
+  std::string wanted = options.series_uid;
+  if (single_file) {
+    const DicomHeader h = read_dicom_header(path);
+    if (wanted.empty()) wanted = h.series_uid;
+    // The series of the given file only.
+    std::vector<DicomHeader> same;
+    for (DicomHeader& other : headers)
+      if (other.series_uid == h.series_uid) same.push_back(std::move(other));
+    headers = std::move(same);
+    if (headers.empty()) headers.push_back(h);
+  }
+  if (headers.empty()) {
+    if (!unreadable.empty()) throw IoError("no readable DICOM file: " + unreadable.front());
+    throw IoError("folder holds no DICOM files");
+  }
+  SeriesChoice choice = choose_series(headers, single_file && options.series_uid.empty() ? "" : wanted);
+  if (single_file && choice.files.size() == 1) {
+    const std::string problem = slice_problem(choice.files.front());
+    if (!problem.empty()) throw IoError(problem);
+    throw IoError("a single 2D image; a volume needs the whole series");
+  }
+
+  LoadedVolume out;
+  InputInfo& info = out.info;
+  info.path = path.string();
+  info.format = "dicom";
+  const DicomHeader& first = choice.files.front();
+  info.modality = first.modality;
+  info.series_uid = choice.series_uid;
+  info.series_description = first.series_description;
+  info.series_choice = choice.explanation;
+
+  std::vector<Slice> slices;
+  PixelStats stats;
+  for (const DicomHeader& h : choice.files) {
+    Slice s;
+    s.geometry = h.geometry;
+    s.source = h.path.filename().string();
+    s.hu = read_dicom_pixels(h, options.air_hu, &stats);
+    slices.push_back(std::move(s));
+  }
+  if (stats.padding_voxels > 0)
+    info.corrections.push_back(std::to_string(stats.padding_voxels) + " padding voxels (value " +
+                               fixed(*first.padding_value, 0) + ") set to air (" +
+                               fixed(options.air_hu, 0) + " HU)");
+  StackReport report;
+  StackOptions stack_options;
+  stack_options.air_hu = options.air_hu;
+  try {
+    out.volume = assemble_slices(std::move(slices), report, stack_options);
+  } catch (const CoreError& e) {
+    throw IoError(std::string("DICOM ") + e.what());
+  }
+  info.gantry_tilt_deg = report.gantry_tilt_deg;
+  info.min_slice_spacing_mm = report.min_slice_spacing_mm;
+  info.max_slice_spacing_mm = report.max_slice_spacing_mm;
+  info.source_slices = report.input_slices;
+  for (const std::string& c : report.corrections) info.corrections.push_back(c);
+  info.grid_resampled = !report.corrections.empty();
+  if (first.gantry_tilt_tag_deg && std::abs(std::abs(*first.gantry_tilt_tag_deg) -
+                                            std::abs(report.gantry_tilt_deg)) > 1.0)
+    info.warnings.push_back("GantryDetectorTilt tag says " + fixed(*first.gantry_tilt_tag_deg, 1) +
+                            " deg but slice positions give " + fixed(report.gantry_tilt_deg, 1) +
+                            " deg; the positions were used");
+  return out;
+}
+
+}  // namespace
+
+LoadedVolume read_volume(const fs::path& path, const ReadOptions& options) {
+  if (!fs::exists(path)) throw IoError("input does not exist");
+  LoadedVolume out;
+  if (fs::is_regular_file(path) && is_volume_file(path)) {
+    ImageFileContents file = read_image_file(path);
+    out.volume = std::move(file.volume);
+    out.info.path = path.string();
+    out.info.format = file.format;
+    out.info.modality = "CT";  // not recorded by these formats; the HU check below guards it
+    const double dz = out.volume.geometry.spacing_mm[2];
+    out.info.min_slice_spacing_mm = out.info.max_slice_spacing_mm = dz;
+    out.info.source_slices = out.volume.geometry.size[2];
+    const Mat3& d = out.volume.geometry.direction;
+    // Non-orthogonal direction cosines are how a sheared (tilted) volume shows up here.
+    const Vec3 c0 = column(d, 0), c1 = column(d, 1), c2 = column(d, 2);
+    if (std::abs(dot(c0, c1)) > 1e-3 || std::abs(dot(c0, c2)) > 1e-3 || std::abs(dot(c1, c2)) > 1e-3)
+      out.info.warnings.push_back("direction matrix is not orthogonal (sheared grid)");
+  } else if (fs::is_directory(path) || looks_like_dicom(path)) {
+    out = read_dicom(path, options);
+  } else {
+    throw IoError("not a recognised image: expected NIfTI, MHA, NRRD or DICOM");
+  }
+  check_hounsfield(out.volume);
+  clamp_below_range(out.volume, options, out.info);
+  out.info.geometry = out.volume.geometry;
+  return out;
+}
+
+}  // namespace hemexp
