@@ -1,6 +1,7 @@
 // One DICOM file: header through GDCM (which ITK uses), pixels through itk::GDCMImageIO.
 #include <gdcmReader.h>
 #include <gdcmStringFilter.h>
+#include <gdcmTrace.h>
 #include <itkGDCMImageIO.h>
 #include <itkImage.h>
 #include <itkImageFileReader.h>
@@ -74,7 +75,35 @@ bool looks_like_dicom(const fs::path& path) {
   return reader.Read() && reader.GetFile().GetDataSet().FindDataElement(gdcm::Tag(0x0008, 0x0016));
 }
 
+namespace {
+
+// GDCM reads a file whose pixel data stops early with only a console warning (and ITK then
+// zero-fills). Find the pixel data element header (tag, optional VR, declared length) in the
+// file bytes and check that the declared value fits in the file.
+bool pixel_data_truncated(const fs::path& path, uint32_t declared_bytes) {
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto u8 = [&](size_t i) { return uint32_t(static_cast<unsigned char>(bytes[i])); };
+  const auto le32 = [&](size_t i) { return u8(i) | u8(i + 1) << 8 | u8(i + 2) << 16 | u8(i + 3) << 24; };
+  const auto be32 = [&](size_t i) { return u8(i + 3) | u8(i + 2) << 8 | u8(i + 1) << 16 | u8(i) << 24; };
+  for (size_t i = 0; i + 12 <= bytes.size(); ++i) {
+    const bool little = u8(i) == 0xE0 && u8(i + 1) == 0x7F && u8(i + 2) == 0x10 && u8(i + 3) == 0x00;
+    const bool big = u8(i) == 0x7F && u8(i + 1) == 0xE0 && u8(i + 2) == 0x00 && u8(i + 3) == 0x10;
+    if (!little && !big) continue;
+    const auto read32 = [&](size_t at) { return little ? le32(at) : be32(at); };
+    const bool explicit_vr = (bytes[i + 4] == 'O' && (bytes[i + 5] == 'W' || bytes[i + 5] == 'B'));
+    const size_t header = explicit_vr ? 12 : 8;
+    const uint32_t length = read32(i + header - 4);
+    if (length != declared_bytes) continue;
+    return bytes.size() < i + header + size_t(length);
+  }
+  return false;
+}
+
+}  // namespace
+
 DicomHeader read_dicom_header(const fs::path& path) {
+  gdcm::Trace::WarningOff();  // problems are reported by hemexp, once, in plain words
   gdcm::Reader reader;
   reader.SetFileName(path.c_str());
   if (!reader.Read()) throw IoError("not a readable DICOM file (" + path.filename().string() + ")");
@@ -144,6 +173,9 @@ DicomHeader read_dicom_header(const fs::path& path) {
     if (pd.GetSequenceOfFragments()) h.pixel_data_bytes = -1;
     else if (const gdcm::ByteValue* bv = pd.GetByteValue()) h.pixel_data_bytes = int64_t(bv->GetLength());
     else h.pixel_data_bytes = 0;
+    const int64_t expected = h.rows * h.columns * h.frames * (h.bits_allocated / 8);
+    h.pixel_data_truncated = h.pixel_data_bytes > 0 && h.pixel_data_bytes >= expected &&
+                             pixel_data_truncated(path, uint32_t(h.pixel_data_bytes));
   }
   return h;
 }
@@ -161,6 +193,7 @@ std::string slice_problem(const DicomHeader& h) {
     return "image has no position or orientation (ImagePositionPatient/ImageOrientationPatient)";
   if (!h.has_pixel_spacing) return "image has no pixel spacing";
   if (h.rows < 2 || h.columns < 2) return "image has no rows or columns";
+  if (h.pixel_data_truncated) return "pixel data is truncated (the file ends before the image does)";
   if (h.pixel_data_bytes >= 0) {
     const int64_t expected = h.rows * h.columns * h.frames * (h.bits_allocated / 8);
     if (h.pixel_data_bytes < expected)

@@ -34,12 +34,19 @@ void clamp_below_range(Volume& v, const ReadOptions& options, InputInfo& info) {
                              fixed(options.min_hu, 0) + " HU");
 }
 
-// A volume in HU has air near -1000; one without any value below -500 is not a CT in HU.
+// A head CT in HU has air around the head (near -1000) and almost nothing above bone
+// (3000). Percentiles over a strided sample of voxels decide; exact enough and cheap.
 void check_hounsfield(const Volume& v) {
-  const double lowest = v.voxels.min().item<double>();
-  if (lowest > -500)
-    throw IoError("intensities do not look like CT in Hounsfield units (lowest value " +
-                  fixed(lowest, 0) + ", no air near -1000)");
+  const torch::Tensor flat = v.voxels.reshape({-1});
+  const int64_t stride = std::max<int64_t>(1, flat.numel() / 1000000);
+  const torch::Tensor sample = std::get<0>(flat.slice(0, 0, flat.numel(), stride).sort());
+  const auto percentile = [&](double q) {
+    return sample[int64_t(q * double(sample.numel() - 1))].item<double>();
+  };
+  const double p1 = percentile(0.01), p99 = percentile(0.99);
+  if (p1 > -500 || p99 > 4000)
+    throw IoError("intensities do not look like head CT in Hounsfield units (1st percentile " +
+                  fixed(p1, 0) + ", 99th " + fixed(p99, 0) + "; expected air near -1000 and bone below 3000)");
 }
 
 LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
@@ -62,12 +69,11 @@ LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
     if (!unreadable.empty()) throw IoError("no readable DICOM file: " + unreadable.front());
     throw IoError("folder holds no DICOM files");
   }
-  SeriesChoice choice = choose_series(headers, single_file && options.series_uid.empty() ? "" : wanted);
-  if (single_file && choice.files.size() == 1) {
-    const std::string problem = slice_problem(choice.files.front());
-    if (!problem.empty()) throw IoError(problem);
-    throw IoError("a single 2D image; a volume needs the whole series");
+  if (single_file && headers.size() == 1) {
+    const std::string problem = slice_problem(headers.front());
+    throw IoError(problem.empty() ? "a single 2D image; a volume needs the whole series" : problem);
   }
+  SeriesChoice choice = choose_series(headers, single_file && options.series_uid.empty() ? "" : wanted);
 
   LoadedVolume out;
   InputInfo& info = out.info;

@@ -23,6 +23,7 @@ struct DicomHeader {
   std::optional<double> padding_value;        // stored (raw) value, signedness resolved
   std::optional<double> gantry_tilt_tag_deg;  // (0018,1120) as written by the scanner
   int64_t pixel_data_bytes = -1;              // raw pixel data length; -1 encapsulated, -2 absent
+  bool pixel_data_truncated = false;          // the file ends before the raw pixel data does
 
   bool is_secondary_capture() const;
   bool is_localizer() const;
