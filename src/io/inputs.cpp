@@ -74,7 +74,8 @@ void expand_one(const fs::path& input, std::vector<Found>& out, int depth) {
       first = false;
       if (entry.empty() || entry[0] == '#') continue;
       fs::path p = fs::path(entry).is_absolute() ? fs::path(entry) : input.parent_path() / entry;
-      if (header && !fs::exists(p)) continue;  // a CSV header line
+      // A CSV header names a column ("path"), not a file.
+      if (header && !fs::exists(p) && entry.find_first_of("./\\") == std::string::npos) continue;
       if (!fs::exists(p)) throw IoError("list " + input.string() + " names " + entry + ", which does not exist");
       if (fs::is_directory(p)) walk_folder(p.lexically_normal(), out);
       else out.push_back({p, fs::path(entry).filename()});

@@ -1,0 +1,97 @@
+// Argument parsing: good argv fills the right fields, bad argv is rejected with exit code 2.
+#include <CLI/CLI.hpp>
+#include <gtest/gtest.h>
+
+#include "hemexp/app/cli.hpp"
+
+namespace hemexp {
+namespace {
+
+struct Parsed {
+  CommandLine line;
+  std::string error;  // empty when parsing succeeded
+};
+
+Parsed parse(std::vector<std::string> args) {
+  Parsed p;
+  auto app = make_app(p.line);
+  args.insert(args.begin(), "hemexp");
+  std::vector<const char*> argv;
+  for (const std::string& a : args) argv.push_back(a.c_str());
+  try {
+    app->parse(int(argv.size()), argv.data());
+  } catch (const CLI::ParseError& e) {
+    p.error = e.what();
+    if (p.error.empty()) p.error = e.get_name();
+  }
+  return p;
+}
+
+const std::string kData = HEMEXP_TEST_DATA;
+
+TEST(Cli, RunDefaults) {
+  const Parsed p = parse({"run", "-i", kData, "-o", "/tmp/out"});
+  ASSERT_EQ(p.error, "");
+  EXPECT_EQ(p.line.command, "run");
+  EXPECT_EQ(p.line.run.inputs, std::vector<std::string>{kData});
+  EXPECT_EQ(p.line.run.output_dir, "/tmp/out");
+  EXPECT_EQ(p.line.run.device, "cpu");
+  EXPECT_EQ(p.line.run.threads, 0);
+  EXPECT_EQ(p.line.run.shard_index, 1);
+  EXPECT_EQ(p.line.run.shard_count, 1);
+  EXPECT_FALSE(p.line.run.resume);
+  EXPECT_TRUE(p.line.run.progress);
+  EXPECT_EQ(p.line.run.log_level, "info");
+}
+
+TEST(Cli, RunAllOptions) {
+  const std::string ge = kData + "/ge-head-ct-tilt-mixed-thickness";
+  const Parsed p = parse({"run", "-i", kData, ge, "-o", "out", "--device", "cuda:1", "--threads", "2",
+                          "--shard", "3/8", "--resume", "--series-uid", "1.2.3", "--log-level", "debug",
+                          "--no-progress"});
+  ASSERT_EQ(p.error, "");
+  EXPECT_EQ(p.line.run.inputs.size(), 2u);
+  EXPECT_EQ(p.line.run.device, "cuda:1");
+  EXPECT_EQ(p.line.run.threads, 2);
+  EXPECT_EQ(p.line.run.shard_index, 3);
+  EXPECT_EQ(p.line.run.shard_count, 8);
+  EXPECT_TRUE(p.line.run.resume);
+  EXPECT_EQ(p.line.run.series_uid, "1.2.3");
+  EXPECT_EQ(p.line.run.log_level, "debug");
+  EXPECT_FALSE(p.line.run.progress);
+}
+
+TEST(Cli, BadArgumentsAreRejectedWithAReason) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> bad = {
+      {{}, "A subcommand is required"},
+      {{"run", "-o", "out"}, "--input is required"},
+      {{"run", "-i", kData}, "--output is required"},
+      {{"run", "-i", "/no/such/path", "-o", "out"}, "does not exist"},
+      {{"run", "-i", kData, "-o", "out", "--threads", "0"}, "not in range"},
+      {{"run", "-i", kData, "-o", "out", "--device", "gpu"}, "device must be cpu, cuda or cuda:N"},
+      {{"run", "-i", kData, "-o", "out", "--shard", "5/4"}, "1 <= K <= N"},
+      {{"run", "-i", kData, "-o", "out", "--shard", "two"}, "shard must look like K/N"},
+      {{"run", "-i", kData, "-o", "out", "--resume", "--overwrite"}, "excludes"},
+      {{"run", "-i", kData, "-o", "out", "--log-level", "loud"}, "loud"},
+      {{"run", "-i", kData, "-o", "out", "--no-such-flag"}, "--no-such-flag"},
+      {{"frobnicate"}, "A subcommand is required"},
+  };
+  for (const auto& [args, reason] : bad) {
+    const Parsed p = parse(args);
+    std::string joined;
+    for (const auto& a : args) joined += a + " ";
+    EXPECT_NE(p.error.find(reason), std::string::npos) << "argv: " << joined << "\nerror: " << p.error;
+  }
+}
+
+TEST(Cli, ExitCodes) {
+  const char* help[] = {"hemexp", "--help"};
+  EXPECT_EQ(main_entry(2, help), kExitOk);
+  const char* version[] = {"hemexp", "--version"};
+  EXPECT_EQ(main_entry(2, version), kExitOk);
+  const char* bad[] = {"hemexp", "run", "--threads", "-3"};
+  EXPECT_EQ(main_entry(4, bad), kExitUsage);
+}
+
+}  // namespace
+}  // namespace hemexp

@@ -1,0 +1,175 @@
+// `hemexp run` end to end on real scans: outputs, exit codes, resume, overwrite, shards.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "hemexp/app/report.hpp"
+#include "hemexp/app/run_command.hpp"
+#include "hemexp/io/image_file.hpp"
+#include "hemexp/io/reader.hpp"
+
+namespace hemexp {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+const fs::path kData = HEMEXP_TEST_DATA;
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::vector<std::vector<std::string>> read_csv(const fs::path& p) {
+  std::vector<std::vector<std::string>> rows;
+  std::istringstream in(slurp(p));
+  std::string line;
+  while (std::getline(in, line)) {
+    std::vector<std::string> fields(1);
+    bool quoted = false;
+    for (size_t i = 0; i < line.size(); ++i) {
+      const char c = line[i];
+      if (quoted && c == '"' && i + 1 < line.size() && line[i + 1] == '"') fields.back() += '"', ++i;
+      else if (c == '"') quoted = !quoted;
+      else if (c == ',' && !quoted) fields.emplace_back();
+      else fields.back() += c;
+    }
+    rows.push_back(fields);
+  }
+  return rows;
+}
+
+class RunCommand : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() / ("hemexp-run-" + std::to_string(::getpid()) + "-" +
+                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    fs::create_directories(root_ / "in");
+    fs::copy(kData / "philips-head-phantom-5mm", root_ / "in/phantom");
+    // A NIfTI CT on an oblique, RAS-flipped grid, made from the phantom.
+    LoadedVolume lv = read_volume(root_ / "in/phantom");
+    Geometry g = lv.volume.geometry;
+    g.direction = {-0.98, 0.0, 0.198997, 0.0, -1.0, 0.0, 0.198997, 0.0, 0.98};
+    g.origin_mm = {10, -20, 30};
+    write_image_file(root_ / "in/nifti ct.nii.gz", lv.volume.voxels.to(torch::kInt16), g);
+    nifti_grid_ = g;
+    phantom_grid_ = lv.volume.geometry;
+    fs::copy_file(kData / "dicom-codecs-mr/1.dcm", root_ / "in/mr.dcm");
+    options_.inputs = {(root_ / "in/phantom").string(), (root_ / "in/nifti ct.nii.gz").string(),
+                       (root_ / "in/mr.dcm").string()};
+    options_.output_dir = (root_ / "out").string();
+    options_.progress = false;
+    options_.threads = 1;
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  int run(const RunOptions& o) { return run_cases(o, {"hemexp", "run", "(test)"}); }
+
+  fs::path root_;
+  RunOptions options_;
+  Geometry nifti_grid_, phantom_grid_;
+};
+
+TEST_F(RunCommand, WritesEveryOutputAndReportsFailuresPerCase) {
+  ASSERT_EQ(run(options_), kExitCaseFailed);
+  const fs::path out = root_ / "out";
+
+  const auto csv = read_csv(out / "results.csv");
+  ASSERT_EQ(csv.size(), 4u);
+  EXPECT_EQ(csv[0], results_columns());
+  const std::vector<std::vector<std::string>> expected = {
+      {"phantom", "ok", "", (root_ / "in/phantom").string(), "dicom"},
+      {"nifti-ct", "ok", "", (root_ / "in/nifti ct.nii.gz").string(), "nifti"},
+      {"mr", "failed", "modality is MR, not CT", (root_ / "in/mr.dcm").string(), ""}};
+  for (size_t r = 0; r < expected.size(); ++r) {
+    ASSERT_EQ(csv[r + 1].size(), results_columns().size());
+    for (size_t c = 0; c < expected[r].size(); ++c) EXPECT_EQ(csv[r + 1][c], expected[r][c]) << r << "," << c;
+    EXPECT_EQ(csv[r + 1][8], "") << "no hematoma volume without a segmentation model";
+  }
+  EXPECT_EQ(csv[1][6], "0.00");  // gantry tilt of the phantom
+
+  // Masks on the exact input grids.
+  const ImageFileContents nifti_mask = read_image_file(out / "cases/nifti-ct/mask.nii.gz");
+  EXPECT_TRUE(nifti_mask.volume.geometry.same_grid(nifti_grid_, 1e-3));
+  const ImageFileContents dicom_mask = read_image_file(out / "cases/phantom/mask.nii.gz");
+  EXPECT_TRUE(dicom_mask.volume.geometry.same_grid(phantom_grid_, 1e-3));
+  EXPECT_FALSE(fs::exists(out / "cases/phantom/ct.nii.gz"));  // grid not resampled: no copy
+  EXPECT_FALSE(fs::exists(out / "cases/mr/mask.nii.gz"));
+
+  const json phantom = json::parse(slurp(out / "cases/phantom/result.json"));
+  EXPECT_EQ(phantom["status"], "ok");
+  EXPECT_EQ(phantom["input"]["format"], "dicom");
+  EXPECT_EQ(phantom["input"]["size"], json({512, 512, 6}));
+  EXPECT_EQ(phantom["input"]["gantry_tilt_deg"], 0.0);
+  EXPECT_TRUE(phantom["input"].contains("series_uid"));
+  EXPECT_TRUE(phantom["timings_s"].contains("read"));
+  const json mr = json::parse(slurp(out / "cases/mr/result.json"));
+  EXPECT_EQ(mr["status"], "failed");
+  EXPECT_EQ(mr["error"], "modality is MR, not CT");
+
+  const json run_json = json::parse(slurp(out / "run.json"));
+  EXPECT_EQ(run_json["cases"], json({{"total", 3}, {"ok", 2}, {"failed", 1}, {"skipped", 0}}));
+  EXPECT_EQ(run_json["threads"], 1);
+  EXPECT_FALSE(run_json["finished"].is_null());
+  EXPECT_NE(slurp(out / "hemexp.log").find("mr: failed: modality is MR, not CT"), std::string::npos);
+  for (const auto& e : fs::recursive_directory_iterator(out))
+    EXPECT_EQ(e.path().filename().string().rfind(".tmp-", 0), std::string::npos) << e.path();
+}
+
+TEST_F(RunCommand, PreviousRunNeedsResumeOrOverwrite) {
+  ASSERT_EQ(run(options_), kExitCaseFailed);
+  const fs::path out = root_ / "out";
+  const std::string mask_bytes = slurp(out / "cases/phantom/mask.nii.gz");
+  const auto mask_time = fs::last_write_time(out / "cases/phantom/mask.nii.gz");
+
+  EXPECT_EQ(run(options_), kExitUsage);  // refuses to mix runs
+
+  RunOptions resume = options_;
+  resume.resume = true;
+  EXPECT_EQ(run(resume), kExitCaseFailed);  // the MR case is tried again and fails again
+  const auto csv = read_csv(out / "results.csv");
+  EXPECT_EQ(csv[1][1], "skipped");
+  EXPECT_EQ(csv[2][1], "skipped");
+  EXPECT_EQ(csv[3][1], "failed");
+  EXPECT_EQ(fs::last_write_time(out / "cases/phantom/mask.nii.gz"), mask_time);
+  EXPECT_EQ(json::parse(slurp(out / "run.json"))["cases"]["skipped"], 2);
+
+  RunOptions overwrite = options_;
+  overwrite.overwrite = true;
+  EXPECT_EQ(run(overwrite), kExitCaseFailed);
+  EXPECT_EQ(read_csv(out / "results.csv")[1][1], "ok");
+  EXPECT_EQ(slurp(out / "cases/phantom/mask.nii.gz"), mask_bytes);  // byte-identical rerun
+}
+
+TEST_F(RunCommand, ShardsWriteTheirOwnTables) {
+  RunOptions shard = options_;
+  shard.shard_index = 2;
+  shard.shard_count = 2;
+  EXPECT_EQ(run(shard), kExitOk);  // case 2 of 3 only: the NIfTI
+  const auto csv = read_csv(root_ / "out/results-2-of-2.csv");
+  ASSERT_EQ(csv.size(), 2u);
+  EXPECT_EQ(csv[1][0], "nifti-ct");
+  EXPECT_TRUE(fs::exists(root_ / "out/run-2-of-2.json"));
+  EXPECT_FALSE(fs::exists(root_ / "out/results.csv"));
+}
+
+TEST_F(RunCommand, SetupErrors) {
+  std::ofstream(root_ / "a-file") << "x";
+  RunOptions o = options_;
+  o.output_dir = (root_ / "a-file/out").string();
+  EXPECT_EQ(run(o), kExitSetup);
+  o = options_;
+  o.device = "cuda";
+  EXPECT_EQ(run(o), kExitSetup);  // this build/machine has no CUDA
+  o = options_;
+  fs::create_directories(root_ / "empty");
+  o.inputs = {(root_ / "empty").string()};
+  EXPECT_EQ(run(o), kExitUsage);
+}
+
+}  // namespace
+}  // namespace hemexp

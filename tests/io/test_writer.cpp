@@ -1,0 +1,117 @@
+// Writing masks back on the input grid: every voxel keeps its physical point (the pattern of
+// ITK's orientation-filter tests), through the canonical orientation and a NIfTI file.
+#include <cmath>
+#include <fstream>
+
+#include "hemexp/core/orientation.hpp"
+#include "hemexp/io/image_file.hpp"
+#include "hemexp/io/reader.hpp"
+#include "test_support.hpp"
+
+namespace hemexp {
+namespace {
+
+namespace fs = std::filesystem;
+using test::ScratchDir;
+
+Mat3 rotation(double ax, double ay, double az) {
+  const Mat3 rx{1, 0, 0, 0, std::cos(ax), -std::sin(ax), 0, std::sin(ax), std::cos(ax)};
+  const Mat3 ry{std::cos(ay), 0, std::sin(ay), 0, 1, 0, -std::sin(ay), 0, std::cos(ay)};
+  const Mat3 rz{std::cos(az), -std::sin(az), 0, std::sin(az), std::cos(az), 0, 0, 0, 1};
+  return mat_mul(rz, mat_mul(ry, rx));
+}
+
+struct GridCase {
+  std::array<int, 3> perm;
+  std::array<int, 3> sign;
+  double oblique_rad;
+  const char* extension;
+};
+
+class MaskOnInputGrid : public ::testing::TestWithParam<GridCase> {};
+
+TEST_P(MaskOnInputGrid, EveryVoxelMapsToTheSamePhysicalPoint) {
+  const GridCase gc = GetParam();
+  Mat3 p{};
+  for (int j = 0; j < 3; ++j) p[gc.perm[j] * 3 + j] = gc.sign[j];
+  Geometry input;
+  input.size = {23, 17, 11};
+  input.spacing_mm = {0.7, 0.45, 3.0};
+  input.origin_mm = {-31.5, 12.25, 88.0};
+  input.direction = mat_mul(rotation(gc.oblique_rad, -0.5 * gc.oblique_rad, 0.3 * gc.oblique_rad), p);
+
+  // A sphere drawn in canonical space, where the pipeline works.
+  const AxisMap map = canonical_axis_map(input);
+  const Geometry canonical = to_canonical(input, map);
+  const Vec3 centre = input.index_to_point({11.3, 7.9, 5.2});
+  const double radius_mm = 9.0;
+  torch::Tensor canonical_mask = torch::zeros(tensor_shape(canonical), torch::kUInt8);
+  auto cacc = canonical_mask.accessor<uint8_t, 3>();
+  for (int64_t z = 0; z < canonical.size[2]; ++z)
+    for (int64_t y = 0; y < canonical.size[1]; ++y)
+      for (int64_t x = 0; x < canonical.size[0]; ++x)
+        if (norm(canonical.index_to_point({double(x), double(y), double(z)}) - centre) <= radius_mm)
+          cacc[z][y][x] = 1;
+
+  ScratchDir dir;
+  const fs::path file = dir / (std::string("mask") + gc.extension);
+  write_image_file(file, from_canonical(canonical_mask, map), input);
+  EXPECT_FALSE(fs::exists(dir / (std::string(".tmp-mask") + gc.extension)));
+
+  // Read it back as any viewer would: the file's own grid must be the input's grid ...
+  const ImageFileContents back = read_image_file(file);
+  EXPECT_TRUE(back.volume.geometry.same_grid(input, 1e-3)) << back.volume.geometry.describe();
+  // ... and every voxel is set exactly when its physical point lies in the sphere.
+  auto acc = back.volume.voxels.accessor<float, 3>();
+  int64_t inside = 0;
+  for (int64_t z = 0; z < input.size[2]; ++z)
+    for (int64_t y = 0; y < input.size[1]; ++y)
+      for (int64_t x = 0; x < input.size[0]; ++x) {
+        const double d = norm(back.volume.geometry.index_to_point({double(x), double(y), double(z)}) - centre);
+        if (std::abs(d - radius_mm) < 1e-2) continue;  // float precision of the file header
+        ASSERT_EQ(acc[z][y][x] == 1.f, d <= radius_mm) << x << "," << y << "," << z;
+        inside += d <= radius_mm;
+      }
+  EXPECT_GT(inside, 100);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Grids, MaskOnInputGrid,
+    ::testing::Values(GridCase{{0, 1, 2}, {1, 1, 1}, 0.0, ".nii.gz"},
+                      GridCase{{0, 1, 2}, {-1, -1, 1}, 0.0, ".nii.gz"},   // RAS-stored NIfTI
+                      GridCase{{0, 2, 1}, {1, -1, 1}, 0.0, ".nii.gz"},    // coronal acquisition
+                      GridCase{{2, 0, 1}, {-1, 1, -1}, 0.2, ".nii.gz"},   // sagittal, oblique
+                      GridCase{{0, 1, 2}, {1, 1, 1}, 0.32, ".nii"},       // tilted, uncompressed
+                      GridCase{{1, 0, 2}, {1, -1, -1}, 0.1, ".mha"},
+                      GridCase{{0, 1, 2}, {1, 1, -1}, 0.05, ".nrrd"}));
+
+TEST(Writer, VoxelTypesRoundTripExactly) {
+  ScratchDir dir;
+  Geometry g;
+  g.size = {5, 4, 3};
+  g.spacing_mm = {0.5, 0.5, 2.0};
+  const torch::Tensor hu = torch::arange(-30, 30, torch::kInt16).reshape({3, 4, 5}) * 37;
+  write_image_file(dir / "ct.nii.gz", hu, g);
+  EXPECT_TRUE(torch::equal(read_image_file(dir / "ct.nii.gz").volume.voxels, hu.to(torch::kFloat32)));
+  // Writing the same data twice gives the same bytes (no timestamps in the files).
+  write_image_file(dir / "again.nii.gz", hu, g);
+  std::ifstream a(dir / "ct.nii.gz", std::ios::binary), b(dir / "again.nii.gz", std::ios::binary);
+  const std::string sa((std::istreambuf_iterator<char>(a)), {}), sb((std::istreambuf_iterator<char>(b)), {});
+  EXPECT_EQ(sa, sb);
+  EXPECT_THROW(write_image_file(dir / "bad.nii.gz", torch::zeros({3, 4, 4}), g), std::exception);
+  EXPECT_FALSE(fs::exists(dir / "bad.nii.gz"));
+}
+
+TEST(Writer, CorrectedDicomGridRoundTripsThroughNifti) {
+  // The GE series' corrected grid is oblique (18.5 deg); a mask written on it reads back on it.
+  ScratchDir dir;
+  const LoadedVolume lv = read_volume(test::data("ge-head-ct-tilt-mixed-thickness"));
+  torch::Tensor mask = (lv.volume.voxels > 1000).to(torch::kUInt8);
+  write_image_file(dir / "mask.nii.gz", mask, lv.volume.geometry);
+  const ImageFileContents back = read_image_file(dir / "mask.nii.gz");
+  EXPECT_TRUE(back.volume.geometry.same_grid(lv.volume.geometry, 1e-3));
+  EXPECT_TRUE(torch::equal(back.volume.voxels.to(torch::kUInt8), mask));
+}
+
+}  // namespace
+}  // namespace hemexp

@@ -1,0 +1,187 @@
+#pragma once
+
+// Synthetic head NCCT with known hematoma truth (`hemexp synth`). Core layer: LibTorch and
+// the standard library only. docs/SYNTH.md describes the model and its parameters.
+//
+// Determinism: every random number comes from the PRNGs below, seeded from (seed, case
+// index, purpose). Nothing uses torch's or std::'s random distributions, and images are
+// rendered slice by slice with per-voxel counter-based noise, so a case's bytes depend
+// only on (seed, index, arguments), never on --count or the number of threads.
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "hemexp/core/geometry.hpp"
+
+namespace hemexp::synth {
+
+// ---------------------------------------------------------------------------------------
+// Random numbers
+// ---------------------------------------------------------------------------------------
+
+// SplitMix64 finaliser: a stateless 64-bit mixing function.
+uint64_t mix64(uint64_t x);
+// Key for a purpose-specific stream: mix of seed, index and a purpose tag.
+uint64_t stream_key(uint64_t seed, uint64_t index, uint64_t purpose);
+
+// xoshiro256** seeded through SplitMix64; own uniform and normal (Box-Muller) samplers.
+class Rng {
+ public:
+  explicit Rng(uint64_t key);
+  uint64_t next();
+  double uniform();                       // [0, 1)
+  double uniform(double lo, double hi);   // [lo, hi)
+  double normal();                        // N(0, 1)
+  double normal(double mean, double sd);
+  bool bernoulli(double p);
+  int integer(int n);                     // 0 .. n-1
+
+ private:
+  std::array<uint64_t, 4> s_{};
+  bool has_spare_ = false;
+  double spare_ = 0.0;
+};
+
+// Counter-based numbers: a pure function of (key, counter).
+double hash_uniform(uint64_t key, uint64_t counter);  // (0, 1)
+float hash_normal(uint64_t key, uint64_t counter);    // N(0, 1)
+// Smooth 3D gradient noise in about [-1, 1], zero on the integer lattice, period-free.
+float gradient_noise(uint64_t key, float x, float y, float z);
+
+// ---------------------------------------------------------------------------------------
+// Hematoma features and the expansion (HE) model
+// ---------------------------------------------------------------------------------------
+
+enum class Location { BasalGanglia, Thalamus, Lobar, Cerebellum, Brainstem };
+const char* location_name(Location location);
+
+// The NCCT markers of expansion (docs/SYNTH.md gives the definitions used when rendering).
+struct Markers {
+  bool heterogeneity = false;
+  bool swirl = false;
+  bool blend = false;
+  bool black_hole = false;
+  bool island = false;
+  bool irregular_margin = false;
+  bool hypodensity = false;
+  int count() const;
+};
+// Names in the order of the labels.csv columns.
+const std::vector<std::string>& marker_names();
+std::vector<bool> marker_values(const Markers& m);
+
+// What the HE model sees, sampled before any image exists.
+struct HeFeatures {
+  Location location = Location::BasalGanglia;
+  bool left = true;
+  double volume_ml = 10.0;  // target (analytic) volume; the rendered mask volume is measured
+  Markers markers;
+  bool ivh = false;
+  double unobserved = 0.0;  // patient factor the image does not show (anticoagulation, BP, time)
+};
+
+// Logit(P(HE)) = intercept + volume_per_log * ln(V / 15 mL) + sum(marker coefficients)
+//               + ivh + unobserved.
+struct HeModel {
+  double volume_per_log = 0.55;
+  double heterogeneity = 0.55;
+  double swirl = 0.75;
+  double blend = 1.00;
+  double black_hole = 1.00;
+  double island = 1.25;
+  double irregular_margin = 0.60;
+  double hypodensity = 0.80;
+  double ivh = 0.30;
+  double unobserved_sd = 0.75;
+  // The part of the logit an image can show (no intercept, no unobserved factor).
+  double observable_logit(const HeFeatures& f) const;
+};
+
+HeFeatures sample_features(Rng& rng, const HeModel& model);
+
+// Intercept that makes the expected prevalence equal he_fraction (0 < F < 1), found by
+// bisection over a fixed 20,000-patient calibration cohort (its own seed). Cached.
+double calibrated_intercept(double he_fraction, const HeModel& model = {});
+
+struct HeTruth {
+  double logit = 0.0;
+  double probability = 0.0;
+  bool label = false;
+  double observable_probability = 0.0;  // sigmoid(intercept + observable_logit), no unobserved
+};
+
+// Everything about a case that is decided before rendering.
+struct CaseTruth {
+  int64_t index = 0;
+  std::string case_id;
+  HeFeatures features;
+  HeTruth he;
+  double growth_fraction_target = 0.0;  // follow-up growth asked of the renderer (V1/V0 - 1)
+};
+
+std::string case_id_for(int64_t index);
+// Pure function of (seed, index, he_fraction): the sampler of the HE truth.
+CaseTruth sample_case_truth(uint64_t seed, int64_t index, double he_fraction);
+
+// Follow-up growth rule: HE = growth > 6 mL or > 33 %.
+bool is_expansion(double baseline_ml, double followup_ml);
+
+// Area under the ROC curve (ties count one half).
+double roc_auc(const std::vector<double>& scores, const std::vector<bool>& labels);
+
+// ---------------------------------------------------------------------------------------
+// Rendering
+// ---------------------------------------------------------------------------------------
+
+struct SynthOptions {
+  uint64_t seed = 1;
+  double he_fraction = 0.2;
+  bool followup = false;
+  double thin_fraction = 0.1;  // share of cases on a thin-slice (1.25 mm) grid
+  int matrix = 512;            // in-plane size; the field of view stays clinical
+};
+
+// A rendered case. ct is int16 HU and mask uint8 (z,y,x) on `geometry`.
+struct SynthImages {
+  Geometry geometry;
+  torch::Tensor ct;
+  torch::Tensor mask;
+  int64_t mask_voxels = 0;
+  double volume_ml = 0.0;
+  double ivh_volume_ml = 0.0;
+  double edema_volume_ml = 0.0;
+};
+
+struct SynthCase {
+  CaseTruth truth;
+  std::string location;  // where the hematoma was put (procedural: anatomy; background: deep|lobar)
+  double blood_hu = 0.0;
+  double noise_sd_hu = 0.0;
+  SynthImages baseline;
+  bool has_followup = false;
+  SynthImages followup;
+  double growth_ml = 0.0;        // measured: followup mask volume - baseline mask volume
+  double growth_fraction = 0.0;  // growth_ml / baseline volume
+  std::string background;        // "procedural" or the background path given
+};
+
+// A procedural head with a hematoma.
+SynthCase render_procedural_case(const SynthOptions& options, int64_t index);
+
+// A real NCCT (HU, any grid) prepared for hematoma insertion: parenchyma mask etc.
+struct Background {
+  std::string name;
+  Volume volume;
+  torch::Tensor parenchyma;   // uint8 (z,y,x) on volume.geometry: where blood may go
+  torch::Tensor local_mean;   // float (z,y,x): in-plane 3x3 mean of the HU
+  double noise_sd_hu = 0.0;   // estimated noise in the parenchyma
+  int64_t parenchyma_voxels = 0;
+};
+Background prepare_background(const Volume& volume, const std::string& name);
+
+// Inserts a hematoma into a real background; the output is on the background's grid.
+SynthCase render_background_case(const SynthOptions& options, int64_t index, const Background& bg);
+
+}  // namespace hemexp::synth

@@ -1,0 +1,204 @@
+// The hematoma expansion truth of `hemexp synth`: features (location, volume, markers),
+// the logistic HE model, intercept calibration to --he-fraction, labels, growth, AUC.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <numeric>
+
+#include "hemexp/core/error.hpp"
+#include "hemexp/core/synth.hpp"
+#include "synth_internal.hpp"
+
+namespace hemexp::synth {
+
+namespace {
+double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+struct LocationPrior {
+  Location location;
+  double share;
+  double median_ml;
+  double max_ml;
+};
+// Shares and typical sizes of spontaneous ICH by site (hypertensive deep bleeds dominate).
+constexpr LocationPrior kLocations[] = {
+    {Location::BasalGanglia, 0.42, 16.0, 140.0},
+    {Location::Lobar, 0.28, 22.0, 150.0},
+    {Location::Thalamus, 0.15, 8.0, 45.0},
+    {Location::Cerebellum, 0.10, 10.0, 50.0},
+    {Location::Brainstem, 0.05, 4.0, 16.0},
+};
+constexpr double kVolumeLogSd = 1.05;
+constexpr double kMinVolumeMl = 0.3;
+
+// Marker prevalence: P(m) = sigmoid(base + per_log * ln(V/15) + shared * z), where z is one
+// latent "clot immaturity" per patient, so that markers co-occur as they do in cohorts.
+struct MarkerPrior {
+  double base, per_log, shared;
+};
+constexpr MarkerPrior kHeterogeneity{-0.4, 0.6, 1.0};
+constexpr MarkerPrior kSwirl{-0.9, 0.5, 1.0};
+constexpr MarkerPrior kBlend{-1.8, 0.4, 1.0};
+constexpr MarkerPrior kBlackHole{-1.9, 0.4, 1.0};
+constexpr MarkerPrior kIsland{-1.9, 0.8, 0.9};
+constexpr MarkerPrior kIrregular{-0.5, 0.8, 0.7};
+constexpr MarkerPrior kHypodensity{-0.6, 0.5, 1.0};
+
+bool draw_marker(Rng& rng, const MarkerPrior& p, double log_v, double z) {
+  return rng.bernoulli(sigmoid(p.base + p.per_log * log_v + p.shared * z));
+}
+}  // namespace
+
+const char* location_name(Location location) {
+  switch (location) {
+    case Location::BasalGanglia: return "basal_ganglia";
+    case Location::Thalamus: return "thalamus";
+    case Location::Lobar: return "lobar";
+    case Location::Cerebellum: return "cerebellum";
+    case Location::Brainstem: return "brainstem";
+  }
+  return "unknown";
+}
+
+int Markers::count() const {
+  return heterogeneity + swirl + blend + black_hole + island + irregular_margin + hypodensity;
+}
+
+const std::vector<std::string>& marker_names() {
+  static const std::vector<std::string> names{"heterogeneity", "swirl",           "blend",      "black_hole",
+                                              "island",        "irregular_margin", "hypodensity"};
+  return names;
+}
+
+std::vector<bool> marker_values(const Markers& m) {
+  return {m.heterogeneity, m.swirl, m.blend, m.black_hole, m.island, m.irregular_margin, m.hypodensity};
+}
+
+double HeModel::observable_logit(const HeFeatures& f) const {
+  const Markers& m = f.markers;
+  return volume_per_log * std::log(f.volume_ml / 15.0) + heterogeneity * m.heterogeneity + swirl * m.swirl +
+         blend * m.blend + black_hole * m.black_hole + island * m.island +
+         irregular_margin * m.irregular_margin + hypodensity * m.hypodensity + ivh * f.ivh;
+}
+
+HeFeatures sample_features(Rng& rng, const HeModel& model) {
+  HeFeatures f;
+  double u = rng.uniform();
+  const LocationPrior* prior = &kLocations[0];
+  for (const auto& l : kLocations) {
+    prior = &l;
+    if (u < l.share) break;
+    u -= l.share;
+  }
+  f.location = prior->location;
+  f.left = rng.bernoulli(0.5);
+  const double v = std::exp(std::log(prior->median_ml) + kVolumeLogSd * rng.normal());
+  f.volume_ml = std::clamp(v, kMinVolumeMl, prior->max_ml);
+  const double log_v = std::log(f.volume_ml / 15.0);
+  const double z = rng.normal();
+  Markers& m = f.markers;
+  m.heterogeneity = draw_marker(rng, kHeterogeneity, log_v, z);
+  m.swirl = draw_marker(rng, kSwirl, log_v, z);
+  m.blend = draw_marker(rng, kBlend, log_v, z);
+  m.black_hole = draw_marker(rng, kBlackHole, log_v, z);
+  m.island = draw_marker(rng, kIsland, log_v, z);
+  m.irregular_margin = draw_marker(rng, kIrregular, log_v, z);
+  m.hypodensity = draw_marker(rng, kHypodensity, log_v, z);
+  // Intraventricular extension: mostly deep bleeds, more often when large.
+  const bool deep = f.location == Location::BasalGanglia || f.location == Location::Thalamus;
+  f.ivh = rng.bernoulli(sigmoid((deep ? -1.0 : -2.6) + 0.7 * log_v));
+  f.unobserved = model.unobserved_sd * rng.normal();
+  return f;
+}
+
+double calibrated_intercept(double he_fraction, const HeModel& model) {
+  if (!(he_fraction > 0.0 && he_fraction < 1.0))
+    throw CoreError("he-fraction must lie strictly between 0 and 1, got " + std::to_string(he_fraction));
+  static std::mutex mutex;
+  static std::map<std::pair<double, double>, double> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_pair(he_fraction, model.unobserved_sd + 7.0 * model.island + 3.0 * model.volume_per_log);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  constexpr int kCohort = 20000;
+  std::vector<double> logits(kCohort);
+  for (int i = 0; i < kCohort; ++i) {
+    Rng rng(stream_key(0x43414C4942ULL, static_cast<uint64_t>(i), kPurposeFeatures));
+    const HeFeatures f = sample_features(rng, model);
+    logits[i] = model.observable_logit(f) + f.unobserved;
+  }
+  double lo = -20.0, hi = 20.0;
+  for (int iter = 0; iter < 80; ++iter) {
+    const double mid = 0.5 * (lo + hi);
+    double sum = 0.0;
+    for (double l : logits) sum += sigmoid(mid + l);
+    (sum / kCohort < he_fraction ? lo : hi) = mid;
+  }
+  const double intercept = 0.5 * (lo + hi);
+  cache[key] = intercept;
+  return intercept;
+}
+
+std::string case_id_for(int64_t index) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "synth_%05lld", static_cast<long long>(index));
+  return buf;
+}
+
+CaseTruth sample_case_truth(uint64_t seed, int64_t index, double he_fraction) {
+  const HeModel model;
+  CaseTruth t;
+  t.index = index;
+  t.case_id = case_id_for(index);
+  Rng rng(stream_key(seed, static_cast<uint64_t>(index), kPurposeFeatures));
+  t.features = sample_features(rng, model);
+  const double intercept = calibrated_intercept(he_fraction, model);
+  const double observable = intercept + model.observable_logit(t.features);
+  t.he.logit = observable + t.features.unobserved;
+  t.he.probability = sigmoid(t.he.logit);
+  t.he.observable_probability = sigmoid(observable);
+  Rng label_rng(stream_key(seed, static_cast<uint64_t>(index), kPurposeLabel));
+  t.he.label = label_rng.uniform() < t.he.probability;
+  // Growth asked of the follow-up: clearly past the HE threshold, or clearly short of it.
+  const double v = t.features.volume_ml;
+  const double threshold_fraction = std::min(6.0 / v, 0.33);
+  if (t.he.label) {
+    t.growth_fraction_target = threshold_fraction * label_rng.uniform(1.35, 2.6);
+  } else {
+    t.growth_fraction_target = threshold_fraction * label_rng.uniform(-0.5, 0.6);
+  }
+  return t;
+}
+
+bool is_expansion(double baseline_ml, double followup_ml) {
+  const double growth = followup_ml - baseline_ml;
+  return growth > 6.0 || (baseline_ml > 0.0 && growth > 0.33 * baseline_ml);
+}
+
+double roc_auc(const std::vector<double>& scores, const std::vector<bool>& labels) {
+  if (scores.size() != labels.size()) throw CoreError("roc_auc: scores and labels differ in length");
+  std::vector<size_t> order(scores.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return scores[a] < scores[b]; });
+  // Mann-Whitney U with average ranks for ties.
+  double rank_sum = 0.0;
+  size_t positives = 0;
+  for (size_t i = 0; i < order.size();) {
+    size_t j = i;
+    while (j + 1 < order.size() && scores[order[j + 1]] == scores[order[i]]) ++j;
+    const double avg_rank = 0.5 * (static_cast<double>(i) + static_cast<double>(j)) + 1.0;
+    for (size_t k = i; k <= j; ++k)
+      if (labels[order[k]]) {
+        rank_sum += avg_rank;
+        ++positives;
+      }
+    i = j + 1;
+  }
+  const size_t negatives = scores.size() - positives;
+  if (positives == 0 || negatives == 0) throw CoreError("roc_auc needs both classes");
+  const double p = static_cast<double>(positives), n = static_cast<double>(negatives);
+  return (rank_sum - p * (p + 1.0) / 2.0) / (p * n);
+}
+
+}  // namespace hemexp::synth
