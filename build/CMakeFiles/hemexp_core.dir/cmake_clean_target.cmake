@@ -1,3 +1,0 @@
-file(REMOVE_RECURSE
-  "libhemexp_core.a"
-)
