@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Installs missing Debian packages, builds (Release, build/), runs the whole test suite.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+cd "$HEMEXP_BUILD"
+ctest --output-on-failure -j "$(nproc 2>/dev/null || echo 2)" --timeout 900
