@@ -5,6 +5,7 @@
 #include <regex>
 
 #include "hemexp/app/run_command.hpp"
+#include "hemexp/app/synth_command.hpp"
 #include "hemexp/version.hpp"
 
 namespace hemexp {
@@ -67,6 +68,8 @@ std::unique_ptr<CLI::App> make_app(CommandLine& line) {
   app->require_subcommand(1);
   CLI::App* run = setup_run(*app, line.run);
   run->callback([&line] { line.command = "run"; });
+  CLI::App* synth = setup_synth(*app, line.synth);
+  synth->callback([&line] { line.command = "synth"; });
   return app;
 }
 
@@ -81,6 +84,7 @@ int main_entry(int argc, const char* const* argv) {
   }
   const std::vector<std::string> args(argv, argv + argc);
   if (line.command == "run") return run_cases(line.run, args);
+  if (line.command == "synth") return run_synth(line.synth, args);
   return kExitUsage;
 }
 

@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include "hemexp/app/synth_command.hpp"
+
 namespace CLI {
 class App;
 }
@@ -35,6 +37,7 @@ struct RunOptions {
 struct CommandLine {
   std::string command;  // the subcommand chosen ("run", ...)
   RunOptions run;
+  SynthOptions synth;
 };
 
 // Binds RunOptions to a `run` subcommand of app (validators included).

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "hemexp/core/geometry.hpp"
+#include "hemexp/core/orientation.hpp"
 
 namespace hemexp::synth {
 
@@ -170,13 +171,18 @@ struct SynthCase {
 // A procedural head with a hematoma.
 SynthCase render_procedural_case(const SynthOptions& options, int64_t index);
 
-// A real NCCT (HU, any grid) prepared for hematoma insertion: parenchyma mask etc.
+// A real NCCT (HU, any grid) prepared for hematoma insertion, in canonical orientation.
 struct Background {
   std::string name;
-  Volume volume;
-  torch::Tensor parenchyma;   // uint8 (z,y,x) on volume.geometry: where blood may go
-  torch::Tensor local_mean;   // float (z,y,x): in-plane 3x3 mean of the HU
-  double noise_sd_hu = 0.0;   // estimated noise in the parenchyma
+  Geometry original_geometry;  // outputs are written back on this grid
+  AxisMap axis_map;
+  Volume canonical;            // HU, canonical orientation
+  torch::Tensor parenchyma;    // uint8 (z,y,x), canonical: where blood and edema may go
+  torch::Tensor local_mean;    // float (z,y,x), canonical: in-plane 3x3 mean HU
+  std::vector<int64_t> candidates;  // voxel indices deep inside the parenchyma
+  std::array<double, 3> intracranial_centre_mm{0, 0, 0};
+  double intracranial_radius_mm = 60.0;
+  double noise_sd_hu = 0.0;    // estimated in the parenchyma
   int64_t parenchyma_voxels = 0;
 };
 Background prepare_background(const Volume& volume, const std::string& name);

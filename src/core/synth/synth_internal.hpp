@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "hemexp/core/synth.hpp"
@@ -195,5 +196,9 @@ HematomaSample eval_hematoma(const HematomaShape& s, V3 p, float growth_scale, f
 // Adds spatially correlated Gaussian noise (unit sd before sd_map scaling) to a slice.
 void add_slice_noise(float* slice, const float* sd_map, int64_t nx, int64_t ny, uint64_t key,
                      int64_t slice_index);
+
+// Renders c.followup through render_at(radius scale), adjusting the scale until the measured
+// growth agrees with the HE label; fills growth_ml and growth_fraction.
+void render_followup(SynthCase& c, const std::function<SynthImages(float)>& render_at);
 
 }  // namespace hemexp::synth
