@@ -1,0 +1,91 @@
+// Benchmark of the selective scan: the native CPU kernel against the ATen reference at
+// U-Mamba-like sizes (batch 1, N = 16, d_inner = 2 C), for 1 and 2 threads.
+//
+//   bench_selective_scan [--repeats R] [--quick]
+//
+// Prints one line per (L, d_inner, threads): median seconds of kernel and reference,
+// throughput in tokens x channels per second, and the speed-up (reference time / kernel
+// time). --quick runs the smallest size only.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include "hemexp/core/selective_scan.hpp"
+
+namespace {
+
+double median_seconds(int repeats, const std::function<void()>& f) {
+  f();  // warm-up
+  std::vector<double> t;
+  for (int i = 0; i < repeats; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    f();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int repeats = 5;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--repeats") == 0 && i + 1 < argc) {
+      repeats = std::max(1, std::atoi(argv[++i]));
+    } else if (std::strcmp(argv[i], "--quick") == 0) {
+      quick = true;
+    } else {
+      std::fprintf(stderr, "usage: %s [--repeats R] [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  struct Size {
+    const char* label;
+    int64_t len, d_inner;
+  };
+  std::vector<Size> sizes = {
+      {"4x12x12, C=256", 4 * 12 * 12, 512},
+      {"4x12x12, C=320", 4 * 12 * 12, 640},
+      {"8x24x24, C=256", 8 * 24 * 24, 512},
+      {"8x24x24, C=320", 8 * 24 * 24, 640},
+  };
+  if (quick) sizes.resize(1);
+  const int64_t n_state = 16;
+  std::printf("selective scan, batch 1, N %lld, float32, median of %d runs\n", static_cast<long long>(n_state),
+              repeats);
+  std::printf("%s", at::get_parallel_info().c_str());
+  std::printf("%-16s %6s %7s %3s | %11s %12s | %11s %12s | %8s\n", "tokens (DxHxW)", "L", "d_inner", "thr",
+              "kernel s", "kernel t*c/s", "ref s", "ref t*c/s", "speed-up");
+  for (const Size& s : sizes) {
+    torch::manual_seed(1);
+    const torch::Tensor u = torch::randn({1, s.len, s.d_inner});
+    const torch::Tensor delta = torch::softplus(torch::randn({1, s.len, s.d_inner}) - 3.0);
+    const torch::Tensor A =
+        -torch::arange(1, n_state + 1, torch::kFloat32).expand({s.d_inner, n_state}).contiguous();
+    const torch::Tensor B = torch::randn({1, s.len, n_state});
+    const torch::Tensor C = torch::randn({1, s.len, n_state});
+    const torch::Tensor D = torch::ones({s.d_inner});
+    for (int threads : {1, 2}) {
+      torch::set_num_threads(threads);
+      const double tk = median_seconds(repeats, [&] { hemexp::selective_scan_cpu(u, delta, A, B, C, D); });
+      const double tr = median_seconds(std::min(repeats, 3),
+                                       [&] { hemexp::selective_scan_reference(u, delta, A, B, C, D); });
+      const double work = static_cast<double>(s.len) * s.d_inner;
+      std::printf("%-16s %6lld %7lld %3d | %11.5f %12.3e | %11.5f %12.3e | %7.1fx\n", s.label,
+                  static_cast<long long>(s.len), static_cast<long long>(s.d_inner), threads, tk, work / tk, tr,
+                  work / tr, tr / tk);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}

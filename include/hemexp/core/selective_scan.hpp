@@ -1,0 +1,29 @@
+#pragma once
+
+#include <torch/types.h>
+
+namespace hemexp {
+
+// The selective scan of a Mamba block (fp32), for one batch of sequences:
+//   h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t      (state h: d_inner x N per batch)
+//   y_t = <h_t, C_t> + D * u_t
+// Shapes: u, delta (batch, L, d_inner); A (d_inner, N); B, C (batch, L, N); D (d_inner).
+// delta is already softplus'ed. Returns y (batch, L, d_inner). Never materialises a
+// (L, d_inner, N) tensor.
+//
+// selective_scan() uses the native CPU kernel (parallel over batch x channels, sequential
+// over tokens, state in registers) for CPU float tensors, and the reference elsewhere.
+torch::Tensor selective_scan(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                             const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D);
+
+// Plain ATen implementation (a loop over tokens of tensor ops), any device: the reference
+// for tests and the fallback for devices without a kernel.
+torch::Tensor selective_scan_reference(const torch::Tensor& u, const torch::Tensor& delta,
+                                       const torch::Tensor& A, const torch::Tensor& B,
+                                       const torch::Tensor& C, const torch::Tensor& D);
+
+// The native CPU kernel alone (throws CoreError for non-CPU or non-float32 input).
+torch::Tensor selective_scan_cpu(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                 const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D);
+
+}  // namespace hemexp
