@@ -1,0 +1,35 @@
+#pragma once
+
+#include <array>
+
+#include <nlohmann/json.hpp>
+
+#include "hemexp/core/geometry.hpp"
+
+namespace hemexp {
+
+// How a model wants its input, from the model card's "preprocessing" block.
+struct Preprocessing {
+  Vec3 spacing_mm{1.0, 1.0, 1.0};  // (x, y, z) of the model grid
+  double clip_low_hu = -1024.0;    // CT normalisation: clip, then (v - mean) / std
+  double clip_high_hu = 3071.0;
+  double mean_hu = 0.0;
+  double std_hu = 1.0;
+
+  static Preprocessing from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;
+};
+
+// The grid with the same origin and direction, the given spacing, and the size that covers
+// the same extent (at least one voxel per axis).
+Geometry grid_with_spacing(const Geometry& g, const Vec3& spacing_mm);
+
+// Linear resampling of voxels (..., z, y, x) from grid `from` onto grid `to`, which must share
+// origin and direction (only spacing and size differ): separable, so memory stays a small
+// multiple of the output. Positions outside `from` take the nearest edge value.
+torch::Tensor resample_between_grids(const torch::Tensor& voxels, const Geometry& from, const Geometry& to);
+
+// Clip and standardise HU as the card says.
+torch::Tensor normalize_ct(const torch::Tensor& hu, const Preprocessing& p);
+
+}  // namespace hemexp

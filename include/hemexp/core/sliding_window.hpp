@@ -1,0 +1,35 @@
+#pragma once
+
+#include <array>
+#include <functional>
+#include <vector>
+
+#include <torch/types.h>
+
+namespace hemexp {
+
+struct SlidingWindowOptions {
+  std::array<int64_t, 3> patch_size{64, 64, 64};  // (z, y, x)
+  double overlap = 0.5;                            // fraction of a patch shared by neighbours
+  bool mirror = false;                             // test-time augmentation: average of 8 flips
+  float pad_value = 0.f;                           // for images smaller than a patch
+  torch::Device device = torch::kCPU;              // where patches are evaluated
+};
+
+// logits (1, K, pz, py, px) of one patch (1, C, pz, py, px) on the options' device.
+using PatchNetwork = std::function<torch::Tensor(const torch::Tensor&)>;
+
+// Window start positions along one axis: evenly spaced, first at 0, last at size - patch,
+// neighbours at most patch * (1 - overlap) apart. One window at 0 when size <= patch.
+std::vector<int64_t> window_starts(int64_t size, int64_t patch, double overlap);
+
+// nnU-Net's Gaussian importance weights (sigma = patch / 8), maximum 1, no zeros.
+torch::Tensor gaussian_importance(const std::array<int64_t, 3>& patch_size);
+
+// Softmax probabilities (K, z, y, x) on the CPU for an image (C, z, y, x): every window is
+// evaluated, weighted by the Gaussian, and the weighted average is returned. Memory: the
+// image, one (K, z, y, x) accumulator and one (z, y, x) weight map, plus one patch.
+torch::Tensor sliding_window_probabilities(const PatchNetwork& network, const torch::Tensor& image,
+                                           int64_t num_classes, const SlidingWindowOptions& options);
+
+}  // namespace hemexp

@@ -1,0 +1,82 @@
+#include "hemexp/core/preprocessing.hpp"
+
+#include <cmath>
+
+#include "hemexp/core/error.hpp"
+
+namespace hemexp {
+
+Preprocessing Preprocessing::from_json(const nlohmann::json& j) {
+  Preprocessing p;
+  try {
+    const auto s = j.at("spacing_mm").get<std::vector<double>>();
+    if (s.size() != 3 || s[0] <= 0 || s[1] <= 0 || s[2] <= 0)
+      throw CoreError("model card: preprocessing.spacing_mm must be 3 positive numbers (x, y, z)");
+    p.spacing_mm = {s[0], s[1], s[2]};
+    const nlohmann::json& n = j.at("normalization");
+    if (n.value("type", "") != "ct") throw CoreError("model card: preprocessing.normalization.type must be 'ct'");
+    const auto clip = n.at("clip_hu").get<std::vector<double>>();
+    if (clip.size() != 2 || clip[0] >= clip[1]) throw CoreError("model card: normalization.clip_hu must be [low, high]");
+    p.clip_low_hu = clip[0];
+    p.clip_high_hu = clip[1];
+    p.mean_hu = n.at("mean_hu").get<double>();
+    p.std_hu = n.at("std_hu").get<double>();
+    if (!(p.std_hu > 0)) throw CoreError("model card: normalization.std_hu must be positive");
+  } catch (const nlohmann::json::exception& e) {
+    throw CoreError(std::string("model card: preprocessing block is incomplete: ") + e.what());
+  }
+  return p;
+}
+
+nlohmann::json Preprocessing::to_json() const {
+  return {{"spacing_mm", spacing_mm},
+          {"normalization",
+           {{"type", "ct"}, {"clip_hu", {clip_low_hu, clip_high_hu}}, {"mean_hu", mean_hu}, {"std_hu", std_hu}}}};
+}
+
+Geometry grid_with_spacing(const Geometry& g, const Vec3& spacing_mm) {
+  Geometry out = g;
+  out.spacing_mm = spacing_mm;
+  for (int a = 0; a < 3; ++a) {
+    const double extent = double(g.size[a] - 1) * g.spacing_mm[a];
+    out.size[a] = std::max<int64_t>(1, int64_t(std::floor(extent / spacing_mm[a] + 1e-6)) + 1);
+  }
+  return out;
+}
+
+namespace {
+
+// Resizes tensor dimension `dim` to `out_size` samples at input positions k * step.
+torch::Tensor resample_axis(const torch::Tensor& x, int64_t dim, int64_t out_size, double step) {
+  const int64_t in_size = x.size(dim);
+  if (in_size == out_size && std::abs(step - 1.0) < 1e-12) return x;
+  auto pos = torch::arange(out_size, torch::kFloat64) * step;
+  pos = pos.clamp(0, double(in_size - 1));
+  const auto i0 = pos.floor().to(torch::kLong).clamp(0, in_size - 1);
+  const auto i1 = (i0 + 1).clamp(0, in_size - 1);
+  std::vector<int64_t> shape(size_t(x.dim()), 1);
+  shape[size_t(dim)] = out_size;
+  const auto w = (pos - i0.to(torch::kFloat64)).to(x.scalar_type()).reshape(shape);
+  const auto a = x.index_select(dim, i0), b = x.index_select(dim, i1);
+  return a + (b - a) * w;
+}
+
+}  // namespace
+
+torch::Tensor resample_between_grids(const torch::Tensor& voxels, const Geometry& from, const Geometry& to) {
+  if (voxels.dim() < 3) throw CoreError("resampling needs at least 3 dimensions");
+  for (int a = 0; a < 3; ++a)
+    if (std::abs(from.origin_mm[a] - to.origin_mm[a]) > 1e-6)
+      throw CoreError("resampling between grids with different origins is not supported");
+  torch::Tensor x = voxels;
+  const int64_t last = voxels.dim() - 1;
+  for (int a = 0; a < 3; ++a)  // axis a (x, y, z) is tensor dim last - a
+    x = resample_axis(x, last - a, to.size[a], to.spacing_mm[a] / from.spacing_mm[a]);
+  return x.contiguous();
+}
+
+torch::Tensor normalize_ct(const torch::Tensor& hu, const Preprocessing& p) {
+  return (hu.clamp(p.clip_low_hu, p.clip_high_hu) - p.mean_hu) / p.std_hu;
+}
+
+}  // namespace hemexp
