@@ -86,16 +86,17 @@ struct HeFeatures {
 // Logit(P(HE)) = intercept + volume_per_log * ln(V / 15 mL) + sum(marker coefficients)
 //               + ivh + unobserved.
 struct HeModel {
-  double volume_per_log = 0.55;
-  double heterogeneity = 0.55;
-  double swirl = 0.75;
-  double blend = 1.00;
-  double black_hole = 1.00;
-  double island = 1.25;
-  double irregular_margin = 0.60;
-  double hypodensity = 0.80;
+  double volume_per_log = 0.44;
+  double heterogeneity = 0.44;
+  double swirl = 0.60;
+  double blend = 0.80;
+  double black_hole = 0.80;
+  double island = 1.00;
+  double irregular_margin = 0.48;
+  double hypodensity = 0.64;
   double ivh = 0.30;
-  double unobserved_sd = 0.75;
+  double unobserved_sd = 1.25;
+  std::vector<double> coefficients() const;
   // The part of the logit an image can show (no intercept, no unobserved factor).
   double observable_logit(const HeFeatures& f) const;
 };

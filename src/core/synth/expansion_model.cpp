@@ -83,6 +83,10 @@ double HeModel::observable_logit(const HeFeatures& f) const {
          irregular_margin * m.irregular_margin + hypodensity * m.hypodensity + ivh * f.ivh;
 }
 
+std::vector<double> HeModel::coefficients() const {
+  return {volume_per_log, heterogeneity, swirl, blend, black_hole, island, irregular_margin, hypodensity, ivh, unobserved_sd};
+}
+
 HeFeatures sample_features(Rng& rng, const HeModel& model) {
   HeFeatures f;
   double u = rng.uniform();
@@ -117,9 +121,10 @@ double calibrated_intercept(double he_fraction, const HeModel& model) {
   if (!(he_fraction > 0.0 && he_fraction < 1.0))
     throw CoreError("he-fraction must lie strictly between 0 and 1, got " + std::to_string(he_fraction));
   static std::mutex mutex;
-  static std::map<std::pair<double, double>, double> cache;
+  static std::map<std::vector<double>, double> cache;
   std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_pair(he_fraction, model.unobserved_sd + 7.0 * model.island + 3.0 * model.volume_per_log);
+  std::vector<double> key = model.coefficients();
+  key.push_back(he_fraction);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   constexpr int kCohort = 20000;
   std::vector<double> logits(kCohort);

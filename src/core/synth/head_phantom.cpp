@@ -313,9 +313,11 @@ TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p) {
 
   // Clefts: tentorium between cerebrum and cerebellum, cisterns around the brainstem,
   // Sylvian fissure between frontal and temporal lobes, interhemispheric fissure + falx.
-  const float tent = 0.5f * std::fabs(sd_supra - sd_infra);
-  const float cistern = 0.5f * std::fabs(sd_bs - sd_cbl);
-  const float amb = 0.5f * std::fabs(sd_bs - sd_supra);
+  // Each cleft is the bisector of two components, kept only where both are near.
+  auto cleft = [](float a, float b) { return std::fmax(a, b) < 4.f ? 0.5f * std::fabs(a - b) : 99.f; };
+  const float tent = cleft(sd_supra, sd_infra);
+  const float cistern = cleft(sd_bs, sd_cbl);
+  const float amb = cleft(sd_bs, sd_supra);
   const float sylv = (sd_tmp < sd_cer + 6.f && p.z > -30.f && -sd_cav < 18.f && p.y < 12.f) ? 0.5f * std::fabs(sd_cer - sd_tmp) : 99.f;
   const bool cerebellar = sd_infra < sd_supra && sd_cbl < sd_bs;
   const bool brainstem = sd_infra < sd_supra && sd_bs <= sd_cbl;

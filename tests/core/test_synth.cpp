@@ -1,0 +1,216 @@
+// Tests of the synthetic cohort generator's core: PRNG, HE sampler (prevalence, oracle AUC,
+// volume distribution), rendering determinism, mask/volume identity and follow-up growth.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "hemexp/core/error.hpp"
+#include "hemexp/core/synth.hpp"
+
+namespace hs = hemexp::synth;
+
+namespace {
+
+struct Cohort {
+  std::vector<double> probability, observable, volume;
+  std::vector<bool> label;
+};
+
+Cohort sample_cohort(uint64_t seed, int n, double he_fraction) {
+  Cohort c;
+  for (int i = 0; i < n; ++i) {
+    const hs::CaseTruth t = hs::sample_case_truth(seed, i, he_fraction);
+    c.probability.push_back(t.he.probability);
+    c.observable.push_back(t.he.observable_probability);
+    c.volume.push_back(t.features.volume_ml);
+    c.label.push_back(t.he.label);
+  }
+  return c;
+}
+
+double mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return s / v.size();
+}
+
+double prevalence(const std::vector<bool>& v) { return static_cast<double>(std::count(v.begin(), v.end(), true)) / v.size(); }
+
+hs::SynthOptions small_options(uint64_t seed) {
+  hs::SynthOptions o;
+  o.seed = seed;
+  o.matrix = 64;  // 64 x 64 in-plane on a clinical field of view: fast, same anatomy
+  o.thin_fraction = 0.0;
+  return o;
+}
+
+int64_t count_ones(const torch::Tensor& mask) { return mask.to(torch::kLong).sum().item<int64_t>(); }
+
+}  // namespace
+
+TEST(SynthRandom, SameKeySameStreamAndSaneMoments) {
+  hs::Rng a(hs::stream_key(7, 3, 1)), b(hs::stream_key(7, 3, 1)), c(hs::stream_key(7, 4, 1));
+  bool differs = false;
+  for (int i = 0; i < 100; ++i) {
+    const uint64_t x = a.next();
+    EXPECT_EQ(x, b.next());
+    differs |= x != c.next();
+  }
+  EXPECT_TRUE(differs);
+  hs::Rng r(42);
+  double s = 0, s2 = 0, u = 0;
+  const int n = 200000;
+  for (int i = 0; i < n; ++i) {
+    const double z = r.normal();
+    s += z;
+    s2 += z * z;
+    u += r.uniform();
+  }
+  EXPECT_NEAR(s / n, 0.0, 0.01);
+  EXPECT_NEAR(std::sqrt(s2 / n), 1.0, 0.01);
+  EXPECT_NEAR(u / n, 0.5, 0.005);
+  // Counter-based normals: a pure function of (key, counter).
+  EXPECT_EQ(hs::hash_normal(9, 12345), hs::hash_normal(9, 12345));
+  EXPECT_NE(hs::hash_normal(9, 12345), hs::hash_normal(9, 12346));
+}
+
+TEST(SynthRandom, RocAucKnownValues) {
+  EXPECT_DOUBLE_EQ(hs::roc_auc({0.1, 0.2, 0.8, 0.9}, {false, false, true, true}), 1.0);
+  EXPECT_DOUBLE_EQ(hs::roc_auc({0.9, 0.8, 0.2, 0.1}, {false, false, true, true}), 0.0);
+  EXPECT_DOUBLE_EQ(hs::roc_auc({0.5, 0.5, 0.5, 0.5}, {false, true, false, true}), 0.5);
+  EXPECT_DOUBLE_EQ(hs::roc_auc({0.1, 0.4, 0.35, 0.8}, {false, false, true, true}), 0.75);
+}
+
+// The documented ranges (docs/SYNTH.md): prevalence = --he-fraction (+- sampling error),
+// oracle AUC of the true probabilities 0.80-0.90 on large cohorts; a 500-case cohort is
+// allowed a little more sampling error.
+TEST(SynthHeModel, PrevalenceAndOracleAuc500Cases) {
+  const Cohort c = sample_cohort(2026, 500, 0.2);
+  const double p = prevalence(c.label);
+  const double auc = hs::roc_auc(c.probability, c.label);
+  const double observable_auc = hs::roc_auc(c.observable, c.label);
+  RecordProperty("prevalence", std::to_string(p));
+  RecordProperty("oracle_auc", std::to_string(auc));
+  std::printf("500 cases: prevalence %.3f, mean p %.3f, oracle AUC %.3f, image-observable AUC %.3f\n", p,
+              mean(c.probability), auc, observable_auc);
+  EXPECT_GE(p, 0.15);
+  EXPECT_LE(p, 0.25);
+  EXPECT_NEAR(mean(c.probability), 0.2, 0.025);
+  EXPECT_GE(auc, 0.78);
+  EXPECT_LE(auc, 0.92);
+  // The unobserved factor keeps image-observable information below the oracle.
+  EXPECT_LT(observable_auc, auc);
+  EXPECT_GT(observable_auc, 0.65);
+}
+
+TEST(SynthHeModel, PrevalenceFollowsHeFraction) {
+  for (const double f : {0.1, 0.35, 0.5}) {
+    const Cohort c = sample_cohort(11, 500, f);
+    EXPECT_NEAR(mean(c.probability), f, 0.03) << "he_fraction " << f;
+    EXPECT_NEAR(prevalence(c.label), f, 0.07) << "he_fraction " << f;
+  }
+  EXPECT_THROW(hs::calibrated_intercept(0.0), hemexp::CoreError);
+  EXPECT_THROW(hs::calibrated_intercept(1.0), hemexp::CoreError);
+}
+
+TEST(SynthHeModel, VolumesSpanSmallToVeryLarge) {
+  const Cohort c = sample_cohort(5, 2000, 0.2);
+  std::vector<double> v = c.volume;
+  std::sort(v.begin(), v.end());
+  EXPECT_LT(v.front(), 1.0);
+  EXPECT_GT(v.back(), 100.0);
+  const double median = v[v.size() / 2];
+  EXPECT_GT(median, 8.0);
+  EXPECT_LT(median, 25.0);
+  // Larger hematomas expand more often (volume is part of the model).
+  std::vector<bool> big_label, small_label;
+  for (size_t i = 0; i < c.volume.size(); ++i) (c.volume[i] > median ? big_label : small_label).push_back(c.label[i]);
+  EXPECT_GT(prevalence(big_label), prevalence(small_label));
+}
+
+TEST(SynthHeModel, TruthIsAPureFunctionOfSeedAndIndex) {
+  const hs::CaseTruth a = hs::sample_case_truth(3, 17, 0.2), b = hs::sample_case_truth(3, 17, 0.2);
+  EXPECT_EQ(a.case_id, "synth_00017");
+  EXPECT_EQ(a.he.probability, b.he.probability);
+  EXPECT_EQ(a.he.label, b.he.label);
+  EXPECT_EQ(a.features.volume_ml, b.features.volume_ml);
+  EXPECT_NE(hs::sample_case_truth(4, 17, 0.2).features.volume_ml, a.features.volume_ml);
+}
+
+TEST(SynthHeModel, ExpansionRule) {
+  EXPECT_TRUE(hs::is_expansion(10.0, 16.5));   // +6.5 mL
+  EXPECT_TRUE(hs::is_expansion(3.0, 4.2));     // +40 %
+  EXPECT_FALSE(hs::is_expansion(30.0, 35.0));  // +5 mL, +17 %
+  EXPECT_FALSE(hs::is_expansion(10.0, 9.0));
+}
+
+TEST(SynthRender, SameBytesForSameSeedAndIndex) {
+  const auto o = small_options(21);
+  const hs::SynthCase a = hs::render_procedural_case(o, 3);
+  const hs::SynthCase b = hs::render_procedural_case(o, 3);
+  ASSERT_TRUE(a.baseline.ct.equal(b.baseline.ct));
+  ASSERT_TRUE(a.baseline.mask.equal(b.baseline.mask));
+  const hs::SynthCase c = hs::render_procedural_case(small_options(22), 3);
+  EXPECT_FALSE(a.baseline.ct.equal(c.baseline.ct));
+}
+
+TEST(SynthRender, MaskDefinesVolumeAndIntensitiesArePlausible) {
+  hs::SynthOptions o = small_options(8);
+  o.matrix = 128;
+  for (int64_t index : {0, 1, 2}) {
+    const hs::SynthCase c = hs::render_procedural_case(o, index);
+    const hemexp::Geometry& g = c.baseline.geometry;
+    ASSERT_EQ(c.baseline.ct.scalar_type(), torch::kInt16);
+    ASSERT_EQ(c.baseline.mask.scalar_type(), torch::kUInt8);
+    ASSERT_EQ(c.baseline.ct.sizes(), c.baseline.mask.sizes());
+    EXPECT_EQ(c.baseline.ct.size(0), g.size[2]);
+    EXPECT_GE(g.size[2], 24);
+    EXPECT_LE(g.size[2], 40);
+    const int64_t voxels = count_ones(c.baseline.mask);
+    ASSERT_GT(voxels, 0);
+    EXPECT_EQ(voxels, c.baseline.mask_voxels);
+    EXPECT_DOUBLE_EQ(c.baseline.volume_ml, voxels * g.voxel_volume_mm3() / 1000.0);
+    // Within 35 % of the sampled volume (clipping at ventricles/cortex and islands aside).
+    EXPECT_NEAR(c.baseline.volume_ml / c.truth.features.volume_ml, 1.0, 0.35) << c.truth.case_id;
+    const torch::Tensor ct = c.baseline.ct.to(torch::kFloat);
+    const torch::Tensor blood = ct.masked_select(c.baseline.mask.to(torch::kBool));
+    const double blood_median = blood.median().item<double>();
+    EXPECT_GT(blood_median, 40.0);
+    EXPECT_LT(blood_median, 95.0);
+    EXPECT_LE(ct.min().item<float>(), -990.f);                  // air
+    EXPECT_GT((ct > 1000).sum().item<int64_t>(), 100);          // cortical bone
+    const torch::Tensor brain = ct.masked_select((ct > 0) & (ct < 60));
+    EXPECT_GT(brain.numel(), voxels);
+  }
+}
+
+TEST(SynthRender, FollowupGrowthAgreesWithLabel) {
+  // Find a few cases of each label with the sampler, then render them with follow-up.
+  std::vector<int64_t> picks;
+  int pos = 0, neg = 0;
+  for (int64_t i = 0; i < 200 && (pos < 2 || neg < 2); ++i) {
+    const bool label = hs::sample_case_truth(31, i, 0.2).he.label;
+    if (label && pos < 2) {
+      ++pos;
+      picks.push_back(i);
+    } else if (!label && neg < 2) {
+      ++neg;
+      picks.push_back(i);
+    }
+  }
+  ASSERT_EQ(picks.size(), 4u);
+  hs::SynthOptions o = small_options(31);
+  o.followup = true;
+  o.matrix = 96;
+  for (int64_t i : picks) {
+    const hs::SynthCase c = hs::render_procedural_case(o, i);
+    ASSERT_TRUE(c.has_followup);
+    const double voxel_ml = c.baseline.geometry.voxel_volume_mm3() / 1000.0;
+    const double v0 = count_ones(c.baseline.mask) * voxel_ml, v1 = count_ones(c.followup.mask) * voxel_ml;
+    EXPECT_DOUBLE_EQ(c.growth_ml, v1 - v0);
+    EXPECT_EQ(hs::is_expansion(v0, v1), c.truth.he.label) << c.truth.case_id << " " << v0 << " -> " << v1;
+    EXPECT_TRUE(c.followup.geometry.same_grid(c.baseline.geometry));
+  }
+}
