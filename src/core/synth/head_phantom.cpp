@@ -14,7 +14,7 @@ constexpr float kPi = 3.14159265f;
 constexpr float kDeg = kPi / 180.f;
 
 // --- standard anatomy (mm) ---------------------------------------------------------
-const Ellipsoid kCerebrum{{0, 0, 0}, {66, 84, 58}};
+const Ellipsoid kCerebrum{{0, 0, 4}, {66, 84, 62}};
 constexpr float kCerebrumFloorZ = -24.f;
 const Ellipsoid kTemporal[2] = {{{44, -6, -28}, {22, 32, 20}}, {{-44, -6, -28}, {22, 32, 20}}};
 const Ellipsoid kCerebellum[2] = {{{23, 50, -48}, {27, 27, 21}}, {{-23, 50, -48}, {27, 27, 21}}};
@@ -31,6 +31,7 @@ const Ellipsoid kFace{{0, -52, -72}, {58, 42, 40}};
 const Ellipsoid kMaxillary[2] = {{{27, -62, -74}, {14, 15, 16}}, {{-27, -62, -74}, {14, 15, 16}}};
 const Ellipsoid kNasal{{0, -70, -68}, {7, 22, 22}};
 const Ellipsoid kNeck{{0, 18, -112}, {55, 48, 40}};
+const Ellipsoid kPharynx{{0, -18, -82}, {52, 52, 34}};  // soft tissue joining face and neck
 const Capsule kSpine{{0, 24, -78}, {0, 28, -150}, 9.f};
 const Ellipsoid kAirway{{0, -14, -110}, {8, 6, 40}};
 const Ellipsoid kBound{{0, -5, -30}, {100, 120, 130}};
@@ -142,10 +143,10 @@ HeadParams sample_head(uint64_t seed, int64_t index) {
   h.skull_t0_mm = static_cast<float>(rng.uniform(4.5, 7.5));
   h.skull_front_back = static_cast<float>(rng.uniform(0.1, 0.5));
   h.skull_temporal_thin = static_cast<float>(rng.uniform(0.3, 0.55));
-  h.scalp_mm = static_cast<float>(rng.uniform(4.0, 8.0));
+  h.scalp_mm = static_cast<float>(rng.uniform(3.0, 6.0));
   h.csf_sub_mm = static_cast<float>(0.6 + 2.2 * h.atrophy + rng.uniform(0.0, 0.5));
-  h.sulcus_mm = static_cast<float>(1.0 + 2.0 * h.atrophy + rng.uniform(0.0, 0.5));
-  h.gyrus_mm = static_cast<float>(rng.uniform(8.0, 11.0));
+  h.sulcus_mm = static_cast<float>(1.4 + 2.4 * h.atrophy + rng.uniform(0.0, 0.5));
+  h.gyrus_mm = static_cast<float>(rng.uniform(13.0, 17.0));
   h.fissure_mm = static_cast<float>(0.8 + 2.0 * h.atrophy);
   h.gm_hu = static_cast<float>(rng.normal(36.0, 1.5));
   h.wm_hu = h.gm_hu - static_cast<float>(rng.uniform(7.5, 11.0));
@@ -155,7 +156,7 @@ HeadParams sample_head(uint64_t seed, int64_t index) {
   h.diploe_hu = static_cast<float>(rng.uniform(550.0, 950.0));
   h.scalp_hu = static_cast<float>(rng.uniform(30.0, 50.0));
   h.fat_hu = static_cast<float>(rng.uniform(-110.0, -70.0));
-  h.falx_hu = static_cast<float>(rng.uniform(45.0, 75.0));
+  h.falx_hu = static_cast<float>(rng.uniform(40.0, 58.0));
   h.pineal_calcified = rng.bernoulli(0.6);
   h.choroid_calcified = rng.bernoulli(0.55);
   h.pineal_mm = static_cast<float>(rng.uniform(1.5, 4.0));
@@ -179,7 +180,7 @@ float noise_factor(const HeadParams& h, V3 p) {
   (void)h;
   // Photon starvation: more noise through the centre of the head and at the skull base.
   const float rr = (p.x * p.x) / (70.f * 70.f) + (p.y * p.y) / (90.f * 90.f);
-  const float centre = 1.f + 0.25f * (1.f - clamp01(rr));
+  const float centre = 1.f + 0.15f * (1.f - clamp01(rr));
   const float base = 1.f + 0.5f * smoothstep(-25.f, -55.f, p.z);
   return centre * base;
 }
@@ -201,7 +202,8 @@ TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p) {
   const float fy = p.y / 84.f, fx = p.x / 66.f;
   float skull = h.skull_t0_mm * (1.f + h.skull_front_back * fy * fy -
                                  h.skull_temporal_thin * fx * fx * smoothstep(25.f, 0.f, p.z));
-  skull += std::clamp((-p.z - 20.f) * 0.35f, 0.f, 7.f);
+  // Floors of the cranial fossae are thinner than the vault (petrous bone and clivus are added apart).
+  skull *= 1.f - 0.45f * smoothstep(-15.f, -35.f, p.z) * smoothstep(45.f, 25.f, p.y);
   const float dura = 0.6f;
   // Temporalis muscles at the temples; neck muscles behind and beside the posterior fossa.
   const float scalp = h.scalp_mm + 7.f * fx * fx * smoothstep(30.f, 5.f, p.z) * smoothstep(-45.f, -20.f, p.z) +
@@ -233,7 +235,7 @@ TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p) {
       }
     }
     const bool in_face = kFace.sd(p) < 0.f;
-    const bool in_neck = kNeck.sd(p) < 0.f;
+    const bool in_neck = kNeck.sd(p) < 0.f || kPharynx.sd(p) < 0.f;
     if (sd_outer_cranium > 0.f && !in_face && !in_neck) return out;  // air
     // Air spaces.
     if (kSphenoidSinus.sd(p) < 0.f || kEthmoid.sd(p) < 0.f || kNasal.sd(p) < 0.f ||
@@ -289,7 +291,7 @@ TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p) {
     // Soft tissue: scalp with a fat layer, face, neck.
     if (sd_outer_cranium < 0.f) {
       const float d = sd_cav - dura - skull;  // 0 at the outer table
-      const float fat = smoothstep(1.0f, 2.0f, d) * smoothstep(scalp - 1.5f, scalp - 3.0f, d);
+      const float fat = smoothstep(1.0f, 2.0f, d) * smoothstep(std::fmin(scalp - 1.5f, 5.f), std::fmin(scalp - 3.0f, 4.f), d);
       out.hu = mix_f(h.scalp_hu, h.fat_hu, 0.8f * fat);
       out.cls = kSoft;
       return out;
@@ -325,14 +327,14 @@ TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p) {
   // Cortex/sulci: ridged gradient noise; the zero set of the noise is the sulcal line.
   const float gyr = cerebellar ? 3.5f : h.gyrus_mm;
   float sulc_dist = 99.f;
-  if (depth < 24.f && !brainstem) {
+  if (depth < 30.f && !brainstem) {
     // Sulci are sheets running radially into the brain: the noise varies slowly with depth.
     const float rq = std::fmax(len3(q), 1.f);
     const float radial = (cerebellar ? 45.f : 70.f) + 0.3f * (rq - (cerebellar ? 45.f : 70.f));
     const V3 s{q.x * radial / rq, q.y * radial / rq, q.z * radial / rq};
     const float n = gradient_noise(h.anatomy_key, s.x / gyr, s.y / gyr, s.z / gyr);
     const float n2 = 0.35f * gradient_noise(h.anatomy_key ^ 0x99, s.x / (0.45f * gyr), s.y / (0.45f * gyr), s.z / (0.45f * gyr));
-    const float reach = cerebellar ? 10.f : 17.f;
+    const float reach = cerebellar ? 10.f : 22.f;
     sulc_dist = std::fabs(n + n2) * gyr * 0.75f - 0.5f * (cerebellar ? 0.6f : h.sulcus_mm) * smoothstep(reach, 2.f, depth);
     sulc_dist += smoothstep(reach - 6.f, reach + 4.f, depth) * 20.f;  // sulci end at depth
   }
@@ -345,7 +347,7 @@ TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p) {
   const float fiss_edge = in_fissure_zone ? x_mid - fissure_half : 99.f;
   const float edge = std::fmin(csf_edge, fiss_edge);
 
-  if (in_fissure_zone && x_mid < 0.55f) {
+  if (in_fissure_zone && x_mid < 0.4f) {
     tissue_hu = h.falx_hu;
     cls = kCsf;
   } else if (tent < 0.45f && !brainstem) {
@@ -356,7 +358,7 @@ TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p) {
     cls = kCsf;
   } else {
     // Grey/white: cortex ribbon of ~2.5-3.2 mm along every CSF surface.
-    const float ribbon = cerebellar ? 4.5f : 2.8f;
+    const float ribbon = cerebellar ? 4.5f : 2.2f;
     float gm_w = smoothstep(ribbon + 0.8f, ribbon - 0.8f, edge);
     if (brainstem) gm_w = 0.35f;
     if (cerebellar) gm_w = std::fmax(gm_w, 0.75f * smoothstep(16.f, 10.f, -sd_cbl));  // folia; white core

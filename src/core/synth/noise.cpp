@@ -10,13 +10,13 @@
 namespace hemexp::synth {
 
 void add_slice_noise(float* slice, const float* sd_map, int64_t nx, int64_t ny, uint64_t key, int64_t slice_index) {
-  constexpr int kRadius = 4;
+  // Binomial(4) kernel, sd 1 pixel: lag-1/lag-2 autocorrelation 0.78/0.37, as measured on
+  // the real GE head CT (0.74/0.37-0.45).
+  constexpr int kRadius = 2;
   constexpr int kTaps = 2 * kRadius + 1;
-  // Binomial(8) kernel: sd about 1.4 pixels.
-  constexpr float kKernel[kTaps] = {1.f / 256, 8.f / 256, 28.f / 256, 56.f / 256, 70.f / 256,
-                                    56.f / 256, 28.f / 256, 8.f / 256, 1.f / 256};
-  // Unit variance after both passes: 1 / sum(w_i^2) (per axis) = 65536 / 12870.
-  const float norm = 65536.f / 12870.f;
+  constexpr float kKernel[kTaps] = {1.f / 16, 4.f / 16, 6.f / 16, 4.f / 16, 1.f / 16};
+  // Unit variance after both passes: 1 / sum(w_i^2) (per axis) = 256 / 70.
+  const float norm = 256.f / 70.f;
   const int64_t px = nx + 2 * kRadius, py = ny + 2 * kRadius;
   std::vector<float> white(static_cast<size_t>(px * py));
   const uint64_t base = static_cast<uint64_t>(slice_index) * static_cast<uint64_t>(px * py);

@@ -16,6 +16,7 @@ constexpr float kPi = 3.14159265f;
 
 struct Scan {
   Geometry geometry;
+  float holder_rx_mm = 100.f, holder_ry_mm = 120.f, holder_hu = 250.f;  // head holder shell
   float fov_mm = 240.f;
   int sub_samples = 3;
 };
@@ -38,7 +39,7 @@ Scan sample_scan(const SynthOptions& o, int64_t index, const HeadParams& head) {
   for (int i = 0; i < 400; ++i) {
     const double zc = 1.0 - (i + 0.5) * 2.0 / 400, rc = std::sqrt(1.0 - zc * zc), phi = 2.39996323 * i;
     const V3 q{static_cast<float>(78.0 * rc * std::cos(phi)), static_cast<float>(-3.0 + 96.0 * rc * std::sin(phi)),
-               static_cast<float>(-2.0 + 74.0 * zc)};
+               static_cast<float>(1.0 + 79.0 * zc)};
     const V3 scaled{q.x * head.scale.x, q.y * head.scale.y, q.z * head.scale.z};
     z_top = std::fmax(z_top, (head.translation + head.rotation.apply(scaled)).z);
   }
@@ -48,6 +49,9 @@ Scan sample_scan(const SynthOptions& o, int64_t index, const HeadParams& head) {
   g.spacing_mm = {dx, dx, dz};
   g.origin_mm = {-s.fov_mm / 2.0 + dx / 2.0, -s.fov_mm / 2.0 + dx / 2.0, z_hi - (nz - 1) * dz};
   s.sub_samples = std::clamp(static_cast<int>(std::ceil(dz / 1.7)), 1, 4);
+  s.holder_rx_mm = static_cast<float>(rng.uniform(96.0, 108.0));
+  s.holder_ry_mm = static_cast<float>(rng.uniform(118.0, 130.0));
+  s.holder_hu = static_cast<float>(rng.uniform(150.0, 400.0));
   return s;
 }
 
@@ -92,9 +96,9 @@ void place_hematoma(Rng& rng, const HeFeatures& f, V3& centre, M3& orientation) 
       } while (u.z < 0.05f || std::fabs(u.x) < 0.2f);
       u.x = side * std::fabs(u.x);
       // Surface point of the cerebrum ellipsoid along u.
-      const float k = 1.f / std::sqrt((u.x / 66.f) * (u.x / 66.f) + (u.y / 84.f) * (u.y / 84.f) + (u.z / 58.f) * (u.z / 58.f));
+      const float k = 1.f / std::sqrt((u.x / 66.f) * (u.x / 66.f) + (u.y / 84.f) * (u.y / 84.f) + (u.z / 62.f) * (u.z / 62.f));
       const float depth = std::fmin(0.85f * req + 6.f + static_cast<float>(rng.uniform(0, 6)), 0.75f * k);
-      centre = (k - depth) * u;
+      centre = V3{0.f, 0.f, 4.f} + (k - depth) * u;  // cerebrum ellipsoid centre
       orientation = random_rotation(rng);
       break;
     }
@@ -182,6 +186,13 @@ SynthImages render(const RenderInputs& in) {
           hu_sum += v;
         }
         hu[idx] = hu_sum / ns;
+        if (hu[idx] < -900.f) {
+          // Head holder: a thin curved shell behind the head, fixed to the scanner.
+          const float hx = (static_cast<float>(pt[0]) - h.translation.x) / in.scan->holder_rx_mm;
+          const float hy = (static_cast<float>(pt[1]) - h.translation.y) / in.scan->holder_ry_mm;
+          const float r = std::sqrt(hx * hx + hy * hy);
+          if (hy > -0.1f && std::fabs(r - 1.f) * in.scan->holder_rx_mm < 1.2f) hu[idx] = in.scan->holder_hu;
+        }
         sd[idx] = h.noise_sd_hu * noise_factor(h, q_mid);
         const float frac = occ_sum / ns;
         if (frac >= 0.5f) {
