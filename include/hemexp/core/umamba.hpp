@@ -1,0 +1,97 @@
+#pragma once
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/nn.h>
+
+namespace hemexp {
+
+// Hyper-parameters of a U-Mamba network, as the model card's "network" block states them.
+// Per-stage 3-vectors are in tensor order (depth, height, width) = (z, y, x).
+struct UMambaConfig {
+  std::string architecture = "UMambaBot";  // "UMambaBot" (Mamba at the bottleneck) or "UMambaEnc"
+  int64_t in_channels = 1;
+  int64_t num_classes = 2;
+  std::vector<int64_t> features_per_stage;
+  std::vector<std::array<int64_t, 3>> strides;       // stride of each encoder stage (first usually 1)
+  std::vector<std::array<int64_t, 3>> kernel_sizes;  // conv kernel of each stage
+  std::vector<int64_t> blocks_per_stage;             // residual blocks per encoder stage (>= 1)
+  std::vector<int64_t> blocks_per_stage_decoder;     // per decoder stage, n_stages - 1 entries
+  int64_t d_state = 16;
+  int64_t d_conv = 4;
+  int64_t expand = 2;
+  bool deep_supervision = true;
+
+  int64_t n_stages() const { return int64_t(features_per_stage.size()); }
+  bool mamba_after_every_stage() const { return architecture == "UMambaEnc"; }
+
+  // Validates everything (CoreError with the offending field on failure).
+  static UMambaConfig from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;
+};
+
+// conv - InstanceNorm - LeakyReLU - conv - InstanceNorm, plus a 1x1 (strided) projection on the
+// skip when the shape changes, then LeakyReLU of the sum.
+class ResidualBlockImpl : public torch::nn::Module {
+ public:
+  ResidualBlockImpl(int64_t in_channels, int64_t out_channels, std::array<int64_t, 3> kernel,
+                    std::array<int64_t, 3> stride);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::nn::Conv3d conv1_{nullptr}, conv2_{nullptr}, skip_{nullptr};
+  torch::nn::InstanceNorm3d norm1_{nullptr}, norm2_{nullptr};
+};
+TORCH_MODULE(ResidualBlock);
+
+// The Mamba block: in_proj -> (x, z); causal depthwise conv1d + SiLU on x; x_proj -> (dt, B, C);
+// delta = softplus(dt_proj(dt)); A = -exp(A_log); selective scan; out_proj(y * SiLU(z)).
+class MambaImpl : public torch::nn::Module {
+ public:
+  MambaImpl(int64_t d_model, int64_t d_state, int64_t d_conv, int64_t expand);
+  torch::Tensor forward(const torch::Tensor& x);  // (batch, L, d_model)
+
+ private:
+  int64_t d_inner_, d_state_, d_conv_, dt_rank_;
+  torch::nn::Linear in_proj_{nullptr}, x_proj_{nullptr}, dt_proj_{nullptr}, out_proj_{nullptr};
+  torch::nn::Conv1d conv1d_{nullptr};
+  torch::Tensor A_log_, D_;
+};
+TORCH_MODULE(Mamba);
+
+// Flattens (B, C, D, H, W) to (B, L, C) with W fastest, LayerNorm(C), Mamba, and back.
+class MambaLayerImpl : public torch::nn::Module {
+ public:
+  MambaLayerImpl(int64_t channels, int64_t d_state, int64_t d_conv, int64_t expand);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::nn::LayerNorm norm_{nullptr};
+  Mamba mamba_{nullptr};
+};
+TORCH_MODULE(MambaLayer);
+
+// U-Mamba (Bot or Enc): residual encoder, Mamba layer(s), decoder with nearest upsampling +
+// 1x1 conv, skip concatenation, residual blocks, and one 1x1 segmentation head per stage.
+// Parameter names match scripts/hemexp_nets.py one to one.
+class UMambaImpl : public torch::nn::Module {
+ public:
+  explicit UMambaImpl(const UMambaConfig& config);
+  // Logits at full resolution (the last decoder head).
+  torch::Tensor forward(const torch::Tensor& x);
+  // Logits of every decoder head, full resolution first (deep supervision outputs).
+  std::vector<torch::Tensor> forward_all(const torch::Tensor& x);
+  const UMambaConfig& config() const { return config_; }
+
+ private:
+  UMambaConfig config_;
+  ResidualBlock stem_{nullptr};
+  torch::nn::ModuleList encoder_stages_{nullptr}, encoder_mamba_{nullptr};
+  torch::nn::ModuleList upsample_convs_{nullptr}, decoder_stages_{nullptr}, seg_heads_{nullptr};
+};
+TORCH_MODULE(UMamba);
+
+}  // namespace hemexp

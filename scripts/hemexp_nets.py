@@ -1,0 +1,148 @@
+"""PyTorch reference of hemexp's networks (training and export).
+
+The same architectures as src/core/networks/*.cpp, with identical parameter names, so that
+weights exported from here load into the C++ networks one to one. Run with /usr/bin/python3
+(Debian's python3-torch).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def selective_scan_reference(u, delta, A, B, C, D):
+    """Mamba selective scan, fp32, state (batch, d_inner, N); never builds (L, d_inner, N).
+
+    u, delta: (batch, L, d_inner); A: (d_inner, N); B, C: (batch, L, N); D: (d_inner).
+    """
+    batch, length, d_inner = u.shape
+    h = u.new_zeros(batch, d_inner, A.shape[1])
+    ys = []
+    for t in range(length):
+        dt = delta[:, t, :].unsqueeze(-1)                       # (batch, d_inner, 1)
+        h = torch.exp(dt * A) * h + dt * B[:, t, :].unsqueeze(1) * u[:, t, :].unsqueeze(-1)
+        ys.append((h * C[:, t, :].unsqueeze(1)).sum(-1) + D * u[:, t, :])
+    return torch.stack(ys, dim=1)
+
+
+class ResidualBlock(nn.Module):
+    """conv-IN-LReLU-conv-IN + (1x1 strided projection when the shape changes), LReLU of the sum."""
+
+    def __init__(self, in_channels, out_channels, kernel, stride):
+        super().__init__()
+        pad = [k // 2 for k in kernel]
+        self.conv1 = nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=pad)
+        self.norm1 = nn.InstanceNorm3d(out_channels, affine=True, eps=1e-5)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, kernel, padding=pad)
+        self.norm2 = nn.InstanceNorm3d(out_channels, affine=True, eps=1e-5)
+        strided = any(s != 1 for s in stride)
+        self.skip = nn.Conv3d(in_channels, out_channels, 1, stride=stride) if (in_channels != out_channels or strided) else None
+
+    def forward(self, x):
+        y = F.leaky_relu(self.norm1(self.conv1(x)), 0.01)
+        y = self.norm2(self.conv2(y))
+        return F.leaky_relu(y + (self.skip(x) if self.skip is not None else x), 0.01)
+
+
+class Mamba(nn.Module):
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2):
+        super().__init__()
+        self.d_inner = expand * d_model
+        self.d_state = d_state
+        self.dt_rank = math.ceil(d_model / 16)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        # Mamba's dt initialisation: softplus(bias) spread between 1e-3 and 1e-1.
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def forward(self, x, scan=selective_scan_reference):
+        length = x.shape[1]
+        xs, z = self.in_proj(x).chunk(2, dim=-1)
+        u = F.silu(self.conv1d(xs.transpose(1, 2))[..., :length].transpose(1, 2)).contiguous()
+        dt, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt))
+        A = -torch.exp(self.A_log.float())
+        y = scan(u, delta.contiguous(), A, B.contiguous(), C.contiguous(), self.D)
+        return self.out_proj(y * F.silu(z))
+
+
+class MambaLayer(nn.Module):
+    """(B, C, D, H, W) -> (B, L, C) with W fastest -> LayerNorm -> Mamba -> back; no residual."""
+
+    def __init__(self, channels, d_state=16, d_conv=4, expand=2):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=1e-5)
+        self.mamba = Mamba(channels, d_state, d_conv, expand)
+
+    def forward(self, x):
+        shape = x.shape
+        tokens = x.reshape(shape[0], shape[1], -1).transpose(1, 2)
+        return self.mamba(self.norm(tokens)).transpose(1, 2).reshape(shape)
+
+
+class UMamba(nn.Module):
+    """U-Mamba_Bot (Mamba at the bottleneck) or U-Mamba_Enc (after every encoder stage)."""
+
+    def __init__(self, card_network):
+        super().__init__()
+        c = card_network
+        self.config = dict(c)
+        n = len(c["features_per_stage"])
+        every = c["architecture"] == "UMambaEnc"
+        assert c["architecture"] in ("UMambaBot", "UMambaEnc")
+        f, k, st = c["features_per_stage"], c["kernel_sizes"], c["strides"]
+        ds, dc, ex = c.get("d_state", 16), c.get("d_conv", 4), c.get("expand", 2)
+        self.stem = ResidualBlock(c["in_channels"], f[0], k[0], [1, 1, 1])
+        self.encoder_stages = nn.ModuleList()
+        self.encoder_mamba = nn.ModuleList()
+        channels = f[0]
+        for s in range(n):
+            blocks = [ResidualBlock(channels, f[s], k[s], st[s])]
+            blocks += [ResidualBlock(f[s], f[s], k[s], [1, 1, 1]) for _ in range(c["blocks_per_stage"][s] - 1)]
+            self.encoder_stages.append(nn.Sequential(*blocks))
+            channels = f[s]
+            if every or s == n - 1:
+                self.encoder_mamba.append(MambaLayer(channels, ds, dc, ex))
+        self.upsample_convs = nn.ModuleList()
+        self.decoder_stages = nn.ModuleList()
+        self.seg_heads = nn.ModuleList()
+        for s in range(n - 1):
+            below, skip = f[n - 1 - s], f[n - 2 - s]
+            self.upsample_convs.append(nn.Conv3d(below, skip, 1))
+            blocks = [ResidualBlock(2 * skip, skip, k[n - 2 - s], [1, 1, 1])]
+            blocks += [ResidualBlock(skip, skip, k[n - 2 - s], [1, 1, 1]) for _ in range(c["blocks_per_stage_decoder"][s] - 1)]
+            self.decoder_stages.append(nn.Sequential(*blocks))
+            self.seg_heads.append(nn.Conv3d(skip, c["num_classes"], 1))
+        self.every = every
+        self.deep_supervision = c.get("deep_supervision", True)
+
+    def forward_all(self, x):
+        n = len(self.encoder_stages)
+        skips, m = [], 0
+        x = self.stem(x)
+        for s in range(n):
+            x = self.encoder_stages[s](x)
+            if self.every or s == n - 1:
+                x = self.encoder_mamba[m](x)
+                m += 1
+            skips.append(x)
+        outputs = []
+        for s in range(n - 1):
+            skip = skips[n - 2 - s]
+            x = F.interpolate(x, size=skip.shape[2:], mode="nearest")
+            x = self.upsample_convs[s](x)
+            x = self.decoder_stages[s](torch.cat([x, skip], 1))
+            if self.deep_supervision or s == n - 2:
+                outputs.append(self.seg_heads[s](x))
+        return outputs[::-1]
+
+    def forward(self, x):
+        return self.forward_all(x)[0]

@@ -1,0 +1,137 @@
+#include "hemexp/core/measurements.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <vector>
+
+#include "hemexp/core/error.hpp"
+
+namespace hemexp {
+
+namespace {
+constexpr double kPi = 3.14159265358979323846;
+}
+
+nlohmann::json HematomaMeasurements::to_json() const {
+  return {{"voxels", voxels},       {"volume_ml", volume_ml},   {"abc2_volume_ml", abc2_volume_ml},
+          {"mean_hu", mean_hu},     {"std_hu", std_hu},         {"p10_hu", p10_hu},
+          {"p90_hu", p90_hu},       {"components", components}, {"surface_area_mm2", surface_area_mm2},
+          {"sphericity", sphericity}, {"touches_border", touches_border}};
+}
+
+int64_t connected_components(const torch::Tensor& mask, torch::Tensor* labels) {
+  const torch::Tensor m = (mask != 0).to(torch::kUInt8).contiguous();
+  const int64_t nz = m.size(0), ny = m.size(1), nx = m.size(2);
+  const uint8_t* in = m.data_ptr<uint8_t>();
+  torch::Tensor out = torch::zeros({nz, ny, nx}, torch::kInt32);
+  int32_t* lab = out.data_ptr<int32_t>();
+  int32_t count = 0;
+  std::vector<int64_t> stack;
+  for (int64_t start = 0; start < m.numel(); ++start) {
+    if (!in[start] || lab[start]) continue;
+    lab[start] = ++count;
+    stack.push_back(start);
+    while (!stack.empty()) {
+      const int64_t v = stack.back();
+      stack.pop_back();
+      const int64_t z = v / (ny * nx), y = (v / nx) % ny, x = v % nx;
+      for (int64_t dz = -1; dz <= 1; ++dz)
+        for (int64_t dy = -1; dy <= 1; ++dy)
+          for (int64_t dx = -1; dx <= 1; ++dx) {
+            const int64_t zz = z + dz, yy = y + dy, xx = x + dx;
+            if (zz < 0 || yy < 0 || xx < 0 || zz >= nz || yy >= ny || xx >= nx) continue;
+            const int64_t w = (zz * ny + yy) * nx + xx;
+            if (in[w] && !lab[w]) lab[w] = count, stack.push_back(w);
+          }
+    }
+  }
+  if (labels) *labels = out;
+  return count;
+}
+
+HematomaMeasurements measure_hematoma(const torch::Tensor& mask, const torch::Tensor& hu, const Geometry& g) {
+  check_matches(g, mask, "measuring a hematoma mask");
+  check_matches(g, hu, "measuring hematoma HU");
+  HematomaMeasurements r;
+  const torch::Tensor m = (mask != 0).contiguous();
+  r.voxels = m.sum().item<int64_t>();
+  if (r.voxels == 0) return r;
+  const double voxel_mm3 = g.voxel_volume_mm3();
+  r.volume_ml = double(r.voxels) * voxel_mm3 / 1000.0;
+
+  const torch::Tensor values = hu.to(torch::kFloat64).masked_select(m);
+  r.mean_hu = values.mean().item<double>();
+  r.std_hu = r.voxels > 1 ? values.std(/*unbiased=*/false).item<double>() : 0.0;
+  const torch::Tensor sorted = std::get<0>(values.sort());
+  const auto percentile = [&](double q) {  // linear interpolation between order statistics
+    const double pos = q * double(sorted.numel() - 1);
+    const int64_t lo = int64_t(std::floor(pos)), hi = std::min<int64_t>(lo + 1, sorted.numel() - 1);
+    return sorted[lo].item<double>() * (1 - (pos - double(lo))) + sorted[hi].item<double>() * (pos - double(lo));
+  };
+  r.p10_hu = percentile(0.10);
+  r.p90_hu = percentile(0.90);
+  r.components = connected_components(m);
+
+  // Exposed faces, weighted by their area, times 2/3.
+  const torch::Tensor padded = torch::constant_pad_nd(m.to(torch::kInt16), {1, 1, 1, 1, 1, 1}, 0);
+  const double face_area[3] = {g.spacing_mm[1] * g.spacing_mm[2],   // faces normal to x
+                               g.spacing_mm[0] * g.spacing_mm[2],   // to y
+                               g.spacing_mm[0] * g.spacing_mm[1]};  // to z
+  double faces = 0;
+  for (int axis = 0; axis < 3; ++axis) {
+    const int64_t dim = 2 - axis;
+    const torch::Tensor d = padded.narrow(dim, 1, padded.size(dim) - 1) - padded.narrow(dim, 0, padded.size(dim) - 1);
+    faces += double(d.abs().sum().item<int64_t>()) * face_area[axis];
+  }
+  r.surface_area_mm2 = faces * 2.0 / 3.0;
+  const double volume_mm3 = double(r.voxels) * voxel_mm3;
+  r.sphericity = std::cbrt(kPi) * std::pow(6.0 * volume_mm3, 2.0 / 3.0) / r.surface_area_mm2;
+
+  const int64_t nz = m.size(0), ny = m.size(1), nx = m.size(2);
+  r.touches_border = m.select(0, 0).any().item<bool>() || m.select(0, nz - 1).any().item<bool>() ||
+                     m.select(1, 0).any().item<bool>() || m.select(1, ny - 1).any().item<bool>() ||
+                     m.select(2, 0).any().item<bool>() || m.select(2, nx - 1).any().item<bool>();
+
+  // ABC/2 on the slice of largest area.
+  const torch::Tensor per_slice = m.sum({1, 2});
+  const int64_t best = per_slice.argmax().item<int64_t>();
+  const int64_t slices = (per_slice > 0).sum().item<int64_t>();
+  const torch::Tensor points = m[best].nonzero().to(torch::kFloat64);  // (n, 2): y, x
+  // The longest chord joins two extreme points of the slice, and every extreme point is the
+  // leftmost or rightmost voxel of its row: only those are kept (in-plane mm coordinates).
+  std::vector<std::array<double, 2>> ends;
+  {
+    auto acc = points.accessor<double, 2>();
+    std::map<int64_t, std::pair<double, double>> rows;
+    for (int64_t i = 0; i < points.size(0); ++i) {
+      const int64_t y = int64_t(acc[i][0]);
+      const double x = acc[i][1];
+      auto [it, inserted] = rows.try_emplace(y, x, x);
+      if (!inserted) it->second.first = std::min(it->second.first, x), it->second.second = std::max(it->second.second, x);
+    }
+    for (const auto& [y, lr] : rows)
+      for (double x : {lr.first, lr.second}) {
+        ends.push_back({x * g.spacing_mm[0], double(y) * g.spacing_mm[1]});
+      }
+  }
+  double a_len = 0;
+  std::array<double, 2> a_dir{1, 0};
+  for (size_t i = 0; i < ends.size(); ++i)
+    for (size_t j = i + 1; j < ends.size(); ++j) {
+      const double dx = ends[j][0] - ends[i][0], dy = ends[j][1] - ends[i][1];
+      const double len = std::hypot(dx, dy);
+      if (len > a_len) a_len = len, a_dir = {dx / len, dy / len};
+    }
+  double lo = 1e300, hi = -1e300;
+  for (const auto& e : ends) {
+    const double t = -a_dir[1] * e[0] + a_dir[0] * e[1];
+    lo = std::min(lo, t), hi = std::max(hi, t);
+  }
+  const double pixel = 0.5 * (g.spacing_mm[0] + g.spacing_mm[1]);
+  const double a_mm = a_len + pixel, b_mm = (hi - lo) + pixel, c_mm = double(slices) * g.spacing_mm[2];
+  r.abc2_volume_ml = a_mm * b_mm * c_mm / 2.0 / 1000.0;
+  return r;
+}
+
+}  // namespace hemexp

@@ -1,0 +1,214 @@
+#include "hemexp/core/umamba.hpp"
+
+#include <cmath>
+
+#include "hemexp/core/error.hpp"
+#include "hemexp/core/selective_scan.hpp"
+
+namespace hemexp {
+
+namespace F = torch::nn::functional;
+
+namespace {
+
+constexpr std::array<int64_t, 3> kUnitStride{1, 1, 1};
+
+std::vector<int64_t> vec(const std::array<int64_t, 3>& a) { return {a[0], a[1], a[2]}; }
+
+std::array<int64_t, 3> triple(const nlohmann::json& j, const std::string& what) {
+  if (!j.is_array() || j.size() != 3) throw CoreError("model card: " + what + " must be a list of 3 integers");
+  std::array<int64_t, 3> out{};
+  for (int k = 0; k < 3; ++k) {
+    if (!j[k].is_number_integer() || j[k].get<int64_t>() < 1)
+      throw CoreError("model card: " + what + " must hold positive integers");
+    out[k] = j[k].get<int64_t>();
+  }
+  return out;
+}
+
+torch::Tensor lrelu(const torch::Tensor& x) { return F::leaky_relu(x, F::LeakyReLUFuncOptions().negative_slope(0.01)); }
+
+}  // namespace
+
+UMambaConfig UMambaConfig::from_json(const nlohmann::json& j) {
+  UMambaConfig c;
+  try {
+    c.architecture = j.at("architecture").get<std::string>();
+    if (c.architecture != "UMambaBot" && c.architecture != "UMambaEnc")
+      throw CoreError("model card: unknown architecture '" + c.architecture + "'");
+    c.in_channels = j.at("in_channels").get<int64_t>();
+    c.num_classes = j.at("num_classes").get<int64_t>();
+    c.features_per_stage = j.at("features_per_stage").get<std::vector<int64_t>>();
+    const size_t n = c.features_per_stage.size();
+    if (n < 2) throw CoreError("model card: a U-Mamba needs at least 2 stages");
+    for (const auto& s : j.at("strides")) c.strides.push_back(triple(s, "strides"));
+    for (const auto& k : j.at("kernel_sizes")) c.kernel_sizes.push_back(triple(k, "kernel_sizes"));
+    c.blocks_per_stage = j.at("blocks_per_stage").get<std::vector<int64_t>>();
+    c.blocks_per_stage_decoder = j.at("blocks_per_stage_decoder").get<std::vector<int64_t>>();
+    c.d_state = j.value("d_state", int64_t(16));
+    c.d_conv = j.value("d_conv", int64_t(4));
+    c.expand = j.value("expand", int64_t(2));
+    c.deep_supervision = j.value("deep_supervision", true);
+    if (c.strides.size() != n || c.kernel_sizes.size() != n || c.blocks_per_stage.size() != n ||
+        c.blocks_per_stage_decoder.size() != n - 1)
+      throw CoreError("model card: strides, kernel_sizes and blocks_per_stage need one entry per stage, "
+                      "blocks_per_stage_decoder one fewer");
+    for (int64_t v : c.features_per_stage)
+      if (v < 1) throw CoreError("model card: features_per_stage must be positive");
+    for (int64_t v : c.blocks_per_stage)
+      if (v < 1) throw CoreError("model card: blocks_per_stage must be >= 1");
+    for (int64_t v : c.blocks_per_stage_decoder)
+      if (v < 1) throw CoreError("model card: blocks_per_stage_decoder must be >= 1");
+    for (const auto& k : c.kernel_sizes)
+      for (int64_t v : k)
+        if (v % 2 == 0) throw CoreError("model card: kernel sizes must be odd");
+    if (c.in_channels < 1 || c.num_classes < 2 || c.d_state < 1 || c.d_conv < 1 || c.expand < 1)
+      throw CoreError("model card: in_channels, num_classes, d_state, d_conv or expand out of range");
+  } catch (const nlohmann::json::exception& e) {
+    throw CoreError(std::string("model card: network block is incomplete: ") + e.what());
+  }
+  return c;
+}
+
+nlohmann::json UMambaConfig::to_json() const {
+  return {{"architecture", architecture},
+          {"in_channels", in_channels},
+          {"num_classes", num_classes},
+          {"features_per_stage", features_per_stage},
+          {"strides", strides},
+          {"kernel_sizes", kernel_sizes},
+          {"blocks_per_stage", blocks_per_stage},
+          {"blocks_per_stage_decoder", blocks_per_stage_decoder},
+          {"d_state", d_state},
+          {"d_conv", d_conv},
+          {"expand", expand},
+          {"deep_supervision", deep_supervision}};
+}
+
+// --- Residual block ------------------------------------------------------------------------
+
+ResidualBlockImpl::ResidualBlockImpl(int64_t in_channels, int64_t out_channels, std::array<int64_t, 3> kernel,
+                                     std::array<int64_t, 3> stride) {
+  const std::vector<int64_t> pad{kernel[0] / 2, kernel[1] / 2, kernel[2] / 2};
+  conv1_ = register_module("conv1", torch::nn::Conv3d(torch::nn::Conv3dOptions(in_channels, out_channels, vec(kernel))
+                                                          .stride(vec(stride))
+                                                          .padding(pad)));
+  norm1_ = register_module("norm1", torch::nn::InstanceNorm3d(torch::nn::InstanceNorm3dOptions(out_channels).affine(true).eps(1e-5)));
+  conv2_ = register_module("conv2", torch::nn::Conv3d(torch::nn::Conv3dOptions(out_channels, out_channels, vec(kernel)).padding(pad)));
+  norm2_ = register_module("norm2", torch::nn::InstanceNorm3d(torch::nn::InstanceNorm3dOptions(out_channels).affine(true).eps(1e-5)));
+  const bool strided = stride[0] != 1 || stride[1] != 1 || stride[2] != 1;
+  if (in_channels != out_channels || strided)
+    skip_ = register_module("skip", torch::nn::Conv3d(torch::nn::Conv3dOptions(in_channels, out_channels, 1).stride(vec(stride))));
+}
+
+torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) {
+  torch::Tensor y = lrelu(norm1_(conv1_(x)));
+  y = norm2_(conv2_(y));
+  return lrelu(y + (skip_ ? skip_(x) : x));
+}
+
+// --- Mamba -----------------------------------------------------------------------------------
+
+MambaImpl::MambaImpl(int64_t d_model, int64_t d_state, int64_t d_conv, int64_t expand)
+    : d_inner_(expand * d_model), d_state_(d_state), d_conv_(d_conv),
+      dt_rank_((d_model + 15) / 16) {
+  in_proj_ = register_module("in_proj", torch::nn::Linear(torch::nn::LinearOptions(d_model, 2 * d_inner_).bias(false)));
+  conv1d_ = register_module("conv1d", torch::nn::Conv1d(torch::nn::Conv1dOptions(d_inner_, d_inner_, d_conv)
+                                                            .groups(d_inner_)
+                                                            .padding(d_conv - 1)));
+  x_proj_ = register_module("x_proj", torch::nn::Linear(torch::nn::LinearOptions(d_inner_, dt_rank_ + 2 * d_state).bias(false)));
+  dt_proj_ = register_module("dt_proj", torch::nn::Linear(torch::nn::LinearOptions(dt_rank_, d_inner_)));
+  // S4D-real initialisation (A = -(1..N)); trained values come from the weights file.
+  A_log_ = register_parameter("A_log", torch::log(torch::arange(1, d_state + 1, torch::kFloat32)).repeat({d_inner_, 1}));
+  D_ = register_parameter("D", torch::ones({d_inner_}));
+  out_proj_ = register_module("out_proj", torch::nn::Linear(torch::nn::LinearOptions(d_inner_, d_model).bias(false)));
+}
+
+torch::Tensor MambaImpl::forward(const torch::Tensor& x) {
+  const int64_t L = x.size(1);
+  const auto xz = in_proj_(x).chunk(2, -1);
+  // Causal depthwise convolution along the tokens: pad d_conv - 1 on both sides, keep the first L.
+  torch::Tensor u = conv1d_(xz[0].transpose(1, 2)).slice(2, 0, L).transpose(1, 2);
+  u = F::silu(u).contiguous();
+  const auto parts = x_proj_(u).split({dt_rank_, d_state_, d_state_}, -1);
+  const torch::Tensor delta = F::softplus(dt_proj_(parts[0])).contiguous();
+  const torch::Tensor A = -torch::exp(A_log_.to(torch::kFloat32));
+  const torch::Tensor y = selective_scan(u, delta, A, parts[1].contiguous(), parts[2].contiguous(), D_);
+  return out_proj_(y * F::silu(xz[1]));
+}
+
+MambaLayerImpl::MambaLayerImpl(int64_t channels, int64_t d_state, int64_t d_conv, int64_t expand) {
+  norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({channels}).eps(1e-5)));
+  mamba_ = register_module("mamba", Mamba(channels, d_state, d_conv, expand));
+}
+
+torch::Tensor MambaLayerImpl::forward(const torch::Tensor& x) {
+  const auto sizes = x.sizes().vec();
+  const int64_t batch = sizes[0], channels = sizes[1];
+  const torch::Tensor tokens = x.reshape({batch, channels, -1}).transpose(1, 2);  // (B, L, C), W fastest
+  const torch::Tensor out = mamba_(norm_(tokens));
+  return out.transpose(1, 2).reshape(sizes);
+}
+
+// --- U-Mamba -----------------------------------------------------------------------------------
+
+UMambaImpl::UMambaImpl(const UMambaConfig& c) : config_(c) {
+  const int64_t n = c.n_stages();
+  stem_ = register_module("stem", ResidualBlock(c.in_channels, c.features_per_stage[0], c.kernel_sizes[0], kUnitStride));
+  encoder_stages_ = register_module("encoder_stages", torch::nn::ModuleList());
+  encoder_mamba_ = register_module("encoder_mamba", torch::nn::ModuleList());
+  int64_t channels = c.features_per_stage[0];
+  for (int64_t s = 0; s < n; ++s) {
+    torch::nn::Sequential stage;
+    stage->push_back(ResidualBlock(channels, c.features_per_stage[s], c.kernel_sizes[s], c.strides[s]));
+    for (int64_t b = 1; b < c.blocks_per_stage[s]; ++b)
+      stage->push_back(ResidualBlock(c.features_per_stage[s], c.features_per_stage[s], c.kernel_sizes[s], kUnitStride));
+    encoder_stages_->push_back(stage);
+    channels = c.features_per_stage[s];
+    if (c.mamba_after_every_stage() || s == n - 1)
+      encoder_mamba_->push_back(MambaLayer(channels, c.d_state, c.d_conv, c.expand));
+  }
+  upsample_convs_ = register_module("upsample_convs", torch::nn::ModuleList());
+  decoder_stages_ = register_module("decoder_stages", torch::nn::ModuleList());
+  seg_heads_ = register_module("seg_heads", torch::nn::ModuleList());
+  for (int64_t s = 0; s < n - 1; ++s) {
+    const int64_t below = c.features_per_stage[n - 1 - s], skip = c.features_per_stage[n - 2 - s];
+    upsample_convs_->push_back(torch::nn::Conv3d(torch::nn::Conv3dOptions(below, skip, 1)));
+    torch::nn::Sequential stage;
+    stage->push_back(ResidualBlock(2 * skip, skip, c.kernel_sizes[n - 2 - s], kUnitStride));
+    for (int64_t b = 1; b < c.blocks_per_stage_decoder[s]; ++b)
+      stage->push_back(ResidualBlock(skip, skip, c.kernel_sizes[n - 2 - s], kUnitStride));
+    decoder_stages_->push_back(stage);
+    seg_heads_->push_back(torch::nn::Conv3d(torch::nn::Conv3dOptions(skip, c.num_classes, 1)));
+  }
+}
+
+std::vector<torch::Tensor> UMambaImpl::forward_all(const torch::Tensor& input) {
+  const int64_t n = config_.n_stages();
+  std::vector<torch::Tensor> skips;
+  torch::Tensor x = stem_(input);
+  size_t mamba_index = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    x = encoder_stages_[s]->as<torch::nn::Sequential>()->forward(x);
+    if (config_.mamba_after_every_stage() || s == n - 1)
+      x = encoder_mamba_[mamba_index++]->as<MambaLayer>()->forward(x);
+    skips.push_back(x);
+  }
+  std::vector<torch::Tensor> outputs;
+  for (int64_t s = 0; s < n - 1; ++s) {
+    const torch::Tensor& skip = skips[n - 2 - s];
+    // Nearest upsampling to the skip's size (= scale by the stage stride when it divides).
+    x = F::interpolate(x, F::InterpolateFuncOptions()
+                              .size(std::vector<int64_t>{skip.size(2), skip.size(3), skip.size(4)})
+                              .mode(torch::kNearest));
+    x = upsample_convs_[s]->as<torch::nn::Conv3d>()->forward(x);
+    x = decoder_stages_[s]->as<torch::nn::Sequential>()->forward(torch::cat({x, skip}, 1));
+    if (config_.deep_supervision || s == n - 2) outputs.push_back(seg_heads_[s]->as<torch::nn::Conv3d>()->forward(x));
+  }
+  std::reverse(outputs.begin(), outputs.end());
+  return outputs;
+}
+
+torch::Tensor UMambaImpl::forward(const torch::Tensor& x) { return forward_all(x).front(); }
+
+}  // namespace hemexp

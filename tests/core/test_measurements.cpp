@@ -1,0 +1,99 @@
+// Hematoma measurements on shapes of known size.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "hemexp/core/measurements.hpp"
+
+namespace hemexp {
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+Geometry grid(std::array<int64_t, 3> size, Vec3 spacing) {
+  Geometry g;
+  g.size = size;
+  g.spacing_mm = spacing;
+  g.origin_mm = {-40, 12, 7};
+  return g;
+}
+
+// Ball of radius r (mm) centred at index c.
+torch::Tensor ball(const Geometry& g, const Vec3& c, double r) {
+  torch::Tensor m = torch::zeros(tensor_shape(g), torch::kUInt8);
+  auto a = m.accessor<uint8_t, 3>();
+  for (int64_t z = 0; z < g.size[2]; ++z)
+    for (int64_t y = 0; y < g.size[1]; ++y)
+      for (int64_t x = 0; x < g.size[0]; ++x) {
+        const double dx = (double(x) - c[0]) * g.spacing_mm[0], dy = (double(y) - c[1]) * g.spacing_mm[1],
+                     dz = (double(z) - c[2]) * g.spacing_mm[2];
+        if (dx * dx + dy * dy + dz * dz <= r * r) a[z][y][x] = 1;
+      }
+  return m;
+}
+
+TEST(Measurements, BallHasItsKnownVolumeShapeAndAbc2) {
+  const Geometry g = grid({80, 80, 40}, {0.5, 0.5, 1.0});
+  const torch::Tensor m = ball(g, {40.2, 39.7, 20.1}, 12.0);
+  const torch::Tensor hu = torch::full(tensor_shape(g), 65.f);
+  const HematomaMeasurements r = measure_hematoma(m, hu, g);
+  const double true_ml = 4.0 / 3.0 * kPi * 12 * 12 * 12 / 1000.0;  // 7.238 mL
+  EXPECT_EQ(r.voxels, m.sum().item<int64_t>());
+  EXPECT_NEAR(r.volume_ml, double(r.voxels) * 0.25 / 1000.0, 1e-12);
+  EXPECT_NEAR(r.volume_ml, true_ml, 0.01 * true_ml);
+  // ABC/2 of a ball is (2r)^3 / 2 = 6.912 mL.
+  EXPECT_NEAR(r.abc2_volume_ml, 6.912, 0.05 * 6.912);
+  EXPECT_NEAR(r.surface_area_mm2, 4 * kPi * 144, 0.05 * 4 * kPi * 144);
+  EXPECT_NEAR(r.sphericity, 1.0, 0.05);
+  EXPECT_EQ(r.components, 1);
+  EXPECT_FALSE(r.touches_border);
+  EXPECT_DOUBLE_EQ(r.mean_hu, 65.0);
+  EXPECT_DOUBLE_EQ(r.std_hu, 0.0);
+}
+
+TEST(Measurements, ElongatedShapeAndIntensityStatistics) {
+  // A 20 x 6 x 3 voxel box: volume exact, sphericity well below 1, ABC/2 = A B C / 2 with
+  // A the diagonal of the 20 x 6 rectangle (+1 pixel).
+  const Geometry g = grid({30, 20, 10}, {1.0, 1.0, 2.0});
+  torch::Tensor m = torch::zeros(tensor_shape(g), torch::kUInt8);
+  m.slice(0, 2, 5).slice(1, 4, 10).slice(2, 5, 25).fill_(1);
+  torch::Tensor hu = torch::arange(g.voxel_count(), torch::kFloat32).reshape(tensor_shape(g)).remainder(97);
+  const HematomaMeasurements r = measure_hematoma(m, hu, g);
+  EXPECT_EQ(r.voxels, 360);
+  EXPECT_DOUBLE_EQ(r.volume_ml, 360 * 2.0 / 1000.0);
+  const double a = std::hypot(19.0, 5.0) + 1.0;
+  // B: extent perpendicular to the diagonal, + 1 pixel.
+  const double b = 2 * (19.0 * 5.0) / std::hypot(19.0, 5.0) + 1.0;
+  EXPECT_NEAR(r.abc2_volume_ml, a * b * 6.0 / 2.0 / 1000.0, 1e-9);
+  // Face counting with the isotropic 2/3 factor: exact faces area 2 (20x6 + 20x6 + 6x6) mm2.
+  // (Flat axis-aligned faces are under-estimated by 1/3; hematoma surfaces are curved.)
+  EXPECT_NEAR(r.surface_area_mm2, 552.0 * 2.0 / 3.0, 1e-9);
+  EXPECT_NEAR(r.sphericity, std::cbrt(kPi) * std::pow(6.0 * 720.0, 2.0 / 3.0) / r.surface_area_mm2, 1e-12);
+  const torch::Tensor values = hu.masked_select(m.to(torch::kBool)).to(torch::kFloat64);
+  EXPECT_NEAR(r.mean_hu, values.mean().item<double>(), 1e-9);
+  EXPECT_NEAR(r.std_hu, values.std(false).item<double>(), 1e-9);
+  EXPECT_NEAR(r.p10_hu, torch::quantile(values, 0.1).item<double>(), 1e-9);
+  EXPECT_NEAR(r.p90_hu, torch::quantile(values, 0.9).item<double>(), 1e-9);
+}
+
+TEST(Measurements, ComponentsBorderAndEmptyMask) {
+  const Geometry g = grid({12, 12, 6}, {1, 1, 1});
+  torch::Tensor m = torch::zeros(tensor_shape(g), torch::kUInt8);
+  m[1][1][1] = 1;
+  m[2][2][2] = 1;  // diagonal neighbour: same 26-connected component
+  m[4][8][8] = 1;
+  m[5][0][3] = 1;  // on the border
+  torch::Tensor labels;
+  EXPECT_EQ(connected_components(m, &labels), 3);
+  EXPECT_EQ(labels[2][2][2].item<int>(), labels[1][1][1].item<int>());
+  const HematomaMeasurements r = measure_hematoma(m, torch::zeros(tensor_shape(g)), g);
+  EXPECT_EQ(r.components, 3);
+  EXPECT_TRUE(r.touches_border);
+  const HematomaMeasurements empty = measure_hematoma(torch::zeros(tensor_shape(g), torch::kUInt8), torch::zeros(tensor_shape(g)), g);
+  EXPECT_EQ(empty.voxels, 0);
+  EXPECT_EQ(empty.volume_ml, 0.0);
+  EXPECT_EQ(empty.components, 0);
+}
+
+}  // namespace
+}  // namespace hemexp
