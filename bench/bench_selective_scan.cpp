@@ -5,7 +5,8 @@
 //
 // Prints one line per (L, d_inner, threads): median seconds of kernel and reference,
 // throughput in tokens x channels per second, and the speed-up (reference time / kernel
-// time). --quick runs the smallest size only.
+// time), then the kernel's instruction-set variants on one thread. --quick runs the smallest
+// size only.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/Parallel.h>
@@ -63,6 +65,7 @@ int main(int argc, char** argv) {
   const int64_t n_state = 16;
   std::printf("selective scan, batch 1, N %lld, float32, median of %d runs\n", static_cast<long long>(n_state),
               repeats);
+  std::printf("kernel variant: %s\n", hemexp::selective_scan_cpu_isa());
   std::printf("%s", at::get_parallel_info().c_str());
   std::printf("%-16s %6s %7s %3s | %11s %12s | %11s %12s | %8s\n", "tokens (DxHxW)", "L", "d_inner", "thr",
               "kernel s", "kernel t*c/s", "ref s", "ref t*c/s", "speed-up");
@@ -85,6 +88,30 @@ int main(int argc, char** argv) {
                   static_cast<long long>(s.len), static_cast<long long>(s.d_inner), threads, tk, work / tk, tr,
                   work / tr, tr / tk);
       std::fflush(stdout);
+    }
+  }
+  // The instruction-set variants of the kernel, 1 thread, at the largest size.
+  if (!quick) {
+    const Size& s = sizes.back();
+    torch::manual_seed(1);
+    const torch::Tensor u = torch::randn({1, s.len, s.d_inner});
+    const torch::Tensor delta = torch::softplus(torch::randn({1, s.len, s.d_inner}) - 3.0);
+    const torch::Tensor A =
+        -torch::arange(1, n_state + 1, torch::kFloat32).expand({s.d_inner, n_state}).contiguous();
+    const torch::Tensor B = torch::randn({1, s.len, n_state});
+    const torch::Tensor C = torch::randn({1, s.len, n_state});
+    const torch::Tensor D = torch::ones({s.d_inner});
+    torch::set_num_threads(1);
+    std::printf("\nkernel variants, %s, 1 thread\n", s.label);
+    const std::pair<hemexp::ScanIsa, const char*> variants[] = {
+        {hemexp::ScanIsa::Avx512, "avx512"}, {hemexp::ScanIsa::Avx2, "avx2+fma"}, {hemexp::ScanIsa::Baseline, "sse2"}};
+    for (const auto& [isa, name] : variants) {
+      if (!hemexp::selective_scan_cpu_supports(isa)) {
+        std::printf("%-10s not supported by this CPU\n", name);
+        continue;
+      }
+      const double tk = median_seconds(repeats, [&] { hemexp::selective_scan_cpu(u, delta, A, B, C, D, isa); });
+      std::printf("%-10s %11.5f s %12.3e t*c/s\n", name, tk, static_cast<double>(s.len) * s.d_inner / tk);
     }
   }
   return 0;

@@ -6,8 +6,11 @@
 // is an elementwise operation on kBlock lanes (u_t, delta_t and y_t rows of a block are
 // contiguous in the (batch, L, d_inner) layout; B_t[n] and C_t[n] are broadcast scalars) and
 // the sum over n of y_t accumulates lane-wise in a fixed order, with no horizontal reduction.
-// exp() is a branch-free Cephes-style polynomial that the compiler vectorises; on x86-64 the
-// block update is compiled twice (AVX2 and baseline SSE2) and picked at load time.
+// The lanes are explicit vectors (GCC/Clang vector extension) and exp() is a branch-free
+// Cephes-style polynomial on them. On x86-64 the block loop is compiled for AVX-512 (one
+// 16-lane register per block), AVX2+FMA (two 8-lane registers) and baseline SSE2 (four), and
+// the best one the CPU supports is picked at run time. The variants may differ in the last
+// bits (FMA contraction), never between runs or thread counts on one machine.
 // Each output is computed by exactly one task with the same code path, so results do not
 // depend on the number of threads.
 #include "hemexp/core/selective_scan.hpp"
@@ -26,12 +29,11 @@
 namespace hemexp {
 namespace {
 
-constexpr int kBlock = 16;  // channels per task (two AVX2 vectors)
+constexpr int kBlock = 16;  // channels per task: one AVX-512 vector, two AVX2 vectors
+constexpr int64_t kPrefetch = 8;  // tokens ahead
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
-#define HEMEXP_SCAN_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define HEMEXP_SCAN_CLONES
+#if !defined(__GNUC__)
+#error "the selective-scan kernel uses GCC/Clang vector extensions"
 #endif
 
 std::string shape_of(const torch::Tensor& t) {
@@ -66,91 +68,216 @@ void check_shapes(const torch::Tensor& u, const torch::Tensor& delta, const torc
       throw CoreError(ctx + names[i] + " is on " + all[i]->device().str() + " but u is on " + u.device().str());
 }
 
-// exp(x) for float, branch-free so that loops over it vectorise: x = k ln2 + r with
-// |r| <= ln2/2, Cephes' degree-6 polynomial for exp(r), 2^k built in the exponent bits.
-// About 1 ulp; 0 below -87.3 (where expf would be subnormal), clamped at +88.
-inline float fast_exp(float x) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2Hi = 0.693359375f;      // 9 significant bits: k * kLn2Hi is exact
-  constexpr float kLn2Lo = -2.12194440e-4f;
-  constexpr float kRound = 12582912.0f;       // 1.5 * 2^23: adding it rounds to an integer
-  constexpr float kLow = -87.33654f;
-  constexpr float kHigh = 88.0f;
-  const float xc = std::min(std::max(x, kLow), kHigh);
-  const float k = (xc * kLog2e + kRound) - kRound;
-  const float r = (xc - k * kLn2Hi) - k * kLn2Lo;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < kLow ? 0.0f : p * scale;
-}
+// kW float lanes (GCC/Clang vector extension): 16 = one AVX-512 register, 8 = one AVX2
+// register, 4 = one SSE2 register. Written with explicit vectors so that vectorisation does
+// not depend on the optimiser (auto-vectorising the selects in fast_exp would need
+// -fno-trapping-math). (-Wpsabi: these vectors are passed by value only between inlined
+// functions of this file.)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#define HEMEXP_INLINE inline __attribute__((always_inline))
 
-// One token of one channel block: h <- exp(delta A) h + delta u B_t ; y = <h, C_t> + D u.
-// h and At are (n_state, kBlock); dl, uu, dd, y are kBlock lanes.
-template <int kN>
-inline void scan_token(int n_state, float* __restrict h, const float* __restrict At, const float* __restrict dl,
-                       const float* __restrict uu, const float* __restrict dd, const float* __restrict Bt,
-                       const float* __restrict Ct, float* __restrict y) {
-  const int n_count = kN > 0 ? kN : n_state;
-  float du[kBlock];
-  float acc[kBlock];
-  for (int c = 0; c < kBlock; ++c) {
-    du[c] = dl[c] * uu[c];
-    acc[c] = 0.0f;
-  }
-  for (int n = 0; n < n_count; ++n) {
-    const float b = Bt[n];
-    const float cc = Ct[n];
-    float* __restrict hn = h + n * kBlock;
-    const float* __restrict an = At + n * kBlock;
-    for (int c = 0; c < kBlock; ++c) {
-      const float hv = fast_exp(dl[c] * an[c]) * hn[c] + du[c] * b;
-      hn[c] = hv;
-      acc[c] += hv * cc;
-    }
-  }
-  for (int c = 0; c < kBlock; ++c) y[c] = acc[c] + dd[c] * uu[c];
-}
+// (One explicit specialisation per width: GCC drops vector_size on dependent typedefs.)
+template <int kW>
+struct SimdTypes;
+template <>
+struct SimdTypes<4> {
+  typedef float F __attribute__((vector_size(16)));
+  typedef int32_t I __attribute__((vector_size(16)));
+};
+template <>
+struct SimdTypes<8> {
+  typedef float F __attribute__((vector_size(32)));
+  typedef int32_t I __attribute__((vector_size(32)));
+};
+template <>
+struct SimdTypes<16> {
+  typedef float F __attribute__((vector_size(64)));
+  typedef int32_t I __attribute__((vector_size(64)));
+};
 
-// The whole sequence for channels [c0, c0 + width) of sequence b. Pointers are to the start
-// of that sequence: u, delta, y are (L, d_inner); B, C are (L, N).
-template <int kN>
-HEMEXP_SCAN_CLONES void scan_block(int64_t len, int64_t d_inner, int n_state, int64_t c0, int width,
+template <int kW>
+struct Simd {
+  using F = typename SimdTypes<kW>::F;
+  using I = typename SimdTypes<kW>::I;
+  static_assert(sizeof(F) == sizeof(float) * kW && sizeof(I) == sizeof(F), "vector types");
+
+  static HEMEXP_INLINE F splat(float x) { return F{} + x; }
+  static HEMEXP_INLINE F load(const float* p) {
+    F v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static HEMEXP_INLINE void store(float* p, F v) { std::memcpy(p, &v, sizeof(v)); }
+
+  // exp(x) lane-wise: x = k ln2 + r with |r| <= ln2/2, Cephes' degree-6 polynomial for exp(r),
+  // 2^k built in the exponent bits. About 1 ulp; exactly 1 at x = 0; 0 below -87.34 (where
+  // expf would be subnormal); clamped at +88 (not reached: delta >= 0 and A < 0 in Mamba).
+  static HEMEXP_INLINE F exp(F x) {
+    const F low = splat(-87.33654f);
+    const F high = splat(88.0f);
+    const F round = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+    F xc = x < low ? low : x;
+    xc = xc > high ? high : xc;
+    const F k = (xc * 1.44269504088896341f + round) - round;
+    const F r = (xc - k * 0.693359375f) - k * -2.12194440e-4f;  // ln 2 in two parts: k * hi is exact
+    F p = splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    const I bits = (__builtin_convertvector(k, I) + 127) << 23;
+    const F scale = (F)bits;  // same-size vector cast: reinterprets the bits
+    return x < low ? splat(0.0f) : p * scale;
+  }
+};
+
+// The whole sequence for channels [c0, c0 + width) of one sequence, kW lanes per vector.
+// Pointers are to the start of that sequence: u, delta, y are (L, d_inner); B, C are (L, N).
+// kN = 0: any N.
+template <int kN, int kW>
+HEMEXP_INLINE void scan_block_body(int64_t len, int64_t d_inner, int n_state, int64_t c0, int width,
                                    const float* u, const float* delta, const float* A, const float* B,
                                    const float* C, const float* D, float* y) {
-  // State and transposed A: (n_state, kBlock), zero-padded lanes beyond `width`.
-  std::vector<float> storage(2 * static_cast<size_t>(n_state) * kBlock + 64, 0.0f);
-  float* h = storage.data();
-  float* At = h + static_cast<size_t>(n_state) * kBlock;
-  for (int c = 0; c < width; ++c)
-    for (int n = 0; n < n_state; ++n) At[n * kBlock + c] = A[(c0 + c) * n_state + n];
-  alignas(64) float dd[kBlock] = {};
-  alignas(64) float dl[kBlock] = {};
-  alignas(64) float uu[kBlock] = {};
-  alignas(64) float yy[kBlock];
-  for (int c = 0; c < width; ++c) dd[c] = D[c0 + c];
+  using S = Simd<kW>;
+  using F = typename S::F;
+  constexpr int kVecs = kBlock / kW;  // vectors per channel block
+  const int n_count = kN > 0 ? kN : n_state;
+  // State h and transposed A: (n_count, kBlock) floats each, lanes beyond `width` stay 0.
+  // (Plain floats and unaligned vector loads: heap memory is only 16-byte aligned.)
+  std::vector<float> state(2 * static_cast<size_t>(n_count) * kBlock, 0.0f);
+  float* h = state.data();
+  float* At = h + static_cast<size_t>(n_count) * kBlock;
+  for (int n = 0; n < n_count; ++n)
+    for (int c = 0; c < width; ++c) At[n * kBlock + c] = A[(c0 + c) * n_count + n];
+  float dbuf[kBlock] = {}, ubuf[kBlock] = {}, ybuf[kBlock] = {};
+  for (int c = 0; c < width; ++c) dbuf[c] = D[c0 + c];
+  F dd[kVecs];
+  for (int j = 0; j < kVecs; ++j) dd[j] = S::load(dbuf + kW * j);
+  std::fill(dbuf, dbuf + kBlock, 0.0f);
 
   const bool full = width == kBlock;
   for (int64_t t = 0; t < len; ++t) {
     const float* ut = u + t * d_inner + c0;
     const float* dt = delta + t * d_inner + c0;
     float* yt = y + t * d_inner + c0;
-    if (full) {
-      std::memcpy(dl, dt, sizeof(dl));
-      std::memcpy(uu, ut, sizeof(uu));
-    } else {
-      std::memcpy(dl, dt, sizeof(float) * width);
-      std::memcpy(uu, ut, sizeof(float) * width);
+    const float* Bt = B + t * n_count;
+    const float* Ct = C + t * n_count;
+    // Rows of u and delta a few tokens ahead (a d_inner stride apart, not sequential).
+    __builtin_prefetch(ut + kPrefetch * d_inner);
+    __builtin_prefetch(dt + kPrefetch * d_inner);
+    if (!full) {  // a partial block: go through zero-padded buffers
+      std::memcpy(ubuf, ut, sizeof(float) * width);
+      std::memcpy(dbuf, dt, sizeof(float) * width);
+      ut = ubuf;
+      dt = dbuf;
     }
-    scan_token<kN>(n_state, h, At, dl, uu, dd, B + t * n_state, C + t * n_state, yy);
-    std::memcpy(yt, yy, sizeof(float) * width);
+    F uu[kVecs], dl[kVecs], du[kVecs], acc[kVecs];
+    for (int j = 0; j < kVecs; ++j) {
+      uu[j] = S::load(ut + kW * j);
+      dl[j] = S::load(dt + kW * j);
+      du[j] = dl[j] * uu[j];
+      acc[j] = S::splat(0.0f);
+    }
+    for (int n = 0; n < n_count; ++n) {
+      const float b = Bt[n];
+      const float cc = Ct[n];
+      float* hn = h + n * kBlock;
+      const float* an = At + n * kBlock;
+      for (int j = 0; j < kVecs; ++j) {
+        const F hv = S::exp(dl[j] * S::load(an + kW * j)) * S::load(hn + kW * j) + du[j] * b;
+        S::store(hn + kW * j, hv);
+        acc[j] += hv * cc;
+      }
+    }
+    float* out = full ? yt : ybuf;
+    for (int j = 0; j < kVecs; ++j) S::store(out + kW * j, acc[j] + dd[j] * uu[j]);
+    if (!full) std::memcpy(yt, ybuf, sizeof(float) * width);
+  }
+}
+
+using ScanBlockFn = void (*)(int64_t, int64_t, int, int64_t, int, const float*, const float*, const float*,
+                             const float*, const float*, const float*, float*);
+
+// One instantiation per instruction set, each compiled for its target; kernel_for() picks one.
+template <int kN>
+void scan_block_baseline(int64_t len, int64_t d_inner, int n_state, int64_t c0, int width, const float* u,
+                         const float* delta, const float* A, const float* B, const float* C, const float* D,
+                         float* y) {
+  scan_block_body<kN, 4>(len, d_inner, n_state, c0, width, u, delta, A, B, C, D, y);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HEMEXP_SCAN_X86 1
+template <int kN>
+__attribute__((target("avx2,fma"))) void scan_block_avx2(int64_t len, int64_t d_inner, int n_state, int64_t c0,
+                                                         int width, const float* u, const float* delta,
+                                                         const float* A, const float* B, const float* C,
+                                                         const float* D, float* y) {
+  scan_block_body<kN, 8>(len, d_inner, n_state, c0, width, u, delta, A, B, C, D, y);
+}
+
+template <int kN>
+__attribute__((target("avx512f,avx2,fma"))) void scan_block_avx512(int64_t len, int64_t d_inner, int n_state,
+                                                                   int64_t c0, int width, const float* u,
+                                                                   const float* delta, const float* A,
+                                                                   const float* B, const float* C, const float* D,
+                                                                   float* y) {
+  scan_block_body<kN, 16>(len, d_inner, n_state, c0, width, u, delta, A, B, C, D, y);
+}
+#endif
+
+bool isa_supported(ScanIsa isa) {
+  switch (isa) {
+    case ScanIsa::Auto:
+    case ScanIsa::Baseline:
+      return true;
+#ifdef HEMEXP_SCAN_X86
+    case ScanIsa::Avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case ScanIsa::Avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    default:
+      return false;
+#endif
+  }
+  return false;
+}
+
+ScanIsa resolve(ScanIsa isa) {
+  if (isa != ScanIsa::Auto) return isa;
+  static const ScanIsa best = isa_supported(ScanIsa::Avx512) ? ScanIsa::Avx512
+                              : isa_supported(ScanIsa::Avx2) ? ScanIsa::Avx2
+                                                             : ScanIsa::Baseline;
+  return best;
+}
+
+ScanBlockFn kernel_for(ScanIsa isa, int n_state) {
+  const bool n16 = n_state == 16;
+  switch (isa) {
+#ifdef HEMEXP_SCAN_X86
+    case ScanIsa::Avx512:
+      return n16 ? scan_block_avx512<16> : scan_block_avx512<0>;
+    case ScanIsa::Avx2:
+      return n16 ? scan_block_avx2<16> : scan_block_avx2<0>;
+#endif
+    default:
+      return n16 ? scan_block_baseline<16> : scan_block_baseline<0>;
+  }
+}
+
+const char* isa_name(ScanIsa isa) {
+  switch (isa) {
+    case ScanIsa::Avx512:
+      return "avx512";
+    case ScanIsa::Avx2:
+      return "avx2";
+    case ScanIsa::Baseline:
+      return "baseline";
+    default:
+      return "auto";
   }
 }
 
@@ -177,9 +304,21 @@ torch::Tensor selective_scan_reference(const torch::Tensor& u, const torch::Tens
   return y;
 }
 
+const char* selective_scan_cpu_isa() { return isa_name(resolve(ScanIsa::Auto)); }
+
+bool selective_scan_cpu_supports(ScanIsa isa) { return isa_supported(isa); }
+
 torch::Tensor selective_scan_cpu(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                                  const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D) {
+  return selective_scan_cpu(u, delta, A, B, C, D, ScanIsa::Auto);
+}
+
+torch::Tensor selective_scan_cpu(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                 const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
+                                 ScanIsa isa) {
   check_shapes(u, delta, A, B, C, D, "selective_scan_cpu");
+  if (!isa_supported(isa))
+    throw CoreError(std::string("selective_scan_cpu: this CPU does not support the ") + isa_name(isa) + " kernel");
   const torch::Tensor* all[] = {&u, &delta, &A, &B, &C, &D};
   for (const torch::Tensor* t : all) {
     if (!t->device().is_cpu())
@@ -204,6 +343,7 @@ torch::Tensor selective_scan_cpu(const torch::Tensor& u, const torch::Tensor& de
   const float* Cp = Cc.data_ptr<float>();
   const float* Dp = Dc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
+  const ScanBlockFn scan_block = kernel_for(resolve(isa), n_state);
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / blocks;
@@ -211,12 +351,7 @@ torch::Tensor selective_scan_cpu(const torch::Tensor& u, const torch::Tensor& de
       const int width = static_cast<int>(std::min<int64_t>(kBlock, d_inner - c0));
       const int64_t seq = b * len * d_inner;
       const int64_t seq_n = b * len * n_state;
-      if (n_state == 16)
-        scan_block<16>(len, d_inner, n_state, c0, width, up + seq, dp + seq, Ap, Bp + seq_n, Cp + seq_n, Dp,
-                       yp + seq);
-      else
-        scan_block<0>(len, d_inner, n_state, c0, width, up + seq, dp + seq, Ap, Bp + seq_n, Cp + seq_n, Dp,
-                      yp + seq);
+      scan_block(len, d_inner, n_state, c0, width, up + seq, dp + seq, Ap, Bp + seq_n, Cp + seq_n, Dp, yp + seq);
     }
   });
   return y;

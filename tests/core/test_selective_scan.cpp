@@ -139,6 +139,27 @@ TEST(SelectiveScan, KernelMatchesReferenceOnRandomInputs) {
   }
 }
 
+TEST(SelectiveScan, EveryInstructionSetVariantMatchesReference) {
+  // The variant Auto picks is covered above; here every variant this CPU can run.
+  const ScanInputs a = random_inputs(2, 120, 40, 16, 21);  // N = 16, partial last block
+  const ScanInputs b = random_inputs(1, 90, 24, 7, 22);    // generic N
+  int ran = 0;
+  for (ScanIsa isa : {ScanIsa::Baseline, ScanIsa::Avx2, ScanIsa::Avx512}) {
+    if (!selective_scan_cpu_supports(isa)) {
+      EXPECT_THROW(selective_scan_cpu(a.u, a.delta, a.A, a.B, a.C, a.D, isa), CoreError);
+      continue;
+    }
+    ++ran;
+    for (const ScanInputs* in : {&a, &b}) {
+      const torch::Tensor y = selective_scan_cpu(in->u, in->delta, in->A, in->B, in->C, in->D, isa);
+      expect_close(y, reference(*in), 1e-5, "variant " + std::to_string(static_cast<int>(isa)));
+    }
+  }
+  EXPECT_GE(ran, 1);
+  const std::string chosen = selective_scan_cpu_isa();
+  EXPECT_TRUE(chosen == "avx512" || chosen == "avx2" || chosen == "baseline") << chosen;
+}
+
 TEST(SelectiveScan, KernelMatchesReferenceWithStrongDecay) {
   // Large delta: exp(delta A) underflows to 0 for some channels and states.
   const ScanInputs in = random_inputs(2, 40, 24, 16, 99, /*delta_scale=*/60.0);

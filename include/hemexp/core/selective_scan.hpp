@@ -26,4 +26,13 @@ torch::Tensor selective_scan_reference(const torch::Tensor& u, const torch::Tens
 torch::Tensor selective_scan_cpu(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                                  const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D);
 
+// Instruction-set variants of the kernel (x86-64). Auto picks the best the CPU supports;
+// the others are for tests and benchmarks and throw CoreError where the CPU lacks them.
+enum class ScanIsa { Auto, Avx512, Avx2, Baseline };
+torch::Tensor selective_scan_cpu(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                 const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
+                                 ScanIsa isa);
+bool selective_scan_cpu_supports(ScanIsa isa);
+const char* selective_scan_cpu_isa();  // the variant Auto uses here: "avx512", "avx2" or "baseline"
+
 }  // namespace hemexp
