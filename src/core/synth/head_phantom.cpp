@@ -152,8 +152,8 @@ HeadParams sample_head(uint64_t seed, int64_t index) {
   h.wm_hu = h.gm_hu - static_cast<float>(rng.uniform(7.5, 11.0));
   h.deep_gm_hu = h.gm_hu - static_cast<float>(rng.uniform(0.0, 2.5));
   h.csf_hu = static_cast<float>(rng.uniform(3.0, 11.0));
-  h.cortical_bone_hu = static_cast<float>(rng.uniform(1350.0, 1800.0));
-  h.diploe_hu = static_cast<float>(rng.uniform(550.0, 950.0));
+  h.cortical_bone_hu = static_cast<float>(rng.uniform(1450.0, 1900.0));
+  h.diploe_hu = static_cast<float>(rng.uniform(750.0, 1150.0));
   h.scalp_hu = static_cast<float>(rng.uniform(30.0, 50.0));
   h.fat_hu = static_cast<float>(rng.uniform(-110.0, -70.0));
   h.falx_hu = static_cast<float>(rng.uniform(40.0, 58.0));
@@ -187,7 +187,10 @@ float noise_factor(const HeadParams& h, V3 p) {
 
 TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p) {
   TissueSample out;
-  if (kBound.sd(p) > 0.f) return out;  // air far from the head
+  if (kBound.sd(p) > 0.f) {  // air far from the head
+    out.far_air = true;
+    return out;
+  }
 
   // ---- cranial cavity -------------------------------------------------------------
   const float sd_cer = std::fmax(kCerebrum.sd(p), kCerebrumFloorZ - p.z);
@@ -216,8 +219,10 @@ TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p) {
   // ---- face, orbits, neck (below the cranial floor) -------------------------------
   if (sd_cav > 0.f) {
     // Orbit contents override bone and soft tissue.
+    float sd_orbits = 1e9f;
     for (int i = 0; i < 2; ++i) {
       const float so = kOrbit[i].sd(p);
+      sd_orbits = std::fmin(sd_orbits, so);
       if (so < 0.f) {
         if (kGlobe[i].sd(p) < 0.f) {
           out.hu = kGlobe[i].sd(p) > -1.2f ? 45.f : 12.f;
@@ -234,9 +239,13 @@ TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p) {
         return out;
       }
     }
-    const bool in_face = kFace.sd(p) < 0.f;
-    const bool in_neck = kNeck.sd(p) < 0.f || kPharynx.sd(p) < 0.f;
-    if (sd_outer_cranium > 0.f && !in_face && !in_neck) return out;  // air
+    const float sd_face = kFace.sd(p), sd_neck = std::fmin(kNeck.sd(p), kPharynx.sd(p));
+    const bool in_face = sd_face < 0.f;
+    const bool in_neck = sd_neck < 0.f;
+    if (sd_outer_cranium > 0.f && !in_face && !in_neck) {  // air
+      out.far_air = std::fmin(std::fmin(sd_outer_cranium, sd_orbits), std::fmin(sd_face, sd_neck)) > kFarAirMm;
+      return out;
+    }
     // Air spaces.
     if (kSphenoidSinus.sd(p) < 0.f || kEthmoid.sd(p) < 0.f || kNasal.sd(p) < 0.f ||
         kMaxillary[0].sd(p) < 0.f || kMaxillary[1].sd(p) < 0.f || kAirway.sd(p) < 0.f) {
@@ -283,7 +292,7 @@ TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p) {
       const float d_in = sd_cav - dura, d_out = dura + skull - sd_cav;
       const float table = 1.4f;
       const float t = std::fmin(smoothstep(table - 0.6f, table + 0.6f, d_in), smoothstep(table - 0.6f, table + 0.6f, d_out));
-      const float diploe = h.diploe_hu + 180.f * gradient_noise(h.anatomy_key ^ 0x77, p.x / 1.5f, p.y / 1.5f, p.z / 1.5f);
+      const float diploe = h.diploe_hu + 300.f * gradient_noise(h.anatomy_key ^ 0x77, p.x / 1.5f, p.y / 1.5f, p.z / 1.5f);
       out.hu = mix_f(h.cortical_bone_hu, diploe, t);
       out.cls = kBone;
       return out;

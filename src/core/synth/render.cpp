@@ -161,7 +161,10 @@ SynthImages render(const RenderInputs& in) {
         }
         float hu_sum = 0.f, occ_sum = 0.f, ivh_sum = 0.f, edema_sum = 0.f;
         V3 q_mid;
-        for (int s = 0; s < ns; ++s) {
+        int done = 0;
+        for (int step = 0; step < ns; ++step) {
+          // The middle sample first: far from the head, the voxel is air throughout.
+          const int s = step == 0 ? ns / 2 : (step <= ns / 2 ? step - 1 : step);
           const float off = ((s + 0.5f) / ns - 0.5f) * dz;
           const V3 p{static_cast<float>(pt[0]), static_cast<float>(pt[1]), static_cast<float>(pt[2]) + off};
           const V3 pat = h.rotation.apply_transposed(p - h.translation);  // patient frame (mm)
@@ -184,8 +187,10 @@ SynthImages render(const RenderInputs& in) {
             ivh_sum += 1.f;
           }
           hu_sum += v;
+          ++done;
+          if (step == 0 && t.far_air && dz * 0.5f < kFarAirMm) break;
         }
-        hu[idx] = hu_sum / ns;
+        hu[idx] = done < ns ? hu_sum / done : hu_sum / ns;
         if (hu[idx] < -900.f) {
           // Head holder: a thin curved shell behind the head, fixed to the scanner.
           const float hx = (static_cast<float>(pt[0]) - h.translation.x) / in.scan->holder_rx_mm;

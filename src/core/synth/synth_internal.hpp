@@ -52,18 +52,33 @@ inline float smoothstep(float e0, float e1, float x) {
   return t * t * (3.f - 2.f * t);
 }
 
-// Axis-aligned ellipsoid; sd() approximates the signed distance in mm.
+// Axis-aligned ellipsoid; sd() approximates the signed distance in mm. Far from the
+// surface (over kFarMm) it returns a cheap lower bound instead, which every caller only
+// compares against thresholds well below kFarMm.
 struct Ellipsoid {
+  static constexpr float kFarMm = 40.f;
   V3 c;
   V3 r{1, 1, 1};
+  V3 inv{1, 1, 1};   // 1 / r
+  V3 inv2{1, 1, 1};  // 1 / r^2
+  float r_max = 1.f;
+  Ellipsoid() = default;
+  Ellipsoid(V3 centre, V3 radii)
+      : c(centre), r(radii), inv{1.f / radii.x, 1.f / radii.y, 1.f / radii.z},
+        inv2{1.f / (radii.x * radii.x), 1.f / (radii.y * radii.y), 1.f / (radii.z * radii.z)},
+        r_max(std::fmax(radii.x, std::fmax(radii.y, radii.z))) {}
   float sd(V3 p) const {
-    const float qx = (p.x - c.x) / r.x, qy = (p.y - c.y) / r.y, qz = (p.z - c.z) / r.z;
+    const float dx = p.x - c.x, dy = p.y - c.y, dz = p.z - c.z;
+    const float d2 = dx * dx + dy * dy + dz * dz;
+    const float far = r_max + kFarMm;
+    if (d2 > far * far) return std::sqrt(d2) - r_max;
+    const float qx = dx * inv.x, qy = dy * inv.y, qz = dz * inv.z;
     const float k0 = std::sqrt(qx * qx + qy * qy + qz * qz);
-    const float k1 = std::sqrt(qx * qx / (r.x * r.x) + qy * qy / (r.y * r.y) + qz * qz / (r.z * r.z));
+    const float k1 = std::sqrt(qx * qx * inv2.x + qy * qy * inv2.y + qz * qz * inv2.z);
     return k1 > 1e-9f ? k0 * (k0 - 1.f) / k1 : -std::fmin(r.x, std::fmin(r.y, r.z));
   }
   bool inside(V3 p) const {
-    const float qx = (p.x - c.x) / r.x, qy = (p.y - c.y) / r.y, qz = (p.z - c.z) / r.z;
+    const float qx = (p.x - c.x) * inv.x, qy = (p.y - c.y) * inv.y, qz = (p.z - c.z) * inv.z;
     return qx * qx + qy * qy + qz * qz < 1.f;
   }
 };
@@ -86,9 +101,13 @@ inline float smin(float a, float b, float k) {
 // Tissue classes of a sample point.
 enum TissueClass : uint8_t { kAir = 0, kSoft, kBone, kCsf, kVentricle, kParenchyma };
 
+// Air at least this far (mm) from any tissue: the renderer skips the voxel's other samples.
+constexpr float kFarAirMm = 10.f;
+
 struct TissueSample {
   float hu = -1000.f;
   uint8_t cls = kAir;
+  bool far_air = false;
 };
 
 // A procedural head in its "standard head" frame (mm; x patient left, y posterior,
