@@ -3,9 +3,9 @@
 //
 //   bench_selective_scan [--repeats R] [--quick]
 //
-// Prints one line per (L, d_inner, threads): median seconds of kernel and reference,
-// throughput in tokens x channels per second, and the speed-up (reference time / kernel
-// time), then the kernel's instruction-set variants on one thread. --quick runs the smallest
+// Prints one line per (L, d_inner, threads): median (and minimum) seconds of kernel and
+// reference, throughput in tokens x channels per second (from the median), and the speed-up
+// (reference median / kernel median), then the kernel's instruction-set variants on one thread. --quick runs the smallest
 // size only.
 #include <algorithm>
 #include <chrono>
@@ -24,7 +24,11 @@
 
 namespace {
 
-double median_seconds(int repeats, const std::function<void()>& f) {
+struct Timing {
+  double median = 0, min = 0;
+};
+
+Timing time_it(int repeats, const std::function<void()>& f) {
   f();  // warm-up
   std::vector<double> t;
   for (int i = 0; i < repeats; ++i) {
@@ -33,7 +37,7 @@ double median_seconds(int repeats, const std::function<void()>& f) {
     t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return {t[t.size() / 2], t.front()};
 }
 
 }  // namespace
@@ -67,8 +71,8 @@ int main(int argc, char** argv) {
               repeats);
   std::printf("kernel variant: %s\n", hemexp::selective_scan_cpu_isa());
   std::printf("%s", at::get_parallel_info().c_str());
-  std::printf("%-16s %6s %7s %3s | %11s %12s | %11s %12s | %8s\n", "tokens (DxHxW)", "L", "d_inner", "thr",
-              "kernel s", "kernel t*c/s", "ref s", "ref t*c/s", "speed-up");
+  std::printf("%-16s %6s %7s %3s | %9s %9s %11s | %9s %9s %11s | %8s\n", "tokens (DxHxW)", "L", "d_inner", "thr",
+              "kernel s", "(min)", "kernel t*c/s", "ref s", "(min)", "ref t*c/s", "speed-up");
   for (const Size& s : sizes) {
     torch::manual_seed(1);
     const torch::Tensor u = torch::randn({1, s.len, s.d_inner});
@@ -80,13 +84,13 @@ int main(int argc, char** argv) {
     const torch::Tensor D = torch::ones({s.d_inner});
     for (int threads : {1, 2}) {
       torch::set_num_threads(threads);
-      const double tk = median_seconds(repeats, [&] { hemexp::selective_scan_cpu(u, delta, A, B, C, D); });
-      const double tr = median_seconds(std::min(repeats, 3),
-                                       [&] { hemexp::selective_scan_reference(u, delta, A, B, C, D); });
+      const Timing tk = time_it(repeats, [&] { hemexp::selective_scan_cpu(u, delta, A, B, C, D); });
+      const Timing tr =
+          time_it(std::min(repeats, 3), [&] { hemexp::selective_scan_reference(u, delta, A, B, C, D); });
       const double work = static_cast<double>(s.len) * s.d_inner;
-      std::printf("%-16s %6lld %7lld %3d | %11.5f %12.3e | %11.5f %12.3e | %7.1fx\n", s.label,
-                  static_cast<long long>(s.len), static_cast<long long>(s.d_inner), threads, tk, work / tk, tr,
-                  work / tr, tr / tk);
+      std::printf("%-16s %6lld %7lld %3d | %9.5f %9.5f %11.3e | %9.5f %9.5f %11.3e | %7.1fx\n", s.label,
+                  static_cast<long long>(s.len), static_cast<long long>(s.d_inner), threads, tk.median, tk.min,
+                  work / tk.median, tr.median, tr.min, work / tr.median, tr.median / tk.median);
       std::fflush(stdout);
     }
   }
@@ -110,8 +114,9 @@ int main(int argc, char** argv) {
         std::printf("%-10s not supported by this CPU\n", name);
         continue;
       }
-      const double tk = median_seconds(repeats, [&] { hemexp::selective_scan_cpu(u, delta, A, B, C, D, isa); });
-      std::printf("%-10s %11.5f s %12.3e t*c/s\n", name, tk, static_cast<double>(s.len) * s.d_inner / tk);
+      const Timing tk = time_it(repeats, [&] { hemexp::selective_scan_cpu(u, delta, A, B, C, D, isa); });
+      std::printf("%-10s %9.5f s (min %9.5f) %11.3e t*c/s\n", name, tk.median, tk.min,
+                  static_cast<double>(s.len) * s.d_inner / tk.median);
     }
   }
   return 0;

@@ -236,6 +236,8 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& n
 
 SafetensorsFile read_safetensors(const std::filesystem::path& path) {
   const std::string name = path.string();
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) fail(name, "not a regular file (missing?)");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(name, "cannot open the file");
   std::ostringstream buffer;

@@ -182,6 +182,7 @@ TEST(Safetensors, ErrorNamesThePath) {
   }
   std::filesystem::remove(path);
   EXPECT_THROW(read_safetensors(path), CoreError);  // missing file
+  EXPECT_THROW(read_safetensors(std::filesystem::temp_directory_path()), CoreError);  // a directory
 }
 
 // ---- one test per rejection rule ----------------------------------------------

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -187,6 +188,8 @@ TEST(SelectiveScan, LongSequenceAgainstDoubleLoop) {
   const std::vector<double> want = scalar_scan(in);
   const torch::Tensor w = torch::from_blob(const_cast<double*>(want.data()), {1, len, 4}, torch::kFloat64);
   expect_close(y, w, 1e-5, "L = 2^20 vs double loop");
+  std::printf("[ info     ] L = 2^20: max |kernel - double| = %.3g, max |double| = %.3g\n",
+              (y.to(torch::kFloat64) - w).abs().max().item<double>(), w.abs().max().item<double>());
   // The last tokens in particular (after a million steps of state).
   expect_close(y.slice(1, len - 1000), w.slice(1, len - 1000), 1e-5, "last 1000 tokens");
   // And the fp32 reference on a prefix.
@@ -202,6 +205,7 @@ TEST(SelectiveScan, SameResultForOneAndTwoThreads) {
   torch::set_num_threads(1);
   const torch::Tensor one = kernel(in);
   torch::set_num_threads(2);
+  EXPECT_EQ(torch::get_num_threads(), 2);
   const torch::Tensor two = kernel(in);
   torch::set_num_threads(saved);
   EXPECT_TRUE(torch::equal(one, two));
