@@ -51,6 +51,9 @@ CLI::App* setup_run(CLI::App& app, RunOptions& o) {
             return "";
           },
           "K/N", "Shard"));
+  run->add_option("--seg-model", o.seg_model, "Segmentation model (.safetensors with model card); default: models/")
+      ->check(CLI::ExistingFile);
+  run->add_flag("--save-probabilities", o.save_probabilities, "Also write cases/<id>/probability.nii.gz");
   run->add_option("--series-uid", o.series_uid, "DICOM: read this SeriesInstanceUID instead of choosing");
   run->add_option("--log-level", o.log_level, "Log detail")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
@@ -70,6 +73,8 @@ std::unique_ptr<CLI::App> make_app(CommandLine& line) {
   run->callback([&line] { line.command = "run"; });
   CLI::App* synth = setup_synth(*app, line.synth);
   synth->callback([&line] { line.command = "synth"; });
+  CLI::App* prepare = setup_prepare(*app, line.prepare);
+  prepare->callback([&line] { line.command = "prepare"; });
   return app;
 }
 
@@ -85,6 +90,7 @@ int main_entry(int argc, const char* const* argv) {
   const std::vector<std::string> args(argv, argv + argc);
   if (line.command == "run") return run_cases(line.run, args);
   if (line.command == "synth") return run_synth(line.synth, args);
+  if (line.command == "prepare") return run_prepare(line.prepare);
   return kExitUsage;
 }
 

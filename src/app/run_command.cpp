@@ -12,11 +12,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
+#include <optional>
 #include <sstream>
 #include <thread>
 
 #include "hemexp/app/report.hpp"
+#include "hemexp/core/measurements.hpp"
 #include "hemexp/core/orientation.hpp"
+#include "hemexp/core/segmenter.hpp"
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
 #include "hemexp/io/image_file.hpp"
@@ -72,7 +75,37 @@ struct RunContext {
   fs::path out;
   ReadOptions read;
   std::shared_ptr<spdlog::logger> log;
+  std::optional<SegmentationModel> seg_model;  // loaded once for the whole run
+  SegmentationRecipe seg_recipe;
+  torch::Device device = torch::kCPU;
+  bool save_probabilities = false;
 };
+
+// The default segmentation model: $HEMEXP_MODEL_DIR, then models/ beside or above the
+// executable (build tree or install prefix), then share/hemexp/models.
+std::optional<fs::path> default_seg_model(std::vector<std::string>& looked) {
+  const std::string name = "hemexp-seg.safetensors";
+  std::vector<fs::path> dirs;
+  if (const char* env = std::getenv("HEMEXP_MODEL_DIR")) dirs.emplace_back(env);
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path bin = exe.parent_path();
+    dirs.push_back(bin / "models");
+    dirs.push_back(bin.parent_path() / "models");
+    dirs.push_back(bin.parent_path() / "share/hemexp/models");
+  }
+  for (const fs::path& d : dirs) {
+    looked.push_back(d.string());
+    if (fs::exists(d / name)) return d / name;
+  }
+  return std::nullopt;
+}
+
+json model_json(const SegmentationModel& m) {
+  return {{"path", m.path.string()}, {"sha256", m.sha256}, {"name", m.card.json.value("name", "")},
+          {"research_use_only", true}};
+}
 
 struct CaseOutcome {
   std::string status;  // ok, failed, skipped
@@ -94,6 +127,14 @@ std::map<std::string, std::string> row_from_result(const json& r) {
     for (const auto& c : in.value("corrections", json::array())) corrections += (corrections.empty() ? "" : "; ") + c.get<std::string>();
     row["corrections"] = corrections;
   }
+  if (r.contains("hematoma")) {
+    const json& h = r["hematoma"];
+    row["hematoma_volume_ml"] = format_number(h.value("volume_ml", 0.0), 3);
+    row["abc2_volume_ml"] = format_number(h.value("abc2_volume_ml", 0.0), 3);
+    if (h.value("voxels", 0) > 0) row["mean_hu"] = format_number(h.value("mean_hu", 0.0), 1);
+  }
+  if (r.contains("models") && r["models"].contains("segmentation"))
+    row["seg_model_sha256"] = r["models"]["segmentation"].value("sha256", "");
   if (r.contains("seconds")) row["seconds"] = format_number(r["seconds"].get<double>(), 2);
   return row;
 }
@@ -131,14 +172,39 @@ CaseOutcome process_case(const CaseInput& c, const RunContext& ctx) {
     // Work happens in the canonical orientation; results go back to the input grid.
     t0 = Clock::now();
     const AxisMap to_canonical_map = canonical_axis_map(loaded.volume.geometry);
-    const Geometry canonical_grid = to_canonical(loaded.volume.geometry, to_canonical_map);
-    // No segmentation model exists yet: the mask is empty, and the case says so.
-    const torch::Tensor canonical_mask = torch::zeros(tensor_shape(canonical_grid), torch::kUInt8);
-    const torch::Tensor mask = from_canonical(canonical_mask, to_canonical_map);
+    const Volume canonical{to_canonical(loaded.volume.geometry, to_canonical_map),
+                           to_canonical(loaded.volume.voxels, to_canonical_map)};
+    json qc_flags = json::array();
+    torch::Tensor mask, probability;
+    if (ctx.seg_model) {
+      SegmentationModel model = *ctx.seg_model;
+      const Segmentation seg = segment_hematoma(model, ctx.seg_recipe, canonical, ctx.device);
+      mask = from_canonical(seg.mask, to_canonical_map);
+      if (ctx.save_probabilities) probability = from_canonical(seg.probability, to_canonical_map);
+      if (seg.removed_components > 0)
+        ctx.log->info("{}: removed {} components smaller than {} mL", c.id, seg.removed_components,
+                      ctx.seg_recipe.min_component_ml);
+    } else {
+      // No segmentation model: the mask is empty, and the case says so.
+      mask = torch::zeros(tensor_shape(loaded.volume.geometry), torch::kUInt8);
+      qc_flags.push_back("no_segmentation_model");
+    }
     timings["segment"] = seconds_since(t0);
+
+    if (ctx.seg_model) {
+      t0 = Clock::now();
+      const HematomaMeasurements h = measure_hematoma(mask, loaded.volume.voxels, loaded.volume.geometry);
+      result["hematoma"] = h.to_json();
+      if (h.touches_border) qc_flags.push_back("hematoma_touches_border");
+      if (h.components > 1) qc_flags.push_back("multiple_components");
+      timings["measure"] = seconds_since(t0);
+      ctx.log->info("{}: hematoma {:.2f} mL (ABC/2 {:.2f} mL), mean {:.1f} HU, {} components", c.id, h.volume_ml,
+                    h.abc2_volume_ml, h.mean_hu, h.components);
+    }
 
     t0 = Clock::now();
     write_image_file(dir / "mask.nii.gz", mask, loaded.volume.geometry);
+    if (probability.defined()) write_image_file(dir / "probability.nii.gz", probability, loaded.volume.geometry);
     if (loaded.info.grid_resampled) {
       // The mask lives on the corrected grid, which no viewer rebuilds from the DICOM files
       // in the same way: ship the corrected CT so that the mask overlays it exactly.
@@ -149,7 +215,7 @@ CaseOutcome process_case(const CaseInput& c, const RunContext& ctx) {
     timings["write"] = seconds_since(t0);
 
     result["input"] = input_json(loaded.info);
-    result["qc_flags"] = json::array({"no_segmentation_model"});
+    result["qc_flags"] = qc_flags;
   } catch (const std::exception& e) {
     result["status"] = "failed";
     result["error"] = one_line(e.what());
@@ -157,10 +223,12 @@ CaseOutcome process_case(const CaseInput& c, const RunContext& ctx) {
     std::error_code ec;
     fs::remove(dir / "mask.nii.gz", ec);  // never leave outputs of an earlier attempt
     fs::remove(dir / "ct.nii.gz", ec);
+    fs::remove(dir / "probability.nii.gz", ec);
     ctx.log->error("{}: failed: {} ({})", c.id, one_line(e.what()), c.path.string());
   }
   result["timings_s"] = timings;
   result["models"] = json::object();
+  if (ctx.seg_model) result["models"]["segmentation"] = model_json(*ctx.seg_model);
   result["seconds"] = seconds_since(t_case);
   result["hemexp_version"] = kVersion;
   CaseOutcome outcome;
@@ -250,6 +318,20 @@ int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
   torch::set_num_threads(threads);
 
   RunContext ctx;
+  ctx.device = torch::Device(o.device);
+  ctx.save_probabilities = o.save_probabilities;
+  std::vector<std::string> looked;
+  const std::optional<fs::path> seg_path =
+      o.seg_model.empty() ? default_seg_model(looked) : std::optional<fs::path>(o.seg_model);
+  if (seg_path) {
+    try {
+      ctx.seg_model = load_segmentation_model(*seg_path, ctx.device);
+      ctx.seg_recipe = SegmentationRecipe::from_card(ctx.seg_model->card.json);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: segmentation model %s: %s\n", seg_path->c_str(), e.what());
+      return kExitSetup;
+    }
+  }
   ctx.out = out;
   ctx.read.series_uid = o.series_uid;
   ctx.log = make_logger(out / names.log, o);
@@ -259,6 +341,12 @@ int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
   ctx.log->info("hemexp {} ({}) on {}: {}", kVersion, kGitCommit, host_name(), command_line);
   ctx.log->info("device {}, {} threads, {} of {} cases in this shard ({}/{})", o.device, threads,
                 cases.size(), all.size(), o.shard_index, o.shard_count);
+  if (ctx.seg_model)
+    ctx.log->info("segmentation model {} ({}), sha256 {}; research use only", ctx.seg_model->path.string(),
+                  ctx.seg_model->card.json.value("name", "unnamed"), ctx.seg_model->sha256);
+  else
+    ctx.log->warn("no segmentation model (none given with --seg-model; looked in {}): masks stay empty",
+                  looked.empty() ? std::string("-") : looked.front() + (looked.size() > 1 ? " and others" : ""));
 
   json run = {{"tool", "hemexp"},
               {"version", kVersion},
@@ -268,7 +356,7 @@ int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
               {"threads", threads},
               {"host", host_name()},
               {"shard", {{"index", o.shard_index}, {"count", o.shard_count}}},
-              {"models", json::object()},
+              {"models", ctx.seg_model ? json{{"segmentation", model_json(*ctx.seg_model)}} : json::object()},
               {"started", utc_now()},
               {"finished", nullptr},
               {"cases", {{"total", cases.size()}, {"ok", 0}, {"failed", 0}, {"skipped", 0}}}};

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "hemexp/app/prepare_command.hpp"
 #include "hemexp/app/synth_command.hpp"
 
 namespace CLI {
@@ -30,6 +31,8 @@ struct RunOptions {
   int shard_index = 1;  // --shard K/N: this process handles cases K, K+N, K+2N, ... (1-based)
   int shard_count = 1;
   std::string series_uid;
+  std::string seg_model;            // empty: the default model, if one is installed
+  bool save_probabilities = false;  // also write the foreground probability map
   std::string log_level = "info";
   bool progress = true;
 };
@@ -38,6 +41,7 @@ struct CommandLine {
   std::string command;  // the subcommand chosen ("run", ...)
   RunOptions run;
   SynthOptions synth;
+  PrepareOptions prepare;
 };
 
 // Binds RunOptions to a `run` subcommand of app (validators included).

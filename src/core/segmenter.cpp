@@ -1,0 +1,75 @@
+#include "hemexp/core/segmenter.hpp"
+
+#include "hemexp/core/error.hpp"
+#include "hemexp/core/measurements.hpp"
+
+namespace hemexp {
+
+SegmentationRecipe SegmentationRecipe::from_card(const nlohmann::json& card) {
+  SegmentationRecipe r;
+  if (!card.contains("preprocessing")) throw CoreError("model card: no preprocessing block");
+  r.preprocessing = Preprocessing::from_json(card["preprocessing"]);
+  try {
+    const nlohmann::json& inf = card.at("inference");
+    const auto patch = inf.at("patch_size").get<std::vector<int64_t>>();
+    if (patch.size() != 3 || patch[0] < 1 || patch[1] < 1 || patch[2] < 1)
+      throw CoreError("model card: inference.patch_size must be 3 positive integers (z, y, x)");
+    r.patch_size = {patch[0], patch[1], patch[2]};
+    r.overlap = inf.value("overlap", 0.5);
+    r.mirror = inf.value("mirror", false);
+    if (card.contains("postprocessing")) {
+      r.threshold = card["postprocessing"].value("threshold", 0.5);
+      r.min_component_ml = card["postprocessing"].value("min_component_ml", 0.0);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw CoreError(std::string("model card: inference block is incomplete: ") + e.what());
+  }
+  if (r.overlap < 0 || r.overlap >= 1) throw CoreError("model card: inference.overlap must be in [0, 1)");
+  if (r.threshold <= 0 || r.threshold >= 1) throw CoreError("model card: postprocessing.threshold must be in (0, 1)");
+  return r;
+}
+
+torch::Tensor prepare_network_input(const Volume& canonical, const Preprocessing& p, Geometry* model_grid) {
+  const Geometry grid = grid_with_spacing(canonical.geometry, p.spacing_mm);
+  if (model_grid) *model_grid = grid;
+  const torch::Tensor resampled = resample_between_grids(canonical.voxels.to(torch::kFloat32), canonical.geometry, grid);
+  return normalize_ct(resampled, p).unsqueeze(0).contiguous();
+}
+
+Segmentation segment_hematoma(SegmentationModel& model, const SegmentationRecipe& recipe, const Volume& canonical,
+                              const torch::Device& device) {
+  c10::InferenceMode guard;
+  Geometry model_grid;
+  const torch::Tensor input = prepare_network_input(canonical, recipe.preprocessing, &model_grid);
+  SlidingWindowOptions o;
+  o.patch_size = recipe.patch_size;
+  o.overlap = recipe.overlap;
+  o.mirror = recipe.mirror;
+  o.device = device;
+  // Pad with the normalised value of air, what the network saw outside the head in training.
+  o.pad_value = float((recipe.preprocessing.clip_low_hu - recipe.preprocessing.mean_hu) / recipe.preprocessing.std_hu);
+  UMamba net = model.network;
+  const int64_t classes = net->config().num_classes;
+  const torch::Tensor probabilities = sliding_window_probabilities(
+      [&net](const torch::Tensor& patch) { return net->forward(patch); }, input, classes, o);
+  // Only the foreground probability goes back to the input grid (bounded memory).
+  const torch::Tensor foreground = probabilities[1].contiguous();
+  Segmentation s;
+  s.probability = resample_between_grids(foreground, model_grid, canonical.geometry).clamp(0, 1);
+  s.mask = (s.probability > float(recipe.threshold)).to(torch::kUInt8);
+  if (recipe.min_component_ml > 0) {
+    torch::Tensor labels;
+    const int64_t n = connected_components(s.mask, &labels);
+    if (n > 0) {
+      const torch::Tensor counts = torch::bincount(labels.reshape({-1}), {}, n + 1);
+      const double min_voxels = recipe.min_component_ml * 1000.0 / canonical.geometry.voxel_volume_mm3();
+      const torch::Tensor keep = counts.to(torch::kFloat64) >= min_voxels;
+      keep[0] = false;
+      s.removed_components = n - keep.sum().item<int64_t>();
+      s.mask = keep.index({labels.to(torch::kLong)}).to(torch::kUInt8);
+    }
+  }
+  return s;
+}
+
+}  // namespace hemexp
