@@ -193,7 +193,10 @@ TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p) {
   }
 
   // ---- cranial cavity -------------------------------------------------------------
-  const float sd_cer = std::fmax(kCerebrum.sd(p), kCerebrumFloorZ - p.z);
+  // Floor of the anterior/middle fossa under the frontal lobes; the orbital roofs bulge up.
+  const float ax = std::fabs(p.x) - 28.f;
+  const float floor_z = kCerebrumFloorZ + 8.f * std::exp(-ax * ax / 170.f) * smoothstep(-15.f, -45.f, p.y);
+  const float sd_cer = -smin(-kCerebrum.sd(p), p.z - floor_z, 4.f);
   const float sd_tmp = std::fmin(kTemporal[0].sd(p), kTemporal[1].sd(p));
   const float sd_cbl = smin(std::fmin(kCerebellum[0].sd(p), kCerebellum[1].sd(p)), kVermis.sd(p), 4.f);
   const float sd_bs = kBrainstem.sd(p);
@@ -338,9 +341,12 @@ TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p) {
   float sulc_dist = 99.f;
   if (depth < 30.f && !brainstem) {
     // Sulci are sheets running radially into the brain: the noise varies slowly with depth.
+    // (Only on the convexity; the basal surfaces get isotropic noise.)
     const float rq = std::fmax(len3(q), 1.f);
     const float radial = (cerebellar ? 45.f : 70.f) + 0.3f * (rq - (cerebellar ? 45.f : 70.f));
-    const V3 s{q.x * radial / rq, q.y * radial / rq, q.z * radial / rq};
+    const float w_rad = cerebellar ? 1.f : smoothstep(-5.f, 15.f, q.z);
+    const float f = 1.f + w_rad * (radial / rq - 1.f);
+    const V3 s{q.x * f, q.y * f, q.z * f};
     const float n = gradient_noise(h.anatomy_key, s.x / gyr, s.y / gyr, s.z / gyr);
     const float n2 = 0.35f * gradient_noise(h.anatomy_key ^ 0x99, s.x / (0.45f * gyr), s.y / (0.45f * gyr), s.z / (0.45f * gyr));
     const float reach = cerebellar ? 10.f : 22.f;
