@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "hemexp/app/report.hpp"
+#include "hemexp/core/model_file.hpp"
+#include "hemexp/core/safetensors.hpp"
 #include "hemexp/app/run_command.hpp"
 #include "hemexp/io/image_file.hpp"
 #include "hemexp/io/reader.hpp"
@@ -169,6 +171,63 @@ TEST_F(RunCommand, SetupErrors) {
   fs::create_directories(root_ / "empty");
   o.inputs = {(root_ / "empty").string()};
   EXPECT_EQ(run(o), kExitUsage);
+}
+
+// A runnable model: the random-weight parity U-Mamba with preprocessing and inference blocks.
+// Its masks mean nothing; the test is about the plumbing around them.
+fs::path write_random_model(const fs::path& where) {
+  SafetensorsFile file = read_safetensors(kData / "parity/umambabot.safetensors");
+  json card = json::parse(file.metadata.at(kModelCardKey));
+  card["name"] = "random-weights-test-model";
+  card["preprocessing"] = {{"spacing_mm", {2.0, 2.0, 6.0}},
+                           {"normalization", {{"type", "ct"}, {"clip_hu", {-100, 200}}, {"mean_hu", 40}, {"std_hu", 50}}}};
+  card["inference"] = {{"patch_size", {8, 32, 32}}, {"overlap", 0.5}, {"mirror", false}};
+  card["postprocessing"] = {{"threshold", 0.5}, {"min_component_ml", 0.05}};
+  file.metadata[kModelCardKey] = card.dump();
+  write_safetensors(where, file);
+  return where;
+}
+
+TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
+  RunOptions o = options_;
+  o.inputs.pop_back();  // no MR
+  o.seg_model = write_random_model(root_ / "model.safetensors").string();
+  o.save_probabilities = true;
+  ASSERT_EQ(run(o), kExitOk);
+  const fs::path out = root_ / "out";
+  const std::string sha = sha256_file(root_ / "model.safetensors");
+  const auto csv = read_csv(out / "results.csv");
+  for (const std::string id : {"phantom", "nifti-ct"}) {
+    const json r = json::parse(slurp(out / "cases" / id / "result.json"));
+    ASSERT_TRUE(r.contains("hematoma")) << id;
+    EXPECT_EQ(r["models"]["segmentation"]["sha256"], sha);
+    EXPECT_EQ(r["qc_flags"].dump().find("no_segmentation_model"), std::string::npos);
+    EXPECT_TRUE(r["timings_s"].contains("segment") && r["timings_s"].contains("measure"));
+    const ImageFileContents mask = read_image_file(out / "cases" / id / "mask.nii.gz");
+    const ImageFileContents prob = read_image_file(out / "cases" / id / "probability.nii.gz");
+    EXPECT_TRUE(prob.volume.geometry.same_grid(mask.volume.geometry, 1e-4));
+    // The mask is the thresholded probability minus small components, and the block measures it.
+    EXPECT_EQ((mask.volume.voxels > 0 & prob.volume.voxels <= 0.5f).sum().item<int64_t>(), 0);
+    const int64_t voxels = (mask.volume.voxels > 0).sum().item<int64_t>();
+    EXPECT_EQ(r["hematoma"]["voxels"].get<int64_t>(), voxels) << id;
+    EXPECT_GT(voxels, 0) << id << ": the random model marks something, so the checks bite";
+    EXPECT_NEAR(r["hematoma"]["volume_ml"].get<double>(), double(voxels) * mask.volume.geometry.voxel_volume_mm3() / 1000.0, 1e-9);
+  }
+  EXPECT_EQ(csv[1][13], sha);
+  EXPECT_EQ(json::parse(slurp(out / "run.json"))["models"]["segmentation"]["sha256"], sha);
+
+  // Same model, same input: byte-identical masks.
+  const std::string first = slurp(out / "cases/phantom/mask.nii.gz");
+  o.overwrite = true;
+  ASSERT_EQ(run(o), kExitOk);
+  EXPECT_EQ(slurp(out / "cases/phantom/mask.nii.gz"), first);
+
+  // A broken model file is a setup error: nothing is processed.
+  std::ofstream(root_ / "broken.safetensors") << "not a model";
+  o.seg_model = (root_ / "broken.safetensors").string();
+  fs::remove_all(out);
+  EXPECT_EQ(run(o), kExitSetup);
+  EXPECT_FALSE(fs::exists(out / "results.csv"));
 }
 
 }  // namespace
