@@ -75,6 +75,8 @@ std::unique_ptr<CLI::App> make_app(CommandLine& line) {
   synth->callback([&line] { line.command = "synth"; });
   CLI::App* prepare = setup_prepare(*app, line.prepare);
   prepare->callback([&line] { line.command = "prepare"; });
+  CLI::App* eval = setup_eval(*app, line.eval);
+  eval->callback([&line] { line.command = "eval"; });
   return app;
 }
 
@@ -91,6 +93,7 @@ int main_entry(int argc, const char* const* argv) {
   if (line.command == "run") return run_cases(line.run, args);
   if (line.command == "synth") return run_synth(line.synth, args);
   if (line.command == "prepare") return run_prepare(line.prepare);
+  if (line.command == "eval") return run_eval(line.eval);
   return kExitUsage;
 }
 

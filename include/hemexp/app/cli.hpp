@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "hemexp/app/eval_command.hpp"
 #include "hemexp/app/prepare_command.hpp"
 #include "hemexp/app/synth_command.hpp"
 
@@ -42,6 +43,7 @@ struct CommandLine {
   RunOptions run;
   SynthOptions synth;
   PrepareOptions prepare;
+  EvalOptions eval;
 };
 
 // Binds RunOptions to a `run` subcommand of app (validators included).

@@ -1,0 +1,183 @@
+#include "hemexp/app/eval_command.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "hemexp/app/cli.hpp"
+#include "hemexp/app/report.hpp"
+#include "hemexp/core/metrics.hpp"
+#include "hemexp/io/atomic_file.hpp"
+#include "hemexp/io/image_file.hpp"
+
+namespace hemexp {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+CLI::App* setup_eval(CLI::App& app, EvalOptions& o) {
+  CLI::App* e = app.add_subcommand("eval", "Compare a run's masks and risks with a synth folder's truth");
+  e->add_option("--pred", o.pred_dir, "Output folder of `hemexp run`")->required()->check(CLI::ExistingDirectory);
+  e->add_option("--truth", o.truth_dir, "Folder written by `hemexp synth`")->required()->check(CLI::ExistingDirectory);
+  e->add_option("--json", o.json_path, "Where to write the report (default: PRED/eval.json)");
+  return e;
+}
+
+namespace {
+
+std::vector<std::map<std::string, std::string>> read_plain_csv(const fs::path& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::vector<std::string> header;
+  std::vector<std::map<std::string, std::string>> rows;
+  auto split = [](const std::string& l) {
+    std::vector<std::string> out;
+    std::stringstream ss(l);
+    std::string f;
+    while (std::getline(ss, f, ',')) out.push_back(f);
+    return out;
+  };
+  if (std::getline(in, line)) header = split(line);
+  while (std::getline(in, line)) {
+    const auto fields = split(line);
+    std::map<std::string, std::string> row;
+    for (size_t i = 0; i < header.size() && i < fields.size(); ++i) row[header[i]] = fields[i];
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return std::nan("");
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+double mean(const std::vector<double>& v) {
+  if (v.empty()) return std::nan("");
+  double s = 0;
+  for (double x : v) s += x;
+  return s / double(v.size());
+}
+json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+}  // namespace
+
+int run_eval(const EvalOptions& o) {
+  const fs::path truth(o.truth_dir), pred(o.pred_dir);
+  if (!fs::exists(truth / "labels.csv")) {
+    std::fprintf(stderr, "error: %s has no labels.csv (not a synth folder)\n", o.truth_dir.c_str());
+    return kExitUsage;
+  }
+  // Predicted cases by the truth case they read: <truth>/<case_id>/ct.nii.gz.
+  std::map<std::string, fs::path> pred_case_dirs;
+  std::map<std::string, json> pred_results;
+  if (fs::exists(pred / "cases"))
+    for (const auto& e : fs::directory_iterator(pred / "cases")) {
+      std::ifstream in(e.path() / "result.json");
+      if (!in) continue;
+      try {
+        const json r = json::parse(in);
+        const fs::path input = fs::weakly_canonical(r.at("input").at("path").get<std::string>());
+        if (input.filename() == "ct.nii.gz" && fs::equivalent(input.parent_path().parent_path(), truth)) {
+          pred_case_dirs[input.parent_path().filename().string()] = e.path();
+          pred_results[input.parent_path().filename().string()] = r;
+        }
+      } catch (const std::exception&) {
+      }
+    }
+
+  std::vector<double> dice, iou, hd95, volume_error, he_scores, oracle_scores;
+  std::vector<int> he_labels, oracle_labels;
+  json cases = json::array();
+  int missing = 0, failed = 0, hd_undefined = 0;
+  for (const auto& row : read_plain_csv(truth / "labels.csv")) {
+    const std::string id = row.at("case_id");
+    const int label = std::stoi(row.at("he_label"));
+    oracle_scores.push_back(std::stod(row.at("he_probability")));
+    oracle_labels.push_back(label);
+    json c = {{"case_id", id}, {"he_label", label}};
+    const auto it = pred_case_dirs.find(id);
+    if (it == pred_case_dirs.end()) {
+      ++missing;
+      c["status"] = "missing";
+      cases.push_back(c);
+      continue;
+    }
+    const json& r = pred_results[id];
+    if (r.value("status", "") != "ok") {
+      ++failed;
+      c["status"] = "failed";
+      cases.push_back(c);
+      continue;
+    }
+    const ImageFileContents t = read_image_file(truth / id / "mask.nii.gz");
+    const ImageFileContents p = read_image_file(it->second / "mask.nii.gz");
+    if (!p.volume.geometry.same_grid(t.volume.geometry, 1e-3)) {
+      ++failed;
+      c["status"] = "grid differs from the truth";
+      cases.push_back(c);
+      continue;
+    }
+    const SegmentationMetrics m = compare_masks(p.volume.voxels, t.volume.voxels, t.volume.geometry);
+    dice.push_back(m.dice);
+    iou.push_back(m.iou);
+    volume_error.push_back(m.volume_abs_error_ml);
+    if (std::isfinite(m.hd95_mm)) hd95.push_back(m.hd95_mm);
+    else ++hd_undefined;
+    c.update({{"status", "ok"}, {"dice", m.dice}, {"iou", m.iou}, {"hd95_mm", number_or_null(m.hd95_mm)},
+              {"true_volume_ml", m.true_volume_ml}, {"predicted_volume_ml", m.predicted_volume_ml},
+              {"volume_abs_error_ml", m.volume_abs_error_ml}});
+    if (r.contains("he") && r["he"].contains("probability")) {
+      he_scores.push_back(r["he"]["probability"].get<double>());
+      he_labels.push_back(label);
+    }
+    cases.push_back(c);
+  }
+
+  json report = {
+      {"pred", o.pred_dir},
+      {"truth", o.truth_dir},
+      {"cases", {{"total", cases.size()}, {"evaluated", dice.size()}, {"missing", missing}, {"failed", failed}}},
+      {"segmentation",
+       {{"dice_mean", number_or_null(mean(dice))},
+        {"dice_median", number_or_null(median(dice))},
+        {"iou_mean", number_or_null(mean(iou))},
+        {"iou_median", number_or_null(median(iou))},
+        {"hd95_mm_mean", number_or_null(mean(hd95))},
+        {"hd95_mm_median", number_or_null(median(hd95))},
+        {"hd95_undefined_cases", hd_undefined},
+        {"volume_abs_error_ml_mean", number_or_null(mean(volume_error))},
+        {"volume_abs_error_ml_median", number_or_null(median(volume_error))}}},
+      {"expansion",
+       {{"oracle_auc", number_or_null(roc_auc(oracle_scores, oracle_labels))},
+        {"prevalence", number_or_null(mean(std::vector<double>(oracle_labels.begin(), oracle_labels.end())))},
+        {"auc", number_or_null(he_scores.empty() ? std::nan("") : roc_auc(he_scores, he_labels))},
+        {"brier", number_or_null(he_scores.empty() ? std::nan("") : brier_score(he_scores, he_labels))},
+        {"ece", number_or_null(he_scores.empty() ? std::nan("") : expected_calibration_error(he_scores, he_labels))},
+        {"cases_with_prediction", he_scores.size()}}},
+      {"per_case", cases}};
+  const fs::path json_path = o.json_path.empty() ? pred / "eval.json" : fs::path(o.json_path);
+  write_text_atomically(json_path, report.dump(2) + "\n");
+
+  const auto f = [](double v, int d) { return std::isfinite(v) ? format_number(v, d) : std::string("n/a"); };
+  std::printf("cases: %zu in truth, %zu evaluated, %d missing, %d failed\n", cases.size(), dice.size(), missing, failed);
+  std::printf("Dice  mean %s  median %s\n", f(mean(dice), 4).c_str(), f(median(dice), 4).c_str());
+  std::printf("IoU   mean %s  median %s\n", f(mean(iou), 4).c_str(), f(median(iou), 4).c_str());
+  std::printf("HD95  mean %s mm  median %s mm  (%d cases undefined: one mask empty)\n", f(mean(hd95), 2).c_str(),
+              f(median(hd95), 2).c_str(), hd_undefined);
+  std::printf("volume |error|  mean %s mL  median %s mL\n", f(mean(volume_error), 3).c_str(),
+              f(median(volume_error), 3).c_str());
+  std::printf("HE: oracle AUC %s (true probabilities), model AUC %s over %zu cases\n",
+              f(roc_auc(oracle_scores, oracle_labels), 3).c_str(),
+              he_scores.empty() ? "n/a (no classifier)" : f(roc_auc(he_scores, he_labels), 3).c_str(), he_scores.size());
+  std::printf("report: %s\n", json_path.c_str());
+  return dice.empty() ? kExitCaseFailed : kExitOk;
+}
+
+}  // namespace hemexp

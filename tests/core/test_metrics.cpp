@@ -1,0 +1,68 @@
+// Evaluation metrics on masks and scores with known answers.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "hemexp/core/metrics.hpp"
+
+namespace hemexp {
+namespace {
+
+Geometry grid(std::array<int64_t, 3> size, Vec3 spacing) {
+  Geometry g;
+  g.size = size;
+  g.spacing_mm = spacing;
+  return g;
+}
+
+torch::Tensor ball(const Geometry& g, const Vec3& c, double r) {
+  torch::Tensor m = torch::zeros(tensor_shape(g), torch::kUInt8);
+  auto a = m.accessor<uint8_t, 3>();
+  for (int64_t z = 0; z < g.size[2]; ++z)
+    for (int64_t y = 0; y < g.size[1]; ++y)
+      for (int64_t x = 0; x < g.size[0]; ++x) {
+        const double dx = (x - c[0]) * g.spacing_mm[0], dy = (y - c[1]) * g.spacing_mm[1], dz = (z - c[2]) * g.spacing_mm[2];
+        a[z][y][x] = dx * dx + dy * dy + dz * dz <= r * r;
+      }
+  return m;
+}
+
+TEST(Metrics, OverlapOfBoxes) {
+  const Geometry g = grid({20, 20, 10}, {0.5, 0.5, 2.0});
+  torch::Tensor a = torch::zeros(tensor_shape(g), torch::kUInt8), b = a.clone();
+  a.slice(0, 2, 6).slice(1, 4, 14).slice(2, 4, 14).fill_(1);  // 400 voxels
+  b.slice(0, 4, 8).slice(1, 4, 14).slice(2, 4, 14).fill_(1);  // 400, 200 shared
+  const SegmentationMetrics m = compare_masks(a, b, g);
+  EXPECT_DOUBLE_EQ(m.dice, 0.5);
+  EXPECT_DOUBLE_EQ(m.iou, 200.0 / 600.0);
+  EXPECT_DOUBLE_EQ(m.true_volume_ml, 400 * 0.5 / 1000.0);
+  EXPECT_DOUBLE_EQ(m.volume_abs_error_ml, 0.0);
+  // Shifted by 2 slices of 2 mm along z: every surface point is at most 4 mm from the other.
+  EXPECT_NEAR(m.hd95_mm, 4.0, 1e-9);
+}
+
+TEST(Metrics, ConcentricBallsAndEmptyMasks) {
+  const Geometry g = grid({60, 60, 60}, {1, 1, 1});
+  const torch::Tensor inner = ball(g, {30, 30, 30}, 10), outer = ball(g, {30, 30, 30}, 16);
+  EXPECT_NEAR(hausdorff95_mm(inner, outer, g), 6.0, 1.0);
+  const torch::Tensor empty = torch::zeros(tensor_shape(g), torch::kUInt8);
+  const SegmentationMetrics none = compare_masks(empty, empty, g);
+  EXPECT_EQ(none.dice, 1.0);
+  EXPECT_EQ(none.hd95_mm, 0.0);
+  const SegmentationMetrics missed = compare_masks(empty, inner, g);
+  EXPECT_EQ(missed.dice, 0.0);
+  EXPECT_TRUE(std::isnan(missed.hd95_mm));
+  EXPECT_NEAR(missed.volume_abs_error_ml, missed.true_volume_ml, 1e-12);
+}
+
+TEST(Metrics, AucBrierAndCalibration) {
+  EXPECT_DOUBLE_EQ(roc_auc({0.1, 0.4, 0.35, 0.8}, {0, 0, 1, 1}), 0.75);
+  EXPECT_DOUBLE_EQ(roc_auc({0.5, 0.5, 0.5, 0.5}, {0, 1, 0, 1}), 0.5);  // ties count one half
+  EXPECT_TRUE(std::isnan(roc_auc({0.2, 0.3}, {1, 1})));
+  EXPECT_DOUBLE_EQ(brier_score({1.0, 0.0, 0.5}, {1, 0, 1}), 0.25 / 3);
+  // Two bins of two: predicted 0.25 with 1/2 positive, 0.75 with 1/2 positive.
+  EXPECT_DOUBLE_EQ(expected_calibration_error({0.25, 0.25, 0.75, 0.75}, {0, 1, 0, 1}, 2), 0.25);
+}
+
+}  // namespace
+}  // namespace hemexp
