@@ -17,7 +17,8 @@ torch::Tensor selective_scan(const torch::Tensor& u, const torch::Tensor& delta,
                              const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D);
 
 // Plain ATen implementation (a loop over tokens of tensor ops), any device: the reference
-// for tests and the fallback for devices without a kernel.
+// for tests and the fallback for devices without a kernel. Computes and returns float64 for
+// float64 u (tests), float32 for anything else.
 torch::Tensor selective_scan_reference(const torch::Tensor& u, const torch::Tensor& delta,
                                        const torch::Tensor& A, const torch::Tensor& B,
                                        const torch::Tensor& C, const torch::Tensor& D);
