@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Benchmarks (not tests): whole-pipeline seconds per case by stage, and the selective-scan
+# kernel against its ATen reference. Numbers go to docs/PERFORMANCE.md.
+#   ./scripts/bench.sh [REPEATS]
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+cd "$HEMEXP_ROOT"
+repeats="${1:-3}"
+work="$(mktemp -d /tmp/hemexp-bench.XXXXXX)"
+trap 'rm -rf "$work"' EXIT
+hemexp="$HEMEXP_BUILD/hemexp"
+
+echo "== selective scan kernel vs ATen reference"
+"$HEMEXP_BUILD/bench_selective_scan" --repeats 5
+
+echo
+echo "== hemexp run on one synthetic 512x512 head CT (random-weight model of models/seg_card_template.json)"
+"$hemexp" synth -o "$work/synth" --count 1 --seed 424242 --thin-fraction 0 --log-level warn
+/usr/bin/python3 scripts/make_random_model.py --card models/seg_card_template.json --out "$work/random.safetensors" >/dev/null
+ct="$work/synth/synth_00000/ct.nii.gz"
+python_stats() {  # median of each stage over the repeats, from result.json
+  /usr/bin/python3 - "$@" <<'PY'
+import json, statistics, sys
+runs = [json.load(open(p)) for p in sys.argv[1:]]
+stages = sorted({k for r in runs for k in r["timings_s"]})
+print("   ", "  ".join(f"{s} {statistics.median(r['timings_s'].get(s, 0) for r in runs):.2f}s" for s in stages),
+      f" total {statistics.median(r['seconds'] for r in runs):.2f}s", f" size {runs[0]['input']['size']}")
+PY
+}
+for threads in 1 2; do
+  for model in none random; do
+    files=()
+    for ((k = 0; k < repeats; k++)); do
+      out="$work/run-$threads-$model-$k"
+      args=(run -i "$ct" -o "$out" --threads "$threads" --no-progress --log-level error)
+      [[ $model == random ]] && args+=(--seg-model "$work/random.safetensors")
+      HEMEXP_MODEL_DIR="$work/none" "$hemexp" "${args[@]}" 2>/dev/null || true
+      files+=("$out/cases/ct/result.json")
+    done
+    echo "threads $threads, model $model:"
+    python_stats "${files[@]}"
+  done
+done
