@@ -178,7 +178,8 @@ struct Background {
   Geometry original_geometry;  // outputs are written back on this grid
   AxisMap axis_map;
   Volume canonical;            // HU, canonical orientation
-  torch::Tensor parenchyma;    // uint8 (z,y,x), canonical: where blood and edema may go
+  torch::Tensor parenchyma;    // uint8 (z,y,x), canonical: 1 parenchyma (blood, edema), 2 thin CSF
+                               // (sulci: blood only inside the clot), 0 elsewhere
   torch::Tensor local_mean;    // float (z,y,x), canonical: in-plane 3x3 mean HU
   std::vector<int64_t> candidates;  // voxel indices deep inside the parenchyma
   std::array<double, 3> intracranial_centre_mm{0, 0, 0};

@@ -78,7 +78,8 @@ Background prepare_background(const Volume& volume, const std::string& name) {
   const int bone_r = std::max(1, static_cast<int>(std::ceil(3.0 / g.spacing_mm[0])));
   double cx = 0, cy = 0, cz = 0;
   int64_t n_intra = 0;
-  std::vector<uint8_t> barrier(plane), outside(plane);
+  std::vector<uint8_t> barrier(plane), outside(plane), csf(plane);
+  const int64_t csf_r = std::max<int64_t>(2, std::lround(3.0 / g.spacing_mm[0]));
   for (int64_t k = 0; k < nz; ++k) {
     const float* s = hu + k * plane;
     for (int64_t j = 0; j < ny; ++j)
@@ -95,6 +96,7 @@ Background prepare_background(const Volume& volume, const std::string& name) {
       }
     dilate_slice(barrier, nx, ny, bone_r);
     std::fill(outside.begin(), outside.end(), 0);
+    std::fill(csf.begin(), csf.end(), 0);
     std::deque<int64_t> queue;
     auto seed = [&](int64_t idx) {
       if (!barrier[idx] && !outside[idx]) {
@@ -127,7 +129,22 @@ Background prepare_background(const Volume& volume, const std::string& name) {
       cy += idx / nx;
       cz += k;
       if (m >= kParenchymaLoHu && m <= kParenchymaHiHu && v > -40.f && v < 140.f) par[k * plane + idx] = 1;
+      else if (m > -10.f && m < kParenchymaLoHu && v > -30.f && v < 40.f) csf[idx] = 1;
     }
+    // Thin CSF (sulci, fissures): under 35 % CSF within +-3 mm in-plane. Ventricles and
+    // cisterns are thick and stay excluded.
+    for (int64_t j = 0; j < ny; ++j)
+      for (int64_t i = 0; i < nx; ++i) {
+        const int64_t idx = j * nx + i;
+        if (!csf[idx]) continue;
+        int cnt = 0, tot = 0;
+        for (int64_t b = std::max<int64_t>(0, j - csf_r); b <= std::min<int64_t>(ny - 1, j + csf_r); b += 2)
+          for (int64_t a = std::max<int64_t>(0, i - csf_r); a <= std::min<int64_t>(nx - 1, i + csf_r); a += 2) {
+            cnt += csf[b * nx + a];
+            ++tot;
+          }
+        if (cnt < 0.35 * tot) par[k * plane + idx] = 2;
+      }
   }
   // Deep candidates: parenchyma whose in-plane neighbourhood (about 5 mm) is parenchyma too.
   const int reach = std::max(2, static_cast<int>(std::lround(5.0 / g.spacing_mm[0])));
@@ -137,12 +154,12 @@ Background prepare_background(const Volume& volume, const std::string& name) {
     for (int64_t j = reach; j < ny - reach; ++j)
       for (int64_t i = reach; i < nx - reach; ++i) {
         const int64_t idx = k * plane + j * nx + i;
-        if (!par[idx]) continue;
+        if (par[idx] != 1) continue;
         ++n_par;
-        if (par[idx + 1] && (i % 3 == 0) && (j % 3 == 0)) diffs.push_back(std::fabs(hu[idx + 1] - hu[idx]));
+        if (par[idx + 1] == 1 && (i % 3 == 0) && (j % 3 == 0)) diffs.push_back(std::fabs(hu[idx + 1] - hu[idx]));
         bool deep = true;
         for (int dj = -reach; dj <= reach && deep; dj += reach)
-          for (int di = -reach; di <= reach && deep; di += reach) deep = par[idx + dj * nx + di];
+          for (int di = -reach; di <= reach && deep; di += reach) deep = par[idx + dj * nx + di] == 1;
         if (deep && (k % 2 == 0) && (j % 2 == 0) && (i % 2 == 0)) bg.candidates.push_back(idx);
       }
   bg.parenchyma_voxels = n_par;
@@ -187,7 +204,8 @@ Insert insert(const Background& bg, const HematomaShape& shape, float growth) {
     for (int64_t j = box.lo[1]; j <= box.hi[1]; ++j)
       for (int64_t i = box.lo[0]; i <= box.hi[0]; ++i) {
         const int64_t idx = k * plane + j * nx + i;
-        if (!par[idx]) continue;  // never bone, air, CSF or ventricles
+        const uint8_t cls = par[idx];
+        if (!cls) continue;  // never bone, air, ventricles or cisterns
         float occ = 0.f, blood = 0.f, edema = 0.f;
         for (int s = 0; s < ns; ++s) {
           const double off = (s + 0.5) / ns - 0.5;
@@ -199,6 +217,9 @@ Insert insert(const Background& bg, const HematomaShape& shape, float growth) {
         }
         if (occ <= 0.f && edema <= 0.f) continue;
         const float frac = occ / ns;
+        // A sulcus takes blood only where the clot surrounds it entirely, never edema.
+        if (cls == 2 && frac < 0.999f) continue;
+        if (cls == 2) edema = 0.f;
         float v = hu[idx] - shape.edema_drop_hu * edema / ns;
         if (occ > 0.f) v += frac * (blood / occ - mean[idx]);
         o[idx] = v;
@@ -227,7 +248,7 @@ double retained_fraction(const Background& bg, const HematomaShape& shape) {
         const V3 p = to_v3(g.index_to_point({static_cast<double>(i), static_cast<double>(j), static_cast<double>(k)}));
         if (eval_hematoma(shape, p, 1.f, pv).occupancy < 0.5f) continue;
         ++total;
-        kept += par[k * plane + j * nx + i];
+        kept += par[k * plane + j * nx + i] != 0;
       }
   return total > 0 ? static_cast<double>(kept) / total : 0.0;
 }
