@@ -146,7 +146,7 @@ HeadParams sample_head(uint64_t seed, int64_t index) {
   h.scalp_mm = static_cast<float>(rng.uniform(3.0, 6.0));
   h.csf_sub_mm = static_cast<float>(0.6 + 2.2 * h.atrophy + rng.uniform(0.0, 0.5));
   h.sulcus_mm = static_cast<float>(1.4 + 2.4 * h.atrophy + rng.uniform(0.0, 0.5));
-  h.gyrus_mm = static_cast<float>(rng.uniform(13.0, 17.0));
+  h.gyrus_mm = static_cast<float>(rng.uniform(17.0, 22.0));
   h.fissure_mm = static_cast<float>(0.8 + 2.0 * h.atrophy);
   h.gm_hu = static_cast<float>(rng.normal(36.0, 1.5));
   h.wm_hu = h.gm_hu - static_cast<float>(rng.uniform(7.5, 11.0));
@@ -373,7 +373,7 @@ TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p) {
     cls = kCsf;
   } else {
     // Grey/white: cortex ribbon of ~2.5-3.2 mm along every CSF surface.
-    const float ribbon = cerebellar ? 4.5f : 2.2f;
+    const float ribbon = cerebellar ? 4.5f : 3.0f;
     float gm_w = smoothstep(ribbon + 0.8f, ribbon - 0.8f, edge);
     if (brainstem) gm_w = 0.35f;
     if (cerebellar) gm_w = std::fmax(gm_w, 0.75f * smoothstep(16.f, 10.f, -sd_cbl));  // folia; white core
