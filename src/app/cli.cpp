@@ -77,6 +77,8 @@ std::unique_ptr<CLI::App> make_app(CommandLine& line) {
   prepare->callback([&line] { line.command = "prepare"; });
   CLI::App* eval = setup_eval(*app, line.eval);
   eval->callback([&line] { line.command = "eval"; });
+  CLI::App* info = setup_info(*app, line.info);
+  info->callback([&line] { line.command = "info"; });
   return app;
 }
 
@@ -94,6 +96,7 @@ int main_entry(int argc, const char* const* argv) {
   if (line.command == "synth") return run_synth(line.synth, args);
   if (line.command == "prepare") return run_prepare(line.prepare);
   if (line.command == "eval") return run_eval(line.eval);
+  if (line.command == "info") return run_info(line.info);
   return kExitUsage;
 }
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "hemexp/app/eval_command.hpp"
+#include "hemexp/app/info_command.hpp"
 #include "hemexp/app/prepare_command.hpp"
 #include "hemexp/app/synth_command.hpp"
 
@@ -44,6 +45,7 @@ struct CommandLine {
   SynthOptions synth;
   PrepareOptions prepare;
   EvalOptions eval;
+  InfoOptions info;
 };
 
 // Binds RunOptions to a `run` subcommand of app (validators included).
