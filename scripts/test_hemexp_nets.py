@@ -1,0 +1,109 @@
+"""Tests of the PyTorch reference networks' scan variants (plain asserts).
+
+    /usr/bin/python3 scripts/test_hemexp_nets.py          # tests
+    /usr/bin/python3 scripts/test_hemexp_nets.py --bench  # tests, then forward+backward timing
+"""
+import functools
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hemexp_nets  # noqa: E402
+from hemexp_nets import selective_scan_chunked, selective_scan_reference  # noqa: E402
+
+
+def random_scan_inputs(batch, length, d_inner, n_state, seed, delta_scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, length, d_inner, generator=g)
+    # softplus of a spread of biases, as in Mamba: delta between ~1e-3 and a few units
+    delta = torch.nn.functional.softplus(torch.randn(batch, length, d_inner, generator=g) * 2 - 1) * delta_scale
+    A = -torch.exp(torch.log(torch.arange(1, n_state + 1, dtype=torch.float32)).repeat(d_inner, 1)
+                   + 0.3 * torch.randn(d_inner, n_state, generator=g))
+    B = torch.randn(batch, length, n_state, generator=g)
+    C = torch.randn(batch, length, n_state, generator=g)
+    D = torch.randn(d_inner, generator=g)
+    return u, delta, A, B, C, D
+
+
+def test_chunked_matches_reference():
+    cases = [(2, 100, 8, 16, 16), (1, 97, 16, 16, 32), (2, 64, 12, 16, 64), (1, 5, 8, 4, 16),
+             (1, 130, 8, 16, 48), (3, 33, 6, 16, 32)]
+    for i, (batch, length, d_inner, n_state, chunk) in enumerate(cases):
+        for scale in (1.0, 0.01, 10.0):  # slow and very fast decay
+            args = random_scan_inputs(batch, length, d_inner, n_state, 100 + i, scale)
+            ref = selective_scan_reference(*args)
+            got = selective_scan_chunked(*args, chunk=chunk)
+            assert got.shape == ref.shape and got.dtype == torch.float32
+            diff = (got - ref).abs().max().item()
+            assert torch.isfinite(got).all(), (i, scale)
+            assert diff <= 1e-4, f"case {i} scale {scale}: max |diff| {diff}"
+
+
+def test_chunked_gradients_match_reference():
+    args = random_scan_inputs(2, 45, 8, 16, 7)
+    leaves = [a.clone().requires_grad_(True) for a in args]
+    w = torch.randn(2, 45, 8, generator=torch.Generator().manual_seed(3))
+    (selective_scan_reference(*leaves) * w).sum().backward()
+    ref = [l.grad.clone() for l in leaves]
+    leaves = [a.clone().requires_grad_(True) for a in args]
+    (selective_scan_chunked(*leaves, chunk=16) * w).sum().backward()
+    for name, r, l in zip("u delta A B C D".split(), ref, leaves):
+        diff = (l.grad - r).abs().max().item()
+        assert diff <= 1e-3 * max(1.0, r.abs().max().item()), f"grad {name}: {diff}"
+
+
+def test_mamba_use_scan_switches_and_agrees():
+    torch.manual_seed(0)
+    net = hemexp_nets.UMamba({"architecture": "UMambaEnc", "in_channels": 1, "num_classes": 2,
+                              "features_per_stage": [4, 8, 16], "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]],
+                              "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]], "blocks_per_stage": [1, 1, 1],
+                              "blocks_per_stage_decoder": [1, 1]}).eval()
+    x = torch.randn(1, 1, 6, 20, 18)
+    with torch.no_grad():
+        ref = net.forward_all(x)
+        hemexp_nets.use_scan(net, functools.partial(selective_scan_chunked, chunk=32))
+        got = net.forward_all(x)
+        hemexp_nets.use_scan(net, None)
+        again = net.forward_all(x)
+    for r, g, a in zip(ref, got, again):
+        assert (r - g).abs().max().item() <= 1e-4
+        assert torch.equal(r, a)
+    assert all(m.scan is None for m in net.modules() if isinstance(m, hemexp_nets.Mamba))
+    assert "scan" not in "".join(net.state_dict().keys())
+
+
+def bench():
+    torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+    # the bottleneck of models/seg_card_template.json at batch 2: 128 channels -> d_inner 256,
+    # 4x12x12 = 576 tokens; and a longer, narrower sequence
+    for (batch, length, d_inner) in [(2, 576, 256), (1, 4096, 64)]:
+        args = random_scan_inputs(batch, length, d_inner, 16, 1, 0.05)
+        line = [f"batch {batch} L {length} d_inner {d_inner}:"]
+        for name, fn in [("reference", selective_scan_reference)] + [
+                (f"chunked{c}", functools.partial(selective_scan_chunked, chunk=c)) for c in (8, 16, 32, 64)]:
+            leaves = [a.clone().requires_grad_(True) for a in args]
+            best_f, best_fb = 1e9, 1e9
+            for _ in range(2):
+                t = time.perf_counter()
+                with torch.no_grad():
+                    fn(*args)
+                best_f = min(best_f, time.perf_counter() - t)
+                t = time.perf_counter()
+                fn(*leaves).sum().backward()
+                best_fb = min(best_fb, time.perf_counter() - t)
+            line.append(f"{name} fwd {best_f*1e3:.0f} ms, fwd+bwd {best_fb*1e3:.0f} ms;")
+        print(" ".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    for name, fn in sorted(globals().items()):
+        if name.startswith("test_") and callable(fn):
+            t = time.perf_counter()
+            fn()
+            print(f"ok {name} ({time.perf_counter() - t:.1f} s)", flush=True)
+    if "--bench" in sys.argv:
+        bench()
