@@ -1,5 +1,6 @@
 #include "hemexp/core/preprocessing.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "hemexp/core/error.hpp"
@@ -73,6 +74,30 @@ torch::Tensor resample_between_grids(const torch::Tensor& voxels, const Geometry
   for (int a = 0; a < 3; ++a)  // axis a (x, y, z) is tensor dim last - a
     x = resample_axis(x, last - a, to.size[a], to.spacing_mm[a] / from.spacing_mm[a]);
   return x.contiguous();
+}
+
+double sample_trilinear(const Volume& v, const Vec3& continuous_index) {
+  check_matches(v.geometry, v.voxels, "sampling a volume");
+  const torch::Tensor f = v.voxels.to(torch::kFloat32).contiguous();
+  auto acc = f.accessor<float, 3>();
+  std::array<int64_t, 3> lo{}, hi{};
+  std::array<double, 3> w{};
+  for (int a = 0; a < 3; ++a) {
+    const double last = double(v.geometry.size[a] - 1);
+    double i = std::clamp(continuous_index[a], 0.0, last);
+    if (std::abs(i - std::round(i)) < 1e-6) i = std::round(i);  // exact on grid points
+    lo[a] = int64_t(std::floor(i));
+    hi[a] = std::min<int64_t>(lo[a] + 1, v.geometry.size[a] - 1);
+    w[a] = i - double(lo[a]);
+  }
+  double sum = 0;
+  for (int corner = 0; corner < 8; ++corner) {
+    const int cx = corner & 1, cy = (corner >> 1) & 1, cz = (corner >> 2) & 1;
+    const double weight = (cx ? w[0] : 1 - w[0]) * (cy ? w[1] : 1 - w[1]) * (cz ? w[2] : 1 - w[2]);
+    if (weight == 0) continue;
+    sum += weight * acc[cz ? hi[2] : lo[2]][cy ? hi[1] : lo[1]][cx ? hi[0] : lo[0]];
+  }
+  return sum;
 }
 
 torch::Tensor normalize_ct(const torch::Tensor& hu, const Preprocessing& p) {

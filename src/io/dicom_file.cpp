@@ -14,9 +14,11 @@
 
 #include "hemexp/io/dicom.hpp"
 #include "hemexp/io/error.hpp"
+#include "text.hpp"
 
 namespace hemexp {
 namespace fs = std::filesystem;
+using text::upper;
 
 namespace {
 
@@ -25,11 +27,6 @@ std::string trim(const std::string& s) {
   if (b == std::string::npos) return "";
   const auto e = s.find_last_not_of(" \t\r\n");
   return s.substr(b, e - b + 1);
-}
-
-std::string upper(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
-  return s;
 }
 
 std::vector<double> numbers(const std::string& s) {

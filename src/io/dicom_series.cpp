@@ -7,14 +7,11 @@
 
 #include "hemexp/io/dicom.hpp"
 #include "hemexp/io/error.hpp"
+#include "text.hpp"
 
 namespace hemexp {
+using text::upper;
 namespace {
-
-std::string upper(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
-  return s;
-}
 
 bool is_bone_kernel(const std::string& kernel) {
   // Vendor names for sharp bone reconstructions: BONE/BONEPLUS (GE), H60+/H70+/B70+ (Siemens),

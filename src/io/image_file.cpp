@@ -13,20 +13,14 @@
 
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
+#include "text.hpp"
 
 namespace hemexp {
 namespace fs = std::filesystem;
+using text::ends_with;
+using text::lower;
 
 namespace {
-
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-  return s;
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 std::string format_of(const fs::path& path) {
   const std::string name = lower(path.filename().string());

@@ -6,17 +6,14 @@
 
 #include "hemexp/io/dicom.hpp"
 #include "hemexp/io/error.hpp"
+#include "text.hpp"
 #include "hemexp/io/image_file.hpp"
 
 namespace hemexp {
 namespace fs = std::filesystem;
+using text::lower;
 
 namespace {
-
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-  return s;
-}
 
 bool is_list_file(const fs::path& p) {
   const std::string ext = lower(p.extension().string());

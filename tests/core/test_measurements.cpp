@@ -1,6 +1,8 @@
 // Hematoma measurements on shapes of known size.
 #include <gtest/gtest.h>
 
+#include "test_shapes.hpp"
+
 #include <cmath>
 
 #include "hemexp/core/measurements.hpp"
@@ -10,27 +12,8 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-Geometry grid(std::array<int64_t, 3> size, Vec3 spacing) {
-  Geometry g;
-  g.size = size;
-  g.spacing_mm = spacing;
-  g.origin_mm = {-40, 12, 7};
-  return g;
-}
-
-// Ball of radius r (mm) centred at index c.
-torch::Tensor ball(const Geometry& g, const Vec3& c, double r) {
-  torch::Tensor m = torch::zeros(tensor_shape(g), torch::kUInt8);
-  auto a = m.accessor<uint8_t, 3>();
-  for (int64_t z = 0; z < g.size[2]; ++z)
-    for (int64_t y = 0; y < g.size[1]; ++y)
-      for (int64_t x = 0; x < g.size[0]; ++x) {
-        const double dx = (double(x) - c[0]) * g.spacing_mm[0], dy = (double(y) - c[1]) * g.spacing_mm[1],
-                     dz = (double(z) - c[2]) * g.spacing_mm[2];
-        if (dx * dx + dy * dy + dz * dz <= r * r) a[z][y][x] = 1;
-      }
-  return m;
-}
+Geometry grid(std::array<int64_t, 3> size, Vec3 spacing) { return test::grid(size, spacing, {-40, 12, 7}); }
+using test::ball;
 
 TEST(Measurements, BallHasItsKnownVolumeShapeAndAbc2) {
   const Geometry g = grid({80, 80, 40}, {0.5, 0.5, 1.0});

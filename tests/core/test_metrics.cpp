@@ -1,6 +1,8 @@
 // Evaluation metrics on masks and scores with known answers.
 #include <gtest/gtest.h>
 
+#include "test_shapes.hpp"
+
 #include <cmath>
 
 #include "hemexp/core/metrics.hpp"
@@ -8,24 +10,8 @@
 namespace hemexp {
 namespace {
 
-Geometry grid(std::array<int64_t, 3> size, Vec3 spacing) {
-  Geometry g;
-  g.size = size;
-  g.spacing_mm = spacing;
-  return g;
-}
-
-torch::Tensor ball(const Geometry& g, const Vec3& c, double r) {
-  torch::Tensor m = torch::zeros(tensor_shape(g), torch::kUInt8);
-  auto a = m.accessor<uint8_t, 3>();
-  for (int64_t z = 0; z < g.size[2]; ++z)
-    for (int64_t y = 0; y < g.size[1]; ++y)
-      for (int64_t x = 0; x < g.size[0]; ++x) {
-        const double dx = (x - c[0]) * g.spacing_mm[0], dy = (y - c[1]) * g.spacing_mm[1], dz = (z - c[2]) * g.spacing_mm[2];
-        a[z][y][x] = dx * dx + dy * dy + dz * dz <= r * r;
-      }
-  return m;
-}
+using test::ball;
+using test::grid;
 
 TEST(Metrics, OverlapOfBoxes) {
   const Geometry g = grid({20, 20, 10}, {0.5, 0.5, 2.0});

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "hemexp/core/error.hpp"
+#include "hemexp/core/preprocessing.hpp"
 #include "hemexp/core/slice_stack.hpp"
 
 namespace hemexp {
@@ -44,24 +45,6 @@ std::vector<Slice> tilted_slices(double tilt_deg, const std::vector<double>& z_p
   }
   std::reverse(out.begin(), out.end());  // input order must not matter
   return out;
-}
-
-double sample_trilinear(const Volume& v, Vec3 idx) {
-  for (double& i : idx)
-    if (std::abs(i - std::round(i)) < 1e-6) i = std::round(i);
-  auto acc = v.voxels.accessor<float, 3>();
-  const int64_t x0 = int64_t(std::floor(idx[0])), y0 = int64_t(std::floor(idx[1])),
-                z0 = int64_t(std::floor(idx[2]));
-  const double fx = idx[0] - x0, fy = idx[1] - y0, fz = idx[2] - z0;
-  double sum = 0;
-  for (int dz = 0; dz < 2; ++dz)
-    for (int dy = 0; dy < 2; ++dy)
-      for (int dx = 0; dx < 2; ++dx) {
-        const double w = (dx ? fx : 1 - fx) * (dy ? fy : 1 - fy) * (dz ? fz : 1 - fz);
-        if (w == 0) continue;
-        sum += w * acc[std::min(z0 + dz, v.geometry.size[2] - 1)][y0 + dy][x0 + dx];
-      }
-  return sum;
 }
 
 TEST(SliceStack, UntiltedUniformSeriesIsStackedExactly) {

@@ -29,6 +29,10 @@ Geometry grid_with_spacing(const Geometry& g, const Vec3& spacing_mm);
 // multiple of the output. Positions outside `from` take the nearest edge value.
 torch::Tensor resample_between_grids(const torch::Tensor& voxels, const Geometry& from, const Geometry& to);
 
+// Trilinear value of a volume at a continuous index (x, y, z); indices outside the grid are
+// clamped to its edge.
+double sample_trilinear(const Volume& v, const Vec3& continuous_index);
+
 // Clip and standardise HU as the card says.
 torch::Tensor normalize_ct(const torch::Tensor& hu, const Preprocessing& p);
 
