@@ -262,11 +262,60 @@ def export(path, net, card):
     os.replace(tmp, path)
 
 
+def validation_block(per_case, seconds):
+    dice = [c["dice"] for c in per_case]
+    by_source = {}
+    for c in per_case:
+        by_source.setdefault(c["source"], []).append(c["dice"])
+    return {"python_patch_validation": {
+        "description": "Dice on held-out whole training-distribution cases, on the model grid (the prepared "
+                       "volumes), full-volume sliding-window inference in Python (Gaussian weights, card overlap, "
+                       "threshold on softmax, no component cleanup); not the C++ tool's native-grid measurement",
+        "cases": len(per_case),
+        "mean_dice": round(float(np.mean(dice)), 4) if dice else None,
+        "median_dice": round(float(np.median(dice)), 4) if dice else None,
+        "mean_dice_by_data": {os.path.basename(os.path.normpath(k)): round(float(np.mean(v)), 4)
+                              for k, v in by_source.items()},
+        "per_case": per_case, "seconds": round(seconds, 1)}}
+
+
+def validate_only(args):
+    """--validate-only MODEL: the held-out cases of MODEL's own training split (its seed and
+    validation case list when the card has them), validated again; --out, when given, gets
+    MODEL's weights with the new validation block."""
+    tensors, metadata = hemexp_safetensors.load(args.validate_only)
+    card = json.loads(metadata["hemexp_model_card"])
+    net = hemexp_nets.UMamba(card["network"])
+    net.load_state_dict(tensors, strict=True)
+    if args.scan_chunk > 0:
+        hemexp_nets.use_scan(net, functools.partial(hemexp_nets.selective_scan_chunked, chunk=args.scan_chunk))
+    training = card.get("training", {})
+    seed = training.get("seed", args.seed)
+    _, val_rows = split_cases(args.data, args.val_fraction, seed)
+    wanted = set(training.get("validation_case_ids", []))
+    if wanted:
+        val_rows = [r for r in val_rows if r[0] in wanted]
+    val_rows = val_rows[args.val_skip:]
+    if args.val_max_cases >= 0:
+        val_rows = val_rows[:args.val_max_cases]
+    norm = card["preprocessing"]["normalization"]
+    pad_value = float((norm["clip_hu"][0] - norm["mean_hu"]) / norm["std_hu"])
+    t = time.perf_counter()
+    per_case = validate(net, [Case(cid, p, d) for cid, p, d in val_rows], card, pad_value)
+    block = validation_block(per_case, time.perf_counter() - t)
+    summary = {k: v for k, v in block["python_patch_validation"].items() if k not in ("per_case", "description")}
+    log(f"validation of {args.validate_only}: {json.dumps(summary)}")
+    if args.out:
+        card["validation"] = block
+        export(args.out, net, card)
+        log(f"wrote {args.out}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", nargs="+", required=True, help="folders written by `hemexp prepare`")
-    ap.add_argument("--card", required=True, help="model card template (JSON) without training/validation")
-    ap.add_argument("--out", required=True, help="output .safetensors")
+    ap.add_argument("--card", default=None, help="model card template (JSON) without training/validation")
+    ap.add_argument("--out", default=None, help="output .safetensors")
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget for the training loop")
     ap.add_argument("--iterations", type=int, default=None, help="number of iterations (batches)")
     ap.add_argument("--seed", type=int, default=1)
@@ -284,8 +333,16 @@ def main():
     ap.add_argument("--rescan-minutes", type=float, default=0.0,
                     help="re-list the data folders this often and add newly prepared cases (0: never)")
     ap.add_argument("--min-cases", type=int, default=1, help="wait until this many training cases are prepared")
+    ap.add_argument("--validate-only", default=None, metavar="MODEL",
+                    help="no training: validate MODEL on its held-out cases (all, or --val-max-cases)")
+    ap.add_argument("--val-skip", type=int, default=0, help="with --validate-only: skip the first N held-out cases")
     ap.add_argument("--init", default=None, help="start from the weights of this .safetensors")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.validate_only:
+        return validate_only(args)
+    if not args.card or not args.out:
+        ap.error("--card and --out are required for training")
     if args.minutes is None and args.iterations is None:
         ap.error("give --minutes and/or --iterations")
     if args.fg_fraction < 1 / 3:
@@ -420,20 +477,7 @@ def main():
     val_cases = [Case(cid, p, d) for cid, p, d in val_rows_used]
     t = time.perf_counter()
     per_case = validate(net, val_cases, card, pad_value) if val_cases else []
-    dice = [c["dice"] for c in per_case]
-    by_source = {}
-    for c in per_case:
-        by_source.setdefault(c["source"], []).append(c["dice"])
-    card["validation"] = {"python_patch_validation": {
-        "description": "Dice on held-out whole training-distribution cases, on the model grid (the prepared "
-                       "volumes), full-volume sliding-window inference in Python (Gaussian weights, card overlap, "
-                       "threshold on softmax, no component cleanup); not the C++ tool's native-grid measurement",
-        "cases": len(per_case),
-        "mean_dice": round(float(np.mean(dice)), 4) if dice else None,
-        "median_dice": round(float(np.median(dice)), 4) if dice else None,
-        "mean_dice_by_data": {os.path.basename(os.path.normpath(k)): round(float(np.mean(v)), 4)
-                              for k, v in by_source.items()},
-        "per_case": per_case, "seconds": round(time.perf_counter() - t, 1)}}
+    card["validation"] = validation_block(per_case, time.perf_counter() - t)
     export(args.out, net, card)
     log(f"validation: mean Dice {card['validation']['python_patch_validation']['mean_dice']} on {len(per_case)} "
         f"held-out cases; by data {card['validation']['python_patch_validation']['mean_dice_by_data']}")
