@@ -53,6 +53,7 @@ CLI::App* setup_run(CLI::App& app, RunOptions& o) {
           "K/N", "Shard"));
   run->add_option("--seg-model", o.seg_model, "Segmentation model (.safetensors with model card); default: models/")
       ->check(CLI::ExistingFile);
+  run->add_flag("--qc,!--no-qc", o.qc, "Write (or not) cases/<id>/qc.png, a mosaic of the hematoma slices (default: on)");
   run->add_flag("--save-probabilities", o.save_probabilities, "Also write cases/<id>/probability.nii.gz");
   run->add_option("--series-uid", o.series_uid, "DICOM: read this SeriesInstanceUID instead of choosing");
   run->add_option("--log-level", o.log_level, "Log detail")

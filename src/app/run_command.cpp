@@ -19,6 +19,7 @@
 #include "hemexp/app/report.hpp"
 #include "hemexp/core/measurements.hpp"
 #include "hemexp/core/orientation.hpp"
+#include "hemexp/core/qc.hpp"
 #include "hemexp/core/segmenter.hpp"
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
@@ -79,6 +80,7 @@ struct RunContext {
   SegmentationRecipe seg_recipe;
   torch::Device device = torch::kCPU;
   bool save_probabilities = false;
+  bool qc = true;
 };
 
 // The default segmentation model: $HEMEXP_MODEL_DIR, then models/ beside or above the
@@ -175,10 +177,11 @@ CaseOutcome process_case(const CaseInput& c, const RunContext& ctx) {
     const Volume canonical{to_canonical(loaded.volume.geometry, to_canonical_map),
                            to_canonical(loaded.volume.voxels, to_canonical_map)};
     json qc_flags = json::array();
-    torch::Tensor mask, probability;
+    torch::Tensor mask, probability, canonical_mask;
     if (ctx.seg_model) {
       SegmentationModel model = *ctx.seg_model;
       const Segmentation seg = segment_hematoma(model, ctx.seg_recipe, canonical, ctx.device);
+      canonical_mask = seg.mask;
       mask = from_canonical(seg.mask, to_canonical_map);
       if (ctx.save_probabilities) probability = from_canonical(seg.probability, to_canonical_map);
       if (seg.removed_components > 0)
@@ -187,6 +190,7 @@ CaseOutcome process_case(const CaseInput& c, const RunContext& ctx) {
     } else {
       // No segmentation model: the mask is empty, and the case says so.
       mask = torch::zeros(tensor_shape(loaded.volume.geometry), torch::kUInt8);
+      canonical_mask = torch::zeros(tensor_shape(canonical.geometry), torch::kUInt8);
       qc_flags.push_back("no_segmentation_model");
     }
     timings["segment"] = seconds_since(t0);
@@ -205,6 +209,7 @@ CaseOutcome process_case(const CaseInput& c, const RunContext& ctx) {
     t0 = Clock::now();
     write_image_file(dir / "mask.nii.gz", mask, loaded.volume.geometry);
     if (probability.defined()) write_image_file(dir / "probability.nii.gz", probability, loaded.volume.geometry);
+    if (ctx.qc) write_png(dir / "qc.png", qc_mosaic(canonical, canonical_mask));
     if (loaded.info.grid_resampled) {
       // The mask lives on the corrected grid, which no viewer rebuilds from the DICOM files
       // in the same way: ship the corrected CT so that the mask overlays it exactly.
@@ -224,6 +229,7 @@ CaseOutcome process_case(const CaseInput& c, const RunContext& ctx) {
     fs::remove(dir / "mask.nii.gz", ec);  // never leave outputs of an earlier attempt
     fs::remove(dir / "ct.nii.gz", ec);
     fs::remove(dir / "probability.nii.gz", ec);
+    fs::remove(dir / "qc.png", ec);
     ctx.log->error("{}: failed: {} ({})", c.id, one_line(e.what()), c.path.string());
   }
   result["timings_s"] = timings;
@@ -320,6 +326,7 @@ int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
   RunContext ctx;
   ctx.device = torch::Device(o.device);
   ctx.save_probabilities = o.save_probabilities;
+  ctx.qc = o.qc;
   std::vector<std::string> looked;
   const std::optional<fs::path> seg_path =
       o.seg_model.empty() ? default_seg_model(looked) : std::optional<fs::path>(o.seg_model);

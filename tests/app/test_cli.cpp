@@ -41,6 +41,7 @@ TEST(Cli, RunDefaults) {
   EXPECT_EQ(p.line.run.shard_count, 1);
   EXPECT_FALSE(p.line.run.resume);
   EXPECT_TRUE(p.line.run.progress);
+  EXPECT_TRUE(p.line.run.qc);
   EXPECT_EQ(p.line.run.log_level, "info");
 }
 
@@ -48,7 +49,8 @@ TEST(Cli, RunAllOptions) {
   const std::string ge = kData + "/ge-head-ct-tilt-mixed-thickness";
   const Parsed p = parse({"run", "-i", kData, ge, "-o", "out", "--device", "cuda:1", "--threads", "2",
                           "--shard", "3/8", "--resume", "--series-uid", "1.2.3", "--log-level", "debug",
-                          "--no-progress"});
+                          "--no-progress", "--no-qc", "--seg-model", kData + "/parity/umambabot.safetensors",
+                          "--save-probabilities"});
   ASSERT_EQ(p.error, "");
   EXPECT_EQ(p.line.run.inputs.size(), 2u);
   EXPECT_EQ(p.line.run.device, "cuda:1");
@@ -59,6 +61,9 @@ TEST(Cli, RunAllOptions) {
   EXPECT_EQ(p.line.run.series_uid, "1.2.3");
   EXPECT_EQ(p.line.run.log_level, "debug");
   EXPECT_FALSE(p.line.run.progress);
+  EXPECT_FALSE(p.line.run.qc);
+  EXPECT_TRUE(p.line.run.save_probabilities);
+  EXPECT_EQ(p.line.run.seg_model, kData + "/parity/umambabot.safetensors");
 }
 
 TEST(Cli, BadArgumentsAreRejectedWithAReason) {
@@ -75,6 +80,7 @@ TEST(Cli, BadArgumentsAreRejectedWithAReason) {
       {{"run", "-i", kData, "-o", "out", "--log-level", "loud"}, "loud"},
       {{"run", "-i", kData, "-o", "out", "--no-such-flag"}, "--no-such-flag"},
       {{"frobnicate"}, "A subcommand is required"},
+      {{"run", "-i", kData, "-o", "out", "--seg-model", "/no/model.safetensors"}, "does not exist"},
   };
   for (const auto& [args, reason] : bad) {
     const Parsed p = parse(args);

@@ -101,6 +101,7 @@ TEST_F(RunCommand, WritesEveryOutputAndReportsFailuresPerCase) {
   EXPECT_TRUE(dicom_mask.volume.geometry.same_grid(phantom_grid_, 1e-3));
   EXPECT_FALSE(fs::exists(out / "cases/phantom/ct.nii.gz"));  // grid not resampled: no copy
   EXPECT_FALSE(fs::exists(out / "cases/mr/mask.nii.gz"));
+  EXPECT_GT(fs::file_size(out / "cases/phantom/qc.png"), 1000u);  // on by default
 
   const json phantom = json::parse(slurp(out / "cases/phantom/result.json"));
   EXPECT_EQ(phantom["status"], "ok");
@@ -149,6 +150,7 @@ TEST_F(RunCommand, PreviousRunNeedsResumeOrOverwrite) {
 
 TEST_F(RunCommand, ShardsWriteTheirOwnTables) {
   RunOptions shard = options_;
+  shard.qc = false;
   shard.shard_index = 2;
   shard.shard_count = 2;
   EXPECT_EQ(run(shard), kExitOk);  // case 2 of 3 only: the NIfTI
@@ -157,6 +159,7 @@ TEST_F(RunCommand, ShardsWriteTheirOwnTables) {
   EXPECT_EQ(csv[1][0], "nifti-ct");
   EXPECT_TRUE(fs::exists(root_ / "out/run-2-of-2.json"));
   EXPECT_FALSE(fs::exists(root_ / "out/results.csv"));
+  EXPECT_FALSE(fs::exists(root_ / "out/cases/nifti-ct/qc.png"));  // --no-qc
 }
 
 TEST_F(RunCommand, SetupErrors) {

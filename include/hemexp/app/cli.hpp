@@ -35,6 +35,7 @@ struct RunOptions {
   std::string series_uid;
   std::string seg_model;            // empty: the default model, if one is installed
   bool save_probabilities = false;  // also write the foreground probability map
+  bool qc = true;                   // write cases/<id>/qc.png
   std::string log_level = "info";
   bool progress = true;
 };
