@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "hemexp/io/dicom.hpp"
@@ -105,10 +106,21 @@ std::string case_id_from_path(const fs::path& relative) {
 std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs) {
   std::vector<Found> found;
   for (const fs::path& input : inputs) expand_one(input, found, 0);
+  // Files given by name (on the command line or in a list) that share a name but are
+  // different files, as in `p1/ct.nii.gz p2/ct.nii.gz`, are named with their folder too
+  // ("p1_ct", "p2_ct") rather than "ct", "ct-2".
+  std::map<std::string, std::set<fs::path>> paths_by_name;
+  for (const Found& f : found)
+    if (!f.relative.has_parent_path()) paths_by_name[case_id_from_path(f.relative)].insert(f.path.lexically_normal());
   std::vector<CaseInput> cases;
   std::set<std::string> used;
   for (const Found& f : found) {
-    const std::string base = case_id_from_path(f.relative);
+    fs::path relative = f.relative;
+    if (!relative.has_parent_path() && paths_by_name[case_id_from_path(relative)].size() > 1) {
+      const fs::path folder = fs::absolute(f.path).lexically_normal().parent_path().filename();
+      if (!folder.empty()) relative = folder / relative;
+    }
+    const std::string base = case_id_from_path(relative);
     std::string id = base;
     for (int k = 2; used.count(id); ++k) id = base + "-" + std::to_string(k);
     used.insert(id);

@@ -41,6 +41,15 @@ TEST(Inputs, CohortFolderListAndClashes) {
   EXPECT_EQ(cases[4].id, "other-2");  // same name again: unique suffix, in input order
   EXPECT_EQ(cases[4].path, dir / "other.nii");
 
+  // Different files with the same name (one folder per patient): named with their folder.
+  fs::create_directories(dir / "p3");
+  std::ofstream(dir / "p3/ct.nii.gz") << "x";
+  const auto same_name = expand_inputs({dir / "cohort/p2/ct.nii.gz", dir / "p3/ct.nii.gz", dir / "p3/ct.nii.gz"});
+  ASSERT_EQ(same_name.size(), 3u);
+  EXPECT_EQ(same_name[0].id, "p2_ct");
+  EXPECT_EQ(same_name[1].id, "p3_ct");
+  EXPECT_EQ(same_name[2].id, "p3_ct-2");  // the very same file twice: suffix
+
   std::ofstream(dir / "broken.txt") << "missing.nii\n";
   EXPECT_THROW(expand_inputs({dir / "broken.txt"}), IoError);
 }
