@@ -17,6 +17,8 @@
 #include <thread>
 
 #include "hemexp/app/report.hpp"
+#include "hemexp/core/error.hpp"
+#include "hemexp/core/intracranial.hpp"
 #include "hemexp/core/measurements.hpp"
 #include "hemexp/core/orientation.hpp"
 #include "hemexp/core/qc.hpp"
@@ -177,6 +179,16 @@ CaseOutcome process_case(const CaseInput& c, const RunContext& ctx) {
     const Volume canonical{to_canonical(loaded.volume.geometry, to_canonical_map),
                            to_canonical(loaded.volume.voxels, to_canonical_map)};
     json qc_flags = json::array();
+    // A hematoma is only looked for in a head with a brain: a phantom or a non-head series
+    // fails here with what was found, rather than yielding a made-up hematoma.
+    const IntracranialContent intracranial = intracranial_content(canonical);
+    result["intracranial"] = intracranial.to_json();
+    if (!intracranial.brain_like)
+      throw CoreError("not a head CT with a brain: " + intracranial.describe() + " (a phantom or a non-head series?)");
+    if (!intracranial.skull_found) {
+      qc_flags.push_back("skull_not_found");
+      ctx.log->warn("{}: {}; the brain check was skipped", c.id, intracranial.describe());
+    }
     torch::Tensor mask, probability, canonical_mask;
     if (ctx.seg_model) {
       SegmentationModel model = *ctx.seg_model;

@@ -1,0 +1,86 @@
+// The brain check: space enclosed by the skull, its volume and what it holds, on shapes
+// with known answers (a spherical skull), a phantom-like skull full of air with a blood-density
+// insert, an unclosed scan, and a procedural synthetic head.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "hemexp/core/intracranial.hpp"
+#include "hemexp/core/synth.hpp"
+#include "test_shapes.hpp"
+
+namespace hemexp {
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+// A ball of `inside_hu` of radius r_in (mm) in a bone shell 6 mm thick, air outside, on a
+// 1 x 1 x 2 mm grid centred on the ball.
+Volume skull(double r_in, float inside_hu, double gap_mm = 0.0) {
+  const Geometry g = test::grid({160, 160, 80}, {1.0, 1.0, 2.0});
+  torch::Tensor v = torch::full(tensor_shape(g), -1000.f);
+  auto a = v.accessor<float, 3>();
+  for (int64_t z = 0; z < 80; ++z)
+    for (int64_t y = 0; y < 160; ++y)
+      for (int64_t x = 0; x < 160; ++x) {
+        const double dx = x - 79.5, dy = y - 79.5, dz = 2.0 * (z - 39.5);
+        const double r = std::sqrt(dx * dx + dy * dy + dz * dz);
+        if (r < r_in) a[z][y][x] = inside_hu;
+        else if (r < r_in + 6.0 && !(std::abs(dx) < gap_mm / 2 && dy < 0)) a[z][y][x] = 1000.f;
+      }
+  return {g, v};
+}
+
+TEST(Intracranial, SphericalSkullHasItsVolumeAndBrain) {
+  const IntracranialContent c = intracranial_content(skull(60.0, 30.f));
+  EXPECT_TRUE(c.skull_found);
+  EXPECT_TRUE(c.brain_like);
+  // 4/3 pi 60^3 = 904.8 mL; the top and bottom caps, where the slice cuts the shell, are lost.
+  EXPECT_NEAR(c.volume_ml, 4.0 / 3.0 * kPi * 60 * 60 * 60 / 1000.0, 0.05 * 904.8);
+  EXPECT_EQ(c.median_hu, 30.0);
+  EXPECT_EQ(c.brain_fraction, 1.0);
+}
+
+TEST(Intracranial, NarrowGapInTheSkullIsBridgedWideOneIsNot) {
+  const double closed = intracranial_content(skull(60.0, 30.f)).volume_ml;
+  EXPECT_NEAR(intracranial_content(skull(60.0, 30.f, 3.0)).volume_ml, closed, 0.02 * closed);
+  // A 30 mm opening (a craniectomy on every slice) leaves nothing enclosed.
+  const IntracranialContent open = intracranial_content(skull(60.0, 30.f, 30.0));
+  EXPECT_FALSE(open.skull_found);
+  EXPECT_TRUE(open.brain_like);  // no verdict without a skull
+}
+
+TEST(Intracranial, PhantomSkullFullOfAirIsNotABrain) {
+  Volume v = skull(60.0, -1000.f);
+  // A blood-density cylinder insert, 20 mm across, through the middle.
+  auto a = v.voxels.accessor<float, 3>();
+  for (int64_t z = 20; z < 60; ++z)
+    for (int64_t y = 70; y < 90; ++y)
+      for (int64_t x = 70; x < 90; ++x)
+        if ((x - 79.5) * (x - 79.5) + (y - 79.5) * (y - 79.5) < 100) a[z][y][x] = 80.f;
+  const IntracranialContent c = intracranial_content(v);
+  EXPECT_TRUE(c.skull_found);
+  EXPECT_FALSE(c.brain_like);
+  EXPECT_EQ(c.median_hu, -1000.0);
+  EXPECT_EQ(c.brain_fraction, 0.0);
+  EXPECT_NE(c.describe().find("median -1000 HU, 0% in the brain range 15 to 45 HU"), std::string::npos)
+      << c.describe();
+}
+
+TEST(Intracranial, SyntheticHeadIsABrain) {
+  synth::SynthOptions o;
+  o.seed = 5;
+  o.matrix = 128;
+  o.thin_fraction = 0.0;
+  const synth::SynthCase s = synth::render_procedural_case(o, 0);
+  const IntracranialContent c =
+      intracranial_content(Volume{s.baseline.geometry, s.baseline.ct.to(torch::kFloat32)});
+  EXPECT_TRUE(c.skull_found);
+  EXPECT_TRUE(c.brain_like);
+  EXPECT_GT(c.volume_ml, 900.0);   // an adult intracranial volume, about 1.1 to 1.6 L
+  EXPECT_LT(c.volume_ml, 1800.0);
+  EXPECT_GT(c.brain_fraction, 0.6);
+}
+
+}  // namespace
+}  // namespace hemexp
