@@ -8,6 +8,7 @@
 #include "hemexp/app/report.hpp"
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/safetensors.hpp"
+#include "hemexp/core/synth.hpp"
 #include "hemexp/app/run_command.hpp"
 #include "hemexp/io/image_file.hpp"
 #include "hemexp/io/reader.hpp"
@@ -51,18 +52,19 @@ class RunCommand : public ::testing::Test {
                                          ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(root_);
     fs::create_directories(root_ / "in");
+    fs::copy(kData / "ge-head-ct-tilt-mixed-thickness", root_ / "in/head");
     fs::copy(kData / "philips-head-phantom-5mm", root_ / "in/phantom");
-    // A NIfTI CT on an oblique, RAS-flipped grid, made from the phantom.
-    LoadedVolume lv = read_volume(root_ / "in/phantom");
+    // A NIfTI CT on an oblique, RAS-flipped grid, made from the head (as corrected on reading).
+    LoadedVolume lv = read_volume(root_ / "in/head");
     Geometry g = lv.volume.geometry;
     g.direction = {-0.98, 0.0, 0.198997, 0.0, -1.0, 0.0, 0.198997, 0.0, 0.98};
     g.origin_mm = {10, -20, 30};
     write_image_file(root_ / "in/nifti ct.nii.gz", lv.volume.voxels.to(torch::kInt16), g);
     nifti_grid_ = g;
-    phantom_grid_ = lv.volume.geometry;
+    head_grid_ = lv.volume.geometry;
     fs::copy_file(kData / "dicom-codecs-mr/1.dcm", root_ / "in/mr.dcm");
-    options_.inputs = {(root_ / "in/phantom").string(), (root_ / "in/nifti ct.nii.gz").string(),
-                       (root_ / "in/mr.dcm").string()};
+    options_.inputs = {(root_ / "in/head").string(), (root_ / "in/nifti ct.nii.gz").string(),
+                       (root_ / "in/mr.dcm").string(), (root_ / "in/phantom").string()};
     options_.output_dir = (root_ / "out").string();
     options_.progress = false;
     options_.threads = 1;
@@ -73,7 +75,7 @@ class RunCommand : public ::testing::Test {
 
   fs::path root_;
   RunOptions options_;
-  Geometry nifti_grid_, phantom_grid_;
+  Geometry nifti_grid_, head_grid_;
 };
 
 TEST_F(RunCommand, WritesEveryOutputAndReportsFailuresPerCase) {
@@ -81,41 +83,54 @@ TEST_F(RunCommand, WritesEveryOutputAndReportsFailuresPerCase) {
   const fs::path out = root_ / "out";
 
   const auto csv = read_csv(out / "results.csv");
-  ASSERT_EQ(csv.size(), 4u);
+  ASSERT_EQ(csv.size(), 5u);
   EXPECT_EQ(csv[0], results_columns());
+  const std::string not_a_brain =
+      "not a head CT with a brain: 88 mL inside the skull, median -991 HU, 0% in the brain range 15 to 45 HU "
+      "(a phantom or a non-head series?)";
   const std::vector<std::vector<std::string>> expected = {
-      {"phantom", "ok", "", (root_ / "in/phantom").string(), "dicom"},
+      {"head", "ok", "", (root_ / "in/head").string(), "dicom"},
       {"nifti-ct", "ok", "", (root_ / "in/nifti ct.nii.gz").string(), "nifti"},
-      {"mr", "failed", "modality is MR, not CT", (root_ / "in/mr.dcm").string(), ""}};
+      {"mr", "failed", "modality is MR, not CT", (root_ / "in/mr.dcm").string(), ""},
+      {"phantom", "failed", not_a_brain, (root_ / "in/phantom").string(), ""}};
   for (size_t r = 0; r < expected.size(); ++r) {
     ASSERT_EQ(csv[r + 1].size(), results_columns().size());
     for (size_t c = 0; c < expected[r].size(); ++c) EXPECT_EQ(csv[r + 1][c], expected[r][c]) << r << "," << c;
     EXPECT_EQ(csv[r + 1][8], "") << "no hematoma volume without a segmentation model";
   }
-  EXPECT_EQ(csv[1][6], "0.00");  // gantry tilt of the phantom
+  EXPECT_EQ(csv[1][6], "18.50");  // gantry tilt of the GE head
 
-  // Masks on the exact input grids.
+  // Masks on the exact input grids; the tilt-corrected DICOM head gets its corrected CT.
   const ImageFileContents nifti_mask = read_image_file(out / "cases/nifti-ct/mask.nii.gz");
   EXPECT_TRUE(nifti_mask.volume.geometry.same_grid(nifti_grid_, 1e-3));
-  const ImageFileContents dicom_mask = read_image_file(out / "cases/phantom/mask.nii.gz");
-  EXPECT_TRUE(dicom_mask.volume.geometry.same_grid(phantom_grid_, 1e-3));
-  EXPECT_FALSE(fs::exists(out / "cases/phantom/ct.nii.gz"));  // grid not resampled: no copy
+  const ImageFileContents dicom_mask = read_image_file(out / "cases/head/mask.nii.gz");
+  EXPECT_TRUE(dicom_mask.volume.geometry.same_grid(head_grid_, 1e-3));
+  EXPECT_TRUE(read_image_file(out / "cases/head/ct.nii.gz").volume.geometry.same_grid(head_grid_, 1e-3));
+  EXPECT_FALSE(fs::exists(out / "cases/nifti-ct/ct.nii.gz"));  // grid as read: no copy
   EXPECT_FALSE(fs::exists(out / "cases/mr/mask.nii.gz"));
-  EXPECT_GT(fs::file_size(out / "cases/phantom/qc.png"), 1000u);  // on by default
+  EXPECT_FALSE(fs::exists(out / "cases/phantom/mask.nii.gz"));
+  EXPECT_GT(fs::file_size(out / "cases/head/qc.png"), 1000u);  // on by default
 
-  const json phantom = json::parse(slurp(out / "cases/phantom/result.json"));
-  EXPECT_EQ(phantom["status"], "ok");
-  EXPECT_EQ(phantom["input"]["format"], "dicom");
-  EXPECT_EQ(phantom["input"]["size"], json({512, 512, 6}));
-  EXPECT_EQ(phantom["input"]["gantry_tilt_deg"], 0.0);
-  EXPECT_TRUE(phantom["input"].contains("series_uid"));
-  EXPECT_TRUE(phantom["timings_s"].contains("read"));
+  const json head = json::parse(slurp(out / "cases/head/result.json"));
+  EXPECT_EQ(head["status"], "ok");
+  EXPECT_EQ(head["input"]["format"], "dicom");
+  EXPECT_EQ(head["input"]["size"], json({512, 611, 37}));
+  EXPECT_EQ(head["input"]["gantry_tilt_deg"], 18.5);
+  EXPECT_TRUE(head["input"].contains("series_uid"));
+  EXPECT_TRUE(head["timings_s"].contains("read"));
+  EXPECT_EQ(head["intracranial"]["skull_found"], true);
+  EXPECT_GT(head["intracranial"]["brain_fraction"].get<double>(), 0.7);
   const json mr = json::parse(slurp(out / "cases/mr/result.json"));
   EXPECT_EQ(mr["status"], "failed");
   EXPECT_EQ(mr["error"], "modality is MR, not CT");
+  const json phantom = json::parse(slurp(out / "cases/phantom/result.json"));
+  EXPECT_EQ(phantom["status"], "failed");
+  EXPECT_EQ(phantom["error"], not_a_brain);
+  EXPECT_LT(phantom["intracranial"]["brain_fraction"].get<double>(), 0.01);
+  EXPECT_FALSE(phantom.contains("hematoma"));
 
   const json run_json = json::parse(slurp(out / "run.json"));
-  EXPECT_EQ(run_json["cases"], json({{"total", 3}, {"ok", 2}, {"failed", 1}, {"skipped", 0}}));
+  EXPECT_EQ(run_json["cases"], json({{"total", 4}, {"ok", 2}, {"failed", 2}, {"skipped", 0}}));
   EXPECT_EQ(run_json["threads"], 1);
   EXPECT_FALSE(run_json["finished"].is_null());
   EXPECT_NE(slurp(out / "hemexp.log").find("mr: failed: modality is MR, not CT"), std::string::npos);
@@ -126,26 +141,27 @@ TEST_F(RunCommand, WritesEveryOutputAndReportsFailuresPerCase) {
 TEST_F(RunCommand, PreviousRunNeedsResumeOrOverwrite) {
   ASSERT_EQ(run(options_), kExitCaseFailed);
   const fs::path out = root_ / "out";
-  const std::string mask_bytes = slurp(out / "cases/phantom/mask.nii.gz");
-  const auto mask_time = fs::last_write_time(out / "cases/phantom/mask.nii.gz");
+  const std::string mask_bytes = slurp(out / "cases/head/mask.nii.gz");
+  const auto mask_time = fs::last_write_time(out / "cases/head/mask.nii.gz");
 
   EXPECT_EQ(run(options_), kExitUsage);  // refuses to mix runs
 
   RunOptions resume = options_;
   resume.resume = true;
-  EXPECT_EQ(run(resume), kExitCaseFailed);  // the MR case is tried again and fails again
+  EXPECT_EQ(run(resume), kExitCaseFailed);  // the failed cases are tried again and fail again
   const auto csv = read_csv(out / "results.csv");
   EXPECT_EQ(csv[1][1], "skipped");
   EXPECT_EQ(csv[2][1], "skipped");
   EXPECT_EQ(csv[3][1], "failed");
-  EXPECT_EQ(fs::last_write_time(out / "cases/phantom/mask.nii.gz"), mask_time);
+  EXPECT_EQ(csv[4][1], "failed");
+  EXPECT_EQ(fs::last_write_time(out / "cases/head/mask.nii.gz"), mask_time);
   EXPECT_EQ(json::parse(slurp(out / "run.json"))["cases"]["skipped"], 2);
 
   RunOptions overwrite = options_;
   overwrite.overwrite = true;
   EXPECT_EQ(run(overwrite), kExitCaseFailed);
   EXPECT_EQ(read_csv(out / "results.csv")[1][1], "ok");
-  EXPECT_EQ(slurp(out / "cases/phantom/mask.nii.gz"), mask_bytes);  // byte-identical rerun
+  EXPECT_EQ(slurp(out / "cases/head/mask.nii.gz"), mask_bytes);  // byte-identical rerun
 }
 
 TEST_F(RunCommand, ShardsWriteTheirOwnTables) {
@@ -153,6 +169,7 @@ TEST_F(RunCommand, ShardsWriteTheirOwnTables) {
   shard.qc = false;
   shard.shard_index = 2;
   shard.shard_count = 2;
+  shard.inputs.pop_back();  // no phantom
   EXPECT_EQ(run(shard), kExitOk);  // case 2 of 3 only: the NIfTI
   const auto csv = read_csv(root_ / "out/results-2-of-2.csv");
   ASSERT_EQ(csv.size(), 2u);
@@ -192,15 +209,26 @@ fs::path write_random_model(const fs::path& where) {
 }
 
 TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
+  // Small synthetic heads (a brain inside a skull, 128 x 128 in-plane) keep this test quick: one
+  // on its own grid, one on an oblique, RAS-flipped grid.
+  synth::SynthOptions so;
+  so.seed = 3;
+  so.matrix = 128;
+  so.thin_fraction = 0.0;
+  const synth::SynthCase head = synth::render_procedural_case(so, 0);
+  write_image_file(root_ / "in/head.nii.gz", head.baseline.ct, head.baseline.geometry);
+  Geometry oblique = head.baseline.geometry;
+  oblique.direction = nifti_grid_.direction;
+  write_image_file(root_ / "in/nifti ct.nii.gz", head.baseline.ct, oblique);
   RunOptions o = options_;
-  o.inputs.pop_back();  // no MR
+  o.inputs = {(root_ / "in/head.nii.gz").string(), (root_ / "in/nifti ct.nii.gz").string()};
   o.seg_model = write_random_model(root_ / "model.safetensors").string();
   o.save_probabilities = true;
   ASSERT_EQ(run(o), kExitOk);
   const fs::path out = root_ / "out";
   const std::string sha = sha256_file(root_ / "model.safetensors");
   const auto csv = read_csv(out / "results.csv");
-  for (const std::string id : {"phantom", "nifti-ct"}) {
+  for (const std::string id : {"head", "nifti-ct"}) {
     const json r = json::parse(slurp(out / "cases" / id / "result.json"));
     ASSERT_TRUE(r.contains("hematoma")) << id;
     EXPECT_EQ(r["models"]["segmentation"]["sha256"], sha);
@@ -220,10 +248,10 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
   EXPECT_EQ(json::parse(slurp(out / "run.json"))["models"]["segmentation"]["sha256"], sha);
 
   // Same model, same input: byte-identical masks.
-  const std::string first = slurp(out / "cases/phantom/mask.nii.gz");
+  const std::string first = slurp(out / "cases/head/mask.nii.gz");
   o.overwrite = true;
   ASSERT_EQ(run(o), kExitOk);
-  EXPECT_EQ(slurp(out / "cases/phantom/mask.nii.gz"), first);
+  EXPECT_EQ(slurp(out / "cases/head/mask.nii.gz"), first);
 
   // A broken model file is a setup error: nothing is processed.
   std::ofstream(root_ / "broken.safetensors") << "not a model";
