@@ -27,6 +27,7 @@ card labels it "python_patch_validation": it is not the C++ tool's measurement o
 import argparse
 import csv
 import functools
+import hashlib
 import json
 import math
 import os
@@ -371,9 +372,16 @@ def main():
         f"{sum(len(c.fg) > 0 for c in train_cases)} with hematoma")
 
     net = hemexp_nets.UMamba(card["network"])
+    init_block = None
     if args.init:
-        tensors, _ = hemexp_safetensors.load(args.init)
+        tensors, init_meta = hemexp_safetensors.load(args.init)
         net.load_state_dict(tensors, strict=True)
+        with open(args.init, "rb") as f:
+            init_sha = hashlib.sha256(f.read()).hexdigest()
+        init_card = json.loads((init_meta or {}).get("hemexp_model_card", "{}"))
+        # The earlier stage's training record travels with the weights it produced.
+        init_block = {"file": os.path.basename(args.init), "sha256": init_sha,
+                      "training": init_card.get("training")}
         log(f"initialised from {args.init}")
     if args.scan_chunk > 0:
         hemexp_nets.use_scan(net, functools.partial(hemexp_nets.selective_scan_chunked, chunk=args.scan_chunk))
@@ -407,7 +415,8 @@ def main():
                 "final_loss_mean_last_50": round(float(np.mean(losses[-50:])), 4) if losses else None,
                 "torch_version": torch.__version__, "threads": args.threads,
                 "hardware": f"CPU, {args.threads} threads ({os.cpu_count()} cores visible)",
-                "script": "scripts/train_segmenter.py", "argv": sys.argv[1:]}
+                "script": "scripts/train_segmenter.py", "argv": sys.argv[1:],
+                **({"initialised_from": init_block} if init_block else {})}
 
     budget_s = args.minutes * 60 if args.minutes is not None else None
     start = time.perf_counter()

@@ -43,40 +43,44 @@ IntracranialContent intracranial_content(const Volume& canonical, const Intracra
   torch::NoGradGuard no_grad;
   const Geometry& g = canonical.geometry;
   const int64_t nz = g.size[2], h = g.size[1], w = g.size[0];
-  const torch::Tensor hu = canonical.voxels.to(torch::kFloat32).contiguous();
-  // Closing (dilate then erode) of the bone with a square, per slice, by max pooling.
+  // Closing (dilate then erode) of the bone with a square, per slice, by max pooling; in
+  // chunks of slices so that a thin-slice scan needs little memory beyond its own voxels.
   const int64_t ry = std::max<int64_t>(1, std::lround(o.closing_radius_mm / g.spacing_mm[1]));
   const int64_t rx = std::max<int64_t>(1, std::lround(o.closing_radius_mm / g.spacing_mm[0]));
-  const torch::Tensor bone = (hu > float(o.bone_hu)).to(torch::kFloat32).unsqueeze(1);  // (z,1,h,w)
   const std::vector<int64_t> k{2 * ry + 1, 2 * rx + 1}, pad{ry, rx}, stride{1, 1};
-  const torch::Tensor dilated = torch::max_pool2d(bone, k, stride, pad);
-  // Erosion pads with 1 (as if bone continued outside the slice) so the border is not eaten.
-  const torch::Tensor padded = torch::constant_pad_nd(dilated, {rx, rx, ry, ry}, 1.0);
-  const torch::Tensor closed = (-torch::max_pool2d(-padded, k, stride, {0, 0})).squeeze(1);
-  const torch::Tensor wall = (closed > 0.5).to(torch::kUInt8).contiguous();
-
-  torch::Tensor inside = torch::zeros({nz, h, w}, torch::kBool);
+  constexpr int64_t kChunk = 16;
   std::vector<uint8_t> outside;
   std::vector<int64_t> stack;
-  const uint8_t* wp = wall.data_ptr<uint8_t>();
-  bool* ip = inside.data_ptr<bool>();
-  for (int64_t z = 0; z < nz; ++z) {
-    const uint8_t* ws = wp + z * h * w;
-    flood_from_border(ws, h, w, outside, stack);
-    bool* is = ip + z * h * w;
-    for (int64_t i = 0; i < h * w; ++i) is[i] = !ws[i] && !outside[size_t(i)];
+  std::vector<torch::Tensor> values;
+  for (int64_t z0 = 0; z0 < nz; z0 += kChunk) {
+    const torch::Tensor hu = canonical.voxels.slice(0, z0, std::min(nz, z0 + kChunk)).to(torch::kFloat32);
+    const torch::Tensor bone = (hu > float(o.bone_hu)).to(torch::kFloat32).unsqueeze(1);  // (z,1,h,w)
+    const torch::Tensor dilated = torch::max_pool2d(bone, k, stride, pad);
+    // Erosion pads with 1 (as if bone continued outside the slice) so the border is not eaten.
+    const torch::Tensor padded = torch::constant_pad_nd(dilated, {rx, rx, ry, ry}, 1.0);
+    const torch::Tensor wall = (torch::max_pool2d(-padded, k, stride, {0, 0}) < -0.5).squeeze(1).to(torch::kUInt8).contiguous();
+    torch::Tensor inside = torch::zeros(wall.sizes(), torch::kBool);
+    const uint8_t* wp = wall.data_ptr<uint8_t>();
+    bool* ip = inside.data_ptr<bool>();
+    for (int64_t z = 0; z < wall.size(0); ++z) {
+      const uint8_t* ws = wp + z * h * w;
+      flood_from_border(ws, h, w, outside, stack);
+      bool* is = ip + z * h * w;
+      for (int64_t i = 0; i < h * w; ++i) is[i] = !ws[i] && !outside[size_t(i)];
+    }
+    values.push_back(hu.masked_select(inside));
   }
   IntracranialContent r;
   r.brain_low_hu = o.brain_low_hu;
   r.brain_high_hu = o.brain_high_hu;
-  const torch::Tensor values = hu.masked_select(inside);
-  const int64_t n = values.numel();
+  const torch::Tensor all = torch::cat(values);
+  const int64_t n = all.numel();
   r.volume_ml = double(n) * g.voxel_volume_mm3() / 1000.0;
   r.skull_found = r.volume_ml >= o.min_intracranial_ml;
   if (n > 0) {
-    r.median_hu = values.median().item<double>();
+    r.median_hu = all.median().item<double>();
     r.brain_fraction =
-        ((values >= float(o.brain_low_hu)) & (values < float(o.brain_high_hu))).sum().item<double>() / double(n);
+        ((all >= float(o.brain_low_hu)) & (all < float(o.brain_high_hu))).sum().item<double>() / double(n);
   }
   r.brain_like = !r.skull_found || r.brain_fraction >= o.min_brain_fraction;
   return r;

@@ -1,6 +1,7 @@
 #include "hemexp/core/metrics.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -11,9 +12,9 @@ namespace hemexp {
 
 namespace {
 
-// Physical offsets (mm, in the grid's own axes: distances are the same for orthonormal
-// directions) of the surface voxels of a mask.
-torch::Tensor surface_points_mm(const torch::Tensor& mask, const Geometry& g) {
+// Surface voxels of a mask: mask voxels with at least one of their 6 neighbours outside it
+// (or on the edge of the volume).
+torch::Tensor surface_of(const torch::Tensor& mask) {
   const torch::Tensor m = (mask != 0).to(torch::kUInt8);
   const torch::Tensor padded = torch::constant_pad_nd(m, {1, 1, 1, 1, 1, 1}, 0);
   const auto neighbour = [&](int64_t dim, int64_t shift) {  // the mask moved by shift - 1 along dim
@@ -24,18 +25,72 @@ torch::Tensor surface_points_mm(const torch::Tensor& mask, const Geometry& g) {
   torch::Tensor inner = m.clone();
   for (int64_t dim = 0; dim < 3; ++dim)
     for (int64_t shift : {0, 2}) inner = inner * neighbour(dim, shift);
-  const torch::Tensor surface = (m - inner).to(torch::kBool);
-  const torch::Tensor idx = surface.nonzero().to(torch::kFloat64);  // (n, 3): z, y, x
-  const torch::Tensor scale = torch::tensor({g.spacing_mm[2], g.spacing_mm[1], g.spacing_mm[0]}, torch::kFloat64);
-  return idx * scale;
+  return (m - inner).to(torch::kBool);
 }
 
-torch::Tensor nearest_distances(const torch::Tensor& from, const torch::Tensor& to) {
-  std::vector<torch::Tensor> parts;
-  const int64_t chunk = 4096;
-  for (int64_t s = 0; s < from.size(0); s += chunk)
-    parts.push_back(std::get<0>(torch::cdist(from.slice(0, s, s + chunk), to).min(1)));
-  return torch::cat(parts);
+// Exact squared Euclidean distance transform along one line (Felzenszwalb & Huttenlocher's
+// lower envelope of parabolas), samples `step` mm apart: d[q] = min_p (step (q - p))^2 + f[p].
+void distance_line(const double* f, int64_t n, double step, double* d, std::vector<int64_t>& v,
+                   std::vector<double>& z) {
+  const double inf = std::numeric_limits<double>::infinity();
+  const double s2 = step * step;
+  int64_t k = -1;
+  for (int64_t q = 0; q < n; ++q) {
+    if (f[q] == inf) continue;
+    double boundary = -inf;
+    while (k >= 0) {
+      const int64_t p = v[size_t(k)];
+      boundary = ((f[q] + s2 * double(q * q)) - (f[p] + s2 * double(p * p))) / (2 * s2 * double(q - p));
+      if (boundary > z[size_t(k)]) break;
+      --k;
+    }
+    ++k;
+    v[size_t(k)] = q;
+    z[size_t(k)] = k == 0 ? -inf : boundary;
+  }
+  if (k < 0) {
+    for (int64_t q = 0; q < n; ++q) d[q] = inf;
+    return;
+  }
+  int64_t j = 0;
+  for (int64_t q = 0; q < n; ++q) {
+    while (j < k && z[size_t(j + 1)] < double(q)) ++j;
+    const double dq = double(q - v[size_t(j)]);
+    d[q] = s2 * dq * dq + f[v[size_t(j)]];
+  }
+}
+
+// Squared distance (mm^2) from every voxel to the nearest voxel of `features`, exact, in
+// O(voxels): one pass of distance_line per axis.
+torch::Tensor squared_distance_map(const torch::Tensor& features, const Geometry& g) {
+  const double inf = std::numeric_limits<double>::infinity();
+  torch::Tensor d = torch::where(features, torch::zeros({}, torch::kFloat64), torch::full({}, inf, torch::kFloat64))
+                        .contiguous();
+  const std::array<int64_t, 3> n{d.size(0), d.size(1), d.size(2)};
+  const std::array<double, 3> step{g.spacing_mm[2], g.spacing_mm[1], g.spacing_mm[0]};
+  const std::array<int64_t, 3> stride{n[1] * n[2], n[2], 1};
+  double* data = d.data_ptr<double>();
+  const int64_t longest = std::max({n[0], n[1], n[2]});
+  const size_t len_max = static_cast<size_t>(longest);
+  std::vector<double> line(len_max), out(len_max), z(len_max + 1);
+  std::vector<int64_t> v(len_max);
+  for (int axis = 0; axis < 3; ++axis) {
+    const int a1 = (axis + 1) % 3, a2 = (axis + 2) % 3;
+    for (int64_t i = 0; i < n[size_t(a1)]; ++i)
+      for (int64_t j = 0; j < n[size_t(a2)]; ++j) {
+        double* base = data + i * stride[size_t(a1)] + j * stride[size_t(a2)];
+        const int64_t len = n[size_t(axis)], st = stride[size_t(axis)];
+        for (int64_t q = 0; q < len; ++q) line[size_t(q)] = base[q * st];
+        distance_line(line.data(), len, step[size_t(axis)], out.data(), v, z);
+        for (int64_t q = 0; q < len; ++q) base[q * st] = out[size_t(q)];
+      }
+  }
+  return d;
+}
+
+// Distances (mm) from each surface voxel of `from` to the nearest surface voxel of `to`.
+torch::Tensor surface_distances(const torch::Tensor& from, const torch::Tensor& to, const Geometry& g) {
+  return squared_distance_map(to, g).masked_select(from).sqrt();
 }
 
 double percentile95(const torch::Tensor& d) {
@@ -48,9 +103,16 @@ double percentile95(const torch::Tensor& d) {
 }  // namespace
 
 double hausdorff95_mm(const torch::Tensor& a, const torch::Tensor& b, const Geometry& g) {
-  const torch::Tensor pa = surface_points_mm(a, g), pb = surface_points_mm(b, g);
-  if (pa.size(0) == 0 || pb.size(0) == 0) throw CoreError("HD95 needs two non-empty masks");
-  return std::max(percentile95(nearest_distances(pa, pb)), percentile95(nearest_distances(pb, pa)));
+  torch::Tensor sa = surface_of(a), sb = surface_of(b);
+  if (!sa.any().item<bool>() || !sb.any().item<bool>()) throw CoreError("HD95 needs two non-empty masks");
+  // Distances between the two surfaces never leave the box that holds both: crop to it.
+  const torch::Tensor where = (sa | sb).nonzero();
+  for (int64_t dim = 0; dim < 3; ++dim) {
+    const int64_t lo = where.select(1, dim).min().item<int64_t>(), hi = where.select(1, dim).max().item<int64_t>();
+    sa = sa.narrow(dim, lo, hi - lo + 1);
+    sb = sb.narrow(dim, lo, hi - lo + 1);
+  }
+  return std::max(percentile95(surface_distances(sa, sb, g)), percentile95(surface_distances(sb, sa, g)));
 }
 
 SegmentationMetrics compare_masks(const torch::Tensor& predicted, const torch::Tensor& truth, const Geometry& g) {

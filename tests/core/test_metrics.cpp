@@ -27,6 +27,39 @@ TEST(Metrics, OverlapOfBoxes) {
   EXPECT_NEAR(m.hd95_mm, 4.0, 1e-9);
 }
 
+// HD95 from the exact distance transform equals the brute force over all surface pairs.
+TEST(Metrics, Hd95MatchesBruteForceOnRandomShapes) {
+  const Geometry g = grid({23, 17, 11}, {0.45, 0.6, 2.5});
+  const auto surface_mm = [&](const torch::Tensor& m) {  // 6-neighbour surface voxels, in mm
+    const torch::Tensor p = torch::constant_pad_nd(m, {1, 1, 1, 1, 1, 1}, 0);
+    torch::Tensor inner = m.clone();
+    for (int64_t dim = 0; dim < 3; ++dim)
+      for (int64_t shift : {0, 2}) {
+        torch::Tensor t = p;
+        for (int64_t d = 0; d < 3; ++d) t = t.narrow(d, d == dim ? shift : 1, m.size(d));
+        inner = inner * t;
+      }
+    const torch::Tensor idx = (m - inner).nonzero().to(torch::kFloat64);
+    return idx * torch::tensor({2.5, 0.6, 0.45}, torch::kFloat64);
+  };
+  const auto p95 = [](torch::Tensor d) {
+    d = std::get<0>(d.sort());
+    const double pos = 0.95 * double(d.numel() - 1);
+    const int64_t lo = int64_t(pos), hi = std::min<int64_t>(lo + 1, d.numel() - 1);
+    return d[lo].item<double>() * (1 - (pos - double(lo))) + d[hi].item<double>() * (pos - double(lo));
+  };
+  torch::manual_seed(11);
+  for (int trial = 0; trial < 5; ++trial) {
+    const torch::Tensor a = (torch::rand(tensor_shape(g)) < 0.15 + 0.1 * trial).to(torch::kUInt8);
+    torch::Tensor b = torch::zeros(tensor_shape(g), torch::kUInt8);
+    b.slice(0, 3, 9).slice(1, 2 + trial, 12).slice(2, 5, 20).fill_(1);
+    const torch::Tensor pa = surface_mm(a), pb = surface_mm(b);
+    const double brute = std::max(p95(std::get<0>(torch::cdist(pa, pb).min(1))),
+                                  p95(std::get<0>(torch::cdist(pb, pa).min(1))));
+    EXPECT_NEAR(hausdorff95_mm(a, b, g), brute, 1e-9) << trial;
+  }
+}
+
 TEST(Metrics, ConcentricBallsAndEmptyMasks) {
   const Geometry g = grid({60, 60, 60}, {1, 1, 1});
   const torch::Tensor inner = ball(g, {30, 30, 30}, 10), outer = ball(g, {30, 30, 30}, 16);
