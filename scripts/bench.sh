@@ -41,8 +41,8 @@ for threads in 1 2; do
     for ((k = 0; k < repeats; k++)); do
       out="$work/run-$threads-$model-$k"
       args=(run -i "$ct" -o "$out" --threads "$threads" --no-progress --log-level error)
-      [[ $model != none ]] && args+=(--seg-model "$model_file")
-      HEMEXP_MODEL_DIR="$work/none" "$hemexp" "${args[@]}" 2>/dev/null || true
+      if [[ $model != none ]]; then args+=(--seg-model "$model_file"); else args+=(--seg-model none); fi
+      "$hemexp" "${args[@]}" 2>/dev/null || true
       files+=("$out/cases/ct/result.json")
     done
     echo "threads $threads, model $model:"

@@ -340,8 +340,10 @@ int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
   ctx.save_probabilities = o.save_probabilities;
   ctx.qc = o.qc;
   std::vector<std::string> looked;
-  const std::optional<fs::path> seg_path =
-      o.seg_model.empty() ? default_seg_model(looked) : std::optional<fs::path>(o.seg_model);
+  // "none": read, check and describe the scans without segmenting them.
+  const std::optional<fs::path> seg_path = o.seg_model == "none" ? std::nullopt
+                                           : o.seg_model.empty() ? default_seg_model(looked)
+                                                                 : std::optional<fs::path>(o.seg_model);
   if (seg_path) {
     try {
       ctx.seg_model = load_segmentation_model(*seg_path, ctx.device);
@@ -363,6 +365,8 @@ int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
   if (ctx.seg_model)
     ctx.log->info("segmentation model {} ({}), sha256 {}; research use only", ctx.seg_model->path.string(),
                   ctx.seg_model->card.json.value("name", "unnamed"), ctx.seg_model->sha256);
+  else if (o.seg_model == "none")
+    ctx.log->info("no segmentation (--seg-model none): masks stay empty");
   else
     ctx.log->warn("no segmentation model (none given with --seg-model; looked in {}): masks stay empty",
                   looked.empty() ? std::string("-") : looked.front() + (looked.size() > 1 ? " and others" : ""));

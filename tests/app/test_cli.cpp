@@ -64,6 +64,7 @@ TEST(Cli, RunAllOptions) {
   EXPECT_FALSE(p.line.run.qc);
   EXPECT_TRUE(p.line.run.save_probabilities);
   EXPECT_EQ(p.line.run.seg_model, kData + "/parity/umambabot.safetensors");
+  EXPECT_EQ(parse({"run", "-i", kData, "-o", "out", "--seg-model", "none"}).line.run.seg_model, "none");
 }
 
 TEST(Cli, BadArgumentsAreRejectedWithAReason) {

@@ -68,6 +68,7 @@ class RunCommand : public ::testing::Test {
     options_.output_dir = (root_ / "out").string();
     options_.progress = false;
     options_.threads = 1;
+    options_.seg_model = "none";  // whatever models/ holds: these tests are about the runner
   }
   void TearDown() override { fs::remove_all(root_); }
 

@@ -33,7 +33,7 @@ struct RunOptions {
   int shard_index = 1;  // --shard K/N: this process handles cases K, K+N, K+2N, ... (1-based)
   int shard_count = 1;
   std::string series_uid;
-  std::string seg_model;            // empty: the default model, if one is installed
+  std::string seg_model;            // empty: the default model, if one is installed; "none": none
   bool save_probabilities = false;  // also write the foreground probability map
   bool qc = true;                   // write cases/<id>/qc.png
   std::string log_level = "info";
