@@ -197,8 +197,9 @@ CaseOutcome process_case(const CaseInput& c, const RunContext& ctx) {
       mask = from_canonical(seg.mask, to_canonical_map);
       if (ctx.save_probabilities) probability = from_canonical(seg.probability, to_canonical_map);
       if (seg.removed_components > 0)
-        ctx.log->info("{}: removed {} components smaller than {} mL", c.id, seg.removed_components,
-                      ctx.seg_recipe.min_component_ml);
+        ctx.log->info("{}: removed {} components smaller than {} mL or {}% of the largest", c.id,
+                      seg.removed_components, ctx.seg_recipe.min_component_ml,
+                      100.0 * ctx.seg_recipe.min_component_fraction);
     } else {
       // No segmentation model: the mask is empty, and the case says so.
       mask = torch::zeros(tensor_shape(loaded.volume.geometry), torch::kUInt8);

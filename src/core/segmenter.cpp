@@ -20,12 +20,15 @@ SegmentationRecipe SegmentationRecipe::from_card(const nlohmann::json& card) {
     if (card.contains("postprocessing")) {
       r.threshold = card["postprocessing"].value("threshold", 0.5);
       r.min_component_ml = card["postprocessing"].value("min_component_ml", 0.0);
+      r.min_component_fraction = card["postprocessing"].value("min_component_fraction", 0.0);
     }
   } catch (const nlohmann::json::exception& e) {
     throw CoreError(std::string("model card: inference block is incomplete: ") + e.what());
   }
   if (r.overlap < 0 || r.overlap >= 1) throw CoreError("model card: inference.overlap must be in [0, 1)");
   if (r.threshold <= 0 || r.threshold >= 1) throw CoreError("model card: postprocessing.threshold must be in (0, 1)");
+  if (r.min_component_fraction < 0 || r.min_component_fraction > 1)
+    throw CoreError("model card: postprocessing.min_component_fraction must be in [0, 1]");
   return r;
 }
 
@@ -34,6 +37,23 @@ torch::Tensor prepare_network_input(const Volume& canonical, const Preprocessing
   if (model_grid) *model_grid = grid;
   const torch::Tensor resampled = resample_between_grids(canonical.voxels.to(torch::kFloat32), canonical.geometry, grid);
   return normalize_ct(resampled, p).unsqueeze(0).contiguous();
+}
+
+torch::Tensor remove_small_components(const torch::Tensor& mask, const Geometry& g, double min_ml,
+                                      double min_fraction_of_largest, int64_t* removed) {
+  if (removed) *removed = 0;
+  if (min_ml <= 0 && min_fraction_of_largest <= 0) return mask;
+  torch::Tensor labels;
+  const int64_t n = connected_components(mask, &labels);
+  if (n == 0) return mask;
+  torch::Tensor counts = torch::bincount(labels.reshape({-1}), {}, n + 1).to(torch::kFloat64);
+  counts[0] = 0;
+  const double largest = counts.max().item<double>();
+  const double min_voxels = min_ml * 1000.0 / g.voxel_volume_mm3();
+  const torch::Tensor keep = (counts >= min_voxels) & (counts >= min_fraction_of_largest * largest);
+  keep[0] = false;
+  if (removed) *removed = n - keep.sum().item<int64_t>();
+  return keep.index({labels.to(torch::kLong)}).to(torch::kUInt8);
 }
 
 Segmentation segment_hematoma(SegmentationModel& model, const SegmentationRecipe& recipe, const Volume& canonical,
@@ -57,18 +77,8 @@ Segmentation segment_hematoma(SegmentationModel& model, const SegmentationRecipe
   Segmentation s;
   s.probability = resample_between_grids(foreground, model_grid, canonical.geometry).clamp(0, 1);
   s.mask = (s.probability > float(recipe.threshold)).to(torch::kUInt8);
-  if (recipe.min_component_ml > 0) {
-    torch::Tensor labels;
-    const int64_t n = connected_components(s.mask, &labels);
-    if (n > 0) {
-      const torch::Tensor counts = torch::bincount(labels.reshape({-1}), {}, n + 1);
-      const double min_voxels = recipe.min_component_ml * 1000.0 / canonical.geometry.voxel_volume_mm3();
-      const torch::Tensor keep = counts.to(torch::kFloat64) >= min_voxels;
-      keep[0] = false;
-      s.removed_components = n - keep.sum().item<int64_t>();
-      s.mask = keep.index({labels.to(torch::kLong)}).to(torch::kUInt8);
-    }
-  }
+  s.mask = remove_small_components(s.mask, canonical.geometry, recipe.min_component_ml,
+                                   recipe.min_component_fraction, &s.removed_components);
   return s;
 }
 

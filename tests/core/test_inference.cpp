@@ -2,7 +2,9 @@
 #include <gtest/gtest.h>
 
 #include "hemexp/core/preprocessing.hpp"
+#include "hemexp/core/segmenter.hpp"
 #include "hemexp/core/sliding_window.hpp"
+#include "test_shapes.hpp"
 
 namespace hemexp {
 namespace {
@@ -95,6 +97,34 @@ TEST(Preprocessing, CtNormalisationFromTheCard) {
   const torch::Tensor n = normalize_ct(torch::tensor({-1000.f, 40.f, 80.f, 3000.f}), p);
   EXPECT_TRUE(torch::allclose(n, torch::tensor({-3.f, 0.f, 2.f, 4.f})));
   EXPECT_EQ(Preprocessing::from_json(p.to_json()).spacing_mm, p.spacing_mm);
+}
+
+}  // namespace
+}  // namespace hemexp
+
+namespace hemexp {
+namespace {
+
+// Three boxes of 1000, 150 and 40 voxels at 1 mm^3 (1, 0.15 and 0.04 mL).
+TEST(Postprocessing, SmallComponentsGoByVolumeOrByShareOfTheLargest) {
+  const Geometry g = test::grid({40, 40, 20}, {1, 1, 1});
+  torch::Tensor m = torch::zeros(tensor_shape(g), torch::kUInt8);
+  m.slice(0, 0, 10).slice(1, 0, 10).slice(2, 0, 10).fill_(1);
+  m.slice(0, 0, 6).slice(1, 20, 25).slice(2, 20, 25).fill_(1);
+  m.slice(0, 15, 20).slice(1, 30, 34).slice(2, 30, 32).fill_(1);
+  int64_t removed = -1;
+  EXPECT_TRUE(remove_small_components(m, g, 0.0, 0.0, &removed).equal(m));
+  EXPECT_EQ(removed, 0);
+  EXPECT_EQ(remove_small_components(m, g, 0.1, 0.0, &removed).sum().item<int64_t>(), 1150);
+  EXPECT_EQ(removed, 1);
+  // 20% of the largest is 200 voxels: only the largest stays, whatever the volume floor.
+  EXPECT_EQ(remove_small_components(m, g, 0.0, 0.2, &removed).sum().item<int64_t>(), 1000);
+  EXPECT_EQ(removed, 2);
+  EXPECT_EQ(remove_small_components(m, g, 0.01, 0.1, &removed).sum().item<int64_t>(), 1150);
+  EXPECT_EQ(removed, 1);
+  // A volume floor above the largest removes everything.
+  EXPECT_EQ(remove_small_components(m, g, 2.0, 0.2, &removed).sum().item<int64_t>(), 0);
+  EXPECT_EQ(removed, 3);
 }
 
 }  // namespace
