@@ -183,6 +183,8 @@ CaseOutcome process_case(const CaseInput& c, const RunContext& ctx) {
     // fails here with what was found, rather than yielding a made-up hematoma.
     const IntracranialContent intracranial = intracranial_content(canonical);
     result["intracranial"] = intracranial.to_json();
+    timings["brain_check"] = seconds_since(t0);
+    t0 = Clock::now();
     if (!intracranial.brain_like)
       throw CoreError("not a head CT with a brain: " + intracranial.describe() + " (a phantom or a non-head series?)");
     if (!intracranial.skull_found) {

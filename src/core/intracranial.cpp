@@ -55,10 +55,15 @@ IntracranialContent intracranial_content(const Volume& canonical, const Intracra
   for (int64_t z0 = 0; z0 < nz; z0 += kChunk) {
     const torch::Tensor hu = canonical.voxels.slice(0, z0, std::min(nz, z0 + kChunk)).to(torch::kFloat32);
     const torch::Tensor bone = (hu > float(o.bone_hu)).to(torch::kFloat32).unsqueeze(1);  // (z,1,h,w)
-    const torch::Tensor dilated = torch::max_pool2d(bone, k, stride, pad);
+    // A square is a row times a column: two 1D poolings instead of one 2D.
+    const auto max_square = [&](const torch::Tensor& t, std::vector<int64_t> p) {
+      const torch::Tensor rows = torch::max_pool2d(t, {1, k[1]}, stride, {0, p[1]});
+      return torch::max_pool2d(rows, {k[0], 1}, stride, {p[0], 0});
+    };
+    const torch::Tensor dilated = max_square(bone, pad);
     // Erosion pads with 1 (as if bone continued outside the slice) so the border is not eaten.
     const torch::Tensor padded = torch::constant_pad_nd(dilated, {rx, rx, ry, ry}, 1.0);
-    const torch::Tensor wall = (torch::max_pool2d(-padded, k, stride, {0, 0}) < -0.5).squeeze(1).to(torch::kUInt8).contiguous();
+    const torch::Tensor wall = (max_square(-padded, {0, 0}) < -0.5).squeeze(1).to(torch::kUInt8).contiguous();
     torch::Tensor inside = torch::zeros(wall.sizes(), torch::kBool);
     const uint8_t* wp = wall.data_ptr<uint8_t>();
     bool* ip = inside.data_ptr<bool>();
