@@ -51,9 +51,9 @@ IntracranialContent intracranial_content(const Volume& canonical, const Intracra
   constexpr int64_t kChunk = 16;
   std::vector<uint8_t> outside;
   std::vector<int64_t> stack;
-  std::vector<torch::Tensor> values;
+  std::vector<float> inside;  // HU of the enclosed voxels
   for (int64_t z0 = 0; z0 < nz; z0 += kChunk) {
-    const torch::Tensor hu = canonical.voxels.slice(0, z0, std::min(nz, z0 + kChunk)).to(torch::kFloat32);
+    const torch::Tensor hu = canonical.voxels.slice(0, z0, std::min(nz, z0 + kChunk)).to(torch::kFloat32).contiguous();
     const torch::Tensor bone = (hu > float(o.bone_hu)).to(torch::kFloat32).unsqueeze(1);  // (z,1,h,w)
     // A square is a row times a column: two 1D poolings instead of one 2D.
     const auto max_square = [&](const torch::Tensor& t, std::vector<int64_t> p) {
@@ -64,28 +64,31 @@ IntracranialContent intracranial_content(const Volume& canonical, const Intracra
     // Erosion pads with 1 (as if bone continued outside the slice) so the border is not eaten.
     const torch::Tensor padded = torch::constant_pad_nd(dilated, {rx, rx, ry, ry}, 1.0);
     const torch::Tensor wall = (max_square(-padded, {0, 0}) < -0.5).squeeze(1).to(torch::kUInt8).contiguous();
-    torch::Tensor inside = torch::zeros(wall.sizes(), torch::kBool);
     const uint8_t* wp = wall.data_ptr<uint8_t>();
-    bool* ip = inside.data_ptr<bool>();
+    const float* hp = hu.data_ptr<float>();
     for (int64_t z = 0; z < wall.size(0); ++z) {
       const uint8_t* ws = wp + z * h * w;
+      const float* hs = hp + z * h * w;
       flood_from_border(ws, h, w, outside, stack);
-      bool* is = ip + z * h * w;
-      for (int64_t i = 0; i < h * w; ++i) is[i] = !ws[i] && !outside[size_t(i)];
+      for (int64_t i = 0; i < h * w; ++i)
+        if (!ws[i] && !outside[size_t(i)]) inside.push_back(hs[i]);
     }
-    values.push_back(hu.masked_select(inside));
   }
   IntracranialContent r;
   r.brain_low_hu = o.brain_low_hu;
   r.brain_high_hu = o.brain_high_hu;
-  const torch::Tensor all = torch::cat(values);
-  const int64_t n = all.numel();
+  const size_t n = inside.size();
   r.volume_ml = double(n) * g.voxel_volume_mm3() / 1000.0;
   r.skull_found = r.volume_ml >= o.min_intracranial_ml;
   if (n > 0) {
-    r.median_hu = all.median().item<double>();
-    r.brain_fraction =
-        ((all >= float(o.brain_low_hu)) & (all < float(o.brain_high_hu))).sum().item<double>() / double(n);
+    const int64_t in_range = std::count_if(inside.begin(), inside.end(), [&](float v) {
+      return v >= float(o.brain_low_hu) && v < float(o.brain_high_hu);
+    });
+    r.brain_fraction = double(in_range) / double(n);
+    // The lower of the two middle values for an even count.
+    const auto middle = inside.begin() + std::ptrdiff_t((n - 1) / 2);
+    std::nth_element(inside.begin(), middle, inside.end());
+    r.median_hu = *middle;
   }
   r.brain_like = !r.skull_found || r.brain_fraction >= o.min_brain_fraction;
   return r;

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "hemexp/app/report.hpp"
@@ -47,6 +48,12 @@ std::vector<std::vector<std::string>> read_csv(const fs::path& p) {
 
 class RunCommand : public ::testing::Test {
  protected:
+  // The GE head as corrected on reading (tilt, spacing): read once for the whole suite.
+  static void SetUpTestSuite() {
+    head_ = std::make_unique<LoadedVolume>(read_volume(kData / "ge-head-ct-tilt-mixed-thickness"));
+  }
+  static void TearDownTestSuite() { head_.reset(); }
+
   void SetUp() override {
     root_ = fs::temp_directory_path() / ("hemexp-run-" + std::to_string(::getpid()) + "-" +
                                          ::testing::UnitTest::GetInstance()->current_test_info()->name());
@@ -55,7 +62,7 @@ class RunCommand : public ::testing::Test {
     fs::copy(kData / "ge-head-ct-tilt-mixed-thickness", root_ / "in/head");
     fs::copy(kData / "philips-head-phantom-5mm", root_ / "in/phantom");
     // A NIfTI CT on an oblique, RAS-flipped grid, made from the head (as corrected on reading).
-    LoadedVolume lv = read_volume(root_ / "in/head");
+    const LoadedVolume& lv = *head_;
     Geometry g = lv.volume.geometry;
     g.direction = {-0.98, 0.0, 0.198997, 0.0, -1.0, 0.0, 0.198997, 0.0, 0.98};
     g.origin_mm = {10, -20, 30};
@@ -74,6 +81,7 @@ class RunCommand : public ::testing::Test {
 
   int run(const RunOptions& o) { return run_cases(o, {"hemexp", "run", "(test)"}); }
 
+  static inline std::unique_ptr<LoadedVolume> head_;
   fs::path root_;
   RunOptions options_;
   Geometry nifti_grid_, head_grid_;

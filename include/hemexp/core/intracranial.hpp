@@ -31,7 +31,7 @@ struct IntracranialOptions {
   double closing_radius_mm = 2.0;    // gaps in the skull up to about twice this are bridged
   double brain_low_hu = 15.0, brain_high_hu = 45.0;
   double min_intracranial_ml = 50.0;
-  double min_brain_fraction = 0.25;  // real and synthetic heads: 0.76 to 0.91
+  double min_brain_fraction = 0.25;  // measured: real GE head 0.74-0.77, synthetic heads 0.66-0.94
 };
 
 // Per axial slice (canonical index axis z): bone, closed by a square of closing_radius_mm,
