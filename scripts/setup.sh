@@ -14,10 +14,13 @@ HEMEXP_PACKAGES=(
   libinsighttoolkit5-dev libgdcm-tools
   libcli11-dev libspdlog-dev nlohmann-json3-dev libgtest-dev
 )
+# The PyTorch reference of the networks (training, export, parity fixtures), run with
+# Debian's /usr/bin/python3; test.sh checks it too, so the training side cannot rot unseen.
+HEMEXP_PYTHON_PACKAGES=(python3-torch python3-numpy)
 
 hemexp_install_packages() {
   local missing=()
-  for p in "${HEMEXP_PACKAGES[@]}"; do
+  for p in "${HEMEXP_PACKAGES[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if ((${#missing[@]} == 0)); then
@@ -42,5 +45,5 @@ hemexp_build() {
   cmake --build "$HEMEXP_BUILD" -j "$jobs"
 }
 
-hemexp_install_packages
+hemexp_install_packages ${HEMEXP_WITH_PYTHON:+"${HEMEXP_PYTHON_PACKAGES[@]}"}
 hemexp_build

@@ -1,6 +1,8 @@
 #include "hemexp/app/cli.hpp"
 
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include <regex>
 
@@ -85,6 +87,11 @@ std::unique_ptr<CLI::App> make_app(CommandLine& line) {
 }
 
 int main_entry(int argc, const char* const* argv) {
+  // Every command reports the same way: diagnostics on stderr as "error: ...", "warning: ...";
+  // results on stdout or in files. `run` adds its log file to this (cohort.cpp).
+  auto console = std::make_shared<spdlog::logger>("console", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+  console->set_pattern("%^%l%$: %v");
+  spdlog::set_default_logger(console);
   CommandLine line;
   auto app = make_app(line);
   try {

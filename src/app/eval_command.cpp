@@ -1,18 +1,20 @@
 #include "hemexp/app/eval_command.hpp"
 
 #include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <sstream>
+#include <iterator>
 
 #include <nlohmann/json.hpp>
 
 #include "hemexp/app/cli.hpp"
-#include "hemexp/app/report.hpp"
 #include "hemexp/core/metrics.hpp"
+#include "hemexp/core/statistics.hpp"
+#include "hemexp/core/text.hpp"
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/image_file.hpp"
 
@@ -30,40 +32,6 @@ CLI::App* setup_eval(CLI::App& app, EvalOptions& o) {
 
 namespace {
 
-std::vector<std::map<std::string, std::string>> read_plain_csv(const fs::path& path) {
-  std::ifstream in(path);
-  std::string line;
-  std::vector<std::string> header;
-  std::vector<std::map<std::string, std::string>> rows;
-  auto split = [](const std::string& l) {
-    std::vector<std::string> out;
-    std::stringstream ss(l);
-    std::string f;
-    while (std::getline(ss, f, ',')) out.push_back(f);
-    return out;
-  };
-  if (std::getline(in, line)) header = split(line);
-  while (std::getline(in, line)) {
-    const auto fields = split(line);
-    std::map<std::string, std::string> row;
-    for (size_t i = 0; i < header.size() && i < fields.size(); ++i) row[header[i]] = fields[i];
-    rows.push_back(row);
-  }
-  return rows;
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return std::nan("");
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-double mean(const std::vector<double>& v) {
-  if (v.empty()) return std::nan("");
-  double s = 0;
-  for (double x : v) s += x;
-  return s / double(v.size());
-}
 json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
 }  // namespace
@@ -71,7 +39,15 @@ json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr
 int run_eval(const EvalOptions& o) {
   const fs::path truth(o.truth_dir), pred(o.pred_dir);
   if (!fs::exists(truth / "labels.csv")) {
-    std::fprintf(stderr, "error: %s has no labels.csv (not a synth folder)\n", o.truth_dir.c_str());
+    spdlog::error("{} has no labels.csv (not a synth folder)", o.truth_dir);
+    return kExitUsage;
+  }
+  std::vector<std::map<std::string, std::string>> truth_rows;
+  try {
+    std::ifstream in(truth / "labels.csv", std::ios::binary);
+    truth_rows = parse_csv(std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>())).records();
+  } catch (const std::exception& e) {
+    spdlog::error("{}: {}", (truth / "labels.csv").string(), e.what());
     return kExitUsage;
   }
   // Predicted cases by the truth case they read: <truth>/<case_id>/ct.nii.gz.
@@ -96,7 +72,7 @@ int run_eval(const EvalOptions& o) {
   std::vector<int> he_labels, oracle_labels;
   json cases = json::array();
   int missing = 0, failed = 0, hd_undefined = 0;
-  for (const auto& row : read_plain_csv(truth / "labels.csv")) {
+  for (const auto& row : truth_rows) {
     const std::string id = row.at("case_id");
     const int label = std::stoi(row.at("he_label"));
     oracle_scores.push_back(std::stod(row.at("he_probability")));

@@ -1,10 +1,11 @@
 #include "hemexp/app/info_command.hpp"
 
 #include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
 
 #include "hemexp/app/cli.hpp"
 #include "hemexp/core/model_file.hpp"
-#include "hemexp/core/safetensors.hpp"
+#include "hemexp/core/segmenter.hpp"
 
 namespace hemexp {
 
@@ -16,16 +17,29 @@ CLI::App* setup_info(CLI::App& app, InfoOptions& o) {
 
 int run_info(const InfoOptions& o) {
   try {
-    const SafetensorsFile file = read_safetensors(o.model_path);
-    const ModelCard card = parse_model_card(file.metadata, o.model_path);
+    ModelFile file = ModelFile::read(o.model_path);
+    const ModelCard card = file.card;
+    const size_t tensors = file.tensors.size();
     int64_t parameters = 0;
     for (const auto& [name, t] : file.tensors) parameters += t.numel();
-    if (card.kind == "segmentation") load_segmentation_model(o.model_path);  // validates names and shapes
+    const std::string sha256 = file.sha256;
+    std::string recipe = "ok";
+    if (card.kind == "segmentation") {
+      // Builds the network and loads the weights: validates names and shapes.
+      UMamba network(UMambaConfig::from_json(card.json["network"]));
+      load_named_tensors(*network, file.tensors, file.path.filename().string());
+      try {
+        SegmentationRecipe::from_card(card.json);
+      } catch (const std::exception& e) {
+        recipe = std::string("incomplete, `hemexp run` cannot use this file: ") + e.what();
+      }
+    }
     std::printf("file:        %s\n", o.model_path.c_str());
-    std::printf("sha256:      %s\n", sha256_file(o.model_path).c_str());
+    std::printf("sha256:      %s\n", sha256.c_str());
     std::printf("name:        %s\n", card.json.value("name", "(unnamed)").c_str());
     std::printf("kind:        %s (card format %d)\n", card.kind.c_str(), card.format_version);
-    std::printf("tensors:     %zu, %lld parameters\n", file.tensors.size(), static_cast<long long>(parameters));
+    std::printf("tensors:     %zu, %lld parameters\n", tensors, static_cast<long long>(parameters));
+    std::printf("recipe:      %s\n", recipe.c_str());
     for (const char* block : {"network", "preprocessing", "inference", "postprocessing", "training", "validation"})
       if (card.json.contains(block)) std::printf("%-12s %s\n", (std::string(block) + ":").c_str(), card.json[block].dump().c_str());
     std::printf("\nResearch use only, not for clinical decisions. hemexp's models are trained on synthetic\n"
@@ -33,7 +47,7 @@ int run_info(const InfoOptions& o) {
                 "synthetic validation data do not transfer to patients without your own validation.\n");
     return kExitOk;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    spdlog::error("{}", e.what());
     return kExitSetup;
   }
 }

@@ -10,7 +10,9 @@
 #include "hemexp/core/orientation.hpp"
 #include "hemexp/core/segmenter.hpp"
 #include "hemexp/core/safetensors.hpp"
+#include "hemexp/core/text.hpp"
 #include "hemexp/io/atomic_file.hpp"
+#include "hemexp/io/error.hpp"
 #include "hemexp/io/image_file.hpp"
 #include "hemexp/io/reader.hpp"
 #include "hemexp/version.hpp"
@@ -34,13 +36,13 @@ int run_prepare(const PrepareOptions& o) {
     std::ifstream in(o.card_path);
     pre = Preprocessing::from_json(nlohmann::json::parse(in).at("preprocessing"));
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: card %s: %s\n", o.card_path.c_str(), e.what());
+    spdlog::error("card {}: {}", o.card_path, e.what());
     return kExitUsage;
   }
   const fs::path out(o.output_dir);
   std::error_code ec;
   fs::create_directories(out, ec);
-  std::string csv = "case_id,file,source,foreground_voxels\n";
+  std::string csv = csv_line({"case_id", "file", "source", "foreground_voxels"});
   int failed = 0, done = 0;
   for (const std::string& dir : o.synth_dirs) {
     std::vector<fs::path> cases;
@@ -52,16 +54,12 @@ int run_prepare(const PrepareOptions& o) {
       try {
         const LoadedVolume ct = read_volume(c / "ct.nii.gz");
         const ImageFileContents mask = read_image_file(c / "mask.nii.gz");
-        if (!mask.volume.geometry.same_grid(ct.volume.geometry, 1e-3)) throw std::runtime_error("mask and CT grids differ");
-        const AxisMap map = canonical_axis_map(ct.volume.geometry);
-        const Volume canonical{to_canonical(ct.volume.geometry, map), to_canonical(ct.volume.voxels, map)};
+        if (!mask.volume.geometry.same_grid(ct.volume.geometry, 1e-3)) throw IoError("mask and CT grids differ");
+        const CanonicalVolume canonical = to_canonical(ct.volume);
         Geometry model_grid;
-        const torch::Tensor image = prepare_network_input(canonical, pre, &model_grid);
-        // The label goes through the same resampling as the probabilities in `run`, mirrored:
-        // linear interpolation of the mask, then > 0.5.
-        const torch::Tensor label =
-            (resample_between_grids(to_canonical(mask.volume.voxels, map), canonical.geometry, model_grid) > 0.5f)
-                .to(torch::kUInt8);
+        const torch::Tensor image = prepare_network_input(canonical.volume, pre, &model_grid);
+        const torch::Tensor label = prepare_network_label(to_canonical(mask.volume.voxels, canonical.map),
+                                                          canonical.volume.geometry, model_grid);
         SafetensorsFile file;
         file.tensors["image"] = image;
         file.tensors["label"] = label;
@@ -70,13 +68,12 @@ int run_prepare(const PrepareOptions& o) {
         file.metadata["preprocessing"] = pre.to_json().dump();
         file.metadata["hemexp_version"] = kVersion;
         write_safetensors(out / (id + ".safetensors"), file);
-        csv += id + "," + id + ".safetensors," + c.string() + "," + std::to_string(label.sum().item<int64_t>()) + "\n";
+        csv += csv_line({id, id + ".safetensors", c.string(), std::to_string(label.sum().item<int64_t>())});
         ++done;
-        std::fprintf(stderr, "[%d] %s: %ldx%ldx%ld\n", done, id.c_str(), long(image.size(3)), long(image.size(2)),
-                     long(image.size(1)));
+        spdlog::info("[{}] {}: {}x{}x{}", done, id, image.size(3), image.size(2), image.size(1));
       } catch (const std::exception& e) {
         ++failed;
-        std::fprintf(stderr, "error: %s: %s\n", c.string().c_str(), e.what());
+        spdlog::error("{}: {}", c.string(), e.what());
       }
     }
   }

@@ -13,9 +13,9 @@
 #include <nlohmann/json.hpp>
 
 #include "hemexp/app/cli.hpp"
-#include "hemexp/app/report.hpp"
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/synth.hpp"
+#include "hemexp/core/text.hpp"
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
 #include "hemexp/io/image_file.hpp"
@@ -58,6 +58,11 @@ CLI::App* setup_synth(CLI::App& app, SynthOptions& o) {
       ->capture_default_str();
   s->add_option("--background", o.backgrounds, "Real NCCT volumes (NIfTI/MHA/NRRD/DICOM) to insert hematomas into")
       ->check(CLI::ExistingPath);
+  s->add_option("--label", o.label,
+                "Only cases with this expansion label (he, nhe), drawn from the same model: e.g. to top up the "
+                "expansion class")
+      ->check(CLI::IsMember({"any", "he", "nhe"}))
+      ->capture_default_str();
   s->add_flag("--followup", o.followup, "Also write a follow-up scan (~24 h) with growth consistent with the label");
   s->add_option("--threads", o.threads, "Cases rendered in parallel (default: all cores)")->check(CLI::Range(1, 1024));
   s->add_option("--matrix", o.matrix, "In-plane matrix of procedural cases (field of view stays 220-250 mm)")
@@ -164,13 +169,22 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
     }
   }
 
+  // The generator's case indices to render: 0..count-1, or with --label the first `count`
+  // indices whose label (drawn from the HE model at --he-fraction, before any image exists) is
+  // the one asked for, so an expansion-only top-up comes from the same model as a cohort.
+  std::vector<int64_t> indices;
+  for (int64_t i = 0; int64_t(indices.size()) < o.count; ++i)
+    if (o.label == "any" || synth::sample_case_truth(o.seed, i, o.he_fraction).he.label == (o.label == "he"))
+      indices.push_back(i);
+
   const int threads = o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::map<std::string, std::string>> rows(static_cast<size_t>(o.count));
   std::vector<std::string> errors(static_cast<size_t>(o.count));
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> failed{0};
   auto worker = [&] {
-    for (int64_t i = next++; i < o.count; i = next++) {
+    for (int64_t k = next++; k < o.count; k = next++) {
+      const int64_t i = indices[size_t(k)];
       const auto tc = std::chrono::steady_clock::now();
       const std::string id = synth::case_id_for(i);
       try {
@@ -178,13 +192,13 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
             backgrounds.empty() ? synth::render_procedural_case(so, i)
                                 : synth::render_background_case(so, i, backgrounds[i % backgrounds.size()]);
         write_case(out / c.truth.case_id, c);
-        rows[i] = label_row(c);
+        rows[k] = label_row(c);
         spdlog::info("{}: {:.1f} mL {} HE={} p={:.3f} ({:.1f} s)", id, c.baseline.volume_ml, c.location,
                      c.truth.he.label ? 1 : 0, c.truth.he.probability,
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - tc).count());
       } catch (const std::exception& e) {
-        errors[i] = e.what();
-        rows[i] = {{"case_id", id}};
+        errors[k] = e.what();
+        rows[k] = {{"case_id", id}};
         ++failed;
         spdlog::error("{} failed: {}", id, e.what());
       }
@@ -194,18 +208,18 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
   for (int t = 0; t < std::min<int64_t>(threads, o.count); ++t) pool.emplace_back(worker);
   for (auto& t : pool) t.join();
 
-  std::string csv;
   const auto& columns = synth_label_columns();
-  for (size_t c = 0; c < columns.size(); ++c) csv += (c ? "," : "") + columns[c];
-  csv += "\n";
+  std::string csv = csv_line(columns);
   for (const auto& row : rows) csv += csv_line(columns, row);
   write_text_atomically(out / "labels.csv", csv);
 
   const synth::HeModel model;
   nlohmann::json meta = {
       {"tool", std::string("hemexp ") + kVersion},
+      {"argv", argv},
       {"seed", o.seed},
       {"count", o.count},
+      {"label", o.label},
       {"he_fraction", o.he_fraction},
       {"followup", o.followup},
       {"matrix", o.matrix},
@@ -226,7 +240,6 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
       {"he_definition", "follow-up growth > 6 mL or > 33 %"},
       {"failed", failed.load()},
   };
-  (void)argv;
   write_text_atomically(out / "synth.json", meta.dump(2) + "\n");
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   spdlog::info("{} cases in {:.1f} s ({:.2f} cases/s), {} failed", o.count, seconds, o.count / seconds, failed.load());

@@ -18,13 +18,6 @@ Mat3 mat_mul(const Mat3& a, const Mat3& b) {
   return r;
 }
 
-Mat3 mat_transpose(const Mat3& a) {
-  Mat3 r{};
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) r[i * 3 + j] = a[j * 3 + i];
-  return r;
-}
-
 Vec3 mat_vec(const Mat3& a, const Vec3& v) {
   Vec3 r{};
   for (int i = 0; i < 3; ++i) r[i] = a[i * 3] * v[0] + a[i * 3 + 1] * v[1] + a[i * 3 + 2] * v[2];

@@ -1,3 +1,4 @@
+#include "hemexp/core/statistics.hpp"
 #include "hemexp/core/intracranial.hpp"
 
 #include <algorithm>
@@ -85,10 +86,7 @@ IntracranialContent intracranial_content(const Volume& canonical, const Intracra
       return v >= float(o.brain_low_hu) && v < float(o.brain_high_hu);
     });
     r.brain_fraction = double(in_range) / double(n);
-    // The lower of the two middle values for an even count.
-    const auto middle = inside.begin() + std::ptrdiff_t((n - 1) / 2);
-    std::nth_element(inside.begin(), middle, inside.end());
-    r.median_hu = *middle;
+    r.median_hu = median(std::vector<double>(inside.begin(), inside.end()));
   }
   r.brain_like = !r.skull_found || r.brain_fraction >= o.min_brain_fraction;
   return r;

@@ -1,3 +1,4 @@
+#include "hemexp/core/statistics.hpp"
 #include "hemexp/core/measurements.hpp"
 
 #include <algorithm>
@@ -63,14 +64,9 @@ HematomaMeasurements measure_hematoma(const torch::Tensor& mask, const torch::Te
   const torch::Tensor values = hu.to(torch::kFloat64).masked_select(m);
   r.mean_hu = values.mean().item<double>();
   r.std_hu = r.voxels > 1 ? values.std(/*unbiased=*/false).item<double>() : 0.0;
-  const torch::Tensor sorted = std::get<0>(values.sort());
-  const auto percentile = [&](double q) {  // linear interpolation between order statistics
-    const double pos = q * double(sorted.numel() - 1);
-    const int64_t lo = int64_t(std::floor(pos)), hi = std::min<int64_t>(lo + 1, sorted.numel() - 1);
-    return sorted[lo].item<double>() * (1 - (pos - double(lo))) + sorted[hi].item<double>() * (pos - double(lo));
-  };
-  r.p10_hu = percentile(0.10);
-  r.p90_hu = percentile(0.90);
+  const std::vector<double> hu_values(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
+  r.p10_hu = percentile(hu_values, 0.10);
+  r.p90_hu = percentile(hu_values, 0.90);
   r.components = connected_components(m);
 
   // Exposed faces, weighted by their area, times 2/3.

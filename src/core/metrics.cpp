@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "hemexp/core/error.hpp"
+#include "hemexp/core/statistics.hpp"
 
 namespace hemexp {
 
@@ -94,10 +95,8 @@ torch::Tensor surface_distances(const torch::Tensor& from, const torch::Tensor& 
 }
 
 double percentile95(const torch::Tensor& d) {
-  const torch::Tensor sorted = std::get<0>(d.sort());
-  const double pos = 0.95 * double(sorted.numel() - 1);
-  const int64_t lo = int64_t(std::floor(pos)), hi = std::min<int64_t>(lo + 1, sorted.numel() - 1);
-  return sorted[lo].item<double>() * (1 - (pos - double(lo))) + sorted[hi].item<double>() * (pos - double(lo));
+  const torch::Tensor values = d.to(torch::kFloat64).contiguous();
+  return percentile(std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel()), 0.95);
 }
 
 }  // namespace

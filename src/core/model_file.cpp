@@ -105,18 +105,18 @@ std::string sha256_file(const fs::path& path) {
 ModelCard parse_model_card(const std::map<std::string, std::string>& metadata, const std::string& file_name) {
   const auto it = metadata.find(kModelCardKey);
   if (it == metadata.end())
-    throw CoreError("model " + file_name + ": no model card (__metadata__ has no '" + kModelCardKey + "')");
+    throw ModelError("model " + file_name + ": no model card (__metadata__ has no '" + kModelCardKey + "')");
   ModelCard card;
   try {
     card.json = nlohmann::json::parse(it->second);
   } catch (const nlohmann::json::exception& e) {
-    throw CoreError("model " + file_name + ": model card is not valid JSON: " + e.what());
+    throw ModelError("model " + file_name + ": model card is not valid JSON: " + e.what());
   }
-  if (!card.json.is_object()) throw CoreError("model " + file_name + ": model card is not a JSON object");
+  if (!card.json.is_object()) throw ModelError("model " + file_name + ": model card is not a JSON object");
   card.format_version = card.json.value("format_version", 0);
   card.kind = card.json.value("kind", "");
   if (card.format_version != kModelFormatVersion)
-    throw CoreError("model " + file_name + ": model card format_version " + std::to_string(card.format_version) +
+    throw ModelError("model " + file_name + ": model card format_version " + std::to_string(card.format_version) +
                     " is not supported (expected " + std::to_string(kModelFormatVersion) + ")");
   return card;
 }
@@ -127,9 +127,9 @@ void load_named_tensors(torch::nn::Module& module, const std::map<std::string, t
   std::set<std::string> used;
   auto assign = [&](const std::string& name, torch::Tensor& target) {
     const auto it = tensors.find(name);
-    if (it == tensors.end()) throw CoreError("model " + file_name + ": missing tensor '" + name + "'");
+    if (it == tensors.end()) throw ModelError("model " + file_name + ": missing tensor '" + name + "'");
     if (it->second.sizes() != target.sizes())
-      throw CoreError("model " + file_name + ": tensor '" + name + "' has shape " + shape_text(it->second.sizes()) +
+      throw ModelError("model " + file_name + ": tensor '" + name + "' has shape " + shape_text(it->second.sizes()) +
                       ", the network expects " + shape_text(target.sizes()));
     target.copy_(it->second.to(target.dtype()));
     used.insert(name);
@@ -137,24 +137,30 @@ void load_named_tensors(torch::nn::Module& module, const std::map<std::string, t
   for (auto& p : module.named_parameters(true)) assign(p.key(), p.value());
   for (auto& b : module.named_buffers(true)) assign(b.key(), b.value());
   for (const auto& [name, t] : tensors)
-    if (!used.count(name)) throw CoreError("model " + file_name + ": unexpected tensor '" + name + "' (not in the network)");
+    if (!used.count(name)) throw ModelError("model " + file_name + ": unexpected tensor '" + name + "' (not in the network)");
 }
 
-SegmentationModel load_segmentation_model(const fs::path& path, const torch::Device& device) {
-  SegmentationModel model;
+ModelFile ModelFile::read(const fs::path& path, const std::string& expected_kind) {
+  ModelFile model;
   model.path = path;
-  const SafetensorsFile file = read_safetensors(path);
   const std::string name = path.filename().string();
+  SafetensorsFile file;
+  try {
+    file = read_safetensors(path);
+  } catch (const CoreError& e) {
+    throw ModelError(e.what());  // the message names the path already
+  }
   model.card = parse_model_card(file.metadata, name);
-  if (model.card.kind != "segmentation")
-    throw CoreError("model " + name + ": is a '" + model.card.kind + "' model, not a segmentation model");
-  if (!model.card.json.contains("network")) throw CoreError("model " + name + ": model card has no network block");
-  model.network = UMamba(UMambaConfig::from_json(model.card.json["network"]));
-  load_named_tensors(*model.network, file.tensors, name);
-  model.network->to(device);
-  model.network->eval();
+  if (!expected_kind.empty() && model.card.kind != expected_kind)
+    throw ModelError("model " + name + ": is a '" + model.card.kind + "' model, not a " + expected_kind + " model");
+  if (!model.card.json.contains("network")) throw ModelError("model " + name + ": model card has no network block");
+  model.tensors = std::move(file.tensors);
   model.sha256 = sha256_file(path);
   return model;
+}
+
+nlohmann::json ModelFile::provenance_json() const {
+  return {{"path", path.string()}, {"sha256", sha256}, {"name", name()}, {"research_use_only", true}};
 }
 
 }  // namespace hemexp

@@ -75,9 +75,9 @@ torch::Tensor from_canonical(const torch::Tensor& canonical_voxels, const AxisMa
   return t.permute(dims).contiguous();
 }
 
-Volume to_canonical(const Volume& v) {
+CanonicalVolume to_canonical(const Volume& v) {
   const AxisMap map = canonical_axis_map(v.geometry);
-  return Volume{to_canonical(v.geometry, map), to_canonical(v.voxels, map)};
+  return {Volume{to_canonical(v.geometry, map), to_canonical(v.voxels, map)}, map};
 }
 
 }  // namespace hemexp

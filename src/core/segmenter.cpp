@@ -7,13 +7,13 @@ namespace hemexp {
 
 SegmentationRecipe SegmentationRecipe::from_card(const nlohmann::json& card) {
   SegmentationRecipe r;
-  if (!card.contains("preprocessing")) throw CoreError("model card: no preprocessing block");
+  if (!card.contains("preprocessing")) throw ModelError("model card: no preprocessing block");
   r.preprocessing = Preprocessing::from_json(card["preprocessing"]);
   try {
     const nlohmann::json& inf = card.at("inference");
     const auto patch = inf.at("patch_size").get<std::vector<int64_t>>();
     if (patch.size() != 3 || patch[0] < 1 || patch[1] < 1 || patch[2] < 1)
-      throw CoreError("model card: inference.patch_size must be 3 positive integers (z, y, x)");
+      throw ModelError("model card: inference.patch_size must be 3 positive integers (z, y, x)");
     r.patch_size = {patch[0], patch[1], patch[2]};
     r.overlap = inf.value("overlap", 0.5);
     r.mirror = inf.value("mirror", false);
@@ -23,12 +23,12 @@ SegmentationRecipe SegmentationRecipe::from_card(const nlohmann::json& card) {
       r.min_component_fraction = card["postprocessing"].value("min_component_fraction", 0.0);
     }
   } catch (const nlohmann::json::exception& e) {
-    throw CoreError(std::string("model card: inference block is incomplete: ") + e.what());
+    throw ModelError(std::string("model card: inference block is incomplete: ") + e.what());
   }
-  if (r.overlap < 0 || r.overlap >= 1) throw CoreError("model card: inference.overlap must be in [0, 1)");
-  if (r.threshold <= 0 || r.threshold >= 1) throw CoreError("model card: postprocessing.threshold must be in (0, 1)");
+  if (r.overlap < 0 || r.overlap >= 1) throw ModelError("model card: inference.overlap must be in [0, 1)");
+  if (r.threshold <= 0 || r.threshold >= 1) throw ModelError("model card: postprocessing.threshold must be in (0, 1)");
   if (r.min_component_fraction < 0 || r.min_component_fraction > 1)
-    throw CoreError("model card: postprocessing.min_component_fraction must be in [0, 1]");
+    throw ModelError("model card: postprocessing.min_component_fraction must be in [0, 1]");
   return r;
 }
 
@@ -37,6 +37,11 @@ torch::Tensor prepare_network_input(const Volume& canonical, const Preprocessing
   if (model_grid) *model_grid = grid;
   const torch::Tensor resampled = resample_between_grids(canonical.voxels.to(torch::kFloat32), canonical.geometry, grid);
   return normalize_ct(resampled, p).unsqueeze(0).contiguous();
+}
+
+torch::Tensor prepare_network_label(const torch::Tensor& canonical_mask, const Geometry& canonical,
+                                    const Geometry& model_grid) {
+  return (resample_between_grids(canonical_mask, canonical, model_grid) > 0.5f).to(torch::kUInt8);
 }
 
 torch::Tensor remove_small_components(const torch::Tensor& mask, const Geometry& g, double min_ml,
@@ -56,19 +61,38 @@ torch::Tensor remove_small_components(const torch::Tensor& mask, const Geometry&
   return keep.index({labels.to(torch::kLong)}).to(torch::kUInt8);
 }
 
-Segmentation segment_hematoma(SegmentationModel& model, const SegmentationRecipe& recipe, const Volume& canonical,
-                              const torch::Device& device) {
+Segmenter Segmenter::load(const std::filesystem::path& path, const torch::Device& device) {
+  return Segmenter(ModelFile::read(path, "segmentation"), device);
+}
+
+Segmenter::Segmenter(ModelFile file, const torch::Device& device) : file_(std::move(file)), device_(device) {
+  const std::string name = file_.path.filename().string();
+  if (file_.card.kind != "segmentation")
+    throw ModelError("model " + name + ": is a '" + file_.card.kind + "' model, not a segmentation model");
+  try {
+    recipe_ = SegmentationRecipe::from_card(file_.card.json);
+    network_ = UMamba(UMambaConfig::from_json(file_.card.json.at("network")));
+  } catch (const std::exception& e) {
+    throw ModelError("model " + name + ": " + e.what());
+  }
+  load_named_tensors(*network_, file_.tensors, name);
+  file_.tensors.clear();  // the weights live in the network now
+  network_->to(device_);
+  network_->eval();
+}
+
+Segmentation Segmenter::segment(const Volume& canonical) const {
   c10::InferenceMode guard;
   Geometry model_grid;
-  const torch::Tensor input = prepare_network_input(canonical, recipe.preprocessing, &model_grid);
+  const torch::Tensor input = prepare_network_input(canonical, recipe_.preprocessing, &model_grid);
   SlidingWindowOptions o;
-  o.patch_size = recipe.patch_size;
-  o.overlap = recipe.overlap;
-  o.mirror = recipe.mirror;
-  o.device = device;
+  o.patch_size = recipe_.patch_size;
+  o.overlap = recipe_.overlap;
+  o.mirror = recipe_.mirror;
+  o.device = device_;
   // Pad with the normalised value of air, what the network saw outside the head in training.
-  o.pad_value = float((recipe.preprocessing.clip_low_hu - recipe.preprocessing.mean_hu) / recipe.preprocessing.std_hu);
-  UMamba net = model.network;
+  o.pad_value = float((recipe_.preprocessing.clip_low_hu - recipe_.preprocessing.mean_hu) / recipe_.preprocessing.std_hu);
+  UMamba net = network_;  // a handle to the same module (forward is not const in LibTorch)
   const int64_t classes = net->config().num_classes;
   const torch::Tensor probabilities = sliding_window_probabilities(
       [&net](const torch::Tensor& patch) { return net->forward(patch); }, input, classes, o);
@@ -76,9 +100,9 @@ Segmentation segment_hematoma(SegmentationModel& model, const SegmentationRecipe
   const torch::Tensor foreground = probabilities[1].contiguous();
   Segmentation s;
   s.probability = resample_between_grids(foreground, model_grid, canonical.geometry).clamp(0, 1);
-  s.mask = (s.probability > float(recipe.threshold)).to(torch::kUInt8);
-  s.mask = remove_small_components(s.mask, canonical.geometry, recipe.min_component_ml,
-                                   recipe.min_component_fraction, &s.removed_components);
+  s.mask = (s.probability > float(recipe_.threshold)).to(torch::kUInt8);
+  s.mask = remove_small_components(s.mask, canonical.geometry, recipe_.min_component_ml,
+                                   recipe_.min_component_fraction, &s.removed_components);
   return s;
 }
 

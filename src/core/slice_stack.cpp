@@ -1,3 +1,4 @@
+#include "hemexp/core/statistics.hpp"
 #include "hemexp/core/slice_stack.hpp"
 
 #include <algorithm>
@@ -47,12 +48,6 @@ double choose_uniform_spacing(std::vector<double> gaps) {
   for (size_t i = 0; i + 1 < gaps.size(); ++i)
     if (gaps[i + 1] - gaps[i] <= 0.02 * gaps[i]) return 0.5 * (gaps[i] + gaps[i + 1]);
   return gaps.front();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 }  // namespace

@@ -14,20 +14,12 @@
 
 #include "hemexp/io/dicom.hpp"
 #include "hemexp/io/error.hpp"
-#include "text.hpp"
+#include "hemexp/core/text.hpp"
 
 namespace hemexp {
 namespace fs = std::filesystem;
-using text::upper;
 
 namespace {
-
-std::string trim(const std::string& s) {
-  const auto b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string::npos) return "";
-  const auto e = s.find_last_not_of(" \t\r\n");
-  return s.substr(b, e - b + 1);
-}
 
 std::vector<double> numbers(const std::string& s) {
   std::vector<double> out;

@@ -7,10 +7,9 @@
 
 #include "hemexp/io/dicom.hpp"
 #include "hemexp/io/error.hpp"
-#include "text.hpp"
+#include "hemexp/core/text.hpp"
 
 namespace hemexp {
-using text::upper;
 namespace {
 
 bool is_bone_kernel(const std::string& kernel) {
@@ -69,7 +68,6 @@ SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::s
     it->second.files.push_back(h);
   }
   SeriesChoice choice;
-  choice.series_in_folder = int(order.size());
 
   if (!wanted_uid.empty()) {
     auto it = by_uid.find(wanted_uid);

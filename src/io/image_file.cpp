@@ -7,18 +7,17 @@
 #include <itkImageFileWriter.h>
 #include <itkImageIOFactory.h>
 #include <itkRGBPixel.h>
+#include <itkVersion.h>
 
 #include <algorithm>
 #include <cstring>
 
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
-#include "text.hpp"
+#include "hemexp/core/text.hpp"
 
 namespace hemexp {
 namespace fs = std::filesystem;
-using text::ends_with;
-using text::lower;
 
 namespace {
 
@@ -153,5 +152,7 @@ void write_png(const fs::path& path, const torch::Tensor& pixels) {
     throw IoError("writing " + path.string() + ": " + e.GetDescription());
   }
 }
+
+std::string itk_version() { return itk::Version::GetITKVersion(); }
 
 }  // namespace hemexp

@@ -2,30 +2,23 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 
 #include "hemexp/io/dicom.hpp"
 #include "hemexp/io/error.hpp"
-#include "text.hpp"
+#include "hemexp/core/text.hpp"
 #include "hemexp/io/image_file.hpp"
 
 namespace hemexp {
 namespace fs = std::filesystem;
-using text::lower;
 
 namespace {
 
 bool is_list_file(const fs::path& p) {
   const std::string ext = lower(p.extension().string());
   return ext == ".txt" || ext == ".csv" || ext == ".lst";
-}
-
-std::string trim(const std::string& s) {
-  const auto b = s.find_first_not_of(" \t\r\n\"");
-  if (b == std::string::npos) return "";
-  const auto e = s.find_last_not_of(" \t\r\n\"");
-  return s.substr(b, e - b + 1);
 }
 
 struct Found {
@@ -63,11 +56,19 @@ void expand_one(const fs::path& input, std::vector<Found>& out, int depth) {
     walk_folder(fs::path(input).lexically_normal(), out);
   } else if (is_list_file(input)) {
     if (depth > 0) throw IoError("list " + input.string() + " names another list");
-    std::ifstream in(input);
-    std::string line;
+    std::ifstream in(input, std::ios::binary);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CsvTable table;
+    try {
+      table = parse_csv(text);
+    } catch (const CoreError& e) {
+      throw IoError("list " + input.string() + ": " + e.what());
+    }
+    std::vector<std::vector<std::string>> lines{table.header};
+    lines.insert(lines.end(), table.rows.begin(), table.rows.end());
     bool first = true;
-    while (std::getline(in, line)) {
-      std::string entry = trim(line.substr(0, line.find(',')));
+    for (const std::vector<std::string>& line : lines) {
+      const std::string entry = line.empty() ? std::string() : trim(line.front());
       const bool header = first;
       first = false;
       if (entry.empty() || entry[0] == '#') continue;

@@ -2,6 +2,8 @@
 #include <CLI/CLI.hpp>
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "hemexp/app/cli.hpp"
 
 namespace hemexp {
@@ -98,6 +100,14 @@ TEST(Cli, ExitCodes) {
   EXPECT_EQ(main_entry(2, version), kExitOk);
   const char* bad[] = {"hemexp", "run", "--threads", "-3"};
   EXPECT_EQ(main_entry(4, bad), kExitUsage);
+  // Everything required is there, so only the unknown flag can stop it (before any case runs).
+  const std::string input = kData + "/edge/nibabel/standard.nii.gz";
+  const std::string out = ::testing::TempDir() + "hemexp-cli-unknown-flag";
+  const char* unknown[] = {"hemexp", "run", "-i", input.c_str(), "-o", out.c_str(), "--no-such-flag"};
+  EXPECT_EQ(main_entry(7, unknown), kExitUsage);
+  EXPECT_FALSE(std::filesystem::exists(out + "/results.csv"));
+  const Parsed p = parse({"run", "-i", input, "-o", out, "--no-such-flag"});
+  EXPECT_NE(p.error.find("--no-such-flag"), std::string::npos) << p.error;
 }
 
 }  // namespace

@@ -2,11 +2,13 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "hemexp/app/report.hpp"
+#include "hemexp/app/case_result.hpp"
+#include "hemexp/core/text.hpp"
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/safetensors.hpp"
 #include "hemexp/core/synth.hpp"
@@ -27,24 +29,17 @@ std::string slurp(const fs::path& p) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-std::vector<std::vector<std::string>> read_csv(const fs::path& p) {
-  std::vector<std::vector<std::string>> rows;
-  std::istringstream in(slurp(p));
-  std::string line;
-  while (std::getline(in, line)) {
-    std::vector<std::string> fields(1);
-    bool quoted = false;
-    for (size_t i = 0; i < line.size(); ++i) {
-      const char c = line[i];
-      if (quoted && c == '"' && i + 1 < line.size() && line[i + 1] == '"') fields.back() += '"', ++i;
-      else if (c == '"') quoted = !quoted;
-      else if (c == ',' && !quoted) fields.emplace_back();
-      else fields.back() += c;
-    }
-    rows.push_back(fields);
+// results.csv by column name, through the project's own CSV reader.
+struct Results {
+  CsvTable table;
+  size_t rows() const { return table.rows.size(); }
+  std::string at(size_t row, const std::string& column) const {
+    const auto it = std::find(table.header.begin(), table.header.end(), column);
+    if (it == table.header.end()) throw std::runtime_error("results.csv has no column " + column);
+    return table.rows.at(row).at(size_t(it - table.header.begin()));
   }
-  return rows;
-}
+};
+Results read_results(const fs::path& p) { return Results{parse_csv(slurp(p))}; }
 
 class RunCommand : public ::testing::Test {
  protected:
@@ -91,9 +86,9 @@ TEST_F(RunCommand, WritesEveryOutputAndReportsFailuresPerCase) {
   ASSERT_EQ(run(options_), kExitCaseFailed);
   const fs::path out = root_ / "out";
 
-  const auto csv = read_csv(out / "results.csv");
-  ASSERT_EQ(csv.size(), 5u);
-  EXPECT_EQ(csv[0], results_columns());
+  const Results csv = read_results(out / "results.csv");
+  ASSERT_EQ(csv.rows(), 4u);
+  EXPECT_EQ(csv.table.header, CaseResult::csv_columns());
   const std::string not_a_brain =
       "not a head CT with a brain: 88 mL inside the skull, median -991 HU, 0% in the brain range 15 to 45 HU "
       "(a phantom or a non-head series?)";
@@ -103,11 +98,15 @@ TEST_F(RunCommand, WritesEveryOutputAndReportsFailuresPerCase) {
       {"mr", "failed", "modality is MR, not CT", (root_ / "in/mr.dcm").string(), ""},
       {"phantom", "failed", not_a_brain, (root_ / "in/phantom").string(), ""}};
   for (size_t r = 0; r < expected.size(); ++r) {
-    ASSERT_EQ(csv[r + 1].size(), results_columns().size());
-    for (size_t c = 0; c < expected[r].size(); ++c) EXPECT_EQ(csv[r + 1][c], expected[r][c]) << r << "," << c;
-    EXPECT_EQ(csv[r + 1][8], "") << "no hematoma volume without a segmentation model";
+    ASSERT_EQ(csv.table.rows[r].size(), CaseResult::csv_columns().size());
+    const std::vector<std::string> columns{"case_id", "status", "error", "input", "format"};
+    for (size_t c = 0; c < columns.size(); ++c) EXPECT_EQ(csv.at(r, columns[c]), expected[r][c]) << r << "," << c;
+    EXPECT_EQ(csv.at(r, "hematoma_volume_ml"), "") << "no hematoma volume without a segmentation model";
+    EXPECT_EQ(csv.at(r, "seg_model_sha256"), "");
   }
-  EXPECT_EQ(csv[1][6], "18.50");  // gantry tilt of the GE head
+  EXPECT_EQ(csv.at(0, "gantry_tilt_deg"), "18.50");  // gantry tilt of the GE head
+  EXPECT_EQ(csv.at(1, "gantry_tilt_deg"), "0.00");
+  EXPECT_EQ(csv.at(2, "gantry_tilt_deg"), "");  // failed before it was known
 
   // Masks on the exact input grids; the tilt-corrected DICOM head gets its corrected CT.
   const ImageFileContents nifti_mask = read_image_file(out / "cases/nifti-ct/mask.nii.gz");
@@ -158,18 +157,20 @@ TEST_F(RunCommand, PreviousRunNeedsResumeOrOverwrite) {
   RunOptions resume = options_;
   resume.resume = true;
   EXPECT_EQ(run(resume), kExitCaseFailed);  // the failed cases are tried again and fail again
-  const auto csv = read_csv(out / "results.csv");
-  EXPECT_EQ(csv[1][1], "skipped");
-  EXPECT_EQ(csv[2][1], "skipped");
-  EXPECT_EQ(csv[3][1], "failed");
-  EXPECT_EQ(csv[4][1], "failed");
+  const Results csv = read_results(out / "results.csv");
+  EXPECT_EQ(csv.at(0, "status"), "skipped");
+  EXPECT_EQ(csv.at(1, "status"), "skipped");
+  EXPECT_EQ(csv.at(2, "status"), "failed");
+  EXPECT_EQ(csv.at(3, "status"), "failed");
+  EXPECT_EQ(csv.at(0, "format"), "dicom");  // the kept row says what the previous run found
+  EXPECT_EQ(csv.at(0, "gantry_tilt_deg"), "18.50");
   EXPECT_EQ(fs::last_write_time(out / "cases/head/mask.nii.gz"), mask_time);
   EXPECT_EQ(json::parse(slurp(out / "run.json"))["cases"]["skipped"], 2);
 
   RunOptions overwrite = options_;
   overwrite.overwrite = true;
   EXPECT_EQ(run(overwrite), kExitCaseFailed);
-  EXPECT_EQ(read_csv(out / "results.csv")[1][1], "ok");
+  EXPECT_EQ(read_results(out / "results.csv").at(0, "status"), "ok");
   EXPECT_EQ(slurp(out / "cases/head/mask.nii.gz"), mask_bytes);  // byte-identical rerun
 }
 
@@ -180,9 +181,9 @@ TEST_F(RunCommand, ShardsWriteTheirOwnTables) {
   shard.shard_count = 2;
   shard.inputs.pop_back();  // no phantom
   EXPECT_EQ(run(shard), kExitOk);  // case 2 of 3 only: the NIfTI
-  const auto csv = read_csv(root_ / "out/results-2-of-2.csv");
-  ASSERT_EQ(csv.size(), 2u);
-  EXPECT_EQ(csv[1][0], "nifti-ct");
+  const Results csv = read_results(root_ / "out/results-2-of-2.csv");
+  ASSERT_EQ(csv.rows(), 1u);
+  EXPECT_EQ(csv.at(0, "case_id"), "nifti-ct");
   EXPECT_TRUE(fs::exists(root_ / "out/run-2-of-2.json"));
   EXPECT_FALSE(fs::exists(root_ / "out/results.csv"));
   EXPECT_FALSE(fs::exists(root_ / "out/cases/nifti-ct/qc.png"));  // --no-qc
@@ -236,7 +237,7 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
   ASSERT_EQ(run(o), kExitOk);
   const fs::path out = root_ / "out";
   const std::string sha = sha256_file(root_ / "model.safetensors");
-  const auto csv = read_csv(out / "results.csv");
+  const Results csv = read_results(out / "results.csv");
   for (const std::string id : {"head", "nifti-ct"}) {
     const json r = json::parse(slurp(out / "cases" / id / "result.json"));
     ASSERT_TRUE(r.contains("hematoma")) << id;
@@ -253,7 +254,9 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
     EXPECT_GT(voxels, 0) << id << ": the random model marks something, so the checks bite";
     EXPECT_NEAR(r["hematoma"]["volume_ml"].get<double>(), double(voxels) * mask.volume.geometry.voxel_volume_mm3() / 1000.0, 1e-9);
   }
-  EXPECT_EQ(csv[1][13], sha);
+  EXPECT_EQ(csv.at(0, "seg_model_sha256"), sha);
+  EXPECT_EQ(csv.at(0, "hematoma_volume_ml"),
+            format_number(json::parse(slurp(out / "cases/head/result.json"))["hematoma"]["volume_ml"].get<double>(), 3));
   EXPECT_EQ(json::parse(slurp(out / "run.json"))["models"]["segmentation"]["sha256"], sha);
 
   // Same model, same input: byte-identical masks.

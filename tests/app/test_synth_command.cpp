@@ -10,9 +10,13 @@
 
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
+#include "hemexp/core/expansion.hpp"
 #include "hemexp/app/cli.hpp"
 #include "hemexp/app/synth_command.hpp"
 #include "hemexp/core/synth.hpp"
+#include "hemexp/core/text.hpp"
 #include "hemexp/io/image_file.hpp"
 #include "hemexp/io/reader.hpp"
 
@@ -45,39 +49,20 @@ uint64_t fnv1a(const std::string& bytes, uint64_t h = 1469598103934665603ULL) {
   return h;
 }
 
-// Hash of every file under dir (relative names and contents, in sorted order).
+// Hash of every file under dir (relative names and contents, in sorted order) but synth.json,
+// which records the command line.
 uint64_t hash_tree(const fs::path& dir) {
   std::vector<fs::path> files;
   for (const auto& e : fs::recursive_directory_iterator(dir))
-    if (e.is_regular_file()) files.push_back(e.path());
+    if (e.is_regular_file() && e.path().filename() != "synth.json") files.push_back(e.path());
   std::sort(files.begin(), files.end());
   uint64_t h = 1469598103934665603ULL;
   for (const auto& f : files) h = fnv1a(read_file(f), fnv1a(fs::relative(f, dir).string(), h));
   return h;
 }
 
-std::vector<std::string> split(const std::string& line) {
-  std::vector<std::string> out;
-  std::stringstream s(line);
-  std::string field;
-  while (std::getline(s, field, ',')) out.push_back(field);
-  if (!line.empty() && line.back() == ',') out.push_back("");
-  return out;
-}
-
 std::vector<std::map<std::string, std::string>> read_labels(const fs::path& csv) {
-  std::ifstream in(csv);
-  std::string line;
-  std::getline(in, line);
-  const auto header = split(line);
-  std::vector<std::map<std::string, std::string>> rows;
-  while (std::getline(in, line)) {
-    const auto fields = split(line);
-    std::map<std::string, std::string> row;
-    for (size_t i = 0; i < header.size() && i < fields.size(); ++i) row[header[i]] = fields[i];
-    rows.push_back(row);
-  }
-  return rows;
+  return hemexp::parse_csv(read_file(csv)).records();
 }
 
 double mask_ml(const fs::path& mask_file) {
@@ -97,6 +82,12 @@ TEST(SynthCommand, ByteIdenticalForSeedCountAndThreads) {
                      "--log-level", "warn"}),
             0);
   EXPECT_EQ(hash_tree(a), hash_tree(b));
+  // synth.json: equal but for the command line it records.
+  auto ja = nlohmann::json::parse(read_file(a / "synth.json")), jb = nlohmann::json::parse(read_file(b / "synth.json"));
+  EXPECT_EQ(ja["argv"].back(), "warn");
+  EXPECT_NE(ja["argv"], jb["argv"]);
+  ja.erase("argv"), jb.erase("argv");
+  EXPECT_EQ(ja, jb);
   // --count 5 contains the same first three cases, byte for byte.
   ASSERT_EQ(run_cli({"synth", "-o", c.string(), "--count", "5", "--seed", "77", "--matrix", "64", "--log-level", "warn"}),
             0);
@@ -133,7 +124,7 @@ TEST(SynthCommand, LabelsMatchMasksAndFollowupGrowth) {
     EXPECT_NEAR(std::stod(row.at("volume_ml")), v0, 1e-4);
     EXPECT_NEAR(std::stod(row.at("followup_volume_ml")), v1, 1e-4);
     EXPECT_NEAR(std::stod(row.at("growth_ml")), v1 - v0, 2e-4);
-    EXPECT_EQ(row.at("he_label") == "1", hemexp::synth::is_expansion(v0, v1)) << row.at("case_id");
+    EXPECT_EQ(row.at("he_label") == "1", hemexp::is_expansion(v0, v1)) << row.at("case_id");
     const double p = std::stod(row.at("he_probability"));
     EXPECT_GT(p, 0.0);
     EXPECT_LT(p, 1.0);
@@ -177,4 +168,27 @@ TEST(SynthCommand, BackgroundInsertionNeverTouchesBoneOrAir) {
 TEST(SynthCommand, RejectsBadHeFraction) {
   EXPECT_EQ(run_cli({"synth", "-o", temp_dir("bad").string(), "--he-fraction", "1.5"}), hemexp::kExitUsage);
   EXPECT_EQ(run_cli({"synth", "-o", temp_dir("bad").string(), "--count", "0"}), hemexp::kExitUsage);
+}
+
+TEST(SynthCommand, LabelDrawsOneClassFromTheSameModel) {
+  const fs::path all = temp_dir("label_all"), he = temp_dir("label_he");
+  ASSERT_EQ(run_cli({"synth", "-o", all.string(), "--count", "8", "--seed", "21", "--matrix", "48", "--he-fraction",
+                     "0.5", "--thin-fraction", "0", "--log-level", "warn"}),
+            0);
+  std::vector<std::string> he_ids;
+  for (const auto& row : read_labels(all / "labels.csv"))
+    if (row.at("he_label") == "1") he_ids.push_back(row.at("case_id"));
+  ASSERT_GE(he_ids.size(), 2u) << "seed 21 at 0.5 draws at least two expansions among 8";
+  ASSERT_EQ(run_cli({"synth", "-o", he.string(), "--count", "2", "--seed", "21", "--matrix", "48", "--he-fraction",
+                     "0.5", "--thin-fraction", "0", "--label", "he", "--log-level", "warn"}),
+            0);
+  const auto rows = read_labels(he / "labels.csv");
+  ASSERT_EQ(rows.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(rows[i].at("case_id"), he_ids[i]);  // the same cases, in index order
+    EXPECT_EQ(rows[i].at("he_label"), "1");
+    EXPECT_EQ(read_file(he / he_ids[i] / "ct.nii.gz"), read_file(all / he_ids[i] / "ct.nii.gz"));
+  }
+  EXPECT_EQ(run_cli({"synth", "-o", he.string(), "--label", "maybe"}), 2);
+  for (const auto& p : {all, he}) fs::remove_all(p);
 }

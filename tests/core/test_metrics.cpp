@@ -75,6 +75,8 @@ TEST(Metrics, ConcentricBallsAndEmptyMasks) {
 }
 
 TEST(Metrics, AucBrierAndCalibration) {
+  EXPECT_DOUBLE_EQ(roc_auc({0.1, 0.2, 0.8, 0.9}, {0, 0, 1, 1}), 1.0);
+  EXPECT_DOUBLE_EQ(roc_auc({0.9, 0.8, 0.2, 0.1}, {0, 0, 1, 1}), 0.0);
   EXPECT_DOUBLE_EQ(roc_auc({0.1, 0.4, 0.35, 0.8}, {0, 0, 1, 1}), 0.75);
   EXPECT_DOUBLE_EQ(roc_auc({0.5, 0.5, 0.5, 0.5}, {0, 1, 0, 1}), 0.5);  // ties count one half
   EXPECT_TRUE(std::isnan(roc_auc({0.2, 0.3}, {1, 1})));

@@ -5,6 +5,7 @@
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/safetensors.hpp"
+#include "hemexp/core/segmenter.hpp"
 
 namespace hemexp {
 namespace {
@@ -15,12 +16,16 @@ class Parity : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Parity, LogitsMatchPyTorchTo1e4) {
   const std::string stem = GetParam();
-  SegmentationModel model = load_segmentation_model(kParity / (stem + ".safetensors"));
-  EXPECT_EQ(model.card.kind, "segmentation");
-  EXPECT_EQ(model.network->config().architecture, stem == "umambabot" ? "UMambaBot" : "UMambaEnc");
+  // The parity models have no inference block: build the network from the file as Segmenter does.
+  const ModelFile file = ModelFile::read(kParity / (stem + ".safetensors"), "segmentation");
+  EXPECT_EQ(file.card.kind, "segmentation");
+  UMamba network(UMambaConfig::from_json(file.card.json["network"]));
+  load_named_tensors(*network, file.tensors, stem);
+  network->eval();
+  EXPECT_EQ(network->config().architecture, stem == "umambabot" ? "UMambaBot" : "UMambaEnc");
   const SafetensorsFile io = read_safetensors(kParity / (stem + "_io.safetensors"));
   c10::InferenceMode guard;
-  const std::vector<torch::Tensor> outputs = model.network->forward_all(io.tensors.at("input"));
+  const std::vector<torch::Tensor> outputs = network->forward_all(io.tensors.at("input"));
   ASSERT_EQ(outputs.size(), 2u);
   for (size_t i = 0; i < outputs.size(); ++i) {
     const torch::Tensor& expected = io.tensors.at("output." + std::to_string(i));
@@ -41,7 +46,7 @@ TEST(ModelFile, WeightsAreCheckedByNameAndShape) {
     try {
       load_named_tensors(*net, tensors, "bot");
       FAIL() << "expected: " << needle;
-    } catch (const CoreError& e) {
+    } catch (const ModelError& e) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   };
@@ -58,8 +63,17 @@ TEST(ModelFile, WeightsAreCheckedByNameAndShape) {
   nlohmann::json network = card.json["network"];
   network["strides"].erase(0);
   EXPECT_THROW(UMambaConfig::from_json(network), CoreError);
-  EXPECT_THROW(parse_model_card({}, "empty"), CoreError);
-  EXPECT_THROW(parse_model_card({{kModelCardKey, "{\"format_version\": 99}"}}, "future"), CoreError);
+  EXPECT_THROW(parse_model_card({}, "empty"), ModelError);
+  EXPECT_THROW(parse_model_card({{kModelCardKey, "{\"format_version\": 99}"}}, "future"), ModelError);
+  // A model of another kind, or one without an inference recipe, is not a segmenter.
+  EXPECT_THROW(ModelFile::read(kParity / "umambabot.safetensors", "classification"), ModelError);
+  try {
+    Segmenter::load(kParity / "umambabot.safetensors");
+    ADD_FAILURE() << "a card without preprocessing/inference blocks was accepted";
+  } catch (const ModelError& e) {
+    EXPECT_NE(std::string(e.what()).find("umambabot.safetensors: model card: no preprocessing block"),
+              std::string::npos) << e.what();
+  }
 }
 
 TEST(ModelFile, Sha256KnownAnswers) {

@@ -18,6 +18,7 @@ struct SynthOptions {
   double he_fraction = 0.2;
   std::vector<std::string> backgrounds;  // real NCCT volumes to insert hematomas into
   bool followup = false;
+  std::string label = "any";   // "he" / "nhe": only cases with that label (a class top-up)
   int threads = 0;             // 0 = all cores; cases are rendered in parallel
   int matrix = 512;            // in-plane matrix (field of view stays clinical)
   double thin_fraction = 0.1;  // share of thin-slice (1.25 mm) cases

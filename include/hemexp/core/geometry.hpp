@@ -41,7 +41,6 @@ struct Volume {
 };
 
 Mat3 mat_mul(const Mat3& a, const Mat3& b);
-Mat3 mat_transpose(const Mat3& a);
 Vec3 mat_vec(const Mat3& a, const Vec3& v);
 Mat3 mat_inverse(const Mat3& a);
 double mat_det(const Mat3& a);

@@ -7,8 +7,6 @@
 #include <nlohmann/json.hpp>
 #include <torch/nn.h>
 
-#include "hemexp/core/umamba.hpp"
-
 namespace hemexp {
 
 // The model card stored as JSON text in the safetensors __metadata__ entry
@@ -22,25 +20,32 @@ struct ModelCard {
 inline constexpr const char* kModelCardKey = "hemexp_model_card";
 inline constexpr int kModelFormatVersion = 1;
 
+// ModelError when the card is missing, not JSON, not an object, or of another format version.
 ModelCard parse_model_card(const std::map<std::string, std::string>& metadata, const std::string& file_name);
 
 // Copies tensors into the module's parameters and buffers by name. Every parameter must be
 // present with the same shape, and every tensor must belong to a parameter or buffer;
-// otherwise CoreError names the first offender.
+// otherwise ModelError names the first offender.
 void load_named_tensors(torch::nn::Module& module, const std::map<std::string, torch::Tensor>& tensors,
                         const std::string& file_name);
 
-struct SegmentationModel {
-  UMamba network{nullptr};
-  ModelCard card;
-  std::string sha256;
+// A model file as read, whatever kind of model it holds: the loader every model shares.
+// Segmenter (and the classifier) build their network from `card`, load `tensors` into it with
+// load_named_tensors, and keep the rest as their provenance.
+struct ModelFile {
   std::filesystem::path path;
-};
+  std::string sha256;  // of the file's bytes
+  ModelCard card;
+  std::map<std::string, torch::Tensor> tensors;
 
-// Reads a segmentation model file, builds its network from the card, loads and checks the
-// weights, and moves it to device in eval mode.
-SegmentationModel load_segmentation_model(const std::filesystem::path& path,
-                                          const torch::Device& device = torch::kCPU);
+  // Reads and checks the file (safetensors rules, card format) and that its card is of
+  // expected_kind ("segmentation", "classification"; empty: any). ModelError on failure.
+  static ModelFile read(const std::filesystem::path& path, const std::string& expected_kind = "");
+
+  std::string name() const { return card.json.value("name", ""); }
+  // The block result.json and run.json record for a model.
+  nlohmann::json provenance_json() const;
+};
 
 // Lower-case hex SHA-256 of a file's bytes / of a string.
 std::string sha256_file(const std::filesystem::path& path);

@@ -29,6 +29,11 @@ torch::Tensor to_canonical(const torch::Tensor& voxels, const AxisMap& map);
 // Voxels of the canonical grid -> voxels on the input grid (exact inverse of to_canonical).
 torch::Tensor from_canonical(const torch::Tensor& canonical_voxels, const AxisMap& map);
 
-Volume to_canonical(const Volume& v);
+// A volume brought to canonical orientation, with the map that takes results back.
+struct CanonicalVolume {
+  Volume volume;  // canonical grid and voxels
+  AxisMap map;    // from_canonical(t, map) puts a canonical tensor back on the input grid
+};
+CanonicalVolume to_canonical(const Volume& v);
 
 }  // namespace hemexp

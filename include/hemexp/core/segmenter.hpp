@@ -3,6 +3,7 @@
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/preprocessing.hpp"
 #include "hemexp/core/sliding_window.hpp"
+#include "hemexp/core/umamba.hpp"
 
 namespace hemexp {
 
@@ -25,6 +26,12 @@ struct SegmentationRecipe {
 // normalised, shape (1, z, y, x). model_grid receives the grid it lives on.
 torch::Tensor prepare_network_input(const Volume& canonical, const Preprocessing& p, Geometry* model_grid);
 
+// The training label for that input: a uint8 mask on the canonical grid brought onto
+// model_grid the way `run` brings probabilities back, mirrored (linear interpolation, > 0.5).
+// `hemexp prepare` uses it, so training and inference resample alike.
+torch::Tensor prepare_network_label(const torch::Tensor& canonical_mask, const Geometry& canonical,
+                                    const Geometry& model_grid);
+
 struct Segmentation {
   torch::Tensor mask;         // uint8 (z, y, x) on the canonical grid of the input
   torch::Tensor probability;  // float32 foreground probability on the same grid
@@ -37,10 +44,32 @@ struct Segmentation {
 torch::Tensor remove_small_components(const torch::Tensor& mask, const Geometry& g, double min_ml,
                                       double min_fraction_of_largest, int64_t* removed = nullptr);
 
-// Runs the model on a canonical volume: prepare, sliding window (softmax), foreground
-// probability resampled back onto the canonical grid, threshold, small components removed
-// (remove_small_components with the card's min_component_ml and min_component_fraction).
-Segmentation segment_hematoma(SegmentationModel& model, const SegmentationRecipe& recipe, const Volume& canonical,
-                              const torch::Device& device);
+// A segmentation model ready to run: its network (built from the card, weights loaded, on its
+// device, in eval mode), its recipe (from the same card) and its provenance. Loaded once per
+// run and shared by every case through the const segment(); nothing can change the recipe
+// after loading, so it cannot drift from the card it came from.
+class Segmenter {
+ public:
+  // ModelError when the file is not a valid segmentation model.
+  static Segmenter load(const std::filesystem::path& path, const torch::Device& device = torch::kCPU);
+  explicit Segmenter(ModelFile file, const torch::Device& device = torch::kCPU);
+
+  // prepare, sliding window (softmax), foreground probability resampled back onto the
+  // canonical grid, threshold, small components removed (remove_small_components with the
+  // card's min_component_ml and min_component_fraction).
+  Segmentation segment(const Volume& canonical) const;
+
+  const SegmentationRecipe& recipe() const { return recipe_; }
+  const UMamba& network() const { return network_; }
+  const torch::Device& device() const { return device_; }
+  // Path, sha256 and card of the file (its tensors live in the network, not here).
+  const ModelFile& file() const { return file_; }
+
+ private:
+  ModelFile file_;
+  SegmentationRecipe recipe_;
+  UMamba network_{nullptr};
+  torch::Device device_;
+};
 
 }  // namespace hemexp

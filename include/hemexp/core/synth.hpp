@@ -127,11 +127,7 @@ std::string case_id_for(int64_t index);
 // Pure function of (seed, index, he_fraction): the sampler of the HE truth.
 CaseTruth sample_case_truth(uint64_t seed, int64_t index, double he_fraction);
 
-// Follow-up growth rule: HE = growth > 6 mL or > 33 %.
-bool is_expansion(double baseline_ml, double followup_ml);
-
-// Area under the ROC curve (ties count one half).
-double roc_auc(const std::vector<double>& scores, const std::vector<bool>& labels);
+// Follow-ups are drawn to agree with the label under hemexp::is_expansion (core/expansion.hpp).
 
 // ---------------------------------------------------------------------------------------
 // Rendering

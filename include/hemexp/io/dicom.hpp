@@ -52,7 +52,6 @@ struct SeriesChoice {
   std::string series_uid;
   std::vector<DicomHeader> files;  // of the chosen series
   std::string explanation;         // why this series, and why the others were skipped
-  int series_in_folder = 0;
 };
 // Picks the axial CT series with the most images, skipping localizers, secondary captures,
 // non-CT, reformats (non-axial or DERIVED) and bone kernels when a soft-tissue one exists.

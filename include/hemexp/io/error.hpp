@@ -1,15 +1,16 @@
 #pragma once
 
-#include <stdexcept>
 #include <string>
+
+#include "hemexp/core/error.hpp"
 
 namespace hemexp {
 
 // Error raised by the I/O layer. Messages are one line, name the input, and say what is
 // wrong in terms a researcher can act on ("DICOM series has duplicate slice positions").
-class IoError : public std::runtime_error {
+class IoError : public Error {
  public:
-  explicit IoError(const std::string& what) : std::runtime_error(what) {}
+  explicit IoError(const std::string& what) : Error(what) {}
 };
 
 }  // namespace hemexp

@@ -64,8 +64,9 @@ Background prepare_background(const Volume& volume, const std::string& name) {
   Background bg;
   bg.name = name;
   bg.original_geometry = volume.geometry;
-  bg.axis_map = canonical_axis_map(volume.geometry);
-  bg.canonical = to_canonical(volume);
+  CanonicalVolume canonical = to_canonical(volume);
+  bg.axis_map = canonical.map;
+  bg.canonical = std::move(canonical.volume);
   bg.canonical.voxels = bg.canonical.voxels.to(torch::kFloat).contiguous();
   const Geometry& g = bg.canonical.geometry;
   const int64_t nx = g.size[0], ny = g.size[1], nz = g.size[2], plane = nx * ny;

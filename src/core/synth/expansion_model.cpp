@@ -176,34 +176,4 @@ CaseTruth sample_case_truth(uint64_t seed, int64_t index, double he_fraction) {
   return t;
 }
 
-bool is_expansion(double baseline_ml, double followup_ml) {
-  const double growth = followup_ml - baseline_ml;
-  return growth > 6.0 || (baseline_ml > 0.0 && growth > 0.33 * baseline_ml);
-}
-
-double roc_auc(const std::vector<double>& scores, const std::vector<bool>& labels) {
-  if (scores.size() != labels.size()) throw CoreError("roc_auc: scores and labels differ in length");
-  std::vector<size_t> order(scores.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return scores[a] < scores[b]; });
-  // Mann-Whitney U with average ranks for ties.
-  double rank_sum = 0.0;
-  size_t positives = 0;
-  for (size_t i = 0; i < order.size();) {
-    size_t j = i;
-    while (j + 1 < order.size() && scores[order[j + 1]] == scores[order[i]]) ++j;
-    const double avg_rank = 0.5 * (static_cast<double>(i) + static_cast<double>(j)) + 1.0;
-    for (size_t k = i; k <= j; ++k)
-      if (labels[order[k]]) {
-        rank_sum += avg_rank;
-        ++positives;
-      }
-    i = j + 1;
-  }
-  const size_t negatives = scores.size() - positives;
-  if (positives == 0 || negatives == 0) throw CoreError("roc_auc needs both classes");
-  const double p = static_cast<double>(positives), n = static_cast<double>(negatives);
-  return (rank_sum - p * (p + 1.0) / 2.0) / (p * n);
-}
-
 }  // namespace hemexp::synth

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <functional>
 
+#include "hemexp/core/expansion.hpp"
 #include "hemexp/core/error.hpp"
 #include "synth_internal.hpp"
 

@@ -150,10 +150,6 @@ struct MassEffect {
   V3 displace(V3 p) const;
 };
 
-struct HeadSampleContext {
-  const HeadParams* head = nullptr;
-  const MassEffect* mass = nullptr;
-};
 TissueSample eval_head(const HeadParams& h, const MassEffect& mass, V3 p);
 // Multiplicative noise sd factor at a standard-frame point (centre of the head is noisier).
 float noise_factor(const HeadParams& h, V3 p);

@@ -1,0 +1,60 @@
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "hemexp/app/case_result.hpp"
+#include "hemexp/core/orientation.hpp"
+#include "hemexp/core/segmenter.hpp"
+#include "hemexp/io/inputs.hpp"
+#include "hemexp/io/reader.hpp"
+
+namespace spdlog {
+class logger;
+}
+
+namespace hemexp {
+
+// What the analysis of every case needs, loaded once per run and shared read-only.
+struct CasePipeline {
+  ReadOptions read;
+  std::optional<Segmenter> segmenter;  // none: masks stay empty (--seg-model none)
+  bool save_probabilities = false;
+  bool qc = true;
+
+  // Role -> provenance of each model loaded (result.json and run.json `models`).
+  std::map<std::string, nlohmann::json> models() const;
+};
+
+// A case goes through three stages, each recording what it learns in the CaseResult as it goes,
+// so a failure keeps everything learnt before it:
+
+// 1. Reading: the scan as a volume in HU on its (corrected) grid. Throws IoError.
+LoadedVolume read_case(const CaseInput& input, const CasePipeline& pipeline, CaseResult& result,
+                       spdlog::logger& log);
+
+// 2. Analysis of a loaded volume, no files: canonical orientation, brain check, segmentation,
+//    measurements. Throws (CoreError) for a scan that is not a head CT with a brain.
+struct CaseAnalysis {
+  CanonicalVolume canonical;
+  torch::Tensor canonical_mask;  // uint8 (z,y,x), canonical grid
+  torch::Tensor mask;            // uint8 (z,y,x), the input grid
+  torch::Tensor probability;     // float32 (z,y,x), the input grid; only with save_probabilities
+};
+CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, CaseResult& result,
+                            spdlog::logger& log);
+
+// 3. Outputs: the CaseFiles of the case folder, on the input's exact grid.
+void write_case_outputs(const std::filesystem::path& case_dir, const LoadedVolume& loaded,
+                        const CaseAnalysis& analysis, const CasePipeline& pipeline, CaseResult& result);
+
+// The three stages for one input, into case_dir, with result.json. Never throws for a bad
+// scan: the result says failed, why, and no output of the attempt is left behind.
+CaseResult process_case(const CaseInput& input, const std::filesystem::path& case_dir, const CasePipeline& pipeline,
+                        spdlog::logger& log);
+
+}  // namespace hemexp

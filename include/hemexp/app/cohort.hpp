@@ -1,0 +1,80 @@
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "hemexp/app/case_result.hpp"
+#include "hemexp/io/inputs.hpp"
+
+namespace spdlog {
+class logger;
+}
+
+namespace hemexp {
+
+// How a cohort is split, resumed and reported; shared by every command that runs cases.
+struct CohortOptions {
+  std::vector<std::string> inputs;  // as -i takes them
+  std::string output_dir;
+  bool resume = false;
+  bool overwrite = false;
+  int shard_index = 1;  // this process handles cases K, K+N, K+2N, ... of the input list (1-based)
+  int shard_count = 1;
+  std::string log_level = "info";
+  bool progress = true;
+};
+
+// Analyses one case into its folder and returns its result. A bad scan must come back as a
+// failed result, not an exception; an exception escaping is recorded as a failure all the same.
+using CaseFunction =
+    std::function<CaseResult(const CaseInput& input, const std::filesystem::path& case_dir, spdlog::logger& log)>;
+
+// The cohort around the cases: output folder, input list, shards, resume, progress,
+// results.csv (rewritten atomically after every case, in input order), run.json and the log.
+// Use: prepare() -> (load models) -> open_log() -> run(f, run_info).
+class CohortRunner {
+ public:
+  CohortRunner(CohortOptions options, std::vector<std::string> argv);
+  ~CohortRunner();
+
+  // Output folder writable and not silently mixed with an earlier run; inputs expanded; this
+  // shard's cases chosen. Returns kExitOk, or the exit code to stop with (reason logged).
+  int prepare();
+  const std::vector<CaseInput>& cases() const { return cases_; }
+  size_t cohort_size() const { return cohort_size_; }  // all shards
+
+  // Opens OUTDIR's log (appended to when resuming), records argv, version and host.
+  spdlog::logger& open_log();
+
+  // Runs f on every case of the shard, keeping those a previous run finished when resuming.
+  // run_info (device, threads, models, library versions) goes into run.json beside the
+  // runner's own fields. Returns kExitOk, or kExitCaseFailed when some case failed.
+  int run(const CaseFunction& f, const nlohmann::json& run_info);
+
+  // The file names of this process: a sharded run gets its own CSV, JSON and log so that
+  // the N processes of a job array can share one OUTDIR without touching each other's files.
+  std::string results_name() const;
+  std::string run_json_name() const;
+  std::string log_name() const;
+
+ private:
+  std::optional<CaseResult> previous_result(const CaseInput& c) const;
+
+  CohortOptions options_;
+  std::vector<std::string> argv_;
+  std::filesystem::path out_;
+  std::vector<CaseInput> cases_;
+  size_t cohort_size_ = 0;
+  std::shared_ptr<spdlog::logger> log_;
+};
+
+std::string utc_now();
+std::string host_name();
+
+}  // namespace hemexp

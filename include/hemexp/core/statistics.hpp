@@ -1,0 +1,19 @@
+#pragma once
+
+#include <vector>
+
+namespace hemexp {
+
+// The one implementation of these summaries in hemexp. All return NaN for an empty input.
+
+double mean(const std::vector<double>& values);
+
+// The q-quantile (0 <= q <= 1) by linear interpolation between order statistics: position
+// q (n - 1) in the sorted values (the default of NumPy and R type 7). O(n): partial sorts
+// only. NaN values are not allowed (they have no order).
+double percentile(std::vector<double> values, double q);
+
+// percentile(values, 0.5): the middle value, or the mean of the two middle values.
+double median(std::vector<double> values);
+
+}  // namespace hemexp

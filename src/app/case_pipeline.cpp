@@ -1,0 +1,137 @@
+#include "hemexp/app/case_pipeline.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+#include "hemexp/core/error.hpp"
+#include "hemexp/core/intracranial.hpp"
+#include "hemexp/core/measurements.hpp"
+#include "hemexp/core/qc.hpp"
+#include "hemexp/io/image_file.hpp"
+#include "hemexp/version.hpp"
+
+namespace hemexp {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+}  // namespace
+
+std::map<std::string, nlohmann::json> CasePipeline::models() const {
+  std::map<std::string, nlohmann::json> m;
+  if (segmenter) m["segmentation"] = segmenter->file().provenance_json();
+  return m;
+}
+
+LoadedVolume read_case(const CaseInput& c, const CasePipeline& pipeline, CaseResult& result, spdlog::logger& log) {
+  const auto t0 = Clock::now();
+  LoadedVolume loaded = read_volume(c.path, pipeline.read);
+  result.timings_s["read"] = seconds_since(t0);
+  log.info("{}: read {} ({}), {}", c.id, c.path.string(), loaded.info.format, loaded.volume.geometry.describe());
+  if (!loaded.info.series_choice.empty()) log.info("{}: {}", c.id, loaded.info.series_choice);
+  for (const std::string& corr : loaded.info.corrections) log.info("{}: corrected: {}", c.id, corr);
+  for (const std::string& w : loaded.info.warnings) log.warn("{}: {}", c.id, w);
+  return loaded;
+}
+
+CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, CaseResult& result,
+                            spdlog::logger& log) {
+  const std::string& id = result.case_id;
+  CaseAnalysis a;
+  // Work happens in the canonical orientation; results go back to the input grid.
+  auto t0 = Clock::now();
+  a.canonical = to_canonical(volume);
+  // A hematoma is only looked for in a head with a brain: a phantom or a non-head series
+  // fails here with what was found, rather than yielding a made-up hematoma.
+  const IntracranialContent intracranial = intracranial_content(a.canonical.volume);
+  result.intracranial = intracranial;
+  result.timings_s["brain_check"] = seconds_since(t0);
+  t0 = Clock::now();
+  if (!intracranial.brain_like)
+    throw CoreError("not a head CT with a brain: " + intracranial.describe() + " (a phantom or a non-head series?)");
+  if (!intracranial.skull_found) {
+    result.qc_flags.push_back("skull_not_found");
+    log.warn("{}: {}; the brain check was skipped", id, intracranial.describe());
+  }
+
+  if (!pipeline.segmenter) {
+    // No segmentation model: the mask is empty, and the case says so.
+    a.mask = torch::zeros(tensor_shape(volume.geometry), torch::kUInt8);
+    a.canonical_mask = torch::zeros(tensor_shape(a.canonical.volume.geometry), torch::kUInt8);
+    result.qc_flags.push_back("no_segmentation_model");
+    result.timings_s["segment"] = seconds_since(t0);
+    return a;
+  }
+  const Segmenter& segmenter = *pipeline.segmenter;
+  const Segmentation seg = segmenter.segment(a.canonical.volume);
+  a.canonical_mask = seg.mask;
+  a.mask = from_canonical(seg.mask, a.canonical.map);
+  if (pipeline.save_probabilities) a.probability = from_canonical(seg.probability, a.canonical.map);
+  if (seg.removed_components > 0)
+    log.info("{}: removed {} components smaller than {} mL or {}% of the largest", id, seg.removed_components,
+             segmenter.recipe().min_component_ml, 100.0 * segmenter.recipe().min_component_fraction);
+  result.timings_s["segment"] = seconds_since(t0);
+
+  t0 = Clock::now();
+  const HematomaMeasurements h = measure_hematoma(a.mask, volume.voxels, volume.geometry);
+  result.hematoma = h;
+  if (h.touches_border) result.qc_flags.push_back("hematoma_touches_border");
+  if (h.components > 1) result.qc_flags.push_back("multiple_components");
+  result.timings_s["measure"] = seconds_since(t0);
+  log.info("{}: hematoma {:.2f} mL (ABC/2 {:.2f} mL), mean {:.1f} HU, {} components", id, h.volume_ml,
+           h.abc2_volume_ml, h.mean_hu, h.components);
+  return a;
+}
+
+void write_case_outputs(const fs::path& dir, const LoadedVolume& loaded, const CaseAnalysis& a,
+                        const CasePipeline& pipeline, CaseResult& result) {
+  const auto t0 = Clock::now();
+  const Geometry& grid = loaded.volume.geometry;
+  write_image_file(dir / CaseFiles::kMask, a.mask, grid);
+  if (a.probability.defined()) write_image_file(dir / CaseFiles::kProbability, a.probability, grid);
+  if (pipeline.qc) write_png(dir / CaseFiles::kQc, qc_mosaic(a.canonical.volume, a.canonical_mask));
+  if (loaded.info.grid_resampled) {
+    // The mask lives on the corrected grid, which no viewer rebuilds from the DICOM files in
+    // the same way: ship the corrected CT so that the mask overlays it exactly.
+    const torch::Tensor hu = loaded.volume.voxels.round().clamp(-32768, 32767).to(torch::kInt16);
+    write_image_file(dir / CaseFiles::kCorrectedCt, hu, grid);
+    result.corrected_ct = CaseFiles::kCorrectedCt;
+  }
+  result.timings_s["write"] = seconds_since(t0);
+}
+
+CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipeline& pipeline, spdlog::logger& log) {
+  const auto t_case = Clock::now();
+  CaseResult result;
+  result.case_id = c.id;
+  result.input_path = c.path.string();
+  try {
+    fs::create_directories(dir);
+    const LoadedVolume loaded = read_case(c, pipeline, result, log);
+    const CaseAnalysis analysis = analyse_volume(loaded.volume, pipeline, result, log);
+    write_case_outputs(dir, loaded, analysis, pipeline, result);
+    result.input = loaded.info;
+  } catch (const std::exception& e) {
+    result.status = "failed";
+    result.error = one_line(e.what());
+    result.corrected_ct.clear();
+    CaseFiles::remove_outputs(dir);  // never leave outputs of this or an earlier attempt
+    log.error("{}: failed: {} ({})", c.id, result.error, c.path.string());
+  }
+  result.models = pipeline.models();
+  result.seconds = seconds_since(t_case);
+  result.hemexp_version = kVersion;
+  try {
+    result.write(dir / CaseFiles::kResult);
+  } catch (const std::exception& e) {
+    result.status = "failed";
+    result.error = one_line(std::string("writing result.json: ") + e.what());
+  }
+  return result;
+}
+
+}  // namespace hemexp

@@ -1,0 +1,226 @@
+#include "hemexp/app/case_result.hpp"
+
+#include <cmath>
+#include <fstream>
+
+#include "hemexp/core/error.hpp"
+#include "hemexp/core/text.hpp"
+#include "hemexp/io/atomic_file.hpp"
+
+namespace hemexp {
+using json = nlohmann::json;
+
+nlohmann::json geometry_json(const Geometry& g) {
+  return {{"size", g.size}, {"spacing_mm", g.spacing_mm}, {"origin", g.origin_mm}, {"direction", g.direction}};
+}
+
+Geometry geometry_from_json(const nlohmann::json& j) {
+  Geometry g;
+  g.size = j.at("size").get<std::array<int64_t, 3>>();
+  g.spacing_mm = j.at("spacing_mm").get<Vec3>();
+  g.origin_mm = j.at("origin").get<Vec3>();
+  g.direction = j.at("direction").get<Mat3>();
+  return g;
+}
+
+nlohmann::json input_json(const InputInfo& info) {
+  json j = {{"path", info.path}, {"format", info.format}, {"modality", info.modality}};
+  j.update(geometry_json(info.geometry));
+  if (info.format == "dicom") {
+    j["series_uid"] = info.series_uid;
+    j["series_description"] = info.series_description;
+    j["series_choice"] = info.series_choice;
+    j["source_slices"] = info.source_slices;
+  }
+  j["gantry_tilt_deg"] = std::round(info.gantry_tilt_deg * 100.0) / 100.0;
+  j["slice_spacing_mm"] = {{"min", info.min_slice_spacing_mm}, {"max", info.max_slice_spacing_mm}};
+  j["corrections"] = info.corrections;
+  j["warnings"] = info.warnings;
+  return j;
+}
+
+InputInfo input_from_json(const nlohmann::json& j) {
+  InputInfo info;
+  info.path = j.at("path").get<std::string>();
+  info.format = j.at("format").get<std::string>();
+  info.modality = j.at("modality").get<std::string>();
+  info.geometry = geometry_from_json(j);
+  if (info.format == "dicom") {
+    info.series_uid = j.at("series_uid").get<std::string>();
+    info.series_description = j.at("series_description").get<std::string>();
+    info.series_choice = j.at("series_choice").get<std::string>();
+    info.source_slices = j.at("source_slices").get<int64_t>();
+  }
+  info.gantry_tilt_deg = j.at("gantry_tilt_deg").get<double>();
+  info.min_slice_spacing_mm = j.at("slice_spacing_mm").at("min").get<double>();
+  info.max_slice_spacing_mm = j.at("slice_spacing_mm").at("max").get<double>();
+  info.corrections = j.at("corrections").get<std::vector<std::string>>();
+  info.warnings = j.at("warnings").get<std::vector<std::string>>();
+  return info;
+}
+
+nlohmann::json ExpansionRisk::to_json() const {
+  json j = {{"probability", probability ? json(*probability) : json(nullptr)},
+            {"risk", risk},
+            {"threshold", threshold},
+            {"calibrated", calibrated},
+            {"model", model}};
+  if (!reason.empty()) j["reason"] = reason;
+  return j;
+}
+
+ExpansionRisk ExpansionRisk::from_json(const nlohmann::json& j) {
+  ExpansionRisk r;
+  if (!j.at("probability").is_null()) r.probability = j.at("probability").get<double>();
+  r.risk = j.at("risk").get<std::string>();
+  r.threshold = j.at("threshold").get<double>();
+  r.calibrated = j.at("calibrated").get<bool>();
+  r.reason = j.value("reason", "");
+  r.model = j.at("model");
+  return r;
+}
+
+namespace {
+
+IntracranialContent intracranial_from_json(const json& j) {
+  IntracranialContent c;
+  c.skull_found = j.at("skull_found").get<bool>();
+  c.volume_ml = j.at("volume_ml").get<double>();
+  c.median_hu = j.at("median_hu").get<double>();
+  c.brain_fraction = j.at("brain_fraction").get<double>();
+  return c;
+}
+
+HematomaMeasurements hematoma_from_json(const json& j) {
+  HematomaMeasurements h;
+  h.voxels = j.at("voxels").get<int64_t>();
+  h.volume_ml = j.at("volume_ml").get<double>();
+  h.abc2_volume_ml = j.at("abc2_volume_ml").get<double>();
+  h.mean_hu = j.at("mean_hu").get<double>();
+  h.std_hu = j.at("std_hu").get<double>();
+  h.p10_hu = j.at("p10_hu").get<double>();
+  h.p90_hu = j.at("p90_hu").get<double>();
+  h.components = j.at("components").get<int64_t>();
+  h.surface_area_mm2 = j.at("surface_area_mm2").get<double>();
+  h.sphericity = j.at("sphericity").get<double>();
+  h.touches_border = j.at("touches_border").get<bool>();
+  return h;
+}
+
+}  // namespace
+
+nlohmann::json CaseResult::to_json() const {
+  json j = {{"case_id", case_id}, {"status", status}};
+  if (!error.empty()) j["error"] = error;
+  if (input) {
+    j["input"] = input_json(*input);
+    j["qc_flags"] = qc_flags;
+  } else {
+    j["input"] = {{"path", input_path}};
+  }
+  if (intracranial) j["intracranial"] = intracranial->to_json();
+  if (hematoma) j["hematoma"] = hematoma->to_json();
+  if (he) j["he"] = he->to_json();
+  if (!corrected_ct.empty()) j["corrected_ct"] = corrected_ct;
+  j["timings_s"] = timings_s;
+  j["models"] = json::object();
+  for (const auto& [role, provenance] : models) j["models"][role] = provenance;
+  j["seconds"] = seconds;
+  j["hemexp_version"] = hemexp_version;
+  return j;
+}
+
+CaseResult CaseResult::from_json(const nlohmann::json& j) {
+  try {
+    CaseResult r;
+    r.case_id = j.at("case_id").get<std::string>();
+    r.status = j.at("status").get<std::string>();
+    r.error = j.value("error", "");
+    r.input_path = j.at("input").at("path").get<std::string>();
+    if (j.contains("qc_flags")) {
+      r.input = input_from_json(j.at("input"));
+      r.qc_flags = j.at("qc_flags").get<std::vector<std::string>>();
+    }
+    if (j.contains("intracranial")) r.intracranial = intracranial_from_json(j.at("intracranial"));
+    if (j.contains("hematoma")) r.hematoma = hematoma_from_json(j.at("hematoma"));
+    if (j.contains("he")) r.he = ExpansionRisk::from_json(j.at("he"));
+    r.corrected_ct = j.value("corrected_ct", "");
+    r.timings_s = j.at("timings_s").get<std::map<std::string, double>>();
+    for (const auto& [role, provenance] : j.at("models").items()) r.models[role] = provenance;
+    r.seconds = j.at("seconds").get<double>();
+    r.hemexp_version = j.at("hemexp_version").get<std::string>();
+    return r;
+  } catch (const json::exception& e) {
+    throw CoreError(std::string("not a hemexp result.json: ") + e.what());
+  }
+}
+
+const std::vector<std::string>& CaseResult::csv_columns() {
+  static const std::vector<std::string> columns{
+      "case_id",          "status",           "error",           "input",          "format",
+      "series_uid",       "gantry_tilt_deg",  "corrections",     "hematoma_volume_ml", "abc2_volume_ml",
+      "mean_hu",          "he_probability",   "he_risk",         "seg_model_sha256", "cls_model_sha256",
+      "seconds"};
+  return columns;
+}
+
+std::map<std::string, std::string> CaseResult::csv_row() const {
+  std::map<std::string, std::string> row{{"case_id", case_id}, {"status", status}, {"error", error},
+                                         {"input", input_path}};
+  if (input) {
+    row["format"] = input->format;
+    if (input->format == "dicom") row["series_uid"] = input->series_uid;
+    row["gantry_tilt_deg"] = format_number(std::round(input->gantry_tilt_deg * 100.0) / 100.0, 2);
+    std::string corrections;
+    for (const std::string& c : input->corrections) corrections += (corrections.empty() ? "" : "; ") + c;
+    row["corrections"] = corrections;
+  }
+  if (hematoma) {
+    row["hematoma_volume_ml"] = format_number(hematoma->volume_ml, 3);
+    row["abc2_volume_ml"] = format_number(hematoma->abc2_volume_ml, 3);
+    if (hematoma->voxels > 0) row["mean_hu"] = format_number(hematoma->mean_hu, 1);
+  }
+  if (he) {
+    if (he->probability) row["he_probability"] = format_number(*he->probability, 4);
+    row["he_risk"] = he->risk;
+  }
+  for (const auto& [role, column] : {std::pair<std::string, std::string>{"segmentation", "seg_model_sha256"},
+                                     {"classification", "cls_model_sha256"}}) {
+    const auto it = models.find(role);
+    if (it != models.end()) row[column] = it->second.value("sha256", "");
+  }
+  row["seconds"] = format_number(seconds, 2);
+  return row;
+}
+
+void CaseResult::write(const std::filesystem::path& file) const {
+  write_text_atomically(file, to_json().dump(2) + "\n");
+}
+
+std::optional<CaseResult> CaseResult::read(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  if (!in) return std::nullopt;
+  try {
+    return from_json(json::parse(in));
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+const std::vector<std::string>& CaseFiles::outputs() {
+  static const std::vector<std::string> names{kMask, kProbability, kQc, kCorrectedCt};
+  return names;
+}
+
+void CaseFiles::remove_outputs(const std::filesystem::path& case_dir) {
+  std::error_code ec;
+  for (const std::string& name : outputs()) std::filesystem::remove(case_dir / name, ec);
+}
+
+std::string one_line(const std::string& what) {
+  std::string s = what.substr(0, what.find('\n'));
+  if (s.size() > 400) s = s.substr(0, 397) + "...";
+  return s;
+}
+
+}  // namespace hemexp

@@ -1,0 +1,31 @@
+#include "hemexp/core/statistics.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace hemexp {
+
+double mean(const std::vector<double>& values) {
+  if (values.empty()) return std::numeric_limits<double>::quiet_NaN();
+  double sum = 0;
+  for (double v : values) sum += v;
+  return sum / double(values.size());
+}
+
+double percentile(std::vector<double> values, double q) {
+  if (values.empty()) return std::numeric_limits<double>::quiet_NaN();
+  const double pos = std::clamp(q, 0.0, 1.0) * double(values.size() - 1);
+  const size_t lo = size_t(std::floor(pos));
+  const double frac = pos - double(lo);
+  std::nth_element(values.begin(), values.begin() + std::ptrdiff_t(lo), values.end());
+  const double low = values[lo];
+  if (frac == 0.0 || lo + 1 >= values.size()) return low;
+  // The next order statistic is the smallest of the values after position lo.
+  const double high = *std::min_element(values.begin() + std::ptrdiff_t(lo) + 1, values.end());
+  return low * (1 - frac) + high * frac;
+}
+
+double median(std::vector<double> values) { return percentile(std::move(values), 0.5); }
+
+}  // namespace hemexp

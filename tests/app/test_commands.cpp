@@ -1,0 +1,150 @@
+// `hemexp prepare`, `eval` and `info` through their option structs, on a small synth cohort.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "hemexp/app/cli.hpp"
+#include "hemexp/app/eval_command.hpp"
+#include "hemexp/app/info_command.hpp"
+#include "hemexp/app/prepare_command.hpp"
+#include "hemexp/core/model_file.hpp"
+#include "hemexp/core/safetensors.hpp"
+#include "hemexp/core/text.hpp"
+#include "hemexp/io/image_file.hpp"
+
+namespace hemexp {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+const fs::path kData = HEMEXP_TEST_DATA;
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+class Commands : public ::testing::Test {
+ protected:
+  // Four small synthetic heads, made once for the suite.
+  static void SetUpTestSuite() {
+    root_ = fs::temp_directory_path() / ("hemexp-commands-" + std::to_string(::getpid()));
+    fs::remove_all(root_);
+    const std::string out = (root_ / "truth").string();
+    const char* argv[] = {"hemexp", "synth", "-o", out.c_str(), "--count", "4", "--seed", "11", "--matrix", "64",
+                          "--thin-fraction", "0", "--he-fraction", "0.5", "--log-level", "warn"};
+    ASSERT_EQ(main_entry(16, argv), kExitOk);
+    labels_ = parse_csv(slurp(root_ / "truth/labels.csv")).records();
+  }
+  static void TearDownTestSuite() { fs::remove_all(root_); }
+
+  static inline fs::path root_;
+  static inline std::vector<std::map<std::string, std::string>> labels_;
+};
+
+TEST_F(Commands, PrepareExportsNetworkInputsAndLabels) {
+  const fs::path card = root_ / "card.json";
+  std::ofstream(card) << json{{"preprocessing",
+                               {{"spacing_mm", {2.0, 2.0, 5.0}},
+                                {"normalization", {{"type", "ct"}, {"clip_hu", {-100, 200}}, {"mean_hu", 40}, {"std_hu", 50}}}}}}
+                             .dump();
+  PrepareOptions o;
+  o.synth_dirs = {(root_ / "truth").string()};
+  o.card_path = card.string();
+  o.output_dir = (root_ / "prepared").string();
+  ASSERT_EQ(run_prepare(o), kExitOk);
+  const auto rows = parse_csv(slurp(root_ / "prepared/cases.csv")).records();
+  ASSERT_EQ(rows.size(), labels_.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(rows[i].at("case_id"), "truth_" + labels_[i].at("case_id"));
+    const SafetensorsFile f = read_safetensors(root_ / "prepared" / rows[i].at("file"));
+    const torch::Tensor image = f.tensors.at("image"), label = f.tensors.at("label");
+    ASSERT_EQ(image.dim(), 4);
+    EXPECT_EQ(image.sizes().slice(1), label.sizes());
+    const int64_t voxels = label.sum().item<int64_t>();
+    EXPECT_EQ(std::to_string(voxels), rows[i].at("foreground_voxels"));
+    // The label is the hematoma on the 2 x 2 x 5 mm grid: the same volume, within resampling error.
+    const double ml = double(voxels) * 2.0 * 2.0 * 5.0 / 1000.0, truth_ml = std::stod(labels_[i].at("volume_ml"));
+    EXPECT_NEAR(ml, truth_ml, 0.2 * truth_ml + 0.1) << rows[i].at("case_id");
+    // Inside the label the normalised CT is blood (above 40 HU, brain is below), (HU - 40) / 50.
+    const double blood = image[0].masked_select(label.to(torch::kBool)).mean().item<double>();
+    EXPECT_GT(blood, 0.0);
+    EXPECT_LT(blood, 1.2);
+    EXPECT_EQ(json::parse(f.metadata.at("preprocessing"))["spacing_mm"], json({2.0, 2.0, 5.0}));
+  }
+  o.card_path = (root_ / "truth/labels.csv").string();  // not a card
+  EXPECT_EQ(run_prepare(o), kExitUsage);
+}
+
+TEST_F(Commands, EvalComparesARunWithTheTruth) {
+  // A run folder as `hemexp run` writes it: case 0 found exactly, case 1 missed, case 2
+  // failed, case 3 never run; the classifier's probabilities are the true ones.
+  const fs::path pred = root_ / "pred";
+  for (int i = 0; i < 3; ++i) {
+    const std::string id = labels_[size_t(i)].at("case_id");
+    const fs::path dir = pred / "cases" / ("c" + std::to_string(i));
+    fs::create_directories(dir);
+    const ImageFileContents truth = read_image_file(root_ / "truth" / id / "mask.nii.gz");
+    const torch::Tensor mask = i == 0 ? truth.volume.voxels.to(torch::kUInt8) : torch::zeros_like(truth.volume.voxels).to(torch::kUInt8);
+    if (i < 2) write_image_file(dir / "mask.nii.gz", mask, truth.volume.geometry);
+    json r = {{"case_id", id}, {"status", i < 2 ? "ok" : "failed"},
+              {"input", {{"path", (root_ / "truth" / id / "ct.nii.gz").string()}}}};
+    r["he"] = {{"probability", std::stod(labels_[size_t(i)].at("he_probability"))}};
+    std::ofstream(dir / "result.json") << r.dump();
+  }
+  EvalOptions o;
+  o.pred_dir = pred.string();
+  o.truth_dir = (root_ / "truth").string();
+  ::testing::internal::CaptureStdout();
+  ASSERT_EQ(run_eval(o), kExitOk);
+  const std::string printed = ::testing::internal::GetCapturedStdout();
+  EXPECT_NE(printed.find("cases: 4 in truth, 2 evaluated, 1 missing, 1 failed"), std::string::npos) << printed;
+  const json report = json::parse(slurp(pred / "eval.json"));
+  EXPECT_EQ(report["cases"], json({{"total", 4}, {"evaluated", 2}, {"missing", 1}, {"failed", 1}}));
+  EXPECT_DOUBLE_EQ(report["segmentation"]["dice_mean"].get<double>(), 0.5);  // 1 and 0
+  EXPECT_DOUBLE_EQ(report["segmentation"]["dice_median"].get<double>(), 0.5);
+  EXPECT_EQ(report["segmentation"]["hd95_undefined_cases"], 1);
+  EXPECT_NEAR(report["segmentation"]["volume_abs_error_ml_mean"].get<double>(),
+              0.5 * std::stod(labels_[1].at("volume_ml")), 1e-4);  // labels.csv has 4 decimals
+  EXPECT_EQ(report["expansion"]["cases_with_prediction"], 2);
+  EXPECT_EQ(report["per_case"][0]["dice"], 1.0);
+  EXPECT_EQ(report["per_case"][3]["status"], "missing");
+}
+
+TEST_F(Commands, InfoDescribesAModelAndRejectsOtherFiles) {
+  InfoOptions o;
+  o.model_path = (kData / "parity/umambaenc.safetensors").string();
+  ::testing::internal::CaptureStdout();
+  const int code = run_info(o);
+  const std::string printed = ::testing::internal::GetCapturedStdout();
+  EXPECT_EQ(code, kExitOk);
+  EXPECT_NE(printed.find("recipe:      incomplete, `hemexp run` cannot use this file: model card: no preprocessing block"),
+            std::string::npos) << printed;
+  o.model_path = (root_ / "model.safetensors").string();
+  SafetensorsFile f = read_safetensors(kData / "parity/umambaenc.safetensors");
+  json card = json::parse(f.metadata.at("hemexp_model_card"));
+  card["name"] = "info-test";
+  card["preprocessing"] = {{"spacing_mm", {1.0, 1.0, 5.0}},
+                           {"normalization", {{"type", "ct"}, {"clip_hu", {-100, 200}}, {"mean_hu", 40}, {"std_hu", 50}}}};
+  card["inference"] = {{"patch_size", {8, 32, 32}}};
+  f.metadata["hemexp_model_card"] = card.dump();
+  write_safetensors(o.model_path, f);
+  ::testing::internal::CaptureStdout();
+  ASSERT_EQ(run_info(o), kExitOk);
+  const std::string info = ::testing::internal::GetCapturedStdout();
+  EXPECT_NE(info.find("name:        info-test"), std::string::npos) << info;
+  EXPECT_NE(info.find("kind:        segmentation (card format 1)"), std::string::npos) << info;
+  EXPECT_NE(info.find("sha256:      " + sha256_file(o.model_path)), std::string::npos) << info;
+  EXPECT_NE(info.find("recipe:      ok"), std::string::npos) << info;
+  EXPECT_NE(info.find("Research use only"), std::string::npos);
+  o.model_path = (kData / "edge/nibabel/standard.nii.gz").string();
+  EXPECT_EQ(run_info(o), kExitSetup);
+}
+
+}  // namespace
+}  // namespace hemexp
