@@ -193,3 +193,97 @@ class UMamba(nn.Module):
 
     def forward(self, x):
         return self.forward_all(x)[0]
+
+
+class SelfAttention(nn.Module):
+    """timm-style multi-head self-attention: qkv Linear(E, 3E) split as (3, heads, head_dim)."""
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
+        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.attn_drop = nn.Dropout(dropout)
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        batch, tokens, embed = x.shape
+        # (B, N, 3, H, hd) -> (3, B, H, N, hd); reshaping straight to (3, B, H, N, hd) would mix
+        # tokens and heads (test_vit_attention_matches_per_head_loop catches that).
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        attn = self.attn_drop(torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_dim), dim=-1))
+        return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(batch, tokens, embed)))
+
+
+class Mlp(nn.Module):
+    def __init__(self, embed_dim, hidden_dim, dropout=0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(embed_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, embed_dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))  # exact (erf) GELU, as the C++
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, embed_dim, num_heads, mlp_dim, eps=1e-6, dropout=0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(embed_dim, eps=eps)
+        self.attn = SelfAttention(embed_dim, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(embed_dim, eps=eps)
+        self.mlp = Mlp(embed_dim, mlp_dim, dropout)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """ViT classifier of a (B, C, D, H, W) ROI -> (B,) logits; the card's network block:
+    architecture "ViT", in_channels, image_size [z, y, x], patch_size [z, y, x] (divides
+    image_size), embed_dim, depth, num_heads (divides embed_dim), mlp_dim, layer_norm_eps
+    (1e-6), dropout (0, training only). Validation of bounds is the C++ ViTConfig's job."""
+
+    FIELDS = ("architecture", "in_channels", "image_size", "patch_size", "embed_dim", "depth", "num_heads",
+              "mlp_dim", "layer_norm_eps", "dropout")
+
+    def __init__(self, card_network):
+        super().__init__()
+        c = card_network
+        unknown = set(c) - set(self.FIELDS)
+        assert not unknown, f"not ViT fields: {sorted(unknown)}"
+        assert c["architecture"] == "ViT"
+        assert all(i % p == 0 for i, p in zip(c["image_size"], c["patch_size"])), "patch_size must divide image_size"
+        assert c["embed_dim"] % c["num_heads"] == 0, "num_heads must divide embed_dim"
+        self.config = dict(c)
+        e, eps, drop = c["embed_dim"], c.get("layer_norm_eps", 1e-6), c.get("dropout", 0.0)
+        self.image_size = tuple(c["image_size"])
+        self.num_patches = math.prod(i // p for i, p in zip(c["image_size"], c["patch_size"]))
+        self.patch_embed = nn.Conv3d(c["in_channels"], e, c["patch_size"], stride=c["patch_size"])
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, e))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, e))
+        self.pos_drop = nn.Dropout(drop)
+        self.blocks = nn.ModuleList([TransformerBlock(e, c["num_heads"], c["mlp_dim"], eps, drop)
+                                     for _ in range(c["depth"])])
+        self.norm = nn.LayerNorm(e, eps=eps)
+        self.head = nn.Linear(e, 1)
+        # timm's init: truncated normal 0.02 for the embeddings and Linear weights, zero biases.
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        assert x.dim() == 5 and tuple(x.shape[2:]) == self.image_size, f"input {tuple(x.shape)}"
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, E), x fastest
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
+        tokens = self.pos_drop(tokens)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.head(self.norm(tokens[:, 0])).squeeze(-1)  # (B)

@@ -1,9 +1,10 @@
-"""Tests of the PyTorch reference networks' scan variants (plain asserts).
+"""Tests of the PyTorch reference networks: U-Mamba scan variants and the ViT (plain asserts).
 
     /usr/bin/python3 scripts/test_hemexp_nets.py          # tests
     /usr/bin/python3 scripts/test_hemexp_nets.py --bench  # tests, then forward+backward timing
 """
 import functools
+import math
 import os
 import sys
 import time
@@ -73,6 +74,66 @@ def test_mamba_use_scan_switches_and_agrees():
         assert torch.equal(r, a)
     assert all(m.scan is None for m in net.modules() if isinstance(m, hemexp_nets.Mamba))
     assert "scan" not in "".join(net.state_dict().keys())
+
+
+VIT_NETWORK = {"architecture": "ViT", "in_channels": 3, "image_size": [6, 20, 12], "patch_size": [2, 4, 3],
+               "embed_dim": 48, "depth": 2, "num_heads": 4, "mlp_dim": 64, "layer_norm_eps": 1e-6, "dropout": 0.1}
+
+
+def vit_parameter_names(depth):
+    """The names src/core/networks/vit.cpp registers, written out independently of either network."""
+    names = ["cls_token", "pos_embed", "patch_embed.weight", "patch_embed.bias",
+             "norm.weight", "norm.bias", "head.weight", "head.bias"]
+    for b in range(depth):
+        for sub in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
+            names += [f"blocks.{b}.{sub}.weight", f"blocks.{b}.{sub}.bias"]
+    return sorted(names)
+
+
+def test_vit_shapes_and_state_dict_names():
+    torch.manual_seed(1)
+    net = hemexp_nets.ViT(VIT_NETWORK).eval()
+    assert sorted(net.state_dict()) == vit_parameter_names(2)  # no buffers, no extra entries
+    assert net.num_patches == 3 * 5 * 4 and net.pos_embed.shape == (1, 61, 48)
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 6, 20, 12))
+    assert out.shape == (2,)
+    n_params = sum(p.numel() for p in net.parameters())
+    # The same closed form as ViTConfig::num_parameters() in C++.
+    e, m, d = 48, 64, 2
+    assert n_params == (3 * 24 * e + e) + e + 61 * e + d * (4 * e * e + 9 * e + 2 * e * m + m) + 2 * e + e + 1
+
+
+def test_vit_attention_matches_per_head_loop():
+    torch.manual_seed(2)
+    attn = hemexp_nets.SelfAttention(48, 4).eval()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        x = torch.randn(2, 7, 48)
+        got = attn(x)
+        w, b = attn.qkv.weight, attn.qkv.bias
+        heads = []
+        for h in range(4):  # head h owns features h*12 .. h*12+11 of each of q, k and v
+            rows = [slice(part * 48 + h * 12, part * 48 + (h + 1) * 12) for part in range(3)]
+            q, k, v = (x @ w[r].T + b[r] for r in rows)
+            heads.append(torch.softmax(q @ k.transpose(1, 2) / math.sqrt(12), dim=-1) @ v)
+        expected = attn.proj(torch.cat(heads, dim=-1))
+        assert (got - expected).abs().max().item() <= 1e-5
+        # The classic bug, reshaping qkv straight to (3, B, H, N, hd), gives something else.
+        qkv = attn.qkv(x).reshape(3, 2, 4, 7, 12)
+        wrong = torch.softmax(qkv[0] @ qkv[1].transpose(-2, -1) / math.sqrt(12), dim=-1) @ qkv[2]
+        wrong = attn.proj(wrong.transpose(1, 2).reshape(2, 7, 48))
+        assert (wrong - expected).abs().max().item() > 1e-2
+
+
+def test_vit_dropout_only_in_training():
+    torch.manual_seed(3)
+    net = hemexp_nets.ViT(VIT_NETWORK)
+    x = torch.randn(1, 3, 6, 20, 12)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), net(x))
+        assert not torch.equal(net.train()(x), net.eval()(x))
 
 
 def bench():

@@ -1,0 +1,99 @@
+#pragma once
+
+#include <array>
+#include <string>
+
+#include <nlohmann/json.hpp>
+#include <torch/nn.h>
+
+namespace hemexp {
+
+// Hyper-parameters of a Vision Transformer classifier, as the model card's "network" block
+// states them. 3-vectors are in tensor order (depth, height, width) = (z, y, x).
+struct ViTConfig {
+  std::string architecture = "ViT";
+  int64_t in_channels = 1;
+  std::array<int64_t, 3> image_size{16, 64, 64};  // the ROI the network was trained on
+  std::array<int64_t, 3> patch_size{4, 8, 8};     // must divide image_size in every axis
+  int64_t embed_dim = 128;
+  int64_t depth = 6;       // transformer blocks
+  int64_t num_heads = 4;   // must divide embed_dim
+  int64_t mlp_dim = 512;   // hidden width of each block's MLP (an integer, so no ratio rounding)
+  double layer_norm_eps = 1e-6;
+  double dropout = 0.0;    // training only; inference ignores it
+
+  int64_t num_patches() const;
+  int64_t head_dim() const { return embed_dim / num_heads; }
+  // Number of parameters the network will have (exact; the same sum as named_parameters()).
+  int64_t num_parameters() const;
+
+  // Bounds and divisibility of every field; CoreError naming the field on failure. Called by
+  // from_json and by ViTImpl's constructor, so no card and no hand-built config reaches an
+  // allocation with absurd sizes.
+  void validate() const;
+  // Parses (every field type-checked, unknown fields rejected) and validates.
+  static ViTConfig from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;
+};
+
+// Multi-head self-attention written out (not torch::nn::MultiheadAttention) so that the
+// parameter names and the head layout are those of timm / scripts/hemexp_nets.py: one qkv
+// Linear(E, 3E) whose output splits as (3, heads, head_dim), and proj Linear(E, E).
+class SelfAttentionImpl : public torch::nn::Module {
+ public:
+  SelfAttentionImpl(int64_t embed_dim, int64_t num_heads);
+  torch::Tensor forward(const torch::Tensor& x);  // (B, N, E) -> (B, N, E)
+
+ private:
+  int64_t num_heads_, head_dim_;
+  torch::nn::Linear qkv_{nullptr}, proj_{nullptr};
+};
+TORCH_MODULE(SelfAttention);
+
+// fc1 -> GELU (exact, erf) -> fc2.
+class MlpImpl : public torch::nn::Module {
+ public:
+  MlpImpl(int64_t embed_dim, int64_t hidden_dim);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::nn::Linear fc1_{nullptr}, fc2_{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+// Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)).
+class TransformerBlockImpl : public torch::nn::Module {
+ public:
+  TransformerBlockImpl(int64_t embed_dim, int64_t num_heads, int64_t mlp_dim, double layer_norm_eps);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::nn::LayerNorm norm1_{nullptr}, norm2_{nullptr};
+  SelfAttention attn_{nullptr};
+  Mlp mlp_{nullptr};
+};
+TORCH_MODULE(TransformerBlock);
+
+// ViT classifier of a hematoma-centred ROI: non-overlapping 3D patches (Conv3d with
+// kernel = stride = patch_size), a class token, learned position embeddings, pre-norm blocks,
+// a final LayerNorm, and a linear head on the class token. Parameter names match
+// scripts/hemexp_nets.py one to one.
+class ViTImpl : public torch::nn::Module {
+ public:
+  explicit ViTImpl(const ViTConfig& config);
+  // x: (B, in_channels, image_size z, y, x). Returns one logit per ROI, shape (B).
+  // CoreError when x does not have the card's shape.
+  torch::Tensor forward(const torch::Tensor& x);
+  const ViTConfig& config() const { return config_; }
+
+ private:
+  ViTConfig config_;
+  torch::nn::Conv3d patch_embed_{nullptr};
+  torch::Tensor cls_token_, pos_embed_;
+  torch::nn::ModuleList blocks_{nullptr};
+  torch::nn::LayerNorm norm_{nullptr};
+  torch::nn::Linear head_{nullptr};
+};
+TORCH_MODULE(ViT);
+
+}  // namespace hemexp

@@ -1,0 +1,55 @@
+"""Makes the C++/PyTorch parity fixture of the ViT classifier in tests/data/parity: a tiny ViT
+with random weights (fixed seed), a batch of two ROIs, and their logits.
+
+    /usr/bin/python3 scripts/make_vit_parity_fixture.py
+
+Every size differs from the others (image 6x20x12, patch 2x4x3, grid 3x5x4, 4 heads of 12), so
+a wrong patch order, axis order or head reshape changes the logits, not just relabels them.
+"""
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hemexp_nets  # noqa: E402
+import hemexp_safetensors  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "parity")
+
+NETWORK = {"architecture": "ViT", "in_channels": 3, "image_size": [6, 20, 12], "patch_size": [2, 4, 3],
+           "embed_dim": 48, "depth": 2, "num_heads": 4, "mlp_dim": 64, "layer_norm_eps": 1e-6, "dropout": 0.0}
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    torch.set_num_threads(1)
+    torch.manual_seed(20261127)
+    net = hemexp_nets.ViT(NETWORK).eval()
+    with torch.no_grad():  # make every parameter matter: no identity norms, no near-zero embeddings
+        for name, p in net.named_parameters():
+            if name.endswith(("norm1.weight", "norm2.weight", "norm.weight")):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            elif name.endswith(("norm1.bias", "norm2.bias", "norm.bias")):
+                p.copy_(0.1 * torch.randn_like(p))
+            elif name in ("cls_token", "pos_embed"):
+                p.copy_(0.2 * torch.randn_like(p))
+            elif name.endswith(".weight") and p.dim() == 2:
+                # timm's 0.02 makes attention nearly uniform; 0.15 gives peaked, head-specific maps
+                p.copy_(0.15 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.05 * torch.randn_like(p))
+    x = torch.randn(2, 3, *NETWORK["image_size"])
+    with torch.no_grad():
+        logits = net(x)
+    card = {"format_version": 1, "kind": "classification", "network": NETWORK,
+            "note": "parity fixture: random weights, not a model"}
+    hemexp_safetensors.save(os.path.join(OUT, "vit.safetensors"), dict(net.state_dict()),
+                            {"hemexp_model_card": json.dumps(card, sort_keys=True)})
+    hemexp_safetensors.save(os.path.join(OUT, "vit_io.safetensors"), {"input": x, "logits": logits})
+    print("ViT", tuple(logits.shape), logits.tolist(), sum(p.numel() for p in net.parameters()), "parameters")
+
+
+if __name__ == "__main__":
+    main()
