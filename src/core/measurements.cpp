@@ -20,6 +20,29 @@ nlohmann::json HematomaMeasurements::to_json() const {
           {"sphericity", sphericity}, {"touches_border", touches_border}};
 }
 
+double percentile_of_sorted(const torch::Tensor& sorted, double q) {
+  if (sorted.dim() != 1 || sorted.numel() == 0) throw CoreError("percentile of an empty or non-1-D set of values");
+  const double pos = q * double(sorted.numel() - 1);
+  const int64_t lo = int64_t(std::floor(pos)), hi = std::min<int64_t>(lo + 1, sorted.numel() - 1);
+  return sorted[lo].item<double>() * (1 - (pos - double(lo))) + sorted[hi].item<double>() * (pos - double(lo));
+}
+
+double surface_area_mm2(const torch::Tensor& mask, const Geometry& g) {
+  check_matches(g, mask, "measuring a mask's surface");
+  // Exposed faces, weighted by their area, times 2/3.
+  const torch::Tensor padded = torch::constant_pad_nd((mask != 0).to(torch::kInt16), {1, 1, 1, 1, 1, 1}, 0);
+  const double face_area[3] = {g.spacing_mm[1] * g.spacing_mm[2],   // faces normal to x
+                               g.spacing_mm[0] * g.spacing_mm[2],   // to y
+                               g.spacing_mm[0] * g.spacing_mm[1]};  // to z
+  double faces = 0;
+  for (int axis = 0; axis < 3; ++axis) {
+    const int64_t dim = 2 - axis;
+    const torch::Tensor d = padded.narrow(dim, 1, padded.size(dim) - 1) - padded.narrow(dim, 0, padded.size(dim) - 1);
+    faces += double(d.abs().sum().item<int64_t>()) * face_area[axis];
+  }
+  return faces * 2.0 / 3.0;
+}
+
 int64_t connected_components(const torch::Tensor& mask, torch::Tensor* labels) {
   const torch::Tensor m = (mask != 0).to(torch::kUInt8).contiguous();
   const int64_t nz = m.size(0), ny = m.size(1), nx = m.size(2);
@@ -64,27 +87,11 @@ HematomaMeasurements measure_hematoma(const torch::Tensor& mask, const torch::Te
   r.mean_hu = values.mean().item<double>();
   r.std_hu = r.voxels > 1 ? values.std(/*unbiased=*/false).item<double>() : 0.0;
   const torch::Tensor sorted = std::get<0>(values.sort());
-  const auto percentile = [&](double q) {  // linear interpolation between order statistics
-    const double pos = q * double(sorted.numel() - 1);
-    const int64_t lo = int64_t(std::floor(pos)), hi = std::min<int64_t>(lo + 1, sorted.numel() - 1);
-    return sorted[lo].item<double>() * (1 - (pos - double(lo))) + sorted[hi].item<double>() * (pos - double(lo));
-  };
-  r.p10_hu = percentile(0.10);
-  r.p90_hu = percentile(0.90);
+  r.p10_hu = percentile_of_sorted(sorted, 0.10);
+  r.p90_hu = percentile_of_sorted(sorted, 0.90);
   r.components = connected_components(m);
 
-  // Exposed faces, weighted by their area, times 2/3.
-  const torch::Tensor padded = torch::constant_pad_nd(m.to(torch::kInt16), {1, 1, 1, 1, 1, 1}, 0);
-  const double face_area[3] = {g.spacing_mm[1] * g.spacing_mm[2],   // faces normal to x
-                               g.spacing_mm[0] * g.spacing_mm[2],   // to y
-                               g.spacing_mm[0] * g.spacing_mm[1]};  // to z
-  double faces = 0;
-  for (int axis = 0; axis < 3; ++axis) {
-    const int64_t dim = 2 - axis;
-    const torch::Tensor d = padded.narrow(dim, 1, padded.size(dim) - 1) - padded.narrow(dim, 0, padded.size(dim) - 1);
-    faces += double(d.abs().sum().item<int64_t>()) * face_area[axis];
-  }
-  r.surface_area_mm2 = faces * 2.0 / 3.0;
+  r.surface_area_mm2 = surface_area_mm2(m, g);
   const double volume_mm3 = double(r.voxels) * voxel_mm3;
   r.sphericity = std::cbrt(kPi) * std::pow(6.0 * volume_mm3, 2.0 / 3.0) / r.surface_area_mm2;
 

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "hemexp/core/error.hpp"
+#include "hemexp/core/measurements.hpp"
 
 namespace hemexp {
 
@@ -60,8 +61,15 @@ void distance_line(const double* f, int64_t n, double step, double* d, std::vect
   }
 }
 
-// Squared distance (mm^2) from every voxel to the nearest voxel of `features`, exact, in
-// O(voxels): one pass of distance_line per axis.
+// Distances (mm) from each surface voxel of `from` to the nearest surface voxel of `to`.
+torch::Tensor surface_distances(const torch::Tensor& from, const torch::Tensor& to, const Geometry& g) {
+  return squared_distance_map(to, g).masked_select(from).sqrt();
+}
+
+double percentile95(const torch::Tensor& d) { return percentile_of_sorted(std::get<0>(d.sort()), 0.95); }
+
+}  // namespace
+
 torch::Tensor squared_distance_map(const torch::Tensor& features, const Geometry& g) {
   const double inf = std::numeric_limits<double>::infinity();
   torch::Tensor d = torch::where(features, torch::zeros({}, torch::kFloat64), torch::full({}, inf, torch::kFloat64))
@@ -87,20 +95,6 @@ torch::Tensor squared_distance_map(const torch::Tensor& features, const Geometry
   }
   return d;
 }
-
-// Distances (mm) from each surface voxel of `from` to the nearest surface voxel of `to`.
-torch::Tensor surface_distances(const torch::Tensor& from, const torch::Tensor& to, const Geometry& g) {
-  return squared_distance_map(to, g).masked_select(from).sqrt();
-}
-
-double percentile95(const torch::Tensor& d) {
-  const torch::Tensor sorted = std::get<0>(d.sort());
-  const double pos = 0.95 * double(sorted.numel() - 1);
-  const int64_t lo = int64_t(std::floor(pos)), hi = std::min<int64_t>(lo + 1, sorted.numel() - 1);
-  return sorted[lo].item<double>() * (1 - (pos - double(lo))) + sorted[hi].item<double>() * (pos - double(lo));
-}
-
-}  // namespace
 
 double hausdorff95_mm(const torch::Tensor& a, const torch::Tensor& b, const Geometry& g) {
   torch::Tensor sa = surface_of(a), sb = surface_of(b);
