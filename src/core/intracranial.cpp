@@ -1,4 +1,3 @@
-#include "hemexp/core/statistics.hpp"
 #include "hemexp/core/intracranial.hpp"
 
 #include <algorithm>
@@ -7,6 +6,7 @@
 #include <vector>
 
 #include "hemexp/core/error.hpp"
+#include "hemexp/core/statistics.hpp"
 
 namespace hemexp {
 

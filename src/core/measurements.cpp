@@ -1,4 +1,3 @@
-#include "hemexp/core/statistics.hpp"
 #include "hemexp/core/measurements.hpp"
 
 #include <algorithm>
@@ -7,6 +6,7 @@
 #include <vector>
 
 #include "hemexp/core/error.hpp"
+#include "hemexp/core/statistics.hpp"
 
 namespace hemexp {
 
@@ -19,6 +19,22 @@ nlohmann::json HematomaMeasurements::to_json() const {
           {"mean_hu", mean_hu},     {"std_hu", std_hu},         {"p10_hu", p10_hu},
           {"p90_hu", p90_hu},       {"components", components}, {"surface_area_mm2", surface_area_mm2},
           {"sphericity", sphericity}, {"touches_border", touches_border}};
+}
+
+double surface_area_mm2(const torch::Tensor& mask, const Geometry& g) {
+  check_matches(g, mask, "measuring a mask's surface");
+  // Exposed faces, weighted by their area, times 2/3.
+  const torch::Tensor padded = torch::constant_pad_nd((mask != 0).to(torch::kInt16), {1, 1, 1, 1, 1, 1}, 0);
+  const double face_area[3] = {g.spacing_mm[1] * g.spacing_mm[2],   // faces normal to x
+                               g.spacing_mm[0] * g.spacing_mm[2],   // to y
+                               g.spacing_mm[0] * g.spacing_mm[1]};  // to z
+  double faces = 0;
+  for (int axis = 0; axis < 3; ++axis) {
+    const int64_t dim = 2 - axis;
+    const torch::Tensor d = padded.narrow(dim, 1, padded.size(dim) - 1) - padded.narrow(dim, 0, padded.size(dim) - 1);
+    faces += double(d.abs().sum().item<int64_t>()) * face_area[axis];
+  }
+  return faces * 2.0 / 3.0;
 }
 
 int64_t connected_components(const torch::Tensor& mask, torch::Tensor* labels) {
@@ -69,18 +85,7 @@ HematomaMeasurements measure_hematoma(const torch::Tensor& mask, const torch::Te
   r.p90_hu = percentile(hu_values, 0.90);
   r.components = connected_components(m);
 
-  // Exposed faces, weighted by their area, times 2/3.
-  const torch::Tensor padded = torch::constant_pad_nd(m.to(torch::kInt16), {1, 1, 1, 1, 1, 1}, 0);
-  const double face_area[3] = {g.spacing_mm[1] * g.spacing_mm[2],   // faces normal to x
-                               g.spacing_mm[0] * g.spacing_mm[2],   // to y
-                               g.spacing_mm[0] * g.spacing_mm[1]};  // to z
-  double faces = 0;
-  for (int axis = 0; axis < 3; ++axis) {
-    const int64_t dim = 2 - axis;
-    const torch::Tensor d = padded.narrow(dim, 1, padded.size(dim) - 1) - padded.narrow(dim, 0, padded.size(dim) - 1);
-    faces += double(d.abs().sum().item<int64_t>()) * face_area[axis];
-  }
-  r.surface_area_mm2 = faces * 2.0 / 3.0;
+  r.surface_area_mm2 = surface_area_mm2(m, g);
   const double volume_mm3 = double(r.voxels) * voxel_mm3;
   r.sphericity = std::cbrt(kPi) * std::pow(6.0 * volume_mm3, 2.0 / 3.0) / r.surface_area_mm2;
 

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "hemexp/core/error.hpp"
+#include "hemexp/core/measurements.hpp"
 #include "hemexp/core/statistics.hpp"
 
 namespace hemexp {
@@ -61,8 +62,18 @@ void distance_line(const double* f, int64_t n, double step, double* d, std::vect
   }
 }
 
-// Squared distance (mm^2) from every voxel to the nearest voxel of `features`, exact, in
-// O(voxels): one pass of distance_line per axis.
+// Distances (mm) from each surface voxel of `from` to the nearest surface voxel of `to`.
+torch::Tensor surface_distances(const torch::Tensor& from, const torch::Tensor& to, const Geometry& g) {
+  return squared_distance_map(to, g).masked_select(from).sqrt();
+}
+
+double percentile95(const torch::Tensor& d) {
+  const torch::Tensor values = d.to(torch::kFloat64).contiguous();
+  return percentile(std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel()), 0.95);
+}
+
+}  // namespace
+
 torch::Tensor squared_distance_map(const torch::Tensor& features, const Geometry& g) {
   const double inf = std::numeric_limits<double>::infinity();
   torch::Tensor d = torch::where(features, torch::zeros({}, torch::kFloat64), torch::full({}, inf, torch::kFloat64))
@@ -88,18 +99,6 @@ torch::Tensor squared_distance_map(const torch::Tensor& features, const Geometry
   }
   return d;
 }
-
-// Distances (mm) from each surface voxel of `from` to the nearest surface voxel of `to`.
-torch::Tensor surface_distances(const torch::Tensor& from, const torch::Tensor& to, const Geometry& g) {
-  return squared_distance_map(to, g).masked_select(from).sqrt();
-}
-
-double percentile95(const torch::Tensor& d) {
-  const torch::Tensor values = d.to(torch::kFloat64).contiguous();
-  return percentile(std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel()), 0.95);
-}
-
-}  // namespace
 
 double hausdorff95_mm(const torch::Tensor& a, const torch::Tensor& b, const Geometry& g) {
   torch::Tensor sa = surface_of(a), sb = surface_of(b);

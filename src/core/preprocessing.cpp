@@ -45,24 +45,37 @@ Geometry grid_with_spacing(const Geometry& g, const Vec3& spacing_mm) {
   return out;
 }
 
-namespace {
-
-// Resizes tensor dimension `dim` to `out_size` samples at input positions k * step.
-torch::Tensor resample_axis(const torch::Tensor& x, int64_t dim, int64_t out_size, double step) {
+torch::Tensor interpolate_axis(const torch::Tensor& x, int64_t dim, int64_t out_size, double first, double step,
+                               std::optional<double> outside) {
   const int64_t in_size = x.size(dim);
-  if (in_size == out_size && std::abs(step - 1.0) < 1e-12) return x;
-  auto pos = torch::arange(out_size, torch::kFloat64) * step;
-  pos = pos.clamp(0, double(in_size - 1));
-  const auto i0 = pos.floor().to(torch::kLong).clamp(0, in_size - 1);
-  const auto i1 = (i0 + 1).clamp(0, in_size - 1);
+  if (!outside && in_size == out_size && first == 0.0 && std::abs(step - 1.0) < 1e-12) return x;
+  auto pos = first + torch::arange(out_size, torch::kFloat64) * step;
   std::vector<int64_t> shape(size_t(x.dim()), 1);
   shape[size_t(dim)] = out_size;
-  const auto w = (pos - i0.to(torch::kFloat64)).to(x.scalar_type()).reshape(shape);
-  const auto a = x.index_select(dim, i0), b = x.index_select(dim, i1);
-  return a + (b - a) * w;
+  if (!outside) {
+    pos = pos.clamp(0, double(in_size - 1));
+    const auto i0 = pos.floor().to(torch::kLong).clamp(0, in_size - 1);
+    const auto i1 = (i0 + 1).clamp(0, in_size - 1);
+    const auto w = (pos - i0.to(torch::kFloat64)).to(x.scalar_type()).reshape(shape);
+    const auto a = x.index_select(dim, i0), b = x.index_select(dim, i1);
+    return a + (b - a) * w;
+  }
+  // Each neighbour inside the input keeps its linear weight; one outside gives its weight to
+  // `outside`. The weights are computed in double so that they sum to 1 to double precision
+  // and a constant region comes out exactly constant. Bool or integer input is converted only
+  // after the gather, and the arithmetic is in place: fresh memory is what this costs most.
+  const auto i0 = pos.floor().to(torch::kLong), i1 = i0 + 1;
+  const auto w = pos - i0.to(torch::kFloat64);
+  const auto inside = [&](const torch::Tensor& i) { return ((i >= 0) & (i < in_size)).to(torch::kFloat64); };
+  const auto w0 = (1 - w) * inside(i0), w1 = w * inside(i1);
+  const auto w_outside = 1 - w0 - w1;
+  torch::Tensor a = x.index_select(dim, i0.clamp(0, in_size - 1)), b = x.index_select(dim, i1.clamp(0, in_size - 1));
+  if (!a.is_floating_point()) a = a.to(torch::kFloat32), b = b.to(torch::kFloat32);
+  const auto as_a = [&](const torch::Tensor& t) { return t.to(a.scalar_type()).reshape(shape); };
+  a.mul_(as_a(w0)).add_(b.mul_(as_a(w1)));
+  if (*outside != 0) a.add_(as_a(w_outside * *outside));
+  return a;
 }
-
-}  // namespace
 
 torch::Tensor resample_between_grids(const torch::Tensor& voxels, const Geometry& from, const Geometry& to) {
   if (voxels.dim() < 3) throw CoreError("resampling needs at least 3 dimensions");
@@ -72,7 +85,7 @@ torch::Tensor resample_between_grids(const torch::Tensor& voxels, const Geometry
   torch::Tensor x = voxels;
   const int64_t last = voxels.dim() - 1;
   for (int a = 0; a < 3; ++a)  // axis a (x, y, z) is tensor dim last - a
-    x = resample_axis(x, last - a, to.size[a], to.spacing_mm[a] / from.spacing_mm[a]);
+    x = interpolate_axis(x, last - a, to.size[a], 0.0, to.spacing_mm[a] / from.spacing_mm[a]);
   return x.contiguous();
 }
 

@@ -1,4 +1,3 @@
-#include "hemexp/core/statistics.hpp"
 #include "hemexp/core/slice_stack.hpp"
 
 #include <algorithm>
@@ -6,6 +5,7 @@
 #include <sstream>
 
 #include "hemexp/core/error.hpp"
+#include "hemexp/core/statistics.hpp"
 
 namespace hemexp {
 namespace {

@@ -12,9 +12,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "hemexp/core/expansion.hpp"
 #include "hemexp/app/cli.hpp"
 #include "hemexp/app/synth_command.hpp"
+#include "hemexp/core/expansion.hpp"
 #include "hemexp/core/synth.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/io/image_file.hpp"

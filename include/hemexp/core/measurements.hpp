@@ -29,6 +29,10 @@ struct HematomaMeasurements {
 // An empty mask gives zeros (statistics of an empty set are reported as 0).
 HematomaMeasurements measure_hematoma(const torch::Tensor& mask, const torch::Tensor& hu, const Geometry& g);
 
+// Surface area of a mask (nonzero = inside) on grid g: the exposed voxel faces weighted by
+// their area, times 2/3 (see HematomaMeasurements::surface_area_mm2 for its accuracy).
+double surface_area_mm2(const torch::Tensor& mask, const Geometry& g);
+
 // Number of 26-connected components of a mask, and a label volume (int32, 0 = background,
 // components numbered 1.. in scan order) when labels is not null.
 int64_t connected_components(const torch::Tensor& mask, torch::Tensor* labels = nullptr);

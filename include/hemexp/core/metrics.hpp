@@ -22,6 +22,12 @@ SegmentationMetrics compare_masks(const torch::Tensor& predicted, const torch::T
 // outside the mask) of two non-empty masks, in mm: max of the two directed 95th percentiles.
 double hausdorff95_mm(const torch::Tensor& a, const torch::Tensor& b, const Geometry& g);
 
+// Squared distance (mm^2) from every voxel of a (z, y, x) grid with spacing g.spacing_mm to the
+// nearest voxel of `features` (bool), exact (Felzenszwalb & Huttenlocher, one pass per axis, so
+// O(voxels)); infinity everywhere when there is no feature. Only the spacing of g is used, so a
+// cropped box of a volume can be passed with the volume's grid.
+torch::Tensor squared_distance_map(const torch::Tensor& features, const Geometry& g);
+
 // Area under the ROC curve (Mann-Whitney, ties count one half). NaN without both classes.
 double roc_auc(const std::vector<double>& scores, const std::vector<int>& labels);
 

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <array>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -28,6 +29,15 @@ Geometry grid_with_spacing(const Geometry& g, const Vec3& spacing_mm);
 // origin and direction (only spacing and size differ): separable, so memory stays a small
 // multiple of the output. Positions outside `from` take the nearest edge value.
 torch::Tensor resample_between_grids(const torch::Tensor& voxels, const Geometry& from, const Geometry& to);
+
+// Linear interpolation along tensor dimension `dim`: out_size samples at the continuous input
+// positions first + k * step (k = 0 .. out_size - 1, in input voxels). Without `outside`,
+// positions beyond the input take the nearest edge value; with it, the input is treated as
+// surrounded by voxels of that value (a position half a voxel past the edge is half edge,
+// half outside; bool or integer input then gives float32, converted after gathering). Applied
+// once per axis this is trilinear interpolation on an axis-aligned grid.
+torch::Tensor interpolate_axis(const torch::Tensor& x, int64_t dim, int64_t out_size, double first, double step,
+                               std::optional<double> outside = std::nullopt);
 
 // Trilinear value of a volume at a continuous index (x, y, z); indices outside the grid are
 // clamped to its edge.

@@ -6,8 +6,8 @@
 #include <cmath>
 #include <functional>
 
-#include "hemexp/core/expansion.hpp"
 #include "hemexp/core/error.hpp"
+#include "hemexp/core/expansion.hpp"
 #include "synth_internal.hpp"
 
 namespace hemexp::synth {

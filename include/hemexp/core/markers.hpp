@@ -1,0 +1,55 @@
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+#include <nlohmann/json.hpp>
+
+#include "hemexp/core/geometry.hpp"
+
+namespace hemexp {
+
+// NCCT signs of hematoma expansion measured on the baseline image and its hematoma mask only
+// (never from a generator's truth), as numbers a classifier or a reader can use. docs/MARKERS.md
+// has the definitions, their literature and what they measure on synthetic cases.
+//
+// The density markers (hypodense_fraction, hu_sd, hu_cv, bimodality_coefficient) use the
+// mask's interior, the voxels whose 26 neighbours are all in the mask, so partial-volume rim
+// voxels (blood averaged with darker brain or edema) are not read as hypodense blood: on 60
+// synthetic cases all voxels gave clots without hypodense markers 4.7 % "hypodense" voxels
+// and the interior 0.0 %. A mask with no interior (under 3 voxels thick) gives NaN for them.
+struct NcctMarkers {
+  static constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+  int64_t voxels = 0;           // mask voxels
+  int64_t interior_voxels = 0;  // voxels the density markers are measured on
+
+  // Share of interior voxels more than 18 HU below the interior's median HU:
+  //   #{v : HU(v) < median - 18} / n. Blend sign and hypodensities differ by >= 18 HU.
+  double hypodense_fraction = kNaN;
+  // Density heterogeneity: population SD of the interior HU, and SD / mean (NaN if mean <= 0).
+  double hu_sd = kNaN;
+  double hu_cv = kNaN;
+  // Sarle's bimodality coefficient of the interior HU, with the sample skewness G1 and sample
+  // excess kurtosis G2: (G1^2 + 1) / (G2 + 3 (n-1)^2 / ((n-2)(n-3))). Above 5/9 = 0.555 (a
+  // uniform distribution) suggests two densities (blend); a normal distribution gives 1/3.
+  // NaN for n < 4 or constant HU.
+  double bimodality_coefficient = kNaN;
+  // Islands: 26-connected components other than the largest whose nearest voxel lies within
+  // 20 mm of the largest component (centre to centre), and their total volume.
+  int64_t satellite_count = 0;
+  double satellite_volume_ml = 0.0;
+  // Shape irregularity: surface area / area of the sphere of the same volume = 1 / sphericity,
+  //   A / (pi^(1/3) (6 V)^(2/3)), with measure_hematoma's surface estimate (surface_area_mm2).
+  //   1 for a ball, larger for lobulated or elongated clots.
+  double surface_ratio = kNaN;
+
+  // NaN is written as null.
+  nlohmann::json to_json() const;
+};
+
+// mask: nonzero = hematoma, hu: HU, both (z, y, x) on grid g. An empty mask gives voxels 0,
+// satellite_count 0, satellite_volume_ml 0 and NaN for every other marker.
+NcctMarkers measure_markers(const torch::Tensor& mask, const torch::Tensor& hu, const Geometry& g);
+
+}  // namespace hemexp

@@ -1,0 +1,183 @@
+// NCCT expansion markers measured on shapes and densities with known answers.
+#include <gtest/gtest.h>
+
+#include "test_shapes.hpp"
+
+#include <cmath>
+
+#include "hemexp/core/error.hpp"
+#include "hemexp/core/markers.hpp"
+#include "hemexp/core/measurements.hpp"
+#include "hemexp/core/statistics.hpp"
+
+namespace hemexp {
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+constexpr float kBrainHu = 30.f, kBloodHu = 65.f;
+
+Geometry grid(std::array<int64_t, 3> size, Vec3 spacing) { return test::grid(size, spacing, {-40, 12, 7}); }
+using test::ball;
+
+// Blood in the mask, brain elsewhere, plus Gaussian noise of sd_hu (seeded: same every run).
+torch::Tensor clot_hu(const torch::Tensor& mask, double noise_sd_hu = 0.0, uint64_t seed = 1) {
+  torch::Tensor hu = kBrainHu + (kBloodHu - kBrainHu) * mask.to(torch::kFloat32);
+  if (noise_sd_hu > 0) {
+    auto gen = at::detail::createCPUGenerator(seed);
+    hu += float(noise_sd_hu) * at::normal(0.0, 1.0, hu.sizes(), gen).to(torch::kFloat32);
+  }
+  return hu;
+}
+
+TEST(Markers, UniformBallHasNoHypodensityAndIsRound) {
+  const Geometry g = grid({80, 80, 40}, {0.5, 0.5, 1.0});
+  const torch::Tensor m = ball(g, {40.2, 39.7, 20.1}, 12.0);
+  const NcctMarkers r = measure_markers(m, clot_hu(m), g);
+  EXPECT_EQ(r.voxels, m.sum().item<int64_t>());
+  EXPECT_GT(r.interior_voxels, r.voxels / 2);
+  EXPECT_LT(r.interior_voxels, r.voxels);
+  EXPECT_DOUBLE_EQ(r.hypodense_fraction, 0.0);
+  EXPECT_NEAR(r.hu_sd, 0.0, 1e-9);
+  EXPECT_NEAR(r.hu_cv, 0.0, 1e-9);
+  EXPECT_TRUE(std::isnan(r.bimodality_coefficient));  // constant HU: no shape to the histogram
+  EXPECT_EQ(r.satellite_count, 0);
+  EXPECT_EQ(r.satellite_volume_ml, 0.0);
+  EXPECT_NEAR(r.surface_ratio, 1.0, 0.05);
+  // The same surface estimate as measure_hematoma: surface_ratio is 1 / sphericity.
+  EXPECT_NEAR(r.surface_ratio, 1.0 / measure_hematoma(m, clot_hu(m), g).sphericity, 1e-12);
+
+  // Noise: SD and CV follow it; a normal distribution is unimodal (coefficient near 1/3).
+  const NcctMarkers noisy = measure_markers(m, clot_hu(m, 4.0), g);
+  EXPECT_NEAR(noisy.hu_sd, 4.0, 0.2);
+  EXPECT_NEAR(noisy.hu_cv, 4.0 / 65.0, 0.005);
+  EXPECT_LT(noisy.hypodense_fraction, 0.001);  // 18 HU is 4.5 SD
+  EXPECT_NEAR(noisy.bimodality_coefficient, 1.0 / 3.0, 0.03);
+  EXPECT_LT(noisy.bimodality_coefficient, 0.555);
+}
+
+TEST(Markers, HypodensePartIsCountedAndMakesTheHistogramBimodal) {
+  const Geometry g = grid({80, 80, 40}, {0.5, 0.5, 1.0});
+  const Vec3 c{40.2, 39.7, 20.1};
+  const torch::Tensor m = ball(g, c, 12.0);
+  // Just under half the clot (x below the centre plane) 30 HU darker.
+  const torch::Tensor left = (torch::arange(80, torch::kFloat32) < float(c[0]) - 0.5f).view({1, 1, 80}).expand({40, 80, 80});
+  const torch::Tensor darker = (m.to(torch::kBool) & left);
+  const torch::Tensor hu = clot_hu(m, 2.0) - 30.f * darker.to(torch::kFloat32);
+  const NcctMarkers r = measure_markers(m, hu, g);
+  EXPECT_GT(r.hypodense_fraction, 0.42);
+  EXPECT_LT(r.hypodense_fraction, 0.5);
+  EXPECT_NEAR(r.hu_sd, 15.0, 1.0);  // two densities 30 HU apart, near half and half
+  EXPECT_GT(r.bimodality_coefficient, 0.9);
+
+  // A 60/40 split is still clearly bimodal; a unimodal clot with wide noise is not.
+  const torch::Tensor fifth = (torch::arange(80, torch::kFloat32) < float(c[0]) - 5.0f).view({1, 1, 80}).expand({40, 80, 80});
+  const NcctMarkers split = measure_markers(m, clot_hu(m, 2.0) - 30.f * (m.to(torch::kBool) & fifth).to(torch::kFloat32), g);
+  EXPECT_GT(split.bimodality_coefficient, 0.555);
+  EXPECT_GT(split.hypodense_fraction, 0.15);
+  const NcctMarkers wide = measure_markers(m, clot_hu(m, 8.0), g);
+  EXPECT_LT(wide.bimodality_coefficient, 0.555);
+}
+
+// A ball with partial volume: each voxel's occupancy from 4 x 4 x 4 sub-samples, HU blended
+// between blood and a darker (edematous) surround, mask where occupancy >= 1/2, on thick slices.
+TEST(Markers, PartialVolumeRimIsNotHypodense) {
+  const Geometry g = grid({100, 100, 14}, {0.45, 0.45, 5.0});
+  const Vec3 c{49.6, 50.3, 6.7};
+  const double radius_mm = 10.0;
+  torch::Tensor occupancy = torch::zeros(tensor_shape(g), torch::kFloat32);
+  auto occ = occupancy.accessor<float, 3>();
+  for (int64_t z = 0; z < g.size[2]; ++z)
+    for (int64_t y = 0; y < g.size[1]; ++y)
+      for (int64_t x = 0; x < g.size[0]; ++x) {
+        int inside = 0;
+        for (int s = 0; s < 64; ++s) {
+          const double dx = (double(x) + ((s & 3) + 0.5) / 4 - 0.5 - c[0]) * g.spacing_mm[0];
+          const double dy = (double(y) + (((s >> 2) & 3) + 0.5) / 4 - 0.5 - c[1]) * g.spacing_mm[1];
+          const double dz = (double(z) + ((s >> 4) + 0.5) / 4 - 0.5 - c[2]) * g.spacing_mm[2];
+          inside += dx * dx + dy * dy + dz * dz <= radius_mm * radius_mm;
+        }
+        occ[z][y][x] = float(inside) / 64.f;
+      }
+  const torch::Tensor m = (occupancy >= 0.5f).to(torch::kUInt8);
+  const float edema_hu = 22.f;
+  const torch::Tensor hu = edema_hu + (66.f - edema_hu) * occupancy + 3.f * at::normal(0.0, 1.0, occupancy.sizes(), at::detail::createCPUGenerator(7)).to(torch::kFloat32);
+  const NcctMarkers r = measure_markers(m, hu, g);
+  // Rim voxels at occupancy 1/2 sit at 44 HU, 22 below the blood: counting every mask voxel
+  // would call them hypodense. The interior does not hold them.
+  const torch::Tensor all = hu.masked_select(m.to(torch::kBool)).to(torch::kFloat64);
+  const double median_all = median(std::vector<double>(all.data_ptr<double>(), all.data_ptr<double>() + all.numel()));
+  EXPECT_GT((all < median_all - 18).to(torch::kFloat64).mean().item<double>(), 0.05);
+  EXPECT_LT(r.hypodense_fraction, 0.01);
+}
+
+TEST(Markers, SatellitesAreIslandsNearTheMainClot) {
+  // Main ball r = 10 mm; two 2 mm balls whose nearest voxels are about 10 mm from it (along x
+  // and y), one 60 mm away (along x): two satellites.
+  const Geometry g = grid({160, 100, 40}, {0.8, 0.8, 2.0});
+  const Vec3 main{30, 50, 20};
+  const auto offset = [&](double dx_mm, double dy_mm) {
+    return Vec3{main[0] + dx_mm / g.spacing_mm[0], main[1] + dy_mm / g.spacing_mm[1], main[2]};
+  };
+  const torch::Tensor near_x = ball(g, offset(22, 0), 2.0), near_y = ball(g, offset(0, -22), 2.0);
+  const torch::Tensor m = ball(g, main, 10.0) | near_x | near_y | ball(g, offset(72, 0), 2.0);
+  const NcctMarkers r = measure_markers(m, clot_hu(m), g);
+  EXPECT_EQ(connected_components(m), 4);
+  EXPECT_EQ(r.satellite_count, 2);
+  EXPECT_NEAR(r.satellite_volume_ml, double((near_x | near_y).sum().item<int64_t>()) * g.voxel_volume_mm3() / 1000.0, 1e-12);
+}
+
+TEST(Markers, SurfaceRatioGrowsWithIrregularShape) {
+  const Geometry g = grid({120, 80, 60}, {0.5, 0.5, 1.0});
+  const Vec3 c{60, 40, 30};
+  // Prolate spheroid, semi-axes 24 x 6 x 6 mm: analytic ratio 1.28. The face-count surface
+  // assumes isotropic normals; this shape's normals lie mostly across its long axis, so the
+  // estimate reads about 8 % low (1.18), still clearly above a ball's 1.
+  torch::Tensor spheroid = torch::zeros(tensor_shape(g), torch::kUInt8);
+  {
+    auto a = spheroid.accessor<uint8_t, 3>();
+    for (int64_t z = 0; z < g.size[2]; ++z)
+      for (int64_t y = 0; y < g.size[1]; ++y)
+        for (int64_t x = 0; x < g.size[0]; ++x) {
+          const double u = (double(x) - c[0]) * 0.5 / 24, v = (double(y) - c[1]) * 0.5 / 6, w = (double(z) - c[2]) / 6;
+          if (u * u + v * v + w * w <= 1) a[z][y][x] = 1;
+        }
+  }
+  const double e = std::sqrt(1 - 36.0 / 576.0);
+  const double area = 2 * kPi * 36 * (1 + 24 / (6 * e) * std::asin(e));
+  const double volume = 4.0 / 3.0 * kPi * 24 * 36;
+  const double analytic = area / (std::cbrt(kPi) * std::pow(6 * volume, 2.0 / 3.0));
+  const NcctMarkers elongated = measure_markers(spheroid, clot_hu(spheroid), g);
+  EXPECT_NEAR(elongated.surface_ratio, analytic, 0.1 * analytic);
+  EXPECT_GT(elongated.surface_ratio, 1.15);
+
+  // Lobulated: a 10 mm ball with six 5 mm lobes centred on its surface.
+  torch::Tensor lobulated = ball(g, c, 10.0);
+  for (int axis = 0; axis < 3; ++axis)
+    for (double sign : {-1.0, 1.0}) {
+      Vec3 lobe = c;
+      lobe[axis] += sign * 10.0 / g.spacing_mm[axis];
+      lobulated = lobulated | ball(g, lobe, 5.0);
+    }
+  const NcctMarkers lobes = measure_markers(lobulated, clot_hu(lobulated), g);
+  EXPECT_GT(lobes.surface_ratio, 1.1);
+  EXPECT_EQ(lobes.satellite_count, 0);
+}
+
+TEST(Markers, EmptyMaskGivesZerosAndNaN) {
+  const Geometry g = grid({20, 20, 10}, {1, 1, 1});
+  const NcctMarkers r = measure_markers(torch::zeros(tensor_shape(g), torch::kUInt8), torch::zeros(tensor_shape(g)), g);
+  EXPECT_EQ(r.voxels, 0);
+  EXPECT_EQ(r.interior_voxels, 0);
+  EXPECT_EQ(r.satellite_count, 0);
+  EXPECT_EQ(r.satellite_volume_ml, 0.0);
+  for (double v : {r.hypodense_fraction, r.hu_sd, r.hu_cv, r.bimodality_coefficient, r.surface_ratio})
+    EXPECT_TRUE(std::isnan(v));
+  const nlohmann::json j = r.to_json();
+  EXPECT_TRUE(j.at("hypodense_fraction").is_null() || std::isnan(j.at("hypodense_fraction").get<double>()));
+  EXPECT_EQ(j.dump().find("NaN"), std::string::npos);
+  EXPECT_NE(j.dump().find("\"surface_ratio\":null"), std::string::npos) << j.dump();
+  EXPECT_THROW(measure_markers(torch::zeros({3, 3, 3}), torch::zeros(tensor_shape(g)), g), CoreError);
+}
+
+}  // namespace
+}  // namespace hemexp
