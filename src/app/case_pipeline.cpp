@@ -6,8 +6,10 @@
 
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/intracranial.hpp"
+#include "hemexp/core/markers.hpp"
 #include "hemexp/core/measurements.hpp"
 #include "hemexp/core/qc.hpp"
+#include "hemexp/core/text.hpp"
 #include "hemexp/io/image_file.hpp"
 #include "hemexp/version.hpp"
 
@@ -24,6 +26,7 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 std::map<std::string, nlohmann::json> CasePipeline::models() const {
   std::map<std::string, nlohmann::json> m;
   if (segmenter) m["segmentation"] = segmenter->file().provenance_json();
+  if (classifier) m["classification"] = classifier->file().provenance_json();
   return m;
 }
 
@@ -36,6 +39,30 @@ LoadedVolume read_case(const CaseInput& c, const CasePipeline& pipeline, CaseRes
   for (const std::string& corr : loaded.info.corrections) log.info("{}: corrected: {}", c.id, corr);
   for (const std::string& w : loaded.info.warnings) log.warn("{}: {}", c.id, w);
   return loaded;
+}
+
+ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& a, const HematomaMeasurements& h) {
+  const ClassifierRecipe& recipe = classifier.recipe();
+  ExpansionRisk he;
+  he.threshold = recipe.threshold;
+  he.calibrated = recipe.calibrated();
+  he.model = classifier.file().provenance_json();
+  // Never a number made up from an empty or tiny ROI: the classifier was not trained on them.
+  if (h.voxels == 0) {
+    he.reason = "no hematoma found";
+    return he;
+  }
+  if (h.volume_ml < recipe.min_volume_ml) {
+    he.reason = "hematoma " + format_number(h.volume_ml, 2) + " mL is below the classifier's minimum of " +
+                format_number(recipe.min_volume_ml, 2) + " mL";
+    return he;
+  }
+  const ExpansionScore s = classifier.score(a.canonical.volume, a.canonical_mask);
+  he.probability = s.probability;
+  he.logit = s.logit;
+  he.risk = s.risk;
+  he.roi_mask_fraction_inside = s.roi.mask_fraction_inside;
+  return he;
 }
 
 CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, CaseResult& result,
@@ -81,9 +108,22 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
   result.hematoma = h;
   if (h.touches_border) result.qc_flags.push_back("hematoma_touches_border");
   if (h.components > 1) result.qc_flags.push_back("multiple_components");
+  result.markers = measure_markers(a.mask, volume.voxels, volume.geometry);
   result.timings_s["measure"] = seconds_since(t0);
   log.info("{}: hematoma {:.2f} mL (ABC/2 {:.2f} mL), mean {:.1f} HU, {} components", id, h.volume_ml,
            h.abc2_volume_ml, h.mean_hu, h.components);
+
+  if (pipeline.classifier) {
+    t0 = Clock::now();
+    result.he = expansion_risk(*pipeline.classifier, a, h);
+    if (result.he->roi_mask_fraction_inside && *result.he->roi_mask_fraction_inside < 0.99)
+      result.qc_flags.push_back("hematoma_larger_than_classifier_roi");
+    result.timings_s["classify"] = seconds_since(t0);
+    if (result.he->probability)
+      log.info("{}: expansion probability {:.3f} ({} risk)", id, *result.he->probability, result.he->risk);
+    else
+      log.info("{}: no expansion probability: {}", id, result.he->reason);
+  }
   return a;
 }
 

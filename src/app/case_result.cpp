@@ -61,17 +61,21 @@ InputInfo input_from_json(const nlohmann::json& j) {
 
 nlohmann::json ExpansionRisk::to_json() const {
   json j = {{"probability", probability ? json(*probability) : json(nullptr)},
+            {"logit", logit ? json(*logit) : json(nullptr)},
             {"risk", risk},
             {"threshold", threshold},
             {"calibrated", calibrated},
             {"model", model}};
   if (!reason.empty()) j["reason"] = reason;
+  if (roi_mask_fraction_inside) j["roi_mask_fraction_inside"] = *roi_mask_fraction_inside;
   return j;
 }
 
 ExpansionRisk ExpansionRisk::from_json(const nlohmann::json& j) {
   ExpansionRisk r;
   if (!j.at("probability").is_null()) r.probability = j.at("probability").get<double>();
+  if (!j.at("logit").is_null()) r.logit = j.at("logit").get<double>();
+  if (j.contains("roi_mask_fraction_inside")) r.roi_mask_fraction_inside = j.at("roi_mask_fraction_inside").get<double>();
   r.risk = j.at("risk").get<std::string>();
   r.threshold = j.at("threshold").get<double>();
   r.calibrated = j.at("calibrated").get<bool>();
@@ -120,6 +124,7 @@ nlohmann::json CaseResult::to_json() const {
   }
   if (intracranial) j["intracranial"] = intracranial->to_json();
   if (hematoma) j["hematoma"] = hematoma->to_json();
+  if (markers) j["markers"] = markers->to_json();
   if (he) j["he"] = he->to_json();
   if (!corrected_ct.empty()) j["corrected_ct"] = corrected_ct;
   j["timings_s"] = timings_s;
@@ -143,6 +148,7 @@ CaseResult CaseResult::from_json(const nlohmann::json& j) {
     }
     if (j.contains("intracranial")) r.intracranial = intracranial_from_json(j.at("intracranial"));
     if (j.contains("hematoma")) r.hematoma = hematoma_from_json(j.at("hematoma"));
+    if (j.contains("markers")) r.markers = NcctMarkers::from_json(j.at("markers"));
     if (j.contains("he")) r.he = ExpansionRisk::from_json(j.at("he"));
     r.corrected_ct = j.value("corrected_ct", "");
     r.timings_s = j.at("timings_s").get<std::map<std::string, double>>();
@@ -156,11 +162,15 @@ CaseResult CaseResult::from_json(const nlohmann::json& j) {
 }
 
 const std::vector<std::string>& CaseResult::csv_columns() {
-  static const std::vector<std::string> columns{
-      "case_id",          "status",           "error",           "input",          "format",
-      "series_uid",       "gantry_tilt_deg",  "corrections",     "hematoma_volume_ml", "abc2_volume_ml",
-      "mean_hu",          "he_probability",   "he_risk",         "seg_model_sha256", "cls_model_sha256",
-      "seconds"};
+  static const std::vector<std::string> columns = [] {
+    std::vector<std::string> c{"case_id",     "status",          "error",           "input",
+                               "format",      "series_uid",      "gantry_tilt_deg", "corrections",
+                               "hematoma_volume_ml", "abc2_volume_ml", "mean_hu", "he_probability",
+                               "he_risk"};
+    for (const std::string& m : NcctMarkers::names()) c.push_back(m);
+    for (const char* n : {"seg_model_sha256", "cls_model_sha256", "seconds"}) c.push_back(n);
+    return c;
+  }();
   return columns;
 }
 
@@ -180,6 +190,8 @@ std::map<std::string, std::string> CaseResult::csv_row() const {
     row["abc2_volume_ml"] = format_number(hematoma->abc2_volume_ml, 3);
     if (hematoma->voxels > 0) row["mean_hu"] = format_number(hematoma->mean_hu, 1);
   }
+  if (markers)
+    for (const auto& [name, value] : markers->csv_fields()) row[name] = value;
   if (he) {
     if (he->probability) row["he_probability"] = format_number(*he->probability, 4);
     row["he_risk"] = he->risk;

@@ -56,6 +56,9 @@ CLI::App* setup_run(CLI::App& app, RunOptions& o) {
   run->add_option("--seg-model", o.seg_model,
                   "Segmentation model (.safetensors with model card); default: models/; 'none': no segmentation")
       ->check(CLI::ExistingFile | CLI::IsMember({"none"}));
+  run->add_option("--cls-model", o.cls_model,
+                  "Expansion classifier (.safetensors with model card); default: models/; 'none': no expansion risk")
+      ->check(CLI::ExistingFile | CLI::IsMember({"none"}));
   run->add_flag("--qc,!--no-qc", o.qc, "Write (or not) cases/<id>/qc.png, a mosaic of the hematoma slices (default: on)");
   run->add_flag("--save-probabilities", o.save_probabilities, "Also write cases/<id>/probability.nii.gz");
   run->add_option("--series-uid", o.series_uid, "DICOM: read this SeriesInstanceUID instead of choosing");

@@ -34,6 +34,33 @@ namespace {
 
 json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
+// Discrimination, calibration and the decision at the card's threshold of a set of
+// predicted probabilities.
+json classification_report(const std::vector<double>& p, const std::vector<int>& y, double threshold) {
+  if (p.empty()) return nullptr;
+  const std::array<double, 2> ci = roc_auc_ci95(p, y);
+  const CalibrationFit fit = calibration_fit(p, y);
+  json j = {{"n", p.size()},
+            {"auc", number_or_null(roc_auc(p, y))},
+            {"auc_ci95_low", number_or_null(ci[0])},
+            {"auc_ci95_high", number_or_null(ci[1])},
+            {"auc_ci_method", "percentile bootstrap, 2000 resamples, seed 1"},
+            {"brier", number_or_null(brier_score(p, y))},
+            {"ece", number_or_null(expected_calibration_error(p, y, 10))},
+            {"calibration_slope", number_or_null(fit.slope)},
+            {"calibration_intercept", number_or_null(fit.intercept)},
+            {"mean_probability", number_or_null(mean(p))},
+            {"threshold", number_or_null(threshold)}};
+  if (std::isfinite(threshold)) {
+    const BinaryMetrics b = binary_metrics(p, y, threshold);
+    j.update({{"tp", b.tp}, {"fp", b.fp}, {"tn", b.tn}, {"fn", b.fn},
+              {"accuracy", number_or_null(b.accuracy())}, {"sensitivity", number_or_null(b.sensitivity())},
+              {"specificity", number_or_null(b.specificity())}, {"ppv", number_or_null(b.ppv())},
+              {"npv", number_or_null(b.npv())}});
+  }
+  return j;
+}
+
 }  // namespace
 
 int run_eval(const EvalOptions& o) {
@@ -68,8 +95,10 @@ int run_eval(const EvalOptions& o) {
       }
     }
 
-  std::vector<double> dice, iou, hd95, volume_error, he_scores, oracle_scores;
+  std::vector<double> dice, iou, hd95, volume_error, he_scores, oracle_scores, observable_scores;
   std::vector<int> he_labels, oracle_labels;
+  double threshold = std::nan("");
+  int no_probability = 0;
   json cases = json::array();
   int missing = 0, failed = 0, hd_undefined = 0;
   for (const auto& row : truth_rows) {
@@ -77,6 +106,7 @@ int run_eval(const EvalOptions& o) {
     const int label = std::stoi(row.at("he_label"));
     oracle_scores.push_back(std::stod(row.at("he_probability")));
     oracle_labels.push_back(label);
+    if (row.count("he_observable_probability")) observable_scores.push_back(std::stod(row.at("he_observable_probability")));
     json c = {{"case_id", id}, {"he_label", label}};
     const auto it = pred_case_dirs.find(id);
     if (it == pred_case_dirs.end()) {
@@ -110,8 +140,15 @@ int run_eval(const EvalOptions& o) {
               {"true_volume_ml", m.true_volume_ml}, {"predicted_volume_ml", m.predicted_volume_ml},
               {"volume_abs_error_ml", m.volume_abs_error_ml}});
     if (r.contains("he") && r["he"].contains("probability")) {
-      he_scores.push_back(r["he"]["probability"].get<double>());
-      he_labels.push_back(label);
+      if (r["he"]["probability"].is_number()) {
+        he_scores.push_back(r["he"]["probability"].get<double>());
+        he_labels.push_back(label);
+        c["he_probability"] = r["he"]["probability"];
+      } else {
+        ++no_probability;  // no hematoma, or one below the classifier's minimum: reported, not guessed
+        c["he_probability"] = nullptr;
+      }
+      if (r["he"].contains("threshold")) threshold = r["he"]["threshold"].get<double>();
     }
     cases.push_back(c);
   }
@@ -132,11 +169,13 @@ int run_eval(const EvalOptions& o) {
         {"volume_abs_error_ml_median", number_or_null(median(volume_error))}}},
       {"expansion",
        {{"oracle_auc", number_or_null(roc_auc(oracle_scores, oracle_labels))},
+        {"observable_oracle_auc", number_or_null(observable_scores.size() == oracle_labels.size()
+                                                     ? roc_auc(observable_scores, oracle_labels)
+                                                     : std::nan(""))},
         {"prevalence", number_or_null(mean(std::vector<double>(oracle_labels.begin(), oracle_labels.end())))},
-        {"auc", number_or_null(he_scores.empty() ? std::nan("") : roc_auc(he_scores, he_labels))},
-        {"brier", number_or_null(he_scores.empty() ? std::nan("") : brier_score(he_scores, he_labels))},
-        {"ece", number_or_null(he_scores.empty() ? std::nan("") : expected_calibration_error(he_scores, he_labels))},
-        {"cases_with_prediction", he_scores.size()}}},
+        {"cases_with_prediction", he_scores.size()},
+        {"cases_without_probability", no_probability},
+        {"model", classification_report(he_scores, he_labels, threshold)}}},
       {"per_case", cases}};
   const fs::path json_path = o.json_path.empty() ? pred / "eval.json" : fs::path(o.json_path);
   write_text_atomically(json_path, report.dump(2) + "\n");
@@ -149,9 +188,28 @@ int run_eval(const EvalOptions& o) {
               f(median(hd95), 2).c_str(), hd_undefined);
   std::printf("volume |error|  mean %s mL  median %s mL\n", f(mean(volume_error), 3).c_str(),
               f(median(volume_error), 3).c_str());
-  std::printf("HE: oracle AUC %s (true probabilities), model AUC %s over %zu cases\n",
+  std::printf("HE: oracle AUC %s (true probabilities), %s (observable part), prevalence %s\n",
               f(roc_auc(oracle_scores, oracle_labels), 3).c_str(),
-              he_scores.empty() ? "n/a (no classifier)" : f(roc_auc(he_scores, he_labels), 3).c_str(), he_scores.size());
+              f(report["expansion"]["observable_oracle_auc"].is_number()
+                    ? report["expansion"]["observable_oracle_auc"].get<double>()
+                    : std::nan(""),
+                3)
+                  .c_str(),
+              f(mean(std::vector<double>(oracle_labels.begin(), oracle_labels.end())), 3).c_str());
+  if (he_scores.empty()) {
+    std::printf("HE model: n/a (no classifier probabilities)\n");
+  } else {
+    const json& m = report["expansion"]["model"];
+    const auto g = [&m, &f](const char* k, int d) { return m[k].is_number() ? f(m[k].get<double>(), d) : std::string("n/a"); };
+    std::printf("HE model over %zu cases (%d without a probability): AUC %s (95%% CI %s-%s), Brier %s, ECE %s, "
+                "calibration slope %s intercept %s\n",
+                he_scores.size(), no_probability, g("auc", 3).c_str(), g("auc_ci95_low", 3).c_str(),
+                g("auc_ci95_high", 3).c_str(), g("brier", 4).c_str(), g("ece", 4).c_str(),
+                g("calibration_slope", 2).c_str(), g("calibration_intercept", 2).c_str());
+    std::printf("  at threshold %s: accuracy %s, sensitivity %s, specificity %s, PPV %s, NPV %s\n",
+                g("threshold", 3).c_str(), g("accuracy", 3).c_str(), g("sensitivity", 3).c_str(),
+                g("specificity", 3).c_str(), g("ppv", 3).c_str(), g("npv", 3).c_str());
+  }
   std::printf("report: %s\n", json_path.c_str());
   return dice.empty() ? kExitCaseFailed : kExitOk;
 }

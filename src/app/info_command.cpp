@@ -1,11 +1,14 @@
 #include "hemexp/app/info_command.hpp"
 
 #include <CLI/CLI.hpp>
+#include <cmath>
 #include <spdlog/spdlog.h>
 
 #include "hemexp/app/cli.hpp"
 #include "hemexp/core/model_file.hpp"
+#include "hemexp/core/classifier.hpp"
 #include "hemexp/core/segmenter.hpp"
+#include "hemexp/core/text.hpp"
 
 namespace hemexp {
 
@@ -33,6 +36,21 @@ int run_info(const InfoOptions& o) {
       } catch (const std::exception& e) {
         recipe = std::string("incomplete, `hemexp run` cannot use this file: ") + e.what();
       }
+    } else if (card.kind == "classification") {
+      ViT network(ViTConfig::from_json(card.json["network"]));
+      load_named_tensors(*network, file.tensors, file.path.filename().string());
+      try {
+        const ClassifierRecipe r = ClassifierRecipe::from_card(card.json);
+        recipe = "ok; calibration " + r.calibration_method +
+                 (r.calibrated() ? " (p = sigmoid(" + format_number(r.calibration_slope, 4) + " logit " +
+                                       (r.calibration_intercept < 0 ? "- " : "+ ") +
+                                       format_number(std::abs(r.calibration_intercept), 4) + "))"
+                                 : std::string()) +
+                 ", threshold " + format_number(r.threshold, 4) + ", minimum hematoma " +
+                 format_number(r.min_volume_ml, 2) + " mL";
+      } catch (const std::exception& e) {
+        recipe = std::string("incomplete, `hemexp run` cannot use this file: ") + e.what();
+      }
     }
     std::printf("file:        %s\n", o.model_path.c_str());
     std::printf("sha256:      %s\n", sha256.c_str());
@@ -40,7 +58,8 @@ int run_info(const InfoOptions& o) {
     std::printf("kind:        %s (card format %d)\n", card.kind.c_str(), card.format_version);
     std::printf("tensors:     %zu, %lld parameters\n", tensors, static_cast<long long>(parameters));
     std::printf("recipe:      %s\n", recipe.c_str());
-    for (const char* block : {"network", "preprocessing", "inference", "postprocessing", "training", "validation"})
+    for (const char* block : {"network", "preprocessing", "inference", "postprocessing", "roi", "min_volume_ml",
+                              "calibration", "decision", "risk_categories", "trained_on", "training", "validation"})
       if (card.json.contains(block)) std::printf("%-12s %s\n", (std::string(block) + ":").c_str(), card.json[block].dump().c_str());
     std::printf("\nResearch use only, not for clinical decisions. hemexp's models are trained on synthetic\n"
                 "data (procedural heads and synthetic hematomas in real CT backgrounds); their numbers on\n"

@@ -5,11 +5,16 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
+#include "hemexp/app/case_result.hpp"
 #include "hemexp/app/cli.hpp"
+#include "hemexp/core/markers.hpp"
+#include "hemexp/core/measurements.hpp"
 #include "hemexp/core/orientation.hpp"
-#include "hemexp/core/segmenter.hpp"
+#include "hemexp/core/roi.hpp"
 #include "hemexp/core/safetensors.hpp"
+#include "hemexp/core/segmenter.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
@@ -19,66 +24,230 @@
 
 namespace hemexp {
 namespace fs = std::filesystem;
+using json = nlohmann::json;
 
 CLI::App* setup_prepare(CLI::App& app, PrepareOptions& o) {
-  CLI::App* p = app.add_subcommand("prepare", "Make network-ready training files from synth folders");
-  p->add_option("--synth", o.synth_dirs, "Folders written by `hemexp synth`")->required()->check(CLI::ExistingDirectory);
-  p->add_option("--card", o.card_path, "Model card (JSON) whose preprocessing block to apply")
+  CLI::App* p = app.add_subcommand(
+      "prepare",
+      "Make network-ready training files: segmentation inputs from synth folders, or expansion-classifier ROIs "
+      "from synth folders (true masks) or a run folder (predicted masks) with labels");
+  auto* synth = p->add_option("--synth", o.synth_dirs, "Folders written by `hemexp synth`")->check(CLI::ExistingDirectory);
+  auto* run = p->add_option("--run", o.run_dir, "Output folder of `hemexp run` (classifier ROIs from its masks)")
+                  ->check(CLI::ExistingDirectory);
+  p->add_option("--labels", o.labels_csv,
+                "With --run: CSV with case_id,he_label (case_id of the run, or the folder holding the scan)")
+      ->check(CLI::ExistingFile);
+  synth->excludes(run);
+  p->add_option("--card", o.card_path,
+                "Model card (JSON): its preprocessing block (segmentation) or its roi block (classifier)")
       ->required()
       ->check(CLI::ExistingFile);
   p->add_option("-o,--output", o.output_dir, "Output folder")->required();
   return p;
 }
 
+namespace {
+
+// One case to export: its CT, its hematoma mask, and what is known about it.
+struct PrepareCase {
+  std::string id;
+  fs::path ct, mask;
+  std::string mask_source;  // "truth" (synth) or "predicted" (run)
+  std::map<std::string, std::string> label;  // the labels.csv row, when there is one
+};
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) throw IoError("cannot read " + p.string());
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+std::vector<PrepareCase> synth_cases(const std::vector<std::string>& dirs) {
+  std::vector<PrepareCase> cases;
+  for (const std::string& dir : dirs) {
+    std::map<std::string, std::map<std::string, std::string>> labels;
+    if (fs::exists(fs::path(dir) / "labels.csv"))
+      for (auto& row : parse_csv(read_text(fs::path(dir) / "labels.csv")).records()) labels[row["case_id"]] = row;
+    std::vector<fs::path> found;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (fs::exists(e.path() / "ct.nii.gz") && fs::exists(e.path() / "mask.nii.gz")) found.push_back(e.path());
+    std::sort(found.begin(), found.end());
+    for (const fs::path& c : found) {
+      PrepareCase pc;
+      pc.id = fs::path(dir).lexically_normal().filename().string() + "_" + c.filename().string();
+      pc.ct = c / "ct.nii.gz";
+      pc.mask = c / "mask.nii.gz";
+      pc.mask_source = "truth";
+      if (const auto it = labels.find(c.filename().string()); it != labels.end()) pc.label = it->second;
+      cases.push_back(pc);
+    }
+  }
+  return cases;
+}
+
+// The ok cases of a run, with the labels CSV row of each: by the run's case_id, or by the name
+// of the folder that holds the scan (a synth folder's case_id).
+std::vector<PrepareCase> run_cases_with_labels(const fs::path& run, const fs::path& labels_csv) {
+  std::map<std::string, std::map<std::string, std::string>> labels;
+  if (!labels_csv.empty())
+    for (auto& row : parse_csv(read_text(labels_csv)).records()) labels[row["case_id"]] = row;
+  std::vector<fs::path> dirs;
+  if (fs::exists(run / "cases"))
+    for (const auto& e : fs::directory_iterator(run / "cases")) dirs.push_back(e.path());
+  std::sort(dirs.begin(), dirs.end());
+  std::vector<PrepareCase> cases;
+  int unlabelled = 0;
+  for (const fs::path& d : dirs) {
+    const std::optional<CaseResult> r = CaseResult::read(d / CaseFiles::kResult);
+    if (!r || r->status != "ok" || !fs::exists(d / CaseFiles::kMask)) continue;
+    PrepareCase pc;
+    pc.id = r->case_id;
+    pc.ct = r->input_path;
+    pc.mask = d / CaseFiles::kMask;
+    pc.mask_source = "predicted";
+    auto it = labels.find(r->case_id);
+    if (it == labels.end()) it = labels.find(fs::path(r->input_path).parent_path().filename().string());
+    if (it != labels.end()) pc.label = it->second;
+    else if (!labels.empty()) {
+      ++unlabelled;
+      continue;
+    }
+    cases.push_back(pc);
+  }
+  if (unlabelled) spdlog::warn("{} ok cases of {} have no row in {}: left out", unlabelled, run.string(), labels_csv.string());
+  return cases;
+}
+
+struct Loaded {
+  LoadedVolume ct;
+  torch::Tensor mask;  // on the CT's grid
+};
+
+Loaded load_case(const PrepareCase& c) {
+  Loaded l{read_volume(c.ct), torch::Tensor()};
+  const ImageFileContents mask = read_image_file(c.mask);
+  if (!mask.volume.geometry.same_grid(l.ct.volume.geometry, 1e-3)) throw IoError("mask and CT grids differ");
+  l.mask = (mask.volume.voxels > 0.5f).to(torch::kUInt8);
+  return l;
+}
+
+int export_segmentation(const std::vector<PrepareCase>& cases, const Preprocessing& pre, const fs::path& out) {
+  std::string csv = csv_line({"case_id", "file", "source", "foreground_voxels"});
+  int failed = 0, done = 0;
+  for (const PrepareCase& c : cases) {
+    try {
+      const Loaded l = load_case(c);
+      const CanonicalVolume canonical = to_canonical(l.ct.volume);
+      Geometry model_grid;
+      const torch::Tensor image = prepare_network_input(canonical.volume, pre, &model_grid);
+      const torch::Tensor label =
+          prepare_network_label(to_canonical(l.mask, canonical.map), canonical.volume.geometry, model_grid);
+      SafetensorsFile file;
+      file.tensors["image"] = image;
+      file.tensors["label"] = label;
+      file.metadata["case_id"] = c.id;
+      file.metadata["source"] = c.ct.parent_path().string();
+      file.metadata["preprocessing"] = pre.to_json().dump();
+      file.metadata["hemexp_version"] = kVersion;
+      write_safetensors(out / (c.id + ".safetensors"), file);
+      csv += csv_line({c.id, c.id + ".safetensors", c.ct.parent_path().string(), std::to_string(label.sum().item<int64_t>())});
+      ++done;
+      spdlog::info("[{}] {}: {}x{}x{}", done, c.id, image.size(3), image.size(2), image.size(1));
+    } catch (const std::exception& e) {
+      ++failed;
+      spdlog::error("{}: {}", c.ct.string(), e.what());
+    }
+  }
+  write_text_atomically(out / "cases.csv", csv);
+  return failed ? kExitCaseFailed : (done ? kExitOk : kExitUsage);
+}
+
+// Classifier training data, made by the code `run` scores with: the ROI of build_roi on the
+// canonical CT and mask, and the markers and volume of measure_markers / measure_hematoma on
+// the input grid.
+int export_rois(const std::vector<PrepareCase>& cases, const RoiRecipe& recipe, const fs::path& out) {
+  const std::vector<std::string> marker_columns = NcctMarkers::names();
+  std::vector<std::string> columns{"case_id", "file", "source", "mask_source", "he_label", "volume_ml",
+                                   "mask_fraction_inside", "mean_hu"};
+  columns.insert(columns.end(), marker_columns.begin(), marker_columns.end());
+  for (const char* truth : {"he_probability", "he_observable_probability"}) columns.push_back(truth);
+  std::string csv = csv_line(columns);
+  int failed = 0, done = 0, empty = 0;
+  for (const PrepareCase& c : cases) {
+    try {
+      const Loaded l = load_case(c);
+      const HematomaMeasurements h = measure_hematoma(l.mask, l.ct.volume.voxels, l.ct.volume.geometry);
+      if (h.voxels == 0) {
+        ++empty;
+        spdlog::warn("{}: no hematoma in its {} mask: no ROI", c.id, c.mask_source);
+        continue;
+      }
+      const NcctMarkers m = measure_markers(l.mask, l.ct.volume.voxels, l.ct.volume.geometry);
+      const CanonicalVolume canonical = to_canonical(l.ct.volume);
+      const Roi roi = build_roi(canonical.volume, to_canonical(l.mask, canonical.map), recipe);
+      SafetensorsFile file;
+      file.tensors["roi"] = roi.image.contiguous();
+      file.metadata["case_id"] = c.id;
+      file.metadata["source"] = c.ct.string();
+      file.metadata["mask_source"] = c.mask_source;
+      file.metadata["roi_recipe"] = recipe.to_json().dump();
+      file.metadata["hemexp_version"] = kVersion;
+      write_safetensors(out / (c.id + ".safetensors"), file);
+      std::map<std::string, std::string> row = m.csv_fields();
+      row["case_id"] = c.id;
+      row["file"] = c.id + ".safetensors";
+      row["source"] = c.ct.string();
+      row["mask_source"] = c.mask_source;
+      row["volume_ml"] = format_number(h.volume_ml, 4);
+      row["mean_hu"] = format_number(h.mean_hu, 2);
+      row["mask_fraction_inside"] = format_number(roi.mask_fraction_inside, 4);
+      for (const char* key : {"he_label", "he_probability", "he_observable_probability"})
+        if (const auto it = c.label.find(key); it != c.label.end()) row[key] = it->second;
+      csv += csv_line(columns, row);
+      ++done;
+      if (done % 25 == 0) spdlog::info("[{}/{}] {}", done, cases.size(), c.id);
+    } catch (const std::exception& e) {
+      ++failed;
+      spdlog::error("{}: {}", c.ct.string(), e.what());
+    }
+  }
+  write_text_atomically(out / "cases.csv", csv);
+  spdlog::info("{} ROIs written, {} cases without hematoma, {} failed", done, empty, failed);
+  return failed ? kExitCaseFailed : (done ? kExitOk : kExitUsage);
+}
+
+}  // namespace
+
 int run_prepare(const PrepareOptions& o) {
-  Preprocessing pre;
+  json card;
   try {
     std::ifstream in(o.card_path);
-    pre = Preprocessing::from_json(nlohmann::json::parse(in).at("preprocessing"));
+    card = json::parse(in);
   } catch (const std::exception& e) {
     spdlog::error("card {}: {}", o.card_path, e.what());
+    return kExitUsage;
+  }
+  const bool classifier = card.contains("roi");
+  if (o.synth_dirs.empty() && o.run_dir.empty()) {
+    spdlog::error("prepare needs --synth folders or a --run folder");
+    return kExitUsage;
+  }
+  if (!o.run_dir.empty() && !classifier) {
+    spdlog::error("--run makes classifier ROIs: the card needs a roi block");
     return kExitUsage;
   }
   const fs::path out(o.output_dir);
   std::error_code ec;
   fs::create_directories(out, ec);
-  std::string csv = csv_line({"case_id", "file", "source", "foreground_voxels"});
-  int failed = 0, done = 0;
-  for (const std::string& dir : o.synth_dirs) {
-    std::vector<fs::path> cases;
-    for (const auto& e : fs::directory_iterator(dir))
-      if (fs::exists(e.path() / "ct.nii.gz") && fs::exists(e.path() / "mask.nii.gz")) cases.push_back(e.path());
-    std::sort(cases.begin(), cases.end());
-    for (const fs::path& c : cases) {
-      const std::string id = fs::path(dir).lexically_normal().filename().string() + "_" + c.filename().string();
-      try {
-        const LoadedVolume ct = read_volume(c / "ct.nii.gz");
-        const ImageFileContents mask = read_image_file(c / "mask.nii.gz");
-        if (!mask.volume.geometry.same_grid(ct.volume.geometry, 1e-3)) throw IoError("mask and CT grids differ");
-        const CanonicalVolume canonical = to_canonical(ct.volume);
-        Geometry model_grid;
-        const torch::Tensor image = prepare_network_input(canonical.volume, pre, &model_grid);
-        const torch::Tensor label = prepare_network_label(to_canonical(mask.volume.voxels, canonical.map),
-                                                          canonical.volume.geometry, model_grid);
-        SafetensorsFile file;
-        file.tensors["image"] = image;
-        file.tensors["label"] = label;
-        file.metadata["case_id"] = id;
-        file.metadata["source"] = c.string();
-        file.metadata["preprocessing"] = pre.to_json().dump();
-        file.metadata["hemexp_version"] = kVersion;
-        write_safetensors(out / (id + ".safetensors"), file);
-        csv += csv_line({id, id + ".safetensors", c.string(), std::to_string(label.sum().item<int64_t>())});
-        ++done;
-        spdlog::info("[{}] {}: {}x{}x{}", done, id, image.size(3), image.size(2), image.size(1));
-      } catch (const std::exception& e) {
-        ++failed;
-        spdlog::error("{}: {}", c.string(), e.what());
-      }
-    }
+  try {
+    const std::vector<PrepareCase> cases =
+        o.run_dir.empty() ? synth_cases(o.synth_dirs) : run_cases_with_labels(o.run_dir, o.labels_csv);
+    if (classifier) return export_rois(cases, RoiRecipe::from_json(card.at("roi")), out);
+    return export_segmentation(cases, Preprocessing::from_json(card.at("preprocessing")), out);
+  } catch (const std::exception& e) {
+    spdlog::error("card {}: {}", o.card_path, e.what());
+    return kExitUsage;
   }
-  write_text_atomically(out / "cases.csv", csv);
-  return failed ? kExitCaseFailed : (done ? kExitOk : kExitUsage);
 }
 
 }  // namespace hemexp

@@ -85,6 +85,20 @@ int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
       return kExitSetup;
     }
   }
+  std::vector<std::string> looked_cls;
+  // The classifier scores the segmenter's masks: without a segmenter there is nothing to score.
+  const std::optional<fs::path> cls_path =
+      o.cls_model == "none" || !pipeline.segmenter ? std::nullopt
+      : o.cls_model.empty()                         ? default_model("hemexp-cls.safetensors", looked_cls)
+                                                    : std::optional<fs::path>(o.cls_model);
+  if (cls_path) {
+    try {
+      pipeline.classifier = Classifier::load(*cls_path, device);
+    } catch (const std::exception& e) {
+      spdlog::error("expansion classifier {}: {}", cls_path->string(), e.what());
+      return kExitSetup;
+    }
+  }
 
   spdlog::logger& log = cohort.open_log();
   log.info("device {}, {} threads, {} of {} cases in this shard ({}/{})", o.device, threads, cohort.cases().size(),
@@ -98,6 +112,16 @@ int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
   } else {
     log.warn("no segmentation model (none given with --seg-model; looked in {}): masks stay empty",
              looked.empty() ? std::string("-") : looked.front() + (looked.size() > 1 ? " and others" : ""));
+  }
+
+  if (pipeline.classifier) {
+    const ModelFile& m = pipeline.classifier->file();
+    const ClassifierRecipe& r = pipeline.classifier->recipe();
+    log.info("expansion classifier {} ({}), sha256 {}; threshold {}, calibration {}; research use only",
+             m.path.string(), m.name().empty() ? "unnamed" : m.name(), m.sha256, r.threshold, r.calibration_method);
+  } else if (pipeline.segmenter && o.cls_model != "none") {
+    log.warn("no expansion classifier (none given with --cls-model; looked in {}): he_probability stays blank",
+             looked_cls.empty() ? std::string("-") : looked_cls.front() + (looked_cls.size() > 1 ? " and others" : ""));
   }
 
   json models = json::object();

@@ -7,6 +7,7 @@
 #include "hemexp/core/measurements.hpp"
 #include "hemexp/core/metrics.hpp"
 #include "hemexp/core/statistics.hpp"
+#include "hemexp/core/text.hpp"
 
 namespace hemexp {
 
@@ -54,16 +55,52 @@ void measure_density(const torch::Tensor& values, NcctMarkers& r) {
 }  // namespace
 
 nlohmann::json NcctMarkers::to_json() const {
-  // nlohmann writes NaN as null.
+  // NaN (not measurable) is an explicit null, in memory as in the file.
+  const auto number = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); };
   return {{"voxels", voxels},
           {"interior_voxels", interior_voxels},
-          {"hypodense_fraction", hypodense_fraction},
-          {"hu_sd", hu_sd},
-          {"hu_cv", hu_cv},
-          {"bimodality_coefficient", bimodality_coefficient},
+          {"hypodense_fraction", number(hypodense_fraction)},
+          {"hu_sd", number(hu_sd)},
+          {"hu_cv", number(hu_cv)},
+          {"bimodality_coefficient", number(bimodality_coefficient)},
           {"satellite_count", satellite_count},
-          {"satellite_volume_ml", satellite_volume_ml},
-          {"surface_ratio", surface_ratio}};
+          {"satellite_volume_ml", number(satellite_volume_ml)},
+          {"surface_ratio", number(surface_ratio)}};
+}
+
+NcctMarkers NcctMarkers::from_json(const nlohmann::json& j) {
+  const auto number = [&j](const char* key) {
+    const nlohmann::json& v = j.at(key);
+    return v.is_null() ? kNaN : v.get<double>();
+  };
+  NcctMarkers m;
+  m.voxels = j.at("voxels").get<int64_t>();
+  m.interior_voxels = j.at("interior_voxels").get<int64_t>();
+  m.hypodense_fraction = number("hypodense_fraction");
+  m.hu_sd = number("hu_sd");
+  m.hu_cv = number("hu_cv");
+  m.bimodality_coefficient = number("bimodality_coefficient");
+  m.satellite_count = j.at("satellite_count").get<int64_t>();
+  m.satellite_volume_ml = number("satellite_volume_ml");
+  m.surface_ratio = number("surface_ratio");
+  return m;
+}
+
+const std::vector<std::string>& NcctMarkers::names() {
+  static const std::vector<std::string> n{"hypodense_fraction", "hu_sd",           "hu_cv",        "bimodality_coefficient",
+                                          "satellite_count",    "satellite_volume_ml", "surface_ratio"};
+  return n;
+}
+
+std::map<std::string, std::string> NcctMarkers::csv_fields() const {
+  const auto f = [](double v, int decimals) { return std::isfinite(v) ? format_number(v, decimals) : std::string(); };
+  return {{"hypodense_fraction", f(hypodense_fraction, 4)},
+          {"hu_sd", f(hu_sd, 2)},
+          {"hu_cv", f(hu_cv, 4)},
+          {"bimodality_coefficient", f(bimodality_coefficient, 4)},
+          {"satellite_count", std::to_string(satellite_count)},
+          {"satellite_volume_ml", f(satellite_volume_ml, 4)},
+          {"surface_ratio", f(surface_ratio, 4)}};
 }
 
 NcctMarkers measure_markers(const torch::Tensor& mask, const torch::Tensor& hu, const Geometry& g) {

@@ -172,4 +172,82 @@ double expected_calibration_error(const std::vector<double>& p, const std::vecto
   return ece;
 }
 
+std::array<double, 2> roc_auc_ci95(const std::vector<double>& scores, const std::vector<int>& labels, int resamples,
+                                   uint64_t seed) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  if (std::isnan(roc_auc(scores, labels)) || resamples < 1) return {nan, nan};
+  // SplitMix64: a small generator of our own, the same numbers on every platform.
+  uint64_t state = seed;
+  auto next = [&state] {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+  };
+  const size_t n = scores.size();
+  std::vector<double> aucs, s(n);
+  std::vector<int> y(n);
+  aucs.reserve(size_t(resamples));
+  for (int r = 0; r < resamples;) {
+    for (size_t i = 0; i < n; ++i) {
+      const size_t k = size_t(next() % n);
+      s[i] = scores[k], y[i] = labels[k];
+    }
+    const double auc = roc_auc(s, y);
+    if (std::isnan(auc)) continue;  // a resample with one class only: draw again
+    aucs.push_back(auc);
+    ++r;
+  }
+  return {percentile(aucs, 0.025), percentile(aucs, 0.975)};
+}
+
+CalibrationFit calibration_fit(const std::vector<double>& p, const std::vector<int>& y) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  if (p.size() != y.size()) throw CoreError("calibration: probabilities and labels differ in length");
+  if (std::isnan(roc_auc(p, y))) return {nan, nan};
+  std::vector<double> x(p.size());
+  for (size_t i = 0; i < p.size(); ++i) {
+    const double q = std::clamp(p[i], 1e-6, 1.0 - 1e-6);
+    x[i] = std::log(q / (1 - q));
+  }
+  // Newton-Raphson on (slope a, intercept b) of P(y=1) = sigmoid(a x + b).
+  double a = 1.0, b = 0.0;
+  for (int iter = 0; iter < 100; ++iter) {
+    double ga = 0, gb = 0, haa = 0, hab = 0, hbb = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double m = 1.0 / (1.0 + std::exp(-(a * x[i] + b)));
+      const double w = m * (1 - m), r = double(y[i]) - m;
+      ga += r * x[i], gb += r;
+      haa += w * x[i] * x[i], hab += w * x[i], hbb += w;
+    }
+    const double det = haa * hbb - hab * hab;
+    if (!(std::abs(det) > 1e-12)) break;  // separable or degenerate: keep the last estimate
+    const double da = (hbb * ga - hab * gb) / det, db = (haa * gb - hab * ga) / det;
+    a += da, b += db;
+    if (std::abs(da) < 1e-10 && std::abs(db) < 1e-10) break;
+  }
+  return {a, b};
+}
+
+namespace {
+double ratio(int64_t a, int64_t b) { return b > 0 ? double(a) / double(b) : std::numeric_limits<double>::quiet_NaN(); }
+}  // namespace
+
+double BinaryMetrics::accuracy() const { return ratio(tp + tn, tp + tn + fp + fn); }
+double BinaryMetrics::sensitivity() const { return ratio(tp, tp + fn); }
+double BinaryMetrics::specificity() const { return ratio(tn, tn + fp); }
+double BinaryMetrics::ppv() const { return ratio(tp, tp + fp); }
+double BinaryMetrics::npv() const { return ratio(tn, tn + fn); }
+
+BinaryMetrics binary_metrics(const std::vector<double>& p, const std::vector<int>& y, double threshold) {
+  if (p.size() != y.size()) throw CoreError("binary metrics: probabilities and labels differ in length");
+  BinaryMetrics m;
+  for (size_t i = 0; i < p.size(); ++i) {
+    const bool called = p[i] >= threshold;
+    if (y[i]) (called ? m.tp : m.fn)++;
+    else (called ? m.fp : m.tn)++;
+  }
+  return m;
+}
+
 }  // namespace hemexp

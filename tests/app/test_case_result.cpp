@@ -55,8 +55,21 @@ CaseResult full_dicom_result() {
   h.sphericity = 0.71;
   h.touches_border = true;
   r.hematoma = h;
+  NcctMarkers m;
+  m.voxels = 12345;
+  m.interior_voxels = 9000;
+  m.hypodense_fraction = 0.125;
+  m.hu_sd = 11.5;
+  m.hu_cv = 0.19;
+  m.bimodality_coefficient = NcctMarkers::kNaN;  // written as null, read back as NaN
+  m.satellite_count = 2;
+  m.satellite_volume_ml = 0.75;
+  m.surface_ratio = 1.31;
+  r.markers = m;
   ExpansionRisk he;
   he.probability = 0.23456;
+  he.logit = -0.5;
+  he.roi_mask_fraction_inside = 1.0;
   he.risk = "intermediate";
   he.threshold = 0.3;
   he.calibrated = true;
@@ -79,6 +92,7 @@ TEST(CaseResult, JsonRoundTripIsExact) {
   EXPECT_EQ(j["hematoma"]["voxels"], 12345);
   EXPECT_EQ(j["he"]["probability"], 0.23456);
   EXPECT_FALSE(j.contains("error"));
+  EXPECT_TRUE(j["markers"]["bimodality_coefficient"].is_null());
 
   // A case that failed before it was analysed keeps its path and what it learnt.
   CaseResult failed;
@@ -122,6 +136,9 @@ TEST(CaseResult, CsvRowFromTheTypedValue) {
   EXPECT_EQ(row.at("seg_model_sha256"), "beef");
   EXPECT_EQ(row.at("cls_model_sha256"), "cafe");
   EXPECT_EQ(row.at("seconds"), "4.57");
+  EXPECT_EQ(row.at("hypodense_fraction"), "0.1250");
+  EXPECT_EQ(row.at("bimodality_coefficient"), "");  // NaN: not measurable
+  EXPECT_EQ(row.at("satellite_count"), "2");
   for (const auto& [column, value] : row)
     EXPECT_NE(std::find(CaseResult::csv_columns().begin(), CaseResult::csv_columns().end(), column),
               CaseResult::csv_columns().end())

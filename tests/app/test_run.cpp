@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -218,6 +219,26 @@ fs::path write_random_model(const fs::path& where) {
   return where;
 }
 
+// The parity ViT with a classifier recipe (random weights: the numbers mean nothing).
+fs::path write_classifier_model(const fs::path& where, double min_volume_ml) {
+  SafetensorsFile file = read_safetensors(kData / "parity/vit.safetensors");
+  json card = json::parse(file.metadata.at(kModelCardKey));
+  card["name"] = "random-weights-test-classifier";
+  card["roi"] = {{"size", {6, 20, 12}},
+                 {"spacing_mm", {3.0, 3.0, 5.0}},
+                 {"channels", {{{"name", "brain"}, {"window_hu", {0, 80}}},
+                               {{"name", "blood"}, {"window_hu", {40, 90}}},
+                               {{"name", "mask"}}}},
+                 {"centre", "mask_centroid"}};
+  card["min_volume_ml"] = min_volume_ml;
+  card["calibration"] = {{"method", "platt"}, {"slope", 1.5}, {"intercept", -0.5}};
+  card["decision"] = {{"threshold", 0.3}};
+  card["risk_categories"] = {{{"name", "low"}, {"below", 0.1}}, {{"name", "intermediate"}, {"below", 0.3}}, {{"name", "high"}}};
+  file.metadata[kModelCardKey] = card.dump();
+  write_safetensors(where, file);
+  return where;
+}
+
 TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
   // Small synthetic heads (a brain inside a skull, 128 x 128 in-plane) keep this test quick: one
   // on its own grid, one on an oblique, RAS-flipped grid.
@@ -233,6 +254,7 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
   RunOptions o = options_;
   o.inputs = {(root_ / "in/head.nii.gz").string(), (root_ / "in/nifti ct.nii.gz").string()};
   o.seg_model = write_random_model(root_ / "model.safetensors").string();
+  o.cls_model = write_classifier_model(root_ / "classifier.safetensors", 0.0).string();
   o.save_probabilities = true;
   ASSERT_EQ(run(o), kExitOk);
   const fs::path out = root_ / "out";
@@ -255,6 +277,24 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
     EXPECT_NEAR(r["hematoma"]["volume_ml"].get<double>(), double(voxels) * mask.volume.geometry.voxel_volume_mm3() / 1000.0, 1e-9);
   }
   EXPECT_EQ(csv.at(0, "seg_model_sha256"), sha);
+  // The expansion risk of each segmented hematoma, with its markers.
+  const std::string cls_sha = sha256_file(root_ / "classifier.safetensors");
+  for (size_t row = 0; row < 2; ++row) {
+    const json r = json::parse(slurp(out / "cases" / csv.at(row, "case_id") / "result.json"));
+    const double p = r["he"]["probability"].get<double>(), logit = r["he"]["logit"].get<double>();
+    EXPECT_DOUBLE_EQ(p, 1.0 / (1.0 + std::exp(-(1.5 * logit - 0.5))));
+    EXPECT_EQ(r["he"]["risk"], p < 0.1 ? "low" : p < 0.3 ? "intermediate" : "high");
+    EXPECT_EQ(r["he"]["threshold"], 0.3);
+    EXPECT_EQ(r["he"]["calibrated"], true);
+    EXPECT_EQ(r["he"]["model"]["sha256"], cls_sha);
+    EXPECT_EQ(r["models"]["classification"]["sha256"], cls_sha);
+    EXPECT_TRUE(r["timings_s"].contains("classify"));
+    EXPECT_EQ(csv.at(row, "he_probability"), format_number(p, 4));
+    EXPECT_EQ(csv.at(row, "he_risk"), r["he"]["risk"]);
+    EXPECT_EQ(csv.at(row, "cls_model_sha256"), cls_sha);
+    EXPECT_EQ(r["markers"]["voxels"], r["hematoma"]["voxels"]);
+    EXPECT_EQ(csv.at(row, "satellite_count"), std::to_string(r["markers"]["satellite_count"].get<int64_t>()));
+  }
   EXPECT_EQ(csv.at(0, "hematoma_volume_ml"),
             format_number(json::parse(slurp(out / "cases/head/result.json"))["hematoma"]["volume_ml"].get<double>(), 3));
   EXPECT_EQ(json::parse(slurp(out / "run.json"))["models"]["segmentation"]["sha256"], sha);
@@ -264,6 +304,16 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
   o.overwrite = true;
   ASSERT_EQ(run(o), kExitOk);
   EXPECT_EQ(slurp(out / "cases/head/mask.nii.gz"), first);
+
+  // A hematoma below the classifier's minimum gets no probability, and says why.
+  o.cls_model = write_classifier_model(root_ / "classifier-big.safetensors", 1e6).string();
+  ASSERT_EQ(run(o), kExitOk);
+  const json small = json::parse(slurp(out / "cases/head/result.json"));
+  EXPECT_TRUE(small["he"]["probability"].is_null());
+  EXPECT_NE(small["he"]["reason"].get<std::string>().find("below the classifier's minimum of 1000000.00 mL"),
+            std::string::npos) << small["he"];
+  EXPECT_EQ(read_results(out / "results.csv").at(0, "he_probability"), "");
+  o.cls_model = "none";
 
   // A broken model file is a setup error: nothing is processed.
   std::ofstream(root_ / "broken.safetensors") << "not a model";

@@ -87,3 +87,53 @@ TEST(Metrics, AucBrierAndCalibration) {
 
 }  // namespace
 }  // namespace hemexp
+
+namespace hemexp {
+namespace {
+
+TEST(ClassificationMetrics, BootstrapCiCalibrationFitAndConfusion) {
+  // Probabilities that are exactly calibrated in expectation: labels drawn from them.
+  std::vector<double> p;
+  std::vector<int> y;
+  uint64_t s = 12345;
+  auto uniform = [&s] {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return double(s >> 11) / double(1ULL << 53);
+  };
+  for (int i = 0; i < 4000; ++i) {
+    const double logit = 3.0 * (uniform() - 0.5) * 2.0;
+    const double truth = 1.0 / (1.0 + std::exp(-logit));
+    y.push_back(uniform() < truth);
+    p.push_back(truth);
+  }
+  const CalibrationFit fit = calibration_fit(p, y);
+  EXPECT_NEAR(fit.slope, 1.0, 0.1);
+  EXPECT_NEAR(fit.intercept, 0.0, 0.1);
+  // Overconfident probabilities (logit doubled) have slope about 1/2.
+  std::vector<double> over;
+  for (double q : p) over.push_back(1.0 / (1.0 + std::exp(-2.0 * std::log(q / (1 - q)))));
+  EXPECT_NEAR(calibration_fit(over, y).slope, 0.5, 0.06);
+
+  const double auc = roc_auc(p, y);
+  const auto ci = roc_auc_ci95(p, y, 500, 7);
+  EXPECT_LT(ci[0], auc);
+  EXPECT_GT(ci[1], auc);
+  EXPECT_LT(ci[1] - ci[0], 0.06);
+  EXPECT_EQ(roc_auc_ci95(p, y, 500, 7), ci);  // reproducible
+  EXPECT_TRUE(std::isnan(roc_auc_ci95({0.1, 0.2}, {1, 1})[0]));
+
+  const BinaryMetrics b = binary_metrics({0.9, 0.8, 0.4, 0.2, 0.1}, {1, 0, 1, 0, 0}, 0.5);
+  EXPECT_EQ(b.tp, 1);
+  EXPECT_EQ(b.fp, 1);
+  EXPECT_EQ(b.fn, 1);
+  EXPECT_EQ(b.tn, 2);
+  EXPECT_DOUBLE_EQ(b.accuracy(), 0.6);
+  EXPECT_DOUBLE_EQ(b.sensitivity(), 0.5);
+  EXPECT_DOUBLE_EQ(b.specificity(), 2.0 / 3.0);
+  EXPECT_DOUBLE_EQ(b.ppv(), 0.5);
+  EXPECT_DOUBLE_EQ(b.npv(), 2.0 / 3.0);
+  EXPECT_TRUE(std::isnan(binary_metrics({0.1}, {0}, 0.5).ppv()));  // nothing called positive
+}
+
+}  // namespace
+}  // namespace hemexp

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hemexp/app/case_result.hpp"
+#include "hemexp/core/classifier.hpp"
 #include "hemexp/core/orientation.hpp"
 #include "hemexp/core/segmenter.hpp"
 #include "hemexp/io/inputs.hpp"
@@ -22,7 +23,8 @@ namespace hemexp {
 // What the analysis of every case needs, loaded once per run and shared read-only.
 struct CasePipeline {
   ReadOptions read;
-  std::optional<Segmenter> segmenter;  // none: masks stay empty (--seg-model none)
+  std::optional<Segmenter> segmenter;    // none: masks stay empty (--seg-model none)
+  std::optional<Classifier> classifier;  // none: he_probability stays blank (--cls-model none)
   bool save_probabilities = false;
   bool qc = true;
 
@@ -38,13 +40,19 @@ LoadedVolume read_case(const CaseInput& input, const CasePipeline& pipeline, Cas
                        spdlog::logger& log);
 
 // 2. Analysis of a loaded volume, no files: canonical orientation, brain check, segmentation,
-//    measurements. Throws (CoreError) for a scan that is not a head CT with a brain.
+//    measurements and NCCT markers, expansion risk. Throws (CoreError) for a scan that is not a
+//    head CT with a brain.
 struct CaseAnalysis {
   CanonicalVolume canonical;
   torch::Tensor canonical_mask;  // uint8 (z,y,x), canonical grid
   torch::Tensor mask;            // uint8 (z,y,x), the input grid
   torch::Tensor probability;     // float32 (z,y,x), the input grid; only with save_probabilities
 };
+// The `he` block for an analysed case: the classifier's calibrated probability and risk, or
+// no probability with the reason (no hematoma, or one below the card's min_volume_ml).
+ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& analysis,
+                             const HematomaMeasurements& hematoma);
+
 CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, CaseResult& result,
                             spdlog::logger& log);
 

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hemexp/core/intracranial.hpp"
+#include "hemexp/core/markers.hpp"
 #include "hemexp/core/measurements.hpp"
 #include "hemexp/io/reader.hpp"
 
@@ -23,7 +24,9 @@ InputInfo input_from_json(const nlohmann::json& j);
 // The expansion-risk block of a case (`he` in result.json), filled by the classifier.
 struct ExpansionRisk {
   std::optional<double> probability;  // absent, with a reason, when there is nothing to score
+  std::optional<double> logit;        // the network's output before calibration
   std::string risk;                   // the card's category: low, intermediate, high
+  std::optional<double> roi_mask_fraction_inside;  // share of the hematoma inside the ROI
   double threshold = 0.0;             // the card's decision threshold on the probability
   bool calibrated = false;
   std::string reason;                 // why the probability is absent
@@ -46,6 +49,7 @@ struct CaseResult {
   std::vector<std::string> qc_flags;
   std::optional<IntracranialContent> intracranial;
   std::optional<HematomaMeasurements> hematoma;
+  std::optional<NcctMarkers> markers;
   std::optional<ExpansionRisk> he;
   std::string corrected_ct;                     // file name of the corrected CT, when written
   std::map<std::string, double> timings_s;      // per stage

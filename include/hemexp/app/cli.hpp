@@ -34,6 +34,7 @@ struct RunOptions {
   int shard_count = 1;
   std::string series_uid;
   std::string seg_model;            // empty: the default model, if one is installed; "none": none
+  std::string cls_model;            // the same for the expansion classifier
   bool save_probabilities = false;  // also write the foreground probability map
   bool qc = true;                   // write cases/<id>/qc.png
   std::string log_level = "info";

@@ -2,6 +2,9 @@
 
 #include <cstdint>
 #include <limits>
+#include <map>
+#include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -44,8 +47,13 @@ struct NcctMarkers {
   //   1 for a ball, larger for lobulated or elongated clots.
   double surface_ratio = kNaN;
 
-  // NaN is written as null.
+  // NaN is written as null; from_json reads null back as NaN.
   nlohmann::json to_json() const;
+  static NcctMarkers from_json(const nlohmann::json& j);
+  // The markers' names, as columns of results.csv and of `hemexp prepare`'s cases.csv.
+  static const std::vector<std::string>& names();
+  // name -> value with a fixed number of decimals, locale-free; NaN is an empty field.
+  std::map<std::string, std::string> csv_fields() const;
 };
 
 // mask: nonzero = hematoma, hu: HU, both (z, y, x) on grid g. An empty mask gives voxels 0,

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <array>
+#include <cstdint>
 #include <vector>
 
 #include "hemexp/core/geometry.hpp"
@@ -35,5 +37,30 @@ double roc_auc(const std::vector<double>& scores, const std::vector<int>& labels
 double brier_score(const std::vector<double>& probabilities, const std::vector<int>& labels);
 double expected_calibration_error(const std::vector<double>& probabilities, const std::vector<int>& labels,
                                   int bins = 10);
+
+// Bootstrap percentile confidence interval of the AUC: `resamples` resamples of the cases
+// with replacement (a fixed-seed generator of our own, so reports are reproducible);
+// resamples that lack a class are drawn again. {NaN, NaN} without both classes.
+std::array<double, 2> roc_auc_ci95(const std::vector<double>& scores, const std::vector<int>& labels,
+                                   int resamples = 2000, uint64_t seed = 1);
+
+// Calibration slope and intercept: the logistic regression of the label on logit(p)
+// (Newton's method; p clipped to [1e-6, 1 - 1e-6]). A calibrated model has slope 1 and
+// intercept 0; slope < 1 means overconfident. {NaN, NaN} without both classes.
+struct CalibrationFit {
+  double slope = 0.0, intercept = 0.0;
+};
+CalibrationFit calibration_fit(const std::vector<double>& probabilities, const std::vector<int>& labels);
+
+// The confusion counts and rates of `probability >= threshold` as the expansion call.
+struct BinaryMetrics {
+  int64_t tp = 0, fp = 0, tn = 0, fn = 0;
+  double accuracy() const;
+  double sensitivity() const;  // NaN without positives
+  double specificity() const;  // NaN without negatives
+  double ppv() const;          // NaN when nothing is called positive
+  double npv() const;
+};
+BinaryMetrics binary_metrics(const std::vector<double>& probabilities, const std::vector<int>& labels, double threshold);
 
 }  // namespace hemexp

@@ -1,0 +1,326 @@
+"""The expansion classifiers' ablation table on a held-out synthetic cohort, next to a
+transparent marker baseline and the generator's oracles, plus how well each measured NCCT
+marker recovers the generator's true marker.
+
+    /usr/bin/python3 scripts/classifier_report.py --truth SYNTHDIR \
+        [--test-run RUN_OUTDIR] [--test-run-name NAME] [--model NAME=RUN_OUTDIR ...] \
+        [--baseline-train DIR [DIR...]] [--bootstrap 2000] [--seed 1] \
+        [--markdown REPORT.md] [--json REPORT.json]
+
+--test-run / --model: `hemexp run` output folders over the cohort of --truth (a `hemexp synth`
+folder), one per classifier (e.g. 1:4, 1:2, 1:1). A run case is matched to its truth by the
+parent folder name of result.json's input.path (SYNTHDIR/<case_id>/ct.nii.gz). The measured
+markers and volumes (for the baseline and the marker table) come from --test-run, or from the
+first --model when there is no --test-run.
+
+Rows of the first table:
+- each classifier: result.json he.probability, predicted expansion when p >= he.threshold (its
+  card's Youden threshold from its validation cohort); a null probability (no hematoma, too
+  small) or a failed case counts as missing;
+- "marker baseline": logistic regression on the measured markers + log(volume_ml), fitted on
+  the cases.csv of --baseline-train (prepared cohorts: their markers are measured the same way),
+  features standardised, missing values imputed with the training median, L2 1e-3, threshold
+  by Youden's J on its own training data;
+- "oracle" and "observable oracle": the generator's he_probability and
+  he_observable_probability (the best any image can do); their threshold is Youden's J on this
+  test cohort itself (optimistic, marked so).
+Every row: n, missing, prevalence, AUC with a percentile bootstrap 95% CI (same resampling seed
+for every row), accuracy, sensitivity, specificity, PPV, NPV at the threshold, Brier, ECE (10
+bins), calibration slope and intercept (logistic regression of the label on logit(p)).
+The cohort is every truth case matched by at least one run; each row's missing = cohort - n.
+"""
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_classifier import (binary_metrics, bootstrap_auc_ci, brier_score, calibration_slope_intercept,  # noqa: E402
+                              expected_calibration_error, fit_logistic, parse_float, read_cases_csv, roc_auc,
+                              rounded, sigmoid, youden_threshold)
+
+MARKERS = ["hypodense_fraction", "hu_sd", "hu_cv", "bimodality_coefficient", "satellite_count",
+           "satellite_volume_ml", "surface_ratio", "mean_hu"]
+BASELINE_FEATURES = MARKERS + ["log_volume_ml"]
+TRUE_MARKERS = ["heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin", "hypodensity"]
+MARKER_PAIRS = [("hypodense_fraction", "hypodensity"), ("hypodense_fraction", "black_hole"),
+                ("bimodality_coefficient", "blend"), ("hu_sd", "heterogeneity"), ("hu_cv", "heterogeneity"),
+                ("satellite_count", "island"), ("surface_ratio", "irregular_margin")]
+
+
+def read_truth(folder):
+    path = os.path.join(folder, "labels.csv")
+    if not os.path.exists(path):
+        raise SystemExit(f"{folder}: no labels.csv (is it a folder written by `hemexp synth`?)")
+    with open(path, newline="") as f:
+        return {r["case_id"]: r for r in csv.DictReader(f)}
+
+
+def number(value):
+    if value is None:
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def read_run(folder, truth):
+    """truth case_id -> what the run says about it: status, probability, threshold, markers, volume."""
+    files = sorted(glob.glob(os.path.join(folder, "cases", "*", "result.json")))
+    if not files:
+        raise SystemExit(f"{folder}: no cases/*/result.json (is it a `hemexp run` output folder?)")
+    cases, unmatched = {}, []
+    for path in files:
+        with open(path) as f:
+            r = json.load(f)
+        input_path = (r.get("input") or {}).get("path", "")
+        truth_id = os.path.basename(os.path.dirname(os.path.normpath(input_path)))
+        if truth_id not in truth:
+            unmatched.append(r.get("case_id"))
+            continue
+        he = r.get("he") or {}
+        hematoma = r.get("hematoma") or {}
+        markers = r.get("markers") or {}
+        ok = r.get("status") in ("ok", "skipped")
+        values = {m: number(markers.get(m, hematoma.get(m))) for m in MARKERS}
+        values["volume_ml"] = number(hematoma.get("volume_ml"))
+        cases[truth_id] = {"ok": ok, "probability": number(he.get("probability")) if ok else float("nan"),
+                           "threshold": number(he.get("threshold")), "markers": values if ok else
+                           {k: float("nan") for k in values}}
+    return cases, unmatched
+
+
+def feature_matrix(rows):
+    """rows: dicts with the MARKERS and volume_ml -> (n, len(BASELINE_FEATURES)) with NaN for missing."""
+    x = np.full((len(rows), len(BASELINE_FEATURES)), np.nan)
+    for i, r in enumerate(rows):
+        for j, m in enumerate(MARKERS):
+            x[i, j] = r[m]
+        v = r["volume_ml"]
+        x[i, -1] = math.log(v) if v > 0 else np.nan
+    return x
+
+
+class MarkerBaseline:
+    """Standardised logistic regression on the measured markers + log(volume)."""
+
+    def __init__(self, folders):
+        rows, labels = [], []
+        for folder in folders:
+            for r in read_cases_csv(folder):
+                v = parse_float(r.get("volume_ml"))
+                if not v > 0:
+                    continue
+                rows.append({**{m: parse_float(r.get(m)) for m in MARKERS}, "volume_ml": v})
+                labels.append(int(r["he_label"]))
+        x = feature_matrix(rows)
+        y = np.asarray(labels)
+        if len(y) == 0 or y.min() == y.max():
+            raise SystemExit("--baseline-train: needs cases of both classes with a volume")
+        self.median = np.array([np.nanmedian(c) if np.isfinite(c).any() else 0.0 for c in x.T])
+        x = self.impute(x)
+        self.mean, self.sd = x.mean(0), x.std(0)
+        self.sd[self.sd == 0] = 1.0
+        self.w, self.b = fit_logistic((x - self.mean) / self.sd, y, l2=1e-3)
+        p_train = self.predict_imputed(x)
+        self.threshold = youden_threshold(p_train, y)["threshold"]
+        self.n_train, self.prevalence = len(y), float(y.mean())
+        self.train_auc = roc_auc(p_train, y)
+
+    def impute(self, x):
+        x = x.copy()
+        bad = ~np.isfinite(x)
+        x[bad] = np.broadcast_to(self.median, x.shape)[bad]
+        return x
+
+    def predict_imputed(self, x):
+        return sigmoid(((x - self.mean) / self.sd) @ self.w + self.b)
+
+    def predict(self, rows):
+        """Probabilities; NaN where there is no hematoma volume (nothing to score)."""
+        x = feature_matrix(rows)
+        p = self.predict_imputed(self.impute(x))
+        p[~np.isfinite(x[:, -1])] = np.nan
+        return p
+
+    def describe(self):
+        return {"features": BASELINE_FEATURES, "n_train": self.n_train, "train_prevalence": self.prevalence,
+                "train_auc": self.train_auc, "threshold": self.threshold,
+                "coefficients_standardised": dict(zip(BASELINE_FEATURES, self.w.tolist())), "intercept": self.b,
+                "median": dict(zip(BASELINE_FEATURES, self.median.tolist())),
+                "mean": dict(zip(BASELINE_FEATURES, self.mean.tolist())),
+                "sd": dict(zip(BASELINE_FEATURES, self.sd.tolist()))}
+
+
+def evaluate(name, ids, p, y, threshold, threshold_from, resamples, seed):
+    """A row of the first table over the cohort ids: p NaN = missing; threshold scalar or per case."""
+    p = np.asarray(p, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), p.shape)
+    have = np.isfinite(p) & np.isfinite(thr)
+    p, y, thr = p[have], y[have], thr[have]
+    auc = roc_auc(p, y)
+    lo, hi = bootstrap_auc_ci(p, y, resamples, seed)
+    slope, intercept = calibration_slope_intercept(p, y)
+    distinct = np.unique(thr)
+    row = {"name": name, "n": int(have.sum()), "missing": int((~have).sum()),
+           "prevalence": float(y.mean()) if len(y) else float("nan"), "auc": auc, "auc_ci95": [lo, hi],
+           "threshold": float(distinct[0]) if len(distinct) == 1 else "varies per case",
+           "threshold_from": threshold_from}
+    row.update(binary_metrics(p, y, thr))
+    row.update({"brier": brier_score(p, y), "ece": expected_calibration_error(p, y, 10),
+                "calibration_slope": slope, "calibration_intercept": intercept,
+                "missing_case_ids": [i for i, h in zip(ids, have) if not h][:50]})
+    return row
+
+
+def fmt(x, digits=3):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    if isinstance(x, str):
+        return x
+    return f"{x:.{digits}f}"
+
+
+def markdown(report):
+    out = [f"# Expansion classifiers on {report['truth']}", "",
+           f"Cohort: {report['cohort']['n']} synthetic cases matched by the runs "
+           f"({report['cohort']['labels_csv']} in labels.csv, {report['cohort']['unmatched_truth']} unmatched), "
+           f"prevalence {fmt(report['cohort']['prevalence'])}. AUC 95% CI: percentile bootstrap, "
+           f"{report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}.", "",
+           "| model | n | missing | prevalence | AUC [95% CI] | threshold | accuracy | sensitivity | specificity "
+           "| PPV | NPV | Brier | ECE | cal. slope | cal. intercept |",
+           "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["models"]:
+        thr = fmt(r["threshold"]) + ("*" if r["threshold_from"].startswith("Youden on this") else "")
+        out.append(f"| {r['name']} | {r['n']} | {r['missing']} | {fmt(r['prevalence'])} | {fmt(r['auc'])} "
+                   f"[{fmt(r['auc_ci95'][0])}, {fmt(r['auc_ci95'][1])}] | {thr} | {fmt(r['accuracy'])} "
+                   f"| {fmt(r['sensitivity'])} | {fmt(r['specificity'])} | {fmt(r['ppv'])} | {fmt(r['npv'])} "
+                   f"| {fmt(r['brier'])} | {fmt(r['ece'])} | {fmt(r['calibration_slope'], 2)} "
+                   f"| {fmt(r['calibration_intercept'], 2)} |")
+    out += ["", "Thresholds: classifiers from their cards (Youden's J on their validation cohorts); the marker "
+            "baseline by Youden's J on its training data; * Youden's J on this test cohort itself (optimistic).", ""]
+    if report.get("markers"):
+        out += [f"## Measured markers against the generator's true markers ({report['markers']['run']})", "",
+                "| measured marker | true marker | n | true positives | AUC [95% CI] |", "|---|---|---:|---:|---|"]
+        for r in report["markers"]["pairs"]:
+            out.append(f"| {r['measured']} | {r['true']} | {r['n']} | {r['n_true']} | {fmt(r['auc'])} "
+                       f"[{fmt(r['auc_ci95'][0])}, {fmt(r['auc_ci95'][1])}] |")
+        out += ["", "AUC < 0.5: the measured marker runs against the truth. Every measured marker against every "
+                "true marker is in the JSON (markers.all).", ""]
+    return "\n".join(out)
+
+
+def marker_auc(name_measured, name_true, ids, run, truth, resamples, seed):
+    x = np.array([run[i]["markers"][name_measured] if i in run else np.nan for i in ids])
+    y = np.array([number(truth[i].get(name_true)) for i in ids])
+    have = np.isfinite(x) & np.isfinite(y)
+    x, y = x[have], y[have].astype(np.int64)
+    lo, hi = bootstrap_auc_ci(x, y, resamples, seed)
+    return {"measured": name_measured, "true": name_true, "n": int(have.sum()), "n_true": int(y.sum()),
+            "auc": roc_auc(x, y), "auc_ci95": [lo, hi]}
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--truth", required=True, metavar="SYNTHDIR", help="`hemexp synth` folder with labels.csv")
+    ap.add_argument("--test-run", default=None, metavar="RUN_OUTDIR", help="`hemexp run` output folder")
+    ap.add_argument("--test-run-name", default="classifier", help="its row's name")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=RUN_OUTDIR",
+                    help="one classifier's run over the same cohort (repeatable)")
+    ap.add_argument("--baseline-train", nargs="+", default=[], metavar="DIR",
+                    help="prepared cohorts (cases.csv) to fit the marker baseline on")
+    ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the AUC CIs")
+    ap.add_argument("--seed", type=int, default=1, help="bootstrap seed")
+    ap.add_argument("--markdown", default=None, metavar="FILE", help="also write the Markdown report here")
+    ap.add_argument("--json", default=None, metavar="FILE", help="write the full report as JSON")
+    args = ap.parse_args(argv)
+    runs = []
+    if args.test_run:
+        runs.append((args.test_run_name, args.test_run))
+    for spec in args.model:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            ap.error(f"--model wants NAME=RUN_OUTDIR, not '{spec}'")
+        runs.append((name, folder))
+    if not runs:
+        ap.error("give --test-run and/or --model")
+    if len({n for n, _ in runs}) != len(runs):
+        ap.error("model names must be unique")
+    return args, runs
+
+
+def main(argv=None):
+    args, runs = parse_args(sys.argv[1:] if argv is None else argv)
+    truth = read_truth(args.truth)
+    loaded = []
+    for name, folder in runs:
+        cases, unmatched = read_run(folder, truth)
+        if unmatched:
+            print(f"warning: {folder}: {len(unmatched)} case(s) not in {args.truth}/labels.csv, e.g. {unmatched[:3]}",
+                  file=sys.stderr)
+        loaded.append((name, folder, cases))
+    ids = sorted(set().union(*(c.keys() for _, _, c in loaded)))
+    if not ids:
+        raise SystemExit("no run case matches the truth folder")
+    y = np.array([int(truth[i]["he_label"]) for i in ids])
+    rs, seed = args.bootstrap, args.seed
+
+    rows = []
+    for name, folder, cases in loaded:
+        p = [cases[i]["probability"] if i in cases else np.nan for i in ids]
+        thr = [cases[i]["threshold"] if i in cases else np.nan for i in ids]
+        row = evaluate(name, ids, p, y, thr, "card (Youden on its validation cohort)", rs, seed)
+        row["run"] = os.path.abspath(folder)
+        rows.append(row)
+    marker_name, marker_folder, marker_run = loaded[0]
+    baseline_info = None
+    if args.baseline_train:
+        baseline = MarkerBaseline(args.baseline_train)
+        measured = [marker_run[i]["markers"] if i in marker_run else {**{m: np.nan for m in MARKERS},
+                                                                      "volume_ml": np.nan} for i in ids]
+        p = baseline.predict(measured)
+        rows.append(evaluate("marker baseline", ids, p, y, baseline.threshold,
+                             "Youden on its training data", rs, seed))
+        baseline_info = {**baseline.describe(), "train": [os.path.abspath(d) for d in args.baseline_train],
+                         "markers_from_run": os.path.abspath(marker_folder)}
+    for name, column in (("oracle", "he_probability"), ("observable oracle", "he_observable_probability")):
+        p = np.array([number(truth[i].get(column)) for i in ids])
+        if not np.isfinite(p).any():
+            continue
+        have = np.isfinite(p)
+        t = youden_threshold(p[have], y[have])["threshold"] if len(set(y[have])) == 2 else np.nan
+        rows.append(evaluate(name, ids, p, y, t, "Youden on this test cohort", rs, seed))
+
+    markers = None
+    present_true = [t for t in TRUE_MARKERS if any(t in truth[i] for i in ids)]
+    if present_true:
+        pairs = [marker_auc(m, t, ids, marker_run, truth, rs, seed) for m, t in MARKER_PAIRS if t in present_true]
+        every = [marker_auc(m, t, ids, marker_run, truth, rs, seed) for m in MARKERS for t in present_true]
+        markers = {"run": marker_name, "pairs": pairs, "all": every}
+    report = rounded({"truth": os.path.abspath(args.truth),
+                      "cohort": {"n": len(ids), "labels_csv": len(truth), "unmatched_truth": len(truth) - len(ids),
+                                 "prevalence": float(y.mean())},
+                      "bootstrap": {"resamples": rs, "seed": seed, "method": "percentile"},
+                      "models": rows, "baseline": baseline_info, "markers": markers})
+    text = markdown(report)
+    print(text)
+    if args.markdown:
+        with open(args.markdown + ".tmp", "w") as f:
+            f.write(text + "\n")
+        os.replace(args.markdown + ".tmp", args.markdown)
+    if args.json:
+        with open(args.json + ".tmp", "w") as f:
+            json.dump(report, f, indent=1, sort_keys=True)
+        os.replace(args.json + ".tmp", args.json)
+    return report
+
+
+if __name__ == "__main__":
+    main()

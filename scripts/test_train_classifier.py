@@ -1,0 +1,244 @@
+"""Self-test of scripts/train_classifier.py and scripts/classifier_report.py on small synthetic
+data made here (no hemexp binary needed); plain asserts, under a minute on one thread:
+
+    /usr/bin/python3 scripts/test_train_classifier.py
+"""
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import classifier_report  # noqa: E402
+import hemexp_nets  # noqa: E402
+import hemexp_safetensors  # noqa: E402
+import train_classifier as tc  # noqa: E402
+
+ROI = {"size": [8, 16, 16], "spacing_mm": [3.0, 3.0, 4.0],
+       "channels": [{"name": "brain", "window_hu": [0, 80]}, {"name": "blood", "window_hu": [40, 90]},
+                    {"name": "mask"}], "centre": "mask_centroid"}
+NETWORK = {"architecture": "ViT", "in_channels": 3, "image_size": [8, 16, 16], "patch_size": [4, 8, 8],
+           "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_dim": 32, "layer_norm_eps": 1e-6, "dropout": 0.0}
+COLUMNS = ["case_id", "file", "source", "he_label", "volume_ml", "mask_fraction_inside", "hypodense_fraction", "hu_sd",
+           "hu_cv", "bimodality_coefficient", "satellite_count", "satellite_volume_ml", "surface_ratio", "mean_hu"]
+
+
+def make_roi(rng, label):
+    """A box 'hematoma' on noise; expansion cases are larger and brighter inside the mask (learnable
+    by a tiny ViT in a few epochs)."""
+    roi = np.clip(rng.normal(0.3, 0.05, (3, 8, 16, 16)), 0, 1).astype(np.float32)
+    d, h, w = (4, rng.randint(8, 11), rng.randint(8, 11)) if label else (2, rng.randint(4, 7), rng.randint(4, 7))
+    z0, y0, x0 = rng.randint(0, 8 - d + 1), rng.randint(0, 16 - h + 1), rng.randint(0, 16 - w + 1)
+    box = (slice(z0, z0 + d), slice(y0, y0 + h), slice(x0, x0 + w))
+    level = 0.8 if label else 0.5
+    roi[0][box] = np.clip(rng.normal(level, 0.05, (d, h, w)), 0, 1)
+    roi[1][box] = np.clip(rng.normal(level, 0.05, (d, h, w)), 0, 1)
+    roi[2] = 0
+    roi[2][box] = 1
+    return roi, d * h * w * 0.036
+
+
+def make_cohort(folder, n, prevalence, seed, labels=None, tiny=0, noisy=0):
+    """A prepared folder: cases.csv (with quoted fields and empty markers) + one ROI file per case.
+    The first `tiny` cases get volume 0.1 mL (below min_volume_ml: must be left out); the last
+    `noisy` cases look like the other class (so the cohort is not separable)."""
+    os.makedirs(folder)
+    rng = np.random.RandomState(seed)
+    if labels is None:
+        labels = [1 if i < round(n * prevalence) else 0 for i in range(n)]
+        rng.shuffle(labels)
+    rows = []
+    for i, label in enumerate(labels):
+        case_id = f"{os.path.basename(folder)}_{i:03d}"
+        roi, volume = make_roi(rng, 1 - label if i >= n - noisy else label)
+        hemexp_safetensors.save(os.path.join(folder, case_id + ".safetensors"), {"roi": torch.from_numpy(roi)},
+                                {"case_id": case_id, "roi_recipe": json.dumps(ROI)})
+        rows.append({"case_id": case_id, "file": case_id + ".safetensors", "source": f"synth, seed {seed}",
+                     "he_label": label, "volume_ml": 0.1 if i < tiny else round(volume, 3),
+                     "mask_fraction_inside": 1, "hypodense_fraction": "" if i % 7 == 0 else rng.rand(),
+                     "hu_sd": 5 + 3 * label + rng.rand(), "hu_cv": rng.rand() * 0.2, "bimodality_coefficient": rng.rand(),
+                     "satellite_count": rng.randint(0, 3), "satellite_volume_ml": rng.rand(),
+                     "surface_ratio": 1 + rng.rand(), "mean_hu": 60 + rng.rand()})
+    with open(os.path.join(folder, "cases.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS, quoting=csv.QUOTE_NONNUMERIC)
+        writer.writeheader()
+        writer.writerows(rows)
+    return labels
+
+
+def test_metrics():
+    assert tc.roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    assert tc.roc_auc([1, 1, 1, 1], [0, 1, 0, 1]) == 0.5
+    assert tc.roc_auc([0, 1, 1, 2], [0, 0, 1, 1]) == 0.875  # one tie between the classes counts 1/2
+    assert tc.roc_auc([3, 2, 1], [1, 0, 0]) == 1.0 and tc.roc_auc([1, 2, 3], [1, 0, 0]) == 0.0
+    assert math.isnan(tc.roc_auc([0.2, 0.3], [1, 1]))
+    assert tc.expected_calibration_error([0.25, 0.25, 0.75, 0.75], [0, 1, 0, 1], 2) == 0.25  # as the C++ test
+    assert abs(tc.brier_score([0.2, 0.9], [0, 1]) - 0.025) < 1e-12
+    # Youden: cuts at 0.6 and 0.3 both give J 2/3; the higher one wins, halfway to the next lower value
+    y = tc.youden_threshold([0.1, 0.2, 0.3, 0.4, 0.6, 0.7], [0, 0, 1, 0, 1, 1])
+    assert abs(y["threshold"] - 0.5) < 1e-12, y
+    assert abs(y["sensitivity"] - 2 / 3) < 1e-12 and y["specificity"] == 1.0 and abs(y["youden_j"] - 2 / 3) < 1e-12
+    m = tc.binary_metrics([0.1, 0.6, 0.7, 0.2], [0, 1, 0, 1], 0.5)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (1, 1, 1, 1) and m["ppv"] == 0.5 and m["accuracy"] == 0.5
+    cats = tc.risk_categories([0.05, 0.09, 0.1, 0.29, 0.3, 0.9], [0, 1, 0, 0, 1, 1])
+    assert [(c["name"], c.get("below"), c["n"], c["observed_rate"]) for c in cats] == \
+        [("low", 0.1, 2, 0.5), ("intermediate", 0.3, 2, 0.0), ("high", None, 2, 1.0)], cats
+
+
+def test_platt_and_bootstrap():
+    rng = np.random.RandomState(3)
+    z = rng.normal(0, 1.5, 20000)
+    y = (rng.rand(len(z)) < tc.sigmoid(2.0 * z - 1.0)).astype(int)
+    a, b = tc.platt_fit(z, y)
+    assert abs(a - 2.0) < 0.1 and abs(b + 1.0) < 0.1, (a, b)
+    slope, intercept = tc.calibration_slope_intercept(tc.sigmoid(z), y)  # logit(sigmoid(z)) = z
+    assert abs(slope - a) < 0.01 * a and abs(intercept - b) < 0.01, (slope, intercept, a, b)
+    a_neg, b_neg = tc.platt_fit(z, 1 - y)  # anti-correlated: the boundary, every case at the prevalence
+    assert a_neg == tc.PLATT_MIN_SLOPE and abs(tc.sigmoid(b_neg) - (1 - y).mean()) < 1e-3, (a_neg, b_neg)
+    slope, intercept = tc.calibration_slope_intercept(tc.sigmoid(a * z + b), y)
+    assert abs(slope - 1) < 0.01 and abs(intercept) < 0.01, (slope, intercept)
+    a, b = tc.platt_fit([-2.0, -1.0, 1.0, 2.0], [0, 0, 1, 1])  # separable: finite, positive
+    assert 0 < a < 1e4 and math.isfinite(b)
+    s, lab = z[:300], y[:300]
+    auc = tc.roc_auc(s, lab)
+    lo, hi = tc.bootstrap_auc_ci(s, lab, 2000, 1)
+    assert lo < auc < hi and 0.5 < lo and hi - lo < 0.2, (lo, auc, hi)
+    assert tc.bootstrap_auc_ci(s, lab, 2000, 1) == (lo, hi)  # fixed seed
+
+
+def test_augment():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros(2, 3, 8, 16, 16)
+    x[:, 2, 2:6, 4:12, 4:12] = 1
+    x[:, :2] = 0.5
+    out = tc.augment(x, 2, gen, (1, 3, 3), 0.05, 0.5, 0.5)
+    assert out.shape == x.shape and out[:, :2].min() >= 0 and out[:, :2].max() <= 1
+    assert torch.equal(x[:, 2, 2:6, 4:12, 4:12], torch.ones(2, 4, 8, 8))  # input untouched
+    sums = out[:, 2].sum((1, 2, 3))
+    assert all(s in (4 * 36, 4 * 64, 4 * 100) for s in sums.tolist()), sums  # eroded, same, or dilated
+    assert torch.equal(tc.shift_zero(torch.arange(4.).view(1, 1, 1, 4), [0, 0, 1]), torch.tensor([[[[0., 0, 1, 2]]]]))
+    gen2 = torch.Generator().manual_seed(0)
+    assert torch.equal(out, tc.augment(x, 2, gen2, (1, 3, 3), 0.05, 0.5, 0.5))
+
+
+def test_train_export_and_report(tmp):
+    make_cohort(os.path.join(tmp, "train"), 40, 0.2, 1, tiny=2)
+    make_cohort(os.path.join(tmp, "topup"), 14, 0, 2, labels=[0, 0] + [1] * 12)
+    make_cohort(os.path.join(tmp, "val"), 30, 0.3, 3, noisy=3)
+    card_path = os.path.join(tmp, "card.json")
+    with open(card_path, "w") as f:
+        json.dump({"name": "test-vit", "network": NETWORK, "roi": ROI, "min_volume_ml": 0.5}, f)
+    out = os.path.join(tmp, "cls.safetensors")
+    argv = ["--train", os.path.join(tmp, "train"), "--topup", os.path.join(tmp, "topup"), "--target-ratio", "1:2",
+            "--val", os.path.join(tmp, "val"), "--card", card_path, "-o", out, "--epochs", "25", "--batch-size", "8",
+            "--lr", "3e-3", "--threads", "1", "--seed", "5", "--log", os.path.join(tmp, "train.log")]
+    tc.main(argv)
+    tensors, meta = hemexp_safetensors.load(out)
+    card = json.loads(meta["hemexp_model_card"])
+    print(json.dumps({k: v for k, v in card.items() if k != "training"}, indent=1, sort_keys=True))
+    assert card["format_version"] == 1 and card["kind"] == "classification" and card["name"] == "test-vit"
+    assert card["network"] == NETWORK and card["roi"] == ROI and card["min_volume_ml"] == 0.5
+    assert card["calibration"]["method"] == "platt" and card["calibration"]["slope"] > 0
+    assert math.isfinite(card["calibration"]["intercept"])
+    assert 0 < card["decision"]["threshold"] < 1 and "Youden" in card["decision"]["rule"]
+    cats = card["risk_categories"]
+    assert [c["name"] for c in cats] == ["low", "intermediate", "high"]
+    assert cats[0]["below"] == 0.1 and cats[1]["below"] == 0.3 and "below" not in cats[2]
+    assert sum(c["n"] for c in cats) == card["validation"]["n"] == 30
+    tr = card["training"]
+    # base: 38 eligible cases (2 below 0.5 mL), 8 HE (the tiny two are among the first rows, see labels);
+    # 1:2 -> round(NHE / 2) - HE top-up cases, only label-1 rows of the top-up folder
+    assert tr["cases"]["below_min_volume_left_out"] == 2
+    base_he, base_nhe = tr["cases"]["base_he"], tr["cases"]["base_nhe"]
+    assert base_he + base_nhe == 38
+    assert tr["topup_count"] == round(base_nhe / 2) - base_he
+    assert tr["cases"]["he"] == base_he + tr["topup_count"] and tr["cases"]["nhe"] == base_nhe
+    assert len(tr["history"]) == 25 and tr["seed"] == 5 and tr["threads"] == 1
+    # the kept epoch: best validation AUC, ties broken by the lower validation loss
+    best = min(tr["history"], key=lambda h: (-h["val_auc"], h["val_loss"]))
+    assert tr["best_epoch"] == best["epoch"] == card["validation"]["best_epoch"], (tr["best_epoch"], best)
+    assert card["research_use_only"] is True and "synthetic" in card["trained_on"]
+    v = card["validation"]
+    assert abs(v["prevalence"] - 0.3) < 1e-9 and v["auc"] >= 0.8, v  # the label is learnable (3 of 30 cases are not)
+    assert v["auc_ci95"][0] <= v["auc"] <= v["auc_ci95"][1]
+    for key in ("uncalibrated", "calibrated"):
+        assert set(v[key]) == {"brier", "ece", "calibration_slope", "calibration_intercept"}
+    net = hemexp_nets.ViT(card["network"])
+    assert sorted(tensors) == sorted(net.state_dict()), (sorted(tensors), sorted(net.state_dict()))
+    net.load_state_dict(tensors, strict=True)
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+    assert not os.path.exists(out + ".tmp")
+    assert "wrote" in open(os.path.join(tmp, "train.log")).read()
+
+    # same seed and threads: the same weights
+    out2 = os.path.join(tmp, "cls2.safetensors")
+    tc.main(argv[:argv.index("-o") + 1] + [out2] + argv[argv.index("-o") + 2:])
+    tensors2, _ = hemexp_safetensors.load(out2)
+    assert all(torch.equal(tensors[k], tensors2[k]) for k in tensors), "training is not deterministic"
+
+    # classifier_report on a fake `hemexp run` over a fake synth cohort
+    synth, run = os.path.join(tmp, "synth"), os.path.join(tmp, "run")
+    rng = np.random.RandomState(7)
+    truth_rows = []
+    for i in range(60):
+        cid = f"synth_{i:05d}"
+        label = int(rng.rand() < 0.3)
+        hypo = int(rng.rand() < 0.4)
+        truth_rows.append({"case_id": cid, "he_label": label, "he_probability": 0.1 + 0.6 * label,
+                           "he_observable_probability": 0.2 + 0.4 * label, "heterogeneity": label, "swirl": 0,
+                           "blend": hypo, "black_hole": 0, "island": 0, "irregular_margin": 0, "hypodensity": hypo})
+        os.makedirs(os.path.join(synth, cid))
+        os.makedirs(os.path.join(run, "cases", f"case{i}"))
+        p = None if i == 5 else float(np.clip(0.3 + 0.3 * label + rng.normal(0, 0.2), 0.01, 0.99))
+        result = {"case_id": f"case{i}", "status": "ok", "input": {"path": os.path.join(synth, cid, "ct.nii.gz")},
+                  "hematoma": {"volume_ml": 0.0 if i == 5 else 10 + 20 * rng.rand(), "mean_hu": 60.0},
+                  "markers": {"hypodense_fraction": 0.1 + 0.3 * hypo + 0.05 * rng.rand(),
+                              "hu_sd": 5 + 4 * label + rng.rand(), "hu_cv": None, "bimodality_coefficient": 0.4,
+                              "satellite_count": 0, "satellite_volume_ml": 0.0, "surface_ratio": 1.2},
+                  "he": {"probability": p, "risk": "low", "threshold": 0.45, "calibrated": True, "model": {}}}
+        with open(os.path.join(run, "cases", f"case{i}", "result.json"), "w") as f:
+            json.dump(result, f)
+    with open(os.path.join(synth, "labels.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, list(truth_rows[0]))
+        writer.writeheader()
+        writer.writerows(truth_rows)
+    report = classifier_report.main(["--truth", synth, "--test-run", run, "--model", f"copy={run}",
+                                     "--baseline-train", os.path.join(tmp, "train"), os.path.join(tmp, "val"),
+                                     "--bootstrap", "200", "--json", os.path.join(tmp, "report.json"),
+                                     "--markdown", os.path.join(tmp, "report.md")])
+    rows = {r["name"]: r for r in report["models"]}
+    assert list(rows) == ["classifier", "copy", "marker baseline", "oracle", "observable oracle"]
+    assert rows["classifier"]["n"] == 59 and rows["classifier"]["missing"] == 1 and rows["classifier"]["threshold"] == 0.45
+    assert rows["classifier"]["auc"] == rows["copy"]["auc"] > 0.7
+    assert rows["marker baseline"]["missing"] == 1  # volume 0: nothing to score
+    assert rows["oracle"]["auc"] == 1.0 and rows["oracle"]["n"] == 60
+    for r in report["models"]:
+        lo, hi = r["auc_ci95"]
+        assert lo <= r["auc"] <= hi, r
+    pairs = {(p["measured"], p["true"]): p for p in report["markers"]["pairs"]}
+    assert pairs[("hypodense_fraction", "hypodensity")]["auc"] == 1.0
+    assert pairs[("hu_cv", "heterogeneity")]["n"] == 0 and pairs[("hu_cv", "heterogeneity")]["auc"] is None
+    assert len(report["markers"]["all"]) == len(classifier_report.MARKERS) * len(classifier_report.TRUE_MARKERS)
+    assert json.load(open(os.path.join(tmp, "report.json")))["cohort"]["n"] == 60
+    assert "| marker baseline |" in open(os.path.join(tmp, "report.md")).read()
+
+
+def main():
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    test_metrics()
+    test_platt_and_bootstrap()
+    test_augment()
+    with tempfile.TemporaryDirectory() as tmp:
+        test_train_export_and_report(tmp)
+    print(f"test_train_classifier: all passed in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

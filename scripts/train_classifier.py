@@ -1,0 +1,690 @@
+"""Trains hemexp's hematoma-expansion classifier (ViT, PyTorch reference) on ROIs prepared by
+`hemexp prepare` with a classification card, calibrates it on a validation cohort, and exports
+weights + model card to safetensors for the C++ tool.
+
+    /usr/bin/python3 scripts/train_classifier.py --train DIR [DIR...] --val DIR \
+        --card TEMPLATE.json -o MODEL.safetensors \
+        [--topup DIR (--topup-count N | --target-ratio 1:2)] [--epochs 40] [--batch-size 16]
+        [--lr 3e-4] [--weight-decay 0.05] [--schedule cosine|poly] [--warmup-epochs 1]
+        [--seed 1] [--threads 2] [--log FILE]
+
+Each DIR holds `cases.csv` (case_id, file, he_label, volume_ml, markers...; RFC 4180, empty =
+missing) and per case a safetensors file with `roi` (float32 (C, D, H, W): CT windows in [0, 1]
+and the hematoma mask, channels as the metadata's `roi_recipe` names them). The ROIs are
+hemexp's own (C++) ROIs: nothing about them is recomputed here.
+
+Data mix (the npj Digit Med 2025 ablation: real 1:4 vs topped up to 1:2 / 1:1): the --train
+cohorts at their natural prevalence, plus the first N expansion cases (he_label 1, in cases.csv
+order) of --topup; --target-ratio HE:NHE computes N from the base set's class counts. Cases
+below the card's min_volume_ml (the C++ tool does not score them) are left out everywhere.
+
+Training: BCE with logits, no class weights (the ablation is about the data mix); AdamW, a
+linear warmup then cosine (or poly 0.9) decay per step; gradient-norm clip 1. Augmentation, on
+CPU tensors, from one generator seeded by --seed: left-right flip (x), integer shifts (zero
+padding), CT-window intensity scale/offset jitter (clipped to [0, 1]), and mask perturbation
+(1-voxel in-plane dilation or erosion by max-pooling) so the network tolerates the
+segmenter's errors. With a fixed --threads the run is deterministic given --seed.
+
+Validation (--val: natural prevalence, ROIs from hemexp's predicted masks; never trained on):
+AUC every epoch; the best epoch (AUC, ties: lower loss) is kept. Then Platt calibration
+p = sigmoid(a logit + b) fitted by maximum likelihood (a > 0), the decision threshold by
+Youden's J on the calibrated probabilities, and risk categories low (< 0.10), intermediate
+(< 0.30), high with their observed expansion rates. All of it is in-sample on --val: use
+scripts/classifier_report.py on a held-out `hemexp run` for honest numbers.
+
+The metric functions here (AUC, Brier, ECE, logistic fits, Youden, bootstrap) are the ones
+scripts/classifier_report.py uses: one of each.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import shlex
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hemexp_nets  # noqa: E402
+import hemexp_safetensors  # noqa: E402
+
+RISK_BOUNDS = (("low", 0.10), ("intermediate", 0.30), ("high", None))
+_log_file = None
+
+
+def log(*args):
+    line = " ".join([time.strftime("%H:%M:%S")] + [str(a) for a in args])
+    print(line, flush=True)
+    if _log_file is not None:
+        _log_file.write(line + "\n")
+        _log_file.flush()
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def roc_auc(scores, labels):
+    """Mann-Whitney AUC, ties count one half (mid-ranks, as src/core/metrics.cpp); NaN with one class."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ss = np.sort(s)
+    ranks = (np.searchsorted(ss, s, "left") + np.searchsorted(ss, s, "right") + 1) / 2.0
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def bootstrap_auc_ci(scores, labels, resamples=2000, seed=1, level=0.95):
+    """Percentile bootstrap CI of the AUC (whole-case resampling with replacement; resamples with
+    one class are skipped). Returns (low, high), NaN when the AUC is undefined."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(np.int64)
+    if len(s) == 0 or y.min() == y.max():
+        return float("nan"), float("nan")
+    rng = np.random.RandomState(seed)
+    aucs = []
+    for _ in range(resamples):
+        idx = rng.randint(0, len(s), len(s))
+        a = roc_auc(s[idx], y[idx])
+        if not math.isnan(a):
+            aucs.append(a)
+    tail = (1.0 - level) / 2.0 * 100.0
+    return float(np.percentile(aucs, tail)), float(np.percentile(aucs, 100.0 - tail))
+
+
+def brier_score(p, y):
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    return float(np.mean((p - y) ** 2)) if len(p) else float("nan")
+
+
+def expected_calibration_error(p, y, bins=10):
+    """Equal-width bins on [0, 1], p = 1 in the last bin (as src/core/metrics.cpp)."""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(p) == 0:
+        return float("nan")
+    b = np.minimum(bins - 1, (np.maximum(p, 0.0) * bins).astype(np.int64))
+    ece = 0.0
+    for k in range(bins):
+        sel = b == k
+        if sel.any():
+            ece += sel.sum() / len(p) * abs(y[sel].mean() - p[sel].mean())
+    return float(ece)
+
+
+def fit_logistic(features, labels, l2=0.0):
+    """Maximum-likelihood logistic regression y ~ sigmoid(features @ w + b), L-BFGS in float64 on
+    standardised features (well conditioned whatever the scale of the logits), mapped back to
+    the raw features. l2 penalises the standardised w (not b) on the mean log-loss; a small l2
+    keeps w finite on separable data. Returns (w as a numpy array, b)."""
+    raw = np.asarray(features, dtype=np.float64).reshape(len(labels), -1)
+    mean, sd = raw.mean(0), raw.std(0)
+    sd[~(sd > 0)] = 1.0
+    x = torch.as_tensor((raw - mean) / sd)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    prevalence = float(np.clip(y.mean(), 1e-6, 1 - 1e-6)) if len(y) else 0.5
+    b = torch.tensor([math.log(prevalence / (1 - prevalence))], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=1000, max_eval=2000, tolerance_grad=1e-12,
+                            tolerance_change=1e-15, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+    for _ in range(5):  # restarts refresh L-BFGS's history when one run stops early
+        before = float(closure())
+        opt.step(closure)
+        if before - float(closure()) < 1e-13:
+            break
+    ws = w.detach().numpy() / sd
+    return ws.copy(), float(b.detach()) - float((ws * mean).sum())
+
+
+PLATT_MIN_SLOPE = 1e-6
+
+
+def platt_fit(logits, labels):
+    """Platt scaling p = sigmoid(a logit + b), a > 0, by maximum likelihood. A tiny ridge (1e-5 on
+    the slope per standard deviation of the logits) keeps a finite when the validation set is
+    separable, and moves it by well under 1% otherwise. When the likelihood is best with a <= 0
+    (the logits rank validation cases no better than chance), the constrained maximum is on the
+    boundary: a = PLATT_MIN_SLOPE and b = logit(prevalence), i.e. every case gets the prevalence."""
+    w, b = fit_logistic(np.asarray(logits, dtype=np.float64)[:, None], labels, l2=1e-5)
+    if w[0] > PLATT_MIN_SLOPE:
+        return float(w[0]), b
+    prevalence = float(np.mean(labels))
+    return PLATT_MIN_SLOPE, math.log(prevalence / (1.0 - prevalence)) - PLATT_MIN_SLOPE * float(np.mean(logits))
+
+
+def probability_logit(p, eps=1e-7):
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps)
+    return np.log(p / (1.0 - p))
+
+
+def calibration_slope_intercept(p, y):
+    """Logistic regression of the label on logit(p): (1, 0) for a calibrated p (a 1e-6 ridge so a
+    separable set gives a large finite number instead of diverging)."""
+    y = np.asarray(y)
+    if len(y) == 0 or y.min() == y.max():
+        return float("nan"), float("nan")
+    w, b = fit_logistic(probability_logit(p)[:, None], y, l2=1e-6)
+    return float(w[0]), b
+
+
+def youden_threshold(p, y):
+    """The cut maximising Youden's J = sensitivity + specificity - 1 for "positive when p >= t".
+    Candidates are the distinct values of p; among equal J the highest cut wins (fewer false
+    positives). The returned threshold lies halfway between the chosen value and the next lower
+    distinct value (half the value when none), so no case sits exactly on it."""
+    p = np.asarray(p, dtype=np.float64)
+    y = np.asarray(y).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("Youden's J needs both classes")
+    values = np.unique(p)[::-1]  # descending
+    best = None
+    for i, v in enumerate(values):
+        pred = p >= v
+        sens = (pred & y).sum() / n_pos
+        spec = (~pred & ~y).sum() / n_neg
+        j = sens + spec - 1.0
+        if best is None or j > best[0] + 1e-12:
+            lower = values[i + 1] if i + 1 < len(values) else v / 2.0
+            best = (j, float((v + lower) / 2.0), float(sens), float(spec))
+    return {"threshold": best[1], "sensitivity": best[2], "specificity": best[3], "youden_j": best[0]}
+
+
+def binary_metrics(p, y, threshold):
+    """Accuracy, sensitivity, specificity, PPV, NPV for "positive when p >= threshold" (threshold a
+    number or one per case). NaN where a denominator is 0."""
+    p = np.asarray(p, dtype=np.float64)
+    y = np.asarray(y).astype(bool)
+    pred = p >= np.asarray(threshold, dtype=np.float64)
+    tp, tn = int((pred & y).sum()), int((~pred & ~y).sum())
+    fp, fn = int((pred & ~y).sum()), int((~pred & y).sum())
+
+    def ratio(a, b):
+        return a / b if b else float("nan")
+    return {"accuracy": ratio(tp + tn, len(y)), "sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp),
+            "ppv": ratio(tp, tp + fp), "npv": ratio(tn, tn + fn), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def risk_categories(p, y, bounds=RISK_BOUNDS):
+    """The card's risk_categories with the observed expansion rate and count in each."""
+    p = np.asarray(p, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    out, lower = [], -np.inf
+    for name, below in bounds:
+        sel = (p >= lower) & (p < below if below is not None else np.ones_like(p, dtype=bool))
+        entry = {"name": name}
+        if below is not None:
+            entry["below"] = below
+        entry["observed_rate"] = rounded(float(y[sel].mean())) if sel.any() else None
+        entry["n"] = int(sel.sum())
+        out.append(entry)
+        lower = below if below is not None else lower
+    return out
+
+
+def probability_summary(p, y):
+    """Brier, ECE (10 bins), calibration slope and intercept of probabilities p."""
+    slope, intercept = calibration_slope_intercept(p, y)
+    return {"brier": brier_score(p, y), "ece": expected_calibration_error(p, y, 10),
+            "calibration_slope": slope, "calibration_intercept": intercept}
+
+
+def rounded(x, digits=6):
+    """JSON-friendly: floats to `digits` significant digits, NaN/inf -> None, recursing into dicts
+    and lists."""
+    if isinstance(x, dict):
+        return {k: rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [rounded(v, digits) for v in x]
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        return float(f"{x:.{digits}g}") if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+# ----------------------------------------------------------------------------- data
+
+def parse_float(text):
+    """A cases.csv field: empty (or unparsable) = NaN."""
+    try:
+        return float(text) if text is not None and text.strip() != "" else float("nan")
+    except ValueError:
+        return float("nan")
+
+
+def read_cases_csv(folder):
+    """Rows of DIR/cases.csv (csv module: RFC 4180 quoting) as dicts of strings."""
+    path = os.path.join(folder, "cases.csv")
+    if not os.path.exists(path):
+        raise SystemExit(f"{folder}: no cases.csv (is it a folder written by `hemexp prepare`?)")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for col in ("case_id", "file", "he_label"):
+        if rows and col not in rows[0]:
+            raise SystemExit(f"{path}: no column {col}")
+    return rows
+
+
+def he_label(row, path):
+    text = (row.get("he_label") or "").strip()
+    if text not in ("0", "1"):
+        raise SystemExit(f"{path}: case {row.get('case_id')}: he_label must be 0 or 1, not '{text}'")
+    return int(text)
+
+
+def eligible(row, min_volume_ml):
+    """The C++ tool scores no hematoma below min_volume_ml: such cases are not trained on either.
+    A missing volume_ml keeps the case."""
+    v = parse_float(row.get("volume_ml"))
+    return not (v < min_volume_ml)
+
+
+def channel_names(recipe):
+    return [c.get("name") for c in recipe.get("channels", [])]
+
+
+class Cohort:
+    """ROIs (N, C, D, H, W) and labels of one or more prepared rows, stored as `dtype`."""
+
+    def __init__(self, entries, card_roi, dtype):
+        # entries: (folder, row)
+        shape = (len(card_roi["channels"]), *card_roi["size"])
+        names = channel_names(card_roi)
+        self.rois = torch.empty((len(entries), *shape), dtype=dtype)
+        self.labels = torch.empty(len(entries), dtype=torch.float32)
+        self.case_ids, self.sources = [], []
+        for i, (folder, row) in enumerate(entries):
+            path = os.path.join(folder, row["file"])
+            tensors, meta = hemexp_safetensors.load(path)
+            if "roi" not in tensors:
+                raise SystemExit(f"{path}: no tensor 'roi'")
+            roi = tensors["roi"]
+            if roi.dtype != torch.float32 or tuple(roi.shape) != shape:
+                raise SystemExit(f"{path}: 'roi' must be float32 {shape} as the card's roi block says, "
+                                 f"got {roi.dtype} {tuple(roi.shape)}")
+            if "roi_recipe" in meta:
+                got = channel_names(json.loads(meta["roi_recipe"]))
+                if got != names:
+                    raise SystemExit(f"{path}: ROI channels {got} differ from the card's {names}: "
+                                     f"prepared with another roi recipe")
+            self.rois[i] = roi.to(dtype)
+            self.labels[i] = he_label(row, path)
+            self.case_ids.append(row["case_id"])
+            self.sources.append(folder)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def counts(self):
+        n_he = int(self.labels.sum())
+        return {"he": n_he, "nhe": len(self) - n_he}
+
+
+def select_rows(folders, min_volume_ml):
+    entries, skipped = [], 0
+    for folder in folders:
+        for row in read_cases_csv(folder):
+            he_label(row, os.path.join(folder, "cases.csv"))
+            if eligible(row, min_volume_ml):
+                entries.append((folder, row))
+            else:
+                skipped += 1
+    return entries, skipped
+
+
+def parse_ratio(text):
+    try:
+        a, b = (float(v) for v in text.split(":"))
+        assert a > 0 and b > 0
+        return a, b
+    except (ValueError, AssertionError):
+        raise SystemExit(f"--target-ratio must look like HE:NHE, e.g. 1:2, not '{text}'")
+
+
+def topup_rows(folder, count, min_volume_ml):
+    """The first `count` eligible expansion cases (he_label 1) of folder, in cases.csv order."""
+    path = os.path.join(folder, "cases.csv")
+    rows = [r for r in read_cases_csv(folder) if he_label(r, path) == 1 and eligible(r, min_volume_ml)]
+    if len(rows) < count:
+        raise SystemExit(f"{folder}: top-up needs {count} expansion cases, it has {len(rows)} (>= min_volume_ml)")
+    return [(folder, r) for r in rows[:count]]
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+def shift_zero(x, shifts):
+    """x (C, D, H, W) moved by integer shifts (dz, dy, dx), zeros where nothing moved in."""
+    out = torch.zeros_like(x)
+    src, dst = [slice(None)], [slice(None)]
+    for s, n in zip(shifts, x.shape[1:]):
+        s = max(-n, min(n, s))
+        src.append(slice(max(0, -s), n - max(0, s)))
+        dst.append(slice(max(0, s), n - max(0, -s)))
+    out[tuple(dst)] = x[tuple(src)]
+    return out
+
+
+def dilate_in_plane(mask):
+    """1-voxel in-plane (y, x) dilation of a (D, H, W) mask by 3x3 max-pooling."""
+    return F.max_pool3d(mask[None, None], (1, 3, 3), stride=1, padding=(0, 1, 1))[0, 0]
+
+
+def erode_in_plane(mask):
+    return -F.max_pool3d(-mask[None, None], (1, 3, 3), stride=1, padding=(0, 1, 1))[0, 0]
+
+
+def augment(batch, mask_channel, gen, shift_voxels=(1, 3, 3), jitter=0.05, p_dilate=0.2, p_erode=0.2):
+    """A new float32 batch (B, C, D, H, W): flip x (p 0.5), shift by up to shift_voxels (z, y, x)
+    with zero fill, per-sample CT-window scale 1 +- jitter and offset +- jitter/2 (clipped to
+    [0, 1]), and on the mask channel an in-plane dilation (p_dilate) or erosion (p_erode; skipped
+    when it would empty the mask). All draws come from gen."""
+    batch = batch.float()
+    b = batch.shape[0]
+    r = torch.rand(b, 6, generator=gen, dtype=torch.float64)
+    shifts = [torch.randint(-s, s + 1, (b,), generator=gen) for s in shift_voxels]
+    ct = [c for c in range(batch.shape[1]) if c != mask_channel]
+    out = []
+    for i in range(b):
+        x = batch[i]
+        if r[i, 0] < 0.5:
+            x = x.flip(-1)
+        x = shift_zero(x, [int(s[i]) for s in shifts])
+        if ct and jitter > 0:
+            scale = 1.0 + jitter * (2 * float(r[i, 1]) - 1)
+            offset = 0.5 * jitter * (2 * float(r[i, 2]) - 1)
+            x[ct] = (x[ct] * scale + offset).clamp_(0.0, 1.0)
+        if mask_channel is not None:
+            u = float(r[i, 3])
+            if u < p_dilate:
+                x[mask_channel] = dilate_in_plane(x[mask_channel])
+            elif u < p_dilate + p_erode:
+                eroded = erode_in_plane(x[mask_channel])
+                if eroded.sum() > 0:
+                    x[mask_channel] = eroded
+        out.append(x)
+    return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------- training
+
+@torch.no_grad()
+def predict_logits(net, rois, batch_size):
+    was_training = net.training
+    net.eval()
+    out = [net(rois[i:i + batch_size].float()) for i in range(0, len(rois), batch_size)]
+    net.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def learning_rate(step, total_steps, warmup_steps, lr0, schedule):
+    if step < warmup_steps:
+        return lr0 * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "cosine":
+        return lr0 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr0 * (1.0 - min(progress, 0.999)) ** 0.9
+
+
+def export(path, net, card):
+    state = {k: v.detach().float().contiguous() for k, v in net.state_dict().items()}
+    tmp = path + ".tmp"
+    hemexp_safetensors.save(tmp, state, {"hemexp_model_card": json.dumps(card, sort_keys=True)})
+    os.replace(tmp, path)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--train", nargs="+", required=True, metavar="DIR", help="base training cohorts (prepared)")
+    ap.add_argument("--topup", default=None, metavar="DIR", help="prepared cohort of synthetic expansion cases")
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--topup-count", type=int, default=None, metavar="N",
+                       help="add the first N expansion cases of --topup")
+    group.add_argument("--target-ratio", default=None, metavar="HE:NHE",
+                       help="add as many --topup cases as make the HE:NHE ratio, e.g. 1:2")
+    ap.add_argument("--val", required=True, metavar="DIR",
+                    help="validation cohort (natural prevalence, predicted masks): checkpoint, calibration, threshold")
+    ap.add_argument("--card", required=True, metavar="TEMPLATE.json", help="card template: name, network, roi")
+    ap.add_argument("-o", "--out", required=True, metavar="MODEL.safetensors")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--schedule", choices=["cosine", "poly"], default="cosine")
+    ap.add_argument("--warmup-epochs", type=float, default=1.0)
+    ap.add_argument("--shift-voxels", type=int, nargs=3, default=[1, 3, 3], metavar=("Z", "Y", "X"),
+                    help="largest random shift per axis")
+    ap.add_argument("--intensity-jitter", type=float, default=0.05)
+    ap.add_argument("--mask-dilate-p", type=float, default=0.2)
+    ap.add_argument("--mask-erode-p", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--log", default=None, metavar="FILE", help="also append the log to FILE")
+    args = ap.parse_args(argv)
+    if (args.topup_count is not None or args.target_ratio is not None) and not args.topup:
+        ap.error("--topup-count and --target-ratio need --topup")
+    if args.topup and args.topup_count is None and args.target_ratio is None:
+        ap.error("--topup needs --topup-count or --target-ratio")
+    if args.topup_count is not None and args.topup_count < 0:
+        ap.error("--topup-count must be >= 0")
+    if args.epochs < 1 or args.batch_size < 1:
+        ap.error("--epochs and --batch-size must be >= 1")
+    if os.path.abspath(args.val) in {os.path.abspath(d) for d in args.train + ([args.topup] if args.topup else [])}:
+        ap.error("--val must not be a training folder")
+    return args
+
+
+def load_card(path):
+    with open(path) as f:
+        card = json.load(f)
+    for key in ("network", "roi", "name"):
+        if key not in card:
+            raise SystemExit(f"{path}: the card template has no '{key}'")
+    net, roi = card["network"], card["roi"]
+    if list(roi["size"]) != list(net["image_size"]) or len(roi["channels"]) != net["in_channels"]:
+        raise SystemExit(f"{path}: network image_size/in_channels differ from roi size/channels")
+    for key in ("training", "validation", "calibration", "decision", "risk_categories"):
+        card.pop(key, None)
+    return card
+
+
+def main(argv=None):
+    global _log_file
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.log:
+        _log_file = open(args.log, "a")
+    try:
+        return train(args, argv)
+    finally:
+        if _log_file is not None:
+            _log_file.close()
+            _log_file = None
+
+
+def train(args, argv):
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    card = load_card(args.card)
+    min_volume_ml = float(card.get("min_volume_ml", 0.5))
+    names = channel_names(card["roi"])
+    mask_channel = names.index("mask") if "mask" in names else None
+    if mask_channel is None:
+        log("warning: the card's roi has no 'mask' channel: no mask perturbation")
+    log(f"argv: {' '.join(shlex.quote(a) for a in argv)}")
+    log(f"torch {torch.__version__}, {args.threads} thread(s), seed {args.seed}")
+
+    base_rows, skipped_base = select_rows(args.train, min_volume_ml)
+    n_he = sum(int(r["he_label"]) for _, r in base_rows)
+    n_nhe = len(base_rows) - n_he
+    if args.topup:
+        if args.target_ratio:
+            a, b = parse_ratio(args.target_ratio)
+            topup_count = max(0, int(round(n_nhe * a / b)) - n_he)
+        else:
+            topup_count = args.topup_count
+        extra = topup_rows(args.topup, topup_count, min_volume_ml)
+    else:
+        topup_count, extra = 0, []
+    val_rows, skipped_val = select_rows([args.val], min_volume_ml)
+    train_ids = {(r["case_id"]) for _, r in base_rows + extra}
+    overlap = train_ids & {r["case_id"] for _, r in val_rows}
+    if overlap:
+        log(f"warning: {len(overlap)} case id(s) in both training and validation data, e.g. {sorted(overlap)[:3]}")
+
+    t = time.perf_counter()
+    # training ROIs as float16 (values in [0, 1]: 5e-4 steps, well below the intensity jitter),
+    # half the memory; validation ROIs stay float32, as the C++ tool sees them
+    train_set = Cohort(base_rows + extra, card["roi"], torch.float16)
+    val_set = Cohort(val_rows, card["roi"], torch.float32)
+    counts = train_set.counts()
+    vc = val_set.counts()
+    if vc["he"] == 0 or vc["nhe"] == 0:
+        raise SystemExit(f"{args.val}: the validation cohort needs both classes, has {vc}")
+    if counts["he"] == 0 or counts["nhe"] == 0:
+        raise SystemExit(f"the training data needs both classes, has {counts}")
+    log(f"loaded {len(train_set)} training ROIs ({counts['he']} HE : {counts['nhe']} NHE = "
+        f"1:{counts['nhe'] / counts['he']:.2f}; base {n_he}:{n_nhe}, top-up {topup_count}) and "
+        f"{len(val_set)} validation ROIs ({vc['he']} HE) in {time.perf_counter() - t:.1f} s; "
+        f"below {min_volume_ml} mL left out: {skipped_base} training, {skipped_val} validation")
+
+    net = hemexp_nets.ViT(card["network"])
+    n_params = sum(p.numel() for p in net.parameters())
+    log(f"ViT with {n_params} parameters ({n_params * 4 / 2**20:.2f} MiB fp32)")
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    gen = torch.Generator().manual_seed(args.seed)
+    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+    total_steps = steps_per_epoch * args.epochs
+    warmup_steps = min(total_steps, max(1, int(round(args.warmup_epochs * steps_per_epoch))))
+    labels_val = val_set.labels.numpy().astype(np.int64)
+
+    best = {"auc": -math.inf, "loss": math.inf, "epoch": 0, "state": None}
+    history = []
+    start = time.perf_counter()
+    step = 0
+    net.train()
+    for epoch in range(1, args.epochs + 1):
+        t_epoch = time.perf_counter()
+        order = torch.randperm(len(train_set), generator=gen)
+        losses = []
+        for i in range(0, len(order), args.batch_size):
+            idx = order[i:i + args.batch_size]
+            x = augment(train_set.rois[idx], mask_channel, gen, args.shift_voxels, args.intensity_jitter,
+                        args.mask_dilate_p, args.mask_erode_p)
+            lr = learning_rate(step, total_steps, warmup_steps, args.lr, args.schedule)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = F.binary_cross_entropy_with_logits(net(x), train_set.labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            losses.append(float(loss))
+            step += 1
+        logits = predict_logits(net, val_set.rois, args.batch_size)
+        val_loss = float(F.binary_cross_entropy_with_logits(logits, val_set.labels))
+        val_auc = roc_auc(logits.numpy(), labels_val)
+        auc_key = val_auc if math.isfinite(val_auc) else -math.inf
+        improved = auc_key > best["auc"] or (auc_key == best["auc"] and val_loss < best["loss"])
+        if improved:
+            best = {"auc": auc_key, "loss": val_loss, "epoch": epoch,
+                    "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
+        history.append({"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+                        "val_auc": val_auc, "seconds": time.perf_counter() - t_epoch})
+        log(f"epoch {epoch}/{args.epochs} lr {lr:.2e} train loss {np.mean(losses):.4f} val loss {val_loss:.4f} "
+            f"val AUC {val_auc:.4f}{' *' if improved else ''} ({time.perf_counter() - t_epoch:.1f} s)")
+    seconds = time.perf_counter() - start
+
+    net.load_state_dict(best["state"])
+    logits = predict_logits(net, val_set.rois, args.batch_size).numpy().astype(np.float64)
+    a, b = platt_fit(logits, labels_val)
+    if a <= PLATT_MIN_SLOPE:
+        log(f"warning: the best epoch's logits do not rank the validation cases (AUC {roc_auc(logits, labels_val):.3f}): "
+            f"Platt calibration gives every case the validation prevalence")
+    p_raw = sigmoid(logits)
+    p_cal = sigmoid(a * logits + b)
+    decision = youden_threshold(p_cal, labels_val)
+    auc = roc_auc(logits, labels_val)
+    ci = bootstrap_auc_ci(logits, labels_val, 2000, args.seed)
+    prevalence = float(labels_val.mean())
+    categories = risk_categories(p_cal, labels_val)
+
+    card.update({
+        "format_version": 1, "kind": "classification",
+        "min_volume_ml": min_volume_ml,
+        "calibration": {"method": "platt", "slope": a, "intercept": b,
+                        "fitted_on": "validation cohort logits of the best epoch (maximum likelihood, slope > 0)"},
+        "decision": {"threshold": decision["threshold"],
+                     "rule": f"Youden's J on the validation cohort (n={len(val_set)}, prevalence {prevalence:.3f})",
+                     "sensitivity": rounded(decision["sensitivity"]), "specificity": rounded(decision["specificity"])},
+        "risk_categories": categories,
+        "training": rounded({
+            "data": [os.path.abspath(d) for d in args.train],
+            "topup": os.path.abspath(args.topup) if args.topup else None,
+            "topup_count": topup_count, "target_ratio": args.target_ratio,
+            "cases": {"base_he": n_he, "base_nhe": n_nhe, "he": counts["he"], "nhe": counts["nhe"],
+                      "below_min_volume_left_out": skipped_base},
+            "epochs": args.epochs, "best_epoch": best["epoch"], "selection": "best validation AUC (ties: lower loss)",
+            "batch_size": args.batch_size, "optimizer": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay,
+            "lr_schedule": f"linear warmup {warmup_steps} steps, then {args.schedule}"
+                           f"{' 0.9' if args.schedule == 'poly' else ''} decay per step",
+            "loss": "binary cross-entropy with logits, no class weights", "grad_clip_norm": 1.0,
+            "augmentation": {"flip_x_p": 0.5, "shift_voxels_zyx": args.shift_voxels,
+                             "ct_intensity": f"scale 1+-{args.intensity_jitter}, offset +-{args.intensity_jitter / 2}, "
+                                             "clipped to [0, 1]",
+                             "mask": f"in-plane 1-voxel dilation p={args.mask_dilate_p} or erosion "
+                                     f"p={args.mask_erode_p} (max-pooling 1x3x3)"},
+            "train_storage": "float16",
+            "history": history,
+            "seed": args.seed, "threads": args.threads, "seconds": seconds,
+            "command_line": " ".join(shlex.quote(s) for s in ["scripts/train_classifier.py"] + argv),
+            "torch_version": torch.__version__, "script": "scripts/train_classifier.py"}),
+        "validation": rounded({
+            "data": os.path.abspath(args.val), "n": len(val_set), "n_he": vc["he"], "prevalence": prevalence,
+            "below_min_volume_left_out": skipped_val, "best_epoch": best["epoch"], "loss": best["loss"],
+            "auc": auc, "auc_ci95": list(ci), "auc_ci_method": "percentile bootstrap, 2000 resamples",
+            "uncalibrated": probability_summary(p_raw, labels_val),
+            "calibrated": probability_summary(p_cal, labels_val),
+            "note": "in-sample: the checkpoint, calibration and threshold were chosen on this cohort"}),
+        "research_use_only": True,
+        "trained_on": "synthetic data from hemexp synth; the expansion label comes from hemexp's own generator model",
+    })
+    export(args.out, net, card)
+
+    v = card["validation"]
+    log(f"done: {args.epochs} epochs in {seconds:.0f} s, best epoch {best['epoch']}")
+    log(f"training data   {counts['he']} HE : {counts['nhe']} NHE (top-up {topup_count})")
+    log(f"validation      n {len(val_set)}, prevalence {prevalence:.3f}, AUC {auc:.4f} "
+        f"[{ci[0]:.3f}, {ci[1]:.3f}]")
+    for key in ("uncalibrated", "calibrated"):
+        s = v[key]
+        log(f"{key:<15} Brier {s['brier']}  ECE {s['ece']}  slope {s['calibration_slope']}  "
+            f"intercept {s['calibration_intercept']}")
+    log(f"Platt           p = sigmoid({a:.4f} * logit + {b:.4f})")
+    log(f"threshold       {decision['threshold']:.4f} (Youden): sensitivity {decision['sensitivity']:.3f}, "
+        f"specificity {decision['specificity']:.3f}")
+    for c in categories:
+        bound = f"< {c['below']:.2f}" if "below" in c else ">= last"
+        log(f"risk {c['name']:<12} {bound:<8} n {c['n']:<5} observed rate {c['observed_rate']}")
+    log(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.2f} MiB)")
+    return card
+
+
+if __name__ == "__main__":
+    main()
