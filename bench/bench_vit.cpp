@@ -17,28 +17,12 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
+#include "bench_timing.hpp"
 #include "hemexp/core/safetensors.hpp"
 #include "hemexp/core/vit.hpp"
 
-namespace {
-
-struct Timing {
-  double median = 0, min = 0;
-};
-
-Timing time_it(int repeats, const std::function<void()>& f) {
-  f();  // warm-up
-  std::vector<double> t;
-  for (int i = 0; i < repeats; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    f();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
-  std::sort(t.begin(), t.end());
-  return {t[t.size() / 2], t.front()};
-}
-
-}  // namespace
+using hemexp::bench::Timing;
+using hemexp::bench::time_it;
 
 int main(int argc, char** argv) {
   int repeats = 5;

@@ -40,6 +40,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hemexp_safetensors  # noqa: E402
 from train_classifier import (binary_metrics, bootstrap_auc_ci, brier_score, calibration_slope_intercept,  # noqa: E402
                               expected_calibration_error, fit_logistic, parse_float, read_cases_csv, roc_auc,
                               rounded, sigmoid, youden_threshold)
@@ -94,6 +95,35 @@ def read_run(folder, truth):
                            "threshold": number(he.get("threshold")), "markers": values if ok else
                            {k: float("nan") for k in values}}
     return cases, unmatched
+
+
+def score_prepared(model_path, prep_dir):
+    """truth case_id -> {"probability", "threshold"} of a classifier file on ROIs that `hemexp
+    prepare --run` exported from a test run's predicted masks, through the PyTorch reference
+    (bit-identical to the C++ ViT on the parity fixture) and the card's Platt calibration and
+    minimum volume: the C++ tool's score, without segmenting the cohort again per model."""
+    import torch
+    import hemexp_nets
+    tensors, metadata = hemexp_safetensors.load(model_path)
+    card = json.loads(metadata["hemexp_model_card"])
+    net = hemexp_nets.ViT(card["network"])
+    net.load_state_dict({k: v for k, v in tensors.items()}, strict=True)
+    net.eval()
+    cal = card["calibration"]
+    out = {}
+    with open(os.path.join(prep_dir, "cases.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        truth_id = os.path.basename(os.path.dirname(os.path.normpath(r["source"])))
+        p = float("nan")
+        if number(r["volume_ml"]) >= card.get("min_volume_ml", 0.0):
+            roi = hemexp_safetensors.load(os.path.join(prep_dir, r["file"]))[0]["roi"]
+            with torch.inference_mode():
+                logit = float(net(roi.unsqueeze(0).float())[0])
+            z = cal["slope"] * logit + cal["intercept"] if cal["method"] == "platt" else logit
+            p = 1.0 / (1.0 + math.exp(-z))
+        out[truth_id] = {"probability": p, "threshold": card["decision"]["threshold"]}
+    return out
 
 
 def feature_matrix(rows):
@@ -234,6 +264,8 @@ def parse_args(argv):
     ap.add_argument("--test-run-name", default="classifier", help="its row's name")
     ap.add_argument("--model", action="append", default=[], metavar="NAME=RUN_OUTDIR",
                     help="one classifier's run over the same cohort (repeatable)")
+    ap.add_argument("--scored", action="append", default=[], metavar="NAME=MODEL.safetensors:PREPDIR",
+                    help="a classifier file scored on ROIs that `hemexp prepare --run` exported from the test run")
     ap.add_argument("--baseline-train", nargs="+", default=[], metavar="DIR",
                     help="prepared cohorts (cases.csv) to fit the marker baseline on")
     ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the AUC CIs")
@@ -278,6 +310,15 @@ def main(argv=None):
         thr = [cases[i]["threshold"] if i in cases else np.nan for i in ids]
         row = evaluate(name, ids, p, y, thr, "card (Youden on its validation cohort)", rs, seed)
         row["run"] = os.path.abspath(folder)
+        rows.append(row)
+    for spec in args.scored:
+        name, rest = spec.split("=", 1)
+        model_path, prep_dir = rest.rsplit(":", 1)
+        scores = score_prepared(model_path, prep_dir)
+        p = [scores[i]["probability"] if i in scores else np.nan for i in ids]
+        thr = [scores[i]["threshold"] if i in scores else np.nan for i in ids]
+        row = evaluate(name, ids, p, y, thr, "card (Youden on its validation cohort)", rs, seed)
+        row["run"] = f"{os.path.abspath(model_path)} on {os.path.abspath(prep_dir)} (PyTorch reference)"
         rows.append(row)
     marker_name, marker_folder, marker_run = loaded[0]
     baseline_info = None

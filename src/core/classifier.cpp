@@ -87,10 +87,7 @@ Classifier::Classifier(ModelFile file, const torch::Device& device) : file_(std:
   const ViTConfig& config = network_->config();
   if (config.in_channels != int64_t(recipe_.roi.channels.size()) || config.image_size != recipe_.roi.size)
     throw ModelError("model " + name + ": the network's input (channels, image_size) differs from the roi block's");
-  load_named_tensors(*network_, file_.tensors, name);
-  file_.tensors.clear();  // the weights live in the network now
-  network_->to(device_);
-  network_->eval();
+  file_.install_weights(*network_, device_);
 }
 
 torch::Tensor Classifier::logits(const torch::Tensor& rois) const {

@@ -159,6 +159,13 @@ ModelFile ModelFile::read(const fs::path& path, const std::string& expected_kind
   return model;
 }
 
+void ModelFile::install_weights(torch::nn::Module& module, const torch::Device& device) {
+  load_named_tensors(module, tensors, path.filename().string());
+  tensors.clear();
+  module.to(device);
+  module.eval();
+}
+
 nlohmann::json ModelFile::provenance_json() const {
   return {{"path", path.string()}, {"sha256", sha256}, {"name", name()}, {"research_use_only", true}};
 }

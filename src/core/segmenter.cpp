@@ -75,10 +75,7 @@ Segmenter::Segmenter(ModelFile file, const torch::Device& device) : file_(std::m
   } catch (const std::exception& e) {
     throw ModelError("model " + name + ": " + e.what());
   }
-  load_named_tensors(*network_, file_.tensors, name);
-  file_.tensors.clear();  // the weights live in the network now
-  network_->to(device_);
-  network_->eval();
+  file_.install_weights(*network_, device_);
 }
 
 Segmentation Segmenter::segment(const Volume& canonical) const {

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <set>
 
+#include "test_helpers.hpp"
 #include "hemexp/app/cli.hpp"
 #include "hemexp/app/cohort.hpp"
 #include "hemexp/core/text.hpp"
@@ -15,10 +16,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+using test::slurp;
 
 class Cohort : public ::testing::Test {
  protected:

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "test_helpers.hpp"
 #include "hemexp/app/cli.hpp"
 #include "hemexp/app/eval_command.hpp"
 #include "hemexp/app/info_command.hpp"
@@ -24,10 +25,7 @@ using json = nlohmann::json;
 
 const fs::path kData = HEMEXP_TEST_DATA;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+using test::slurp;
 
 class Commands : public ::testing::Test {
  protected:

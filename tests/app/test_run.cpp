@@ -8,6 +8,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "test_helpers.hpp"
 #include "hemexp/app/case_result.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/core/model_file.hpp"
@@ -25,10 +26,7 @@ using json = nlohmann::json;
 
 const fs::path kData = HEMEXP_TEST_DATA;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+using test::slurp;
 
 // results.csv by column name, through the project's own CSV reader.
 struct Results {
@@ -219,24 +217,8 @@ fs::path write_random_model(const fs::path& where) {
   return where;
 }
 
-// The parity ViT with a classifier recipe (random weights: the numbers mean nothing).
 fs::path write_classifier_model(const fs::path& where, double min_volume_ml) {
-  SafetensorsFile file = read_safetensors(kData / "parity/vit.safetensors");
-  json card = json::parse(file.metadata.at(kModelCardKey));
-  card["name"] = "random-weights-test-classifier";
-  card["roi"] = {{"size", {6, 20, 12}},
-                 {"spacing_mm", {3.0, 3.0, 5.0}},
-                 {"channels", {{{"name", "brain"}, {"window_hu", {0, 80}}},
-                               {{"name", "blood"}, {"window_hu", {40, 90}}},
-                               {{"name", "mask"}}}},
-                 {"centre", "mask_centroid"}};
-  card["min_volume_ml"] = min_volume_ml;
-  card["calibration"] = {{"method", "platt"}, {"slope", 1.5}, {"intercept", -0.5}};
-  card["decision"] = {{"threshold", 0.3}};
-  card["risk_categories"] = {{{"name", "low"}, {"below", 0.1}}, {{"name", "intermediate"}, {"below", 0.3}}, {{"name", "high"}}};
-  file.metadata[kModelCardKey] = card.dump();
-  write_safetensors(where, file);
-  return where;
+  return test::write_parity_classifier(where, test::parity_classifier_card(min_volume_ml, 1.5, -0.5));
 }
 
 TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {

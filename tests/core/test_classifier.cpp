@@ -8,6 +8,7 @@
 #include "hemexp/core/classifier.hpp"
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/safetensors.hpp"
+#include "test_helpers.hpp"
 #include "test_shapes.hpp"
 
 namespace hemexp {
@@ -18,32 +19,11 @@ using json = nlohmann::json;
 
 const fs::path kParity = fs::path(HEMEXP_TEST_DATA) / "parity";
 
-// The parity ViT (3 channels, 6 x 20 x 12) with a classifier recipe around it.
-json classifier_card() {
-  const SafetensorsFile f = read_safetensors(kParity / "vit.safetensors");
-  json card = json::parse(f.metadata.at(kModelCardKey));
-  card["name"] = "test-classifier";
-  card["roi"] = {{"size", {6, 20, 12}},
-                 {"spacing_mm", {3.0, 3.0, 5.0}},
-                 {"channels", {{{"name", "brain"}, {"window_hu", {0, 80}}},
-                               {{"name", "blood"}, {"window_hu", {40, 90}}},
-                               {{"name", "mask"}}}},
-                 {"centre", "mask_centroid"}};
-  card["min_volume_ml"] = 0.5;
-  card["calibration"] = {{"method", "platt"}, {"slope", 2.0}, {"intercept", -1.0}};
-  card["decision"] = {{"threshold", 0.3}, {"rule", "test"}};
-  card["risk_categories"] = {{{"name", "low"}, {"below", 0.1}},
-                             {{"name", "intermediate"}, {"below", 0.3}},
-                             {{"name", "high"}}};
-  return card;
-}
+json classifier_card() { return test::parity_classifier_card(0.5, 2.0, -1.0); }
 
 fs::path write_model(const json& card, const std::string& name) {
-  SafetensorsFile f = read_safetensors(kParity / "vit.safetensors");
-  f.metadata[kModelCardKey] = card.dump();
-  const fs::path p = fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()) + ".safetensors");
-  write_safetensors(p, f);
-  return p;
+  return test::write_parity_classifier(
+      fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()) + ".safetensors"), card);
 }
 
 TEST(Classifier, RecipeCalibrationAndRiskCategories) {
@@ -92,7 +72,7 @@ TEST(Classifier, ScoreIsRoiThenViTThenCalibration) {
   const fs::path path = write_model(classifier_card(), "classifier");
   const Classifier classifier = Classifier::load(path);
   EXPECT_EQ(classifier.file().sha256, sha256_file(path));
-  EXPECT_EQ(classifier.file().name(), "test-classifier");
+  EXPECT_EQ(classifier.file().name(), "random-weights-test-classifier");
   EXPECT_TRUE(classifier.file().tensors.empty()) << "the weights live in the network";
 
   // A 20 mm blood ball in brain, on a grid with an origin and anisotropic spacing.

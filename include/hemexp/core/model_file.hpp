@@ -43,6 +43,10 @@ struct ModelFile {
   static ModelFile read(const std::filesystem::path& path, const std::string& expected_kind = "");
 
   std::string name() const { return card.json.value("name", ""); }
+  // The last step of building a model's network from this file: load_named_tensors into
+  // module, free the tensors here (the weights live in the module from then on), move the
+  // module to device and switch it to eval mode.
+  void install_weights(torch::nn::Module& module, const torch::Device& device);
   // The block result.json and run.json record for a model.
   nlohmann::json provenance_json() const;
 };

@@ -1,0 +1,51 @@
+#pragma once
+// Helpers shared by the test binaries of every layer.
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "hemexp/core/model_file.hpp"
+#include "hemexp/core/safetensors.hpp"
+
+namespace hemexp::test {
+
+inline std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// The card of an expansion classifier around the parity ViT (tests/data/parity/vit.safetensors:
+// 3 channels, 6 x 20 x 12, random weights, so its numbers mean nothing): an ROI of that size,
+// Platt calibration (slope, intercept), threshold 0.3, risk categories low < 0.1 <= intermediate
+// < 0.3 <= high.
+inline nlohmann::json parity_classifier_card(double min_volume_ml, double slope, double intercept) {
+  const SafetensorsFile f = read_safetensors(std::filesystem::path(HEMEXP_TEST_DATA) / "parity/vit.safetensors");
+  nlohmann::json card = nlohmann::json::parse(f.metadata.at(kModelCardKey));
+  card["name"] = "random-weights-test-classifier";
+  card["roi"] = {{"size", {6, 20, 12}},
+                 {"spacing_mm", {3.0, 3.0, 5.0}},
+                 {"channels", {{{"name", "brain"}, {"window_hu", {0, 80}}},
+                               {{"name", "blood"}, {"window_hu", {40, 90}}},
+                               {{"name", "mask"}}}},
+                 {"centre", "mask_centroid"}};
+  card["min_volume_ml"] = min_volume_ml;
+  card["calibration"] = {{"method", "platt"}, {"slope", slope}, {"intercept", intercept}};
+  card["decision"] = {{"threshold", 0.3}, {"rule", "test"}};
+  card["risk_categories"] = {{{"name", "low"}, {"below", 0.1}},
+                             {{"name", "intermediate"}, {"below", 0.3}},
+                             {{"name", "high"}}};
+  return card;
+}
+
+// The parity ViT's weights with `card`, written to `where`.
+inline std::filesystem::path write_parity_classifier(const std::filesystem::path& where, const nlohmann::json& card) {
+  SafetensorsFile f = read_safetensors(std::filesystem::path(HEMEXP_TEST_DATA) / "parity/vit.safetensors");
+  f.metadata[kModelCardKey] = card.dump();
+  write_safetensors(where, f);
+  return where;
+}
+
+}  // namespace hemexp::test
