@@ -71,8 +71,7 @@ int run_eval(const EvalOptions& o) {
   }
   std::vector<std::map<std::string, std::string>> truth_rows;
   try {
-    std::ifstream in(truth / "labels.csv", std::ios::binary);
-    truth_rows = parse_csv(std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>())).records();
+    truth_rows = parse_csv(read_text_file(truth / "labels.csv")).records();
   } catch (const std::exception& e) {
     spdlog::error("{}: {}", (truth / "labels.csv").string(), e.what());
     return kExitUsage;

@@ -56,18 +56,12 @@ struct PrepareCase {
   std::map<std::string, std::string> label;  // the labels.csv row, when there is one
 };
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) throw IoError("cannot read " + p.string());
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
 std::vector<PrepareCase> synth_cases(const std::vector<std::string>& dirs) {
   std::vector<PrepareCase> cases;
   for (const std::string& dir : dirs) {
     std::map<std::string, std::map<std::string, std::string>> labels;
     if (fs::exists(fs::path(dir) / "labels.csv"))
-      for (auto& row : parse_csv(read_text(fs::path(dir) / "labels.csv")).records()) labels[row["case_id"]] = row;
+      for (auto& row : parse_csv(read_text_file(fs::path(dir) / "labels.csv")).records()) labels[row["case_id"]] = row;
     std::vector<fs::path> found;
     for (const auto& e : fs::directory_iterator(dir))
       if (fs::exists(e.path() / "ct.nii.gz") && fs::exists(e.path() / "mask.nii.gz")) found.push_back(e.path());
@@ -90,7 +84,7 @@ std::vector<PrepareCase> synth_cases(const std::vector<std::string>& dirs) {
 std::vector<PrepareCase> run_cases_with_labels(const fs::path& run, const fs::path& labels_csv) {
   std::map<std::string, std::map<std::string, std::string>> labels;
   if (!labels_csv.empty())
-    for (auto& row : parse_csv(read_text(labels_csv)).records()) labels[row["case_id"]] = row;
+    for (auto& row : parse_csv(read_text_file(labels_csv)).records()) labels[row["case_id"]] = row;
   std::vector<fs::path> dirs;
   if (fs::exists(run / "cases"))
     for (const auto& e : fs::directory_iterator(run / "cases")) dirs.push_back(e.path());

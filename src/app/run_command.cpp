@@ -41,6 +41,12 @@ std::optional<fs::path> default_model(const std::string& name, std::vector<std::
   return std::nullopt;
 }
 
+// A --seg-model / --cls-model value: "none", a file, or empty for the default file `name`.
+std::optional<fs::path> model_path(const std::string& option, const std::string& name, std::vector<std::string>& looked) {
+  if (option == "none") return std::nullopt;
+  return option.empty() ? default_model(name, looked) : std::optional<fs::path>(option);
+}
+
 CohortOptions cohort_options(const RunOptions& o) {
   CohortOptions c;
   c.inputs = o.inputs;
@@ -74,9 +80,7 @@ int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
   pipeline.qc = o.qc;
   std::vector<std::string> looked;
   // "none": read, check and describe the scans without segmenting them.
-  const std::optional<fs::path> seg_path = o.seg_model == "none" ? std::nullopt
-                                           : o.seg_model.empty() ? default_model("hemexp-seg.safetensors", looked)
-                                                                 : std::optional<fs::path>(o.seg_model);
+  const std::optional<fs::path> seg_path = model_path(o.seg_model, "hemexp-seg.safetensors", looked);
   if (seg_path) {
     try {
       pipeline.segmenter = Segmenter::load(*seg_path, device);
@@ -88,9 +92,7 @@ int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
   std::vector<std::string> looked_cls;
   // The classifier scores the segmenter's masks: without a segmenter there is nothing to score.
   const std::optional<fs::path> cls_path =
-      o.cls_model == "none" || !pipeline.segmenter ? std::nullopt
-      : o.cls_model.empty()                         ? default_model("hemexp-cls.safetensors", looked_cls)
-                                                    : std::optional<fs::path>(o.cls_model);
+      pipeline.segmenter ? model_path(o.cls_model, "hemexp-cls.safetensors", looked_cls) : std::nullopt;
   if (cls_path) {
     try {
       pipeline.classifier = Classifier::load(*cls_path, device);

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <iterator>
 
 #include "hemexp/io/error.hpp"
 
@@ -38,6 +39,12 @@ void write_text_atomically(const fs::path& target, const std::string& contents) 
     out.flush();
     if (!out) throw IoError("writing " + target.string() + ": cannot write file");
   });
+}
+
+std::string read_text_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw IoError("cannot read " + path.string());
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 }  // namespace hemexp

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "hemexp/io/dicom.hpp"
+#include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/io/image_file.hpp"
@@ -56,11 +57,9 @@ void expand_one(const fs::path& input, std::vector<Found>& out, int depth) {
     walk_folder(fs::path(input).lexically_normal(), out);
   } else if (is_list_file(input)) {
     if (depth > 0) throw IoError("list " + input.string() + " names another list");
-    std::ifstream in(input, std::ios::binary);
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     CsvTable table;
     try {
-      table = parse_csv(text);
+      table = parse_csv(read_text_file(input));
     } catch (const CoreError& e) {
       throw IoError("list " + input.string() + ": " + e.what());
     }

@@ -16,4 +16,7 @@ void write_atomically(const std::filesystem::path& target,
 
 void write_text_atomically(const std::filesystem::path& target, const std::string& contents);
 
+// The whole file as bytes; IoError naming the path when it cannot be opened.
+std::string read_text_file(const std::filesystem::path& path);
+
 }  // namespace hemexp
