@@ -152,9 +152,9 @@ CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipel
   try {
     fs::create_directories(dir);
     const LoadedVolume loaded = read_case(c, pipeline, result, log);
+    result.input = loaded.info;  // kept when the analysis fails: what was read, and from where
     const CaseAnalysis analysis = analyse_volume(loaded.volume, pipeline, result, log);
     write_case_outputs(dir, loaded, analysis, pipeline, result);
-    result.input = loaded.info;
   } catch (const std::exception& e) {
     result.status = "failed";
     result.error = one_line(e.what());

@@ -31,6 +31,8 @@ nlohmann::json input_json(const InputInfo& info) {
     j["series_description"] = info.series_description;
     j["series_choice"] = info.series_choice;
     j["source_slices"] = info.source_slices;
+    j["patient_id"] = info.patient_id;
+    j["datetime"] = info.datetime;
   }
   j["gantry_tilt_deg"] = std::round(info.gantry_tilt_deg * 100.0) / 100.0;
   j["slice_spacing_mm"] = {{"min", info.min_slice_spacing_mm}, {"max", info.max_slice_spacing_mm}};
@@ -50,6 +52,8 @@ InputInfo input_from_json(const nlohmann::json& j) {
     info.series_description = j.at("series_description").get<std::string>();
     info.series_choice = j.at("series_choice").get<std::string>();
     info.source_slices = j.at("source_slices").get<int64_t>();
+    info.patient_id = j.value("patient_id", "");  // absent from older result.json files
+    info.datetime = j.value("datetime", "");
   }
   info.gantry_tilt_deg = j.at("gantry_tilt_deg").get<double>();
   info.min_slice_spacing_mm = j.at("slice_spacing_mm").at("min").get<double>();
@@ -92,6 +96,7 @@ IntracranialContent intracranial_from_json(const json& j) {
   c.volume_ml = j.at("volume_ml").get<double>();
   c.median_hu = j.at("median_hu").get<double>();
   c.brain_fraction = j.at("brain_fraction").get<double>();
+  if (j.contains("centroid_offset_mm")) c.centroid_offset_mm = j.at("centroid_offset_mm").get<Vec3>();
   return c;
 }
 

@@ -29,6 +29,11 @@ CLI::App* setup_run(CLI::App& app, RunOptions& o) {
                   "NIfTI/MHA/NRRD files, DICOM files or folders, cohort folders, or .txt/.csv lists")
       ->required()
       ->check(CLI::ExistingPath);
+  add_run_options(run, o);
+  return run;
+}
+
+void add_run_options(CLI::App* run, RunOptions& o) {
   run->add_option("-o,--output", o.output_dir, "Output folder")->required();
   run->add_option("--device", o.device, "cpu, cuda or cuda:N")->check(kDevice)->capture_default_str();
   run->add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(CLI::Range(1, 1024));
@@ -66,7 +71,6 @@ CLI::App* setup_run(CLI::App& app, RunOptions& o) {
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
       ->capture_default_str();
   run->add_flag("!--no-progress", o.progress, "No per-case progress lines on the console");
-  return run;
 }
 
 std::unique_ptr<CLI::App> make_app(CommandLine& line) {
@@ -84,6 +88,8 @@ std::unique_ptr<CLI::App> make_app(CommandLine& line) {
   prepare->callback([&line] { line.command = "prepare"; });
   CLI::App* eval = setup_eval(*app, line.eval);
   eval->callback([&line] { line.command = "eval"; });
+  CLI::App* expansion = setup_expansion(*app, line.expansion);
+  expansion->callback([&line] { line.command = "expansion"; });
   CLI::App* info = setup_info(*app, line.info);
   info->callback([&line] { line.command = "info"; });
   return app;
@@ -105,6 +111,7 @@ int main_entry(int argc, const char* const* argv) {
   }
   const std::vector<std::string> args(argv, argv + argc);
   if (line.command == "run") return run_cases(line.run, args);
+  if (line.command == "expansion") return run_expansion(line.expansion, args);
   if (line.command == "synth") return run_synth(line.synth, args);
   if (line.command == "prepare") return run_prepare(line.prepare);
   if (line.command == "eval") return run_eval(line.eval);

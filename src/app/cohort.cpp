@@ -68,9 +68,9 @@ int CohortRunner::prepare() {
                   out_.string());
     return kExitUsage;
   }
-  std::vector<CaseInput> all;
+  std::vector<CaseInput> all = options_.cases;
   try {
-    all = expand_inputs(std::vector<fs::path>(options_.inputs.begin(), options_.inputs.end()));
+    if (all.empty()) all = expand_inputs(std::vector<fs::path>(options_.inputs.begin(), options_.inputs.end()));
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     return kExitUsage;

@@ -30,39 +30,6 @@ CLI::App* setup_eval(CLI::App& app, EvalOptions& o) {
   return e;
 }
 
-namespace {
-
-json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
-
-// Discrimination, calibration and the decision at the card's threshold of a set of
-// predicted probabilities.
-json classification_report(const std::vector<double>& p, const std::vector<int>& y, double threshold) {
-  if (p.empty()) return nullptr;
-  const std::array<double, 2> ci = roc_auc_ci95(p, y);
-  const CalibrationFit fit = calibration_fit(p, y);
-  json j = {{"n", p.size()},
-            {"auc", number_or_null(roc_auc(p, y))},
-            {"auc_ci95_low", number_or_null(ci[0])},
-            {"auc_ci95_high", number_or_null(ci[1])},
-            {"auc_ci_method", "percentile bootstrap, 2000 resamples, seed 1"},
-            {"brier", number_or_null(brier_score(p, y))},
-            {"ece", number_or_null(expected_calibration_error(p, y, 10))},
-            {"calibration_slope", number_or_null(fit.slope)},
-            {"calibration_intercept", number_or_null(fit.intercept)},
-            {"mean_probability", number_or_null(mean(p))},
-            {"threshold", number_or_null(threshold)}};
-  if (std::isfinite(threshold)) {
-    const BinaryMetrics b = binary_metrics(p, y, threshold);
-    j.update({{"tp", b.tp}, {"fp", b.fp}, {"tn", b.tn}, {"fn", b.fn},
-              {"accuracy", number_or_null(b.accuracy())}, {"sensitivity", number_or_null(b.sensitivity())},
-              {"specificity", number_or_null(b.specificity())}, {"ppv", number_or_null(b.ppv())},
-              {"npv", number_or_null(b.npv())}});
-  }
-  return j;
-}
-
-}  // namespace
-
 int run_eval(const EvalOptions& o) {
   const fs::path truth(o.truth_dir), pred(o.pred_dir);
   if (!fs::exists(truth / "labels.csv")) {
@@ -135,7 +102,7 @@ int run_eval(const EvalOptions& o) {
     volume_error.push_back(m.volume_abs_error_ml);
     if (std::isfinite(m.hd95_mm)) hd95.push_back(m.hd95_mm);
     else ++hd_undefined;
-    c.update({{"status", "ok"}, {"dice", m.dice}, {"iou", m.iou}, {"hd95_mm", number_or_null(m.hd95_mm)},
+    c.update({{"status", "ok"}, {"dice", m.dice}, {"iou", m.iou}, {"hd95_mm", json_number(m.hd95_mm)},
               {"true_volume_ml", m.true_volume_ml}, {"predicted_volume_ml", m.predicted_volume_ml},
               {"volume_abs_error_ml", m.volume_abs_error_ml}});
     if (r.contains("he") && r["he"].contains("probability")) {
@@ -157,21 +124,21 @@ int run_eval(const EvalOptions& o) {
       {"truth", o.truth_dir},
       {"cases", {{"total", cases.size()}, {"evaluated", dice.size()}, {"missing", missing}, {"failed", failed}}},
       {"segmentation",
-       {{"dice_mean", number_or_null(mean(dice))},
-        {"dice_median", number_or_null(median(dice))},
-        {"iou_mean", number_or_null(mean(iou))},
-        {"iou_median", number_or_null(median(iou))},
-        {"hd95_mm_mean", number_or_null(mean(hd95))},
-        {"hd95_mm_median", number_or_null(median(hd95))},
+       {{"dice_mean", json_number(mean(dice))},
+        {"dice_median", json_number(median(dice))},
+        {"iou_mean", json_number(mean(iou))},
+        {"iou_median", json_number(median(iou))},
+        {"hd95_mm_mean", json_number(mean(hd95))},
+        {"hd95_mm_median", json_number(median(hd95))},
         {"hd95_undefined_cases", hd_undefined},
-        {"volume_abs_error_ml_mean", number_or_null(mean(volume_error))},
-        {"volume_abs_error_ml_median", number_or_null(median(volume_error))}}},
+        {"volume_abs_error_ml_mean", json_number(mean(volume_error))},
+        {"volume_abs_error_ml_median", json_number(median(volume_error))}}},
       {"expansion",
-       {{"oracle_auc", number_or_null(roc_auc(oracle_scores, oracle_labels))},
-        {"observable_oracle_auc", number_or_null(observable_scores.size() == oracle_labels.size()
+       {{"oracle_auc", json_number(roc_auc(oracle_scores, oracle_labels))},
+        {"observable_oracle_auc", json_number(observable_scores.size() == oracle_labels.size()
                                                      ? roc_auc(observable_scores, oracle_labels)
                                                      : std::nan(""))},
-        {"prevalence", number_or_null(mean(std::vector<double>(oracle_labels.begin(), oracle_labels.end())))},
+        {"prevalence", json_number(mean(std::vector<double>(oracle_labels.begin(), oracle_labels.end())))},
         {"cases_with_prediction", he_scores.size()},
         {"cases_without_probability", no_probability},
         {"model", classification_report(he_scores, he_labels, threshold)}}},

@@ -47,6 +47,8 @@ std::optional<fs::path> model_path(const std::string& option, const std::string&
   return option.empty() ? default_model(name, looked) : std::optional<fs::path>(option);
 }
 
+}  // namespace
+
 CohortOptions cohort_options(const RunOptions& o) {
   CohortOptions c;
   c.inputs = o.inputs;
@@ -60,21 +62,18 @@ CohortOptions cohort_options(const RunOptions& o) {
   return c;
 }
 
-}  // namespace
 
-int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
-  CohortRunner cohort(cohort_options(o), argv);
-  if (const int code = cohort.prepare(); code != kExitOk) return code;
-
+int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
   if (o.device != "cpu" && !torch::cuda::is_available()) {
     spdlog::error("--device {} requested but CUDA is not available to this build", o.device);
     return kExitSetup;
   }
   const int threads = o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  setup.threads = threads;
   torch::set_num_threads(threads);
   const torch::Device device(o.device);
 
-  CasePipeline pipeline;
+  CasePipeline& pipeline = setup.pipeline;
   pipeline.read.series_uid = o.series_uid;
   pipeline.save_probabilities = o.save_probabilities;
   pipeline.qc = o.qc;
@@ -102,45 +101,66 @@ int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
     }
   }
 
-  spdlog::logger& log = cohort.open_log();
-  log.info("device {}, {} threads, {} of {} cases in this shard ({}/{})", o.device, threads, cohort.cases().size(),
-           cohort.cohort_size(), o.shard_index, o.shard_count);
+  const auto where = [](const std::vector<std::string>& l) {
+    return l.empty() ? std::string("-") : l.front() + (l.size() > 1 ? " and others" : "");
+  };
   if (pipeline.segmenter) {
     const ModelFile& m = pipeline.segmenter->file();
-    log.info("segmentation model {} ({}), sha256 {}; research use only", m.path.string(),
-             m.name().empty() ? "unnamed" : m.name(), m.sha256);
+    setup.notes.emplace_back(false, fmt::format("segmentation model {} ({}), sha256 {}; research use only",
+                                                m.path.string(), m.name().empty() ? "unnamed" : m.name(), m.sha256));
   } else if (o.seg_model == "none") {
-    log.info("no segmentation (--seg-model none): masks stay empty");
+    setup.notes.emplace_back(false, "no segmentation (--seg-model none): masks stay empty");
   } else {
-    log.warn("no segmentation model (none given with --seg-model; looked in {}): masks stay empty",
-             looked.empty() ? std::string("-") : looked.front() + (looked.size() > 1 ? " and others" : ""));
+    setup.notes.emplace_back(
+        true, "no segmentation model (none given with --seg-model; looked in " + where(looked) + "): masks stay empty");
   }
-
   if (pipeline.classifier) {
     const ModelFile& m = pipeline.classifier->file();
     const ClassifierRecipe& r = pipeline.classifier->recipe();
-    log.info("expansion classifier {} ({}), sha256 {}; threshold {}, calibration {}; research use only",
-             m.path.string(), m.name().empty() ? "unnamed" : m.name(), m.sha256, r.threshold, r.calibration_method);
+    setup.notes.emplace_back(
+        false, fmt::format("expansion classifier {} ({}), sha256 {}; threshold {}, calibration {}; research use only",
+                           m.path.string(), m.name().empty() ? "unnamed" : m.name(), m.sha256, r.threshold,
+                           r.calibration_method));
   } else if (pipeline.segmenter && o.cls_model != "none") {
-    log.warn("no expansion classifier (none given with --cls-model; looked in {}): he_probability stays blank",
-             looked_cls.empty() ? std::string("-") : looked_cls.front() + (looked_cls.size() > 1 ? " and others" : ""));
+    setup.notes.emplace_back(true, "no expansion classifier (none given with --cls-model; looked in " +
+                                       where(looked_cls) + "): he_probability stays blank");
   }
 
   json models = json::object();
   for (const auto& [role, provenance] : pipeline.models()) models[role] = provenance;
-  const json run_info = {{"device", o.device},
-                         {"threads", threads},
-                         {"models", models},
-                         {"libraries",
-                          {{"libtorch", TORCH_VERSION},
-                           {"itk", itk_version()},
-                           {"selective_scan", o.device == "cpu" ? std::string("cpu-") + selective_scan_cpu_isa()
-                                                               : std::string("aten-reference")}}}};
+  setup.run_info = {{"device", o.device},
+                    {"threads", threads},
+                    {"models", models},
+                    {"libraries",
+                     {{"libtorch", TORCH_VERSION},
+                      {"itk", itk_version()},
+                      {"selective_scan", o.device == "cpu" ? std::string("cpu-") + selective_scan_cpu_isa()
+                                                          : std::string("aten-reference")}}}};
+  return kExitOk;
+}
+
+void log_run_setup(spdlog::logger& log, const RunOptions& o, const RunSetup& setup, const CohortRunner& cohort) {
+  log.info("device {}, {} threads, {} of {} cases in this shard ({}/{})", o.device, setup.threads,
+           cohort.cases().size(), cohort.cohort_size(), o.shard_index, o.shard_count);
+  for (const auto& [warning, line] : setup.notes) {
+    if (warning) log.warn("{}", line);
+    else log.info("{}", line);
+  }
+}
+
+int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
+  CohortRunner cohort(cohort_options(o), argv);
+  if (const int code = cohort.prepare(); code != kExitOk) return code;
+  RunSetup setup;
+  if (const int code = setup_run_pipeline(o, setup); code != kExitOk) return code;
+  spdlog::logger& log = cohort.open_log();
+  log_run_setup(log, o, setup, cohort);
+  const CasePipeline& pipeline = setup.pipeline;
   return cohort.run(
       [&pipeline](const CaseInput& c, const fs::path& dir, spdlog::logger& case_log) {
         return process_case(c, dir, pipeline, case_log);
       },
-      run_info);
+      setup.run_info);
 }
 
 }  // namespace hemexp

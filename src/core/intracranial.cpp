@@ -53,6 +53,7 @@ IntracranialContent intracranial_content(const Volume& canonical, const Intracra
   std::vector<uint8_t> outside;
   std::vector<int64_t> stack;
   std::vector<float> inside;  // HU of the enclosed voxels
+  double sum_x = 0, sum_y = 0, sum_z = 0;  // of their indices
   for (int64_t z0 = 0; z0 < nz; z0 += kChunk) {
     const torch::Tensor hu = canonical.voxels.slice(0, z0, std::min(nz, z0 + kChunk)).to(torch::kFloat32).contiguous();
     const torch::Tensor bone = (hu > float(o.bone_hu)).to(torch::kFloat32).unsqueeze(1);  // (z,1,h,w)
@@ -72,7 +73,12 @@ IntracranialContent intracranial_content(const Volume& canonical, const Intracra
       const float* hs = hp + z * h * w;
       flood_from_border(ws, h, w, outside, stack);
       for (int64_t i = 0; i < h * w; ++i)
-        if (!ws[i] && !outside[size_t(i)]) inside.push_back(hs[i]);
+        if (!ws[i] && !outside[size_t(i)]) {
+          inside.push_back(hs[i]);
+          sum_x += double(i % w);
+          sum_y += double(i / w);
+          sum_z += double(z0 + z);
+        }
     }
   }
   IntracranialContent r;
@@ -87,6 +93,9 @@ IntracranialContent intracranial_content(const Volume& canonical, const Intracra
     });
     r.brain_fraction = double(in_range) / double(n);
     r.median_hu = median(std::vector<double>(inside.begin(), inside.end()));
+    const Vec3 centroid = g.index_to_point({sum_x / double(n), sum_y / double(n), sum_z / double(n)});
+    const Vec3 centre = g.index_to_point({0.5 * double(w - 1), 0.5 * double(h - 1), 0.5 * double(nz - 1)});
+    for (int a = 0; a < 3; ++a) r.centroid_offset_mm[size_t(a)] = centroid[size_t(a)] - centre[size_t(a)];
   }
   r.brain_like = !r.skull_found || r.brain_fraction >= o.min_brain_fraction;
   return r;
@@ -96,7 +105,8 @@ nlohmann::json IntracranialContent::to_json() const {
   return {{"skull_found", skull_found},
           {"volume_ml", volume_ml},
           {"median_hu", median_hu},
-          {"brain_fraction", brain_fraction}};
+          {"brain_fraction", brain_fraction},
+          {"centroid_offset_mm", centroid_offset_mm}};
 }
 
 std::string IntracranialContent::describe() const {

@@ -56,16 +56,15 @@ void measure_density(const torch::Tensor& values, NcctMarkers& r) {
 
 nlohmann::json NcctMarkers::to_json() const {
   // NaN (not measurable) is an explicit null, in memory as in the file.
-  const auto number = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); };
   return {{"voxels", voxels},
           {"interior_voxels", interior_voxels},
-          {"hypodense_fraction", number(hypodense_fraction)},
-          {"hu_sd", number(hu_sd)},
-          {"hu_cv", number(hu_cv)},
-          {"bimodality_coefficient", number(bimodality_coefficient)},
+          {"hypodense_fraction", json_number(hypodense_fraction)},
+          {"hu_sd", json_number(hu_sd)},
+          {"hu_cv", json_number(hu_cv)},
+          {"bimodality_coefficient", json_number(bimodality_coefficient)},
           {"satellite_count", satellite_count},
-          {"satellite_volume_ml", number(satellite_volume_ml)},
-          {"surface_ratio", number(surface_ratio)}};
+          {"satellite_volume_ml", json_number(satellite_volume_ml)},
+          {"surface_ratio", json_number(surface_ratio)}};
 }
 
 NcctMarkers NcctMarkers::from_json(const nlohmann::json& j) {

@@ -1,5 +1,7 @@
 #include "hemexp/core/metrics.hpp"
 
+#include "hemexp/core/text.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -248,6 +250,31 @@ BinaryMetrics binary_metrics(const std::vector<double>& p, const std::vector<int
     else (called ? m.fp : m.tn)++;
   }
   return m;
+}
+
+nlohmann::json classification_report(const std::vector<double>& p, const std::vector<int>& y, double threshold) {
+  if (p.empty()) return nullptr;
+  const std::array<double, 2> ci = roc_auc_ci95(p, y);
+  const CalibrationFit fit = calibration_fit(p, y);
+  nlohmann::json j = {{"n", p.size()},
+            {"auc", json_number(roc_auc(p, y))},
+            {"auc_ci95_low", json_number(ci[0])},
+            {"auc_ci95_high", json_number(ci[1])},
+            {"auc_ci_method", "percentile bootstrap, 2000 resamples, seed 1"},
+            {"brier", json_number(brier_score(p, y))},
+            {"ece", json_number(expected_calibration_error(p, y, 10))},
+            {"calibration_slope", json_number(fit.slope)},
+            {"calibration_intercept", json_number(fit.intercept)},
+            {"mean_probability", json_number(mean(p))},
+            {"threshold", json_number(threshold)}};
+  if (std::isfinite(threshold)) {
+    const BinaryMetrics b = binary_metrics(p, y, threshold);
+    j.update({{"tp", b.tp}, {"fp", b.fp}, {"tn", b.tn}, {"fn", b.fn},
+              {"accuracy", json_number(b.accuracy())}, {"sensitivity", json_number(b.sensitivity())},
+              {"specificity", json_number(b.specificity())}, {"ppv", json_number(b.ppv())},
+              {"npv", json_number(b.npv())}});
+  }
+  return j;
 }
 
 }  // namespace hemexp

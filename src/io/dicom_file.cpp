@@ -91,6 +91,39 @@ bool pixel_data_truncated(const fs::path& path, uint32_t declared_bytes) {
 
 }  // namespace
 
+std::string dicom_datetime(const std::string& date_in, const std::string& time_in) {
+  std::string date = trim(date_in), time = trim(time_in);
+  if (time.empty() && date.size() > 8) {  // a DT value: date and time in one
+    time = date.substr(8);
+    date = date.substr(0, 8);
+    const size_t offset = time.find_first_of("+-");
+    if (offset != std::string::npos) time = time.substr(0, offset);
+  }
+  auto digits = [](const std::string& s) { return !s.empty() && std::all_of(s.begin(), s.end(), ::isdigit); };
+  if (date.size() != 8 || !digits(date)) return "";
+  const int year = std::stoi(date.substr(0, 4)), month = std::stoi(date.substr(4, 2)), day = std::stoi(date.substr(6, 2));
+  static const int kDays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  if (year < 1900 || month < 1 || month > 12 || day < 1 || day > kDays[month - 1]) return "";
+  if (month == 2 && day == 29 && !(year % 4 == 0 && (year % 100 != 0 || year % 400 == 0))) return "";
+  // Time: without one the date alone is not enough to order two scans of a day: midnight
+  // would be made up, so a missing time makes the stamp unusable.
+  time.erase(std::remove(time.begin(), time.end(), ':'), time.end());
+  std::string fraction;
+  if (const size_t dot = time.find('.'); dot != std::string::npos) {
+    fraction = time.substr(dot + 1);
+    time = time.substr(0, dot);
+    if (!fraction.empty() && !digits(fraction)) return "";
+  }
+  if (!digits(time) || (time.size() != 2 && time.size() != 4 && time.size() != 6)) return "";
+  time.resize(6, '0');
+  const int hh = std::stoi(time.substr(0, 2)), mm = std::stoi(time.substr(2, 2)), ss = std::stoi(time.substr(4, 2));
+  if (hh > 23 || mm > 59 || ss > 60) return "";
+  std::string out = date.substr(0, 4) + "-" + date.substr(4, 2) + "-" + date.substr(6, 2) + "T" + time.substr(0, 2) +
+                    ":" + time.substr(2, 2) + ":" + time.substr(4, 2);
+  if (!fraction.empty()) out += "." + fraction;
+  return out;
+}
+
 DicomHeader read_dicom_header(const fs::path& path) {
   gdcm::Trace::WarningOff();  // problems are reported by hemexp, once, in plain words
   gdcm::Reader reader;
@@ -117,6 +150,20 @@ DicomHeader read_dicom_header(const fs::path& path) {
   h.image_type = get(0x0008, 0x0008);
   h.series_uid = get(0x0020, 0x000e);
   h.series_description = get(0x0008, 0x103e);
+  h.patient_id = get(0x0010, 0x0020);
+  h.study_uid = get(0x0020, 0x000d);
+  const std::pair<const char*, std::string> stamps[] = {
+      {"AcquisitionDateTime", dicom_datetime(get(0x0008, 0x002a), "")},
+      {"AcquisitionDate/Time", dicom_datetime(get(0x0008, 0x0022), get(0x0008, 0x0032))},
+      {"SeriesDate/Time", dicom_datetime(get(0x0008, 0x0021), get(0x0008, 0x0031))},
+      {"StudyDate/Time", dicom_datetime(get(0x0008, 0x0020), get(0x0008, 0x0030))},
+      {"ContentDate/Time", dicom_datetime(get(0x0008, 0x0023), get(0x0008, 0x0033))}};
+  for (const auto& [source, value] : stamps)
+    if (!value.empty()) {
+      h.datetime = value;
+      h.datetime_source = source;
+      break;
+    }
   h.convolution_kernel = get(0x0018, 0x1210);
   h.transfer_syntax = file.GetHeader().GetDataSetTransferSyntax().GetString();
   h.series_number = int64_t(number(get(0x0020, 0x0011)).value_or(0));

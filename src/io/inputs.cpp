@@ -129,4 +129,35 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs) {
   return cases;
 }
 
+std::vector<StudyScan> describe_study_scans(const fs::path& folder) {
+  std::vector<StudyScan> scans;
+  for (const CaseInput& c : expand_inputs({folder})) {
+    StudyScan s;
+    s.input = c;
+    if (!fs::is_directory(c.path)) {
+      s.problem = "not DICOM: no PatientID or acquisition date to pair it by";
+    } else {
+      try {
+        const SeriesChoice choice = choose_series(read_folder_headers(c.path), "");
+        const DicomHeader& first = choice.files.front();
+        s.patient_id = first.patient_id;
+        s.study_uid = first.study_uid;
+        s.series_uid = choice.series_uid;
+        s.images = int64_t(choice.files.size());
+        for (const DicomHeader& h : choice.files)
+          if (!h.datetime.empty() && (s.datetime.empty() || h.datetime < s.datetime)) {
+            s.datetime = h.datetime;
+            s.datetime_source = h.datetime_source;
+          }
+        if (s.patient_id.empty()) s.problem = "no PatientID";
+        else if (s.datetime.empty()) s.problem = "no usable acquisition, series or study date and time";
+      } catch (const std::exception& e) {
+        s.problem = e.what();
+      }
+    }
+    scans.push_back(std::move(s));
+  }
+  return scans;
+}
+
 }  // namespace hemexp

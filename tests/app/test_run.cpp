@@ -95,7 +95,7 @@ TEST_F(RunCommand, WritesEveryOutputAndReportsFailuresPerCase) {
       {"head", "ok", "", (root_ / "in/head").string(), "dicom"},
       {"nifti-ct", "ok", "", (root_ / "in/nifti ct.nii.gz").string(), "nifti"},
       {"mr", "failed", "modality is MR, not CT", (root_ / "in/mr.dcm").string(), ""},
-      {"phantom", "failed", not_a_brain, (root_ / "in/phantom").string(), ""}};
+      {"phantom", "failed", not_a_brain, (root_ / "in/phantom").string(), "dicom"}};  // read, then rejected
   for (size_t r = 0; r < expected.size(); ++r) {
     ASSERT_EQ(csv.table.rows[r].size(), CaseResult::csv_columns().size());
     const std::vector<std::string> columns{"case_id", "status", "error", "input", "format"};
@@ -134,6 +134,8 @@ TEST_F(RunCommand, WritesEveryOutputAndReportsFailuresPerCase) {
   EXPECT_EQ(phantom["status"], "failed");
   EXPECT_EQ(phantom["error"], not_a_brain);
   EXPECT_LT(phantom["intracranial"]["brain_fraction"].get<double>(), 0.01);
+  EXPECT_EQ(phantom["input"]["format"], "dicom");  // what was read is kept when the analysis fails
+  EXPECT_EQ(phantom["input"]["source_slices"], 6);
   EXPECT_FALSE(phantom.contains("hematoma"));
 
   const json run_json = json::parse(slurp(out / "run.json"));

@@ -43,8 +43,8 @@ struct CaseResult {
   std::string status = "ok";  // ok, failed, skipped
   std::string error;          // one line, for a failed case
   std::string input_path;
-  // Set when the case was analysed: the input's description and the QC flags raised. A case
-  // that fails before that records only its path.
+  // Set once the scan was read: the input's description; and the QC flags raised by the
+  // analysis. A case that fails while reading records only its path.
   std::optional<InputInfo> input;
   std::vector<std::string> qc_flags;
   std::optional<IntracranialContent> intracranial;

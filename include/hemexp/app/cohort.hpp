@@ -21,6 +21,7 @@ namespace hemexp {
 // How a cohort is split, resumed and reported; shared by every command that runs cases.
 struct CohortOptions {
   std::vector<std::string> inputs;  // as -i takes them
+  std::vector<CaseInput> cases;     // the cases themselves, instead of inputs (hemexp expansion)
   std::string output_dir;
   bool resume = false;
   bool overwrite = false;

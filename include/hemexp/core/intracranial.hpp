@@ -18,6 +18,9 @@ struct IntracranialContent {
   double volume_ml = 0.0;        // space enclosed by bone on axial slices (bone excluded)
   double median_hu = 0.0;        // of that space
   double brain_fraction = 0.0;   // fraction of it within [brain_low_hu, brain_high_hu)
+  // Where the head sits in the field of view: the centroid of that space minus the centre of
+  // the grid, physical (LPS) mm.
+  Vec3 centroid_offset_mm{0.0, 0.0, 0.0};
   bool brain_like = true;        // false only when a skull was found with too little brain in it
   double brain_low_hu = 15.0, brain_high_hu = 45.0;  // the range used
 

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "hemexp/core/geometry.hpp"
 
 namespace hemexp {
@@ -62,5 +64,12 @@ struct BinaryMetrics {
   double npv() const;
 };
 BinaryMetrics binary_metrics(const std::vector<double>& probabilities, const std::vector<int>& labels, double threshold);
+
+// Discrimination (AUC with its bootstrap CI), calibration (Brier, ECE over 10 bins, slope and
+// intercept, mean probability) and, for a finite threshold, the decision `p >= threshold`
+// (counts, accuracy, sensitivity, specificity, PPV, NPV) of predicted probabilities; values
+// that are undefined (one class only) are null. null for no cases.
+nlohmann::json classification_report(const std::vector<double>& probabilities, const std::vector<int>& labels,
+                                     double threshold);
 
 }  // namespace hemexp

@@ -11,4 +11,10 @@ namespace hemexp {
 // Each tile is shrunk by an integer factor to at most 256 pixels across.
 torch::Tensor qc_mosaic(const Volume& canonical, const torch::Tensor& mask, int64_t tiles = 12, int64_t columns = 4);
 
+// Baseline and follow-up side by side (baseline left, a 4-pixel black gap): for each, the axial
+// slice of its canonical volume with the largest mask area (the middle slice without a mask),
+// drawn as qc_mosaic draws its tiles.
+torch::Tensor qc_pair(const Volume& baseline, const torch::Tensor& baseline_mask, const Volume& followup,
+                      const torch::Tensor& followup_mask);
+
 }  // namespace hemexp

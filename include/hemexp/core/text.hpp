@@ -6,12 +6,17 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 namespace hemexp {
 
 std::string trim(const std::string& s);  // spaces, tabs, CR and LF at both ends
 std::string lower(std::string s);
 std::string upper(std::string s);
 bool ends_with(const std::string& s, const std::string& suffix);
+
+// v as a JSON number, or null when v is NaN or infinite (JSON has neither).
+nlohmann::json json_number(double v);
 
 // Fixed decimals, independent of the locale ("3.50", never "3,50").
 std::string format_number(double value, int decimals);

@@ -14,6 +14,11 @@ struct DicomHeader {
   std::filesystem::path path;
   std::string sop_class_uid, modality, series_uid, series_description, image_type,
       convolution_kernel, transfer_syntax;
+  std::string patient_id, study_uid;
+  // When the images were made, as "YYYY-MM-DDTHH:MM:SS" (seconds may carry a fraction), from
+  // the first of AcquisitionDateTime, AcquisitionDate+Time, SeriesDate+Time, StudyDate+Time,
+  // ContentDate+Time that is complete and valid; empty when none is. datetime_source names it.
+  std::string datetime, datetime_source;
   int64_t series_number = 0, instance_number = 0;
   int64_t rows = 0, columns = 0, frames = 1;
   int bits_allocated = 16, pixel_representation = 0;
@@ -29,6 +34,11 @@ struct DicomHeader {
   bool is_localizer() const;
   bool is_enhanced_multiframe() const;
 };
+
+// A DICOM date (DA, YYYYMMDD) and time (TM, HHMMSS.FFFFFF; HHMM and HH allowed, ':' tolerated)
+// as "YYYY-MM-DDTHH:MM:SS[.F]"; a DT value (YYYYMMDDHHMMSS.F, a UTC offset ignored) is
+// accepted as `date` with an empty `time`. Empty when the date is missing or not a real date.
+std::string dicom_datetime(const std::string& date, const std::string& time);
 
 // Cheap test used when walking folders: DICM preamble, or a header GDCM can parse.
 bool looks_like_dicom(const std::filesystem::path& path);

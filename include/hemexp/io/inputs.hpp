@@ -26,4 +26,21 @@ std::vector<CaseInput> expand_inputs(const std::vector<std::filesystem::path>& i
 // outside [A-Za-z0-9._-] become '-', volume extensions are dropped.
 std::string case_id_from_path(const std::filesystem::path& relative);
 
+// One scan of a study folder, described for pairing a patient's scans by date.
+struct StudyScan {
+  CaseInput input;             // as expand_inputs finds it
+  std::string patient_id;      // DICOM PatientID
+  std::string study_uid;       // StudyInstanceUID
+  std::string series_uid;      // the series `run` would read (choose_series)
+  std::string datetime;        // DicomHeader::datetime of that series (earliest of its files)
+  std::string datetime_source;
+  int64_t images = 0;
+  std::string problem;         // why the scan cannot be paired, "" when it can
+};
+
+// Every case of a folder (expand_inputs) with the PatientID, study and date of the series
+// `run` would read from it. A volume file (no PatientID, no date) or a folder whose series
+// cannot be chosen gets a problem instead.
+std::vector<StudyScan> describe_study_scans(const std::filesystem::path& folder);
+
 }  // namespace hemexp

@@ -15,6 +15,8 @@ struct InputInfo {
   std::string modality;
   std::string series_uid, series_description;
   std::string series_choice;  // DICOM: which series was chosen and why
+  std::string patient_id;     // DICOM: PatientID, as written
+  std::string datetime;       // DICOM: when the images were made (DicomHeader::datetime)
   Geometry geometry;          // grid of the volume as read (after any correction)
   double gantry_tilt_deg = 0.0;
   double min_slice_spacing_mm = 0.0, max_slice_spacing_mm = 0.0;

@@ -1,0 +1,34 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace hemexp {
+
+enum ExitCode : int {
+  kExitOk = 0,          // every case succeeded
+  kExitUsage = 2,       // bad usage or configuration
+  kExitSetup = 3,       // fatal setup error, nothing processed
+  kExitCaseFailed = 4,  // the run finished but at least one case failed
+};
+
+// Options of `hemexp run`, as data: filled by CLI11, consumed by run_cases().
+struct RunOptions {
+  std::vector<std::string> inputs;
+  std::string output_dir;
+  std::string device = "cpu";
+  int threads = 0;  // 0 = all cores
+  bool resume = false;
+  bool overwrite = false;
+  int shard_index = 1;  // --shard K/N: this process handles cases K, K+N, K+2N, ... (1-based)
+  int shard_count = 1;
+  std::string series_uid;
+  std::string seg_model;            // empty: the default model, if one is installed; "none": none
+  std::string cls_model;            // the same for the expansion classifier
+  bool save_probabilities = false;  // also write the foreground probability map
+  bool qc = true;                   // write cases/<id>/qc.png
+  std::string log_level = "info";
+  bool progress = true;
+};
+
+}  // namespace hemexp
