@@ -48,4 +48,19 @@ inline std::filesystem::path write_parity_classifier(const std::filesystem::path
   return where;
 }
 
+// A segmentation model around the parity U-Mamba_Bot (random weights: its masks mean nothing
+// but are deterministic) with a card `hemexp run` can use: 2 x 2 x 6 mm, 8 x 32 x 32 windows.
+inline std::filesystem::path write_random_segmenter(const std::filesystem::path& where) {
+  SafetensorsFile file = read_safetensors(std::filesystem::path(HEMEXP_TEST_DATA) / "parity/umambabot.safetensors");
+  nlohmann::json card = nlohmann::json::parse(file.metadata.at(kModelCardKey));
+  card["name"] = "random-weights-test-model";
+  card["preprocessing"] = {{"spacing_mm", {2.0, 2.0, 6.0}},
+                           {"normalization", {{"type", "ct"}, {"clip_hu", {-100, 200}}, {"mean_hu", 40}, {"std_hu", 50}}}};
+  card["inference"] = {{"patch_size", {8, 32, 32}}, {"overlap", 0.5}, {"mirror", false}};
+  card["postprocessing"] = {{"threshold", 0.5}, {"min_component_ml", 0.05}};
+  file.metadata[kModelCardKey] = card.dump();
+  write_safetensors(where, file);
+  return where;
+}
+
 }  // namespace hemexp::test

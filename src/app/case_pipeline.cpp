@@ -163,6 +163,7 @@ CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipel
     log.error("{}: failed: {} ({})", c.id, result.error, c.path.string());
   }
   result.models = pipeline.models();
+  result.fingerprint = c.fingerprint;
   result.seconds = seconds_since(t_case);
   result.hemexp_version = kVersion;
   try {

@@ -135,6 +135,7 @@ nlohmann::json CaseResult::to_json() const {
   j["timings_s"] = timings_s;
   j["models"] = json::object();
   for (const auto& [role, provenance] : models) j["models"][role] = provenance;
+  if (!fingerprint.is_null()) j["fingerprint"] = fingerprint;
   j["seconds"] = seconds;
   j["hemexp_version"] = hemexp_version;
   return j;
@@ -158,6 +159,7 @@ CaseResult CaseResult::from_json(const nlohmann::json& j) {
     r.corrected_ct = j.value("corrected_ct", "");
     r.timings_s = j.at("timings_s").get<std::map<std::string, double>>();
     for (const auto& [role, provenance] : j.at("models").items()) r.models[role] = provenance;
+    r.fingerprint = j.value("fingerprint", json());
     r.seconds = j.at("seconds").get<double>();
     r.hemexp_version = j.at("hemexp_version").get<std::string>();
     return r;

@@ -21,6 +21,23 @@ const CLI::Validator kDevice(
     },
     "cpu|cuda|cuda:N", "Device");
 
+// A TOML/INI config file whose plain `key = value` lines are options of the command on the
+// command line (run, expansion), not of hemexp itself.
+class SubcommandConfig : public CLI::ConfigTOML {
+ public:
+  explicit SubcommandConfig(const CLI::App* app) : app_(app) {}
+  std::vector<CLI::ConfigItem> from_config(std::istream& input) const override {
+    std::vector<CLI::ConfigItem> items = CLI::ConfigTOML::from_config(input);
+    for (const CLI::App* sub : app_->get_subcommands())
+      for (CLI::ConfigItem& item : items)
+        if (item.parents.empty() || item.parents.front() != sub->get_name()) item.parents.insert(item.parents.begin(), sub->get_name());
+    return items;
+  }
+
+ private:
+  const CLI::App* app_;
+};
+
 }  // namespace
 
 CLI::App* setup_run(CLI::App& app, RunOptions& o) {
@@ -70,6 +87,9 @@ void add_run_options(CLI::App* run, RunOptions& o) {
   run->add_option("--log-level", o.log_level, "Log detail")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
       ->capture_default_str();
+  // --config is the main app's (CLI11 reads config files there only); fallthrough lets it follow
+  // the command, and SubcommandConfig gives the file's keys to the command given.
+  run->fallthrough();
   run->add_flag("!--no-progress", o.progress, "No per-case progress lines on the console");
 }
 
@@ -80,6 +100,10 @@ std::unique_ptr<CLI::App> make_app(CommandLine& line) {
       "hemexp");
   app->set_version_flag("--version", std::string("hemexp ") + kVersion + " (" + kGitCommit + ")");
   app->require_subcommand(1);
+  app->set_config("--config", "", "Read the command's options from a TOML (or INI) file, one `name = value` per "
+                                  "option (e.g. threads = 2); options on the command line override it")
+      ->check(CLI::ExistingFile);
+  app->config_formatter(std::make_shared<SubcommandConfig>(app.get()));
   CLI::App* run = setup_run(*app, line.run);
   run->callback([&line] { line.command = "run"; });
   CLI::App* synth = setup_synth(*app, line.synth);
@@ -90,6 +114,8 @@ std::unique_ptr<CLI::App> make_app(CommandLine& line) {
   eval->callback([&line] { line.command = "eval"; });
   CLI::App* expansion = setup_expansion(*app, line.expansion);
   expansion->callback([&line] { line.command = "expansion"; });
+  CLI::App* check = setup_check(*app, line.check);
+  check->callback([&line] { line.command = "check"; });
   CLI::App* info = setup_info(*app, line.info);
   info->callback([&line] { line.command = "info"; });
   return app;
@@ -110,7 +136,13 @@ int main_entry(int argc, const char* const* argv) {
     return code == 0 ? kExitOk : kExitUsage;
   }
   const std::vector<std::string> args(argv, argv + argc);
+  // The options a run really used (config file, command line and defaults), for run.json.
+  for (const char* name : {"run", "expansion"}) {
+    CLI::App* sub = app->get_subcommand(name);
+    if (sub->parsed()) (line.command == "run" ? line.run : line.expansion.run).effective_config = sub->config_to_str(true, false);
+  }
   if (line.command == "run") return run_cases(line.run, args);
+  if (line.command == "check") return run_check(line.check);
   if (line.command == "expansion") return run_expansion(line.expansion, args);
   if (line.command == "synth") return run_synth(line.synth, args);
   if (line.command == "prepare") return run_prepare(line.prepare);

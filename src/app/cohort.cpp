@@ -5,6 +5,10 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <csignal>
 #include <ctime>
 #include <map>
 #include <optional>
@@ -12,6 +16,7 @@
 #include <sstream>
 
 #include "hemexp/app/cli.hpp"
+#include "hemexp/core/statistics.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/version.hpp"
@@ -80,6 +85,13 @@ int CohortRunner::prepare() {
     return kExitUsage;
   }
   cohort_size_ = all.size();
+  // A list's own columns follow hemexp's in results.csv (all shards alike); one named like a
+  // hemexp column is written as list_<name>.
+  extra_columns_.clear();
+  for (const CaseInput& c : all)
+    for (const auto& [name, value] : c.extra)
+      if (std::find(extra_columns_.begin(), extra_columns_.end(), name) == extra_columns_.end())
+        extra_columns_.push_back(name);
   cases_.clear();
   for (size_t k = 0; k < all.size(); ++k)
     if (int(k % size_t(options_.shard_count)) == options_.shard_index - 1) cases_.push_back(all[k]);
@@ -108,9 +120,86 @@ std::optional<CaseResult> CohortRunner::previous_result(const CaseInput& c) cons
   const fs::path dir = out_ / "cases" / c.id;
   if (!fs::exists(dir / CaseFiles::kMask)) return std::nullopt;
   std::optional<CaseResult> previous = CaseResult::read(dir / CaseFiles::kResult);
-  if (!previous || previous->status != "ok" || previous->input_path != c.path.string()) return std::nullopt;
+  if (!previous || previous->status != "ok") return std::nullopt;
   return previous;
 }
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string duration_text(double s) {
+  if (!std::isfinite(s)) return "?";
+  const long t = std::lround(s);
+  char buf[32];
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t % 3600) / 60);
+  else std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+  return buf;
+}
+
+}  // namespace
+
+std::string progress_line(size_t done, size_t total, const std::map<std::string, int>& counts, double elapsed_s,
+                          double eta_s, const std::string& current) {
+  const auto n = [&](const char* k) { const auto it = counts.find(k); return it == counts.end() ? 0 : it->second; };
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "[%zu/%zu] ok %d, failed %d, kept %d | %s elapsed, ETA %s | ", done, total, n("ok"),
+                n("failed"), n("skipped"), duration_text(elapsed_s).c_str(), duration_text(eta_s).c_str());
+  return buf + current;
+}
+
+std::string resume_mismatch(const CaseResult& previous, const json& expected) {
+  const json& had = previous.fingerprint;
+  if (!had.is_object() || !had.contains("input")) return "its result has no fingerprint (an older hemexp wrote it)";
+  const std::string input = expected.value("input", "");
+  if (input.empty()) return "its input could not be fingerprinted";
+  if (had.value("input", "") != input) return "its input changed";
+  const json no = json::object();
+  const json& m0 = had.contains("models") ? had["models"] : no;
+  const json& m1 = expected.contains("models") ? expected["models"] : no;
+  for (const json* m : {&m0, &m1})
+    for (const auto& [role, sha] : m->items())
+      if (m0.value(role, json()) != m1.value(role, json())) return "the " + role + " model changed";
+  const json& o0 = had.contains("options") ? had["options"] : no;
+  const json& o1 = expected.contains("options") ? expected["options"] : no;
+  for (const json* o : {&o0, &o1})
+    for (const auto& [key, value] : o->items())
+      if (o0.value(key, json()) != o1.value(key, json()))
+        return "option " + key + " changed (" + o0.value(key, json()).dump() + " -> " + o1.value(key, json()).dump() + ")";
+  return "";
+}
+
+namespace {
+
+// SIGINT / SIGTERM: the run stops between cases. The handler resets itself (SA_RESETHAND), so
+// a second signal ends the process at once; atomic writes leave no half-written file either way.
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND;
+    sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~StopSignals() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  int received() const { return int(g_stop_signal); }
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
+};
+
+}  // namespace
 
 int CohortRunner::run(const CaseFunction& f, const json& run_info) {
   if (!log_) open_log();
@@ -132,14 +221,50 @@ int CohortRunner::run(const CaseFunction& f, const json& run_info) {
               {"cases", {{"total", cases_.size()}, {"ok", 0}, {"failed", 0}, {"skipped", 0}}}});
   write_text_atomically(out_ / run_json_name(), run.dump(2) + "\n");
 
-  const std::vector<std::string>& columns = CaseResult::csv_columns();
+  std::vector<std::string> columns = CaseResult::csv_columns();
+  const size_t own_columns = columns.size();
+  for (const std::string& name : extra_columns_)
+    columns.push_back(std::find(columns.begin(), columns.begin() + long(own_columns), name) !=
+                              columns.begin() + long(own_columns)
+                          ? "list_" + name
+                          : name);
   std::string csv = csv_line(columns);
   std::map<std::string, int> counts{{"ok", 0}, {"failed", 0}, {"skipped", 0}};
+  // What every result of this run depends on besides its input.
+  json models = json::object();
+  if (run_info.contains("models"))
+    for (const auto& [role, provenance] : run_info["models"].items()) models[role] = provenance.value("sha256", "");
+  const json result_options = run_info.value("result_options", json::object());
+  const StopSignals signals;
+  // On a terminal the progress is one line updated in place; in a log or a pipe, a line per case.
+  const bool terminal = ::isatty(STDERR_FILENO) == 1;
+  const auto t_run = std::chrono::steady_clock::now();
+  std::vector<double> case_seconds;  // of the cases analysed (not kept) in this run
   for (size_t k = 0; k < cases_.size(); ++k) {
-    const CaseInput& c = cases_[k];
+    if (signals.received()) break;
+    CaseInput c = cases_[k];
+    if (options_.progress && terminal)
+      std::fprintf(stderr, "\r\033[K%s",
+                   progress_line(k, cases_.size(), counts, seconds_since(t_run),
+                                 case_seconds.empty() ? std::nan("") : median(case_seconds) * double(cases_.size() - k),
+                                 "analysing " + c.id)
+                       .c_str());
+    std::string input_digest;
+    try {
+      input_digest = input_fingerprint(c.path);
+    } catch (const std::exception&) {  // the case fails when it is read, with its own reason
+    }
+    c.fingerprint = {{"input", input_digest}, {"models", models}, {"options", result_options}};
     std::optional<CaseResult> result = options_.resume ? previous_result(c) : std::nullopt;
     if (result) {
+      if (const std::string why = resume_mismatch(*result, c.fingerprint); !why.empty()) {
+        log.info("{}: done again: {}", c.id, why);
+        result.reset();
+      }
+    }
+    if (result) {
       result->status = "skipped";
+      result->input_path = c.path.string();  // the same content, perhaps moved
       log.info("{}: kept from the previous run", c.id);
     } else {
       try {
@@ -154,17 +279,42 @@ int CohortRunner::run(const CaseFunction& f, const json& run_info) {
       }
     }
     ++counts[result->status];
-    csv += csv_line(columns, result->csv_row());
+    std::map<std::string, std::string> row = result->csv_row();
+    for (const auto& [name, value] : c.extra) {
+      const size_t at = size_t(std::find(extra_columns_.begin(), extra_columns_.end(), name) - extra_columns_.begin());
+      row[columns[own_columns + at]] = value;
+    }
+    csv += csv_line(columns, row);
     write_text_atomically(out_ / results_name(), csv);  // a crash leaves every finished row
-    if (options_.progress)
-      std::fprintf(stderr, "[%zu/%zu] %s: %s%s%s\n", k + 1, cases_.size(), c.id.c_str(), result->status.c_str(),
-                   result->error.empty() ? "" : ": ", result->error.c_str());
+    if (result->status != "skipped") case_seconds.push_back(result->seconds);
+    if (options_.progress) {
+      if (terminal) {
+        const double eta = case_seconds.empty() ? std::nan("") : median(case_seconds) * double(cases_.size() - k - 1);
+        std::fprintf(stderr, "\r\033[K%s", progress_line(k + 1, cases_.size(), counts, seconds_since(t_run), eta,
+                                                         c.id + ": " + result->status).c_str());
+        if (result->status == "failed") std::fprintf(stderr, "\n%s: failed: %s\n", c.id.c_str(), result->error.c_str());
+      } else {
+        std::fprintf(stderr, "[%zu/%zu] %s: %s%s%s\n", k + 1, cases_.size(), c.id.c_str(), result->status.c_str(),
+                     result->error.empty() ? "" : ": ", result->error.c_str());
+      }
+    }
   }
+  if (options_.progress && terminal && !cases_.empty()) std::fprintf(stderr, "\n");
+  const int stop = signals.received();
   run["finished"] = utc_now();
   run["cases"] = {{"total", cases_.size()}, {"ok", counts["ok"]}, {"failed", counts["failed"]},
                   {"skipped", counts["skipped"]}};
+  if (stop) {
+    run["interrupted"] = {{"signal", stop == SIGINT ? "SIGINT" : "SIGTERM"},
+                          {"not_started", cases_.size() - size_t(counts["ok"] + counts["failed"] + counts["skipped"])}};
+  }
   write_text_atomically(out_ / run_json_name(), run.dump(2) + "\n");
   log.info("done: {} ok, {} failed, {} kept from a previous run", counts["ok"], counts["failed"], counts["skipped"]);
+  if (stop) {
+    log.warn("interrupted by {} after {} of {} cases; rerun with --resume to finish", stop == SIGINT ? "SIGINT" : "SIGTERM",
+             counts["ok"] + counts["failed"] + counts["skipped"], cases_.size());
+    return kExitInterrupted;
+  }
   return counts["failed"] > 0 ? kExitCaseFailed : kExitOk;
 }
 

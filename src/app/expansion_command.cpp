@@ -568,6 +568,7 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
         return process_case(c, dir, pipeline, case_log);
       },
       run_info);
+  if (code == kExitInterrupted) return code;  // the pair tables wait for --resume
   if (o.run.shard_count > 1) {
     log.info("scans of shard {}/{} done; when every shard has finished, the same command without --shard and with "
              "--resume writes the pair tables (expansion.csv, labels.csv)",

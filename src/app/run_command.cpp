@@ -13,6 +13,7 @@
 #include "hemexp/app/cohort.hpp"
 #include "hemexp/core/selective_scan.hpp"
 #include "hemexp/io/image_file.hpp"
+#include "hemexp/version.hpp"
 
 namespace hemexp {
 namespace fs = std::filesystem;
@@ -128,7 +129,16 @@ int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
 
   json models = json::object();
   for (const auto& [role, provenance] : pipeline.models()) models[role] = provenance;
+  // The options that change a case's results: a result made with other values is not kept by
+  // --resume (the models' sha256 and the input's content are the rest of the fingerprint).
+  const json result_options = {{"series_uid", o.series_uid},
+                               {"device", device.is_cuda() ? "cuda" : "cpu"},
+                               {"save_probabilities", o.save_probabilities},
+                               {"qc", o.qc},
+                               {"hemexp_version", kVersion}};
   setup.run_info = {{"device", o.device},
+                    {"config", o.effective_config},
+                    {"result_options", result_options},
                     {"threads", threads},
                     {"models", models},
                     {"libraries",

@@ -9,6 +9,7 @@
 #include "hemexp/io/dicom.hpp"
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
+#include "hemexp/core/model_file.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/io/image_file.hpp"
 
@@ -25,6 +26,8 @@ bool is_list_file(const fs::path& p) {
 struct Found {
   fs::path path;
   fs::path relative;  // names the case
+  std::string given_id;  // a list's case_id column
+  std::vector<std::pair<std::string, std::string>> extra;  // a list's other columns
 };
 
 void walk_folder(const fs::path& root, std::vector<Found>& out) {
@@ -63,11 +66,22 @@ void expand_one(const fs::path& input, std::vector<Found>& out, int depth) {
     } catch (const CoreError& e) {
       throw IoError("list " + input.string() + ": " + e.what());
     }
-    std::vector<std::vector<std::string>> lines{table.header};
+    // A list with a `path` column in its header: that column, an optional case_id, and every
+    // other column carried through. Otherwise: the first column of every line.
+    const auto column = [&](const std::string& name) {
+      for (size_t c = 0; c < table.header.size(); ++c)
+        if (lower(trim(table.header[c])) == name) return int(c);
+      return -1;
+    };
+    const int path_col = column("path"), id_col = path_col >= 0 ? column("case_id") : -1;
+    std::vector<std::vector<std::string>> lines;
+    if (path_col < 0) lines.push_back(table.header);
     lines.insert(lines.end(), table.rows.begin(), table.rows.end());
-    bool first = true;
-    for (const std::vector<std::string>& line : lines) {
-      const std::string entry = line.empty() ? std::string() : trim(line.front());
+    bool first = path_col < 0;
+    for (size_t n = 0; n < lines.size(); ++n) {
+      const std::vector<std::string>& line = lines[n];
+      const size_t at = size_t(std::max(path_col, 0));
+      const std::string entry = line.size() > at ? trim(line[at]) : std::string();
       const bool header = first;
       first = false;
       if (entry.empty() || entry[0] == '#') continue;
@@ -75,8 +89,27 @@ void expand_one(const fs::path& input, std::vector<Found>& out, int depth) {
       // A CSV header names a column ("path"), not a file.
       if (header && !fs::exists(p) && entry.find_first_of("./\\") == std::string::npos) continue;
       if (!fs::exists(p)) throw IoError("list " + input.string() + " names " + entry + ", which does not exist");
-      if (fs::is_directory(p)) walk_folder(p.lexically_normal(), out);
-      else out.push_back({p, fs::path(entry).filename()});
+      Found f{p, fs::path(entry).filename(), "", {}};
+      if (path_col >= 0) {
+        for (size_t c = 0; c < table.header.size(); ++c) {
+          const std::string value = c < line.size() ? trim(line[c]) : std::string();
+          if (int(c) == id_col) f.given_id = value;
+          else if (int(c) != path_col) f.extra.emplace_back(trim(table.header[c]), value);
+        }
+        if (!f.given_id.empty() && case_id_from_path(f.given_id) != f.given_id)
+          throw IoError("list " + input.string() + " row " + std::to_string(n + 2) + ": case_id '" + f.given_id +
+                        "' may hold only letters, digits, '.', '_' and '-'");
+      }
+      if (fs::is_directory(p)) {
+        if (!f.given_id.empty() || !f.extra.empty()) {
+          // A folder given with its own id and columns is one case: the DICOM folder itself.
+          out.push_back(f);
+        } else {
+          walk_folder(p.lexically_normal(), out);
+        }
+      } else {
+        out.push_back(f);
+      }
     }
   } else {
     out.push_back({input, input.filename()});
@@ -114,7 +147,15 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs) {
     if (!f.relative.has_parent_path()) paths_by_name[case_id_from_path(f.relative)].insert(f.path.lexically_normal());
   std::vector<CaseInput> cases;
   std::set<std::string> used;
+  // Ids a list gives are taken as they are: first, so that no derived id takes one of them.
+  for (const Found& f : found)
+    if (!f.given_id.empty() && !used.insert(f.given_id).second)
+      throw IoError("case_id '" + f.given_id + "' is given to more than one scan");
   for (const Found& f : found) {
+    if (!f.given_id.empty()) {
+      cases.push_back({f.given_id, f.path, {}, f.extra});
+      continue;
+    }
     fs::path relative = f.relative;
     if (!relative.has_parent_path() && paths_by_name[case_id_from_path(relative)].size() > 1) {
       const fs::path folder = fs::absolute(f.path).lexically_normal().parent_path().filename();
@@ -124,7 +165,7 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs) {
     std::string id = base;
     for (int k = 2; used.count(id); ++k) id = base + "-" + std::to_string(k);
     used.insert(id);
-    cases.push_back({id, f.path});
+    cases.push_back({id, f.path, {}, f.extra});
   }
   return cases;
 }
@@ -158,6 +199,34 @@ std::vector<StudyScan> describe_study_scans(const fs::path& folder) {
     scans.push_back(std::move(s));
   }
   return scans;
+}
+
+std::string input_fingerprint(const fs::path& path) {
+  std::vector<fs::path> files;
+  std::error_code ec;
+  if (fs::is_directory(path, ec) || (!is_volume_file(path) && looks_like_dicom(path))) {
+    // A DICOM file stands for its series, read from the files beside it.
+    const fs::path folder = fs::is_directory(path, ec) ? path : path.parent_path();
+    for (const auto& e : fs::directory_iterator(folder, ec))
+      if (e.is_regular_file() && e.path().filename().string()[0] != '.') files.push_back(e.path());
+    if (ec) throw IoError("cannot list " + folder.string() + ": " + ec.message());
+  } else {
+    files.push_back(path);
+  }
+  std::sort(files.begin(), files.end());
+  std::string record;
+  std::vector<char> head(4096);
+  for (const fs::path& f : files) {
+    const auto size = fs::file_size(f, ec);
+    const auto time = fs::last_write_time(f, ec);
+    if (ec) throw IoError("cannot read " + f.string() + ": " + ec.message());
+    std::ifstream in(f, std::ios::binary);
+    in.read(head.data(), std::streamsize(head.size()));
+    record += f.filename().string() + '\0' + std::to_string(size) + '\0' +
+              std::to_string(time.time_since_epoch().count()) + '\0' +
+              sha256_hex(std::string(head.data(), size_t(in.gcount()))) + '\n';
+  }
+  return sha256_hex(record);
 }
 
 }  // namespace hemexp

@@ -2,6 +2,8 @@
 #include <CLI/CLI.hpp>
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include <filesystem>
 
 #include "hemexp/app/cli.hpp"
@@ -67,6 +69,23 @@ TEST(Cli, RunAllOptions) {
   EXPECT_TRUE(p.line.run.save_probabilities);
   EXPECT_EQ(p.line.run.seg_model, kData + "/parity/umambabot.safetensors");
   EXPECT_EQ(parse({"run", "-i", kData, "-o", "out", "--seg-model", "none"}).line.run.seg_model, "none");
+}
+
+TEST(Cli, RunOptionsFromAConfigFileAndTheCommandLineOverIt) {
+  const std::string config = ::testing::TempDir() + "/hemexp-run.toml";
+  std::ofstream(config) << "# a cohort's settings\noutput = \"/tmp/from-config\"\nthreads = 2\nseg-model = \"none\"\n"
+                           "qc = false\nshard = \"2/4\"\nlog-level = \"warn\"\n";
+  const Parsed p = parse({"run", "-i", kData, "--config", config, "--threads", "1"});
+  ASSERT_EQ(p.error, "");
+  EXPECT_EQ(p.line.run.output_dir, "/tmp/from-config");
+  EXPECT_EQ(p.line.run.threads, 1);  // the command line wins
+  EXPECT_EQ(p.line.run.seg_model, "none");
+  EXPECT_FALSE(p.line.run.qc);
+  EXPECT_EQ(p.line.run.shard_index, 2);
+  EXPECT_EQ(p.line.run.shard_count, 4);
+  EXPECT_EQ(p.line.run.log_level, "warn");
+  std::ofstream(config, std::ios::trunc) << "threads = 0\n";  // validators apply to the file too
+  EXPECT_NE(parse({"run", "-i", kData, "-o", "x", "--config", config}).error, "");
 }
 
 TEST(Cli, BadArgumentsAreRejectedWithAReason) {

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cmath>
 #include <fstream>
 #include <set>
 
@@ -42,16 +44,17 @@ class Cohort : public ::testing::Test {
       CaseResult r;
       r.case_id = c.id;
       r.input_path = c.path.string();
+      r.fingerprint = c.fingerprint;
       r.seconds = 1.0;
       r.write(dir / CaseFiles::kResult);
       return r;
     };
   }
 
-  int run(const CohortOptions& o, const CaseFunction& f) {
+  int run(const CohortOptions& o, const CaseFunction& f, const nlohmann::json& run_info = {{"device", "cpu"}}) {
     CohortRunner cohort(o, {"hemexp", "test"});
     if (const int code = cohort.prepare(); code != kExitOk) return code;
-    return cohort.run(f, {{"device", "cpu"}});
+    return cohort.run(f, run_info);
   }
 
   fs::path root_;
@@ -133,6 +136,76 @@ TEST_F(Cohort, ResumeKeepsWhatIsDoneAndRetriesTheRest) {
   called.clear();
   EXPECT_EQ(run(overwrite, fake(&called)), kExitCaseFailed);
   EXPECT_EQ(called.size(), 7u);
+}
+
+TEST_F(Cohort, ResumeRedoesCasesWhoseInputModelOrOptionsChanged) {
+  const nlohmann::json info = {{"models", {{"segmentation", {{"sha256", "aaa"}}}}},
+                               {"result_options", {{"series_uid", ""}, {"qc", true}}}};
+  EXPECT_EQ(run(options_, fake(nullptr), info), kExitCaseFailed);
+  const nlohmann::json fp = nlohmann::json::parse(slurp(root_ / "out/cases/in_scan0/result.json"))["fingerprint"];
+  EXPECT_EQ(fp["input"].get<std::string>().size(), 64u);
+  EXPECT_EQ(fp["models"], nlohmann::json({{"segmentation", "aaa"}}));
+  CohortOptions o = options_;
+  o.resume = true;
+  std::vector<std::string> called;
+  // Same content, rewritten with the same bytes but a new modification time: done again (the
+  // fingerprint is cheap, not clairvoyant); another content of the same size: done again.
+  fs::last_write_time(root_ / "in/scan2.nii.gz", fs::last_write_time(root_ / "in/scan2.nii.gz") + std::chrono::seconds(5));
+  std::ofstream(root_ / "in/scan4.nii.gz", std::ios::trunc) << "X";
+  EXPECT_EQ(run(o, fake(&called), info), kExitCaseFailed);
+  EXPECT_EQ(called, (std::vector<std::string>{"in_scan2", "in_scan3", "in_scan4"}));
+  const std::string log = slurp(root_ / "out/hemexp.log");
+  EXPECT_NE(log.find("in_scan4: done again: its input changed"), std::string::npos) << log;
+  // Another model, or another option that changes results: everything again, and why.
+  called.clear();
+  nlohmann::json other = info;
+  other["models"]["segmentation"]["sha256"] = "bbb";
+  EXPECT_EQ(run(o, fake(&called), other), kExitCaseFailed);
+  EXPECT_EQ(called.size(), 7u);
+  EXPECT_NE(slurp(root_ / "out/hemexp.log").find("in_scan0: done again: the segmentation model changed"), std::string::npos);
+  called.clear();
+  other["result_options"]["series_uid"] = "1.2.3";
+  EXPECT_EQ(run(o, fake(&called), other), kExitCaseFailed);
+  EXPECT_EQ(called.size(), 7u);
+  EXPECT_NE(slurp(root_ / "out/hemexp.log").find("in_scan0: done again: option series_uid changed (\"\" -> \"1.2.3\")"),
+            std::string::npos);
+  // Unchanged: only the failing case runs again.
+  called.clear();
+  EXPECT_EQ(run(o, fake(&called), other), kExitCaseFailed);
+  EXPECT_EQ(called, (std::vector<std::string>{"in_scan3"}));
+  // A result written before fingerprints existed is done again, and the log says why.
+  CaseResult old = *CaseResult::read(root_ / "out/cases/in_scan6/result.json");
+  old.fingerprint = nullptr;
+  old.write(root_ / "out/cases/in_scan6/result.json");
+  called.clear();
+  EXPECT_EQ(run(o, fake(&called), other), kExitCaseFailed);
+  EXPECT_EQ(called, (std::vector<std::string>{"in_scan3", "in_scan6"}));
+  EXPECT_NE(slurp(root_ / "out/hemexp.log").find("in_scan6: done again: its result has no fingerprint"), std::string::npos);
+}
+
+TEST_F(Cohort, AListsColumnsJoinTheResultsTable) {
+  std::ofstream(root_ / "list.csv") << "path,case_id,age,status\nin/scan0.nii.gz,P0,71,inpatient\nin/scan1.nii.gz,P1,64,\n";
+  CohortOptions o = options_;
+  o.inputs = {(root_ / "list.csv").string()};
+  EXPECT_EQ(run(o, fake(nullptr)), kExitOk);
+  const CsvTable t = parse_csv(slurp(root_ / "out/results.csv"));
+  std::vector<std::string> expected = CaseResult::csv_columns();
+  expected.push_back("age");
+  expected.push_back("list_status");  // named like a hemexp column
+  EXPECT_EQ(t.header, expected);
+  const auto rows = t.records();
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].at("case_id"), "P0");
+  EXPECT_EQ(rows[0].at("status"), "ok");
+  EXPECT_EQ(rows[0].at("age"), "71");
+  EXPECT_EQ(rows[0].at("list_status"), "inpatient");
+  EXPECT_EQ(rows[1].at("age"), "64");
+}
+
+TEST(CohortProgress, OneLineWithCountsElapsedAndEta) {
+  EXPECT_EQ(progress_line(3, 2000, {{"ok", 2}, {"failed", 1}, {"skipped", 0}}, 42.4, 3725.0, "p7_ct: ok"),
+            "[3/2000] ok 2, failed 1, kept 0 | 0m42s elapsed, ETA 1h02m | p7_ct: ok");
+  EXPECT_EQ(progress_line(0, 5, {}, 0.2, std::nan(""), "analysing a"), "[0/5] ok 0, failed 0, kept 0 | 0m00s elapsed, ETA ? | analysing a");
 }
 
 TEST_F(Cohort, SetupExitCodes) {

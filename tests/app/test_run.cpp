@@ -206,19 +206,6 @@ TEST_F(RunCommand, SetupErrors) {
 
 // A runnable model: the random-weight parity U-Mamba with preprocessing and inference blocks.
 // Its masks mean nothing; the test is about the plumbing around them.
-fs::path write_random_model(const fs::path& where) {
-  SafetensorsFile file = read_safetensors(kData / "parity/umambabot.safetensors");
-  json card = json::parse(file.metadata.at(kModelCardKey));
-  card["name"] = "random-weights-test-model";
-  card["preprocessing"] = {{"spacing_mm", {2.0, 2.0, 6.0}},
-                           {"normalization", {{"type", "ct"}, {"clip_hu", {-100, 200}}, {"mean_hu", 40}, {"std_hu", 50}}}};
-  card["inference"] = {{"patch_size", {8, 32, 32}}, {"overlap", 0.5}, {"mirror", false}};
-  card["postprocessing"] = {{"threshold", 0.5}, {"min_component_ml", 0.05}};
-  file.metadata[kModelCardKey] = card.dump();
-  write_safetensors(where, file);
-  return where;
-}
-
 fs::path write_classifier_model(const fs::path& where, double min_volume_ml) {
   return test::write_parity_classifier(where, test::parity_classifier_card(min_volume_ml, 1.5, -0.5));
 }
@@ -237,7 +224,7 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
   write_image_file(root_ / "in/nifti ct.nii.gz", head.baseline.ct, oblique);
   RunOptions o = options_;
   o.inputs = {(root_ / "in/head.nii.gz").string(), (root_ / "in/nifti ct.nii.gz").string()};
-  o.seg_model = write_random_model(root_ / "model.safetensors").string();
+  o.seg_model = test::write_random_segmenter(root_ / "model.safetensors").string();
   o.cls_model = write_classifier_model(root_ / "classifier.safetensors", 0.0).string();
   o.save_probabilities = true;
   ASSERT_EQ(run(o), kExitOk);

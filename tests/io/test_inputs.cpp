@@ -37,6 +37,8 @@ TEST(Inputs, CohortFolderListAndClashes) {
   EXPECT_EQ(cases[0].path, dir / "cohort/p1/series");
   EXPECT_EQ(cases[1].id, "cohort_p2_ct");
   EXPECT_EQ(cases[2].id, "other");
+  EXPECT_EQ(cases[2].extra, (std::vector<std::pair<std::string, std::string>>{{"age", "71"}}));
+  EXPECT_TRUE(cases[0].extra.empty());
   EXPECT_EQ(cases[3].id, "ct");
   EXPECT_EQ(cases[4].id, "other-2");  // same name again: unique suffix, in input order
   EXPECT_EQ(cases[4].path, dir / "other.nii");
@@ -52,6 +54,40 @@ TEST(Inputs, CohortFolderListAndClashes) {
 
   std::ofstream(dir / "broken.txt") << "missing.nii\n";
   EXPECT_THROW(expand_inputs({dir / "broken.txt"}), IoError);
+}
+
+TEST(Inputs, ListsAsResearchersKeepThem) {
+  // path anywhere in the header, the study's own case_id, and its columns carried through.
+  ScratchDir dir;
+  fs::create_directories(dir / "scans/p1");
+  std::ofstream(dir / "scans/a.nii.gz") << "x";
+  std::ofstream(dir / "scans/b.nii.gz") << "x";
+  for (const char* f : {"01.dcm", "02.dcm"})
+    fs::copy_file(test::data("ge-head-ct-tilt-mixed-thickness") / f, dir / "scans/p1" / f);
+  std::ofstream(dir / "study.csv") << "centre,Path,case_id,onset_to_ct_h\n"
+                                      "Leeds,scans/a.nii.gz,PT-001,2.5\n"
+                                      "\"Lyon, FR\",scans/p1,PT-002,\n"
+                                      "Leeds,scans/b.nii.gz,,6\n";
+  const auto cases = expand_inputs({dir / "study.csv"});
+  ASSERT_EQ(cases.size(), 3u);
+  EXPECT_EQ(cases[0].id, "PT-001");
+  EXPECT_EQ(cases[0].extra,
+            (std::vector<std::pair<std::string, std::string>>{{"centre", "Leeds"}, {"onset_to_ct_h", "2.5"}}));
+  EXPECT_EQ(cases[1].id, "PT-002");  // a folder given with an id is that one case
+  EXPECT_EQ(cases[1].path, dir / "scans/p1");
+  EXPECT_EQ(cases[1].extra[0].second, "Lyon, FR");
+  EXPECT_EQ(cases[2].id, "b");  // no id given: derived as usual
+  EXPECT_EQ(cases[2].extra[1].second, "6");
+
+  std::ofstream(dir / "dup.csv") << "path,case_id\nscans/a.nii.gz,X\nscans/b.nii.gz,X\n";
+  EXPECT_THROW(expand_inputs({dir / "dup.csv"}), IoError);
+  std::ofstream(dir / "unsafe.csv") << "path,case_id\nscans/a.nii.gz,../x\n";
+  try {
+    expand_inputs({dir / "unsafe.csv"});
+    ADD_FAILURE() << "an unsafe case_id was taken";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("row 2: case_id '../x' may hold only"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -54,6 +54,7 @@ struct CaseResult {
   std::string corrected_ct;                     // file name of the corrected CT, when written
   std::map<std::string, double> timings_s;      // per stage
   std::map<std::string, nlohmann::json> models;  // role ("segmentation") -> provenance
+  nlohmann::json fingerprint;                   // CaseInput::fingerprint of the analysis
   double seconds = 0.0;                         // the whole case
   std::string hemexp_version;
 

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "hemexp/app/check_command.hpp"
 #include "hemexp/app/eval_command.hpp"
 #include "hemexp/app/expansion_command.hpp"
 #include "hemexp/app/info_command.hpp"
@@ -25,6 +26,7 @@ struct CommandLine {
   EvalOptions eval;
   InfoOptions info;
   ExpansionOptions expansion;
+  CheckOptions check;
 };
 
 // Binds RunOptions to a `run` subcommand of app (validators included).

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,9 +54,14 @@ class CohortRunner {
   // Opens OUTDIR's log (appended to when resuming), records argv, version and host.
   spdlog::logger& open_log();
 
-  // Runs f on every case of the shard, keeping those a previous run finished when resuming.
-  // run_info (device, threads, models, library versions) goes into run.json beside the
-  // runner's own fields. Returns kExitOk, or kExitCaseFailed when some case failed.
+  // Runs f on every case of the shard, keeping those a previous run finished when resuming and
+  // whose fingerprint (CaseInput::fingerprint: input content, models, options) is unchanged;
+  // f must record c.fingerprint in the result it writes. run_info (device, threads, models
+  // role -> provenance with sha256, result_options, library versions) goes into run.json
+  // beside the runner's own fields. SIGINT or SIGTERM end the run after the case being
+  // analysed, with results.csv and run.json written (run.json `interrupted`); a second signal
+  // stops at once. Returns kExitOk, kExitCaseFailed when some case failed, or
+  // kExitInterrupted.
   int run(const CaseFunction& f, const nlohmann::json& run_info);
 
   // The file names of this process: a sharded run gets its own CSV, JSON and log so that
@@ -65,15 +71,27 @@ class CohortRunner {
   std::string log_name() const;
 
  private:
-  std::optional<CaseResult> previous_result(const CaseInput& c) const;
+  std::optional<CaseResult> previous_result(const CaseInput& c) const;  // an ok result with its mask
 
   CohortOptions options_;
   std::vector<std::string> argv_;
   std::filesystem::path out_;
   std::vector<CaseInput> cases_;
   size_t cohort_size_ = 0;
+  std::vector<std::string> extra_columns_;  // of the input lists, in order of appearance
   std::shared_ptr<spdlog::logger> log_;
 };
+
+// Why a previous result cannot be kept for a case with fingerprint `expected` ("" when it can):
+// no fingerprint (written before hemexp recorded one), input content changed, a model changed
+// (which), options changed (which, from what to what).
+std::string resume_mismatch(const CaseResult& previous, const nlohmann::json& expected);
+
+// The progress line shown on a terminal: "[done/total] ok 3, failed 1, kept 0 | 0m42s
+// elapsed, ETA 1m10s | <current>" (ETA "?" while unknown: the median case time times the
+// cases left).
+std::string progress_line(size_t done, size_t total, const std::map<std::string, int>& counts, double elapsed_s,
+                          double eta_s, const std::string& current);
 
 std::string utc_now();
 std::string host_name();

@@ -10,6 +10,8 @@ enum ExitCode : int {
   kExitUsage = 2,       // bad usage or configuration
   kExitSetup = 3,       // fatal setup error, nothing processed
   kExitCaseFailed = 4,  // the run finished but at least one case failed
+  kExitInterrupted = 5, // SIGINT or SIGTERM: stopped after the case being analysed; --resume goes on
+  kExitDrift = 6,       // `hemexp check`: the run drifted from its baseline
 };
 
 // Options of `hemexp run`, as data: filled by CLI11, consumed by run_cases().
@@ -29,6 +31,7 @@ struct RunOptions {
   bool qc = true;                   // write cases/<id>/qc.png
   std::string log_level = "info";
   bool progress = true;
+  std::string effective_config;  // every option's value as a TOML config (run.json `config`)
 };
 
 }  // namespace hemexp

@@ -4,18 +4,36 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 namespace hemexp {
 
 // One case of a run: a volume file, a DICOM file, or a folder of DICOM files.
 struct CaseInput {
   std::string id;              // stable, filesystem-safe, unique within the run
   std::filesystem::path path;  // what read_volume() gets
+  // What the case's result depends on, set by the cohort runner before the case is analysed
+  // and recorded in its result.json: {"input": input_fingerprint(path), "models": role ->
+  // sha256, "options": the options that change results}. --resume keeps a result only when
+  // this is unchanged.
+  nlohmann::json fingerprint;
+  // A list's own columns for this scan (all but path and case_id), carried into results.csv.
+  std::vector<std::pair<std::string, std::string>> extra;
 };
+
+// A digest of what a case is read from, cheap enough for every case of a cohort: the name,
+// size and modification time (ns) of each file (a volume file; or every file directly in the
+// DICOM folder, or in the folder of a DICOM file) and a SHA-256 of its first 4 KiB (headers:
+// UIDs, dimensions). Throws IoError when the path cannot be listed.
+std::string input_fingerprint(const std::filesystem::path& path);
 
 // Expands the -i arguments, in order, into cases:
 //  - a NIfTI/MHA/NRRD file or a DICOM file: one case;
 //  - a .txt/.csv/.lst list: each line's path (first CSV column; '#' comments and a header
-//    line without an existing path are skipped), relative to the list's folder;
+//    line without an existing path are skipped), relative to the list's folder. A CSV whose
+//    header has a `path` column takes the path from it, the case id from an optional
+//    `case_id` column (as given: filesystem-safe and unique, else IoError), and carries every
+//    other column (CaseInput::extra); a folder named there is one case, not searched;
 //  - a folder: every folder at any depth that directly holds DICOM files is one case, and
 //    every volume file is one case, in sorted path order.
 // Case ids come from the path relative to the folder or list it was found through; clashes
