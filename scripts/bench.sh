@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): whole-pipeline seconds per case by stage, and the selective-scan
 # kernel against its ATen reference. Numbers go to docs/PERFORMANCE.md.
-#   ./scripts/bench.sh [REPEATS]
+#   ./scripts/bench.sh [REPEATS]          everything
+#   ./scripts/bench.sh [REPEATS] cohort   only the cohort part (read-ahead: wall time against compute)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$HEMEXP_ROOT"
 repeats="${1:-3}"
+only="${2:-}"
 work="$(mktemp -d /tmp/hemexp-bench.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 hemexp="$HEMEXP_BUILD/hemexp"
 
+if [[ $only != cohort ]]; then
 echo "== selective scan kernel vs ATen reference"
 "$HEMEXP_BUILD/bench_selective_scan" --repeats 5
 
@@ -49,3 +52,44 @@ for threads in 1 2; do
     python_stats "${files[@]}"
   done
 done
+fi
+
+echo
+# A cohort of 8 synthetic heads (thick and thin slices) with and without read-ahead, the two
+# orders alternating over the repeats: wall time of the whole run against the sum of per-case
+# compute (a case's seconds minus the time it spent reading or waiting for its read).
+echo "== cohort of 8 scans, --threads 2: wall time against the sum of per-case compute"
+"$hemexp" synth -o "$work/cohort" --count 8 --seed 515151 --thin-fraction 0.25 --log-level warn
+model_args=(--seg-model "${model_file:-models/hemexp-seg.safetensors}")
+[[ -f ${model_file:-models/hemexp-seg.safetensors} ]] || model_args=(--seg-model none)
+runs=()
+for ((k = 0; k < repeats; k++)); do
+  for mode in ahead noahead; do
+    out="$work/cohort-$mode-$k"
+    args=(run -i "$work/cohort" -o "$out" --threads 2 --no-progress --log-level error --cls-model none "${model_args[@]}")
+    [[ $mode == noahead ]] && args+=(--no-read-ahead)
+    start=$(date +%s.%N)
+    "$hemexp" "${args[@]}" 2>/dev/null || true
+    end=$(date +%s.%N)
+    echo "$mode $start $end" > "$out/wall.txt"
+    runs+=("$out")
+  done
+done
+/usr/bin/python3 - "${runs[@]}" <<'PY'
+import json, os, statistics, sys
+rows = {"ahead": [], "noahead": []}
+for d in sys.argv[1:]:
+    mode, start, end = open(os.path.join(d, "wall.txt")).read().split()
+    wall = float(end) - float(start)
+    compute = 0.0
+    for c in os.listdir(os.path.join(d, "cases")):
+        r = json.load(open(os.path.join(d, "cases", c, "result.json")))
+        t = r["timings_s"]
+        compute += r["seconds"] - t.get("read_wait", t.get("read", 0.0))
+    rows[mode].append((wall, compute, wall / compute))
+for mode, v in rows.items():
+    print(f"  {mode:8s} wall {statistics.median(w for w, _, _ in v):6.1f} s, compute {statistics.median(c for _, c, _ in v):6.1f} s,"
+          f" wall/compute {statistics.median(r for _, _, r in v):.3f} (median of {len(v)}; process start and model load included in wall)")
+pairs = [a[0] / b[0] for a, b in zip(rows["ahead"], rows["noahead"])]
+print(f"  wall with / without read-ahead: {statistics.median(pairs):.3f} (median of {len(pairs)} paired runs)")
+PY

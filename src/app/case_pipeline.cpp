@@ -30,15 +30,16 @@ std::map<std::string, nlohmann::json> CasePipeline::models() const {
   return m;
 }
 
-LoadedVolume read_case(const CaseInput& c, const CasePipeline& pipeline, CaseResult& result, spdlog::logger& log) {
+ReadCase read_case(const CaseInput& c, const CasePipeline& pipeline, spdlog::logger& log) {
   const auto t0 = Clock::now();
-  LoadedVolume loaded = read_volume(c.path, pipeline.read);
-  result.timings_s["read"] = seconds_since(t0);
+  ReadCase r{read_volume(c.path, pipeline.read), 0.0};
+  r.seconds = seconds_since(t0);
+  const LoadedVolume& loaded = r.loaded;
   log.info("{}: read {} ({}), {}", c.id, c.path.string(), loaded.info.format, loaded.volume.geometry.describe());
   if (!loaded.info.series_choice.empty()) log.info("{}: {}", c.id, loaded.info.series_choice);
   for (const std::string& corr : loaded.info.corrections) log.info("{}: corrected: {}", c.id, corr);
   for (const std::string& w : loaded.info.warnings) log.warn("{}: {}", c.id, w);
-  return loaded;
+  return r;
 }
 
 ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& a, const HematomaMeasurements& h) {
@@ -144,14 +145,25 @@ void write_case_outputs(const fs::path& dir, const LoadedVolume& loaded, const C
   result.timings_s["write"] = seconds_since(t0);
 }
 
-CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipeline& pipeline, spdlog::logger& log) {
+CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipeline& pipeline, spdlog::logger& log,
+                        std::future<ReadCase>* read_ahead) {
   const auto t_case = Clock::now();
   CaseResult result;
   result.case_id = c.id;
   result.input_path = c.path.string();
   try {
     fs::create_directories(dir);
-    const LoadedVolume loaded = read_case(c, pipeline, result, log);
+    ReadCase read;
+    if (read_ahead) {
+      const auto t_wait = Clock::now();
+      read_ahead->wait();
+      result.timings_s["read_wait"] = seconds_since(t_wait);
+      read = read_ahead->get();  // rethrows the reading's exception
+    } else {
+      read = read_case(c, pipeline, log);
+    }
+    result.timings_s["read"] = read.seconds;
+    const LoadedVolume& loaded = read.loaded;
     result.input = loaded.info;  // kept when the analysis fails: what was read, and from where
     const CaseAnalysis analysis = analyse_volume(loaded.volume, pipeline, result, log);
     write_case_outputs(dir, loaded, analysis, pipeline, result);

@@ -90,6 +90,8 @@ void add_run_options(CLI::App* run, RunOptions& o) {
   // --config is the main app's (CLI11 reads config files there only); fallthrough lets it follow
   // the command, and SubcommandConfig gives the file's keys to the command given.
   run->fallthrough();
+  run->add_flag("!--no-read-ahead", o.read_ahead,
+                "Read each scan only when its analysis starts (default: the next scan is read while one is analysed)");
   run->add_flag("!--no-progress", o.progress, "No per-case progress lines on the console");
 }
 

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <future>
 #include <cmath>
 #include <csignal>
 #include <ctime>
@@ -202,6 +203,12 @@ class StopSignals {
 }  // namespace
 
 int CohortRunner::run(const CaseFunction& f, const json& run_info) {
+  return run(
+      [&f](const CaseInput& c, const fs::path& dir, spdlog::logger& log, std::future<ReadCase>*) { return f(c, dir, log); },
+      CaseReader{}, run_info);
+}
+
+int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const json& run_info) {
   if (!log_) open_log();
   spdlog::logger& log = *log_;
   if (options_.overwrite) {
@@ -240,35 +247,73 @@ int CohortRunner::run(const CaseFunction& f, const json& run_info) {
   const bool terminal = ::isatty(STDERR_FILENO) == 1;
   const auto t_run = std::chrono::steady_clock::now();
   std::vector<double> case_seconds;  // of the cases analysed (not kept) in this run
+  // Each case's fingerprint and whether a previous result is kept: decided once, ahead of the
+  // case when the next case to read has to be found.
+  struct Planned {
+    CaseInput c;
+    std::optional<CaseResult> kept;
+  };
+  std::vector<std::optional<Planned>> plans(cases_.size());
+  const auto plan = [&](size_t k) -> Planned& {
+    if (plans[k]) return *plans[k];
+    Planned p{cases_[k], std::nullopt};
+    std::string input_digest;
+    try {
+      input_digest = input_fingerprint(p.c.path);
+    } catch (const std::exception&) {  // the case fails when it is read, with its own reason
+    }
+    p.c.fingerprint = {{"input", input_digest}, {"models", models}, {"options", result_options}};
+    p.kept = options_.resume ? previous_result(p.c) : std::nullopt;
+    if (p.kept) {
+      if (const std::string why = resume_mismatch(*p.kept, p.c.fingerprint); !why.empty()) {
+        log.info("{}: done again: {}", p.c.id, why);
+        p.kept.reset();
+      }
+    }
+    plans[k] = std::move(p);
+    return *plans[k];
+  };
+  // Read-ahead: the next case to analyse is read on a second thread while this one is analysed;
+  // at most one case ahead, so at most two volumes are in memory.
+  std::future<ReadCase> ahead;
+  size_t ahead_k = cases_.size();
+  const auto read_next = [&](size_t from) {
+    if (!read || !options_.read_ahead) return;
+    for (size_t j = from; j < cases_.size(); ++j)
+      if (!plan(j).kept) {
+        ahead = std::async(std::launch::async, read, plans[j]->c, std::ref(log));
+        ahead_k = j;
+        return;
+      }
+  };
   for (size_t k = 0; k < cases_.size(); ++k) {
     if (signals.received()) break;
-    CaseInput c = cases_[k];
     if (options_.progress && terminal)
       std::fprintf(stderr, "\r\033[K%s",
                    progress_line(k, cases_.size(), counts, seconds_since(t_run),
                                  case_seconds.empty() ? std::nan("") : median(case_seconds) * double(cases_.size() - k),
-                                 "analysing " + c.id)
+                                 "analysing " + cases_[k].id)
                        .c_str());
-    std::string input_digest;
-    try {
-      input_digest = input_fingerprint(c.path);
-    } catch (const std::exception&) {  // the case fails when it is read, with its own reason
-    }
-    c.fingerprint = {{"input", input_digest}, {"models", models}, {"options", result_options}};
-    std::optional<CaseResult> result = options_.resume ? previous_result(c) : std::nullopt;
-    if (result) {
-      if (const std::string why = resume_mismatch(*result, c.fingerprint); !why.empty()) {
-        log.info("{}: done again: {}", c.id, why);
-        result.reset();
-      }
-    }
+    Planned& p = plan(k);
+    const CaseInput& c = p.c;
+    std::optional<CaseResult> result = std::move(p.kept);
     if (result) {
       result->status = "skipped";
       result->input_path = c.path.string();  // the same content, perhaps moved
       log.info("{}: kept from the previous run", c.id);
     } else {
+      std::future<ReadCase> mine;
+      if (read && options_.read_ahead) {
+        if (ahead_k == k) {
+          mine = std::move(ahead);
+        } else {
+          mine = std::async(std::launch::async, read, c, std::ref(log));
+        }
+        ahead_k = cases_.size();
+        read_next(k + 1);
+      }
       try {
-        result = f(c, out_ / "cases" / c.id, log);
+        result = f(c, out_ / "cases" / c.id, log, mine.valid() ? &mine : nullptr);
       } catch (const std::exception& e) {  // a bug in f: the cohort goes on all the same
         result = CaseResult{};
         result->case_id = c.id;

@@ -564,9 +564,10 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
   json run_info = setup.run_info;
   run_info["pairs"] = {{"count", pairs.size()}, {"source", o.pairs_from.empty() ? o.pairs_csv : o.pairs_from}};
   const int code = cohort.run(
-      [&pipeline](const CaseInput& c, const fs::path& dir, spdlog::logger& case_log) {
-        return process_case(c, dir, pipeline, case_log);
+      [&pipeline](const CaseInput& c, const fs::path& dir, spdlog::logger& case_log, std::future<ReadCase>* read) {
+        return process_case(c, dir, pipeline, case_log, read);
       },
+      [&pipeline](const CaseInput& c, spdlog::logger& case_log) { return read_case(c, pipeline, case_log); },
       run_info);
   if (code == kExitInterrupted) return code;  // the pair tables wait for --resume
   if (o.run.shard_count > 1) {

@@ -60,6 +60,7 @@ CohortOptions cohort_options(const RunOptions& o) {
   c.shard_count = o.shard_count;
   c.log_level = o.log_level;
   c.progress = o.progress;
+  c.read_ahead = o.read_ahead;
   return c;
 }
 
@@ -72,6 +73,7 @@ int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
   const int threads = o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   setup.threads = threads;
   torch::set_num_threads(threads);
+  set_itk_threads(threads);  // reading: ITK's decompression and resampling
   const torch::Device device(o.device);
 
   CasePipeline& pipeline = setup.pipeline;
@@ -167,9 +169,10 @@ int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
   log_run_setup(log, o, setup, cohort);
   const CasePipeline& pipeline = setup.pipeline;
   return cohort.run(
-      [&pipeline](const CaseInput& c, const fs::path& dir, spdlog::logger& case_log) {
-        return process_case(c, dir, pipeline, case_log);
+      [&pipeline](const CaseInput& c, const fs::path& dir, spdlog::logger& case_log, std::future<ReadCase>* read) {
+        return process_case(c, dir, pipeline, case_log, read);
       },
+      [&pipeline](const CaseInput& c, spdlog::logger& case_log) { return read_case(c, pipeline, case_log); },
       setup.run_info);
 }
 

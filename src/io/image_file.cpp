@@ -2,6 +2,7 @@
 // files lives in this one translation unit.
 #include "hemexp/io/image_file.hpp"
 
+#include <itkMultiThreaderBase.h>
 #include <itkImage.h>
 #include <itkImageFileReader.h>
 #include <itkImageFileWriter.h>
@@ -152,6 +153,8 @@ void write_png(const fs::path& path, const torch::Tensor& pixels) {
     throw IoError("writing " + path.string() + ": " + e.GetDescription());
   }
 }
+
+void set_itk_threads(int threads) { itk::MultiThreaderBase::SetGlobalDefaultNumberOfThreads(std::max(1, threads)); }
 
 std::string itk_version() { return itk::Version::GetITKVersion(); }
 

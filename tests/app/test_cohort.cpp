@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <mutex>
+#include <thread>
 #include <set>
 
 #include "test_helpers.hpp"
@@ -200,6 +202,67 @@ TEST_F(Cohort, AListsColumnsJoinTheResultsTable) {
   EXPECT_EQ(rows[0].at("age"), "71");
   EXPECT_EQ(rows[0].at("list_status"), "inpatient");
   EXPECT_EQ(rows[1].at("age"), "64");
+}
+
+TEST_F(Cohort, ReadAheadReadsTheNextCaseWhileOneIsAnalysed) {
+  std::mutex mutex;
+  std::set<std::string> read;
+  int analysed_with_next_read = 0, without_future = 0;
+  const CaseReader reader = [&](const CaseInput& c, spdlog::logger&) {
+    if (ends_with(c.id, "_scan3")) throw std::runtime_error("scan3 cannot be read");
+    std::lock_guard<std::mutex> lock(mutex);
+    read.insert(c.id);
+    return ReadCase{};
+  };
+  const StagedCaseFunction analyse = [&](const CaseInput& c, const fs::path& dir, spdlog::logger&,
+                                         std::future<ReadCase>* ahead) {
+    if (!ahead) {
+      ++without_future;
+    } else {
+      // While this case is analysed, the next one is read: wait (at most 5 s) until it has been.
+      const std::string next = "in_scan" + std::to_string(c.id.back() - '0' + 1);
+      for (int i = 0; i < 500; ++i) {
+        {
+          std::lock_guard<std::mutex> lock(mutex);
+          if (read.count(next) || next == "in_scan3" || next == "in_scan7") break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      std::lock_guard<std::mutex> lock(mutex);
+      analysed_with_next_read += read.count(next) ? 1 : 0;
+      ahead->get();  // the reading's exception, for scan3
+    }
+    fs::create_directories(dir);
+    std::ofstream(dir / CaseFiles::kMask) << c.id;
+    CaseResult r;
+    r.case_id = c.id;
+    r.input_path = c.path.string();
+    r.fingerprint = c.fingerprint;
+    r.write(dir / CaseFiles::kResult);
+    return r;
+  };
+  {
+    CohortRunner cohort(options_, {"hemexp", "test"});
+    ASSERT_EQ(cohort.prepare(), kExitOk);
+    EXPECT_EQ(cohort.run(analyse, reader, {{"device", "cpu"}}), kExitCaseFailed);
+  }
+  // scan0..scan6: the next case was read during the analysis of 0, 1, 3, 4, 5 (2's next is
+  // the unreadable scan3; 6 is the last).
+  EXPECT_EQ(analysed_with_next_read, 5);
+  EXPECT_EQ(without_future, 0);
+  const auto rows = parse_csv(slurp(root_ / "out/results.csv")).records();
+  EXPECT_EQ(rows[3].at("status"), "failed");
+  EXPECT_EQ(rows[3].at("error"), "scan3 cannot be read");
+  // Off: the analysis reads for itself, the reader is never called.
+  CohortOptions o = options_;
+  o.overwrite = true;
+  o.read_ahead = false;
+  read.clear();
+  CohortRunner cohort(o, {"hemexp", "test"});
+  ASSERT_EQ(cohort.prepare(), kExitOk);
+  cohort.run(analyse, reader, {{"device", "cpu"}});
+  EXPECT_EQ(without_future, 7);
+  EXPECT_TRUE(read.empty());
 }
 
 TEST(CohortProgress, OneLineWithCountsElapsedAndEta) {

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <filesystem>
+#include <future>
 #include <map>
 #include <optional>
 #include <string>
@@ -35,9 +36,13 @@ struct CasePipeline {
 // A case goes through three stages, each recording what it learns in the CaseResult as it goes,
 // so a failure keeps everything learnt before it:
 
-// 1. Reading: the scan as a volume in HU on its (corrected) grid. Throws IoError.
-LoadedVolume read_case(const CaseInput& input, const CasePipeline& pipeline, CaseResult& result,
-                       spdlog::logger& log);
+// 1. Reading: the scan as a volume in HU on its (corrected) grid, and how long it took. Throws
+//    IoError. Safe to run on a second thread while another case is analysed (read-ahead).
+struct ReadCase {
+  LoadedVolume loaded;
+  double seconds = 0.0;
+};
+ReadCase read_case(const CaseInput& input, const CasePipeline& pipeline, spdlog::logger& log);
 
 // 2. Analysis of a loaded volume, no files: canonical orientation, brain check, segmentation,
 //    measurements and NCCT markers, expansion risk. Throws (CoreError) for a scan that is not a
@@ -61,8 +66,10 @@ void write_case_outputs(const std::filesystem::path& case_dir, const LoadedVolum
                         const CaseAnalysis& analysis, const CasePipeline& pipeline, CaseResult& result);
 
 // The three stages for one input, into case_dir, with result.json. Never throws for a bad
-// scan: the result says failed, why, and no output of the attempt is left behind.
+// scan: the result says failed, why, and no output of the attempt is left behind. With
+// read_ahead, the reading was started earlier (CohortRunner's read-ahead): its result, or its
+// exception, is taken from there, and the time waited for it is recorded (`read_wait`).
 CaseResult process_case(const CaseInput& input, const std::filesystem::path& case_dir, const CasePipeline& pipeline,
-                        spdlog::logger& log);
+                        spdlog::logger& log, std::future<ReadCase>* read_ahead = nullptr);
 
 }  // namespace hemexp

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
@@ -10,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "hemexp/app/case_pipeline.hpp"
 #include "hemexp/app/case_result.hpp"
 #include "hemexp/io/inputs.hpp"
 
@@ -30,12 +32,19 @@ struct CohortOptions {
   int shard_count = 1;
   std::string log_level = "info";
   bool progress = true;
+  bool read_ahead = true;  // read the next case on a second thread (run with a CaseReader)
 };
 
 // Analyses one case into its folder and returns its result. A bad scan must come back as a
 // failed result, not an exception; an exception escaping is recorded as a failure all the same.
 using CaseFunction =
     std::function<CaseResult(const CaseInput& input, const std::filesystem::path& case_dir, spdlog::logger& log)>;
+// A case in two stages, so that reading case k+1 (ITK, decompression, DICOM assembly, tilt
+// correction) overlaps the analysis of case k: the reader runs on a second thread, and the
+// analysis gets its future (nullptr when read-ahead is off: the analysis reads for itself).
+using CaseReader = std::function<ReadCase(const CaseInput& input, spdlog::logger& log)>;
+using StagedCaseFunction = std::function<CaseResult(const CaseInput& input, const std::filesystem::path& case_dir,
+                                                    spdlog::logger& log, std::future<ReadCase>* read)>;
 
 // The cohort around the cases: output folder, input list, shards, resume, progress,
 // results.csv (rewritten atomically after every case, in input order), run.json and the log.
@@ -63,6 +72,8 @@ class CohortRunner {
   // stops at once. Returns kExitOk, kExitCaseFailed when some case failed, or
   // kExitInterrupted.
   int run(const CaseFunction& f, const nlohmann::json& run_info);
+  // The same with read-ahead (CohortOptions::read_ahead): at most one case is read ahead.
+  int run(const StagedCaseFunction& f, const CaseReader& read, const nlohmann::json& run_info);
 
   // The file names of this process: a sharded run gets its own CSV, JSON and log so that
   // the N processes of a job array can share one OUTDIR without touching each other's files.

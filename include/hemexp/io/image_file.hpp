@@ -24,6 +24,9 @@ void write_image_file(const std::filesystem::path& path, const torch::Tensor& vo
                       const Geometry& g);
 
 // Writes an 8-bit grey (H,W) or RGB (H,W,3) uint8 image as PNG, atomically.
+// The threads ITK may use for one read (decompression, filters), for every read of this process.
+void set_itk_threads(int threads);
+
 // The ITK version this build reads and writes with ("5.2.1").
 std::string itk_version();
 
