@@ -67,7 +67,7 @@ for ((k = 0; k < repeats; k++)); do
   for mode in ahead noahead; do
     out="$work/cohort-$mode-$k"
     args=(run -i "$work/cohort" -o "$out" --threads 2 --no-progress --log-level error --cls-model none "${model_args[@]}")
-    [[ $mode == noahead ]] && args+=(--no-read-ahead)
+    [[ $mode == ahead ]] && args+=(--read-ahead)
     start=$(date +%s.%N)
     "$hemexp" "${args[@]}" 2>/dev/null || true
     end=$(date +%s.%N)

@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "hemexp/app/cli.hpp"
+#include "hemexp/core/model_file.hpp"
 #include "hemexp/core/statistics.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/io/atomic_file.hpp"
@@ -86,6 +87,9 @@ int CohortRunner::prepare() {
     return kExitUsage;
   }
   cohort_size_ = all.size();
+  std::string list;
+  for (const CaseInput& c : all) list += c.id + '\t' + c.path.string() + '\n';
+  inputs_sha256_ = sha256_hex(list);
   // A list's own columns follow hemexp's in results.csv (all shards alike); one named like a
   // hemexp column is written as list_<name>.
   extra_columns_.clear();
@@ -223,6 +227,7 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
               {"argv", argv_},
               {"host", host_name()},
               {"shard", {{"index", options_.shard_index}, {"count", options_.shard_count}}},
+              {"inputs", {{"cases", cohort_size_}, {"sha256", inputs_sha256_}}},
               {"started", utc_now()},
               {"finished", nullptr},
               {"cases", {{"total", cases_.size()}, {"ok", 0}, {"failed", 0}, {"skipped", 0}}}});

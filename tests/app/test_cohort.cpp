@@ -242,7 +242,9 @@ TEST_F(Cohort, ReadAheadReadsTheNextCaseWhileOneIsAnalysed) {
     return r;
   };
   {
-    CohortRunner cohort(options_, {"hemexp", "test"});
+    CohortOptions on = options_;
+    on.read_ahead = true;
+    CohortRunner cohort(on, {"hemexp", "test"});
     ASSERT_EQ(cohort.prepare(), kExitOk);
     EXPECT_EQ(cohort.run(analyse, reader, {{"device", "cpu"}}), kExitCaseFailed);
   }

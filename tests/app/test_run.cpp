@@ -14,6 +14,7 @@
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/safetensors.hpp"
 #include "hemexp/core/synth.hpp"
+#include "hemexp/app/cli.hpp"
 #include "hemexp/app/run_command.hpp"
 #include "hemexp/io/image_file.hpp"
 #include "hemexp/io/reader.hpp"
@@ -188,6 +189,34 @@ TEST_F(RunCommand, ShardsWriteTheirOwnTables) {
   EXPECT_TRUE(fs::exists(root_ / "out/run-2-of-2.json"));
   EXPECT_FALSE(fs::exists(root_ / "out/results.csv"));
   EXPECT_FALSE(fs::exists(root_ / "out/cases/nifti-ct/qc.png"));  // --no-qc
+
+  // hemexp merge: refuses a missing shard, and shards made with other options; then gives the
+  // table of one unsharded run.
+  const std::string out = (root_ / "out").string();
+  const char* merge[] = {"hemexp", "merge", out.c_str()};
+  EXPECT_EQ(main_entry(3, merge), kExitUsage);  // shard 1 missing
+  RunOptions first = shard;
+  first.shard_index = 1;
+  first.qc = true;  // another option that changes results
+  EXPECT_EQ(run(first), kExitCaseFailed);  // the MR file fails
+  EXPECT_EQ(main_entry(3, merge), kExitUsage);
+  first.qc = false;
+  first.overwrite = true;
+  EXPECT_EQ(run(first), kExitCaseFailed);
+  ASSERT_EQ(main_entry(3, merge), kExitOk);
+  RunOptions whole = shard;
+  whole.shard_index = whole.shard_count = 1;
+  whole.output_dir = (root_ / "whole").string();
+  EXPECT_EQ(run(whole), kExitCaseFailed);
+  const Results merged = read_results(root_ / "out/results.csv"), single = read_results(root_ / "whole/results.csv");
+  ASSERT_EQ(merged.rows(), 3u);
+  ASSERT_EQ(single.rows(), 3u);
+  for (size_t r = 0; r < 3; ++r)
+    for (const char* column : {"case_id", "status", "error", "format", "hematoma_volume_ml"})
+      EXPECT_EQ(merged.at(r, column), single.at(r, column)) << r << " " << column;
+  const json m = json::parse(slurp(root_ / "out/run.json"));
+  EXPECT_EQ(m["cases"], json({{"total", 3}, {"ok", 2}, {"failed", 1}, {"skipped", 0}}));
+  EXPECT_EQ(m["merged_from"], json({"run-1-of-2.json", "run-2-of-2.json"}));
 }
 
 TEST_F(RunCommand, SetupErrors) {

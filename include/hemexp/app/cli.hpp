@@ -8,6 +8,7 @@
 #include "hemexp/app/eval_command.hpp"
 #include "hemexp/app/expansion_command.hpp"
 #include "hemexp/app/info_command.hpp"
+#include "hemexp/app/merge_command.hpp"
 #include "hemexp/app/prepare_command.hpp"
 #include "hemexp/app/run_options.hpp"
 #include "hemexp/app/synth_command.hpp"
@@ -27,6 +28,7 @@ struct CommandLine {
   InfoOptions info;
   ExpansionOptions expansion;
   CheckOptions check;
+  MergeOptions merge;
 };
 
 // Binds RunOptions to a `run` subcommand of app (validators included).

@@ -32,7 +32,7 @@ struct CohortOptions {
   int shard_count = 1;
   std::string log_level = "info";
   bool progress = true;
-  bool read_ahead = true;  // read the next case on a second thread (run with a CaseReader)
+  bool read_ahead = false;  // read the next case on a second thread (run with a CaseReader)
 };
 
 // Analyses one case into its folder and returns its result. A bad scan must come back as a
@@ -89,7 +89,8 @@ class CohortRunner {
   std::filesystem::path out_;
   std::vector<CaseInput> cases_;
   size_t cohort_size_ = 0;
-  std::vector<std::string> extra_columns_;  // of the input lists, in order of appearance
+  std::vector<std::string> extra_columns_;
+  std::string inputs_sha256_;  // of every case's id and path, all shards (run.json `inputs`)  // of the input lists, in order of appearance
   std::shared_ptr<spdlog::logger> log_;
 };
 

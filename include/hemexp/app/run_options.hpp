@@ -31,7 +31,7 @@ struct RunOptions {
   bool qc = true;                   // write cases/<id>/qc.png
   std::string log_level = "info";
   bool progress = true;
-  bool read_ahead = true;  // read the next case on a second thread while one is analysed
+  bool read_ahead = false;  // read the next case on a second thread while one is analysed (--read-ahead)
   std::string effective_config;  // every option's value as a TOML config (run.json `config`)
 };
 

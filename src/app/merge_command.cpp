@@ -1,0 +1,107 @@
+#include "hemexp/app/merge_command.hpp"
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <regex>
+
+#include <nlohmann/json.hpp>
+
+#include "hemexp/app/run_options.hpp"
+#include "hemexp/core/text.hpp"
+#include "hemexp/io/atomic_file.hpp"
+
+namespace hemexp {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+CLI::App* setup_merge(CLI::App& app, MergeOptions& o) {
+  CLI::App* m = app.add_subcommand("merge", "Combine the shard tables of a `run --shard K/N` job array into one run");
+  m->add_option("outdir", o.output_dir, "The OUTDIR the shards wrote into")->required()->check(CLI::ExistingDirectory);
+  return m;
+}
+
+int run_merge(const MergeOptions& o) {
+  const fs::path out(o.output_dir);
+  // run-K-of-N.json files.
+  static const std::regex name(R"(run-(\d+)-of-(\d+)\.json)");
+  std::map<int, json> shards;
+  int count = 0;
+  for (const auto& e : fs::directory_iterator(out)) {
+    std::smatch m;
+    const std::string f = e.path().filename().string();
+    if (!std::regex_match(f, m, name)) continue;
+    const int k = std::stoi(m[1]), n = std::stoi(m[2]);
+    if (count != 0 && n != count) {
+      spdlog::error("{} holds shards of different splits (of {} and of {})", out.string(), count, n);
+      return kExitUsage;
+    }
+    count = n;
+    try {
+      shards[k] = json::parse(read_text_file(e.path()));
+    } catch (const std::exception& ex) {
+      spdlog::error("{}: {}", f, ex.what());
+      return kExitUsage;
+    }
+  }
+  if (count == 0) {
+    spdlog::error("{} holds no shard files (run-K-of-N.json)", out.string());
+    return kExitUsage;
+  }
+  std::vector<std::string> problems;
+  for (int k = 1; k <= count; ++k)
+    if (!shards.count(k)) problems.push_back("shard " + std::to_string(k) + " of " + std::to_string(count) + " is missing");
+  const json* first = shards.empty() ? nullptr : &shards.begin()->second;
+  for (const auto& [k, r] : shards) {
+    const std::string who = "shard " + std::to_string(k);
+    if (r.value("finished", json()).is_null()) problems.push_back(who + " has not finished");
+    if (r.contains("interrupted")) problems.push_back(who + " was interrupted: rerun it with --resume");
+    for (const char* key : {"inputs", "models", "result_options"})
+      if (r.value(key, json()) != first->value(key, json()))
+        problems.push_back(who + " was made with other " + std::string(key) + " than shard " +
+                           std::to_string(shards.begin()->first));
+  }
+  if (!problems.empty()) {
+    for (const std::string& p : problems) spdlog::error("{}", p);
+    return kExitUsage;
+  }
+  // Case g of the unsharded list is row g / N of shard g % N + 1.
+  std::vector<CsvTable> tables;
+  for (int k = 1; k <= count; ++k) {
+    tables.push_back(parse_csv(read_text_file(out / ("results-" + std::to_string(k) + "-of-" + std::to_string(count) + ".csv"))));
+    if (tables.back().header != tables.front().header) {
+      spdlog::error("shard {} has other columns than shard 1", k);
+      return kExitUsage;
+    }
+    const size_t expected = shards[k]["cases"]["total"].get<size_t>();
+    if (tables.back().rows.size() != expected) {
+      spdlog::error("shard {} lists {} cases of its {}: rerun it with --resume", k, tables.back().rows.size(), expected);
+      return kExitUsage;
+    }
+  }
+  const size_t total = first->at("inputs").at("cases").get<size_t>();
+  std::string csv = csv_line(tables.front().header);
+  for (size_t g = 0; g < total; ++g) csv += csv_line(tables[g % size_t(count)].rows.at(g / size_t(count)));
+  json run = *first;
+  run.erase("shard");
+  run["merged_from"] = json::array();
+  json cases = {{"total", 0}, {"ok", 0}, {"failed", 0}, {"skipped", 0}};
+  std::string started = first->value("started", ""), finished = first->value("finished", "");
+  for (const auto& [k, r] : shards) {
+    run["merged_from"].push_back("run-" + std::to_string(k) + "-of-" + std::to_string(count) + ".json");
+    for (const char* c : {"total", "ok", "failed", "skipped"}) cases[c] = cases[c].get<int>() + r["cases"][c].get<int>();
+    started = std::min(started, r.value("started", ""));
+    finished = std::max(finished, r.value("finished", ""));
+  }
+  run["cases"] = cases;
+  run["started"] = started;
+  run["finished"] = finished;
+  write_text_atomically(out / "results.csv", csv);
+  write_text_atomically(out / "run.json", run.dump(2) + "\n");
+  std::printf("merged %d shards: %zu cases (%d ok, %d failed, %d kept) into %s\n", count, total, cases["ok"].get<int>(),
+              cases["failed"].get<int>(), cases["skipped"].get<int>(), (out / "results.csv").string().c_str());
+  return kExitOk;
+}
+
+}  // namespace hemexp
