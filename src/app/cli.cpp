@@ -91,8 +91,8 @@ void add_run_options(CLI::App* run, RunOptions& o) {
   // the command, and SubcommandConfig gives the file's keys to the command given.
   run->fallthrough();
   run->add_flag("--read-ahead", o.read_ahead,
-                "Read the next scan on a second thread while one is analysed (for slow storage; off by default: "
-                "on 2 cores it cost 10% in the benchmark)");
+                "Read the next scan on a second thread while one is analysed (for slow or network storage; off by "
+                "default: no gain measured on a local disk)");
   run->add_flag("!--no-progress", o.progress, "No per-case progress lines on the console");
 }
 
