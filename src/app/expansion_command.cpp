@@ -131,6 +131,7 @@ std::vector<ScanPair> read_pairs(const fs::path& csv) {
       }
     }
     if (p.pair_id.empty()) throw CoreError(where + ": no pair_id");
+    if (p.baseline == p.followup) throw CoreError(where + ": baseline and followup are the same scan");
     // The pair's folder is named after its id: ids must differ as folder names too.
     if (!ids.insert(case_id_from_path(p.pair_id)).second)
       throw CoreError(where + ": pair_id '" + p.pair_id + "' repeats an earlier one");

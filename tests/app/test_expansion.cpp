@@ -67,6 +67,7 @@ TEST_F(Expansion, ReadPairsResolvesPathsAndCarriesExtraColumns) {
   fails_with("pair_id,baseline,followup\n,x,y\n", "row 2: no pair_id");
   fails_with("pair_id,baseline,followup\na,,y\n", "row 2: no baseline path");
   fails_with("pair_id,baseline,followup,hours_between\na,x,y,one day\n", "hours_between 'one day' is not a number");
+  fails_with("pair_id,baseline,followup\na,p/x.nii.gz,./p/x.nii.gz\n", "row 2: baseline and followup are the same scan");
 }
 
 StudyScan scan(const std::string& path, const std::string& patient, const std::string& study, const std::string& when,
