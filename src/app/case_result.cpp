@@ -171,7 +171,7 @@ CaseResult CaseResult::from_json(const nlohmann::json& j) {
 const std::vector<std::string>& CaseResult::csv_columns() {
   static const std::vector<std::string> columns = [] {
     std::vector<std::string> c{"case_id",     "status",          "error",           "input",
-                               "format",      "series_uid",      "gantry_tilt_deg", "corrections",
+                               "format",      "series_uid",      "gantry_tilt_deg", "corrections", "qc_flags",
                                "hematoma_volume_ml", "abc2_volume_ml", "mean_hu", "he_probability",
                                "he_risk"};
     for (const std::string& m : NcctMarkers::names()) c.push_back(m);
@@ -191,6 +191,9 @@ std::map<std::string, std::string> CaseResult::csv_row() const {
     std::string corrections;
     for (const std::string& c : input->corrections) corrections += (corrections.empty() ? "" : "; ") + c;
     row["corrections"] = corrections;
+    std::string flags;
+    for (const std::string& f : qc_flags) flags += (flags.empty() ? "" : ";") + f;
+    row["qc_flags"] = flags;
   }
   if (hematoma) {
     row["hematoma_volume_ml"] = format_number(hematoma->volume_ml, 3);

@@ -128,6 +128,7 @@ TEST(CaseResult, CsvRowFromTheTypedValue) {
   EXPECT_EQ(row.at("series_uid"), "1.2.3");
   EXPECT_EQ(row.at("gantry_tilt_deg"), "18.50");
   EXPECT_EQ(row.at("corrections"), "gantry tilt 18.5 deg resampled; slice spacing 4-7 mm made uniform");
+  EXPECT_EQ(row.at("qc_flags"), "hematoma_touches_border;multiple_components");
   EXPECT_EQ(row.at("hematoma_volume_ml"), "24.679");
   EXPECT_EQ(row.at("abc2_volume_ml"), "27.100");
   EXPECT_EQ(row.at("mean_hu"), "61.2");  // 61.25 to one decimal, round half to even
