@@ -188,12 +188,8 @@ std::map<std::string, std::string> CaseResult::csv_row() const {
     row["format"] = input->format;
     if (input->format == "dicom") row["series_uid"] = input->series_uid;
     row["gantry_tilt_deg"] = format_number(std::round(input->gantry_tilt_deg * 100.0) / 100.0, 2);
-    std::string corrections;
-    for (const std::string& c : input->corrections) corrections += (corrections.empty() ? "" : "; ") + c;
-    row["corrections"] = corrections;
-    std::string flags;
-    for (const std::string& f : qc_flags) flags += (flags.empty() ? "" : ";") + f;
-    row["qc_flags"] = flags;
+    row["corrections"] = join(input->corrections, "; ");
+    row["qc_flags"] = join(qc_flags, ";");
   }
   if (hematoma) {
     row["hematoma_volume_ml"] = format_number(hematoma->volume_ml, 3);

@@ -80,12 +80,6 @@ std::optional<double> epoch_seconds(const std::string& stamp) {
   return double(timegm(&tm)) + fraction;
 }
 
-std::string join(const std::vector<std::string>& items, const std::string& sep) {
-  std::string out;
-  for (const std::string& s : items) out += (out.empty() ? "" : sep) + s;
-  return out;
-}
-
 json optional_number(const std::optional<double>& v) { return v ? json_number(*v) : json(nullptr); }
 std::string optional_text(const std::optional<double>& v, int decimals) {
   return v && std::isfinite(*v) ? format_number(*v, decimals) : std::string();
@@ -209,11 +203,20 @@ StudyPairing pair_study_scans(const std::vector<StudyScan>& scans) {
   return out;
 }
 
-std::string pairs_csv_text(const std::vector<ScanPair>& pairs) {
-  std::vector<std::string> columns{"pair_id", "baseline", "followup", "hours_between"};
+namespace {
+
+// `columns`, then the pairs' extra columns not among them, in order of first appearance.
+std::vector<std::string> with_extra_columns(std::vector<std::string> columns, const std::vector<ScanPair>& pairs) {
   for (const ScanPair& p : pairs)
     for (const auto& [k, v] : p.extra)
       if (std::find(columns.begin(), columns.end(), k) == columns.end()) columns.push_back(k);
+  return columns;
+}
+
+}  // namespace
+
+std::string pairs_csv_text(const std::vector<ScanPair>& pairs) {
+  const std::vector<std::string> columns = with_extra_columns({"pair_id", "baseline", "followup", "hours_between"}, pairs);
   std::string text = csv_line(columns);
   for (const ScanPair& p : pairs) {
     std::map<std::string, std::string> row{{"pair_id", p.pair_id},
@@ -564,12 +567,7 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
   const CasePipeline& pipeline = setup.pipeline;
   json run_info = setup.run_info;
   run_info["pairs"] = {{"count", pairs.size()}, {"source", o.pairs_from.empty() ? o.pairs_csv : o.pairs_from}};
-  const int code = cohort.run(
-      [&pipeline](const CaseInput& c, const fs::path& dir, spdlog::logger& case_log, std::future<ReadCase>* read) {
-        return process_case(c, dir, pipeline, case_log, read);
-      },
-      [&pipeline](const CaseInput& c, spdlog::logger& case_log) { return read_case(c, pipeline, case_log); },
-      run_info);
+  const int code = run_pipeline(cohort, pipeline, run_info);
   if (code == kExitInterrupted) return code;  // the pair tables wait for --resume
   if (o.run.shard_count > 1) {
     log.info("scans of shard {}/{} done; when every shard has finished, the same command without --shard and with "
@@ -606,10 +604,7 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
     measured.push_back(std::move(r));
   }
 
-  std::vector<std::string> columns = PairResult::csv_columns();
-  for (const ScanPair& p : pairs)
-    for (const auto& [k, v] : p.extra)
-      if (std::find(columns.begin(), columns.end(), k) == columns.end()) columns.push_back(k);
+  const std::vector<std::string> columns = with_extra_columns(PairResult::csv_columns(), pairs);
   std::string csv = csv_line(columns);
   for (const PairResult& r : measured) csv += csv_line(columns, r.csv_row());
   write_text_atomically(out / "expansion.csv", csv);

@@ -160,6 +160,15 @@ void log_run_setup(spdlog::logger& log, const RunOptions& o, const RunSetup& set
   }
 }
 
+int run_pipeline(CohortRunner& cohort, const CasePipeline& pipeline, const json& run_info) {
+  return cohort.run(
+      [&pipeline](const CaseInput& c, const fs::path& dir, spdlog::logger& case_log, std::future<ReadCase>* read) {
+        return process_case(c, dir, pipeline, case_log, read);
+      },
+      [&pipeline](const CaseInput& c, spdlog::logger& case_log) { return read_case(c, pipeline, case_log); },
+      run_info);
+}
+
 int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
   CohortRunner cohort(cohort_options(o), argv);
   if (const int code = cohort.prepare(); code != kExitOk) return code;
@@ -167,13 +176,7 @@ int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
   if (const int code = setup_run_pipeline(o, setup); code != kExitOk) return code;
   spdlog::logger& log = cohort.open_log();
   log_run_setup(log, o, setup, cohort);
-  const CasePipeline& pipeline = setup.pipeline;
-  return cohort.run(
-      [&pipeline](const CaseInput& c, const fs::path& dir, spdlog::logger& case_log, std::future<ReadCase>* read) {
-        return process_case(c, dir, pipeline, case_log, read);
-      },
-      [&pipeline](const CaseInput& c, spdlog::logger& case_log) { return read_case(c, pipeline, case_log); },
-      setup.run_info);
+  return run_pipeline(cohort, setup.pipeline, setup.run_info);
 }
 
 }  // namespace hemexp

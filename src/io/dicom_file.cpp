@@ -124,6 +124,13 @@ std::string dicom_datetime(const std::string& date_in, const std::string& time_i
   return out;
 }
 
+const DicomHeader* earliest_stamp(const std::vector<DicomHeader>& series) {
+  const DicomHeader* first = nullptr;
+  for (const DicomHeader& h : series)
+    if (!h.datetime.empty() && (!first || h.datetime < first->datetime)) first = &h;
+  return first;
+}
+
 DicomHeader read_dicom_header(const fs::path& path) {
   gdcm::Trace::WarningOff();  // problems are reported by hemexp, once, in plain words
   gdcm::Reader reader;

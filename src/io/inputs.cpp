@@ -185,11 +185,10 @@ std::vector<StudyScan> describe_study_scans(const fs::path& folder) {
         s.study_uid = first.study_uid;
         s.series_uid = choice.series_uid;
         s.images = int64_t(choice.files.size());
-        for (const DicomHeader& h : choice.files)
-          if (!h.datetime.empty() && (s.datetime.empty() || h.datetime < s.datetime)) {
-            s.datetime = h.datetime;
-            s.datetime_source = h.datetime_source;
-          }
+        if (const DicomHeader* stamped = earliest_stamp(choice.files)) {
+          s.datetime = stamped->datetime;
+          s.datetime_source = stamped->datetime_source;
+        }
         if (s.patient_id.empty()) s.problem = "no PatientID";
         else if (s.datetime.empty()) s.problem = "no usable acquisition, series or study date and time";
       } catch (const std::exception& e) {

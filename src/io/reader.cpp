@@ -84,9 +84,7 @@ LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
   info.series_uid = choice.series_uid;
   info.series_description = first.series_description;
   info.patient_id = first.patient_id;
-  // The series' earliest stamp: slices of one series can be stamped seconds apart.
-  for (const DicomHeader& h : choice.files)
-    if (!h.datetime.empty() && (info.datetime.empty() || h.datetime < info.datetime)) info.datetime = h.datetime;
+  if (const DicomHeader* stamped = earliest_stamp(choice.files)) info.datetime = stamped->datetime;
   info.series_choice = choice.explanation;
 
   std::vector<Slice> slices;

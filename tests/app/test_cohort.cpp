@@ -36,20 +36,25 @@ class Cohort : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(root_); }
 
+  // What a fake analysis leaves: the case's mask file and an ok result.json with its fingerprint.
+  static CaseResult finish(const CaseInput& c, const fs::path& dir) {
+    fs::create_directories(dir);
+    std::ofstream(dir / CaseFiles::kMask) << c.id;
+    CaseResult r;
+    r.case_id = c.id;
+    r.input_path = c.path.string();
+    r.fingerprint = c.fingerprint;
+    r.seconds = 1.0;
+    r.write(dir / CaseFiles::kResult);
+    return r;
+  }
+
   // A fake analysis: writes the case's mask file, fails scan3 with an exception.
   CaseFunction fake(std::vector<std::string>* called) {
     return [called](const CaseInput& c, const fs::path& dir, spdlog::logger&) {
       if (called) called->push_back(c.id);
       if (ends_with(c.id, "_scan3")) throw std::runtime_error("scan3 is broken\nwith a second line");
-      fs::create_directories(dir);
-      std::ofstream(dir / CaseFiles::kMask) << c.id;
-      CaseResult r;
-      r.case_id = c.id;
-      r.input_path = c.path.string();
-      r.fingerprint = c.fingerprint;
-      r.seconds = 1.0;
-      r.write(dir / CaseFiles::kResult);
-      return r;
+      return finish(c, dir);
     };
   }
 
@@ -232,14 +237,7 @@ TEST_F(Cohort, ReadAheadReadsTheNextCaseWhileOneIsAnalysed) {
       analysed_with_next_read += read.count(next) ? 1 : 0;
       ahead->get();  // the reading's exception, for scan3
     }
-    fs::create_directories(dir);
-    std::ofstream(dir / CaseFiles::kMask) << c.id;
-    CaseResult r;
-    r.case_id = c.id;
-    r.input_path = c.path.string();
-    r.fingerprint = c.fingerprint;
-    r.write(dir / CaseFiles::kResult);
-    return r;
+    return finish(c, dir);
   };
   {
     CohortOptions on = options_;

@@ -31,6 +31,9 @@ void log_run_setup(spdlog::logger& log, const RunOptions& options, const RunSetu
 // The runner options of a command that runs cases.
 CohortOptions cohort_options(const RunOptions& options);
 
+// Every case of the cohort through the pipeline (process_case, read_case for read-ahead).
+int run_pipeline(CohortRunner& cohort, const CasePipeline& pipeline, const nlohmann::json& run_info);
+
 // `hemexp run`: reads every case, writes cases/<id>/{mask.nii.gz,result.json}, results.csv,
 // run.json and hemexp.log under options.output_dir. A failing case never stops the run.
 // argv is recorded in run.json. Returns an ExitCode.

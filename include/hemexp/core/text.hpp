@@ -14,6 +14,7 @@ std::string trim(const std::string& s);  // spaces, tabs, CR and LF at both ends
 std::string lower(std::string s);
 std::string upper(std::string s);
 bool ends_with(const std::string& s, const std::string& suffix);
+std::string join(const std::vector<std::string>& items, const std::string& separator);
 
 // v as a JSON number, or null when v is NaN or infinite (JSON has neither).
 nlohmann::json json_number(double v);

@@ -40,6 +40,10 @@ struct DicomHeader {
 // accepted as `date` with an empty `time`. Empty when the date is missing or not a real date.
 std::string dicom_datetime(const std::string& date, const std::string& time);
 
+// The file of a series with the earliest date-time stamp (slices of one series can be stamped
+// seconds apart), or nullptr when no file has one.
+const DicomHeader* earliest_stamp(const std::vector<DicomHeader>& series);
+
 // Cheap test used when walking folders: DICM preamble, or a header GDCM can parse.
 bool looks_like_dicom(const std::filesystem::path& path);
 
