@@ -10,7 +10,7 @@ HEMEXP_BUILD="${HEMEXP_BUILD:-$HEMEXP_ROOT/build}"
 # Debian's LibTorch would otherwise use (about 15x slower matrix products).
 HEMEXP_PACKAGES=(
   cmake make g++ git
-  libtorch-dev libopenblas0-openmp
+  libtorch-dev libopenblas0-openmp zlib1g-dev
   libinsighttoolkit5-dev libgdcm-tools
   libcli11-dev libspdlog-dev nlohmann-json3-dev libgtest-dev
 )
@@ -36,14 +36,16 @@ hemexp_install_packages() {
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
+# HEMEXP_CMAKE_ARGS: extra configure arguments for a build folder of another kind
+# (scripts/sanitize.sh, scripts/fuzz.sh); HEMEXP_EXTRA_PACKAGES: what those need besides.
 hemexp_build() {
   local jobs
   jobs="$(nproc 2>/dev/null || echo 2)"
   if [[ ! -f "$HEMEXP_BUILD/CMakeCache.txt" ]]; then
-    cmake -S "$HEMEXP_ROOT" -B "$HEMEXP_BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake -S "$HEMEXP_ROOT" -B "$HEMEXP_BUILD" -DCMAKE_BUILD_TYPE=Release ${HEMEXP_CMAKE_ARGS:-} >/dev/null
   fi
-  cmake --build "$HEMEXP_BUILD" -j "$jobs"
+  cmake --build "$HEMEXP_BUILD" -j "$jobs" ${HEMEXP_BUILD_TARGETS:+--target ${HEMEXP_BUILD_TARGETS}}
 }
 
-hemexp_install_packages ${HEMEXP_WITH_PYTHON:+"${HEMEXP_PYTHON_PACKAGES[@]}"}
+hemexp_install_packages ${HEMEXP_WITH_PYTHON:+"${HEMEXP_PYTHON_PACKAGES[@]}"} ${HEMEXP_EXTRA_PACKAGES:-}
 hemexp_build

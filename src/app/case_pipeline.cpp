@@ -1,4 +1,6 @@
 #include "hemexp/app/case_pipeline.hpp"
+#include "hemexp/io/atomic_file.hpp"
+#include "hemexp/io/error.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -32,6 +34,7 @@ std::map<std::string, nlohmann::json> CasePipeline::models() const {
 
 ReadCase read_case(const CaseInput& c, const CasePipeline& pipeline, spdlog::logger& log) {
   const auto t0 = Clock::now();
+  if (!c.problem.empty()) throw IoError(c.problem);
   ReadCase r{read_volume(c.path, pipeline.read), 0.0};
   r.seconds = seconds_since(t0);
   const LoadedVolume& loaded = r.loaded;
@@ -153,6 +156,7 @@ CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipel
   result.input_path = c.path.string();
   try {
     fs::create_directories(dir);
+    remove_temporaries(dir);  // what a killed earlier attempt was writing
     ReadCase read;
     if (read_ahead) {
       const auto t_wait = Clock::now();

@@ -84,6 +84,11 @@ void add_run_options(CLI::App* run, RunOptions& o) {
   run->add_flag("--qc,!--no-qc", o.qc, "Write (or not) cases/<id>/qc.png, a mosaic of the hematoma slices (default: on)");
   run->add_flag("--save-probabilities", o.save_probabilities, "Also write cases/<id>/probability.nii.gz");
   run->add_option("--series-uid", o.series_uid, "DICOM: read this SeriesInstanceUID instead of choosing");
+  run->add_option("--max-voxels", o.max_voxels,
+                  "Refuse (as a failed case, before reading its voxels) a scan of more voxels than this; "
+                  "default 524288000, a 512 x 512 x 2000 scan (about 2 GB as float)")
+      ->check(CLI::Range(uint64_t(1), uint64_t(1) << 40))
+      ->capture_default_str();
   run->add_option("--log-level", o.log_level, "Log detail")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
       ->capture_default_str();

@@ -66,6 +66,8 @@ int CohortRunner::prepare() {
   try {
     write_text_atomically(out_ / ".hemexp-write-test", "");
     fs::remove(out_ / ".hemexp-write-test");
+    // What a killed run of this shard was writing (other shards may be writing theirs now).
+    remove_temporaries(out_, {".hemexp-write-test", results_name(), run_json_name()});
   } catch (const std::exception&) {
     spdlog::error("output folder {} is not writable", out_.string());
     return kExitSetup;
@@ -231,7 +233,12 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
               {"started", utc_now()},
               {"finished", nullptr},
               {"cases", {{"total", cases_.size()}, {"ok", 0}, {"failed", 0}, {"skipped", 0}}}});
-  write_text_atomically(out_ / run_json_name(), run.dump(2) + "\n");
+  try {
+    write_text_atomically(out_ / run_json_name(), run.dump(2) + "\n");
+  } catch (const std::exception& e) {
+    spdlog::error("cannot write {}: {}; nothing was done (free space and rerun)", run_json_name(), one_line(e.what()));
+    return kExitOutputFailed;
+  }
 
   std::vector<std::string> columns = CaseResult::csv_columns();
   const size_t own_columns = columns.size();
@@ -291,6 +298,7 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
         return;
       }
   };
+  std::string output_failure;  // why results.csv could not be written, if it could not
   for (size_t k = 0; k < cases_.size(); ++k) {
     if (signals.received()) break;
     if (options_.progress && terminal)
@@ -335,7 +343,18 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
       row[columns[own_columns + at]] = value;
     }
     csv += csv_line(columns, row);
-    write_text_atomically(out_ / results_name(), csv);  // a crash leaves every finished row
+    try {
+      write_text_atomically(out_ / results_name(), csv);  // a crash leaves every finished row
+    } catch (const std::exception& e) {
+      // A full disk or quota: every file already written is intact (each written under a
+      // temporary name, then renamed); going on would analyse cases nothing records.
+      output_failure = one_line(e.what());
+      log.error("cannot write {}: {}; the run stops here (the files already in {} are intact: free space and rerun "
+                "with --resume)", results_name(), output_failure, out_.string());
+      spdlog::error("cannot write {}: {}; stopped after {} of {} cases: free space and rerun with --resume",
+                    results_name(), output_failure, k + 1, cases_.size());
+      break;
+    }
     if (result->status != "skipped") case_seconds.push_back(result->seconds);
     if (options_.progress) {
       if (terminal) {
@@ -357,6 +376,14 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
   if (stop) {
     run["interrupted"] = {{"signal", stop == SIGINT ? "SIGINT" : "SIGTERM"},
                           {"not_started", cases_.size() - size_t(counts["ok"] + counts["failed"] + counts["skipped"])}};
+  }
+  if (!output_failure.empty()) {
+    run["output_failure"] = output_failure;
+    try {
+      write_text_atomically(out_ / run_json_name(), run.dump(2) + "\n");
+    } catch (const std::exception&) {  // the disk is still full: already said
+    }
+    return kExitOutputFailed;
   }
   write_text_atomically(out_ / run_json_name(), run.dump(2) + "\n");
   log.info("done: {} ok, {} failed, {} kept from a previous run", counts["ok"], counts["failed"], counts["skipped"]);

@@ -430,7 +430,10 @@ PairScans pair_scans(const std::vector<ScanPair>& pairs) {
     std::string id = base;
     for (int k = 2; used.count(id); ++k) id = base + "-" + std::to_string(k);
     used.insert(id);
-    out.cases.push_back({id, p});
+    CaseInput c;
+    c.id = id;
+    c.path = p;
+    out.cases.push_back(std::move(c));
     out.id_of[scan_key(p)] = id;
   }
   return out;
@@ -576,6 +579,7 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
     return code;
   }
 
+  remove_temporaries(out, {"pairs.csv", "expansion.csv", "labels.csv", "expansion_summary.json"});
   std::map<std::string, std::optional<CaseResult>> results;
   for (const CaseInput& c : scans.cases) results[c.id] = scan_result(out, c);
   std::error_code ec;
@@ -587,6 +591,7 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
     const fs::path dir = out / "pairs" / case_id_from_path(p.pair_id);
     fs::create_directories(dir);
     fs::remove(dir / "qc.png", ec);  // never a picture of an earlier attempt
+    remove_temporaries(dir);
     if (r.status == "ok" && o.run.qc) {
       try {
         write_pair_picture(dir / "qc.png", out, r, pipeline.read);

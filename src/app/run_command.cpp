@@ -78,6 +78,7 @@ int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
 
   CasePipeline& pipeline = setup.pipeline;
   pipeline.read.series_uid = o.series_uid;
+  pipeline.read.max_voxels = o.max_voxels;
   pipeline.save_probabilities = o.save_probabilities;
   pipeline.qc = o.qc;
   std::vector<std::string> looked;
@@ -87,7 +88,7 @@ int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
     try {
       pipeline.segmenter = Segmenter::load(*seg_path, device);
     } catch (const std::exception& e) {
-      spdlog::error("segmentation model {}: {}", seg_path->string(), e.what());
+      spdlog::error("segmentation model {}: {}", seg_path->string(), one_line(e.what()));
       return kExitSetup;
     }
   }
@@ -99,7 +100,7 @@ int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
     try {
       pipeline.classifier = Classifier::load(*cls_path, device);
     } catch (const std::exception& e) {
-      spdlog::error("expansion classifier {}: {}", cls_path->string(), e.what());
+      spdlog::error("expansion classifier {}: {}", cls_path->string(), one_line(e.what()));
       return kExitSetup;
     }
   }

@@ -34,15 +34,14 @@ void measure_density(const torch::Tensor& values, NcctMarkers& r) {
   const int64_t n = values.numel();
   if (n == 0) return;
   const torch::Tensor v = values.to(torch::kFloat64).contiguous();
-  const double median_hu = median(std::vector<double>(v.data_ptr<double>(), v.data_ptr<double>() + n));
+  const std::vector<double> hu(v.data_ptr<double>(), v.data_ptr<double>() + n);
+  const double median_hu = median(hu);
   r.hypodense_fraction = (values < median_hu - kHypodenseDropHu).sum().item<double>() / double(n);
-  const double mean_hu = values.mean().item<double>();
-  const torch::Tensor d = values - mean_hu, d2 = d * d;
-  const double m2 = d2.mean().item<double>();
+  const Moments moments = central_moments(hu);  // the same digits for any --threads
+  const double mean_hu = moments.mean, m2 = moments.m2, m3 = moments.m3, m4 = moments.m4;
   r.hu_sd = std::sqrt(m2);
   r.hu_cv = mean_hu > 0 ? r.hu_sd / mean_hu : NcctMarkers::kNaN;
   if (n < 4 || !(m2 > 0)) return;
-  const double m3 = (d2 * d).mean().item<double>(), m4 = (d2 * d2).mean().item<double>();
   const double nn = double(n);
   // Sample skewness and excess kurtosis (the bias-corrected G1, G2 of SAS and Sarle).
   const double g1 = m3 / std::pow(m2, 1.5), g2 = m4 / (m2 * m2) - 3.0;

@@ -77,10 +77,11 @@ HematomaMeasurements measure_hematoma(const torch::Tensor& mask, const torch::Te
   const double voxel_mm3 = g.voxel_volume_mm3();
   r.volume_ml = double(r.voxels) * voxel_mm3 / 1000.0;
 
-  const torch::Tensor values = hu.to(torch::kFloat64).masked_select(m);
-  r.mean_hu = values.mean().item<double>();
-  r.std_hu = r.voxels > 1 ? values.std(/*unbiased=*/false).item<double>() : 0.0;
+  const torch::Tensor values = hu.to(torch::kFloat64).masked_select(m).contiguous();
   const std::vector<double> hu_values(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
+  const Moments moments = central_moments(hu_values);  // the same digits for any --threads
+  r.mean_hu = moments.mean;
+  r.std_hu = r.voxels > 1 ? std::sqrt(moments.m2) : 0.0;
   r.p10_hu = percentile(hu_values, 0.10);
   r.p90_hu = percentile(hu_values, 0.90);
   r.components = connected_components(m);

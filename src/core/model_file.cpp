@@ -113,8 +113,16 @@ ModelCard parse_model_card(const std::map<std::string, std::string>& metadata, c
     throw ModelError("model " + file_name + ": model card is not valid JSON: " + e.what());
   }
   if (!card.json.is_object()) throw ModelError("model " + file_name + ": model card is not a JSON object");
-  card.format_version = card.json.value("format_version", 0);
-  card.kind = card.json.value("kind", "");
+  try {
+    card.format_version = card.json.value("format_version", 0);
+    card.kind = card.json.value("kind", "");
+  } catch (const nlohmann::json::exception&) {
+    throw ModelError("model " + file_name + ": model card format_version must be an integer and kind a string");
+  }
+  if (card.format_version > kModelFormatVersion)
+    throw ModelError("model " + file_name + ": model card format_version " + std::to_string(card.format_version) +
+                    " is newer than this hemexp reads (" + std::to_string(kModelFormatVersion) +
+                    "): update hemexp to use this model");
   if (card.format_version != kModelFormatVersion)
     throw ModelError("model " + file_name + ": model card format_version " + std::to_string(card.format_version) +
                     " is not supported (expected " + std::to_string(kModelFormatVersion) + ")");
@@ -131,6 +139,9 @@ void load_named_tensors(torch::nn::Module& module, const std::map<std::string, t
     if (it->second.sizes() != target.sizes())
       throw ModelError("model " + file_name + ": tensor '" + name + "' has shape " + shape_text(it->second.sizes()) +
                       ", the network expects " + shape_text(target.sizes()));
+    if (it->second.is_floating_point() != target.is_floating_point())
+      throw ModelError("model " + file_name + ": tensor '" + name + "' is " + std::string(c10::toString(it->second.scalar_type())) +
+                      ", the network expects " + std::string(c10::toString(target.scalar_type())));
     target.copy_(it->second.to(target.dtype()));
     used.insert(name);
   };

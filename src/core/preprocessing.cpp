@@ -11,8 +11,9 @@ Preprocessing Preprocessing::from_json(const nlohmann::json& j) {
   Preprocessing p;
   try {
     const auto s = j.at("spacing_mm").get<std::vector<double>>();
-    if (s.size() != 3 || s[0] <= 0 || s[1] <= 0 || s[2] <= 0)
-      throw CoreError("model card: preprocessing.spacing_mm must be 3 positive numbers (x, y, z)");
+    // Bounded: a model grid of 1e-6 mm would be a terabyte-sized resampling of any scan.
+    if (s.size() != 3 || !std::all_of(s.begin(), s.end(), [](double v) { return v >= 0.05 && v <= 20; }))
+      throw CoreError("model card: preprocessing.spacing_mm must be 3 numbers (x, y, z), each 0.05 to 20 mm");
     p.spacing_mm = {s[0], s[1], s[2]};
     const nlohmann::json& n = j.at("normalization");
     if (n.value("type", "") != "ct") throw CoreError("model card: preprocessing.normalization.type must be 'ct'");
@@ -22,7 +23,9 @@ Preprocessing Preprocessing::from_json(const nlohmann::json& j) {
     p.clip_high_hu = clip[1];
     p.mean_hu = n.at("mean_hu").get<double>();
     p.std_hu = n.at("std_hu").get<double>();
-    if (!(p.std_hu > 0)) throw CoreError("model card: normalization.std_hu must be positive");
+    if (!(p.std_hu > 0) || !std::isfinite(p.std_hu) || !std::isfinite(p.mean_hu) || !std::isfinite(p.clip_low_hu) ||
+        !std::isfinite(p.clip_high_hu))
+      throw CoreError("model card: normalization mean_hu, std_hu and clip_hu must be finite, std_hu positive");
   } catch (const nlohmann::json::exception& e) {
     throw CoreError(std::string("model card: preprocessing block is incomplete: ") + e.what());
   }

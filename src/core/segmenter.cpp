@@ -12,8 +12,10 @@ SegmentationRecipe SegmentationRecipe::from_card(const nlohmann::json& card) {
   try {
     const nlohmann::json& inf = card.at("inference");
     const auto patch = inf.at("patch_size").get<std::vector<int64_t>>();
-    if (patch.size() != 3 || patch[0] < 1 || patch[1] < 1 || patch[2] < 1)
-      throw ModelError("model card: inference.patch_size must be 3 positive integers (z, y, x)");
+    if (patch.size() != 3 || patch[0] < 1 || patch[1] < 1 || patch[2] < 1 || patch[0] > 512 || patch[1] > 512 ||
+        patch[2] > 512 || patch[0] * patch[1] * patch[2] > (int64_t(1) << 24))
+      throw ModelError("model card: inference.patch_size must be 3 positive integers (z, y, x), each at most 512 "
+                       "and at most 2^24 voxels in all");
     r.patch_size = {patch[0], patch[1], patch[2]};
     r.overlap = inf.value("overlap", 0.5);
     r.mirror = inf.value("mirror", false);

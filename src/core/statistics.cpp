@@ -28,4 +28,21 @@ double percentile(std::vector<double> values, double q) {
 
 double median(std::vector<double> values) { return percentile(std::move(values), 0.5); }
 
+Moments central_moments(const std::vector<double>& values) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  if (values.empty()) return {nan, nan, nan, nan};
+  const double n = double(values.size()), mu = mean(values);
+  Moments m{mu, 0, 0, 0};
+  for (double v : values) {
+    const double d = v - mu, d2 = d * d;
+    m.m2 += d2;
+    m.m3 += d2 * d;
+    m.m4 += d2 * d2;
+  }
+  m.m2 /= n;
+  m.m3 /= n;
+  m.m4 /= n;
+  return m;
+}
+
 }  // namespace hemexp

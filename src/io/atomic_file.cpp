@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 
@@ -35,10 +37,26 @@ void write_atomically(const fs::path& target, const std::function<void(const fs:
 void write_text_atomically(const fs::path& target, const std::string& contents) {
   write_atomically(target, [&](const fs::path& tmp) {
     std::ofstream out(tmp, std::ios::binary);
+    errno = 0;
     out << contents;
     out.flush();
-    if (!out) throw IoError("writing " + target.string() + ": cannot write file");
+    if (!out)  // errno says why: "No space left on device", "File too large", "Disk quota exceeded"
+      throw IoError("writing " + target.string() + ": cannot write file" + (errno ? std::string(": ") + std::strerror(errno) : ""));
   });
+}
+
+void remove_temporaries(const fs::path& dir, const std::vector<std::string>& names) {
+  std::error_code ec;
+  std::vector<fs::path> stale;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string f = it->path().filename().string();
+    if (f.rfind(".tmp-", 0) != 0) continue;
+    bool named = names.empty();
+    for (const std::string& n : names)
+      named = named || (f.size() > n.size() + 1 && f.compare(f.size() - n.size() - 1, std::string::npos, "-" + n) == 0);
+    if (named) stale.push_back(it->path());
+  }
+  for (const fs::path& p : stale) fs::remove(p, ec);
 }
 
 std::string read_text_file(const std::filesystem::path& path) {

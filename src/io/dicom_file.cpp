@@ -51,6 +51,17 @@ bool DicomHeader::is_enhanced_multiframe() const {
   return frames > 1 || sop_class_uid == "1.2.840.10008.5.1.4.1.1.2.1";
 }
 
+namespace {
+
+// Every element before the pixel data, which is skipped (sought past, not read): its length
+// field may claim gigabytes, and GDCM would allocate them before finding the file shorter.
+bool read_up_to_pixel_data(gdcm::Reader& reader) {
+  const gdcm::Tag pixel_data(0x7fe0, 0x0010);
+  return reader.ReadUpToTag(pixel_data, {pixel_data});
+}
+
+}  // namespace
+
 bool looks_like_dicom(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   char buf[132] = {};
@@ -61,32 +72,70 @@ bool looks_like_dicom(const fs::path& path) {
   if (!(ext.empty() || ext == ".dcm" || ext == ".DCM" || ext == ".ima" || ext == ".IMA")) return false;
   gdcm::Reader reader;
   reader.SetFileName(path.c_str());
-  return reader.Read() && reader.GetFile().GetDataSet().FindDataElement(gdcm::Tag(0x0008, 0x0016));
+  return read_up_to_pixel_data(reader) && reader.GetFile().GetDataSet().FindDataElement(gdcm::Tag(0x0008, 0x0016));
 }
 
 namespace {
 
-// GDCM reads a file whose pixel data stops early with only a console warning (and ITK then
-// zero-fills). Find the pixel data element header (tag, optional VR, declared length) in the
-// file bytes and check that the declared value fits in the file.
-bool pixel_data_truncated(const fs::path& path, uint32_t declared_bytes) {
+// The header is read by GDCM up to, not including, the pixel data: a length field that
+// claims gigabytes must not be allocated before it is checked against the file. The pixel
+// data element (tag, optional VR, declared length) is found in the file bytes instead: where a
+// native image of the header's size ends the file, else the first element whose length is that
+// size or undefined (encapsulated), else the first one at all (a damaged length).
+struct PixelDataElement {
+  bool found = false;
+  int64_t length = -1;    // -1: undefined (encapsulated)
+  bool fits_file = true;  // offset + header + length <= file size
+};
+
+PixelDataElement find_pixel_data(const fs::path& path, bool big_endian, int64_t expected_bytes) {
+  PixelDataElement out;
+  std::error_code ec;
+  const uint64_t file_size = fs::file_size(path, ec);
+  if (ec) return out;
   std::ifstream in(path, std::ios::binary);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto u8 = [&](size_t i) { return uint32_t(static_cast<unsigned char>(bytes[i])); };
-  const auto le32 = [&](size_t i) { return u8(i) | u8(i + 1) << 8 | u8(i + 2) << 16 | u8(i + 3) << 24; };
-  const auto be32 = [&](size_t i) { return u8(i + 3) | u8(i + 2) << 8 | u8(i + 1) << 16 | u8(i) << 24; };
-  for (size_t i = 0; i + 12 <= bytes.size(); ++i) {
-    const bool little = u8(i) == 0xE0 && u8(i + 1) == 0x7F && u8(i + 2) == 0x10 && u8(i + 3) == 0x00;
-    const bool big = u8(i) == 0x7F && u8(i + 1) == 0xE0 && u8(i + 2) == 0x00 && u8(i + 3) == 0x10;
-    if (!little && !big) continue;
-    const auto read32 = [&](size_t at) { return little ? le32(at) : be32(at); };
-    const bool explicit_vr = (bytes[i + 4] == 'O' && (bytes[i + 5] == 'W' || bytes[i + 5] == 'B'));
+  const auto u8 = [](const std::string& b, size_t i) { return uint32_t(static_cast<unsigned char>(b[i])); };
+  // Element header at `at` in `b`: tag, then explicit (OB/OW/UN, 2 reserved bytes, 32-bit
+  // length) or implicit (32-bit length) VR.
+  const auto element = [&](const std::string& b, size_t at, uint64_t file_at) -> std::optional<PixelDataElement> {
+    if (at + 8 > b.size()) return std::nullopt;
+    const bool tag = big_endian ? (u8(b, at) == 0x7F && u8(b, at + 1) == 0xE0 && u8(b, at + 2) == 0x00 && u8(b, at + 3) == 0x10)
+                                : (u8(b, at) == 0xE0 && u8(b, at + 1) == 0x7F && u8(b, at + 2) == 0x10 && u8(b, at + 3) == 0x00);
+    if (!tag) return std::nullopt;
+    const bool explicit_vr = b[at + 4] == 'O' || (b[at + 4] == 'U' && b[at + 5] == 'N');
     const size_t header = explicit_vr ? 12 : 8;
-    const uint32_t length = read32(i + header - 4);
-    if (length != declared_bytes) continue;
-    return bytes.size() < i + header + size_t(length);
+    if (at + header > b.size()) return std::nullopt;
+    const size_t l = at + header - 4;
+    const uint32_t length = big_endian ? (u8(b, l + 3) | u8(b, l + 2) << 8 | u8(b, l + 1) << 16 | u8(b, l) << 24)
+                                       : (u8(b, l) | u8(b, l + 1) << 8 | u8(b, l + 2) << 16 | u8(b, l + 3) << 24);
+    PixelDataElement e;
+    e.found = true;
+    e.length = length == 0xFFFFFFFFu ? -1 : int64_t(length);
+    e.fits_file = e.length < 0 || file_at + header + uint64_t(e.length) <= file_size;
+    return e;
+  };
+  // Fast path: a native image that ends the file (the usual layout).
+  for (const int header : {12, 8}) {
+    const int64_t at = int64_t(file_size) - expected_bytes - header;
+    if (expected_bytes <= 0 || at < 0) continue;
+    std::string b(12, '\0');
+    in.clear();
+    in.seekg(at);
+    in.read(b.data(), 12);
+    if (in.gcount() < header) continue;
+    if (const auto e = element(b, 0, uint64_t(at)); e && e->length == expected_bytes) return *e;
   }
-  return false;
+  in.clear();
+  in.seekg(0);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::optional<PixelDataElement> first;
+  for (size_t i = 0; i + 8 <= bytes.size(); ++i) {
+    const auto e = element(bytes, i, i);
+    if (!e) continue;
+    if (e->length < 0 || e->length == expected_bytes || e->length == expected_bytes + 1) return *e;
+    if (!first) first = e;
+  }
+  return first ? *first : out;
 }
 
 }  // namespace
@@ -135,7 +184,8 @@ DicomHeader read_dicom_header(const fs::path& path) {
   gdcm::Trace::WarningOff();  // problems are reported by hemexp, once, in plain words
   gdcm::Reader reader;
   reader.SetFileName(path.c_str());
-  if (!reader.Read()) throw IoError("not a readable DICOM file (" + path.filename().string() + ")");
+  if (!read_up_to_pixel_data(reader))
+    throw IoError("not a readable DICOM file (" + path.filename().string() + ")");
   const gdcm::File& file = reader.GetFile();
   const gdcm::DataSet& ds = file.GetDataSet();
   gdcm::StringFilter sf;
@@ -208,18 +258,11 @@ DicomHeader read_dicom_header(const fs::path& path) {
   if (h.has_pixel_spacing) g.row_spacing_mm = ps[0], g.column_spacing_mm = ps[1];
   g.thickness_mm = number(get(0x0018, 0x0050)).value_or(0.0);
 
-  const gdcm::Tag pixel_tag(0x7fe0, 0x0010);
-  if (!ds.FindDataElement(pixel_tag)) {
-    h.pixel_data_bytes = -2;
-  } else {
-    const gdcm::DataElement& pd = ds.GetDataElement(pixel_tag);
-    if (pd.GetSequenceOfFragments()) h.pixel_data_bytes = -1;
-    else if (const gdcm::ByteValue* bv = pd.GetByteValue()) h.pixel_data_bytes = int64_t(bv->GetLength());
-    else h.pixel_data_bytes = 0;
-    const int64_t expected = h.rows * h.columns * h.frames * (h.bits_allocated / 8);
-    h.pixel_data_truncated = h.pixel_data_bytes > 0 && h.pixel_data_bytes >= expected &&
-                             pixel_data_truncated(path, uint32_t(h.pixel_data_bytes));
-  }
+  const int64_t expected = h.rows * h.columns * h.frames * (h.bits_allocated / 8);
+  const bool big_endian = file.GetHeader().GetDataSetTransferSyntax() == gdcm::TransferSyntax::ExplicitVRBigEndian;
+  const PixelDataElement pd = find_pixel_data(path, big_endian, expected);
+  h.pixel_data_bytes = !pd.found ? -2 : pd.length;
+  h.pixel_data_truncated = pd.found && !pd.fits_file;
   return h;
 }
 
@@ -235,13 +278,21 @@ std::string slice_problem(const DicomHeader& h) {
   if (!h.has_position || !h.has_orientation)
     return "image has no position or orientation (ImagePositionPatient/ImageOrientationPatient)";
   if (!h.has_pixel_spacing) return "image has no pixel spacing";
-  if (h.rows < 2 || h.columns < 2) return "image has no rows or columns";
-  if (h.pixel_data_truncated) return "pixel data is truncated (the file ends before the image does)";
+  if (h.rows < 2 || h.columns < 2)
+    return "image has " + std::to_string(h.rows) + " rows and " + std::to_string(h.columns) + " columns";
+  if (h.bits_allocated != 8 && h.bits_allocated != 16 && h.bits_allocated != 32)
+    return "BitsAllocated is " + std::to_string(h.bits_allocated) + " (8, 16 or 32 expected)";
+  if (h.pixel_data_bytes > 0 && h.pixel_data_bytes % 2 == 1)
+    return "pixel data length " + std::to_string(h.pixel_data_bytes) + " is odd (DICOM lengths are even): the file is damaged";
+  if (h.pixel_data_truncated)
+    return "pixel data is truncated: its length field claims " + std::to_string(h.pixel_data_bytes) +
+           " bytes, more than the file holds";
   if (h.pixel_data_bytes >= 0) {
     const int64_t expected = h.rows * h.columns * h.frames * (h.bits_allocated / 8);
     if (h.pixel_data_bytes < expected)
-      return "pixel data is truncated (" + std::to_string(h.pixel_data_bytes) + " of " +
-             std::to_string(expected) + " bytes)";
+      return "pixel data is truncated: " + std::to_string(h.pixel_data_bytes) + " bytes, where " +
+             std::to_string(h.rows) + " x " + std::to_string(h.columns) + " pixels of " +
+             std::to_string(h.bits_allocated) + " bits need " + std::to_string(expected);
   }
   return "";
 }
@@ -270,7 +321,7 @@ torch::Tensor read_dicom_pixels(const DicomHeader& h, double air_hu, PixelStats*
     return hu;
   } catch (const itk::ExceptionObject& e) {
     throw IoError("cannot decode pixel data of " + h.path.filename().string() + " (" +
-                  h.transfer_syntax + "): " + trim(e.GetDescription()));
+                  h.transfer_syntax + "): " + library_reason(e.GetDescription()));
   }
 }
 

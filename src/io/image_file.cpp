@@ -11,10 +11,13 @@
 #include <itkVersion.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <fstream>
 
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
+#include "hemexp/io/nifti_check.hpp"
 #include "hemexp/core/text.hpp"
 
 namespace hemexp {
@@ -64,19 +67,32 @@ void write_typed(const fs::path& path, const torch::Tensor& voxels, const Geomet
 
 bool is_volume_file(const fs::path& path) { return !format_of(path).empty(); }
 
-ImageFileContents read_image_file(const fs::path& path) {
+std::string itk_reason(const itk::ExceptionObject& e) { return library_reason(e.GetDescription()); }
+
+ImageFileContents read_image_file(const fs::path& path, uint64_t max_voxels) {
   const std::string format = format_of(path);
   if (format.empty()) throw IoError("not a NIfTI, MHA or NRRD file");
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) throw IoError("is a folder named like a volume file");
+  if (fs::file_size(path, ec) == 0 && !ec) throw IoError("file is empty (0 bytes)");
+  if (format == "nifti") check_nifti_file(path, max_voxels);
   try {
     itk::ImageIOBase::Pointer io =
         itk::ImageIOFactory::CreateImageIO(path.c_str(), itk::ImageIOFactory::IOFileModeEnum::ReadMode);
-    if (!io) throw IoError("file is not a readable image");
+    if (!io) throw IoError("file is not a readable " + format + " image");
     io->SetFileName(path.string());
     io->ReadImageInformation();
     const unsigned dims = io->GetNumberOfDimensions();
     if (io->GetNumberOfComponents() != 1)
       throw IoError("image has " + std::to_string(io->GetNumberOfComponents()) +
                     " components per voxel; a CT volume has one");
+    uint64_t voxels = 1;
+    for (unsigned d = 0; d < dims; ++d) {
+      const uint64_t n = io->GetDimensions(d);
+      voxels = (n == 0 || voxels > max_voxels / n) ? max_voxels + 1 : voxels * n;
+    }
+    if (voxels > max_voxels)
+      throw IoError("image header claims more than the limit of " + std::to_string(max_voxels) + " voxels (--max-voxels)");
     if (dims > 3) {
       size_t extra = 1;
       for (unsigned d = 3; d < dims; ++d) extra *= io->GetDimensions(d);
@@ -84,8 +100,11 @@ ImageFileContents read_image_file(const fs::path& path) {
         throw IoError("image is " + std::to_string(dims) + "D with " + std::to_string(extra) +
                       " volumes; a single 3D volume is expected");
     }
-    if (dims < 3 || io->GetDimensions(2) < 2)
-      throw IoError("image is 2D; a 3D volume is expected");
+    if (dims < 3 || io->GetDimensions(2) < 2) {
+      std::string shape = std::to_string(io->GetDimensions(0));
+      for (unsigned d = 1; d < dims; ++d) shape += " x " + std::to_string(io->GetDimensions(d));
+      throw IoError("image is " + shape + ": 2D or a single slice; a 3D volume is expected");
+    }
 
     auto reader = itk::ImageFileReader<FloatImage>::New();
     reader->SetFileName(path.string());
@@ -103,12 +122,25 @@ ImageFileContents read_image_file(const fs::path& path) {
       g.origin_mm[a] = image->GetOrigin()[a];
       for (unsigned b = 0; b < 3; ++b) g.direction[a * 3 + b] = image->GetDirection()(a, b);
     }
+    for (unsigned a = 0; a < 3; ++a)
+      if (!(std::isfinite(g.spacing_mm[a]) && g.spacing_mm[a] > 0))
+        throw IoError("voxel spacing is not a positive finite number (" + g.describe() + ")");
+    if (!std::all_of(g.direction.begin(), g.direction.end(), [](double v) { return std::isfinite(v); }) ||
+        !std::all_of(g.origin_mm.begin(), g.origin_mm.end(), [](double v) { return std::isfinite(v); }))
+      throw IoError("origin or direction matrix holds a NaN or infinite value");
+    const Vec3 c0 = column(g.direction, 0), c1 = column(g.direction, 1), c2 = column(g.direction, 2);
+    const double det = norm(c0) > 0 && norm(c1) > 0 && norm(c2) > 0
+                           ? mat_det(from_columns(normalized(c0), normalized(c1), normalized(c2)))
+                           : 0.0;
+    if (!(std::abs(det) >= 0.5))
+      throw IoError("direction matrix is singular or nearly so (determinant " + format_number(det, 3) +
+                    "): the axes do not span 3D space");
     out.volume.voxels = torch::empty(tensor_shape(g), torch::kFloat32);
     std::memcpy(out.volume.voxels.data_ptr<float>(), image->GetBufferPointer(),
                 sizeof(float) * size_t(g.voxel_count()));
     return out;
   } catch (const itk::ExceptionObject& e) {
-    throw IoError(std::string("ITK cannot read the file: ") + e.GetDescription());
+    throw IoError("cannot read the " + format + " file: " + itk_reason(e));
   }
 }
 
@@ -122,9 +154,18 @@ void write_image_file(const fs::path& path, const torch::Tensor& voxels, const G
         case torch::kFloat32: write_typed<float>(tmp, voxels, g); break;
         default: throw IoError("writing " + path.string() + ": unsupported voxel type");
       }
+      // ITK does not check every write (nor closing the file): a full disk could leave a cut
+      // file under the final name. A NIfTI file is read back through its checksum first.
+      if (format_of(path) == "nifti") {
+        try {
+          check_nifti_file(tmp, uint64_t(g.voxel_count()));
+        } catch (const IoError& e) {
+          throw IoError("writing " + path.string() + ": the written file does not read back (disk full?): " + e.what());
+        }
+      }
     });
   } catch (const itk::ExceptionObject& e) {
-    throw IoError("writing " + path.string() + ": " + e.GetDescription());
+    throw IoError("writing " + path.string() + ": " + itk_reason(e));
   }
 }
 
@@ -148,9 +189,19 @@ void write_png(const fs::path& path, const torch::Tensor& pixels) {
       };
       if (rgb) fill(itk::Image<itk::RGBPixel<uint8_t>, 2>::New());
       else fill(itk::Image<uint8_t, 2>::New());
+      // A complete PNG ends with its IEND chunk; a write cut short by a full disk does not.
+      std::ifstream in(tmp, std::ios::binary | std::ios::ate);
+      static const char kIend[] = {0, 0, 0, 0, 'I', 'E', 'N', 'D', char(0xAE), 0x42, 0x60, char(0x82)};
+      char tail[12] = {};
+      if (in && in.tellg() >= 12) {
+        in.seekg(-12, std::ios::end);
+        in.read(tail, 12);
+      }
+      if (!in || std::memcmp(tail, kIend, 12) != 0)
+        throw IoError("writing " + path.string() + ": the written file is incomplete (disk full?)");
     });
   } catch (const itk::ExceptionObject& e) {
-    throw IoError("writing " + path.string() + ": " + e.GetDescription());
+    throw IoError("writing " + path.string() + ": " + itk_reason(e));
   }
 }
 

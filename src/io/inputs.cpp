@@ -28,27 +28,64 @@ struct Found {
   fs::path relative;  // names the case
   std::string given_id;  // a list's case_id column
   std::vector<std::pair<std::string, std::string>> extra;  // a list's other columns
+  std::string problem;  // why this entry cannot be a case (CaseInput::problem)
 };
 
+// Every folder under root (root included) that directly holds DICOM files is a case, and every
+// volume file; a folder without subfolders that yields nothing (empty, or no image in it) is a
+// case too, so that it shows up as a failed row rather than silently vanishing. Hidden entries
+// are skipped. A symbolic link to a folder already searched (a loop, or a second path to the
+// same folder) is a case with a problem, not a second copy of its scans. Never throws on an
+// unreadable entry: what cannot be listed is reported as a case of its own.
 void walk_folder(const fs::path& root, std::vector<Found>& out) {
-  std::vector<fs::path> folders{root};
-  for (auto it = fs::recursive_directory_iterator(root, fs::directory_options::skip_permission_denied);
-       it != fs::recursive_directory_iterator(); ++it)
-    if (it->is_directory() && it->path().filename().string()[0] != '.') folders.push_back(it->path());
-    else if (it->is_directory()) it.disable_recursion_pending();
-  std::sort(folders.begin(), folders.end());
+  const fs::path base = root.parent_path().empty() ? fs::path(".") : root.parent_path();
+  const auto relative = [&](const fs::path& p) { return p.lexically_relative(base); };
+  std::error_code ec;
+  std::map<fs::path, fs::path> seen;  // canonical folder -> the path it was first found by
+  std::vector<fs::path> pending{root};
+  seen[fs::weakly_canonical(root, ec)] = root;
   std::vector<Found> found;
-  for (const fs::path& folder : folders) {
-    std::vector<fs::path> files;
-    for (const auto& e : fs::directory_iterator(folder))
-      if (e.is_regular_file() && e.path().filename().string()[0] != '.') files.push_back(e.path());
-    std::sort(files.begin(), files.end());
-    bool has_dicom = false;
-    for (const fs::path& f : files) {
-      if (is_volume_file(f)) found.push_back({f, fs::relative(f, root.parent_path().empty() ? "." : root.parent_path())});
-      else if (!has_dicom && !is_list_file(f) && looks_like_dicom(f)) has_dicom = true;
+  while (!pending.empty()) {
+    const fs::path folder = pending.back();
+    pending.pop_back();
+    std::vector<fs::path> entries;
+    for (fs::directory_iterator it(folder, fs::directory_options::skip_permission_denied, ec), end; !ec && it != end;
+         it.increment(ec))
+      if (it->path().filename().string()[0] != '.') entries.push_back(it->path());
+    if (ec) {
+      found.push_back({folder, relative(folder), "", {}, "folder cannot be listed: " + ec.message()});
+      continue;
     }
-    if (has_dicom) found.push_back({folder, fs::relative(folder, root.parent_path().empty() ? "." : root.parent_path())});
+    std::sort(entries.begin(), entries.end());
+    bool has_dicom = false, has_subfolder = false;
+    const size_t before = found.size();
+    for (const fs::path& e : entries) {
+      std::error_code e_ec;
+      const bool link = fs::is_symlink(e, e_ec);
+      const fs::file_status st = fs::status(e, e_ec);  // follows links
+      if (e_ec) {
+        if (link) found.push_back({e, relative(e), "", {}, "symbolic link that cannot be followed (a loop or a missing target)"});
+        continue;
+      }
+      if (fs::is_directory(st)) {
+        has_subfolder = true;
+        const fs::path canonical = fs::canonical(e, e_ec);
+        if (e_ec) {
+          found.push_back({e, relative(e), "", {}, "folder cannot be resolved: " + e_ec.message()});
+        } else if (const auto it = seen.find(canonical); it != seen.end()) {
+          found.push_back({e, relative(e), "", {}, "symbolic link to a folder already searched (" +
+                                                       it->second.string() + "): a loop or a second path to the same scans"});
+        } else {
+          seen[canonical] = e;
+          pending.push_back(e);
+        }
+      } else if (fs::is_regular_file(st)) {
+        if (is_volume_file(e)) found.push_back({e, relative(e)});
+        else if (!has_dicom && !is_list_file(e) && looks_like_dicom(e)) has_dicom = true;
+      }
+    }
+    if (has_dicom) found.push_back({folder, relative(folder)});
+    if (!has_dicom && !has_subfolder && found.size() == before) found.push_back({folder, relative(folder)});
   }
   std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) { return a.path < b.path; });
   out.insert(out.end(), found.begin(), found.end());
@@ -58,8 +95,7 @@ void expand_one(const fs::path& input, std::vector<Found>& out, int depth) {
   if (!fs::exists(input)) throw IoError("input " + input.string() + " does not exist");
   if (fs::is_directory(input)) {
     walk_folder(fs::path(input).lexically_normal(), out);
-  } else if (is_list_file(input)) {
-    if (depth > 0) throw IoError("list " + input.string() + " names another list");
+  } else if (is_list_file(input) && depth == 0) {
     CsvTable table;
     try {
       table = parse_csv(read_text_file(input));
@@ -88,8 +124,7 @@ void expand_one(const fs::path& input, std::vector<Found>& out, int depth) {
       fs::path p = fs::path(entry).is_absolute() ? fs::path(entry) : input.parent_path() / entry;
       // A CSV header names a column ("path"), not a file.
       if (header && !fs::exists(p) && entry.find_first_of("./\\") == std::string::npos) continue;
-      if (!fs::exists(p)) throw IoError("list " + input.string() + " names " + entry + ", which does not exist");
-      Found f{p, fs::path(entry).filename(), "", {}};
+      Found f{p, fs::path(entry).filename(), "", {}, ""};
       if (path_col >= 0) {
         for (size_t c = 0; c < table.header.size(); ++c) {
           const std::string value = c < line.size() ? trim(line[c]) : std::string();
@@ -98,16 +133,16 @@ void expand_one(const fs::path& input, std::vector<Found>& out, int depth) {
         }
         if (!f.given_id.empty() && case_id_from_path(f.given_id) != f.given_id)
           throw IoError("list " + input.string() + " row " + std::to_string(n + 2) + ": case_id '" + f.given_id +
-                        "' may hold only letters, digits, '.', '_' and '-'");
+                        "' may hold only letters, digits, '.', '_' and '-', may not start with '.' or '_', and "
+                        "is at most " + std::to_string(kMaxCaseIdLength) + " characters");
       }
-      if (fs::is_directory(p)) {
-        if (!f.given_id.empty() || !f.extra.empty()) {
-          // A folder given with its own id and columns is one case: the DICOM folder itself.
-          out.push_back(f);
-        } else {
-          walk_folder(p.lexically_normal(), out);
-        }
+      // A missing path is that case's failure, not the cohort's.
+      if (!fs::exists(p)) f.problem = "list " + input.filename().string() + " names " + entry + ", which does not exist";
+      if (f.problem.empty() && fs::is_directory(p) && f.given_id.empty() && f.extra.empty()) {
+        walk_folder(p.lexically_normal(), out);
       } else {
+        // A file, a missing path, or a folder given with its own id and columns: one case (a
+        // list named in a list fails when read: lists are not followed inside lists).
         out.push_back(f);
       }
     }
@@ -133,6 +168,9 @@ std::string case_id_from_path(const fs::path& relative) {
     else id += '-';
   }
   while (!id.empty() && (id.front() == '.' || id.front() == '_')) id.erase(id.begin());
+  // A deep path would make a name the file system refuses (255 bytes): shortened, with a
+  // digest of the whole so that two long paths stay two ids.
+  if (id.size() > kMaxCaseIdLength) id = id.substr(0, kMaxCaseIdLength - 9) + "-" + sha256_hex(id).substr(0, 8);
   return id.empty() ? "case" : id;
 }
 
@@ -153,7 +191,7 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs) {
       throw IoError("case_id '" + f.given_id + "' is given to more than one scan");
   for (const Found& f : found) {
     if (!f.given_id.empty()) {
-      cases.push_back({f.given_id, f.path, {}, f.extra});
+      cases.push_back({f.given_id, f.path, {}, f.extra, f.problem});
       continue;
     }
     fs::path relative = f.relative;
@@ -165,7 +203,7 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs) {
     std::string id = base;
     for (int k = 2; used.count(id); ++k) id = base + "-" + std::to_string(k);
     used.insert(id);
-    cases.push_back({id, f.path, {}, f.extra});
+    cases.push_back({id, f.path, {}, f.extra, f.problem});
   }
   return cases;
 }

@@ -5,6 +5,7 @@
 
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/slice_stack.hpp"
+#include "hemexp/core/text.hpp"
 #include "hemexp/io/dicom.hpp"
 #include "hemexp/io/error.hpp"
 #include "hemexp/io/image_file.hpp"
@@ -67,13 +68,19 @@ LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
   }
   if (headers.empty()) {
     if (!unreadable.empty()) throw IoError("no readable DICOM file: " + unreadable.front());
-    throw IoError("folder holds no DICOM files");
+    throw IoError("folder holds no DICOM or volume files");
   }
   if (single_file && headers.size() == 1) {
     const std::string problem = slice_problem(headers.front());
     throw IoError(problem.empty() ? "a single 2D image; a volume needs the whole series" : problem);
   }
   SeriesChoice choice = choose_series(headers, single_file && options.series_uid.empty() ? "" : wanted);
+  uint64_t voxels = 0;  // from the headers, before any pixel is decoded
+  for (const DicomHeader& h : choice.files) voxels += uint64_t(h.rows) * uint64_t(h.columns) * uint64_t(h.frames);
+  if (voxels > options.max_voxels)
+    throw IoError("series of " + std::to_string(choice.files.size()) + " images of " + std::to_string(choice.files.front().rows) +
+                  " x " + std::to_string(choice.files.front().columns) + " pixels is more than the limit of " +
+                  std::to_string(options.max_voxels) + " voxels (--max-voxels)");
 
   LoadedVolume out;
   InputInfo& info = out.info;
@@ -127,8 +134,8 @@ LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
 LoadedVolume read_volume(const fs::path& path, const ReadOptions& options) {
   if (!fs::exists(path)) throw IoError("input does not exist");
   LoadedVolume out;
-  if (fs::is_regular_file(path) && is_volume_file(path)) {
-    ImageFileContents file = read_image_file(path);
+  if (is_volume_file(path)) {
+    ImageFileContents file = read_image_file(path, options.max_voxels);
     out.volume = std::move(file.volume);
     out.info.path = path.string();
     out.info.format = file.format;
@@ -144,8 +151,12 @@ LoadedVolume read_volume(const fs::path& path, const ReadOptions& options) {
   } else if (fs::is_directory(path) || looks_like_dicom(path)) {
     out = read_dicom(path, options);
   } else {
+    const std::string ext = lower(path.extension().string());
+    if (ext == ".txt" || ext == ".csv" || ext == ".lst") throw IoError("is a list file; lists inside lists are not followed");
     throw IoError("not a recognised image: expected NIfTI, MHA, NRRD or DICOM");
   }
+  if (const int64_t bad = (~torch::isfinite(out.volume.voxels)).sum().item<int64_t>(); bad > 0)
+    throw IoError(std::to_string(bad) + " voxels are NaN or infinite");
   check_hounsfield(out.volume);
   clamp_below_range(out.volume, options, out.info);
   out.info.geometry = out.volume.geometry;

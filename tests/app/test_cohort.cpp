@@ -277,13 +277,25 @@ TEST_F(Cohort, SetupExitCodes) {
   o.output_dir = (root_ / "a-file/out").string();
   EXPECT_EQ(run(o, fake(nullptr)), kExitSetup);
   o = options_;
-  fs::create_directories(root_ / "empty");
-  o.inputs = {(root_ / "empty").string()};
-  EXPECT_EQ(run(o, fake(nullptr)), kExitUsage);
+  std::ofstream(root_ / "nothing.txt") << "# no scans\n";
+  o.inputs = {(root_ / "nothing.txt").string()};
+  EXPECT_EQ(run(o, fake(nullptr)), kExitUsage);  // no scans at all
+  // An empty folder, and a list naming a missing file, are cases (that fail when read: the
+  // problem travels with the case), not the end of the run.
   o = options_;
+  o.output_dir = (root_ / "out2").string();
+  fs::create_directories(root_ / "empty");
   std::ofstream(root_ / "list.txt") << (root_ / "in/scan0.nii.gz").string() << "\n" << (root_ / "nope.nii.gz").string() << "\n";
-  o.inputs = {(root_ / "list.txt").string()};
-  EXPECT_EQ(run(o, fake(nullptr)), kExitUsage);  // a list naming a missing file (today: the whole run stops)
+  o.inputs = {(root_ / "empty").string(), (root_ / "list.txt").string()};
+  std::vector<std::string> problems;
+  EXPECT_EQ(run(o, [&](const CaseInput& c, const fs::path& dir, spdlog::logger&) {
+              problems.push_back(c.id + ": " + c.problem);
+              return finish(c, dir);
+            }),
+            kExitOk);
+  EXPECT_EQ(problems, (std::vector<std::string>{"empty: ", "scan0: ",
+                                                "nope: list list.txt names " + (root_ / "nope.nii.gz").string() +
+                                                    ", which does not exist"}));
 }
 
 }  // namespace

@@ -2,10 +2,12 @@
 // uninterrupted run gives; SIGTERM ends a run cleanly with its own exit code.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <map>
 #include <random>
 #include <thread>
 
@@ -25,9 +27,16 @@ using json = nlohmann::json;
 using test::slurp;
 using Clock = std::chrono::steady_clock;
 
-pid_t start(const std::vector<std::string>& args) {
+// file_size_limit > 0: the child may not write a file beyond that many bytes (RLIMIT_FSIZE):
+// a write past it fails as on a full disk (EFBIG), without root or a small file system.
+pid_t start(const std::vector<std::string>& args, rlim_t file_size_limit = 0) {
   const pid_t pid = fork();
   if (pid == 0) {
+    if (file_size_limit > 0) {
+      const rlimit limit{file_size_limit, file_size_limit};
+      setrlimit(RLIMIT_FSIZE, &limit);
+      signal(SIGXFSZ, SIG_IGN);  // the write fails with EFBIG instead of killing the process
+    }
     std::vector<char*> argv;
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
@@ -137,6 +146,109 @@ TEST(KillResume, KilledAtRandomMomentsAndResumedEqualsOneRun) {
   for (const auto& r : rows) EXPECT_TRUE(fs::exists(root / "term/cases" / r.at("case_id") / "mask.nii.gz"));
   ASSERT_EQ(wait_exit(start(args("term", true))), kExitOk);
   expect_same_run(root / "ref", root / "term");
+  fs::remove_all(root);
+}
+
+// Determinism: the same cohort with 1 and with 2 threads (and again with 2) gives byte-identical
+// masks and pictures and equal numbers.
+TEST(Determinism, SameCohortSameBytesForAnyThreadCount) {
+  const fs::path root = fs::temp_directory_path() / ("hemexp-threads-" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root / "in");
+  synth::SynthOptions so;
+  so.seed = 29;
+  so.matrix = 96;
+  so.thin_fraction = 0.0;
+  for (int i = 0; i < 3; ++i) {
+    const synth::SynthCase c = synth::render_procedural_case(so, i);
+    write_image_file(root / "in" / ("head" + std::to_string(i) + ".nii.gz"), c.baseline.ct, c.baseline.geometry);
+  }
+  const std::string model = test::write_random_segmenter(root / "model.safetensors").string();
+  const auto run = [&](const std::string& out, const std::string& threads) {
+    return wait_exit(start({"hemexp", "run", "-i", (root / "in").string(), "-o", (root / out).string(), "--seg-model",
+                            model, "--threads", threads, "--no-progress", "--log-level", "error"}));
+  };
+  ASSERT_EQ(run("t1", "1"), kExitOk);
+  ASSERT_EQ(run("t2", "2"), kExitOk);
+  ASSERT_EQ(run("t2-again", "2"), kExitOk);
+  expect_same_run(root / "t1", root / "t2");
+  expect_same_run(root / "t2", root / "t2-again");
+  fs::remove_all(root);
+}
+
+std::map<std::string, std::string> files_under(const fs::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) out[fs::relative(e.path(), dir).string()] = slurp(e.path());
+  return out;
+}
+
+TEST(WriteFailure, AFullDiskFailsTheCaseOrStopsTheRunAndKeepsEverythingWritten) {
+  const fs::path root = fs::temp_directory_path() / ("hemexp-full-" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root / "in");
+  synth::SynthOptions so;
+  so.seed = 23;
+  so.matrix = 96;
+  so.thin_fraction = 0.0;
+  const auto head = [&](int i) {
+    const synth::SynthCase c = synth::render_procedural_case(so, i);
+    write_image_file(root / "in" / ("head" + std::to_string(i) + ".nii.gz"), c.baseline.ct, c.baseline.geometry);
+  };
+  for (int i = 0; i < 3; ++i) head(i);
+  const std::string model = test::write_random_segmenter(root / "model.safetensors").string();
+  const std::vector<std::string> args{"hemexp", "run", "-i", (root / "in").string(), "-o", (root / "out").string(),
+                                      "--seg-model", model, "--threads", "1", "--no-progress", "--log-level", "error",
+                                      "--resume"};
+  ASSERT_EQ(wait_exit(start(args)), kExitOk);
+  const auto before = files_under(root / "out/cases");
+  const std::string results_before = slurp(root / "out/results.csv");
+
+  // A fourth scan, and room for the tables but not for its picture: the case fails, naming the
+  // write; the three done before are untouched; the run finishes with exit code 4.
+  head(3);
+  const uintmax_t limit = 2 * results_before.size() + 2048;
+  ASSERT_GT(before.at("in_head0/qc.png").size(), limit) << "the picture must not fit for this test to test";
+  ASSERT_GT(limit, slurp(root / "out/run.json").size() + 512);
+  EXPECT_EQ(wait_exit(start(args, limit)), kExitCaseFailed);
+  const auto rows = parse_csv(slurp(root / "out/results.csv")).records();
+  ASSERT_EQ(rows.size(), 4u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(rows[size_t(i)].at("status"), "skipped");
+  EXPECT_EQ(rows[3].at("status"), "failed");
+  EXPECT_NE(rows[3].at("error").find("writing"), std::string::npos) << rows[3].at("error");
+  EXPECT_NE(rows[3].at("error").find("head3"), std::string::npos) << rows[3].at("error");
+  auto after = files_under(root / "out/cases");
+  EXPECT_EQ(after.count("in_head3/result.json"), 1u);
+  after.erase("in_head3/result.json");  // all that is left of the failed case
+  EXPECT_EQ(after, before);
+  for (const auto& e : fs::recursive_directory_iterator(root / "out"))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+
+  // Room for run.json but, after a row or two, not for results.csv: the run stops with exit
+  // code 7, saying so in run.json, and the results.csv left is a complete table.
+  head(4);
+  head(5);
+  const uintmax_t tight = slurp(root / "out/run.json").size() + 300;
+  ASSERT_GT(results_before.size() + 3 * 300, tight) << "results.csv must outgrow the limit for this test to test";
+  EXPECT_EQ(wait_exit(start(args, tight)), kExitOutputFailed);
+  const json stopped = json::parse(slurp(root / "out/run.json"));
+  EXPECT_TRUE(stopped.contains("output_failure")) << stopped;
+  const auto partial = parse_csv(slurp(root / "out/results.csv")).records();
+  EXPECT_GE(partial.size(), 4u);
+  EXPECT_LT(partial.size(), 6u);
+  for (const auto& e : fs::recursive_directory_iterator(root / "out"))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+
+  // A disk too full even for run.json: nothing is done, exit code 7, results.csv untouched.
+  const std::string results_kept = slurp(root / "out/results.csv");
+  EXPECT_EQ(wait_exit(start(args, 512)), kExitOutputFailed);
+  EXPECT_EQ(slurp(root / "out/results.csv"), results_kept);
+
+  // Room again: --resume finishes the cohort.
+  EXPECT_EQ(wait_exit(start(args)), kExitOk);
+  const auto done = parse_csv(slurp(root / "out/results.csv")).records();
+  ASSERT_EQ(done.size(), 6u);
+  for (const auto& r : done) EXPECT_NE(r.at("status"), "failed") << r.at("case_id") << ": " << r.at("error");
   fs::remove_all(root);
 }
 

@@ -228,9 +228,17 @@ TEST_F(RunCommand, SetupErrors) {
   o.device = "cuda";
   EXPECT_EQ(run(o), kExitSetup);  // this build/machine has no CUDA
   o = options_;
+  std::ofstream(root_ / "empty.txt") << "# nothing listed\n";
+  o.inputs = {(root_ / "empty.txt").string()};
+  EXPECT_EQ(run(o), kExitUsage);  // no scans at all
+  // An empty folder is a scan that is missing: a failed row, not silence.
   fs::create_directories(root_ / "empty");
   o.inputs = {(root_ / "empty").string()};
-  EXPECT_EQ(run(o), kExitUsage);
+  o.output_dir = (root_ / "out-empty").string();
+  EXPECT_EQ(run(o), kExitCaseFailed);
+  const Results csv = read_results(root_ / "out-empty/results.csv");
+  ASSERT_EQ(csv.rows(), 1u);
+  EXPECT_EQ(csv.at(0, "error"), "folder holds no DICOM or volume files");
 }
 
 // A runnable model: the random-weight parity U-Mamba with preprocessing and inference blocks.

@@ -52,8 +52,22 @@ TEST(Inputs, CohortFolderListAndClashes) {
   EXPECT_EQ(same_name[1].id, "p3_ct");
   EXPECT_EQ(same_name[2].id, "p3_ct-2");  // the very same file twice: suffix
 
-  std::ofstream(dir / "broken.txt") << "missing.nii\n";
-  EXPECT_THROW(expand_inputs({dir / "broken.txt"}), IoError);
+  // A list entry that does not exist is that case's failure, not the cohort's.
+  std::ofstream(dir / "broken.txt") << "missing.nii\nother.nii\n";
+  const auto broken = expand_inputs({dir / "broken.txt"});
+  ASSERT_EQ(broken.size(), 2u);
+  EXPECT_EQ(broken[0].id, "missing");
+  EXPECT_EQ(broken[0].problem, "list broken.txt names missing.nii, which does not exist");
+  EXPECT_EQ(broken[1].problem, "");
+  EXPECT_THROW(expand_inputs({dir / "missing-on-the-command-line.nii"}), IoError);  // a usage error
+
+  // Long paths give ids the file system accepts, still distinct.
+  const std::string deep(300, 'a');
+  const std::string id1 = case_id_from_path(deep + "1.nii.gz"), id2 = case_id_from_path(deep + "2.nii.gz");
+  EXPECT_EQ(id1.size(), kMaxCaseIdLength);
+  EXPECT_NE(id1, id2);
+  EXPECT_EQ(case_id_from_path(".."), "case");
+  EXPECT_EQ(case_id_from_path("../../etc/passwd"), "etc_passwd");
 }
 
 TEST(Inputs, ListsAsResearchersKeepThem) {

@@ -213,7 +213,7 @@ TEST(Reader, TwoDimensionalAndFourDimensionalImages) {
   Geometry g;
   g.size = {8, 6, 1};
   write_image_file(dir / "flat.nii.gz", torch::full({1, 6, 8}, -1000.f), g);
-  EXPECT_NE(error_of(dir / "flat.nii.gz").find("image is 2D"), std::string::npos) << error_of(dir / "flat.nii.gz");
+  EXPECT_NE(error_of(dir / "flat.nii.gz").find(": 2D or a single slice"), std::string::npos) << error_of(dir / "flat.nii.gz");
 
   // A 4D NIfTI-1 (2x2x2 voxels, 3 volumes, int16) written byte by byte.
   std::vector<char> header(352, 0);
@@ -241,7 +241,7 @@ TEST(Reader, NonImageFile) {
   std::ofstream(dir / "notes.bin") << "not an image";
   EXPECT_NE(error_of(dir / "notes.bin").find("not a recognised image"), std::string::npos);
   fs::create_directories(dir / "empty");
-  EXPECT_NE(error_of(dir / "empty").find("no DICOM files"), std::string::npos) << error_of(dir / "empty");
+  EXPECT_NE(error_of(dir / "empty").find("folder holds no DICOM or volume files"), std::string::npos) << error_of(dir / "empty");
 }
 
 // --- Study folders: the series choice -----------------------------------------------------------

@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "hemexp/core/orientation.hpp"
+#include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/image_file.hpp"
 #include "hemexp/io/reader.hpp"
 #include "test_support.hpp"
@@ -111,6 +112,28 @@ TEST(Writer, CorrectedDicomGridRoundTripsThroughNifti) {
   const ImageFileContents back = read_image_file(dir / "mask.nii.gz");
   EXPECT_TRUE(back.volume.geometry.same_grid(lv.volume.geometry, 1e-3));
   EXPECT_TRUE(torch::equal(back.volume.voxels.to(torch::kUInt8), mask));
+}
+
+TEST(Writer, TemporariesOfAKilledWriteAreRemovedByName) {
+  // What a SIGKILL mid-write leaves: ".tmp-<pid>-<n>-<name>". Removed all, or only those of the
+  // named files (another shard may be writing its own next to them).
+  ScratchDir dir;
+  for (const char* f : {".tmp-11-0-results.csv", ".tmp-12-3-results-1-of-2.csv", ".tmp-11-1-run.json", "results.csv",
+                        "tmp-11-0-results.csv", ".tmp-x"})
+    std::ofstream(dir / f) << "x";
+  remove_temporaries(dir.path(), {"results.csv", "run.json"});
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(dir.path())) left.push_back(e.path().filename().string());
+  std::sort(left.begin(), left.end());
+  EXPECT_EQ(left, (std::vector<std::string>{".tmp-12-3-results-1-of-2.csv", ".tmp-x", "results.csv",
+                                            "tmp-11-0-results.csv"}));
+  remove_temporaries(dir.path());
+  left.clear();
+  for (const auto& e : fs::directory_iterator(dir.path())) left.push_back(e.path().filename().string());
+  std::sort(left.begin(), left.end());
+  EXPECT_EQ(left, (std::vector<std::string>{"results.csv", "tmp-11-0-results.csv"}));
+  write_text_atomically(dir / "results.csv", "y");
+  EXPECT_EQ(read_text_file(dir / "results.csv"), "y");
 }
 
 }  // namespace

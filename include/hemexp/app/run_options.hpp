@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@ enum ExitCode : int {
   kExitCaseFailed = 4,  // the run finished but at least one case failed
   kExitInterrupted = 5, // SIGINT or SIGTERM: stopped after the case being analysed; --resume goes on
   kExitDrift = 6,       // `hemexp check`: the run drifted from its baseline
+  kExitOutputFailed = 7, // results.csv could not be written (disk full, quota): stopped, what was written is intact
 };
 
 // Options of `hemexp run`, as data: filled by CLI11, consumed by run_cases().
@@ -25,6 +27,7 @@ struct RunOptions {
   int shard_index = 1;  // --shard K/N: this process handles cases K, K+N, K+2N, ... (1-based)
   int shard_count = 1;
   std::string series_uid;
+  uint64_t max_voxels = 512ull * 512 * 2000;  // a larger scan is a failed case, refused before it is read
   std::string seg_model;            // empty: the default model, if one is installed; "none": none
   std::string cls_model;            // the same for the expansion classifier
   bool save_probabilities = false;  // also write the foreground probability map

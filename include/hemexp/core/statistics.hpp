@@ -16,4 +16,12 @@ double percentile(std::vector<double> values, double q);
 // percentile(values, 0.5): the middle value, or the mean of the two middle values.
 double median(std::vector<double> values);
 
+// The mean and the central moments m2, m3, m4 (population: divided by n), summed in order in
+// one thread, so that a result never depends on the thread count (a parallel reduction's
+// order does). NaN for an empty input.
+struct Moments {
+  double mean, m2, m3, m4;
+};
+Moments central_moments(const std::vector<double>& values);
+
 }  // namespace hemexp

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace hemexp {
 
@@ -15,6 +16,11 @@ void write_atomically(const std::filesystem::path& target,
                       const std::function<void(const std::filesystem::path&)>& write);
 
 void write_text_atomically(const std::filesystem::path& target, const std::string& contents);
+
+// Removes what a killed process left of its writes in `dir`: the temporary files of
+// temporary_path_for, of any process; only those of the files named in `names` when it is not
+// empty (a folder that other processes write to at the same time, e.g. shards of one cohort).
+void remove_temporaries(const std::filesystem::path& dir, const std::vector<std::string>& names = {});
 
 // The whole file as bytes; IoError naming the path when it cannot be opened.
 std::string read_text_file(const std::filesystem::path& path);

@@ -13,4 +13,8 @@ class IoError : public Error {
   explicit IoError(const std::string& what) : Error(what) {}
 };
 
+// The reason in an ITK or GDCM exception's description, without the source location and
+// object address ITK puts before it ("ITK ERROR: NiftiImageIO(0x55...): "), on one line.
+std::string library_reason(const std::string& description);
+
 }  // namespace hemexp

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
 
@@ -15,8 +16,16 @@ struct ImageFileContents {
   std::string format;       // "nifti", "mha", "nrrd"
 };
 
-// Reads a scalar 3D volume. Throws IoError for 2D, 4D, multi-component or unreadable files.
-ImageFileContents read_image_file(const std::filesystem::path& path);
+// The most voxels a case may have (--max-voxels): a 512 x 512 x 2000 scan. A header that
+// claims more is refused before anything is allocated.
+constexpr uint64_t kDefaultMaxVoxels = 512ull * 512 * 2000;
+
+// Reads a scalar 3D volume. Throws IoError, with a reason in plain words, for an empty,
+// truncated or corrupt file (a NIfTI file is checked by check_nifti_file first), 2D, 4D or
+// multi-component images, more than max_voxels voxels, a voxel spacing that is not positive
+// and finite, and a direction matrix that is not finite or is singular (|det| < 0.5; milder
+// shear, as in a tilted scan stored sheared, is kept and noted by the reader).
+ImageFileContents read_image_file(const std::filesystem::path& path, uint64_t max_voxels = kDefaultMaxVoxels);
 
 // Writes voxels (z,y,x; uint8, int16 or float32) on grid g, atomically. The file type follows
 // the extension (.nii.gz, .nii, .mha, .nrrd).

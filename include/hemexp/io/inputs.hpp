@@ -19,6 +19,9 @@ struct CaseInput {
   nlohmann::json fingerprint;
   // A list's own columns for this scan (all but path and case_id), carried into results.csv.
   std::vector<std::pair<std::string, std::string>> extra;
+  // Why this case cannot be read, known before reading it (a list entry that does not exist, a
+  // symbolic link loop): the case fails with this reason, the rest of the cohort goes on.
+  std::string problem;
 };
 
 // A digest of what a case is read from, cheap enough for every case of a cohort: the name,
@@ -30,18 +33,25 @@ std::string input_fingerprint(const std::filesystem::path& path);
 // Expands the -i arguments, in order, into cases:
 //  - a NIfTI/MHA/NRRD file or a DICOM file: one case;
 //  - a .txt/.csv/.lst list: each line's path (first CSV column; '#' comments and a header
-//    line without an existing path are skipped), relative to the list's folder. A CSV whose
+//    line without an existing path are skipped), relative to the list's folder. A path that
+//    does not exist is a case with a problem (a failed row); a list named in a list is a case
+//    that fails when read (lists are not followed inside lists). A CSV whose
 //    header has a `path` column takes the path from it, the case id from an optional
 //    `case_id` column (as given: filesystem-safe and unique, else IoError), and carries every
 //    other column (CaseInput::extra); a folder named there is one case, not searched;
 //  - a folder: every folder at any depth that directly holds DICOM files is one case, and
-//    every volume file is one case, in sorted path order.
+//    every volume file is one case, in sorted path order; a folder without subfolders that
+//    holds neither (empty, or only other files) is a case that fails when read, and a
+//    symbolic link to a folder already searched is a case with a problem (walk_folder).
 // Case ids come from the path relative to the folder or list it was found through; clashes
-// get a -2, -3 suffix in input order. Throws IoError for a list entry that does not exist.
+// get a -2, -3 suffix in input order. Throws IoError for a command-line input that does not
+// exist, an unreadable list, and a list's case_id that is unsafe or given twice.
 std::vector<CaseInput> expand_inputs(const std::vector<std::filesystem::path>& inputs);
 
 // A filesystem-safe id from a relative path: separators become '_', other characters
-// outside [A-Za-z0-9._-] become '-', volume extensions are dropped.
+// outside [A-Za-z0-9._-] become '-', volume extensions are dropped, leading '.' and '_' too (no
+// id is "." or ".."), and one longer than kMaxCaseIdLength is cut, with a digest of the whole.
+constexpr size_t kMaxCaseIdLength = 120;
 std::string case_id_from_path(const std::filesystem::path& relative);
 
 // One scan of a study folder, described for pairing a patient's scans by date.

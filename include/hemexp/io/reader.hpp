@@ -32,6 +32,7 @@ struct ReadOptions {
   std::string series_uid;     // DICOM: read this series instead of choosing one
   double air_hu = -1000.0;    // value given to padding and to voxels outside the acquisition
   double min_hu = -1024.0;    // values below (outside the reconstruction circle) are raised to it
+  uint64_t max_voxels = 512ull * 512 * 2000;  // --max-voxels: larger scans are refused unread
 };
 
 struct LoadedVolume {
@@ -41,7 +42,9 @@ struct LoadedVolume {
 
 // Reads one case: a NIfTI/MHA/NRRD file, a DICOM file (its series in the same folder), or a
 // folder of DICOM files (one series, or a study from which one series is chosen).
-// Throws IoError with a one-line reason.
+// Throws IoError with a one-line reason: among others for a scan of more than max_voxels
+// voxels (checked from the headers, before the voxels are allocated), NaN or infinite voxels,
+// and intensities that are not head CT in HU.
 LoadedVolume read_volume(const std::filesystem::path& path, const ReadOptions& options = {});
 
 }  // namespace hemexp

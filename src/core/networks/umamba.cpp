@@ -64,6 +64,38 @@ UMambaConfig UMambaConfig::from_json(const nlohmann::json& j) {
         if (v % 2 == 0) throw CoreError("model card: kernel sizes must be odd");
     if (c.in_channels < 1 || c.num_classes < 2 || c.d_state < 1 || c.d_conv < 1 || c.expand < 1)
       throw CoreError("model card: in_channels, num_classes, d_state, d_conv or expand out of range");
+    // Upper bounds, checked before anything is allocated: a card asking for a network of
+    // terabytes is refused with its field named (each bound is far above any U-Mamba in use).
+    const auto at_most = [](const std::string& field, int64_t v, int64_t limit) {
+      if (v > limit)
+        throw CoreError("model card: network." + field + " is " + std::to_string(v) + ", more than " +
+                        std::to_string(limit));
+    };
+    at_most("features_per_stage (stages)", int64_t(n), 10);
+    at_most("in_channels", c.in_channels, 16);
+    at_most("num_classes", c.num_classes, 64);
+    at_most("d_state", c.d_state, 256);
+    at_most("d_conv", c.d_conv, 16);
+    at_most("expand", c.expand, 8);
+    double parameters = 0;  // an upper estimate: convolutions and the Mamba layers' projections
+    for (size_t s = 0; s < n; ++s) {
+      const std::string at = "[" + std::to_string(s) + "]";
+      at_most("features_per_stage" + at, c.features_per_stage[s], 2048);
+      at_most("blocks_per_stage" + at, c.blocks_per_stage[s], 32);
+      if (s + 1 < n) at_most("blocks_per_stage_decoder" + at, c.blocks_per_stage_decoder[s], 32);
+      for (int k = 0; k < 3; ++k) {
+        at_most("kernel_sizes" + at, c.kernel_sizes[s][size_t(k)], 15);
+        at_most("strides" + at, c.strides[s][size_t(k)], 8);
+      }
+      const double f = double(c.features_per_stage[s]);
+      const double kvol = double(c.kernel_sizes[s][0] * c.kernel_sizes[s][1] * c.kernel_sizes[s][2]);
+      const double blocks = double(c.blocks_per_stage[s] + (s + 1 < n ? c.blocks_per_stage_decoder[s] : 0) + 2);
+      parameters += blocks * 2 * f * f * kvol + 4 * f * f * double(c.expand) * double(c.expand + c.d_state);
+    }
+    if (parameters > 5e8)
+      throw CoreError("model card: the network would have about " + std::to_string(int64_t(parameters / 1e6)) +
+                      " million parameters, more than 500 million (features_per_stage, kernel_sizes or "
+                      "blocks_per_stage too large)");
   } catch (const nlohmann::json::exception& e) {
     throw CoreError(std::string("model card: network block is incomplete: ") + e.what());
   }
