@@ -3,6 +3,7 @@
 #include <array>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <set>
 
 #include "hemexp/core/error.hpp"
@@ -102,6 +103,20 @@ std::string sha256_file(const fs::path& path) {
   return s.hex();
 }
 
+int64_t card_integer(const nlohmann::json& v, const std::string& what) {
+  if (!v.is_number_integer() ||
+      (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max())))
+    throw CoreError("model card: " + what + " must be an integer");
+  return v.get<int64_t>();
+}
+
+std::vector<int64_t> card_integers(const nlohmann::json& v, const std::string& what) {
+  if (!v.is_array()) throw CoreError("model card: " + what + " must be a list of integers");
+  std::vector<int64_t> out;
+  for (const nlohmann::json& item : v) out.push_back(card_integer(item, what));
+  return out;
+}
+
 ModelCard parse_model_card(const std::map<std::string, std::string>& metadata, const std::string& file_name) {
   const auto it = metadata.find(kModelCardKey);
   if (it == metadata.end())
@@ -113,12 +128,15 @@ ModelCard parse_model_card(const std::map<std::string, std::string>& metadata, c
     throw ModelError("model " + file_name + ": model card is not valid JSON: " + e.what());
   }
   if (!card.json.is_object()) throw ModelError("model " + file_name + ": model card is not a JSON object");
-  try {
-    card.format_version = card.json.value("format_version", 0);
-    card.kind = card.json.value("kind", "");
-  } catch (const nlohmann::json::exception&) {
+  const nlohmann::json version = card.json.value("format_version", nlohmann::json(0));
+  const nlohmann::json kind = card.json.value("kind", nlohmann::json(""));
+  if (!version.is_number_integer() || !kind.is_string() ||
+      (version.is_number_unsigned() && version.get<uint64_t>() > uint64_t(std::numeric_limits<int>::max())) ||
+      (!version.is_number_unsigned() && (version.get<int64_t>() > std::numeric_limits<int>::max() ||
+                                         version.get<int64_t>() < std::numeric_limits<int>::min())))
     throw ModelError("model " + file_name + ": model card format_version must be an integer and kind a string");
-  }
+  card.format_version = int(version.get<int64_t>());
+  card.kind = kind.get<std::string>();
   if (card.format_version > kModelFormatVersion)
     throw ModelError("model " + file_name + ": model card format_version " + std::to_string(card.format_version) +
                     " is newer than this hemexp reads (" + std::to_string(kModelFormatVersion) +

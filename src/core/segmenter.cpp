@@ -2,6 +2,7 @@
 
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/measurements.hpp"
+#include "hemexp/core/model_file.hpp"
 
 namespace hemexp {
 
@@ -11,7 +12,7 @@ SegmentationRecipe SegmentationRecipe::from_card(const nlohmann::json& card) {
   r.preprocessing = Preprocessing::from_json(card["preprocessing"]);
   try {
     const nlohmann::json& inf = card.at("inference");
-    const auto patch = inf.at("patch_size").get<std::vector<int64_t>>();
+    const std::vector<int64_t> patch = card_integers(inf.at("patch_size"), "inference.patch_size");
     if (patch.size() != 3 || patch[0] < 1 || patch[1] < 1 || patch[2] < 1 || patch[0] > 512 || patch[1] > 512 ||
         patch[2] > 512 || patch[0] * patch[1] * patch[2] > (int64_t(1) << 24))
       throw ModelError("model card: inference.patch_size must be 3 positive integers (z, y, x), each at most 512 "

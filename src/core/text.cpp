@@ -41,13 +41,17 @@ std::string format_number(double value, int decimals) {
 }
 
 std::string csv_escape(const std::string& field) {
-  if (field.find_first_of(",\"\r\n") == std::string::npos) return field;
+  // Quoted too: a field that starts with a UTF-8 byte-order mark (at the start of a file the
+  // reader would drop the mark as an encoding signature).
+  if (field.find_first_of(",\"\r\n") == std::string::npos && field.compare(0, 3, "\xEF\xBB\xBF") != 0) return field;
   std::string out = "\"";
   for (char c : field) out += c == '"' ? std::string("\"\"") : std::string(1, c);
   return out + "\"";
 }
 
 std::string csv_line(const std::vector<std::string>& fields) {
+  // A row of one empty field written bare would be a blank line, which readers skip.
+  if (fields.size() == 1 && fields[0].empty()) return "\"\"\n";
   std::string line;
   for (size_t i = 0; i < fields.size(); ++i) line += (i ? "," : "") + csv_escape(fields[i]);
   return line + "\n";

@@ -151,6 +151,12 @@ TEST(BadModels, EachIsRefusedAtLoadWithItsReasonAndExitCode3) {
   c["format_version"] = "one";
   with_card("version-text.safetensors", c, "format_version must be an integer");
   c = card;
+  c["format_version"] = 2.2e109;  // found by fuzzing: converted to int, undefined behaviour
+  with_card("version-huge-float.safetensors", c, "format_version must be an integer");
+  c = card;
+  c["network"]["features_per_stage"][0] = 1e300;
+  with_card("features-float.safetensors", c, "network.features_per_stage must be an integer");
+  c = card;
   c["network"]["features_per_stage"][1] = 1000000;
   with_card("features-1e6.safetensors", c, "network.features_per_stage[1] is 1000000, more than 2048");
   c = card;

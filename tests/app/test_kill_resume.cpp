@@ -85,19 +85,29 @@ void expect_same_run(const fs::path& a, const fs::path& b) {
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
 }
 
-TEST(KillResume, KilledAtRandomMomentsAndResumedEqualsOneRun) {
-  const fs::path root = fs::temp_directory_path() / ("hemexp-kill-" + std::to_string(::getpid()));
-  fs::remove_all(root);
-  fs::create_directories(root / "in");
+// A fresh folder `root` with small synthetic heads root/in/head<first>..head<last>.nii.gz (96 x 96
+// matrix, no thin slices) and a random-weights segmenter root/model.safetensors (returned).
+void write_heads(const fs::path& root, uint64_t seed, int first, int last) {
   synth::SynthOptions so;
-  so.seed = 21;
+  so.seed = seed;
   so.matrix = 96;
   so.thin_fraction = 0.0;
-  for (int i = 0; i < 6; ++i) {
+  fs::create_directories(root / "in");
+  for (int i = first; i <= last; ++i) {
     const synth::SynthCase c = synth::render_procedural_case(so, i);
     write_image_file(root / "in" / ("head" + std::to_string(i) + ".nii.gz"), c.baseline.ct, c.baseline.geometry);
   }
-  const std::string model = test::write_random_segmenter(root / "model.safetensors").string();
+}
+
+std::string fresh_cohort(const fs::path& root, uint64_t seed, int count) {
+  fs::remove_all(root);
+  write_heads(root, seed, 0, count - 1);
+  return test::write_random_segmenter(root / "model.safetensors").string();
+}
+
+TEST(KillResume, KilledAtRandomMomentsAndResumedEqualsOneRun) {
+  const fs::path root = fs::temp_directory_path() / ("hemexp-kill-" + std::to_string(::getpid()));
+  const std::string model = fresh_cohort(root, 21, 6);
   const auto args = [&](const std::string& out, bool resume) {
     std::vector<std::string> a{"hemexp", "run", "-i", (root / "in").string(), "-o", (root / out).string(), "--seg-model",
                                model, "--threads", "1", "--no-progress", "--log-level", "error"};
@@ -153,17 +163,7 @@ TEST(KillResume, KilledAtRandomMomentsAndResumedEqualsOneRun) {
 // masks and pictures and equal numbers.
 TEST(Determinism, SameCohortSameBytesForAnyThreadCount) {
   const fs::path root = fs::temp_directory_path() / ("hemexp-threads-" + std::to_string(::getpid()));
-  fs::remove_all(root);
-  fs::create_directories(root / "in");
-  synth::SynthOptions so;
-  so.seed = 29;
-  so.matrix = 96;
-  so.thin_fraction = 0.0;
-  for (int i = 0; i < 3; ++i) {
-    const synth::SynthCase c = synth::render_procedural_case(so, i);
-    write_image_file(root / "in" / ("head" + std::to_string(i) + ".nii.gz"), c.baseline.ct, c.baseline.geometry);
-  }
-  const std::string model = test::write_random_segmenter(root / "model.safetensors").string();
+  const std::string model = fresh_cohort(root, 29, 3);
   const auto run = [&](const std::string& out, const std::string& threads) {
     return wait_exit(start({"hemexp", "run", "-i", (root / "in").string(), "-o", (root / out).string(), "--seg-model",
                             model, "--threads", threads, "--no-progress", "--log-level", "error"}));
@@ -185,18 +185,8 @@ std::map<std::string, std::string> files_under(const fs::path& dir) {
 
 TEST(WriteFailure, AFullDiskFailsTheCaseOrStopsTheRunAndKeepsEverythingWritten) {
   const fs::path root = fs::temp_directory_path() / ("hemexp-full-" + std::to_string(::getpid()));
-  fs::remove_all(root);
-  fs::create_directories(root / "in");
-  synth::SynthOptions so;
-  so.seed = 23;
-  so.matrix = 96;
-  so.thin_fraction = 0.0;
-  const auto head = [&](int i) {
-    const synth::SynthCase c = synth::render_procedural_case(so, i);
-    write_image_file(root / "in" / ("head" + std::to_string(i) + ".nii.gz"), c.baseline.ct, c.baseline.geometry);
-  };
-  for (int i = 0; i < 3; ++i) head(i);
-  const std::string model = test::write_random_segmenter(root / "model.safetensors").string();
+  const std::string model = fresh_cohort(root, 23, 3);
+  const auto head = [&](int i) { write_heads(root, 23, i, i); };  // one more scan of the cohort
   const std::vector<std::string> args{"hemexp", "run", "-i", (root / "in").string(), "-o", (root / "out").string(),
                                       "--seg-model", model, "--threads", "1", "--no-progress", "--log-level", "error",
                                       "--resume"};

@@ -27,6 +27,14 @@ TEST(Csv, WriterAndReaderRoundTripHostileFields) {
   for (size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(t.rows[i], rows[i]) << i;
   EXPECT_EQ(csv_line(rows[1]), "b,\"/data/\"\"quoted\"\" name/ct.nii.gz\",DICOM series has duplicate slice positions\n");
   EXPECT_EQ(csv_line({"plain", "1.5"}), "plain,1.5\n");
+  // Found by fuzzing (fuzz/fuzz_csv.cpp): a row of a single empty field was written as a blank
+  // line, which the reader skips, so the row was lost on the way back.
+  EXPECT_EQ(csv_line(std::vector<std::string>{""}), "\"\"\n");
+  const CsvTable one = parse_csv("path\n\"\"\nx\n");
+  EXPECT_EQ(one.rows, (std::vector<std::vector<std::string>>{{""}, {"x"}}));
+  // And a first field that starts with a byte-order mark is quoted, so that it stays a field.
+  const std::string bom = "\xEF\xBB\xBF";
+  EXPECT_EQ(parse_csv(csv_line({bom + "a", "b"})).header, (std::vector<std::string>{bom + "a", "b"}));
 }
 
 TEST(Csv, RowsByColumnName) {

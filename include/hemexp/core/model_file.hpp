@@ -21,6 +21,12 @@ inline constexpr const char* kModelCardKey = "hemexp_model_card";
 inline constexpr int kModelFormatVersion = 1;
 
 // ModelError when the card is missing, not JSON, not an object, or of another format version.
+// A model card's integer field `what`: an integer JSON number that fits int64, else CoreError
+// naming the field. A float (1e300) is refused, never converted (the conversion would be
+// undefined behaviour). card_integers: a list of them.
+int64_t card_integer(const nlohmann::json& v, const std::string& what);
+std::vector<int64_t> card_integers(const nlohmann::json& v, const std::string& what);
+
 ModelCard parse_model_card(const std::map<std::string, std::string>& metadata, const std::string& file_name);
 
 // Copies tensors into the module's parameters and buffers by name. Every parameter must be

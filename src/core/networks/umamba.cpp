@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "hemexp/core/error.hpp"
+#include "hemexp/core/model_file.hpp"
 #include "hemexp/core/selective_scan.hpp"
 
 namespace hemexp {
@@ -19,9 +20,8 @@ std::array<int64_t, 3> triple(const nlohmann::json& j, const std::string& what) 
   if (!j.is_array() || j.size() != 3) throw CoreError("model card: " + what + " must be a list of 3 integers");
   std::array<int64_t, 3> out{};
   for (int k = 0; k < 3; ++k) {
-    if (!j[k].is_number_integer() || j[k].get<int64_t>() < 1)
-      throw CoreError("model card: " + what + " must hold positive integers");
-    out[k] = j[k].get<int64_t>();
+    out[k] = card_integer(j[k], what);
+    if (out[k] < 1) throw CoreError("model card: " + what + " must hold positive integers");
   }
   return out;
 }
@@ -36,18 +36,21 @@ UMambaConfig UMambaConfig::from_json(const nlohmann::json& j) {
     c.architecture = j.at("architecture").get<std::string>();
     if (c.architecture != "UMambaBot" && c.architecture != "UMambaEnc")
       throw CoreError("model card: unknown architecture '" + c.architecture + "'");
-    c.in_channels = j.at("in_channels").get<int64_t>();
-    c.num_classes = j.at("num_classes").get<int64_t>();
-    c.features_per_stage = j.at("features_per_stage").get<std::vector<int64_t>>();
+    c.in_channels = card_integer(j.at("in_channels"), "network.in_channels");
+    c.num_classes = card_integer(j.at("num_classes"), "network.num_classes");
+    c.features_per_stage = card_integers(j.at("features_per_stage"), "network.features_per_stage");
     const size_t n = c.features_per_stage.size();
     if (n < 2) throw CoreError("model card: a U-Mamba needs at least 2 stages");
     for (const auto& s : j.at("strides")) c.strides.push_back(triple(s, "strides"));
     for (const auto& k : j.at("kernel_sizes")) c.kernel_sizes.push_back(triple(k, "kernel_sizes"));
-    c.blocks_per_stage = j.at("blocks_per_stage").get<std::vector<int64_t>>();
-    c.blocks_per_stage_decoder = j.at("blocks_per_stage_decoder").get<std::vector<int64_t>>();
-    c.d_state = j.value("d_state", int64_t(16));
-    c.d_conv = j.value("d_conv", int64_t(4));
-    c.expand = j.value("expand", int64_t(2));
+    c.blocks_per_stage = card_integers(j.at("blocks_per_stage"), "network.blocks_per_stage");
+    c.blocks_per_stage_decoder = card_integers(j.at("blocks_per_stage_decoder"), "network.blocks_per_stage_decoder");
+    const auto optional = [&](const char* name, int64_t fallback) {
+      return j.contains(name) ? card_integer(j.at(name), std::string("network.") + name) : fallback;
+    };
+    c.d_state = optional("d_state", 16);
+    c.d_conv = optional("d_conv", 4);
+    c.expand = optional("expand", 2);
     c.deep_supervision = j.value("deep_supervision", true);
     if (c.strides.size() != n || c.kernel_sizes.size() != n || c.blocks_per_stage.size() != n ||
         c.blocks_per_stage_decoder.size() != n - 1)
