@@ -138,11 +138,12 @@ void expand_one(const fs::path& input, std::vector<Found>& out, int depth) {
       }
       // A missing path is that case's failure, not the cohort's.
       if (!fs::exists(p)) f.problem = "list " + input.filename().string() + " names " + entry + ", which does not exist";
+      else if (is_list_file(p)) f.problem = "is a list file; lists inside lists are not followed";
       if (f.problem.empty() && fs::is_directory(p) && f.given_id.empty() && f.extra.empty()) {
         walk_folder(p.lexically_normal(), out);
       } else {
-        // A file, a missing path, or a folder given with its own id and columns: one case (a
-        // list named in a list fails when read: lists are not followed inside lists).
+        // A file, a missing path, a list (not followed inside a list), or a folder given with
+        // its own id and columns: one case.
         out.push_back(f);
       }
     }

@@ -5,7 +5,6 @@
 
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/slice_stack.hpp"
-#include "hemexp/core/text.hpp"
 #include "hemexp/io/dicom.hpp"
 #include "hemexp/io/error.hpp"
 #include "hemexp/io/image_file.hpp"
@@ -151,8 +150,6 @@ LoadedVolume read_volume(const fs::path& path, const ReadOptions& options) {
   } else if (fs::is_directory(path) || looks_like_dicom(path)) {
     out = read_dicom(path, options);
   } else {
-    const std::string ext = lower(path.extension().string());
-    if (ext == ".txt" || ext == ".csv" || ext == ".lst") throw IoError("is a list file; lists inside lists are not followed");
     throw IoError("not a recognised image: expected NIfTI, MHA, NRRD or DICOM");
   }
   if (const int64_t bad = (~torch::isfinite(out.volume.voxels)).sum().item<int64_t>(); bad > 0)
