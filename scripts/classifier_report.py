@@ -41,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hemexp_safetensors  # noqa: E402
+import train_classifier  # noqa: E402
 from train_classifier import (binary_metrics, bootstrap_auc_ci, brier_score, calibration_slope_intercept,  # noqa: E402
                               expected_calibration_error, fit_logistic, parse_float, read_cases_csv, roc_auc,
                               rounded, sigmoid, youden_threshold)
@@ -118,8 +119,11 @@ def score_prepared(model_path, prep_dir):
         p = float("nan")
         if number(r["volume_ml"]) >= card.get("min_volume_ml", 0.0):
             roi = hemexp_safetensors.load(os.path.join(prep_dir, r["file"]))[0]["roi"]
+            norms = card.get("features", [])
+            features = train_classifier.normalise_features(
+                [[train_classifier.feature_value(r, n["name"]) for n in norms]], norms)
             with torch.inference_mode():
-                logit = float(net(roi.unsqueeze(0).float())[0])
+                logit = float(net(roi.unsqueeze(0).float(), features)[0])
             z = cal["slope"] * logit + cal["intercept"] if cal["method"] == "platt" else logit
             p = 1.0 / (1.0 + math.exp(-z))
         out[truth_id] = {"probability": p, "threshold": card["decision"]["threshold"]}

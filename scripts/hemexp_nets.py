@@ -246,10 +246,12 @@ class ViT(nn.Module):
     """ViT classifier of a (B, C, D, H, W) ROI -> (B,) logits; the card's network block:
     architecture "ViT", in_channels, image_size [z, y, x], patch_size [z, y, x] (divides
     image_size), embed_dim, depth, num_heads (divides embed_dim), mlp_dim, layer_norm_eps
-    (1e-6), dropout (0, training only). Validation of bounds is the C++ ViTConfig's job."""
+    (1e-6), dropout (0, training only), num_features (0: scalar features, normalised as the
+    card's "features" block says, joined to the class token before the head). Validation of
+    bounds is the C++ ViTConfig's job."""
 
     FIELDS = ("architecture", "in_channels", "image_size", "patch_size", "embed_dim", "depth", "num_heads",
-              "mlp_dim", "layer_norm_eps", "dropout")
+              "mlp_dim", "layer_norm_eps", "dropout", "num_features")
 
     def __init__(self, card_network):
         super().__init__()
@@ -270,7 +272,8 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList([TransformerBlock(e, c["num_heads"], c["mlp_dim"], eps, drop)
                                      for _ in range(c["depth"])])
         self.norm = nn.LayerNorm(e, eps=eps)
-        self.head = nn.Linear(e, 1)
+        self.num_features = c.get("num_features", 0)
+        self.head = nn.Linear(e + self.num_features, 1)
         # timm's init: truncated normal 0.02 for the embeddings and Linear weights, zero biases.
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -279,11 +282,24 @@ class ViT(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x):
+    def embed(self, x):
+        """The class token after the final norm: (B, E)."""
         assert x.dim() == 5 and tuple(x.shape[2:]) == self.image_size, f"input {tuple(x.shape)}"
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, E), x fastest
         tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
         tokens = self.pos_drop(tokens)
         for block in self.blocks:
             tokens = block(tokens)
-        return self.head(self.norm(tokens[:, 0])).squeeze(-1)  # (B)
+        return self.norm(tokens[:, 0])
+
+    def forward(self, x, features=None):
+        return self.classify(self.embed(x), features)
+
+    def classify(self, pooled, features=None):
+        """The head on the class token (B, E), joined with the features (B, num_features) if any."""
+        if self.num_features:
+            assert features is not None and tuple(features.shape) == (pooled.shape[0], self.num_features)
+            pooled = torch.cat([pooled, features.to(pooled.dtype)], dim=1)
+        else:
+            assert features is None
+        return self.head(pooled).squeeze(-1)  # (B)

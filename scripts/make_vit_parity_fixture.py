@@ -22,11 +22,9 @@ NETWORK = {"architecture": "ViT", "in_channels": 3, "image_size": [6, 20, 12], "
            "embed_dim": 48, "depth": 2, "num_heads": 4, "mlp_dim": 64, "layer_norm_eps": 1e-6, "dropout": 0.0}
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
-    torch.set_num_threads(1)
-    torch.manual_seed(20261127)
-    net = hemexp_nets.ViT(NETWORK).eval()
+def make(network, stem, seed):
+    torch.manual_seed(seed)
+    net = hemexp_nets.ViT(network).eval()
     with torch.no_grad():  # make every parameter matter: no identity norms, no near-zero embeddings
         for name, p in net.named_parameters():
             if name.endswith(("norm1.weight", "norm2.weight", "norm.weight")):
@@ -40,15 +38,28 @@ def main():
                 p.copy_(0.15 * torch.randn_like(p))
             elif name.endswith(".bias"):
                 p.copy_(0.05 * torch.randn_like(p))
-    x = torch.randn(2, 3, *NETWORK["image_size"])
+    x = torch.randn(2, 3, *network["image_size"])
+    io = {"input": x}
+    features = None
+    if network.get("num_features"):
+        features = io["features"] = torch.randn(2, network["num_features"])
     with torch.no_grad():
-        logits = net(x)
-    card = {"format_version": 1, "kind": "classification", "network": NETWORK,
+        io["logits"] = net(x, features)
+    card = {"format_version": 1, "kind": "classification", "network": network,
             "note": "parity fixture: random weights, not a model"}
-    hemexp_safetensors.save(os.path.join(OUT, "vit.safetensors"), dict(net.state_dict()),
+    hemexp_safetensors.save(os.path.join(OUT, stem + ".safetensors"), dict(net.state_dict()),
                             {"hemexp_model_card": json.dumps(card, sort_keys=True)})
-    hemexp_safetensors.save(os.path.join(OUT, "vit_io.safetensors"), {"input": x, "logits": logits})
-    print("ViT", tuple(logits.shape), logits.tolist(), sum(p.numel() for p in net.parameters()), "parameters")
+    hemexp_safetensors.save(os.path.join(OUT, stem + "_io.safetensors"), io)
+    print(stem, tuple(io["logits"].shape), io["logits"].tolist(), sum(p.numel() for p in net.parameters()),
+          "parameters")
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    torch.set_num_threads(1)
+    make(NETWORK, "vit", 20261127)
+    # The same network with 5 scalar features joined to the class token before the head.
+    make(dict(NETWORK, num_features=5), "vit_features", 20261202)
 
 
 if __name__ == "__main__":

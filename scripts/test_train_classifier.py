@@ -26,7 +26,8 @@ ROI = {"size": [8, 16, 16], "spacing_mm": [3.0, 3.0, 4.0],
 NETWORK = {"architecture": "ViT", "in_channels": 3, "image_size": [8, 16, 16], "patch_size": [4, 8, 8],
            "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_dim": 32, "layer_norm_eps": 1e-6, "dropout": 0.0}
 COLUMNS = ["case_id", "file", "source", "he_label", "volume_ml", "mask_fraction_inside", "hypodense_fraction", "hu_sd",
-           "hu_cv", "bimodality_coefficient", "satellite_count", "satellite_volume_ml", "surface_ratio", "mean_hu"]
+           "hu_cv", "bimodality_coefficient", "satellite_count", "satellite_volume_ml", "surface_ratio", "mean_hu"] + \
+    ["true_" + m for m in tc.AUX_MARKERS]
 
 
 def make_roi(rng, label):
@@ -64,7 +65,8 @@ def make_cohort(folder, n, prevalence, seed, labels=None, tiny=0, noisy=0):
                      "mask_fraction_inside": 1, "hypodense_fraction": "" if i % 7 == 0 else rng.rand(),
                      "hu_sd": 5 + 3 * label + rng.rand(), "hu_cv": rng.rand() * 0.2, "bimodality_coefficient": rng.rand(),
                      "satellite_count": rng.randint(0, 3), "satellite_volume_ml": rng.rand(),
-                     "surface_ratio": 1 + rng.rand(), "mean_hu": 60 + rng.rand()})
+                     "surface_ratio": 1 + rng.rand(), "mean_hu": 60 + rng.rand(),
+                     **{"true_" + m: (label if m == "heterogeneity" else int(rng.rand() < 0.3)) for m in tc.AUX_MARKERS}})
     with open(os.path.join(folder, "cases.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS, quoting=csv.QUOTE_NONNUMERIC)
         writer.writeheader()
@@ -229,6 +231,38 @@ def test_train_export_and_report(tmp):
     assert "| marker baseline |" in open(os.path.join(tmp, "report.md")).read()
 
 
+def test_features_and_aux(tmp):
+    """Scalar features in the head (standardised with the training set's mean and SD, written to
+    the card) and the training-only auxiliary head on the true markers (not exported)."""
+    card_path = os.path.join(tmp, "card-features.json")
+    with open(card_path, "w") as f:
+        json.dump({"name": "test-vit-features", "network": NETWORK, "roi": ROI, "min_volume_ml": 0.5,
+                   "features": ["log_volume_ml", "hu_sd", "hypodense_fraction"]}, f)
+    out = os.path.join(tmp, "cls-features.safetensors")
+    tc.main(["--train", os.path.join(tmp, "train"), "--val", os.path.join(tmp, "val"), "--card", card_path,
+             "-o", out, "--epochs", "4", "--batch-size", "8", "--lr", "3e-3", "--threads", "1", "--aux-weight", "0.5"])
+    tensors, meta = hemexp_safetensors.load(out)
+    card = json.loads(meta["hemexp_model_card"])
+    assert card["network"]["num_features"] == 3 and [f["name"] for f in card["features"]] == \
+        ["log_volume_ml", "hu_sd", "hypodense_fraction"]
+    assert tuple(tensors["head.weight"].shape) == (1, NETWORK["embed_dim"] + 3)
+    assert not any(k.startswith("aux") for k in tensors), sorted(tensors)
+    assert "true markers" in card["training"]["loss"]
+    rows = [r for r in tc.read_cases_csv(os.path.join(tmp, "train")) if float(r["volume_ml"]) >= 0.5]
+    sd = np.array([float(r["hu_sd"]) for r in rows])
+    f = {n["name"]: n for n in card["features"]}
+    assert abs(f["hu_sd"]["mean"] - sd.mean()) < 1e-5 and abs(f["hu_sd"]["sd"] - sd.std()) < 1e-5, f
+    logv = np.log([float(r["volume_ml"]) for r in rows])
+    assert abs(f["log_volume_ml"]["mean"] - logv.mean()) < 1e-5
+    # missing hypodense_fraction -> 0 after standardising, as the C++ tool does
+    z = tc.normalise_features([[math.log(2.0), float("nan"), float("nan")]], card["features"])
+    assert z[0, 1] == 0 and z[0, 2] == 0 and abs(float(z[0, 0]) - (math.log(2.0) - f["log_volume_ml"]["mean"]) /
+                                                 f["log_volume_ml"]["sd"]) < 1e-5
+    # the PyTorch scorer of classifier_report reads the features of a prepared row
+    scored = classifier_report.score_prepared(out, os.path.join(tmp, "val"))
+    assert len(scored) > 0 and all(0 < v["probability"] < 1 for v in scored.values() if not math.isnan(v["probability"]))
+
+
 def main():
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -237,6 +271,7 @@ def main():
     test_augment()
     with tempfile.TemporaryDirectory() as tmp:
         test_train_export_and_report(tmp)
+        test_features_and_aux(tmp)
     print(f"test_train_classifier: all passed in {time.perf_counter() - start:.1f} s")
 
 

@@ -25,6 +25,17 @@ padding), CT-window intensity scale/offset jitter (clipped to [0, 1]), and mask 
 (1-voxel in-plane dilation or erosion by max-pooling) so the network tolerates the
 segmenter's errors. With a fixed --threads the run is deterministic given --seed.
 
+Scalar features (optional): when the card template has "features": [names] (log_volume_ml,
+mean_hu, or measured-marker columns of cases.csv), the network's head also reads them
+(network.num_features); each is standardised with the training set's mean and SD (written to
+the card as [{"name", "mean", "sd"}], the C++ tool applies the same) and a missing value is 0.
+
+Auxiliary marker targets (--aux-weight W > 0): a training-only linear head on the class token
+predicts the generator's true NCCT markers (cases.csv true_<marker> columns, written by
+`hemexp prepare` from synth labels); W times their mean BCE is added to the loss, so the image
+part learns the signs themselves rather than only the noisy expansion label. Rows without the
+columns (a real cohort) do not contribute to it. The auxiliary head is not exported.
+
 Validation (--val: natural prevalence, ROIs from hemexp's predicted masks; never trained on):
 AUC every epoch; the best epoch (AUC, ties: lower loss) is kept. Then Platt calibration
 p = sigmoid(a logit + b) fitted by maximum likelihood (a > 0), the decision threshold by
@@ -299,16 +310,58 @@ def channel_names(recipe):
     return [c.get("name") for c in recipe.get("channels", [])]
 
 
-class Cohort:
-    """ROIs (N, C, D, H, W) and labels of one or more prepared rows, stored as `dtype`."""
+AUX_MARKERS = ("heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin", "hypodensity")
+FEATURE_NAMES = ("log_volume_ml", "mean_hu", "hypodense_fraction", "hu_sd", "hu_cv", "bimodality_coefficient",
+                 "satellite_count", "satellite_volume_ml", "surface_ratio")  # ClassifierRecipe::feature_names()
 
-    def __init__(self, entries, card_roi, dtype):
+
+def feature_value(row, name):
+    """A feature of one cases.csv row, as the C++ ClassifierRecipe::feature_vector reads it (NaN
+    when missing)."""
+    if name == "log_volume_ml":
+        v = parse_float(row.get("volume_ml"))
+        return math.log(v) if v > 0 else float("nan")
+    return parse_float(row.get(name))
+
+
+def normalise_features(raw, norms):
+    """(N, F) raw -> standardised float32 tensor, NaN -> 0, as the C++ tool does."""
+    if not norms:
+        return None
+    mean = np.array([n["mean"] for n in norms])
+    sd = np.array([n["sd"] for n in norms])
+    z = (np.asarray(raw, dtype=np.float64) - mean) / sd
+    return torch.as_tensor(np.where(np.isfinite(z), z, 0.0), dtype=torch.float32)
+
+
+def feature_norms(raw, names):
+    """Mean and SD (population, NaN ignored; SD 1 when 0 or undefined) of each training feature."""
+    norms = []
+    for k, name in enumerate(names):
+        col = np.asarray(raw, dtype=np.float64)[:, k]
+        col = col[np.isfinite(col)]
+        mean = float(col.mean()) if len(col) else 0.0
+        sd = float(col.std()) if len(col) else 1.0
+        norms.append({"name": name, "mean": rounded(mean, 8), "sd": rounded(sd if sd > 0 else 1.0, 8)})
+    return norms
+
+
+class Cohort:
+    """ROIs (N, C, D, H, W) and labels of one or more prepared rows, stored as `dtype`; the raw
+    scalar features (N, F) named by `feature_names` and the true markers (N, K; NaN = unknown)."""
+
+    def __init__(self, entries, card_roi, dtype, feature_names=()):
         # entries: (folder, row)
         shape = (len(card_roi["channels"]), *card_roi["size"])
         names = channel_names(card_roi)
         self.rois = torch.empty((len(entries), *shape), dtype=dtype)
         self.labels = torch.empty(len(entries), dtype=torch.float32)
         self.case_ids, self.sources = [], []
+        self.raw_features = np.array([[feature_value(r, n) for n in feature_names] for _, r in entries],
+                                     dtype=np.float64).reshape(len(entries), len(feature_names))
+        self.features = None  # standardised, set by use_norms
+        self.aux = torch.tensor([[parse_float(r.get("true_" + m)) for m in AUX_MARKERS] for _, r in entries],
+                                dtype=torch.float32).reshape(len(entries), len(AUX_MARKERS))
         for i, (folder, row) in enumerate(entries):
             path = os.path.join(folder, row["file"])
             tensors, meta = hemexp_safetensors.load(path)
@@ -330,6 +383,12 @@ class Cohort:
 
     def __len__(self):
         return len(self.labels)
+
+    def use_norms(self, norms):
+        self.features = normalise_features(self.raw_features, norms)
+
+    def feature_batch(self, idx):
+        return None if self.features is None else self.features[idx]
 
     def counts(self):
         n_he = int(self.labels.sum())
@@ -424,10 +483,11 @@ def augment(batch, mask_channel, gen, shift_voxels=(1, 3, 3), jitter=0.05, p_dil
 # ----------------------------------------------------------------------------- training
 
 @torch.no_grad()
-def predict_logits(net, rois, batch_size):
+def predict_logits(net, rois, batch_size, features=None):
     was_training = net.training
     net.eval()
-    out = [net(rois[i:i + batch_size].float()) for i in range(0, len(rois), batch_size)]
+    out = [net(rois[i:i + batch_size].float(), None if features is None else features[i:i + batch_size])
+           for i in range(0, len(rois), batch_size)]
     net.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
@@ -472,6 +532,8 @@ def parse_args(argv):
     ap.add_argument("--intensity-jitter", type=float, default=0.05)
     ap.add_argument("--mask-dilate-p", type=float, default=0.2)
     ap.add_argument("--mask-erode-p", type=float, default=0.2)
+    ap.add_argument("--aux-weight", type=float, default=0.0,
+                    help="weight of the auxiliary true-marker loss (0: off; needs true_<marker> columns)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log", default=None, metavar="FILE", help="also append the log to FILE")
@@ -500,6 +562,16 @@ def load_card(path):
         raise SystemExit(f"{path}: network image_size/in_channels differ from roi size/channels")
     for key in ("training", "validation", "calibration", "decision", "risk_categories"):
         card.pop(key, None)
+    names = card.get("features", [])
+    names = [n["name"] if isinstance(n, dict) else n for n in names]
+    unknown = [n for n in names if n not in FEATURE_NAMES]
+    if unknown:
+        raise SystemExit(f"{path}: unknown features {unknown}; known: {list(FEATURE_NAMES)}")
+    card.pop("features", None)
+    card["network"].pop("num_features", None)
+    if names:  # a card without features stays as it was
+        card["features"] = names
+        card["network"]["num_features"] = len(names)
     return card
 
 
@@ -551,8 +623,19 @@ def train(args, argv):
     t = time.perf_counter()
     # training ROIs as float16 (values in [0, 1]: 5e-4 steps, well below the intensity jitter),
     # half the memory; validation ROIs stay float32, as the C++ tool sees them
-    train_set = Cohort(base_rows + extra, card["roi"], torch.float16)
-    val_set = Cohort(val_rows, card["roi"], torch.float32)
+    feature_names = card.get("features", [])
+    train_set = Cohort(base_rows + extra, card["roi"], torch.float16, feature_names)
+    val_set = Cohort(val_rows, card["roi"], torch.float32, feature_names)
+    norms = feature_norms(train_set.raw_features, feature_names)
+    train_set.use_norms(norms)
+    val_set.use_norms(norms)
+    if norms:
+        log("features: " + ", ".join(f"{n['name']} (mean {n['mean']:.4g}, sd {n['sd']:.4g})" for n in norms))
+    n_aux = int(torch.isfinite(train_set.aux).all(1).sum())
+    if args.aux_weight > 0:
+        log(f"auxiliary true-marker targets on {n_aux} of {len(train_set)} training ROIs, weight {args.aux_weight}")
+        if n_aux == 0:
+            raise SystemExit("--aux-weight needs true_<marker> columns in the training cases.csv")
     counts = train_set.counts()
     vc = val_set.counts()
     if vc["he"] == 0 or vc["nhe"] == 0:
@@ -567,7 +650,9 @@ def train(args, argv):
     net = hemexp_nets.ViT(card["network"])
     n_params = sum(p.numel() for p in net.parameters())
     log(f"ViT with {n_params} parameters ({n_params * 4 / 2**20:.2f} MiB fp32)")
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    aux_head = torch.nn.Linear(card["network"]["embed_dim"], len(AUX_MARKERS))  # training only
+    params = list(net.parameters()) + (list(aux_head.parameters()) if args.aux_weight > 0 else [])
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
@@ -590,14 +675,22 @@ def train(args, argv):
             lr = learning_rate(step, total_steps, warmup_steps, args.lr, args.schedule)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = F.binary_cross_entropy_with_logits(net(x), train_set.labels[idx])
+            pooled = net.embed(x)
+            loss = F.binary_cross_entropy_with_logits(net.classify(pooled, train_set.feature_batch(idx)),
+                                                      train_set.labels[idx])
+            if args.aux_weight > 0:
+                target = train_set.aux[idx]
+                known = torch.isfinite(target)
+                if known.any():
+                    aux = F.binary_cross_entropy_with_logits(aux_head(pooled)[known], target[known])
+                    loss = loss + args.aux_weight * aux
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             losses.append(float(loss))
             step += 1
-        logits = predict_logits(net, val_set.rois, args.batch_size)
+        logits = predict_logits(net, val_set.rois, args.batch_size, val_set.features)
         val_loss = float(F.binary_cross_entropy_with_logits(logits, val_set.labels))
         val_auc = roc_auc(logits.numpy(), labels_val)
         auc_key = val_auc if math.isfinite(val_auc) else -math.inf
@@ -612,7 +705,7 @@ def train(args, argv):
     seconds = time.perf_counter() - start
 
     net.load_state_dict(best["state"])
-    logits = predict_logits(net, val_set.rois, args.batch_size).numpy().astype(np.float64)
+    logits = predict_logits(net, val_set.rois, args.batch_size, val_set.features).numpy().astype(np.float64)
     a, b = platt_fit(logits, labels_val)
     if a <= PLATT_MIN_SLOPE:
         log(f"warning: the best epoch's logits do not rank the validation cases (AUC {roc_auc(logits, labels_val):.3f}): "
@@ -644,7 +737,10 @@ def train(args, argv):
             "batch_size": args.batch_size, "optimizer": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay,
             "lr_schedule": f"linear warmup {warmup_steps} steps, then {args.schedule}"
                            f"{' 0.9' if args.schedule == 'poly' else ''} decay per step",
-            "loss": "binary cross-entropy with logits, no class weights", "grad_clip_norm": 1.0,
+            "loss": "binary cross-entropy with logits, no class weights"
+                    + (f", plus {args.aux_weight} x the mean BCE of a training-only head predicting the generator's "
+                       f"true markers {list(AUX_MARKERS)}" if args.aux_weight > 0 else ""),
+            "grad_clip_norm": 1.0,
             "augmentation": {"flip_x_p": 0.5, "shift_voxels_zyx": args.shift_voxels,
                              "ct_intensity": f"scale 1+-{args.intensity_jitter}, offset +-{args.intensity_jitter / 2}, "
                                              "clipped to [0, 1]",
@@ -665,6 +761,8 @@ def train(args, argv):
         "research_use_only": True,
         "trained_on": "synthetic data from hemexp synth; the expansion label comes from hemexp's own generator model",
     })
+    if norms:
+        card["features"] = norms
     export(args.out, net, card)
 
     v = card["validation"]

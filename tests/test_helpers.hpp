@@ -50,10 +50,11 @@ inline std::filesystem::path write_parity_classifier(const std::filesystem::path
 
 // A segmentation model around the parity U-Mamba_Bot (random weights: its masks mean nothing
 // but are deterministic) with a card `hemexp run` can use: 2 x 2 x 6 mm, 8 x 32 x 32 windows.
-inline std::filesystem::path write_random_segmenter(const std::filesystem::path& where) {
+inline std::filesystem::path write_random_segmenter(const std::filesystem::path& where,
+                                                    const std::string& name = "random-weights-test-model") {
   SafetensorsFile file = read_safetensors(std::filesystem::path(HEMEXP_TEST_DATA) / "parity/umambabot.safetensors");
   nlohmann::json card = nlohmann::json::parse(file.metadata.at(kModelCardKey));
-  card["name"] = "random-weights-test-model";
+  card["name"] = name;
   card["preprocessing"] = {{"spacing_mm", {2.0, 2.0, 6.0}},
                            {"normalization", {{"type", "ct"}, {"clip_hu", {-100, 200}}, {"mean_hu", 40}, {"std_hu", 50}}}};
   card["inference"] = {{"patch_size", {8, 32, 32}}, {"overlap", 0.5}, {"mirror", false}};

@@ -45,7 +45,8 @@ ReadCase read_case(const CaseInput& c, const CasePipeline& pipeline, spdlog::log
   return r;
 }
 
-ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& a, const HematomaMeasurements& h) {
+ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& a, const HematomaMeasurements& h,
+                             const NcctMarkers& markers) {
   const ClassifierRecipe& recipe = classifier.recipe();
   ExpansionRisk he;
   he.threshold = recipe.threshold;
@@ -61,7 +62,8 @@ ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& a
                 format_number(recipe.min_volume_ml, 2) + " mL";
     return he;
   }
-  const ExpansionScore s = classifier.score(a.canonical.volume, a.canonical_mask);
+  const ExpansionScore s =
+      classifier.score(a.canonical.volume, a.canonical_mask, recipe.feature_vector(markers, h));
   he.probability = s.probability;
   he.logit = s.logit;
   he.risk = s.risk;
@@ -70,7 +72,7 @@ ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& a
 }
 
 CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, CaseResult& result,
-                            spdlog::logger& log) {
+                            spdlog::logger& log, const torch::Tensor& reuse_mask) {
   const std::string& id = result.case_id;
   CaseAnalysis a;
   // Work happens in the canonical orientation; results go back to the input grid.
@@ -97,15 +99,24 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
     result.timings_s["segment"] = seconds_since(t0);
     return a;
   }
-  const Segmenter& segmenter = *pipeline.segmenter;
-  const Segmentation seg = segmenter.segment(a.canonical.volume);
-  a.canonical_mask = seg.mask;
-  a.mask = from_canonical(seg.mask, a.canonical.map);
-  if (pipeline.save_probabilities) a.probability = from_canonical(seg.probability, a.canonical.map);
-  if (seg.removed_components > 0)
-    log.info("{}: removed {} components smaller than {} mL or {}% of the largest", id, seg.removed_components,
-             segmenter.recipe().min_component_ml, 100.0 * segmenter.recipe().min_component_fraction);
-  result.timings_s["segment"] = seconds_since(t0);
+  if (reuse_mask.defined()) {
+    // The previous run's mask of this input by this segmentation model (--resume after a
+    // classifier change): the same mask the segmenter gave, on the input grid.
+    a.mask = reuse_mask.to(torch::kUInt8);
+    a.canonical_mask = to_canonical(a.mask, a.canonical.map);
+    result.timings_s["mask_reused"] = seconds_since(t0);
+    log.info("{}: the previous run's mask is scored again (only the classification model changed)", id);
+  } else {
+    const Segmenter& segmenter = *pipeline.segmenter;
+    const Segmentation seg = segmenter.segment(a.canonical.volume);
+    a.canonical_mask = seg.mask;
+    a.mask = from_canonical(seg.mask, a.canonical.map);
+    if (pipeline.save_probabilities) a.probability = from_canonical(seg.probability, a.canonical.map);
+    if (seg.removed_components > 0)
+      log.info("{}: removed {} components smaller than {} mL or {}% of the largest", id, seg.removed_components,
+               segmenter.recipe().min_component_ml, 100.0 * segmenter.recipe().min_component_fraction);
+    result.timings_s["segment"] = seconds_since(t0);
+  }
 
   t0 = Clock::now();
   const HematomaMeasurements h = measure_hematoma(a.mask, volume.voxels, volume.geometry);
@@ -119,7 +130,7 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
 
   if (pipeline.classifier) {
     t0 = Clock::now();
-    result.he = expansion_risk(*pipeline.classifier, a, h);
+    result.he = expansion_risk(*pipeline.classifier, a, h, *result.markers);
     if (result.he->roi_mask_fraction_inside && *result.he->roi_mask_fraction_inside < 0.99)
       result.qc_flags.push_back("hematoma_larger_than_classifier_roi");
     result.timings_s["classify"] = seconds_since(t0);
@@ -169,7 +180,18 @@ CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipel
     result.timings_s["read"] = read.seconds;
     const LoadedVolume& loaded = read.loaded;
     result.input = loaded.info;  // kept when the analysis fails: what was read, and from where
-    const CaseAnalysis analysis = analyse_volume(loaded.volume, pipeline, result, log);
+    torch::Tensor reuse_mask;
+    if (!c.reuse_mask.empty()) {
+      try {
+        const ImageFileContents kept = read_image_file(c.reuse_mask);
+        if (!kept.volume.geometry.same_grid(loaded.volume.geometry, 1e-3)) throw IoError("its grid is not the input's");
+        reuse_mask = (kept.volume.voxels > 0.5f).to(torch::kUInt8);
+      } catch (const std::exception& e) {
+        log.warn("{}: the previous mask {} cannot be used ({}): segmenting again", c.id, c.reuse_mask.string(),
+                 one_line(e.what()));
+      }
+    }
+    const CaseAnalysis analysis = analyse_volume(loaded.volume, pipeline, result, log, reuse_mask);
     write_case_outputs(dir, loaded, analysis, pipeline, result);
   } catch (const std::exception& e) {
     result.status = "failed";

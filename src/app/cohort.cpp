@@ -178,6 +178,19 @@ std::string resume_mismatch(const CaseResult& previous, const json& expected) {
   return "";
 }
 
+fs::path reusable_mask(const CaseResult& previous, const json& expected, const fs::path& case_dir) {
+  const fs::path mask = case_dir / CaseFiles::kMask;
+  if (previous.status != "ok" || !previous.hematoma || !fs::exists(mask)) return {};
+  const json& had = previous.fingerprint;
+  if (!had.is_object() || !had.contains("models") || !expected.contains("models")) return {};
+  const json seg_had = had["models"].value("segmentation", json()), seg_now = expected["models"].value("segmentation", json());
+  if (seg_now.is_null() || seg_had != seg_now) return {};
+  json same = expected;  // the expected fingerprint with the previous classifier: nothing else may differ
+  same["models"].erase("classification");
+  if (had["models"].contains("classification")) same["models"]["classification"] = had["models"]["classification"];
+  return resume_mismatch(previous, same).empty() ? mask : fs::path();
+}
+
 namespace {
 
 // SIGINT / SIGTERM: the run stops between cases. The handler resets itself (SA_RESETHAND), so
@@ -278,7 +291,9 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
     p.kept = options_.resume ? previous_result(p.c) : std::nullopt;
     if (p.kept) {
       if (const std::string why = resume_mismatch(*p.kept, p.c.fingerprint); !why.empty()) {
-        log.info("{}: done again: {}", p.c.id, why);
+        p.c.reuse_mask = reusable_mask(*p.kept, p.c.fingerprint, out_ / "cases" / p.c.id);
+        log.info("{}: done again: {}{}", p.c.id, why,
+                 p.c.reuse_mask.empty() ? "" : " (its mask is kept: only the classifier runs again)");
         p.kept.reset();
       }
     }

@@ -164,7 +164,15 @@ int export_rois(const std::vector<PrepareCase>& cases, const RoiRecipe& recipe, 
   std::vector<std::string> columns{"case_id", "file", "source", "mask_source", "he_label", "volume_ml",
                                    "mask_fraction_inside", "mean_hu"};
   columns.insert(columns.end(), marker_columns.begin(), marker_columns.end());
-  for (const char* truth : {"he_probability", "he_observable_probability"}) columns.push_back(truth);
+  // The generator's truth, when the labels have it (synth cohorts): labels.csv column -> this
+  // CSV's column. The probabilities, and each true NCCT marker (0/1) as true_<marker>, for
+  // auxiliary training targets and for checking the measured markers.
+  std::vector<std::pair<std::string, std::string>> truth{{"he_probability", "he_probability"},
+                                                         {"he_observable_probability", "he_observable_probability"}};
+  for (const char* marker : {"heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin",
+                             "hypodensity", "ivh"})
+    truth.emplace_back(marker, std::string("true_") + marker);
+  for (const auto& [label, column] : truth) columns.push_back(column);
   std::string csv = csv_line(columns);
   int failed = 0, done = 0, empty = 0;
   for (const PrepareCase& c : cases) {
@@ -195,8 +203,9 @@ int export_rois(const std::vector<PrepareCase>& cases, const RoiRecipe& recipe, 
       row["volume_ml"] = format_number(h.volume_ml, 4);
       row["mean_hu"] = format_number(h.mean_hu, 2);
       row["mask_fraction_inside"] = format_number(roi.mask_fraction_inside, 4);
-      for (const char* key : {"he_label", "he_probability", "he_observable_probability"})
-        if (const auto it = c.label.find(key); it != c.label.end()) row[key] = it->second;
+      if (const auto it = c.label.find("he_label"); it != c.label.end()) row["he_label"] = it->second;
+      for (const auto& [label, column] : truth)
+        if (const auto it = c.label.find(label); it != c.label.end()) row[column] = it->second;
       csv += csv_line(columns, row);
       ++done;
       if (done % 25 == 0) spdlog::info("[{}/{}] {}", done, cases.size(), c.id);

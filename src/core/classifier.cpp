@@ -1,6 +1,8 @@
 #include "hemexp/core/classifier.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "hemexp/core/error.hpp"
 
@@ -20,6 +22,33 @@ const std::string& ClassifierRecipe::risk(double p) const {
   for (const RiskCategory& c : risk_categories)
     if (!c.below || p < *c.below) return c.name;
   return risk_categories.back().name;  // from_card guarantees an unbounded last category
+}
+
+const std::vector<std::string>& ClassifierRecipe::feature_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> n{"log_volume_ml", "mean_hu"};
+    for (const std::string& m : NcctMarkers::names()) n.push_back(m);
+    return n;
+  }();
+  return names;
+}
+
+torch::Tensor ClassifierRecipe::feature_vector(const NcctMarkers& markers, const HematomaMeasurements& h) const {
+  if (features.empty()) return {};
+  const nlohmann::json measured = markers.to_json();
+  std::vector<float> values;
+  for (const FeatureNorm& f : features) {
+    double v = std::numeric_limits<double>::quiet_NaN();
+    if (f.name == "log_volume_ml") {
+      if (h.volume_ml > 0) v = std::log(h.volume_ml);
+    } else if (f.name == "mean_hu") {
+      v = h.mean_hu;
+    } else if (measured.contains(f.name) && measured.at(f.name).is_number()) {
+      v = measured.at(f.name).get<double>();
+    }
+    values.push_back(std::isfinite(v) ? float((v - f.mean) / f.sd) : 0.0f);
+  }
+  return torch::tensor(values, torch::kFloat32).unsqueeze(0);
 }
 
 ClassifierRecipe ClassifierRecipe::from_card(const nlohmann::json& card) {
@@ -60,6 +89,17 @@ ClassifierRecipe ClassifierRecipe::from_card(const nlohmann::json& card) {
     }
     if (r.risk_categories.empty() || r.risk_categories.back().below)
       throw ModelError("model card: risk_categories must end with a category without an upper bound");
+    if (card.contains("features")) {
+      const std::vector<std::string>& known = feature_names();
+      for (const nlohmann::json& f : card.at("features")) {
+        FeatureNorm fn{f.at("name").get<std::string>(), f.at("mean").get<double>(), f.at("sd").get<double>()};
+        if (std::find(known.begin(), known.end(), fn.name) == known.end())
+          throw ModelError("model card: features: unknown feature '" + fn.name + "'");
+        if (!std::isfinite(fn.mean) || !std::isfinite(fn.sd) || !(fn.sd > 0))
+          throw ModelError("model card: features: " + fn.name + " needs a finite mean and a finite sd > 0");
+        r.features.push_back(fn);
+      }
+    }
   } catch (const nlohmann::json::exception& e) {
     throw ModelError(std::string("model card: classifier recipe is incomplete: ") + e.what());
   } catch (const ModelError&) {
@@ -87,19 +127,24 @@ Classifier::Classifier(ModelFile file, const torch::Device& device) : file_(std:
   const ViTConfig& config = network_->config();
   if (config.in_channels != int64_t(recipe_.roi.channels.size()) || config.image_size != recipe_.roi.size)
     throw ModelError("model " + name + ": the network's input (channels, image_size) differs from the roi block's");
+  if (config.num_features != int64_t(recipe_.features.size()))
+    throw ModelError("model " + name + ": network.num_features is " + std::to_string(config.num_features) +
+                     " but the features block names " + std::to_string(recipe_.features.size()));
   file_.install_weights(*network_, device_);
 }
 
-torch::Tensor Classifier::logits(const torch::Tensor& rois) const {
+torch::Tensor Classifier::logits(const torch::Tensor& rois, const torch::Tensor& features) const {
   c10::InferenceMode guard;
   ViT net = network_;  // a handle to the same module (forward is not const in LibTorch)
-  return net->forward(rois.to(device_, torch::kFloat32)).to(torch::kCPU);
+  const torch::Tensor f = features.defined() ? features.to(device_, torch::kFloat32) : torch::Tensor();
+  return net->forward(rois.to(device_, torch::kFloat32), f).to(torch::kCPU);
 }
 
-ExpansionScore Classifier::score(const Volume& canonical_ct_hu, const torch::Tensor& canonical_mask) const {
+ExpansionScore Classifier::score(const Volume& canonical_ct_hu, const torch::Tensor& canonical_mask,
+                                 const torch::Tensor& features) const {
   ExpansionScore s;
   s.roi = build_roi(canonical_ct_hu, canonical_mask, recipe_.roi);
-  s.logit = logits(s.roi.image.unsqueeze(0))[0].item<double>();
+  s.logit = logits(s.roi.image.unsqueeze(0), features)[0].item<double>();
   s.probability = recipe_.probability(s.logit);
   s.risk = recipe_.risk(s.probability);
   s.predicted_expansion = s.probability >= recipe_.threshold;

@@ -79,6 +79,30 @@ TEST_F(Commands, PrepareExportsNetworkInputsAndLabels) {
   EXPECT_EQ(run_prepare(o), kExitUsage);
 }
 
+// Classifier ROIs from the true masks: the cases.csv row carries the case's measured volume and
+// markers, and the generator's truth (label, probabilities, each true marker as true_<name>).
+TEST_F(Commands, PrepareExportsClassifierRoisWithTheTruth) {
+  const fs::path card = root_ / "cls-card.json";
+  std::ofstream(card) << test::parity_classifier_card(0.0, 1.0, 0.0).dump();
+  PrepareOptions o;
+  o.synth_dirs = {(root_ / "truth").string()};
+  o.card_path = card.string();
+  o.output_dir = (root_ / "prepared-rois").string();
+  ASSERT_EQ(run_prepare(o), kExitOk);
+  const auto rows = parse_csv(slurp(root_ / "prepared-rois/cases.csv")).records();
+  ASSERT_EQ(rows.size(), labels_.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(rows[i].at("mask_source"), "truth");
+    EXPECT_EQ(rows[i].at("he_label"), labels_[i].at("he_label"));
+    EXPECT_EQ(rows[i].at("he_observable_probability"), labels_[i].at("he_observable_probability"));
+    for (const char* m : {"heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin", "hypodensity", "ivh"})
+      EXPECT_EQ(rows[i].at(std::string("true_") + m), labels_[i].at(m)) << m;
+    EXPECT_NEAR(std::stod(rows[i].at("volume_ml")), std::stod(labels_[i].at("volume_ml")), 1e-3);
+    EXPECT_EQ(read_safetensors(root_ / "prepared-rois" / rows[i].at("file")).tensors.at("roi").sizes().vec(),
+              (std::vector<int64_t>{3, 6, 20, 12}));
+  }
+}
+
 TEST_F(Commands, EvalComparesARunWithTheTruth) {
   // A run folder as `hemexp run` writes it: case 0 found exactly, case 1 missed, case 2
   // failed, case 3 never run; the classifier's probabilities are the true ones.

@@ -313,6 +313,33 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
   ASSERT_EQ(run(o), kExitOk);
   EXPECT_EQ(slurp(out / "cases/head/mask.nii.gz"), first);
 
+  // --resume with only another classifier (same network, other calibration): the kept masks are
+  // scored again, nothing is segmented; the logit is the one the same mask gave before.
+  const double logit_before = json::parse(slurp(out / "cases/head/result.json"))["he"]["logit"].get<double>();
+  o.overwrite = false;
+  o.resume = true;
+  o.cls_model = test::write_parity_classifier(root_ / "classifier-recalibrated.safetensors",
+                                              test::parity_classifier_card(0.0, 1.0, 0.0)).string();
+  ASSERT_EQ(run(o), kExitOk);
+  for (const std::string id : {"head", "nifti-ct"}) {
+    const json r = json::parse(slurp(out / "cases" / id / "result.json"));
+    EXPECT_TRUE(r["timings_s"].contains("mask_reused") && !r["timings_s"].contains("segment")) << r["timings_s"];
+    EXPECT_TRUE(fs::exists(out / "cases" / id / "probability.nii.gz"));
+    EXPECT_EQ(r["he"]["model"]["sha256"], sha256_file(o.cls_model));
+    EXPECT_EQ(r["models"]["segmentation"]["sha256"], sha);
+  }
+  const json rescored = json::parse(slurp(out / "cases/head/result.json"));
+  EXPECT_DOUBLE_EQ(rescored["he"]["logit"].get<double>(), logit_before);
+  EXPECT_DOUBLE_EQ(rescored["he"]["probability"].get<double>(), 1.0 / (1.0 + std::exp(-logit_before)));
+  EXPECT_EQ(slurp(out / "cases/head/mask.nii.gz"), first);
+  // Another segmentation model (or options) means segmenting again.
+  o.seg_model = test::write_random_segmenter(root_ / "model-copy.safetensors", "another-name").string();
+  ASSERT_EQ(run(o), kExitOk);
+  EXPECT_TRUE(json::parse(slurp(out / "cases/head/result.json"))["timings_s"].contains("segment"));
+  o.seg_model = (root_ / "model.safetensors").string();
+  o.resume = false;
+  o.overwrite = true;
+
   // A hematoma below the classifier's minimum gets no probability, and says why.
   o.cls_model = write_classifier_model(root_ / "classifier-big.safetensors", 1e6).string();
   ASSERT_EQ(run(o), kExitOk);

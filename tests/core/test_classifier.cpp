@@ -95,6 +95,73 @@ TEST(Classifier, ScoreIsRoiThenViTThenCalibration) {
   fs::remove(path);
 }
 
+// A card with scalar features (the vit_features parity network reads 5): each is taken from the
+// markers or measurements by name, normalised by the card's mean and sd, NaN becomes 0, and
+// they reach the head (changing one changes the logit).
+TEST(Classifier, FeaturesFromMarkersNormalisedAsTheCardSays) {
+  SafetensorsFile f = read_safetensors(kParity / "vit_features.safetensors");
+  json card = classifier_card();
+  card["network"] = json::parse(f.metadata.at(kModelCardKey))["network"];
+  card["features"] = {{{"name", "log_volume_ml"}, {"mean", 2.0}, {"sd", 1.5}},
+                      {{"name", "hypodense_fraction"}, {"mean", 0.1}, {"sd", 0.2}},
+                      {{"name", "hu_sd"}, {"mean", 8.0}, {"sd", 4.0}},
+                      {{"name", "mean_hu"}, {"mean", 60.0}, {"sd", 10.0}},
+                      {{"name", "surface_ratio"}, {"mean", 1.3}, {"sd", 0.2}}};
+  f.metadata[kModelCardKey] = card.dump();
+  const fs::path path = fs::temp_directory_path() / ("classifier-features-" + std::to_string(::getpid()) + ".safetensors");
+  write_safetensors(path, f);
+  const Classifier classifier = Classifier::load(path);
+  fs::remove(path);
+  NcctMarkers m;
+  m.hypodense_fraction = 0.3;
+  m.hu_sd = NcctMarkers::kNaN;  // no interior: the training mean
+  m.surface_ratio = 1.7;
+  HematomaMeasurements h;
+  h.volume_ml = 20.0;
+  h.mean_hu = 65.0;
+  const torch::Tensor v = classifier.recipe().feature_vector(m, h);
+  ASSERT_EQ(v.sizes().vec(), (std::vector<int64_t>{1, 5}));
+  const std::vector<double> expected{(std::log(20.0) - 2.0) / 1.5, (0.3 - 0.1) / 0.2, 0.0, (65.0 - 60.0) / 10.0,
+                                     (1.7 - 1.3) / 0.2};
+  for (int k = 0; k < 5; ++k) EXPECT_NEAR(v[0][k].item<double>(), expected[k], 1e-6) << k;
+
+  const Geometry g = test::grid({80, 72, 24}, {0.9, 0.9, 5.0}, {-30, 20, -10});
+  const torch::Tensor mask = test::ball(g, {40, 36, 12}, 10.0);
+  const Volume ct{g, torch::full(tensor_shape(g), 30.0f) + 40.0f * mask.to(torch::kFloat32)};
+  const ExpansionScore s = classifier.score(ct, mask, v);
+  EXPECT_DOUBLE_EQ(s.logit, classifier.logits(s.roi.image.unsqueeze(0), v)[0].item<double>());
+  EXPECT_GT(std::abs(classifier.score(ct, mask, torch::zeros_like(v)).logit - s.logit), 1e-3);
+  EXPECT_THROW(classifier.score(ct, mask), CoreError);  // the features are required
+
+  // The card's features must be known, finite, with sd > 0, and as many as the network reads.
+  auto rejects = [](json c, const std::string& needle) {
+    try {
+      ClassifierRecipe::from_card(c);
+      ADD_FAILURE() << "accepted: " << needle;
+    } catch (const ModelError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  json bad = card;
+  bad["features"][1]["name"] = "blend_sign";
+  rejects(bad, "unknown feature 'blend_sign'");
+  bad = card;
+  bad["features"][2]["sd"] = 0.0;
+  rejects(bad, "hu_sd needs a finite mean and a finite sd > 0");
+  bad = card;
+  bad["features"].erase(4);
+  f.metadata[kModelCardKey] = bad.dump();
+  write_safetensors(path, f);
+  try {
+    Classifier::load(path);
+    ADD_FAILURE() << "4 features for a network that reads 5 were accepted";
+  } catch (const ModelError& e) {
+    EXPECT_NE(std::string(e.what()).find("num_features is 5 but the features block names 4"), std::string::npos)
+        << e.what();
+  }
+  fs::remove(path);
+}
+
 TEST(Classifier, FilesThatAreNotClassifiers) {
   EXPECT_THROW(Classifier::load(kParity / "umambabot.safetensors"), ModelError);  // a segmenter
   json card = classifier_card();

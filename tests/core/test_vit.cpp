@@ -66,6 +66,34 @@ TEST(ViTParity, LogitsMatchPyTorchTo1e4) {
               logits[1].item<double>(), diff);
 }
 
+// The head joined with 5 scalar features (vit_features*.safetensors): same tolerance, and the
+// features must matter (zeroing them changes the logits) and be required.
+TEST(ViTParity, WithFeaturesLogitsMatchPyTorchTo1e4) {
+  const SafetensorsFile weights = read_safetensors(kParity / "vit_features.safetensors");
+  const SafetensorsFile io = read_safetensors(kParity / "vit_features_io.safetensors");
+  const ModelCard card = parse_model_card(weights.metadata, "vit_features.safetensors");
+  const ViTConfig config = ViTConfig::from_json(card.json.at("network"));
+  ASSERT_EQ(config.num_features, 5);
+  EXPECT_EQ(config.to_json(), card.json.at("network"));
+  ViT net(config);
+  load_named_tensors(*net, weights.tensors, "vit_features.safetensors");
+  net->eval();
+  EXPECT_EQ(net->named_parameters(true)["head.weight"].sizes().vec(), (std::vector<int64_t>{1, 48 + 5}));
+  int64_t count = 0;
+  for (const auto& p : net->named_parameters(true)) count += p.value().numel();
+  EXPECT_EQ(count, config.num_parameters());
+  c10::InferenceMode guard;
+  const torch::Tensor& x = io.tensors.at("input");
+  const torch::Tensor& features = io.tensors.at("features");
+  const torch::Tensor logits = net->forward(x, features);
+  const double diff = (logits - io.tensors.at("logits")).abs().max().item<double>();
+  EXPECT_LE(diff, 1e-4);
+  EXPECT_GT((net->forward(x, torch::zeros_like(features)) - logits).abs().max().item<double>(), 1e-2);
+  expect_core_error([&] { net->forward(x); }, {"features", "[B, 5]"});
+  expect_core_error([&] { net->forward(x, torch::zeros({2, 4})); }, {"features", "[B, 5]"});
+  std::printf("ViT with features parity: max |C++ - PyTorch| %.3g\n", diff);
+}
+
 TEST(ViTParity, ParameterNamesEqualFixtureTensors) {
   const Fixture f = load_fixture();
   ViT net(f.config);
@@ -147,6 +175,8 @@ TEST(ViTConfig, RejectsBadFieldsNamingThem) {
   expect_core_error([&] { ViTConfig::from_json(with("dropout", 1.5)); }, {"network.dropout"});
   expect_core_error([&] { ViTConfig::from_json(with("layer_norm_eps", 0)); }, {"network.layer_norm_eps"});
   expect_core_error([&] { ViTConfig::from_json(with("in_channels", 0)); }, {"network.in_channels"});
+  expect_core_error([&] { ViTConfig::from_json(with("num_features", -1)); }, {"network.num_features"});
+  expect_core_error([&] { ViTConfig::from_json(with("num_features", 2.0)); }, {"network.num_features", "integer"});
   nlohmann::json missing = good;
   missing.erase("depth");
   expect_core_error([&] { ViTConfig::from_json(missing); }, {"network.depth", "missing"});
@@ -197,6 +227,8 @@ TEST(ViTForward, RejectsInputOfWrongShape) {
   expect_core_error([&] { net->forward(torch::zeros({1, 1, 6, 20, 12})); }, {"ViT: input"});
   expect_core_error([&] { net->forward(torch::zeros({3, 6, 20, 12})); }, {"ViT: input"});
   EXPECT_EQ(net->forward(torch::zeros({1, 3, 6, 20, 12})).sizes().vec(), std::vector<int64_t>{1});
+  // A network without features refuses them rather than ignoring them.
+  expect_core_error([&] { net->forward(torch::zeros({1, 3, 6, 20, 12}), torch::zeros({1, 2})); }, {"features", "none"});
 }
 
 }  // namespace

@@ -54,12 +54,14 @@ struct CaseAnalysis {
   torch::Tensor probability;     // float32 (z,y,x), the input grid; only with save_probabilities
 };
 // The `he` block for an analysed case: the classifier's calibrated probability and risk, or
-// no probability with the reason (no hematoma, or one below the card's min_volume_ml).
+// no probability with the reason (no hematoma, or one below the card's min_volume_ml). The
+// markers and measurements feed the classifier's scalar features when its card has them.
 ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& analysis,
-                             const HematomaMeasurements& hematoma);
+                             const HematomaMeasurements& hematoma, const NcctMarkers& markers);
 
+// reuse_mask (uint8, the input grid), when defined, replaces the segmentation (CaseInput::reuse_mask).
 CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, CaseResult& result,
-                            spdlog::logger& log);
+                            spdlog::logger& log, const torch::Tensor& reuse_mask = {});
 
 // 3. Outputs: the CaseFiles of the case folder, on the input's exact grid.
 void write_case_outputs(const std::filesystem::path& case_dir, const LoadedVolume& loaded,

@@ -98,6 +98,13 @@ class CohortRunner {
 // no fingerprint (written before hemexp recorded one), input content changed, a model changed
 // (which), options changed (which, from what to what).
 std::string resume_mismatch(const CaseResult& previous, const nlohmann::json& expected);
+// The previous result's mask (case_dir/mask.nii.gz) when that result is ok, has a hematoma
+// block, and differs from `expected` only in the classification model (same input, same
+// segmentation model, same options); empty otherwise. --resume then scores the kept mask with the
+// new classifier instead of segmenting again (a saved probability.nii.gz stays: it is the same
+// model's on the same input).
+std::filesystem::path reusable_mask(const CaseResult& previous, const nlohmann::json& expected,
+                                    const std::filesystem::path& case_dir);
 
 // The progress line shown on a terminal: "[done/total] ok 3, failed 1, kept 0 | 0m42s
 // elapsed, ETA 1m10s | <current>" (ETA "?" while unknown: the median case time times the

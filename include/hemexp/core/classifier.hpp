@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "hemexp/core/markers.hpp"
+#include "hemexp/core/measurements.hpp"
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/roi.hpp"
 #include "hemexp/core/vit.hpp"
@@ -31,6 +33,17 @@ struct RiskCategory {
 //                  (or {"method": "none"}: p = sigmoid(logit))
 //   "decision": {"threshold": t, "rule": "..."}                       expansion predicted when p >= t
 //   "risk_categories": [{"name": "low", "below": 0.1, "observed_rate": 0.05}, ..., {"name": "high"}]
+//   "features": [{"name": "log_volume_ml", "mean": m, "sd": s}, ...]   optional, in the order the
+//                  network's head reads them (network.num_features of them); names: log_volume_ml
+//                  (natural log of the mask volume in mL), mean_hu, or an NcctMarkers name
+// One scalar feature the network reads beside the ROI, and how it is normalised:
+// (value - mean) / sd; a missing value (NaN: e.g. a mask with no interior for the density
+// markers) becomes 0, the training mean.
+struct FeatureNorm {
+  std::string name;
+  double mean = 0.0, sd = 1.0;
+};
+
 struct ClassifierRecipe {
   RoiRecipe roi;
   double min_volume_ml = 0.0;
@@ -39,6 +52,13 @@ struct ClassifierRecipe {
   double threshold = 0.5;
   std::string threshold_rule;
   std::vector<RiskCategory> risk_categories;
+  std::vector<FeatureNorm> features;
+
+  // The names a "features" entry may have.
+  static const std::vector<std::string>& feature_names();
+  // The normalised features of one hematoma, (1, features.size()), or an undefined tensor when
+  // the card has none.
+  torch::Tensor feature_vector(const NcctMarkers& markers, const HematomaMeasurements& hematoma) const;
 
   bool calibrated() const { return calibration_method != "none"; }
   double probability(double logit) const;
@@ -65,10 +85,13 @@ class Classifier {
   static Classifier load(const std::filesystem::path& path, const torch::Device& device = torch::kCPU);
   explicit Classifier(ModelFile file, const torch::Device& device = torch::kCPU);
 
-  // canonical_ct_hu and canonical_mask as for build_roi. CoreError for an empty mask.
-  ExpansionScore score(const Volume& canonical_ct_hu, const torch::Tensor& canonical_mask) const;
-  // The network's logits for a batch of ROIs (B, C, D, H, W), on any device.
-  torch::Tensor logits(const torch::Tensor& rois) const;
+  // canonical_ct_hu and canonical_mask as for build_roi; features as recipe().feature_vector
+  // gives them (undefined for a card without features). CoreError for an empty mask.
+  ExpansionScore score(const Volume& canonical_ct_hu, const torch::Tensor& canonical_mask,
+                       const torch::Tensor& features = {}) const;
+  // The network's logits for a batch of ROIs (B, C, D, H, W) and their features (B, F), on any
+  // device.
+  torch::Tensor logits(const torch::Tensor& rois, const torch::Tensor& features = {}) const;
 
   const ClassifierRecipe& recipe() const { return recipe_; }
   const ModelFile& file() const { return file_; }

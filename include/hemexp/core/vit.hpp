@@ -21,6 +21,10 @@ struct ViTConfig {
   int64_t mlp_dim = 512;   // hidden width of each block's MLP (an integer, so no ratio rounding)
   double layer_norm_eps = 1e-6;
   double dropout = 0.0;    // training only; inference ignores it
+  // Scalar features of the hematoma (measured markers, log volume; the card's "features" block
+  // names and normalises them) joined to the class token before the head: the head is
+  // Linear(embed_dim + num_features, 1). 0: the head reads the class token only.
+  int64_t num_features = 0;
 
   int64_t num_patches() const;
   int64_t head_dim() const { return embed_dim / num_heads; }
@@ -76,14 +80,15 @@ TORCH_MODULE(TransformerBlock);
 
 // ViT classifier of a hematoma-centred ROI: non-overlapping 3D patches (Conv3d with
 // kernel = stride = patch_size), a class token, learned position embeddings, pre-norm blocks,
-// a final LayerNorm, and a linear head on the class token. Parameter names match
-// scripts/hemexp_nets.py one to one.
+// a final LayerNorm, and a linear head on the class token (joined with num_features scalar
+// features when the card has them). Parameter names match scripts/hemexp_nets.py one to one.
 class ViTImpl : public torch::nn::Module {
  public:
   explicit ViTImpl(const ViTConfig& config);
-  // x: (B, in_channels, image_size z, y, x). Returns one logit per ROI, shape (B).
-  // CoreError when x does not have the card's shape.
-  torch::Tensor forward(const torch::Tensor& x);
+  // x: (B, in_channels, image_size z, y, x); features: (B, num_features), normalised as the
+  // card says (undefined when num_features is 0). Returns one logit per ROI, shape (B).
+  // CoreError when x or features do not have the card's shape.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& features = {});
   const ViTConfig& config() const { return config_; }
 
  private:

@@ -22,6 +22,10 @@ struct CaseInput {
   // Why this case cannot be read, known before reading it (a list entry that does not exist, a
   // symbolic link loop): the case fails with this reason, the rest of the cohort goes on.
   std::string problem;
+  // A mask to use instead of segmenting again: set by --resume when the previous result differs
+  // from this run only in the classification model (a new classifier scores the same masks; the
+  // segmentation, the slow part, is not redone). Empty: segment.
+  std::filesystem::path reuse_mask;
 };
 
 // A digest of what a case is read from, cheap enough for every case of a cohort: the name,

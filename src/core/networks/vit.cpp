@@ -22,9 +22,11 @@ constexpr int64_t kMaxMlpDim = 4 * kMaxEmbedDim;
 // Attention holds a (tokens x tokens) matrix per head and ROI: 4096 tokens are 64 MiB each.
 constexpr int64_t kMaxPatches = 4096;
 constexpr int64_t kMaxParameters = 200'000'000;
+constexpr int64_t kMaxFeatures = 256;
 
 const char* const kFields[] = {"architecture", "in_channels", "image_size", "patch_size", "embed_dim",
-                               "depth",        "num_heads",   "mlp_dim",    "layer_norm_eps", "dropout"};
+                               "depth",        "num_heads",   "mlp_dim",    "layer_norm_eps", "dropout",
+                               "num_features"};
 
 std::string field(const std::string& name) { return "model card: network." + name; }
 
@@ -80,7 +82,7 @@ int64_t ViTConfig::num_parameters() const {
   const int64_t patch = in_channels * patch_size[0] * patch_size[1] * patch_size[2] * e + e;
   const int64_t tokens = e + (1 + num_patches()) * e;  // cls_token, pos_embed
   const int64_t block = 2 * e + (3 * e * e + 3 * e) + (e * e + e) + 2 * e + (e * m + m) + (m * e + e);
-  return patch + tokens + depth * block + 2 * e + (e + 1);
+  return patch + tokens + depth * block + 2 * e + (e + num_features + 1);
 }
 
 void ViTConfig::validate() const {
@@ -102,6 +104,7 @@ void ViTConfig::validate() const {
   if (!(layer_norm_eps > 0 && layer_norm_eps <= 0.1))
     throw CoreError(field("layer_norm_eps") + " must be in (0, 0.1]");
   if (!(dropout >= 0 && dropout < 1)) throw CoreError(field("dropout") + " must be in [0, 1)");
+  check_range("num_features", num_features, 0, kMaxFeatures);
   // Each bound above keeps these products far from int64 overflow.
   if (num_patches() > kMaxPatches)
     throw CoreError(field("patch_size") + ": image_size / patch_size gives " + std::to_string(num_patches()) +
@@ -130,15 +133,18 @@ ViTConfig ViTConfig::from_json(const nlohmann::json& j) {
   c.mlp_dim = integer(j, "mlp_dim");
   c.layer_norm_eps = number(j, "layer_norm_eps", 1e-6);
   c.dropout = number(j, "dropout", 0.0);
+  if (j.contains("num_features")) c.num_features = integer(j, "num_features");
   c.validate();
   return c;
 }
 
 nlohmann::json ViTConfig::to_json() const {
-  return {{"architecture", architecture}, {"in_channels", in_channels}, {"image_size", image_size},
+  nlohmann::json j = {{"architecture", architecture}, {"in_channels", in_channels}, {"image_size", image_size},
           {"patch_size", patch_size},     {"embed_dim", embed_dim},     {"depth", depth},
           {"num_heads", num_heads},       {"mlp_dim", mlp_dim},         {"layer_norm_eps", layer_norm_eps},
           {"dropout", dropout}};
+  if (num_features > 0) j["num_features"] = num_features;  // cards without features stay as they were
+  return j;
 }
 
 // --- Blocks --------------------------------------------------------------------------------------
@@ -197,10 +203,10 @@ ViTImpl::ViTImpl(const ViTConfig& c) : config_(c) {
   blocks_ = register_module("blocks", torch::nn::ModuleList());
   for (int64_t b = 0; b < c.depth; ++b) blocks_->push_back(TransformerBlock(e, c.num_heads, c.mlp_dim, c.layer_norm_eps));
   norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({e}).eps(c.layer_norm_eps)));
-  head_ = register_module("head", torch::nn::Linear(torch::nn::LinearOptions(e, 1)));
+  head_ = register_module("head", torch::nn::Linear(torch::nn::LinearOptions(e + c.num_features, 1)));
 }
 
-torch::Tensor ViTImpl::forward(const torch::Tensor& x) {
+torch::Tensor ViTImpl::forward(const torch::Tensor& x, const torch::Tensor& features) {
   const ViTConfig& c = config_;
   if (x.dim() != 5 || x.size(0) < 1 || x.size(1) != c.in_channels || x.size(2) != c.image_size[0] ||
       x.size(3) != c.image_size[1] || x.size(4) != c.image_size[2]) {
@@ -210,12 +216,23 @@ torch::Tensor ViTImpl::forward(const torch::Tensor& x) {
     throw CoreError(msg.str());
   }
   const int64_t batch = x.size(0);
+  const bool features_ok = c.num_features == 0 ? !features.defined()
+                                               : features.defined() && features.dim() == 2 &&
+                                                     features.size(0) == batch && features.size(1) == c.num_features;
+  if (!features_ok) {
+    std::ostringstream msg;
+    msg << "ViT: features of shape " << (features.defined() ? features.sizes() : c10::IntArrayRef{})
+        << " do not match the model card: expected " << (c.num_features ? "[B, " + std::to_string(c.num_features) + "]" : "none");
+    throw CoreError(msg.str());
+  }
   // (B, E, gz, gy, gx) -> (B, N, E), tokens in z, y, x order (x fastest), as the reference's flatten(2).
   torch::Tensor tokens = patch_embed_(x).flatten(2).transpose(1, 2);
   tokens = torch::cat({cls_token_.expand({batch, -1, -1}), tokens}, 1) + pos_embed_;
   for (const auto& block : *blocks_) tokens = block->as<TransformerBlock>()->forward(tokens);
   // LayerNorm is per token, so normalising only the class token equals timm's norm-then-select.
-  return head_(norm_(tokens.select(1, 0))).squeeze(-1);  // (B, 1) -> (B)
+  torch::Tensor pooled = norm_(tokens.select(1, 0));
+  if (c.num_features > 0) pooled = torch::cat({pooled, features.to(pooled.dtype())}, 1);
+  return head_(pooled).squeeze(-1);  // (B, 1) -> (B)
 }
 
 }  // namespace hemexp
