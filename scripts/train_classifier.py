@@ -37,7 +37,7 @@ part learns the signs themselves rather than only the noisy expansion label. Row
 columns (a real cohort) do not contribute to it. The auxiliary head is not exported.
 
 Validation (--val: natural prevalence, ROIs from hemexp's predicted masks; never trained on):
-AUC every epoch; the best epoch (AUC, ties: lower loss) is kept. Then Platt calibration
+AUC every epoch; the best epoch (AUC, ties: lower loss) is kept, or the last with --checkpoint last. Then Platt calibration
 p = sigmoid(a logit + b) fitted by maximum likelihood (a > 0), the decision threshold by
 Youden's J on the calibrated probabilities, and risk categories low (< 0.10), intermediate
 (< 0.30), high with their observed expansion rates. All of it is in-sample on --val: use
@@ -448,11 +448,29 @@ def erode_in_plane(mask):
     return -F.max_pool3d(-mask[None, None], (1, 3, 3), stride=1, padding=(0, 1, 1))[0, 0]
 
 
-def augment(batch, mask_channel, gen, shift_voxels=(1, 3, 3), jitter=0.05, p_dilate=0.2, p_erode=0.2):
-    """A new float32 batch (B, C, D, H, W): flip x (p 0.5), shift by up to shift_voxels (z, y, x)
-    with zero fill, per-sample CT-window scale 1 +- jitter and offset +- jitter/2 (clipped to
-    [0, 1]), and on the mask channel an in-plane dilation (p_dilate) or erosion (p_erode; skipped
-    when it would empty the mask). All draws come from gen."""
+def main_component(mask):
+    """(D, H, W) float mask -> float indicator of its largest 26-connected component (voxels > 0.5;
+    size by summed mask value); all ones when the mask is empty."""
+    from scipy import ndimage
+    m = mask.float().numpy() > 0.5
+    labels, n = ndimage.label(m, structure=np.ones((3, 3, 3)))
+    if n <= 1:
+        return torch.ones_like(mask, dtype=torch.float32) if n == 0 else torch.from_numpy(m.astype(np.float32))
+    sizes = ndimage.sum(mask.float().numpy(), labels, range(1, n + 1))
+    keep = labels == (1 + int(np.argmax(sizes)))
+    # partial-volume edge voxels (<= 0.5) next to the kept component stay: dilate by one voxel
+    keep = ndimage.binary_dilation(keep, structure=np.ones((3, 3, 3))) & ~(m & ~keep)
+    return torch.from_numpy(keep.astype(np.float32))
+
+
+def augment(batch, mask_channel, gen, shift_voxels=(1, 3, 3), jitter=0.05, p_dilate=0.2, p_erode=0.2,
+            main=None, p_main=0.0):
+    """A new float32 batch (B, C, D, H, W): on the mask channel first, with probability p_main,
+    only the largest component (main: (B, D, H, W) indicators; the segmenter's post-processing
+    removes small satellites that true masks have); then flip x (p 0.5), shift by up to
+    shift_voxels (z, y, x) with zero fill, per-sample CT-window scale 1 +- jitter and offset
+    +- jitter/2 (clipped to [0, 1]), and on the mask channel an in-plane dilation (p_dilate) or
+    erosion (p_erode; skipped when it would empty the mask). All draws come from gen."""
     batch = batch.float()
     b = batch.shape[0]
     r = torch.rand(b, 6, generator=gen, dtype=torch.float64)
@@ -461,6 +479,9 @@ def augment(batch, mask_channel, gen, shift_voxels=(1, 3, 3), jitter=0.05, p_dil
     out = []
     for i in range(b):
         x = batch[i]
+        if main is not None and mask_channel is not None and float(r[i, 5]) < p_main:
+            x = x.clone()
+            x[mask_channel] = x[mask_channel] * main[i]
         if r[i, 0] < 0.5:
             x = x.flip(-1)
         x = shift_zero(x, [int(s[i]) for s in shifts])
@@ -532,6 +553,12 @@ def parse_args(argv):
     ap.add_argument("--intensity-jitter", type=float, default=0.05)
     ap.add_argument("--mask-dilate-p", type=float, default=0.2)
     ap.add_argument("--mask-erode-p", type=float, default=0.2)
+    ap.add_argument("--mask-main-component-p", type=float, default=0.0,
+                    help="probability of keeping only the mask's largest component (true masks have satellites "
+                         "that the segmenter's post-processing removes)")
+    ap.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                    help="keep the epoch with the best validation AUC, or the last epoch (a small or noisy "
+                         "validation cohort makes 'best' a choice of noise)")
     ap.add_argument("--aux-weight", type=float, default=0.0,
                     help="weight of the auxiliary true-marker loss (0: off; needs true_<marker> columns)")
     ap.add_argument("--seed", type=int, default=1)
@@ -650,6 +677,13 @@ def train(args, argv):
     net = hemexp_nets.ViT(card["network"])
     n_params = sum(p.numel() for p in net.parameters())
     log(f"ViT with {n_params} parameters ({n_params * 4 / 2**20:.2f} MiB fp32)")
+    main = None
+    if mask_channel is not None and args.mask_main_component_p > 0:
+        t = time.perf_counter()
+        main = torch.stack([main_component(train_set.rois[i, mask_channel]) for i in range(len(train_set))])
+        log(f"largest mask components of {len(train_set)} training ROIs in {time.perf_counter() - t:.1f} s; "
+            f"{int((main.sum((1, 2, 3)) < (train_set.rois[:, mask_channel].float() > 0.5).sum((1, 2, 3))).sum())} "
+            f"ROIs have more than one component")
     aux_head = torch.nn.Linear(card["network"]["embed_dim"], len(AUX_MARKERS))  # training only
     params = list(net.parameters()) + (list(aux_head.parameters()) if args.aux_weight > 0 else [])
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -671,7 +705,8 @@ def train(args, argv):
         for i in range(0, len(order), args.batch_size):
             idx = order[i:i + args.batch_size]
             x = augment(train_set.rois[idx], mask_channel, gen, args.shift_voxels, args.intensity_jitter,
-                        args.mask_dilate_p, args.mask_erode_p)
+                        args.mask_dilate_p, args.mask_erode_p, main[idx] if main is not None else None,
+                        args.mask_main_component_p)
             lr = learning_rate(step, total_steps, warmup_steps, args.lr, args.schedule)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -695,6 +730,8 @@ def train(args, argv):
         val_auc = roc_auc(logits.numpy(), labels_val)
         auc_key = val_auc if math.isfinite(val_auc) else -math.inf
         improved = auc_key > best["auc"] or (auc_key == best["auc"] and val_loss < best["loss"])
+        if args.checkpoint == "last":
+            improved = epoch == args.epochs
         if improved:
             best = {"auc": auc_key, "loss": val_loss, "epoch": epoch,
                     "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
@@ -733,7 +770,7 @@ def train(args, argv):
             "topup_count": topup_count, "target_ratio": args.target_ratio,
             "cases": {"base_he": n_he, "base_nhe": n_nhe, "he": counts["he"], "nhe": counts["nhe"],
                       "below_min_volume_left_out": skipped_base},
-            "epochs": args.epochs, "best_epoch": best["epoch"], "selection": "best validation AUC (ties: lower loss)",
+            "epochs": args.epochs, "best_epoch": best["epoch"], "selection": "best validation AUC (ties: lower loss)" if args.checkpoint == "best" else "last epoch",
             "batch_size": args.batch_size, "optimizer": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay,
             "lr_schedule": f"linear warmup {warmup_steps} steps, then {args.schedule}"
                            f"{' 0.9' if args.schedule == 'poly' else ''} decay per step",
@@ -744,8 +781,9 @@ def train(args, argv):
             "augmentation": {"flip_x_p": 0.5, "shift_voxels_zyx": args.shift_voxels,
                              "ct_intensity": f"scale 1+-{args.intensity_jitter}, offset +-{args.intensity_jitter / 2}, "
                                              "clipped to [0, 1]",
-                             "mask": f"in-plane 1-voxel dilation p={args.mask_dilate_p} or erosion "
-                                     f"p={args.mask_erode_p} (max-pooling 1x3x3)"},
+                             "mask": f"largest component only p={args.mask_main_component_p}; in-plane 1-voxel "
+                                     f"dilation p={args.mask_dilate_p} or erosion p={args.mask_erode_p} "
+                                     f"(max-pooling 1x3x3)"},
             "train_storage": "float16",
             "history": history,
             "seed": args.seed, "threads": args.threads, "seconds": seconds,

@@ -104,7 +104,7 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
     // classifier change): the same mask the segmenter gave, on the input grid.
     a.mask = reuse_mask.to(torch::kUInt8);
     a.canonical_mask = to_canonical(a.mask, a.canonical.map);
-    result.timings_s["mask_reused"] = seconds_since(t0);
+    result.timings_s["mask_reused"] += seconds_since(t0);  // after reading it (process_case)
     log.info("{}: the previous run's mask is scored again (only the classification model changed)", id);
   } else {
     const Segmenter& segmenter = *pipeline.segmenter;
@@ -182,10 +182,12 @@ CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipel
     result.input = loaded.info;  // kept when the analysis fails: what was read, and from where
     torch::Tensor reuse_mask;
     if (!c.reuse_mask.empty()) {
+      const auto t_mask = Clock::now();
       try {
         const ImageFileContents kept = read_image_file(c.reuse_mask);
         if (!kept.volume.geometry.same_grid(loaded.volume.geometry, 1e-3)) throw IoError("its grid is not the input's");
         reuse_mask = (kept.volume.voxels > 0.5f).to(torch::kUInt8);
+        result.timings_s["mask_reused"] = seconds_since(t_mask);
       } catch (const std::exception& e) {
         log.warn("{}: the previous mask {} cannot be used ({}): segmenting again", c.id, c.reuse_mask.string(),
                  one_line(e.what()));

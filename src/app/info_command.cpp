@@ -48,6 +48,10 @@ int run_info(const InfoOptions& o) {
                                  : std::string()) +
                  ", threshold " + format_number(r.threshold, 4) + ", minimum hematoma " +
                  format_number(r.min_volume_ml, 2) + " mL";
+        if (!r.features.empty()) {
+          recipe += "; the head also reads " + std::to_string(r.features.size()) + " features:";
+          for (const FeatureNorm& f : r.features) recipe += " " + f.name;
+        }
       } catch (const std::exception& e) {
         recipe = std::string("incomplete, `hemexp run` cannot use this file: ") + e.what();
       }
@@ -59,7 +63,7 @@ int run_info(const InfoOptions& o) {
     std::printf("tensors:     %zu, %lld parameters\n", tensors, static_cast<long long>(parameters));
     std::printf("recipe:      %s\n", recipe.c_str());
     for (const char* block : {"network", "preprocessing", "inference", "postprocessing", "roi", "min_volume_ml",
-                              "calibration", "decision", "risk_categories", "trained_on", "training", "validation"})
+                              "features", "calibration", "decision", "risk_categories", "trained_on", "training", "validation"})
       if (card.json.contains(block)) std::printf("%-12s %s\n", (std::string(block) + ":").c_str(), card.json[block].dump().c_str());
     std::printf("\nResearch use only, not for clinical decisions. hemexp's models are trained on synthetic\n"
                 "data (procedural heads and synthetic hematomas in real CT backgrounds); their numbers on\n"
