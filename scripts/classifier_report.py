@@ -17,7 +17,8 @@ Rows of the first table:
 - each classifier: result.json he.probability, predicted expansion when p >= he.threshold (its
   card's Youden threshold from its validation cohort); a null probability (no hematoma, too
   small) or a failed case counts as missing;
-- "marker baseline": logistic regression on the measured markers + log(volume_ml), fitted on
+- "marker baseline": logistic regression on the measured markers (the satellites left out, as in
+  the default classifier's head) + log(volume_ml), fitted on
   the cases.csv of --baseline-train (prepared cohorts: their markers are measured the same way),
   features standardised, missing values imputed with the training median, L2 1e-3, threshold
   by Youden's J on its own training data;
@@ -48,7 +49,11 @@ from train_classifier import (binary_metrics, bootstrap_auc_ci, brier_score, cal
 
 MARKERS = ["hypodense_fraction", "hu_sd", "hu_cv", "bimodality_coefficient", "satellite_count",
            "satellite_volume_ml", "surface_ratio", "mean_hu"]
-BASELINE_FEATURES = MARKERS + ["log_volume_ml"]
+# The baseline reads what the default classifier's head reads (models/cls_card_template.json
+# "features"), so the two differ only by the image: the satellites are left out, because the
+# segmenter's post-processing removes most satellites that the training set's true masks have.
+BASELINE_MARKERS = [m for m in MARKERS if not m.startswith("satellite_")]
+BASELINE_FEATURES = BASELINE_MARKERS + ["log_volume_ml"]
 TRUE_MARKERS = ["heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin", "hypodensity"]
 MARKER_PAIRS = [("hypodense_fraction", "hypodensity"), ("hypodense_fraction", "black_hole"),
                 ("bimodality_coefficient", "blend"), ("hu_sd", "heterogeneity"), ("hu_cv", "heterogeneity"),
@@ -134,7 +139,7 @@ def feature_matrix(rows):
     """rows: dicts with the MARKERS and volume_ml -> (n, len(BASELINE_FEATURES)) with NaN for missing."""
     x = np.full((len(rows), len(BASELINE_FEATURES)), np.nan)
     for i, r in enumerate(rows):
-        for j, m in enumerate(MARKERS):
+        for j, m in enumerate(BASELINE_MARKERS):
             x[i, j] = r[m]
         v = r["volume_ml"]
         x[i, -1] = math.log(v) if v > 0 else np.nan
