@@ -104,7 +104,6 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
     // classifier change): the same mask the segmenter gave, on the input grid.
     a.mask = reuse_mask.to(torch::kUInt8);
     a.canonical_mask = to_canonical(a.mask, a.canonical.map);
-    result.timings_s["mask_reused"] += seconds_since(t0);  // after reading it (process_case)
     log.info("{}: the previous run's mask is scored again (only the classification model changed)", id);
   } else {
     const Segmenter& segmenter = *pipeline.segmenter;
@@ -187,7 +186,7 @@ CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipel
         const ImageFileContents kept = read_image_file(c.reuse_mask);
         if (!kept.volume.geometry.same_grid(loaded.volume.geometry, 1e-3)) throw IoError("its grid is not the input's");
         reuse_mask = (kept.volume.voxels > 0.5f).to(torch::kUInt8);
-        result.timings_s["mask_reused"] = seconds_since(t_mask);
+        result.timings_s["mask_reused"] = seconds_since(t_mask);  // reading it; analyse_volume skips segment
       } catch (const std::exception& e) {
         log.warn("{}: the previous mask {} cannot be used ({}): segmenting again", c.id, c.reuse_mask.string(),
                  one_line(e.what()));

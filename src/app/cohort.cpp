@@ -183,8 +183,7 @@ fs::path reusable_mask(const CaseResult& previous, const json& expected, const f
   if (previous.status != "ok" || !previous.hematoma || !fs::exists(mask)) return {};
   const json& had = previous.fingerprint;
   if (!had.is_object() || !had.contains("models") || !expected.contains("models")) return {};
-  const json seg_had = had["models"].value("segmentation", json()), seg_now = expected["models"].value("segmentation", json());
-  if (seg_now.is_null() || seg_had != seg_now) return {};
+  if (expected["models"].value("segmentation", json()).is_null()) return {};  // no segmenter: nothing to reuse
   json same = expected;  // the expected fingerprint with the previous classifier: nothing else may differ
   same["models"].erase("classification");
   if (had["models"].contains("classification")) same["models"]["classification"] = had["models"]["classification"];
