@@ -8,6 +8,7 @@
 
 #include "hemexp/app/run_command.hpp"
 #include "hemexp/app/synth_command.hpp"
+#include "hemexp/core/runtime.hpp"
 #include "hemexp/version.hpp"
 
 namespace hemexp {
@@ -132,6 +133,7 @@ std::unique_ptr<CLI::App> make_app(CommandLine& line) {
 }
 
 int main_entry(int argc, const char* const* argv) {
+  keep_freed_memory();  // before the first large tensor (core/runtime.hpp)
   // Every command reports the same way: diagnostics on stderr as "error: ...", "warning: ...";
   // results on stdout or in files. `run` adds its log file to this (cohort.cpp).
   auto console = std::make_shared<spdlog::logger>("console", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());

@@ -44,6 +44,7 @@ class ResidualBlockImpl : public torch::nn::Module {
  private:
   torch::nn::Conv3d conv1_{nullptr}, conv2_{nullptr}, skip_{nullptr};
   torch::nn::InstanceNorm3d norm1_{nullptr}, norm2_{nullptr};
+  std::vector<int64_t> pad_;  // "same" zero padding of conv1 and conv2
 };
 TORCH_MODULE(ResidualBlock);
 

@@ -28,6 +28,21 @@ std::array<int64_t, 3> triple(const nlohmann::json& j, const std::string& what) 
 
 torch::Tensor lrelu(const torch::Tensor& x) { return F::leaky_relu(x, F::LeakyReLUFuncOptions().negative_slope(0.01)); }
 
+// A Conv3d through oneDNN (MKL-DNN) for CPU float32 inference, whatever the batch and channel
+// counts. LibTorch 1.13 otherwise sends a batch of one with few channels (this network's 8- and
+// 16-channel stages) to its vol2col + GEMM path: 1-8 GFLOP/s there against 50-90 through oneDNN
+// on 2 cores (docs/PERFORMANCE.md). Same weights and arithmetic, different summation order
+// (results agree to float rounding). `padding` is the one the module was built with (its options
+// hold it as a variant whose type differs between LibTorch versions). Anything else (CUDA, gradients, no oneDNN) uses the module.
+torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const std::vector<int64_t>& padding) {
+  if (!x.is_cpu() || x.scalar_type() != torch::kFloat32 || torch::GradMode::is_enabled() || !at::hasMKLDNN() ||
+      !at::globalContext().userEnabledMkldnn())
+    return conv.forward(x);
+  const auto& o = conv.options;  // this file's convolutions: zero padding `padding`, no dilation
+  return torch::mkldnn_convolution(x.contiguous(), conv.weight, conv.bias, padding, *o.stride(), *o.dilation(),
+                                   o.groups());
+}
+
 }  // namespace
 
 UMambaConfig UMambaConfig::from_json(const nlohmann::json& j) {
@@ -124,7 +139,8 @@ nlohmann::json UMambaConfig::to_json() const {
 
 ResidualBlockImpl::ResidualBlockImpl(int64_t in_channels, int64_t out_channels, std::array<int64_t, 3> kernel,
                                      std::array<int64_t, 3> stride) {
-  const std::vector<int64_t> pad{kernel[0] / 2, kernel[1] / 2, kernel[2] / 2};
+  pad_ = {kernel[0] / 2, kernel[1] / 2, kernel[2] / 2};
+  const std::vector<int64_t>& pad = pad_;
   conv1_ = register_module("conv1", torch::nn::Conv3d(torch::nn::Conv3dOptions(in_channels, out_channels, vec(kernel))
                                                           .stride(vec(stride))
                                                           .padding(pad)));
@@ -137,9 +153,9 @@ ResidualBlockImpl::ResidualBlockImpl(int64_t in_channels, int64_t out_channels, 
 }
 
 torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) {
-  torch::Tensor y = lrelu(norm1_(conv1_(x)));
-  y = norm2_(conv2_(y));
-  return lrelu(y + (skip_ ? skip_(x) : x));
+  torch::Tensor y = lrelu(norm1_(conv3d(*conv1_, x, pad_)));
+  y = norm2_(conv3d(*conv2_, y, pad_));
+  return lrelu(y + (skip_ ? conv3d(*skip_, x, {0, 0, 0}) : x));
 }
 
 // --- Mamba -----------------------------------------------------------------------------------
@@ -236,9 +252,9 @@ std::vector<torch::Tensor> UMambaImpl::forward_all(const torch::Tensor& input) {
     x = F::interpolate(x, F::InterpolateFuncOptions()
                               .size(std::vector<int64_t>{skip.size(2), skip.size(3), skip.size(4)})
                               .mode(torch::kNearest));
-    x = upsample_convs_[s]->as<torch::nn::Conv3d>()->forward(x);
+    x = conv3d(*upsample_convs_[s]->as<torch::nn::Conv3dImpl>(), x, {0, 0, 0});
     x = decoder_stages_[s]->as<torch::nn::Sequential>()->forward(torch::cat({x, skip}, 1));
-    if (config_.deep_supervision || s == n - 2) outputs.push_back(seg_heads_[s]->as<torch::nn::Conv3d>()->forward(x));
+    if (config_.deep_supervision || s == n - 2) outputs.push_back(conv3d(*seg_heads_[s]->as<torch::nn::Conv3dImpl>(), x, {0, 0, 0}));
   }
   std::reverse(outputs.begin(), outputs.end());
   return outputs;
