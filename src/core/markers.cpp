@@ -106,21 +106,14 @@ NcctMarkers measure_markers(const torch::Tensor& mask, const torch::Tensor& hu, 
   check_matches(g, hu, "measuring NCCT markers: HU");
   torch::NoGradGuard no_grad;
   NcctMarkers r;
-  // The voxel indices are one read of the volume; everything else happens in the mask's
-  // bounding box, with no whole-volume temporary (docs/PERFORMANCE.md: fresh memory is what
-  // costs). Every component lies in the box, so distances from the largest one are exact.
-  const torch::Tensor where = mask.nonzero();
-  r.voxels = where.size(0);
-  if (r.voxels == 0) return r;
-  Geometry box = g;
-  torch::Tensor m = mask, values_hu = hu;
-  for (int64_t dim = 0; dim < 3; ++dim) {
-    const int64_t lo = where.select(1, dim).min().item<int64_t>(), hi = where.select(1, dim).max().item<int64_t>();
-    m = m.narrow(dim, lo, hi - lo + 1);
-    values_hu = values_hu.narrow(dim, lo, hi - lo + 1);
-    box.size[size_t(2 - dim)] = hi - lo + 1;
-  }
-  m = (m != 0).contiguous();
+  // Everything happens in the mask's bounding box, with no whole-volume temporary
+  // (docs/PERFORMANCE.md: fresh memory is what costs). Every component lies in the box, so
+  // distances from the largest one are exact.
+  const MaskBox mask_box = mask_bounding_box(mask);
+  if (mask_box.empty()) return r;
+  const Geometry box = mask_box.crop(g);
+  const torch::Tensor m = mask_box.crop(mask).ne(0).contiguous(), values_hu = mask_box.crop(hu);
+  r.voxels = m.sum().item<int64_t>();
 
   const torch::Tensor interior = interior_of(m);
   const torch::Tensor values = values_hu.to(torch::kFloat64).masked_select(interior);

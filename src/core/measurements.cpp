@@ -67,17 +67,44 @@ int64_t connected_components(const torch::Tensor& mask, torch::Tensor* labels) {
   return count;
 }
 
+MaskBox mask_bounding_box(const torch::Tensor& mask) {
+  if (mask.dim() != 3) throw CoreError("bounding box: the mask must be (z, y, x)");
+  MaskBox box;
+  const torch::Tensor m = mask.ne(0);
+  const torch::Tensor along[3] = {m.any(2).any(1), m.any(2).any(0), m.any(1).any(0)};  // z, y, x
+  for (int d = 0; d < 3; ++d) {
+    const torch::Tensor where = along[d].nonzero();
+    if (where.numel() == 0) return MaskBox{};
+    box.begin[size_t(d)] = where.min().item<int64_t>();
+    box.size[size_t(d)] = where.max().item<int64_t>() - box.begin[size_t(d)] + 1;
+  }
+  return box;
+}
+
+torch::Tensor MaskBox::crop(const torch::Tensor& volume) const {
+  return volume.narrow(0, begin[0], size[0]).narrow(1, begin[1], size[1]).narrow(2, begin[2], size[2]);
+}
+
+Geometry MaskBox::crop(const Geometry& g) const {
+  Geometry box = g;  // spacing is all measurements use; the origin is not moved
+  for (int d = 0; d < 3; ++d) box.size[size_t(2 - d)] = size[size_t(d)];
+  return box;
+}
+
 HematomaMeasurements measure_hematoma(const torch::Tensor& mask, const torch::Tensor& hu, const Geometry& g) {
   check_matches(g, mask, "measuring a hematoma mask");
   check_matches(g, hu, "measuring hematoma HU");
   HematomaMeasurements r;
-  const torch::Tensor m = (mask != 0).contiguous();
+  const MaskBox box = mask_bounding_box(mask);
+  if (box.empty()) return r;
+  // Everything below happens in the mask's bounding box (the same numbers, docs/PERFORMANCE.md).
+  const torch::Tensor m = box.crop(mask).ne(0).contiguous();
+  const Geometry gb = box.crop(g);
   r.voxels = m.sum().item<int64_t>();
-  if (r.voxels == 0) return r;
   const double voxel_mm3 = g.voxel_volume_mm3();
   r.volume_ml = double(r.voxels) * voxel_mm3 / 1000.0;
 
-  const torch::Tensor values = hu.to(torch::kFloat64).masked_select(m).contiguous();
+  const torch::Tensor values = box.crop(hu).masked_select(m).to(torch::kFloat64).contiguous();
   const std::vector<double> hu_values(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
   const Moments moments = central_moments(hu_values);  // the same digits for any --threads
   r.mean_hu = moments.mean;
@@ -86,14 +113,12 @@ HematomaMeasurements measure_hematoma(const torch::Tensor& mask, const torch::Te
   r.p90_hu = percentile(hu_values, 0.90);
   r.components = connected_components(m);
 
-  r.surface_area_mm2 = surface_area_mm2(m, g);
+  r.surface_area_mm2 = surface_area_mm2(m, gb);
   const double volume_mm3 = double(r.voxels) * voxel_mm3;
   r.sphericity = std::cbrt(kPi) * std::pow(6.0 * volume_mm3, 2.0 / 3.0) / r.surface_area_mm2;
 
-  const int64_t nz = m.size(0), ny = m.size(1), nx = m.size(2);
-  r.touches_border = m.select(0, 0).any().item<bool>() || m.select(0, nz - 1).any().item<bool>() ||
-                     m.select(1, 0).any().item<bool>() || m.select(1, ny - 1).any().item<bool>() ||
-                     m.select(2, 0).any().item<bool>() || m.select(2, nx - 1).any().item<bool>();
+  for (int d = 0; d < 3; ++d)
+    if (box.begin[size_t(d)] == 0 || box.begin[size_t(d)] + box.size[size_t(d)] == mask.size(d)) r.touches_border = true;
 
   // ABC/2 on the slice of largest area.
   const torch::Tensor per_slice = m.sum({1, 2});
@@ -107,8 +132,8 @@ HematomaMeasurements measure_hematoma(const torch::Tensor& mask, const torch::Te
     auto acc = points.accessor<double, 2>();
     std::map<int64_t, std::pair<double, double>> rows;
     for (int64_t i = 0; i < points.size(0); ++i) {
-      const int64_t y = int64_t(acc[i][0]);
-      const double x = acc[i][1];
+      const int64_t y = int64_t(acc[i][0]) + box.begin[1];  // indices of the whole volume
+      const double x = acc[i][1] + double(box.begin[2]);
       auto [it, inserted] = rows.try_emplace(y, x, x);
       if (!inserted) it->second.first = std::min(it->second.first, x), it->second.second = std::max(it->second.second, x);
     }

@@ -3,6 +3,7 @@
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/measurements.hpp"
 #include "hemexp/core/model_file.hpp"
+#include "hemexp/core/runtime.hpp"
 
 namespace hemexp {
 
@@ -51,9 +52,10 @@ torch::Tensor remove_small_components(const torch::Tensor& mask, const Geometry&
                                       double min_fraction_of_largest, int64_t* removed) {
   if (removed) *removed = 0;
   if (min_ml <= 0 && min_fraction_of_largest <= 0) return mask;
+  const MaskBox box = mask_bounding_box(mask);  // labels only where there is something to label
+  if (box.empty()) return mask;
   torch::Tensor labels;
-  const int64_t n = connected_components(mask, &labels);
-  if (n == 0) return mask;
+  const int64_t n = connected_components(box.crop(mask), &labels);
   torch::Tensor counts = torch::bincount(labels.reshape({-1}), {}, n + 1).to(torch::kFloat64);
   counts[0] = 0;
   const double largest = counts.max().item<double>();
@@ -61,7 +63,9 @@ torch::Tensor remove_small_components(const torch::Tensor& mask, const Geometry&
   const torch::Tensor keep = (counts >= min_voxels) & (counts >= min_fraction_of_largest * largest);
   keep[0] = false;
   if (removed) *removed = n - keep.sum().item<int64_t>();
-  return keep.index({labels.to(torch::kLong)}).to(torch::kUInt8);
+  torch::Tensor out = torch::zeros_like(mask, torch::kUInt8);
+  box.crop(out).copy_(keep.index({labels.to(torch::kLong)}));
+  return out;
 }
 
 Segmenter Segmenter::load(const std::filesystem::path& path, const torch::Device& device) {
@@ -83,8 +87,11 @@ Segmenter::Segmenter(ModelFile file, const torch::Device& device) : file_(std::m
 
 Segmentation Segmenter::segment(const Volume& canonical) const {
   c10::InferenceMode guard;
+  Segmentation s;
+  Stopwatch clock;
   Geometry model_grid;
   const torch::Tensor input = prepare_network_input(canonical, recipe_.preprocessing, &model_grid);
+  s.seconds.prepare = clock.lap();
   SlidingWindowOptions o;
   o.patch_size = recipe_.patch_size;
   o.overlap = recipe_.overlap;
@@ -96,13 +103,15 @@ Segmentation Segmenter::segment(const Volume& canonical) const {
   const int64_t classes = net->config().num_classes;
   const torch::Tensor probabilities = sliding_window_probabilities(
       [&net](const torch::Tensor& patch) { return net->forward(patch); }, input, classes, o);
+  s.seconds.network = clock.lap();
   // Only the foreground probability goes back to the input grid (bounded memory).
   const torch::Tensor foreground = probabilities[1].contiguous();
-  Segmentation s;
   s.probability = resample_between_grids(foreground, model_grid, canonical.geometry).clamp(0, 1);
+  s.seconds.resample = clock.lap();
   s.mask = (s.probability > float(recipe_.threshold)).to(torch::kUInt8);
   s.mask = remove_small_components(s.mask, canonical.geometry, recipe_.min_component_ml,
                                    recipe_.min_component_fraction, &s.removed_components);
+  s.seconds.cleanup = clock.lap();
   return s;
 }
 

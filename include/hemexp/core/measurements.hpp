@@ -33,6 +33,18 @@ HematomaMeasurements measure_hematoma(const torch::Tensor& mask, const torch::Te
 // their area, times 2/3 (see HematomaMeasurements::surface_area_mm2 for its accuracy).
 double surface_area_mm2(const torch::Tensor& mask, const Geometry& g);
 
+// The smallest box holding every nonzero voxel of a (z, y, x) mask, in tensor order: begin
+// and size per dim; empty() when the mask has none. Measuring inside the box gives the same
+// numbers as on the whole volume at a fraction of the cost (a hematoma is a few mL of a
+// 512 x 512 x 300 volume).
+struct MaskBox {
+  std::array<int64_t, 3> begin{0, 0, 0}, size{0, 0, 0};
+  bool empty() const { return size[0] == 0; }
+  torch::Tensor crop(const torch::Tensor& volume) const;  // a view of the box
+  Geometry crop(const Geometry& g) const;                 // spacing kept, size of the box
+};
+MaskBox mask_bounding_box(const torch::Tensor& mask);
+
 // Number of 26-connected components of a mask, and a label volume (int32, 0 = background,
 // components numbered 1.. in scan order) when labels is not null.
 int64_t connected_components(const torch::Tensor& mask, torch::Tensor* labels = nullptr);

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <chrono>
+
 namespace hemexp {
 
 // Keeps freed memory in the process for the next allocation instead of handing it back to the
@@ -10,5 +12,20 @@ namespace hemexp {
 // (docs/PERFORMANCE.md). The price: the resident set stays at its peak until the process ends.
 // Call once, at the start of a program, before the large allocations. A no-op off glibc.
 void keep_freed_memory();
+
+// Wall-clock seconds between laps (steady clock).
+class Stopwatch {
+ public:
+  // Seconds since the last lap (or construction), and starts the next lap.
+  double lap() {
+    const auto now = std::chrono::steady_clock::now();
+    const double s = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    return s;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+};
 
 }  // namespace hemexp

@@ -32,10 +32,19 @@ torch::Tensor prepare_network_input(const Volume& canonical, const Preprocessing
 torch::Tensor prepare_network_label(const torch::Tensor& canonical_mask, const Geometry& canonical,
                                     const Geometry& model_grid);
 
+// Wall seconds of segment()'s steps (benchmarks: bench/bench_segmenter.cpp).
+struct SegmentTimings {
+  double prepare = 0;   // resampling to the model grid, normalisation
+  double network = 0;   // sliding window: every window through the network, weighted sum
+  double resample = 0;  // the foreground probability back onto the input grid
+  double cleanup = 0;   // threshold, small components removed
+};
+
 struct Segmentation {
   torch::Tensor mask;         // uint8 (z, y, x) on the canonical grid of the input
   torch::Tensor probability;  // float32 foreground probability on the same grid
   int64_t removed_components = 0;
+  SegmentTimings seconds;
 };
 
 // Removes the 26-connected components of a uint8 mask smaller than min_ml, or with fewer

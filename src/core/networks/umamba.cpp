@@ -248,11 +248,14 @@ std::vector<torch::Tensor> UMambaImpl::forward_all(const torch::Tensor& input) {
   std::vector<torch::Tensor> outputs;
   for (int64_t s = 0; s < n - 1; ++s) {
     const torch::Tensor& skip = skips[n - 2 - s];
-    // Nearest upsampling to the skip's size (= scale by the stage stride when it divides).
+    // Nearest upsampling to the skip's size (= scale by the stage stride when it divides), then
+    // the 1x1 convolution: computed in the other order, which gives the same values (a 1x1
+    // convolution acts on each voxel alone, nearest upsampling copies voxels) at a quarter to an
+    // eighth of the cost, and upsamples the fewer channels.
+    x = conv3d(*upsample_convs_[s]->as<torch::nn::Conv3dImpl>(), x, {0, 0, 0});
     x = F::interpolate(x, F::InterpolateFuncOptions()
                               .size(std::vector<int64_t>{skip.size(2), skip.size(3), skip.size(4)})
                               .mode(torch::kNearest));
-    x = conv3d(*upsample_convs_[s]->as<torch::nn::Conv3dImpl>(), x, {0, 0, 0});
     x = decoder_stages_[s]->as<torch::nn::Sequential>()->forward(torch::cat({x, skip}, 1));
     if (config_.deep_supervision || s == n - 2) outputs.push_back(conv3d(*seg_heads_[s]->as<torch::nn::Conv3dImpl>(), x, {0, 0, 0}));
   }

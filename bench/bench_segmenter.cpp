@@ -1,0 +1,229 @@
+// Benchmark of segmentation (Segmenter::segment, exactly what `hemexp run` calls) on one
+// synthetic 512 x 512 head (`hemexp synth --seed 424242 --thin-fraction 0`, case 0) resampled
+// along z to each requested slice count, for each thread count: median seconds of segment()'s
+// steps, the network's FLOPs per window (counted from the card's network), its GFLOP/s, and a
+// plain large conv3d's GFLOP/s in the same process (what this machine's LibTorch can do).
+//
+//   bench_segmenter --model FILE [--repeats R] [--slices 32,128,300] [--threads 1,2]
+//                   [--json OUT] [--dump DIR]
+//
+// --dump DIR writes DIR/windows.safetensors for scripts/bench_reference.py: the model-grid input
+// of the first slice count, the C++ softmax probabilities on it, and the seconds the C++ sliding
+// window took per thread count (the PyTorch reference runs the same windows on the same weights).
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "bench_timing.hpp"
+#include "hemexp/core/runtime.hpp"
+#include "hemexp/core/safetensors.hpp"
+#include "hemexp/core/segmenter.hpp"
+#include "hemexp/core/statistics.hpp"
+#include "hemexp/core/synth.hpp"
+
+using hemexp::bench::time_it;
+
+namespace {
+
+std::vector<int> parse_list(const char* text) {
+  std::vector<int> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(std::atoi(item.c_str()));
+  return out;
+}
+
+// Multiply-adds x 2 of one forward pass of the U-Mamba on a (1, C, patch) window: every
+// convolution (the deep-supervision heads included, as forward() computes them) and the Mamba
+// layers' projections, depthwise convolution and scan (6 flops per state element and token).
+// Normalisations and activations are not counted.
+double umamba_flops(const hemexp::UMambaConfig& c, const std::array<int64_t, 3>& patch) {
+  auto voxels = [](const std::array<int64_t, 3>& s) { return double(s[0] * s[1] * s[2]); };
+  auto kvol = [](const std::array<int64_t, 3>& k) { return double(k[0] * k[1] * k[2]); };
+  double flops = 0;
+  auto block = [&](int64_t in, int64_t out, const std::array<int64_t, 3>& k, double v, bool projection) {
+    flops += 2 * double(in * out) * kvol(k) * v + 2 * double(out * out) * kvol(k) * v;
+    if (projection) flops += 2 * double(in * out) * v;
+  };
+  auto mamba = [&](int64_t d_model, double tokens) {
+    const double di = double(c.expand * d_model), n = double(c.d_state), dtr = double((d_model + 15) / 16);
+    flops += tokens * (2 * double(d_model) * 2 * di + 2 * di * double(c.d_conv) + 2 * di * (dtr + 2 * n) +
+                       2 * dtr * di + 6 * di * n + 2 * di * double(d_model));
+  };
+  const int64_t n = c.n_stages();
+  std::vector<std::array<int64_t, 3>> sizes;
+  std::array<int64_t, 3> size = patch;
+  block(c.in_channels, c.features_per_stage[0], c.kernel_sizes[0], voxels(size), c.in_channels != c.features_per_stage[0]);
+  int64_t channels = c.features_per_stage[0];
+  for (int64_t s = 0; s < n; ++s) {
+    for (int a = 0; a < 3; ++a) size[size_t(a)] = (size[size_t(a)] + c.strides[s][size_t(a)] - 1) / c.strides[s][size_t(a)];
+    const bool strided = c.strides[s] != std::array<int64_t, 3>{1, 1, 1};
+    block(channels, c.features_per_stage[s], c.kernel_sizes[s], voxels(size), strided || channels != c.features_per_stage[s]);
+    for (int64_t b = 1; b < c.blocks_per_stage[s]; ++b)
+      block(c.features_per_stage[s], c.features_per_stage[s], c.kernel_sizes[s], voxels(size), false);
+    channels = c.features_per_stage[s];
+    if (c.mamba_after_every_stage() || s == n - 1) mamba(channels, voxels(size));
+    sizes.push_back(size);
+  }
+  for (int64_t s = 0; s < n - 1; ++s) {
+    const int64_t below = c.features_per_stage[n - 1 - s], skip = c.features_per_stage[n - 2 - s];
+    const double v = voxels(sizes[size_t(n - 2 - s)]);
+    flops += 2 * double(below * skip) * v;  // upsampling 1x1
+    block(2 * skip, skip, c.kernel_sizes[n - 2 - s], v, true);
+    for (int64_t b = 1; b < c.blocks_per_stage_decoder[s]; ++b) block(skip, skip, c.kernel_sizes[n - 2 - s], v, false);
+    if (c.deep_supervision || s == n - 2) flops += 2 * double(skip * c.num_classes) * v;
+  }
+  return flops;
+}
+
+// The benchmark head with `slices` slices over the same z extent (linear along z).
+hemexp::Volume head_with_slices(const hemexp::Volume& head, int64_t slices) {
+  if (slices == head.geometry.size[2]) return head;
+  hemexp::Volume v;
+  v.geometry = head.geometry;
+  v.geometry.size[2] = slices;
+  v.geometry.spacing_mm[2] = head.geometry.spacing_mm[2] * double(head.geometry.size[2]) / double(slices);
+  v.voxels = hemexp::resample_between_grids(head.voxels, head.geometry, v.geometry).contiguous();
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  hemexp::keep_freed_memory();  // as `hemexp` does
+  std::string model, json_out, dump;
+  int repeats = 3;
+  std::vector<int> slice_counts{32, 128, 300}, thread_counts{1, 2};
+  for (int i = 1; i < argc; ++i) {
+    const bool has_value = i + 1 < argc;
+    if (!std::strcmp(argv[i], "--model") && has_value) model = argv[++i];
+    else if (!std::strcmp(argv[i], "--repeats") && has_value) repeats = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--slices") && has_value) slice_counts = parse_list(argv[++i]);
+    else if (!std::strcmp(argv[i], "--threads") && has_value) thread_counts = parse_list(argv[++i]);
+    else if (!std::strcmp(argv[i], "--json") && has_value) json_out = argv[++i];
+    else if (!std::strcmp(argv[i], "--dump") && has_value) dump = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: %s --model FILE [--repeats R] [--slices 32,128,300] [--threads 1,2] [--json OUT] [--dump DIR]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (model.empty()) {
+    std::fprintf(stderr, "bench_segmenter: --model is required\n");
+    return 2;
+  }
+  const hemexp::Segmenter segmenter = hemexp::Segmenter::load(model);
+  const hemexp::SegmentationRecipe& recipe = segmenter.recipe();
+  const double window_flops = umamba_flops(segmenter.network()->config(), recipe.patch_size);
+
+  hemexp::synth::SynthOptions so;
+  so.seed = 424242;
+  so.thin_fraction = 0;
+  const hemexp::synth::SynthCase synth_case = hemexp::synth::render_procedural_case(so, 0);
+  hemexp::Volume head{synth_case.baseline.geometry, synth_case.baseline.ct.to(torch::kFloat32).contiguous()};
+
+  nlohmann::json report;
+  report["model"] = model;
+  report["parallel_info"] = at::get_parallel_info();
+  report["repeats"] = repeats;
+  report["window_gflop"] = window_flops / 1e9;
+  std::printf("%s", at::get_parallel_info().c_str());
+  std::printf("network: %.3f GFLOP per %lldx%lldx%lld window\n", window_flops / 1e9,
+              static_cast<long long>(recipe.patch_size[0]), static_cast<long long>(recipe.patch_size[1]),
+              static_cast<long long>(recipe.patch_size[2]));
+
+  // A plain large convolution: 64 -> 64 channels, 3x3x3, on 32 x 64 x 64 (29 GFLOP).
+  {
+    torch::manual_seed(1);
+    const torch::Tensor x = torch::randn({1, 64, 32, 64, 64}), w = torch::randn({64, 64, 3, 3, 3}) * 0.05;
+    const double flops = 2.0 * 64 * 64 * 27 * 32 * 64 * 64;
+    for (int threads : thread_counts) {
+      torch::set_num_threads(threads);
+      c10::InferenceMode guard;
+      const auto t = time_it(repeats, [&] { torch::conv3d(x, w, {}, 1, 1); });
+      report["plain_conv3d"][std::to_string(threads)] = {{"seconds", t.median}, {"gflops", flops / t.median / 1e9}};
+      std::printf("plain conv3d 64->64 3x3x3 on 32x64x64, %d thread(s): %.3f s, %.1f GFLOP/s\n", threads, t.median,
+                  flops / t.median / 1e9);
+    }
+  }
+
+  std::printf("%6s %3s %7s | %8s %8s %8s %8s %8s | %8s %8s\n", "slices", "thr", "windows", "prepare", "network",
+              "resample", "cleanup", "total", "GFLOP/s", "us/Mvox");
+  for (size_t si = 0; si < slice_counts.size(); ++si) {
+    const hemexp::Volume volume = head_with_slices(head, slice_counts[si]);
+    hemexp::Geometry grid;
+    {
+      c10::InferenceMode guard;
+      hemexp::prepare_network_input(volume, recipe.preprocessing, &grid);
+    }
+    int64_t windows = 1;
+    for (int a = 0; a < 3; ++a)
+      windows *= int64_t(hemexp::window_starts(std::max(grid.size[size_t(2 - a)], recipe.patch_size[size_t(a)]),
+                                               recipe.patch_size[size_t(a)], recipe.overlap)
+                             .size());
+    for (int threads : thread_counts) {
+      torch::set_num_threads(threads);
+      std::map<std::string, std::vector<double>> steps;
+      int64_t mask_voxels = 0;
+      time_it(repeats, [&] {
+        const hemexp::Segmentation s = segmenter.segment(volume);
+        steps["prepare"].push_back(s.seconds.prepare);
+        steps["network"].push_back(s.seconds.network);
+        steps["resample"].push_back(s.seconds.resample);
+        steps["cleanup"].push_back(s.seconds.cleanup);
+        steps["total"].push_back(s.seconds.prepare + s.seconds.network + s.seconds.resample + s.seconds.cleanup);
+        mask_voxels = s.mask.sum().item<int64_t>();
+      });
+      nlohmann::json row{{"slices", slice_counts[si]}, {"threads", threads}, {"windows", windows},
+                         {"input_voxels", volume.geometry.voxel_count()}, {"mask_voxels", mask_voxels}};
+      for (auto& [name, values] : steps) {
+        values.erase(values.begin());  // the warm-up
+        row["seconds"][name] = hemexp::median(values);
+      }
+      const double network = row["seconds"]["network"].get<double>();
+      row["network_gflops"] = double(windows) * window_flops / network / 1e9;
+      row["us_per_mvoxel"] = row["seconds"]["total"].get<double>() / double(volume.geometry.voxel_count()) * 1e12;
+      report["segment"].push_back(row);
+      std::printf("%6d %3d %7lld | %8.3f %8.3f %8.3f %8.3f %8.3f | %8.1f %8.1f\n", slice_counts[si], threads,
+                  static_cast<long long>(windows), row["seconds"]["prepare"].get<double>(), network,
+                  row["seconds"]["resample"].get<double>(), row["seconds"]["cleanup"].get<double>(),
+                  row["seconds"]["total"].get<double>(), row["network_gflops"].get<double>(),
+                  row["us_per_mvoxel"].get<double>());
+      std::fflush(stdout);
+    }
+    if (si == 0 && !dump.empty()) {  // the windows for scripts/bench_reference.py
+      c10::InferenceMode guard;
+      const torch::Tensor input = hemexp::prepare_network_input(volume, recipe.preprocessing, nullptr);
+      hemexp::SlidingWindowOptions o;
+      o.patch_size = recipe.patch_size;
+      o.overlap = recipe.overlap;
+      o.mirror = recipe.mirror;
+      o.pad_value = float((recipe.preprocessing.clip_low_hu - recipe.preprocessing.mean_hu) / recipe.preprocessing.std_hu);
+      hemexp::UMamba net = segmenter.network();
+      const hemexp::PatchNetwork forward = [&net](const torch::Tensor& p) { return net->forward(p); };
+      hemexp::SafetensorsFile file;
+      file.tensors["input"] = input;
+      file.tensors["probabilities"] =
+          hemexp::sliding_window_probabilities(forward, input, net->config().num_classes, o);
+      for (int threads : thread_counts) {
+        torch::set_num_threads(threads);
+        const auto t = time_it(repeats, [&] { hemexp::sliding_window_probabilities(forward, input, net->config().num_classes, o); });
+        file.metadata["cpp_seconds_threads_" + std::to_string(threads)] = std::to_string(t.median);
+      }
+      file.metadata["pad_value"] = std::to_string(o.pad_value);
+      file.metadata["windows"] = std::to_string(windows);
+      std::ofstream(dump + "/windows.safetensors", std::ios::binary) << hemexp::serialize_safetensors(file);
+    }
+  }
+  if (!json_out.empty()) std::ofstream(json_out) << report.dump(2) << "\n";
+  return 0;
+}
