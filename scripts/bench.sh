@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# Benchmarks (not tests): whole-pipeline seconds per case by stage, and the selective-scan
-# kernel against its ATen reference. Numbers go to docs/PERFORMANCE.md.
-#   ./scripts/bench.sh [REPEATS]          everything
-#   ./scripts/bench.sh [REPEATS] cohort   only the cohort part (read-ahead: wall time against compute)
+# Benchmarks (not tests). Numbers go to docs/PERFORMANCE.md; everything is also written to
+# bench.json (in the current folder, or BENCH_JSON=path).
+#   ./scripts/bench.sh [REPEATS] [PART...]
+# PART: segment   segment()'s steps for 512x512x32/128/300 heads, 1 and 2 threads; the network's
+#                 GFLOP/s against a plain conv3d's; the PyTorch-eager reference on the same
+#                 weights and windows, and the ratio (bench_segmenter, scripts/bench_reference.py)
+#       stages    `hemexp run` per stage on the same three heads, 1 and 2 threads: REPEATS+1
+#                 copies of the scan in one run (the first is the cold start, the median is over
+#                 the rest, as in a cohort), peak resident set, cost per voxel
+#       scan      the selective-scan kernel against its ATen reference
+#       classifier  the ViT classifier's forward (bench_vit)
+#       cohort    8 synthetic heads with and without --read-ahead: wall time against compute
+# Default: segment stages scan. Run it on an idle machine: another process on the same cores
+# doubles the times.
 set -euo pipefail
+HEMEXP_WITH_PYTHON=1                        # the PyTorch reference
+HEMEXP_EXTRA_PACKAGES="python3-nibabel time"  # thin-slice versions of the head; peak memory
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$HEMEXP_ROOT"
 repeats="${1:-3}"
-only="${2:-}"
+shift || true
+parts=("$@")
+((${#parts[@]})) || parts=(segment stages scan)
+want() { [[ " ${parts[*]} " == *" $1 "* ]]; }
+bench_json="${BENCH_JSON:-$PWD/bench.json}"
 work="$(mktemp -d /tmp/hemexp-bench.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 hemexp="$HEMEXP_BUILD/hemexp"
+py=/usr/bin/python3
 
-if [[ $only != cohort ]]; then
-echo "== selective scan kernel vs ATen reference"
-"$HEMEXP_BUILD/bench_selective_scan" --repeats 5
-
-echo
 # The shipped model when there is one, else random weights of the card template (speed does
 # not depend on the weights, but a random model marks more voxels, so 'measure' is slower).
 model_file="models/hemexp-seg.safetensors"
@@ -24,58 +36,142 @@ model_name="shipped"
 if [[ ! -f $model_file ]]; then
   model_file="$work/random.safetensors"
   model_name="random"
-  /usr/bin/python3 scripts/make_random_model.py --card models/seg_card_template.json --out "$model_file" >/dev/null
+  $py scripts/make_random_model.py --card models/seg_card_template.json --out "$model_file" >/dev/null
 fi
-echo "== hemexp run on one synthetic 512x512 head CT (model: $model_name, $model_file)"
-"$hemexp" synth -o "$work/synth" --count 1 --seed 424242 --thin-fraction 0 --log-level warn
-ct="$work/synth/synth_00000/ct.nii.gz"
-python_stats() {  # median of each stage over the repeats, from result.json
-  /usr/bin/python3 - "$@" <<'PY'
-import json, statistics, sys
-runs = [json.load(open(p)) for p in sys.argv[1:]]
-stages = sorted({k for r in runs for k in r["timings_s"]})
-print("   ", "  ".join(f"{s} {statistics.median(r['timings_s'].get(s, 0) for r in runs):.2f}s" for s in stages),
-      f" total {statistics.median(r['seconds'] for r in runs):.2f}s", f" size {runs[0]['input']['size']}")
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "model: $model_name ($model_file)"
+
+if want segment; then
+  echo
+  echo "== segment(): steps by slice count and threads; network GFLOP/s; PyTorch reference"
+  "$HEMEXP_BUILD/bench_segmenter" --model "$model_file" --repeats "$repeats" --slices 32,128,300 --threads 1,2 \
+    --json "$work/segmenter.json" --dump "$work"
+  $py scripts/bench_reference.py --model "$model_file" --windows "$work/windows.safetensors" --threads 1,2 \
+    --repeats "$repeats" > "$work/reference.json"
+  $py - "$work/reference.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"PyTorch {r['pytorch']} eager, same weights, same {r['windows']} windows of the 512x512x32 head:")
+for t in (1, 2):
+    x = r[f"threads_{t}"]
+    print(f"  {t} thread(s): PyTorch {x['pytorch_seconds']:.2f} s, hemexp {x['cpp_seconds']:.2f} s, "
+          f"ratio {x['pytorch_over_cpp']:.2f}x, largest probability difference {x['max_abs_probability_difference']:.1e}")
 PY
-}
-for threads in 1 2; do
-  for model in none "$model_name"; do
-    files=()
-    for ((k = 0; k < repeats; k++)); do
-      out="$work/run-$threads-$model-$k"
-      args=(run -i "$ct" -o "$out" --threads "$threads" --no-progress --log-level error)
-      if [[ $model != none ]]; then args+=(--seg-model "$model_file"); else args+=(--seg-model none); fi
-      "$hemexp" "${args[@]}" 2>/dev/null || true
-      files+=("$out/cases/ct/result.json")
-    done
-    echo "threads $threads, model $model:"
-    python_stats "${files[@]}"
-  done
-done
 fi
 
-echo
-# A cohort of 8 synthetic heads (thick and thin slices) with and without read-ahead, the two
-# orders alternating over the repeats: wall time of the whole run against the sum of per-case
-# compute (a case's seconds minus the time it spent reading or waiting for its read).
-echo "== cohort of 8 scans, --threads 2: wall time against the sum of per-case compute"
-"$hemexp" synth -o "$work/cohort" --count 8 --seed 515151 --thin-fraction 0.25 --log-level warn
-model_args=(--seg-model "${model_file:-models/hemexp-seg.safetensors}")
-[[ -f ${model_file:-models/hemexp-seg.safetensors} ]] || model_args=(--seg-model none)
-runs=()
-for ((k = 0; k < repeats; k++)); do
-  for mode in ahead noahead; do
-    out="$work/cohort-$mode-$k"
-    args=(run -i "$work/cohort" -o "$out" --threads 2 --no-progress --log-level error --cls-model none "${model_args[@]}")
-    [[ $mode == ahead ]] && args+=(--read-ahead)
-    start=$(date +%s.%N)
-    "$hemexp" "${args[@]}" 2>/dev/null || true
-    end=$(date +%s.%N)
-    echo "$mode $start $end" > "$out/wall.txt"
-    runs+=("$out")
+if want stages; then
+  echo
+  echo "== hemexp run per stage (512x512 head, seed 424242): median over $repeats warm cases after one cold case"
+  "$hemexp" synth -o "$work/synth" --count 1 --seed 424242 --thin-fraction 0 --log-level warn
+  # The same head on 128 and 300 slices over the same extent (linear along z).
+  $py - "$work/synth/synth_00000/ct.nii.gz" "$work" <<'PY'
+import sys
+import nibabel as nib
+import numpy as np
+src, out = sys.argv[1], sys.argv[2]
+img = nib.load(src)
+ct = np.asarray(img.dataobj).astype(np.float32)  # (x, y, z)
+for n in (32, 128, 300):
+    z_old = ct.shape[2]
+    pos = (np.arange(n) + 0.5) * z_old / n - 0.5  # centres over the same extent
+    lo = np.clip(np.floor(pos).astype(int), 0, z_old - 1)
+    hi = np.clip(lo + 1, 0, z_old - 1)
+    w = np.clip(pos - lo, 0, 1)[None, None, :]
+    vol = np.rint(ct[:, :, lo] * (1 - w) + ct[:, :, hi] * w).astype(np.int16)
+    affine = img.affine.copy()
+    scale = z_old / n
+    affine[:3, 2] *= scale
+    affine[:3, 3] += img.affine[:3, 2] * (0.5 * scale - 0.5)  # first centre, same extent
+    hdr = img.header.copy()
+    hdr.set_data_dtype(np.int16)
+    nib.save(nib.Nifti1Image(vol, affine, hdr), f"{out}/head_{n}.nii.gz")
+PY
+  for n in 32 128 300; do
+    mkdir -p "$work/in_$n"
+    for ((k = 0; k <= repeats; k++)); do ln -sf "$work/head_$n.nii.gz" "$work/in_$n/case$k.nii.gz"; done
+    for threads in 1 2; do
+      out="$work/run-$n-$threads"
+      /usr/bin/time -f "%M" -o "$out.rss" "$hemexp" run -i "$work/in_$n" -o "$out" --threads "$threads" \
+        --seg-model "$model_file" --cls-model none --no-progress --log-level error 2>/dev/null || true
+    done
   done
-done
-/usr/bin/python3 - "${runs[@]}" <<'PY'
+  $py - "$work" "$repeats" > "$work/stages.json" <<'PY'
+import glob, json, os, statistics, sys
+work, repeats = sys.argv[1], int(sys.argv[2])
+rows = []
+for n in (32, 128, 300):
+    for threads in (1, 2):
+        out = f"{work}/run-{n}-{threads}"
+        # case ids are "<folder>_case<k>": the cold case is case0
+        runs = [json.load(open(glob.glob(f"{out}/cases/*case{k}/result.json")[0])) for k in range(repeats + 1)]
+        warm = runs[1:]
+        stages = sorted({s for r in runs for s in r["timings_s"]})
+        voxels = 1
+        for s in runs[0]["input"]["size"]:
+            voxels *= s
+        med = {s: statistics.median(r["timings_s"].get(s, 0.0) for r in warm) for s in stages}
+        total = statistics.median(r["seconds"] for r in warm)
+        rows.append({"slices": n, "threads": threads, "voxels": voxels, "stages_s": med, "case_s": total,
+                     "cold_case_s": runs[0]["seconds"], "cold_stages_s": runs[0]["timings_s"],
+                     "peak_rss_mb": int(open(out + ".rss").read().split()[-1]) / 1024,
+                     "ns_per_voxel": total / voxels * 1e9,
+                     "ns_per_voxel_without_network": None})
+print(json.dumps(rows))
+PY
+  $py - "$work/stages.json" "$work/segmenter.json" <<'PY'
+import json, os, sys
+rows = json.load(open(sys.argv[1]))
+seg = json.load(open(sys.argv[2])) if os.path.exists(sys.argv[2]) else None
+order = ["read", "brain_check", "segment", "measure", "write"]
+print(f"{'slices':>6} {'thr':>3} | " + " ".join(f"{s:>11}" for s in order) + f" | {'case':>6} {'cold':>6} {'RSS MB':>7} {'ns/voxel':>8} {'ns/vox-net':>10}")
+for r in rows:
+    net = None
+    if seg:
+        for s in seg["segment"]:
+            if s["slices"] == r["slices"] and s["threads"] == r["threads"]:
+                net = s["seconds"]["network"]
+    if net is not None:
+        r["ns_per_voxel_without_network"] = (r["case_s"] - net) / r["voxels"] * 1e9
+    extra = f"{r['ns_per_voxel_without_network']:10.1f}" if net is not None else f"{'-':>10}"
+    print(f"{r['slices']:>6} {r['threads']:>3} | " + " ".join(f"{r['stages_s'].get(s, 0):11.3f}" for s in order) +
+          f" | {r['case_s']:6.2f} {r['cold_case_s']:6.2f} {r['peak_rss_mb']:7.0f} {r['ns_per_voxel']:8.1f} {extra}")
+json.dump(rows, open(sys.argv[1], "w"))
+PY
+fi
+
+if want scan; then
+  echo
+  echo "== selective scan kernel vs ATen reference"
+  "$HEMEXP_BUILD/bench_selective_scan" --repeats 5 | tee "$work/scan.txt"
+fi
+
+if want classifier; then
+  echo
+  echo "== ViT classifier forward"
+  "$HEMEXP_BUILD/bench_vit" --repeats "$repeats" | tee "$work/vit.txt"
+fi
+
+if want cohort; then
+  echo
+  # A cohort of 8 synthetic heads (thick and thin slices) with and without read-ahead, the two
+  # orders alternating over the repeats: wall time of the whole run against the sum of per-case
+  # compute (a case's seconds minus the time it spent reading or waiting for its read).
+  echo "== cohort of 8 scans, --threads 2: wall time against the sum of per-case compute"
+  "$hemexp" synth -o "$work/cohort" --count 8 --seed 515151 --thin-fraction 0.25 --log-level warn
+  runs=()
+  for ((k = 0; k < repeats; k++)); do
+    for mode in ahead noahead; do
+      out="$work/cohort-$mode-$k"
+      args=(run -i "$work/cohort" -o "$out" --threads 2 --no-progress --log-level error --cls-model none --seg-model "$model_file")
+      [[ $mode == ahead ]] && args+=(--read-ahead)
+      start=$(date +%s.%N)
+      "$hemexp" "${args[@]}" 2>/dev/null || true
+      end=$(date +%s.%N)
+      echo "$mode $start $end" > "$out/wall.txt"
+      runs+=("$out")
+    done
+  done
+  $py - "${runs[@]}" > "$work/cohort.txt" <<'PY'
 import json, os, statistics, sys
 rows = {"ahead": [], "noahead": []}
 for d in sys.argv[1:]:
@@ -92,4 +188,36 @@ for mode, v in rows.items():
           f" wall/compute {statistics.median(r for _, _, r in v):.3f} (median of {len(v)}; process start and model load included in wall)")
 pairs = [a[0] / b[0] for a, b in zip(rows["ahead"], rows["noahead"])]
 print(f"  wall with / without read-ahead: {statistics.median(pairs):.3f} (median of {len(pairs)} paired runs)")
+PY
+  cat "$work/cohort.txt"
+fi
+
+# Everything measured, in one file.
+$py - "$work" "$bench_json" "$repeats" "$model_name" <<'PY'
+import datetime, json, os, platform, sys
+work, out, repeats, model = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def load(name, kind="json"):
+    p = os.path.join(work, name)
+    if not os.path.exists(p):
+        return None
+    return json.load(open(p)) if kind == "json" else open(p).read()
+report = {"date_utc": datetime.datetime.utcnow().isoformat(timespec="seconds"), "repeats": repeats,
+          "model": model, "cores": os.cpu_count(), "load_average_at_end": open("/proc/loadavg").read().split()[:3],
+          "segmenter": load("segmenter.json"), "pytorch_reference": load("reference.json"),
+          "stages": load("stages.json"), "selective_scan": load("scan.txt", "text"),
+          "classifier": load("vit.txt", "text"), "cohort": load("cohort.txt", "text")}
+seg, ref = report["segmenter"], report["pytorch_reference"]
+if seg and ref:
+    summary = {}
+    for t in (1, 2):
+        net = next(s for s in seg["segment"] if s["slices"] == 32 and s["threads"] == t)
+        summary[f"threads_{t}"] = {
+            "pytorch_over_hemexp_network": ref[f"threads_{t}"]["pytorch_over_cpp"],
+            "network_gflops": net["network_gflops"],
+            "plain_conv3d_gflops": seg["plain_conv3d"][str(t)]["gflops"],
+            "network_share_of_plain_conv3d": net["network_gflops"] / seg["plain_conv3d"][str(t)]["gflops"]}
+    report["summary"] = summary
+    print(json.dumps(summary, indent=1))
+json.dump(report, open(out, "w"), indent=1)
+print(f"bench.json: {out}")
 PY

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <vector>
 
+#include <ATen/Parallel.h>
+
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/statistics.hpp"
 
@@ -37,48 +39,93 @@ void flood_from_border(const uint8_t* wall, int64_t h, int64_t w, std::vector<ui
   }
 }
 
+// dst[i * step] = 1 when src holds a nonzero within r elements of i along a line of n (the
+// window clipped at the ends): a running count, O(1) per element whatever r.
+void dilate_line(const uint8_t* src, uint8_t* dst, int64_t n, int64_t step, int64_t r) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < std::min(r, n); ++i) count += src[i * step] != 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + r < n) count += src[(i + r) * step] != 0;
+    if (i - r - 1 >= 0) count -= src[(i - r - 1) * step] != 0;
+    dst[i * step] = count > 0;
+  }
+}
+
+// Dilation of an (h, w) binary slice by a (2 ry + 1) x (2 rx + 1) square: rows, then columns.
+void dilate_square(const uint8_t* src, uint8_t* tmp, uint8_t* dst, int64_t h, int64_t w, int64_t ry, int64_t rx) {
+  for (int64_t y = 0; y < h; ++y) dilate_line(src + y * w, tmp + y * w, w, 1, rx);
+  for (int64_t x = 0; x < w; ++x) dilate_line(tmp + x, dst + x, h, w, ry);
+}
+
 }  // namespace
+
+torch::Tensor close_slices(const torch::Tensor& binary, int64_t ry, int64_t rx) {
+  if (binary.dim() != 3 || binary.scalar_type() != torch::kUInt8)
+    throw CoreError("closing: needs a uint8 (slices, h, w) tensor");
+  const torch::Tensor in = binary.contiguous();
+  torch::Tensor out = torch::empty_like(in);
+  const int64_t h = in.size(1), w = in.size(2);
+  const uint8_t* ip = in.data_ptr<uint8_t>();
+  uint8_t* op = out.data_ptr<uint8_t>();
+  at::parallel_for(0, in.size(0), 1, [&](int64_t z0, int64_t z1) {
+    std::vector<uint8_t> a(size_t(h * w)), b(size_t(h * w));
+    for (int64_t z = z0; z < z1; ++z) {
+      const uint8_t* src = ip + z * h * w;
+      uint8_t* dst = op + z * h * w;
+      dilate_square(src, b.data(), a.data(), h, w, ry, rx);  // a: dilated
+      for (auto& v : a) v = !v;                               // erosion = not (dilation of not),
+      dilate_square(a.data(), b.data(), dst, h, w, ry, rx);  // clipped windows: outside counts as 1
+      for (int64_t i = 0; i < h * w; ++i) dst[i] = !dst[i];
+    }
+  });
+  return out;
+}
 
 IntracranialContent intracranial_content(const Volume& canonical, const IntracranialOptions& o) {
   check_matches(canonical.geometry, canonical.voxels, "intracranial check");
   torch::NoGradGuard no_grad;
   const Geometry& g = canonical.geometry;
   const int64_t nz = g.size[2], h = g.size[1], w = g.size[0];
-  // Closing (dilate then erode) of the bone with a square, per slice, by max pooling; in
-  // chunks of slices so that a thin-slice scan needs little memory beyond its own voxels.
+  // Closing (dilate then erode) of the bone with a square, per slice (close_slices), in chunks
+  // of slices so that a thin-slice scan needs little memory beyond its own voxels; slices of a
+  // chunk in parallel, each keeping its enclosed voxels, joined in slice order.
   const int64_t ry = std::max<int64_t>(1, std::lround(o.closing_radius_mm / g.spacing_mm[1]));
   const int64_t rx = std::max<int64_t>(1, std::lround(o.closing_radius_mm / g.spacing_mm[0]));
-  const std::vector<int64_t> k{2 * ry + 1, 2 * rx + 1}, pad{ry, rx}, stride{1, 1};
   constexpr int64_t kChunk = 16;
-  std::vector<uint8_t> outside;
-  std::vector<int64_t> stack;
-  std::vector<float> inside;  // HU of the enclosed voxels
+  std::vector<std::vector<float>> inside_of(size_t(std::min<int64_t>(nz, kChunk)));  // HU of the enclosed voxels
+  std::vector<std::array<double, 3>> sums_of(inside_of.size());
+  std::vector<float> inside;
   double sum_x = 0, sum_y = 0, sum_z = 0;  // of their indices
   for (int64_t z0 = 0; z0 < nz; z0 += kChunk) {
     const torch::Tensor hu = canonical.voxels.slice(0, z0, std::min(nz, z0 + kChunk)).to(torch::kFloat32).contiguous();
-    const torch::Tensor bone = (hu > float(o.bone_hu)).to(torch::kFloat32).unsqueeze(1);  // (z,1,h,w)
-    // A square is a row times a column: two 1D poolings instead of one 2D.
-    const auto max_square = [&](const torch::Tensor& t, std::vector<int64_t> p) {
-      const torch::Tensor rows = torch::max_pool2d(t, {1, k[1]}, stride, {0, p[1]});
-      return torch::max_pool2d(rows, {k[0], 1}, stride, {p[0], 0});
-    };
-    const torch::Tensor dilated = max_square(bone, pad);
-    // Erosion pads with 1 (as if bone continued outside the slice) so the border is not eaten.
-    const torch::Tensor padded = torch::constant_pad_nd(dilated, {rx, rx, ry, ry}, 1.0);
-    const torch::Tensor wall = (max_square(-padded, {0, 0}) < -0.5).squeeze(1).to(torch::kUInt8).contiguous();
+    const torch::Tensor wall = close_slices((hu > float(o.bone_hu)).to(torch::kUInt8), ry, rx);
     const uint8_t* wp = wall.data_ptr<uint8_t>();
     const float* hp = hu.data_ptr<float>();
-    for (int64_t z = 0; z < wall.size(0); ++z) {
-      const uint8_t* ws = wp + z * h * w;
-      const float* hs = hp + z * h * w;
-      flood_from_border(ws, h, w, outside, stack);
-      for (int64_t i = 0; i < h * w; ++i)
-        if (!ws[i] && !outside[size_t(i)]) {
-          inside.push_back(hs[i]);
-          sum_x += double(i % w);
-          sum_y += double(i / w);
-          sum_z += double(z0 + z);
-        }
+    at::parallel_for(0, wall.size(0), 1, [&](int64_t za, int64_t zb) {
+      std::vector<uint8_t> outside;
+      std::vector<int64_t> stack;
+      for (int64_t z = za; z < zb; ++z) {
+        const uint8_t* ws = wp + z * h * w;
+        const float* hs = hp + z * h * w;
+        std::vector<float>& in = inside_of[size_t(z)];
+        std::array<double, 3>& sum = sums_of[size_t(z)];
+        in.clear();
+        sum = {0, 0, 0};
+        flood_from_border(ws, h, w, outside, stack);
+        for (int64_t i = 0; i < h * w; ++i)
+          if (!ws[i] && !outside[size_t(i)]) {
+            in.push_back(hs[i]);
+            sum[0] += double(i % w);
+            sum[1] += double(i / w);
+          }
+        sum[2] = double(z0 + z) * double(in.size());
+      }
+    });
+    for (int64_t z = 0; z < wall.size(0); ++z) {  // integer-valued sums: exact in any order
+      inside.insert(inside.end(), inside_of[size_t(z)].begin(), inside_of[size_t(z)].end());
+      sum_x += sums_of[size_t(z)][0];
+      sum_y += sums_of[size_t(z)][1];
+      sum_z += sums_of[size_t(z)][2];
     }
   }
   IntracranialContent r;

@@ -84,3 +84,22 @@ TEST(Intracranial, SyntheticHeadIsABrain) {
 
 }  // namespace
 }  // namespace hemexp
+
+// The closing as intracranial_content did it before (max pooling of float maps): dilation with
+// zero padding, then erosion of the result padded with ones.
+TEST(Intracranial, ClosingEqualsMaxPoolingReference) {
+  torch::manual_seed(3);
+  for (const auto& [ry, rx] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {2, 3}, {4, 4}, {7, 2}}) {
+    for (double density : {0.02, 0.1, 0.4}) {
+      const torch::Tensor binary = (torch::rand({3, 37, 53}) < density).to(torch::kUInt8);
+      const torch::Tensor bone = binary.to(torch::kFloat32).unsqueeze(1);
+      const std::vector<int64_t> k{2 * ry + 1, 2 * rx + 1};
+      const torch::Tensor dilated = torch::max_pool2d(bone, k, {1, 1}, {ry, rx});
+      const torch::Tensor padded = torch::constant_pad_nd(dilated, {rx, rx, ry, ry}, 1.0);
+      const torch::Tensor expected = (torch::max_pool2d(-padded, k, {1, 1}, {0, 0}) < -0.5).squeeze(1).to(torch::kUInt8);
+      const torch::Tensor got = hemexp::close_slices(binary, ry, rx);
+      EXPECT_TRUE(torch::equal(got, expected)) << "ry " << ry << " rx " << rx << " density " << density;
+      EXPECT_GT(got.sum().item<int64_t>(), binary.sum().item<int64_t>() / 2);  // not trivially empty
+    }
+  }
+}

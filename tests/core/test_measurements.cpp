@@ -80,3 +80,43 @@ TEST(Measurements, ComponentsBorderAndEmptyMask) {
 
 }  // namespace
 }  // namespace hemexp
+
+namespace hemexp {
+namespace {
+
+// The box the measurements work in, and that working in it changes nothing: a mask shifted
+// inside a larger volume measures exactly as the same mask filling a tight one.
+TEST(Measurements, BoundingBoxAndMeasuringInsideIt) {
+  torch::Tensor m = torch::zeros({10, 20, 30}, torch::kUInt8);
+  EXPECT_TRUE(mask_bounding_box(m).empty());
+  m.index_put_({torch::indexing::Slice(3, 6), torch::indexing::Slice(4, 5), torch::indexing::Slice(7, 19)}, 1);
+  m.index_put_({8, 11, 2}, 1);
+  const MaskBox box = mask_bounding_box(m);
+  EXPECT_EQ(box.begin, (std::array<int64_t, 3>{3, 4, 2}));
+  EXPECT_EQ(box.size, (std::array<int64_t, 3>{6, 8, 17}));
+  EXPECT_EQ(box.crop(m).sum().item<int64_t>(), m.sum().item<int64_t>());
+
+  const Geometry tight = grid({17, 8, 6}, {0.45, 0.45, 5.0});
+  const Geometry large = grid({30, 20, 10}, {0.45, 0.45, 5.0});
+  const torch::Tensor hu_large = torch::rand({10, 20, 30}) * 80.0f;
+  const HematomaMeasurements a = measure_hematoma(m, hu_large, large);
+  const HematomaMeasurements b = measure_hematoma(box.crop(m).contiguous(), box.crop(hu_large).contiguous(), tight);
+  EXPECT_EQ(a.voxels, 37);
+  // Everything equal to the last digit but ABC/2, whose chord ends are whole-volume coordinates
+  // (same as before the box: the offset is added back), here shifted by the box's corner.
+  EXPECT_EQ(a.voxels, b.voxels);
+  EXPECT_EQ(a.mean_hu, b.mean_hu);
+  EXPECT_EQ(a.std_hu, b.std_hu);
+  EXPECT_EQ(a.p10_hu, b.p10_hu);
+  EXPECT_EQ(a.p90_hu, b.p90_hu);
+  EXPECT_EQ(a.surface_area_mm2, b.surface_area_mm2);
+  EXPECT_EQ(a.sphericity, b.sphericity);
+  EXPECT_NEAR(a.abc2_volume_ml, b.abc2_volume_ml, 1e-12);
+  EXPECT_NEAR(a.abc2_volume_ml, 0.0243, 1e-9);
+  EXPECT_FALSE(a.touches_border);
+  EXPECT_TRUE(b.touches_border);
+  EXPECT_EQ(a.components, 2);
+}
+
+}  // namespace
+}  // namespace hemexp

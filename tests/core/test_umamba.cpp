@@ -38,6 +38,29 @@ TEST_P(Parity, LogitsMatchPyTorchTo1e4) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, Parity, ::testing::Values("umambabot", "umambaenc"));
 
+// Inference sends every convolution through oneDNN (umamba.cpp, conv3d); with gradients on, the
+// modules' own forward runs (LibTorch's choice of kernel). The shipped model on a real-sized
+// window: both give the same logits to float rounding, and the argmax agrees everywhere.
+TEST(UMamba, OneDnnConvolutionsAgreeWithTheModules) {
+  const Segmenter seg = Segmenter::load(kParity.parent_path().parent_path().parent_path() / "models/hemexp-seg.safetensors");
+  UMamba net = seg.network();
+  torch::manual_seed(5);
+  const torch::Tensor x = torch::randn({1, 1, 16, 96, 96});
+  torch::Tensor fast, modules;
+  {
+    c10::InferenceMode guard;
+    fast = net->forward(x);
+  }
+  {
+    torch::GradMode::set_enabled(true);
+    modules = net->forward(x).detach();
+  }
+  ASSERT_EQ(fast.sizes(), modules.sizes());
+  EXPECT_LE((fast - modules).abs().max().item<double>(), 1e-3);
+  EXPECT_GT(modules.abs().max().item<double>(), 1.0);
+  EXPECT_TRUE(torch::equal(fast.argmax(1), modules.argmax(1)));
+}
+
 TEST(ModelFile, WeightsAreCheckedByNameAndShape) {
   const SafetensorsFile file = read_safetensors(kParity / "umambabot.safetensors");
   const ModelCard card = parse_model_card(file.metadata, "bot");
