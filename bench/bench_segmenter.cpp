@@ -157,7 +157,7 @@ int main(int argc, char** argv) {
   }
 
   std::printf("%6s %3s %7s | %8s %8s %8s %8s %8s | %8s %8s\n", "slices", "thr", "windows", "prepare", "network",
-              "resample", "cleanup", "total", "GFLOP/s", "us/Mvox");
+              "resample", "cleanup", "total", "GFLOP/s", "ns/voxel");
   for (size_t si = 0; si < slice_counts.size(); ++si) {
     const hemexp::Volume volume = head_with_slices(head, slice_counts[si]);
     hemexp::Geometry grid;
@@ -191,13 +191,13 @@ int main(int argc, char** argv) {
       }
       const double network = row["seconds"]["network"].get<double>();
       row["network_gflops"] = double(windows) * window_flops / network / 1e9;
-      row["us_per_mvoxel"] = row["seconds"]["total"].get<double>() / double(volume.geometry.voxel_count()) * 1e12;
+      row["ns_per_voxel"] = row["seconds"]["total"].get<double>() / double(volume.geometry.voxel_count()) * 1e9;
       report["segment"].push_back(row);
       std::printf("%6d %3d %7lld | %8.3f %8.3f %8.3f %8.3f %8.3f | %8.1f %8.1f\n", slice_counts[si], threads,
                   static_cast<long long>(windows), row["seconds"]["prepare"].get<double>(), network,
                   row["seconds"]["resample"].get<double>(), row["seconds"]["cleanup"].get<double>(),
                   row["seconds"]["total"].get<double>(), row["network_gflops"].get<double>(),
-                  row["us_per_mvoxel"].get<double>());
+                  row["ns_per_voxel"].get<double>());
       std::fflush(stdout);
     }
     if (si == 0 && !dump.empty()) {  // the windows for scripts/bench_reference.py

@@ -136,6 +136,17 @@ def test_vit_dropout_only_in_training():
         assert not torch.equal(net.train()(x), net.eval()(x))
 
 
+def test_window_starts_match_cpp():
+    """train_segmenter's window placement equals src/core/sliding_window.cpp's (tests/core/
+    test_inference.cpp has the same cases): halves round up, as llround does."""
+    from train_segmenter import window_starts
+    assert window_starts(100, 40, 0.5) == [0, 20, 40, 60]
+    assert window_starts(101, 40, 0.5) == [0, 15, 31, 46, 61]
+    assert window_starts(40, 40, 0.5) == [0]
+    assert window_starts(100, 40, 0.0) == [0, 30, 60]
+    assert window_starts(165, 96, 0.5) == [0, 35, 69]  # 34.5: Python's round() gave 34
+
+
 def bench():
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     # the bottleneck of models/seg_card_template.json at batch 2: 128 channels -> d_inner 256,

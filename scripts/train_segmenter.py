@@ -195,7 +195,9 @@ def window_starts(size, patch, overlap):
         return [0]
     step = max(1.0, patch * (1.0 - overlap))
     n = int(math.ceil((size - patch) / step)) + 1
-    return [int(round(i * (size - patch) / (n - 1))) for i in range(n)]
+    # Halves round up, as C++'s llround does (Python's round() would send 34.5 to 34: another
+    # window placement, which moved some probabilities by 0.3 in scripts/bench_reference.py).
+    return [int(math.floor(i * (size - patch) / (n - 1) + 0.5)) for i in range(n)]
 
 
 def gaussian_importance(patch):

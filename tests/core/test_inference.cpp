@@ -15,6 +15,7 @@ TEST(SlidingWindow, StartsCoverTheImageWithTheRequestedOverlap) {
   EXPECT_EQ(window_starts(40, 40, 0.5), (std::vector<int64_t>{0}));
   EXPECT_EQ(window_starts(30, 40, 0.5), (std::vector<int64_t>{0}));
   EXPECT_EQ(window_starts(100, 40, 0.0), (std::vector<int64_t>{0, 30, 60}));
+  EXPECT_EQ(window_starts(165, 96, 0.5), (std::vector<int64_t>{0, 35, 69}));  // 34.5 rounds up (and in Python)
 }
 
 TEST(SlidingWindow, GaussianImportance) {
