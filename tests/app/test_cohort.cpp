@@ -233,8 +233,12 @@ TEST_F(Cohort, ReadAheadReadsTheNextCaseWhileOneIsAnalysed) {
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
-      std::lock_guard<std::mutex> lock(mutex);
-      analysed_with_next_read += read.count(next) ? 1 : 0;
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        analysed_with_next_read += read.count(next) ? 1 : 0;
+      }
+      // Not under the lock: the reading this waits for may still need it (a deadlock when the
+      // machine was busy enough that a read had not started yet).
       ahead->get();  // the reading's exception, for scan3
     }
     return finish(c, dir);
