@@ -78,7 +78,7 @@ double umamba_flops(const hemexp::UMambaConfig& c, const std::array<int64_t, 3>&
   for (int64_t s = 0; s < n - 1; ++s) {
     const int64_t below = c.features_per_stage[n - 1 - s], skip = c.features_per_stage[n - 2 - s];
     const double v = voxels(sizes[size_t(n - 2 - s)]);
-    flops += 2 * double(below * skip) * v;  // upsampling 1x1
+    flops += 2 * double(below * skip) * voxels(sizes[size_t(n - 1 - s)]);  // 1x1, before the upsampling
     block(2 * skip, skip, c.kernel_sizes[n - 2 - s], v, true);
     for (int64_t b = 1; b < c.blocks_per_stage_decoder[s]; ++b) block(skip, skip, c.kernel_sizes[n - 2 - s], v, false);
     if (c.deep_supervision || s == n - 2) flops += 2 * double(skip * c.num_classes) * v;
@@ -219,7 +219,9 @@ int main(int argc, char** argv) {
         const auto t = time_it(repeats, [&] { hemexp::sliding_window_probabilities(forward, input, net->config().num_classes, o); });
         file.metadata["cpp_seconds_threads_" + std::to_string(threads)] = std::to_string(t.median);
       }
-      file.metadata["pad_value"] = std::to_string(o.pad_value);
+      char pad[32];
+      std::snprintf(pad, sizeof pad, "%.9g", double(o.pad_value));
+      file.metadata["pad_value"] = pad;
       file.metadata["windows"] = std::to_string(windows);
       std::ofstream(dump + "/windows.safetensors", std::ios::binary) << hemexp::serialize_safetensors(file);
     }

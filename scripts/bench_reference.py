@@ -42,6 +42,8 @@ def main():
     image = dump["input"]
     inference = card["inference"]
     patch, overlap = inference["patch_size"], inference.get("overlap", 0.5)
+    if inference.get("mirror", False):
+        sys.exit("bench_reference.py: the card mirrors windows (inference.mirror); this reference does not")
     pad_value = float(dmeta["pad_value"])
     classes = card["network"]["num_classes"]
     out = {"windows": int(dmeta["windows"]), "input_shape": list(image.shape), "pytorch": torch.__version__}

@@ -10,7 +10,9 @@ namespace hemexp {
 // (17 us per 4 KB page measured on our 2-core development VM) mapping fresh pages for every
 // temporary cost more than the arithmetic: a 512 x 512 x 32 case went from 8.3 s to 3.7 s
 // (docs/PERFORMANCE.md). The price: the resident set stays at its peak until the process ends.
-// Call once, at the start of a program, before the large allocations. A no-op off glibc.
+// This holds for the main thread's heap (where the analysis allocates); other threads' arenas
+// (the read-ahead thread) still map blocks over 64 MiB afresh, and a free heap top of more than
+// 2 GiB is still given back. Call once, at the start of a program. A no-op off glibc.
 void keep_freed_memory();
 
 // Wall-clock seconds between laps (steady clock).
