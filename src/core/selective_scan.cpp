@@ -16,10 +16,12 @@
 #include "hemexp/core/selective_scan.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
@@ -357,13 +359,51 @@ torch::Tensor selective_scan_cpu(const torch::Tensor& u, const torch::Tensor& de
   return y;
 }
 
+torch::Tensor selective_scan_chunked(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                     const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
+                                     int64_t chunk) {
+  check_shapes(u, delta, A, B, C, D, "selective_scan_chunked");
+  if (chunk < 1) throw CoreError("selective_scan_chunked: chunk must be >= 1");
+  const auto f32 = u.options().dtype(torch::kFloat32);
+  const torch::Tensor u32 = u.to(torch::kFloat32), dl = delta.to(torch::kFloat32), B32 = B.to(torch::kFloat32),
+                      C32 = C.to(torch::kFloat32), D32 = D.to(torch::kFloat32);
+  const int64_t batch = u.size(0), length = u.size(1), d_inner = u.size(2), n_state = A.size(1);
+  if (length == 0) return torch::zeros({batch, 0, d_inner}, f32);
+  torch::Tensor h = torch::zeros({batch, d_inner, n_state}, f32);
+  const torch::Tensor noncausal = torch::ones({chunk, chunk}, f32.dtype(torch::kBool)).triu(1);  // [t, s]: s > t
+  const torch::Tensor A64 = A.to(torch::kFloat64).view({1, d_inner, n_state, 1});
+  std::vector<torch::Tensor> ys;
+  for (int64_t t0 = 0; t0 < length; t0 += chunk) {
+    const int64_t t1 = std::min(t0 + chunk, length), size = t1 - t0;
+    const torch::Tensor dt = dl.slice(1, t0, t1).transpose(1, 2);  // (b, d, T)
+    const torch::Tensor uc = u32.slice(1, t0, t1);
+    // S_t - S_s in float64 (no cancellation), exp only of the causal half (<= 0): no overflow.
+    const torch::Tensor S = torch::cumsum(dt.to(torch::kFloat64).unsqueeze(2) * A64, -1);  // (b, d, N, T)
+    const torch::Tensor decay = (S.unsqueeze(-1) - S.unsqueeze(-2))
+                                    .to(torch::kFloat32)
+                                    .masked_fill_(noncausal.slice(0, 0, size).slice(1, 0, size), -INFINITY)
+                                    .exp_();                                                // (b, d, N, T_t, T_s)
+    const torch::Tensor x = (dt * uc.transpose(1, 2)).unsqueeze(2) * B32.slice(1, t0, t1).transpose(1, 2).unsqueeze(1);
+    const torch::Tensor states =
+        torch::matmul(decay, x.unsqueeze(-1)).squeeze(-1) + torch::exp(S.to(torch::kFloat32)) * h.unsqueeze(-1);
+    ys.push_back(torch::einsum("bdnt,btn->btd", {states, C32.slice(1, t0, t1)}) + D32 * uc);
+    h = states.select(-1, size - 1);
+  }
+  return torch::cat(ys, 1);
+}
+
 torch::Tensor selective_scan(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                              const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D) {
   check_shapes(u, delta, A, B, C, D, "selective_scan");
   const torch::Tensor* all[] = {&u, &delta, &A, &B, &C, &D};
-  bool kernel = true;
-  for (const torch::Tensor* t : all) kernel = kernel && t->device().is_cpu() && t->scalar_type() == torch::kFloat32;
-  return kernel ? selective_scan_cpu(u, delta, A, B, C, D) : selective_scan_reference(u, delta, A, B, C, D);
+  bool cpu_float = true, any_double = false;
+  for (const torch::Tensor* t : all) {
+    cpu_float = cpu_float && t->device().is_cpu() && t->scalar_type() == torch::kFloat32;
+    any_double = any_double || t->scalar_type() == torch::kFloat64;
+  }
+  if (cpu_float) return selective_scan_cpu(u, delta, A, B, C, D);
+  if (any_double) return selective_scan_reference(u, delta, A, B, C, D);  // tests: float64 stays float64
+  return selective_scan_chunked(u, delta, A, B, C, D);  // other devices: L / 32 sequential steps
 }
 
 }  // namespace hemexp

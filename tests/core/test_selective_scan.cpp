@@ -227,6 +227,42 @@ TEST(SelectiveScan, DispatchAndDtypes) {
   EXPECT_EQ(reference(empty).sizes(), torch::IntArrayRef({2, 0, 8}));
 }
 
+// The chunked two-level scan (the fallback for devices without a kernel): the same result as the
+// reference for any chunk size, L not a multiple of it, strong decay, and a long sequence.
+TEST(SelectiveScan, ChunkedMatchesReference) {
+  struct Case {
+    int64_t batch, len, d_inner, n_state, chunk;
+    double delta_scale;
+  };
+  const Case cases[] = {{1, 1, 16, 16, 32, 1.0},  {2, 37, 16, 16, 32, 1.0}, {2, 100, 24, 17, 7, 1.0},
+                        {1, 64, 8, 16, 64, 1.0},  {3, 20, 7, 5, 1, 1.0},    {2, 257, 72, 16, 32, 1.0},
+                        {1, 200, 16, 16, 32, 20.0}};
+  uint64_t seed = 71;
+  for (const Case& c : cases) {
+    const ScanInputs in = random_inputs(c.batch, c.len, c.d_inner, c.n_state, seed++, c.delta_scale);
+    const std::string what = "L " + std::to_string(c.len) + " chunk " + std::to_string(c.chunk) + " delta x" +
+                             std::to_string(c.delta_scale);
+    const torch::Tensor y = selective_scan_chunked(in.u, in.delta, in.A, in.B, in.C, in.D, c.chunk);
+    EXPECT_EQ(y.scalar_type(), torch::kFloat32) << what;
+    expect_close(y, reference(in), 1e-5, what + " vs fp32 reference");
+    expect_close(y, kernel(in), 1e-5, what + " vs kernel");
+  }
+  const ScanInputs empty = random_inputs(2, 0, 8, 16, 1);
+  EXPECT_EQ(selective_scan_chunked(empty.u, empty.delta, empty.A, empty.B, empty.C, empty.D).sizes(),
+            torch::IntArrayRef({2, 0, 8}));
+  EXPECT_THROW(selective_scan_chunked(empty.u, empty.delta, empty.A, empty.B, empty.C, empty.D, 0), CoreError);
+}
+
+TEST(SelectiveScan, ChunkedLongSequenceAgainstDoubleLoop) {
+  const int64_t len = int64_t{1} << 15;  // 1,024 chunks of 32
+  const ScanInputs in = random_inputs(1, len, 4, 16, 2025);
+  const torch::Tensor y = selective_scan_chunked(in.u, in.delta, in.A, in.B, in.C, in.D);
+  const std::vector<double> want = scalar_scan(in);
+  const torch::Tensor w = torch::from_blob(const_cast<double*>(want.data()), {1, len, 4}, torch::kFloat64);
+  expect_close(y, w, 1e-5, "chunked, L = 2^15 vs double loop");
+  expect_close(y.slice(1, len - 1000), w.slice(1, len - 1000), 1e-5, "chunked, last 1000 tokens");
+}
+
 TEST(SelectiveScan, ShapeMismatchThrows) {
   const ScanInputs in = random_inputs(2, 10, 8, 16, 1);
   auto message = [](const std::function<void()>& f) -> std::string {

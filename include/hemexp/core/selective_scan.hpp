@@ -12,7 +12,8 @@ namespace hemexp {
 // (L, d_inner, N) tensor.
 //
 // selective_scan() uses the native CPU kernel (parallel over batch x channels, sequential
-// over tokens, state in registers) for CPU float tensors, and the reference elsewhere.
+// over tokens, state in registers) for CPU float tensors, the reference for float64 input, and
+// the chunked scan (below) for anything else (other devices).
 torch::Tensor selective_scan(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                              const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D);
 
@@ -22,6 +23,17 @@ torch::Tensor selective_scan(const torch::Tensor& u, const torch::Tensor& delta,
 torch::Tensor selective_scan_reference(const torch::Tensor& u, const torch::Tensor& delta,
                                        const torch::Tensor& A, const torch::Tensor& B,
                                        const torch::Tensor& C, const torch::Tensor& D);
+
+// The chunked two-level scan in plain ATen, any device (the fallback where there is no kernel,
+// e.g. CUDA until it has its own): within a chunk of `chunk` tokens the recursion in closed form,
+// h_t = exp(S_t) h_start + sum_{s<=t} exp(S_t - S_s) delta_s B_s u_s with S the cumulative sum of
+// delta * A (float64, so the differences keep their precision; only the causal half, <= 0, is
+// exponentiated); across chunks only h is carried: L / chunk sequential steps instead of L.
+// Largest temporary (batch, d_inner, N, chunk, chunk). float32 result. Same as
+// scripts/hemexp_nets.py's selective_scan_chunked.
+torch::Tensor selective_scan_chunked(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                     const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
+                                     int64_t chunk = 32);
 
 // The native CPU kernel alone (throws CoreError for non-CPU or non-float32 input).
 torch::Tensor selective_scan_cpu(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
