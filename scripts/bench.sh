@@ -95,9 +95,17 @@ PY
         --seg-model "$model_file" --cls-model none --no-progress --log-level error 2>/dev/null || true
     done
   done
-  $py - "$work" "$repeats" > "$work/stages.json" <<'PY'
+  # Medians over the warm cases, the network-free cost per voxel (network seconds from
+  # bench_segmenter when the segment part ran), the table, and stages.json.
+  $py - "$work" "$repeats" <<'PY'
 import glob, json, os, statistics, sys
 work, repeats = sys.argv[1], int(sys.argv[2])
+seg_path = f"{work}/segmenter.json"
+network = {}
+if os.path.exists(seg_path):
+    network = {(s["slices"], s["threads"]): s["seconds"]["network"] for s in json.load(open(seg_path))["segment"]}
+order = ["read", "brain_check", "segment", "measure", "write"]
+print(f"{'slices':>6} {'thr':>3} | " + " ".join(f"{s:>11}" for s in order) + f" | {'case':>6} {'cold':>6} {'RSS MB':>7} {'ns/voxel':>8} {'ns/vox-net':>10}")
 rows = []
 for n in (32, 128, 300):
     for threads in (1, 2):
@@ -105,37 +113,23 @@ for n in (32, 128, 300):
         # case ids are "<folder>_case<k>": the cold case is case0
         runs = [json.load(open(glob.glob(f"{out}/cases/*case{k}/result.json")[0])) for k in range(repeats + 1)]
         warm = runs[1:]
-        stages = sorted({s for r in runs for s in r["timings_s"]})
         voxels = 1
         for s in runs[0]["input"]["size"]:
             voxels *= s
+        stages = sorted({s for r in runs for s in r["timings_s"]})
         med = {s: statistics.median(r["timings_s"].get(s, 0.0) for r in warm) for s in stages}
         total = statistics.median(r["seconds"] for r in warm)
-        rows.append({"slices": n, "threads": threads, "voxels": voxels, "stages_s": med, "case_s": total,
-                     "cold_case_s": runs[0]["seconds"], "cold_stages_s": runs[0]["timings_s"],
-                     "peak_rss_mb": int(open(out + ".rss").read().split()[-1]) / 1024,
-                     "ns_per_voxel": total / voxels * 1e9,
-                     "ns_per_voxel_without_network": None})
-print(json.dumps(rows))
-PY
-  $py - "$work/stages.json" "$work/segmenter.json" <<'PY'
-import json, os, sys
-rows = json.load(open(sys.argv[1]))
-seg = json.load(open(sys.argv[2])) if os.path.exists(sys.argv[2]) else None
-order = ["read", "brain_check", "segment", "measure", "write"]
-print(f"{'slices':>6} {'thr':>3} | " + " ".join(f"{s:>11}" for s in order) + f" | {'case':>6} {'cold':>6} {'RSS MB':>7} {'ns/voxel':>8} {'ns/vox-net':>10}")
-for r in rows:
-    net = None
-    if seg:
-        for s in seg["segment"]:
-            if s["slices"] == r["slices"] and s["threads"] == r["threads"]:
-                net = s["seconds"]["network"]
-    if net is not None:
-        r["ns_per_voxel_without_network"] = (r["case_s"] - net) / r["voxels"] * 1e9
-    extra = f"{r['ns_per_voxel_without_network']:10.1f}" if net is not None else f"{'-':>10}"
-    print(f"{r['slices']:>6} {r['threads']:>3} | " + " ".join(f"{r['stages_s'].get(s, 0):11.3f}" for s in order) +
-          f" | {r['case_s']:6.2f} {r['cold_case_s']:6.2f} {r['peak_rss_mb']:7.0f} {r['ns_per_voxel']:8.1f} {extra}")
-json.dump(rows, open(sys.argv[1], "w"))
+        net = network.get((n, threads))
+        r = {"slices": n, "threads": threads, "voxels": voxels, "stages_s": med, "case_s": total,
+             "cold_case_s": runs[0]["seconds"], "cold_stages_s": runs[0]["timings_s"],
+             "peak_rss_mb": int(open(out + ".rss").read().split()[-1]) / 1024,
+             "ns_per_voxel": total / voxels * 1e9,
+             "ns_per_voxel_without_network": None if net is None else (total - net) / voxels * 1e9}
+        rows.append(r)
+        extra = f"{r['ns_per_voxel_without_network']:10.1f}" if net is not None else f"{'-':>10}"
+        print(f"{n:>6} {threads:>3} | " + " ".join(f"{med.get(s, 0):11.3f}" for s in order) +
+              f" | {total:6.2f} {r['cold_case_s']:6.2f} {r['peak_rss_mb']:7.0f} {r['ns_per_voxel']:8.1f} {extra}")
+json.dump(rows, open(f"{work}/stages.json", "w"))
 PY
 fi
 

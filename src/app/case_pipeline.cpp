@@ -4,26 +4,18 @@
 
 #include <spdlog/spdlog.h>
 
-#include <chrono>
-
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/intracranial.hpp"
 #include "hemexp/core/markers.hpp"
 #include "hemexp/core/measurements.hpp"
 #include "hemexp/core/qc.hpp"
+#include "hemexp/core/runtime.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/io/image_file.hpp"
 #include "hemexp/version.hpp"
 
 namespace hemexp {
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-
-namespace {
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-}  // namespace
 
 std::map<std::string, nlohmann::json> CasePipeline::models() const {
   std::map<std::string, nlohmann::json> m;

@@ -18,6 +18,7 @@
 
 #include "hemexp/app/cli.hpp"
 #include "hemexp/core/model_file.hpp"
+#include "hemexp/core/runtime.hpp"
 #include "hemexp/core/statistics.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/io/atomic_file.hpp"
@@ -132,10 +133,6 @@ std::optional<CaseResult> CohortRunner::previous_result(const CaseInput& c) cons
 }
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 std::string duration_text(double s) {
   if (!std::isfinite(s)) return "?";
@@ -269,7 +266,7 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
   const StopSignals signals;
   // On a terminal the progress is one line updated in place; in a log or a pipe, a line per case.
   const bool terminal = ::isatty(STDERR_FILENO) == 1;
-  const auto t_run = std::chrono::steady_clock::now();
+  const auto t_run = Clock::now();
   std::vector<double> case_seconds;  // of the cases analysed (not kept) in this run
   // Each case's fingerprint and whether a previous result is kept: decided once, ahead of the
   // case when the next case to read has to be found.

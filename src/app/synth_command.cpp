@@ -14,6 +14,7 @@
 
 #include "hemexp/app/cli.hpp"
 #include "hemexp/core/error.hpp"
+#include "hemexp/core/runtime.hpp"
 #include "hemexp/core/synth.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/io/atomic_file.hpp"
@@ -132,7 +133,7 @@ void write_case(const fs::path& dir, const synth::SynthCase& c) {
 }  // namespace
 
 int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   spdlog::set_level(spdlog::level::from_str(o.log_level));
   const fs::path out(o.output_dir);
   std::error_code ec;
@@ -185,7 +186,7 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
   auto worker = [&] {
     for (int64_t k = next++; k < o.count; k = next++) {
       const int64_t i = indices[size_t(k)];
-      const auto tc = std::chrono::steady_clock::now();
+      const auto tc = Clock::now();
       const std::string id = synth::case_id_for(i);
       try {
         const synth::SynthCase c =
@@ -195,7 +196,7 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
         rows[k] = label_row(c);
         spdlog::info("{}: {:.1f} mL {} HE={} p={:.3f} ({:.1f} s)", id, c.baseline.volume_ml, c.location,
                      c.truth.he.label ? 1 : 0, c.truth.he.probability,
-                     std::chrono::duration<double>(std::chrono::steady_clock::now() - tc).count());
+                     seconds_since(tc));
       } catch (const std::exception& e) {
         errors[k] = e.what();
         rows[k] = {{"case_id", id}};
@@ -241,7 +242,7 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
       {"failed", failed.load()},
   };
   write_text_atomically(out / "synth.json", meta.dump(2) + "\n");
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds = seconds_since(t0);
   spdlog::info("{} cases in {:.1f} s ({:.2f} cases/s), {} failed", o.count, seconds, o.count / seconds, failed.load());
   return failed > 0 ? kExitCaseFailed : kExitOk;
 }

@@ -70,8 +70,12 @@ int64_t connected_components(const torch::Tensor& mask, torch::Tensor* labels) {
 MaskBox mask_bounding_box(const torch::Tensor& mask) {
   if (mask.dim() != 3) throw CoreError("bounding box: the mask must be (z, y, x)");
   MaskBox box;
-  const torch::Tensor m = mask.ne(0);
-  const torch::Tensor along[3] = {m.any(2).any(1), m.any(2).any(0), m.any(1).any(0)};  // z, y, x
+  // Two passes over the volume: along x (giving z and y), then along z (giving x). A uint8 or
+  // bool mask is reduced as it is, without a whole-volume temporary.
+  const bool binary = mask.scalar_type() == torch::kUInt8 || mask.scalar_type() == torch::kBool;
+  const torch::Tensor m = binary ? mask : mask.ne(0);
+  const torch::Tensor zy = m.any(2);
+  const torch::Tensor along[3] = {zy.any(1), zy.any(0), m.any(0).any(0)};  // z, y, x
   for (int d = 0; d < 3; ++d) {
     const torch::Tensor where = along[d].nonzero();
     if (where.numel() == 0) return MaskBox{};

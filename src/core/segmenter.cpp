@@ -88,10 +88,11 @@ Segmenter::Segmenter(ModelFile file, const torch::Device& device) : file_(std::m
 Segmentation Segmenter::segment(const Volume& canonical) const {
   c10::InferenceMode guard;
   Segmentation s;
-  Stopwatch clock;
+  auto t0 = Clock::now();
   Geometry model_grid;
   const torch::Tensor input = prepare_network_input(canonical, recipe_.preprocessing, &model_grid);
-  s.seconds.prepare = clock.lap();
+  s.seconds.prepare = seconds_since(t0);
+  t0 = Clock::now();
   SlidingWindowOptions o;
   o.patch_size = recipe_.patch_size;
   o.overlap = recipe_.overlap;
@@ -103,15 +104,17 @@ Segmentation Segmenter::segment(const Volume& canonical) const {
   const int64_t classes = net->config().num_classes;
   const torch::Tensor probabilities = sliding_window_probabilities(
       [&net](const torch::Tensor& patch) { return net->forward(patch); }, input, classes, o);
-  s.seconds.network = clock.lap();
+  s.seconds.network = seconds_since(t0);
+  t0 = Clock::now();
   // Only the foreground probability goes back to the input grid (bounded memory).
   const torch::Tensor foreground = probabilities[1].contiguous();
   s.probability = resample_between_grids(foreground, model_grid, canonical.geometry).clamp(0, 1);
-  s.seconds.resample = clock.lap();
+  s.seconds.resample = seconds_since(t0);
+  t0 = Clock::now();
   s.mask = (s.probability > float(recipe_.threshold)).to(torch::kUInt8);
   s.mask = remove_small_components(s.mask, canonical.geometry, recipe_.min_component_ml,
                                    recipe_.min_component_fraction, &s.removed_components);
-  s.seconds.cleanup = clock.lap();
+  s.seconds.cleanup = seconds_since(t0);
   return s;
 }
 

@@ -370,7 +370,7 @@ torch::Tensor selective_scan_chunked(const torch::Tensor& u, const torch::Tensor
   const int64_t batch = u.size(0), length = u.size(1), d_inner = u.size(2), n_state = A.size(1);
   if (length == 0) return torch::zeros({batch, 0, d_inner}, f32);
   torch::Tensor h = torch::zeros({batch, d_inner, n_state}, f32);
-  const torch::Tensor noncausal = torch::ones({chunk, chunk}, f32.dtype(torch::kBool)).triu(1);  // [t, s]: s > t
+  const torch::Tensor noncausal = torch::ones({chunk, chunk}, u.options().dtype(torch::kBool)).triu(1);  // [t, s]: s > t
   const torch::Tensor A64 = A.to(torch::kFloat64).view({1, d_inner, n_state, 1});
   std::vector<torch::Tensor> ys;
   for (int64_t t0 = 0; t0 < length; t0 += chunk) {

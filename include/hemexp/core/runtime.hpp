@@ -15,19 +15,9 @@ namespace hemexp {
 // 2 GiB is still given back. Call once, at the start of a program. A no-op off glibc.
 void keep_freed_memory();
 
-// Wall-clock seconds between laps (steady clock).
-class Stopwatch {
- public:
-  // Seconds since the last lap (or construction), and starts the next lap.
-  double lap() {
-    const auto now = std::chrono::steady_clock::now();
-    const double s = std::chrono::duration<double>(now - last_).count();
-    last_ = now;
-    return s;
-  }
+using Clock = std::chrono::steady_clock;
 
- private:
-  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
-};
+// Wall-clock seconds since t0 (the timings_s of result.json, the benchmarks' steps).
+inline double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 }  // namespace hemexp

@@ -140,12 +140,11 @@ nlohmann::json UMambaConfig::to_json() const {
 ResidualBlockImpl::ResidualBlockImpl(int64_t in_channels, int64_t out_channels, std::array<int64_t, 3> kernel,
                                      std::array<int64_t, 3> stride) {
   pad_ = {kernel[0] / 2, kernel[1] / 2, kernel[2] / 2};
-  const std::vector<int64_t>& pad = pad_;
   conv1_ = register_module("conv1", torch::nn::Conv3d(torch::nn::Conv3dOptions(in_channels, out_channels, vec(kernel))
                                                           .stride(vec(stride))
-                                                          .padding(pad)));
+                                                          .padding(pad_)));
   norm1_ = register_module("norm1", torch::nn::InstanceNorm3d(torch::nn::InstanceNorm3dOptions(out_channels).affine(true).eps(1e-5)));
-  conv2_ = register_module("conv2", torch::nn::Conv3d(torch::nn::Conv3dOptions(out_channels, out_channels, vec(kernel)).padding(pad)));
+  conv2_ = register_module("conv2", torch::nn::Conv3d(torch::nn::Conv3dOptions(out_channels, out_channels, vec(kernel)).padding(pad_)));
   norm2_ = register_module("norm2", torch::nn::InstanceNorm3d(torch::nn::InstanceNorm3dOptions(out_channels).affine(true).eps(1e-5)));
   const bool strided = stride[0] != 1 || stride[1] != 1 || stride[2] != 1;
   if (in_channels != out_channels || strided)
