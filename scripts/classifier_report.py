@@ -48,7 +48,7 @@ from train_classifier import (binary_metrics, bootstrap_auc_ci, brier_score, cal
                               rounded, sigmoid, youden_threshold)
 
 MARKERS = ["hypodense_fraction", "hu_sd", "hu_cv", "bimodality_coefficient", "satellite_count",
-           "satellite_volume_ml", "surface_ratio", "mean_hu"]
+           "satellite_volume_ml", "island_count", "surface_ratio", "mean_hu"]
 # The baseline reads what the default classifier's head reads (models/cls_card_template.json
 # "features"), so the two differ only by the image: the satellites are left out, because the
 # segmenter's post-processing removes most satellites that the training set's true masks have.
@@ -57,7 +57,7 @@ BASELINE_FEATURES = BASELINE_MARKERS + ["log_volume_ml"]
 TRUE_MARKERS = ["heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin", "hypodensity"]
 MARKER_PAIRS = [("hypodense_fraction", "hypodensity"), ("hypodense_fraction", "black_hole"),
                 ("bimodality_coefficient", "blend"), ("hu_sd", "heterogeneity"), ("hu_cv", "heterogeneity"),
-                ("satellite_count", "island"), ("surface_ratio", "irregular_margin")]
+                ("satellite_count", "island"), ("island_count", "island"), ("surface_ratio", "irregular_margin")]
 
 
 def read_truth(folder):

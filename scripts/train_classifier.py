@@ -312,7 +312,7 @@ def channel_names(recipe):
 
 AUX_MARKERS = ("heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin", "hypodensity")
 FEATURE_NAMES = ("log_volume_ml", "mean_hu", "hypodense_fraction", "hu_sd", "hu_cv", "bimodality_coefficient",
-                 "satellite_count", "satellite_volume_ml", "surface_ratio")  # ClassifierRecipe::feature_names()
+                 "satellite_count", "satellite_volume_ml", "island_count", "surface_ratio")  # ClassifierRecipe::feature_names()
 
 
 def feature_value(row, name):

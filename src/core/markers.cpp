@@ -16,6 +16,10 @@ namespace {
 constexpr double kPi = 3.14159265358979323846;
 constexpr double kHypodenseDropHu = 18.0;
 constexpr double kSatelliteReachMm = 20.0;
+// island_count (docs/MARKERS.md: chosen on the validation cohort, seed 5103).
+constexpr double kIslandDropHu = 15.0, kIslandMaxHu = 100.0, kIslandReachMm = 10.0;
+constexpr double kIslandMinMm3 = 10.0, kIslandMaxMm3 = 400.0, kIslandSmoothMm = 2.0;
+constexpr double kBoneHu = 200.0, kBoneMarginMm = 3.0;
 
 // Voxels whose 26 neighbours are all in the mask (erosion by a 3 x 3 x 3 box); outside the
 // tensor counts as outside the mask. Measured on 60 synthetic cases (docs/MARKERS.md), this
@@ -51,6 +55,70 @@ void measure_density(const torch::Tensor& values, NcctMarkers& r) {
       (skew * skew + 1) / (excess_kurtosis + 3 * (nn - 1) * (nn - 1) / ((nn - 2) * (nn - 3)));
 }
 
+// Odd box width of about `mm` at `spacing_mm` (at least 1).
+int64_t odd_width(double mm, double spacing_mm) { return std::max<int64_t>(1, std::llround(mm / spacing_mm) | 1); }
+
+// island_count: blood-like regions in the image near the mask's largest component that are
+// not connected to the clot's own region. mask_box is the mask's bounding box in (z, y, x).
+int64_t count_islands(const torch::Tensor& mask, const torch::Tensor& hu, const Geometry& g, const MaskBox& mask_box) {
+  // The mask's box grown by the reach plus the bone margin and the smoothing half-width.
+  MaskBox box;
+  for (int d = 0; d < 3; ++d) {
+    const double sp = g.spacing_mm[size_t(2 - d)];
+    const int64_t grow = int64_t(std::ceil((kIslandReachMm + kBoneMarginMm + kIslandSmoothMm) / sp));
+    const int64_t b = std::max<int64_t>(0, mask_box.begin[size_t(d)] - grow);
+    const int64_t e = std::min<int64_t>(mask.size(d), mask_box.begin[size_t(d)] + mask_box.size[size_t(d)] + grow);
+    box.begin[size_t(d)] = b;
+    box.size[size_t(d)] = e - b;
+  }
+  const Geometry gb = box.crop(g);
+  const torch::Tensor m = box.crop(mask).ne(0).contiguous();
+  const torch::Tensor values = box.crop(hu).to(torch::kFloat32).contiguous();
+
+  torch::Tensor mask_labels;
+  const int64_t mask_components = connected_components(m, &mask_labels);
+  torch::Tensor mask_counts = torch::bincount(mask_labels.reshape({-1}).to(torch::kLong), {}, mask_components + 1);
+  mask_counts[0] = 0;
+  const torch::Tensor main = mask_labels == mask_counts.argmax().item<int64_t>();
+
+  // In-plane box mean (2 mm), borders averaged over the voxels inside the box.
+  const int64_t ky = odd_width(kIslandSmoothMm, g.spacing_mm[1]), kx = odd_width(kIslandSmoothMm, g.spacing_mm[0]);
+  const torch::Tensor smooth =
+      torch::avg_pool3d(values.unsqueeze(0), {1, ky, kx}, 1, {0, ky / 2, kx / 2}, false, false).squeeze(0);
+  torch::Tensor reference_voxels = smooth.masked_select(interior_of(m));
+  if (reference_voxels.numel() == 0) reference_voxels = smooth.masked_select(m);
+  const torch::Tensor r64 = reference_voxels.to(torch::kFloat64).contiguous();
+  const double reference_hu = median(std::vector<double>(r64.data_ptr<double>(), r64.data_ptr<double>() + r64.numel()));
+
+  // Bone and what lies within kBoneMarginMm of it (a box): partial volume with bone is bright.
+  torch::Tensor bone = (values > float(kBoneHu)).to(torch::kFloat32).unsqueeze(0);
+  const std::array<int64_t, 3> reach{odd_width(2 * kBoneMarginMm, g.spacing_mm[2]),
+                                     odd_width(2 * kBoneMarginMm, g.spacing_mm[1]),
+                                     odd_width(2 * kBoneMarginMm, g.spacing_mm[0])};
+  bone = torch::max_pool3d(bone, {reach[0], 1, 1}, 1, {reach[0] / 2, 0, 0});
+  bone = torch::max_pool3d(bone, {1, reach[1], 1}, 1, {0, reach[1] / 2, 0});
+  bone = torch::max_pool3d(bone, {1, 1, reach[2]}, 1, {0, 0, reach[2] / 2});
+  const torch::Tensor bright = (smooth > float(reference_hu - kIslandDropHu)) & (smooth < float(kIslandMaxHu)) &
+                               (bone.squeeze(0) < 0.5f);
+
+  torch::Tensor labels;
+  const int64_t n = connected_components(bright, &labels);
+  if (n == 0) return 0;
+  const torch::Tensor flat = labels.reshape({-1}).to(torch::kLong);
+  const torch::Tensor sizes_mm3 = torch::bincount(flat, {}, n + 1).to(torch::kFloat64) * g.voxel_volume_mm3();
+  // The clot's own region: the one that overlaps the largest mask component most.
+  torch::Tensor overlap = torch::bincount(flat.masked_select(main.reshape({-1})), {}, n + 1);
+  overlap[0] = 0;
+  const int64_t clot = overlap.max().item<int64_t>() > 0 ? overlap.argmax().item<int64_t>() : -1;
+  const torch::Tensor near_main =
+      squared_distance_map(main, gb).reshape({-1}) <= kIslandReachMm * kIslandReachMm;
+  torch::Tensor island = (torch::bincount(flat.masked_select(near_main), {}, n + 1) > 0) &
+                         (sizes_mm3 >= kIslandMinMm3) & (sizes_mm3 <= kIslandMaxMm3);
+  island[0] = false;
+  if (clot > 0) island[clot] = false;
+  return island.sum().item<int64_t>();
+}
+
 }  // namespace
 
 nlohmann::json NcctMarkers::to_json() const {
@@ -63,6 +131,7 @@ nlohmann::json NcctMarkers::to_json() const {
           {"bimodality_coefficient", json_number(bimodality_coefficient)},
           {"satellite_count", satellite_count},
           {"satellite_volume_ml", json_number(satellite_volume_ml)},
+          {"island_count", island_count},
           {"surface_ratio", json_number(surface_ratio)}};
 }
 
@@ -80,13 +149,15 @@ NcctMarkers NcctMarkers::from_json(const nlohmann::json& j) {
   m.bimodality_coefficient = number("bimodality_coefficient");
   m.satellite_count = j.at("satellite_count").get<int64_t>();
   m.satellite_volume_ml = number("satellite_volume_ml");
+  m.island_count = j.value("island_count", int64_t(0));  // results written before it existed: 0
   m.surface_ratio = number("surface_ratio");
   return m;
 }
 
 const std::vector<std::string>& NcctMarkers::names() {
   static const std::vector<std::string> n{"hypodense_fraction", "hu_sd",           "hu_cv",        "bimodality_coefficient",
-                                          "satellite_count",    "satellite_volume_ml", "surface_ratio"};
+                                          "satellite_count",    "satellite_volume_ml", "island_count",
+                                          "surface_ratio"};
   return n;
 }
 
@@ -98,6 +169,7 @@ std::map<std::string, std::string> NcctMarkers::csv_fields() const {
           {"bimodality_coefficient", f(bimodality_coefficient, 4)},
           {"satellite_count", std::to_string(satellite_count)},
           {"satellite_volume_ml", f(satellite_volume_ml, 4)},
+          {"island_count", std::to_string(island_count)},
           {"surface_ratio", f(surface_ratio, 4)}};
 }
 
@@ -137,6 +209,8 @@ NcctMarkers measure_markers(const torch::Tensor& mask, const torch::Tensor& hu, 
     r.satellite_volume_ml =
         double(counts.masked_select(satellite).sum().item<int64_t>()) * g.voxel_volume_mm3() / 1000.0;
   }
+
+  r.island_count = count_islands(mask, hu, g, mask_box);
 
   const double volume_mm3 = double(r.voxels) * g.voxel_volume_mm3();
   r.surface_ratio = surface_area_mm2(m, box) / (std::cbrt(kPi) * std::pow(6.0 * volume_mm3, 2.0 / 3.0));

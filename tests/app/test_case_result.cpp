@@ -64,6 +64,7 @@ CaseResult full_dicom_result() {
   m.bimodality_coefficient = NcctMarkers::kNaN;  // written as null, read back as NaN
   m.satellite_count = 2;
   m.satellite_volume_ml = 0.75;
+  m.island_count = 3;
   m.surface_ratio = 1.31;
   r.markers = m;
   ExpansionRisk he;
@@ -93,6 +94,7 @@ TEST(CaseResult, JsonRoundTripIsExact) {
   EXPECT_EQ(j["he"]["probability"], 0.23456);
   EXPECT_FALSE(j.contains("error"));
   EXPECT_TRUE(j["markers"]["bimodality_coefficient"].is_null());
+  EXPECT_EQ(j["markers"]["island_count"], 3);
 
   // A case that failed before it was analysed keeps its path and what it learnt.
   CaseResult failed;

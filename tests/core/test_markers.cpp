@@ -42,6 +42,7 @@ TEST(Markers, UniformBallHasNoHypodensityAndIsRound) {
   EXPECT_TRUE(std::isnan(r.bimodality_coefficient));  // constant HU: no shape to the histogram
   EXPECT_EQ(r.satellite_count, 0);
   EXPECT_EQ(r.satellite_volume_ml, 0.0);
+  EXPECT_EQ(r.island_count, 0);
   EXPECT_NEAR(r.surface_ratio, 1.0, 0.05);
   // The same surface estimate as measure_hematoma: surface_ratio is 1 / sphericity.
   EXPECT_NEAR(r.surface_ratio, 1.0 / measure_hematoma(m, clot_hu(m), g).sphericity, 1e-12);
@@ -126,6 +127,38 @@ TEST(Markers, SatellitesAreIslandsNearTheMainClot) {
   EXPECT_NEAR(r.satellite_volume_ml, double((near_x | near_y).sum().item<int64_t>()) * g.voxel_volume_mm3() / 1000.0, 1e-12);
 }
 
+TEST(Markers, IslandsAreBloodLikeRegionsNearTheClotWhateverTheMaskKept) {
+  // The mask holds only the main ball (as after a segmenter's small-component removal); the
+  // image also has blood-density balls around it. Counted: the three 2.5 mm balls 3-5 mm
+  // outside the margin. Not counted: a ball 30 mm away, a 1 mm speck (4 mm^3), a ball touching
+  // the clot (the same bright region), a 70 HU layer along bone (partial volume with bone).
+  const Geometry g = grid({140, 100, 30}, {0.8, 0.8, 2.0});
+  const Vec3 main{50, 50, 15};
+  const auto at = [&](double dx_mm, double dy_mm, double dz_mm) {
+    return Vec3{main[0] + dx_mm / g.spacing_mm[0], main[1] + dy_mm / g.spacing_mm[1], main[2] + dz_mm / g.spacing_mm[2]};
+  };
+  const torch::Tensor clot = ball(g, main, 8.0);
+  const torch::Tensor islands = ball(g, at(14, 0, 0), 2.5) | ball(g, at(0, 13, 0), 2.5) | ball(g, at(-8, -9, 4), 2.5);
+  const torch::Tensor others = ball(g, at(38, 0, 0), 2.5) | ball(g, at(0, -11, 0), 1.0) | ball(g, at(-9, 0, 0), 2.5);
+  torch::Tensor hu = clot_hu(clot | islands | others, 2.0);
+  // Bone 16 mm behind the centre (y), with a 1.6 mm layer of 70 HU in front of it 6.4 mm from
+  // the clot's margin: bright, near, but within 3 mm of bone.
+  const int64_t bone_y = int64_t(main[1] - 16.0 / g.spacing_mm[1]);
+  hu.narrow(1, 0, bone_y).fill_(1000.f);
+  hu.narrow(1, bone_y, 2).narrow(0, 14, 3).narrow(2, 47, 6).fill_(70.f);  // about 46 mm^3
+  const NcctMarkers r = measure_markers(clot, hu, g);
+  EXPECT_EQ(r.satellite_count, 0);  // the mask has one component
+  EXPECT_EQ(r.island_count, 3);
+  // The same islands in the mask as well: still three (they are separate regions of the image).
+  EXPECT_EQ(measure_markers(clot | islands, hu, g).island_count, 3);
+  // Without the islands in the image: none.
+  EXPECT_EQ(measure_markers(clot, clot_hu(clot | others, 2.0), g).island_count, 0);
+  // The layer itself is island-like: without the bone behind it, it counts.
+  torch::Tensor no_bone = hu.clone();
+  no_bone.narrow(1, 0, bone_y).fill_(kBrainHu);
+  EXPECT_EQ(measure_markers(clot, no_bone, g).island_count, 4);
+}
+
 TEST(Markers, SurfaceRatioGrowsWithIrregularShape) {
   const Geometry g = grid({120, 80, 60}, {0.5, 0.5, 1.0});
   const Vec3 c{60, 40, 30};
@@ -170,6 +203,7 @@ TEST(Markers, EmptyMaskGivesZerosAndNaN) {
   EXPECT_EQ(r.interior_voxels, 0);
   EXPECT_EQ(r.satellite_count, 0);
   EXPECT_EQ(r.satellite_volume_ml, 0.0);
+  EXPECT_EQ(r.island_count, 0);
   for (double v : {r.hypodense_fraction, r.hu_sd, r.hu_cv, r.bimodality_coefficient, r.surface_ratio})
     EXPECT_TRUE(std::isnan(v));
   const nlohmann::json j = r.to_json();

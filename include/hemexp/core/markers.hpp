@@ -42,6 +42,12 @@ struct NcctMarkers {
   // 20 mm of the largest component (centre to centre), and their total volume.
   int64_t satellite_count = 0;
   double satellite_volume_ml = 0.0;
+  // Islands seen in the image, whatever the mask kept (a segmenter's post-processing removes
+  // small components, so satellite_count of a predicted mask misses them): within 10 mm of the
+  // mask's largest component, 26-connected regions of blood-like density (in-plane 2 mm box
+  // mean above the clot's interior median - 15 HU and below 100 HU, not within 3 mm of bone
+  // > 200 HU) of 10 to 400 mm^3 that are separate from the region holding the clot.
+  int64_t island_count = 0;
   // Shape irregularity: surface area / area of the sphere of the same volume = 1 / sphericity,
   //   A / (pi^(1/3) (6 V)^(2/3)), with measure_hematoma's surface estimate (surface_area_mm2).
   //   1 for a ball, larger for lobulated or elongated clots.
