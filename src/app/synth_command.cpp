@@ -124,9 +124,11 @@ void write_case(const fs::path& dir, const synth::SynthCase& c) {
   fs::create_directories(dir);
   write_image_file(dir / "ct.nii.gz", c.baseline.ct, c.baseline.geometry);
   write_image_file(dir / "mask.nii.gz", c.baseline.mask, c.baseline.geometry);
+  write_image_file(dir / "labels.nii.gz", c.baseline.labels, c.baseline.geometry);
   if (c.has_followup) {
     write_image_file(dir / "followup_ct.nii.gz", c.followup.ct, c.followup.geometry);
     write_image_file(dir / "followup_mask.nii.gz", c.followup.mask, c.followup.geometry);
+    write_image_file(dir / "followup_labels.nii.gz", c.followup.labels, c.followup.geometry);
   }
 }
 

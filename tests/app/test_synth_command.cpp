@@ -71,6 +71,24 @@ double mask_ml(const fs::path& mask_file) {
   return voxels * img.volume.geometry.voxel_volume_mm3() / 1000.0;
 }
 
+// Voxels of one code in a label map, in mL.
+double label_ml(const hemexp::ImageFileContents& labels, int code) {
+  const int64_t voxels = (labels.volume.voxels.round() == code).sum().item<int64_t>();
+  return voxels * labels.volume.geometry.voxel_volume_mm3() / 1000.0;
+}
+
+// labels.nii.gz against mask.nii.gz: the same grid, label 1 exactly where the mask is, only
+// codes 0-3. Returns the label map.
+hemexp::ImageFileContents check_label_map(const fs::path& labels_file, const fs::path& mask_file) {
+  const auto labels = hemexp::read_image_file(labels_file);
+  const auto mask = hemexp::read_image_file(mask_file);
+  EXPECT_TRUE(labels.volume.geometry.same_grid(mask.volume.geometry)) << labels_file;
+  const torch::Tensor l = labels.volume.voxels.round();
+  EXPECT_TRUE(torch::equal(l == 1, mask.volume.voxels > 0.5)) << labels_file;
+  EXPECT_EQ(((l < 0) | (l > 3)).sum().item<int64_t>(), 0) << labels_file;
+  return labels;
+}
+
 }  // namespace
 
 TEST(SynthCommand, ByteIdenticalForSeedCountAndThreads) {
@@ -113,7 +131,17 @@ TEST(SynthCommand, LabelsMatchMasksAndFollowupGrowth) {
   const auto rows = read_labels(out / "labels.csv");
   ASSERT_EQ(rows.size(), 4u);
   const auto& columns = hemexp::synth_label_columns();
+  double edema_total = 0.0;
   for (const auto& row : rows) {
+    const fs::path case_dir = out / row.at("case_id");
+    // The label map: volumes of labels.csv are its voxel counts exactly (4 decimals written).
+    const auto labels = check_label_map(case_dir / "labels.nii.gz", case_dir / "mask.nii.gz");
+    check_label_map(case_dir / "followup_labels.nii.gz", case_dir / "followup_mask.nii.gz");
+    EXPECT_NEAR(std::stod(row.at("volume_ml")), label_ml(labels, 1), 1e-4);
+    EXPECT_NEAR(std::stod(row.at("ivh_volume_ml")), label_ml(labels, 2), 1e-4);
+    EXPECT_NEAR(std::stod(row.at("edema_volume_ml")), label_ml(labels, 3), 1e-4);
+    EXPECT_EQ(row.at("ivh") == "1", label_ml(labels, 2) > 0.0) << row.at("case_id");
+    edema_total += label_ml(labels, 3);
     for (const auto& col : columns) EXPECT_TRUE(row.count(col)) << col;
     const fs::path dir = out / row.at("case_id");
     ASSERT_TRUE(fs::exists(dir / "ct.nii.gz"));
@@ -129,6 +157,7 @@ TEST(SynthCommand, LabelsMatchMasksAndFollowupGrowth) {
     EXPECT_GT(p, 0.0);
     EXPECT_LT(p, 1.0);
   }
+  EXPECT_GT(edema_total, 0.0);
   fs::remove_all(out);
 }
 
@@ -162,6 +191,12 @@ TEST(SynthCommand, BackgroundInsertionNeverTouchesBoneOrAir) {
   ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[0].at("background"), background.string());
   EXPECT_NEAR(std::stod(rows[0].at("volume_ml")), mask_ml(out / "synth_00000" / "mask.nii.gz"), 1e-4);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const fs::path dir = out / rows[r].at("case_id");
+    const auto labels = check_label_map(dir / "labels.nii.gz", dir / "mask.nii.gz");
+    EXPECT_EQ(label_ml(labels, 2), 0.0);  // insertion never touches the ventricles
+    EXPECT_NEAR(std::stod(rows[r].at("edema_volume_ml")), label_ml(labels, 3), 1e-4);
+  }
   fs::remove_all(out);
 }
 

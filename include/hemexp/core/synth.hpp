@@ -141,11 +141,18 @@ struct SynthOptions {
   int matrix = 512;            // in-plane size; the field of view stays clinical
 };
 
-// A rendered case. ct is int16 HU and mask uint8 (z,y,x) on `geometry`.
+// Codes of the label map (labels.nii.gz). A voxel takes a label when more than half of it
+// (by sub-samples along z) is that tissue; the parenchymal hematoma wins a tie.
+enum SynthLabel : uint8_t { kLabelBackground = 0, kLabelHematoma = 1, kLabelIvh = 2, kLabelEdema = 3 };
+
+// A rendered case. ct is int16 HU, mask uint8 (1: parenchymal hematoma) and labels uint8
+// (SynthLabel codes; labels == 1 exactly where mask == 1), all (z,y,x) on `geometry`. The
+// volumes are the voxel counts of the label map times the voxel volume.
 struct SynthImages {
   Geometry geometry;
   torch::Tensor ct;
   torch::Tensor mask;
+  torch::Tensor labels;
   int64_t mask_voxels = 0;
   double volume_ml = 0.0;
   double ivh_volume_ml = 0.0;

@@ -182,6 +182,7 @@ namespace {
 struct Insert {
   torch::Tensor ct;    // int16, canonical
   torch::Tensor mask;  // uint8, canonical
+  torch::Tensor labels;  // uint8 SynthLabel codes, canonical (no IVH: ventricles are never touched)
   int64_t mask_voxels = 0;
   int64_t edema_voxels = 0;
 };
@@ -197,6 +198,8 @@ Insert insert(const Background& bg, const HematomaShape& shape, float growth) {
   Insert r;
   r.mask = torch::zeros_like(bg.parenchyma);
   uint8_t* mask = r.mask.data_ptr<uint8_t>();
+  r.labels = torch::zeros_like(bg.parenchyma);
+  uint8_t* labels = r.labels.data_ptr<uint8_t>();
   const float reach = shape.bound_mm * growth + shape.edema_mm * 1.25f + 4.f;
   const IndexBox box = index_box(g, shape.center, reach);
   const int ns = std::clamp(static_cast<int>(std::ceil(g.spacing_mm[2] / 1.7)), 1, 4);
@@ -226,8 +229,10 @@ Insert insert(const Background& bg, const HematomaShape& shape, float growth) {
         o[idx] = v;
         if (frac >= 0.5f) {
           mask[idx] = 1;
+          labels[idx] = kLabelHematoma;
           ++r.mask_voxels;
         } else if (edema / ns >= 0.5f) {
+          labels[idx] = kLabelEdema;
           ++r.edema_voxels;
         }
       }
@@ -259,6 +264,7 @@ SynthImages to_output(const Background& bg, const Insert& ins) {
   im.geometry = bg.original_geometry;
   im.ct = from_canonical(ins.ct, bg.axis_map).contiguous();
   im.mask = from_canonical(ins.mask, bg.axis_map).contiguous();
+  im.labels = from_canonical(ins.labels, bg.axis_map).contiguous();
   const double voxel_ml = bg.canonical.geometry.voxel_volume_mm3() / 1000.0;
   im.mask_voxels = ins.mask_voxels;
   im.volume_ml = ins.mask_voxels * voxel_ml;

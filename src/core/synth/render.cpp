@@ -144,8 +144,10 @@ SynthImages render(const RenderInputs& in) {
   out.geometry = g;
   out.ct = torch::empty({nz, ny, nx}, torch::kInt16);
   out.mask = torch::zeros({nz, ny, nx}, torch::kUInt8);
+  out.labels = torch::zeros({nz, ny, nx}, torch::kUInt8);
   int16_t* ct = out.ct.data_ptr<int16_t>();
   uint8_t* mask = out.mask.data_ptr<uint8_t>();
+  uint8_t* labels = out.labels.data_ptr<uint8_t>();
   std::vector<float> hu(static_cast<size_t>(nx * ny)), blurred(static_cast<size_t>(nx * ny)),
       sd(static_cast<size_t>(nx * ny));
   int64_t mask_voxels = 0, ivh_voxels = 0, edema_voxels = 0;
@@ -203,10 +205,15 @@ SynthImages render(const RenderInputs& in) {
         const float frac = occ_sum / ns;
         if (frac >= 0.5f) {
           mask[k * nx * ny + idx] = 1;
+          labels[k * nx * ny + idx] = kLabelHematoma;
           ++mask_voxels;
+        } else if (ivh_sum / ns >= 0.5f) {
+          labels[k * nx * ny + idx] = kLabelIvh;
+          ++ivh_voxels;
+        } else if (edema_sum / ns >= 0.5f) {
+          labels[k * nx * ny + idx] = kLabelEdema;
+          ++edema_voxels;
         }
-        if (ivh_sum / ns >= 0.5f) ++ivh_voxels;
-        if (edema_sum / ns >= 0.5f) ++edema_voxels;
       }
     }
     // In-plane point spread of the reconstruction kernel ([1 2 1]/4 each way).
