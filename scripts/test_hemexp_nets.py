@@ -147,6 +147,55 @@ def test_window_starts_match_cpp():
     assert window_starts(165, 96, 0.5) == [0, 35, 69]  # 34.5: Python's round() gave 34
 
 
+def test_multiclass_labels_loss_and_widened_heads():
+    """train_segmenter with more than two labels: deep-supervision labels keep the lower code
+    (a hematoma voxel stays hematoma), the loss averages the foreground classes' Dice and is
+    the two-class loss for two classes, and --init widens a two-class model's heads."""
+    import torch.nn.functional as F
+    from train_segmenter import dice_ce_loss, downsample_labels, widen_heads
+    t = torch.zeros(1, 2, 4, 4, dtype=torch.long)
+    t[0, :, 0:2, 0:2] = torch.tensor([[3, 1], [2, 0]])  # one 2x2 block with edema, hematoma, IVH
+    t[0, :, 0:2, 2:4] = torch.tensor([[3, 0], [2, 2]])  # IVH beats edema
+    t[0, :, 2:4, 0:2] = 3
+    assert downsample_labels(t, (1, 2, 2)).tolist() == [[[[1, 2], [3, 0]]]]
+    mask = (torch.rand(1, 4, 8, 8) > 0.7).long()
+    assert torch.equal(downsample_labels(mask, (2, 4, 4)),
+                       F.adaptive_max_pool3d(mask.unsqueeze(1).float(), (2, 4, 4)).squeeze(1).long())
+    # Two classes: cross-entropy + 1 - soft Dice of class 1, as before.
+    logits = torch.randn(2, 2, 4, 8, 8)
+    loss, dice = dice_ce_loss(logits, mask.expand(2, -1, -1, -1))
+    p, target = torch.softmax(logits, 1)[:, 1], mask.expand(2, -1, -1, -1).float()
+    d1 = (2 * (p * target).sum() + 1e-5) / (p.sum() + target.sum() + 1e-5)
+    assert abs(float(loss) - float(F.cross_entropy(logits, mask.expand(2, -1, -1, -1)) + 1 - d1)) < 1e-6
+    assert abs(float(dice) - float(d1)) < 1e-6
+    # Perfect four-class logits: Dice 1 for every class, loss is the (tiny) cross-entropy.
+    codes = torch.randint(0, 4, (1, 4, 8, 8))
+    perfect = 30.0 * F.one_hot(codes, 4).permute(0, 4, 1, 2, 3).float()
+    loss, dice = dice_ce_loss(perfect, codes)
+    assert float(loss) < 1e-6 and abs(float(dice) - 1) < 1e-6
+    wrong = 30.0 * F.one_hot((codes + 1) % 4, 4).permute(0, 4, 1, 2, 3).float()
+    assert float(dice_ce_loss(wrong, codes)[0]) > 30
+    # --init from a two-class model: rows kept, new classes copy class 1 with a bias 2 lower.
+    two = hemexp_nets.UMamba({**CARD_NET, "num_classes": 2}).state_dict()
+    four = hemexp_nets.UMamba({**CARD_NET, "num_classes": 4})
+    widened = widen_heads(two, four.state_dict())
+    four.load_state_dict(widened, strict=True)
+    for name, t in two.items():
+        if name.startswith("seg_heads."):
+            w = widened[name]
+            assert w.shape[0] == 4 and torch.equal(w[:2], t)
+            shift = 2.0 if name.endswith(".bias") else 0.0
+            assert torch.equal(w[2], t[1] - shift) and torch.equal(w[3], t[1] - shift)
+        else:
+            assert torch.equal(widened[name], t)
+
+
+CARD_NET = {"architecture": "UMambaBot", "in_channels": 1, "features_per_stage": [4, 8],
+            "strides": [[1, 1, 1], [1, 2, 2]], "kernel_sizes": [[1, 3, 3], [3, 3, 3]],
+            "blocks_per_stage": [1, 1], "blocks_per_stage_decoder": [1], "d_state": 4, "d_conv": 2,
+            "expand": 2, "deep_supervision": True}
+
+
 def bench():
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     # the bottleneck of models/seg_card_template.json at batch 2: 128 channels -> d_inner 256,

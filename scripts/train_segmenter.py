@@ -7,12 +7,16 @@
 
 Each PREPDIR holds `cases.csv` (case_id, file, voxels_fg) and per case a safetensors file
 with `image` (float32, (1, z, y, x), already resampled and normalised by hemexp as the card
-says) and `label` (uint8, (z, y, x), 1 = hematoma). Preprocessing is never redone here.
+says) and `label` (uint8, (z, y, x): 1 = hematoma; with a card of K > 2 classes the codes of the
+card's labels, e.g. 2 = IVH, 3 = edema, as `hemexp prepare` exports them from the synth label
+map). Preprocessing is never redone here.
 
 Training: patches of the card's patch size, at least --fg-fraction of each batch centred on
-hematoma voxels, random left-right / anterior-posterior flips and a mild intensity scale and
-shift; Dice + cross-entropy on every deep-supervision head (weights halving per lower
-resolution, normalised; labels max-pooled to each head's size); Adam (or SGD with Nesterov
+hematoma voxels (with --ivh-fraction, a share of those on intraventricular blood instead),
+random left-right / anterior-posterior flips and a mild intensity scale and shift;
+cross-entropy + (1 - soft Dice) averaged over the foreground classes on every deep-supervision
+head (weights halving per lower resolution, normalised; labels max-pooled to each head's
+size, the lower code winning: a hematoma voxel stays a hematoma voxel); Adam (or SGD with Nesterov
 momentum) with a poly learning-rate schedule. With --iterations N and a fixed --threads the run
 is deterministic given --seed; --minutes stops at a wall-clock budget instead (the poly
 schedule then follows the elapsed fraction of the budget). SIGTERM/SIGINT stop training
@@ -52,7 +56,7 @@ def log(*args):
 # ----------------------------------------------------------------------------- data
 
 class Case:
-    def __init__(self, case_id, path, source):
+    def __init__(self, case_id, path, source, num_classes=2, ivh_code=None):
         tensors, _ = hemexp_safetensors.load(path)
         image, label = tensors["image"], tensors["label"]
         if image.dim() != 4 or image.shape[0] != 1 or image.dtype != torch.float32:
@@ -61,11 +65,22 @@ class Case:
             raise SystemExit(f"{path}: 'label' shape {tuple(label.shape)} does not match image {tuple(image.shape)}")
         self.case_id, self.path, self.source = case_id, path, source
         self.image = image.numpy()
-        self.label = (label.numpy() > 0).astype(np.uint8)
-        fg = np.argwhere(self.label)
+        label = label.numpy()
+        if num_classes > 2:
+            if label.max() >= num_classes:
+                raise SystemExit(f"{path}: label code {int(label.max())} but the card has {num_classes} classes")
+            self.label = label.astype(np.uint8)
+        else:
+            self.label = (label > 0).astype(np.uint8)
+        self.fg = self.centres(self.label == 1)
+        self.ivh = self.centres(self.label == ivh_code) if ivh_code is not None else np.zeros((0, 3), np.int32)
+
+    @staticmethod
+    def centres(where):
+        fg = np.argwhere(where)
         if len(fg) > 20000:  # keep a fixed, seed-independent subsample of centres
             fg = fg[np.linspace(0, len(fg) - 1, 20000).astype(np.int64)]
-        self.fg = fg.astype(np.int32)
+        return fg.astype(np.int32)
 
 
 def read_cases(prep_dir, settle_s=5.0):
@@ -120,10 +135,12 @@ def crop_padded(array, start, size, pad_value):
 
 
 class PatchSampler:
-    def __init__(self, cases, patch, pad_value, fg_fraction, seed):
+    def __init__(self, cases, patch, pad_value, fg_fraction, seed, ivh_fraction=0.0):
         self.cases, self.patch, self.pad_value, self.fg_fraction = cases, list(patch), pad_value, fg_fraction
+        self.ivh_fraction = ivh_fraction
         self.rng = np.random.RandomState(seed)
         self.fg_cases = [i for i, c in enumerate(cases) if len(c.fg)]
+        self.ivh_cases = [i for i, c in enumerate(cases) if len(c.ivh)]
 
     def sample(self, batch_size):
         images, labels = [], []
@@ -131,8 +148,13 @@ class PatchSampler:
         for b in range(batch_size):
             rng = self.rng
             if b < n_fg:
-                case = self.cases[self.fg_cases[rng.randint(len(self.fg_cases))]]
-                centre = case.fg[rng.randint(len(case.fg))]
+                if self.ivh_cases and self.ivh_fraction > 0 and rng.rand() < self.ivh_fraction:
+                    case = self.cases[self.ivh_cases[rng.randint(len(self.ivh_cases))]]
+                    centres = case.ivh
+                else:
+                    case = self.cases[self.fg_cases[rng.randint(len(self.fg_cases))]]
+                    centres = case.fg
+                centre = centres[rng.randint(len(centres))]
                 # centred on a hematoma voxel, with a little jitter so it is not always mid-patch
                 jitter = [rng.randint(-(p // 4), p // 4 + 1) for p in self.patch]
                 start = [int(centre[a]) - self.patch[a] // 2 + jitter[a] for a in range(3)]
@@ -163,13 +185,26 @@ class PatchSampler:
 # ----------------------------------------------------------------------------- loss
 
 def dice_ce_loss(logits, target):
-    """Cross-entropy + (1 - soft Dice of the hematoma class over the whole batch)."""
+    """Cross-entropy + (1 - soft Dice over the whole batch), averaged over the foreground
+    classes; the hematoma (class 1) Dice is returned for the log."""
     ce = F.cross_entropy(logits, target)
-    p = torch.softmax(logits, 1)[:, 1]
-    t = (target == 1).float()
-    inter = (p * t).sum()
-    dice = (2 * inter + 1e-5) / (p.sum() + t.sum() + 1e-5)
-    return ce + (1 - dice), dice.detach()
+    probs = torch.softmax(logits, 1)
+    dices = []
+    for k in range(1, logits.shape[1]):
+        p, t = probs[:, k], (target == k).float()
+        inter = (p * t).sum()
+        dices.append((2 * inter + 1e-5) / (p.sum() + t.sum() + 1e-5))
+    return ce + (1 - torch.stack(dices).mean()), dices[0].detach()
+
+
+def downsample_labels(target, size):
+    """Label codes max-pooled to `size`, the lower foreground code winning (0 < K-1 < ... < 1):
+    a voxel of a lower head is hematoma when any voxel under it is."""
+    k = int(target.max()) + 1 if target.numel() else 2
+    k = max(k, 2)
+    rank = torch.where(target > 0, k - target, torch.zeros_like(target))  # code 1 -> highest rank
+    pooled = F.adaptive_max_pool3d(rank.unsqueeze(1).float(), size).squeeze(1).long()
+    return torch.where(pooled > 0, k - pooled, torch.zeros_like(pooled))
 
 
 def deep_supervision_loss(outputs, target):
@@ -180,7 +215,7 @@ def deep_supervision_loss(outputs, target):
         if out.shape[2:] == target.shape[1:]:
             t = target
         else:  # max-pool the labels to the head's size: a hematoma voxel stays a hematoma voxel
-            t = F.adaptive_max_pool3d(target.unsqueeze(1).float(), out.shape[2:]).squeeze(1).long()
+            t = downsample_labels(target, out.shape[2:])
         l, d = dice_ce_loss(out, t)
         loss = loss + (w / total_w) * l
         if i == 0:
@@ -234,6 +269,16 @@ def sliding_window_probabilities(net, image, patch, overlap, pad_value, num_clas
     return probs[:, :size[0], :size[1], :size[2]]
 
 
+def label_name(card, code):
+    return card.get("labels", {}).get(str(code), f"label{code}")
+
+
+def ivh_code(card):
+    """The code of the card's intraventricular-blood label, if it has one."""
+    codes = [int(k) for k, v in card.get("labels", {}).items() if v == "ivh"]
+    return codes[0] if codes and card["network"]["num_classes"] > 2 else None
+
+
 def validate(net, cases, card, pad_value):
     patch = card["inference"]["patch_size"]
     overlap = float(card["inference"].get("overlap", 0.5))
@@ -244,14 +289,19 @@ def validate(net, cases, card, pad_value):
         t = time.perf_counter()
         probs = sliding_window_probabilities(net, torch.from_numpy(c.image), patch, overlap, pad_value,
                                              card["network"]["num_classes"])
-        pred = (probs[1] >= threshold).numpy()
-        truth = c.label > 0
-        inter, total = np.logical_and(pred, truth).sum(), pred.sum() + truth.sum()
-        dice = 1.0 if total == 0 else 2.0 * inter / total
-        per_case.append({"case_id": c.case_id, "source": c.source, "dice": round(float(dice), 4),
-                         "voxels_truth": int(truth.sum()), "voxels_pred": int(pred.sum())})
-        log(f"val {c.case_id}: dice {dice:.4f} truth {int(truth.sum())} pred {int(pred.sum())} "
-            f"voxels ({time.perf_counter() - t:.1f} s)")
+        num_classes = probs.shape[0]
+        codes = (probs[1] >= threshold).numpy().astype(np.uint8) if num_classes == 2 else probs.argmax(0).numpy()
+        row = {"case_id": c.case_id, "source": c.source}
+        for k in range(1, num_classes):
+            pred, truth = codes == k, c.label == k
+            inter, total = np.logical_and(pred, truth).sum(), pred.sum() + truth.sum()
+            dice = 1.0 if total == 0 else 2.0 * inter / total
+            suffix = "" if k == 1 else f"_{label_name(card, k)}"
+            row.update({f"dice{suffix}": round(float(dice), 4), f"voxels_truth{suffix}": int(truth.sum()),
+                        f"voxels_pred{suffix}": int(pred.sum())})
+        per_case.append(row)
+        log(f"val {c.case_id}: " + " ".join(f"{k} {v}" for k, v in row.items() if k.startswith(("dice", "voxels")))
+            + f" ({time.perf_counter() - t:.1f} s)")
     net.train()
     return per_case
 
@@ -279,7 +329,28 @@ def validation_block(per_case, seconds):
         "median_dice": round(float(np.median(dice)), 4) if dice else None,
         "mean_dice_by_data": {os.path.basename(os.path.normpath(k)): round(float(np.mean(v)), 4)
                               for k, v in by_source.items()},
+        # other labels: mean Dice over the cases where the truth has the label
+        **{f"mean_{key}_where_present": round(float(np.mean(
+            [c[key] for c in per_case if c["voxels_truth" + key[4:]] > 0])), 4)
+           for key in sorted({k for c in per_case for k in c if k.startswith("dice_")})
+           if any(c["voxels_truth" + key[4:]] > 0 for c in per_case)},
         "per_case": per_case, "seconds": round(seconds, 1)}}
+
+
+def widen_heads(tensors, target_state):
+    """Weights of a model with fewer output classes made to fit target_state: tensors whose
+    first dimension is the class count (the segmentation heads) keep their rows, and each new
+    class starts as a copy of class 1 with its bias 2 lower (it starts below the hematoma)."""
+    out = {}
+    for name, t in tensors.items():
+        want = target_state[name].shape
+        if t.shape == want or not name.startswith("seg_heads.") or t.shape[1:] != want[1:] or t.shape[0] > want[0]:
+            out[name] = t
+            continue
+        rows = [t] + [t[1:2] - (2.0 if name.endswith(".bias") else 0.0) for _ in range(want[0] - t.shape[0])]
+        out[name] = torch.cat(rows, 0)
+        log(f"--init: {name} widened from {t.shape[0]} to {want[0]} classes")
+    return out
 
 
 def validate_only(args):
@@ -304,7 +375,8 @@ def validate_only(args):
     norm = card["preprocessing"]["normalization"]
     pad_value = float((norm["clip_hu"][0] - norm["mean_hu"]) / norm["std_hu"])
     t = time.perf_counter()
-    per_case = validate(net, [Case(cid, p, d) for cid, p, d in val_rows], card, pad_value)
+    make_case = functools.partial(Case, num_classes=card["network"]["num_classes"], ivh_code=ivh_code(card))
+    per_case = validate(net, [make_case(cid, p, d) for cid, p, d in val_rows], card, pad_value)
     block = validation_block(per_case, time.perf_counter() - t)
     summary = {k: v for k, v in block["python_patch_validation"].items() if k not in ("per_case", "description")}
     log(f"validation of {args.validate_only}: {json.dumps(summary)}")
@@ -339,7 +411,12 @@ def main():
     ap.add_argument("--validate-only", default=None, metavar="MODEL",
                     help="no training: validate MODEL on its held-out cases (all, or --val-max-cases)")
     ap.add_argument("--val-skip", type=int, default=0, help="with --validate-only: skip the first N held-out cases")
-    ap.add_argument("--init", default=None, help="start from the weights of this .safetensors")
+    ap.add_argument("--init", default=None,
+                    help="start from the weights of this .safetensors (a model with fewer classes: its heads' "
+                         "rows are copied, each new class starts as a copy of class 1 with its bias lowered by 2)")
+    ap.add_argument("--ivh-fraction", type=float, default=0.0,
+                    help="share of the hematoma-centred patches centred on intraventricular blood instead "
+                         "(cards with an 'ivh' label; cases that have some)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.validate_only:
@@ -369,7 +446,8 @@ def main():
         train_rows, val_rows = split_cases(args.data, args.val_fraction, args.seed)
     log(f"{len(train_rows)} training cases, {len(val_rows)} held out, from {len(args.data)} folder(s)")
     t = time.perf_counter()
-    train_cases = [Case(cid, p, d) for cid, p, d in train_rows]
+    make_case = functools.partial(Case, num_classes=card["network"]["num_classes"], ivh_code=ivh_code(card))
+    train_cases = [make_case(cid, p, d) for cid, p, d in train_rows]
     log(f"loaded training cases in {time.perf_counter() - t:.1f} s; "
         f"{sum(len(c.fg) > 0 for c in train_cases)} with hematoma")
 
@@ -377,7 +455,7 @@ def main():
     init_block = None
     if args.init:
         tensors, init_meta = hemexp_safetensors.load(args.init)
-        net.load_state_dict(tensors, strict=True)
+        net.load_state_dict(widen_heads(tensors, net.state_dict()), strict=True)
         with open(args.init, "rb") as f:
             init_sha = hashlib.sha256(f.read()).hexdigest()
         init_card = json.loads((init_meta or {}).get("hemexp_model_card", "{}"))
@@ -394,7 +472,9 @@ def main():
         opt = torch.optim.Adam(net.parameters(), lr=lr0, weight_decay=args.weight_decay)
     else:
         opt = torch.optim.SGD(net.parameters(), lr=lr0, momentum=0.99, nesterov=True, weight_decay=args.weight_decay)
-    sampler = PatchSampler(train_cases, patch, pad_value, args.fg_fraction, args.seed)
+    sampler = PatchSampler(train_cases, patch, pad_value, args.fg_fraction, args.seed, args.ivh_fraction)
+    if ivh_code(card) is not None:
+        log(f"{len(sampler.ivh_cases)} training cases with intraventricular blood; --ivh-fraction {args.ivh_fraction}")
 
     stop = {"requested": False}
 
@@ -410,8 +490,10 @@ def main():
                 "train_case_ids": [r[0] for r in train_rows], "validation_case_ids": [r[0] for r in val_rows],
                 "seed": args.seed, "iterations": iterations, "minutes": round(seconds / 60, 2),
                 "batch_size": args.batch_size, "patch_size": patch, "fg_fraction": args.fg_fraction,
+                **({"ivh_fraction": args.ivh_fraction} if ivh_code(card) is not None else {}),
                 "optimizer": args.optimizer, "lr": lr0, "lr_schedule": "poly 0.9", "weight_decay": args.weight_decay,
-                "loss": "Dice + cross-entropy, deep supervision weights 1/2^i normalised, labels max-pooled",
+                "loss": "cross-entropy + (1 - soft Dice) averaged over foreground classes, deep supervision weights "
+                        "1/2^i normalised, labels max-pooled (lower code wins)",
                 "augmentation": "flips x/y p=0.5, intensity scale 1+-0.1, shift +-0.1 (normalised units)",
                 "scan": f"chunked (chunk {args.scan_chunk})" if args.scan_chunk > 0 else "reference",
                 "final_loss_mean_last_50": round(float(np.mean(losses[-50:])), 4) if losses else None,
@@ -450,8 +532,9 @@ def main():
             added = [r for r in new_train if r[0] not in known]
             if added:
                 train_rows = train_rows + added
-                train_cases.extend(Case(cid, p, d) for cid, p, d in added)
+                train_cases.extend(make_case(cid, p, d) for cid, p, d in added)
                 sampler.fg_cases = [i for i, c in enumerate(train_cases) if len(c.fg)]
+                sampler.ivh_cases = [i for i, c in enumerate(train_cases) if len(c.ivh)]
                 log(f"added {len(added)} newly prepared cases: {len(train_rows)} training, {len(val_rows)} held out")
         images, labels = sampler.sample(args.batch_size)
         outputs = net.forward_all(images)
@@ -485,7 +568,7 @@ def main():
 
     val_rows_used = val_rows[:args.val_max_cases] if args.val_max_cases >= 0 else val_rows
     stop["requested"] = False
-    val_cases = [Case(cid, p, d) for cid, p, d in val_rows_used]
+    val_cases = [make_case(cid, p, d) for cid, p, d in val_rows_used]
     t = time.perf_counter()
     per_case = validate(net, val_cases, card, pad_value) if val_cases else []
     card["validation"] = validation_block(per_case, time.perf_counter() - t)

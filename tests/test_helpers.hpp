@@ -64,4 +64,24 @@ inline std::filesystem::path write_random_segmenter(const std::filesystem::path&
   return where;
 }
 
+// The same random segmenter with four labels (background, hematoma, ivh, edema): each head's
+// rows for the new classes are class 1's with other biases, so that every label is given to
+// some voxels of a synthetic head.
+inline std::filesystem::path write_random_multiclass_segmenter(const std::filesystem::path& where) {
+  write_random_segmenter(where, "random-weights-test-model-4-labels");
+  SafetensorsFile file = read_safetensors(where);
+  for (auto& [name, t] : file.tensors) {
+    if (name.rfind("seg_heads.", 0) != 0) continue;
+    const bool bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    const torch::Tensor fg = t.slice(0, 1, 2);
+    t = torch::cat({t, bias ? fg - 0.1 : fg * 0.9, bias ? fg - 0.1 : fg * 1.1}, 0).contiguous();
+  }
+  nlohmann::json card = nlohmann::json::parse(file.metadata.at(kModelCardKey));
+  card["network"]["num_classes"] = 4;
+  card["labels"] = {{"0", "background"}, {"1", "hematoma"}, {"2", "ivh"}, {"3", "edema"}};
+  file.metadata[kModelCardKey] = card.dump();
+  write_safetensors(where, file);
+  return where;
+}
+
 }  // namespace hemexp::test

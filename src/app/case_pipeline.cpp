@@ -91,10 +91,17 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
     result.timings_s["segment"] = seconds_since(t0);
     return a;
   }
+  const SegmentationRecipe& recipe = pipeline.segmenter->recipe();
   if (reuse_mask.defined()) {
-    // The previous run's mask of this input by this segmentation model (--resume after a
-    // classifier change): the same mask the segmenter gave, on the input grid.
-    a.mask = reuse_mask.to(torch::kUInt8);
+    // The previous run's mask (label map) of this input by this segmentation model (--resume
+    // after a classifier change): what the segmenter gave, on the input grid.
+    if (recipe.multi_class()) {
+      a.labels = reuse_mask.to(torch::kUInt8);
+      a.mask = (a.labels == 1).to(torch::kUInt8);
+      a.canonical_labels = to_canonical(a.labels, a.canonical.map);
+    } else {
+      a.mask = reuse_mask.to(torch::kUInt8);
+    }
     a.canonical_mask = to_canonical(a.mask, a.canonical.map);
     log.info("{}: the previous run's mask is scored again (only the classification model changed)", id);
   } else {
@@ -102,6 +109,10 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
     const Segmentation seg = segmenter.segment(a.canonical.volume);
     a.canonical_mask = seg.mask;
     a.mask = from_canonical(seg.mask, a.canonical.map);
+    if (recipe.multi_class()) {
+      a.canonical_labels = seg.labels;
+      a.labels = from_canonical(seg.labels, a.canonical.map);
+    }
     if (pipeline.save_probabilities) a.probability = from_canonical(seg.probability, a.canonical.map);
     if (seg.removed_components > 0)
       log.info("{}: removed {} components smaller than {} mL or {}% of the largest", id, seg.removed_components,
@@ -110,6 +121,13 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
   }
 
   t0 = Clock::now();
+  if (a.labels.defined())
+    for (int64_t code = 2; code < int64_t(recipe.labels.size()); ++code) {
+      LabelVolume& l = result.labels[recipe.labels[size_t(code)]];
+      l.code = int(code);
+      l.voxels = (a.labels == code).sum().item<int64_t>();
+      l.volume_ml = double(l.voxels) * volume.geometry.voxel_volume_mm3() / 1000.0;
+    }
   const HematomaMeasurements h = measure_hematoma(a.mask, volume.voxels, volume.geometry);
   result.hematoma = h;
   if (h.touches_border) result.qc_flags.push_back("hematoma_touches_border");
@@ -138,8 +156,11 @@ void write_case_outputs(const fs::path& dir, const LoadedVolume& loaded, const C
   const auto t0 = Clock::now();
   const Geometry& grid = loaded.volume.geometry;
   write_image_file(dir / CaseFiles::kMask, a.mask, grid);
+  if (a.labels.defined()) write_image_file(dir / CaseFiles::kLabels, a.labels, grid);
   if (a.probability.defined()) write_image_file(dir / CaseFiles::kProbability, a.probability, grid);
-  if (pipeline.qc) write_png(dir / CaseFiles::kQc, qc_mosaic(a.canonical.volume, a.canonical_mask));
+  if (pipeline.qc)
+    write_png(dir / CaseFiles::kQc,
+              qc_mosaic(a.canonical.volume, a.canonical_labels.defined() ? a.canonical_labels : a.canonical_mask));
   if (loaded.info.grid_resampled) {
     // The mask lives on the corrected grid, which no viewer rebuilds from the DICOM files in
     // the same way: ship the corrected CT so that the mask overlays it exactly.
@@ -175,9 +196,13 @@ CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipel
     if (!c.reuse_mask.empty()) {
       const auto t_mask = Clock::now();
       try {
-        const ImageFileContents kept = read_image_file(c.reuse_mask);
+        // A multi-class segmenter's label map is kept beside the mask, and it is what is reused.
+        const bool labels = pipeline.segmenter && pipeline.segmenter->recipe().multi_class();
+        const fs::path file = labels ? c.reuse_mask.parent_path() / CaseFiles::kLabels : c.reuse_mask;
+        const ImageFileContents kept = read_image_file(file);
         if (!kept.volume.geometry.same_grid(loaded.volume.geometry, 1e-3)) throw IoError("its grid is not the input's");
-        reuse_mask = (kept.volume.voxels > 0.5f).to(torch::kUInt8);
+        reuse_mask = labels ? kept.volume.voxels.round().clamp(0, 255).to(torch::kUInt8)
+                            : (kept.volume.voxels > 0.5f).to(torch::kUInt8);
         result.timings_s["mask_reused"] = seconds_since(t_mask);  // reading it; analyse_volume skips segment
       } catch (const std::exception& e) {
         log.warn("{}: the previous mask {} cannot be used ({}): segmenting again", c.id, c.reuse_mask.string(),

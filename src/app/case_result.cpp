@@ -129,6 +129,11 @@ nlohmann::json CaseResult::to_json() const {
   }
   if (intracranial) j["intracranial"] = intracranial->to_json();
   if (hematoma) j["hematoma"] = hematoma->to_json();
+  if (!labels.empty()) {
+    j["labels"] = json::object();
+    for (const auto& [name, l] : labels)
+      j["labels"][name] = {{"code", l.code}, {"voxels", l.voxels}, {"volume_ml", l.volume_ml}};
+  }
   if (markers) j["markers"] = markers->to_json();
   if (he) j["he"] = he->to_json();
   if (!corrected_ct.empty()) j["corrected_ct"] = corrected_ct;
@@ -155,6 +160,9 @@ CaseResult CaseResult::from_json(const nlohmann::json& j) {
     if (j.contains("intracranial")) r.intracranial = intracranial_from_json(j.at("intracranial"));
     if (j.contains("hematoma")) r.hematoma = hematoma_from_json(j.at("hematoma"));
     if (j.contains("markers")) r.markers = NcctMarkers::from_json(j.at("markers"));
+    if (j.contains("labels"))
+      for (const auto& [name, l] : j.at("labels").items())
+        r.labels[name] = {l.at("code").get<int>(), l.at("voxels").get<int64_t>(), l.at("volume_ml").get<double>()};
     if (j.contains("he")) r.he = ExpansionRisk::from_json(j.at("he"));
     r.corrected_ct = j.value("corrected_ct", "");
     r.timings_s = j.at("timings_s").get<std::map<std::string, double>>();
@@ -172,8 +180,8 @@ const std::vector<std::string>& CaseResult::csv_columns() {
   static const std::vector<std::string> columns = [] {
     std::vector<std::string> c{"case_id",     "status",          "error",           "input",
                                "format",      "series_uid",      "gantry_tilt_deg", "corrections", "qc_flags",
-                               "hematoma_volume_ml", "abc2_volume_ml", "mean_hu", "he_probability",
-                               "he_risk"};
+                               "hematoma_volume_ml", "abc2_volume_ml", "mean_hu", "ivh_volume_ml",
+                               "edema_volume_ml", "he_probability", "he_risk"};
     for (const std::string& m : NcctMarkers::names()) c.push_back(m);
     for (const char* n : {"seg_model_sha256", "cls_model_sha256", "seconds"}) c.push_back(n);
     return c;
@@ -196,6 +204,9 @@ std::map<std::string, std::string> CaseResult::csv_row() const {
     row["abc2_volume_ml"] = format_number(hematoma->abc2_volume_ml, 3);
     if (hematoma->voxels > 0) row["mean_hu"] = format_number(hematoma->mean_hu, 1);
   }
+  for (const char* name : {"ivh", "edema"})
+    if (const auto it = labels.find(name); it != labels.end())
+      row[std::string(name) + "_volume_ml"] = format_number(it->second.volume_ml, 3);
   if (markers)
     for (const auto& [name, value] : markers->csv_fields()) row[name] = value;
   if (he) {
@@ -226,7 +237,7 @@ std::optional<CaseResult> CaseResult::read(const std::filesystem::path& file) {
 }
 
 const std::vector<std::string>& CaseFiles::outputs() {
-  static const std::vector<std::string> names{kMask, kProbability, kQc, kCorrectedCt};
+  static const std::vector<std::string> names{kMask, kLabels, kProbability, kQc, kCorrectedCt};
   return names;
 }
 

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -62,6 +63,14 @@ int run_eval(const EvalOptions& o) {
     }
 
   std::vector<double> dice, iou, hd95, volume_error, he_scores, oracle_scores, observable_scores;
+  // Hematoma Dice by group (true volume; intraventricular blood in the truth or not), and the
+  // further labels of a multi-class model against the synth label map.
+  std::map<std::string, std::vector<double>> dice_by_group;
+  struct LabelScores {
+    std::vector<double> dice, dice_1ml, volume_error;
+    int truth_cases = 0;
+  };
+  std::map<std::string, LabelScores> label_scores;
   std::vector<int> he_labels, oracle_labels;
   double threshold = std::nan("");
   int no_probability = 0;
@@ -105,6 +114,35 @@ int run_eval(const EvalOptions& o) {
     c.update({{"status", "ok"}, {"dice", m.dice}, {"iou", m.iou}, {"hd95_mm", json_number(m.hd95_mm)},
               {"true_volume_ml", m.true_volume_ml}, {"predicted_volume_ml", m.predicted_volume_ml},
               {"volume_abs_error_ml", m.volume_abs_error_ml}});
+    dice_by_group[m.true_volume_ml < 5 ? "volume_under_5ml" : m.true_volume_ml < 30 ? "volume_5_to_30ml" : "volume_30ml_or_more"]
+        .push_back(m.dice);
+    if (row.count("ivh")) dice_by_group[row.at("ivh") == "1" ? "with_ivh" : "without_ivh"].push_back(m.dice);
+    // Further labels: the run's codes from its result.json, the truth's from hemexp synth
+    // (2 intraventricular blood, 3 edema).
+    if (r.contains("labels") && fs::exists(truth / id / "labels.nii.gz") &&
+        fs::exists(it->second / "labels.nii.gz")) {
+      const torch::Tensor tl = read_image_file(truth / id / "labels.nii.gz").volume.voxels.round();
+      const torch::Tensor pl = read_image_file(it->second / "labels.nii.gz").volume.voxels.round();
+      const double ml = t.volume.geometry.voxel_volume_mm3() / 1000.0;
+      for (const auto& [name, truth_code] : {std::pair<std::string, int>{"ivh", 2}, {"edema", 3}}) {
+        if (!r["labels"].contains(name)) continue;
+        const int pred_code = r["labels"][name].at("code").get<int>();
+        const torch::Tensor pm = pl == pred_code, tm = tl == truth_code;
+        const double np = double(pm.sum().item<int64_t>()), nt = double(tm.sum().item<int64_t>());
+        const double inter = double((pm & tm).sum().item<int64_t>());
+        LabelScores& s = label_scores[name];
+        s.volume_error.push_back(std::abs(np - nt) * ml);
+        json lc = {{"true_volume_ml", nt * ml}, {"predicted_volume_ml", np * ml}};
+        if (nt > 0) {
+          const double d = 2 * inter / (np + nt);
+          ++s.truth_cases;
+          s.dice.push_back(d);
+          if (nt * ml >= 1.0) s.dice_1ml.push_back(d);
+          lc["dice"] = d;
+        }
+        c[name] = lc;
+      }
+    }
     if (r.contains("he") && r["he"].contains("probability")) {
       if (r["he"]["probability"].is_number()) {
         he_scores.push_back(r["he"]["probability"].get<double>());
@@ -132,7 +170,9 @@ int run_eval(const EvalOptions& o) {
         {"hd95_mm_median", json_number(median(hd95))},
         {"hd95_undefined_cases", hd_undefined},
         {"volume_abs_error_ml_mean", json_number(mean(volume_error))},
-        {"volume_abs_error_ml_median", json_number(median(volume_error))}}},
+        {"volume_abs_error_ml_median", json_number(median(volume_error))},
+        {"dice_by_group", json::object()}}},
+      {"labels", json::object()},
       {"expansion",
        {{"oracle_auc", json_number(roc_auc(oracle_scores, oracle_labels))},
         {"observable_oracle_auc", json_number(observable_scores.size() == oracle_labels.size()
@@ -143,6 +183,18 @@ int run_eval(const EvalOptions& o) {
         {"cases_without_probability", no_probability},
         {"model", classification_report(he_scores, he_labels, threshold)}}},
       {"per_case", cases}};
+  for (const auto& [group, d] : dice_by_group)
+    report["segmentation"]["dice_by_group"][group] = {
+        {"cases", d.size()}, {"dice_mean", json_number(mean(d))}, {"dice_median", json_number(median(d))},
+        {"dice_min", json_number(d.empty() ? std::nan("") : *std::min_element(d.begin(), d.end()))}};
+  for (const auto& [name, s] : label_scores)
+    report["labels"][name] = {{"cases_with_label_in_truth", s.truth_cases},
+                              {"dice_mean", json_number(mean(s.dice))},
+                              {"dice_median", json_number(median(s.dice))},
+                              {"cases_with_at_least_1ml", s.dice_1ml.size()},
+                              {"dice_mean_at_least_1ml", json_number(mean(s.dice_1ml))},
+                              {"volume_abs_error_ml_mean", json_number(mean(s.volume_error))},
+                              {"volume_abs_error_ml_median", json_number(median(s.volume_error))}};
   const fs::path json_path = o.json_path.empty() ? pred / "eval.json" : fs::path(o.json_path);
   write_text_atomically(json_path, report.dump(2) + "\n");
 
@@ -154,6 +206,15 @@ int run_eval(const EvalOptions& o) {
               f(median(hd95), 2).c_str(), hd_undefined);
   std::printf("volume |error|  mean %s mL  median %s mL\n", f(mean(volume_error), 3).c_str(),
               f(median(volume_error), 3).c_str());
+  for (const auto& [group, d] : dice_by_group)
+    std::printf("  Dice %-20s %3zu cases: mean %s  median %s\n", group.c_str(), d.size(), f(mean(d), 4).c_str(),
+                f(median(d), 4).c_str());
+  for (const auto& [name, s] : label_scores)
+    std::printf("%s: Dice mean %s median %s over %d cases with it (mean %s over %zu with >= 1 mL); "
+                "volume |error| median %s mL over all %zu\n",
+                name.c_str(), f(mean(s.dice), 4).c_str(), f(median(s.dice), 4).c_str(), s.truth_cases,
+                f(mean(s.dice_1ml), 4).c_str(), s.dice_1ml.size(), f(median(s.volume_error), 3).c_str(),
+                s.volume_error.size());
   std::printf("HE: oracle AUC %s (true probabilities), %s (observable part), prevalence %s\n",
               f(roc_auc(oracle_scores, oracle_labels), 3).c_str(),
               f(report["expansion"]["observable_oracle_auc"].is_number()

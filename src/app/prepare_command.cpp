@@ -52,6 +52,7 @@ namespace {
 struct PrepareCase {
   std::string id;
   fs::path ct, mask;
+  fs::path labels;          // the synth label map (labels.nii.gz), when there is one
   std::string mask_source;  // "truth" (synth) or "predicted" (run)
   std::map<std::string, std::string> label;  // the labels.csv row, when there is one
 };
@@ -71,6 +72,7 @@ std::vector<PrepareCase> synth_cases(const std::vector<std::string>& dirs) {
       pc.id = fs::path(dir).lexically_normal().filename().string() + "_" + c.filename().string();
       pc.ct = c / "ct.nii.gz";
       pc.mask = c / "mask.nii.gz";
+      if (fs::exists(c / "labels.nii.gz")) pc.labels = c / "labels.nii.gz";
       pc.mask_source = "truth";
       if (const auto it = labels.find(c.filename().string()); it != labels.end()) pc.label = it->second;
       cases.push_back(pc);
@@ -114,28 +116,47 @@ std::vector<PrepareCase> run_cases_with_labels(const fs::path& run, const fs::pa
 
 struct Loaded {
   LoadedVolume ct;
-  torch::Tensor mask;  // on the CT's grid
+  torch::Tensor mask;  // on the CT's grid: the parenchymal hematoma
+  torch::Tensor labels;  // the label map on the same grid, when asked for
 };
 
-Loaded load_case(const PrepareCase& c) {
-  Loaded l{read_volume(c.ct), torch::Tensor()};
-  const ImageFileContents mask = read_image_file(c.mask);
-  if (!mask.volume.geometry.same_grid(l.ct.volume.geometry, 1e-3)) throw IoError("mask and CT grids differ");
-  l.mask = (mask.volume.voxels > 0.5f).to(torch::kUInt8);
+// A uint8 image on the CT's grid (a mask or a label map).
+torch::Tensor read_on_grid(const fs::path& file, const Geometry& grid) {
+  const ImageFileContents image = read_image_file(file);
+  if (!image.volume.geometry.same_grid(grid, 1e-3)) throw IoError(file.filename().string() + " and CT grids differ");
+  return image.volume.voxels.round().clamp(0, 255).to(torch::kUInt8);
+}
+
+Loaded load_case(const PrepareCase& c, bool with_labels = false) {
+  Loaded l{read_volume(c.ct), torch::Tensor(), torch::Tensor()};
+  l.mask = (read_on_grid(c.mask, l.ct.volume.geometry) > 0).to(torch::kUInt8);
+  if (with_labels) {
+    if (c.labels.empty())
+      throw IoError("the card has more than two classes, and " + c.ct.parent_path().string() +
+                    " has no labels.nii.gz (made by an older hemexp synth?)");
+    l.labels = read_on_grid(c.labels, l.ct.volume.geometry);
+    if (!torch::equal(l.labels == 1, l.mask > 0)) throw IoError("labels.nii.gz label 1 is not mask.nii.gz");
+  }
   return l;
 }
 
-int export_segmentation(const std::vector<PrepareCase>& cases, const Preprocessing& pre, const fs::path& out) {
-  std::string csv = csv_line({"case_id", "file", "source", "foreground_voxels"});
+// Segmentation training data: the network input and its label, on the model grid. With a
+// card of more than two classes the label is the synth label map (codes as the card's labels:
+// hemexp synth's 0 background, 1 hematoma, 2 IVH, 3 edema), otherwise the hematoma mask.
+int export_segmentation(const std::vector<PrepareCase>& cases, const Preprocessing& pre, int64_t num_classes,
+                        const fs::path& out) {
+  std::vector<std::string> columns{"case_id", "file", "source", "foreground_voxels"};
+  for (int64_t k = 2; k < num_classes; ++k) columns.push_back("label" + std::to_string(k) + "_voxels");
+  std::string csv = csv_line(columns);
   int failed = 0, done = 0;
   for (const PrepareCase& c : cases) {
     try {
-      const Loaded l = load_case(c);
+      const Loaded l = load_case(c, num_classes > 2);
       const CanonicalVolume canonical = to_canonical(l.ct.volume);
       Geometry model_grid;
       const torch::Tensor image = prepare_network_input(canonical.volume, pre, &model_grid);
-      const torch::Tensor label =
-          prepare_network_label(to_canonical(l.mask, canonical.map), canonical.volume.geometry, model_grid);
+      const torch::Tensor label = prepare_network_label(to_canonical(num_classes > 2 ? l.labels : l.mask, canonical.map),
+                                                        canonical.volume.geometry, model_grid, num_classes);
       SafetensorsFile file;
       file.tensors["image"] = image;
       file.tensors["label"] = label;
@@ -144,7 +165,13 @@ int export_segmentation(const std::vector<PrepareCase>& cases, const Preprocessi
       file.metadata["preprocessing"] = pre.to_json().dump();
       file.metadata["hemexp_version"] = kVersion;
       write_safetensors(out / (c.id + ".safetensors"), file);
-      csv += csv_line({c.id, c.id + ".safetensors", c.ct.parent_path().string(), std::to_string(label.sum().item<int64_t>())});
+      std::map<std::string, std::string> row{{"case_id", c.id},
+                                             {"file", c.id + ".safetensors"},
+                                             {"source", c.ct.parent_path().string()},
+                                             {"foreground_voxels", std::to_string((label == 1).sum().item<int64_t>())}};
+      for (int64_t k = 2; k < num_classes; ++k)
+        row["label" + std::to_string(k) + "_voxels"] = std::to_string((label == k).sum().item<int64_t>());
+      csv += csv_line(columns, row);
       ++done;
       spdlog::info("[{}] {}: {}x{}x{}", done, c.id, image.size(3), image.size(2), image.size(1));
     } catch (const std::exception& e) {
@@ -246,7 +273,8 @@ int run_prepare(const PrepareOptions& o) {
     const std::vector<PrepareCase> cases =
         o.run_dir.empty() ? synth_cases(o.synth_dirs) : run_cases_with_labels(o.run_dir, o.labels_csv);
     if (classifier) return export_rois(cases, RoiRecipe::from_json(card.at("roi")), out);
-    return export_segmentation(cases, Preprocessing::from_json(card.at("preprocessing")), out);
+    const int64_t num_classes = card.contains("network") ? card["network"].value("num_classes", 2) : 2;
+    return export_segmentation(cases, Preprocessing::from_json(card.at("preprocessing")), num_classes, out);
   } catch (const std::exception& e) {
     spdlog::error("card {}: {}", o.card_path, e.what());
     return kExitUsage;

@@ -50,6 +50,7 @@ Geometry grid_with_spacing(const Geometry& g, const Vec3& spacing_mm) {
 
 torch::Tensor interpolate_axis(const torch::Tensor& x, int64_t dim, int64_t out_size, double first, double step,
                                std::optional<double> outside) {
+  if (!outside && !x.is_floating_point()) return interpolate_axis(x.to(torch::kFloat32), dim, out_size, first, step);
   const int64_t in_size = x.size(dim);
   if (!outside && in_size == out_size && first == 0.0 && std::abs(step - 1.0) < 1e-12) return x;
   auto pos = first + torch::arange(out_size, torch::kFloat64) * step;

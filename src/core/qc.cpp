@@ -10,16 +10,18 @@ namespace {
 // The integer shrink factor that makes an axial slice at most 256 pixels across.
 int64_t tile_step(const Geometry& g) { return std::max<int64_t>(1, (std::max(g.size[0], g.size[1]) + 255) / 256); }
 
-// Axial slice z at brain window (W80 L40), every step-th pixel, the mask blended in red.
+// Axial slice z at brain window (W80 L40), every step-th pixel, the mask (label codes) blended
+// in: 1 red, 2 blue, 3 yellow, higher green.
 torch::Tensor render_tile(const Volume& canonical, const torch::Tensor& mask, int64_t z, int64_t step) {
   const int64_t h = canonical.geometry.size[1], w = canonical.geometry.size[0];
   const torch::Tensor hu = canonical.voxels[z].slice(0, 0, h, step).slice(1, 0, w, step).to(torch::kFloat32);
-  const torch::Tensor m = (mask[z].slice(0, 0, h, step).slice(1, 0, w, step) != 0).to(torch::kFloat32);
+  const torch::Tensor codes = mask[z].slice(0, 0, h, step).slice(1, 0, w, step).to(torch::kLong).clamp(0, 4);
   const torch::Tensor grey = ((hu - 0.f) / 80.f).clamp(0, 1) * 255.f;  // W80 L40: 0..80 HU
   torch::Tensor rgb = torch::stack({grey, grey, grey}, -1);
-  const torch::Tensor red = torch::tensor({255.f, 0.f, 0.f}).view({1, 1, 3});
-  const torch::Tensor alpha = (0.45f * m).unsqueeze(-1);
-  rgb = rgb * (1 - alpha) + red * alpha;
+  const torch::Tensor colours =
+      torch::tensor({0.f, 0.f, 0.f, 255.f, 0.f, 0.f, 40.f, 120.f, 255.f, 255.f, 220.f, 0.f, 0.f, 200.f, 0.f}).view({5, 3});
+  const torch::Tensor alpha = (0.45f * (codes != 0).to(torch::kFloat32)).unsqueeze(-1);
+  rgb = rgb * (1 - alpha) + colours.index({codes}) * alpha;
   return rgb.round().to(torch::kUInt8);
 }
 

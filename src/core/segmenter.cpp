@@ -29,6 +29,18 @@ SegmentationRecipe SegmentationRecipe::from_card(const nlohmann::json& card) {
   } catch (const nlohmann::json::exception& e) {
     throw ModelError(std::string("model card: inference block is incomplete: ") + e.what());
   }
+  if (card.contains("labels")) {
+    const nlohmann::json& l = card["labels"];
+    if (!l.is_object() || l.size() < 2 || l.size() > 255)
+      throw ModelError("model card: labels must map the codes 0 .. K-1 (K from 2 to 255) to names");
+    r.labels.assign(l.size(), "");
+    for (size_t code = 0; code < l.size(); ++code) {
+      const std::string key = std::to_string(code);
+      if (!l.contains(key) || !l[key].is_string() || l[key].get<std::string>().empty())
+        throw ModelError("model card: labels has no name for code " + key + " (codes must be 0 .. K-1)");
+      r.labels[code] = l[key].get<std::string>();
+    }
+  }
   if (r.overlap < 0 || r.overlap >= 1) throw ModelError("model card: inference.overlap must be in [0, 1)");
   if (r.threshold <= 0 || r.threshold >= 1) throw ModelError("model card: postprocessing.threshold must be in (0, 1)");
   if (r.min_component_fraction < 0 || r.min_component_fraction > 1)
@@ -43,9 +55,35 @@ torch::Tensor prepare_network_input(const Volume& canonical, const Preprocessing
   return normalize_ct(resampled, p).unsqueeze(0).contiguous();
 }
 
-torch::Tensor prepare_network_label(const torch::Tensor& canonical_mask, const Geometry& canonical,
-                                    const Geometry& model_grid) {
-  return (resample_between_grids(canonical_mask, canonical, model_grid) > 0.5f).to(torch::kUInt8);
+torch::Tensor class_codes_between_grids(const torch::Tensor& foreground, const Geometry& from, const Geometry& to,
+                                        torch::Tensor* first_class) {
+  if (foreground.dim() != 4 || foreground.size(0) < 1) throw CoreError("class maps must be (K - 1, z, y, x)");
+  torch::Tensor codes, best, sum;
+  for (int64_t k = 0; k < foreground.size(0); ++k) {
+    const torch::Tensor v = resample_between_grids(foreground[k], from, to);
+    if (k == 0) {
+      if (first_class) *first_class = v;
+      codes = torch::ones(v.sizes(), torch::kUInt8);
+      best = v.clone();
+      sum = v.clone();
+      continue;
+    }
+    const torch::Tensor better = v > best;  // ties stay with the lower code
+    codes.masked_fill_(better, uint8_t(k + 1));
+    best = torch::maximum(best, v);
+    sum.add_(v);
+  }
+  // Background wins where its share, 1 - sum, is at least the best class's: best >= 1 - sum.
+  codes.masked_fill_(best <= sum.neg_().add_(1.0f), 0);
+  return codes;
+}
+
+torch::Tensor prepare_network_label(const torch::Tensor& canonical_labels, const Geometry& canonical,
+                                    const Geometry& model_grid, int64_t num_classes) {
+  if (num_classes < 2) throw CoreError("a label map needs at least two classes");
+  std::vector<torch::Tensor> one_hot;
+  for (int64_t k = 1; k < num_classes; ++k) one_hot.push_back((canonical_labels == k).to(torch::kFloat32));
+  return class_codes_between_grids(torch::stack(one_hot), canonical, model_grid);
 }
 
 torch::Tensor remove_small_components(const torch::Tensor& mask, const Geometry& g, double min_ml,
@@ -79,6 +117,9 @@ Segmenter::Segmenter(ModelFile file, const torch::Device& device) : file_(std::m
   try {
     recipe_ = SegmentationRecipe::from_card(file_.card.json);
     network_ = UMamba(UMambaConfig::from_json(file_.card.json.at("network")));
+    if (network_->config().num_classes != int64_t(recipe_.labels.size()))
+      throw ModelError("the network has " + std::to_string(network_->config().num_classes) + " classes, the card's labels " +
+                       std::to_string(recipe_.labels.size()));
   } catch (const std::exception& e) {
     throw ModelError("model " + name + ": " + e.what());
   }
@@ -106,14 +147,33 @@ Segmentation Segmenter::segment(const Volume& canonical) const {
       [&net](const torch::Tensor& patch) { return net->forward(patch); }, input, classes, o);
   s.seconds.network = seconds_since(t0);
   t0 = Clock::now();
-  // Only the foreground probability goes back to the input grid (bounded memory).
-  const torch::Tensor foreground = probabilities[1].contiguous();
-  s.probability = resample_between_grids(foreground, model_grid, canonical.geometry).clamp(0, 1);
+  if (!recipe_.multi_class()) {
+    // Only the foreground probability goes back to the input grid (bounded memory).
+    const torch::Tensor foreground = probabilities[1].contiguous();
+    s.probability = resample_between_grids(foreground, model_grid, canonical.geometry).clamp(0, 1);
+    s.seconds.resample = seconds_since(t0);
+    t0 = Clock::now();
+    s.mask = (s.probability > float(recipe_.threshold)).to(torch::kUInt8);
+    s.mask = remove_small_components(s.mask, canonical.geometry, recipe_.min_component_ml,
+                                     recipe_.min_component_fraction, &s.removed_components);
+    s.labels = s.mask;
+    s.seconds.cleanup = seconds_since(t0);
+    return s;
+  }
+  s.labels = class_codes_between_grids(probabilities.slice(0, 1), model_grid, canonical.geometry, &s.probability);
+  s.probability.clamp_(0, 1);
   s.seconds.resample = seconds_since(t0);
   t0 = Clock::now();
-  s.mask = (s.probability > float(recipe_.threshold)).to(torch::kUInt8);
-  s.mask = remove_small_components(s.mask, canonical.geometry, recipe_.min_component_ml,
-                                   recipe_.min_component_fraction, &s.removed_components);
+  for (int64_t code = 1; code < int64_t(recipe_.labels.size()); ++code) {
+    const torch::Tensor in_label = s.labels == code;
+    int64_t removed = 0;
+    const torch::Tensor kept =
+        remove_small_components(in_label.to(torch::kUInt8), canonical.geometry, recipe_.min_component_ml,
+                                code == 1 ? recipe_.min_component_fraction : 0.0, &removed);
+    if (removed) s.labels.masked_fill_(in_label & (kept == 0), 0);
+    if (code == 1) s.removed_components = removed;
+  }
+  s.mask = (s.labels == 1).to(torch::kUInt8);
   s.seconds.cleanup = seconds_since(t0);
   return s;
 }

@@ -79,6 +79,50 @@ TEST_F(Commands, PrepareExportsNetworkInputsAndLabels) {
   EXPECT_EQ(run_prepare(o), kExitUsage);
 }
 
+// A card with more than two labels: the label is synth's label map on the model grid (codes
+// 0 background, 1 hematoma, 2 IVH, 3 edema), its hematoma label within resampling error of the
+// mask, each label's voxels counted in cases.csv; a synth folder without labels.nii.gz fails.
+TEST_F(Commands, PrepareExportsTheLabelMapForAModelWithMoreLabels) {
+  const fs::path card = root_ / "card4.json";
+  std::ofstream(card) << json{{"network", {{"num_classes", 4}}},
+                              {"labels", {{"0", "background"}, {"1", "hematoma"}, {"2", "ivh"}, {"3", "edema"}}},
+                              {"preprocessing",
+                               {{"spacing_mm", {2.0, 2.0, 5.0}},
+                                {"normalization", {{"type", "ct"}, {"clip_hu", {-100, 200}}, {"mean_hu", 40}, {"std_hu", 50}}}}}}
+                             .dump();
+  PrepareOptions o;
+  o.synth_dirs = {(root_ / "truth").string()};
+  o.card_path = card.string();
+  o.output_dir = (root_ / "prepared4").string();
+  ASSERT_EQ(run_prepare(o), kExitOk);
+  const auto rows = parse_csv(slurp(root_ / "prepared4/cases.csv")).records();
+  ASSERT_EQ(rows.size(), labels_.size());
+  double edema_total = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const torch::Tensor label = read_safetensors(root_ / "prepared4" / rows[i].at("file")).tensors.at("label");
+    EXPECT_EQ((label > 3).sum().item<int64_t>(), 0);
+    const std::map<std::string, std::pair<int, std::string>> counted{
+        {"foreground_voxels", {1, "volume_ml"}}, {"label2_voxels", {2, "ivh_volume_ml"}}, {"label3_voxels", {3, "edema_volume_ml"}}};
+    for (const auto& [column, code_truth] : counted) {
+      const int64_t voxels = (label == code_truth.first).sum().item<int64_t>();
+      EXPECT_EQ(rows[i].at(column), std::to_string(voxels)) << column;
+      const double ml = double(voxels) * 2.0 * 2.0 * 5.0 / 1000.0, truth_ml = std::stod(labels_[i].at(code_truth.second));
+      EXPECT_NEAR(ml, truth_ml, 0.25 * truth_ml + 0.2) << rows[i].at("case_id") << " " << column;
+      if (code_truth.first == 3) edema_total += truth_ml;
+    }
+  }
+  EXPECT_GT(edema_total, 1.0) << "the cohort has edema, so the check bites";
+  // The same cases without their label maps: every case fails, and says why.
+  fs::create_directories(root_ / "nolabels");
+  for (const auto& row : labels_) {
+    fs::copy(root_ / "truth" / row.at("case_id"), root_ / "nolabels" / row.at("case_id"));
+    fs::remove(root_ / "nolabels" / row.at("case_id") / "labels.nii.gz");
+  }
+  o.synth_dirs = {(root_ / "nolabels").string()};
+  o.output_dir = (root_ / "prepared4-nolabels").string();
+  EXPECT_EQ(run_prepare(o), kExitCaseFailed);
+}
+
 // Classifier ROIs from the true masks: the cases.csv row carries the case's measured volume and
 // markers, and the generator's truth (label, probabilities, each true marker as true_<name>).
 TEST_F(Commands, PrepareExportsClassifierRoisWithTheTruth) {
@@ -116,6 +160,10 @@ TEST_F(Commands, EvalComparesARunWithTheTruth) {
     if (i < 2) write_image_file(dir / "mask.nii.gz", mask, truth.volume.geometry);
     json r = {{"case_id", id}, {"status", i < 2 ? "ok" : "failed"},
               {"input", {{"path", (root_ / "truth" / id / "ct.nii.gz").string()}}}};
+    // A four-label model's label map: the truth's for case 0, nothing for case 1.
+    const torch::Tensor truth_labels = read_image_file(root_ / "truth" / id / "labels.nii.gz").volume.voxels.to(torch::kUInt8);
+    if (i < 2) write_image_file(dir / "labels.nii.gz", i == 0 ? truth_labels : torch::zeros_like(truth_labels), truth.volume.geometry);
+    r["labels"] = {{"ivh", {{"code", 2}}}, {"edema", {{"code", 3}}}};
     r["he"] = {{"probability", std::stod(labels_[size_t(i)].at("he_probability"))}};
     std::ofstream(dir / "result.json") << r.dump();
   }
@@ -136,6 +184,18 @@ TEST_F(Commands, EvalComparesARunWithTheTruth) {
   EXPECT_EQ(report["expansion"]["cases_with_prediction"], 2);
   EXPECT_EQ(report["per_case"][0]["dice"], 1.0);
   EXPECT_EQ(report["per_case"][3]["status"], "missing");
+  // Hematoma Dice by group: the found case and the missed one, each in its size group.
+  const json& groups = report["segmentation"]["dice_by_group"];
+  const auto cases_in = [&groups](const char* g) { return groups.contains(g) ? groups[g]["cases"].get<int>() : 0; };
+  EXPECT_EQ(cases_in("volume_under_5ml") + cases_in("volume_5_to_30ml") + cases_in("volume_30ml_or_more"), 2) << groups;
+  EXPECT_EQ(cases_in("with_ivh") + cases_in("without_ivh"), 2) << groups;
+  // Edema, which every hematoma here has: Dice 1 for the exact map, 0 for the empty one; the
+  // volume error of the empty one is its whole true edema volume.
+  const json& edema = report["labels"]["edema"];
+  ASSERT_EQ(edema["cases_with_label_in_truth"], 2) << report["labels"];
+  EXPECT_DOUBLE_EQ(edema["dice_mean"].get<double>(), 0.5);
+  EXPECT_NEAR(edema["volume_abs_error_ml_mean"].get<double>(), 0.5 * std::stod(labels_[1].at("edema_volume_ml")), 1e-4);
+  EXPECT_EQ(report["per_case"][0]["edema"]["dice"], 1.0);
 }
 
 TEST_F(Commands, InfoDescribesAModelAndRejectsOtherFiles) {

@@ -285,6 +285,10 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
     EXPECT_NEAR(r["hematoma"]["volume_ml"].get<double>(), double(voxels) * mask.volume.geometry.voxel_volume_mm3() / 1000.0, 1e-9);
   }
   EXPECT_EQ(csv.at(0, "seg_model_sha256"), sha);
+  // A two-class model writes no label map and leaves the other labels' columns blank.
+  EXPECT_FALSE(fs::exists(out / "cases/head/labels.nii.gz"));
+  EXPECT_EQ(csv.at(0, "ivh_volume_ml"), "");
+  EXPECT_EQ(csv.at(0, "edema_volume_ml"), "");
   // The expansion risk of each segmented hematoma, with its markers.
   const std::string cls_sha = sha256_file(root_ / "classifier.safetensors");
   for (size_t row = 0; row < 2; ++row) {
@@ -356,6 +360,56 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
   fs::remove_all(out);
   EXPECT_EQ(run(o), kExitSetup);
   EXPECT_FALSE(fs::exists(out / "results.csv"));
+}
+
+// A model with four labels: labels.nii.gz on the input grid, mask.nii.gz its hematoma label,
+// each further label's volume in result.json and results.csv; --resume after a classifier
+// change reuses the label map.
+TEST_F(RunCommand, MultiClassModelWritesALabelMapAndItsVolumes) {
+  synth::SynthOptions so;
+  so.seed = 3;
+  so.matrix = 128;
+  so.thin_fraction = 0.0;
+  const synth::SynthCase head = synth::render_procedural_case(so, 0);
+  fs::create_directories(root_ / "in4");
+  write_image_file(root_ / "in4/head.nii.gz", head.baseline.ct, head.baseline.geometry);
+  RunOptions o = options_;
+  o.inputs = {(root_ / "in4/head.nii.gz").string()};
+  o.output_dir = (root_ / "out4").string();
+  o.seg_model = test::write_random_multiclass_segmenter(root_ / "model4.safetensors").string();
+  o.cls_model = write_classifier_model(root_ / "classifier4.safetensors", 0.0).string();
+  ASSERT_EQ(run(o), kExitOk);
+  const fs::path dir = root_ / "out4/cases/head";
+  const ImageFileContents mask = read_image_file(dir / "mask.nii.gz");
+  const ImageFileContents labels = read_image_file(dir / "labels.nii.gz");
+  ASSERT_TRUE(labels.volume.geometry.same_grid(head.baseline.geometry, 1e-4));
+  EXPECT_TRUE(torch::equal(mask.volume.voxels > 0, labels.volume.voxels == 1));
+  const json r = json::parse(slurp(dir / "result.json"));
+  const Results csv = read_results(root_ / "out4/results.csv");
+  const double voxel_ml = head.baseline.geometry.voxel_volume_mm3() / 1000.0;
+  EXPECT_EQ(r["hematoma"]["voxels"].get<int64_t>(), (labels.volume.voxels == 1).sum().item<int64_t>());
+  EXPECT_GT(r["hematoma"]["voxels"].get<int64_t>(), 0) << r["labels"];
+  for (const auto& [name, code] : {std::pair<std::string, int>{"ivh", 2}, {"edema", 3}}) {
+    const int64_t voxels = (labels.volume.voxels == code).sum().item<int64_t>();
+    EXPECT_GT(voxels, 0) << name << ": the random model gives every label, so the checks bite";
+    EXPECT_EQ(r["labels"][name]["code"], code);
+    EXPECT_EQ(r["labels"][name]["voxels"].get<int64_t>(), voxels) << name;
+    EXPECT_NEAR(r["labels"][name]["volume_ml"].get<double>(), double(voxels) * voxel_ml, 1e-9);
+    EXPECT_EQ(csv.at(0, name + "_volume_ml"), format_number(r["labels"][name]["volume_ml"].get<double>(), 3));
+  }
+  EXPECT_EQ((labels.volume.voxels > 3).sum().item<int64_t>(), 0);
+  // Read back as the runner reads it for --resume, the block is the same.
+  EXPECT_EQ(CaseResult::from_json(r).to_json()["labels"], r["labels"]);
+
+  const std::string first = slurp(dir / "labels.nii.gz");
+  o.resume = true;
+  o.cls_model = test::write_parity_classifier(root_ / "classifier4-recalibrated.safetensors",
+                                              test::parity_classifier_card(0.0, 1.0, 0.0)).string();
+  ASSERT_EQ(run(o), kExitOk);
+  const json again = json::parse(slurp(dir / "result.json"));
+  EXPECT_TRUE(again["timings_s"].contains("mask_reused") && !again["timings_s"].contains("segment")) << again["timings_s"];
+  EXPECT_EQ(again["labels"], r["labels"]);
+  EXPECT_EQ(slurp(dir / "labels.nii.gz"), first);
 }
 
 }  // namespace

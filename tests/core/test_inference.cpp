@@ -92,6 +92,66 @@ TEST(Preprocessing, ResamplingIsExactForLinearIntensities) {
   EXPECT_TRUE(torch::allclose(two[1], -r));
 }
 
+// A mask (uint8) is interpolated like the same mask in float: it used to be truncated to its
+// integer type, which turned linear interpolation into taking the lower neighbour.
+TEST(Preprocessing, IntegerMasksAreInterpolatedNotTruncated) {
+  Geometry from;
+  from.size = {8, 1, 1};
+  from.spacing_mm = {1.0, 1.0, 1.0};
+  Geometry to = from;
+  to.size = {15, 1, 1};
+  to.spacing_mm = {0.5, 1.0, 1.0};
+  const torch::Tensor mask = torch::tensor({0, 0, 1, 1, 1, 0, 0, 0}, torch::kUInt8).view({1, 1, 8});
+  const torch::Tensor r = resample_between_grids(mask, from, to);
+  EXPECT_EQ(r.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(r, resample_between_grids(mask.to(torch::kFloat32), from, to)));
+  EXPECT_FLOAT_EQ(r[0][0][3].item<float>(), 0.5f);  // halfway between voxels 1 and 2
+  EXPECT_FLOAT_EQ(r[0][0][9].item<float>(), 0.5f);  // halfway between voxels 4 and 5
+}
+
+// Label maps between grids: each class's map resampled, the largest share wins, background's
+// share is 1 minus the others', ties go to the lower code.
+TEST(Labels, EachVoxelTakesTheClassWithTheLargestShare) {
+  const Geometry g = test::grid({6, 1, 1}, {1, 1, 1});
+  // Voxel by voxel: classes 1, 2, 3 shares; background is the rest.
+  const torch::Tensor maps = torch::tensor({0.6f, 0.4f, 0.3f, 0.2f, 0.0f, 0.34f,   // class 1
+                                            0.3f, 0.4f, 0.3f, 0.2f, 0.0f, 0.33f,   // class 2
+                                            0.0f, 0.1f, 0.3f, 0.1f, 0.0f, 0.33f})  // class 3
+                                 .view({3, 1, 1, 6});
+  torch::Tensor first;
+  const torch::Tensor codes = class_codes_between_grids(maps, g, g, &first);
+  EXPECT_EQ(codes.scalar_type(), torch::kUInt8);
+  // 0.6 > rest; 0.4 = 0.4 tie -> 1; three 0.3 vs background 0.1 -> 1; background 0.5 wins;
+  // nothing -> 0; 0.34 over 0.33, 0.33 and background 0.0 -> 1.
+  EXPECT_TRUE(torch::equal(codes.view({6}), torch::tensor({1, 1, 1, 0, 0, 1}, torch::kUInt8))) << codes;
+  EXPECT_TRUE(torch::equal(first, maps[0]));
+  const torch::Tensor swapped = class_codes_between_grids(torch::stack({maps[1], maps[2], maps[0]}), g, g);
+  EXPECT_TRUE(torch::equal(swapped.view({6}), torch::tensor({3, 1, 1, 0, 0, 3}, torch::kUInt8))) << swapped;
+}
+
+// The training label of a label map: on the same grid the codes come back exactly; on a grid
+// twice as coarse each voxel takes the class of the voxel under its centre, and with two
+// classes the rule is "more than half": what `run` applies to its probabilities.
+TEST(Labels, TrainingLabelsKeepTheCodesAndTheHalfRule) {
+  const Geometry fine = test::grid({12, 10, 8}, {1, 1, 1});
+  torch::Tensor labels = torch::zeros(tensor_shape(fine), torch::kUInt8);
+  labels.slice(0, 0, 4).fill_(1);
+  labels.slice(0, 4, 6).slice(1, 0, 5).fill_(2);
+  labels.slice(0, 6, 8).slice(2, 6, 12).fill_(3);
+  labels[7][9][11] = 7;  // a code the model does not have: background
+  torch::Tensor expected = labels.clone();
+  expected[7][9][11] = 0;
+  EXPECT_TRUE(torch::equal(prepare_network_label(labels, fine, fine, 4), expected));
+  const Geometry coarse = grid_with_spacing(fine, {2, 2, 2});
+  const torch::Tensor down = prepare_network_label(labels, fine, coarse, 4);
+  EXPECT_TRUE(torch::equal(down, expected.slice(0, 0, 8, 2).slice(1, 0, 10, 2).slice(2, 0, 12, 2)));
+  // Two classes: the mask's linear interpolation above one half.
+  const Geometry half = grid_with_spacing(fine, {0.5, 0.5, 0.5});
+  const torch::Tensor mask = (labels == 1).to(torch::kUInt8);
+  EXPECT_TRUE(torch::equal(prepare_network_label(mask, fine, half),
+                           (resample_between_grids(mask.to(torch::kFloat32), fine, half) > 0.5f).to(torch::kUInt8)));
+}
+
 TEST(Preprocessing, CtNormalisationFromTheCard) {
   const Preprocessing p = Preprocessing::from_json(
       {{"spacing_mm", {0.9, 0.9, 5.0}}, {"normalization", {{"type", "ct"}, {"clip_hu", {-20, 120}}, {"mean_hu", 40}, {"std_hu", 20}}}});

@@ -22,6 +22,14 @@ TEST(Qc, MosaicShowsMaskedSlicesInRed) {
   const torch::Tensor plain = qc_mosaic(v, torch::zeros_like(mask));
   EXPECT_EQ(plain.sizes(), (c10::IntArrayRef{300, 600, 3}));
   EXPECT_EQ(plain.select(2, 1).max().item<uint8_t>(), 128);
+  // A label map: intraventricular blood (2) in blue, edema (3) in yellow, beside the red clot.
+  torch::Tensor labels = mask.clone();
+  labels.slice(0, 8, 11).slice(1, 50, 60).slice(2, 140, 160).fill_(2);
+  labels.slice(0, 8, 11).slice(1, 80, 90).slice(2, 100, 120).fill_(3);
+  const torch::Tensor coloured = qc_mosaic(v, labels);
+  EXPECT_TRUE(torch::equal(coloured[27][55], torch::tensor({185, 70, 70}, torch::kUInt8))) << coloured[27][55];
+  EXPECT_TRUE(torch::equal(coloured[27][75], torch::tensor({88, 124, 185}, torch::kUInt8))) << coloured[27][75];
+  EXPECT_TRUE(torch::equal(coloured[42][55], torch::tensor({185, 169, 70}, torch::kUInt8))) << coloured[42][55];
 }
 
 }  // namespace

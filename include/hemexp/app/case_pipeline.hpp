@@ -51,6 +51,8 @@ struct CaseAnalysis {
   CanonicalVolume canonical;
   torch::Tensor canonical_mask;  // uint8 (z,y,x), canonical grid
   torch::Tensor mask;            // uint8 (z,y,x), the input grid
+  // A multi-class segmenter's label codes (uint8), canonical and input grid; undefined otherwise.
+  torch::Tensor canonical_labels, labels;
   torch::Tensor probability;     // float32 (z,y,x), the input grid; only with save_probabilities
 };
 // The `he` block for an analysed case: the classifier's calibrated probability and risk, or
@@ -59,7 +61,8 @@ struct CaseAnalysis {
 ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& analysis,
                              const HematomaMeasurements& hematoma, const NcctMarkers& markers);
 
-// reuse_mask (uint8, the input grid), when defined, replaces the segmentation (CaseInput::reuse_mask).
+// reuse_mask (uint8, the input grid), when defined, replaces the segmentation (CaseInput::reuse_mask):
+// the hematoma mask, or for a multi-class segmenter its label map.
 CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, CaseResult& result,
                             spdlog::logger& log, const torch::Tensor& reuse_mask = {});
 

@@ -36,6 +36,14 @@ struct ExpansionRisk {
   static ExpansionRisk from_json(const nlohmann::json& j);
 };
 
+// A further label of a multi-class segmenter (intraventricular blood, perihematomal edema):
+// its code in labels.nii.gz and its volume on the input grid.
+struct LabelVolume {
+  int code = 0;
+  int64_t voxels = 0;
+  double volume_ml = 0.0;
+};
+
 // Everything known about one case: what result.json holds and results.csv shows. The one
 // place both files come from, and what --resume reads back.
 struct CaseResult {
@@ -49,6 +57,7 @@ struct CaseResult {
   std::vector<std::string> qc_flags;
   std::optional<IntracranialContent> intracranial;
   std::optional<HematomaMeasurements> hematoma;
+  std::map<std::string, LabelVolume> labels;  // by the card's label name (codes >= 2); none for a two-class model
   std::optional<NcctMarkers> markers;
   std::optional<ExpansionRisk> he;
   std::string corrected_ct;                     // file name of the corrected CT, when written
@@ -77,6 +86,7 @@ struct CaseResult {
 struct CaseFiles {
   static constexpr const char* kResult = "result.json";
   static constexpr const char* kMask = "mask.nii.gz";                // uint8 hematoma mask, input grid
+  static constexpr const char* kLabels = "labels.nii.gz";            // uint8 label codes, multi-class models
   static constexpr const char* kProbability = "probability.nii.gz";  // --save-probabilities
   static constexpr const char* kQc = "qc.png";                       // unless --no-qc
   static constexpr const char* kCorrectedCt = "ct.nii.gz";           // when reading resampled the grid

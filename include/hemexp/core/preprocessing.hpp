@@ -34,7 +34,8 @@ torch::Tensor resample_between_grids(const torch::Tensor& voxels, const Geometry
 // positions first + k * step (k = 0 .. out_size - 1, in input voxels). Without `outside`,
 // positions beyond the input take the nearest edge value; with it, the input is treated as
 // surrounded by voxels of that value (a position half a voxel past the edge is half edge,
-// half outside; bool or integer input then gives float32, converted after gathering). Applied
+// half outside). Bool or integer input gives float32 (with `outside`, converted after
+// gathering): a mask is interpolated, never truncated to its integer type. Applied
 // once per axis this is trilinear interpolation on an axis-aligned grid.
 torch::Tensor interpolate_axis(const torch::Tensor& x, int64_t dim, int64_t out_size, double first, double step,
                                std::optional<double> outside = std::nullopt);

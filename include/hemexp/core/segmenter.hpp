@@ -18,7 +18,13 @@ struct SegmentationRecipe {
   // Components with fewer voxels than this fraction of the largest one are removed too (the
   // largest is always kept): scattered false positives beside a real hematoma.
   double min_component_fraction = 0.0;
+  // The card's "labels", names by code: 0 background, 1 the parenchymal hematoma (what the
+  // mask, the measurements and the classifier use), then any further tissue (e.g. "ivh",
+  // "edema"). A two-class model thresholds the hematoma probability; a model with more classes
+  // gives each voxel its most probable class.
+  std::vector<std::string> labels{"background", "hematoma"};
 
+  bool multi_class() const { return labels.size() > 2; }
   static SegmentationRecipe from_card(const nlohmann::json& card);
 };
 
@@ -26,11 +32,23 @@ struct SegmentationRecipe {
 // normalised, shape (1, z, y, x). model_grid receives the grid it lives on.
 torch::Tensor prepare_network_input(const Volume& canonical, const Preprocessing& p, Geometry* model_grid);
 
-// The training label for that input: a uint8 mask on the canonical grid brought onto
-// model_grid the way `run` brings probabilities back, mirrored (linear interpolation, > 0.5).
-// `hemexp prepare` uses it, so training and inference resample alike.
-torch::Tensor prepare_network_label(const torch::Tensor& canonical_mask, const Geometry& canonical,
-                                    const Geometry& model_grid);
+// Class codes on grid `to` from per-class maps on grid `from`: `foreground` (K - 1, z, y, x)
+// holds classes 1 .. K - 1 (probabilities, or one-hot label maps); each is resampled linearly
+// and a voxel takes the class with the largest value, background's being 1 minus their sum;
+// ties go to the lower code (with two classes: class 1 where its value is above 0.5). Memory
+// is a few float volumes of `to`, whatever K. first_class, when given, receives class 1's
+// resampled map.
+torch::Tensor class_codes_between_grids(const torch::Tensor& foreground, const Geometry& from, const Geometry& to,
+                                        torch::Tensor* first_class = nullptr);
+
+// The training label for that input: a uint8 label map (codes 0 .. num_classes - 1; a mask
+// for two classes) on the canonical grid brought onto model_grid the way `run` brings
+// probabilities back, mirrored (each class's one-hot map resampled linearly, then
+// class_codes_between_grids: a voxel is hematoma when more than half of it is). `hemexp
+// prepare` uses it, so training and inference resample alike. Codes at or above num_classes
+// count as background.
+torch::Tensor prepare_network_label(const torch::Tensor& canonical_labels, const Geometry& canonical,
+                                    const Geometry& model_grid, int64_t num_classes = 2);
 
 // Wall seconds of segment()'s steps (benchmarks: bench/bench_segmenter.cpp).
 struct SegmentTimings {
@@ -41,8 +59,9 @@ struct SegmentTimings {
 };
 
 struct Segmentation {
-  torch::Tensor mask;         // uint8 (z, y, x) on the canonical grid of the input
-  torch::Tensor probability;  // float32 foreground probability on the same grid
+  torch::Tensor mask;         // uint8 (z, y, x) on the canonical grid of the input: the parenchymal hematoma
+  torch::Tensor labels;       // uint8 codes of the card's labels on the same grid (labels == 1 is mask)
+  torch::Tensor probability;  // float32 hematoma (class 1) probability on the same grid
   int64_t removed_components = 0;
   SegmentTimings seconds;
 };
@@ -63,9 +82,10 @@ class Segmenter {
   static Segmenter load(const std::filesystem::path& path, const torch::Device& device = torch::kCPU);
   explicit Segmenter(ModelFile file, const torch::Device& device = torch::kCPU);
 
-  // prepare, sliding window (softmax), foreground probability resampled back onto the
-  // canonical grid, threshold, small components removed (remove_small_components with the
-  // card's min_component_ml and min_component_fraction).
+  // prepare, sliding window (softmax), probabilities resampled back onto the canonical grid,
+  // threshold (two classes) or most probable class (more), small components removed: of the
+  // hematoma with the card's min_component_ml and min_component_fraction, of any other label
+  // with min_component_ml alone (both lateral ventricles may hold blood).
   Segmentation segment(const Volume& canonical) const;
 
   const SegmentationRecipe& recipe() const { return recipe_; }
