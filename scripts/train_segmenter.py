@@ -438,6 +438,11 @@ def main():
     patch = card["inference"]["patch_size"]
     norm = card["preprocessing"]["normalization"]
     pad_value = float((norm["clip_hu"][0] - norm["mean_hu"]) / norm["std_hu"])
+    num_classes = card["network"]["num_classes"]
+    if len(card.get("labels", {"0": "background", "1": "hematoma"})) != num_classes:
+        ap.error(f"the card's labels must name its {num_classes} classes (hemexp run refuses the model otherwise)")
+    if args.ivh_fraction > 0 and ivh_code(card) is None:
+        log("warning: --ivh-fraction is ignored: the card has no 'ivh' label")
 
     train_rows, val_rows = split_cases(args.data, args.val_fraction, args.seed)
     while len(train_rows) < args.min_cases:
@@ -450,6 +455,9 @@ def main():
     train_cases = [make_case(cid, p, d) for cid, p, d in train_rows]
     log(f"loaded training cases in {time.perf_counter() - t:.1f} s; "
         f"{sum(len(c.fg) > 0 for c in train_cases)} with hematoma")
+    if num_classes > 2 and not any(c.label.max() >= 2 for c in train_cases):
+        ap.error("the card has more than two labels but no training label has a code above 1: "
+                 "was the data prepared with a two-label card?")
 
     net = hemexp_nets.UMamba(card["network"])
     init_block = None

@@ -157,6 +157,7 @@ void write_case_outputs(const fs::path& dir, const LoadedVolume& loaded, const C
   const Geometry& grid = loaded.volume.geometry;
   write_image_file(dir / CaseFiles::kMask, a.mask, grid);
   if (a.labels.defined()) write_image_file(dir / CaseFiles::kLabels, a.labels, grid);
+  else fs::remove(dir / CaseFiles::kLabels);  // an earlier run's, with a model of more labels: not this mask's
   if (a.probability.defined()) write_image_file(dir / CaseFiles::kProbability, a.probability, grid);
   if (pipeline.qc)
     write_png(dir / CaseFiles::kQc,
@@ -203,10 +204,12 @@ CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipel
         if (!kept.volume.geometry.same_grid(loaded.volume.geometry, 1e-3)) throw IoError("its grid is not the input's");
         reuse_mask = labels ? kept.volume.voxels.round().clamp(0, 255).to(torch::kUInt8)
                             : (kept.volume.voxels > 0.5f).to(torch::kUInt8);
+        if (labels && reuse_mask.max().item<int64_t>() >= int64_t(pipeline.segmenter->recipe().labels.size()))
+          throw IoError("its label codes are not the model's");
         result.timings_s["mask_reused"] = seconds_since(t_mask);  // reading it; analyse_volume skips segment
       } catch (const std::exception& e) {
-        log.warn("{}: the previous mask {} cannot be used ({}): segmenting again", c.id, c.reuse_mask.string(),
-                 one_line(e.what()));
+        log.warn("{}: the previous mask (or label map) beside {} cannot be used ({}): segmenting again", c.id,
+                 c.reuse_mask.string(), one_line(e.what()));
       }
     }
     const CaseAnalysis analysis = analyse_volume(loaded.volume, pipeline, result, log, reuse_mask);

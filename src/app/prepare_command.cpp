@@ -140,11 +140,29 @@ Loaded load_case(const PrepareCase& c, bool with_labels = false) {
   return l;
 }
 
+// The card code of each synth label code (SynthLabel: 1 hematoma, 2 ivh, 3 edema), by the
+// card's label names; a synth tissue the card does not name is background. UsageError-like
+// std::runtime_error for a card label synth does not make.
+torch::Tensor synth_to_card_codes(const std::vector<std::string>& card_labels) {
+  static const std::map<std::string, int> synth{{"background", 0}, {"hematoma", 1}, {"ivh", 2}, {"edema", 3}};
+  torch::Tensor lut = torch::zeros({256}, torch::kUInt8);
+  for (size_t code = 1; code < card_labels.size(); ++code) {
+    const auto it = synth.find(card_labels[code]);
+    if (it == synth.end() || it->second == 0)
+      throw std::runtime_error("label " + std::to_string(code) + " '" + card_labels[code] +
+                               "' is not one hemexp synth makes (hematoma, ivh, edema)");
+    lut[it->second] = int64_t(code);
+  }
+  return lut;
+}
+
 // Segmentation training data: the network input and its label, on the model grid. With a
-// card of more than two classes the label is the synth label map (codes as the card's labels:
-// hemexp synth's 0 background, 1 hematoma, 2 IVH, 3 edema), otherwise the hematoma mask.
-int export_segmentation(const std::vector<PrepareCase>& cases, const Preprocessing& pre, int64_t num_classes,
-                        const fs::path& out) {
+// card of more than two labels the label is the synth label map with the card's codes (by
+// name, synth_to_card_codes), otherwise the hematoma mask.
+int export_segmentation(const std::vector<PrepareCase>& cases, const Preprocessing& pre,
+                        const std::vector<std::string>& card_labels, const fs::path& out) {
+  const int64_t num_classes = int64_t(card_labels.size());
+  const torch::Tensor lut = num_classes > 2 ? synth_to_card_codes(card_labels) : torch::Tensor();
   std::vector<std::string> columns{"case_id", "file", "source", "foreground_voxels"};
   for (int64_t k = 2; k < num_classes; ++k) columns.push_back("label" + std::to_string(k) + "_voxels");
   std::string csv = csv_line(columns);
@@ -155,8 +173,9 @@ int export_segmentation(const std::vector<PrepareCase>& cases, const Preprocessi
       const CanonicalVolume canonical = to_canonical(l.ct.volume);
       Geometry model_grid;
       const torch::Tensor image = prepare_network_input(canonical.volume, pre, &model_grid);
-      const torch::Tensor label = prepare_network_label(to_canonical(num_classes > 2 ? l.labels : l.mask, canonical.map),
-                                                        canonical.volume.geometry, model_grid, num_classes);
+      const torch::Tensor codes = num_classes > 2 ? lut.index({l.labels.to(torch::kLong)}) : l.mask;
+      const torch::Tensor label = prepare_network_label(to_canonical(codes, canonical.map), canonical.volume.geometry,
+                                                        model_grid, num_classes);
       SafetensorsFile file;
       file.tensors["image"] = image;
       file.tensors["label"] = label;
@@ -273,8 +292,11 @@ int run_prepare(const PrepareOptions& o) {
     const std::vector<PrepareCase> cases =
         o.run_dir.empty() ? synth_cases(o.synth_dirs) : run_cases_with_labels(o.run_dir, o.labels_csv);
     if (classifier) return export_rois(cases, RoiRecipe::from_json(card.at("roi")), out);
-    const int64_t num_classes = card.contains("network") ? card["network"].value("num_classes", 2) : 2;
-    return export_segmentation(cases, Preprocessing::from_json(card.at("preprocessing")), num_classes, out);
+    // The card's labels, checked as `run` checks them, against the network's class count.
+    const std::vector<std::string> labels = segmentation_labels(card);
+    if (card.contains("network") && card["network"].value("num_classes", int64_t(labels.size())) != int64_t(labels.size()))
+      throw std::runtime_error("network.num_classes is not the number of labels");
+    return export_segmentation(cases, Preprocessing::from_json(card.at("preprocessing")), labels, out);
   } catch (const std::exception& e) {
     spdlog::error("card {}: {}", o.card_path, e.what());
     return kExitUsage;

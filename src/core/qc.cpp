@@ -39,7 +39,8 @@ torch::Tensor qc_mosaic(const Volume& canonical, const torch::Tensor& mask, int6
   check_matches(canonical.geometry, mask, "QC picture mask");
   const int64_t nz = canonical.geometry.size[2];
   std::vector<int64_t> candidates;
-  const torch::Tensor per_slice = (mask != 0).sum({1, 2});
+  // Slices with hematoma (code 1) first; a label map without one shows its other labels.
+  const torch::Tensor per_slice = ((mask == 1).any().item<bool>() ? mask == 1 : mask != 0).sum({1, 2});
   for (int64_t z = 0; z < nz; ++z)
     if (per_slice[z].item<int64_t>() > 0) candidates.push_back(z);
   if (candidates.empty())

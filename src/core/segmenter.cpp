@@ -7,6 +7,26 @@
 
 namespace hemexp {
 
+std::vector<std::string> segmentation_labels(const nlohmann::json& card) {
+  std::vector<std::string> labels{"background", "hematoma"};
+  if (!card.contains("labels")) return labels;
+  const nlohmann::json& l = card["labels"];
+  if (!l.is_object() || l.size() < 2 || l.size() > 255)
+    throw ModelError("model card: labels must map the codes 0 .. K-1 (K from 2 to 255) to names");
+  labels.assign(l.size(), "");
+  for (size_t code = 0; code < l.size(); ++code) {
+    const std::string key = std::to_string(code);
+    if (!l.contains(key) || !l[key].is_string() || l[key].get<std::string>().empty())
+      throw ModelError("model card: labels has no name for code " + key + " (codes must be 0 .. K-1)");
+    labels[code] = l[key].get<std::string>();
+    for (size_t other = 0; other < code; ++other)
+      if (labels[other] == labels[code]) throw ModelError("model card: label name '" + labels[code] + "' is used twice");
+  }
+  // The mask, the measurements and the classifier's ROI are label 1.
+  if (labels[1] != "hematoma") throw ModelError("model card: label 1 must be 'hematoma', not '" + labels[1] + "'");
+  return labels;
+}
+
 SegmentationRecipe SegmentationRecipe::from_card(const nlohmann::json& card) {
   SegmentationRecipe r;
   if (!card.contains("preprocessing")) throw ModelError("model card: no preprocessing block");
@@ -29,18 +49,7 @@ SegmentationRecipe SegmentationRecipe::from_card(const nlohmann::json& card) {
   } catch (const nlohmann::json::exception& e) {
     throw ModelError(std::string("model card: inference block is incomplete: ") + e.what());
   }
-  if (card.contains("labels")) {
-    const nlohmann::json& l = card["labels"];
-    if (!l.is_object() || l.size() < 2 || l.size() > 255)
-      throw ModelError("model card: labels must map the codes 0 .. K-1 (K from 2 to 255) to names");
-    r.labels.assign(l.size(), "");
-    for (size_t code = 0; code < l.size(); ++code) {
-      const std::string key = std::to_string(code);
-      if (!l.contains(key) || !l[key].is_string() || l[key].get<std::string>().empty())
-        throw ModelError("model card: labels has no name for code " + key + " (codes must be 0 .. K-1)");
-      r.labels[code] = l[key].get<std::string>();
-    }
-  }
+  r.labels = segmentation_labels(card);
   if (r.overlap < 0 || r.overlap >= 1) throw ModelError("model card: inference.overlap must be in [0, 1)");
   if (r.threshold <= 0 || r.threshold >= 1) throw ModelError("model card: postprocessing.threshold must be in (0, 1)");
   if (r.min_component_fraction < 0 || r.min_component_fraction > 1)
@@ -64,7 +73,7 @@ torch::Tensor class_codes_between_grids(const torch::Tensor& foreground, const G
     if (k == 0) {
       if (first_class) *first_class = v;
       codes = torch::ones(v.sizes(), torch::kUInt8);
-      best = v.clone();
+      best = v;  // replaced, never changed in place
       sum = v.clone();
       continue;
     }
@@ -81,8 +90,8 @@ torch::Tensor class_codes_between_grids(const torch::Tensor& foreground, const G
 torch::Tensor prepare_network_label(const torch::Tensor& canonical_labels, const Geometry& canonical,
                                     const Geometry& model_grid, int64_t num_classes) {
   if (num_classes < 2) throw CoreError("a label map needs at least two classes");
-  std::vector<torch::Tensor> one_hot;
-  for (int64_t k = 1; k < num_classes; ++k) one_hot.push_back((canonical_labels == k).to(torch::kFloat32));
+  std::vector<torch::Tensor> one_hot;  // uint8: each class becomes float only while it is resampled
+  for (int64_t k = 1; k < num_classes; ++k) one_hot.push_back((canonical_labels == k).to(torch::kUInt8));
   return class_codes_between_grids(torch::stack(one_hot), canonical, model_grid);
 }
 

@@ -169,6 +169,16 @@ TEST(BadModels, EachIsRefusedAtLoadWithItsReasonAndExitCode3) {
   c = card;
   c["preprocessing"]["spacing_mm"] = {1e-6, 1e-6, 1e-6};
   with_card("spacing-tiny.safetensors", c, "spacing_mm must be 3 numbers (x, y, z), each 0.05 to 20 mm");
+  // Labels: as many as the network's classes, each code 0 .. K-1 named once, 1 the hematoma.
+  c = card;
+  c["labels"] = {{"0", "background"}, {"1", "hematoma"}, {"2", "ivh"}};
+  with_card("labels-three.safetensors", c, "the network has 2 classes, the card's labels 3");
+  c["labels"] = {{"0", "background"}, {"2", "hematoma"}};
+  with_card("labels-gap.safetensors", c, "labels has no name for code 1");
+  c["labels"] = {{"0", "background"}, {"1", "background"}};
+  with_card("labels-twice.safetensors", c, "label name 'background' is used twice");
+  c["labels"] = {{"0", "background"}, {"1", "ivh"}};
+  with_card("labels-not-hematoma.safetensors", c, "label 1 must be 'hematoma', not 'ivh'");
   {
     SafetensorsFile f = file;
     const std::string name = f.tensors.begin()->first;

@@ -112,6 +112,24 @@ TEST_F(Commands, PrepareExportsTheLabelMapForAModelWithMoreLabels) {
     }
   }
   EXPECT_GT(edema_total, 1.0) << "the cohort has edema, so the check bites";
+  // Codes follow the card's names, not synth's numbers; a name synth does not make is refused.
+  json swapped = json::parse(slurp(card));
+  swapped["labels"]["2"] = "edema";
+  swapped["labels"]["3"] = "ivh";
+  std::ofstream(root_ / "card4-swapped.json") << swapped.dump();
+  o.card_path = (root_ / "card4-swapped.json").string();
+  o.output_dir = (root_ / "prepared4-swapped").string();
+  ASSERT_EQ(run_prepare(o), kExitOk);
+  const auto swapped_rows = parse_csv(slurp(root_ / "prepared4-swapped/cases.csv")).records();
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(swapped_rows[i].at("label2_voxels"), rows[i].at("label3_voxels"));
+    EXPECT_EQ(swapped_rows[i].at("label3_voxels"), rows[i].at("label2_voxels"));
+  }
+  swapped["labels"]["3"] = "subdural";
+  std::ofstream(root_ / "card4-subdural.json") << swapped.dump();
+  o.card_path = (root_ / "card4-subdural.json").string();
+  EXPECT_EQ(run_prepare(o), kExitUsage);
+  o.card_path = card.string();
   // The same cases without their label maps: every case fails, and says why.
   fs::create_directories(root_ / "nolabels");
   for (const auto& row : labels_) {

@@ -410,6 +410,12 @@ TEST_F(RunCommand, MultiClassModelWritesALabelMapAndItsVolumes) {
   EXPECT_TRUE(again["timings_s"].contains("mask_reused") && !again["timings_s"].contains("segment")) << again["timings_s"];
   EXPECT_EQ(again["labels"], r["labels"]);
   EXPECT_EQ(slurp(dir / "labels.nii.gz"), first);
+  // A two-class model on the same folder: segmented again, and no label map of the other model stays.
+  o.seg_model = test::write_random_segmenter(root_ / "model2.safetensors").string();
+  ASSERT_EQ(run(o), kExitOk);
+  EXPECT_TRUE(json::parse(slurp(dir / "result.json"))["timings_s"].contains("segment"));
+  EXPECT_FALSE(fs::exists(dir / "labels.nii.gz"));
+  EXPECT_FALSE(json::parse(slurp(dir / "result.json")).contains("labels"));
 }
 
 }  // namespace

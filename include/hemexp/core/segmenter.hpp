@@ -28,6 +28,11 @@ struct SegmentationRecipe {
   static SegmentationRecipe from_card(const nlohmann::json& card);
 };
 
+// The card's "labels" ({"0": "background", "1": "hematoma", ...}), names by code, checked: codes
+// 0 .. K-1 each named once, label 1 the hematoma; background and hematoma when the card has
+// none. ModelError otherwise.
+std::vector<std::string> segmentation_labels(const nlohmann::json& card);
+
 // The network input for a canonical-orientation CT volume: resampled to the model spacing and
 // normalised, shape (1, z, y, x). model_grid receives the grid it lives on.
 torch::Tensor prepare_network_input(const Volume& canonical, const Preprocessing& p, Geometry* model_grid);
