@@ -200,10 +200,8 @@ CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipel
         // A multi-class segmenter's label map is kept beside the mask, and it is what is reused.
         const bool labels = pipeline.segmenter && pipeline.segmenter->recipe().multi_class();
         const fs::path file = labels ? c.reuse_mask.parent_path() / CaseFiles::kLabels : c.reuse_mask;
-        const ImageFileContents kept = read_image_file(file);
-        if (!kept.volume.geometry.same_grid(loaded.volume.geometry, 1e-3)) throw IoError("its grid is not the input's");
-        reuse_mask = labels ? kept.volume.voxels.round().clamp(0, 255).to(torch::kUInt8)
-                            : (kept.volume.voxels > 0.5f).to(torch::kUInt8);
+        reuse_mask = read_codes_on_grid(file, loaded.volume.geometry);
+        if (!labels) reuse_mask = (reuse_mask > 0).to(torch::kUInt8);
         if (labels && reuse_mask.max().item<int64_t>() >= int64_t(pipeline.segmenter->recipe().labels.size()))
           throw IoError("its label codes are not the model's");
         result.timings_s["mask_reused"] = seconds_since(t_mask);  // reading it; analyse_volume skips segment

@@ -15,6 +15,7 @@
 #include "hemexp/app/cli.hpp"
 #include "hemexp/core/metrics.hpp"
 #include "hemexp/core/statistics.hpp"
+#include "hemexp/core/synth.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/image_file.hpp"
@@ -117,14 +118,16 @@ int run_eval(const EvalOptions& o) {
     dice_by_group[m.true_volume_ml < 5 ? "volume_under_5ml" : m.true_volume_ml < 30 ? "volume_5_to_30ml" : "volume_30ml_or_more"]
         .push_back(m.dice);
     if (row.count("ivh")) dice_by_group[row.at("ivh") == "1" ? "with_ivh" : "without_ivh"].push_back(m.dice);
-    // Further labels: the run's codes from its result.json, the truth's from hemexp synth
-    // (2 intraventricular blood, 3 edema).
+    // Further labels, by name: the run's codes from its result.json, the truth's from hemexp
+    // synth (synth_label_names: intraventricular blood, edema).
     if (r.contains("labels") && fs::exists(truth / id / "labels.nii.gz") &&
         fs::exists(it->second / "labels.nii.gz")) {
-      const torch::Tensor tl = read_image_file(truth / id / "labels.nii.gz").volume.voxels.round();
-      const torch::Tensor pl = read_image_file(it->second / "labels.nii.gz").volume.voxels.round();
+      const torch::Tensor tl = read_codes_on_grid(truth / id / "labels.nii.gz", t.volume.geometry);
+      const torch::Tensor pl = read_codes_on_grid(it->second / "labels.nii.gz", t.volume.geometry);
       const double ml = t.volume.geometry.voxel_volume_mm3() / 1000.0;
-      for (const auto& [name, truth_code] : {std::pair<std::string, int>{"ivh", 2}, {"edema", 3}}) {
+      const std::vector<std::string>& synth_names = synth::synth_label_names();
+      for (int truth_code = synth::kLabelIvh; truth_code < int(synth_names.size()); ++truth_code) {
+        const std::string& name = synth_names[size_t(truth_code)];
         if (!r["labels"].contains(name)) continue;
         const int pred_code = r["labels"][name].at("code").get<int>();
         const torch::Tensor pm = pl == pred_code, tm = tl == truth_code;

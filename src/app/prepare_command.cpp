@@ -15,6 +15,7 @@
 #include "hemexp/core/roi.hpp"
 #include "hemexp/core/safetensors.hpp"
 #include "hemexp/core/segmenter.hpp"
+#include "hemexp/core/synth.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
@@ -120,38 +121,31 @@ struct Loaded {
   torch::Tensor labels;  // the label map on the same grid, when asked for
 };
 
-// A uint8 image on the CT's grid (a mask or a label map).
-torch::Tensor read_on_grid(const fs::path& file, const Geometry& grid) {
-  const ImageFileContents image = read_image_file(file);
-  if (!image.volume.geometry.same_grid(grid, 1e-3)) throw IoError(file.filename().string() + " and CT grids differ");
-  return image.volume.voxels.round().clamp(0, 255).to(torch::kUInt8);
-}
-
 Loaded load_case(const PrepareCase& c, bool with_labels = false) {
   Loaded l{read_volume(c.ct), torch::Tensor(), torch::Tensor()};
-  l.mask = (read_on_grid(c.mask, l.ct.volume.geometry) > 0).to(torch::kUInt8);
+  l.mask = (read_codes_on_grid(c.mask, l.ct.volume.geometry) > 0).to(torch::kUInt8);
   if (with_labels) {
     if (c.labels.empty())
       throw IoError("the card has more than two classes, and " + c.ct.parent_path().string() +
                     " has no labels.nii.gz (made by an older hemexp synth?)");
-    l.labels = read_on_grid(c.labels, l.ct.volume.geometry);
+    l.labels = read_codes_on_grid(c.labels, l.ct.volume.geometry);
     if (!torch::equal(l.labels == 1, l.mask > 0)) throw IoError("labels.nii.gz label 1 is not mask.nii.gz");
   }
   return l;
 }
 
-// The card code of each synth label code (SynthLabel: 1 hematoma, 2 ivh, 3 edema), by the
-// card's label names; a synth tissue the card does not name is background. UsageError-like
-// std::runtime_error for a card label synth does not make.
+// The card code of each synth label code (synth::synth_label_names), by the card's label
+// names; a synth tissue the card does not name is background. std::runtime_error for a card
+// label synth does not make.
 torch::Tensor synth_to_card_codes(const std::vector<std::string>& card_labels) {
-  static const std::map<std::string, int> synth{{"background", 0}, {"hematoma", 1}, {"ivh", 2}, {"edema", 3}};
+  const std::vector<std::string>& synth = synth::synth_label_names();
   torch::Tensor lut = torch::zeros({256}, torch::kUInt8);
   for (size_t code = 1; code < card_labels.size(); ++code) {
-    const auto it = synth.find(card_labels[code]);
-    if (it == synth.end() || it->second == 0)
+    const auto it = std::find(synth.begin() + 1, synth.end(), card_labels[code]);
+    if (it == synth.end())
       throw std::runtime_error("label " + std::to_string(code) + " '" + card_labels[code] +
                                "' is not one hemexp synth makes (hematoma, ivh, edema)");
-    lut[it->second] = int64_t(code);
+    lut[it - synth.begin()] = int64_t(code);
   }
   return lut;
 }

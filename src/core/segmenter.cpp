@@ -156,33 +156,30 @@ Segmentation Segmenter::segment(const Volume& canonical) const {
       [&net](const torch::Tensor& patch) { return net->forward(patch); }, input, classes, o);
   s.seconds.network = seconds_since(t0);
   t0 = Clock::now();
-  if (!recipe_.multi_class()) {
+  const bool multi = recipe_.multi_class();
+  if (multi) {
+    s.labels = class_codes_between_grids(probabilities.slice(0, 1), model_grid, canonical.geometry, &s.probability);
+    s.probability.clamp_(0, 1);
+  } else {
     // Only the foreground probability goes back to the input grid (bounded memory).
     const torch::Tensor foreground = probabilities[1].contiguous();
     s.probability = resample_between_grids(foreground, model_grid, canonical.geometry).clamp(0, 1);
-    s.seconds.resample = seconds_since(t0);
-    t0 = Clock::now();
-    s.mask = (s.probability > float(recipe_.threshold)).to(torch::kUInt8);
-    s.mask = remove_small_components(s.mask, canonical.geometry, recipe_.min_component_ml,
-                                     recipe_.min_component_fraction, &s.removed_components);
-    s.labels = s.mask;
-    s.seconds.cleanup = seconds_since(t0);
-    return s;
+    s.labels = (s.probability > float(recipe_.threshold)).to(torch::kUInt8);
   }
-  s.labels = class_codes_between_grids(probabilities.slice(0, 1), model_grid, canonical.geometry, &s.probability);
-  s.probability.clamp_(0, 1);
   s.seconds.resample = seconds_since(t0);
   t0 = Clock::now();
   for (int64_t code = 1; code < int64_t(recipe_.labels.size()); ++code) {
-    const torch::Tensor in_label = s.labels == code;
+    // A two-class label map is the mask itself: no copy per label.
+    const torch::Tensor in_label = multi ? (s.labels == code).to(torch::kUInt8) : s.labels;
     int64_t removed = 0;
-    const torch::Tensor kept =
-        remove_small_components(in_label.to(torch::kUInt8), canonical.geometry, recipe_.min_component_ml,
-                                code == 1 ? recipe_.min_component_fraction : 0.0, &removed);
-    if (removed) s.labels.masked_fill_(in_label & (kept == 0), 0);
+    const torch::Tensor kept = remove_small_components(in_label, canonical.geometry, recipe_.min_component_ml,
+                                                       code == 1 ? recipe_.min_component_fraction : 0.0, &removed);
     if (code == 1) s.removed_components = removed;
+    if (!removed) continue;
+    if (multi) s.labels.masked_fill_((in_label != 0) & (kept == 0), 0);
+    else s.labels = kept;
   }
-  s.mask = (s.labels == 1).to(torch::kUInt8);
+  s.mask = multi ? (s.labels == 1).to(torch::kUInt8) : s.labels;
   s.seconds.cleanup = seconds_since(t0);
   return s;
 }

@@ -69,6 +69,12 @@ bool is_volume_file(const fs::path& path) { return !format_of(path).empty(); }
 
 std::string itk_reason(const itk::ExceptionObject& e) { return library_reason(e.GetDescription()); }
 
+torch::Tensor read_codes_on_grid(const fs::path& path, const Geometry& grid) {
+  const ImageFileContents image = read_image_file(path);
+  if (!image.volume.geometry.same_grid(grid, 1e-3)) throw IoError(path.filename().string() + ": its grid is not the CT's");
+  return image.volume.voxels.round().clamp(0, 255).to(torch::kUInt8);
+}
+
 ImageFileContents read_image_file(const fs::path& path, uint64_t max_voxels) {
   const std::string format = format_of(path);
   if (format.empty()) throw IoError("not a NIfTI, MHA or NRRD file");

@@ -45,16 +45,23 @@ class Commands : public ::testing::Test {
   static inline std::vector<std::map<std::string, std::string>> labels_;
 };
 
-TEST_F(Commands, PrepareExportsNetworkInputsAndLabels) {
-  const fs::path card = root_ / "card.json";
-  std::ofstream(card) << json{{"preprocessing",
-                               {{"spacing_mm", {2.0, 2.0, 5.0}},
-                                {"normalization", {{"type", "ct"}, {"clip_hu", {-100, 200}}, {"mean_hu", 40}, {"std_hu", 50}}}}}}
-                             .dump();
+// A segmentation card on a 2 x 2 x 5 mm grid (with `extra` blocks) written to root_/name, and
+// prepare's options for the suite's synth cohort into root_/out.
+PrepareOptions segmentation_prepare(const fs::path& root, const std::string& name, const json& extra,
+                                    const std::string& out) {
+  json card = extra;
+  card["preprocessing"] = {{"spacing_mm", {2.0, 2.0, 5.0}},
+                           {"normalization", {{"type", "ct"}, {"clip_hu", {-100, 200}}, {"mean_hu", 40}, {"std_hu", 50}}}};
+  std::ofstream(root / name) << card.dump();
   PrepareOptions o;
-  o.synth_dirs = {(root_ / "truth").string()};
-  o.card_path = card.string();
-  o.output_dir = (root_ / "prepared").string();
+  o.synth_dirs = {(root / "truth").string()};
+  o.card_path = (root / name).string();
+  o.output_dir = (root / out).string();
+  return o;
+}
+
+TEST_F(Commands, PrepareExportsNetworkInputsAndLabels) {
+  PrepareOptions o = segmentation_prepare(root_, "card.json", json::object(), "prepared");
   ASSERT_EQ(run_prepare(o), kExitOk);
   const auto rows = parse_csv(slurp(root_ / "prepared/cases.csv")).records();
   ASSERT_EQ(rows.size(), labels_.size());
@@ -84,16 +91,11 @@ TEST_F(Commands, PrepareExportsNetworkInputsAndLabels) {
 // mask, each label's voxels counted in cases.csv; a synth folder without labels.nii.gz fails.
 TEST_F(Commands, PrepareExportsTheLabelMapForAModelWithMoreLabels) {
   const fs::path card = root_ / "card4.json";
-  std::ofstream(card) << json{{"network", {{"num_classes", 4}}},
-                              {"labels", {{"0", "background"}, {"1", "hematoma"}, {"2", "ivh"}, {"3", "edema"}}},
-                              {"preprocessing",
-                               {{"spacing_mm", {2.0, 2.0, 5.0}},
-                                {"normalization", {{"type", "ct"}, {"clip_hu", {-100, 200}}, {"mean_hu", 40}, {"std_hu", 50}}}}}}
-                             .dump();
-  PrepareOptions o;
-  o.synth_dirs = {(root_ / "truth").string()};
-  o.card_path = card.string();
-  o.output_dir = (root_ / "prepared4").string();
+  PrepareOptions o = segmentation_prepare(
+      root_, "card4.json",
+      {{"network", {{"num_classes", 4}}},
+       {"labels", {{"0", "background"}, {"1", "hematoma"}, {"2", "ivh"}, {"3", "edema"}}}},
+      "prepared4");
   ASSERT_EQ(run_prepare(o), kExitOk);
   const auto rows = parse_csv(slurp(root_ / "prepared4/cases.csv")).records();
   ASSERT_EQ(rows.size(), labels_.size());

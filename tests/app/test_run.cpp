@@ -247,14 +247,18 @@ fs::path write_classifier_model(const fs::path& where, double min_volume_ml) {
   return test::write_parity_classifier(where, test::parity_classifier_card(min_volume_ml, 1.5, -0.5));
 }
 
-TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
-  // Small synthetic heads (a brain inside a skull, 128 x 128 in-plane) keep this test quick: one
-  // on its own grid, one on an oblique, RAS-flipped grid.
+// A small synthetic head (a brain inside a skull, 128 x 128 in-plane): it keeps these tests quick.
+synth::SynthCase small_head() {
   synth::SynthOptions so;
   so.seed = 3;
   so.matrix = 128;
   so.thin_fraction = 0.0;
-  const synth::SynthCase head = synth::render_procedural_case(so, 0);
+  return synth::render_procedural_case(so, 0);
+}
+
+TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
+  // One small head on its own grid, one on an oblique, RAS-flipped grid.
+  const synth::SynthCase head = small_head();
   write_image_file(root_ / "in/head.nii.gz", head.baseline.ct, head.baseline.geometry);
   Geometry oblique = head.baseline.geometry;
   oblique.direction = nifti_grid_.direction;
@@ -366,11 +370,7 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
 // each further label's volume in result.json and results.csv; --resume after a classifier
 // change reuses the label map.
 TEST_F(RunCommand, MultiClassModelWritesALabelMapAndItsVolumes) {
-  synth::SynthOptions so;
-  so.seed = 3;
-  so.matrix = 128;
-  so.thin_fraction = 0.0;
-  const synth::SynthCase head = synth::render_procedural_case(so, 0);
+  const synth::SynthCase head = small_head();
   fs::create_directories(root_ / "in4");
   write_image_file(root_ / "in4/head.nii.gz", head.baseline.ct, head.baseline.geometry);
   RunOptions o = options_;

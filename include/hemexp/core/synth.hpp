@@ -141,9 +141,15 @@ struct SynthOptions {
   int matrix = 512;            // in-plane size; the field of view stays clinical
 };
 
-// Codes of the label map (labels.nii.gz). A voxel takes a label when more than half of it
+// Codes of the label map (labels.nii.gz). A voxel takes a label when at least half of it
 // (by sub-samples along z) is that tissue; the parenchymal hematoma wins a tie.
 enum SynthLabel : uint8_t { kLabelBackground = 0, kLabelHematoma = 1, kLabelIvh = 2, kLabelEdema = 3 };
+
+// The name a segmentation model card gives each SynthLabel code (index = code).
+inline const std::vector<std::string>& synth_label_names() {
+  static const std::vector<std::string> names{"background", "hematoma", "ivh", "edema"};
+  return names;
+}
 
 // A rendered case. ct is int16 HU, mask uint8 (1: parenchymal hematoma) and labels uint8
 // (SynthLabel codes; labels == 1 exactly where mask == 1), all (z,y,x) on `geometry`. The

@@ -27,6 +27,10 @@ constexpr uint64_t kDefaultMaxVoxels = 512ull * 512 * 2000;
 // shear, as in a tilted scan stored sheared, is kept and noted by the reader).
 ImageFileContents read_image_file(const std::filesystem::path& path, uint64_t max_voxels = kDefaultMaxVoxels);
 
+// A mask or label map (uint8 codes, values rounded) that must lie on `grid` (within 1e-3 mm):
+// IoError naming the file otherwise.
+torch::Tensor read_codes_on_grid(const std::filesystem::path& path, const Geometry& grid);
+
 // Writes voxels (z,y,x; uint8, int16 or float32) on grid g, atomically. The file type follows
 // the extension (.nii.gz, .nii, .mha, .nrrd).
 void write_image_file(const std::filesystem::path& path, const torch::Tensor& voxels,
