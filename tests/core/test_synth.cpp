@@ -11,6 +11,7 @@
 #include "hemexp/core/metrics.hpp"
 #include "hemexp/core/statistics.hpp"
 #include "hemexp/core/synth.hpp"
+#include "synth_internal.hpp"
 
 namespace hs = hemexp::synth;
 using hemexp::mean;
@@ -207,4 +208,99 @@ TEST(SynthRender, FollowupGrowthAgreesWithLabel) {
     EXPECT_EQ(hemexp::is_expansion(v0, v1), c.truth.he.label) << c.truth.case_id << " " << v0 << " -> " << v1;
     EXPECT_TRUE(c.followup.geometry.same_grid(c.baseline.geometry));
   }
+}
+
+// The boundary convention: a voxel is hematoma when more than half of it is blood. A sphere of
+// known radius on thick (5 mm) and thin (1 mm) slices, each voxel's blood fraction measured by
+// dense sampling of the voxel box against the generator's fraction (the mean occupancy of its
+// through-slice samples, as render and the background insertion compute it).
+TEST(SynthBoundary, SphereMaskIsTheVoxelsMoreThanHalfBlood) {
+  const float radius = 9.f, dx = 0.45f;
+  hs::HematomaShape sphere;
+  sphere.radii = {1.f, 1.f, 1.f};
+  sphere.volume_scale = radius;
+  sphere.rough_amplitude = 0.f;
+  sphere.bound_mm = radius;
+  for (const float dz : {5.f, 1.f}) {
+    const int ns = hs::slice_samples(dz);
+    hs::SampleExtent e;
+    e.pv_mm = dx;
+    e.slab_mm = dz / ns;
+    // Voxel centres off the sphere's centre by a fraction of a voxel, so no symmetry helps.
+    const float ox = 0.31f * dx, oy = -0.17f * dx, oz = 0.23f * dz;
+    const int n_xy = static_cast<int>(std::ceil((radius + 2 * dx) / dx)), n_z = static_cast<int>(std::ceil((radius + dz) / dz));
+    int64_t mask = 0, exact_mask = 0, disagree = 0;
+    double max_error = 0.0;
+    for (int k = -n_z; k <= n_z; ++k)
+      for (int j = -n_xy; j <= n_xy; ++j)
+        for (int i = -n_xy; i <= n_xy; ++i) {
+          const hs::V3 c{i * dx + ox, j * dx + oy, k * dz + oz};
+          float occ = 0.f;
+          for (int s = 0; s < ns; ++s)
+            occ += hs::eval_hematoma(sphere, c + hs::V3{0.f, 0.f, hs::slice_sample_offset(s, ns) * dz}, 1.f, e).occupancy;
+          const float frac = occ / ns;
+          // Exact blood fraction: 12 x 12 x 48 points spread over the voxel box.
+          int inside = 0;
+          constexpr int kXy = 12, kZ = 48;
+          for (int c3 = 0; c3 < kZ; ++c3)
+            for (int b = 0; b < kXy; ++b)
+              for (int a = 0; a < kXy; ++a) {
+                const hs::V3 p = c + hs::V3{((a + 0.5f) / kXy - 0.5f) * dx, ((b + 0.5f) / kXy - 0.5f) * dx,
+                                            ((c3 + 0.5f) / kZ - 0.5f) * dz};
+                inside += hs::len3(p) < radius;
+              }
+          const double exact = static_cast<double>(inside) / (kXy * kXy * kZ);
+          max_error = std::max(max_error, std::fabs(exact - frac));
+          const bool in_mask = frac >= hs::kMaskBloodFraction;
+          mask += in_mask;
+          exact_mask += exact >= 0.5;
+          if (exact >= 0.6) EXPECT_TRUE(in_mask) << "dz " << dz << " voxel " << i << "," << j << "," << k << " exact " << exact << " generator " << frac;
+          if (exact <= 0.4) EXPECT_FALSE(in_mask) << "dz " << dz << " voxel " << i << "," << j << "," << k << " exact " << exact << " generator " << frac;
+          disagree += in_mask != (exact >= 0.5);
+        }
+    const double sphere_voxels = 4.0 / 3.0 * 3.14159265358979 * radius * radius * radius / (dx * dx * dz);
+    // The half-blood rule itself undercounts a curved clot on thick slices (the voxels at the
+    // poles are mostly less than half blood): 2 % for this 3 mL sphere on 5 mm slices.
+    EXPECT_NEAR(mask / sphere_voxels, dz > 2.f ? 0.98 : 1.0, 0.007) << "dz " << dz;
+    EXPECT_NEAR(static_cast<double>(mask) / exact_mask, 1.0, 0.005) << "dz " << dz;
+    EXPECT_LT(max_error, 0.15) << "dz " << dz;
+    EXPECT_LT(static_cast<double>(disagree) / exact_mask, 0.01) << "dz " << dz;
+    std::printf("dz %.0f mm: %lld mask voxels, %lld by exact fraction, %lld disagree, max |fraction error| %.3f\n", dz,
+                static_cast<long long>(mask), static_cast<long long>(exact_mask), static_cast<long long>(disagree), max_error);
+  }
+}
+
+// Unclotted blood is the darkest a clot gets: hypodense parts of every kind, stacked, stay at or
+// above kUnclottedBloodHu (less the texture), and blend and black hole keep their defining density
+// difference (>= 18 HU, >= 28 HU) above that floor.
+TEST(SynthDensity, HypodensePartsStayAboveUnclottedBlood) {
+  hs::HeFeatures f;
+  f.volume_ml = 25.0;
+  f.markers = {true, true, true, true, false, false, true};
+  int shapes = 0;
+  for (uint64_t key = 1; key <= 12; ++key) {
+    hs::Rng rng(key);
+    const hs::HematomaShape s = hs::make_hematoma_shape(rng, f, {0.f, 0.f, 0.f}, hs::M3{});
+    ASSERT_EQ(s.black.size(), 1u);
+    ASSERT_TRUE(s.blend);
+    EXPECT_GE(s.blood_hu - s.black[0].drop_hu, hs::kUnclottedBloodHu - 1e-3f);
+    EXPECT_GE(s.blood_hu - s.blend_drop_hu, hs::kUnclottedBloodHu - 1e-3f);
+    EXPECT_GE(s.black[0].drop_hu, 28.f);
+    EXPECT_GE(s.blend_drop_hu, 18.f);
+    float lowest = 1e9f;
+    hs::SampleExtent e;
+    e.pv_mm = 0.5f;
+    const float step = 0.7f, reach = s.bound_mm;
+    for (float z = -reach; z <= reach; z += step)
+      for (float y = -reach; y <= reach; y += step)
+        for (float x = -reach; x <= reach; x += step) {
+          const hs::HematomaSample h = hs::eval_hematoma(s, {x, y, z}, 1.f, e);
+          if (h.occupancy >= 1.f) lowest = std::min(lowest, h.blood_hu);
+        }
+    ASSERT_LT(lowest, 1e8f);
+    EXPECT_GE(lowest, hs::kUnclottedBloodHu - 1.5f * s.texture_hu) << "key " << key;
+    EXPECT_LT(lowest, hs::kUnclottedBloodHu + 1.5f * s.texture_hu) << "key " << key << ": the floor is reached";
+    ++shapes;
+  }
+  EXPECT_EQ(shapes, 12);
 }

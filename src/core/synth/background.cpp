@@ -42,6 +42,17 @@ IndexBox index_box(const Geometry& g, V3 centre, float radius) {
 
 inline V3 to_v3(const Vec3& v) { return {static_cast<float>(v[0]), static_cast<float>(v[1]), static_cast<float>(v[2])}; }
 
+// The box one of ns through-slice samples of a voxel of grid g stands for (slices along k).
+SampleExtent sample_extent(const Geometry& g, int ns) {
+  const Vec3 a = g.index_to_point({0.0, 0.0, 0.0}), b = g.index_to_point({0.0, 0.0, 1.0});
+  const V3 step = to_v3(Vec3{b[0] - a[0], b[1] - a[1], b[2] - a[2]});
+  SampleExtent e;
+  e.pv_mm = static_cast<float>(std::fmax(g.spacing_mm[0], 0.4));
+  e.slab_mm = static_cast<float>(g.spacing_mm[2]) / ns;
+  e.slice_axis = (1.f / len3(step)) * step;
+  return e;
+}
+
 // Separable square max filter (in-plane dilation) of a binary slice.
 void dilate_slice(std::vector<uint8_t>& m, int64_t nx, int64_t ny, int r) {
   std::vector<uint8_t> tmp(m.size());
@@ -202,8 +213,8 @@ Insert insert(const Background& bg, const HematomaShape& shape, float growth) {
   uint8_t* labels = r.labels.data_ptr<uint8_t>();
   const float reach = shape.bound_mm * growth + shape.edema_mm * 1.25f + 4.f;
   const IndexBox box = index_box(g, shape.center, reach);
-  const int ns = std::clamp(static_cast<int>(std::ceil(g.spacing_mm[2] / 1.7)), 1, 4);
-  const float pv = static_cast<float>(std::fmax(g.spacing_mm[0], 0.4));
+  const int ns = slice_samples(g.spacing_mm[2]);
+  const SampleExtent extent = sample_extent(g, ns);
   for (int64_t k = box.lo[2]; k <= box.hi[2]; ++k)
     for (int64_t j = box.lo[1]; j <= box.hi[1]; ++j)
       for (int64_t i = box.lo[0]; i <= box.hi[0]; ++i) {
@@ -212,9 +223,9 @@ Insert insert(const Background& bg, const HematomaShape& shape, float growth) {
         if (!cls) continue;  // never bone, air, ventricles or cisterns
         float occ = 0.f, blood = 0.f, edema = 0.f;
         for (int s = 0; s < ns; ++s) {
-          const double off = (s + 0.5) / ns - 0.5;
+          const double off = slice_sample_offset(s, ns);
           const V3 p = to_v3(g.index_to_point({static_cast<double>(i), static_cast<double>(j), k + off}));
-          const HematomaSample hs = eval_hematoma(shape, p, growth, pv);
+          const HematomaSample hs = eval_hematoma(shape, p, growth, extent);
           occ += hs.occupancy;
           blood += hs.occupancy * hs.blood_hu;
           edema += hs.edema * (1.f - hs.occupancy);
@@ -227,7 +238,7 @@ Insert insert(const Background& bg, const HematomaShape& shape, float growth) {
         float v = hu[idx] - shape.edema_drop_hu * edema / ns;
         if (occ > 0.f) v += frac * (blood / occ - mean[idx]);
         o[idx] = v;
-        if (frac >= 0.5f) {
+        if (frac >= kMaskBloodFraction) {
           mask[idx] = 1;
           labels[idx] = kLabelHematoma;
           ++r.mask_voxels;
@@ -247,12 +258,12 @@ double retained_fraction(const Background& bg, const HematomaShape& shape) {
   const uint8_t* par = bg.parenchyma.data_ptr<uint8_t>();
   const IndexBox box = index_box(g, shape.center, shape.bound_mm + 1.f);
   int64_t total = 0, kept = 0;
-  const float pv = static_cast<float>(g.spacing_mm[0]);
+  const SampleExtent extent = sample_extent(g, 1);
   for (int64_t k = box.lo[2]; k <= box.hi[2]; ++k)
     for (int64_t j = box.lo[1]; j <= box.hi[1]; j += 2)
       for (int64_t i = box.lo[0]; i <= box.hi[0]; i += 2) {
         const V3 p = to_v3(g.index_to_point({static_cast<double>(i), static_cast<double>(j), static_cast<double>(k)}));
-        if (eval_hematoma(shape, p, 1.f, pv).occupancy < 0.5f) continue;
+        if (eval_hematoma(shape, p, 1.f, extent).occupancy < kMaskBloodFraction) continue;
         ++total;
         kept += par[k * plane + j * nx + i] != 0;
       }

@@ -111,6 +111,9 @@ HematomaShape make_hematoma_shape(Rng& rng, const HeFeatures& f, V3 center, cons
     s.blend_offset = static_cast<float>(rng.uniform(0.15, 0.5));
     s.blend_drop_hu = static_cast<float>(rng.uniform(18.0, 30.0));
   }
+  // The defining difference of a blend or black hole holds down to the unclotted-blood floor.
+  for (const Blob& b : s.black) s.blood_hu = std::fmax(s.blood_hu, kUnclottedBloodHu + b.drop_hu);
+  if (s.blend) s.blood_hu = std::fmax(s.blood_hu, kUnclottedBloodHu + s.blend_drop_hu);
   if (m.island) {
     const int n = 3 + rng.integer(3);
     for (int i = 0; i < n; ++i) {
@@ -142,20 +145,32 @@ double analytic_volume_mm3(const HematomaShape& s, float growth_scale) {
   return 4.0 / 3.0 * 3.14159265358979 * sum / kSphereDirections;
 }
 
-HematomaSample eval_hematoma(const HematomaShape& s, V3 p, float growth_scale, float pv_mm) {
+namespace {
+// Width of the sample's box along unit normal n (local frame): in-plane part and slab part.
+float ramp_width(const SampleExtent& e, V3 axis_local, V3 n) {
+  const float c = std::fabs(dot3(n, axis_local));
+  return std::fmax(e.pv_mm * std::sqrt(std::fmax(1.f - c * c, 0.f)) + e.slab_mm * c, 0.05f);
+}
+}  // namespace
+
+HematomaSample eval_hematoma(const HematomaShape& s, V3 p, float growth_scale, const SampleExtent& e) {
   HematomaSample out;
   const V3 d = p - s.center;
   const float rho = len3(d);
   const float edema_reach = s.edema_mm * (growth_scale > 1.f ? 1.25f : 1.f) + 3.f;
-  if (rho > s.bound_mm * growth_scale + edema_reach + pv_mm) return out;
+  if (rho > s.bound_mm * growth_scale + edema_reach + e.pv_mm + e.slab_mm) return out;
   const V3 local = s.rotation.apply_transposed(d);
+  const V3 axis_local = s.rotation.apply_transposed(e.slice_axis);
   const V3 u = rho > 1e-4f ? (1.f / rho) * local : V3{1, 0, 0};
   const float r = unit_radius(s, u) * s.volume_scale * growth_scale;
-  float dist = rho - r;  // approximate signed distance to the margin (mm)
-  float occ = clamp01(0.5f - dist / pv_mm);
+  float dist = rho - r;  // approximate signed distance to the margin (mm), normal about u
+  float occ = clamp01(0.5f - dist / ramp_width(e, axis_local, u));
   for (const Blob& b : s.islands) {
-    const float di = len3(local - growth_scale * b.c) - b.r;
-    occ = std::fmax(occ, clamp01(0.5f - di / pv_mm));
+    const V3 db = local - growth_scale * b.c;
+    const float lb = len3(db);
+    const float di = lb - b.r;
+    const V3 ub = lb > 1e-4f ? (1.f / lb) * db : V3{1, 0, 0};
+    occ = std::fmax(occ, clamp01(0.5f - di / ramp_width(e, axis_local, ub)));
     dist = std::fmin(dist, di);
   }
   const float edema_mm = s.edema_mm * (growth_scale > 1.f ? 1.25f : 1.f);
@@ -164,8 +179,7 @@ HematomaSample eval_hematoma(const HematomaShape& s, V3 p, float growth_scale, f
   if (occ <= 0.f) return out;
   const float req = s.equivalent_radius_mm * growth_scale;
   const V3 unit_local = (1.f / req) * local;
-  float hu = s.blood_hu +
-             s.texture_hu * gradient_noise(s.key ^ 0x1, local.x / 2.5f, local.y / 2.5f, local.z / 2.5f);
+  float hu = s.blood_hu;
   if (s.heterogeneity_hu > 0.f)
     hu += s.heterogeneity_hu * (gradient_noise(s.key ^ 0x2, local.x / 4.f, local.y / 4.f, local.z / 4.f) +
                                 0.5f * gradient_noise(s.key ^ 0x3, local.x / 2.f, local.y / 2.f, local.z / 2.f));
@@ -177,7 +191,8 @@ HematomaSample eval_hematoma(const HematomaShape& s, V3 p, float growth_scale, f
     const float t = dot3(s.blend_normal, unit_local) - s.blend_offset;
     hu -= s.blend_drop_hu * smoothstep(-0.03f, 0.03f, t);
   }
-  out.blood_hu = hu;
+  out.blood_hu = std::fmax(hu, kUnclottedBloodHu) +
+                 s.texture_hu * gradient_noise(s.key ^ 0x1, local.x / 2.5f, local.y / 2.5f, local.z / 2.5f);
   return out;
 }
 

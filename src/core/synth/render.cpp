@@ -49,7 +49,7 @@ Scan sample_scan(const SynthOptions& o, int64_t index, const HeadParams& head) {
   g.size = {n, n, nz};
   g.spacing_mm = {dx, dx, dz};
   g.origin_mm = {-s.fov_mm / 2.0 + dx / 2.0, -s.fov_mm / 2.0 + dx / 2.0, z_hi - (nz - 1) * dz};
-  s.sub_samples = std::clamp(static_cast<int>(std::ceil(dz / 1.7)), 1, 4);
+  s.sub_samples = slice_samples(dz);
   s.holder_rx_mm = static_cast<float>(rng.uniform(96.0, 108.0));
   s.holder_ry_mm = static_cast<float>(rng.uniform(118.0, 130.0));
   s.holder_hu = static_cast<float>(rng.uniform(150.0, 400.0));
@@ -124,7 +124,10 @@ SynthImages render(const RenderInputs& in) {
   const float dx = static_cast<float>(g.spacing_mm[0]),
               dz = static_cast<float>(g.spacing_mm[2]);
   const int ns = in.scan->sub_samples;
-  const float pv = std::fmax(dx, 0.4f);
+  SampleExtent extent;
+  extent.pv_mm = std::fmax(dx, 0.4f);
+  extent.slab_mm = dz / ns;
+  extent.slice_axis = h.rotation.apply_transposed(V3{0.f, 0.f, 1.f});  // samples step along z
 
   MassEffect mass;
   const double vol_ml = analytic_volume_mm3(shape, in.growth_scale) / 1000.0;
@@ -168,7 +171,7 @@ SynthImages render(const RenderInputs& in) {
         for (int step = 0; step < ns; ++step) {
           // The middle sample first: far from the head, the voxel is air throughout.
           const int s = step == 0 ? ns / 2 : (step <= ns / 2 ? step - 1 : step);
-          const float off = ((s + 0.5f) / ns - 0.5f) * dz;
+          const float off = slice_sample_offset(s, ns) * dz;
           const V3 p{static_cast<float>(pt[0]), static_cast<float>(pt[1]), static_cast<float>(pt[2]) + off};
           const V3 pat = h.rotation.apply_transposed(p - h.translation);  // patient frame (mm)
           const V3 q{pat.x * inv_scale.x, pat.y * inv_scale.y, pat.z * inv_scale.z};  // standard frame
@@ -176,7 +179,7 @@ SynthImages render(const RenderInputs& in) {
           const TissueSample t = eval_head(h, mass, q);
           float v = t.hu;
           if (t.cls == kParenchyma) {
-            const HematomaSample hs = eval_hematoma(shape, pat, in.growth_scale, pv);
+            const HematomaSample hs = eval_hematoma(shape, pat, in.growth_scale, extent);
             if (hs.edema > 0.f) {
               v -= edema_drop * hs.edema;
               edema_sum += hs.edema * (1.f - hs.occupancy);
@@ -203,7 +206,7 @@ SynthImages render(const RenderInputs& in) {
         }
         sd[idx] = h.noise_sd_hu * noise_factor(h, q_mid);
         const float frac = occ_sum / ns;
-        if (frac >= 0.5f) {
+        if (frac >= kMaskBloodFraction) {
           mask[k * nx * ny + idx] = 1;
           labels[k * nx * ny + idx] = kLabelHematoma;
           ++mask_voxels;

@@ -1,6 +1,7 @@
 #pragma once
 // Internal pieces of the synthetic generator shared by src/core/synth/*.cpp.
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -195,18 +196,42 @@ struct HematomaShape {
   float ivh_side = 1.f;
 };
 
+// The darkest a clot is ever drawn (before its 1.5-3 HU texture): whole unclotted blood at a
+// normal haematocrit, about 40-45 HU. The hypodense parts of a clot (swirl, blend, black hole,
+// hypodensity) are unclotted blood, so they stop here, above grey matter (36 +- 1.5 HU) and the
+// edema rim; blend and black-hole clots are drawn dense enough that their defining density
+// difference (>= 18 HU, >= 28 HU; Li et al. 2015, 2016) holds down to this floor.
+constexpr float kUnclottedBloodHu = 44.f;
+
 struct HematomaSample {
   float occupancy = 0.f;  // 0..1, partial volume within the in-plane voxel
   float blood_hu = 0.f;
   float edema = 0.f;      // 0..1 weight of the edema
 };
 
+// The share of a voxel that one of its through-slice samples stands for: in-plane width pv_mm
+// and a slab slab_mm thick along slice_axis (a unit vector in the frame of the points given to
+// eval_hematoma). The occupancy of the sample is a linear ramp across the clot's surface as wide
+// as this box is along the surface normal, so the mean over a voxel's samples is the blood
+// fraction of the voxel, and "mask" means more than half of the voxel is blood.
+struct SampleExtent {
+  float pv_mm = 1.f;
+  float slab_mm = 0.f;
+  V3 slice_axis{0, 0, 1};
+};
+// Samples through a slice dz mm thick (one per 1.7 mm, 1 to 4).
+inline int slice_samples(double dz) { return std::clamp(static_cast<int>(std::ceil(dz / 1.7)), 1, 4); }
+// Offset of through-slice sample s of ns from the voxel centre, in slice thicknesses (-0.5..0.5).
+inline float slice_sample_offset(int s, int ns) { return (s + 0.5f) / static_cast<float>(ns) - 0.5f; }
+// A voxel is hematoma (mask, label 1) when its blood fraction is at least this.
+constexpr float kMaskBloodFraction = 0.5f;
+
 // Builds the shape of a hematoma with the given target volume and markers.
 HematomaShape make_hematoma_shape(Rng& rng, const HeFeatures& f, V3 center, const M3& orientation);
 // Analytic volume (mm^3) of the main body at a growth scale (radius multiplier).
 double analytic_volume_mm3(const HematomaShape& s, float growth_scale);
-// Evaluates the hematoma at point p (same frame as s.center). pv_mm: in-plane blur width.
-HematomaSample eval_hematoma(const HematomaShape& s, V3 p, float growth_scale, float pv_mm);
+// Evaluates the hematoma at point p (same frame as s.center) for a sample of extent e.
+HematomaSample eval_hematoma(const HematomaShape& s, V3 p, float growth_scale, const SampleExtent& e);
 
 // Adds spatially correlated Gaussian noise (unit sd before sd_map scaling) to a slice.
 void add_slice_noise(float* slice, const float* sd_map, int64_t nx, int64_t ny, uint64_t key,
