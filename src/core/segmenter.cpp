@@ -2,6 +2,7 @@
 
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/measurements.hpp"
+#include "hemexp/core/metrics.hpp"
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/runtime.hpp"
 
@@ -45,6 +46,7 @@ SegmentationRecipe SegmentationRecipe::from_card(const nlohmann::json& card) {
       r.threshold = card["postprocessing"].value("threshold", 0.5);
       r.min_component_ml = card["postprocessing"].value("min_component_ml", 0.0);
       r.min_component_fraction = card["postprocessing"].value("min_component_fraction", 0.0);
+      r.keep_satellites_within_mm = card["postprocessing"].value("keep_satellites_within_mm", 0.0);
     }
   } catch (const nlohmann::json::exception& e) {
     throw ModelError(std::string("model card: inference block is incomplete: ") + e.what());
@@ -54,6 +56,8 @@ SegmentationRecipe SegmentationRecipe::from_card(const nlohmann::json& card) {
   if (r.threshold <= 0 || r.threshold >= 1) throw ModelError("model card: postprocessing.threshold must be in (0, 1)");
   if (r.min_component_fraction < 0 || r.min_component_fraction > 1)
     throw ModelError("model card: postprocessing.min_component_fraction must be in [0, 1]");
+  if (r.keep_satellites_within_mm < 0 || r.keep_satellites_within_mm > 100)
+    throw ModelError("model card: postprocessing.keep_satellites_within_mm must be in [0, 100]");
   return r;
 }
 
@@ -95,19 +99,26 @@ torch::Tensor prepare_network_label(const torch::Tensor& canonical_labels, const
   return class_codes_between_grids(torch::stack(one_hot), canonical, model_grid);
 }
 
-torch::Tensor remove_small_components(const torch::Tensor& mask, const Geometry& g, double min_ml,
-                                      double min_fraction_of_largest, int64_t* removed) {
+torch::Tensor remove_small_components(const torch::Tensor& mask, const Geometry& g, const ComponentCleanup& c,
+                                      int64_t* removed) {
   if (removed) *removed = 0;
-  if (min_ml <= 0 && min_fraction_of_largest <= 0) return mask;
+  if (c.min_ml <= 0 && c.min_fraction_of_largest <= 0) return mask;
   const MaskBox box = mask_bounding_box(mask);  // labels only where there is something to label
   if (box.empty()) return mask;
   torch::Tensor labels;
   const int64_t n = connected_components(box.crop(mask), &labels);
-  torch::Tensor counts = torch::bincount(labels.reshape({-1}), {}, n + 1).to(torch::kFloat64);
+  const torch::Tensor flat_labels = labels.reshape({-1}).to(torch::kLong);
+  torch::Tensor counts = torch::bincount(flat_labels, {}, n + 1).to(torch::kFloat64);
   counts[0] = 0;
-  const double largest = counts.max().item<double>();
-  const double min_voxels = min_ml * 1000.0 / g.voxel_volume_mm3();
-  const torch::Tensor keep = (counts >= min_voxels) & (counts >= min_fraction_of_largest * largest);
+  const int64_t largest = counts.argmax().item<int64_t>();
+  const double min_voxels = c.min_ml * 1000.0 / g.voxel_volume_mm3();
+  torch::Tensor keep = (counts >= min_voxels) & (counts >= c.min_fraction_of_largest * counts[largest].item<double>());
+  if (c.keep_within_mm > 0 && n > 1 && !keep.all().item<bool>()) {
+    // Every component lies in the box, so distances from the largest one are exact there.
+    const torch::Tensor near_largest =
+        squared_distance_map(labels == largest, box.crop(g)).reshape({-1}) <= c.keep_within_mm * c.keep_within_mm;
+    keep = keep | (torch::bincount(flat_labels.masked_select(near_largest), {}, n + 1) > 0);
+  }
   keep[0] = false;
   if (removed) *removed = n - keep.sum().item<int64_t>();
   torch::Tensor out = torch::zeros_like(mask, torch::kUInt8);
@@ -172,8 +183,10 @@ Segmentation Segmenter::segment(const Volume& canonical) const {
     // A two-class label map is the mask itself: no copy per label.
     const torch::Tensor in_label = multi ? (s.labels == code).to(torch::kUInt8) : s.labels;
     int64_t removed = 0;
-    const torch::Tensor kept = remove_small_components(in_label, canonical.geometry, recipe_.min_component_ml,
-                                                       code == 1 ? recipe_.min_component_fraction : 0.0, &removed);
+    const ComponentCleanup cleanup =
+        code == 1 ? ComponentCleanup{recipe_.min_component_ml, recipe_.min_component_fraction, recipe_.keep_satellites_within_mm}
+                  : ComponentCleanup{recipe_.min_component_ml, 0.0, 0.0};
+    const torch::Tensor kept = remove_small_components(in_label, canonical.geometry, cleanup, &removed);
     if (code == 1) s.removed_components = removed;
     if (!removed) continue;
     if (multi) s.labels.masked_fill_((in_label != 0) & (kept == 0), 0);

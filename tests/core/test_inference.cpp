@@ -174,18 +174,26 @@ TEST(Postprocessing, SmallComponentsGoByVolumeOrByShareOfTheLargest) {
   m.slice(0, 0, 6).slice(1, 20, 25).slice(2, 20, 25).fill_(1);
   m.slice(0, 15, 20).slice(1, 30, 34).slice(2, 30, 32).fill_(1);
   int64_t removed = -1;
-  EXPECT_TRUE(remove_small_components(m, g, 0.0, 0.0, &removed).equal(m));
+  EXPECT_TRUE(remove_small_components(m, g, {0.0, 0.0}, &removed).equal(m));
   EXPECT_EQ(removed, 0);
-  EXPECT_EQ(remove_small_components(m, g, 0.1, 0.0, &removed).sum().item<int64_t>(), 1150);
+  EXPECT_EQ(remove_small_components(m, g, {0.1, 0.0}, &removed).sum().item<int64_t>(), 1150);
   EXPECT_EQ(removed, 1);
   // 20% of the largest is 200 voxels: only the largest stays, whatever the volume floor.
-  EXPECT_EQ(remove_small_components(m, g, 0.0, 0.2, &removed).sum().item<int64_t>(), 1000);
+  EXPECT_EQ(remove_small_components(m, g, {0.0, 0.2}, &removed).sum().item<int64_t>(), 1000);
   EXPECT_EQ(removed, 2);
-  EXPECT_EQ(remove_small_components(m, g, 0.01, 0.1, &removed).sum().item<int64_t>(), 1150);
+  EXPECT_EQ(remove_small_components(m, g, {0.01, 0.1}, &removed).sum().item<int64_t>(), 1150);
   EXPECT_EQ(removed, 1);
   // A volume floor above the largest removes everything.
-  EXPECT_EQ(remove_small_components(m, g, 2.0, 0.2, &removed).sum().item<int64_t>(), 0);
+  EXPECT_EQ(remove_small_components(m, g, {2.0, 0.2}, &removed).sum().item<int64_t>(), 0);
   EXPECT_EQ(removed, 3);
+  // Satellites: the 150-voxel box's nearest voxel is 15.6 mm from the largest (11 voxels in y
+  // and in x), the 40-voxel box's 30.3 mm (6 in z, 21 in y and in x).
+  EXPECT_EQ(remove_small_components(m, g, {0.0, 0.2, 15.0}, &removed).sum().item<int64_t>(), 1000);
+  EXPECT_EQ(remove_small_components(m, g, {0.0, 0.2, 30.0}, &removed).sum().item<int64_t>(), 1150);
+  EXPECT_EQ(remove_small_components(m, g, {0.0, 0.2, 16.0}, &removed).sum().item<int64_t>(), 1150);
+  EXPECT_EQ(removed, 1);
+  EXPECT_EQ(remove_small_components(m, g, {0.0, 0.2, 30.5}, &removed).sum().item<int64_t>(), 1190);
+  EXPECT_EQ(removed, 0);
 }
 
 }  // namespace

@@ -18,6 +18,9 @@ struct SegmentationRecipe {
   // Components with fewer voxels than this fraction of the largest one are removed too (the
   // largest is always kept): scattered false positives beside a real hematoma.
   double min_component_fraction = 0.0;
+  // Satellites: hematoma components whose nearest voxel lies within this distance (mm) of the
+  // largest one stay whatever their size (0: off; the card's postprocessing.keep_satellites_within_mm).
+  double keep_satellites_within_mm = 0.0;
   // The card's "labels", names by code: 0 background, 1 the parenchymal hematoma (what the
   // mask, the measurements and the classifier use), then any further tissue (e.g. "ivh",
   // "edema"). A two-class model thresholds the hematoma probability; a model with more classes
@@ -71,11 +74,18 @@ struct Segmentation {
   SegmentTimings seconds;
 };
 
-// Removes the 26-connected components of a uint8 mask smaller than min_ml, or with fewer
-// voxels than min_fraction_of_largest times the largest component (which is always kept
-// when only the fraction applies). removed receives how many components went.
-torch::Tensor remove_small_components(const torch::Tensor& mask, const Geometry& g, double min_ml,
-                                      double min_fraction_of_largest, int64_t* removed = nullptr);
+// Which 26-connected components of a mask go: those smaller than min_ml, or with fewer voxels
+// than min_fraction_of_largest times the largest component (which is always kept when only
+// the fraction applies), except those whose nearest voxel lies within keep_within_mm of the
+// largest component (satellites of the clot; 0: no exception).
+struct ComponentCleanup {
+  double min_ml = 0.0;
+  double min_fraction_of_largest = 0.0;
+  double keep_within_mm = 0.0;
+};
+// Removes them from a uint8 mask; removed receives how many components went.
+torch::Tensor remove_small_components(const torch::Tensor& mask, const Geometry& g, const ComponentCleanup& c,
+                                      int64_t* removed = nullptr);
 
 // A segmentation model ready to run: its network (built from the card, weights loaded, on its
 // device, in eval mode), its recipe (from the same card) and its provenance. Loaded once per
