@@ -22,6 +22,30 @@ def load(path):
     return np.asarray(nib.load(path).dataobj)
 
 
+def shifted(m, axis, step):
+    """m moved one voxel along axis (zeros shifted in)."""
+    out = np.zeros_like(m)
+    src = [slice(None)] * m.ndim
+    dst = [slice(None)] * m.ndim
+    if step > 0:
+        src[axis], dst[axis] = slice(0, -1), slice(1, None)
+    else:
+        src[axis], dst[axis] = slice(1, None), slice(0, -1)
+    out[tuple(dst)] = m[tuple(src)]
+    return out
+
+
+def rims(m):
+    """(inner, outer): the voxels of m with a 6-neighbour outside it, the voxels outside m with one in it."""
+    grown, interior = m.copy(), m.copy()
+    for axis in range(m.ndim):
+        for step in (1, -1):
+            n = shifted(m, axis, step)
+            grown |= n
+            interior &= n
+    return m & ~interior, grown & ~m
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("synth")
@@ -37,12 +61,18 @@ def main():
         d = os.path.normpath(os.path.abspath(os.path.join(a.synth, t["case_id"])))
         if d not in by_dir:
             continue
-        lab = load(os.path.join(d, "labels.nii.gz"))
+        img = nib.load(os.path.join(d, "labels.nii.gz"))
+        lab = np.asarray(img.dataobj)
         pred = load(os.path.join(a.run, "cases", by_dir[d], "mask.nii.gz")) > 0
         hem, ivh, ede = lab == 1, lab == 2, lab == 3
         inter = int((pred & hem).sum())
         fp = pred & ~hem
+        inner, outer = rims(hem)
         cases.append({
+            "slice_mm": float(img.header.get_zooms()[2]),
+            "truth_voxels": int(hem.sum()), "pred_voxels": int(pred.sum()),
+            "fn_voxels": int((hem & ~pred).sum()), "fn_on_rim": int((inner & ~pred).sum()),
+            "fp_on_rim": int((outer & pred).sum()),
             "case_id": t["case_id"],
             "volume_ml": float(t["volume_ml"]),
             "dice": 2 * inter / max(int(pred.sum() + hem.sum()), 1),
@@ -77,6 +107,19 @@ def main():
         print(f"false-positive voxels {fp}: on IVH {sum(c['fp_on_ivh'] for c in cases) / fp:.2f}, "
               f"on edema {sum(c['fp_on_edema'] for c in cases) / fp:.2f}, elsewhere "
               f"{1 - sum(c['fp_on_ivh'] + c['fp_on_edema'] for c in cases) / fp:.2f}")
+    # The edge: disagreement in the truth's outermost layer (missed) or the layer just outside it
+    # (added), by slice thickness.
+    for name, sel in (("thin (< 3 mm)", lambda c: c["slice_mm"] < 3), ("thick (>= 3 mm)", lambda c: c["slice_mm"] >= 3)):
+        g = [c for c in cases if sel(c)]
+        if not g:
+            continue
+        err = sum(c["fn_voxels"] + c["fp_voxels"] for c in g)
+        signed = np.array([(c["pred_voxels"] - c["truth_voxels"]) / max(c["truth_voxels"], 1) for c in g])
+        print(f"{name}: {len(g)} cases, Dice mean {np.mean([c['dice'] for c in g]):.3f}; "
+              f"volume (pred - truth) / truth median {100 * np.median(signed):+.1f} %; "
+              f"of the wrong voxels {sum(c['fn_on_rim'] + c['fp_on_rim'] for c in g) / max(err, 1):.2f} lie on the "
+              f"rim (missed in the outer layer {sum(c['fn_on_rim'] for c in g)}, added just outside "
+              f"{sum(c['fp_on_rim'] for c in g)}, elsewhere {err - sum(c['fn_on_rim'] + c['fp_on_rim'] for c in g)})")
     if a.json:
         with open(a.json + ".tmp", "w") as f:
             json.dump({"synth": a.synth, "run": a.run, "cases": cases}, f, indent=1)

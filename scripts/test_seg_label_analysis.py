@@ -52,7 +52,17 @@ def main():
         assert abs(c["dice_without_ivh_in_prediction"] - 12 / 16) < 1e-12, c
         assert (c["ivh_voxels"], c["ivh_marked"], c["edema_voxels"], c["edema_marked"]) == (4, 3, 4, 1), c
         assert (c["fp_voxels"], c["fp_on_ivh"], c["fp_on_edema"]) == (5, 3, 1), c
+        assert (c["slice_mm"], c["fn_voxels"], c["fn_on_rim"], c["fp_on_rim"]) == (2.5, 2, 2, 0), c
+        assert "thin (< 3 mm): 1 cases" in text and "missed in the outer layer 2, added just outside 0, elsewhere 5" in text, text
         assert "cases 1, with IVH 1" in text and "on IVH 0.60, on edema 0.20, elsewhere 0.20" in text, text
+    # The rims of a 3 x 3 x 3 cube: all but its centre voxel inside, its 6 faces of 9 outside.
+    sys.path.insert(0, HERE)
+    import seg_label_analysis
+    cube = np.zeros((5, 5, 5), bool)
+    cube[1:4, 1:4, 1:4] = True
+    inner, outer = seg_label_analysis.rims(cube)
+    assert (int(inner.sum()), int(outer.sum()), bool(inner[2, 2, 2]), bool(outer[0, 2, 2]), bool(outer[0, 0, 2])) == \
+        (26, 54, False, True, False)
     print("seg_label_analysis: ok")
 
 
