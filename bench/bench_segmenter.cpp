@@ -5,7 +5,13 @@
 // plain large conv3d's GFLOP/s in the same process (what this machine's LibTorch can do).
 //
 //   bench_segmenter --model FILE [--repeats R] [--slices 32,128,300] [--threads 1,2]
-//                   [--json OUT] [--dump DIR]
+//                   [--json OUT] [--dump DIR] [--device cpu|cuda] [--windows-per-pass N] [--parity]
+//
+// --device runs the benchmark there (default cpu). --parity first checks the device against the
+// CPU on the shipped path (one window at a time, the CPU's default): the logits of one window
+// (max |difference|, must be <= 1e-3) and the whole 32-slice head's segment() (max |probability
+// difference|, mask Dice, must be >= 0.999); exit status 1 when either fails. With --device cpu
+// and --windows-per-pass N > 1 it checks batched windows against one at a time.
 //
 // --dump DIR writes DIR/windows.safetensors for scripts/bench_reference.py: the model-grid input
 // of the first slice count, the C++ softmax probabilities on it, and the seconds the C++ sliding
@@ -86,6 +92,34 @@ double umamba_flops(const hemexp::UMambaConfig& c, const std::array<int64_t, 3>&
   return flops;
 }
 
+// The device segmenter against the CPU one (one window at a time): one window's logits and the
+// whole head's segment(). Prints and records the differences; false when out of tolerance.
+bool check_parity(const hemexp::Segmenter& candidate, const hemexp::Segmenter& cpu, const hemexp::Volume& head,
+                  nlohmann::json& out) {
+  c10::InferenceMode guard;
+  const hemexp::SegmentationRecipe& r = cpu.recipe();
+  torch::manual_seed(7);
+  const torch::Tensor window = torch::randn({2, 1, r.patch_size[0], r.patch_size[1], r.patch_size[2]});
+  hemexp::UMamba a = candidate.network(), b = cpu.network();
+  const double logits = (a->forward(window.to(candidate.device())).to(torch::kCPU) - b->forward(window)).abs().max().item<double>();
+  const hemexp::Segmentation sa = candidate.segment(head), sb = cpu.segment(head);
+  const double probability = (sa.probability - sb.probability).abs().max().item<double>();
+  const double both = (sa.mask & sb.mask).sum().item<double>(), sum = (sa.mask.sum() + sb.mask.sum()).item<double>();
+  const double dice = sum > 0 ? 2 * both / sum : 1.0;
+  const bool labels_equal = sa.labels.equal(sb.labels);
+  const bool ok = logits <= 1e-3 && dice >= 0.999;
+  out = {{"device", candidate.device().str()}, {"windows_per_pass", candidate.windows_per_pass()},
+         {"max_abs_logit_difference", logits}, {"max_abs_probability_difference", probability},
+         {"mask_dice", dice}, {"mask_voxels", {sa.mask.sum().item<int64_t>(), sb.mask.sum().item<int64_t>()}},
+         {"labels_identical", labels_equal}, {"ok", ok}};
+  std::printf("parity %s (%lld windows per pass) vs cpu: max |logit diff| %.2e (<= 1e-3), max |probability diff| %.2e, "
+              "mask Dice %.6f (>= 0.999), %lld vs %lld voxels, labels %s: %s\n",
+              candidate.device().str().c_str(), static_cast<long long>(candidate.windows_per_pass()), logits, probability,
+              dice, static_cast<long long>(sa.mask.sum().item<int64_t>()), static_cast<long long>(sb.mask.sum().item<int64_t>()),
+              labels_equal ? "identical" : "differ", ok ? "PASS" : "FAIL");
+  return ok;
+}
+
 // The benchmark head with `slices` slices over the same z extent (linear along z).
 hemexp::Volume head_with_slices(const hemexp::Volume& head, int64_t slices) {
   if (slices == head.geometry.size[2]) return head;
@@ -104,6 +138,9 @@ int main(int argc, char** argv) {
   std::string model, json_out, dump;
   int repeats = 3;
   std::vector<int> slice_counts{32, 128, 300}, thread_counts{1, 2};
+  std::string device_name = "cpu";
+  int windows_per_pass = 0;
+  bool parity = false;
   for (int i = 1; i < argc; ++i) {
     const bool has_value = i + 1 < argc;
     if (!std::strcmp(argv[i], "--model") && has_value) model = argv[++i];
@@ -112,8 +149,12 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--threads") && has_value) thread_counts = parse_list(argv[++i]);
     else if (!std::strcmp(argv[i], "--json") && has_value) json_out = argv[++i];
     else if (!std::strcmp(argv[i], "--dump") && has_value) dump = argv[++i];
+    else if (!std::strcmp(argv[i], "--device") && has_value) device_name = argv[++i];
+    else if (!std::strcmp(argv[i], "--windows-per-pass") && has_value) windows_per_pass = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--parity")) parity = true;
     else {
-      std::fprintf(stderr, "usage: %s --model FILE [--repeats R] [--slices 32,128,300] [--threads 1,2] [--json OUT] [--dump DIR]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s --model FILE [--repeats R] [--slices 32,128,300] [--threads 1,2] [--json OUT] "
+                   "[--dump DIR] [--device cpu|cuda] [--windows-per-pass N] [--parity]\n", argv[0]);
       return 2;
     }
   }
@@ -121,7 +162,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_segmenter: --model is required\n");
     return 2;
   }
-  const hemexp::Segmenter segmenter = hemexp::Segmenter::load(model);
+  const torch::Device device(device_name);
+  hemexp::Segmenter segmenter = hemexp::Segmenter::load(model, device);
+  if (windows_per_pass > 0) segmenter.set_windows_per_pass(windows_per_pass);
   const hemexp::SegmentationRecipe& recipe = segmenter.recipe();
   const double window_flops = umamba_flops(segmenter.network()->config(), recipe.patch_size);
 
@@ -136,6 +179,13 @@ int main(int argc, char** argv) {
   report["parallel_info"] = at::get_parallel_info();
   report["repeats"] = repeats;
   report["window_gflop"] = window_flops / 1e9;
+  report["device"] = device.str();
+  report["windows_per_pass"] = segmenter.windows_per_pass();
+  if (parity) {
+    const bool ok = check_parity(segmenter, hemexp::Segmenter::load(model), head, report["parity"]);
+    if (!json_out.empty()) std::ofstream(json_out) << report.dump(2) << "\n";
+    if (!ok) return 1;
+  }
   std::printf("%s", at::get_parallel_info().c_str());
   std::printf("network: %.3f GFLOP per %lldx%lldx%lld window\n", window_flops / 1e9,
               static_cast<long long>(recipe.patch_size[0]), static_cast<long long>(recipe.patch_size[1]),
@@ -144,12 +194,13 @@ int main(int argc, char** argv) {
   // A plain large convolution: 64 -> 64 channels, 3x3x3, on 32 x 64 x 64 (29 GFLOP).
   {
     torch::manual_seed(1);
-    const torch::Tensor x = torch::randn({1, 64, 32, 64, 64}), w = torch::randn({64, 64, 3, 3, 3}) * 0.05;
+    const torch::Tensor x = torch::randn({1, 64, 32, 64, 64}).to(device), w = (torch::randn({64, 64, 3, 3, 3}) * 0.05).to(device);
     const double flops = 2.0 * 64 * 64 * 27 * 32 * 64 * 64;
     for (int threads : thread_counts) {
       torch::set_num_threads(threads);
       c10::InferenceMode guard;
-      const auto t = time_it(repeats, [&] { torch::conv3d(x, w, {}, 1, 1); });
+      // item() waits for the device, so the time is the convolution's, not its launch's.
+      const auto t = time_it(repeats, [&] { torch::conv3d(x, w, {}, 1, 1).sum().item<float>(); });
       report["plain_conv3d"][std::to_string(threads)] = {{"seconds", t.median}, {"gflops", flops / t.median / 1e9}};
       std::printf("plain conv3d 64->64 3x3x3 on 32x64x64, %d thread(s): %.3f s, %.1f GFLOP/s\n", threads, t.median,
                   flops / t.median / 1e9);

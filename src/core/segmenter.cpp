@@ -159,6 +159,9 @@ Segmentation Segmenter::segment(const Volume& canonical) const {
   o.overlap = recipe_.overlap;
   o.mirror = recipe_.mirror;
   o.device = device_;
+  // One window at a time on the CPU (what its masks and timings were measured with); a GPU is
+  // kept busy with several.
+  o.windows_per_pass = windows_per_pass();
   // Pad with the normalised value of air, what the network saw outside the head in training.
   o.pad_value = float((recipe_.preprocessing.clip_low_hu - recipe_.preprocessing.mean_hu) / recipe_.preprocessing.std_hu);
   UMamba net = network_;  // a handle to the same module (forward is not const in LibTorch)

@@ -1,5 +1,6 @@
 #include "hemexp/core/sliding_window.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "hemexp/core/error.hpp"
@@ -43,39 +44,48 @@ torch::Tensor sliding_window_probabilities(const PatchNetwork& network, const to
     pad.push_back(0);
     pad.push_back(padded[a] - size[a]);
   }
-  const torch::Tensor input = torch::constant_pad_nd(image.to(torch::kFloat32), pad, o.pad_value);
-  const torch::Tensor weight_patch = gaussian_importance(o.patch_size);
-  torch::Tensor probabilities = torch::zeros({num_classes, padded[0], padded[1], padded[2]}, torch::kFloat32);
-  torch::Tensor weights = torch::zeros({padded[0], padded[1], padded[2]}, torch::kFloat32);
-  const torch::Tensor weight_on_device = weight_patch.to(o.device);
+  if (o.windows_per_pass < 1) throw CoreError("sliding window: windows_per_pass must be at least 1");
+  // One transfer in: the image goes to the device once; the accumulators live there.
+  const torch::Tensor input = torch::constant_pad_nd(image.to(o.device, torch::kFloat32), pad, o.pad_value);
+  const torch::Tensor weight_patch = gaussian_importance(o.patch_size).to(o.device);
+  const auto on_device = torch::TensorOptions().dtype(torch::kFloat32).device(o.device);
+  torch::Tensor probabilities = torch::zeros({num_classes, padded[0], padded[1], padded[2]}, on_device);
+  torch::Tensor weights = torch::zeros({padded[0], padded[1], padded[2]}, on_device);
 
   std::vector<std::vector<int64_t>> flips{{}};
   if (o.mirror) flips = {{}, {2}, {3}, {4}, {2, 3}, {2, 4}, {3, 4}, {2, 3, 4}};
 
+  std::vector<std::array<int64_t, 3>> starts;
   for (int64_t z : window_starts(padded[0], o.patch_size[0], o.overlap))
     for (int64_t y : window_starts(padded[1], o.patch_size[1], o.overlap))
-      for (int64_t x : window_starts(padded[2], o.patch_size[2], o.overlap)) {
-        const torch::Tensor patch = input.slice(1, z, z + o.patch_size[0])
-                                        .slice(2, y, y + o.patch_size[1])
-                                        .slice(3, x, x + o.patch_size[2])
-                                        .unsqueeze(0)
-                                        .to(o.device);
-        torch::Tensor sum;
-        for (const auto& dims : flips) {
-          const torch::Tensor in = dims.empty() ? patch : patch.flip(dims);
-          torch::Tensor p = torch::softmax(network(in).to(torch::kFloat32), 1);
-          if (!dims.empty()) p = p.flip(dims);
-          sum = sum.defined() ? sum + p : p;
-        }
-        if (sum.size(1) != num_classes) throw CoreError("sliding window: the network gives a different class count");
-        const torch::Tensor weighted = (sum[0] / float(flips.size()) * weight_on_device).to(torch::kCPU);
-        probabilities.slice(1, z, z + o.patch_size[0]).slice(2, y, y + o.patch_size[1]).slice(3, x, x + o.patch_size[2]) +=
-            weighted;
-        weights.slice(0, z, z + o.patch_size[0]).slice(1, y, y + o.patch_size[1]).slice(2, x, x + o.patch_size[2]) +=
-            weight_patch;
-      }
+      for (int64_t x : window_starts(padded[2], o.patch_size[2], o.overlap)) starts.push_back({z, y, x});
+  const auto window = [&o](const torch::Tensor& t, const std::array<int64_t, 3>& at, int64_t first_dim) {
+    return t.slice(first_dim, at[0], at[0] + o.patch_size[0])
+        .slice(first_dim + 1, at[1], at[1] + o.patch_size[1])
+        .slice(first_dim + 2, at[2], at[2] + o.patch_size[2]);
+  };
+  for (size_t first = 0; first < starts.size(); first += size_t(o.windows_per_pass)) {
+    const size_t last = std::min(starts.size(), first + size_t(o.windows_per_pass));
+    std::vector<torch::Tensor> patches;
+    for (size_t w = first; w < last; ++w) patches.push_back(window(input, starts[w], 1));
+    const torch::Tensor batch = patches.size() == 1 ? patches[0].unsqueeze(0) : torch::stack(patches);
+    torch::Tensor sum;
+    for (const auto& dims : flips) {
+      const torch::Tensor in = dims.empty() ? batch : batch.flip(dims);
+      torch::Tensor p = torch::softmax(network(in).to(torch::kFloat32), 1);
+      if (!dims.empty()) p = p.flip(dims);
+      sum = sum.defined() ? sum + p : p;
+    }
+    if (sum.size(1) != num_classes) throw CoreError("sliding window: the network gives a different class count");
+    if (sum.size(0) != int64_t(last - first)) throw CoreError("sliding window: the network gives a different batch size");
+    for (size_t w = first; w < last; ++w) {
+      window(probabilities, starts[w], 1) += sum[int64_t(w - first)] / float(flips.size()) * weight_patch;
+      window(weights, starts[w], 0) += weight_patch;
+    }
+  }
   probabilities /= weights.unsqueeze(0);
-  return probabilities.slice(1, 0, size[0]).slice(2, 0, size[1]).slice(3, 0, size[2]).contiguous();
+  // One transfer out.
+  return probabilities.slice(1, 0, size[0]).slice(2, 0, size[1]).slice(3, 0, size[2]).contiguous().to(torch::kCPU);
 }
 
 }  // namespace hemexp

@@ -1,6 +1,7 @@
 // Preprocessing (resampling between grids, CT normalisation) and sliding-window inference.
 #include <gtest/gtest.h>
 
+#include "hemexp/core/error.hpp"
 #include "hemexp/core/preprocessing.hpp"
 #include "hemexp/core/segmenter.hpp"
 #include "hemexp/core/sliding_window.hpp"
@@ -46,6 +47,33 @@ TEST(SlidingWindow, ReproducesAVoxelwiseNetworkExactly) {
       EXPECT_EQ(p.sizes(), expected.sizes());
       EXPECT_LT((p - expected).abs().max().item<double>(), 1e-5) << "mirror " << mirror;
     }
+}
+
+// Windows stacked into one forward pass (what a GPU does) give what one window at a time gives:
+// a network whose output depends on each window as a whole (its mean) sees every window once,
+// in order, whatever the batch, with and without mirroring and a last batch left short.
+TEST(SlidingWindow, WindowsPerPassDoNotChangeTheResult) {
+  const auto per_window = [](const torch::Tensor& patch) {
+    const torch::Tensor centred = patch - patch.mean({1, 2, 3, 4}, true);
+    return torch::cat({torch::zeros_like(patch), 2 * centred, -centred}, 1);
+  };
+  torch::manual_seed(4);
+  const torch::Tensor image = torch::randn({1, 13, 37, 29});
+  for (const bool mirror : {false, true}) {
+    SlidingWindowOptions o;
+    o.patch_size = {8, 16, 16};
+    o.mirror = mirror;
+    const torch::Tensor one = sliding_window_probabilities(per_window, image, 3, o);
+    for (const int64_t n : {2, 3, 100}) {  // 3 x 3 x 3 = 27 windows: 13 + 1, 9, 1 pass
+      o.windows_per_pass = n;
+      const torch::Tensor batched = sliding_window_probabilities(per_window, image, 3, o);
+      ASSERT_EQ(batched.sizes(), one.sizes());
+      EXPECT_LT((batched - one).abs().max().item<double>(), 1e-6) << n << " windows per pass, mirror " << mirror;
+    }
+  }
+  SlidingWindowOptions o;
+  o.windows_per_pass = 0;
+  EXPECT_THROW(sliding_window_probabilities(per_window, image, 3, o), CoreError);
 }
 
 TEST(SlidingWindow, MirroringAveragesFlippedPredictions) {

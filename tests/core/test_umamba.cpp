@@ -38,6 +38,26 @@ TEST_P(Parity, LogitsMatchPyTorchTo1e4) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, Parity, ::testing::Values("umambabot", "umambaenc"));
 
+// Several windows in one forward pass (the sliding window's windows_per_pass, for GPUs): each
+// item of the batch gets what it gets alone (the scan and every layer keep items apart).
+TEST(UMamba, BatchedWindowsEqualOneAtATime) {
+  for (const std::string stem : {"umambabot", "umambaenc"}) {
+    const ModelFile file = ModelFile::read(kParity / (stem + ".safetensors"), "segmentation");
+    UMamba network(UMambaConfig::from_json(file.card.json["network"]));
+    load_named_tensors(*network, file.tensors, stem);
+    network->eval();
+    const torch::Tensor x = read_safetensors(kParity / (stem + "_io.safetensors")).tensors.at("input");
+    c10::InferenceMode guard;
+    const std::vector<torch::Tensor> items{x, x.flip({3}) * 0.5, -x};
+    const torch::Tensor batched = network->forward(torch::cat(items, 0));
+    ASSERT_EQ(batched.size(0), 3);
+    for (int64_t i = 0; i < 3; ++i) {
+      const torch::Tensor alone = network->forward(items[size_t(i)]);
+      EXPECT_LE((batched[i] - alone[0]).abs().max().item<double>(), 1e-5) << stem << " item " << i;
+    }
+  }
+}
+
 // Inference sends every convolution through oneDNN (umamba.cpp, conv3d); with gradients on, the
 // modules' own forward runs (LibTorch's choice of kernel). The shipped model on a real-sized
 // window: both give the same logits to float rounding, and the argmax agrees everywhere.

@@ -7,6 +7,9 @@
 
 namespace hemexp {
 
+// Sliding-window windows per forward pass off the CPU.
+constexpr int64_t kGpuWindowsPerPass = 8;
+
 // How a segmentation model is run, from the card's "inference" and "postprocessing" blocks.
 struct SegmentationRecipe {
   Preprocessing preprocessing;
@@ -106,6 +109,10 @@ class Segmenter {
   const SegmentationRecipe& recipe() const { return recipe_; }
   const UMamba& network() const { return network_; }
   const torch::Device& device() const { return device_; }
+  // Windows per forward pass of the sliding window: 1 on the CPU, kGpuWindowsPerPass elsewhere,
+  // unless set (benchmarks and the parity check; the result agrees to float rounding).
+  int64_t windows_per_pass() const { return windows_per_pass_ > 0 ? windows_per_pass_ : device_.is_cpu() ? 1 : kGpuWindowsPerPass; }
+  void set_windows_per_pass(int64_t n) { windows_per_pass_ = n; }
   // Path, sha256 and card of the file (its tensors live in the network, not here).
   const ModelFile& file() const { return file_; }
 
@@ -114,6 +121,7 @@ class Segmenter {
   SegmentationRecipe recipe_;
   UMamba network_{nullptr};
   torch::Device device_;
+  int64_t windows_per_pass_ = 0;  // 0: by device
 };
 
 }  // namespace hemexp

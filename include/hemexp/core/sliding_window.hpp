@@ -14,6 +14,9 @@ struct SlidingWindowOptions {
   bool mirror = false;                             // test-time augmentation: average of 8 flips
   float pad_value = 0.f;                           // for images smaller than a patch
   torch::Device device = torch::kCPU;              // where patches are evaluated
+  // Windows stacked into one forward pass (a batch). 1 on the CPU (what the masks were measured
+  // with); on a GPU several keep it busy. Results agree to float rounding whatever the count.
+  int64_t windows_per_pass = 1;
 };
 
 // logits (1, K, pz, py, px) of one patch (1, C, pz, py, px) on the options' device.
@@ -27,8 +30,10 @@ std::vector<int64_t> window_starts(int64_t size, int64_t patch, double overlap);
 torch::Tensor gaussian_importance(const std::array<int64_t, 3>& patch_size);
 
 // Softmax probabilities (K, z, y, x) on the CPU for an image (C, z, y, x): every window is
-// evaluated, weighted by the Gaussian, and the weighted average is returned. Memory: the
-// image, one (K, z, y, x) accumulator and one (z, y, x) weight map, plus one patch.
+// evaluated, weighted by the Gaussian, and the weighted average is returned. The image goes to
+// the options' device once and the accumulators live there: one transfer in and one out per
+// image, whatever the device. Memory (on the device): the image, one (K, z, y, x) accumulator
+// and one (z, y, x) weight map, plus windows_per_pass patches.
 torch::Tensor sliding_window_probabilities(const PatchNetwork& network, const torch::Tensor& image,
                                            int64_t num_classes, const SlidingWindowOptions& options);
 
