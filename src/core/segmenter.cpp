@@ -1,5 +1,8 @@
 #include "hemexp/core/segmenter.hpp"
 
+#include <algorithm>
+#include <cmath>
+
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/measurements.hpp"
 #include "hemexp/core/metrics.hpp"
@@ -71,23 +74,44 @@ torch::Tensor prepare_network_input(const Volume& canonical, const Preprocessing
 torch::Tensor class_codes_between_grids(const torch::Tensor& foreground, const Geometry& from, const Geometry& to,
                                         torch::Tensor* first_class) {
   if (foreground.dim() != 4 || foreground.size(0) < 1) throw CoreError("class maps must be (K - 1, z, y, x)");
-  torch::Tensor codes, best, sum;
-  for (int64_t k = 0; k < foreground.size(0); ++k) {
-    const torch::Tensor v = resample_between_grids(foreground[k], from, to);
-    if (k == 0) {
-      if (first_class) *first_class = v;
-      codes = torch::ones(v.sizes(), torch::kUInt8);
-      best = v;  // replaced, never changed in place
-      sum = v.clone();
-      continue;
+  for (int a = 0; a < 3; ++a)
+    if (std::abs(from.origin_mm[a] - to.origin_mm[a]) > 1e-6)
+      throw CoreError("resampling between grids with different origins is not supported");
+  // The output in slabs of kSlab slices: for each, only the source slices its z interpolation
+  // reads are brought to the output's in-plane size (x, then y, then z: the order of
+  // resample_between_grids), so only the codes and class 1's map are whole output volumes.
+  constexpr int64_t kSlab = 8;
+  const int64_t nz = to.size[2], source_slices = foreground.size(1);
+  const double step_x = to.spacing_mm[0] / from.spacing_mm[0], step_y = to.spacing_mm[1] / from.spacing_mm[1],
+               step_z = to.spacing_mm[2] / from.spacing_mm[2];
+  torch::Tensor codes = torch::empty({nz, to.size[1], to.size[0]}, torch::kUInt8);
+  if (first_class) *first_class = torch::empty({nz, to.size[1], to.size[0]}, torch::kFloat32);
+  for (int64_t k0 = 0; k0 < nz; k0 += kSlab) {
+    const int64_t n = std::min(kSlab, nz - k0);
+    const double first = double(k0) * step_z;
+    const int64_t lo = std::clamp<int64_t>(int64_t(std::floor(first)), 0, source_slices - 1);
+    const int64_t hi = std::clamp<int64_t>(int64_t(std::floor(first + double(n - 1) * step_z)) + 1, 0, source_slices - 1);
+    torch::Tensor codes_slab = codes.slice(0, k0, k0 + n), best, sum;
+    for (int64_t k = 0; k < foreground.size(0); ++k) {
+      const torch::Tensor plane = interpolate_axis(
+          interpolate_axis(foreground[k].slice(0, lo, hi + 1), 2, to.size[0], 0.0, step_x), 1, to.size[1], 0.0, step_y);
+      // Positions before or past the source clamp to its edge slices, as on the whole grid.
+      torch::Tensor v = interpolate_axis(plane, 0, n, first - double(lo), step_z);
+      if (v.data_ptr() == plane.data_ptr()) v = v.clone();  // interpolate_axis may return its input
+      if (k == 0) {
+        if (first_class) first_class->slice(0, k0, k0 + n).copy_(v);
+        codes_slab.fill_(1);
+        best = v;  // replaced, never changed in place
+        sum = v.clone();
+        continue;
+      }
+      codes_slab.masked_fill_(v > best, uint8_t(k + 1));  // ties stay with the lower code
+      best = torch::maximum(best, v);
+      sum.add_(v);
     }
-    const torch::Tensor better = v > best;  // ties stay with the lower code
-    codes.masked_fill_(better, uint8_t(k + 1));
-    best = torch::maximum(best, v);
-    sum.add_(v);
+    // Background wins where its share, 1 - sum, is at least the best class's: best >= 1 - sum.
+    codes_slab.masked_fill_(best <= sum.neg_().add_(1.0f), 0);
   }
-  // Background wins where its share, 1 - sum, is at least the best class's: best >= 1 - sum.
-  codes.masked_fill_(best <= sum.neg_().add_(1.0f), 0);
   return codes;
 }
 

@@ -157,6 +157,30 @@ TEST(Labels, EachVoxelTakesTheClassWithTheLargestShare) {
   EXPECT_TRUE(torch::equal(swapped.view({6}), torch::tensor({3, 1, 1, 0, 0, 3}, torch::kUInt8))) << swapped;
 }
 
+// Slab by slab (bounded memory) the codes are those of resampling every class map to the whole
+// output grid first, and class 1's map is that resampling: random maps, a finer output grid
+// with slices in several slabs and a last slab left short, positions past the source's edge.
+TEST(Labels, SlabsGiveWhatWholeGridResamplingGives) {
+  Geometry from = test::grid({7, 6, 5}, {2.0, 1.7, 3.0});
+  Geometry to = test::grid({15, 11, 21}, {0.9, 0.8, 0.7});
+  torch::manual_seed(9);
+  torch::Tensor maps = torch::rand({3, 5, 6, 7});
+  maps = maps / (maps.sum(0, true) + torch::rand({1, 5, 6, 7}));  // shares summing to under 1
+  torch::Tensor first;
+  const torch::Tensor codes = class_codes_between_grids(maps, from, to, &first);
+  // The reference: each class on the whole output grid, then the same rule.
+  std::vector<torch::Tensor> full;
+  for (int64_t k = 0; k < 3; ++k) full.push_back(resample_between_grids(maps[k], from, to));
+  const torch::Tensor all = torch::stack(full), background = 1 - all.sum(0);
+  const torch::Tensor expected = torch::where(std::get<0>(all.max(0)) <= background, torch::zeros_like(codes),
+                                              (std::get<1>(all.max(0)) + 1).to(torch::kUInt8));
+  ASSERT_EQ(codes.sizes(), expected.sizes());
+  EXPECT_LE((first - full[0]).abs().max().item<double>(), 1e-6);
+  EXPECT_TRUE(torch::equal(codes, expected)) << (codes != expected).sum().item<int64_t>() << " voxels differ";
+  EXPECT_GT((codes == 0).sum().item<int64_t>(), 100);
+  for (int64_t c = 1; c <= 3; ++c) EXPECT_GT((codes == c).sum().item<int64_t>(), 100) << "class " << c;
+}
+
 // The training label of a label map: on the same grid the codes come back exactly; on a grid
 // twice as coarse each voxel takes the class of the voxel under its centre, and with two
 // classes the rule is "more than half": what `run` applies to its probabilities.

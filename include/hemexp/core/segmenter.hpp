@@ -46,9 +46,9 @@ torch::Tensor prepare_network_input(const Volume& canonical, const Preprocessing
 // Class codes on grid `to` from per-class maps on grid `from`: `foreground` (K - 1, z, y, x)
 // holds classes 1 .. K - 1 (probabilities, or one-hot label maps); each is resampled linearly
 // and a voxel takes the class with the largest value, background's being 1 minus their sum;
-// ties go to the lower code (with two classes: class 1 where its value is above 0.5). Memory
-// is a few float volumes of `to`, whatever K. first_class, when given, receives class 1's
-// resampled map.
+// ties go to the lower code (with two classes: class 1 where its value is above 0.5). The
+// output is made in slabs of 8 slices: whatever K, only the uint8 codes and class 1's map
+// (first_class, when given) are whole volumes of `to`.
 torch::Tensor class_codes_between_grids(const torch::Tensor& foreground, const Geometry& from, const Geometry& to,
                                         torch::Tensor* first_class = nullptr);
 
