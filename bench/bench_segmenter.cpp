@@ -31,6 +31,7 @@
 #include <torch/torch.h>
 
 #include "bench_timing.hpp"
+#include "hemexp/core/metrics.hpp"
 #include "hemexp/core/runtime.hpp"
 #include "hemexp/core/safetensors.hpp"
 #include "hemexp/core/segmenter.hpp"
@@ -104,8 +105,7 @@ bool check_parity(const hemexp::Segmenter& candidate, const hemexp::Segmenter& c
   const double logits = (a->forward(window.to(candidate.device())).to(torch::kCPU) - b->forward(window)).abs().max().item<double>();
   const hemexp::Segmentation sa = candidate.segment(head), sb = cpu.segment(head);
   const double probability = (sa.probability - sb.probability).abs().max().item<double>();
-  const double both = (sa.mask & sb.mask).sum().item<double>(), sum = (sa.mask.sum() + sb.mask.sum()).item<double>();
-  const double dice = sum > 0 ? 2 * both / sum : 1.0;
+  const double dice = hemexp::compare_masks(sa.mask, sb.mask, head.geometry).dice;
   const bool labels_equal = sa.labels.equal(sb.labels);
   const bool ok = logits <= 1e-3 && dice >= 0.999;
   out = {{"device", candidate.device().str()}, {"windows_per_pass", candidate.windows_per_pass()},

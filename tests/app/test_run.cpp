@@ -77,6 +77,16 @@ class RunCommand : public ::testing::Test {
 
   int run(const RunOptions& o) { return run_cases(o, {"hemexp", "run", "(test)"}); }
 
+  // The options for one synthetic head written to in<tag>/head.nii.gz, output in out<tag>.
+  RunOptions small_head_run(const synth::SynthCase& head, const std::string& tag) {
+    fs::create_directories(root_ / ("in" + tag));
+    write_image_file(root_ / ("in" + tag) / "head.nii.gz", head.baseline.ct, head.baseline.geometry);
+    RunOptions o = options_;
+    o.inputs = {(root_ / ("in" + tag) / "head.nii.gz").string()};
+    o.output_dir = (root_ / ("out" + tag)).string();
+    return o;
+  }
+
   static inline std::unique_ptr<LoadedVolume> head_;
   fs::path root_;
   RunOptions options_;
@@ -372,11 +382,7 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
 // against the generator's label map (measured: hematoma 0.965, IVH 0.715, edema 0.747).
 TEST_F(RunCommand, ShippedLabelModelFindsEachLabelOfASynthHead) {
   const synth::SynthCase head = small_head();
-  fs::create_directories(root_ / "inl");
-  write_image_file(root_ / "inl/head.nii.gz", head.baseline.ct, head.baseline.geometry);
-  RunOptions o = options_;
-  o.inputs = {(root_ / "inl/head.nii.gz").string()};
-  o.output_dir = (root_ / "outl").string();
+  RunOptions o = small_head_run(head, "l");
   o.seg_model = (kData.parent_path().parent_path() / "models/hemexp-seg-labels.safetensors").string();
   o.cls_model = "none";
   ASSERT_EQ(run(o), kExitOk);
@@ -399,11 +405,7 @@ TEST_F(RunCommand, ShippedLabelModelFindsEachLabelOfASynthHead) {
 // change reuses the label map.
 TEST_F(RunCommand, MultiClassModelWritesALabelMapAndItsVolumes) {
   const synth::SynthCase head = small_head();
-  fs::create_directories(root_ / "in4");
-  write_image_file(root_ / "in4/head.nii.gz", head.baseline.ct, head.baseline.geometry);
-  RunOptions o = options_;
-  o.inputs = {(root_ / "in4/head.nii.gz").string()};
-  o.output_dir = (root_ / "out4").string();
+  RunOptions o = small_head_run(head, "4");
   o.seg_model = test::write_random_multiclass_segmenter(root_ / "model4.safetensors").string();
   o.cls_model = write_classifier_model(root_ / "classifier4.safetensors", 0.0).string();
   ASSERT_EQ(run(o), kExitOk);
