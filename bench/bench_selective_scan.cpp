@@ -1,7 +1,11 @@
 // Benchmark of the selective scan: the native CPU kernel against the ATen reference at
 // U-Mamba-like sizes (batch 1, N = 16, d_inner = 2 C), for 1 and 2 threads.
 //
-//   bench_selective_scan [--repeats R] [--quick]
+//   bench_selective_scan [--repeats R] [--quick] [--device cuda]
+//
+// --device cuda: instead, the CUDA kernel against the chunked ATen scan on the GPU (each call
+// synchronised), at the CPU sizes and at U-Mamba_Enc's first stage (8 windows of 16 x 96 x 96
+// tokens, d_inner 16), where a per-token loop is hopeless.
 //
 // Prints one line per (L, d_inner, threads): median (and minimum) seconds of kernel and
 // reference, throughput in tokens x channels per second (from the median), and the speed-up
@@ -18,6 +22,7 @@
 #include <vector>
 
 #include <ATen/Parallel.h>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include "bench_timing.hpp"
@@ -26,23 +31,66 @@
 using hemexp::bench::Timing;
 using hemexp::bench::time_it;
 
+struct Size {
+  const char* label;
+  int64_t len, d_inner, batch = 1;
+};
+
+int bench_cuda(std::vector<Size> sizes, int64_t n_state, int repeats) {
+  if (!hemexp::selective_scan_cuda_compiled() || !torch::cuda::is_available()) {
+    std::printf("cuda: skipped (kernel compiled: %s, CUDA device: %s)\n",
+                hemexp::selective_scan_cuda_compiled() ? "yes" : "no", torch::cuda::is_available() ? "yes" : "no");
+    return 0;
+  }
+  sizes.push_back({"16x96x96, C=16 x8", 16 * 96 * 96, 16, 8});  // U-Mamba_Enc, stage 1, 8 windows
+  const torch::Device cuda(torch::kCUDA);
+  std::printf("selective scan on cuda, N %lld, float32, median of %d runs (synchronised)\n",
+              static_cast<long long>(n_state), repeats);
+  std::printf("%-20s %6s %7s %5s | %9s %11s | %9s %11s | %8s\n", "tokens (DxHxW)", "L", "d_inner", "batch",
+              "kernel s", "kernel t*c/s", "chunked s", "chunk t*c/s", "speed-up");
+  for (const Size& s : sizes) {
+    torch::manual_seed(1);
+    const auto opts = torch::TensorOptions().device(cuda);
+    const torch::Tensor u = torch::randn({s.batch, s.len, s.d_inner}, opts);
+    const torch::Tensor delta = torch::softplus(torch::randn({s.batch, s.len, s.d_inner}, opts) - 3.0);
+    const torch::Tensor A =
+        -torch::arange(1, n_state + 1, opts.dtype(torch::kFloat32)).expand({s.d_inner, n_state}).contiguous();
+    const torch::Tensor B = torch::randn({s.batch, s.len, n_state}, opts);
+    const torch::Tensor C = torch::randn({s.batch, s.len, n_state}, opts);
+    const torch::Tensor D = torch::ones({s.d_inner}, opts);
+    const Timing tk = time_it(repeats, [&] {
+      hemexp::selective_scan_cuda(u, delta, A, B, C, D);
+      torch::cuda::synchronize();
+    });
+    const Timing tc = time_it(std::min(repeats, 3), [&] {
+      hemexp::selective_scan_chunked(u, delta, A, B, C, D);
+      torch::cuda::synchronize();
+    });
+    const double work = static_cast<double>(s.batch) * s.len * s.d_inner;
+    std::printf("%-20s %6lld %7lld %5lld | %9.5f %11.3e | %9.5f %11.3e | %7.1fx\n", s.label,
+                static_cast<long long>(s.len), static_cast<long long>(s.d_inner), static_cast<long long>(s.batch),
+                tk.median, work / tk.median, tc.median, work / tc.median, tc.median / tk.median);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   int repeats = 5;
   bool quick = false;
+  std::string device = "cpu";
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--repeats") == 0 && i + 1 < argc) {
       repeats = std::max(1, std::atoi(argv[++i]));
     } else if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
+    } else if (std::strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
+      device = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--repeats R] [--quick]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--repeats R] [--quick] [--device cpu|cuda]\n", argv[0]);
       return 2;
     }
   }
-  struct Size {
-    const char* label;
-    int64_t len, d_inner;
-  };
   std::vector<Size> sizes = {
       {"4x12x12, C=256", 4 * 12 * 12, 512},
       {"4x12x12, C=320", 4 * 12 * 12, 640},
@@ -51,6 +99,11 @@ int main(int argc, char** argv) {
   };
   if (quick) sizes.resize(1);
   const int64_t n_state = 16;
+  if (device == "cuda") return bench_cuda(sizes, n_state, repeats);
+  if (device != "cpu") {
+    std::fprintf(stderr, "--device must be cpu or cuda, not %s\n", device.c_str());
+    return 2;
+  }
   std::printf("selective scan, batch 1, N %lld, float32, median of %d runs\n", static_cast<long long>(n_state),
               repeats);
   std::printf("kernel variant: %s\n", hemexp::selective_scan_cpu_isa());

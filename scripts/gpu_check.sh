@@ -1,7 +1,9 @@
 #!/bin/bash
 # The CUDA check (issue 14), one script for the GPU machine's short lease: configures and builds
-# the core library, its tests and the segmentation benchmark without ITK against the LibTorch
-# that comes with the machine's PyTorch, runs the core tests, checks the GPU against the CPU on
+# the core library (with the CUDA selective-scan kernel where LibTorch has CUDA and nvcc is
+# found), its tests and the benchmarks without ITK against the LibTorch that comes with the
+# machine's PyTorch, runs the core tests and the CUDA scan kernel's tests, benchmarks the kernel
+# against the chunked ATen scan, checks the GPU against the CPU on
 # the shipped model (one window's logits within 1e-3, the mask of a synthetic 512 x 512 x 32
 # head with Dice >= 0.999), benchmarks segmentation there and prints a short table. On a
 # machine without CUDA it does the same on the CPU (Debian's LibTorch), checks batched windows
@@ -73,19 +75,39 @@ if [ -d "$DEPS/googletest" ] && [ ! -e /usr/lib/x86_64-linux-gnu/libgtest.a ]; t
   PREFIX="$PREFIX;$DEPS/gtest-install"
 fi
 
+# nvcc for the CUDA kernel (CMake looks on PATH).
+[ -x /usr/local/cuda/bin/nvcc ] && export PATH="$PATH:/usr/local/cuda/bin"
+
 GEN=()
 command -v ninja > /dev/null && GEN=(-G Ninja)
 if ! stage "configure (no ITK)" cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DHEMEXP_WITH_ITK=OFF \
   -DCMAKE_PREFIX_PATH="$PREFIX"; then
   tail -30 "$LOG"; exit 1
 fi
-if ! stage "build test_core bench_segmenter ($JOBS jobs)" cmake --build "$BUILD" -j "$JOBS" --target test_core bench_segmenter; then
+KERNEL=0
+grep -q "hemexp CUDA kernels: ON" "$LOG" && KERNEL=1
+if [ $CUDA = 1 ] && [ $KERNEL = 0 ]; then
+  say "WARNING: CUDA device but no CUDA kernel built (nvcc not found?): CUDA runs use the chunked ATen scan"
+  grep -i "cuda" "$LOG" | grep -v "^==" | tail -5
+fi
+say "CUDA scan kernel built: $([ $KERNEL = 1 ] && echo yes || echo no)"
+if ! stage "build test_core bench_segmenter bench_selective_scan ($JOBS jobs)" cmake --build "$BUILD" -j "$JOBS" \
+  --target test_core bench_segmenter bench_selective_scan; then
   tail -40 "$LOG"; exit 1
 fi
 
 # Core tests (the CUDA device is what the benchmark and parity use; the tests run on the CPU
 # side of the same build, against the same LibTorch).
-if stage "core tests" "$BUILD/test_core" --gtest_brief=1; then :; else failed=1; grep -E "FAILED|Failure" "$LOG" | head -20; fi
+if stage "core tests" "$BUILD/test_core" --gtest_brief=1 --gtest_filter='-SelectiveScanCuda.*'; then :; else
+  failed=1; grep -E "FAILED|Failure" "$LOG" | head -20; fi
+# The CUDA scan kernel against the CPU kernel and a double loop (skipped without the kernel or a GPU).
+if stage "CUDA scan kernel tests" "$BUILD/test_core" --gtest_filter='SelectiveScanCuda.*'; then :; else
+  failed=1; grep -E "FAILED|Failure" "$LOG" | head -20; fi
+grep -E "^\[ +(OK|SKIPPED|FAILED) +\] SelectiveScanCuda\.[A-Za-z]+ \(|CUDA L = 2\^20" "$LOG"
+if [ $CUDA = 1 ] && [ $KERNEL = 1 ]; then
+  stage "scan benchmark on cuda: kernel against chunked ATen" "$BUILD/bench_selective_scan" --device cuda --repeats 5 || failed=1
+  sed -n '/selective scan on cuda/,/x8 /p' "$LOG"
+fi
 
 THREADS=2
 [ $CUDA = 1 ] && THREADS=$(nproc)

@@ -28,6 +28,13 @@
 
 #include "hemexp/core/error.hpp"
 
+#ifdef HEMEXP_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "cuda/selective_scan_cuda.hpp"
+#endif
+
 namespace hemexp {
 namespace {
 
@@ -392,17 +399,71 @@ torch::Tensor selective_scan_chunked(const torch::Tensor& u, const torch::Tensor
   return torch::cat(ys, 1);
 }
 
+bool selective_scan_cuda_compiled() {
+#ifdef HEMEXP_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+torch::Tensor selective_scan_cuda(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                  const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D) {
+  check_shapes(u, delta, A, B, C, D, "selective_scan_cuda");
+#ifdef HEMEXP_WITH_CUDA
+  const torch::Tensor* all[] = {&u, &delta, &A, &B, &C, &D};
+  for (const torch::Tensor* t : all) {
+    if (!t->device().is_cuda())
+      throw CoreError("selective_scan_cuda: needs CUDA tensors, got " + t->device().str());
+    if (t->scalar_type() != torch::kFloat32)
+      throw CoreError(std::string("selective_scan_cuda: needs float32 tensors, got ") +
+                      c10::toString(t->scalar_type()));
+  }
+  const int64_t batch = u.size(0), len = u.size(1), d_inner = u.size(2);
+  const int64_t n_state = A.size(1);
+  if (n_state > cuda_kernels::kScanMaxState)
+    throw CoreError("selective_scan_cuda: N = " + std::to_string(n_state) + " is above the kernel's " +
+                    std::to_string(cuda_kernels::kScanMaxState));
+  if (batch > 65535) throw CoreError("selective_scan_cuda: batch " + std::to_string(batch) + " is above 65535");
+  const c10::cuda::CUDAGuard guard(u.device());
+  const torch::Tensor uc = u.contiguous(), dc = delta.contiguous(), Ac = A.contiguous(), Bc = B.contiguous(),
+                      Cc = C.contiguous(), Dc = D.contiguous();
+  torch::Tensor y = torch::empty({batch, len, d_inner}, uc.options());
+  if (y.numel() == 0) return y;
+  if (n_state == 0) return y.copy_(Dc * uc);
+  const std::string err = cuda_kernels::selective_scan_launch(
+      uc.data_ptr<float>(), dc.data_ptr<float>(), Ac.data_ptr<float>(), Bc.data_ptr<float>(), Cc.data_ptr<float>(),
+      Dc.data_ptr<float>(), y.data_ptr<float>(), batch, len, d_inner, static_cast<int>(n_state),
+      c10::cuda::getCurrentCUDAStream(u.device().index()).stream());
+  if (!err.empty()) throw CoreError("selective_scan_cuda: kernel launch failed: " + err);
+  return y;
+#else
+  throw CoreError("selective_scan_cuda: this build has no CUDA kernel (configure with a CUDA LibTorch and nvcc, "
+                  "-DHEMEXP_WITH_CUDA=ON)");
+#endif
+}
+
 torch::Tensor selective_scan(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                              const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D) {
   check_shapes(u, delta, A, B, C, D, "selective_scan");
   const torch::Tensor* all[] = {&u, &delta, &A, &B, &C, &D};
-  bool cpu_float = true, any_double = false;
+  bool cpu_float = true, any_double = false, all_cuda = true;
   for (const torch::Tensor* t : all) {
     cpu_float = cpu_float && t->device().is_cpu() && t->scalar_type() == torch::kFloat32;
     any_double = any_double || t->scalar_type() == torch::kFloat64;
+    all_cuda = all_cuda && t->device().is_cuda();
   }
   if (cpu_float) return selective_scan_cpu(u, delta, A, B, C, D);
   if (any_double) return selective_scan_reference(u, delta, A, B, C, D);  // tests: float64 stays float64
+#ifdef HEMEXP_WITH_CUDA
+  if (all_cuda && A.size(1) <= cuda_kernels::kScanMaxState && u.size(0) <= 65535) {
+    // bf16 / fp16 activations (--precision): the scan itself runs in float32
+    const auto f = [](const torch::Tensor& t) { return t.to(torch::kFloat32); };
+    return selective_scan_cuda(f(u), f(delta), f(A), f(B), f(C), f(D));
+  }
+#else
+  (void)all_cuda;
+#endif
   return selective_scan_chunked(u, delta, A, B, C, D);  // other devices: L / 32 sequential steps
 }
 

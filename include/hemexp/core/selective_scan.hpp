@@ -12,8 +12,9 @@ namespace hemexp {
 // (L, d_inner, N) tensor.
 //
 // selective_scan() uses the native CPU kernel (parallel over batch x channels, sequential
-// over tokens, state in registers) for CPU float tensors, the reference for float64 input, and
-// the chunked scan (below) for anything else (other devices).
+// over tokens, state in registers) for CPU float tensors, the CUDA kernel for CUDA tensors other
+// than float64 (computed in float32; N <= 32, in a build that has it), the reference for float64 input, and the chunked scan
+// (below) for anything else (other devices, larger N, CPU half types).
 torch::Tensor selective_scan(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                              const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D);
 
@@ -35,6 +36,14 @@ torch::Tensor selective_scan_chunked(const torch::Tensor& u, const torch::Tensor
                                      const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
                                      int64_t chunk = 32);
 
+// The native CUDA kernel alone (src/core/cuda/selective_scan_cuda.cu: one thread per channel
+// and state, the state in a register, tokens streamed through shared memory in tiles). Needs
+// float32 tensors on one CUDA device and N <= 32; throws CoreError otherwise, and in a build
+// without it (see selective_scan_cuda_compiled()).
+torch::Tensor selective_scan_cuda(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                                  const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D);
+// Whether this build has the CUDA kernel (CMake: HEMEXP_WITH_CUDA, a CUDA LibTorch and nvcc).
+bool selective_scan_cuda_compiled();
 // The native CPU kernel alone (throws CoreError for non-CPU or non-float32 input).
 torch::Tensor selective_scan_cpu(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                                  const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D);
