@@ -258,6 +258,34 @@ def test_features_and_aux(tmp):
     z = tc.normalise_features([[math.log(2.0), float("nan"), float("nan")]], card["features"])
     assert z[0, 1] == 0 and z[0, 2] == 0 and abs(float(z[0, 0]) - (math.log(2.0) - f["log_volume_ml"]["mean"]) /
                                                  f["log_volume_ml"]["sd"]) < 1e-5
+    # the IVH feature as the C++ ClassifierRecipe::feature_vector reads it: ln(1 + mL), NaN without
+    # the segmenter's IVH label (an empty ivh_volume_ml field)
+    assert abs(tc.feature_value({"ivh_volume_ml": "3.0000"}, "log_ivh_volume_ml") - math.log(4.0)) < 1e-12
+    assert tc.feature_value({"ivh_volume_ml": "0.0000"}, "log_ivh_volume_ml") == 0.0
+    assert math.isnan(tc.feature_value({"ivh_volume_ml": ""}, "log_ivh_volume_ml"))
+    assert math.isnan(tc.feature_value({}, "log_ivh_volume_ml"))
+    # --head-init logistic --freeze-feature-weights: the head starts as the regression on the
+    # standardised features and keeps those weights; the class token's weights move from 0
+    out_fixed = os.path.join(tmp, "cls-fixed.safetensors")
+    tc.main(["--train", os.path.join(tmp, "train"), "--val", os.path.join(tmp, "val"), "--card", card_path,
+             "-o", out_fixed, "--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--threads", "1",
+             "--head-init", "logistic", "--freeze-feature-weights"])
+    tensors_fixed, meta_fixed = hemexp_safetensors.load(out_fixed)
+    init = json.loads(meta_fixed["hemexp_model_card"])["training"]["head_init_logistic"]
+    head = tensors_fixed["head.weight"][0].double()
+    e = NETWORK["embed_dim"]
+    assert torch.allclose(head[e:], torch.tensor(init["weights"], dtype=torch.float64), atol=1e-5), (head[e:], init)
+    assert float(head[:e].abs().max()) > 1e-4  # the image part learnt something
+    z = tc.normalise_features(np.array([[tc.feature_value(r, n) for n in ["log_volume_ml", "hu_sd", "hypodense_fraction"]]
+                                        for r in rows]), card["features"]).numpy().astype(np.float64)
+    y = np.array([int(r["he_label"]) for r in rows])
+    w, b = tc.fit_logistic(z, y, l2=1e-3)  # the same regression, refitted here
+    assert np.allclose(w, init["weights"], atol=1e-4), (w, init["weights"])
+    try:
+        tc.parse_args(["--train", "a", "--val", "b", "--card", "c", "-o", "d", "--freeze-feature-weights"])
+        raise AssertionError("--freeze-feature-weights without --head-init logistic accepted")
+    except SystemExit:
+        pass
     # the PyTorch scorer of classifier_report reads the features of a prepared row
     scored = classifier_report.score_prepared(out, os.path.join(tmp, "val"))
     assert len(scored) > 0 and all(0 < v["probability"] < 1 for v in scored.values() if not math.isnan(v["probability"]))

@@ -30,6 +30,14 @@ mean_hu, or measured-marker columns of cases.csv), the network's head also reads
 (network.num_features); each is standardised with the training set's mean and SD (written to
 the card as [{"name", "mean", "sd"}], the C++ tool applies the same) and a missing value is 0.
 
+Head from the transparent baseline (--head-init logistic [--freeze-feature-weights]): the head's
+feature weights and bias start as a logistic regression of the training labels on the
+standardised features, its class-token weights at 0, so the network starts as the marker
+baseline; with --freeze-feature-weights those weights stay fixed (no gradient, no decay) and the
+image part can only add to the regression. The fit is written to the card
+(training.head_init_logistic). The features include log_ivh_volume_ml (ln(1 + mL) of the
+segmenter's intraventricular-blood label) when the card names it.
+
 Auxiliary marker targets (--aux-weight W > 0): a training-only linear head on the class token
 predicts the generator's true NCCT markers (cases.csv true_<marker> columns, written by
 `hemexp prepare` from synth labels); W times their mean BCE is added to the loss, so the image
@@ -311,7 +319,7 @@ def channel_names(recipe):
 
 
 AUX_MARKERS = ("heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin", "hypodensity")
-FEATURE_NAMES = ("log_volume_ml", "mean_hu", "hypodense_fraction", "hu_sd", "hu_cv", "bimodality_coefficient",
+FEATURE_NAMES = ("log_volume_ml", "mean_hu", "log_ivh_volume_ml", "hypodense_fraction", "hu_sd", "hu_cv", "bimodality_coefficient",
                  "satellite_count", "satellite_volume_ml", "island_count", "surface_ratio")  # ClassifierRecipe::feature_names()
 
 
@@ -321,6 +329,9 @@ def feature_value(row, name):
     if name == "log_volume_ml":
         v = parse_float(row.get("volume_ml"))
         return math.log(v) if v > 0 else float("nan")
+    if name == "log_ivh_volume_ml":  # ln(1 + mL) of the segmenter's IVH label; NaN when it has none
+        v = parse_float(row.get("ivh_volume_ml"))
+        return math.log1p(v) if v >= 0 else float("nan")
     return parse_float(row.get(name))
 
 
@@ -503,6 +514,26 @@ def augment(batch, mask_channel, gen, shift_voxels=(1, 3, 3), jitter=0.05, p_dil
 
 # ----------------------------------------------------------------------------- training
 
+def init_head_from_logistic(net, train_set, freeze_feature_weights):
+    """The head's feature weights and bias from a logistic regression of the training labels on the
+    standardised features (what the transparent baseline knows), its class-token weights 0: the
+    network starts as that regression and the image part can only add to it. With
+    freeze_feature_weights a gradient hook keeps the feature weights fixed. Returns the fit."""
+    x = train_set.features.numpy().astype(np.float64)
+    y = train_set.labels.numpy()
+    w, b = fit_logistic(x, y, l2=1e-3)
+    e = net.head.weight.shape[1] - x.shape[1]
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.weight[0, e:] = torch.as_tensor(w, dtype=net.head.weight.dtype)
+        net.head.bias.fill_(b)
+    if freeze_feature_weights:
+        keep = torch.ones_like(net.head.weight)
+        keep[0, e:] = 0.0
+        net.head.weight.register_hook(lambda g: g * keep)
+    return {"weights": w.tolist(), "bias": b, "train_auc": roc_auc(x @ w + b, y)}
+
+
 @torch.no_grad()
 def predict_logits(net, rois, batch_size, features=None):
     was_training = net.training
@@ -561,6 +592,12 @@ def parse_args(argv):
                          "validation cohort makes 'best' a choice of noise)")
     ap.add_argument("--aux-weight", type=float, default=0.0,
                     help="weight of the auxiliary true-marker loss (0: off; needs true_<marker> columns)")
+    ap.add_argument("--head-init", choices=["default", "logistic"], default="default",
+                    help="logistic: the head's feature weights and bias start as a logistic regression on the "
+                         "training features, its class-token weights at 0 (needs features in the card)")
+    ap.add_argument("--freeze-feature-weights", action="store_true",
+                    help="with --head-init logistic: keep those feature weights fixed, so the image part can only "
+                         "add to the regression")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log", default=None, metavar="FILE", help="also append the log to FILE")
@@ -571,6 +608,8 @@ def parse_args(argv):
         ap.error("--topup needs --topup-count or --target-ratio")
     if args.topup_count is not None and args.topup_count < 0:
         ap.error("--topup-count must be >= 0")
+    if args.freeze_feature_weights and args.head_init != "logistic":
+        ap.error("--freeze-feature-weights needs --head-init logistic")
     if args.epochs < 1 or args.batch_size < 1:
         ap.error("--epochs and --batch-size must be >= 1")
     if os.path.abspath(args.val) in {os.path.abspath(d) for d in args.train + ([args.topup] if args.topup else [])}:
@@ -686,7 +725,19 @@ def train(args, argv):
             f"ROIs have more than one component")
     aux_head = torch.nn.Linear(card["network"]["embed_dim"], len(AUX_MARKERS))  # training only
     params = list(net.parameters()) + (list(aux_head.parameters()) if args.aux_weight > 0 else [])
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    head_init = None
+    if args.head_init == "logistic":
+        if not norms:
+            raise SystemExit("--head-init logistic needs features in the card")
+        head_init = init_head_from_logistic(net, train_set, args.freeze_feature_weights)
+        log(f"head initialised from a logistic regression on the {len(norms)} standardised training features "
+            f"(training AUC {head_init['train_auc']:.4f}); the class token's weights start at 0"
+            + ("; the feature weights stay fixed" if args.freeze_feature_weights else ""))
+    # No weight decay on the head when its feature weights are fixed (decay would move them).
+    head_params = {id(net.head.weight), id(net.head.bias)} if args.freeze_feature_weights else set()
+    opt = torch.optim.AdamW([{"params": [p for p in params if id(p) not in head_params]},
+                             {"params": [p for p in params if id(p) in head_params], "weight_decay": 0.0}],
+                            lr=args.lr, weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
@@ -778,6 +829,10 @@ def train(args, argv):
                     + (f", plus {args.aux_weight} x the mean BCE of a training-only head predicting the generator's "
                        f"true markers {list(AUX_MARKERS)}" if args.aux_weight > 0 else ""),
             "grad_clip_norm": 1.0,
+            "head_init": ("logistic regression on the standardised training features, class-token weights 0"
+                          + (", feature weights fixed" if args.freeze_feature_weights else "")
+                          if head_init else "timm (truncated normal 0.02)"),
+            "head_init_logistic": head_init,
             "augmentation": {"flip_x_p": 0.5, "shift_voxels_zyx": args.shift_voxels,
                              "ct_intensity": f"scale 1+-{args.intensity_jitter}, offset +-{args.intensity_jitter / 2}, "
                                              "clipped to [0, 1]",

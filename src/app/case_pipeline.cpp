@@ -4,6 +4,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <limits>
+
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/intracranial.hpp"
 #include "hemexp/core/markers.hpp"
@@ -38,7 +40,7 @@ ReadCase read_case(const CaseInput& c, const CasePipeline& pipeline, spdlog::log
 }
 
 ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& a, const HematomaMeasurements& h,
-                             const NcctMarkers& markers) {
+                             const NcctMarkers& markers, double ivh_volume_ml) {
   const ClassifierRecipe& recipe = classifier.recipe();
   ExpansionRisk he;
   he.threshold = recipe.threshold;
@@ -54,8 +56,8 @@ ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& a
                 format_number(recipe.min_volume_ml, 2) + " mL";
     return he;
   }
-  const ExpansionScore s =
-      classifier.score(a.canonical.volume, a.canonical_mask, recipe.feature_vector(markers, h));
+  const ExpansionScore s = classifier.score(a.canonical.volume, a.canonical_mask,
+                                            recipe.feature_vector(markers, h, ivh_volume_ml));
   he.probability = s.probability;
   he.logit = s.logit;
   he.risk = s.risk;
@@ -139,7 +141,10 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
 
   if (pipeline.classifier) {
     t0 = Clock::now();
-    result.he = expansion_risk(*pipeline.classifier, a, h, *result.markers);
+    const auto ivh = result.labels.find("ivh");
+    result.he = expansion_risk(*pipeline.classifier, a, h, *result.markers,
+                               ivh != result.labels.end() ? ivh->second.volume_ml
+                                                          : std::numeric_limits<double>::quiet_NaN());
     if (result.he->roi_mask_fraction_inside && *result.he->roi_mask_fraction_inside < 0.99)
       result.qc_flags.push_back("hematoma_larger_than_classifier_roi");
     result.timings_s["classify"] = seconds_since(t0);

@@ -55,6 +55,9 @@ struct PrepareCase {
   fs::path ct, mask;
   fs::path labels;          // the synth label map (labels.nii.gz), when there is one
   std::string mask_source;  // "truth" (synth) or "predicted" (run)
+  // Intraventricular blood in mL, as the mask's source saw it: the segmenter's "ivh" label (a
+  // run), the generator's truth (synth); empty when unknown (a segmenter without that label).
+  std::string ivh_volume_ml;
   std::map<std::string, std::string> label;  // the labels.csv row, when there is one
 };
 
@@ -75,7 +78,10 @@ std::vector<PrepareCase> synth_cases(const std::vector<std::string>& dirs) {
       pc.mask = c / "mask.nii.gz";
       if (fs::exists(c / "labels.nii.gz")) pc.labels = c / "labels.nii.gz";
       pc.mask_source = "truth";
-      if (const auto it = labels.find(c.filename().string()); it != labels.end()) pc.label = it->second;
+      if (const auto it = labels.find(c.filename().string()); it != labels.end()) {
+        pc.label = it->second;
+        if (const auto v = it->second.find("ivh_volume_ml"); v != it->second.end()) pc.ivh_volume_ml = v->second;
+      }
       cases.push_back(pc);
     }
   }
@@ -102,6 +108,9 @@ std::vector<PrepareCase> run_cases_with_labels(const fs::path& run, const fs::pa
     pc.ct = r->input_path;
     pc.mask = d / CaseFiles::kMask;
     pc.mask_source = "predicted";
+    // the segmenter's, never the labels CSV's (a synth labels.csv has the true one)
+    if (const auto ivh = r->labels.find("ivh"); ivh != r->labels.end())
+      pc.ivh_volume_ml = format_number(ivh->second.volume_ml, 4);
     auto it = labels.find(r->case_id);
     if (it == labels.end()) it = labels.find(fs::path(r->input_path).parent_path().filename().string());
     if (it != labels.end()) pc.label = it->second;
@@ -202,7 +211,7 @@ int export_segmentation(const std::vector<PrepareCase>& cases, const Preprocessi
 int export_rois(const std::vector<PrepareCase>& cases, const RoiRecipe& recipe, const fs::path& out) {
   const std::vector<std::string> marker_columns = NcctMarkers::names();
   std::vector<std::string> columns{"case_id", "file", "source", "mask_source", "he_label", "volume_ml",
-                                   "mask_fraction_inside", "mean_hu"};
+                                   "mask_fraction_inside", "mean_hu", "ivh_volume_ml"};
   columns.insert(columns.end(), marker_columns.begin(), marker_columns.end());
   // The generator's truth, when the labels have it (synth cohorts): labels.csv column -> this
   // CSV's column. The probabilities, and each true NCCT marker (0/1) as true_<marker>, for
@@ -242,6 +251,7 @@ int export_rois(const std::vector<PrepareCase>& cases, const RoiRecipe& recipe, 
       row["mask_source"] = c.mask_source;
       row["volume_ml"] = format_number(h.volume_ml, 4);
       row["mean_hu"] = format_number(h.mean_hu, 2);
+      row["ivh_volume_ml"] = c.ivh_volume_ml;
       row["mask_fraction_inside"] = format_number(roi.mask_fraction_inside, 4);
       if (const auto it = c.label.find("he_label"); it != c.label.end()) row["he_label"] = it->second;
       for (const auto& [label, column] : truth)

@@ -5,6 +5,7 @@
 #include <torch/utils.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <optional>
 #include <thread>
@@ -125,6 +126,12 @@ int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
         false, fmt::format("expansion classifier {} ({}), sha256 {}; threshold {}, calibration {}; research use only",
                            m.path.string(), m.name().empty() ? "unnamed" : m.name(), m.sha256, r.threshold,
                            r.calibration_method));
+    const std::vector<std::string>& seg_labels = pipeline.segmenter->recipe().labels;
+    if (r.needs_ivh_label() && std::find(seg_labels.begin(), seg_labels.end(), "ivh") == seg_labels.end())
+      setup.notes.emplace_back(
+          true, "the expansion classifier reads the intraventricular-blood volume, which this segmentation model "
+                "does not label: that feature is taken as its training mean (use the segmentation model the "
+                "classifier was trained with, e.g. --seg-model models/hemexp-seg-labels.safetensors)");
   } else if (pipeline.segmenter && o.cls_model != "none") {
     setup.notes.emplace_back(true, "no expansion classifier (none given with --cls-model; looked in " +
                                        where(looked_cls) + "): he_probability stays blank");

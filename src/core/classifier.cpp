@@ -26,14 +26,20 @@ const std::string& ClassifierRecipe::risk(double p) const {
 
 const std::vector<std::string>& ClassifierRecipe::feature_names() {
   static const std::vector<std::string> names = [] {
-    std::vector<std::string> n{"log_volume_ml", "mean_hu"};
+    std::vector<std::string> n{"log_volume_ml", "mean_hu", "log_ivh_volume_ml"};
     for (const std::string& m : NcctMarkers::names()) n.push_back(m);
     return n;
   }();
   return names;
 }
 
-torch::Tensor ClassifierRecipe::feature_vector(const NcctMarkers& markers, const HematomaMeasurements& h) const {
+bool ClassifierRecipe::needs_ivh_label() const {
+  return std::any_of(features.begin(), features.end(),
+                     [](const FeatureNorm& f) { return f.name == "log_ivh_volume_ml"; });
+}
+
+torch::Tensor ClassifierRecipe::feature_vector(const NcctMarkers& markers, const HematomaMeasurements& h,
+                                               double ivh_volume_ml) const {
   if (features.empty()) return {};
   const nlohmann::json measured = markers.to_json();
   std::vector<float> values;
@@ -43,6 +49,8 @@ torch::Tensor ClassifierRecipe::feature_vector(const NcctMarkers& markers, const
       if (h.volume_ml > 0) v = std::log(h.volume_ml);
     } else if (f.name == "mean_hu") {
       v = h.mean_hu;
+    } else if (f.name == "log_ivh_volume_ml") {
+      if (ivh_volume_ml >= 0) v = std::log1p(ivh_volume_ml);
     } else if (measured.contains(f.name) && measured.at(f.name).is_number()) {
       v = measured.at(f.name).get<double>();
     }

@@ -11,6 +11,7 @@
 #include "hemexp/app/cli.hpp"
 #include "hemexp/app/eval_command.hpp"
 #include "hemexp/app/info_command.hpp"
+#include "hemexp/app/case_result.hpp"
 #include "hemexp/app/prepare_command.hpp"
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/safetensors.hpp"
@@ -162,9 +163,41 @@ TEST_F(Commands, PrepareExportsClassifierRoisWithTheTruth) {
     for (const char* m : {"heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin", "hypodensity", "ivh"})
       EXPECT_EQ(rows[i].at(std::string("true_") + m), labels_[i].at(m)) << m;
     EXPECT_NEAR(std::stod(rows[i].at("volume_ml")), std::stod(labels_[i].at("volume_ml")), 1e-3);
+    EXPECT_EQ(rows[i].at("ivh_volume_ml"), labels_[i].at("ivh_volume_ml"));  // true masks: the true IVH
     EXPECT_EQ(read_safetensors(root_ / "prepared-rois" / rows[i].at("file")).tensors.at("roi").sizes().vec(),
               (std::vector<int64_t>{3, 6, 20, 12}));
   }
+}
+
+// Classifier ROIs from a run's masks: the IVH volume is the segmenter's (its "ivh" label in
+// result.json), never the labels CSV's true one; empty for a segmenter without that label.
+TEST_F(Commands, PrepareFromARunTakesTheSegmentersIvhVolume) {
+  const fs::path card = root_ / "cls-card-run.json";
+  std::ofstream(card) << test::parity_classifier_card(0.0, 1.0, 0.0).dump();
+  const fs::path run = root_ / "run-for-prepare";
+  for (int i = 0; i < 2; ++i) {
+    const std::string id = labels_[size_t(i)].at("case_id");
+    const fs::path dir = run / "cases" / id;
+    fs::create_directories(dir);
+    fs::copy_file(root_ / "truth" / id / "mask.nii.gz", dir / "mask.nii.gz", fs::copy_options::overwrite_existing);
+    CaseResult r;
+    r.case_id = id;
+    r.input_path = (root_ / "truth" / id / "ct.nii.gz").string();
+    if (i == 0) r.labels["ivh"] = LabelVolume{2, 10, 1.25};
+    std::ofstream(dir / "result.json") << r.to_json().dump();
+  }
+  PrepareOptions o;
+  o.run_dir = run.string();
+  o.labels_csv = (root_ / "truth" / "labels.csv").string();
+  o.card_path = card.string();
+  o.output_dir = (root_ / "prepared-run-rois").string();
+  ASSERT_EQ(run_prepare(o), kExitOk);
+  const auto rows = parse_csv(slurp(root_ / "prepared-run-rois/cases.csv")).records();
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].at("mask_source"), "predicted");
+  EXPECT_EQ(rows[0].at("ivh_volume_ml"), "1.2500");
+  EXPECT_EQ(rows[1].at("ivh_volume_ml"), "");
+  EXPECT_EQ(rows[0].at("he_label"), labels_[0].at("he_label"));
 }
 
 TEST_F(Commands, EvalComparesARunWithTheTruth) {

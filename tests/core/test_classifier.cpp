@@ -95,6 +95,27 @@ TEST(Classifier, ScoreIsRoiThenViTThenCalibration) {
   fs::remove(path);
 }
 
+// The intraventricular-blood feature: ln(1 + mL) of the segmenter's IVH label, the training
+// mean (0 after normalisation) when the segmenter has no such label (NaN), and what tells the
+// runner to warn about that.
+TEST(Classifier, IvhVolumeFeature) {
+  json card = classifier_card();
+  card["features"] = {{{"name", "log_volume_ml"}, {"mean", 2.0}, {"sd", 1.5}},
+                      {{"name", "log_ivh_volume_ml"}, {"mean", 0.2}, {"sd", 0.5}}};
+  const ClassifierRecipe r = ClassifierRecipe::from_card(card);
+  EXPECT_TRUE(r.needs_ivh_label());
+  HematomaMeasurements h;
+  h.volume_ml = 20.0;
+  const NcctMarkers m;
+  const torch::Tensor with = r.feature_vector(m, h, 3.0);
+  EXPECT_NEAR(with[0][1].item<double>(), (std::log(4.0) - 0.2) / 0.5, 1e-6);
+  EXPECT_NEAR(r.feature_vector(m, h, 0.0)[0][1].item<double>(), (0.0 - 0.2) / 0.5, 1e-6);  // none seen: ln 1
+  EXPECT_EQ(r.feature_vector(m, h)[0][1].item<double>(), 0.0);  // no IVH label: the training mean
+  EXPECT_NEAR(r.feature_vector(m, h)[0][0].item<double>(), (std::log(20.0) - 2.0) / 1.5, 1e-6);
+  card["features"] = {{{"name", "log_volume_ml"}, {"mean", 2.0}, {"sd", 1.5}}};
+  EXPECT_FALSE(ClassifierRecipe::from_card(card).needs_ivh_label());
+}
+
 // A card with scalar features (the vit_features parity network reads 5): each is taken from the
 // markers or measurements by name, normalised by the card's mean and sd, NaN becomes 0, and
 // they reach the head (changing one changes the logit).

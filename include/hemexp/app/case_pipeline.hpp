@@ -57,9 +57,11 @@ struct CaseAnalysis {
 };
 // The `he` block for an analysed case: the classifier's calibrated probability and risk, or
 // no probability with the reason (no hematoma, or one below the card's min_volume_ml). The
-// markers and measurements feed the classifier's scalar features when its card has them.
+// markers and measurements feed the classifier's scalar features when its card has them;
+// ivh_volume_ml is the segmenter's intraventricular blood (NaN: a segmenter without that label).
 ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& analysis,
-                             const HematomaMeasurements& hematoma, const NcctMarkers& markers);
+                             const HematomaMeasurements& hematoma, const NcctMarkers& markers,
+                             double ivh_volume_ml);
 
 // reuse_mask (uint8, the input grid), when defined, replaces the segmentation (CaseInput::reuse_mask):
 // the hematoma mask, or for a multi-class segmenter its label map.

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <optional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -35,7 +36,9 @@ struct RiskCategory {
 //   "risk_categories": [{"name": "low", "below": 0.1, "observed_rate": 0.05}, ..., {"name": "high"}]
 //   "features": [{"name": "log_volume_ml", "mean": m, "sd": s}, ...]   optional, in the order the
 //                  network's head reads them (network.num_features of them); names: log_volume_ml
-//                  (natural log of the mask volume in mL), mean_hu, or an NcctMarkers name
+//                  (natural log of the mask volume in mL), mean_hu, log_ivh_volume_ml (ln(1 + mL of
+//                  the segmenter's intraventricular-blood label); missing with a segmenter
+//                  without that label), or an NcctMarkers name
 // One scalar feature the network reads beside the ROI, and how it is normalised:
 // (value - mean) / sd; a missing value (NaN: e.g. a mask with no interior for the density
 // markers) becomes 0, the training mean.
@@ -57,8 +60,13 @@ struct ClassifierRecipe {
   // The names a "features" entry may have.
   static const std::vector<std::string>& feature_names();
   // The normalised features of one hematoma, (1, features.size()), or an undefined tensor when
-  // the card has none.
-  torch::Tensor feature_vector(const NcctMarkers& markers, const HematomaMeasurements& hematoma) const;
+  // the card has none. ivh_volume_ml: the segmenter's intraventricular blood, NaN when it has no
+  // such label.
+  torch::Tensor feature_vector(const NcctMarkers& markers, const HematomaMeasurements& hematoma,
+                               double ivh_volume_ml = std::numeric_limits<double>::quiet_NaN()) const;
+  // Whether the features include one the segmenter must provide beyond the hematoma mask
+  // (log_ivh_volume_ml: a segmenter with an "ivh" label).
+  bool needs_ivh_label() const;
 
   bool calibrated() const { return calibration_method != "none"; }
   double probability(double logit) const;
