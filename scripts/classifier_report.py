@@ -52,8 +52,12 @@ MARKERS = ["hypodense_fraction", "hu_sd", "hu_cv", "bimodality_coefficient", "sa
 # The baseline reads what the default classifier's head reads (models/cls_card_template.json
 # "features"), so the two differ only by the image: the satellites are left out, because the
 # segmenter's post-processing removes most satellites that the training set's true masks have.
+# log_ivh_volume_ml: ln(1 + mL) of the segmenter's intraventricular-blood label (missing, and so
+# the training median, with a segmenter without that label).
 BASELINE_MARKERS = [m for m in MARKERS if not m.startswith("satellite_")]
-BASELINE_FEATURES = BASELINE_MARKERS + ["log_volume_ml"]
+BASELINE_FEATURES = BASELINE_MARKERS + ["log_volume_ml", "log_ivh_volume_ml"]
+VOLUME_COLUMN = BASELINE_FEATURES.index("log_volume_ml")
+IVH_COLUMN = BASELINE_FEATURES.index("log_ivh_volume_ml")
 TRUE_MARKERS = ["heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin", "hypodensity"]
 MARKER_PAIRS = [("hypodense_fraction", "hypodensity"), ("hypodense_fraction", "black_hole"),
                 ("bimodality_coefficient", "blend"), ("hu_sd", "heterogeneity"), ("hu_cv", "heterogeneity"),
@@ -97,6 +101,7 @@ def read_run(folder, truth):
         ok = r.get("status") in ("ok", "skipped")
         values = {m: number(markers.get(m, hematoma.get(m))) for m in MARKERS}
         values["volume_ml"] = number(hematoma.get("volume_ml"))
+        values["ivh_volume_ml"] = number(((r.get("labels") or {}).get("ivh") or {}).get("volume_ml"))
         cases[truth_id] = {"ok": ok, "probability": number(he.get("probability")) if ok else float("nan"),
                            "threshold": number(he.get("threshold")), "markers": values if ok else
                            {k: float("nan") for k in values}}
@@ -136,13 +141,16 @@ def score_prepared(model_path, prep_dir):
 
 
 def feature_matrix(rows):
-    """rows: dicts with the MARKERS and volume_ml -> (n, len(BASELINE_FEATURES)) with NaN for missing."""
+    """rows: dicts with the MARKERS, volume_ml and ivh_volume_ml -> (n, len(BASELINE_FEATURES)) with
+    NaN for missing."""
     x = np.full((len(rows), len(BASELINE_FEATURES)), np.nan)
     for i, r in enumerate(rows):
         for j, m in enumerate(BASELINE_MARKERS):
             x[i, j] = r[m]
         v = r["volume_ml"]
-        x[i, -1] = math.log(v) if v > 0 else np.nan
+        x[i, VOLUME_COLUMN] = math.log(v) if v > 0 else np.nan
+        ivh = r.get("ivh_volume_ml", float("nan"))
+        x[i, IVH_COLUMN] = math.log1p(ivh) if ivh >= 0 else np.nan
     return x
 
 
@@ -156,7 +164,8 @@ class MarkerBaseline:
                 v = parse_float(r.get("volume_ml"))
                 if not v > 0:
                     continue
-                rows.append({**{m: parse_float(r.get(m)) for m in MARKERS}, "volume_ml": v})
+                rows.append({**{m: parse_float(r.get(m)) for m in MARKERS}, "volume_ml": v,
+                             "ivh_volume_ml": parse_float(r.get("ivh_volume_ml"))})
                 labels.append(int(r["he_label"]))
         x = feature_matrix(rows)
         y = np.asarray(labels)
@@ -185,7 +194,7 @@ class MarkerBaseline:
         """Probabilities; NaN where there is no hematoma volume (nothing to score)."""
         x = feature_matrix(rows)
         p = self.predict_imputed(self.impute(x))
-        p[~np.isfinite(x[:, -1])] = np.nan
+        p[~np.isfinite(x[:, VOLUME_COLUMN])] = np.nan
         return p
 
     def describe(self):
