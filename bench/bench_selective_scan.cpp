@@ -42,7 +42,7 @@ int bench_cuda(std::vector<Size> sizes, int64_t n_state, int repeats) {
                 hemexp::selective_scan_cuda_compiled() ? "yes" : "no", torch::cuda::is_available() ? "yes" : "no");
     return 0;
   }
-  sizes.push_back({"16x96x96, C=16 x8", 16 * 96 * 96, 16, 8});  // U-Mamba_Enc, stage 1, 8 windows
+  sizes.push_back({"16x96x96, C=8 x8", 16 * 96 * 96, 16, 8});  // U-Mamba_Enc stage 1 (8 features, d_inner 16), 8 windows
   const torch::Device cuda(torch::kCUDA);
   std::printf("selective scan on cuda, N %lld, float32, median of %d runs (synchronised)\n",
               static_cast<long long>(n_state), repeats);

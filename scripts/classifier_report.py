@@ -18,7 +18,8 @@ Rows of the first table:
   card's Youden threshold from its validation cohort); a null probability (no hematoma, too
   small) or a failed case counts as missing;
 - "marker baseline": logistic regression on the measured markers (the satellites left out, as in
-  the default classifier's head) + log(volume_ml), fitted on
+  the default classifier's head) + log(volume_ml) + ln(1 + ivh_volume_ml) (the segmenter's IVH
+  label; missing, so the training median, with a segmenter without it), fitted on
   the cases.csv of --baseline-train (prepared cohorts: their markers are measured the same way),
   features standardised, missing values imputed with the training median, L2 1e-3, threshold
   by Youden's J on its own training data;

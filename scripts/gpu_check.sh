@@ -75,8 +75,10 @@ if [ -d "$DEPS/googletest" ] && [ ! -e /usr/lib/x86_64-linux-gnu/libgtest.a ]; t
   PREFIX="$PREFIX;$DEPS/gtest-install"
 fi
 
-# nvcc for the CUDA kernel (CMake looks on PATH).
-[ -x /usr/local/cuda/bin/nvcc ] && export PATH="$PATH:/usr/local/cuda/bin"
+# nvcc for the CUDA kernel: the toolkit in /usr/local/cuda when there is one (CMake would prefer
+# an nvcc beside the C++ compiler, e.g. a distribution's older one, over PATH).
+if [ -x /usr/local/cuda/bin/nvcc ] && [ -z "${CUDACXX:-}" ]; then export CUDACXX=/usr/local/cuda/bin/nvcc; fi
+say "nvcc: $(${CUDACXX:-nvcc} --version 2>/dev/null | grep -o 'release [0-9.]*' || echo none); PyTorch's CUDA: $(python3 -c 'import torch; print(torch.version.cuda)' 2>/dev/null || echo none)"
 
 GEN=()
 command -v ninja > /dev/null && GEN=(-G Ninja)

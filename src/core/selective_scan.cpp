@@ -16,8 +16,10 @@
 #include "hemexp/core/selective_scan.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <sstream>
 #include <string>
@@ -456,10 +458,18 @@ torch::Tensor selective_scan(const torch::Tensor& u, const torch::Tensor& delta,
   if (cpu_float) return selective_scan_cpu(u, delta, A, B, C, D);
   if (any_double) return selective_scan_reference(u, delta, A, B, C, D);  // tests: float64 stays float64
 #ifdef HEMEXP_WITH_CUDA
-  if (all_cuda && A.size(1) <= cuda_kernels::kScanMaxState && u.size(0) <= 65535) {
+  // A kernel that cannot launch (e.g. built by an nvcc newer than the driver, or for another
+  // architecture) is reported once on stderr and the chunked scan is used from then on.
+  static std::atomic<bool> kernel_unusable{false};
+  if (all_cuda && A.size(1) <= cuda_kernels::kScanMaxState && u.size(0) <= 65535 && !kernel_unusable) {
     // bf16 / fp16 activations (--precision): the scan itself runs in float32
     const auto f = [](const torch::Tensor& t) { return t.to(torch::kFloat32); };
-    return selective_scan_cuda(f(u), f(delta), f(A), f(B), f(C), f(D));
+    try {
+      return selective_scan_cuda(f(u), f(delta), f(A), f(B), f(C), f(D));
+    } catch (const CoreError& e) {
+      if (!kernel_unusable.exchange(true))
+        std::fprintf(stderr, "hemexp: warning: %s; the chunked ATen scan is used instead\n", e.what());
+    }
   }
 #else
   (void)all_cuda;

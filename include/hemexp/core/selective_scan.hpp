@@ -14,7 +14,9 @@ namespace hemexp {
 // selective_scan() uses the native CPU kernel (parallel over batch x channels, sequential
 // over tokens, state in registers) for CPU float tensors, the CUDA kernel for CUDA tensors other
 // than float64 (computed in float32; N <= 32, in a build that has it), the reference for float64 input, and the chunked scan
-// (below) for anything else (other devices, larger N, CPU half types).
+// (below) for anything else (other devices, larger N, CPU half types). The result is float32
+// for any input other than float64 (bf16 / fp16 in, float32 out). A CUDA kernel that fails to
+// launch is reported once on stderr and the chunked scan takes over.
 torch::Tensor selective_scan(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                              const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D);
 
