@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -51,6 +52,16 @@ std::string shape_of(const torch::Tensor& t) {
   std::ostringstream s;
   s << t.sizes();
   return s.str();
+}
+
+// Throws unless every tensor is float32 on a device of the given type (what a native kernel reads).
+void check_float32_on(c10::DeviceType type, std::initializer_list<const torch::Tensor*> all, const char* who) {
+  for (const torch::Tensor* t : all) {
+    if (t->device().type() != type)
+      throw CoreError(std::string(who) + ": needs " + c10::DeviceTypeName(type) + " tensors, got " + t->device().str());
+    if (t->scalar_type() != torch::kFloat32)
+      throw CoreError(std::string(who) + ": needs float32 tensors, got " + c10::toString(t->scalar_type()));
+  }
 }
 
 // Throws unless the six tensors have consistent selective-scan shapes.
@@ -330,14 +341,7 @@ torch::Tensor selective_scan_cpu(const torch::Tensor& u, const torch::Tensor& de
   check_shapes(u, delta, A, B, C, D, "selective_scan_cpu");
   if (!isa_supported(isa))
     throw CoreError(std::string("selective_scan_cpu: this CPU does not support the ") + isa_name(isa) + " kernel");
-  const torch::Tensor* all[] = {&u, &delta, &A, &B, &C, &D};
-  for (const torch::Tensor* t : all) {
-    if (!t->device().is_cpu())
-      throw CoreError("selective_scan_cpu: needs CPU tensors, got " + t->device().str());
-    if (t->scalar_type() != torch::kFloat32)
-      throw CoreError(std::string("selective_scan_cpu: needs float32 tensors, got ") +
-                      c10::toString(t->scalar_type()));
-  }
+  check_float32_on(c10::DeviceType::CPU, {&u, &delta, &A, &B, &C, &D}, "selective_scan_cpu");
   const torch::Tensor uc = u.contiguous(), dc = delta.contiguous(), Ac = A.contiguous(), Bc = B.contiguous(),
                       Cc = C.contiguous(), Dc = D.contiguous();
   const int64_t batch = u.size(0), len = u.size(1), d_inner = u.size(2);
@@ -413,14 +417,7 @@ torch::Tensor selective_scan_cuda(const torch::Tensor& u, const torch::Tensor& d
                                   const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D) {
   check_shapes(u, delta, A, B, C, D, "selective_scan_cuda");
 #ifdef HEMEXP_WITH_CUDA
-  const torch::Tensor* all[] = {&u, &delta, &A, &B, &C, &D};
-  for (const torch::Tensor* t : all) {
-    if (!t->device().is_cuda())
-      throw CoreError("selective_scan_cuda: needs CUDA tensors, got " + t->device().str());
-    if (t->scalar_type() != torch::kFloat32)
-      throw CoreError(std::string("selective_scan_cuda: needs float32 tensors, got ") +
-                      c10::toString(t->scalar_type()));
-  }
+  check_float32_on(c10::DeviceType::CUDA, {&u, &delta, &A, &B, &C, &D}, "selective_scan_cuda");
   const int64_t batch = u.size(0), len = u.size(1), d_inner = u.size(2);
   const int64_t n_state = A.size(1);
   if (n_state > cuda_kernels::kScanMaxState)
