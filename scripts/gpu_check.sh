@@ -126,6 +126,14 @@ grep "^parity" "$LOG" | tail -1
 if [ $CUDA = 1 ]; then
   stage "benchmark on cuda (slices $SLICES, $REPEATS repeats)" "$BUILD/bench_segmenter" --model "$MODEL" --device cuda \
     --slices "$SLICES" --threads "$THREADS" --repeats "$REPEATS" --json "$RESULTS/bench_cuda.json" || failed=1
+  # --precision: the convolutions in bf16 / fp16 against the float32 CPU (mask Dice >= 0.99,
+  # logits reported), then their benchmark rows.
+  for p in bf16 fp16; do
+    stage "parity and benchmark on cuda, --precision $p" "$BUILD/bench_segmenter" --model "$MODEL" --device cuda \
+      --precision "$p" --parity --slices "$SLICES" --threads "$THREADS" --repeats "$REPEATS" \
+      --json "$RESULTS/bench_cuda_$p.json" || failed=1
+    grep "^parity" "$LOG" | tail -1
+  done
 else
   say "== benchmark on cuda: skipped (no CUDA)"
 fi
@@ -136,16 +144,20 @@ stage "benchmark on cpu, 2 threads (slices 32, 3 repeats)" "$BUILD/bench_segment
 python3 - "$RESULTS" <<'EOF' | tee -a "$LOG"
 import json, os, sys
 d = sys.argv[1]
-for name in ("bench_cuda.json", "bench_cpu.json"):
+for name in ("bench_cuda.json", "bench_cuda_bf16.json", "bench_cuda_fp16.json", "bench_cpu.json"):
     p = os.path.join(d, name)
     if not os.path.exists(p):
         continue
     r = json.load(open(p))
-    print(f"{r['device']:>6} {'slices':>6} {'thr':>3} {'prepare':>8} {'network':>8} {'resample':>8} {'cleanup':>8} {'total':>8} {'GFLOP/s':>8}")
+    dev = f"{r['device']} {r.get('precision', 'fp32')}"
+    print(f"{dev:>11} {'slices':>6} {'thr':>3} {'prepare':>8} {'network':>8} {'resample':>8} {'cleanup':>8} {'total':>8} {'GFLOP/s':>8}")
     for row in r.get("segment", []):
         s = row["seconds"]
-        print(f"{r['device']:>6} {row['slices']:>6} {row['threads']:>3} {s['prepare']:8.3f} {s['network']:8.3f} "
+        print(f"{dev:>11} {row['slices']:>6} {row['threads']:>3} {s['prepare']:8.3f} {s['network']:8.3f} "
               f"{s['resample']:8.3f} {s['cleanup']:8.3f} {s['total']:8.3f} {row['network_gflops']:8.1f}")
+    if "parity" in r:
+        q = r["parity"]
+        print(f"{dev:>11} mask Dice vs cpu fp32 {q.get('mask_dice')}, max |logit diff| {q.get('max_abs_logit_difference')}")
 p = os.path.join(d, "parity.json")
 if os.path.exists(p):
     q = json.load(open(p)).get("parity", {})

@@ -108,7 +108,7 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
     log.info("{}: the previous run's mask is scored again (only the classification model changed)", id);
   } else {
     const Segmenter& segmenter = *pipeline.segmenter;
-    const Segmentation seg = segmenter.segment(a.canonical.volume);
+    const Segmentation seg = segmenter.segment(a.canonical.volume, pipeline.save_probabilities);
     a.canonical_mask = seg.mask;
     a.mask = from_canonical(seg.mask, a.canonical.map);
     if (recipe.multi_class()) {
@@ -127,7 +127,7 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
     for (int64_t code = 2; code < int64_t(recipe.labels.size()); ++code) {
       LabelVolume& l = result.labels[recipe.labels[size_t(code)]];
       l.code = int(code);
-      l.voxels = (a.labels == code).sum().item<int64_t>();
+      l.voxels = torch::count_nonzero(a.labels == code).item<int64_t>();  // sum() would copy to int64
       l.volume_ml = double(l.voxels) * volume.geometry.voxel_volume_mm3() / 1000.0;
     }
   const HematomaMeasurements h = measure_hematoma(a.mask, volume.voxels, volume.geometry);

@@ -55,6 +55,11 @@ void add_run_options(CLI::App* run, RunOptions& o) {
   run->add_option("-o,--output", o.output_dir, "Output folder")->required();
   run->add_option("--device", o.device, "cpu, cuda or cuda:N")->check(kDevice)->capture_default_str();
   run->add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(CLI::Range(1, 1024));
+  run->add_option("--precision", o.precision,
+                  "Segmentation network's convolutions: fp32 (validated), bf16 (CPU with AVX-512 BF16, or CUDA) "
+                  "or fp16 (CUDA); the Mamba layers stay fp32")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))
+      ->capture_default_str();
   auto* resume = run->add_flag("--resume", o.resume, "Keep cases already done in OUTDIR, do the rest");
   auto* overwrite = run->add_flag("--overwrite", o.overwrite, "Replace the results of a previous run in OUTDIR");
   resume->excludes(overwrite);

@@ -131,8 +131,8 @@ int run_eval(const EvalOptions& o) {
         if (!r["labels"].contains(name)) continue;
         const int pred_code = r["labels"][name].at("code").get<int>();
         const torch::Tensor pm = pl == pred_code, tm = tl == truth_code;
-        const double np = double(pm.sum().item<int64_t>()), nt = double(tm.sum().item<int64_t>());
-        const double inter = double((pm & tm).sum().item<int64_t>());
+        const double np = double(torch::count_nonzero(pm).item<int64_t>()), nt = double(torch::count_nonzero(tm).item<int64_t>());
+        const double inter = double(torch::count_nonzero(pm & tm).item<int64_t>());
         LabelScores& s = label_scores[name];
         s.volume_error.push_back(std::abs(np - nt) * ml);
         json lc = {{"true_volume_ml", nt * ml}, {"predicted_volume_ml", np * ml}};

@@ -88,6 +88,7 @@ int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
   if (seg_path) {
     try {
       pipeline.segmenter = Segmenter::load(*seg_path, device);
+      pipeline.segmenter->set_precision(o.precision);
     } catch (const std::exception& e) {
       spdlog::error("segmentation model {}: {}", seg_path->string(), one_line(e.what()));
       return kExitSetup;
@@ -141,12 +142,15 @@ int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
   for (const auto& [role, provenance] : pipeline.models()) models[role] = provenance;
   // The options that change a case's results: a result made with other values is not kept by
   // --resume (the models' sha256 and the input's content are the rest of the fingerprint).
-  const json result_options = {{"series_uid", o.series_uid},
-                               {"device", device.is_cuda() ? "cuda" : "cpu"},
-                               {"save_probabilities", o.save_probabilities},
-                               {"qc", o.qc},
-                               {"hemexp_version", kVersion}};
+  json result_options = {{"series_uid", o.series_uid},
+                         {"device", device.is_cuda() ? "cuda" : "cpu"},
+                         {"save_probabilities", o.save_probabilities},
+                         {"qc", o.qc},
+                         {"hemexp_version", kVersion}};
+  // Only when not the default, so that results of runs before the option existed stay valid.
+  if (o.precision != "fp32") result_options["precision"] = o.precision;
   setup.run_info = {{"device", o.device},
+                    {"precision", o.precision},
                     {"config", o.effective_config},
                     {"result_options", result_options},
                     {"threads", threads},
@@ -154,8 +158,9 @@ int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
                     {"libraries",
                      {{"libtorch", TORCH_VERSION},
                       {"itk", itk_version()},
-                      {"selective_scan", o.device == "cpu" ? std::string("cpu-") + selective_scan_cpu_isa()
-                                                          : std::string("aten-reference")}}}};
+                      {"selective_scan", o.device == "cpu"                ? std::string("cpu-") + selective_scan_cpu_isa()
+                                         : selective_scan_cuda_compiled() ? std::string("cuda-kernel")
+                                                                          : std::string("chunked")}}}};
   return kExitOk;
 }
 

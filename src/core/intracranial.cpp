@@ -139,7 +139,7 @@ IntracranialContent intracranial_content(const Volume& canonical, const Intracra
       return v >= float(o.brain_low_hu) && v < float(o.brain_high_hu);
     });
     r.brain_fraction = double(in_range) / double(n);
-    r.median_hu = median(std::vector<double>(inside.begin(), inside.end()));
+    r.median_hu = median_in_place(inside);
     const Vec3 centroid = g.index_to_point({sum_x / double(n), sum_y / double(n), sum_z / double(n)});
     const Vec3 centre = g.index_to_point({0.5 * double(w - 1), 0.5 * double(h - 1), 0.5 * double(nz - 1)});
     for (int a = 0; a < 3; ++a) r.centroid_offset_mm[size_t(a)] = centroid[size_t(a)] - centre[size_t(a)];

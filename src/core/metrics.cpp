@@ -119,8 +119,9 @@ SegmentationMetrics compare_masks(const torch::Tensor& predicted, const torch::T
   check_matches(g, predicted, "predicted mask");
   check_matches(g, truth, "true mask");
   const torch::Tensor p = predicted != 0, t = truth != 0;
-  const double np = double(p.sum().item<int64_t>()), nt = double(t.sum().item<int64_t>());
-  const double both = double((p & t).sum().item<int64_t>());
+  // count_nonzero, not sum(): a sum over a bool volume first makes an int64 copy of it.
+  const double np = double(torch::count_nonzero(p).item<int64_t>()), nt = double(torch::count_nonzero(t).item<int64_t>());
+  const double both = double(torch::count_nonzero(p & t).item<int64_t>());
   SegmentationMetrics m;
   m.dice = (np + nt) == 0 ? 1.0 : 2 * both / (np + nt);
   m.iou = (np + nt - both) == 0 ? 1.0 : both / (np + nt - both);

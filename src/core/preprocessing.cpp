@@ -49,11 +49,13 @@ Geometry grid_with_spacing(const Geometry& g, const Vec3& spacing_mm) {
 }
 
 torch::Tensor interpolate_axis(const torch::Tensor& x, int64_t dim, int64_t out_size, double first, double step,
-                               std::optional<double> outside) {
-  if (!outside && !x.is_floating_point()) return interpolate_axis(x.to(torch::kFloat32), dim, out_size, first, step);
+                               std::optional<double> outside, int64_t first_k) {
+  if (!outside && !x.is_floating_point())
+    return interpolate_axis(x.to(torch::kFloat32), dim, out_size, first, step, outside, first_k);
   const int64_t in_size = x.size(dim);
-  if (!outside && in_size == out_size && first == 0.0 && std::abs(step - 1.0) < 1e-12) return x;
-  auto pos = first + torch::arange(out_size, torch::kFloat64) * step;
+  if (!outside && in_size == out_size && first_k == 0 && first == 0.0 && std::abs(step - 1.0) < 1e-12) return x;
+  // arange(first_k, ...) holds the same exact integers as the whole arange's part: the same positions.
+  auto pos = first + torch::arange(first_k, first_k + out_size, torch::kFloat64) * step;
   std::vector<int64_t> shape(size_t(x.dim()), 1);
   shape[size_t(dim)] = out_size;
   if (!outside) {
@@ -61,8 +63,10 @@ torch::Tensor interpolate_axis(const torch::Tensor& x, int64_t dim, int64_t out_
     const auto i0 = pos.floor().to(torch::kLong).clamp(0, in_size - 1);
     const auto i1 = (i0 + 1).clamp(0, in_size - 1);
     const auto w = (pos - i0.to(torch::kFloat64)).to(x.scalar_type()).reshape(shape);
-    const auto a = x.index_select(dim, i0), b = x.index_select(dim, i1);
-    return a + (b - a) * w;
+    const auto a = x.index_select(dim, i0);
+    // a + (b - a) w, in place in b: two output-sized tensors instead of five (the same values:
+    // the same operations, and addition commutes exactly).
+    return x.index_select(dim, i1).sub_(a).mul_(w).add_(a);
   }
   // Each neighbour inside the input keeps its linear weight; one outside gives its weight to
   // `outside`. The weights are computed in double so that they sum to 1 to double precision
@@ -82,14 +86,25 @@ torch::Tensor interpolate_axis(const torch::Tensor& x, int64_t dim, int64_t out_
 }
 
 torch::Tensor resample_between_grids(const torch::Tensor& voxels, const Geometry& from, const Geometry& to) {
+  return resample_block_between_grids(voxels, from, to, {0, 0, 0}, {to.size[2], to.size[1], to.size[0]});
+}
+
+torch::Tensor resample_block_between_grids(const torch::Tensor& voxels, const Geometry& from, const Geometry& to,
+                                           const std::array<int64_t, 3>& begin, const std::array<int64_t, 3>& end) {
   if (voxels.dim() < 3) throw CoreError("resampling needs at least 3 dimensions");
   for (int a = 0; a < 3; ++a)
     if (std::abs(from.origin_mm[a] - to.origin_mm[a]) > 1e-6)
       throw CoreError("resampling between grids with different origins is not supported");
+  for (int d = 0; d < 3; ++d)
+    if (begin[size_t(d)] < 0 || end[size_t(d)] <= begin[size_t(d)] || end[size_t(d)] > to.size[2 - d])
+      throw CoreError("resampling: the block lies outside the output grid or is empty");
   torch::Tensor x = voxels;
   const int64_t last = voxels.dim() - 1;
-  for (int a = 0; a < 3; ++a)  // axis a (x, y, z) is tensor dim last - a
-    x = interpolate_axis(x, last - a, to.size[a], 0.0, to.spacing_mm[a] / from.spacing_mm[a]);
+  for (int a = 0; a < 3; ++a) {  // axis a (x, y, z) is tensor dim last - a, block index 2 - a
+    const size_t b = size_t(2 - a);
+    x = interpolate_axis(x, last - a, end[b] - begin[b], 0.0, to.spacing_mm[a] / from.spacing_mm[a], std::nullopt,
+                         begin[b]);
+  }
   return x.contiguous();
 }
 

@@ -27,9 +27,13 @@ torch::Tensor render_tile(const Volume& canonical, const torch::Tensor& mask, in
 
 // The axial slice with the most mask voxels (the middle one without a mask).
 int64_t largest_mask_slice(const Volume& canonical, const torch::Tensor& mask) {
-  const torch::Tensor per_slice = (mask != 0).sum({1, 2});
-  if (per_slice.max().item<int64_t>() == 0) return canonical.geometry.size[2] / 2;
-  return per_slice.argmax().item<int64_t>();
+  // Slice by slice: a sum over the whole bool volume would make an int64 copy of it.
+  int64_t best = -1, best_count = 0;
+  for (int64_t z = 0; z < mask.size(0); ++z) {
+    const int64_t count = mask[z].ne(0).sum().item<int64_t>();
+    if (count > best_count) best = z, best_count = count;  // the first of equal slices, as argmax
+  }
+  return best < 0 ? canonical.geometry.size[2] / 2 : best;
 }
 
 }  // namespace
@@ -40,9 +44,13 @@ torch::Tensor qc_mosaic(const Volume& canonical, const torch::Tensor& mask, int6
   const int64_t nz = canonical.geometry.size[2];
   std::vector<int64_t> candidates;
   // Slices with hematoma (code 1) first; a label map without one shows its other labels.
-  const torch::Tensor per_slice = ((mask == 1).any().item<bool>() ? mask == 1 : mask != 0).sum({1, 2});
+  // Reduced with any(), not sum(): a sum over a bool volume is an int64 copy of it (630 MB for
+  // 512 x 512 x 300).
+  const torch::Tensor hematoma = mask == 1;
+  const torch::Tensor per_slice = (hematoma.any().item<bool>() ? hematoma : mask != 0).any(2).any(1).contiguous();
+  const auto shown = per_slice.accessor<bool, 1>();
   for (int64_t z = 0; z < nz; ++z)
-    if (per_slice[z].item<int64_t>() > 0) candidates.push_back(z);
+    if (shown[z]) candidates.push_back(z);
   if (candidates.empty())
     for (int64_t z = 0; z < nz; ++z) candidates.push_back(z);
   const int64_t n = std::min<int64_t>(tiles, int64_t(candidates.size()));

@@ -71,35 +71,52 @@ torch::Tensor prepare_network_input(const Volume& canonical, const Preprocessing
   return normalize_ct(resampled, p).unsqueeze(0).contiguous();
 }
 
+namespace {
+
+// The whole grid of `g` as a block (tensor order z, y, x).
+MaskBox whole_block(const Geometry& g) { return MaskBox{{0, 0, 0}, {g.size[2], g.size[1], g.size[0]}}; }
+
+}  // namespace
+
 torch::Tensor class_codes_between_grids(const torch::Tensor& foreground, const Geometry& from, const Geometry& to,
-                                        torch::Tensor* first_class) {
+                                        torch::Tensor* first_class, const MaskBox* block) {
   if (foreground.dim() != 4 || foreground.size(0) < 1) throw CoreError("class maps must be (K - 1, z, y, x)");
   for (int a = 0; a < 3; ++a)
     if (std::abs(from.origin_mm[a] - to.origin_mm[a]) > 1e-6)
       throw CoreError("resampling between grids with different origins is not supported");
+  const MaskBox b = block ? *block : whole_block(to);
+  for (int d = 0; d < 3; ++d)
+    if (b.begin[size_t(d)] < 0 || b.size[size_t(d)] < 0 || b.begin[size_t(d)] + b.size[size_t(d)] > to.size[2 - d])
+      throw CoreError("class codes: the block lies outside the output grid");
   // The output in slabs of kSlab slices: for each, only the source slices its z interpolation
   // reads are brought to the output's in-plane size (x, then y, then z: the order of
   // resample_between_grids), so only the codes and class 1's map are whole output volumes.
+  // Outside `block` the codes are 0 and nothing is computed; inside, every value is the one
+  // the whole grid gives (the same slabs, the same positions).
   constexpr int64_t kSlab = 8;
   const int64_t nz = to.size[2], source_slices = foreground.size(1);
   const double step_x = to.spacing_mm[0] / from.spacing_mm[0], step_y = to.spacing_mm[1] / from.spacing_mm[1],
                step_z = to.spacing_mm[2] / from.spacing_mm[2];
-  torch::Tensor codes = torch::empty({nz, to.size[1], to.size[0]}, torch::kUInt8);
-  if (first_class) *first_class = torch::empty({nz, to.size[1], to.size[0]}, torch::kFloat32);
-  for (int64_t k0 = 0; k0 < nz; k0 += kSlab) {
+  torch::Tensor codes = torch::zeros({nz, to.size[1], to.size[0]}, torch::kUInt8);
+  if (first_class) *first_class = torch::zeros({nz, to.size[1], to.size[0]}, torch::kFloat32);
+  if (b.empty() || b.size[1] == 0 || b.size[2] == 0) return codes;
+  const int64_t z_end = b.begin[0] + b.size[0];
+  for (int64_t k0 = b.begin[0] / kSlab * kSlab; k0 < z_end; k0 += kSlab) {
     const int64_t n = std::min(kSlab, nz - k0);
     const double first = double(k0) * step_z;
     const int64_t lo = std::clamp<int64_t>(int64_t(std::floor(first)), 0, source_slices - 1);
     const int64_t hi = std::clamp<int64_t>(int64_t(std::floor(first + double(n - 1) * step_z)) + 1, 0, source_slices - 1);
-    torch::Tensor codes_slab = codes.slice(0, k0, k0 + n), best, sum;
+    const auto in_block = [&](const torch::Tensor& t) { return t.narrow(1, b.begin[1], b.size[1]).narrow(2, b.begin[2], b.size[2]); };
+    torch::Tensor codes_slab = in_block(codes.slice(0, k0, k0 + n)), best, sum;
     for (int64_t k = 0; k < foreground.size(0); ++k) {
-      const torch::Tensor plane = interpolate_axis(
-          interpolate_axis(foreground[k].slice(0, lo, hi + 1), 2, to.size[0], 0.0, step_x), 1, to.size[1], 0.0, step_y);
+      const torch::Tensor plane =
+          interpolate_axis(interpolate_axis(foreground[k].slice(0, lo, hi + 1), 2, b.size[2], 0.0, step_x, std::nullopt, b.begin[2]),
+                           1, b.size[1], 0.0, step_y, std::nullopt, b.begin[1]);
       // Positions before or past the source clamp to its edge slices, as on the whole grid.
       torch::Tensor v = interpolate_axis(plane, 0, n, first - double(lo), step_z);
       if (v.data_ptr() == plane.data_ptr()) v = v.clone();  // interpolate_axis may return its input
       if (k == 0) {
-        if (first_class) first_class->slice(0, k0, k0 + n).copy_(v);
+        if (first_class) in_block(first_class->slice(0, k0, k0 + n)).copy_(v);
         codes_slab.fill_(1);
         best = v;  // replaced, never changed in place
         sum = v.clone();
@@ -113,6 +130,38 @@ torch::Tensor class_codes_between_grids(const torch::Tensor& foreground, const G
     codes_slab.masked_fill_(best <= sum.neg_().add_(1.0f), 0);
   }
   return codes;
+}
+
+MaskBox foreground_block(const torch::Tensor& probabilities, double threshold, const Geometry& from, const Geometry& to) {
+  if (probabilities.dim() != 4 || probabilities.size(0) < 2) throw CoreError("probabilities must be (K, z, y, x), K >= 2");
+  // Linear interpolation makes convex combinations of the 2 x 2 x 2 source voxels around a
+  // point: where background beats every class (two classes: the hematoma probability is at most
+  // the threshold) at all of them, it does at the point. kMargin keeps float rounding on the
+  // safe side: a model voxel within it of a tie counts as foreground.
+  constexpr float kMargin = 1e-3f;
+  torch::Tensor candidate;
+  if (probabilities.size(0) == 2) {
+    candidate = probabilities[1] > float(threshold) - kMargin;
+  } else {
+    const torch::Tensor fg = probabilities.slice(0, 1);
+    candidate = std::get<0>(fg.max(0)) >= fg.sum(0).neg_().add_(1.0f - kMargin);
+  }
+  const MaskBox source = mask_bounding_box(candidate);
+  if (source.empty()) return MaskBox{};
+  MaskBox out;
+  for (int d = 0; d < 3; ++d) {  // tensor dim d is axis 2 - d
+    const int a = 2 - d;
+    const double step = to.spacing_mm[a] / from.spacing_mm[a];
+    const double lo = double(source.begin[size_t(d)]), hi = double(source.begin[size_t(d)] + source.size[size_t(d)] - 1);
+    // Output voxel i reads source voxels floor(i step) and the next one: it can be foreground
+    // only when floor(i step) lies in [lo - 1, hi]. One more voxel on each side for rounding.
+    const int64_t first = std::max<int64_t>(0, int64_t(std::floor((lo - 1.0) / step)) - 1);
+    const int64_t end = std::min<int64_t>(to.size[a], int64_t(std::ceil((hi + 1.0) / step)) + 1);
+    if (end <= first) return MaskBox{};
+    out.begin[size_t(d)] = first;
+    out.size[size_t(d)] = end - first;
+  }
+  return out;
 }
 
 torch::Tensor prepare_network_label(const torch::Tensor& canonical_labels, const Geometry& canonical,
@@ -170,7 +219,36 @@ Segmenter::Segmenter(ModelFile file, const torch::Device& device) : file_(std::m
   file_.install_weights(*network_, device_);
 }
 
-Segmentation Segmenter::segment(const Volume& canonical) const {
+void Segmenter::set_precision(const std::string& name) {
+  const torch::ScalarType dtype = name == "fp32"   ? torch::kFloat32
+                                  : name == "bf16" ? torch::kBFloat16
+                                  : name == "fp16" ? torch::kHalf
+                                                   : throw CoreError("precision must be fp32, bf16 or fp16, not '" + name + "'");
+  if (device_.is_cpu() && dtype == torch::kHalf)
+    throw CoreError("precision fp16 needs a CUDA device (on the CPU: bf16 or fp32)");
+  if (dtype != torch::kFloat32) {
+    // Ask the backend once, here, rather than fail on the first case.
+    try {
+      c10::InferenceMode guard;
+      const auto options = torch::TensorOptions().dtype(dtype).device(device_);
+      torch::Tensor y;
+      if (device_.is_cpu())
+        y = torch::mkldnn_convolution(torch::ones({1, 2, 3, 3, 3}, options), torch::ones({2, 2, 3, 3, 3}, options), {},
+                                      {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1);
+      else
+        y = torch::conv3d(torch::ones({1, 2, 3, 3, 3}, options), torch::ones({2, 2, 3, 3, 3}, options), {}, 1, 1);
+      if (y.to(torch::kFloat32)[0][0][1][1][1].item<float>() != 54.0f) throw CoreError("wrong result");
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      throw CoreError("precision " + name + ": this " + (device_.is_cpu() ? "CPU" : "device") +
+                      " cannot convolve in it (" + what.substr(0, what.find('\n')) + ")");
+    }
+  }
+  network_->set_convolution_dtype(dtype);
+  precision_ = name;
+}
+
+Segmentation Segmenter::segment(const Volume& canonical, bool with_probability) const {
   c10::InferenceMode guard;
   Segmentation s;
   auto t0 = Clock::now();
@@ -195,14 +273,26 @@ Segmentation Segmenter::segment(const Volume& canonical) const {
   s.seconds.network = seconds_since(t0);
   t0 = Clock::now();
   const bool multi = recipe_.multi_class();
+  const Geometry& grid = canonical.geometry;
+  // Only the block of the input grid that can hold foreground is resampled (thin-slice scans:
+  // a fraction of the work and memory); the same codes as resampling the whole grid. The
+  // probability map, when asked for, is made on the whole grid.
+  const MaskBox block = with_probability ? whole_block(grid) : foreground_block(probabilities, recipe_.threshold, model_grid, grid);
   if (multi) {
-    s.labels = class_codes_between_grids(probabilities.slice(0, 1), model_grid, canonical.geometry, &s.probability);
-    s.probability.clamp_(0, 1);
+    s.labels = class_codes_between_grids(probabilities.slice(0, 1), model_grid, grid,
+                                         with_probability ? &s.probability : nullptr, &block);
+    if (with_probability) s.probability.clamp_(0, 1);
   } else {
     // Only the foreground probability goes back to the input grid (bounded memory).
-    const torch::Tensor foreground = probabilities[1].contiguous();
-    s.probability = resample_between_grids(foreground, model_grid, canonical.geometry).clamp(0, 1);
-    s.labels = (s.probability > float(recipe_.threshold)).to(torch::kUInt8);
+    s.labels = torch::zeros(tensor_shape(grid), torch::kUInt8);
+    if (!block.empty()) {
+      const std::array<int64_t, 3> end{block.begin[0] + block.size[0], block.begin[1] + block.size[1],
+                                       block.begin[2] + block.size[2]};
+      const torch::Tensor p =
+          resample_block_between_grids(probabilities[1].contiguous(), model_grid, grid, block.begin, end).clamp_(0, 1);
+      block.crop(s.labels).copy_(p > float(recipe_.threshold));
+      if (with_probability) s.probability = p;  // the whole grid's
+    }
   }
   s.seconds.resample = seconds_since(t0);
   t0 = Clock::now();

@@ -26,7 +26,7 @@ std::string fixed(double v, int precision) {
 // raised to min_hu; recorded when it happens.
 void clamp_below_range(Volume& v, const ReadOptions& options, InputInfo& info) {
   const torch::Tensor low = v.voxels < float(options.min_hu);
-  const int64_t n = low.sum().item<int64_t>();
+  const int64_t n = torch::count_nonzero(low).item<int64_t>();  // sum() would make an int64 copy of the volume
   if (n == 0) return;
   v.voxels.masked_fill_(low, float(options.min_hu));
   info.corrections.push_back(std::to_string(n) + " voxels below " + fixed(options.min_hu, 0) +
@@ -152,8 +152,13 @@ LoadedVolume read_volume(const fs::path& path, const ReadOptions& options) {
   } else {
     throw IoError("not a recognised image: expected NIfTI, MHA, NRRD or DICOM");
   }
-  if (const int64_t bad = (~torch::isfinite(out.volume.voxels)).sum().item<int64_t>(); bad > 0)
-    throw IoError(std::to_string(bad) + " voxels are NaN or infinite");
+  // A NaN or an infinity makes the sum NaN or infinite; only then are they counted (isfinite
+  // allocates a float copy of the volume and three bool ones). Huge finite values can overflow
+  // the sum too, so the count decides.
+  if (!std::isfinite(out.volume.voxels.sum().item<double>()))
+    if (const int64_t bad = out.volume.voxels.numel() - torch::count_nonzero(torch::isfinite(out.volume.voxels)).item<int64_t>();
+        bad > 0)
+      throw IoError(std::to_string(bad) + " voxels are NaN or infinite");
   check_hounsfield(out.volume);
   clamp_below_range(out.volume, options, out.info);
   out.info.geometry = out.volume.geometry;

@@ -181,6 +181,48 @@ TEST(Labels, SlabsGiveWhatWholeGridResamplingGives) {
   for (int64_t c = 1; c <= 3; ++c) EXPECT_GT((codes == c).sum().item<int64_t>(), 100) << "class " << c;
 }
 
+// Only the block of the output grid that can hold foreground is resampled (segment() without
+// a probability map): foreground_block must hold every voxel that resampling the whole grid
+// makes foreground, and the block's values must be exactly the whole grid's there. Random
+// maps with a blob of foreground on a coarse model grid, a thin-slice output grid, two and four
+// classes, source voxels just under the threshold at the blob's edge (the margin's case).
+TEST(Labels, TheForegroundBlockGivesTheWholeGridsCodes) {
+  const Geometry from = test::grid({24, 20, 9}, {1.5, 1.5, 5.0});
+  const Geometry to = test::grid({77, 64, 41}, {0.45, 0.45, 1.1});
+  torch::manual_seed(21);
+  for (const int64_t classes : {2, 4}) {
+    torch::Tensor logits = torch::randn({classes, 9, 20, 24});
+    logits[0] += 9.0;                                                          // background (> 6 SD)
+    logits.slice(0, 1).slice(1, 3, 6).slice(2, 8, 13).slice(3, 10, 16) += 14.0;  // the blob
+    torch::Tensor p = torch::softmax(logits, 0);
+    // A voxel beside the blob just under the threshold, its background just ahead: within the
+    // margin, so in the block.
+    p.slice(0, 1)[0][3][7][12] = 0.4995f, p[0][3][7][12] = 0.5005f;
+    for (int64_t k = 2; k < classes; ++k) p[k][3][7][12] = 0.0f;
+    const MaskBox block = foreground_block(p, 0.5, from, to);
+    ASSERT_FALSE(block.empty());
+    EXPECT_LT(block.size[0] * block.size[1] * block.size[2], 77 * 64 * 41) << "the block is the whole grid";
+    torch::Tensor whole;
+    if (classes == 2) {
+      const torch::Tensor full = resample_between_grids(p[1].contiguous(), from, to);
+      whole = (full > 0.5f).to(torch::kUInt8);
+      const std::array<int64_t, 3> end{block.begin[0] + block.size[0], block.begin[1] + block.size[1],
+                                       block.begin[2] + block.size[2]};
+      EXPECT_TRUE(torch::equal(resample_block_between_grids(p[1].contiguous(), from, to, block.begin, end), block.crop(full)));
+    } else {
+      whole = class_codes_between_grids(p.slice(0, 1), from, to);
+      EXPECT_TRUE(torch::equal(class_codes_between_grids(p.slice(0, 1), from, to, nullptr, &block), whole));
+    }
+    EXPECT_GT(whole.sum().item<int64_t>(), 100) << classes << " classes";
+    const int64_t inside = block.crop(whole).ne(0).sum().item<int64_t>();
+    EXPECT_EQ(inside, whole.ne(0).sum().item<int64_t>()) << "foreground outside the block, " << classes << " classes";
+    // Background everywhere: nothing to resample.
+    torch::Tensor none = torch::zeros_like(p);
+    none[0].fill_(1.0f);
+    EXPECT_TRUE(foreground_block(none, 0.5, from, to).empty());
+  }
+}
+
 // The training label of a label map: on the same grid the codes come back exactly; on a grid
 // twice as coarse each voxel takes the class of the voxel under its centre, and with two
 // classes the rule is "more than half": what `run` applies to its probabilities.

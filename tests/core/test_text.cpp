@@ -82,6 +82,15 @@ TEST(Statistics, PercentileMedianMean) {
   EXPECT_DOUBLE_EQ(mean({1, 2, 6}), 3.0);
   EXPECT_TRUE(std::isnan(median({})));
   EXPECT_TRUE(std::isnan(mean({})));
+  // Floats without a double copy: what the median of their double copy is, odd and even counts.
+  for (const size_t n : {size_t(7), size_t(1000), size_t(1001)}) {
+    std::vector<float> hu;
+    for (size_t i = 0; i < n; ++i) hu.push_back(float((i * 7919) % 1013) * 0.37f - 50.0f);
+    const std::vector<double> copy(hu.begin(), hu.end());
+    EXPECT_EQ(median_in_place(hu), median(copy)) << n << " values";
+  }
+  std::vector<float> none;
+  EXPECT_TRUE(std::isnan(median_in_place(none)));
 }
 
 }  // namespace

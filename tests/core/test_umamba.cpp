@@ -5,7 +5,9 @@
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/safetensors.hpp"
+#include "hemexp/core/orientation.hpp"
 #include "hemexp/core/segmenter.hpp"
+#include "hemexp/core/synth.hpp"
 
 namespace hemexp {
 namespace {
@@ -79,6 +81,59 @@ TEST(UMamba, OneDnnConvolutionsAgreeWithTheModules) {
   EXPECT_LE((fast - modules).abs().max().item<double>(), 1e-3);
   EXPECT_GT(modules.abs().max().item<double>(), 1.0);
   EXPECT_TRUE(torch::equal(fast.argmax(1), modules.argmax(1)));
+}
+
+// segment() resamples only the block that can hold foreground unless the probability map is
+// asked for: both shipped models (two classes; four labels) give the same label maps either way
+// on a thin-slice synthetic head with a hematoma.
+TEST(Segmenter, LabelsWithoutTheProbabilityMapAreTheWholeGrids) {
+  synth::SynthOptions o;
+  o.seed = 31;
+  o.matrix = 128;
+  o.thin_fraction = 1.0;
+  const synth::SynthCase c = synth::render_procedural_case(o, 0);
+  ASSERT_GT(c.baseline.volume_ml, 1.0);
+  const Volume canonical = to_canonical(Volume{c.baseline.geometry, c.baseline.ct.to(torch::kFloat32)}).volume;
+  const std::filesystem::path models = kParity.parent_path().parent_path().parent_path() / "models";
+  for (const char* name : {"hemexp-seg.safetensors", "hemexp-seg-labels.safetensors"}) {
+    const Segmenter seg = Segmenter::load(models / name);
+    const Segmentation block = seg.segment(canonical), whole = seg.segment(canonical, true);
+    EXPECT_FALSE(block.probability.defined());
+    ASSERT_TRUE(whole.probability.defined());
+    EXPECT_TRUE(torch::equal(block.labels, whole.labels)) << name;
+    EXPECT_TRUE(torch::equal(block.mask, whole.mask)) << name;
+    EXPECT_GT(block.mask.sum().item<int64_t>(), 100) << name;
+  }
+}
+
+// --precision bf16 (Segmenter::set_precision): the convolutions run in bfloat16 through oneDNN
+// (this CPU has AVX-512 BF16 or oneDNN emulates it on AVX-512; elsewhere the option is refused,
+// and so is this test's premise), the logits move by bfloat16 rounding, not more, and fp32
+// gives back exactly what the model gave before. fp16 needs CUDA; unknown names are refused.
+TEST(Segmenter, Bf16ConvolutionsStayCloseAndFp32IsExact) {
+  Segmenter seg = Segmenter::load(kParity.parent_path().parent_path().parent_path() / "models/hemexp-seg.safetensors");
+  EXPECT_THROW(seg.set_precision("fp16"), CoreError);
+  EXPECT_THROW(seg.set_precision("int8"), CoreError);
+  EXPECT_EQ(seg.precision(), "fp32");
+  UMamba net = seg.network();
+  torch::manual_seed(6);
+  const torch::Tensor x = torch::randn({1, 1, 16, 96, 96});
+  c10::InferenceMode guard;
+  const torch::Tensor full = net->forward(x);
+  try {
+    seg.set_precision("bf16");
+  } catch (const CoreError& e) {
+    GTEST_SKIP() << e.what();
+  }
+  EXPECT_EQ(net->convolution_dtype(), torch::kBFloat16);
+  const torch::Tensor low = net->forward(x);
+  ASSERT_EQ(low.scalar_type(), torch::kFloat32);
+  const double diff = (low - full).abs().max().item<double>(), scale = full.abs().max().item<double>();
+  EXPECT_GT(diff, 0.0) << "bf16 changed nothing";
+  EXPECT_LT(diff, 0.05 * scale) << diff << " against logits up to " << scale;
+  EXPECT_GT(low.argmax(1).eq(full.argmax(1)).to(torch::kFloat64).mean().item<double>(), 0.995);
+  seg.set_precision("fp32");
+  EXPECT_TRUE(torch::equal(net->forward(x), full));
 }
 
 TEST(ModelFile, WeightsAreCheckedByNameAndShape) {

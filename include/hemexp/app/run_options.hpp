@@ -22,6 +22,7 @@ struct RunOptions {
   std::string output_dir;
   std::string device = "cpu";
   int threads = 0;  // 0 = all cores
+  std::string precision = "fp32";  // the segmentation network's convolutions: fp32, bf16, fp16 (CUDA)
   bool resume = false;
   bool overwrite = false;
   int shard_index = 1;  // --shard K/N: this process handles cases K, K+N, K+2N, ... (1-based)

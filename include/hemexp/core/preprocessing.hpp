@@ -30,15 +30,22 @@ Geometry grid_with_spacing(const Geometry& g, const Vec3& spacing_mm);
 // multiple of the output. Positions outside `from` take the nearest edge value.
 torch::Tensor resample_between_grids(const torch::Tensor& voxels, const Geometry& from, const Geometry& to);
 
+// The block [begin, end) (tensor order z, y, x) of `to` of what resample_between_grids gives,
+// computed alone: the same positions and arithmetic, so exactly the same values as that block
+// of the whole, at the cost and memory of the block.
+torch::Tensor resample_block_between_grids(const torch::Tensor& voxels, const Geometry& from, const Geometry& to,
+                                           const std::array<int64_t, 3>& begin, const std::array<int64_t, 3>& end);
+
 // Linear interpolation along tensor dimension `dim`: out_size samples at the continuous input
-// positions first + k * step (k = 0 .. out_size - 1, in input voxels). Without `outside`,
+// positions first + k * step (k = first_k .. first_k + out_size - 1, in input voxels; a
+// first_k > 0 gives exactly those samples of a longer interpolation from k = 0). Without `outside`,
 // positions beyond the input take the nearest edge value; with it, the input is treated as
 // surrounded by voxels of that value (a position half a voxel past the edge is half edge,
 // half outside). Bool or integer input gives float32 (with `outside`, converted after
 // gathering): a mask is interpolated, never truncated to its integer type. Applied
 // once per axis this is trilinear interpolation on an axis-aligned grid.
 torch::Tensor interpolate_axis(const torch::Tensor& x, int64_t dim, int64_t out_size, double first, double step,
-                               std::optional<double> outside = std::nullopt);
+                               std::optional<double> outside = std::nullopt, int64_t first_k = 0);
 
 // Trilinear value of a volume at a continuous index (x, y, z); indices outside the grid are
 // clamped to its edge.

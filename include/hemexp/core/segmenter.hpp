@@ -1,5 +1,6 @@
 #pragma once
 
+#include "hemexp/core/measurements.hpp"
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/preprocessing.hpp"
 #include "hemexp/core/sliding_window.hpp"
@@ -48,9 +49,18 @@ torch::Tensor prepare_network_input(const Volume& canonical, const Preprocessing
 // and a voxel takes the class with the largest value, background's being 1 minus their sum;
 // ties go to the lower code (with two classes: class 1 where its value is above 0.5). The
 // output is made in slabs of 8 slices: whatever K, only the uint8 codes and class 1's map
-// (first_class, when given) are whole volumes of `to`.
+// (first_class, when given) are whole volumes of `to`. With `block` (tensor order z, y, x),
+// only that block of `to` is computed (the same values as there on the whole grid); codes and
+// class 1's map are 0 outside it.
 torch::Tensor class_codes_between_grids(const torch::Tensor& foreground, const Geometry& from, const Geometry& to,
-                                        torch::Tensor* first_class = nullptr);
+                                        torch::Tensor* first_class = nullptr, const MaskBox* block = nullptr);
+
+// The block of grid `to` outside which no voxel can be foreground once `probabilities`
+// (K, z, y, x) on grid `from` are resampled linearly: two classes, class 1 above `threshold`;
+// more, any class beating background (class_codes_between_grids). Empty when nothing can.
+// Exact, not a heuristic: a linear interpolation is a convex combination of source voxels,
+// and every source voxel within 1e-3 of foreground counts.
+MaskBox foreground_block(const torch::Tensor& probabilities, double threshold, const Geometry& from, const Geometry& to);
 
 // The training label for that input: a uint8 label map (codes 0 .. num_classes - 1; a mask
 // for two classes) on the canonical grid brought onto model_grid the way `run` brings
@@ -65,14 +75,14 @@ torch::Tensor prepare_network_label(const torch::Tensor& canonical_labels, const
 struct SegmentTimings {
   double prepare = 0;   // resampling to the model grid, normalisation
   double network = 0;   // sliding window: every window through the network, weighted sum
-  double resample = 0;  // the foreground probability back onto the input grid
+  double resample = 0;  // the probabilities back onto the input grid (the block that can hold foreground)
   double cleanup = 0;   // threshold, small components removed
 };
 
 struct Segmentation {
   torch::Tensor mask;         // uint8 (z, y, x) on the canonical grid of the input: the parenchymal hematoma
   torch::Tensor labels;       // uint8 codes of the card's labels on the same grid (labels == 1 is mask)
-  torch::Tensor probability;  // float32 hematoma (class 1) probability on the same grid
+  torch::Tensor probability;  // float32 hematoma (class 1) probability on the same grid (only when asked for)
   int64_t removed_components = 0;
   SegmentTimings seconds;
 };
@@ -103,8 +113,10 @@ class Segmenter {
   // prepare, sliding window (softmax), probabilities resampled back onto the canonical grid,
   // threshold (two classes) or most probable class (more), small components removed: of the
   // hematoma with the card's min_component_ml and min_component_fraction, of any other label
-  // with min_component_ml alone (both lateral ventricles may hold blood).
-  Segmentation segment(const Volume& canonical) const;
+  // with min_component_ml alone (both lateral ventricles may hold blood). Only the block of the
+  // grid that can hold foreground is resampled (foreground_block; the same labels as the whole
+  // grid), unless with_probability asks for the hematoma probability on the whole grid.
+  Segmentation segment(const Volume& canonical, bool with_probability = false) const;
 
   const SegmentationRecipe& recipe() const { return recipe_; }
   const UMamba& network() const { return network_; }
@@ -113,6 +125,12 @@ class Segmenter {
   // unless set (benchmarks and the parity check; the result agrees to float rounding).
   int64_t windows_per_pass() const { return windows_per_pass_ > 0 ? windows_per_pass_ : device_.is_cpu() ? 1 : kGpuWindowsPerPass; }
   void set_windows_per_pass(int64_t n) { windows_per_pass_ = n; }
+  // The precision of the network's convolutions (UMambaImpl::set_convolution_dtype): "fp32"
+  // (the default: what the card's validation measured), "bf16" (CPU with oneDNN's bfloat16
+  // support, or CUDA) or "fp16" (CUDA only); the Mamba layers and the scan stay float32.
+  // CoreError for another name or one this device cannot run.
+  void set_precision(const std::string& name);
+  const std::string& precision() const { return precision_; }
   // Path, sha256 and card of the file (its tensors live in the network, not here).
   const ModelFile& file() const { return file_; }
 
@@ -122,6 +140,7 @@ class Segmenter {
   UMamba network_{nullptr};
   torch::Device device_;
   int64_t windows_per_pass_ = 0;  // 0: by device
+  std::string precision_ = "fp32";
 };
 
 }  // namespace hemexp

@@ -15,6 +15,9 @@ double percentile(std::vector<double> values, double q);
 
 // percentile(values, 0.5): the middle value, or the mean of the two middle values.
 double median(std::vector<double> values);
+// The same for float values (e.g. HU) without a double copy of them (the same result as the
+// median of their double copy); reorders them.
+double median_in_place(std::vector<float>& values);
 
 // The mean and the central moments m2, m3, m4 (population: divided by n), summed in order in
 // one thread, so that a result never depends on the thread count (a parallel reduction's

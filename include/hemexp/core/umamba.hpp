@@ -40,11 +40,14 @@ class ResidualBlockImpl : public torch::nn::Module {
   ResidualBlockImpl(int64_t in_channels, int64_t out_channels, std::array<int64_t, 3> kernel,
                     std::array<int64_t, 3> stride);
   torch::Tensor forward(const torch::Tensor& x);
+  // The precision of its convolutions at inference (UMambaImpl::set_convolution_dtype).
+  void set_convolution_dtype(torch::ScalarType dtype) { conv_dtype_ = dtype; }
 
  private:
   torch::nn::Conv3d conv1_{nullptr}, conv2_{nullptr}, skip_{nullptr};
   torch::nn::InstanceNorm3d norm1_{nullptr}, norm2_{nullptr};
   std::vector<int64_t> pad_;  // "same" zero padding of conv1 and conv2
+  torch::ScalarType conv_dtype_ = torch::kFloat32;
 };
 TORCH_MODULE(ResidualBlock);
 
@@ -86,9 +89,17 @@ class UMambaImpl : public torch::nn::Module {
   // Logits of every decoder head, full resolution first (deep supervision outputs).
   std::vector<torch::Tensor> forward_all(const torch::Tensor& x);
   const UMambaConfig& config() const { return config_; }
+  // Inference only (gradients off): every 3D convolution (residual blocks, decoder 1x1
+  // convolutions, heads) takes its input, weights and bias rounded to `dtype` (kBFloat16 or
+  // kHalf; kFloat32, the default, changes nothing) and gives float32 back; normalisations,
+  // activations and the Mamba layers (projections and selective scan) stay float32. Training
+  // ignores it.
+  void set_convolution_dtype(torch::ScalarType dtype);
+  torch::ScalarType convolution_dtype() const { return conv_dtype_; }
 
  private:
   UMambaConfig config_;
+  torch::ScalarType conv_dtype_ = torch::kFloat32;
   ResidualBlock stem_{nullptr};
   torch::nn::ModuleList encoder_stages_{nullptr}, encoder_mamba_{nullptr};
   torch::nn::ModuleList upsample_convs_{nullptr}, decoder_stages_{nullptr}, seg_heads_{nullptr};

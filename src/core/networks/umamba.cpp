@@ -34,13 +34,23 @@ torch::Tensor lrelu(const torch::Tensor& x) { return F::leaky_relu(x, F::LeakyRe
 // on 2 cores (docs/PERFORMANCE.md). Same weights and arithmetic, different summation order
 // (results agree to float rounding). `padding` is the one the module was built with (its options
 // hold it as a variant whose type differs between LibTorch versions). Anything else (CUDA, gradients, no oneDNN) uses the module.
-torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const std::vector<int64_t>& padding) {
-  if (!x.is_cpu() || x.scalar_type() != torch::kFloat32 || torch::GradMode::is_enabled() || !at::hasMKLDNN() ||
-      !at::globalContext().userEnabledMkldnn())
-    return conv.forward(x);
+//
+// With a lower-precision `dtype` (inference only), input, weights and bias are rounded to it,
+// the backend convolves (oneDNN on the CPU, cuDNN on CUDA; both accumulate in float32), and the
+// result comes back as float32.
+torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const std::vector<int64_t>& padding,
+                     torch::ScalarType dtype) {
+  const bool lower = dtype != torch::kFloat32 && x.scalar_type() == torch::kFloat32 && !torch::GradMode::is_enabled();
+  const bool onednn = x.is_cpu() && (x.scalar_type() == torch::kFloat32 || lower) && !torch::GradMode::is_enabled() &&
+                      at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
+  if (!lower && !onednn) return conv.forward(x);
   const auto& o = conv.options;  // this file's convolutions: zero padding `padding`, no dilation
-  return torch::mkldnn_convolution(x.contiguous(), conv.weight, conv.bias, padding, *o.stride(), *o.dilation(),
-                                   o.groups());
+  const torch::Tensor in = lower ? x.to(dtype) : x, weight = lower ? conv.weight.to(dtype) : conv.weight;
+  const torch::Tensor bias = lower && conv.bias.defined() ? conv.bias.to(dtype) : conv.bias;
+  const torch::Tensor y = onednn ? torch::mkldnn_convolution(in.contiguous(), weight, bias, padding, *o.stride(),
+                                                             *o.dilation(), o.groups())
+                                 : torch::conv3d(in, weight, bias, *o.stride(), padding, *o.dilation(), o.groups());
+  return lower ? y.to(torch::kFloat32) : y;
 }
 
 }  // namespace
@@ -152,9 +162,9 @@ ResidualBlockImpl::ResidualBlockImpl(int64_t in_channels, int64_t out_channels, 
 }
 
 torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) {
-  torch::Tensor y = lrelu(norm1_(conv3d(*conv1_, x, pad_)));
-  y = norm2_(conv3d(*conv2_, y, pad_));
-  return lrelu(y + (skip_ ? conv3d(*skip_, x, {0, 0, 0}) : x));
+  torch::Tensor y = lrelu(norm1_(conv3d(*conv1_, x, pad_, conv_dtype_)));
+  y = norm2_(conv3d(*conv2_, y, pad_, conv_dtype_));
+  return lrelu(y + (skip_ ? conv3d(*skip_, x, {0, 0, 0}, conv_dtype_) : x));
 }
 
 // --- Mamba -----------------------------------------------------------------------------------
@@ -251,17 +261,26 @@ std::vector<torch::Tensor> UMambaImpl::forward_all(const torch::Tensor& input) {
     // the 1x1 convolution: computed in the other order, which gives the same values (a 1x1
     // convolution acts on each voxel alone, nearest upsampling copies voxels) at a quarter to an
     // eighth of the cost, and upsamples the fewer channels.
-    x = conv3d(*upsample_convs_[s]->as<torch::nn::Conv3dImpl>(), x, {0, 0, 0});
+    x = conv3d(*upsample_convs_[s]->as<torch::nn::Conv3dImpl>(), x, {0, 0, 0}, conv_dtype_);
     x = F::interpolate(x, F::InterpolateFuncOptions()
                               .size(std::vector<int64_t>{skip.size(2), skip.size(3), skip.size(4)})
                               .mode(torch::kNearest));
     x = decoder_stages_[s]->as<torch::nn::Sequential>()->forward(torch::cat({x, skip}, 1));
-    if (config_.deep_supervision || s == n - 2) outputs.push_back(conv3d(*seg_heads_[s]->as<torch::nn::Conv3dImpl>(), x, {0, 0, 0}));
+    if (config_.deep_supervision || s == n - 2)
+      outputs.push_back(conv3d(*seg_heads_[s]->as<torch::nn::Conv3dImpl>(), x, {0, 0, 0}, conv_dtype_));
   }
   std::reverse(outputs.begin(), outputs.end());
   return outputs;
 }
 
 torch::Tensor UMambaImpl::forward(const torch::Tensor& x) { return forward_all(x).front(); }
+
+void UMambaImpl::set_convolution_dtype(torch::ScalarType dtype) {
+  if (dtype != torch::kFloat32 && dtype != torch::kBFloat16 && dtype != torch::kHalf)
+    throw CoreError("convolution precision must be float32, bfloat16 or float16");
+  conv_dtype_ = dtype;
+  for (const auto& m : modules(/*include_self=*/false))
+    if (auto* block = dynamic_cast<ResidualBlockImpl*>(m.get())) block->set_convolution_dtype(dtype);
+}
 
 }  // namespace hemexp
