@@ -239,6 +239,11 @@ TEST_F(RunCommand, SetupErrors) {
   o.device = "cuda";
   EXPECT_EQ(run(o), kExitSetup);  // this build/machine has no CUDA
   o = options_;
+  o.seg_model = test::write_random_segmenter(root_ / "model-fp16.safetensors").string();
+  o.precision = "fp16";
+  EXPECT_EQ(run(o), kExitSetup);  // fp16 convolutions need CUDA
+  EXPECT_FALSE(fs::exists(root_ / "out/results.csv"));
+  o = options_;
   std::ofstream(root_ / "empty.txt") << "# nothing listed\n";
   o.inputs = {(root_ / "empty.txt").string()};
   EXPECT_EQ(run(o), kExitUsage);  // no scans at all

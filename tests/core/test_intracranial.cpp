@@ -68,13 +68,7 @@ TEST(Intracranial, PhantomSkullFullOfAirIsNotABrain) {
 }
 
 TEST(Intracranial, SyntheticHeadIsABrain) {
-  synth::SynthOptions o;
-  o.seed = 5;
-  o.matrix = 128;
-  o.thin_fraction = 0.0;
-  const synth::SynthCase s = synth::render_procedural_case(o, 0);
-  const IntracranialContent c =
-      intracranial_content(Volume{s.baseline.geometry, s.baseline.ct.to(torch::kFloat32)});
+  const IntracranialContent c = intracranial_content(test::synthetic_head(5, 128, 0.0));
   EXPECT_TRUE(c.skull_found);
   EXPECT_TRUE(c.brain_like);
   EXPECT_GT(c.volume_ml, 900.0);   // an adult intracranial volume, about 1.1 to 1.6 L

@@ -1,6 +1,7 @@
 #pragma once
 // Shapes of known size for the core tests.
 #include "hemexp/core/geometry.hpp"
+#include "hemexp/core/synth.hpp"
 
 namespace hemexp::test {
 
@@ -24,6 +25,20 @@ inline torch::Tensor ball(const Geometry& g, const Vec3& c, double r) {
         if (dx * dx + dy * dy + dz * dz <= r * r) a[z][y][x] = 1;
       }
   return m;
+}
+
+// Case 0 of a small procedural cohort (`hemexp synth --seed seed --matrix matrix
+// --thin-fraction thin_fraction`): a whole head at a clinical field of view, quick to render.
+// Its CT as a float32 volume (HU) on its own grid.
+inline Volume synthetic_head(uint64_t seed, int matrix, double thin_fraction, synth::SynthCase* rendered = nullptr) {
+  synth::SynthOptions o;
+  o.seed = seed;
+  o.matrix = matrix;
+  o.thin_fraction = thin_fraction;
+  synth::SynthCase c = synth::render_procedural_case(o, 0);
+  Volume v{c.baseline.geometry, c.baseline.ct.to(torch::kFloat32)};
+  if (rendered) *rendered = std::move(c);
+  return v;
 }
 
 }  // namespace hemexp::test

@@ -8,6 +8,7 @@
 #include "hemexp/core/orientation.hpp"
 #include "hemexp/core/segmenter.hpp"
 #include "hemexp/core/synth.hpp"
+#include "test_shapes.hpp"
 
 namespace hemexp {
 namespace {
@@ -87,13 +88,9 @@ TEST(UMamba, OneDnnConvolutionsAgreeWithTheModules) {
 // asked for: both shipped models (two classes; four labels) give the same label maps either way
 // on a thin-slice synthetic head with a hematoma.
 TEST(Segmenter, LabelsWithoutTheProbabilityMapAreTheWholeGrids) {
-  synth::SynthOptions o;
-  o.seed = 31;
-  o.matrix = 128;
-  o.thin_fraction = 1.0;
-  const synth::SynthCase c = synth::render_procedural_case(o, 0);
+  synth::SynthCase c;
+  const Volume canonical = to_canonical(test::synthetic_head(31, 128, 1.0, &c)).volume;
   ASSERT_GT(c.baseline.volume_ml, 1.0);
-  const Volume canonical = to_canonical(Volume{c.baseline.geometry, c.baseline.ct.to(torch::kFloat32)}).volume;
   const std::filesystem::path models = kParity.parent_path().parent_path().parent_path() / "models";
   for (const char* name : {"hemexp-seg.safetensors", "hemexp-seg-labels.safetensors"}) {
     const Segmenter seg = Segmenter::load(models / name);
