@@ -61,9 +61,11 @@ TEST(UMamba, BatchedWindowsEqualOneAtATime) {
   }
 }
 
-// Inference sends every convolution through oneDNN (umamba.cpp, conv3d); with gradients on, the
-// modules' own forward runs (LibTorch's choice of kernel). The shipped model on a real-sized
-// window: both give the same logits to float rounding, and the argmax agrees everywhere.
+// Inference sends every convolution through oneDNN (umamba.cpp, conv3d) and does each instance
+// norm with the residual and LeakyReLU after it in one in-place pass (norm_act); with
+// gradients on, the modules' own forward runs (LibTorch's kernels). The shipped model on a
+// real-sized window: both give the same logits to float rounding, and the argmax agrees
+// everywhere. (The parity fixtures, whose stages have two blocks, cover the identity skip.)
 TEST(UMamba, OneDnnConvolutionsAgreeWithTheModules) {
   const Segmenter seg = Segmenter::load(kParity.parent_path().parent_path().parent_path() / "models/hemexp-seg.safetensors");
   UMamba net = seg.network();

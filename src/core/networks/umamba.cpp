@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include <ATen/Parallel.h>
+
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/selective_scan.hpp"
@@ -51,6 +53,65 @@ torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const 
                                                              *o.dilation(), o.groups())
                                  : torch::conv3d(in, weight, bias, *o.stride(), padding, *o.dilation(), o.groups());
   return lower ? y.to(torch::kFloat32) : y;
+}
+
+// Instance normalisation (per sample and channel, biased variance, affine), then optionally
+// `residual` added, then optionally LeakyReLU(0.01), in place on a float32 contiguous (N, C,
+// ...) tensor: for inference, where ATen's instance_norm and leaky_relu would each write a new
+// tensor. Statistics in double (mean, then the sum of squared deviations), eight partial sums so
+// that the loops vectorise without reordering; target_clones compiles AVX-512 and AVX2 variants.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void normalize_plane(
+    float* x, const float* residual, int64_t n, float gamma, float beta, double eps, bool activation) {
+  double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) part[k] += double(x[i + k]);
+  double sum = 0;
+  for (; i < n; ++i) sum += double(x[i]);
+  for (int k = 0; k < 8; ++k) sum += part[k];
+  const double mean = sum / double(n);
+  for (double& p : part) p = 0;
+  double ss = 0;
+  for (i = 0; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) {
+      const double d = double(x[i + k]) - mean;
+      part[k] += d * d;
+    }
+  for (; i < n; ++i) ss += (double(x[i]) - mean) * (double(x[i]) - mean);
+  for (int k = 0; k < 8; ++k) ss += part[k];
+  const double scale = double(gamma) / std::sqrt(ss / double(n) + eps);
+  const float a = float(scale), b = float(double(beta) - mean * scale);
+  for (i = 0; i < n; ++i) {
+    float v = x[i] * a + b;
+    if (residual) v += residual[i];
+    x[i] = activation && v < 0.0f ? 0.01f * v : v;
+  }
+}
+
+bool fusable(const torch::Tensor& x) {
+  return x.is_cpu() && x.scalar_type() == torch::kFloat32 && x.is_contiguous() && !torch::GradMode::is_enabled();
+}
+
+// norm(x) [+ residual] [-> LeakyReLU] for a fusable x (which it overwrites); the modules otherwise.
+torch::Tensor norm_act(torch::nn::InstanceNorm3dImpl& norm, torch::Tensor x, const torch::Tensor* residual, bool activation) {
+  const bool fuse = fusable(x) && norm.options.affine() && (!residual || (fusable(*residual) && residual->sizes() == x.sizes()));
+  if (!fuse) {
+    torch::Tensor y = norm.forward(x);
+    if (residual) y = y + *residual;
+    return activation ? lrelu(y) : y;
+  }
+  const int64_t planes = x.size(0) * x.size(1), n = x.numel() / std::max<int64_t>(1, planes), channels = x.size(1);
+  const torch::Tensor gamma = norm.weight.to(torch::kFloat32).contiguous(), beta = norm.bias.to(torch::kFloat32).contiguous();
+  float* xp = x.data_ptr<float>();
+  const float* rp = residual ? residual->data_ptr<float>() : nullptr;
+  const float* gp = gamma.data_ptr<float>();
+  const float* bp = beta.data_ptr<float>();
+  const double eps = norm.options.eps();
+  at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      normalize_plane(xp + p * n, rp ? rp + p * n : nullptr, n, gp[p % channels], bp[p % channels], eps, activation);
+  });
+  return x;
 }
 
 }  // namespace
@@ -162,9 +223,11 @@ ResidualBlockImpl::ResidualBlockImpl(int64_t in_channels, int64_t out_channels, 
 }
 
 torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) {
-  torch::Tensor y = lrelu(norm1_(conv3d(*conv1_, x, pad_, conv_dtype_)));
-  y = norm2_(conv3d(*conv2_, y, pad_, conv_dtype_));
-  return lrelu(y + (skip_ ? conv3d(*skip_, x, {0, 0, 0}, conv_dtype_) : x));
+  // conv - norm - LeakyReLU - conv - norm, + skip, LeakyReLU: each norm with what follows it in
+  // one in-place pass at inference (norm_act), the modules' own ops otherwise.
+  torch::Tensor y = norm_act(*norm1_, conv3d(*conv1_, x, pad_, conv_dtype_), nullptr, true);
+  const torch::Tensor skip = skip_ ? conv3d(*skip_, x, {0, 0, 0}, conv_dtype_) : x;
+  return norm_act(*norm2_, conv3d(*conv2_, y, pad_, conv_dtype_), &skip, true);
 }
 
 // --- Mamba -----------------------------------------------------------------------------------
