@@ -93,7 +93,8 @@ class UMambaImpl : public torch::nn::Module {
   // convolutions, heads) takes its input, weights and bias rounded to `dtype` (kBFloat16 or
   // kHalf; kFloat32, the default, changes nothing) and gives float32 back; normalisations,
   // activations and the Mamba layers (projections and selective scan) stay float32. Training
-  // ignores it.
+  // ignores it. A lower precision is tried at once on the stem's convolutions (on the device of
+  // the parameters): CoreError, and the previous precision kept, when the backend cannot.
   void set_convolution_dtype(torch::ScalarType dtype);
   torch::ScalarType convolution_dtype() const { return conv_dtype_; }
 

@@ -56,12 +56,12 @@ torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const 
 }
 
 // Instance normalisation (per sample and channel, biased variance, affine), then optionally
-// `residual` added, then optionally LeakyReLU(0.01), in place on a float32 contiguous (N, C,
+// `residual` added, then LeakyReLU(0.01), in place on a float32 contiguous (N, C,
 // ...) tensor: for inference, where ATen's instance_norm and leaky_relu would each write a new
 // tensor. Statistics in double (mean, then the sum of squared deviations), eight partial sums so
 // that the loops vectorise without reordering; target_clones compiles AVX-512 and AVX2 variants.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void normalize_plane(
-    float* x, const float* residual, int64_t n, float gamma, float beta, double eps, bool activation) {
+    float* x, const float* residual, int64_t n, float gamma, float beta, double eps) {
   double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
@@ -84,7 +84,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void normalize_plan
   for (i = 0; i < n; ++i) {
     float v = x[i] * a + b;
     if (residual) v += residual[i];
-    x[i] = activation && v < 0.0f ? 0.01f * v : v;
+    x[i] = v < 0.0f ? 0.01f * v : v;
   }
 }
 
@@ -92,13 +92,12 @@ bool fusable(const torch::Tensor& x) {
   return x.is_cpu() && x.scalar_type() == torch::kFloat32 && x.is_contiguous() && !torch::GradMode::is_enabled();
 }
 
-// norm(x) [+ residual] [-> LeakyReLU] for a fusable x (which it overwrites); the modules otherwise.
-torch::Tensor norm_act(torch::nn::InstanceNorm3dImpl& norm, torch::Tensor x, const torch::Tensor* residual, bool activation) {
+// LeakyReLU(norm(x) [+ residual]) for a fusable x (which it overwrites); the modules otherwise.
+torch::Tensor norm_act(torch::nn::InstanceNorm3dImpl& norm, torch::Tensor x, const torch::Tensor* residual) {
   const bool fuse = fusable(x) && norm.options.affine() && (!residual || (fusable(*residual) && residual->sizes() == x.sizes()));
   if (!fuse) {
     torch::Tensor y = norm.forward(x);
-    if (residual) y = y + *residual;
-    return activation ? lrelu(y) : y;
+    return lrelu(residual ? y + *residual : y);
   }
   const int64_t planes = x.size(0) * x.size(1), n = x.numel() / std::max<int64_t>(1, planes), channels = x.size(1);
   const torch::Tensor gamma = norm.weight.to(torch::kFloat32).contiguous(), beta = norm.bias.to(torch::kFloat32).contiguous();
@@ -109,7 +108,7 @@ torch::Tensor norm_act(torch::nn::InstanceNorm3dImpl& norm, torch::Tensor x, con
   const double eps = norm.options.eps();
   at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p)
-      normalize_plane(xp + p * n, rp ? rp + p * n : nullptr, n, gp[p % channels], bp[p % channels], eps, activation);
+      normalize_plane(xp + p * n, rp ? rp + p * n : nullptr, n, gp[p % channels], bp[p % channels], eps);
   });
   return x;
 }
@@ -225,9 +224,9 @@ ResidualBlockImpl::ResidualBlockImpl(int64_t in_channels, int64_t out_channels, 
 torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) {
   // conv - norm - LeakyReLU - conv - norm, + skip, LeakyReLU: each norm with what follows it in
   // one in-place pass at inference (norm_act), the modules' own ops otherwise.
-  torch::Tensor y = norm_act(*norm1_, conv3d(*conv1_, x, pad_, conv_dtype_), nullptr, true);
+  const torch::Tensor y = norm_act(*norm1_, conv3d(*conv1_, x, pad_, conv_dtype_), nullptr);
   const torch::Tensor skip = skip_ ? conv3d(*skip_, x, {0, 0, 0}, conv_dtype_) : x;
-  return norm_act(*norm2_, conv3d(*conv2_, y, pad_, conv_dtype_), &skip, true);
+  return norm_act(*norm2_, conv3d(*conv2_, y, pad_, conv_dtype_), &skip);
 }
 
 // --- Mamba -----------------------------------------------------------------------------------
@@ -341,9 +340,28 @@ torch::Tensor UMambaImpl::forward(const torch::Tensor& x) { return forward_all(x
 void UMambaImpl::set_convolution_dtype(torch::ScalarType dtype) {
   if (dtype != torch::kFloat32 && dtype != torch::kBFloat16 && dtype != torch::kHalf)
     throw CoreError("convolution precision must be float32, bfloat16 or float16");
-  conv_dtype_ = dtype;
-  for (const auto& m : modules(/*include_self=*/false))
-    if (auto* block = dynamic_cast<ResidualBlockImpl*>(m.get())) block->set_convolution_dtype(dtype);
+  const auto apply = [this](torch::ScalarType t) {
+    conv_dtype_ = t;
+    for (const auto& m : modules(/*include_self=*/false))
+      if (auto* block = dynamic_cast<ResidualBlockImpl*>(m.get())) block->set_convolution_dtype(t);
+  };
+  const torch::ScalarType previous = conv_dtype_;
+  apply(dtype);
+  if (dtype == torch::kFloat32) return;
+  // Ask the backend once, through the stem's own convolutions (the path every case takes),
+  // rather than fail on the first case.
+  try {
+    c10::InferenceMode guard;
+    const auto& k = config_.kernel_sizes[0];
+    const torch::Tensor probe =
+        stem_->forward(torch::ones({1, config_.in_channels, k[0], k[1], k[2]}, parameters().front().options()));
+    if (!torch::isfinite(probe).all().item<bool>()) throw CoreError("a non-finite result");
+  } catch (const std::exception& e) {
+    apply(previous);
+    const std::string what = e.what();
+    throw CoreError(std::string("this device cannot convolve in ") + c10::toString(dtype) + " (" +
+                    what.substr(0, what.find('\n')) + ")");
+  }
 }
 
 }  // namespace hemexp
