@@ -29,9 +29,9 @@ trap 'rm -rf "$work"' EXIT
 hemexp="$HEMEXP_BUILD/hemexp"
 py=/usr/bin/python3
 
-# The shipped model when there is one, else random weights of the card template (speed does
+# The shipped default model when there is one, else random weights of the card template (speed does
 # not depend on the weights, but a random model marks more voxels, so 'measure' is slower).
-model_file="models/hemexp-seg.safetensors"
+model_file="${HEMEXP_BENCH_MODEL:-models/hemexp-seg-labels.safetensors}"  # the default model; HEMEXP_BENCH_MODEL=models/hemexp-seg.safetensors for the two-class one
 model_name="shipped"
 if [[ ! -f $model_file ]]; then
   model_file="$work/random.safetensors"

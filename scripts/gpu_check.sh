@@ -24,7 +24,7 @@ RESULTS=${OUT:-$BUILD/check}
 JOBS=${GPU_CHECK_JOBS:-$(nproc)}
 SLICES=${GPU_CHECK_SLICES:-32,128,300}
 REPEATS=${GPU_CHECK_REPEATS:-5}
-MODEL=$ROOT/models/hemexp-seg.safetensors
+MODEL=${HEMEXP_GPU_MODEL:-$ROOT/models/hemexp-seg-labels.safetensors}  # the default model
 
 if [ "${1:-}" = "--pack-deps" ]; then
   rm -rf "$DEPS" && mkdir -p "$DEPS/include" || exit 1

@@ -286,6 +286,12 @@ def test_features_and_aux(tmp):
         raise AssertionError("--freeze-feature-weights without --head-init logistic accepted")
     except SystemExit:
         pass
+    assert tc.parse_args(["--train", "a", "--val", "b", "c", "--card", "d", "-o", "e"]).val == ["b", "c"]
+    try:
+        tc.parse_args(["--train", "a", "b", "--val", "c", "b", "--card", "d", "-o", "e"])
+        raise AssertionError("a validation folder that is also a training folder accepted")
+    except SystemExit:
+        pass
     # the PyTorch scorer of classifier_report reads the features of a prepared row
     scored = classifier_report.score_prepared(out, os.path.join(tmp, "val"))
     assert len(scored) > 0 and all(0 < v["probability"] < 1 for v in scored.values() if not math.isnan(v["probability"]))

@@ -2,7 +2,7 @@
 `hemexp prepare` with a classification card, calibrates it on a validation cohort, and exports
 weights + model card to safetensors for the C++ tool.
 
-    /usr/bin/python3 scripts/train_classifier.py --train DIR [DIR...] --val DIR \
+    /usr/bin/python3 scripts/train_classifier.py --train DIR [DIR...] --val DIR [DIR...] \
         --card TEMPLATE.json -o MODEL.safetensors \
         [--topup DIR (--topup-count N | --target-ratio 1:2)] [--epochs 40] [--batch-size 16]
         [--lr 3e-4] [--weight-decay 0.05] [--schedule cosine|poly] [--warmup-epochs 1]
@@ -44,7 +44,8 @@ predicts the generator's true NCCT markers (cases.csv true_<marker> columns, wri
 part learns the signs themselves rather than only the noisy expansion label. Rows without the
 columns (a real cohort) do not contribute to it. The auxiliary head is not exported.
 
-Validation (--val: natural prevalence, ROIs from hemexp's predicted masks; never trained on):
+Validation (--val, one or more cohorts pooled: natural prevalence, ROIs from hemexp's predicted masks;
+never trained on):
 AUC every epoch; the best epoch (AUC, ties: lower loss) is kept, or the last with --checkpoint last. Then Platt calibration
 p = sigmoid(a logit + b) fitted by maximum likelihood (a > 0), the decision threshold by
 Youden's J on the calibrated probabilities, and risk categories low (< 0.10), intermediate
@@ -569,8 +570,9 @@ def parse_args(argv):
                        help="add the first N expansion cases of --topup")
     group.add_argument("--target-ratio", default=None, metavar="HE:NHE",
                        help="add as many --topup cases as make the HE:NHE ratio, e.g. 1:2")
-    ap.add_argument("--val", required=True, metavar="DIR",
-                    help="validation cohort (natural prevalence, predicted masks): checkpoint, calibration, threshold")
+    ap.add_argument("--val", nargs="+", required=True, metavar="DIR",
+                    help="validation cohorts (natural prevalence, predicted masks; several are pooled, e.g. "
+                         "procedural and real-background): checkpoint, calibration, threshold")
     ap.add_argument("--card", required=True, metavar="TEMPLATE.json", help="card template: name, network, roi")
     ap.add_argument("-o", "--out", required=True, metavar="MODEL.safetensors")
     ap.add_argument("--epochs", type=int, default=40)
@@ -612,7 +614,7 @@ def parse_args(argv):
         ap.error("--freeze-feature-weights needs --head-init logistic")
     if args.epochs < 1 or args.batch_size < 1:
         ap.error("--epochs and --batch-size must be >= 1")
-    if os.path.abspath(args.val) in {os.path.abspath(d) for d in args.train + ([args.topup] if args.topup else [])}:
+    if {os.path.abspath(d) for d in args.val} & {os.path.abspath(d) for d in args.train + ([args.topup] if args.topup else [])}:
         ap.error("--val must not be a training folder")
     return args
 
@@ -680,7 +682,7 @@ def train(args, argv):
         extra = topup_rows(args.topup, topup_count, min_volume_ml)
     else:
         topup_count, extra = 0, []
-    val_rows, skipped_val = select_rows([args.val], min_volume_ml)
+    val_rows, skipped_val = select_rows(args.val, min_volume_ml)
     train_ids = {(r["case_id"]) for _, r in base_rows + extra}
     overlap = train_ids & {r["case_id"] for _, r in val_rows}
     if overlap:
@@ -705,7 +707,7 @@ def train(args, argv):
     counts = train_set.counts()
     vc = val_set.counts()
     if vc["he"] == 0 or vc["nhe"] == 0:
-        raise SystemExit(f"{args.val}: the validation cohort needs both classes, has {vc}")
+        raise SystemExit(f"{' '.join(args.val)}: the validation cohort needs both classes, has {vc}")
     if counts["he"] == 0 or counts["nhe"] == 0:
         raise SystemExit(f"the training data needs both classes, has {counts}")
     log(f"loaded {len(train_set)} training ROIs ({counts['he']} HE : {counts['nhe']} NHE = "
@@ -845,7 +847,7 @@ def train(args, argv):
             "command_line": " ".join(shlex.quote(s) for s in ["scripts/train_classifier.py"] + argv),
             "torch_version": torch.__version__, "script": "scripts/train_classifier.py"}),
         "validation": rounded({
-            "data": os.path.abspath(args.val), "n": len(val_set), "n_he": vc["he"], "prevalence": prevalence,
+            "data": [os.path.abspath(d) for d in args.val], "n": len(val_set), "n_he": vc["he"], "prevalence": prevalence,
             "below_min_volume_left_out": skipped_val, "best_epoch": best["epoch"], "loss": best["loss"],
             "auc": auc, "auc_ci95": list(ci), "auc_ci_method": "percentile bootstrap, 2000 resamples",
             "uncalibrated": probability_summary(p_raw, labels_val),

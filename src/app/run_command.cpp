@@ -84,7 +84,7 @@ int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
   pipeline.qc = o.qc;
   std::vector<std::string> looked;
   // "none": read, check and describe the scans without segmenting them.
-  const std::optional<fs::path> seg_path = model_path(o.seg_model, "hemexp-seg.safetensors", looked);
+  const std::optional<fs::path> seg_path = model_path(o.seg_model, "hemexp-seg-labels.safetensors", looked);
   if (seg_path) {
     try {
       pipeline.segmenter = Segmenter::load(*seg_path, device);
