@@ -28,7 +28,9 @@ Rows of the first table:
   test cohort itself (optimistic, marked so).
 Every row: n, missing, prevalence, AUC with a percentile bootstrap 95% CI (same resampling seed
 for every row), accuracy, sensitivity, specificity, PPV, NPV at the threshold, Brier, ECE (10
-bins), calibration slope and intercept (logistic regression of the label on logit(p)).
+bins), the ECE a perfectly calibrated model with the same probabilities would show on this many
+cases (labels drawn from p: median and 95th percentile; an ECE below that is sampling noise),
+calibration slope and intercept (logistic regression of the label on logit(p)).
 The cohort is every truth case matched by at least one run; each row's missing = cohort - n.
 """
 import argparse
@@ -207,6 +209,19 @@ class MarkerBaseline:
                 "sd": dict(zip(BASELINE_FEATURES, self.sd.tolist()))}
 
 
+def ece_if_calibrated(p, bins=10, resamples=2000, seed=1):
+    """The ECE that a perfectly calibrated model with these probabilities shows on this many cases:
+    labels drawn as Bernoulli(p), resamples times; the median and the 95th percentile. An observed ECE
+    below that percentile is what sampling noise alone gives at this n."""
+    p = np.asarray(p, dtype=np.float64)
+    if len(p) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    draws = [expected_calibration_error(p, (rng.random(len(p)) < p).astype(np.float64), bins)
+             for _ in range(resamples)]
+    return float(np.median(draws)), float(np.percentile(draws, 95))
+
+
 def evaluate(name, ids, p, y, threshold, threshold_from, resamples, seed):
     """A row of the first table over the cohort ids: p NaN = missing; threshold scalar or per case."""
     p = np.asarray(p, dtype=np.float64)
@@ -223,7 +238,9 @@ def evaluate(name, ids, p, y, threshold, threshold_from, resamples, seed):
            "threshold": float(distinct[0]) if len(distinct) == 1 else "varies per case",
            "threshold_from": threshold_from}
     row.update(binary_metrics(p, y, thr))
+    null_median, null_p95 = ece_if_calibrated(p, 10, resamples, seed)
     row.update({"brier": brier_score(p, y), "ece": expected_calibration_error(p, y, 10),
+                "ece_if_calibrated_median": null_median, "ece_if_calibrated_p95": null_p95,
                 "calibration_slope": slope, "calibration_intercept": intercept,
                 "missing_case_ids": [i for i, h in zip(ids, have) if not h][:50]})
     return row
@@ -244,14 +261,15 @@ def markdown(report):
            f"prevalence {fmt(report['cohort']['prevalence'])}. AUC 95% CI: percentile bootstrap, "
            f"{report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}.", "",
            "| model | n | missing | prevalence | AUC [95% CI] | threshold | accuracy | sensitivity | specificity "
-           "| PPV | NPV | Brier | ECE | cal. slope | cal. intercept |",
-           "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| PPV | NPV | Brier | ECE | ECE if calibrated (median, 95th pct) | cal. slope | cal. intercept |",
+           "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in report["models"]:
         thr = fmt(r["threshold"]) + ("*" if r["threshold_from"].startswith("Youden on this") else "")
         out.append(f"| {r['name']} | {r['n']} | {r['missing']} | {fmt(r['prevalence'])} | {fmt(r['auc'])} "
                    f"[{fmt(r['auc_ci95'][0])}, {fmt(r['auc_ci95'][1])}] | {thr} | {fmt(r['accuracy'])} "
                    f"| {fmt(r['sensitivity'])} | {fmt(r['specificity'])} | {fmt(r['ppv'])} | {fmt(r['npv'])} "
-                   f"| {fmt(r['brier'])} | {fmt(r['ece'])} | {fmt(r['calibration_slope'], 2)} "
+                   f"| {fmt(r['brier'])} | {fmt(r['ece'])} | {fmt(r['ece_if_calibrated_median'])}, "
+                   f"{fmt(r['ece_if_calibrated_p95'])} | {fmt(r['calibration_slope'], 2)} "
                    f"| {fmt(r['calibration_intercept'], 2)} |")
     out += ["", "Thresholds: classifiers from their cards (Youden's J on their validation cohorts); the marker "
             "baseline by Youden's J on its training data; * Youden's J on this test cohort itself (optimistic).", ""]

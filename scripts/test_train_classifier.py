@@ -229,6 +229,11 @@ def test_train_export_and_report(tmp):
     assert len(report["markers"]["all"]) == len(classifier_report.MARKERS) * len(classifier_report.TRUE_MARKERS)
     assert json.load(open(os.path.join(tmp, "report.json")))["cohort"]["n"] == 60
     assert "| marker baseline |" in open(os.path.join(tmp, "report.md")).read()
+    assert all(0 < r["ece_if_calibrated_median"] < r["ece_if_calibrated_p95"] for r in report["models"])
+    # one bin, p = 0.2 for all 400 cases: ECE = |mean(y) - 0.2|, a half-normal with sd sqrt(0.16 / 400) = 0.02,
+    # so median 0.6745 x 0.02 and 95th percentile 1.96 x 0.02
+    median, p95 = classifier_report.ece_if_calibrated(np.full(400, 0.2), 10, 4000, 3)
+    assert abs(median - 0.0135) < 0.002 and abs(p95 - 0.0392) < 0.004, (median, p95)
 
 
 def test_features_and_aux(tmp):
