@@ -196,6 +196,7 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
                                 : synth::render_background_case(so, i, backgrounds[i % backgrounds.size()]);
         write_case(out / c.truth.case_id, c);
         rows[k] = label_row(c);
+        release_freed_memory();  // the worker's arena would keep each case's volumes (core/runtime.hpp)
         spdlog::info("{}: {:.1f} mL {} HE={} p={:.3f} ({:.1f} s)", id, c.baseline.volume_ml, c.location,
                      c.truth.he.label ? 1 : 0, c.truth.he.probability,
                      seconds_since(tc));
