@@ -30,7 +30,11 @@ Every row: n, missing, prevalence, AUC with a percentile bootstrap 95% CI (same 
 for every row), accuracy, sensitivity, specificity, PPV, NPV at the threshold, Brier, ECE (10
 bins), the ECE a perfectly calibrated model with the same probabilities would show on this many
 cases (labels drawn from p: median and 95th percentile; an ECE below that is sampling noise),
-calibration slope and intercept (logistic regression of the label on logit(p)).
+calibration slope and intercept (logistic regression of the label on logit(p)), and percentile
+bootstrap 95% CI of the slope (the AUC's resamples), so that a target can be told met from within
+noise of it.
+"Paired comparisons": each classifier's AUC divided by the observable oracle's and minus the marker
+baseline's, on the cases both score, with CIs from the same resamples for both (paired).
 The cohort is every truth case matched by at least one run; each row's missing = cohort - n.
 """
 import argparse
@@ -222,6 +226,72 @@ def ece_if_calibrated(p, bins=10, resamples=2000, seed=1):
     return float(np.median(draws)), float(np.percentile(draws, 95))
 
 
+def logistic_1d(z, y, ridge=1e-6, iterations=100):
+    """Newton-Raphson fit of y ~ sigmoid(w z + b) with a small ridge on w: the calibration slope and
+    intercept of calibration_slope_intercept without its L-BFGS, fast enough for a bootstrap."""
+    z, y = np.asarray(z, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    w, b = 1.0, 0.0
+    n = len(z)
+    for _ in range(iterations):
+        q = 1.0 / (1.0 + np.exp(-(w * z + b)))
+        r = q * (1.0 - q)
+        g = np.array([np.dot(q - y, z) / n + 2 * ridge * w, np.mean(q - y)])
+        h = np.array([[np.dot(r, z * z) / n + 2 * ridge, np.dot(r, z) / n], [np.dot(r, z) / n, np.mean(r)]])
+        try:
+            step = np.linalg.solve(h, g)
+        except np.linalg.LinAlgError:
+            break
+        w, b = w - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(w), float(b)
+
+
+def bootstrap_slope_ci(p, y, resamples=2000, seed=1, level=0.95):
+    """Percentile bootstrap CI (whole-case resampling, the AUC's resampling scheme) of the calibration
+    slope: {"calibration_slope_ci95": [lo, hi]}. (None for the ECE: resampling adds noise to every
+    bin, so its bootstrap distribution sits above the observed ECE; ece_if_calibrated answers the
+    question instead.)"""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.int64)
+    if len(p) == 0 or y.min() == y.max():
+        return {"calibration_slope_ci95": [float("nan")] * 2}
+    z = train_classifier.probability_logit(p)
+    rng = np.random.RandomState(seed)
+    slopes = []
+    for _ in range(resamples):
+        idx = rng.randint(0, len(p), len(p))
+        if y[idx].min() != y[idx].max():
+            slopes.append(logistic_1d(z[idx], y[idx])[0])
+    tail = (1.0 - level) / 2.0 * 100.0
+    return {"calibration_slope_ci95": [float(np.percentile(slopes, tail)), float(np.percentile(slopes, 100 - tail))]}
+
+
+def paired_auc(p_a, p_b, y, resamples=2000, seed=1, level=0.95):
+    """AUC(a) / AUC(b) and AUC(a) - AUC(b) on the cases both score, with percentile bootstrap CIs
+    from the same resamples (paired: each resample scores both on the same cases)."""
+    p_a, p_b, y = (np.asarray(v, dtype=np.float64) for v in (p_a, p_b, y))
+    have = np.isfinite(p_a) & np.isfinite(p_b)
+    p_a, p_b, y = p_a[have], p_b[have], y[have].astype(np.int64)
+    if len(y) == 0 or y.min() == y.max():
+        return None
+    a, b = roc_auc(p_a, y), roc_auc(p_b, y)
+    rng = np.random.RandomState(seed)
+    ratios, diffs = [], []
+    for _ in range(resamples):
+        idx = rng.randint(0, len(y), len(y))
+        if y[idx].min() == y[idx].max():
+            continue
+        ra, rb = roc_auc(p_a[idx], y[idx]), roc_auc(p_b[idx], y[idx])
+        ratios.append(ra / rb)
+        diffs.append(ra - rb)
+    tail = (1.0 - level) / 2.0 * 100.0
+    return {"n": int(have.sum()), "auc": a, "auc_reference": b,
+            "ratio": a / b, "ratio_ci95": [float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))],
+            "difference": a - b,
+            "difference_ci95": [float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100 - tail))],
+            "p_difference_le_0": float(np.mean(np.asarray(diffs) <= 0))}
+
+
 def evaluate(name, ids, p, y, threshold, threshold_from, resamples, seed):
     """A row of the first table over the cohort ids: p NaN = missing; threshold scalar or per case."""
     p = np.asarray(p, dtype=np.float64)
@@ -242,6 +312,7 @@ def evaluate(name, ids, p, y, threshold, threshold_from, resamples, seed):
     row.update({"brier": brier_score(p, y), "ece": expected_calibration_error(p, y, 10),
                 "ece_if_calibrated_median": null_median, "ece_if_calibrated_p95": null_p95,
                 "calibration_slope": slope, "calibration_intercept": intercept,
+                **bootstrap_slope_ci(p, y, resamples, seed),
                 "missing_case_ids": [i for i, h in zip(ids, have) if not h][:50]})
     return row
 
@@ -261,18 +332,28 @@ def markdown(report):
            f"prevalence {fmt(report['cohort']['prevalence'])}. AUC 95% CI: percentile bootstrap, "
            f"{report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}.", "",
            "| model | n | missing | prevalence | AUC [95% CI] | threshold | accuracy | sensitivity | specificity "
-           "| PPV | NPV | Brier | ECE | ECE if calibrated (median, 95th pct) | cal. slope | cal. intercept |",
+           "| PPV | NPV | Brier | ECE | ECE if calibrated (median, 95th pct) | cal. slope [95% CI] | cal. intercept |",
            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in report["models"]:
         thr = fmt(r["threshold"]) + ("*" if r["threshold_from"].startswith("Youden on this") else "")
         out.append(f"| {r['name']} | {r['n']} | {r['missing']} | {fmt(r['prevalence'])} | {fmt(r['auc'])} "
                    f"[{fmt(r['auc_ci95'][0])}, {fmt(r['auc_ci95'][1])}] | {thr} | {fmt(r['accuracy'])} "
                    f"| {fmt(r['sensitivity'])} | {fmt(r['specificity'])} | {fmt(r['ppv'])} | {fmt(r['npv'])} "
-                   f"| {fmt(r['brier'])} | {fmt(r['ece'])} | {fmt(r['ece_if_calibrated_median'])}, "
-                   f"{fmt(r['ece_if_calibrated_p95'])} | {fmt(r['calibration_slope'], 2)} "
-                   f"| {fmt(r['calibration_intercept'], 2)} |")
+                   f"| {fmt(r['brier'])} | {fmt(r['ece'])} | "
+                   f"{fmt(r['ece_if_calibrated_median'])}, {fmt(r['ece_if_calibrated_p95'])} "
+                   f"| {fmt(r['calibration_slope'], 2)} [{fmt(r['calibration_slope_ci95'][0], 2)}, "
+                   f"{fmt(r['calibration_slope_ci95'][1], 2)}] | {fmt(r['calibration_intercept'], 2)} |")
     out += ["", "Thresholds: classifiers from their cards (Youden's J on their validation cohorts); the marker "
             "baseline by Youden's J on its training data; * Youden's J on this test cohort itself (optimistic).", ""]
+    if report.get("paired"):
+        out += ["## Paired comparisons (same cases, same bootstrap resamples)", "",
+                "| model | against | n | AUC / AUC [95% CI] | AUC - AUC [95% CI] | P(difference <= 0) |",
+                "|---|---|---:|---|---|---:|"]
+        for r in report["paired"]:
+            out.append(f"| {r['model']} | {r['against']} | {r['n']} | {fmt(r['ratio'])} [{fmt(r['ratio_ci95'][0])}, "
+                       f"{fmt(r['ratio_ci95'][1])}] | {fmt(r['difference'])} [{fmt(r['difference_ci95'][0])}, "
+                       f"{fmt(r['difference_ci95'][1])}] | {fmt(r['p_difference_le_0'])} |")
+        out.append("")
     if report.get("markers"):
         out += [f"## Measured markers against the generator's true markers ({report['markers']['run']})", "",
                 "| measured marker | true marker | n | true positives | AUC [95% CI] |", "|---|---|---:|---:|---|"]
@@ -341,13 +422,14 @@ def main(argv=None):
     y = np.array([int(truth[i]["he_label"]) for i in ids])
     rs, seed = args.bootstrap, args.seed
 
-    rows = []
+    rows, classifiers, references = [], {}, {}
     for name, folder, cases in loaded:
         p = [cases[i]["probability"] if i in cases else np.nan for i in ids]
         thr = [cases[i]["threshold"] if i in cases else np.nan for i in ids]
         row = evaluate(name, ids, p, y, thr, "card (Youden on its validation cohort)", rs, seed)
         row["run"] = os.path.abspath(folder)
         rows.append(row)
+        classifiers[name] = p
     for spec in args.scored:
         name, rest = spec.split("=", 1)
         model_path, prep_dir = rest.rsplit(":", 1)
@@ -357,6 +439,7 @@ def main(argv=None):
         row = evaluate(name, ids, p, y, thr, "card (Youden on its validation cohort)", rs, seed)
         row["run"] = f"{os.path.abspath(model_path)} on {os.path.abspath(prep_dir)} (PyTorch reference)"
         rows.append(row)
+        classifiers[name] = p
     marker_name, marker_folder, marker_run = loaded[0]
     baseline_info = None
     if args.baseline_train:
@@ -366,6 +449,7 @@ def main(argv=None):
         p = baseline.predict(measured)
         rows.append(evaluate("marker baseline", ids, p, y, baseline.threshold,
                              "Youden on its training data", rs, seed))
+        references["marker baseline"] = p
         baseline_info = {**baseline.describe(), "train": [os.path.abspath(d) for d in args.baseline_train],
                          "markers_from_run": os.path.abspath(marker_folder)}
     for name, column in (("oracle", "he_probability"), ("observable oracle", "he_observable_probability")):
@@ -375,6 +459,16 @@ def main(argv=None):
         have = np.isfinite(p)
         t = youden_threshold(p[have], y[have])["threshold"] if len(set(y[have])) == 2 else np.nan
         rows.append(evaluate(name, ids, p, y, t, "Youden on this test cohort", rs, seed))
+        references[name] = p
+    # each classifier against the observable oracle (the target is a ratio of the two AUCs) and the
+    # marker baseline (is the image worth anything?), paired on the cases both score
+    paired = []
+    for name, p in classifiers.items():
+        for against in ("observable oracle", "marker baseline"):
+            if against in references:
+                r = paired_auc(p, references[against], y, rs, seed)
+                if r is not None:
+                    paired.append({"model": name, "against": against, **r})
 
     markers = None
     present_true = [t for t in TRUE_MARKERS if any(t in truth[i] for i in ids)]
@@ -386,7 +480,7 @@ def main(argv=None):
                       "cohort": {"n": len(ids), "labels_csv": len(truth), "unmatched_truth": len(truth) - len(ids),
                                  "prevalence": float(y.mean())},
                       "bootstrap": {"resamples": rs, "seed": seed, "method": "percentile"},
-                      "models": rows, "baseline": baseline_info, "markers": markers})
+                      "models": rows, "paired": paired, "baseline": baseline_info, "markers": markers})
     text = markdown(report)
     print(text)
     if args.markdown:

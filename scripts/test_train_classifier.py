@@ -230,6 +230,24 @@ def test_train_export_and_report(tmp):
     assert json.load(open(os.path.join(tmp, "report.json")))["cohort"]["n"] == 60
     assert "| marker baseline |" in open(os.path.join(tmp, "report.md")).read()
     assert all(0 < r["ece_if_calibrated_median"] < r["ece_if_calibrated_p95"] for r in report["models"])
+    for r in report["models"]:
+        if r["auc"] < 1.0:  # where the classes separate, the slope is the ridge's
+            assert r["calibration_slope_ci95"][0] <= r["calibration_slope"] <= r["calibration_slope_ci95"][1], r
+    paired = {(r["model"], r["against"]): r for r in report["paired"]}
+    assert sorted(paired) == [("classifier", "marker baseline"), ("classifier", "observable oracle"),
+                              ("copy", "marker baseline"), ("copy", "observable oracle")]
+    obs = paired[("classifier", "observable oracle")]
+    assert obs["n"] == 59 and obs["auc_reference"] == 1.0  # the observable oracle separates this cohort
+    assert abs(obs["ratio"] - rows["classifier"]["auc"]) < 1e-9 and obs["ratio_ci95"][1] <= 1.0
+    assert abs(obs["difference"] - (rows["classifier"]["auc"] - 1.0)) < 1e-9 and obs["p_difference_le_0"] == 1.0
+    assert "| classifier | observable oracle | 59 |" in open(os.path.join(tmp, "report.md")).read()
+    # the Newton fit behind the slope's CI agrees with calibration_slope_intercept (L-BFGS)
+    rng = np.random.RandomState(4)
+    p = rng.uniform(0.02, 0.9, 300)
+    yy = (rng.rand(300) < p ** 1.5).astype(np.int64)
+    w, b = classifier_report.logistic_1d(tc.probability_logit(p), yy)
+    w_ref, b_ref = tc.calibration_slope_intercept(p, yy)
+    assert abs(w - w_ref) < 1e-4 and abs(b - b_ref) < 1e-4, (w, b, w_ref, b_ref)
     # one bin, p = 0.2 for all 400 cases: ECE = |mean(y) - 0.2|, a half-normal with sd sqrt(0.16 / 400) = 0.02,
     # so median 0.6745 x 0.02 and 95th percentile 1.96 x 0.02
     median, p95 = classifier_report.ece_if_calibrated(np.full(400, 0.2), 10, 4000, 3)
