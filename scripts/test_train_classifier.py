@@ -162,6 +162,13 @@ def test_train_export_and_report(tmp):
     assert tr["topup_count"] == round(base_nhe / 2) - base_he
     assert tr["cases"]["he"] == base_he + tr["topup_count"] and tr["cases"]["nhe"] == base_nhe
     assert len(tr["history"]) == 25 and tr["seed"] == 5 and tr["threads"] == 1
+    # several top-up folders share N in proportion to their expansion cases (12 and 6 here: 2:1)
+    make_cohort(os.path.join(tmp, "topup2"), 8, 0, 4, labels=[0, 1, 1, 1, 1, 1, 1, 0])
+    both = tc.topup_rows([os.path.join(tmp, "topup"), os.path.join(tmp, "topup2")], 10, 0.5)
+    assert [os.path.basename(f) for f, _ in both] == ["topup"] * 7 + ["topup2"] * 3  # 6.67 + 3.33
+    assert [r["case_id"] for _, r in both][:2] == ["topup_002", "topup_003"]  # label-1 rows in order
+    assert [r["case_id"] for _, r in both][7:] == ["topup2_001", "topup2_002", "topup2_003"]
+    assert len(tc.topup_rows([os.path.join(tmp, "topup"), os.path.join(tmp, "topup2")], 18, 0.5)) == 18
     # the kept epoch: best validation AUC, ties broken by the lower validation loss
     best = min(tr["history"], key=lambda h: (-h["val_auc"], h["val_loss"]))
     assert tr["best_epoch"] == best["epoch"] == card["validation"]["best_epoch"], (tr["best_epoch"], best)

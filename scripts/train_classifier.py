@@ -4,7 +4,7 @@ weights + model card to safetensors for the C++ tool.
 
     /usr/bin/python3 scripts/train_classifier.py --train DIR [DIR...] --val DIR [DIR...] \
         --card TEMPLATE.json -o MODEL.safetensors \
-        [--topup DIR (--topup-count N | --target-ratio 1:2)] [--epochs 40] [--batch-size 16]
+        [--topup DIR [DIR...] (--topup-count N | --target-ratio 1:2)] [--epochs 40] [--batch-size 16]
         [--lr 3e-4] [--weight-decay 0.05] [--schedule cosine|poly] [--warmup-epochs 1]
         [--seed 1] [--threads 2] [--log FILE]
 
@@ -15,7 +15,9 @@ hemexp's own (C++) ROIs: nothing about them is recomputed here.
 
 Data mix (the npj Digit Med 2025 ablation: real 1:4 vs topped up to 1:2 / 1:1): the --train
 cohorts at their natural prevalence, plus the first N expansion cases (he_label 1, in cases.csv
-order) of --topup; --target-ratio HE:NHE computes N from the base set's class counts. Cases
+order) of --topup; --target-ratio HE:NHE computes N from the base set's class counts. With several
+--topup folders (e.g. procedural heads and your own hemorrhage-free scans), N is shared among them
+in proportion to the expansion cases each holds (largest remainder), so the top-up keeps their mix. Cases
 below the card's min_volume_ml (the C++ tool does not score them) are left out everywhere.
 
 Training: BCE with logits, no class weights (the ablation is about the data mix); AdamW, a
@@ -428,13 +430,23 @@ def parse_ratio(text):
         raise SystemExit(f"--target-ratio must look like HE:NHE, e.g. 1:2, not '{text}'")
 
 
-def topup_rows(folder, count, min_volume_ml):
-    """The first `count` eligible expansion cases (he_label 1) of folder, in cases.csv order."""
-    path = os.path.join(folder, "cases.csv")
-    rows = [r for r in read_cases_csv(folder) if he_label(r, path) == 1 and eligible(r, min_volume_ml)]
-    if len(rows) < count:
-        raise SystemExit(f"{folder}: top-up needs {count} expansion cases, it has {len(rows)} (>= min_volume_ml)")
-    return [(folder, r) for r in rows[:count]]
+def topup_rows(folders, count, min_volume_ml):
+    """`count` eligible expansion cases (he_label 1) from folders, shared among them in proportion to
+    how many each holds (largest remainder, ties to the earlier folder); the first ones of each
+    folder in cases.csv order."""
+    available = []
+    for folder in folders:
+        path = os.path.join(folder, "cases.csv")
+        available.append([r for r in read_cases_csv(folder) if he_label(r, path) == 1 and eligible(r, min_volume_ml)])
+    total = sum(len(rows) for rows in available)
+    if total < count:
+        raise SystemExit(f"{', '.join(folders)}: top-up needs {count} expansion cases, "
+                         f"{'they have' if len(folders) > 1 else 'it has'} {total} (>= min_volume_ml)")
+    exact = [count * len(rows) / total if total else 0.0 for rows in available]
+    take = [int(math.floor(e)) for e in exact]
+    for i in sorted(range(len(folders)), key=lambda i: (-(exact[i] - take[i]), i))[:count - sum(take)]:
+        take[i] += 1
+    return [(folder, r) for folder, rows, n in zip(folders, available, take) for r in rows[:n]]
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -564,7 +576,8 @@ def export(path, net, card):
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", nargs="+", required=True, metavar="DIR", help="base training cohorts (prepared)")
-    ap.add_argument("--topup", default=None, metavar="DIR", help="prepared cohort of synthetic expansion cases")
+    ap.add_argument("--topup", nargs="+", default=None, metavar="DIR",
+                    help="prepared cohorts of synthetic expansion cases (several: shared in proportion)")
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--topup-count", type=int, default=None, metavar="N",
                        help="add the first N expansion cases of --topup")
@@ -614,7 +627,7 @@ def parse_args(argv):
         ap.error("--freeze-feature-weights needs --head-init logistic")
     if args.epochs < 1 or args.batch_size < 1:
         ap.error("--epochs and --batch-size must be >= 1")
-    if {os.path.abspath(d) for d in args.val} & {os.path.abspath(d) for d in args.train + ([args.topup] if args.topup else [])}:
+    if {os.path.abspath(d) for d in args.val} & {os.path.abspath(d) for d in args.train + (args.topup or [])}:
         ap.error("--val must not be a training folder")
     return args
 
@@ -819,7 +832,7 @@ def train(args, argv):
         "risk_categories": categories,
         "training": rounded({
             "data": [os.path.abspath(d) for d in args.train],
-            "topup": os.path.abspath(args.topup) if args.topup else None,
+            "topup": [os.path.abspath(d) for d in args.topup] if args.topup else None,
             "topup_count": topup_count, "target_ratio": args.target_ratio,
             "cases": {"base_he": n_he, "base_nhe": n_nhe, "he": counts["he"], "nhe": counts["nhe"],
                       "below_min_volume_left_out": skipped_base},
