@@ -227,11 +227,12 @@ int main(int argc, char** argv) {
       c10::InferenceMode guard;
       hemexp::prepare_network_input(volume, recipe.preprocessing, &grid);
     }
-    int64_t windows = 1;
+    int64_t whole_grid_windows = 1;  // tiling the whole model grid (what --dump times, for the PyTorch reference)
     for (int a = 0; a < 3; ++a)
-      windows *= int64_t(hemexp::window_starts(std::max(grid.size[size_t(2 - a)], recipe.patch_size[size_t(a)]),
-                                               recipe.patch_size[size_t(a)], recipe.overlap)
-                             .size());
+      whole_grid_windows *= int64_t(hemexp::window_starts(std::max(grid.size[size_t(2 - a)], recipe.patch_size[size_t(a)]),
+                                                          recipe.patch_size[size_t(a)], recipe.overlap)
+                                        .size());
+    int64_t windows = 0;  // what segment() evaluates (the box of the head), from its runs below
     for (int threads : thread_counts) {
       torch::set_num_threads(threads);
       std::map<std::string, std::vector<double>> steps;
@@ -244,8 +245,10 @@ int main(int argc, char** argv) {
         steps["cleanup"].push_back(s.seconds.cleanup);
         steps["total"].push_back(s.seconds.prepare + s.seconds.network + s.seconds.resample + s.seconds.cleanup);
         mask_voxels = s.mask.sum().item<int64_t>();
+        windows = s.windows;
       });
       nlohmann::json row{{"slices", slice_counts[si]}, {"threads", threads}, {"windows", windows},
+                         {"whole_grid_windows", whole_grid_windows},
                          {"input_voxels", volume.geometry.voxel_count()}, {"mask_voxels", mask_voxels}};
       for (auto& [name, values] : steps) {
         values.erase(values.begin());  // the warm-up
@@ -284,7 +287,7 @@ int main(int argc, char** argv) {
       char pad[32];
       std::snprintf(pad, sizeof pad, "%.9g", double(o.pad_value));
       file.metadata["pad_value"] = pad;
-      file.metadata["windows"] = std::to_string(windows);
+      file.metadata["windows"] = std::to_string(whole_grid_windows);
       std::ofstream(dump + "/windows.safetensors", std::ios::binary) << hemexp::serialize_safetensors(file);
     }
   }

@@ -252,10 +252,19 @@ Segmentation Segmenter::segment(const Volume& canonical, bool with_probability) 
   o.windows_per_pass = windows_per_pass();
   // Pad with the normalised value of air, what the network saw outside the head in training.
   o.pad_value = float((recipe_.preprocessing.clip_low_hu - recipe_.preprocessing.mean_hu) / recipe_.preprocessing.std_hu);
+  // Windows only over the box of the voxels above the clip floor (the head, and whatever else is
+  // denser than fat): outside it the network would see nothing but the pad value.
+  o.crop_to_content = true;
   UMamba net = network_;  // a handle to the same module (forward is not const in LibTorch)
   const int64_t classes = net->config().num_classes;
+  int64_t windows = 0;
   const torch::Tensor probabilities = sliding_window_probabilities(
-      [&net](const torch::Tensor& patch) { return net->forward(patch); }, input, classes, o);
+      [&net, &windows](const torch::Tensor& patch) {
+        windows += patch.size(0);
+        return net->forward(patch);
+      },
+      input, classes, o);
+  s.windows = windows;
   s.seconds.network = seconds_since(t0);
   t0 = Clock::now();
   const bool multi = recipe_.multi_class();

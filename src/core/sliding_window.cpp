@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "hemexp/core/error.hpp"
 
@@ -32,10 +34,48 @@ torch::Tensor gaussian_importance(const std::array<int64_t, 3>& patch_size) {
   return map.clamp_min(smallest).to(torch::kFloat32);
 }
 
+namespace {
+
+// [first, last] of the indices along `dim` of (z, y, x) where `content` holds any true value;
+// {0, -1} when none.
+std::pair<int64_t, int64_t> content_range(const torch::Tensor& content, int64_t dim) {
+  std::vector<int64_t> others;
+  for (int64_t d = 0; d < 3; ++d)
+    if (d != dim) others.push_back(d);
+  const torch::Tensor along = content.any(others[1]).any(others[0]).nonzero();
+  if (along.numel() == 0) return {0, -1};
+  return {along.min().item<int64_t>(), along.max().item<int64_t>()};
+}
+
+}  // namespace
+
 torch::Tensor sliding_window_probabilities(const PatchNetwork& network, const torch::Tensor& image,
                                            int64_t num_classes, const SlidingWindowOptions& o) {
   if (image.dim() != 4) throw CoreError("sliding window: image must be (C, z, y, x)");
   if (o.overlap < 0 || o.overlap >= 1) throw CoreError("sliding window: overlap must be in [0, 1)");
+  if (o.crop_to_content) {
+    const torch::Tensor content = ((image - o.pad_value).abs() > 1e-4f).any(0);
+    std::array<std::pair<int64_t, int64_t>, 3> box;
+    bool whole = true;
+    for (int64_t d = 0; d < 3; ++d) {
+      box[size_t(d)] = content_range(content, d);
+      whole = whole && box[size_t(d)].first == 0 && box[size_t(d)].second == image.size(d + 1) - 1;
+    }
+    if (!whole) {
+      torch::Tensor out = torch::zeros({num_classes, image.size(1), image.size(2), image.size(3)}, torch::kFloat32);
+      out[0].fill_(1.0f);
+      if (box[0].second < box[0].first) return out;  // nothing but the pad value: no window at all
+      SlidingWindowOptions inner = o;
+      inner.crop_to_content = false;
+      const auto crop = [&box](const torch::Tensor& t) {
+        return t.slice(1, box[0].first, box[0].second + 1)
+            .slice(2, box[1].first, box[1].second + 1)
+            .slice(3, box[2].first, box[2].second + 1);
+      };
+      crop(out).copy_(sliding_window_probabilities(network, crop(image), num_classes, inner));
+      return out;
+    }
+  }
   // Pad up to one patch where the image is smaller, crop back at the end.
   std::array<int64_t, 3> size{image.size(1), image.size(2), image.size(3)}, padded{};
   std::vector<int64_t> pad;  // constant_pad_nd order: last dim first

@@ -76,6 +76,48 @@ TEST(SlidingWindow, WindowsPerPassDoNotChangeTheResult) {
   EXPECT_THROW(sliding_window_probabilities(per_window, image, 3, o), CoreError);
 }
 
+// Cropping to the content: windows only over the box of voxels that differ from the pad value;
+// inside it a voxel-wise network gives what it gives on the whole image, outside it the
+// background has probability 1, and there are fewer windows.
+TEST(SlidingWindow, CropToContentTilesOnlyTheContentBox) {
+  torch::manual_seed(5);
+  const float pad = -3.5f;
+  torch::Tensor image = torch::full({1, 20, 70, 60}, pad);
+  image.slice(1, 3, 17).slice(2, 10, 41).slice(3, 22, 55).copy_(torch::randn({1, 14, 31, 33}));
+  int64_t windows = 0;
+  const auto counting = [&windows](const torch::Tensor& patch) {
+    windows += patch.size(0);
+    return voxelwise(patch);
+  };
+  SlidingWindowOptions o;
+  o.patch_size = {8, 16, 16};
+  o.pad_value = pad;
+  const torch::Tensor whole = sliding_window_probabilities(counting, image, 2, o);
+  EXPECT_EQ(windows, 4 * 8 * 7);  // starts along z, y, x: 4, 8, 7
+  windows = 0;
+  o.crop_to_content = true;
+  const torch::Tensor cropped = sliding_window_probabilities(counting, image, 2, o);
+  EXPECT_EQ(windows, 3 * 3 * 4);  // over 14 x 31 x 33 voxels
+  ASSERT_EQ(cropped.sizes(), whole.sizes());
+  const auto box = [](const torch::Tensor& t) { return t.slice(1, 3, 17).slice(2, 10, 41).slice(3, 22, 55); };
+  EXPECT_LT((box(cropped) - box(whole)).abs().max().item<double>(), 1e-5);
+  torch::Tensor outside = torch::ones({20, 70, 60}, torch::kBool);
+  outside.slice(0, 3, 17).slice(1, 10, 41).slice(2, 22, 55).fill_(false);
+  EXPECT_TRUE(torch::all(cropped[0].masked_select(outside) == 1.0f).item<bool>());
+  EXPECT_TRUE(torch::all(cropped[1].masked_select(outside) == 0.0f).item<bool>());
+  // A content box smaller than a patch is padded like a small image; nothing but the pad value: no window.
+  torch::Tensor small = torch::full({1, 20, 70, 60}, pad);
+  small.slice(1, 5, 9).slice(2, 30, 35).slice(3, 40, 44).fill_(1.0f);
+  windows = 0;
+  const torch::Tensor p = sliding_window_probabilities(counting, small, 2, o);
+  EXPECT_EQ(windows, 1);
+  EXPECT_NEAR(p[1][6][32][41].item<double>(), 1 / (1 + std::exp(-3.0)), 1e-6);
+  windows = 0;
+  const torch::Tensor none = sliding_window_probabilities(counting, torch::full({1, 20, 70, 60}, pad), 2, o);
+  EXPECT_EQ(windows, 0);
+  EXPECT_TRUE(torch::all(none[0] == 1.0f).item<bool>());
+}
+
 TEST(SlidingWindow, MirroringAveragesFlippedPredictions) {
   // A network that sees only its patch's first x column: not flip-invariant, so mirroring
   // must change the result, and averaging 8 flips gives probabilities inside (0, 1).

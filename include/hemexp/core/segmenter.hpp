@@ -84,6 +84,9 @@ struct Segmentation {
   torch::Tensor labels;       // uint8 codes of the card's labels on the same grid (labels == 1 is mask)
   torch::Tensor probability;  // float32 hematoma (class 1) probability on the same grid (only when asked for)
   int64_t removed_components = 0;
+  // Network evaluations of a window (mirrored copies each count): the windows over the box of
+  // the head (sliding window's crop_to_content), not over the whole model grid.
+  int64_t windows = 0;
   SegmentTimings seconds;
 };
 

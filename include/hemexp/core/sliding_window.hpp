@@ -17,6 +17,11 @@ struct SlidingWindowOptions {
   // Windows stacked into one forward pass (a batch). 1 on the CPU (what the masks were measured
   // with); on a GPU several keep it busy. Results agree to float rounding whatever the count.
   int64_t windows_per_pass = 1;
+  // Tile only the bounding box of the voxels that differ from pad_value (in any channel, by more
+  // than 1e-4); outside it class 0 has probability 1. A window there would see nothing but the pad
+  // value (a CT clipped below at air/fat level: the air around the head), so what changes is where
+  // the windows fall, and how many there are: about half as many for a head in a 25 cm field of view.
+  bool crop_to_content = false;
 };
 
 // logits (1, K, pz, py, px) of one patch (1, C, pz, py, px) on the options' device.
