@@ -15,27 +15,35 @@ namespace hemexp {
 namespace {
 
 // Marks pixels of a (h, w) slice reachable from the slice border through non-wall pixels
-// (4-connected): what is not reached and not wall is enclosed.
+// (4-connected): what is not reached and not wall is enclosed. A scanline fill: each popped seed
+// fills its whole open run of the row, then pushes the first pixel of every open run just above
+// and below it (rows in memory order, one stack entry per run instead of per pixel).
 void flood_from_border(const uint8_t* wall, int64_t h, int64_t w, std::vector<uint8_t>& outside,
                        std::vector<int64_t>& stack) {
   outside.assign(size_t(h * w), 0);
+  uint8_t* out = outside.data();
+  const auto open = [&](int64_t i) { return !wall[i] && !out[i]; };
   stack.clear();
-  auto push = [&](int64_t i) {
-    if (!wall[i] && !outside[size_t(i)]) {
-      outside[size_t(i)] = 1;
-      stack.push_back(i);
-    }
-  };
-  for (int64_t x = 0; x < w; ++x) push(x), push((h - 1) * w + x);
-  for (int64_t y = 0; y < h; ++y) push(y * w), push(y * w + w - 1);
+  for (int64_t x = 0; x < w; ++x) stack.push_back(x), stack.push_back((h - 1) * w + x);
+  for (int64_t y = 0; y < h; ++y) stack.push_back(y * w), stack.push_back(y * w + w - 1);
   while (!stack.empty()) {
     const int64_t i = stack.back();
     stack.pop_back();
-    const int64_t y = i / w, x = i % w;
-    if (x > 0) push(i - 1);
-    if (x + 1 < w) push(i + 1);
-    if (y > 0) push(i - w);
-    if (y + 1 < h) push(i + w);
+    if (!open(i)) continue;
+    const int64_t y = i / w, row = y * w;
+    int64_t left = i - row, right = left;
+    while (left > 0 && open(row + left - 1)) --left;
+    while (right + 1 < w && open(row + right + 1)) ++right;
+    std::fill(out + row + left, out + row + right + 1, uint8_t(1));
+    for (const int64_t ny : {y - 1, y + 1}) {
+      if (ny < 0 || ny >= h) continue;
+      bool in_run = false;
+      for (int64_t x = left; x <= right; ++x) {
+        const bool o = open(ny * w + x);
+        if (o && !in_run) stack.push_back(ny * w + x);
+        in_run = o;
+      }
+    }
   }
 }
 
@@ -51,10 +59,32 @@ void dilate_line(const uint8_t* src, uint8_t* dst, int64_t n, int64_t step, int6
   }
 }
 
+// dilate_line along every column of an (h, w) slice at once: one running count per column, the
+// rows visited in memory order (what dilate_line(src + x, dst + x, h, w, r) gives for each x).
+void dilate_columns(const uint8_t* src, uint8_t* dst, int64_t h, int64_t w, int64_t r, std::vector<uint16_t>& count) {
+  count.assign(size_t(w), 0);
+  uint16_t* c = count.data();
+  for (int64_t y = 0; y < std::min(r, h); ++y)
+    for (int64_t x = 0; x < w; ++x) c[x] = uint16_t(c[x] + (src[y * w + x] != 0));
+  for (int64_t y = 0; y < h; ++y) {
+    if (y + r < h) {
+      const uint8_t* add = src + (y + r) * w;
+      for (int64_t x = 0; x < w; ++x) c[x] = uint16_t(c[x] + (add[x] != 0));
+    }
+    if (y - r - 1 >= 0) {
+      const uint8_t* sub = src + (y - r - 1) * w;
+      for (int64_t x = 0; x < w; ++x) c[x] = uint16_t(c[x] - (sub[x] != 0));
+    }
+    uint8_t* d = dst + y * w;
+    for (int64_t x = 0; x < w; ++x) d[x] = c[x] > 0;
+  }
+}
+
 // Dilation of an (h, w) binary slice by a (2 ry + 1) x (2 rx + 1) square: rows, then columns.
-void dilate_square(const uint8_t* src, uint8_t* tmp, uint8_t* dst, int64_t h, int64_t w, int64_t ry, int64_t rx) {
+void dilate_square(const uint8_t* src, uint8_t* tmp, uint8_t* dst, int64_t h, int64_t w, int64_t ry, int64_t rx,
+                   std::vector<uint16_t>& count) {
   for (int64_t y = 0; y < h; ++y) dilate_line(src + y * w, tmp + y * w, w, 1, rx);
-  for (int64_t x = 0; x < w; ++x) dilate_line(tmp + x, dst + x, h, w, ry);
+  dilate_columns(tmp, dst, h, w, ry, count);
 }
 
 }  // namespace
@@ -69,12 +99,13 @@ torch::Tensor close_slices(const torch::Tensor& binary, int64_t ry, int64_t rx) 
   uint8_t* op = out.data_ptr<uint8_t>();
   at::parallel_for(0, in.size(0), 1, [&](int64_t z0, int64_t z1) {
     std::vector<uint8_t> a(size_t(h * w)), b(size_t(h * w));
+    std::vector<uint16_t> count;
     for (int64_t z = z0; z < z1; ++z) {
       const uint8_t* src = ip + z * h * w;
       uint8_t* dst = op + z * h * w;
-      dilate_square(src, b.data(), a.data(), h, w, ry, rx);  // a: dilated
-      for (auto& v : a) v = !v;                               // erosion = not (dilation of not),
-      dilate_square(a.data(), b.data(), dst, h, w, ry, rx);  // clipped windows: outside counts as 1
+      dilate_square(src, b.data(), a.data(), h, w, ry, rx, count);  // a: dilated
+      for (auto& v : a) v = !v;                                      // erosion = not (dilation of not),
+      dilate_square(a.data(), b.data(), dst, h, w, ry, rx, count);  // clipped windows: outside counts as 1
       for (int64_t i = 0; i < h * w; ++i) dst[i] = !dst[i];
     }
   });
@@ -112,12 +143,13 @@ IntracranialContent intracranial_content(const Volume& canonical, const Intracra
         in.clear();
         sum = {0, 0, 0};
         flood_from_border(ws, h, w, outside, stack);
-        for (int64_t i = 0; i < h * w; ++i)
-          if (!ws[i] && !outside[size_t(i)]) {
-            in.push_back(hs[i]);
-            sum[0] += double(i % w);
-            sum[1] += double(i / w);
-          }
+        for (int64_t y = 0; y < h; ++y)
+          for (int64_t x = 0, i = y * w; x < w; ++x, ++i)
+            if (!ws[i] && !outside[size_t(i)]) {
+              in.push_back(hs[i]);
+              sum[0] += double(x);
+              sum[1] += double(y);
+            }
         sum[2] = double(z0 + z) * double(in.size());
       }
     });

@@ -67,6 +67,40 @@ TEST(Intracranial, PhantomSkullFullOfAirIsNotABrain) {
       << c.describe();
 }
 
+// The fill from the slice border follows a winding channel: air reached only through an
+// entrance and five U-turns (up and down) is outside, not enclosed; a closed box beside it holds
+// the only enclosed voxels. Walls 3 voxels thick, gaps 6 wide: a closing by 1 voxel changes nothing.
+TEST(Intracranial, FillFromTheBorderFollowsAWindingChannel) {
+  const Geometry g = test::grid({100, 50, 2}, {1.0, 1.0, 1.0});
+  torch::Tensor v = torch::full(tensor_shape(g), -1000.f);
+  const auto rect = [&v](int64_t x0, int64_t x1, int64_t y0, int64_t y1, float hu) {
+    v.slice(1, y0, y1).slice(2, x0, x1).fill_(hu);
+  };
+  const auto ring = [&rect](int64_t x0, int64_t x1, int64_t y0, int64_t y1) {
+    rect(x0, x1, y0, y1, 1000.f);
+    rect(x0 + 3, x1 - 3, y0 + 3, y1 - 3, -1000.f);
+  };
+  ring(5, 25, 5, 45);
+  rect(8, 22, 8, 42, 30.f);  // the closed box: 14 x 34 voxels of brain density
+  ring(35, 95, 5, 45);
+  rect(35, 38, 22, 28, -1000.f);  // the channel's entrance in the left wall
+  for (int64_t k = 0; k < 5; ++k) {  // baffles from the top and from the bottom in turn
+    const int64_t x = 44 + 9 * k;
+    if (k % 2 == 0) rect(x, x + 3, 8, 36, 1000.f);
+    else rect(x, x + 3, 14, 42, 1000.f);
+  }
+  IntracranialOptions o;
+  o.closing_radius_mm = 1.0;
+  const IntracranialContent c = intracranial_content({g, v}, o);
+  EXPECT_DOUBLE_EQ(c.volume_ml, 2 * 14 * 34 / 1000.0);
+  EXPECT_EQ(c.median_hu, 30.0);
+  EXPECT_EQ(c.brain_fraction, 1.0);
+  // Closing the entrance: the whole channel is enclosed too (54 x 34 minus the baffles).
+  rect(35, 38, 22, 28, 1000.f);
+  const IntracranialContent closed = intracranial_content({g, v}, o);
+  EXPECT_DOUBLE_EQ(closed.volume_ml, 2 * (14 * 34 + 54 * 34 - 3 * 28 * 5) / 1000.0);
+}
+
 TEST(Intracranial, SyntheticHeadIsABrain) {
   const IntracranialContent c = intracranial_content(test::synthetic_head(5, 128, 0.0));
   EXPECT_TRUE(c.skull_found);
@@ -83,7 +117,7 @@ TEST(Intracranial, SyntheticHeadIsABrain) {
 // zero padding, then erosion of the result padded with ones.
 TEST(Intracranial, ClosingEqualsMaxPoolingReference) {
   torch::manual_seed(3);
-  for (const auto& [ry, rx] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {2, 3}, {4, 4}, {7, 2}}) {
+  for (const auto& [ry, rx] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {2, 3}, {4, 4}, {7, 2}, {20, 30}}) {
     for (double density : {0.02, 0.1, 0.4}) {
       const torch::Tensor binary = (torch::rand({3, 37, 53}) < density).to(torch::kUInt8);
       const torch::Tensor bone = binary.to(torch::kFloat32).unsqueeze(1);
