@@ -169,6 +169,14 @@ def test_train_export_and_report(tmp):
     assert [r["case_id"] for _, r in both][:2] == ["topup_002", "topup_003"]  # label-1 rows in order
     assert [r["case_id"] for _, r in both][7:] == ["topup2_001", "topup2_002", "topup2_003"]
     assert len(tc.topup_rows([os.path.join(tmp, "topup"), os.path.join(tmp, "topup2")], 18, 0.5)) == 18
+    # training/validation overlap is judged by the scan (source path), not by the case name that
+    # every synth cohort reuses
+    a = {"case_id": "synth_00000_ct", "source": "procval/synth_00000/ct.nii.gz"}
+    b = {"case_id": "synth_00000_ct", "source": "bgval/synth_00000/ct.nii.gz"}
+    c = {"case_id": "other", "source": "./procval//synth_00000/ct.nii.gz"}
+    assert tc.shared_scans([a], [b]) == []
+    assert tc.shared_scans([a, b], [c]) == [os.path.normpath("procval/synth_00000/ct.nii.gz")]
+    assert tc.shared_scans([{"case_id": "x", "source": ""}], [{"case_id": "x"}]) == ["x"]
     # the kept epoch: best validation AUC, ties broken by the lower validation loss
     best = min(tr["history"], key=lambda h: (-h["val_auc"], h["val_loss"]))
     assert tr["best_epoch"] == best["epoch"] == card["validation"]["best_epoch"], (tr["best_epoch"], best)

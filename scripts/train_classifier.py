@@ -421,6 +421,19 @@ def select_rows(folders, min_volume_ml):
     return entries, skipped
 
 
+def scan_key(row):
+    """What identifies a case's scan across prepared folders: its source path (cohorts made by
+    `hemexp synth` with different seeds reuse the case names synth_00000, ...), else its case id."""
+    source = (row.get("source") or "").strip()
+    return os.path.normpath(source) if source else row["case_id"]
+
+
+def shared_scans(train_rows, val_rows):
+    """Scans (scan_key) that are in both training and validation rows, sorted."""
+    train = {scan_key(r) for r in train_rows}
+    return sorted({scan_key(r) for r in val_rows} & train)
+
+
 def parse_ratio(text):
     try:
         a, b = (float(v) for v in text.split(":"))
@@ -696,10 +709,9 @@ def train(args, argv):
     else:
         topup_count, extra = 0, []
     val_rows, skipped_val = select_rows(args.val, min_volume_ml)
-    train_ids = {(r["case_id"]) for _, r in base_rows + extra}
-    overlap = train_ids & {r["case_id"] for _, r in val_rows}
+    overlap = shared_scans([r for _, r in base_rows + extra], [r for _, r in val_rows])
     if overlap:
-        log(f"warning: {len(overlap)} case id(s) in both training and validation data, e.g. {sorted(overlap)[:3]}")
+        log(f"warning: {len(overlap)} scan(s) in both training and validation data, e.g. {overlap[:3]}")
 
     t = time.perf_counter()
     # training ROIs as float16 (values in [0, 1]: 5e-4 steps, well below the intensity jitter),
