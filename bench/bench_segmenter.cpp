@@ -55,7 +55,7 @@ std::vector<int> parse_list(const char* text) {
 }
 
 // Multiply-adds x 2 of one forward pass of the U-Mamba on a (1, C, patch) window: every
-// convolution (the deep-supervision heads included, as forward() computes them) and the Mamba
+// convolution (of the heads, the full-resolution one: forward() skips the deep-supervision ones) and the Mamba
 // layers' projections, depthwise convolution and scan (6 flops per state element and token).
 // Normalisations and activations are not counted.
 double umamba_flops(const hemexp::UMambaConfig& c, const std::array<int64_t, 3>& patch) {
@@ -92,7 +92,7 @@ double umamba_flops(const hemexp::UMambaConfig& c, const std::array<int64_t, 3>&
     flops += 2 * double(below * skip) * voxels(sizes[size_t(n - 1 - s)]);  // 1x1, before the upsampling
     block(2 * skip, skip, c.kernel_sizes[n - 2 - s], v, true);
     for (int64_t b = 1; b < c.blocks_per_stage_decoder[s]; ++b) block(skip, skip, c.kernel_sizes[n - 2 - s], v, false);
-    if (c.deep_supervision || s == n - 2) flops += 2 * double(skip * c.num_classes) * v;
+    if (s == n - 2) flops += 2 * double(skip * c.num_classes) * v;  // forward(): the full-resolution head only
   }
   return flops;
 }

@@ -99,6 +99,8 @@ class UMambaImpl : public torch::nn::Module {
   torch::ScalarType convolution_dtype() const { return conv_dtype_; }
 
  private:
+  // The forward pass; all_heads: every deep-supervision output, else the full-resolution one.
+  std::vector<torch::Tensor> run(const torch::Tensor& x, bool all_heads);
   UMambaConfig config_;
   torch::ScalarType conv_dtype_ = torch::kFloat32;
   ResidualBlock stem_{nullptr};

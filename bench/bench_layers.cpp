@@ -1,0 +1,217 @@
+// Per-layer profile of the segmenter's U-Mamba on one window (issue 13: "find where the time
+// goes, per layer"): each module of one forward pass timed as the network runs it (the
+// inference fast paths: oneDNN convolutions, fused norm + activation), and each convolution
+// alone through oneDNN (what the network calls) and through ATen's own conv3d, with its
+// GFLOP/s, against a plain large conv3d measured in the same run.
+//
+//   bench_layers --model models/hemexp-seg-labels.safetensors [--threads 2] [--repeats 15] [--json OUT]
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "bench_timing.hpp"
+#include "hemexp/core/runtime.hpp"
+#include "hemexp/core/segmenter.hpp"
+#include "hemexp/core/umamba.hpp"
+
+namespace {
+
+using hemexp::bench::time_it;
+
+struct Row {
+  std::string name, kind;
+  std::vector<int64_t> in_shape;
+  double gflop = 0, seconds = 0, aten_seconds = 0;
+};
+
+double conv_gflop(const torch::nn::Conv3dImpl& c, const torch::Tensor& out) {
+  const auto& w = c.weight;
+  return 2.0 * double(w.size(0) * w.size(1) * w.size(2) * w.size(3) * w.size(4)) *
+         double(out.size(2) * out.size(3) * out.size(4)) / 1e9;
+}
+
+std::vector<int64_t> padding_of(const torch::nn::Conv3dImpl& c) {
+  return {c.weight.size(2) / 2, c.weight.size(3) / 2, c.weight.size(4) / 2};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model, json_out;
+  int threads = 2, repeats = 15;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--model") model = next();
+    else if (a == "--threads") threads = std::stoi(next());
+    else if (a == "--repeats") repeats = std::stoi(next());
+    else if (a == "--json") json_out = next();
+    else {
+      std::fprintf(stderr, "usage: %s --model FILE [--threads N] [--repeats R] [--json OUT]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (model.empty()) {
+    std::fprintf(stderr, "--model is required\n");
+    return 2;
+  }
+  hemexp::keep_freed_memory();  // as hemexp and bench_segmenter do (fresh pages are slow here)
+  torch::set_num_threads(threads);
+  torch::InferenceMode guard;
+  hemexp::Segmenter segmenter = hemexp::Segmenter::load(model);
+  hemexp::UMamba net = segmenter.network();
+  const hemexp::UMambaConfig& c = net->config();
+  const auto patch = segmenter.recipe().patch_size;
+  const int64_t n = c.n_stages();
+
+  std::vector<Row> rows;
+  // One module, timed as the network runs it.
+  auto module_row = [&](const std::string& name, const std::string& kind, const torch::Tensor& x,
+                        const std::function<torch::Tensor(const torch::Tensor&)>& f) {
+    Row r{name, kind, x.sizes().vec()};
+    torch::Tensor y;
+    r.seconds = time_it(repeats, [&] { y = f(x); }).median;
+    rows.push_back(r);
+    return y;
+  };
+  // Each convolution of a module alone (its own input), oneDNN and ATen.
+  auto conv_rows = [&](const std::string& prefix, torch::nn::Module& m, const torch::Tensor& x) {
+    for (const auto& item : m.named_children()) {
+      auto* conv = item.value()->as<torch::nn::Conv3dImpl>();
+      if (!conv) continue;
+      // conv2 reads conv1's output: its input is a tensor of that shape (values do not matter).
+      torch::Tensor in = x;
+      if (item.key() == "conv2") {
+        auto* c1 = m.named_children()["conv1"]->as<torch::nn::Conv3dImpl>();
+        in = torch::mkldnn_convolution(x.contiguous(), c1->weight, c1->bias, padding_of(*c1), *c1->options.stride(),
+                                       {1, 1, 1}, 1);
+      }
+      const auto pad = padding_of(*conv);
+      Row r{prefix + "." + item.key(), "conv", in.sizes().vec()};
+      torch::Tensor y;
+      r.seconds = time_it(repeats, [&] {
+                    y = torch::mkldnn_convolution(in.contiguous(), conv->weight, conv->bias, pad, *conv->options.stride(),
+                                                  {1, 1, 1}, 1);
+                  }).median;
+      r.aten_seconds =
+          time_it(repeats, [&] { y = torch::conv3d(in, conv->weight, conv->bias, *conv->options.stride(), pad); }).median;
+      r.gflop = conv_gflop(*conv, y);
+      rows.push_back(r);
+    }
+  };
+
+  auto children = net->named_children();
+  torch::Tensor x = torch::randn({1, c.in_channels, patch[0], patch[1], patch[2]});
+  auto& stem = *children["stem"];
+  conv_rows("stem", stem, x);
+  x = module_row("stem", "block", x, [&](const torch::Tensor& t) { return stem.as<hemexp::ResidualBlockImpl>()->forward(t); });
+  auto encoder = children["encoder_stages"]->as<torch::nn::ModuleListImpl>();
+  auto mamba = children["encoder_mamba"]->as<torch::nn::ModuleListImpl>();
+  std::vector<torch::Tensor> skips;
+  size_t mi = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    auto seq = (*encoder)[s]->as<torch::nn::SequentialImpl>();
+    for (size_t b = 0; b < seq->size(); ++b) {
+      auto& blk = *seq->ptr(b);
+      const std::string name = "encoder" + std::to_string(s) + "." + std::to_string(b);
+      conv_rows(name, blk, x);
+      x = module_row(name, "block", x, [&](const torch::Tensor& t) { return blk.as<hemexp::ResidualBlockImpl>()->forward(t); });
+    }
+    if (c.mamba_after_every_stage() || s == n - 1) {
+      auto layer = (*mamba)[mi++]->as<hemexp::MambaLayerImpl>();
+      x = module_row("mamba" + std::to_string(s), "mamba", x, [&](const torch::Tensor& t) { return layer->forward(t); });
+    }
+    skips.push_back(x);
+  }
+  auto ups = children["upsample_convs"]->as<torch::nn::ModuleListImpl>();
+  auto decoder = children["decoder_stages"]->as<torch::nn::ModuleListImpl>();
+  auto heads = children["seg_heads"]->as<torch::nn::ModuleListImpl>();
+  for (int64_t s = 0; s < n - 1; ++s) {
+    const torch::Tensor& skip = skips[size_t(n - 2 - s)];
+    auto up = (*ups)[s]->as<torch::nn::Conv3dImpl>();
+    x = module_row("up" + std::to_string(s), "upsample", x, [&](const torch::Tensor& t) {
+      torch::Tensor u = torch::mkldnn_convolution(t.contiguous(), up->weight, up->bias, {0, 0, 0}, {1, 1, 1}, {1, 1, 1}, 1);
+      return torch::nn::functional::interpolate(
+          u, torch::nn::functional::InterpolateFuncOptions()
+                 .size(std::vector<int64_t>{skip.size(2), skip.size(3), skip.size(4)})
+                 .mode(torch::kNearest));
+    });
+    x = module_row("concat" + std::to_string(s), "concat", x, [&](const torch::Tensor& t) { return torch::cat({t, skip}, 1); });
+    auto seq = (*decoder)[s]->as<torch::nn::SequentialImpl>();
+    for (size_t b = 0; b < seq->size(); ++b) {
+      auto& blk = *seq->ptr(b);
+      const std::string name = "decoder" + std::to_string(s) + "." + std::to_string(b);
+      conv_rows(name, blk, x);
+      x = module_row(name, "block", x, [&](const torch::Tensor& t) { return blk.as<hemexp::ResidualBlockImpl>()->forward(t); });
+    }
+    if (c.deep_supervision || s == n - 2) {
+      auto head = (*heads)[s]->as<torch::nn::Conv3dImpl>();
+      Row r{"head" + std::to_string(s), "conv", x.sizes().vec()};
+      torch::Tensor y;
+      r.seconds = time_it(repeats, [&] {
+                    y = torch::mkldnn_convolution(x.contiguous(), head->weight, head->bias, {0, 0, 0}, {1, 1, 1}, {1, 1, 1}, 1);
+                  }).median;
+      r.aten_seconds = time_it(repeats, [&] { y = torch::conv3d(x, head->weight, head->bias); }).median;
+      r.gflop = conv_gflop(*head, y);
+      rows.push_back(r);
+    }
+  }
+  torch::Tensor whole = torch::randn({1, c.in_channels, patch[0], patch[1], patch[2]});
+  const double forward_s = time_it(repeats, [&] { net->forward(whole); }).median;
+  const torch::Tensor big = torch::randn({1, 64, 32, 64, 64}), bw = torch::randn({64, 64, 3, 3, 3}), bb = torch::randn({64});
+  const double big_s = time_it(std::max(3, repeats / 3), [&] {
+                         torch::mkldnn_convolution(big, bw, bb, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1);
+                       }).median;
+  const double big_gflops = 2.0 * 64 * 64 * 27 * 32 * 64 * 64 / 1e9 / big_s;
+
+  double module_total = 0, conv_total = 0, conv_best = 0, gflop_total = 0;
+  std::printf("%d thread(s), window %lldx%lldx%lld, median of %d\n", threads, (long long)patch[0], (long long)patch[1],
+              (long long)patch[2], repeats);
+  std::printf("%-14s %-8s %-22s %9s %9s %9s %8s\n", "layer", "kind", "input", "ms", "aten ms", "GFLOP", "GFLOP/s");
+  nlohmann::json out = nlohmann::json::array();
+  for (const Row& r : rows) {
+    std::string shape;
+    for (size_t i = 1; i < r.in_shape.size(); ++i) shape += (i > 1 ? "x" : "") + std::to_string(r.in_shape[i]);
+    const bool conv = r.kind == "conv";
+    if (conv) {
+      conv_total += r.seconds;
+      conv_best += std::min(r.seconds, r.aten_seconds);
+      gflop_total += r.gflop;
+    } else {
+      module_total += r.seconds;
+    }
+    std::printf("%-14s %-8s %-22s %9.3f %9s %9.4f %8s\n", r.name.c_str(), r.kind.c_str(), shape.c_str(), r.seconds * 1e3,
+                conv ? std::to_string(r.aten_seconds * 1e3).substr(0, 7).c_str() : "",
+                r.gflop, conv ? std::to_string(int(r.gflop / r.seconds)).c_str() : "");
+    out.push_back({{"layer", r.name}, {"kind", r.kind}, {"input", r.in_shape}, {"seconds", r.seconds},
+                   {"aten_seconds", r.aten_seconds}, {"gflop", r.gflop}});
+  }
+  std::printf("modules summed %.2f ms, whole forward %.2f ms; convolutions alone %.2f ms through oneDNN (%.0f GFLOP/s), "
+              "%.2f ms taking the faster of oneDNN and ATen per layer\n",
+              module_total * 1e3, forward_s * 1e3, conv_total * 1e3, gflop_total / conv_total, conv_best * 1e3);
+  std::printf("plain conv3d 64->64 3x3x3 on 32x64x64: %.1f GFLOP/s; convolutions alone at %.0f%% of it, whole forward at %.0f%% "
+              "(convolution GFLOP only)\n",
+              big_gflops, 100 * gflop_total / conv_total / big_gflops, 100 * gflop_total / forward_s / big_gflops);
+  if (!json_out.empty()) {
+    std::ofstream f(json_out);
+    f << nlohmann::json{{"threads", threads},
+                        {"layers", out},
+                        {"forward_seconds", forward_s},
+                        {"plain_conv_gflops", big_gflops},
+                        {"conv_gflop", gflop_total}}
+             .dump(2)
+      << "\n";
+  }
+  return 0;
+}
