@@ -9,6 +9,8 @@
 #                 copies of the scan in one run (the first is the cold start, the median is over
 #                 the rest, as in a cohort), peak resident set, cost per voxel
 #       scan      the selective-scan kernel against its ATen reference
+#       layers    the network module by module on one window, each convolution through oneDNN
+#                 and ATen, against a plain conv3d (bench_layers), 1 and 2 threads
 #       classifier  the ViT classifier's forward (bench_vit)
 #       cohort    8 synthetic heads with and without --read-ahead: wall time against compute
 # Default: segment stages scan. Run it on an idle machine: another process on the same cores
@@ -139,6 +141,15 @@ if want scan; then
   "$HEMEXP_BUILD/bench_selective_scan" --repeats 5 | tee "$work/scan.txt"
 fi
 
+if want layers; then
+  echo
+  echo "== the network layer by layer, one 16x96x96 window (bench_layers)"
+  for t in 1 2; do
+    "$HEMEXP_BUILD/bench_layers" --model "$model_file" --threads "$t" --repeats $((repeats * 7)) \
+      --json "$work/layers_$t.json" | tee -a "$work/layers.txt"
+  done
+fi
+
 if want classifier; then
   echo
   echo "== ViT classifier forward"
@@ -199,7 +210,8 @@ report = {"date_utc": datetime.datetime.utcnow().isoformat(timespec="seconds"), 
           "model": model, "cores": os.cpu_count(), "load_average_at_end": open("/proc/loadavg").read().split()[:3],
           "segmenter": load("segmenter.json"), "pytorch_reference": load("reference.json"),
           "stages": load("stages.json"), "selective_scan": load("scan.txt", "text"),
-          "classifier": load("vit.txt", "text"), "cohort": load("cohort.txt", "text")}
+          "classifier": load("vit.txt", "text"), "cohort": load("cohort.txt", "text"),
+          "layers": {t: load(f"layers_{t}.json") for t in ("1", "2") if load(f"layers_{t}.json")} or None}
 seg, ref = report["segmenter"], report["pytorch_reference"]
 if seg and ref:
     summary = {}
