@@ -111,6 +111,17 @@ int main(int argc, char** argv) {
     }
   };
 
+  // The residual blocks of one stage, each with its convolutions, in order.
+  auto stage_rows = [&](const std::string& prefix, torch::nn::SequentialImpl& seq, torch::Tensor t) {
+    for (size_t b = 0; b < seq.size(); ++b) {
+      auto& blk = *seq.ptr(b);
+      const std::string name = prefix + "." + std::to_string(b);
+      conv_rows(name, blk, t);
+      t = module_row(name, "block", t, [&](const torch::Tensor& u) { return blk.as<hemexp::ResidualBlockImpl>()->forward(u); });
+    }
+    return t;
+  };
+
   auto children = net->named_children();
   torch::Tensor x = torch::randn({1, c.in_channels, patch[0], patch[1], patch[2]});
   auto& stem = *children["stem"];
@@ -121,13 +132,7 @@ int main(int argc, char** argv) {
   std::vector<torch::Tensor> skips;
   size_t mi = 0;
   for (int64_t s = 0; s < n; ++s) {
-    auto seq = (*encoder)[s]->as<torch::nn::SequentialImpl>();
-    for (size_t b = 0; b < seq->size(); ++b) {
-      auto& blk = *seq->ptr(b);
-      const std::string name = "encoder" + std::to_string(s) + "." + std::to_string(b);
-      conv_rows(name, blk, x);
-      x = module_row(name, "block", x, [&](const torch::Tensor& t) { return blk.as<hemexp::ResidualBlockImpl>()->forward(t); });
-    }
+    x = stage_rows("encoder" + std::to_string(s), *(*encoder)[s]->as<torch::nn::SequentialImpl>(), x);
     if (c.mamba_after_every_stage() || s == n - 1) {
       auto layer = (*mamba)[mi++]->as<hemexp::MambaLayerImpl>();
       x = module_row("mamba" + std::to_string(s), "mamba", x, [&](const torch::Tensor& t) { return layer->forward(t); });
@@ -148,13 +153,7 @@ int main(int argc, char** argv) {
                  .mode(torch::kNearest));
     });
     x = module_row("concat" + std::to_string(s), "concat", x, [&](const torch::Tensor& t) { return torch::cat({t, skip}, 1); });
-    auto seq = (*decoder)[s]->as<torch::nn::SequentialImpl>();
-    for (size_t b = 0; b < seq->size(); ++b) {
-      auto& blk = *seq->ptr(b);
-      const std::string name = "decoder" + std::to_string(s) + "." + std::to_string(b);
-      conv_rows(name, blk, x);
-      x = module_row(name, "block", x, [&](const torch::Tensor& t) { return blk.as<hemexp::ResidualBlockImpl>()->forward(t); });
-    }
+    x = stage_rows("decoder" + std::to_string(s), *(*decoder)[s]->as<torch::nn::SequentialImpl>(), x);
     if (c.deep_supervision || s == n - 2) {
       auto head = (*heads)[s]->as<torch::nn::Conv3dImpl>();
       Row r{"head" + std::to_string(s), "conv", x.sizes().vec()};

@@ -152,9 +152,20 @@ TEST(KillResume, KilledAtRandomMomentsAndResumedEqualsOneRun) {
   ASSERT_EQ(wait_exit(start(args("killed", true))), kExitOk);
   expect_same_run(root / "ref", root / "killed");
 
-  // SIGTERM: the case being analysed is finished, the tables are written, exit code 5.
+  // SIGTERM: the case being analysed is finished, the tables are written, exit code 5. Sent as
+  // soon as the first case's mask is there (the run's handler is installed by then): a fixed
+  // share of the reference run's time could fall into the start-up (model loading) on a busy
+  // machine, where the default action ends the process (exit 143).
   const pid_t pid = start(args("term", false));
-  std::this_thread::sleep_for(std::chrono::duration<double>(0.4 * seconds));
+  const auto first_case_done = [&] {
+    if (!fs::exists(root / "term/cases")) return false;
+    for (const auto& e : fs::directory_iterator(root / "term/cases"))
+      if (fs::exists(e.path() / "mask.nii.gz")) return true;
+    return false;
+  };
+  for (const auto until = Clock::now() + std::chrono::duration<double>(20 * seconds + 60);
+       !first_case_done() && Clock::now() < until;)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   kill(pid, SIGTERM);
   EXPECT_EQ(wait_exit(pid), kExitInterrupted);
   const json run = json::parse(slurp(root / "term/run.json"));
