@@ -27,6 +27,7 @@ struct Row {
   std::string name, kind;
   std::vector<int64_t> in_shape;
   double gflop = 0, seconds = 0, aten_seconds = 0;
+  bool pointwise = false;  // a 1x1x1 convolution: the network sends it to ATen (umamba.cpp, conv3d)
 };
 
 double conv_gflop(const torch::nn::Conv3dImpl& c, const torch::Tensor& out) {
@@ -85,7 +86,21 @@ int main(int argc, char** argv) {
     rows.push_back(r);
     return y;
   };
-  // Each convolution of a module alone (its own input), oneDNN and ATen.
+  // One convolution alone on its input, through oneDNN and through ATen.
+  auto conv_row = [&](const std::string& name, torch::nn::Conv3dImpl& conv, const torch::Tensor& in) {
+    const auto pad = padding_of(conv);
+    Row r{name, "conv", in.sizes().vec()};
+    torch::Tensor y;
+    r.seconds = time_it(repeats, [&] {
+                  y = torch::mkldnn_convolution(in.contiguous(), conv.weight, conv.bias, pad, *conv.options.stride(),
+                                                {1, 1, 1}, 1);
+                }).median;
+    r.aten_seconds = time_it(repeats, [&] { y = torch::conv3d(in, conv.weight, conv.bias, *conv.options.stride(), pad); }).median;
+    r.gflop = conv_gflop(conv, y);
+    r.pointwise = conv.weight.size(2) == 1 && conv.weight.size(3) == 1 && conv.weight.size(4) == 1;
+    rows.push_back(r);
+  };
+  // Each convolution of a module alone (its own input).
   auto conv_rows = [&](const std::string& prefix, torch::nn::Module& m, const torch::Tensor& x) {
     for (const auto& item : m.named_children()) {
       auto* conv = item.value()->as<torch::nn::Conv3dImpl>();
@@ -97,17 +112,7 @@ int main(int argc, char** argv) {
         in = torch::mkldnn_convolution(x.contiguous(), c1->weight, c1->bias, padding_of(*c1), *c1->options.stride(),
                                        {1, 1, 1}, 1);
       }
-      const auto pad = padding_of(*conv);
-      Row r{prefix + "." + item.key(), "conv", in.sizes().vec()};
-      torch::Tensor y;
-      r.seconds = time_it(repeats, [&] {
-                    y = torch::mkldnn_convolution(in.contiguous(), conv->weight, conv->bias, pad, *conv->options.stride(),
-                                                  {1, 1, 1}, 1);
-                  }).median;
-      r.aten_seconds =
-          time_it(repeats, [&] { y = torch::conv3d(in, conv->weight, conv->bias, *conv->options.stride(), pad); }).median;
-      r.gflop = conv_gflop(*conv, y);
-      rows.push_back(r);
+      conv_row(prefix + "." + item.key(), *conv, in);
     }
   };
 
@@ -154,25 +159,12 @@ int main(int argc, char** argv) {
     });
     x = module_row("concat" + std::to_string(s), "concat", x, [&](const torch::Tensor& t) { return torch::cat({t, skip}, 1); });
     x = stage_rows("decoder" + std::to_string(s), *(*decoder)[s]->as<torch::nn::SequentialImpl>(), x);
-    if (c.deep_supervision || s == n - 2) {
-      auto head = (*heads)[s]->as<torch::nn::Conv3dImpl>();
-      Row r{"head" + std::to_string(s), "conv", x.sizes().vec()};
-      torch::Tensor y;
-      r.seconds = time_it(repeats, [&] {
-                    y = torch::mkldnn_convolution(x.contiguous(), head->weight, head->bias, {0, 0, 0}, {1, 1, 1}, {1, 1, 1}, 1);
-                  }).median;
-      r.aten_seconds = time_it(repeats, [&] { y = torch::conv3d(x, head->weight, head->bias); }).median;
-      r.gflop = conv_gflop(*head, y);
-      rows.push_back(r);
-    }
+    // forward() runs the full-resolution head only (the deep-supervision ones are for training).
+    if (s == n - 2) conv_row("head" + std::to_string(s), *(*heads)[s]->as<torch::nn::Conv3dImpl>(), x);
   }
   torch::Tensor whole = torch::randn({1, c.in_channels, patch[0], patch[1], patch[2]});
   const double forward_s = time_it(repeats, [&] { net->forward(whole); }).median;
-  const torch::Tensor big = torch::randn({1, 64, 32, 64, 64}), bw = torch::randn({64, 64, 3, 3, 3}), bb = torch::randn({64});
-  const double big_s = time_it(std::max(3, repeats / 3), [&] {
-                         torch::mkldnn_convolution(big, bw, bb, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1);
-                       }).median;
-  const double big_gflops = 2.0 * 64 * 64 * 27 * 32 * 64 * 64 / 1e9 / big_s;
+  const double big_gflops = hemexp::bench::plain_conv3d(std::max(3, repeats / 3), torch::kCPU).gflops;
 
   double module_total = 0, conv_total = 0, conv_used = 0, conv_best = 0, gflop_total = 0;
   std::printf("%d thread(s), window %lldx%lldx%lld, median of %d\n", threads, (long long)patch[0], (long long)patch[1],
@@ -185,9 +177,7 @@ int main(int argc, char** argv) {
     const bool conv = r.kind == "conv";
     if (conv) {
       conv_total += r.seconds;
-      // The network sends 1x1x1 convolutions to ATen (umamba.cpp, conv3d), the others to oneDNN.
-      const bool pointwise = r.name.find("skip") != std::string::npos || r.name.rfind("head", 0) == 0;
-      conv_used += pointwise ? r.aten_seconds : r.seconds;
+      conv_used += r.pointwise ? r.aten_seconds : r.seconds;
       conv_best += std::min(r.seconds, r.aten_seconds);
       gflop_total += r.gflop;
     } else {

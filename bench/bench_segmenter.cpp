@@ -203,19 +203,12 @@ int main(int argc, char** argv) {
               static_cast<long long>(recipe.patch_size[2]));
 
   // A plain large convolution: 64 -> 64 channels, 3x3x3, on 32 x 64 x 64 (29 GFLOP).
-  {
-    torch::manual_seed(1);
-    const torch::Tensor x = torch::randn({1, 64, 32, 64, 64}).to(device), w = (torch::randn({64, 64, 3, 3, 3}) * 0.05).to(device);
-    const double flops = 2.0 * 64 * 64 * 27 * 32 * 64 * 64;
-    for (int threads : thread_counts) {
-      torch::set_num_threads(threads);
-      c10::InferenceMode guard;
-      // item() waits for the device, so the time is the convolution's, not its launch's.
-      const auto t = time_it(repeats, [&] { torch::conv3d(x, w, {}, 1, 1).sum().item<float>(); });
-      report["plain_conv3d"][std::to_string(threads)] = {{"seconds", t.median}, {"gflops", flops / t.median / 1e9}};
-      std::printf("plain conv3d 64->64 3x3x3 on 32x64x64, %d thread(s): %.3f s, %.1f GFLOP/s\n", threads, t.median,
-                  flops / t.median / 1e9);
-    }
+  for (int threads : thread_counts) {
+    torch::set_num_threads(threads);
+    const hemexp::bench::PlainConv plain = hemexp::bench::plain_conv3d(repeats, device);
+    report["plain_conv3d"][std::to_string(threads)] = {{"seconds", plain.seconds}, {"gflops", plain.gflops}};
+    std::printf("plain conv3d 64->64 3x3x3 on 32x64x64, %d thread(s): %.3f s, %.1f GFLOP/s\n", threads, plain.seconds,
+                plain.gflops);
   }
 
   std::printf("%6s %3s %7s | %8s %8s %8s %8s %8s | %8s %8s\n", "slices", "thr", "windows", "prepare", "network",

@@ -6,6 +6,8 @@
 #include <functional>
 #include <vector>
 
+#include <torch/torch.h>
+
 #include "hemexp/core/statistics.hpp"
 
 namespace hemexp::bench {
@@ -23,6 +25,22 @@ inline Timing time_it(int repeats, const std::function<void()>& f) {
     t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   return {median(t), *std::min_element(t.begin(), t.end())};
+}
+
+// The machine's reference rate: a plain large convolution, 64 -> 64 channels, 3x3x3, on
+// 32 x 64 x 64 (29 GFLOP), on `device` with the current thread count. Median seconds and GFLOP/s.
+struct PlainConv {
+  double seconds = 0, gflops = 0;
+};
+
+inline PlainConv plain_conv3d(int repeats, const torch::Device& device) {
+  torch::manual_seed(1);
+  const torch::Tensor x = torch::randn({1, 64, 32, 64, 64}).to(device), w = (torch::randn({64, 64, 3, 3, 3}) * 0.05).to(device);
+  const double flops = 2.0 * 64 * 64 * 27 * 32 * 64 * 64;
+  c10::InferenceMode guard;
+  // item() waits for the device, so the time is the convolution's, not its launch's.
+  const double t = time_it(repeats, [&] { torch::conv3d(x, w, {}, 1, 1).sum().item<float>(); }).median;
+  return {t, flops / t / 1e9};
 }
 
 }  // namespace hemexp::bench

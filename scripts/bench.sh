@@ -211,7 +211,7 @@ report = {"date_utc": datetime.datetime.utcnow().isoformat(timespec="seconds"), 
           "segmenter": load("segmenter.json"), "pytorch_reference": load("reference.json"),
           "stages": load("stages.json"), "selective_scan": load("scan.txt", "text"),
           "classifier": load("vit.txt", "text"), "cohort": load("cohort.txt", "text"),
-          "layers": {t: load(f"layers_{t}.json") for t in ("1", "2") if load(f"layers_{t}.json")} or None}
+          "layers": {t: j for t in ("1", "2") if (j := load(f"layers_{t}.json"))} or None}
 seg, ref = report["segmenter"], report["pytorch_reference"]
 if seg and ref:
     summary = {}

@@ -125,10 +125,11 @@ TEST(KillResume, KilledAtRandomMomentsAndResumedEqualsOneRun) {
   // then the run is finished. Fixed seed: the same draws on every run of the test.
   std::mt19937 rng(20261202);
   std::uniform_real_distribution<double> fraction(0.05, 0.9);
-  const auto cases_done = [&] {
+  // Cases of a run folder whose mask is written (masks are written under a temporary name, then renamed).
+  const auto cases_done = [&](const char* run) {
     int n = 0;
-    if (fs::exists(root / "killed/cases"))
-      for (const auto& e : fs::directory_iterator(root / "killed/cases")) n += fs::exists(e.path() / "mask.nii.gz");
+    if (fs::exists(root / run / "cases"))
+      for (const auto& e : fs::directory_iterator(root / run / "cases")) n += fs::exists(e.path() / "mask.nii.gz");
     return n;
   };
   // The reference run's time is only an estimate (other tests may have been running beside it):
@@ -137,12 +138,12 @@ TEST(KillResume, KilledAtRandomMomentsAndResumedEqualsOneRun) {
   int killed_mid_run = 0;
   double estimate = seconds;
   for (int k = 0; k < 24 && killed_mid_run < 4; ++k) {
-    if (cases_done() >= 6) {
+    if (cases_done("killed") >= 6) {
       fs::remove_all(root / "killed");
       killed_mid_run = 0;
       estimate *= 0.5;
     }
-    const double left = estimate * std::max(1.0, 6.0 - cases_done()) / 6.0;
+    const double left = estimate * std::max(1.0, 6.0 - cases_done("killed")) / 6.0;
     const pid_t pid = start(args("killed", fs::exists(root / "killed")));
     std::this_thread::sleep_for(std::chrono::duration<double>(fraction(rng) * left));
     kill(pid, SIGKILL);
@@ -157,14 +158,8 @@ TEST(KillResume, KilledAtRandomMomentsAndResumedEqualsOneRun) {
   // share of the reference run's time could fall into the start-up (model loading) on a busy
   // machine, where the default action ends the process (exit 143).
   const pid_t pid = start(args("term", false));
-  const auto first_case_done = [&] {
-    if (!fs::exists(root / "term/cases")) return false;
-    for (const auto& e : fs::directory_iterator(root / "term/cases"))
-      if (fs::exists(e.path() / "mask.nii.gz")) return true;
-    return false;
-  };
   for (const auto until = Clock::now() + std::chrono::duration<double>(20 * seconds + 60);
-       !first_case_done() && Clock::now() < until;)
+       cases_done("term") == 0 && Clock::now() < until;)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   kill(pid, SIGTERM);
   EXPECT_EQ(wait_exit(pid), kExitInterrupted);
