@@ -66,9 +66,20 @@ BASELINE_FEATURES = BASELINE_MARKERS + ["log_volume_ml", "log_ivh_volume_ml"]
 VOLUME_COLUMN = BASELINE_FEATURES.index("log_volume_ml")
 IVH_COLUMN = BASELINE_FEATURES.index("log_ivh_volume_ml")
 TRUE_MARKERS = ["heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin", "hypodensity"]
+# The markers on the in-plane 2 mm mean (docs/MARKERS.md), measured since 2026-12-04; not in the
+# baseline (on validation they did not raise its AUC, docs/CLASSIFIER.md).
+REGION_MARKERS = ["low_density_p10", "smoothed_hu_iqr", "hypodense_region_count", "hypodense_region_fraction",
+                  "hypodense_region_margin_contact", "hypodense_region_centrality"]
+# Each measured marker beside the true marker it is meant to read; the pairs of the six region
+# markers are the ones that separated best on the validation cohorts (procval, seed 6503).
+# low_density_p10 falls as the sign grows, so its AUC is below 0.5 by construction.
 MARKER_PAIRS = [("hypodense_fraction", "hypodensity"), ("hypodense_fraction", "black_hole"),
                 ("bimodality_coefficient", "blend"), ("hu_sd", "heterogeneity"), ("hu_cv", "heterogeneity"),
-                ("satellite_count", "island"), ("island_count", "island"), ("surface_ratio", "irregular_margin")]
+                ("satellite_count", "island"), ("island_count", "island"), ("surface_ratio", "irregular_margin"),
+                ("low_density_p10", "blend"), ("smoothed_hu_iqr", "heterogeneity"),
+                ("hypodense_region_count", "hypodensity"), ("hypodense_region_count", "black_hole"),
+                ("hypodense_region_fraction", "swirl"), ("hypodense_region_margin_contact", "blend"),
+                ("hypodense_region_centrality", "swirl")]
 
 
 def read_truth(folder):
@@ -366,7 +377,7 @@ def markdown(report):
 
 
 def marker_auc(name_measured, name_true, ids, run, truth, resamples, seed):
-    x = np.array([run[i]["markers"][name_measured] if i in run else np.nan for i in ids])
+    x = np.array([run[i]["markers"].get(name_measured, np.nan) if i in run else np.nan for i in ids], dtype=float)
     y = np.array([number(truth[i].get(name_true)) for i in ids])
     have = np.isfinite(x) & np.isfinite(y)
     x, y = x[have], y[have].astype(np.int64)
@@ -474,7 +485,8 @@ def main(argv=None):
     present_true = [t for t in TRUE_MARKERS if any(t in truth[i] for i in ids)]
     if present_true:
         pairs = [marker_auc(m, t, ids, marker_run, truth, rs, seed) for m, t in MARKER_PAIRS if t in present_true]
-        every = [marker_auc(m, t, ids, marker_run, truth, rs, seed) for m in MARKERS for t in present_true]
+        every = [marker_auc(m, t, ids, marker_run, truth, rs, seed) for m in MARKERS + REGION_MARKERS
+                 for t in present_true]
         markers = {"run": marker_name, "pairs": pairs, "all": every}
     report = rounded({"truth": os.path.abspath(args.truth),
                       "cohort": {"n": len(ids), "labels_csv": len(truth), "unmatched_truth": len(truth) - len(ids),

@@ -20,6 +20,8 @@ constexpr double kSatelliteReachMm = 20.0;
 constexpr double kIslandDropHu = 15.0, kIslandMaxHu = 100.0, kIslandReachMm = 10.0;
 constexpr double kIslandMinMm3 = 10.0, kIslandMaxMm3 = 400.0, kIslandSmoothMm = 2.0;
 constexpr double kBoneHu = 200.0, kBoneMarginMm = 3.0;
+// Hypodense regions (docs/MARKERS.md: chosen on the validation cohorts procval and bgval).
+constexpr double kRegionSmoothMm = 2.0, kRegionDropHu = 12.0, kRegionMinMm3 = 20.0;
 
 // Voxels whose 26 neighbours are all in the mask (erosion by a 3 x 3 x 3 box); outside the
 // tensor counts as outside the mask. Measured on 60 synthetic cases (docs/MARKERS.md), this
@@ -34,9 +36,10 @@ torch::Tensor interior_of(const torch::Tensor& m) {
   return outside.squeeze(0) < 0.5f;
 }
 
-void measure_density(const torch::Tensor& values, NcctMarkers& r) {
+// Returns the interior's median HU (NaN when there is no interior).
+double measure_density(const torch::Tensor& values, NcctMarkers& r) {
   const int64_t n = values.numel();
-  if (n == 0) return;
+  if (n == 0) return NcctMarkers::kNaN;
   const torch::Tensor v = values.to(torch::kFloat64).contiguous();
   const std::vector<double> hu(v.data_ptr<double>(), v.data_ptr<double>() + n);
   const double median_hu = median(hu);
@@ -45,7 +48,7 @@ void measure_density(const torch::Tensor& values, NcctMarkers& r) {
   const double mean_hu = moments.mean, m2 = moments.m2, m3 = moments.m3, m4 = moments.m4;
   r.hu_sd = std::sqrt(m2);
   r.hu_cv = mean_hu > 0 ? r.hu_sd / mean_hu : NcctMarkers::kNaN;
-  if (n < 4 || !(m2 > 0)) return;
+  if (n < 4 || !(m2 > 0)) return median_hu;
   const double nn = double(n);
   // Sample skewness and excess kurtosis (the bias-corrected G1, G2 of SAS and Sarle).
   const double g1 = m3 / std::pow(m2, 1.5), g2 = m4 / (m2 * m2) - 3.0;
@@ -53,10 +56,69 @@ void measure_density(const torch::Tensor& values, NcctMarkers& r) {
   const double excess_kurtosis = (nn - 1) / ((nn - 2) * (nn - 3)) * ((nn + 1) * g2 + 6);
   r.bimodality_coefficient =
       (skew * skew + 1) / (excess_kurtosis + 3 * (nn - 1) * (nn - 1) / ((nn - 2) * (nn - 3)));
+  return median_hu;
 }
 
 // Odd box width of about `mm` at `spacing_mm` (at least 1).
 int64_t odd_width(double mm, double spacing_mm) { return std::max<int64_t>(1, std::llround(mm / spacing_mm) | 1); }
+
+// In-plane box mean of about `mm` (odd widths), borders averaged over the voxels inside the box.
+torch::Tensor in_plane_mean(const torch::Tensor& values, const Geometry& g, double mm) {
+  const int64_t ky = odd_width(mm, g.spacing_mm[1]), kx = odd_width(mm, g.spacing_mm[0]);
+  return torch::avg_pool3d(values.to(torch::kFloat32).unsqueeze(0), {1, ky, kx}, 1, {0, ky / 2, kx / 2}, false, false)
+      .squeeze(0);
+}
+
+std::vector<double> to_vector(const torch::Tensor& t) {
+  const torch::Tensor v = t.to(torch::kFloat64).contiguous();
+  return std::vector<double>(v.data_ptr<double>(), v.data_ptr<double>() + v.numel());
+}
+
+// The six markers on S (the in-plane 2 mm mean) of the mask's box: m the mask, interior its
+// interior, median_hu the interior's median HU (finite).
+void measure_hypodense_regions(const torch::Tensor& m, const torch::Tensor& interior, const torch::Tensor& values_hu,
+                               const Geometry& box, double median_hu, NcctMarkers& r) {
+  // The mean over the clot's own voxels only: next to the margin a plain box mean would take in
+  // the darker brain around it and call the rim hypodense.
+  const torch::Tensor inside = m.to(torch::kFloat32);
+  const torch::Tensor smooth =
+      in_plane_mean(values_hu.to(torch::kFloat32) * inside, box, kRegionSmoothMm) / in_plane_mean(inside, box, kRegionSmoothMm);
+  const std::vector<double> s = to_vector(smooth.masked_select(interior));
+  const int64_t n = int64_t(s.size());
+  r.low_density_p10 = percentile(s, 0.10) - median_hu;
+  r.smoothed_hu_iqr = percentile(s, 0.75) - percentile(s, 0.25);
+  r.hypodense_region_fraction = 0.0;
+
+  const torch::Tensor dark = interior & (smooth < float(median_hu - kRegionDropHu));
+  torch::Tensor labels;
+  const int64_t regions = connected_components(dark, &labels);
+  if (regions == 0) return;
+  const torch::Tensor flat = labels.reshape({-1}).to(torch::kLong);
+  torch::Tensor counts = torch::bincount(flat, {}, regions + 1);
+  counts[0] = 0;
+  r.hypodense_region_count =
+      (counts.to(torch::kFloat64) * box.voxel_volume_mm3() >= kRegionMinMm3).sum().item<int64_t>();
+  const int64_t largest = counts.argmax().item<int64_t>();
+  const torch::Tensor region = labels == largest;
+  r.hypodense_region_fraction = double(counts[largest].item<int64_t>()) / double(n);
+
+  // Its shell: the 26 neighbours not in it (a 3 x 3 x 3 dilation minus the region).
+  torch::Tensor grown = torch::constant_pad_nd(region.to(torch::kFloat32), {1, 1, 1, 1, 1, 1}, 0.0).unsqueeze(0);
+  grown = torch::max_pool3d(grown, {1, 1, 3}, 1);
+  grown = torch::max_pool3d(grown, {1, 3, 1}, 1);
+  grown = torch::max_pool3d(grown, {3, 1, 1}, 1);
+  const torch::Tensor shell = (grown.squeeze(0) > 0.5f) & ~region;
+  const int64_t shell_voxels = shell.sum().item<int64_t>();
+  if (shell_voxels > 0)
+    r.hypodense_region_margin_contact = double((shell & ~interior).sum().item<int64_t>()) / double(shell_voxels);
+
+  // Distance to the nearest voxel outside the mask; the box is padded by one voxel of outside.
+  const torch::Tensor outside = torch::constant_pad_nd((~m).to(torch::kUInt8), {1, 1, 1, 1, 1, 1}, 1).to(torch::kBool);
+  const torch::Tensor depth = squared_distance_map(outside, box)
+                                  .slice(0, 1, -1).slice(1, 1, -1).slice(2, 1, -1).sqrt();
+  const double deepest = depth.masked_select(m).max().item<double>();
+  if (deepest > 0) r.hypodense_region_centrality = depth.masked_select(region).mean().item<double>() / deepest;
+}
 
 // island_count: blood-like regions in the image near the mask's largest component that are
 // not connected to the clot's own region. mask_box is the mask's bounding box in (z, y, x).
@@ -81,14 +143,10 @@ int64_t count_islands(const torch::Tensor& mask, const torch::Tensor& hu, const 
   mask_counts[0] = 0;
   const torch::Tensor main = mask_labels == mask_counts.argmax().item<int64_t>();
 
-  // In-plane box mean (2 mm), borders averaged over the voxels inside the box.
-  const int64_t ky = odd_width(kIslandSmoothMm, g.spacing_mm[1]), kx = odd_width(kIslandSmoothMm, g.spacing_mm[0]);
-  const torch::Tensor smooth =
-      torch::avg_pool3d(values.unsqueeze(0), {1, ky, kx}, 1, {0, ky / 2, kx / 2}, false, false).squeeze(0);
+  const torch::Tensor smooth = in_plane_mean(values, g, kIslandSmoothMm);
   torch::Tensor reference_voxels = smooth.masked_select(interior_of(m));
   if (reference_voxels.numel() == 0) reference_voxels = smooth.masked_select(m);
-  const torch::Tensor r64 = reference_voxels.to(torch::kFloat64).contiguous();
-  const double reference_hu = median(std::vector<double>(r64.data_ptr<double>(), r64.data_ptr<double>() + r64.numel()));
+  const double reference_hu = median(to_vector(reference_voxels));
 
   // Bone and what lies within kBoneMarginMm of it (a box): partial volume with bone is bright.
   torch::Tensor bone = (values > float(kBoneHu)).to(torch::kFloat32).unsqueeze(0);
@@ -132,7 +190,13 @@ nlohmann::json NcctMarkers::to_json() const {
           {"satellite_count", satellite_count},
           {"satellite_volume_ml", json_number(satellite_volume_ml)},
           {"island_count", island_count},
-          {"surface_ratio", json_number(surface_ratio)}};
+          {"surface_ratio", json_number(surface_ratio)},
+          {"low_density_p10", json_number(low_density_p10)},
+          {"smoothed_hu_iqr", json_number(smoothed_hu_iqr)},
+          {"hypodense_region_count", hypodense_region_count},
+          {"hypodense_region_fraction", json_number(hypodense_region_fraction)},
+          {"hypodense_region_margin_contact", json_number(hypodense_region_margin_contact)},
+          {"hypodense_region_centrality", json_number(hypodense_region_centrality)}};
 }
 
 NcctMarkers NcctMarkers::from_json(const nlohmann::json& j) {
@@ -140,6 +204,8 @@ NcctMarkers NcctMarkers::from_json(const nlohmann::json& j) {
     const nlohmann::json& v = j.at(key);
     return v.is_null() ? kNaN : v.get<double>();
   };
+  // Markers added after results were first written: absent reads as not measured.
+  const auto added = [&j, &number](const char* key) { return j.contains(key) ? number(key) : kNaN; };
   NcctMarkers m;
   m.voxels = j.at("voxels").get<int64_t>();
   m.interior_voxels = j.at("interior_voxels").get<int64_t>();
@@ -151,13 +217,21 @@ NcctMarkers NcctMarkers::from_json(const nlohmann::json& j) {
   m.satellite_volume_ml = number("satellite_volume_ml");
   m.island_count = j.value("island_count", int64_t(0));  // results written before it existed: 0
   m.surface_ratio = number("surface_ratio");
+  m.low_density_p10 = added("low_density_p10");
+  m.smoothed_hu_iqr = added("smoothed_hu_iqr");
+  m.hypodense_region_count = j.value("hypodense_region_count", int64_t(0));
+  m.hypodense_region_fraction = added("hypodense_region_fraction");
+  m.hypodense_region_margin_contact = added("hypodense_region_margin_contact");
+  m.hypodense_region_centrality = added("hypodense_region_centrality");
   return m;
 }
 
 const std::vector<std::string>& NcctMarkers::names() {
   static const std::vector<std::string> n{"hypodense_fraction", "hu_sd",           "hu_cv",        "bimodality_coefficient",
                                           "satellite_count",    "satellite_volume_ml", "island_count",
-                                          "surface_ratio"};
+                                          "surface_ratio",      "low_density_p10",     "smoothed_hu_iqr",
+                                          "hypodense_region_count", "hypodense_region_fraction",
+                                          "hypodense_region_margin_contact", "hypodense_region_centrality"};
   return n;
 }
 
@@ -170,7 +244,13 @@ std::map<std::string, std::string> NcctMarkers::csv_fields() const {
           {"satellite_count", std::to_string(satellite_count)},
           {"satellite_volume_ml", f(satellite_volume_ml, 4)},
           {"island_count", std::to_string(island_count)},
-          {"surface_ratio", f(surface_ratio, 4)}};
+          {"surface_ratio", f(surface_ratio, 4)},
+          {"low_density_p10", f(low_density_p10, 2)},
+          {"smoothed_hu_iqr", f(smoothed_hu_iqr, 2)},
+          {"hypodense_region_count", std::to_string(hypodense_region_count)},
+          {"hypodense_region_fraction", f(hypodense_region_fraction, 4)},
+          {"hypodense_region_margin_contact", f(hypodense_region_margin_contact, 4)},
+          {"hypodense_region_centrality", f(hypodense_region_centrality, 4)}};
 }
 
 NcctMarkers measure_markers(const torch::Tensor& mask, const torch::Tensor& hu, const Geometry& g) {
@@ -190,7 +270,8 @@ NcctMarkers measure_markers(const torch::Tensor& mask, const torch::Tensor& hu, 
   const torch::Tensor interior = interior_of(m);
   const torch::Tensor values = values_hu.to(torch::kFloat64).masked_select(interior);
   r.interior_voxels = values.numel();
-  measure_density(values, r);
+  const double median_hu = measure_density(values, r);
+  if (r.interior_voxels > 0) measure_hypodense_regions(m, interior, values_hu, box, median_hu, r);
 
   torch::Tensor labels;
   const int64_t components = connected_components(m, &labels);

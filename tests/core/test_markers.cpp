@@ -79,6 +79,62 @@ TEST(Markers, HypodensePartIsCountedAndMakesTheHistogramBimodal) {
   EXPECT_LT(wide.bimodality_coefficient, 0.555);
 }
 
+// The hypodense-region markers on S (in-plane 2 mm mean of mask voxels): a uniform clot has
+// none, even at its margin; a part cut off by a plane reaches the margin and lies off-centre; an
+// encapsulated focus at the centre does not reach it and is central.
+TEST(Markers, HypodenseRegionsTellACutOffPartFromAnEncapsulatedFocus) {
+  const Geometry g = grid({80, 80, 40}, {0.5, 0.5, 1.0});
+  const Vec3 c{40.2, 39.7, 20.1};
+  const torch::Tensor m = ball(g, c, 12.0);
+  const NcctMarkers uniform = measure_markers(m, clot_hu(m), g);
+  EXPECT_NEAR(uniform.low_density_p10, 0.0, 1e-4);  // the brain around is not averaged in
+  EXPECT_NEAR(uniform.smoothed_hu_iqr, 0.0, 1e-4);
+  EXPECT_EQ(uniform.hypodense_region_count, 0);
+  EXPECT_EQ(uniform.hypodense_region_fraction, 0.0);
+  EXPECT_TRUE(std::isnan(uniform.hypodense_region_margin_contact));
+  EXPECT_TRUE(std::isnan(uniform.hypodense_region_centrality));
+
+  // Blend-like: the part with x more than 3 mm below the centre is 25 HU darker (a cap of the ball).
+  const torch::Tensor x = torch::arange(80, torch::kFloat32).view({1, 1, 80}).expand({40, 80, 80});
+  const torch::Tensor cap = m.to(torch::kBool) & (x < float(c[0]) - 6.f);  // 6 voxels = 3 mm
+  const NcctMarkers blend = measure_markers(m, clot_hu(m, 1.0) - 25.f * cap.to(torch::kFloat32), g);
+  const NcctMarkers plain = measure_markers(m, clot_hu(m, 1.0), g);
+  EXPECT_EQ(blend.hypodense_region_count, 1);
+  // The cap of a 12 mm ball cut 3 mm from the centre, h = 9 mm high, holds
+  // pi h^2 (3R - h) / 3 over 4 pi R^3 / 3 = 729 / 2304 = 0.316 of its volume; the region is the cap's share of the interior, about as much (within the 1 mm
+  // box's blur at the cut).
+  EXPECT_NEAR(blend.hypodense_region_fraction, 729.0 / 2304.0, 0.03);
+  EXPECT_GT(blend.hypodense_region_margin_contact, 0.3);
+  EXPECT_LT(blend.hypodense_region_centrality, 0.4);
+  EXPECT_NEAR(blend.low_density_p10, -25.0, 1.0);  // nearly a third of the clot is the cap
+  EXPECT_LT(plain.smoothed_hu_iqr, 1.5);            // noise of 1 HU, averaged over 5 x 5 voxels
+  EXPECT_EQ(plain.hypodense_region_count, 0);
+
+  // Black-hole-like: a 3 mm ball at the centre 30 HU darker, noise 1 HU.
+  const torch::Tensor focus = ball(g, c, 3.0).to(torch::kBool);
+  const NcctMarkers hole = measure_markers(m, clot_hu(m, 1.0) - 30.f * focus.to(torch::kFloat32), g);
+  EXPECT_EQ(hole.hypodense_region_count, 1);
+  EXPECT_NEAR(hole.hypodense_region_fraction, double(focus.sum().item<int64_t>()) / double(hole.interior_voxels), 0.01);
+  EXPECT_EQ(hole.hypodense_region_margin_contact, 0.0);
+  EXPECT_GT(hole.hypodense_region_centrality, 0.7);  // voxels within 3 mm of the centre of a 12 mm ball
+  EXPECT_NEAR(hole.low_density_p10, 0.0, 1.0);  // the focus is under 2 % of the clot
+
+  // Two foci far apart: two regions, the larger one measured.
+  // Centres 6 mm either side of the clot's (12 voxels of 0.5 mm).
+  const torch::Tensor two = ball(g, {c[0] - 12.0, c[1], c[2]}, 2.5).to(torch::kBool) |
+                            ball(g, {c[0] + 12.0, c[1], c[2]}, 3.0).to(torch::kBool);
+  const NcctMarkers foci = measure_markers(m, clot_hu(m, 1.0) - 30.f * two.to(torch::kFloat32), g);
+  EXPECT_EQ(foci.hypodense_region_count, 2);
+  EXPECT_NEAR(foci.hypodense_region_fraction, double(ball(g, {c[0] + 12.0, c[1], c[2]}, 3.0).sum().item<int64_t>()) /
+                                                  double(foci.interior_voxels), 0.01);
+
+  // Written and read back.
+  const NcctMarkers back = NcctMarkers::from_json(blend.to_json());
+  EXPECT_EQ(back.hypodense_region_count, blend.hypodense_region_count);
+  EXPECT_DOUBLE_EQ(back.hypodense_region_margin_contact, blend.hypodense_region_margin_contact);
+  EXPECT_DOUBLE_EQ(back.low_density_p10, blend.low_density_p10);
+}
+
 // A ball with partial volume: each voxel's occupancy from 4 x 4 x 4 sub-samples, HU blended
 // between blood and a darker (edematous) surround, mask where occupancy >= 1/2, on thick slices.
 TEST(Markers, PartialVolumeRimIsNotHypodense) {
@@ -204,7 +260,10 @@ TEST(Markers, EmptyMaskGivesZerosAndNaN) {
   EXPECT_EQ(r.satellite_count, 0);
   EXPECT_EQ(r.satellite_volume_ml, 0.0);
   EXPECT_EQ(r.island_count, 0);
-  for (double v : {r.hypodense_fraction, r.hu_sd, r.hu_cv, r.bimodality_coefficient, r.surface_ratio})
+  EXPECT_EQ(r.hypodense_region_count, 0);
+  for (double v : {r.hypodense_fraction, r.hu_sd, r.hu_cv, r.bimodality_coefficient, r.surface_ratio, r.low_density_p10,
+                   r.smoothed_hu_iqr, r.hypodense_region_fraction, r.hypodense_region_margin_contact,
+                   r.hypodense_region_centrality})
     EXPECT_TRUE(std::isnan(v));
   const nlohmann::json j = r.to_json();
   EXPECT_TRUE(j.at("hypodense_fraction").is_null() || std::isnan(j.at("hypodense_fraction").get<double>()));

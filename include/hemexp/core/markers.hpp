@@ -53,6 +53,29 @@ struct NcctMarkers {
   //   1 for a ball, larger for lobulated or elongated clots.
   double surface_ratio = kNaN;
 
+  // The density markers above read the voxel values; the six below read S, the in-plane 2 mm box
+  // mean of the HU of mask voxels (which averages the pixel noise away and, taken over the mask
+  // only, does not darken the rim), relative to the interior's median HU, and
+  // tell the hypodense signs apart by the shape of what is dark (docs/MARKERS.md; chosen on
+  // validation cohorts): one part cut off at the margin (blend), rounded foci near the centre
+  // (swirl), an encapsulated focus (black hole), small scattered foci (hypodensity).
+  //   low_density_p10: 10th percentile of S - median over the interior (HU, <= 0 mostly).
+  //   smoothed_hu_iqr: interquartile range of S over the interior (HU).
+  double low_density_p10 = kNaN;
+  double smoothed_hu_iqr = kNaN;
+  // Hypodense regions: 26-connected regions of interior voxels with S < median - 12 HU.
+  //   hypodense_region_count: regions of at least 20 mm^3 (0 when the mask has no interior).
+  //   hypodense_region_fraction: the largest region's share of the interior voxels (0: none).
+  //   hypodense_region_margin_contact: share of the largest region's one-voxel shell (26
+  //     neighbours) that is not interior, i.e. lies on the clot's rim or outside it: how much of
+  //     it reaches the margin (NaN when there is no region).
+  //   hypodense_region_centrality: mean distance of its voxels to the nearest voxel outside the
+  //     mask, over the largest such distance in the mask (1: at the clot's centre; NaN: none).
+  int64_t hypodense_region_count = 0;
+  double hypodense_region_fraction = kNaN;
+  double hypodense_region_margin_contact = kNaN;
+  double hypodense_region_centrality = kNaN;
+
   // NaN is written as null; from_json reads null back as NaN.
   nlohmann::json to_json() const;
   static NcctMarkers from_json(const nlohmann::json& j);
