@@ -117,7 +117,7 @@ def read_run(folder, truth):
         hematoma = r.get("hematoma") or {}
         markers = r.get("markers") or {}
         ok = r.get("status") in ("ok", "skipped")
-        values = {m: number(markers.get(m, hematoma.get(m))) for m in MARKERS}
+        values = {m: number(markers.get(m, hematoma.get(m))) for m in MARKERS + REGION_MARKERS}
         values["volume_ml"] = number(hematoma.get("volume_ml"))
         values["ivh_volume_ml"] = number(((r.get("labels") or {}).get("ivh") or {}).get("volume_ml"))
         cases[truth_id] = {"ok": ok, "probability": number(he.get("probability")) if ok else float("nan"),

@@ -241,7 +241,10 @@ def test_train_export_and_report(tmp):
     pairs = {(p["measured"], p["true"]): p for p in report["markers"]["pairs"]}
     assert pairs[("hypodense_fraction", "hypodensity")]["auc"] == 1.0
     assert pairs[("hu_cv", "heterogeneity")]["n"] == 0 and pairs[("hu_cv", "heterogeneity")]["auc"] is None
-    assert len(report["markers"]["all"]) == len(classifier_report.MARKERS) * len(classifier_report.TRUE_MARKERS)
+    assert len(report["markers"]["all"]) == \
+        len(classifier_report.MARKERS + classifier_report.REGION_MARKERS) * len(classifier_report.TRUE_MARKERS)
+    # a run written before the region markers existed: their pairs are there, with no cases
+    assert pairs[("low_density_p10", "blend")]["n"] == 0 and pairs[("low_density_p10", "blend")]["auc"] is None
     assert json.load(open(os.path.join(tmp, "report.json")))["cohort"]["n"] == 60
     assert "| marker baseline |" in open(os.path.join(tmp, "report.md")).read()
     assert all(0 < r["ece_if_calibrated_median"] < r["ece_if_calibrated_p95"] for r in report["models"])
