@@ -13,6 +13,7 @@ pooled, each beside the generator's observable oracle (he_observable_probability
   true signs        the generator's true signs with the measured log volumes: what perfect
                     sign detection would give with weights learnt from these labels
   true signs - S    the same without sign S: what each sign is worth
+and, per true sign, how well a logistic detector on each feature set reads it.
 
 Validation only: choosing features on a test cohort would make its numbers optimistic.
 Usage: scripts/marker_analysis.py --train prep_proctrain prep_bgtrain --val prep_procval prep_bgval
@@ -108,6 +109,17 @@ def main(argv=None):
               ("true signs", direct(true_signs))]
     models += [(f"true signs - {s}", direct([t for t in true_signs if t != "true_" + s])) for s in TRUE_MARKERS]
     models += [("volume and IVH only", direct(["log_volume_ml", "log_ivh_volume_ml"]))]
+    # How well each true sign is read: a logistic detector per sign, fitted on training, AUC on validation.
+    detectors = []
+    for name, names in (("markers", BASELINE_FEATURES), ("markers+regions", BASELINE_FEATURES + REGION_MARKERS)):
+        xt, xv = matrix(train, names), matrix(val, names, train)
+        cells = []
+        for sign in TRUE_MARKERS:
+            st = np.array([r["true_" + sign] for r in train])
+            sv = np.array([r["true_" + sign] for r in val])
+            score = fit_score(xt, st, xv)
+            cells.append(" / ".join(f"{roc_auc(score[m], sv[m]):.3f}" for m in groups.values()))
+        detectors.append((name, cells))
     print(f"training {len(train)} cases ({int(y_train.sum())} HE), validation {len(val)} ({int(y.sum())} HE)")
     header = "| model | " + " | ".join(f"{g} AUC (x obs. oracle)" for g in groups) + " |"
     print(header)
@@ -118,6 +130,12 @@ def main(argv=None):
         for m in groups.values():
             a = roc_auc(score[m], y[m])
             cells.append(f"{a:.3f} ({a / roc_auc(oracle[m], y[m]):.3f})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
+    print("Sign detectors (AUC on validation: " + " / ".join(groups) + ")")
+    print("| features | " + " | ".join(TRUE_MARKERS) + " |")
+    print("|---|" + "---|" * len(TRUE_MARKERS))
+    for name, cells in detectors:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
