@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from classifier_report import BASELINE_FEATURES, REGION_MARKERS, TRUE_MARKERS  # noqa: E402
-from train_classifier import fit_logistic, parse_float, read_cases_csv, roc_auc  # noqa: E402
+from train_classifier import fit_logistic, parse_float, read_cases_csv, roc_auc, sigmoid  # noqa: E402
 
 L2 = 1e-3  # on the standardised weights and the mean log-loss: keeps the fits finite, changes little
 FOLDS = 5
@@ -60,10 +60,6 @@ def matrix(rows, names, fill=None):
 def fit_score(x_train, y_train, x_test):
     w, b = fit_logistic(x_train, y_train, L2)
     return x_test @ w + b
-
-
-def sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
 
 
 def two_stage(train, val, names):

@@ -23,25 +23,32 @@ constexpr double kBoneHu = 200.0, kBoneMarginMm = 3.0;
 // Hypodense regions (docs/MARKERS.md: chosen on the validation cohorts procval and bgval).
 constexpr double kRegionSmoothMm = 2.0, kRegionDropHu = 12.0, kRegionMinMm3 = 20.0;
 
+// Dilation of a bool volume by a 3 x 3 x 3 box; beyond the tensor counts as `beyond`.
+torch::Tensor grow_by_one(const torch::Tensor& m, bool beyond) {
+  torch::Tensor grown = torch::constant_pad_nd(m.to(torch::kFloat32), {1, 1, 1, 1, 1, 1}, beyond ? 1.0 : 0.0).unsqueeze(0);
+  // A box is three 1-D poolings (separable), not one 3-D pooling.
+  grown = torch::max_pool3d(grown, {1, 1, 3}, 1);
+  grown = torch::max_pool3d(grown, {1, 3, 1}, 1);
+  grown = torch::max_pool3d(grown, {3, 1, 1}, 1);
+  return grown.squeeze(0) > 0.5f;
+}
+
 // Voxels whose 26 neighbours are all in the mask (erosion by a 3 x 3 x 3 box); outside the
 // tensor counts as outside the mask. Measured on 60 synthetic cases (docs/MARKERS.md), this
 // removes the partial-volume rim that gave clots without any hypodense marker 4.7 %
 // "hypodense" voxels, and a wider in-plane erosion (1 or 2 mm) separated the markers less well.
-torch::Tensor interior_of(const torch::Tensor& m) {
-  torch::Tensor outside = torch::constant_pad_nd((~m).to(torch::kFloat32), {1, 1, 1, 1, 1, 1}, 1.0).unsqueeze(0);
-  // A box is three 1-D poolings (separable), not one 3-D pooling.
-  outside = torch::max_pool3d(outside, {1, 1, 3}, 1);
-  outside = torch::max_pool3d(outside, {1, 3, 1}, 1);
-  outside = torch::max_pool3d(outside, {3, 1, 1}, 1);
-  return outside.squeeze(0) < 0.5f;
+torch::Tensor interior_of(const torch::Tensor& m) { return ~grow_by_one(~m, true); }
+
+std::vector<double> to_vector(const torch::Tensor& t) {
+  const torch::Tensor v = t.to(torch::kFloat64).contiguous();
+  return std::vector<double>(v.data_ptr<double>(), v.data_ptr<double>() + v.numel());
 }
 
 // Returns the interior's median HU (NaN when there is no interior).
 double measure_density(const torch::Tensor& values, NcctMarkers& r) {
   const int64_t n = values.numel();
   if (n == 0) return NcctMarkers::kNaN;
-  const torch::Tensor v = values.to(torch::kFloat64).contiguous();
-  const std::vector<double> hu(v.data_ptr<double>(), v.data_ptr<double>() + n);
+  const std::vector<double> hu = to_vector(values);
   const double median_hu = median(hu);
   r.hypodense_fraction = (values < median_hu - kHypodenseDropHu).sum().item<double>() / double(n);
   const Moments moments = central_moments(hu);  // the same digits for any --threads
@@ -67,11 +74,6 @@ torch::Tensor in_plane_mean(const torch::Tensor& values, const Geometry& g, doub
   const int64_t ky = odd_width(mm, g.spacing_mm[1]), kx = odd_width(mm, g.spacing_mm[0]);
   return torch::avg_pool3d(values.to(torch::kFloat32).unsqueeze(0), {1, ky, kx}, 1, {0, ky / 2, kx / 2}, false, false)
       .squeeze(0);
-}
-
-std::vector<double> to_vector(const torch::Tensor& t) {
-  const torch::Tensor v = t.to(torch::kFloat64).contiguous();
-  return std::vector<double>(v.data_ptr<double>(), v.data_ptr<double>() + v.numel());
 }
 
 // The six markers on S (the in-plane 2 mm mean) of the mask's box: m the mask, interior its
@@ -102,12 +104,8 @@ void measure_hypodense_regions(const torch::Tensor& m, const torch::Tensor& inte
   const torch::Tensor region = labels == largest;
   r.hypodense_region_fraction = double(counts[largest].item<int64_t>()) / double(n);
 
-  // Its shell: the 26 neighbours not in it (a 3 x 3 x 3 dilation minus the region).
-  torch::Tensor grown = torch::constant_pad_nd(region.to(torch::kFloat32), {1, 1, 1, 1, 1, 1}, 0.0).unsqueeze(0);
-  grown = torch::max_pool3d(grown, {1, 1, 3}, 1);
-  grown = torch::max_pool3d(grown, {1, 3, 1}, 1);
-  grown = torch::max_pool3d(grown, {3, 1, 1}, 1);
-  const torch::Tensor shell = (grown.squeeze(0) > 0.5f) & ~region;
+  // Its shell: the 26 neighbours not in it.
+  const torch::Tensor shell = grow_by_one(region, false) & ~region;
   const int64_t shell_voxels = shell.sum().item<int64_t>();
   if (shell_voxels > 0)
     r.hypodense_region_margin_contact = double((shell & ~interior).sum().item<int64_t>()) / double(shell_voxels);
