@@ -247,11 +247,14 @@ class ViT(nn.Module):
     architecture "ViT", in_channels, image_size [z, y, x], patch_size [z, y, x] (divides
     image_size), embed_dim, depth, num_heads (divides embed_dim), mlp_dim, layer_norm_eps
     (1e-6), dropout (0, training only), num_features (0: scalar features, normalised as the
-    card's "features" block says, joined to the class token before the head). Validation of
-    bounds is the C++ ViTConfig's job."""
+    card's "features" block says, joined to the class token before the head), signs (optional
+    names of NCCT signs: a sign layer Linear(num_features, len(signs)) whose sigmoid the head
+    reads instead of the features) and head_features (indices of the features the head still
+    reads beside the sign probabilities). Validation of bounds is the C++ ViTConfig's job."""
 
     FIELDS = ("architecture", "in_channels", "image_size", "patch_size", "embed_dim", "depth", "num_heads",
-              "mlp_dim", "layer_norm_eps", "dropout", "num_features")
+              "mlp_dim", "layer_norm_eps", "dropout", "num_features",
+              "signs", "head_features")
 
     def __init__(self, card_network):
         super().__init__()
@@ -273,7 +276,17 @@ class ViT(nn.Module):
                                      for _ in range(c["depth"])])
         self.norm = nn.LayerNorm(e, eps=eps)
         self.num_features = c.get("num_features", 0)
-        self.head = nn.Linear(e + self.num_features, 1)
+        self.sign_names = list(c.get("signs", []))
+        self.head_features = list(c.get("head_features", []))
+        assert not self.head_features or self.sign_names, "head_features needs signs"
+        assert all(0 <= i < self.num_features for i in self.head_features), "head_features must index the features"
+        if self.sign_names:
+            assert self.num_features > 0, "signs need features"
+            self.signs = nn.Linear(self.num_features, len(self.sign_names))
+            extra = len(self.sign_names) + len(self.head_features)
+        else:
+            extra = self.num_features
+        self.head = nn.Linear(e + extra, 1)
         # timm's init: truncated normal 0.02 for the embeddings and Linear weights, zero biases.
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -299,7 +312,19 @@ class ViT(nn.Module):
         """The head on the class token (B, E), joined with the features (B, num_features) if any."""
         if self.num_features:
             assert features is not None and tuple(features.shape) == (pooled.shape[0], self.num_features)
-            pooled = torch.cat([pooled, features.to(pooled.dtype)], dim=1)
+            pooled = torch.cat([pooled, self.head_inputs(features.to(pooled.dtype))], dim=1)
         else:
             assert features is None
         return self.head(pooled).squeeze(-1)  # (B)
+
+    def sign_probabilities(self, features):
+        """(B, num_features) -> (B, len(signs)): the sign layer's probabilities."""
+        assert self.sign_names, "the card has no sign layer"
+        return torch.sigmoid(self.signs(features))
+
+    def head_inputs(self, features):
+        """What the head reads beside the class token: the features, or with a sign layer the
+        sign probabilities and the head_features."""
+        if not self.sign_names:
+            return features
+        return torch.cat([self.sign_probabilities(features), features[:, self.head_features]], dim=1)

@@ -45,6 +45,8 @@ def make(network, stem, seed):
         features = io["features"] = torch.randn(2, network["num_features"])
     with torch.no_grad():
         io["logits"] = net(x, features)
+        if network.get("signs"):
+            io["sign_probabilities"] = net.sign_probabilities(features)
     card = {"format_version": 1, "kind": "classification", "network": network,
             "note": "parity fixture: random weights, not a model"}
     hemexp_safetensors.save(os.path.join(OUT, stem + ".safetensors"), dict(net.state_dict()),
@@ -60,6 +62,10 @@ def main():
     make(NETWORK, "vit", 20261127)
     # The same network with 5 scalar features joined to the class token before the head.
     make(dict(NETWORK, num_features=5), "vit_features", 20261202)
+    # With a sign layer: 3 sign probabilities from the 5 features, and features 3 and 0 (in that
+    # order: an index_select, not a slice) beside them in the head.
+    make(dict(NETWORK, num_features=5, signs=["swirl", "blend", "black_hole"], head_features=[3, 0]), "vit_signs",
+         20261204)
 
 
 if __name__ == "__main__":

@@ -323,7 +323,10 @@ def channel_names(recipe):
 
 AUX_MARKERS = ("heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin", "hypodensity")
 FEATURE_NAMES = ("log_volume_ml", "mean_hu", "log_ivh_volume_ml", "hypodense_fraction", "hu_sd", "hu_cv", "bimodality_coefficient",
-                 "satellite_count", "satellite_volume_ml", "island_count", "surface_ratio")  # ClassifierRecipe::feature_names()
+                 "satellite_count", "satellite_volume_ml", "island_count", "surface_ratio", "low_density_p10",
+                 "smoothed_hu_iqr", "hypodense_region_count", "hypodense_region_fraction",
+                 "hypodense_region_margin_contact", "hypodense_region_centrality")  # ClassifierRecipe::feature_names()
+SIGN_FOLDS = 5  # out-of-fold sign probabilities for the head's logistic start
 
 
 def feature_value(row, name):
@@ -540,12 +543,50 @@ def augment(batch, mask_channel, gen, shift_voxels=(1, 3, 3), jitter=0.05, p_dil
 
 # ----------------------------------------------------------------------------- training
 
-def init_head_from_logistic(net, train_set, freeze_feature_weights):
-    """The head's feature weights and bias from a logistic regression of the training labels on the
-    standardised features (what the transparent baseline knows), its class-token weights 0: the
+def fit_sign_layer(net, train_set):
+    """The sign layer (two-stage head) from one logistic regression per sign (L2 1e-3) of the
+    generator's true sign on the standardised training features; the layer stays fixed in
+    training. Returns what the head's logistic start needs, the out-of-fold sign probabilities
+    (N, S) of the training cases (folds: case index mod SIGN_FOLDS), and a summary for the card."""
+    cols = [AUX_MARKERS.index(n) for n in net.sign_names]
+    targets = train_set.aux[:, cols].numpy().astype(np.float64)
+    if not np.isfinite(targets).all():
+        raise SystemExit(f"the card's sign layer needs the true signs {net.sign_names} (true_<sign> columns of "
+                         "`hemexp prepare` on synthetic cohorts) for every training case")
+    x = train_set.features.numpy().astype(np.float64)
+    fold = np.arange(len(x)) % SIGN_FOLDS
+    oof = np.zeros_like(targets)
+    summary = {}
+    with torch.no_grad():
+        for k, name in enumerate(net.sign_names):
+            y = targets[:, k]
+            w, b = fit_logistic(x, y, l2=1e-3)
+            net.signs.weight[k] = torch.as_tensor(w, dtype=net.signs.weight.dtype)
+            net.signs.bias[k] = b
+            for f in range(SIGN_FOLDS):
+                wf, bf = fit_logistic(x[fold != f], y[fold != f], l2=1e-3)
+                oof[fold == f, k] = sigmoid(x[fold == f] @ wf + bf)
+            summary[name] = {"prevalence": float(y.mean()), "train_auc": roc_auc(x @ w + b, y),
+                             "out_of_fold_auc": roc_auc(oof[:, k], y)}
+    net.signs.requires_grad_(False)
+    return oof, summary
+
+
+def head_inputs_for_init(net, train_set, oof_signs):
+    """The head's non-image inputs for its logistic start: the features, or with a sign layer the
+    out-of-fold sign probabilities and the head_features (as head_inputs builds them)."""
+    x = train_set.features.numpy().astype(np.float64)
+    if not net.sign_names:
+        return x
+    return np.column_stack([oof_signs, x[:, net.head_features]])
+
+
+def init_head_from_logistic(net, x, train_set, freeze_feature_weights):
+    """The head's feature weights and bias from a logistic regression of the training labels on x,
+    the head's non-image inputs (the standardised features, or the sign probabilities and the
+    head_features: what the transparent baseline knows), its class-token weights 0: the
     network starts as that regression and the image part can only add to it. With
     freeze_feature_weights a gradient hook keeps the feature weights fixed. Returns the fit."""
-    x = train_set.features.numpy().astype(np.float64)
     y = train_set.labels.numpy()
     w, b = fit_logistic(x, y, l2=1e-3)
     e = net.head.weight.shape[1] - x.shape[1]
@@ -661,6 +702,11 @@ def load_card(path):
     unknown = [n for n in names if n not in FEATURE_NAMES]
     if unknown:
         raise SystemExit(f"{path}: unknown features {unknown}; known: {list(FEATURE_NAMES)}")
+    signs = card["network"].get("signs", [])
+    if [n for n in signs if n not in AUX_MARKERS]:
+        raise SystemExit(f"{path}: network.signs must be among {list(AUX_MARKERS)}")
+    if [i for i in card["network"].get("head_features", []) if not 0 <= i < len(names)]:
+        raise SystemExit(f"{path}: network.head_features must index the features")
     card.pop("features", None)
     card["network"].pop("num_features", None)
     if names:  # a card without features stays as it was
@@ -752,12 +798,18 @@ def train(args, argv):
             f"ROIs have more than one component")
     aux_head = torch.nn.Linear(card["network"]["embed_dim"], len(AUX_MARKERS))  # training only
     params = list(net.parameters()) + (list(aux_head.parameters()) if args.aux_weight > 0 else [])
-    head_init = None
+    head_init, sign_layer, oof_signs = None, None, None
+    if net.sign_names:
+        t = time.perf_counter()
+        oof_signs, sign_layer = fit_sign_layer(net, train_set)
+        log(f"sign layer fitted in {time.perf_counter() - t:.1f} s (fixed from here on), out-of-fold training AUC: "
+            + ", ".join(f"{n} {v['out_of_fold_auc']:.3f}" for n, v in sign_layer.items()))
     if args.head_init == "logistic":
         if not norms:
             raise SystemExit("--head-init logistic needs features in the card")
-        head_init = init_head_from_logistic(net, train_set, args.freeze_feature_weights)
-        log(f"head initialised from a logistic regression on the {len(norms)} standardised training features "
+        x_head = head_inputs_for_init(net, train_set, oof_signs)
+        head_init = init_head_from_logistic(net, x_head, train_set, args.freeze_feature_weights)
+        log(f"head initialised from a logistic regression on {x_head.shape[1]} standardised training inputs "
             f"(training AUC {head_init['train_auc']:.4f}); the class token's weights start at 0"
             + ("; the feature weights stay fixed" if args.freeze_feature_weights else ""))
     # No weight decay on the head when its feature weights are fixed (decay would move them).
@@ -856,10 +908,16 @@ def train(args, argv):
                     + (f", plus {args.aux_weight} x the mean BCE of a training-only head predicting the generator's "
                        f"true markers {list(AUX_MARKERS)}" if args.aux_weight > 0 else ""),
             "grad_clip_norm": 1.0,
-            "head_init": ("logistic regression on the standardised training features, class-token weights 0"
+            "head_init": ("logistic regression on the head's standardised training inputs (the features; with a sign "
+                          "layer the out-of-fold sign probabilities and the head_features), class-token weights 0"
                           + (", feature weights fixed" if args.freeze_feature_weights else "")
                           if head_init else "timm (truncated normal 0.02)"),
             "head_init_logistic": head_init,
+            "sign_layer": None if sign_layer is None else {
+                "fit": "one logistic regression (L2 1e-3) per sign of the generator's true sign on the standardised "
+                       "training features; fixed during training; the head's logistic start reads out-of-fold "
+                       f"({SIGN_FOLDS} folds) sign probabilities",
+                "signs": sign_layer},
             "augmentation": {"flip_x_p": 0.5, "shift_voxels_zyx": args.shift_voxels,
                              "ct_intensity": f"scale 1+-{args.intensity_jitter}, offset +-{args.intensity_jitter / 2}, "
                                              "clipped to [0, 1]",

@@ -62,6 +62,10 @@ ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& a
   he.logit = s.logit;
   he.risk = s.risk;
   he.roi_mask_fraction_inside = s.roi.mask_fraction_inside;
+  if (!s.signs.empty()) {
+    he.signs = nlohmann::json::object();
+    for (const auto& [name, p] : s.signs) he.signs[name] = p;
+  }
   return he;
 }
 

@@ -72,6 +72,7 @@ nlohmann::json ExpansionRisk::to_json() const {
             {"model", model}};
   if (!reason.empty()) j["reason"] = reason;
   if (roi_mask_fraction_inside) j["roi_mask_fraction_inside"] = *roi_mask_fraction_inside;
+  if (!signs.is_null()) j["signs"] = signs;
   return j;
 }
 
@@ -85,6 +86,7 @@ ExpansionRisk ExpansionRisk::from_json(const nlohmann::json& j) {
   r.calibrated = j.at("calibrated").get<bool>();
   r.reason = j.value("reason", "");
   r.model = j.at("model");
+  if (j.contains("signs")) r.signs = j.at("signs");
   return r;
 }
 

@@ -52,6 +52,15 @@ int run_info(const InfoOptions& o) {
           recipe += "; the head also reads " + std::to_string(r.features.size()) + " features:";
           for (const FeatureNorm& f : r.features) recipe += " " + f.name;
         }
+        const ViTConfig& net = network->config();
+        if (!net.signs.empty()) {
+          recipe += "; a sign layer reads from them the probabilities of " + std::to_string(net.signs.size()) +
+                    " signs (";
+          for (size_t k = 0; k < net.signs.size(); ++k) recipe += (k ? ", " : "") + net.signs[k];
+          recipe += "), which the head reads with";
+          if (net.head_features.empty()) recipe += " no feature";
+          for (int64_t i : net.head_features) recipe += " " + r.features.at(size_t(i)).name;
+        }
       } catch (const std::exception& e) {
         recipe = std::string("incomplete, `hemexp run` cannot use this file: ") + e.what();
       }

@@ -156,6 +156,13 @@ ExpansionScore Classifier::score(const Volume& canonical_ct_hu, const torch::Ten
   s.probability = recipe_.probability(s.logit);
   s.risk = recipe_.risk(s.probability);
   s.predicted_expansion = s.probability >= recipe_.threshold;
+  const std::vector<std::string>& names = network_->config().signs;
+  if (!names.empty()) {
+    c10::InferenceMode guard;
+    ViT net = network_;
+    const torch::Tensor p = net->sign_probabilities(features.to(device_, torch::kFloat32)).to(torch::kCPU);
+    for (size_t k = 0; k < names.size(); ++k) s.signs.emplace_back(names[k], p[0][int64_t(k)].item<double>());
+  }
   return s;
 }
 

@@ -94,6 +94,67 @@ TEST(ViTParity, WithFeaturesLogitsMatchPyTorchTo1e4) {
   std::printf("ViT with features parity: max |C++ - PyTorch| %.3g\n", diff);
 }
 
+// A sign layer (vit_signs*.safetensors: 3 signs from 5 features; the head reads them and
+// features 3 and 0 in that order): logits and sign probabilities against PyTorch, the head's
+// width, and the features reaching the head only through the layer and the listed indices.
+TEST(ViTParity, WithSignLayerLogitsAndSignsMatchPyTorch) {
+  const SafetensorsFile weights = read_safetensors(kParity / "vit_signs.safetensors");
+  const SafetensorsFile io = read_safetensors(kParity / "vit_signs_io.safetensors");
+  const ModelCard card = parse_model_card(weights.metadata, "vit_signs.safetensors");
+  const ViTConfig config = ViTConfig::from_json(card.json.at("network"));
+  ASSERT_EQ(config.signs, (std::vector<std::string>{"swirl", "blend", "black_hole"}));
+  ASSERT_EQ(config.head_features, (std::vector<int64_t>{3, 0}));
+  EXPECT_EQ(config.to_json(), card.json.at("network"));
+  ViT net(config);
+  load_named_tensors(*net, weights.tensors, "vit_signs.safetensors");
+  net->eval();
+  auto params = net->named_parameters(true);
+  EXPECT_EQ(params["head.weight"].sizes().vec(), (std::vector<int64_t>{1, 48 + 3 + 2}));
+  EXPECT_EQ(params["signs.weight"].sizes().vec(), (std::vector<int64_t>{3, 5}));
+  int64_t count = 0;
+  for (const auto& p : params) count += p.value().numel();
+  EXPECT_EQ(count, config.num_parameters());
+  c10::InferenceMode guard;
+  const torch::Tensor& x = io.tensors.at("input");
+  const torch::Tensor& features = io.tensors.at("features");
+  const torch::Tensor logits = net->forward(x, features);
+  const double diff = (logits - io.tensors.at("logits")).abs().max().item<double>();
+  EXPECT_LE(diff, 1e-4);
+  const torch::Tensor signs = net->sign_probabilities(features);
+  ASSERT_EQ(signs.sizes().vec(), (std::vector<int64_t>{2, 3}));
+  EXPECT_LE((signs - io.tensors.at("sign_probabilities")).abs().max().item<double>(), 1e-6);
+  // Swapping features 0 and 3 changes what the head reads directly (they enter as [3, 0]).
+  const torch::Tensor swapped = features.index_select(1, torch::tensor({3, 1, 2, 0, 4}));
+  EXPECT_GT((net->forward(x, swapped) - logits).abs().max().item<double>(), 1e-3);
+  expect_core_error([&] { net->forward(x, torch::zeros({2, 4})); }, {"features", "[B, 5]"});
+  expect_core_error([&] { net->sign_probabilities(torch::zeros({2, 4})); }, {"features", "[B, 5]"});
+  std::printf("ViT with sign layer parity: max |C++ - PyTorch| %.3g\n", diff);
+  // A network without a sign layer says so.
+  ViT plain(load_fixture().config);
+  expect_core_error([&] { plain->sign_probabilities(torch::zeros({1, 5})); }, {"no sign layer"});
+}
+
+TEST(ViTConfig, SignLayerFieldsChecked) {
+  nlohmann::json good = load_fixture().card.json.at("network");
+  good["num_features"] = 4;
+  good["signs"] = {"swirl", "blend"};
+  good["head_features"] = {0};
+  EXPECT_EQ(ViTConfig::from_json(good).head_extra(), 3);
+  nlohmann::json bad = good;
+  bad["head_features"] = {4};
+  expect_core_error([&] { ViTConfig::from_json(bad); }, {"network.head_features", "[0, 4)"});
+  bad = good;
+  bad.erase("signs");
+  expect_core_error([&] { ViTConfig::from_json(bad); }, {"network.head_features", "needs network.signs"});
+  bad = good;
+  bad["num_features"] = 0;
+  bad["head_features"] = nlohmann::json::array();
+  expect_core_error([&] { ViTConfig::from_json(bad); }, {"network.signs", "num_features"});
+  bad = good;
+  bad["signs"] = {1, 2};
+  expect_core_error([&] { ViTConfig::from_json(bad); }, {"network.signs", "list of names"});
+}
+
 TEST(ViTParity, ParameterNamesEqualFixtureTensors) {
   const Fixture f = load_fixture();
   ViT net(f.config);

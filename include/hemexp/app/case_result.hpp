@@ -31,6 +31,7 @@ struct ExpansionRisk {
   bool calibrated = false;
   std::string reason;                 // why the probability is absent
   nlohmann::json model;               // provenance of the classifier
+  nlohmann::json signs;               // {sign: probability} from a card with a sign layer, else null
 
   nlohmann::json to_json() const;
   static ExpansionRisk from_json(const nlohmann::json& j);

@@ -4,6 +4,7 @@
 #include <optional>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -82,6 +83,9 @@ struct ExpansionScore {
   double probability = 0.0;  // calibrated as the card says
   std::string risk;          // the card's category
   bool predicted_expansion = false;  // probability >= threshold
+  // With a sign layer (network.signs): each NCCT sign's probability as the card's detector reads
+  // it from the features, in the card's order; empty otherwise.
+  std::vector<std::pair<std::string, double>> signs;
   Roi roi;                   // what the network saw
 };
 

@@ -2,6 +2,7 @@
 
 #include <array>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 #include <torch/nn.h>
@@ -25,7 +26,17 @@ struct ViTConfig {
   // names and normalises them) joined to the class token before the head: the head is
   // Linear(embed_dim + num_features, 1). 0: the head reads the class token only.
   int64_t num_features = 0;
+  // Optional sign layer (two-stage head): signs names S NCCT signs; Linear(num_features, S) on
+  // the features gives each sign's logit, and the head then reads the class token, the S sign
+  // probabilities (sigmoid) and the features listed in head_features (indices into the
+  // features, in that order) instead of all the features: Linear(embed_dim + S +
+  // head_features.size(), 1). Empty signs: no sign layer, head_features must be empty too.
+  std::vector<std::string> signs;
+  std::vector<int64_t> head_features;
 
+  int64_t num_signs() const { return int64_t(signs.size()); }
+  // Width of the head's input beyond the class token.
+  int64_t head_extra() const { return signs.empty() ? num_features : num_signs() + int64_t(head_features.size()); }
   int64_t num_patches() const;
   int64_t head_dim() const { return embed_dim / num_heads; }
   // Number of parameters the network will have (exact; the same sum as named_parameters()).
@@ -81,7 +92,8 @@ TORCH_MODULE(TransformerBlock);
 // ViT classifier of a hematoma-centred ROI: non-overlapping 3D patches (Conv3d with
 // kernel = stride = patch_size), a class token, learned position embeddings, pre-norm blocks,
 // a final LayerNorm, and a linear head on the class token (joined with num_features scalar
-// features when the card has them). Parameter names match scripts/hemexp_nets.py one to one.
+// features when the card has them, or with sign probabilities and some of the features when it
+// has a sign layer). Parameter names match scripts/hemexp_nets.py one to one.
 class ViTImpl : public torch::nn::Module {
  public:
   explicit ViTImpl(const ViTConfig& config);
@@ -89,6 +101,9 @@ class ViTImpl : public torch::nn::Module {
   // card says (undefined when num_features is 0). Returns one logit per ROI, shape (B).
   // CoreError when x or features do not have the card's shape.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& features = {});
+  // The sign layer's probabilities (B, num_signs) for features (B, num_features); CoreError
+  // when the card has no sign layer or the features do not have its shape.
+  torch::Tensor sign_probabilities(const torch::Tensor& features);
   const ViTConfig& config() const { return config_; }
 
  private:
@@ -97,7 +112,10 @@ class ViTImpl : public torch::nn::Module {
   torch::Tensor cls_token_, pos_embed_;
   torch::nn::ModuleList blocks_{nullptr};
   torch::nn::LayerNorm norm_{nullptr};
-  torch::nn::Linear head_{nullptr};
+  torch::nn::Linear signs_{nullptr}, head_{nullptr};
+  torch::Tensor head_feature_index_;  // config_.head_features as a tensor (int64), with a sign layer
+
+  void check_features(const torch::Tensor& features, int64_t batch) const;
 };
 TORCH_MODULE(ViT);
 

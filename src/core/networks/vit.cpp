@@ -26,7 +26,7 @@ constexpr int64_t kMaxFeatures = 256;
 
 const char* const kFields[] = {"architecture", "in_channels", "image_size", "patch_size", "embed_dim",
                                "depth",        "num_heads",   "mlp_dim",    "layer_norm_eps", "dropout",
-                               "num_features"};
+                               "num_features", "signs",       "head_features"};
 
 std::string field(const std::string& name) { return "model card: network." + name; }
 
@@ -82,7 +82,7 @@ int64_t ViTConfig::num_parameters() const {
   const int64_t patch = in_channels * patch_size[0] * patch_size[1] * patch_size[2] * e + e;
   const int64_t tokens = e + (1 + num_patches()) * e;  // cls_token, pos_embed
   const int64_t block = 2 * e + (3 * e * e + 3 * e) + (e * e + e) + 2 * e + (e * m + m) + (m * e + e);
-  return patch + tokens + depth * block + 2 * e + (e + num_features + 1);
+  return patch + tokens + depth * block + 2 * e + (e + head_extra() + 1) + num_features * num_signs() + num_signs();
 }
 
 void ViTConfig::validate() const {
@@ -105,6 +105,13 @@ void ViTConfig::validate() const {
     throw CoreError(field("layer_norm_eps") + " must be in (0, 0.1]");
   if (!(dropout >= 0 && dropout < 1)) throw CoreError(field("dropout") + " must be in [0, 1)");
   check_range("num_features", num_features, 0, kMaxFeatures);
+  check_range("signs", num_signs(), 0, kMaxFeatures);
+  if (!signs.empty() && num_features == 0) throw CoreError(field("signs") + " needs network.num_features > 0");
+  if (signs.empty() && !head_features.empty()) throw CoreError(field("head_features") + " needs network.signs");
+  for (int64_t i : head_features)
+    if (i < 0 || i >= num_features)
+      throw CoreError(field("head_features") + " must index the features: " + std::to_string(i) + " is not in [0, " +
+                      std::to_string(num_features) + ")");
   // Each bound above keeps these products far from int64 overflow.
   if (num_patches() > kMaxPatches)
     throw CoreError(field("patch_size") + ": image_size / patch_size gives " + std::to_string(num_patches()) +
@@ -134,6 +141,12 @@ ViTConfig ViTConfig::from_json(const nlohmann::json& j) {
   c.layer_norm_eps = number(j, "layer_norm_eps", 1e-6);
   c.dropout = number(j, "dropout", 0.0);
   if (j.contains("num_features")) c.num_features = integer(j, "num_features");
+  try {
+    if (j.contains("signs")) c.signs = j.at("signs").get<std::vector<std::string>>();
+    if (j.contains("head_features")) c.head_features = j.at("head_features").get<std::vector<int64_t>>();
+  } catch (const nlohmann::json::exception&) {
+    throw CoreError(field("signs") + " must be a list of names and network.head_features a list of integers");
+  }
   c.validate();
   return c;
 }
@@ -144,6 +157,10 @@ nlohmann::json ViTConfig::to_json() const {
           {"num_heads", num_heads},       {"mlp_dim", mlp_dim},         {"layer_norm_eps", layer_norm_eps},
           {"dropout", dropout}};
   if (num_features > 0) j["num_features"] = num_features;  // cards without features stay as they were
+  if (!signs.empty()) {
+    j["signs"] = signs;
+    j["head_features"] = head_features;
+  }
   return j;
 }
 
@@ -203,7 +220,30 @@ ViTImpl::ViTImpl(const ViTConfig& c) : config_(c) {
   blocks_ = register_module("blocks", torch::nn::ModuleList());
   for (int64_t b = 0; b < c.depth; ++b) blocks_->push_back(TransformerBlock(e, c.num_heads, c.mlp_dim, c.layer_norm_eps));
   norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({e}).eps(c.layer_norm_eps)));
-  head_ = register_module("head", torch::nn::Linear(torch::nn::LinearOptions(e + c.num_features, 1)));
+  if (!c.signs.empty()) {
+    signs_ = register_module("signs", torch::nn::Linear(torch::nn::LinearOptions(c.num_features, c.num_signs())));
+    head_feature_index_ = torch::tensor(c.head_features, torch::kInt64);
+  }
+  head_ = register_module("head", torch::nn::Linear(torch::nn::LinearOptions(e + c.head_extra(), 1)));
+}
+
+void ViTImpl::check_features(const torch::Tensor& features, int64_t batch) const {
+  const ViTConfig& c = config_;
+  const bool ok = c.num_features == 0 ? !features.defined()
+                                      : features.defined() && features.dim() == 2 && features.size(0) == batch &&
+                                            features.size(1) == c.num_features;
+  if (!ok) {
+    std::ostringstream msg;
+    msg << "ViT: features of shape " << (features.defined() ? features.sizes() : c10::IntArrayRef{})
+        << " do not match the model card: expected " << (c.num_features ? "[B, " + std::to_string(c.num_features) + "]" : "none");
+    throw CoreError(msg.str());
+  }
+}
+
+torch::Tensor ViTImpl::sign_probabilities(const torch::Tensor& features) {
+  if (config_.signs.empty()) throw CoreError("ViT: the model card has no sign layer (network.signs)");
+  check_features(features, features.defined() && features.dim() == 2 ? features.size(0) : -1);
+  return torch::sigmoid(signs_(features.to(signs_->weight.dtype())));
 }
 
 torch::Tensor ViTImpl::forward(const torch::Tensor& x, const torch::Tensor& features) {
@@ -216,22 +256,19 @@ torch::Tensor ViTImpl::forward(const torch::Tensor& x, const torch::Tensor& feat
     throw CoreError(msg.str());
   }
   const int64_t batch = x.size(0);
-  const bool features_ok = c.num_features == 0 ? !features.defined()
-                                               : features.defined() && features.dim() == 2 &&
-                                                     features.size(0) == batch && features.size(1) == c.num_features;
-  if (!features_ok) {
-    std::ostringstream msg;
-    msg << "ViT: features of shape " << (features.defined() ? features.sizes() : c10::IntArrayRef{})
-        << " do not match the model card: expected " << (c.num_features ? "[B, " + std::to_string(c.num_features) + "]" : "none");
-    throw CoreError(msg.str());
-  }
+  check_features(features, batch);
   // (B, E, gz, gy, gx) -> (B, N, E), tokens in z, y, x order (x fastest), as the reference's flatten(2).
   torch::Tensor tokens = patch_embed_(x).flatten(2).transpose(1, 2);
   tokens = torch::cat({cls_token_.expand({batch, -1, -1}), tokens}, 1) + pos_embed_;
   for (const auto& block : *blocks_) tokens = block->as<TransformerBlock>()->forward(tokens);
   // LayerNorm is per token, so normalising only the class token equals timm's norm-then-select.
   torch::Tensor pooled = norm_(tokens.select(1, 0));
-  if (c.num_features > 0) pooled = torch::cat({pooled, features.to(pooled.dtype())}, 1);
+  if (!c.signs.empty()) {
+    const torch::Tensor f = features.to(pooled.dtype());
+    pooled = torch::cat({pooled, torch::sigmoid(signs_(f)), f.index_select(1, head_feature_index_.to(f.device()))}, 1);
+  } else if (c.num_features > 0) {
+    pooled = torch::cat({pooled, features.to(pooled.dtype())}, 1);
+  }
   return head_(pooled).squeeze(-1);  // (B, 1) -> (B)
 }
 
