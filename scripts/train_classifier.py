@@ -557,17 +557,17 @@ def fit_sign_layer(net, train_set):
     fold = np.arange(len(x)) % SIGN_FOLDS
     oof = np.zeros_like(targets)
     summary = {}
-    with torch.no_grad():
-        for k, name in enumerate(net.sign_names):
-            y = targets[:, k]
-            w, b = fit_logistic(x, y, l2=1e-3)
+    for k, name in enumerate(net.sign_names):  # fit_logistic needs autograd: no torch.no_grad() around it
+        y = targets[:, k]
+        w, b = fit_logistic(x, y, l2=1e-3)
+        with torch.no_grad():
             net.signs.weight[k] = torch.as_tensor(w, dtype=net.signs.weight.dtype)
             net.signs.bias[k] = b
-            for f in range(SIGN_FOLDS):
-                wf, bf = fit_logistic(x[fold != f], y[fold != f], l2=1e-3)
-                oof[fold == f, k] = sigmoid(x[fold == f] @ wf + bf)
-            summary[name] = {"prevalence": float(y.mean()), "train_auc": roc_auc(x @ w + b, y),
-                             "out_of_fold_auc": roc_auc(oof[:, k], y)}
+        for f in range(SIGN_FOLDS):
+            wf, bf = fit_logistic(x[fold != f], y[fold != f], l2=1e-3)
+            oof[fold == f, k] = sigmoid(x[fold == f] @ wf + bf)
+        summary[name] = {"prevalence": float(y.mean()), "train_auc": roc_auc(x @ w + b, y),
+                         "out_of_fold_auc": roc_auc(oof[:, k], y)}
     net.signs.requires_grad_(False)
     return oof, summary
 

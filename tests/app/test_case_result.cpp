@@ -75,6 +75,7 @@ CaseResult full_dicom_result() {
   he.threshold = 0.3;
   he.calibrated = true;
   he.model = {{"sha256", "cafe"}};
+  he.signs = {{"swirl", 0.75}, {"blend", 0.125}};
   r.he = he;
   r.corrected_ct = CaseFiles::kCorrectedCt;
   r.timings_s = {{"read", 0.5}, {"segment", 3.25}};
@@ -92,6 +93,7 @@ TEST(CaseResult, JsonRoundTripIsExact) {
   EXPECT_EQ(j["input"]["size"], json({512, 611, 37}));
   EXPECT_EQ(j["hematoma"]["voxels"], 12345);
   EXPECT_EQ(j["he"]["probability"], 0.23456);
+  EXPECT_EQ(j["he"]["signs"]["swirl"], 0.75);
   EXPECT_FALSE(j.contains("error"));
   EXPECT_TRUE(j["markers"]["bimodality_coefficient"].is_null());
   EXPECT_EQ(j["markers"]["island_count"], 3);
@@ -118,6 +120,9 @@ TEST(CaseResult, JsonRoundTripIsExact) {
   EXPECT_TRUE(n["he"]["probability"].is_null());
   EXPECT_EQ(CaseResult::from_json(n).to_json(), n);
   EXPECT_EQ(none.csv_row().count("he_probability"), 0u);
+  // A classifier without a sign layer writes no signs block.
+  none.he->signs = nullptr;
+  EXPECT_FALSE(none.to_json()["he"].contains("signs"));
 }
 
 TEST(CaseResult, CsvRowFromTheTypedValue) {

@@ -183,6 +183,40 @@ TEST(Classifier, FeaturesFromMarkersNormalisedAsTheCardSays) {
   fs::remove(path);
 }
 
+// A card with a sign layer (tests/data/parity/vit_signs*): score() reports each sign's
+// probability, sigmoid(W f + b) of the layer's weights on the case's features, in card order.
+TEST(Classifier, SignLayerProbabilitiesInTheScore) {
+  SafetensorsFile f = read_safetensors(kParity / "vit_signs.safetensors");
+  json card = classifier_card();
+  card["network"] = json::parse(f.metadata.at(kModelCardKey))["network"];
+  card["features"] = json::array();
+  for (const char* name : {"log_volume_ml", "hypodense_fraction", "hu_sd", "mean_hu", "surface_ratio"})
+    card["features"].push_back({{"name", name}, {"mean", 0.0}, {"sd", 1.0}});
+  f.metadata[kModelCardKey] = card.dump();
+  const fs::path path = fs::temp_directory_path() / ("classifier-signs-" + std::to_string(::getpid()) + ".safetensors");
+  write_safetensors(path, f);
+  const Classifier classifier = Classifier::load(path);
+  fs::remove(path);
+  const torch::Tensor v = torch::tensor({{0.5f, -1.0f, 2.0f, 0.25f, -0.75f}});
+  const Geometry g = test::grid({80, 72, 24}, {0.9, 0.9, 5.0}, {-30, 20, -10});
+  const torch::Tensor mask = test::ball(g, {40, 36, 12}, 10.0);
+  const Volume ct{g, torch::full(tensor_shape(g), 30.0f) + 40.0f * mask.to(torch::kFloat32)};
+  const ExpansionScore s = classifier.score(ct, mask, v);
+  ASSERT_EQ(s.signs.size(), 3u);
+  const torch::Tensor expected = torch::sigmoid(torch::matmul(v, f.tensors.at("signs.weight").t()) + f.tensors.at("signs.bias"));
+  const std::vector<std::string> names{"swirl", "blend", "black_hole"};
+  for (int64_t k = 0; k < 3; ++k) {
+    EXPECT_EQ(s.signs[size_t(k)].first, names[size_t(k)]);
+    EXPECT_NEAR(s.signs[size_t(k)].second, expected[0][k].item<double>(), 1e-6);
+  }
+  EXPECT_DOUBLE_EQ(s.logit, classifier.logits(s.roi.image.unsqueeze(0), v)[0].item<double>());
+  // Without a sign layer there are none.
+  const fs::path plain_path = write_model(classifier_card(), "classifier-plain");
+  const Classifier plain = Classifier::load(plain_path);
+  fs::remove(plain_path);
+  EXPECT_TRUE(plain.score(ct, mask).signs.empty());
+}
+
 TEST(Classifier, FilesThatAreNotClassifiers) {
   EXPECT_THROW(Classifier::load(kParity / "umambabot.safetensors"), ModelError);  // a segmenter
   json card = classifier_card();
