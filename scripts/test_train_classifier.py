@@ -377,6 +377,17 @@ def test_sign_layer(tmp):
     assert torch.allclose(net.head_inputs(x), expect, atol=1e-6)
     scored = classifier_report.score_prepared(out, os.path.join(tmp, "val"))
     assert len(scored) > 0 and all(0 < v["probability"] < 1 for v in scored.values() if not math.isnan(v["probability"]))
+    # a feature the prepared folders have no column for is refused, not silently the training mean
+    with open(card_path, "w") as f:
+        json.dump({"name": "old-prep", "roi": ROI, "features": ["log_volume_ml", "low_density_p10"],
+                   "network": NETWORK}, f)
+    try:
+        tc.main(["--train", os.path.join(tmp, "train"), "--val", os.path.join(tmp, "val"), "--card", card_path,
+                 "-o", os.path.join(tmp, "never.safetensors"), "--epochs", "1", "--threads", "1"])
+        raise AssertionError("a card feature without a cases.csv column accepted")
+    except SystemExit as e:
+        assert "low_density_p10" in str(e) and "older hemexp" in str(e), str(e)
+    assert not os.path.exists(os.path.join(tmp, "never.safetensors"))
     # a card whose sign is not one the generator labels is refused before training
     with open(card_path, "w") as f:
         json.dump({"name": "bad", "roi": ROI, "features": names,

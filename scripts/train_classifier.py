@@ -412,6 +412,23 @@ class Cohort:
         return {"he": n_he, "nhe": len(self) - n_he}
 
 
+def feature_column(name):
+    """The cases.csv column a feature is read from (feature_value)."""
+    return {"log_volume_ml": "volume_ml", "log_ivh_volume_ml": "ivh_volume_ml"}.get(name, name)
+
+
+def check_feature_columns(folders, feature_names):
+    """SystemExit when a prepared folder has no column for one of the card's features: it would
+    silently be the training mean for every case (a folder prepared by an older hemexp)."""
+    for folder in folders:
+        rows = read_cases_csv(folder)
+        missing = [n for n in feature_names if rows and feature_column(n) not in rows[0]]
+        if missing:
+            raise SystemExit(f"{os.path.join(folder, 'cases.csv')}: no column for the card's features {missing}: "
+                             "prepared by an older hemexp? Run `hemexp run --resume` and `hemexp prepare` again "
+                             "with this version")
+
+
 def select_rows(folders, min_volume_ml):
     entries, skipped = [], 0
     for folder in folders:
@@ -742,6 +759,7 @@ def train(args, argv):
     log(f"argv: {' '.join(shlex.quote(a) for a in argv)}")
     log(f"torch {torch.__version__}, {args.threads} thread(s), seed {args.seed}")
 
+    check_feature_columns(args.train + args.val + (args.topup or []), card.get("features", []))
     base_rows, skipped_base = select_rows(args.train, min_volume_ml)
     n_he = sum(int(r["he_label"]) for _, r in base_rows)
     n_nhe = len(base_rows) - n_he
