@@ -49,7 +49,7 @@ int run_info(const InfoOptions& o) {
                  ", threshold " + format_number(r.threshold, 4) + ", minimum hematoma " +
                  format_number(r.min_volume_ml, 2) + " mL";
         if (!r.features.empty()) {
-          recipe += "; the head also reads " + std::to_string(r.features.size()) + " features:";
+          recipe += "; the network also reads " + std::to_string(r.features.size()) + " features:";
           for (const FeatureNorm& f : r.features) recipe += " " + f.name;
         }
         const ViTConfig& net = network->config();
