@@ -66,27 +66,49 @@ TEST(ViTParity, LogitsMatchPyTorchTo1e4) {
               logits[1].item<double>(), diff);
 }
 
+// One of the parity fixtures with scalar features (tests/data/parity/STEM*.safetensors): its
+// card's network block round-trips through ViTConfig, the network built from it holds exactly
+// the file's parameters, and its logits on the fixture's input (computed in inference mode: use
+// them under an InferenceMode guard) differ from PyTorch's by `diff`.
+struct FeatureFixture {
+  SafetensorsFile weights, io;
+  ViTConfig config;
+  ViT net{nullptr};
+  torch::Tensor x, features, logits;
+  double diff = 0.0;
+};
+
+FeatureFixture load_feature_fixture(const std::string& stem) {
+  FeatureFixture f;
+  f.weights = read_safetensors(kParity / (stem + ".safetensors"));
+  f.io = read_safetensors(kParity / (stem + "_io.safetensors"));
+  const ModelCard card = parse_model_card(f.weights.metadata, stem + ".safetensors");
+  f.config = ViTConfig::from_json(card.json.at("network"));
+  EXPECT_EQ(f.config.to_json(), card.json.at("network"));
+  f.net = ViT(f.config);
+  load_named_tensors(*f.net, f.weights.tensors, stem + ".safetensors");
+  f.net->eval();
+  int64_t count = 0;
+  for (const auto& p : f.net->named_parameters(true)) count += p.value().numel();
+  EXPECT_EQ(count, f.config.num_parameters());
+  c10::InferenceMode guard;
+  f.x = f.io.tensors.at("input");
+  f.features = f.io.tensors.at("features");
+  f.logits = f.net->forward(f.x, f.features);
+  f.diff = (f.logits - f.io.tensors.at("logits")).abs().max().item<double>();
+  return f;
+}
+
 // The head joined with 5 scalar features (vit_features*.safetensors): same tolerance, and the
 // features must matter (zeroing them changes the logits) and be required.
 TEST(ViTParity, WithFeaturesLogitsMatchPyTorchTo1e4) {
-  const SafetensorsFile weights = read_safetensors(kParity / "vit_features.safetensors");
-  const SafetensorsFile io = read_safetensors(kParity / "vit_features_io.safetensors");
-  const ModelCard card = parse_model_card(weights.metadata, "vit_features.safetensors");
-  const ViTConfig config = ViTConfig::from_json(card.json.at("network"));
-  ASSERT_EQ(config.num_features, 5);
-  EXPECT_EQ(config.to_json(), card.json.at("network"));
-  ViT net(config);
-  load_named_tensors(*net, weights.tensors, "vit_features.safetensors");
-  net->eval();
+  FeatureFixture f = load_feature_fixture("vit_features");
+  ASSERT_EQ(f.config.num_features, 5);
+  ViT& net = f.net;
   EXPECT_EQ(net->named_parameters(true)["head.weight"].sizes().vec(), (std::vector<int64_t>{1, 48 + 5}));
-  int64_t count = 0;
-  for (const auto& p : net->named_parameters(true)) count += p.value().numel();
-  EXPECT_EQ(count, config.num_parameters());
   c10::InferenceMode guard;
-  const torch::Tensor& x = io.tensors.at("input");
-  const torch::Tensor& features = io.tensors.at("features");
-  const torch::Tensor logits = net->forward(x, features);
-  const double diff = (logits - io.tensors.at("logits")).abs().max().item<double>();
+  const torch::Tensor &x = f.x, &features = f.features, &logits = f.logits;
+  const double diff = f.diff;
   EXPECT_LE(diff, 1e-4);
   EXPECT_GT((net->forward(x, torch::zeros_like(features)) - logits).abs().max().item<double>(), 1e-2);
   expect_core_error([&] { net->forward(x); }, {"features", "[B, 5]"});
@@ -98,32 +120,22 @@ TEST(ViTParity, WithFeaturesLogitsMatchPyTorchTo1e4) {
 // features 3 and 0 in that order): logits and sign probabilities against PyTorch, the head's
 // width, and the features reaching the head only through the layer and the listed indices.
 TEST(ViTParity, WithSignLayerLogitsAndSignsMatchPyTorch) {
-  const SafetensorsFile weights = read_safetensors(kParity / "vit_signs.safetensors");
-  const SafetensorsFile io = read_safetensors(kParity / "vit_signs_io.safetensors");
-  const ModelCard card = parse_model_card(weights.metadata, "vit_signs.safetensors");
-  const ViTConfig config = ViTConfig::from_json(card.json.at("network"));
-  ASSERT_EQ(config.signs, (std::vector<std::string>{"swirl", "blend", "black_hole"}));
-  ASSERT_EQ(config.head_features, (std::vector<int64_t>{3, 0}));
-  EXPECT_EQ(config.to_json(), card.json.at("network"));
-  ViT net(config);
-  load_named_tensors(*net, weights.tensors, "vit_signs.safetensors");
-  net->eval();
+  FeatureFixture f = load_feature_fixture("vit_signs");
+  ASSERT_EQ(f.config.signs, (std::vector<std::string>{"swirl", "blend", "black_hole"}));
+  ASSERT_EQ(f.config.head_features, (std::vector<int64_t>{3, 0}));
+  ViT& net = f.net;
   auto params = net->named_parameters(true);
   EXPECT_EQ(params["head.weight"].sizes().vec(), (std::vector<int64_t>{1, 48 + 3 + 2}));
   EXPECT_EQ(params["signs.weight"].sizes().vec(), (std::vector<int64_t>{3, 5}));
-  int64_t count = 0;
-  for (const auto& p : params) count += p.value().numel();
-  EXPECT_EQ(count, config.num_parameters());
   c10::InferenceMode guard;
-  const torch::Tensor& x = io.tensors.at("input");
-  const torch::Tensor& features = io.tensors.at("features");
-  const torch::Tensor logits = net->forward(x, features);
-  const double diff = (logits - io.tensors.at("logits")).abs().max().item<double>();
+  const torch::Tensor &x = f.x, &features = f.features, &logits = f.logits;
+  const double diff = f.diff;
   EXPECT_LE(diff, 1e-4);
   const torch::Tensor signs = net->sign_probabilities(features);
   ASSERT_EQ(signs.sizes().vec(), (std::vector<int64_t>{2, 3}));
-  EXPECT_LE((signs - io.tensors.at("sign_probabilities")).abs().max().item<double>(), 1e-6);
-  // Swapping features 0 and 3 changes what the head reads directly (they enter as [3, 0]).
+  EXPECT_LE((signs - f.io.tensors.at("sign_probabilities")).abs().max().item<double>(), 1e-6);
+  // The features matter (the parity above is what pins the head's [3, 0] order: [0, 3] gives
+  // other logits).
   const torch::Tensor swapped = features.index_select(1, torch::tensor({3, 1, 2, 0, 4}));
   EXPECT_GT((net->forward(x, swapped) - logits).abs().max().item<double>(), 1e-3);
   expect_core_error([&] { net->forward(x, torch::zeros({2, 4})); }, {"features", "[B, 5]"});
