@@ -66,6 +66,7 @@ BASELINE_FEATURES = BASELINE_MARKERS + ["log_volume_ml", "log_ivh_volume_ml"]
 VOLUME_COLUMN = BASELINE_FEATURES.index("log_volume_ml")
 IVH_COLUMN = BASELINE_FEATURES.index("log_ivh_volume_ml")
 TRUE_MARKERS = ["heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin", "hypodensity"]
+SIGN_PREFIX = "sign:"  # he.signs of a classifier with a sign layer, kept beside the markers of a case
 # The markers on the in-plane 2 mm mean (docs/MARKERS.md), measured since 2026-12-04; not in the
 # baseline (on validation they did not raise its AUC, docs/CLASSIFIER.md).
 REGION_MARKERS = ["low_density_p10", "smoothed_hu_iqr", "hypodense_region_count", "hypodense_region_fraction",
@@ -120,6 +121,8 @@ def read_run(folder, truth):
         values = {m: number(markers.get(m, hematoma.get(m))) for m in MARKERS + REGION_MARKERS}
         values["volume_ml"] = number(hematoma.get("volume_ml"))
         values["ivh_volume_ml"] = number(((r.get("labels") or {}).get("ivh") or {}).get("volume_ml"))
+        for sign, p in (he.get("signs") or {}).items():  # a classifier with a sign layer
+            values[SIGN_PREFIX + sign] = number(p)
         cases[truth_id] = {"ok": ok, "probability": number(he.get("probability")) if ok else float("nan"),
                            "threshold": number(he.get("threshold")), "markers": values if ok else
                            {k: float("nan") for k in values}}
@@ -373,6 +376,13 @@ def markdown(report):
                        f"[{fmt(r['auc_ci95'][0])}, {fmt(r['auc_ci95'][1])}] |")
         out += ["", "AUC < 0.5: the measured marker runs against the truth. Every measured marker against every "
                 "true marker is in the JSON (markers.all).", ""]
+        if report["markers"].get("signs"):
+            out += [f"## The classifier's sign layer against the generator's true signs ({report['markers']['run']}: "
+                    "he.signs)", "", "| sign | n | true positives | AUC [95% CI] |", "|---|---:|---:|---|"]
+            for r in report["markers"]["signs"]:
+                out.append(f"| {r['true']} | {r['n']} | {r['n_true']} | {fmt(r['auc'])} "
+                           f"[{fmt(r['auc_ci95'][0])}, {fmt(r['auc_ci95'][1])}] |")
+            out.append("")
     return "\n".join(out)
 
 
@@ -487,7 +497,10 @@ def main(argv=None):
         pairs = [marker_auc(m, t, ids, marker_run, truth, rs, seed) for m, t in MARKER_PAIRS if t in present_true]
         every = [marker_auc(m, t, ids, marker_run, truth, rs, seed) for m in MARKERS + REGION_MARKERS
                  for t in present_true]
-        markers = {"run": marker_name, "pairs": pairs, "all": every}
+        signs = sorted({k[len(SIGN_PREFIX):] for i in ids if i in marker_run for k in marker_run[i]["markers"]
+                        if k.startswith(SIGN_PREFIX)})
+        detected = [marker_auc(SIGN_PREFIX + t, t, ids, marker_run, truth, rs, seed) for t in present_true if t in signs]
+        markers = {"run": marker_name, "pairs": pairs, "all": every, "signs": detected}
     report = rounded({"truth": os.path.abspath(args.truth),
                       "cohort": {"n": len(ids), "labels_csv": len(truth), "unmatched_truth": len(truth) - len(ids),
                                  "prevalence": float(y.mean())},

@@ -218,7 +218,10 @@ def test_train_export_and_report(tmp):
                   "markers": {"hypodense_fraction": 0.1 + 0.3 * hypo + 0.05 * rng.rand(),
                               "hu_sd": 5 + 4 * label + rng.rand(), "hu_cv": None, "bimodality_coefficient": 0.4,
                               "satellite_count": 0, "satellite_volume_ml": 0.0, "surface_ratio": 1.2},
-                  "he": {"probability": p, "risk": "low", "threshold": 0.45, "calibrated": True, "model": {}}}
+                  "he": {"probability": p, "risk": "low", "threshold": 0.45, "calibrated": True, "model": {},
+                         "signs": {"blend": 0.2 + 0.6 * hypo, "swirl": 0.5}}}
+        if i == 7:
+            del result["he"]["signs"]  # a case scored without a sign layer
         with open(os.path.join(run, "cases", f"case{i}", "result.json"), "w") as f:
             json.dump(result, f)
     with open(os.path.join(synth, "labels.csv"), "w", newline="") as f:
@@ -245,6 +248,12 @@ def test_train_export_and_report(tmp):
         len(classifier_report.MARKERS + classifier_report.REGION_MARKERS) * len(classifier_report.TRUE_MARKERS)
     # a run written before the region markers existed: their pairs are there, with no cases
     assert pairs[("low_density_p10", "blend")]["n"] == 0 and pairs[("low_density_p10", "blend")]["auc"] is None
+    # the sign layer's probabilities (he.signs) against the true signs: blend follows the truth; the
+    # true swirl is 0 for every case (no AUC); case 7 has none
+    signs = {r["true"]: r for r in report["markers"]["signs"]}
+    assert sorted(signs) == ["blend", "swirl"] and signs["blend"]["auc"] == 1.0 and signs["blend"]["n"] == 59
+    assert signs["swirl"]["auc"] is None and signs["swirl"]["n_true"] == 0
+    assert "## The classifier's sign layer against the generator's true signs" in open(os.path.join(tmp, "report.md")).read()
     assert json.load(open(os.path.join(tmp, "report.json")))["cohort"]["n"] == 60
     assert "| marker baseline |" in open(os.path.join(tmp, "report.md")).read()
     assert all(0 < r["ece_if_calibrated_median"] < r["ece_if_calibrated_p95"] for r in report["models"])
