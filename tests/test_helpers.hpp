@@ -40,9 +40,10 @@ inline nlohmann::json parity_classifier_card(double min_volume_ml, double slope,
   return card;
 }
 
-// The parity ViT's weights with `card`, written to `where`.
-inline std::filesystem::path write_parity_classifier(const std::filesystem::path& where, const nlohmann::json& card) {
-  SafetensorsFile f = read_safetensors(std::filesystem::path(HEMEXP_TEST_DATA) / "parity/vit.safetensors");
+// The weights of a parity ViT (tests/data/parity/STEM.safetensors) with `card`, written to `where`.
+inline std::filesystem::path write_parity_classifier(const std::filesystem::path& where, const nlohmann::json& card,
+                                                     const std::string& stem = "vit") {
+  SafetensorsFile f = read_safetensors(std::filesystem::path(HEMEXP_TEST_DATA) / "parity" / (stem + ".safetensors"));
   f.metadata[kModelCardKey] = card.dump();
   write_safetensors(where, f);
   return where;

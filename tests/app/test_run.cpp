@@ -356,6 +356,32 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
   EXPECT_DOUBLE_EQ(rescored["he"]["logit"].get<double>(), logit_before);
   EXPECT_DOUBLE_EQ(rescored["he"]["probability"].get<double>(), 1.0 / (1.0 + std::exp(-logit_before)));
   EXPECT_EQ(slurp(out / "cases/head/mask.nii.gz"), first);
+  // A classifier with a sign layer (parity vit_signs: 3 signs from 5 features, each normalised
+  // with mean 0 and sd 1): he.signs holds sigmoid(W f + b) of the case's measured features.
+  json signs_card = test::parity_classifier_card(0.0, 1.0, 0.0);
+  const SafetensorsFile signs_file =
+      read_safetensors(fs::path(HEMEXP_TEST_DATA) / "parity/vit_signs.safetensors");
+  signs_card["network"] = json::parse(signs_file.metadata.at(kModelCardKey))["network"];
+  const std::vector<std::string> names{"log_volume_ml", "hypodense_fraction", "hu_sd", "mean_hu", "surface_ratio"};
+  signs_card["features"] = json::array();
+  for (const std::string& n : names) signs_card["features"].push_back({{"name", n}, {"mean", 0.0}, {"sd", 1.0}});
+  o.cls_model = test::write_parity_classifier(root_ / "classifier-signs.safetensors", signs_card, "vit_signs").string();
+  ASSERT_EQ(run(o), kExitOk);
+  const json with_signs = json::parse(slurp(out / "cases/head/result.json"));
+  ASSERT_TRUE(with_signs["he"].contains("signs")) << with_signs["he"];
+  std::vector<float> f;
+  for (const std::string& n : names) {
+    const json& v = n == "log_volume_ml" ? json(std::log(with_signs["hematoma"]["volume_ml"].get<double>()))
+                    : n == "mean_hu"     ? with_signs["hematoma"]["mean_hu"]
+                                         : with_signs["markers"][n];
+    f.push_back(v.is_number() ? v.get<float>() : 0.0f);  // not measurable: the training mean, 0
+  }
+  const torch::Tensor expected = torch::sigmoid(torch::matmul(signs_file.tensors.at("signs.weight"), torch::tensor(f)) +
+                                                signs_file.tensors.at("signs.bias"));
+  const std::vector<std::string> signs{"swirl", "blend", "black_hole"};
+  ASSERT_EQ(with_signs["he"]["signs"].size(), signs.size());
+  for (size_t k = 0; k < signs.size(); ++k)
+    EXPECT_NEAR(with_signs["he"]["signs"][signs[k]].get<double>(), expected[int64_t(k)].item<double>(), 1e-5) << signs[k];
   // Another segmentation model (or options) means segmenting again.
   o.seg_model = test::write_random_segmenter(root_ / "model-copy.safetensors", "another-name").string();
   ASSERT_EQ(run(o), kExitOk);
