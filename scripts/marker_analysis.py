@@ -27,7 +27,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from classifier_report import BASELINE_FEATURES, REGION_MARKERS, TRUE_MARKERS  # noqa: E402
-from train_classifier import fit_logistic, parse_float, read_cases_csv, roc_auc, sigmoid  # noqa: E402
+from train_classifier import (fit_logistic, fit_logistic_out_of_fold, parse_float, read_cases_csv, roc_auc,  # noqa: E402
+                              sigmoid)
 
 L2 = 1e-3  # on the standardised weights and the mean log-loss: keeps the fits finite, changes little
 FOLDS = 5
@@ -65,14 +66,10 @@ def fit_score(x_train, y_train, x_test):
 def two_stage(train, val, names):
     xt, xv = matrix(train, names), matrix(val, names, train)
     st, sv = [], []
-    fold = np.arange(len(train)) % FOLDS
     for sign in TRUE_MARKERS:
-        y = np.array([r["true_" + sign] for r in train])
-        oof = np.zeros(len(train))
-        for k in range(FOLDS):
-            oof[fold == k] = fit_score(xt[fold != k], y[fold != k], xt[fold == k])
+        w, b, oof = fit_logistic_out_of_fold(xt, np.array([r["true_" + sign] for r in train]), FOLDS, L2)
         st.append(sigmoid(oof))
-        sv.append(sigmoid(fit_score(xt, y, xv)))
+        sv.append(sigmoid(xv @ w + b))
     extra = ["log_volume_ml", "log_ivh_volume_ml"]
     zt = np.column_stack(st + [matrix(train, extra)])
     zv = np.column_stack(sv + [matrix(val, extra, train)])

@@ -171,6 +171,18 @@ def fit_logistic(features, labels, l2=0.0):
 PLATT_MIN_SLOPE = 1e-6
 
 
+def fit_logistic_out_of_fold(x, y, folds, l2):
+    """fit_logistic on every row, and each row's logit from the fit without its fold (fold = row
+    index mod folds). Returns (w, b, out-of-fold logits)."""
+    w, b = fit_logistic(x, y, l2)
+    fold = np.arange(len(x)) % folds
+    oof = np.zeros(len(x))
+    for f in range(folds):
+        wf, bf = fit_logistic(x[fold != f], y[fold != f], l2)
+        oof[fold == f] = x[fold == f] @ wf + bf
+    return w, b, oof
+
+
 def platt_fit(logits, labels):
     """Platt scaling p = sigmoid(a logit + b), a > 0, by maximum likelihood. A tiny ridge (1e-5 on
     the slope per standard deviation of the logits) keeps a finite when the validation set is
@@ -571,18 +583,15 @@ def fit_sign_layer(net, train_set):
         raise SystemExit(f"the card's sign layer needs the true signs {net.sign_names} (true_<sign> columns of "
                          "`hemexp prepare` on synthetic cohorts) for every training case")
     x = train_set.features.numpy().astype(np.float64)
-    fold = np.arange(len(x)) % SIGN_FOLDS
     oof = np.zeros_like(targets)
     summary = {}
     for k, name in enumerate(net.sign_names):  # fit_logistic needs autograd: no torch.no_grad() around it
         y = targets[:, k]
-        w, b = fit_logistic(x, y, l2=1e-3)
+        w, b, oof_logits = fit_logistic_out_of_fold(x, y, SIGN_FOLDS, 1e-3)
+        oof[:, k] = sigmoid(oof_logits)
         with torch.no_grad():
             net.signs.weight[k] = torch.as_tensor(w, dtype=net.signs.weight.dtype)
             net.signs.bias[k] = b
-        for f in range(SIGN_FOLDS):
-            wf, bf = fit_logistic(x[fold != f], y[fold != f], l2=1e-3)
-            oof[fold == f, k] = sigmoid(x[fold == f] @ wf + bf)
         summary[name] = {"prevalence": float(y.mean()), "train_auc": roc_auc(x @ w + b, y),
                          "out_of_fold_auc": roc_auc(oof[:, k], y)}
     net.signs.requires_grad_(False)

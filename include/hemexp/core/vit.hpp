@@ -116,6 +116,11 @@ class ViTImpl : public torch::nn::Module {
   torch::Tensor head_feature_index_;  // config_.head_features as a tensor (int64), with a sign layer
 
   void check_features(const torch::Tensor& features, int64_t batch) const;
+  // sigmoid of the sign layer on checked features.
+  torch::Tensor sign_layer(const torch::Tensor& features);
+  // What the head reads beside the class token: the features, or with a sign layer the sign
+  // probabilities and the head_features (as hemexp_nets.ViT.head_inputs).
+  torch::Tensor head_inputs(const torch::Tensor& features);
 };
 TORCH_MODULE(ViT);
 

@@ -243,7 +243,14 @@ void ViTImpl::check_features(const torch::Tensor& features, int64_t batch) const
 torch::Tensor ViTImpl::sign_probabilities(const torch::Tensor& features) {
   if (config_.signs.empty()) throw CoreError("ViT: the model card has no sign layer (network.signs)");
   check_features(features, features.defined() && features.dim() == 2 ? features.size(0) : -1);
-  return torch::sigmoid(signs_(features.to(signs_->weight.dtype())));
+  return sign_layer(features.to(signs_->weight.dtype()));
+}
+
+torch::Tensor ViTImpl::sign_layer(const torch::Tensor& f) { return torch::sigmoid(signs_(f)); }
+
+torch::Tensor ViTImpl::head_inputs(const torch::Tensor& f) {
+  if (config_.signs.empty()) return f;
+  return torch::cat({sign_layer(f), f.index_select(1, head_feature_index_.to(f.device()))}, 1);
 }
 
 torch::Tensor ViTImpl::forward(const torch::Tensor& x, const torch::Tensor& features) {
@@ -263,12 +270,7 @@ torch::Tensor ViTImpl::forward(const torch::Tensor& x, const torch::Tensor& feat
   for (const auto& block : *blocks_) tokens = block->as<TransformerBlock>()->forward(tokens);
   // LayerNorm is per token, so normalising only the class token equals timm's norm-then-select.
   torch::Tensor pooled = norm_(tokens.select(1, 0));
-  if (!c.signs.empty()) {
-    const torch::Tensor f = features.to(pooled.dtype());
-    pooled = torch::cat({pooled, torch::sigmoid(signs_(f)), f.index_select(1, head_feature_index_.to(f.device()))}, 1);
-  } else if (c.num_features > 0) {
-    pooled = torch::cat({pooled, features.to(pooled.dtype())}, 1);
-  }
+  if (c.num_features > 0) pooled = torch::cat({pooled, head_inputs(features.to(pooled.dtype()))}, 1);
   return head_(pooled).squeeze(-1);  // (B, 1) -> (B)
 }
 
