@@ -19,6 +19,12 @@ constexpr double kSatelliteReachMm = 20.0;
 // island_count (docs/MARKERS.md: chosen on the validation cohort, seed 5103).
 constexpr double kIslandDropHu = 15.0, kIslandMaxHu = 100.0, kIslandReachMm = 10.0;
 constexpr double kIslandMinMm3 = 10.0, kIslandMaxMm3 = 400.0, kIslandSmoothMm = 2.0;
+// An island stands out from its surroundings and is compact (session 33: chosen on the training
+// cohorts, seeds 6501 and 6502, among 5-25 HU and 2-4 mm; docs/MARKERS.md): its mean S at least
+// kIslandContrastHu above the median S of the voxels within kIslandSurroundMm in-plane (and one
+// slice) around it that are not blood-like, mask or near bone; the SD of its voxels' positions
+// along its longest axis at most kIslandMaxSpreadMm (a strip of cortex, falx or inner table is longer).
+constexpr double kIslandContrastHu = 15.0, kIslandSurroundMm = 3.0, kIslandMaxSpreadMm = 2.0;
 constexpr double kBoneHu = 200.0, kBoneMarginMm = 3.0;
 // Hypodense regions (docs/MARKERS.md: chosen on the validation cohorts procval and bgval).
 constexpr double kRegionSmoothMm = 2.0, kRegionDropHu = 12.0, kRegionMinMm3 = 20.0;
@@ -118,6 +124,38 @@ void measure_hypodense_regions(const torch::Tensor& m, const torch::Tensor& inte
   if (deepest > 0) r.hypodense_region_centrality = depth.masked_select(region).mean().item<double>() / deepest;
 }
 
+// Whether an island candidate (region) is compact and at least kIslandContrastHu brighter in S
+// (smooth) than its surroundings: the voxels within kIslandSurroundMm in-plane and one slice
+// around it that are not in `excluded` (blood-like, mask, near bone). No surroundings: false.
+bool stands_out_and_compact(const torch::Tensor& region, const torch::Tensor& smooth, const torch::Tensor& excluded,
+                            const Geometry& g) {
+  const int64_t ky = odd_width(2 * kIslandSurroundMm, g.spacing_mm[1]);
+  const int64_t kx = odd_width(2 * kIslandSurroundMm, g.spacing_mm[0]);
+  const MaskBox rb = mask_bounding_box(region);
+  MaskBox box;  // the region's box grown by the surroundings' reach
+  const std::array<int64_t, 3> grow{1, ky / 2, kx / 2};
+  for (size_t d = 0; d < 3; ++d) {
+    box.begin[d] = std::max<int64_t>(0, rb.begin[d] - grow[d]);
+    box.size[d] = std::min<int64_t>(region.size(int64_t(d)), rb.begin[d] + rb.size[d] + grow[d]) - box.begin[d];
+  }
+  const torch::Tensor r = box.crop(region), s = box.crop(smooth);
+  const torch::Tensor near = torch::max_pool3d(r.to(torch::kFloat32).unsqueeze(0), {3, ky, kx}, 1, {1, ky / 2, kx / 2})
+                                 .squeeze(0) > 0.5f;
+  const torch::Tensor surround = near & ~box.crop(excluded);
+  if (surround.sum().item<int64_t>() == 0) return false;
+  const double contrast = s.masked_select(r).to(torch::kFloat64).mean().item<double>() -
+                          median(to_vector(s.masked_select(surround)));
+  if (!(contrast >= kIslandContrastHu)) return false;
+  // Spread along the longest axis: sqrt of the largest eigenvalue of the positions' covariance (mm).
+  const torch::Tensor at = r.nonzero().to(torch::kFloat64);
+  if (at.size(0) < 3) return true;
+  const torch::Tensor mm =
+      at * torch::tensor({g.spacing_mm[2], g.spacing_mm[1], g.spacing_mm[0]}, torch::kFloat64).unsqueeze(0);
+  const torch::Tensor centred = mm - mm.mean(0, true);
+  const torch::Tensor covariance = centred.t().mm(centred) / double(at.size(0) - 1);
+  return std::sqrt(torch::linalg_eigvalsh(covariance, "L").max().item<double>()) <= kIslandMaxSpreadMm;
+}
+
 // island_count: blood-like regions in the image near the mask's largest component that are
 // not connected to the clot's own region. mask_box is the mask's bounding box in (z, y, x).
 int64_t count_islands(const torch::Tensor& mask, const torch::Tensor& hu, const Geometry& g, const MaskBox& mask_box) {
@@ -168,11 +206,16 @@ int64_t count_islands(const torch::Tensor& mask, const torch::Tensor& hu, const 
   const int64_t clot = overlap.max().item<int64_t>() > 0 ? overlap.argmax().item<int64_t>() : -1;
   const torch::Tensor near_main =
       squared_distance_map(main, gb).reshape({-1}) <= kIslandReachMm * kIslandReachMm;
-  torch::Tensor island = (torch::bincount(flat.masked_select(near_main), {}, n + 1) > 0) &
-                         (sizes_mm3 >= kIslandMinMm3) & (sizes_mm3 <= kIslandMaxMm3);
-  island[0] = false;
-  if (clot > 0) island[clot] = false;
-  return island.sum().item<int64_t>();
+  torch::Tensor candidate = (torch::bincount(flat.masked_select(near_main), {}, n + 1) > 0) &
+                            (sizes_mm3 >= kIslandMinMm3) & (sizes_mm3 <= kIslandMaxMm3);
+  candidate[0] = false;
+  if (clot > 0) candidate[clot] = false;
+  const torch::Tensor not_surround = bright | m | (bone.squeeze(0) > 0.5f);
+  int64_t islands = 0;
+  const torch::Tensor ids = candidate.nonzero().reshape({-1}).contiguous();
+  for (int64_t i = 0; i < ids.numel(); ++i)
+    if (stands_out_and_compact(labels == ids[i].item<int64_t>(), smooth, not_surround, gb)) ++islands;
+  return islands;
 }
 
 }  // namespace

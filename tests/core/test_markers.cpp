@@ -215,6 +215,39 @@ TEST(Markers, IslandsAreBloodLikeRegionsNearTheClotWhateverTheMaskKept) {
   EXPECT_EQ(measure_markers(clot, no_bone, g).island_count, 4);
 }
 
+TEST(Markers, IslandsStandOutFromTheirSurroundingsAndAreCompact) {
+  // Three blood-like regions 3-8 mm outside a clot's margin, none near bone: a 2.5 mm ball of
+  // 85 HU in a 7 mm ball of 48 HU (its region, with the 2 mm smoothing's halo, about 17 HU
+  // above the 48 around it: counted); the same ball at 58 HU (about 6 HU above: not counted, as
+  // a faint partial volume or grey matter is not); a 65 HU strip 12 mm long, 2.4 mm thick (27 HU
+  // above the brain, but the SD of its positions along its length is 3.5 mm > 2 mm: a strip of
+  // falx or cortex, not counted).
+  const Geometry g = grid({140, 100, 30}, {0.8, 0.8, 2.0});
+  const Vec3 main{70, 50, 15};
+  const auto at = [&](double dx_mm, double dy_mm, double dz_mm) {
+    return Vec3{main[0] + dx_mm / g.spacing_mm[0], main[1] + dy_mm / g.spacing_mm[1], main[2] + dz_mm / g.spacing_mm[2]};
+  };
+  const torch::Tensor clot = ball(g, main, 8.0);
+  const torch::Tensor bright_ball = ball(g, at(18, 0, 0), 2.5), faint_ball = ball(g, at(-18, 0, 0), 2.5);
+  const torch::Tensor shells = ball(g, at(18, 0, 0), 7.0) | ball(g, at(-18, 0, 0), 7.0);
+  torch::Tensor strip = torch::zeros_like(clot);
+  const int64_t y0 = int64_t(std::lround(main[1] + 11.2 / g.spacing_mm[1]));
+  strip.narrow(0, int64_t(main[2]) - 1, 3).narrow(1, y0, 3).narrow(2, int64_t(main[0]) - 7, 15).fill_(true);
+  const auto image = [&](float bright_hu, float faint_hu, bool with_strip) {
+    torch::Tensor hu = clot_hu(clot, 0.0);
+    hu.masked_fill_(shells, 48.f);
+    hu.masked_fill_(bright_ball, bright_hu);
+    hu.masked_fill_(faint_ball, faint_hu);
+    if (with_strip) hu.masked_fill_(strip, kBloodHu);
+    auto gen = at::detail::createCPUGenerator(3);
+    return hu + 2.0f * at::normal(0.0, 1.0, hu.sizes(), gen).to(torch::kFloat32);
+  };
+  EXPECT_EQ(measure_markers(clot, image(85.f, 58.f, true), g).island_count, 1);
+  // Both balls bright: two; neither: none (the strip alone never counts).
+  EXPECT_EQ(measure_markers(clot, image(85.f, 85.f, true), g).island_count, 2);
+  EXPECT_EQ(measure_markers(clot, image(58.f, 58.f, true), g).island_count, 0);
+}
+
 TEST(Markers, SurfaceRatioGrowsWithIrregularShape) {
   const Geometry g = grid({120, 80, 60}, {0.5, 0.5, 1.0});
   const Vec3 c{60, 40, 30};
