@@ -13,6 +13,8 @@ pooled, each beside the generator's observable oracle (he_observable_probability
   true signs        the generator's true signs with the measured log volumes: what perfect
                     sign detection would give with weights learnt from these labels
   true signs - S    the same without sign S: what each sign is worth
+  true signs, S read  the same with sign S replaced by its detector's probability (markers+regions,
+                    out-of-fold on training): what reading S instead of knowing it costs
 and, per true sign, how well a logistic detector on each feature set reads it.
 
 Validation only: choosing features on a test cohort would make its numbers optimistic.
@@ -63,16 +65,21 @@ def fit_score(x_train, y_train, x_test):
     return x_test @ w + b
 
 
-def two_stage(train, val, names):
+def sign_probabilities(train, val, names, sign):
+    """A logistic detector of the true sign on the features `names`: its out-of-fold probabilities
+    on the training rows and its probabilities on the validation rows."""
     xt, xv = matrix(train, names), matrix(val, names, train)
-    st, sv = [], []
-    for sign in TRUE_MARKERS:
-        w, b, oof = fit_logistic_out_of_fold(xt, np.array([r["true_" + sign] for r in train]), FOLDS, L2)
-        st.append(sigmoid(oof))
-        sv.append(sigmoid(xv @ w + b))
-    extra = ["log_volume_ml", "log_ivh_volume_ml"]
-    zt = np.column_stack(st + [matrix(train, extra)])
-    zv = np.column_stack(sv + [matrix(val, extra, train)])
+    w, b, oof = fit_logistic_out_of_fold(xt, np.array([r["true_" + sign] for r in train]), FOLDS, L2)
+    return sigmoid(oof), sigmoid(xv @ w + b)
+
+
+def two_stage(train, val, names, signs=TRUE_MARKERS, known=()):
+    """he_label on the detectors' probabilities of `signs`, the true values of the `known` columns,
+    log volume and log IVH volume."""
+    read = [sign_probabilities(train, val, names, sign) for sign in signs]
+    extra = list(known) + ["log_volume_ml", "log_ivh_volume_ml"]
+    zt = np.column_stack([t for t, _ in read] + [matrix(train, extra)])
+    zv = np.column_stack([v for _, v in read] + [matrix(val, extra, train)])
     return fit_score(zt, np.array([r["he_label"] for r in train]), zv)
 
 
@@ -101,6 +108,10 @@ def main(argv=None):
               ("two-stage (markers+regions)", two_stage(train, val, BASELINE_FEATURES + REGION_MARKERS)),
               ("true signs", direct(true_signs))]
     models += [(f"true signs - {s}", direct([t for t in true_signs if t != "true_" + s])) for s in TRUE_MARKERS]
+    # What reading one sign (instead of knowing it) costs: that sign's detector on markers+regions.
+    models += [(f"true signs, {s} read", two_stage(train, val, BASELINE_FEATURES + REGION_MARKERS, [s],
+                                                   ["true_" + t for t in TRUE_MARKERS if t != s]))
+               for s in TRUE_MARKERS]
     models += [("volume and IVH only", direct(["log_volume_ml", "log_ivh_volume_ml"]))]
     # How well each true sign is read: a logistic detector per sign, fitted on training, AUC on validation.
     detectors = []

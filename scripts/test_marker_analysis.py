@@ -62,6 +62,11 @@ def main():
         for dropped in ("blend", "island"):
             assert rows[f"true signs - {dropped}"][0] < 0.95, (dropped, rows)
         assert rows["true signs - swirl"][0] == 1.0, rows                # swirl plays no part
+        # Read instead of known: swirl costs nothing, island (no marker reads it) as much as dropping
+        # it, blend (read through noise) less than dropping it.
+        assert rows["true signs, swirl read"][0] == 1.0, rows
+        assert abs(rows["true signs, island read"][0] - rows["true signs - island"][0]) < 0.03, rows
+        assert rows["true signs - blend"][0] + 0.02 < rows["true signs, blend read"][0] < 1.0, rows
         assert abs(rows["volume and IVH only"][0] - 0.5) < 0.1, rows     # independent of the label
         assert 0.6 < rows["markers"][0] < 0.95, rows                     # blend through noise
         assert rows["two-stage (markers)"][0] > 0.6, rows
