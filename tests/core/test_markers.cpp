@@ -183,17 +183,28 @@ TEST(Markers, SatellitesAreIslandsNearTheMainClot) {
   EXPECT_NEAR(r.satellite_volume_ml, double((near_x | near_y).sum().item<int64_t>()) * g.voxel_volume_mm3() / 1000.0, 1e-12);
 }
 
+// An 8 mm clot on a 0.8 x 0.8 x 2 mm grid, with points given in mm from its centre.
+struct ClotScene {
+  Geometry g = grid({140, 100, 30}, {0.8, 0.8, 2.0});
+  Vec3 centre;
+  torch::Tensor clot;
+  explicit ClotScene(Vec3 c) : centre(c), clot(ball(g, c, 8.0)) {}
+  Vec3 at(double dx_mm, double dy_mm, double dz_mm) const {
+    return Vec3{centre[0] + dx_mm / g.spacing_mm[0], centre[1] + dy_mm / g.spacing_mm[1],
+                centre[2] + dz_mm / g.spacing_mm[2]};
+  }
+};
+
 TEST(Markers, IslandsAreBloodLikeRegionsNearTheClotWhateverTheMaskKept) {
   // The mask holds only the main ball (as after a segmenter's small-component removal); the
   // image also has blood-density balls around it. Counted: the three 2.5 mm balls 3-5 mm
   // outside the margin. Not counted: a ball 30 mm away, a 1 mm speck (4 mm^3), a ball touching
   // the clot (the same bright region), a 70 HU layer along bone (partial volume with bone).
-  const Geometry g = grid({140, 100, 30}, {0.8, 0.8, 2.0});
-  const Vec3 main{50, 50, 15};
-  const auto at = [&](double dx_mm, double dy_mm, double dz_mm) {
-    return Vec3{main[0] + dx_mm / g.spacing_mm[0], main[1] + dy_mm / g.spacing_mm[1], main[2] + dz_mm / g.spacing_mm[2]};
-  };
-  const torch::Tensor clot = ball(g, main, 8.0);
+  const ClotScene scene({50, 50, 15});
+  const Geometry& g = scene.g;
+  const Vec3& main = scene.centre;
+  const torch::Tensor& clot = scene.clot;
+  const auto at = [&](double dx_mm, double dy_mm, double dz_mm) { return scene.at(dx_mm, dy_mm, dz_mm); };
   const torch::Tensor islands = ball(g, at(14, 0, 0), 2.5) | ball(g, at(0, 13, 0), 2.5) | ball(g, at(-8, -9, 4), 2.5);
   const torch::Tensor others = ball(g, at(38, 0, 0), 2.5) | ball(g, at(0, -11, 0), 1.0) | ball(g, at(-9, 0, 0), 2.5);
   torch::Tensor hu = clot_hu(clot | islands | others, 2.0);
@@ -222,19 +233,14 @@ TEST(Markers, IslandsStandOutFromTheirSurroundingsAndAreCompact) {
   // a faint partial volume or grey matter is not); a 65 HU strip 12 mm long, 2.4 mm thick (27 HU
   // above the brain, but the SD of its positions along its length is 3.5 mm > 2 mm: a strip of
   // falx or cortex, not counted).
-  const Geometry g = grid({140, 100, 30}, {0.8, 0.8, 2.0});
-  const Vec3 main{70, 50, 15};
-  const auto at = [&](double dx_mm, double dy_mm, double dz_mm) {
-    return Vec3{main[0] + dx_mm / g.spacing_mm[0], main[1] + dy_mm / g.spacing_mm[1], main[2] + dz_mm / g.spacing_mm[2]};
-  };
-  const torch::Tensor clot = ball(g, main, 8.0);
-  const torch::Tensor bright_ball = ball(g, at(18, 0, 0), 2.5), faint_ball = ball(g, at(-18, 0, 0), 2.5);
-  const torch::Tensor shells = ball(g, at(18, 0, 0), 7.0) | ball(g, at(-18, 0, 0), 7.0);
-  torch::Tensor strip = torch::zeros_like(clot);
-  const int64_t y0 = int64_t(std::lround(main[1] + 11.2 / g.spacing_mm[1]));
-  strip.narrow(0, int64_t(main[2]) - 1, 3).narrow(1, y0, 3).narrow(2, int64_t(main[0]) - 7, 15).fill_(true);
+  const ClotScene s({70, 50, 15});
+  const torch::Tensor bright_ball = ball(s.g, s.at(18, 0, 0), 2.5), faint_ball = ball(s.g, s.at(-18, 0, 0), 2.5);
+  const torch::Tensor shells = ball(s.g, s.at(18, 0, 0), 7.0) | ball(s.g, s.at(-18, 0, 0), 7.0);
+  torch::Tensor strip = torch::zeros_like(s.clot);
+  const int64_t y0 = int64_t(std::lround(s.centre[1] + 11.2 / s.g.spacing_mm[1]));
+  strip.narrow(0, int64_t(s.centre[2]) - 1, 3).narrow(1, y0, 3).narrow(2, int64_t(s.centre[0]) - 7, 15).fill_(true);
   const auto image = [&](float bright_hu, float faint_hu, bool with_strip) {
-    torch::Tensor hu = clot_hu(clot, 0.0);
+    torch::Tensor hu = clot_hu(s.clot, 0.0);
     hu.masked_fill_(shells, 48.f);
     hu.masked_fill_(bright_ball, bright_hu);
     hu.masked_fill_(faint_ball, faint_hu);
@@ -242,10 +248,10 @@ TEST(Markers, IslandsStandOutFromTheirSurroundingsAndAreCompact) {
     auto gen = at::detail::createCPUGenerator(3);
     return hu + 2.0f * at::normal(0.0, 1.0, hu.sizes(), gen).to(torch::kFloat32);
   };
-  EXPECT_EQ(measure_markers(clot, image(85.f, 58.f, true), g).island_count, 1);
+  EXPECT_EQ(measure_markers(s.clot, image(85.f, 58.f, true), s.g).island_count, 1);
   // Both balls bright: two; neither: none (the strip alone never counts).
-  EXPECT_EQ(measure_markers(clot, image(85.f, 85.f, true), g).island_count, 2);
-  EXPECT_EQ(measure_markers(clot, image(58.f, 58.f, true), g).island_count, 0);
+  EXPECT_EQ(measure_markers(s.clot, image(85.f, 85.f, true), s.g).island_count, 2);
+  EXPECT_EQ(measure_markers(s.clot, image(58.f, 58.f, true), s.g).island_count, 0);
 }
 
 TEST(Markers, SurfaceRatioGrowsWithIrregularShape) {
