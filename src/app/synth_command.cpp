@@ -197,9 +197,9 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
         write_case(out / c.truth.case_id, c);
         rows[k] = label_row(c);
         release_freed_memory();  // the worker's arena would keep each case's volumes (core/runtime.hpp)
-        spdlog::info("{}: {:.1f} mL {} HE={} p={:.3f} ({:.1f} s)", id, c.baseline.volume_ml, c.location,
-                     c.truth.he.label ? 1 : 0, c.truth.he.probability,
-                     seconds_since(tc));
+        // No expansion label or probability on the console: a held-out cohort stays blind until
+        // labels.csv is read on purpose.
+        spdlog::info("{}: {:.1f} mL {} ({:.1f} s)", id, c.baseline.volume_ml, c.location, seconds_since(tc));
       } catch (const std::exception& e) {
         errors[k] = e.what();
         rows[k] = {{"case_id", id}};
