@@ -19,7 +19,7 @@ constexpr double kSatelliteReachMm = 20.0;
 // island_count (docs/MARKERS.md: chosen on the validation cohort, seed 5103).
 constexpr double kIslandDropHu = 15.0, kIslandMaxHu = 100.0, kIslandReachMm = 10.0;
 constexpr double kIslandMinMm3 = 10.0, kIslandMaxMm3 = 400.0, kIslandSmoothMm = 2.0;
-// An island stands out from its surroundings and is compact (session 33: chosen on the training
+// An island stands out from its surroundings and is compact (2026-12-04: chosen on the training
 // cohorts, seeds 6501 and 6502, among 5-25 HU and 2-4 mm; docs/MARKERS.md): its mean S at least
 // kIslandContrastHu above the median S of the voxels within kIslandSurroundMm in-plane (and one
 // slice) around it that are not blood-like, mask or near bone; the SD of its voxels' positions
