@@ -131,13 +131,7 @@ bool stands_out_and_compact(const torch::Tensor& region, const torch::Tensor& sm
                             const Geometry& g) {
   const int64_t ky = odd_width(2 * kIslandSurroundMm, g.spacing_mm[1]);
   const int64_t kx = odd_width(2 * kIslandSurroundMm, g.spacing_mm[0]);
-  const MaskBox rb = mask_bounding_box(region);
-  MaskBox box;  // the region's box grown by the surroundings' reach
-  const std::array<int64_t, 3> grow{1, ky / 2, kx / 2};
-  for (size_t d = 0; d < 3; ++d) {
-    box.begin[d] = std::max<int64_t>(0, rb.begin[d] - grow[d]);
-    box.size[d] = std::min<int64_t>(region.size(int64_t(d)), rb.begin[d] + rb.size[d] + grow[d]) - box.begin[d];
-  }
+  const MaskBox box = mask_bounding_box(region).grown({1, ky / 2, kx / 2}, region);  // with the surroundings
   const torch::Tensor r = box.crop(region), s = box.crop(smooth);
   const torch::Tensor near = torch::max_pool3d(r.to(torch::kFloat32).unsqueeze(0), {3, ky, kx}, 1, {1, ky / 2, kx / 2})
                                  .squeeze(0) > 0.5f;
@@ -160,15 +154,10 @@ bool stands_out_and_compact(const torch::Tensor& region, const torch::Tensor& sm
 // not connected to the clot's own region. mask_box is the mask's bounding box in (z, y, x).
 int64_t count_islands(const torch::Tensor& mask, const torch::Tensor& hu, const Geometry& g, const MaskBox& mask_box) {
   // The mask's box grown by the reach plus the bone margin and the smoothing half-width.
-  MaskBox box;
-  for (int d = 0; d < 3; ++d) {
-    const double sp = g.spacing_mm[size_t(2 - d)];
-    const int64_t grow = int64_t(std::ceil((kIslandReachMm + kBoneMarginMm + kIslandSmoothMm) / sp));
-    const int64_t b = std::max<int64_t>(0, mask_box.begin[size_t(d)] - grow);
-    const int64_t e = std::min<int64_t>(mask.size(d), mask_box.begin[size_t(d)] + mask_box.size[size_t(d)] + grow);
-    box.begin[size_t(d)] = b;
-    box.size[size_t(d)] = e - b;
-  }
+  std::array<int64_t, 3> grow{};
+  for (size_t d = 0; d < 3; ++d)
+    grow[d] = int64_t(std::ceil((kIslandReachMm + kBoneMarginMm + kIslandSmoothMm) / g.spacing_mm[2 - d]));
+  const MaskBox box = mask_box.grown(grow, mask);
   const Geometry gb = box.crop(g);
   const torch::Tensor m = box.crop(mask).ne(0).contiguous();
   const torch::Tensor values = box.crop(hu).to(torch::kFloat32).contiguous();

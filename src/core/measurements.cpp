@@ -95,6 +95,15 @@ Geometry MaskBox::crop(const Geometry& g) const {
   return box;
 }
 
+MaskBox MaskBox::grown(const std::array<int64_t, 3>& by, const torch::Tensor& volume) const {
+  MaskBox box;
+  for (size_t d = 0; d < 3; ++d) {
+    box.begin[d] = std::max<int64_t>(0, begin[d] - by[d]);
+    box.size[d] = std::min<int64_t>(volume.size(int64_t(d)), begin[d] + size[d] + by[d]) - box.begin[d];
+  }
+  return box;
+}
+
 HematomaMeasurements measure_hematoma(const torch::Tensor& mask, const torch::Tensor& hu, const Geometry& g) {
   check_matches(g, mask, "measuring a hematoma mask");
   check_matches(g, hu, "measuring hematoma HU");

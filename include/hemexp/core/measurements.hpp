@@ -42,6 +42,8 @@ struct MaskBox {
   bool empty() const { return size[0] == 0; }
   torch::Tensor crop(const torch::Tensor& volume) const;  // a view of the box
   Geometry crop(const Geometry& g) const;                 // spacing kept, size of the box
+  // The box grown by `by` voxels on each side per dim (z, y, x), clipped to `volume`'s extent.
+  MaskBox grown(const std::array<int64_t, 3>& by, const torch::Tensor& volume) const;
 };
 MaskBox mask_bounding_box(const torch::Tensor& mask);
 
