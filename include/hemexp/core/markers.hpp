@@ -45,11 +45,11 @@ struct NcctMarkers {
   // Islands seen in the image, whatever the mask kept (a segmenter's post-processing removes
   // small components, so satellite_count of a predicted mask misses them): within 10 mm of the
   // mask's largest component, 26-connected regions of blood-like density (in-plane 2 mm box
-  // mean above the clot's interior median - 15 HU and below 100 HU, not within 3 mm of bone
-  // > 200 HU) of 10 to 400 mm^3 that are separate from the region holding the clot, stand out
-  // from what surrounds them (mean box mean >= 15 HU above the median of the voxels within 3 mm
-  // in-plane and one slice that are none of these: blood-like, mask, near bone) and are compact
-  // (SD of their voxels' positions along the longest axis <= 2 mm; strips of cortex or falx are not).
+  // mean above the clot's interior median - 30 HU and below 100 HU, not within 3 mm of bone
+  // > 200 HU) of 5 to 400 mm^3, separate from the region holding the clot, that a logistic
+  // detector of eight measurements (fitted on the generator's islands: scripts/island_detector.py,
+  // docs/MARKERS.md) gives >= 0.5 and whose voxels' positions spread at most 3.5 mm (SD along the
+  // longest axis; strips of cortex or falx are never islands).
   int64_t island_count = 0;
   // Shape irregularity: surface area / area of the sphere of the same volume = 1 / sphericity,
   //   A / (pi^(1/3) (6 V)^(2/3)), with measure_hematoma's surface estimate (surface_area_mm2).
