@@ -16,7 +16,7 @@ HEMEXP_PACKAGES=(
 )
 # The PyTorch reference of the networks (training, export, parity fixtures), run with
 # Debian's /usr/bin/python3; test.sh checks it too, so the training side cannot rot unseen.
-HEMEXP_PYTHON_PACKAGES=(python3-torch python3-numpy python3-nibabel)
+HEMEXP_PYTHON_PACKAGES=(python3-torch python3-numpy python3-nibabel python3-scipy)
 
 hemexp_install_packages() {
   local missing=()
