@@ -136,19 +136,21 @@ void measure_hypodense_regions(const torch::Tensor& m, const torch::Tensor& inte
   if (deepest > 0) r.hypodense_region_centrality = depth.masked_select(region).mean().item<double>() / deepest;
 }
 
-// The probability that an island candidate (region) is an island, from its eight measurements
+// The probability that an island candidate (label `id` of `labels`, inside `region_box`) is an
+// island, from its eight measurements
 // (scripts/island_detector.py, in this order): ln of its volume (mm^3), its distance from the
 // clot's main component (mm), its mean and peak S minus the clot's median S (reference_hu), its mean
 // and peak S minus the median S of its surroundings (the voxels within kIslandSurroundMm in-plane
 // and one slice around it not in `excluded`: blood-like, mask, near bone), the SD of S over it and
 // the SD of its voxels' positions along its longest axis (mm). No surroundings, or a spread above
 // kIslandMaxSpreadMm: 0.
-double island_probability(const torch::Tensor& region, const torch::Tensor& smooth, const torch::Tensor& excluded,
-                          const torch::Tensor& distance_mm, double reference_hu, const Geometry& g) {
+double island_probability(const torch::Tensor& labels, int64_t id, const MaskBox& region_box, const torch::Tensor& smooth,
+                          const torch::Tensor& excluded, const torch::Tensor& distance_mm, double reference_hu,
+                          const Geometry& g) {
   const int64_t ky = odd_width(2 * kIslandSurroundMm, g.spacing_mm[1]);
   const int64_t kx = odd_width(2 * kIslandSurroundMm, g.spacing_mm[0]);
-  const MaskBox box = mask_bounding_box(region).grown({1, ky / 2, kx / 2}, region);  // with the surroundings
-  const torch::Tensor r = box.crop(region), s = box.crop(smooth);
+  const MaskBox box = region_box.grown({1, ky / 2, kx / 2}, labels);  // with the surroundings
+  const torch::Tensor r = box.crop(labels) == id, s = box.crop(smooth);
   const torch::Tensor near = torch::max_pool3d(r.to(torch::kFloat32).unsqueeze(0), {3, ky, kx}, 1, {1, ky / 2, kx / 2})
                                  .squeeze(0) > 0.5f;
   const torch::Tensor surround = near & ~box.crop(excluded);
@@ -235,11 +237,14 @@ int64_t count_islands(const torch::Tensor& mask, const torch::Tensor& hu, const 
   candidate[0] = false;
   if (clot > 0) candidate[clot] = false;
   const torch::Tensor not_surround = bright | m | (bone.squeeze(0) > 0.5f);
+  const std::vector<MaskBox> boxes = label_boxes(labels, n);
   int64_t islands = 0;
   const torch::Tensor ids = candidate.nonzero().reshape({-1}).contiguous();
-  for (int64_t i = 0; i < ids.numel(); ++i)
-    if (island_probability(labels == ids[i].item<int64_t>(), smooth, not_surround, distance_mm, reference_hu, gb) >= 0.5)
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    const int64_t id = ids[i].item<int64_t>();
+    if (island_probability(labels, id, boxes[size_t(id)], smooth, not_surround, distance_mm, reference_hu, gb) >= 0.5)
       ++islands;
+  }
   return islands;
 }
 

@@ -85,6 +85,30 @@ MaskBox mask_bounding_box(const torch::Tensor& mask) {
   return box;
 }
 
+std::vector<MaskBox> label_boxes(const torch::Tensor& labels, int64_t n) {
+  if (labels.dim() != 3 || labels.scalar_type() != torch::kInt32) throw CoreError("label boxes: need (z, y, x) int32 labels");
+  const torch::Tensor l = labels.contiguous();
+  const int64_t nz = l.size(0), ny = l.size(1), nx = l.size(2);
+  std::vector<std::array<int64_t, 6>> lohi(size_t(n + 1), {nz, ny, nx, -1, -1, -1});
+  const int32_t* p = l.data_ptr<int32_t>();
+  for (int64_t z = 0; z < nz; ++z)
+    for (int64_t y = 0; y < ny; ++y)
+      for (int64_t x = 0; x < nx; ++x, ++p) {
+        if (*p <= 0 || *p > n) continue;
+        auto& b = lohi[size_t(*p)];
+        b[0] = std::min(b[0], z), b[1] = std::min(b[1], y), b[2] = std::min(b[2], x);
+        b[3] = std::max(b[3], z), b[4] = std::max(b[4], y), b[5] = std::max(b[5], x);
+      }
+  std::vector<MaskBox> boxes(size_t(n + 1));
+  for (int64_t k = 1; k <= n; ++k) {
+    const auto& b = lohi[size_t(k)];
+    if (b[3] < 0) continue;
+    boxes[size_t(k)].begin = {b[0], b[1], b[2]};
+    boxes[size_t(k)].size = {b[3] - b[0] + 1, b[4] - b[1] + 1, b[5] - b[2] + 1};
+  }
+  return boxes;
+}
+
 torch::Tensor MaskBox::crop(const torch::Tensor& volume) const {
   return volume.narrow(0, begin[0], size[0]).narrow(1, begin[1], size[1]).narrow(2, begin[2], size[2]);
 }

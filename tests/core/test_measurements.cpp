@@ -76,6 +76,18 @@ TEST(Measurements, ComponentsBorderAndEmptyMask) {
   EXPECT_EQ(empty.voxels, 0);
   EXPECT_EQ(empty.volume_ml, 0.0);
   EXPECT_EQ(empty.components, 0);
+  // Each label's box, in one pass, equal to mask_bounding_box of that label alone; a label the
+  // volume does not hold (4) and the background (0) get empty boxes.
+  const std::vector<MaskBox> boxes = label_boxes(labels, 4);
+  ASSERT_EQ(boxes.size(), 5u);
+  EXPECT_TRUE(boxes[0].empty());
+  EXPECT_TRUE(boxes[4].empty());
+  for (int k = 1; k <= 3; ++k) {
+    const MaskBox one = mask_bounding_box(labels == k);
+    EXPECT_EQ(boxes[size_t(k)].begin, one.begin) << k;
+    EXPECT_EQ(boxes[size_t(k)].size, one.size) << k;
+  }
+  EXPECT_EQ(boxes[size_t(labels[1][1][1].item<int>())].size, (std::array<int64_t, 3>{2, 2, 2}));
 }
 
 }  // namespace

@@ -1,5 +1,8 @@
 #pragma once
 
+#include <array>
+#include <vector>
+
 #include <nlohmann/json.hpp>
 
 #include "hemexp/core/geometry.hpp"
@@ -50,5 +53,9 @@ MaskBox mask_bounding_box(const torch::Tensor& mask);
 // Number of 26-connected components of a mask, and a label volume (int32, 0 = background,
 // components numbered 1.. in scan order) when labels is not null.
 int64_t connected_components(const torch::Tensor& mask, torch::Tensor* labels = nullptr);
+
+// The bounding box of each label 1..n of a label volume (int32, as connected_components gives),
+// in one pass: element k is label k's box (element 0, the background, and absent labels: empty).
+std::vector<MaskBox> label_boxes(const torch::Tensor& labels, int64_t n);
 
 }  // namespace hemexp
