@@ -138,7 +138,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     train = [cohort_table(p, args.tables) for p in args.train]
     x = np.vstack([t[2] for t in train])
-    x = x[np.isfinite(x[:, 0])]
+    measured = np.isfinite(x[:, 0])  # rows of cases without candidates are NaN
+    x = x[measured]
     raw, y = x[:, :-1], x[:, -1]
     mean, sd = raw.mean(0), raw.std(0)
     z = quadratic((raw - mean) / sd)
@@ -146,7 +147,7 @@ def main(argv=None):
     # Folds by case (the order cases first appear), so a case's candidates are scored together.
     names = [(k, c) for k, t in enumerate(train) for c in t[0]]
     index = {n: i for i, n in reversed(list(enumerate(names)))}
-    case = np.array([index[n] % 5 for n in names])[np.isfinite(np.vstack([t[2] for t in train])[:, 0])]
+    case = np.array([index[n] % 5 for n in names])[measured]
     oof = np.zeros(len(y))
     for f in range(5):
         wf, bf = fit_logistic(z[case != f], y[case != f], L2)

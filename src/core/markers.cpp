@@ -151,13 +151,6 @@ double island_probability(const torch::Tensor& labels, int64_t id, const MaskBox
   const int64_t kx = odd_width(2 * kIslandSurroundMm, g.spacing_mm[0]);
   const MaskBox box = region_box.grown({1, ky / 2, kx / 2}, labels);  // with the surroundings
   const torch::Tensor r = box.crop(labels) == id, s = box.crop(smooth);
-  const torch::Tensor near = torch::max_pool3d(r.to(torch::kFloat32).unsqueeze(0), {3, ky, kx}, 1, {1, ky / 2, kx / 2})
-                                 .squeeze(0) > 0.5f;
-  const torch::Tensor surround = near & ~box.crop(excluded);
-  if (surround.sum().item<int64_t>() == 0) return 0.0;
-  const double around = median(to_vector(s.masked_select(surround)));
-  const torch::Tensor v = s.masked_select(r).to(torch::kFloat64);
-  const double mean_s = v.mean().item<double>(), peak_s = v.max().item<double>();
   // Spread along the longest axis: sqrt of the largest eigenvalue of the positions' covariance (mm).
   const torch::Tensor at = r.nonzero().to(torch::kFloat64);
   double spread = 0.0;
@@ -169,6 +162,13 @@ double island_probability(const torch::Tensor& labels, int64_t id, const MaskBox
     spread = std::sqrt(std::max(torch::linalg_eigvalsh(covariance, "L").max().item<double>(), 0.0));
   }
   if (spread > kIslandMaxSpreadMm) return 0.0;
+  const torch::Tensor near = torch::max_pool3d(r.to(torch::kFloat32).unsqueeze(0), {3, ky, kx}, 1, {1, ky / 2, kx / 2})
+                                 .squeeze(0) > 0.5f;
+  const torch::Tensor surround = near & ~box.crop(excluded);
+  if (surround.sum().item<int64_t>() == 0) return 0.0;
+  const double around = median(to_vector(s.masked_select(surround)));
+  const torch::Tensor v = s.masked_select(r).to(torch::kFloat64);
+  const double mean_s = v.mean().item<double>(), peak_s = v.max().item<double>();
   const double x[8] = {std::log(double(v.numel()) * g.voxel_volume_mm3()),
                        box.crop(distance_mm).masked_select(r).min().item<double>(),
                        mean_s - reference_hu,
