@@ -249,12 +249,15 @@ class ViT(nn.Module):
     (1e-6), dropout (0, training only), num_features (0: scalar features, normalised as the
     card's "features" block says, joined to the class token before the head), signs (optional
     names of NCCT signs: a sign layer Linear(num_features, len(signs)) whose sigmoid the head
-    reads instead of the features) and head_features (indices of the features the head still
-    reads beside the sign probabilities). Validation of bounds is the C++ ViTConfig's job."""
+    reads instead of the features), sign_inputs ("linear", the default: the layer reads the
+    features; "quadratic": it reads the features and their pairwise products f_i f_j, i <= j, in
+    row-major upper-triangle order, num_features (num_features + 3) / 2 inputs) and head_features
+    (indices of the features the head still reads beside the sign probabilities). Validation of
+    bounds is the C++ ViTConfig's job."""
 
     FIELDS = ("architecture", "in_channels", "image_size", "patch_size", "embed_dim", "depth", "num_heads",
               "mlp_dim", "layer_norm_eps", "dropout", "num_features",
-              "signs", "head_features")
+              "signs", "sign_inputs", "head_features")
 
     def __init__(self, card_network):
         super().__init__()
@@ -278,11 +281,16 @@ class ViT(nn.Module):
         self.num_features = c.get("num_features", 0)
         self.sign_names = list(c.get("signs", []))
         self.head_features = list(c.get("head_features", []))
+        self.sign_inputs = c.get("sign_inputs", "linear")
+        assert self.sign_inputs in ("linear", "quadratic"), "sign_inputs must be linear or quadratic"
+        assert self.sign_inputs == "linear" or self.sign_names, "sign_inputs needs signs"
         assert not self.head_features or self.sign_names, "head_features needs signs"
         assert all(0 <= i < self.num_features for i in self.head_features), "head_features must index the features"
         if self.sign_names:
             assert self.num_features > 0, "signs need features"
-            self.signs = nn.Linear(self.num_features, len(self.sign_names))
+            n = self.num_features
+            self.signs = nn.Linear(n + (n * (n + 1) // 2 if self.sign_inputs == "quadratic" else 0),
+                                   len(self.sign_names))
             extra = len(self.sign_names) + len(self.head_features)
         else:
             extra = self.num_features
@@ -320,7 +328,15 @@ class ViT(nn.Module):
     def sign_probabilities(self, features):
         """(B, num_features) -> (B, len(signs)): the sign layer's probabilities."""
         assert self.sign_names, "the card has no sign layer"
-        return torch.sigmoid(self.signs(features))
+        return torch.sigmoid(self.signs(self.sign_layer_inputs(features)))
+
+    def sign_layer_inputs(self, features):
+        """(B, num_features) -> what the sign layer reads: the features, and with sign_inputs
+        "quadratic" their pairwise products f_i f_j (i <= j, row-major: (0,0), (0,1), ..., (1,1), ...)."""
+        if self.sign_inputs == "linear":
+            return features
+        i, j = torch.triu_indices(self.num_features, self.num_features, device=features.device)
+        return torch.cat([features, features[:, i] * features[:, j]], dim=1)
 
     def head_inputs(self, features):
         """What the head reads beside the class token: the features, or with a sign layer the

@@ -66,6 +66,10 @@ def main():
     # order: an index_select, not a slice) beside them in the head.
     make(dict(NETWORK, num_features=5, signs=["swirl", "blend", "black_hole"], head_features=[3, 0]), "vit_signs",
          20261204)
+    # The same with quadratic sign inputs: the layer reads the 5 features and their 15 pairwise
+    # products (row-major upper triangle; any other order gives other sign probabilities).
+    make(dict(NETWORK, num_features=5, signs=["swirl", "blend", "black_hole"], head_features=[3, 0],
+              sign_inputs="quadratic"), "vit_signs_quad", 20261205)
 
 
 if __name__ == "__main__":

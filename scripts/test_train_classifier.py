@@ -353,39 +353,8 @@ def test_sign_layer(tmp):
     probabilities and the listed head_features, and starts as the regression on them."""
     names = ["log_volume_ml", "hu_sd", "hypodense_fraction"]
     card_path = os.path.join(tmp, "card-signs.json")
-    with open(card_path, "w") as f:
-        json.dump({"name": "test-vit-signs", "roi": ROI, "min_volume_ml": 0.5, "features": names,
-                   "network": dict(NETWORK, signs=["heterogeneity", "swirl"], head_features=[0])}, f)
-    out = os.path.join(tmp, "cls-signs.safetensors")
-    tc.main(["--train", os.path.join(tmp, "train"), "--val", os.path.join(tmp, "val"), "--card", card_path,
-             "-o", out, "--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--threads", "1",
-             "--head-init", "logistic", "--freeze-feature-weights"])
-    tensors, meta = hemexp_safetensors.load(out)
-    card = json.loads(meta["hemexp_model_card"])
-    e = NETWORK["embed_dim"]
-    assert card["network"]["signs"] == ["heterogeneity", "swirl"] and card["network"]["head_features"] == [0]
-    assert tuple(tensors["signs.weight"].shape) == (2, 3) and tuple(tensors["head.weight"].shape) == (1, e + 2 + 1)
-    rows = [r for r in tc.read_cases_csv(os.path.join(tmp, "train")) if float(r["volume_ml"]) >= 0.5]
-    z = tc.normalise_features(np.array([[tc.feature_value(r, n) for n in names] for r in rows]),
-                              card["features"]).numpy().astype(np.float64)
-    for k, sign in enumerate(["heterogeneity", "swirl"]):  # refitted here: the exported layer is that fit, untrained
-        w, b = tc.fit_logistic(z, np.array([float(r["true_" + sign]) for r in rows]), l2=1e-3)
-        assert np.allclose(tensors["signs.weight"][k].double().numpy(), w, atol=1e-4), (sign, w)
-        assert abs(float(tensors["signs.bias"][k]) - b) < 1e-4
-    layer = card["training"]["sign_layer"]["signs"]
-    # the fake cohort's true heterogeneity is the label, which hu_sd carries; swirl is a coin flip
-    assert layer["heterogeneity"]["out_of_fold_auc"] > 0.9 and layer["swirl"]["out_of_fold_auc"] < 0.75, layer
-    init = card["training"]["head_init_logistic"]
-    assert len(init["weights"]) == 3
-    assert torch.allclose(tensors["head.weight"][0, e:].double(), torch.tensor(init["weights"], dtype=torch.float64),
-                          atol=1e-5)
-    net = hemexp_nets.ViT(card["network"])
-    net.load_state_dict(tensors)
-    x = torch.as_tensor(z[:4], dtype=torch.float32)
-    expect = torch.cat([torch.sigmoid(x @ tensors["signs.weight"].T + tensors["signs.bias"]), x[:, [0]]], 1)
-    assert torch.allclose(net.head_inputs(x), expect, atol=1e-6)
-    scored = classifier_report.score_prepared(out, os.path.join(tmp, "val"))
-    assert len(scored) > 0 and all(0 < v["probability"] < 1 for v in scored.values() if not math.isnan(v["probability"]))
+    for sign_inputs, width in (("linear", 3), ("quadratic", 3 + 6)):
+        check_sign_layer(tmp, names, card_path, sign_inputs, width)
     # a feature the prepared folders have no column for is refused, not silently the training mean
     with open(card_path, "w") as f:
         json.dump({"name": "old-prep", "roi": ROI, "features": ["log_volume_ml", "low_density_p10"],
@@ -406,6 +375,48 @@ def test_sign_layer(tmp):
         raise AssertionError("an unknown sign accepted")
     except SystemExit as e:
         assert "network.signs" in str(e)
+
+
+def check_sign_layer(tmp, names, card_path, sign_inputs, width):
+    """One sign layer of test_sign_layer: linear (width 3) or quadratic sign inputs (3 + 6)."""
+    with open(card_path, "w") as f:
+        json.dump({"name": "test-vit-signs", "roi": ROI, "min_volume_ml": 0.5, "features": names,
+                   "network": dict(NETWORK, signs=["heterogeneity", "swirl"], head_features=[0],
+                                   sign_inputs=sign_inputs)}, f)
+    out = os.path.join(tmp, "cls-signs.safetensors")
+    tc.main(["--train", os.path.join(tmp, "train"), "--val", os.path.join(tmp, "val"), "--card", card_path,
+             "-o", out, "--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--threads", "1",
+             "--head-init", "logistic", "--freeze-feature-weights"])
+    tensors, meta = hemexp_safetensors.load(out)
+    card = json.loads(meta["hemexp_model_card"])
+    e = NETWORK["embed_dim"]
+    assert card["network"]["signs"] == ["heterogeneity", "swirl"] and card["network"]["head_features"] == [0]
+    assert tuple(tensors["signs.weight"].shape) == (2, width) and tuple(tensors["head.weight"].shape) == (1, e + 2 + 1)
+    rows = [r for r in tc.read_cases_csv(os.path.join(tmp, "train")) if float(r["volume_ml"]) >= 0.5]
+    z = tc.normalise_features(np.array([[tc.feature_value(r, n) for n in names] for r in rows]),
+                              card["features"]).numpy().astype(np.float64)
+    if sign_inputs == "quadratic":  # the features, then f_i f_j for i <= j, row-major
+        i, j = np.triu_indices(len(names))
+        z = np.hstack([z, z[:, i] * z[:, j]])
+    assert card["network"].get("sign_inputs", "linear") == sign_inputs
+    for k, sign in enumerate(["heterogeneity", "swirl"]):  # refitted here: the exported layer is that fit, untrained
+        w, b = tc.fit_logistic(z, np.array([float(r["true_" + sign]) for r in rows]), l2=1e-3)
+        assert np.allclose(tensors["signs.weight"][k].double().numpy(), w, atol=1e-4), (sign, w)
+        assert abs(float(tensors["signs.bias"][k]) - b) < 1e-4
+    layer = card["training"]["sign_layer"]["signs"]
+    # the fake cohort's true heterogeneity is the label, which hu_sd carries; swirl is a coin flip
+    assert layer["heterogeneity"]["out_of_fold_auc"] > 0.9 and layer["swirl"]["out_of_fold_auc"] < 0.75, layer
+    init = card["training"]["head_init_logistic"]
+    assert len(init["weights"]) == 3
+    assert torch.allclose(tensors["head.weight"][0, e:].double(), torch.tensor(init["weights"], dtype=torch.float64),
+                          atol=1e-5)
+    net = hemexp_nets.ViT(card["network"])
+    net.load_state_dict(tensors)
+    x = torch.as_tensor(z[:4], dtype=torch.float32)
+    expect = torch.cat([torch.sigmoid(x @ tensors["signs.weight"].T + tensors["signs.bias"]), x[:, [0]]], 1)
+    assert torch.allclose(net.head_inputs(x[:, :len(names)]), expect, atol=1e-6)
+    scored = classifier_report.score_prepared(out, os.path.join(tmp, "val"))
+    assert len(scored) > 0 and all(0 < v["probability"] < 1 for v in scored.values() if not math.isnan(v["probability"]))
 
 
 def main():

@@ -582,7 +582,7 @@ def fit_sign_layer(net, train_set):
     if not np.isfinite(targets).all():
         raise SystemExit(f"the card's sign layer needs the true signs {net.sign_names} (true_<sign> columns of "
                          "`hemexp prepare` on synthetic cohorts) for every training case")
-    x = train_set.features.numpy().astype(np.float64)
+    x = net.sign_layer_inputs(train_set.features.double()).numpy()
     oof = np.zeros_like(targets)
     summary = {}
     for k, name in enumerate(net.sign_names):  # fit_logistic needs autograd: no torch.no_grad() around it
@@ -942,7 +942,8 @@ def train(args, argv):
             "head_init_logistic": head_init,
             "sign_layer": None if sign_layer is None else {
                 "fit": "one logistic regression (L2 1e-3) per sign of the generator's true sign on the standardised "
-                       "training features; fixed during training; the head's logistic start reads out-of-fold "
+                       "training features" + (" and their pairwise products" if net.sign_inputs == "quadratic" else "")
+                       + "; fixed during training; the head's logistic start reads out-of-fold "
                        f"({SIGN_FOLDS} folds) sign probabilities",
                 "signs": sign_layer},
             "augmentation": {"flip_x_p": 0.5, "shift_voxels_zyx": args.shift_voxels,

@@ -146,6 +146,38 @@ TEST(ViTParity, WithSignLayerLogitsAndSignsMatchPyTorch) {
   expect_core_error([&] { plain->sign_probabilities(torch::zeros({1, 5})); }, {"no sign layer"});
 }
 
+// Quadratic sign inputs (vit_signs_quad*.safetensors: the 3 signs read the 5 features and their
+// 15 pairwise products): the layer's width, parity of logits and signs, and the products'
+// order (the lower triangle's order, what a column-major loop gives, changes the signs).
+TEST(ViTParity, WithQuadraticSignInputsMatchPyTorch) {
+  FeatureFixture f = load_feature_fixture("vit_signs_quad");
+  ASSERT_TRUE(f.config.quadratic_signs());
+  ASSERT_EQ(f.config.num_sign_inputs(), 5 + 15);
+  ViT& net = f.net;
+  auto params = net->named_parameters(true);
+  EXPECT_EQ(params["signs.weight"].sizes().vec(), (std::vector<int64_t>{3, 20}));
+  EXPECT_EQ(f.config.num_parameters(), int64_t(38405));
+  c10::InferenceMode guard;
+  EXPECT_LE(f.diff, 1e-4);
+  const torch::Tensor signs = net->sign_probabilities(f.features);
+  const torch::Tensor expected = f.io.tensors.at("sign_probabilities");
+  EXPECT_LE((signs - expected).abs().max().item<double>(), 1e-6);
+  // By hand: the products in row-major upper-triangle order, and the lower triangle's order.
+  const torch::Tensor& x = f.features;
+  std::vector<torch::Tensor> upper{x}, lower{x};
+  for (int64_t i = 0; i < 5; ++i)
+    for (int64_t j = i; j < 5; ++j) upper.push_back((x.select(1, i) * x.select(1, j)).unsqueeze(1));
+  for (int64_t j = 0; j < 5; ++j)
+    for (int64_t i = 0; i <= j; ++i) lower.push_back((x.select(1, i) * x.select(1, j)).unsqueeze(1));
+  const torch::Tensor w = params["signs.weight"], b = params["signs.bias"];
+  EXPECT_LE((torch::sigmoid(torch::cat(upper, 1).matmul(w.t()) + b) - expected).abs().max().item<double>(), 1e-6);
+  EXPECT_GT((torch::sigmoid(torch::cat(lower, 1).matmul(w.t()) + b) - expected).abs().max().item<double>(), 1e-3);
+  // The card round-trips with its sign_inputs; a linear card's JSON does not gain the field.
+  EXPECT_EQ(ViTConfig::from_json(f.config.to_json()).num_sign_inputs(), 20);
+  EXPECT_FALSE(load_feature_fixture("vit_signs").config.to_json().contains("sign_inputs"));
+  std::printf("ViT with quadratic sign inputs parity: max |C++ - PyTorch| %.3g\n", f.diff);
+}
+
 TEST(ViTConfig, SignLayerFieldsChecked) {
   nlohmann::json good = load_fixture().card.json.at("network");
   good["num_features"] = 4;
@@ -165,6 +197,18 @@ TEST(ViTConfig, SignLayerFieldsChecked) {
   bad = good;
   bad["signs"] = {1, 2};
   expect_core_error([&] { ViTConfig::from_json(bad); }, {"network.signs", "list of names"});
+  nlohmann::json quad = good;
+  quad["sign_inputs"] = "quadratic";
+  EXPECT_EQ(ViTConfig::from_json(quad).num_sign_inputs(), 4 + 10);
+  bad = quad;
+  bad["sign_inputs"] = "cubic";
+  expect_core_error([&] { ViTConfig::from_json(bad); }, {"network.sign_inputs", "\"linear\" or \"quadratic\""});
+  bad["sign_inputs"] = 2;
+  expect_core_error([&] { ViTConfig::from_json(bad); }, {"network.sign_inputs", "must be a string"});
+  bad = quad;
+  bad.erase("signs");
+  bad["head_features"] = nlohmann::json::array();
+  expect_core_error([&] { ViTConfig::from_json(bad); }, {"network.sign_inputs", "needs network.signs"});
 }
 
 TEST(ViTParity, ParameterNamesEqualFixtureTensors) {

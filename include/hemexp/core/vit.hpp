@@ -33,8 +33,15 @@ struct ViTConfig {
   // head_features.size(), 1). Empty signs: no sign layer, head_features must be empty too.
   std::vector<std::string> signs;
   std::vector<int64_t> head_features;
+  // What the sign layer reads: "linear" (the default) the features; "quadratic" the features
+  // and their pairwise products f_i f_j (i <= j, row-major upper triangle: (0,0), (0,1), ...,
+  // (1,1), ...), so Linear(num_features (num_features + 3) / 2, S). Needs signs.
+  std::string sign_inputs = "linear";
 
   int64_t num_signs() const { return int64_t(signs.size()); }
+  bool quadratic_signs() const { return sign_inputs == "quadratic"; }
+  // Width of the sign layer's input.
+  int64_t num_sign_inputs() const { return num_features + (quadratic_signs() ? num_features * (num_features + 1) / 2 : 0); }
   // Width of the head's input beyond the class token.
   int64_t head_extra() const { return signs.empty() ? num_features : num_signs() + int64_t(head_features.size()); }
   int64_t num_patches() const;
@@ -114,6 +121,7 @@ class ViTImpl : public torch::nn::Module {
   torch::nn::LayerNorm norm_{nullptr};
   torch::nn::Linear signs_{nullptr}, head_{nullptr};
   torch::Tensor head_feature_index_;  // config_.head_features as a tensor (int64), with a sign layer
+  torch::Tensor pair_i_, pair_j_;      // the (i, j) of each product, with quadratic sign inputs
 
   void check_features(const torch::Tensor& features, int64_t batch) const;
   // sigmoid of the sign layer on checked features.

@@ -26,7 +26,7 @@ constexpr int64_t kMaxFeatures = 256;
 
 const char* const kFields[] = {"architecture", "in_channels", "image_size", "patch_size", "embed_dim",
                                "depth",        "num_heads",   "mlp_dim",    "layer_norm_eps", "dropout",
-                               "num_features", "signs",       "head_features"};
+                               "num_features", "signs",       "head_features", "sign_inputs"};
 
 std::string field(const std::string& name) { return "model card: network." + name; }
 
@@ -82,7 +82,7 @@ int64_t ViTConfig::num_parameters() const {
   const int64_t patch = in_channels * patch_size[0] * patch_size[1] * patch_size[2] * e + e;
   const int64_t tokens = e + (1 + num_patches()) * e;  // cls_token, pos_embed
   const int64_t block = 2 * e + (3 * e * e + 3 * e) + (e * e + e) + 2 * e + (e * m + m) + (m * e + e);
-  return patch + tokens + depth * block + 2 * e + (e + head_extra() + 1) + num_features * num_signs() + num_signs();
+  return patch + tokens + depth * block + 2 * e + (e + head_extra() + 1) + num_sign_inputs() * num_signs() + num_signs();
 }
 
 void ViTConfig::validate() const {
@@ -108,6 +108,9 @@ void ViTConfig::validate() const {
   check_range("signs", num_signs(), 0, kMaxFeatures);
   if (!signs.empty() && num_features == 0) throw CoreError(field("signs") + " needs network.num_features > 0");
   if (signs.empty() && !head_features.empty()) throw CoreError(field("head_features") + " needs network.signs");
+  if (sign_inputs != "linear" && sign_inputs != "quadratic")
+    throw CoreError(field("sign_inputs") + " must be \"linear\" or \"quadratic\" (got \"" + sign_inputs + "\")");
+  if (signs.empty() && quadratic_signs()) throw CoreError(field("sign_inputs") + " needs network.signs");
   for (int64_t i : head_features)
     if (i < 0 || i >= num_features)
       throw CoreError(field("head_features") + " must index the features: " + std::to_string(i) + " is not in [0, " +
@@ -147,6 +150,10 @@ ViTConfig ViTConfig::from_json(const nlohmann::json& j) {
   } catch (const nlohmann::json::exception&) {
     throw CoreError(field("signs") + " must be a list of names and network.head_features a list of integers");
   }
+  if (j.contains("sign_inputs")) {
+    if (!j.at("sign_inputs").is_string()) throw CoreError(field("sign_inputs") + " must be a string");
+    c.sign_inputs = j.at("sign_inputs").get<std::string>();
+  }
   c.validate();
   return c;
 }
@@ -160,6 +167,7 @@ nlohmann::json ViTConfig::to_json() const {
   if (!signs.empty()) {
     j["signs"] = signs;
     j["head_features"] = head_features;
+    if (quadratic_signs()) j["sign_inputs"] = sign_inputs;  // linear cards stay as they were
   }
   return j;
 }
@@ -221,8 +229,13 @@ ViTImpl::ViTImpl(const ViTConfig& c) : config_(c) {
   for (int64_t b = 0; b < c.depth; ++b) blocks_->push_back(TransformerBlock(e, c.num_heads, c.mlp_dim, c.layer_norm_eps));
   norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({e}).eps(c.layer_norm_eps)));
   if (!c.signs.empty()) {
-    signs_ = register_module("signs", torch::nn::Linear(torch::nn::LinearOptions(c.num_features, c.num_signs())));
+    signs_ = register_module("signs", torch::nn::Linear(torch::nn::LinearOptions(c.num_sign_inputs(), c.num_signs())));
     head_feature_index_ = torch::tensor(c.head_features, torch::kInt64);
+    if (c.quadratic_signs()) {
+      const torch::Tensor pairs = torch::triu_indices(c.num_features, c.num_features);  // row-major, as numpy's
+      pair_i_ = pairs[0].contiguous();
+      pair_j_ = pairs[1].contiguous();
+    }
   }
   head_ = register_module("head", torch::nn::Linear(torch::nn::LinearOptions(e + c.head_extra(), 1)));
 }
@@ -246,7 +259,11 @@ torch::Tensor ViTImpl::sign_probabilities(const torch::Tensor& features) {
   return sign_layer(features.to(signs_->weight.dtype()));
 }
 
-torch::Tensor ViTImpl::sign_layer(const torch::Tensor& f) { return torch::sigmoid(signs_(f)); }
+torch::Tensor ViTImpl::sign_layer(const torch::Tensor& f) {
+  if (!config_.quadratic_signs()) return torch::sigmoid(signs_(f));
+  const torch::Tensor products = f.index_select(1, pair_i_.to(f.device())) * f.index_select(1, pair_j_.to(f.device()));
+  return torch::sigmoid(signs_(torch::cat({f, products}, 1)));
+}
 
 torch::Tensor ViTImpl::head_inputs(const torch::Tensor& f) {
   if (config_.signs.empty()) return f;
