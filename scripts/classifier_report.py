@@ -482,14 +482,18 @@ def main(argv=None):
         rows.append(evaluate(name, ids, p, y, t, "Youden on this test cohort", rs, seed))
         references[name] = p
     # each classifier against the observable oracle (the target is a ratio of the two AUCs) and the
-    # marker baseline (is the image worth anything?), paired on the cases both score
+    # marker baseline (is the image worth anything?), and the first (the test run) against each
+    # other classifier (is the new model better than the old one?), paired on the cases both score
     paired = []
+    first = next(iter(classifiers), None)
     for name, p in classifiers.items():
-        for against in ("observable oracle", "marker baseline"):
-            if against in references:
-                r = paired_auc(p, references[against], y, rs, seed)
-                if r is not None:
-                    paired.append({"model": name, "against": against, **r})
+        others = [(a, references[a]) for a in ("observable oracle", "marker baseline") if a in references]
+        if name == first:
+            others += [(a, q) for a, q in classifiers.items() if a != first]
+        for against, q in others:
+            r = paired_auc(p, q, y, rs, seed)
+            if r is not None:
+                paired.append({"model": name, "against": against, **r})
 
     markers = None
     present_true = [t for t in TRUE_MARKERS if any(t in truth[i] for i in ids)]

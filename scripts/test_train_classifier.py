@@ -261,8 +261,11 @@ def test_train_export_and_report(tmp):
         if r["auc"] < 1.0:  # where the classes separate, the slope is the ridge's
             assert r["calibration_slope_ci95"][0] <= r["calibration_slope"] <= r["calibration_slope_ci95"][1], r
     paired = {(r["model"], r["against"]): r for r in report["paired"]}
-    assert sorted(paired) == [("classifier", "marker baseline"), ("classifier", "observable oracle"),
-                              ("copy", "marker baseline"), ("copy", "observable oracle")]
+    assert sorted(paired) == [("classifier", "copy"), ("classifier", "marker baseline"),
+                              ("classifier", "observable oracle"), ("copy", "marker baseline"),
+                              ("copy", "observable oracle")]
+    same = paired[("classifier", "copy")]  # the same run under two names: no difference in any resample
+    assert same["n"] == 59 and same["difference"] == 0.0 and same["difference_ci95"] == [0.0, 0.0]
     obs = paired[("classifier", "observable oracle")]
     assert obs["n"] == 59 and obs["auc_reference"] == 1.0  # the observable oracle separates this cohort
     assert abs(obs["ratio"] - rows["classifier"]["auc"]) < 1e-9 and obs["ratio_ci95"][1] <= 1.0
