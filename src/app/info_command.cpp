@@ -54,8 +54,9 @@ int run_info(const InfoOptions& o) {
         }
         const ViTConfig& net = network->config();
         if (!net.signs.empty()) {
-          recipe += "; a sign layer reads from them the probabilities of " + std::to_string(net.signs.size()) +
-                    " signs (";
+          recipe += std::string("; a sign layer reads from them") +
+                    (net.quadratic_signs() ? " and their pairwise products" : "") + " the probabilities of " +
+                    std::to_string(net.signs.size()) + " signs (";
           for (size_t k = 0; k < net.signs.size(); ++k) recipe += (k ? ", " : "") + net.signs[k];
           recipe += "), which the head reads with";
           if (net.head_features.empty()) recipe += " no feature";
