@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import classifier_report  # noqa: E402
 import hemexp_nets  # noqa: E402
 import hemexp_safetensors  # noqa: E402
+import island_detector  # noqa: E402
 import train_classifier as tc  # noqa: E402
 
 ROI = {"size": [8, 16, 16], "spacing_mm": [3.0, 3.0, 4.0],
@@ -398,9 +399,8 @@ def check_sign_layer(tmp, names, card_path, sign_inputs, width):
     rows = [r for r in tc.read_cases_csv(os.path.join(tmp, "train")) if float(r["volume_ml"]) >= 0.5]
     z = tc.normalise_features(np.array([[tc.feature_value(r, n) for n in names] for r in rows]),
                               card["features"]).numpy().astype(np.float64)
-    if sign_inputs == "quadratic":  # the features, then f_i f_j for i <= j, row-major
-        i, j = np.triu_indices(len(names))
-        z = np.hstack([z, z[:, i] * z[:, j]])
+    if sign_inputs == "quadratic":  # the island detector's numpy expansion: [z, z_i z_j for i <= j]
+        z = island_detector.quadratic(z)
     assert card["network"].get("sign_inputs", "linear") == sign_inputs
     for k, sign in enumerate(["heterogeneity", "swirl"]):  # refitted here: the exported layer is that fit, untrained
         w, b = tc.fit_logistic(z, np.array([float(r["true_" + sign]) for r in rows]), l2=1e-3)

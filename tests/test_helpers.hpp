@@ -4,6 +4,7 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -37,6 +38,20 @@ inline nlohmann::json parity_classifier_card(double min_volume_ml, double slope,
   card["risk_categories"] = {{{"name", "low"}, {"below", 0.1}},
                              {{"name", "intermediate"}, {"below", 0.3}},
                              {{"name", "high"}}};
+  return card;
+}
+
+// The five features the parity sign-layer fixtures (tests/data/parity/vit_signs*) read, in order.
+inline const std::vector<std::string> kParitySignFeatures{"log_volume_ml", "hypodense_fraction", "hu_sd", "mean_hu",
+                                                          "surface_ratio"};
+
+// `card` with the network of tests/data/parity/STEM.safetensors (a sign layer: vit_signs,
+// vit_signs_quad) and its features kParitySignFeatures, each normalised with mean 0 and sd 1.
+inline nlohmann::json with_parity_sign_layer(nlohmann::json card, const std::string& stem) {
+  const SafetensorsFile f = read_safetensors(std::filesystem::path(HEMEXP_TEST_DATA) / "parity" / (stem + ".safetensors"));
+  card["network"] = nlohmann::json::parse(f.metadata.at(kModelCardKey))["network"];
+  card["features"] = nlohmann::json::array();
+  for (const std::string& n : kParitySignFeatures) card["features"].push_back({{"name", n}, {"mean", 0.0}, {"sd", 1.0}});
   return card;
 }
 

@@ -278,12 +278,7 @@ TEST_F(Commands, InfoDescribesAModelAndRejectsOtherFiles) {
   EXPECT_NE(info.find("recipe:      ok"), std::string::npos) << info;
   EXPECT_NE(info.find("Research use only"), std::string::npos);
   // A classifier whose sign layer reads the features and their pairwise products says so.
-  json cls = test::parity_classifier_card(0.0, 1.0, 0.0);
-  cls["network"] = json::parse(read_safetensors(kData / "parity/vit_signs_quad.safetensors")
-                                   .metadata.at("hemexp_model_card"))["network"];
-  cls["features"] = json::array();
-  for (const char* n : {"log_volume_ml", "hypodense_fraction", "hu_sd", "mean_hu", "surface_ratio"})
-    cls["features"].push_back({{"name", n}, {"mean", 0.0}, {"sd", 1.0}});
+  const json cls = test::with_parity_sign_layer(test::parity_classifier_card(0.0, 1.0, 0.0), "vit_signs_quad");
   o.model_path = test::write_parity_classifier(root_ / "quad.safetensors", cls, "vit_signs_quad").string();
   ::testing::internal::CaptureStdout();
   ASSERT_EQ(run_info(o), kExitOk);

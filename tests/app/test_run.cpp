@@ -358,13 +358,10 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
   EXPECT_EQ(slurp(out / "cases/head/mask.nii.gz"), first);
   // A classifier with a sign layer (parity vit_signs: 3 signs from 5 features, each normalised
   // with mean 0 and sd 1): he.signs holds sigmoid(W f + b) of the case's measured features.
-  json signs_card = test::parity_classifier_card(0.0, 1.0, 0.0);
+  const json signs_card = test::with_parity_sign_layer(test::parity_classifier_card(0.0, 1.0, 0.0), "vit_signs");
   const SafetensorsFile signs_file =
       read_safetensors(fs::path(HEMEXP_TEST_DATA) / "parity/vit_signs.safetensors");
-  signs_card["network"] = json::parse(signs_file.metadata.at(kModelCardKey))["network"];
-  const std::vector<std::string> names{"log_volume_ml", "hypodense_fraction", "hu_sd", "mean_hu", "surface_ratio"};
-  signs_card["features"] = json::array();
-  for (const std::string& n : names) signs_card["features"].push_back({{"name", n}, {"mean", 0.0}, {"sd", 1.0}});
+  const std::vector<std::string>& names = test::kParitySignFeatures;
   o.cls_model = test::write_parity_classifier(root_ / "classifier-signs.safetensors", signs_card, "vit_signs").string();
   ASSERT_EQ(run(o), kExitOk);
   const json with_signs = json::parse(slurp(out / "cases/head/result.json"));

@@ -187,12 +187,7 @@ TEST(Classifier, FeaturesFromMarkersNormalisedAsTheCardSays) {
 // probability, sigmoid(W f + b) of the layer's weights on the case's features, in card order.
 TEST(Classifier, SignLayerProbabilitiesInTheScore) {
   SafetensorsFile f = read_safetensors(kParity / "vit_signs.safetensors");
-  json card = classifier_card();
-  card["network"] = json::parse(f.metadata.at(kModelCardKey))["network"];
-  card["features"] = json::array();
-  for (const char* name : {"log_volume_ml", "hypodense_fraction", "hu_sd", "mean_hu", "surface_ratio"})
-    card["features"].push_back({{"name", name}, {"mean", 0.0}, {"sd", 1.0}});
-  f.metadata[kModelCardKey] = card.dump();
+  f.metadata[kModelCardKey] = test::with_parity_sign_layer(classifier_card(), "vit_signs").dump();
   const fs::path path = fs::temp_directory_path() / ("classifier-signs-" + std::to_string(::getpid()) + ".safetensors");
   write_safetensors(path, f);
   const Classifier classifier = Classifier::load(path);
