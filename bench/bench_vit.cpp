@@ -2,38 +2,93 @@
 // the sizes we would train (embed 128, 4 heads, MLP 512), with the parameter count and the
 // size of its float32 safetensors file.
 //
-//   bench_vit [--repeats R]
+//   bench_vit [--repeats R] [--model CLASSIFIER.safetensors]
 //
 // Weights are the constructor's (random Linear/Conv init, zero embeddings): timing does not
 // depend on their values.
+//
+// With --model: that classifier file as `hemexp run` runs it, on the bench head of
+// bench_segmenter (`hemexp synth --seed 424242 --thin-fraction 0`, case 0, 512 x 512) with its
+// true hematoma mask: what `timings_s.classify` times (the card's features from the measured
+// markers, ROI and network: Classifier::score), and the network alone on that ROI, for 1 and 2
+// threads. The markers themselves belong to the `measure` stage and are measured once, untimed.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include "bench_timing.hpp"
+#include "hemexp/core/classifier.hpp"
+#include "hemexp/core/markers.hpp"
+#include "hemexp/core/measurements.hpp"
+#include "hemexp/core/orientation.hpp"
 #include "hemexp/core/safetensors.hpp"
+#include "hemexp/core/synth.hpp"
 #include "hemexp/core/vit.hpp"
 
 using hemexp::bench::Timing;
 using hemexp::bench::time_it;
 
+namespace {
+
+// The classifier file on the bench head, as the case pipeline calls it.
+int bench_model(const std::string& path, int repeats) {
+  const hemexp::Classifier classifier = hemexp::Classifier::load(path);
+  const hemexp::ClassifierRecipe& recipe = classifier.recipe();
+  hemexp::synth::SynthOptions so;
+  so.seed = 424242;
+  so.thin_fraction = 0;
+  const hemexp::synth::SynthCase c = hemexp::synth::render_procedural_case(so, 0);
+  const hemexp::Volume head{c.baseline.geometry, c.baseline.ct.to(torch::kFloat32).contiguous()};
+  const torch::Tensor mask = c.baseline.mask.to(torch::kUInt8);
+  const hemexp::HematomaMeasurements h = hemexp::measure_hematoma(mask, head.voxels, head.geometry);
+  const hemexp::NcctMarkers markers = hemexp::measure_markers(mask, head.voxels, head.geometry);
+  const hemexp::CanonicalVolume canonical = hemexp::to_canonical(head);
+  const torch::Tensor canonical_mask = hemexp::to_canonical(mask, canonical.map);
+  const double ivh_ml = c.baseline.ivh_volume_ml;
+  std::printf("classifier %s (%s), bench head %s, hematoma %.1f mL, IVH %.1f mL, median of %d runs\n", path.c_str(),
+              classifier.file().name().c_str(), head.geometry.describe().c_str(), h.volume_ml, ivh_ml, repeats);
+  std::printf("%s", at::get_parallel_info().c_str());
+  std::printf("%3s %12s %9s | %12s %9s\n", "thr", "classify s", "(min)", "network s", "(min)");
+  for (int threads : {1, 2}) {
+    torch::set_num_threads(threads);
+    c10::InferenceMode guard;
+    hemexp::ExpansionScore s;
+    const Timing whole = time_it(repeats, [&] {
+      s = classifier.score(canonical.volume, canonical_mask, recipe.feature_vector(markers, h, ivh_ml));
+    });
+    const torch::Tensor roi = s.roi.image.unsqueeze(0), features = recipe.feature_vector(markers, h, ivh_ml);
+    const Timing network = time_it(repeats, [&] { classifier.logits(roi, features); });
+    std::printf("%3d %12.4f %9.4f | %12.4f %9.4f   (p = %.4f)\n", threads, whole.median, whole.min, network.median,
+                network.min, s.probability);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   int repeats = 5;
+  std::string model;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--repeats") == 0 && i + 1 < argc) {
       repeats = std::max(1, std::atoi(argv[++i]));
+    } else if (std::strcmp(argv[i], "--model") == 0 && i + 1 < argc) {
+      model = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--repeats R]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--repeats R] [--model CLASSIFIER.safetensors]\n", argv[0]);
       return 2;
     }
   }
+  if (!model.empty()) return bench_model(model, repeats);
   struct Variant {
     std::array<int64_t, 3> patch;
     int64_t depth;

@@ -11,7 +11,9 @@
 #       scan      the selective-scan kernel against its ATen reference
 #       layers    the network module by module on one window, each convolution through oneDNN
 #                 and ATen, against a plain conv3d (bench_layers), 1 and 2 threads
-#       classifier  the ViT classifier's forward (bench_vit)
+#       classifier  the ViT classifier's forward (bench_vit); with a classifier file
+#                 (HEMEXP_BENCH_CLS_MODEL, else models/hemexp-cls.safetensors when shipped) also
+#                 that file on the bench head: ROI + network as `timings_s.classify` times them
 #       cohort    8 synthetic heads with and without --read-ahead: wall time against compute
 # Default: segment stages scan. Run it on an idle machine: another process on the same cores
 # doubles the times.
@@ -154,6 +156,11 @@ if want classifier; then
   echo
   echo "== ViT classifier forward"
   "$HEMEXP_BUILD/bench_vit" --repeats "$repeats" | tee "$work/vit.txt"
+  cls_file="${HEMEXP_BENCH_CLS_MODEL:-models/hemexp-cls.safetensors}"
+  if [[ -f $cls_file ]]; then
+    echo
+    "$HEMEXP_BUILD/bench_vit" --repeats "$repeats" --model "$cls_file" | tee -a "$work/vit.txt"
+  fi
 fi
 
 if want cohort; then
