@@ -100,6 +100,40 @@ TEST(SynthHeModel, PrevalenceAndOracleAuc500Cases) {
   EXPECT_GT(observable_auc, 0.65);
 }
 
+// he_observable_probability is P(expansion | what an image shows): the unobserved factor
+// integrated out, not left out. Against a Monte Carlo mean of sigmoid(x + sd u); then on 20,000
+// case truths it must be calibrated against the labels (its mean is the prevalence, its slope 1),
+// where sigmoid(x) alone has slope about 0.79 and a mean below the prevalence.
+TEST(SynthHeModel, ObservableProbabilityIsCalibrated) {
+  const hs::HeModel model;
+  hs::Rng r(5);
+  std::vector<double> u(400000);
+  for (double& z : u) z = r.normal();
+  double previous = 0.0;
+  for (const double x : {-3.0, -1.3, 0.0, 2.0}) {
+    double mc = 0.0;
+    for (const double z : u) mc += 1.0 / (1.0 + std::exp(-(x + model.unobserved_sd * z)));
+    mc /= double(u.size());
+    const double p = model.observable_probability(x);
+    EXPECT_NEAR(p, mc, 1.5e-3) << "x " << x;
+    EXPECT_GT(p, previous) << "x " << x;  // increasing: the ranking (and AUC) of sigmoid(x)
+    previous = p;
+  }
+  hs::HeModel sure = model;
+  sure.unobserved_sd = 0.0;
+  EXPECT_DOUBLE_EQ(sure.observable_probability(-1.3), 1.0 / (1.0 + std::exp(1.3)));
+
+  const Cohort c = sample_cohort(4242, 20000, 0.2);
+  const hemexp::CalibrationFit fit = hemexp::calibration_fit(c.observable, ints(c.label));
+  const hemexp::CalibrationFit truth = hemexp::calibration_fit(c.probability, ints(c.label));
+  std::printf("20000 cases: prevalence %.4f, mean P %.4f, mean observable P %.4f, slope %.3f (true P %.3f), "
+              "intercept %.3f\n", prevalence(c.label), mean(c.probability), mean(c.observable), fit.slope,
+              truth.slope, fit.intercept);
+  EXPECT_NEAR(mean(c.observable), mean(c.probability), 0.003);
+  EXPECT_NEAR(fit.slope, 1.0, 0.08);
+  EXPECT_NEAR(fit.intercept, 0.0, 0.08);
+}
+
 TEST(SynthHeModel, PrevalenceFollowsHeFraction) {
   for (const double f : {0.1, 0.35, 0.5}) {
     const Cohort c = sample_cohort(11, 500, f);

@@ -99,6 +99,10 @@ struct HeModel {
   std::vector<double> coefficients() const;
   // The part of the logit an image can show (no intercept, no unobserved factor).
   double observable_logit(const HeFeatures& f) const;
+  // P(expansion | what an image can show) = E[sigmoid(x + unobserved_sd u)] over u ~ N(0, 1),
+  // for x = intercept + observable_logit: the calibrated probability of the observable part
+  // (sigmoid(x) alone would be too sure of itself: its calibration slope is about 0.79).
+  double observable_probability(double observable_logit) const;
 };
 
 HeFeatures sample_features(Rng& rng, const HeModel& model);
@@ -111,7 +115,7 @@ struct HeTruth {
   double logit = 0.0;
   double probability = 0.0;
   bool label = false;
-  double observable_probability = 0.0;  // sigmoid(intercept + observable_logit), no unobserved
+  double observable_probability = 0.0;  // HeModel::observable_probability(intercept + observable_logit)
 };
 
 // Everything about a case that is decided before rendering.

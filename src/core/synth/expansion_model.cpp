@@ -83,6 +83,22 @@ double HeModel::observable_logit(const HeFeatures& f) const {
          irregular_margin * m.irregular_margin + hypodensity * m.hypodensity + ivh * f.ivh;
 }
 
+double HeModel::observable_probability(double observable_logit) const {
+  // E[sigmoid(x + sd u)], u ~ N(0, 1): Simpson's rule on u in [-8, 8] (the integrand is smooth,
+  // and the tails beyond 8 sd weigh below 1e-14); a deterministic function of x.
+  if (unobserved_sd <= 0.0) return sigmoid(observable_logit);
+  constexpr int kSteps = 1600;  // even
+  constexpr double kReach = 8.0, kStep = 2.0 * kReach / kSteps;
+  const double norm = 1.0 / std::sqrt(2.0 * 3.14159265358979323846);
+  double sum = 0.0;
+  for (int i = 0; i <= kSteps; ++i) {
+    const double u = -kReach + i * kStep;
+    const double w = (i == 0 || i == kSteps) ? 1.0 : (i % 2 ? 4.0 : 2.0);
+    sum += w * norm * std::exp(-0.5 * u * u) * sigmoid(observable_logit + unobserved_sd * u);
+  }
+  return sum * kStep / 3.0;
+}
+
 std::vector<double> HeModel::coefficients() const {
   return {volume_per_log, heterogeneity, swirl, blend, black_hole, island, irregular_margin, hypodensity, ivh, unobserved_sd};
 }
@@ -162,7 +178,7 @@ CaseTruth sample_case_truth(uint64_t seed, int64_t index, double he_fraction) {
   const double observable = intercept + model.observable_logit(t.features);
   t.he.logit = observable + t.features.unobserved;
   t.he.probability = sigmoid(t.he.logit);
-  t.he.observable_probability = sigmoid(observable);
+  t.he.observable_probability = model.observable_probability(observable);
   Rng label_rng(stream_key(seed, static_cast<uint64_t>(index), kPurposeLabel));
   t.he.label = label_rng.uniform() < t.he.probability;
   // Growth asked of the follow-up: clearly past the HE threshold, or clearly short of it.
