@@ -8,7 +8,10 @@ marker recovers the generator's true marker.
         [--markdown REPORT.md] [--json REPORT.json]
 
 --test-run / --model: `hemexp run` output folders over the cohort of --truth (a `hemexp synth`
-folder), one per classifier (e.g. 1:4, 1:2, 1:1). A run case is matched to its truth by the
+folder), one per classifier (e.g. 1:4, 1:2, 1:1). Several cohorts pooled into one table: give
+--truth several synth folders and each run as that many folders in the same order (--test-run
+RUN_A RUN_B, --model NAME=RUN_A,RUN_B); case ids become FOLDERNAME/case_id (--scored: one cohort
+only). A run case is matched to its truth by the
 parent folder name of result.json's input.path (SYNTHDIR/<case_id>/ct.nii.gz). The measured
 markers and volumes (for the baseline and the marker table) come from --test-run, or from the
 first --model when there is no --test-run.
@@ -398,11 +401,13 @@ def marker_auc(name_measured, name_true, ids, run, truth, resamples, seed):
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--truth", required=True, metavar="SYNTHDIR", help="`hemexp synth` folder with labels.csv")
-    ap.add_argument("--test-run", default=None, metavar="RUN_OUTDIR", help="`hemexp run` output folder")
+    ap.add_argument("--truth", required=True, nargs="+", metavar="SYNTHDIR",
+                    help="`hemexp synth` folder with labels.csv (several: their cases pooled)")
+    ap.add_argument("--test-run", default=None, nargs="+", metavar="RUN_OUTDIR",
+                    help="`hemexp run` output folder (one per --truth folder, same order)")
     ap.add_argument("--test-run-name", default="classifier", help="its row's name")
-    ap.add_argument("--model", action="append", default=[], metavar="NAME=RUN_OUTDIR",
-                    help="one classifier's run over the same cohort (repeatable)")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=RUN_OUTDIR[,RUN_OUTDIR...]",
+                    help="one classifier's run over the same cohort(s) (repeatable)")
     ap.add_argument("--scored", action="append", default=[], metavar="NAME=MODEL.safetensors:PREPDIR",
                     help="a classifier file scored on ROIs that `hemexp prepare --run` exported from the test run")
     ap.add_argument("--baseline-train", nargs="+", default=[], metavar="DIR",
@@ -412,31 +417,50 @@ def parse_args(argv):
     ap.add_argument("--markdown", default=None, metavar="FILE", help="also write the Markdown report here")
     ap.add_argument("--json", default=None, metavar="FILE", help="write the full report as JSON")
     args = ap.parse_args(argv)
-    runs = []
+    runs = []  # (name, [run folder per --truth folder])
     if args.test_run:
         runs.append((args.test_run_name, args.test_run))
     for spec in args.model:
-        name, sep, folder = spec.partition("=")
-        if not sep or not name or not folder:
+        name, sep, folders = spec.partition("=")
+        if not sep or not name or not folders:
             ap.error(f"--model wants NAME=RUN_OUTDIR, not '{spec}'")
-        runs.append((name, folder))
+        runs.append((name, folders.split(",")))
     if not runs:
         ap.error("give --test-run and/or --model")
     if len({n for n, _ in runs}) != len(runs):
         ap.error("model names must be unique")
+    for name, folders in runs:
+        if len(folders) != len(args.truth):
+            ap.error(f"{name}: {len(folders)} run folder(s) for {len(args.truth)} --truth folder(s)")
+    if args.scored and len(args.truth) > 1:
+        ap.error("--scored takes one cohort (one --truth folder)")
     return args, runs
+
+
+def cohort_prefixes(folders):
+    """The case-id prefix of each pooled cohort: none for one cohort, else its folder name (its
+    position when two folders share a name)."""
+    if len(folders) == 1:
+        return [""]
+    names = [os.path.basename(os.path.normpath(f)) for f in folders]
+    return [f"{n}/" if names.count(n) == 1 else f"{k}/" for k, n in enumerate(names)]
 
 
 def main(argv=None):
     args, runs = parse_args(sys.argv[1:] if argv is None else argv)
-    truth = read_truth(args.truth)
+    prefixes = cohort_prefixes(args.truth)
+    truths = [read_truth(folder) for folder in args.truth]
+    truth = {pre + i: row for pre, t in zip(prefixes, truths) for i, row in t.items()}
     loaded = []
-    for name, folder in runs:
-        cases, unmatched = read_run(folder, truth)
-        if unmatched:
-            print(f"warning: {folder}: {len(unmatched)} case(s) not in {args.truth}/labels.csv, e.g. {unmatched[:3]}",
-                  file=sys.stderr)
-        loaded.append((name, folder, cases))
+    for name, folders in runs:
+        cases = {}
+        for pre, t, truth_folder, folder in zip(prefixes, truths, args.truth, folders):
+            found, unmatched = read_run(folder, t)
+            if unmatched:
+                print(f"warning: {folder}: {len(unmatched)} case(s) not in {truth_folder}/labels.csv, e.g. "
+                      f"{unmatched[:3]}", file=sys.stderr)
+            cases.update({pre + i: c for i, c in found.items()})
+        loaded.append((name, ",".join(folders), cases))
     ids = sorted(set().union(*(c.keys() for _, _, c in loaded)))
     if not ids:
         raise SystemExit("no run case matches the truth folder")
@@ -448,7 +472,7 @@ def main(argv=None):
         p = [cases[i]["probability"] if i in cases else np.nan for i in ids]
         thr = [cases[i]["threshold"] if i in cases else np.nan for i in ids]
         row = evaluate(name, ids, p, y, thr, "card (Youden on its validation cohort)", rs, seed)
-        row["run"] = os.path.abspath(folder)
+        row["run"] = ",".join(os.path.abspath(f) for f in folder.split(","))
         rows.append(row)
         classifiers[name] = p
     for spec in args.scored:
@@ -472,7 +496,7 @@ def main(argv=None):
                              "Youden on its training data", rs, seed))
         references["marker baseline"] = p
         baseline_info = {**baseline.describe(), "train": [os.path.abspath(d) for d in args.baseline_train],
-                         "markers_from_run": os.path.abspath(marker_folder)}
+                         "markers_from_run": ",".join(os.path.abspath(f) for f in marker_folder.split(","))}
     for name, column in (("oracle", "he_probability"), ("observable oracle", "he_observable_probability")):
         p = np.array([number(truth[i].get(column)) for i in ids])
         if not np.isfinite(p).any():
@@ -505,7 +529,7 @@ def main(argv=None):
                         if k.startswith(SIGN_PREFIX)})
         detected = [marker_auc(SIGN_PREFIX + t, t, ids, marker_run, truth, rs, seed) for t in present_true if t in signs]
         markers = {"run": marker_name, "pairs": pairs, "all": every, "signs": detected}
-    report = rounded({"truth": os.path.abspath(args.truth),
+    report = rounded({"truth": " + ".join(os.path.abspath(f) for f in args.truth),
                       "cohort": {"n": len(ids), "labels_csv": len(truth), "unmatched_truth": len(truth) - len(ids),
                                  "prevalence": float(y.mean())},
                       "bootstrap": {"resamples": rs, "seed": seed, "method": "percentile"},

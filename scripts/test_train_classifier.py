@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -272,6 +273,30 @@ def test_train_export_and_report(tmp):
     assert abs(obs["ratio"] - rows["classifier"]["auc"]) < 1e-9 and obs["ratio_ci95"][1] <= 1.0
     assert abs(obs["difference"] - (rows["classifier"]["auc"] - 1.0)) < 1e-9 and obs["p_difference_le_0"] == 1.0
     assert "| classifier | observable oracle | 59 |" in open(os.path.join(tmp, "report.md")).read()
+    # two cohorts pooled: the cohort and a copy of it (same folder name, so the prefixes are
+    # positions) give the same AUC, ECE and prevalence on twice the cases
+    copy = os.path.join(tmp, "copy")
+    shutil.copytree(synth, os.path.join(copy, "synth"))
+    shutil.copytree(run, os.path.join(copy, "run"))
+    for i in range(60):
+        path = os.path.join(copy, "run", "cases", f"case{i}", "result.json")
+        with open(path) as f:
+            r = json.load(f)
+        r["input"]["path"] = os.path.join(copy, "synth", f"synth_{i:05d}", "ct.nii.gz")
+        with open(path, "w") as f:
+            json.dump(r, f)
+    pooled = classifier_report.main(["--truth", synth, os.path.join(copy, "synth"), "--test-run", run,
+                                     os.path.join(copy, "run"), "--bootstrap", "200"])
+    prow = {r["name"]: r for r in pooled["models"]}
+    assert pooled["cohort"]["n"] == 120 and prow["classifier"]["n"] == 118 and prow["classifier"]["missing"] == 2
+    for key in ("auc", "ece", "prevalence", "brier"):
+        assert abs(prow["classifier"][key] - rows["classifier"][key]) < 1e-9, key
+    assert sorted(prow["classifier"]["missing_case_ids"]) == ["0/synth_00005", "1/synth_00005"]
+    try:
+        classifier_report.main(["--truth", synth, os.path.join(copy, "synth"), "--test-run", run])
+        raise AssertionError("one run folder for two cohorts was accepted")
+    except SystemExit:
+        pass
     # the Newton fit behind the slope's CI agrees with calibration_slope_intercept (L-BFGS)
     rng = np.random.RandomState(4)
     p = rng.uniform(0.02, 0.9, 300)
