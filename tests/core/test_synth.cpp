@@ -103,7 +103,7 @@ TEST(SynthHeModel, PrevalenceAndOracleAuc500Cases) {
 // he_observable_probability is P(expansion | what an image shows): the unobserved factor
 // integrated out, not left out. Against a Monte Carlo mean of sigmoid(x + sd u); then on 20,000
 // case truths it must be calibrated against the labels (its mean is the prevalence, its slope 1),
-// where sigmoid(x) alone has slope about 0.79 and a mean below the prevalence.
+// where sigmoid(x) alone has slope about 0.8 and a mean below the prevalence.
 TEST(SynthHeModel, ObservableProbabilityIsCalibrated) {
   const hs::HeModel model;
   hs::Rng r(5);

@@ -101,7 +101,7 @@ struct HeModel {
   double observable_logit(const HeFeatures& f) const;
   // P(expansion | what an image can show) = E[sigmoid(x + unobserved_sd u)] over u ~ N(0, 1),
   // for x = intercept + observable_logit: the calibrated probability of the observable part
-  // (sigmoid(x) alone would be too sure of itself: its calibration slope is about 0.79).
+  // (sigmoid(x) alone would be too sure of itself: its calibration slope is about 0.8).
   double observable_probability(double observable_logit) const;
 };
 
