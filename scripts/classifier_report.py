@@ -460,7 +460,7 @@ def main(argv=None):
                 print(f"warning: {folder}: {len(unmatched)} case(s) not in {truth_folder}/labels.csv, e.g. "
                       f"{unmatched[:3]}", file=sys.stderr)
             cases.update({pre + i: c for i, c in found.items()})
-        loaded.append((name, ",".join(folders), cases))
+        loaded.append((name, folders, cases))
     ids = sorted(set().union(*(c.keys() for _, _, c in loaded)))
     if not ids:
         raise SystemExit("no run case matches the truth folder")
@@ -468,11 +468,11 @@ def main(argv=None):
     rs, seed = args.bootstrap, args.seed
 
     rows, classifiers, references = [], {}, {}
-    for name, folder, cases in loaded:
+    for name, folders, cases in loaded:
         p = [cases[i]["probability"] if i in cases else np.nan for i in ids]
         thr = [cases[i]["threshold"] if i in cases else np.nan for i in ids]
         row = evaluate(name, ids, p, y, thr, "card (Youden on its validation cohort)", rs, seed)
-        row["run"] = ",".join(os.path.abspath(f) for f in folder.split(","))
+        row["run"] = ",".join(os.path.abspath(f) for f in folders)
         rows.append(row)
         classifiers[name] = p
     for spec in args.scored:
@@ -485,7 +485,7 @@ def main(argv=None):
         row["run"] = f"{os.path.abspath(model_path)} on {os.path.abspath(prep_dir)} (PyTorch reference)"
         rows.append(row)
         classifiers[name] = p
-    marker_name, marker_folder, marker_run = loaded[0]
+    marker_name, marker_folders, marker_run = loaded[0]
     baseline_info = None
     if args.baseline_train:
         baseline = MarkerBaseline(args.baseline_train)
@@ -496,7 +496,7 @@ def main(argv=None):
                              "Youden on its training data", rs, seed))
         references["marker baseline"] = p
         baseline_info = {**baseline.describe(), "train": [os.path.abspath(d) for d in args.baseline_train],
-                         "markers_from_run": ",".join(os.path.abspath(f) for f in marker_folder.split(","))}
+                         "markers_from_run": ",".join(os.path.abspath(f) for f in marker_folders)}
     for name, column in (("oracle", "he_probability"), ("observable oracle", "he_observable_probability")):
         p = np.array([number(truth[i].get(column)) for i in ids])
         if not np.isfinite(p).any():
