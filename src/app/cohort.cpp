@@ -47,28 +47,26 @@ CohortRunner::CohortRunner(CohortOptions options, std::vector<std::string> argv)
 
 CohortRunner::~CohortRunner() = default;
 
-std::string CohortRunner::results_name() const {
-  if (options_.shard_count <= 1) return "results.csv";
-  return "results-" + std::to_string(options_.shard_index) + "-of-" + std::to_string(options_.shard_count) + ".csv";
+std::string CohortRunner::shard_file_name(const std::string& stem, const std::string& extension) const {
+  if (options_.shard_count <= 1) return stem + extension;
+  return stem + "-" + std::to_string(options_.shard_index) + "-of-" + std::to_string(options_.shard_count) + extension;
 }
-std::string CohortRunner::run_json_name() const {
-  if (options_.shard_count <= 1) return "run.json";
-  return "run-" + std::to_string(options_.shard_index) + "-of-" + std::to_string(options_.shard_count) + ".json";
-}
-std::string CohortRunner::log_name() const {
-  if (options_.shard_count <= 1) return "hemexp.log";
-  return "hemexp-" + std::to_string(options_.shard_index) + "-of-" + std::to_string(options_.shard_count) + ".log";
-}
+std::string CohortRunner::results_name() const { return shard_file_name("results", ".csv"); }
+std::string CohortRunner::run_json_name() const { return shard_file_name("run", ".json"); }
+std::string CohortRunner::log_name() const { return shard_file_name("hemexp", ".log"); }
 
 int CohortRunner::prepare() {
   // Output folder: must be creatable and writable, and not silently mixed with an old run.
   std::error_code ec;
   fs::create_directories(out_, ec);
   try {
-    write_text_atomically(out_ / ".hemexp-write-test", "");
-    fs::remove(out_ / ".hemexp-write-test");
+    // Each shard probes with its own file: the shards of a job array start together, and one
+    // shard's clean-up must not take away the file another is writing.
+    const std::string probe = shard_file_name(".hemexp-write-test", "");
+    write_text_atomically(out_ / probe, "");
+    fs::remove(out_ / probe);
     // What a killed run of this shard was writing (other shards may be writing theirs now).
-    remove_temporaries(out_, {".hemexp-write-test", results_name(), run_json_name()});
+    remove_temporaries(out_, {probe, results_name(), run_json_name()});
   } catch (const std::exception&) {
     spdlog::error("output folder {} is not writable", out_.string());
     return kExitSetup;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -109,6 +110,44 @@ TEST_F(Cohort, ShardsPartitionTheInputList) {
   EXPECT_EQ(seen.size(), 7u);
   EXPECT_EQ(std::set<std::string>(seen.begin(), seen.end()).size(), 7u);  // each case exactly once
   EXPECT_FALSE(fs::exists(root_ / "out/results.csv"));
+}
+
+// The shards of a job array start together on one OUTDIR: each one's setup removes what a killed
+// run of that shard was writing, and nothing another shard may be writing now (its folder probe
+// included: a shared probe name once failed shard 2 with "not writable" at start-up).
+TEST_F(Cohort, AShardCleansUpOnlyItsOwnTemporaries) {
+  fs::create_directories(root_ / "out");
+  const std::vector<std::string> names{".hemexp-write-test", "results", "run"};
+  const auto temporary = [&](int k, const std::string& name) {
+    const std::string tag = "-" + std::to_string(k) + "-of-2";
+    const std::string file = name == "results" ? name + tag + ".csv" : name == "run" ? name + tag + ".json" : name + tag;
+    return root_ / "out" / (".tmp-999999-" + std::to_string(k) + "-" + file);
+  };
+  for (int k : {1, 2})
+    for (const std::string& n : names) std::ofstream(temporary(k, n)) << "being written";
+  CohortOptions o = options_;
+  o.shard_index = 1;
+  o.shard_count = 2;
+  EXPECT_EQ(run(o, fake(nullptr)), kExitOk);  // scans 0, 2, 4, 6 (scan3, which fails, is shard 2's)
+  for (const std::string& n : names) {
+    EXPECT_FALSE(fs::exists(temporary(1, n))) << n;  // this shard's leftovers
+    EXPECT_TRUE(fs::exists(temporary(2, n))) << n;   // the other shard's, untouched
+  }
+
+  // And for real: two shards setting up at the same moment, again and again.
+  std::atomic<int> refused{0};
+  std::vector<std::thread> shards;
+  for (int k : {1, 2})
+    shards.emplace_back([&, k] {
+      CohortOptions s = options_;
+      s.shard_index = k;
+      s.shard_count = 2;
+      s.overwrite = true;
+      for (int i = 0; i < 300; ++i)
+        if (CohortRunner(s, {"hemexp", "test"}).prepare() != kExitOk) ++refused;
+    });
+  for (std::thread& t : shards) t.join();
+  EXPECT_EQ(refused.load(), 0);
 }
 
 TEST_F(Cohort, ResumeKeepsWhatIsDoneAndRetriesTheRest) {

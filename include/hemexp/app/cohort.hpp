@@ -82,6 +82,8 @@ class CohortRunner {
   std::string log_name() const;
 
  private:
+  // stem + extension, or stem-K-of-N + extension for shard K of N.
+  std::string shard_file_name(const std::string& stem, const std::string& extension) const;
   std::optional<CaseResult> previous_result(const CaseInput& c) const;  // an ok result with its mask
 
   CohortOptions options_;
