@@ -74,6 +74,9 @@ SIGN_PREFIX = "sign:"  # he.signs of a classifier with a sign layer, kept beside
 # baseline (on validation they did not raise its AUC, docs/CLASSIFIER.md).
 REGION_MARKERS = ["low_density_p10", "smoothed_hu_iqr", "hypodense_region_count", "hypodense_region_fraction",
                   "hypodense_region_margin_contact", "hypodense_region_centrality"]
+# Where along the radius the low voxels lie (docs/MARKERS.md), measured since 2026-12-05; not in the
+# baseline either (the baseline stays what earlier reports compared against).
+SHELL_MARKERS = ["inner_low_fraction", "middle_low_fraction", "outer_low_fraction", "inner_hu_offset"]
 # Each measured marker beside the true marker it is meant to read; the pairs of the six region
 # markers are the ones that separated best on the validation cohorts (procval, seed 6503).
 # low_density_p10 falls as the sign grows, so its AUC is below 0.5 by construction.
@@ -83,7 +86,8 @@ MARKER_PAIRS = [("hypodense_fraction", "hypodensity"), ("hypodense_fraction", "b
                 ("low_density_p10", "blend"), ("smoothed_hu_iqr", "heterogeneity"),
                 ("hypodense_region_count", "hypodensity"), ("hypodense_region_count", "black_hole"),
                 ("hypodense_region_fraction", "swirl"), ("hypodense_region_margin_contact", "blend"),
-                ("hypodense_region_centrality", "swirl")]
+                ("hypodense_region_centrality", "swirl"), ("inner_low_fraction", "swirl"),
+                ("outer_low_fraction", "blend")]
 
 
 def read_truth(folder):
@@ -121,7 +125,7 @@ def read_run(folder, truth):
         hematoma = r.get("hematoma") or {}
         markers = r.get("markers") or {}
         ok = r.get("status") in ("ok", "skipped")
-        values = {m: number(markers.get(m, hematoma.get(m))) for m in MARKERS + REGION_MARKERS}
+        values = {m: number(markers.get(m, hematoma.get(m))) for m in MARKERS + REGION_MARKERS + SHELL_MARKERS}
         values["volume_ml"] = number(hematoma.get("volume_ml"))
         values["ivh_volume_ml"] = number(((r.get("labels") or {}).get("ivh") or {}).get("volume_ml"))
         for sign, p in (he.get("signs") or {}).items():  # a classifier with a sign layer
@@ -523,7 +527,7 @@ def main(argv=None):
     present_true = [t for t in TRUE_MARKERS if any(t in truth[i] for i in ids)]
     if present_true:
         pairs = [marker_auc(m, t, ids, marker_run, truth, rs, seed) for m, t in MARKER_PAIRS if t in present_true]
-        every = [marker_auc(m, t, ids, marker_run, truth, rs, seed) for m in MARKERS + REGION_MARKERS
+        every = [marker_auc(m, t, ids, marker_run, truth, rs, seed) for m in MARKERS + REGION_MARKERS + SHELL_MARKERS
                  for t in present_true]
         signs = sorted({k[len(SIGN_PREFIX):] for i in ids if i in marker_run for k in marker_run[i]["markers"]
                         if k.startswith(SIGN_PREFIX)})

@@ -337,7 +337,8 @@ AUX_MARKERS = ("heterogeneity", "swirl", "blend", "black_hole", "island", "irreg
 FEATURE_NAMES = ("log_volume_ml", "mean_hu", "log_ivh_volume_ml", "hypodense_fraction", "hu_sd", "hu_cv", "bimodality_coefficient",
                  "satellite_count", "satellite_volume_ml", "island_count", "surface_ratio", "low_density_p10",
                  "smoothed_hu_iqr", "hypodense_region_count", "hypodense_region_fraction",
-                 "hypodense_region_margin_contact", "hypodense_region_centrality")  # ClassifierRecipe::feature_names()
+                 "hypodense_region_margin_contact", "hypodense_region_centrality", "inner_low_fraction",
+                 "middle_low_fraction", "outer_low_fraction", "inner_hu_offset")  # ClassifierRecipe::feature_names()
 SIGN_FOLDS = 5  # out-of-fold sign probabilities for the head's logistic start
 
 

@@ -40,6 +40,8 @@ constexpr double kIslandBias = -4.83211;
 constexpr double kBoneHu = 200.0, kBoneMarginMm = 3.0;
 // Hypodense regions (docs/MARKERS.md: chosen on the validation cohorts procval and bgval).
 constexpr double kRegionSmoothMm = 2.0, kRegionDropHu = 12.0, kRegionMinMm3 = 20.0;
+// Radial shells: bounds in units of the equivalent radius, and what counts as low in them.
+constexpr double kShellInner = 0.4, kShellOuter = 0.7, kShellDropHu = 10.0;
 
 // Dilation of a bool volume by a 3 x 3 x 3 box; beyond the tensor counts as `beyond`.
 torch::Tensor grow_by_one(const torch::Tensor& m, bool beyond) {
@@ -94,8 +96,30 @@ torch::Tensor in_plane_mean(const torch::Tensor& values, const Geometry& g, doub
       .squeeze(0);
 }
 
+// The radial shells (docs/MARKERS.md): rho = distance of an interior voxel's centre from the
+// mask's centroid over the radius of the ball of the mask's volume; inner rho < 0.4, middle 0.4 to
+// 0.7, outer >= 0.7. In each, the share of interior voxels whose S lies more than kShellDropHu
+// below the interior's median HU; in the inner one also the mean S minus that median.
+void measure_shells(const torch::Tensor& m, const torch::Tensor& interior, const torch::Tensor& smooth,
+                    const Geometry& box, double median_hu, NcctMarkers& r) {
+  const torch::Tensor mm = torch::tensor({box.spacing_mm[2], box.spacing_mm[1], box.spacing_mm[0]}, torch::kFloat64);
+  const torch::Tensor centroid = (torch::nonzero(m).to(torch::kFloat64) * mm).mean(0);
+  const double radius = std::cbrt(3.0 * double(r.voxels) * box.voxel_volume_mm3() / (4.0 * kPi));
+  // nonzero and masked_select both walk the interior in memory order: rho[i] belongs to s[i].
+  const torch::Tensor rho = (torch::nonzero(interior).to(torch::kFloat64) * mm - centroid).pow(2).sum(1).sqrt() / radius;
+  const torch::Tensor s = smooth.masked_select(interior).to(torch::kFloat64);
+  const torch::Tensor low = s < median_hu - kShellDropHu;
+  const torch::Tensor shells[] = {rho < kShellInner, (rho >= kShellInner) & (rho < kShellOuter), rho >= kShellOuter};
+  double* fractions[] = {&r.inner_low_fraction, &r.middle_low_fraction, &r.outer_low_fraction};
+  for (int k = 0; k < 3; ++k) {
+    const int64_t n = shells[k].sum().item<int64_t>();
+    if (n > 0) *fractions[k] = double((low & shells[k]).sum().item<int64_t>()) / double(n);
+  }
+  if (shells[0].any().item<bool>()) r.inner_hu_offset = s.masked_select(shells[0]).mean().item<double>() - median_hu;
+}
+
 // The six markers on S (the in-plane 2 mm mean) of the mask's box: m the mask, interior its
-// interior, median_hu the interior's median HU (finite).
+// interior, median_hu the interior's median HU (finite); then the radial shells on the same S.
 void measure_hypodense_regions(const torch::Tensor& m, const torch::Tensor& interior, const torch::Tensor& values_hu,
                                const Geometry& box, double median_hu, NcctMarkers& r) {
   // The mean over the clot's own voxels only: next to the margin a plain box mean would take in
@@ -107,6 +131,7 @@ void measure_hypodense_regions(const torch::Tensor& m, const torch::Tensor& inte
   const int64_t n = int64_t(s.size());
   r.low_density_p10 = percentile(s, 0.10) - median_hu;
   r.smoothed_hu_iqr = percentile(s, 0.75) - percentile(s, 0.25);
+  measure_shells(m, interior, smooth, box, median_hu, r);
   r.hypodense_region_fraction = 0.0;
 
   const torch::Tensor dark = interior & (smooth < float(median_hu - kRegionDropHu));
@@ -267,7 +292,11 @@ nlohmann::json NcctMarkers::to_json() const {
           {"hypodense_region_count", hypodense_region_count},
           {"hypodense_region_fraction", json_number(hypodense_region_fraction)},
           {"hypodense_region_margin_contact", json_number(hypodense_region_margin_contact)},
-          {"hypodense_region_centrality", json_number(hypodense_region_centrality)}};
+          {"hypodense_region_centrality", json_number(hypodense_region_centrality)},
+          {"inner_low_fraction", json_number(inner_low_fraction)},
+          {"middle_low_fraction", json_number(middle_low_fraction)},
+          {"outer_low_fraction", json_number(outer_low_fraction)},
+          {"inner_hu_offset", json_number(inner_hu_offset)}};
 }
 
 NcctMarkers NcctMarkers::from_json(const nlohmann::json& j) {
@@ -294,6 +323,10 @@ NcctMarkers NcctMarkers::from_json(const nlohmann::json& j) {
   m.hypodense_region_fraction = added("hypodense_region_fraction");
   m.hypodense_region_margin_contact = added("hypodense_region_margin_contact");
   m.hypodense_region_centrality = added("hypodense_region_centrality");
+  m.inner_low_fraction = added("inner_low_fraction");
+  m.middle_low_fraction = added("middle_low_fraction");
+  m.outer_low_fraction = added("outer_low_fraction");
+  m.inner_hu_offset = added("inner_hu_offset");
   return m;
 }
 
@@ -302,7 +335,9 @@ const std::vector<std::string>& NcctMarkers::names() {
                                           "satellite_count",    "satellite_volume_ml", "island_count",
                                           "surface_ratio",      "low_density_p10",     "smoothed_hu_iqr",
                                           "hypodense_region_count", "hypodense_region_fraction",
-                                          "hypodense_region_margin_contact", "hypodense_region_centrality"};
+                                          "hypodense_region_margin_contact", "hypodense_region_centrality",
+                                          "inner_low_fraction", "middle_low_fraction", "outer_low_fraction",
+                                          "inner_hu_offset"};
   return n;
 }
 
@@ -321,7 +356,11 @@ std::map<std::string, std::string> NcctMarkers::csv_fields() const {
           {"hypodense_region_count", std::to_string(hypodense_region_count)},
           {"hypodense_region_fraction", f(hypodense_region_fraction, 4)},
           {"hypodense_region_margin_contact", f(hypodense_region_margin_contact, 4)},
-          {"hypodense_region_centrality", f(hypodense_region_centrality, 4)}};
+          {"hypodense_region_centrality", f(hypodense_region_centrality, 4)},
+          {"inner_low_fraction", f(inner_low_fraction, 4)},
+          {"middle_low_fraction", f(middle_low_fraction, 4)},
+          {"outer_low_fraction", f(outer_low_fraction, 4)},
+          {"inner_hu_offset", f(inner_hu_offset, 2)}};
 }
 
 NcctMarkers measure_markers(const torch::Tensor& mask, const torch::Tensor& hu, const Geometry& g) {

@@ -135,6 +135,49 @@ TEST(Markers, HypodenseRegionsTellACutOffPartFromAnEncapsulatedFocus) {
   EXPECT_DOUBLE_EQ(back.low_density_p10, blend.low_density_p10);
 }
 
+// The radial shells: nothing low in a uniform clot; a dark core at the centre fills the inner
+// shell and leaves the outer one alone; a cap cut off at the margin is the other way round.
+TEST(Markers, RadialShellsTellACentralCoreFromAMarginalCap) {
+  const Geometry g = grid({80, 80, 40}, {0.5, 0.5, 1.0});
+  const Vec3 c{40.2, 39.7, 20.1};
+  const torch::Tensor m = ball(g, c, 12.0);
+  const NcctMarkers uniform = measure_markers(m, clot_hu(m, 1.0), g);
+  EXPECT_EQ(uniform.inner_low_fraction, 0.0);
+  EXPECT_EQ(uniform.middle_low_fraction, 0.0);
+  EXPECT_EQ(uniform.outer_low_fraction, 0.0);
+  EXPECT_NEAR(uniform.inner_hu_offset, 0.0, 0.3);
+
+  // A 4 mm core 30 HU darker in a 12 mm ball: the inner shell is rho < 0.4, 4.8 mm, and the core
+  // is (4 / 4.8)^3 = 0.58 of it. S, the 2 mm in-plane mean, moves the core's edge out in-plane by
+  // 1/3 mm (a voxel is 10 HU low when over a third of its box is core, 30 HU darker): the low
+  // share is that of a core 4.33 mm wide in-plane and 4 mm high, (4.33 / 4.8)^2 (4 / 4.8) = 0.68.
+  // Its mean S keeps the core's 30 HU over 0.58 of the shell (a box mean moves no HU within it).
+  const torch::Tensor core = ball(g, c, 4.0).to(torch::kBool);
+  const NcctMarkers swirl = measure_markers(m, clot_hu(m, 1.0) - 30.f * core.to(torch::kFloat32), g);
+  EXPECT_NEAR(swirl.inner_low_fraction, std::pow(4.333 / 4.8, 2) * (4.0 / 4.8), 0.03);
+  EXPECT_LT(swirl.middle_low_fraction, 0.02);
+  EXPECT_EQ(swirl.outer_low_fraction, 0.0);
+  EXPECT_NEAR(swirl.inner_hu_offset, -30.0 * std::pow(4.0 / 4.8, 3), 3.0);
+
+  // The cap x < centre - 3 mm, 25 HU darker: in the inner ball (4.8 mm) a cap 1.8 mm high is
+  // h^2 (3R - h) / (4 R^3) = 0.092 of it; in the whole ball 0.316; the outer shell holds most of it.
+  const torch::Tensor x = torch::arange(80, torch::kFloat32).view({1, 1, 80}).expand({40, 80, 80});
+  const torch::Tensor cap = m.to(torch::kBool) & (x < float(c[0]) - 6.f);
+  const NcctMarkers blend = measure_markers(m, clot_hu(m, 1.0) - 25.f * cap.to(torch::kFloat32), g);
+  EXPECT_NEAR(blend.inner_low_fraction, 1.8 * 1.8 * (3 * 4.8 - 1.8) / (4 * std::pow(4.8, 3)), 0.04);
+  EXPECT_GT(blend.outer_low_fraction, blend.middle_low_fraction);
+  EXPECT_GT(blend.middle_low_fraction, blend.inner_low_fraction);
+  EXPECT_GT(blend.outer_low_fraction, 0.3);
+
+  // Written and read back; a result written before the shells existed reads them as not measured.
+  const NcctMarkers back = NcctMarkers::from_json(swirl.to_json());
+  EXPECT_DOUBLE_EQ(back.inner_low_fraction, swirl.inner_low_fraction);
+  EXPECT_DOUBLE_EQ(back.inner_hu_offset, swirl.inner_hu_offset);
+  nlohmann::json old = swirl.to_json();
+  old.erase("outer_low_fraction");
+  EXPECT_TRUE(std::isnan(NcctMarkers::from_json(old).outer_low_fraction));
+}
+
 // A ball with partial volume: each voxel's occupancy from 4 x 4 x 4 sub-samples, HU blended
 // between blood and a darker (edematous) surround, mask where occupancy >= 1/2, on thick slices.
 TEST(Markers, PartialVolumeRimIsNotHypodense) {
@@ -299,7 +342,8 @@ TEST(Markers, EmptyMaskGivesZerosAndNaN) {
   EXPECT_EQ(r.hypodense_region_count, 0);
   for (double v : {r.hypodense_fraction, r.hu_sd, r.hu_cv, r.bimodality_coefficient, r.surface_ratio, r.low_density_p10,
                    r.smoothed_hu_iqr, r.hypodense_region_fraction, r.hypodense_region_margin_contact,
-                   r.hypodense_region_centrality})
+                   r.hypodense_region_centrality, r.inner_low_fraction, r.middle_low_fraction, r.outer_low_fraction,
+                   r.inner_hu_offset})
     EXPECT_TRUE(std::isnan(v));
   const nlohmann::json j = r.to_json();
   EXPECT_TRUE(j.at("hypodense_fraction").is_null() || std::isnan(j.at("hypodense_fraction").get<double>()));

@@ -78,6 +78,16 @@ struct NcctMarkers {
   double hypodense_region_fraction = kNaN;
   double hypodense_region_margin_contact = kNaN;
   double hypodense_region_centrality = kNaN;
+  // Radial shells of the interior (on S as above; chosen on validation cohorts, docs/MARKERS.md):
+  // rho = distance of a voxel's centre from the mask's centroid / radius of the ball of the mask's
+  // volume; inner rho < 0.4, middle 0.4-0.7, outer >= 0.7. *_low_fraction: the shell's share of
+  // voxels with S < median - 10 HU (NaN: no interior voxel in that shell); inner_hu_offset: mean S
+  // of the inner shell - median (HU). A central hypodensity (swirl) raises the inner share, a part
+  // cut off at the margin (blend) the outer one.
+  double inner_low_fraction = kNaN;
+  double middle_low_fraction = kNaN;
+  double outer_low_fraction = kNaN;
+  double inner_hu_offset = kNaN;
 
   // NaN is written as null; from_json reads null back as NaN.
   nlohmann::json to_json() const;
