@@ -247,9 +247,11 @@ def test_train_export_and_report(tmp):
     assert pairs[("hypodense_fraction", "hypodensity")]["auc"] == 1.0
     assert pairs[("hu_cv", "heterogeneity")]["n"] == 0 and pairs[("hu_cv", "heterogeneity")]["auc"] is None
     assert len(report["markers"]["all"]) == \
-        len(classifier_report.MARKERS + classifier_report.REGION_MARKERS) * len(classifier_report.TRUE_MARKERS)
-    # a run written before the region markers existed: their pairs are there, with no cases
+        len(classifier_report.MARKERS + classifier_report.REGION_MARKERS + classifier_report.SHELL_MARKERS) * \
+        len(classifier_report.TRUE_MARKERS)
+    # a run written before the region and shell markers existed: their pairs are there, with no cases
     assert pairs[("low_density_p10", "blend")]["n"] == 0 and pairs[("low_density_p10", "blend")]["auc"] is None
+    assert pairs[("inner_low_fraction", "swirl")]["n"] == 0 and pairs[("inner_low_fraction", "swirl")]["auc"] is None
     # the sign layer's probabilities (he.signs) against the true signs: blend follows the truth; the
     # true swirl is 0 for every case (no AUC); case 7 has none
     signs = {r["true"]: r for r in report["markers"]["signs"]}
