@@ -96,26 +96,33 @@ torch::Tensor in_plane_mean(const torch::Tensor& values, const Geometry& g, doub
       .squeeze(0);
 }
 
+// The positions (mm, (n, 3) as z, y, x from the box's first voxel) of a bool volume's true voxels,
+// in memory order (as masked_select walks them).
+torch::Tensor positions_mm(const torch::Tensor& voxels, const Geometry& g) {
+  return voxels.nonzero().to(torch::kFloat64) *
+         torch::tensor({g.spacing_mm[2], g.spacing_mm[1], g.spacing_mm[0]}, torch::kFloat64);
+}
+
 // The radial shells (docs/MARKERS.md): rho = distance of an interior voxel's centre from the
 // mask's centroid over the radius of the ball of the mask's volume; inner rho < 0.4, middle 0.4 to
 // 0.7, outer >= 0.7. In each, the share of interior voxels whose S lies more than kShellDropHu
 // below the interior's median HU; in the inner one also the mean S minus that median.
 void measure_shells(const torch::Tensor& m, const torch::Tensor& interior, const torch::Tensor& smooth,
                     const Geometry& box, double median_hu, NcctMarkers& r) {
-  const torch::Tensor mm = torch::tensor({box.spacing_mm[2], box.spacing_mm[1], box.spacing_mm[0]}, torch::kFloat64);
-  const torch::Tensor centroid = (torch::nonzero(m).to(torch::kFloat64) * mm).mean(0);
+  const torch::Tensor centroid = positions_mm(m, box).mean(0);
   const double radius = std::cbrt(3.0 * double(r.voxels) * box.voxel_volume_mm3() / (4.0 * kPi));
-  // nonzero and masked_select both walk the interior in memory order: rho[i] belongs to s[i].
-  const torch::Tensor rho = (torch::nonzero(interior).to(torch::kFloat64) * mm - centroid).pow(2).sum(1).sqrt() / radius;
+  // Both walk the interior in memory order: rho[i] belongs to s[i].
+  const torch::Tensor rho = (positions_mm(interior, box) - centroid).pow(2).sum(1).sqrt() / radius;
   const torch::Tensor s = smooth.masked_select(interior).to(torch::kFloat64);
   const torch::Tensor low = s < median_hu - kShellDropHu;
   const torch::Tensor shells[] = {rho < kShellInner, (rho >= kShellInner) & (rho < kShellOuter), rho >= kShellOuter};
   double* fractions[] = {&r.inner_low_fraction, &r.middle_low_fraction, &r.outer_low_fraction};
   for (int k = 0; k < 3; ++k) {
     const int64_t n = shells[k].sum().item<int64_t>();
-    if (n > 0) *fractions[k] = double((low & shells[k]).sum().item<int64_t>()) / double(n);
+    if (n == 0) continue;
+    *fractions[k] = double((low & shells[k]).sum().item<int64_t>()) / double(n);
+    if (k == 0) r.inner_hu_offset = s.masked_select(shells[0]).mean().item<double>() - median_hu;
   }
-  if (shells[0].any().item<bool>()) r.inner_hu_offset = s.masked_select(shells[0]).mean().item<double>() - median_hu;
 }
 
 // The six markers on S (the in-plane 2 mm mean) of the mask's box: m the mask, interior its
@@ -177,13 +184,11 @@ double island_probability(const torch::Tensor& labels, int64_t id, const MaskBox
   const MaskBox box = region_box.grown({1, ky / 2, kx / 2}, labels);  // with the surroundings
   const torch::Tensor r = box.crop(labels) == id, s = box.crop(smooth);
   // Spread along the longest axis: sqrt of the largest eigenvalue of the positions' covariance (mm).
-  const torch::Tensor at = r.nonzero().to(torch::kFloat64);
+  const torch::Tensor mm = positions_mm(r, g);
   double spread = 0.0;
-  if (at.size(0) > 2) {
-    const torch::Tensor mm =
-        at * torch::tensor({g.spacing_mm[2], g.spacing_mm[1], g.spacing_mm[0]}, torch::kFloat64).unsqueeze(0);
+  if (mm.size(0) > 2) {
     const torch::Tensor centred = mm - mm.mean(0, true);
-    const torch::Tensor covariance = centred.t().mm(centred) / double(at.size(0) - 1);
+    const torch::Tensor covariance = centred.t().mm(centred) / double(mm.size(0) - 1);
     spread = std::sqrt(std::max(torch::linalg_eigvalsh(covariance, "L").max().item<double>(), 0.0));
   }
   if (spread > kIslandMaxSpreadMm) return 0.0;

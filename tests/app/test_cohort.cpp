@@ -117,21 +117,21 @@ TEST_F(Cohort, ShardsPartitionTheInputList) {
 // included: a shared probe name once failed shard 2 with "not writable" at start-up).
 TEST_F(Cohort, AShardCleansUpOnlyItsOwnTemporaries) {
   fs::create_directories(root_ / "out");
-  const std::vector<std::string> names{".hemexp-write-test", "results", "run"};
-  const auto temporary = [&](int k, const std::string& name) {
-    const std::string tag = "-" + std::to_string(k) + "-of-2";
-    const std::string file = name == "results" ? name + tag + ".csv" : name == "run" ? name + tag + ".json" : name + tag;
+  // (stem, extension) of the folder probe, the results table and run.json
+  const std::vector<std::pair<std::string, std::string>> names{{".hemexp-write-test", ""}, {"results", ".csv"}, {"run", ".json"}};
+  const auto temporary = [&](int k, const std::pair<std::string, std::string>& name) {
+    const std::string file = name.first + "-" + std::to_string(k) + "-of-2" + name.second;
     return root_ / "out" / (".tmp-999999-" + std::to_string(k) + "-" + file);
   };
   for (int k : {1, 2})
-    for (const std::string& n : names) std::ofstream(temporary(k, n)) << "being written";
+    for (const auto& n : names) std::ofstream(temporary(k, n)) << "being written";
   CohortOptions o = options_;
   o.shard_index = 1;
   o.shard_count = 2;
   EXPECT_EQ(run(o, fake(nullptr)), kExitOk);  // scans 0, 2, 4, 6 (scan3, which fails, is shard 2's)
-  for (const std::string& n : names) {
-    EXPECT_FALSE(fs::exists(temporary(1, n))) << n;  // this shard's leftovers
-    EXPECT_TRUE(fs::exists(temporary(2, n))) << n;   // the other shard's, untouched
+  for (const auto& n : names) {
+    EXPECT_FALSE(fs::exists(temporary(1, n))) << n.first;  // this shard's leftovers
+    EXPECT_TRUE(fs::exists(temporary(2, n))) << n.first;   // the other shard's, untouched
   }
 
   // And for real: two shards setting up at the same moment, again and again.
