@@ -280,92 +280,98 @@ int64_t count_islands(const torch::Tensor& mask, const torch::Tensor& hu, const 
 
 }  // namespace
 
+namespace {
+
+// One row per marker: its name (the key in result.json, the column in results.csv and cases.csv),
+// its member, the decimals of its CSV field, and how a result.json written before it existed
+// reads back. Every marker list (to_json, from_json, names, csv_fields) is this table.
+enum class Absent { kError, kNaN, kZero };  // a missing key: an error, not measured, or 0
+struct MarkerField {
+  const char* name;
+  double NcctMarkers::*real = nullptr;  // exactly one of real and count is set
+  int64_t NcctMarkers::*count = nullptr;
+  int decimals = 0;
+  Absent absent = Absent::kError;
+  bool listed = true;  // in names() and csv_fields() (voxel counts are in result.json only)
+};
+
+MarkerField real_field(const char* name, double NcctMarkers::*m, int decimals, Absent a = Absent::kError) {
+  return {name, m, nullptr, decimals, a, true};
+}
+MarkerField count_field(const char* name, int64_t NcctMarkers::*m, Absent a = Absent::kError, bool listed = true) {
+  return {name, nullptr, m, 0, a, listed};
+}
+
+const std::vector<MarkerField>& marker_fields() {
+  using M = NcctMarkers;
+  static const std::vector<MarkerField> fields{
+      count_field("voxels", &M::voxels, Absent::kError, false),
+      count_field("interior_voxels", &M::interior_voxels, Absent::kError, false),
+      real_field("hypodense_fraction", &M::hypodense_fraction, 4),
+      real_field("hu_sd", &M::hu_sd, 2),
+      real_field("hu_cv", &M::hu_cv, 4),
+      real_field("bimodality_coefficient", &M::bimodality_coefficient, 4),
+      count_field("satellite_count", &M::satellite_count),
+      real_field("satellite_volume_ml", &M::satellite_volume_ml, 4),
+      count_field("island_count", &M::island_count, Absent::kZero),
+      real_field("surface_ratio", &M::surface_ratio, 4),
+      // Added after results were first written: absent reads as not measured (NaN) or 0.
+      real_field("low_density_p10", &M::low_density_p10, 2, Absent::kNaN),
+      real_field("smoothed_hu_iqr", &M::smoothed_hu_iqr, 2, Absent::kNaN),
+      count_field("hypodense_region_count", &M::hypodense_region_count, Absent::kZero),
+      real_field("hypodense_region_fraction", &M::hypodense_region_fraction, 4, Absent::kNaN),
+      real_field("hypodense_region_margin_contact", &M::hypodense_region_margin_contact, 4, Absent::kNaN),
+      real_field("hypodense_region_centrality", &M::hypodense_region_centrality, 4, Absent::kNaN),
+      real_field("inner_low_fraction", &M::inner_low_fraction, 4, Absent::kNaN),
+      real_field("middle_low_fraction", &M::middle_low_fraction, 4, Absent::kNaN),
+      real_field("outer_low_fraction", &M::outer_low_fraction, 4, Absent::kNaN),
+      real_field("inner_hu_offset", &M::inner_hu_offset, 2, Absent::kNaN)};
+  return fields;
+}
+
+}  // namespace
+
 nlohmann::json NcctMarkers::to_json() const {
   // NaN (not measurable) is an explicit null, in memory as in the file.
-  return {{"voxels", voxels},
-          {"interior_voxels", interior_voxels},
-          {"hypodense_fraction", json_number(hypodense_fraction)},
-          {"hu_sd", json_number(hu_sd)},
-          {"hu_cv", json_number(hu_cv)},
-          {"bimodality_coefficient", json_number(bimodality_coefficient)},
-          {"satellite_count", satellite_count},
-          {"satellite_volume_ml", json_number(satellite_volume_ml)},
-          {"island_count", island_count},
-          {"surface_ratio", json_number(surface_ratio)},
-          {"low_density_p10", json_number(low_density_p10)},
-          {"smoothed_hu_iqr", json_number(smoothed_hu_iqr)},
-          {"hypodense_region_count", hypodense_region_count},
-          {"hypodense_region_fraction", json_number(hypodense_region_fraction)},
-          {"hypodense_region_margin_contact", json_number(hypodense_region_margin_contact)},
-          {"hypodense_region_centrality", json_number(hypodense_region_centrality)},
-          {"inner_low_fraction", json_number(inner_low_fraction)},
-          {"middle_low_fraction", json_number(middle_low_fraction)},
-          {"outer_low_fraction", json_number(outer_low_fraction)},
-          {"inner_hu_offset", json_number(inner_hu_offset)}};
+  nlohmann::json j = nlohmann::json::object();
+  for (const MarkerField& f : marker_fields())
+    j[f.name] = f.real ? json_number(this->*f.real) : nlohmann::json(this->*f.count);
+  return j;
 }
 
 NcctMarkers NcctMarkers::from_json(const nlohmann::json& j) {
-  const auto number = [&j](const char* key) {
-    const nlohmann::json& v = j.at(key);
-    return v.is_null() ? kNaN : v.get<double>();
-  };
-  // Markers added after results were first written: absent reads as not measured.
-  const auto added = [&j, &number](const char* key) { return j.contains(key) ? number(key) : kNaN; };
   NcctMarkers m;
-  m.voxels = j.at("voxels").get<int64_t>();
-  m.interior_voxels = j.at("interior_voxels").get<int64_t>();
-  m.hypodense_fraction = number("hypodense_fraction");
-  m.hu_sd = number("hu_sd");
-  m.hu_cv = number("hu_cv");
-  m.bimodality_coefficient = number("bimodality_coefficient");
-  m.satellite_count = j.at("satellite_count").get<int64_t>();
-  m.satellite_volume_ml = number("satellite_volume_ml");
-  m.island_count = j.value("island_count", int64_t(0));  // results written before it existed: 0
-  m.surface_ratio = number("surface_ratio");
-  m.low_density_p10 = added("low_density_p10");
-  m.smoothed_hu_iqr = added("smoothed_hu_iqr");
-  m.hypodense_region_count = j.value("hypodense_region_count", int64_t(0));
-  m.hypodense_region_fraction = added("hypodense_region_fraction");
-  m.hypodense_region_margin_contact = added("hypodense_region_margin_contact");
-  m.hypodense_region_centrality = added("hypodense_region_centrality");
-  m.inner_low_fraction = added("inner_low_fraction");
-  m.middle_low_fraction = added("middle_low_fraction");
-  m.outer_low_fraction = added("outer_low_fraction");
-  m.inner_hu_offset = added("inner_hu_offset");
+  for (const MarkerField& f : marker_fields()) {
+    if (!j.contains(f.name) && f.absent != Absent::kError) {
+      if (f.real) m.*f.real = f.absent == Absent::kNaN ? kNaN : 0.0;
+      else m.*f.count = 0;
+      continue;
+    }
+    const nlohmann::json& v = j.at(f.name);
+    if (f.real) m.*f.real = v.is_null() ? kNaN : v.get<double>();
+    else m.*f.count = v.get<int64_t>();
+  }
   return m;
 }
 
 const std::vector<std::string>& NcctMarkers::names() {
-  static const std::vector<std::string> n{"hypodense_fraction", "hu_sd",           "hu_cv",        "bimodality_coefficient",
-                                          "satellite_count",    "satellite_volume_ml", "island_count",
-                                          "surface_ratio",      "low_density_p10",     "smoothed_hu_iqr",
-                                          "hypodense_region_count", "hypodense_region_fraction",
-                                          "hypodense_region_margin_contact", "hypodense_region_centrality",
-                                          "inner_low_fraction", "middle_low_fraction", "outer_low_fraction",
-                                          "inner_hu_offset"};
+  static const std::vector<std::string> n = [] {
+    std::vector<std::string> out;
+    for (const MarkerField& f : marker_fields())
+      if (f.listed) out.emplace_back(f.name);
+    return out;
+  }();
   return n;
 }
 
 std::map<std::string, std::string> NcctMarkers::csv_fields() const {
-  const auto f = [](double v, int decimals) { return std::isfinite(v) ? format_number(v, decimals) : std::string(); };
-  return {{"hypodense_fraction", f(hypodense_fraction, 4)},
-          {"hu_sd", f(hu_sd, 2)},
-          {"hu_cv", f(hu_cv, 4)},
-          {"bimodality_coefficient", f(bimodality_coefficient, 4)},
-          {"satellite_count", std::to_string(satellite_count)},
-          {"satellite_volume_ml", f(satellite_volume_ml, 4)},
-          {"island_count", std::to_string(island_count)},
-          {"surface_ratio", f(surface_ratio, 4)},
-          {"low_density_p10", f(low_density_p10, 2)},
-          {"smoothed_hu_iqr", f(smoothed_hu_iqr, 2)},
-          {"hypodense_region_count", std::to_string(hypodense_region_count)},
-          {"hypodense_region_fraction", f(hypodense_region_fraction, 4)},
-          {"hypodense_region_margin_contact", f(hypodense_region_margin_contact, 4)},
-          {"hypodense_region_centrality", f(hypodense_region_centrality, 4)},
-          {"inner_low_fraction", f(inner_low_fraction, 4)},
-          {"middle_low_fraction", f(middle_low_fraction, 4)},
-          {"outer_low_fraction", f(outer_low_fraction, 4)},
-          {"inner_hu_offset", f(inner_hu_offset, 2)}};
+  std::map<std::string, std::string> out;
+  for (const MarkerField& f : marker_fields()) {
+    if (!f.listed) continue;
+    if (f.count) out[f.name] = std::to_string(this->*f.count);
+    else out[f.name] = std::isfinite(this->*f.real) ? format_number(this->*f.real, f.decimals) : std::string();
+  }
+  return out;
 }
 
 NcctMarkers measure_markers(const torch::Tensor& mask, const torch::Tensor& hu, const Geometry& g) {
