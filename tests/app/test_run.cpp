@@ -428,6 +428,45 @@ TEST_F(RunCommand, ShippedLabelModelFindsEachLabelOfASynthHead) {
   EXPECT_EQ(r["models"]["segmentation"]["name"], "hemexp-seg-umambabot-synth-v2-labels");
 }
 
+// The shipped expansion classifier (models/hemexp-cls.safetensors), found by default beside the
+// shipped segmenter, on the same head: a calibrated probability, its risk category from the
+// card's cut-offs, the card's threshold, the seven sign probabilities, the same numbers in
+// results.csv. Pinned values measured on this build (2026-12-05); they move only when the
+// classifier, the segmenter, the markers or the ROI change.
+TEST_F(RunCommand, ShippedClassifierScoresTheSynthHeadByDefault) {
+  const fs::path models = kData.parent_path().parent_path() / "models";
+  const synth::SynthCase head = small_head();
+  RunOptions o = small_head_run(head, "c");
+  o.seg_model = (models / "hemexp-seg-labels.safetensors").string();
+  o.cls_model = "";  // the default: models/hemexp-cls.safetensors
+  ASSERT_EQ(run(o), kExitOk);
+  const json r = json::parse(slurp(root_ / "outc/cases/head/result.json"));
+  const json& he = r["he"];
+  ASSERT_TRUE(he["probability"].is_number()) << he;
+  EXPECT_EQ(he["model"]["sha256"], sha256_file(models / "hemexp-cls.safetensors"));
+  EXPECT_EQ(he["calibrated"], true);
+  EXPECT_NEAR(he["threshold"].get<double>(), 0.2030736, 1e-6);
+  const double p = he["probability"].get<double>();
+  EXPECT_NEAR(p, 0.3537, 0.01);  // 0.35369 here; 0.01 allows other CPUs' rounding at the mask edge
+  EXPECT_EQ(he["risk"], p < 0.1 ? "low" : p < 0.3 ? "intermediate" : "high");
+  const std::vector<std::string> signs{"heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin",
+                                       "hypodensity"};
+  ASSERT_EQ(he["signs"].size(), signs.size()) << he;
+  for (const std::string& s : signs) {
+    const double v = he["signs"][s].get<double>();
+    EXPECT_TRUE(v >= 0.0 && v <= 1.0) << s << " " << v;
+  }
+  // The generator drew heterogeneity, blend and islands in this clot (observable probability
+  // 0.43), not swirl, black hole, margin or hypodensity. Measured: blend 0.9999999, black hole
+  // 0.0023; the islands were missed (0.021).
+  EXPECT_GT(he["signs"]["blend"].get<double>(), 0.99);
+  EXPECT_LT(he["signs"]["black_hole"].get<double>(), 0.05);
+  const Results csv = read_results(root_ / "outc/results.csv");
+  EXPECT_NEAR(std::stod(csv.at(0, "he_probability")), p, 1e-4);
+  EXPECT_EQ(csv.at(0, "he_risk"), he["risk"]);
+  EXPECT_EQ(csv.at(0, "cls_model_sha256"), he["model"]["sha256"]);
+}
+
 // A model with four labels: labels.nii.gz on the input grid, mask.nii.gz its hematoma label,
 // each further label's volume in result.json and results.csv; --resume after a classifier
 // change reuses the label map.
