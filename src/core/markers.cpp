@@ -278,10 +278,6 @@ int64_t count_islands(const torch::Tensor& mask, const torch::Tensor& hu, const 
   return islands;
 }
 
-}  // namespace
-
-namespace {
-
 // One row per marker: its name (the key in result.json, the column in results.csv and cases.csv),
 // its member, the decimals of its CSV field, and how a result.json written before it existed
 // reads back. Every marker list (to_json, from_json, names, csv_fields) is this table.
