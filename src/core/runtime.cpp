@@ -1,5 +1,11 @@
 #include "hemexp/core/runtime.hpp"
 
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include <ATen/Parallel.h>
+
 #include <climits>  // also defines __GLIBC__ on glibc (through <features.h>)
 
 #if defined(__GLIBC__)
@@ -19,6 +25,19 @@ void release_freed_memory() {
 #if defined(__GLIBC__)
   malloc_trim(0);
 #endif
+}
+
+int parallel_loop_threads(int threads) {
+  const int before = at::get_num_threads();
+  at::set_num_threads(threads);
+  std::mutex m;
+  std::set<std::thread::id> seen;
+  at::parallel_for(0, int64_t(threads) * 64, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> lock(m);
+    seen.insert(std::this_thread::get_id());
+  });
+  at::set_num_threads(before);
+  return int(seen.size());
 }
 
 }  // namespace hemexp

@@ -3,6 +3,7 @@
 
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/preprocessing.hpp"
+#include "hemexp/core/runtime.hpp"
 #include "hemexp/core/segmenter.hpp"
 #include "hemexp/core/sliding_window.hpp"
 #include "test_shapes.hpp"
@@ -330,6 +331,14 @@ TEST(Postprocessing, SmallComponentsGoByVolumeOrByShareOfTheLargest) {
   EXPECT_EQ(removed, 1);
   EXPECT_EQ(remove_small_components(m, g, {0.0, 0.2, 30.5}, &removed).sum().item<int64_t>(), 1190);
   EXPECT_EQ(removed, 0);
+}
+
+// hemexp's own at::parallel_for loops (the fused normalisation, the selective scan, the brain
+// check) are an OpenMP pragma in ATen's header: compiled without -fopenmp they ran on one thread
+// whatever --threads said (docs/PERFORMANCE.md, 2026-12-05).
+TEST(Runtime, ParallelLoopsUseTheThreadsAskedFor) {
+  EXPECT_EQ(parallel_loop_threads(1), 1);
+  EXPECT_EQ(parallel_loop_threads(2), 2);
 }
 
 }  // namespace

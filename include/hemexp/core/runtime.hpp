@@ -22,6 +22,10 @@ void keep_freed_memory();
 // of `hemexp run` stays flat. Call between items of such a loop.
 void release_freed_memory();
 
+// How many threads hemexp's own at::parallel_for loops run on when asked for `threads`: at most
+// `threads`, and 1 when the core was compiled without OpenMP (ATen's loop is then a plain call).
+int parallel_loop_threads(int threads);
+
 using Clock = std::chrono::steady_clock;
 
 // Wall-clock seconds since t0 (the timings_s of result.json, the benchmarks' steps).
