@@ -1,8 +1,9 @@
 // Per-layer profile of the segmenter's U-Mamba on one window (issue 13: "find where the time
 // goes, per layer"): each module of one forward pass timed as the network runs it (the
-// inference fast paths: oneDNN convolutions, fused norm + activation), and each convolution
-// alone through oneDNN (what the network calls) and through ATen's own conv3d, with its
-// GFLOP/s, against a plain large conv3d measured in the same run.
+// inference fast paths: the direct kernel, oneDNN or ATen per convolution, fused norm +
+// activation), and each convolution alone as the network runs it and through each backend
+// (oneDNN, ATen's own conv3d, the direct kernel where it applies), with its GFLOP/s, against a
+// plain large conv3d measured in the same run.
 //
 //   bench_layers --model models/hemexp-seg-labels.safetensors [--threads 2] [--repeats 15] [--json OUT]
 #include <cstdio>
@@ -15,6 +16,7 @@
 #include <torch/torch.h>
 
 #include "bench_timing.hpp"
+#include "hemexp/core/conv_direct.hpp"
 #include "hemexp/core/runtime.hpp"
 #include "hemexp/core/segmenter.hpp"
 #include "hemexp/core/umamba.hpp"
@@ -26,8 +28,8 @@ using hemexp::bench::time_it;
 struct Row {
   std::string name, kind;
   std::vector<int64_t> in_shape;
-  double gflop = 0, seconds = 0, aten_seconds = 0;
-  bool pointwise = false;  // a 1x1x1 convolution: the network sends it to ATen (umamba.cpp, conv3d)
+  double gflop = 0, seconds = 0;  // a module; a convolution as the network runs it (inference_conv3d)
+  double onednn_seconds = 0, aten_seconds = 0, direct_seconds = 0;  // a convolution alone per backend (0: not applicable)
 };
 
 double conv_gflop(const torch::nn::Conv3dImpl& c, const torch::Tensor& out) {
@@ -86,18 +88,21 @@ int main(int argc, char** argv) {
     rows.push_back(r);
     return y;
   };
-  // One convolution alone on its input, through oneDNN and through ATen.
+  // One convolution alone on its input: as the network runs it, and through oneDNN, ATen and the
+  // direct kernel (where it applies).
   auto conv_row = [&](const std::string& name, torch::nn::Conv3dImpl& conv, const torch::Tensor& in) {
     const auto pad = padding_of(conv);
     Row r{name, "conv", in.sizes().vec()};
     torch::Tensor y;
-    r.seconds = time_it(repeats, [&] {
-                  y = torch::mkldnn_convolution(in.contiguous(), conv.weight, conv.bias, pad, *conv.options.stride(),
-                                                {1, 1, 1}, 1);
-                }).median;
+    r.seconds = time_it(repeats, [&] { y = hemexp::inference_conv3d(conv, in, pad); }).median;
+    r.onednn_seconds = time_it(repeats, [&] {
+                         y = torch::mkldnn_convolution(in.contiguous(), conv.weight, conv.bias, pad,
+                                                       *conv.options.stride(), {1, 1, 1}, 1);
+                       }).median;
     r.aten_seconds = time_it(repeats, [&] { y = torch::conv3d(in, conv.weight, conv.bias, *conv.options.stride(), pad); }).median;
+    if (hemexp::direct_conv3d_applicable(in, conv.weight, *conv.options.stride(), pad, {1, 1, 1}, 1))
+      r.direct_seconds = time_it(repeats, [&] { y = hemexp::direct_conv3d(in, conv.weight, conv.bias); }).median;
     r.gflop = conv_gflop(conv, y);
-    r.pointwise = conv.weight.size(2) == 1 && conv.weight.size(3) == 1 && conv.weight.size(4) == 1;
     rows.push_back(r);
   };
   // Each convolution of a module alone (its own input).
@@ -169,30 +174,35 @@ int main(int argc, char** argv) {
   double module_total = 0, conv_total = 0, conv_used = 0, conv_best = 0, gflop_total = 0;
   std::printf("%d thread(s), window %lldx%lldx%lld, median of %d\n", threads, (long long)patch[0], (long long)patch[1],
               (long long)patch[2], repeats);
-  std::printf("%-14s %-8s %-22s %9s %9s %9s %8s\n", "layer", "kind", "input", "ms", "aten ms", "GFLOP", "GFLOP/s");
+  std::printf("%-14s %-8s %-22s %9s %9s %9s %9s %9s %8s\n", "layer", "kind", "input", "ms", "oneDNN", "ATen", "direct",
+              "GFLOP", "GFLOP/s");
   nlohmann::json out = nlohmann::json::array();
   for (const Row& r : rows) {
     std::string shape;
     for (size_t i = 1; i < r.in_shape.size(); ++i) shape += (i > 1 ? "x" : "") + std::to_string(r.in_shape[i]);
     const bool conv = r.kind == "conv";
+    const auto ms = [&](double s) { return conv && s > 0 ? std::to_string(s * 1e3).substr(0, 7) : std::string(); };
     if (conv) {
-      conv_total += r.seconds;
-      conv_used += r.pointwise ? r.aten_seconds : r.seconds;
-      conv_best += std::min(r.seconds, r.aten_seconds);
+      conv_total += r.onednn_seconds;
+      conv_used += r.seconds;
+      double best = std::min(r.onednn_seconds, r.aten_seconds);
+      if (r.direct_seconds > 0) best = std::min(best, r.direct_seconds);
+      conv_best += best;
       gflop_total += r.gflop;
     } else {
       module_total += r.seconds;
     }
-    std::printf("%-14s %-8s %-22s %9.3f %9s %9.4f %8s\n", r.name.c_str(), r.kind.c_str(), shape.c_str(), r.seconds * 1e3,
-                conv ? std::to_string(r.aten_seconds * 1e3).substr(0, 7).c_str() : "",
+    std::printf("%-14s %-8s %-22s %9.3f %9s %9s %9s %9.4f %8s\n", r.name.c_str(), r.kind.c_str(), shape.c_str(),
+                r.seconds * 1e3, ms(r.onednn_seconds).c_str(), ms(r.aten_seconds).c_str(), ms(r.direct_seconds).c_str(),
                 r.gflop, conv ? std::to_string(int(r.gflop / r.seconds)).c_str() : "");
     out.push_back({{"layer", r.name}, {"kind", r.kind}, {"input", r.in_shape}, {"seconds", r.seconds},
-                   {"aten_seconds", r.aten_seconds}, {"gflop", r.gflop}});
+                   {"onednn_seconds", r.onednn_seconds}, {"aten_seconds", r.aten_seconds},
+                   {"direct_seconds", r.direct_seconds}, {"gflop", r.gflop}});
   }
   std::printf("modules summed %.2f ms, whole forward %.2f ms; convolutions alone: %.2f ms as the network runs them "
-              "(%.0f GFLOP/s), %.2f ms all through oneDNN, %.2f ms taking the faster of oneDNN and ATen per layer\n",
+              "(%.0f GFLOP/s), %.2f ms all through oneDNN, %.2f ms taking the fastest backend per layer\n",
               module_total * 1e3, forward_s * 1e3, conv_used * 1e3, gflop_total / conv_used, conv_total * 1e3, conv_best * 1e3);
-  std::printf("plain conv3d 64->64 3x3x3 on 32x64x64: %.1f GFLOP/s; of it: convolutions alone as run %.0f%%, at the faster "
+  std::printf("plain conv3d 64->64 3x3x3 on 32x64x64: %.1f GFLOP/s; of it: convolutions alone as run %.0f%%, at the fastest "
               "backend per layer %.0f%%, whole forward %.0f%% (convolution GFLOP only)\n",
               big_gflops, 100 * gflop_total / conv_used / big_gflops, 100 * gflop_total / conv_best / big_gflops,
               100 * gflop_total / forward_s / big_gflops);

@@ -33,6 +33,12 @@ struct UMambaConfig {
   nlohmann::json to_json() const;
 };
 
+// One of the network's convolutions at inference, through the backend the network picks for it
+// (umamba.cpp: the direct kernel, oneDNN or ATen; the modules themselves when gradients are on).
+// `padding` is the one the module was built with; `dtype` the precision of the convolution.
+torch::Tensor inference_conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const std::vector<int64_t>& padding,
+                               torch::ScalarType dtype = torch::kFloat32);
+
 // conv - InstanceNorm - LeakyReLU - conv - InstanceNorm, plus a 1x1 (strided) projection on the
 // skip when the shape changes, then LeakyReLU of the sum.
 class ResidualBlockImpl : public torch::nn::Module {

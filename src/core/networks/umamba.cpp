@@ -4,6 +4,7 @@
 
 #include <ATen/Parallel.h>
 
+#include "hemexp/core/conv_direct.hpp"
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/selective_scan.hpp"
@@ -15,6 +16,8 @@ namespace F = torch::nn::functional;
 namespace {
 
 constexpr std::array<int64_t, 3> kUnitStride{1, 1, 1};
+// Widest convolution sent to direct_conv3d (docs/PERFORMANCE.md: where it beats oneDNN).
+constexpr int64_t kDirectMaxChannels = 16;
 
 std::vector<int64_t> vec(const std::array<int64_t, 3>& a) { return {a[0], a[1], a[2]}; }
 
@@ -47,10 +50,14 @@ torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const 
                       at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
   if (!lower && !onednn) return conv.forward(x);
   const auto& o = conv.options;  // this file's convolutions: zero padding `padding`, no dilation
-  // A 1 x 1 x 1 convolution (projection skips, the upsampling's channel change, the heads) is a
-  // matrix product over the voxels: ATen's own conv3d does it as one GEMM, where oneDNN takes
-  // 1.4 ms for the 8 -> 4 head on a 16 x 96 x 96 window against 0.4 ms (bench_layers,
-  // docs/PERFORMANCE.md).
+  // The layers with 8 or 16 output channels (k x 3 x 3, and the unstrided 1 x 1 x 1 skips and
+  // channel changes): a direct kernel (conv_direct.hpp) where the CPU has AVX-512.
+  if (!lower && conv.weight.size(0) <= kDirectMaxChannels &&
+      direct_conv3d_applicable(x, conv.weight, *o.stride(), padding, *o.dilation(), o.groups()))
+    return direct_conv3d(x, conv.weight, conv.bias);
+  // Any other 1 x 1 x 1 convolution (strided skips, wider ones, the heads) is a matrix product
+  // over the voxels: ATen's own conv3d does it as one GEMM, where oneDNN takes 1.4 ms for the
+  // 8 -> 4 head on a 16 x 96 x 96 window against 0.4 ms (bench_layers, docs/PERFORMANCE.md).
   const bool pointwise = conv.weight.size(2) == 1 && conv.weight.size(3) == 1 && conv.weight.size(4) == 1;
   if (pointwise && !lower) return torch::conv3d(x, conv.weight, conv.bias, *o.stride(), padding, *o.dilation(), o.groups());
   const torch::Tensor in = lower ? x.to(dtype) : x, weight = lower ? conv.weight.to(dtype) : conv.weight;
@@ -120,6 +127,11 @@ torch::Tensor norm_act(torch::nn::InstanceNorm3dImpl& norm, torch::Tensor x, con
 }
 
 }  // namespace
+
+torch::Tensor inference_conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const std::vector<int64_t>& padding,
+                               torch::ScalarType dtype) {
+  return conv3d(conv, x, padding, dtype);
+}
 
 UMambaConfig UMambaConfig::from_json(const nlohmann::json& j) {
   UMambaConfig c;

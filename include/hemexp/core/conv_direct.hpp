@@ -1,0 +1,27 @@
+#pragma once
+
+#include <torch/torch.h>
+
+namespace hemexp {
+
+// A direct convolution for the segmenter's small-channel layers: kernel (k, 3, 3) or (k, 1, 1)
+// with k odd, stride 1, "same" zero padding, no dilation, one group, a multiple of 8 output
+// channels, float32 on the CPU. LibTorch 1.13's oneDNN and ATen kernels run the 8- and
+// 16-channel layers at a third of what the machine does for a wide convolution
+// (docs/PERFORMANCE.md): this one keeps eight output channels of sixteen consecutive voxels in
+// registers and streams the input rows, in the tensor's own (N, C, D, H, W) layout.
+//
+// Each output is bias + sum over (input channel, kernel depth, row, column), in that order, on
+// one thread: the result does not depend on the thread count. It differs from oneDNN's by float
+// rounding only (a different summation order).
+
+// True when direct_conv3d can compute this convolution on this machine (AVX-512F, checked at
+// run time; other CPUs keep oneDNN).
+bool direct_conv3d_applicable(const torch::Tensor& x, const torch::Tensor& weight, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+// The convolution (x: N x Cin x D x H x W; weight: Cout x Cin x k x 3 x 3 or Cout x Cin x k x 1
+// x 1; bias: Cout or undefined). CoreError when direct_conv3d_applicable would say no.
+torch::Tensor direct_conv3d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+
+}  // namespace hemexp

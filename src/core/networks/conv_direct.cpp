@@ -1,0 +1,166 @@
+#include "hemexp/core/conv_direct.hpp"
+
+#include <cstdint>
+#include <vector>
+
+#include <ATen/Parallel.h>
+
+#include "hemexp/core/error.hpp"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HEMEXP_DIRECT_CONV_X86 1
+#endif
+
+namespace hemexp {
+
+namespace {
+
+constexpr int64_t kBlock = 8;   // output channels held in registers at once
+constexpr int64_t kLanes = 16;  // float32 lanes of an AVX-512 register
+
+bool cpu_supported() {
+#ifdef HEMEXP_DIRECT_CONV_X86
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+struct Shape {
+  int64_t cin, d, h, w, k;  // input channels and extent; kernel depth (its height and width: KK)
+};
+
+#ifdef HEMEXP_DIRECT_CONV_X86
+
+// The lanes of a register holding columns [w0, w0 + 16) whose column + offset lies in [0, w).
+inline __mmask16 lanes(int64_t w0, int64_t offset, int64_t w) {
+  uint32_t m = 0;
+  for (int64_t j = 0; j < kLanes; ++j) {
+    const int64_t c = w0 + j + offset;
+    if (c >= 0 && c < w) m |= 1u << j;
+  }
+  return __mmask16(m);
+}
+
+// One output row (od, oh), columns [w0, w0 + 16 V), the 8 output channels of one block:
+// 8 x V accumulators in registers; for each input channel and kernel tap, V loads of the input
+// row (masked at the borders: zero padding) and 8 x V fused multiply-adds with the tap's weight
+// broadcast. KK: the kernel's height and width (3, or 1 for a 1 x 1 x 1 convolution). `xn`: the
+// sample's input; `wp`: the block's weights packed as [cin][k][KK][KK][8]; `y`: output element
+// (block's first channel, od, oh, w0); `cstride`: D x H x W.
+template <int V, int KK>
+__attribute__((target("avx512f"))) void row_chunk(const float* xn, const float* wp, const float* bias, float* y,
+                                                  int64_t cstride, int64_t od, int64_t oh, int64_t w0,
+                                                  const Shape& s) {
+  __m512 acc[kBlock][V];
+  __mmask16 in_mask[KK][V], out_mask[V];
+#pragma GCC unroll 8
+  for (int co = 0; co < kBlock; ++co)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[co][v] = _mm512_set1_ps(bias[co]);
+  for (int v = 0; v < V; ++v) {
+    out_mask[v] = lanes(w0 + kLanes * v, 0, s.w);
+    for (int kw = 0; kw < KK; ++kw) in_mask[kw][v] = lanes(w0 + kLanes * v, kw - KK / 2, s.w);
+  }
+  const int64_t plane = s.h * s.w, volume = s.d * plane, half = s.k / 2;
+  for (int64_t ci = 0; ci < s.cin; ++ci)
+    for (int64_t kd = 0; kd < s.k; ++kd) {
+      const int64_t id = od + kd - half;
+      if (id < 0 || id >= s.d) continue;
+      for (int64_t kh = 0; kh < KK; ++kh) {
+        const int64_t ih = oh + kh - KK / 2;
+        if (ih < 0 || ih >= s.h) continue;
+        // Column w0 + kw - KK / 2 of the input row; a lane outside [0, w) is masked (never read).
+        const float* row = xn + ci * volume + id * plane + ih * s.w + w0 - KK / 2;
+        const float* wk = wp + ((ci * s.k + kd) * KK + kh) * KK * kBlock;
+#pragma GCC unroll 3
+        for (int kw = 0; kw < KK; ++kw) {
+          __m512 xv[V];
+#pragma GCC unroll 4
+          for (int v = 0; v < V; ++v) xv[v] = _mm512_maskz_loadu_ps(in_mask[kw][v], row + kLanes * v + kw);
+#pragma GCC unroll 8
+          for (int co = 0; co < kBlock; ++co) {
+            const __m512 wv = _mm512_set1_ps(wk[kw * kBlock + co]);
+#pragma GCC unroll 4
+            for (int v = 0; v < V; ++v) acc[co][v] = _mm512_fmadd_ps(xv[v], wv, acc[co][v]);
+          }
+        }
+      }
+    }
+#pragma GCC unroll 8
+  for (int co = 0; co < kBlock; ++co)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(y + co * cstride + kLanes * v, out_mask[v], acc[co][v]);
+}
+
+// Output rows [r0, r1) of all (sample, channel block, depth, row), each in chunks of up to three
+// registers (48 columns).
+template <int KK>
+void rows(const float* x, const float* wp, const float* bias, float* y, int64_t blocks, const Shape& s, int64_t r0,
+          int64_t r1) {
+  const int64_t cstride = s.d * s.h * s.w, vectors = (s.w + kLanes - 1) / kLanes;
+  const int64_t wsize = s.cin * s.k * KK * KK * kBlock;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t oh = r % s.h, od = (r / s.h) % s.d, b = (r / (s.h * s.d)) % blocks, n = r / (s.h * s.d * blocks);
+    const float* xn = x + n * s.cin * cstride;
+    const float* wb = wp + b * wsize;
+    const float* bb = bias + b * kBlock;
+    float* yr = y + ((n * blocks + b) * kBlock * s.d + od) * s.h * s.w + oh * s.w;
+    int64_t v = 0;
+    for (; v + 3 <= vectors; v += 3) row_chunk<3, KK>(xn, wb, bb, yr + v * kLanes, cstride, od, oh, v * kLanes, s);
+    if (vectors - v == 2) row_chunk<2, KK>(xn, wb, bb, yr + v * kLanes, cstride, od, oh, v * kLanes, s);
+    if (vectors - v == 1) row_chunk<1, KK>(xn, wb, bb, yr + v * kLanes, cstride, od, oh, v * kLanes, s);
+  }
+}
+
+#endif  // HEMEXP_DIRECT_CONV_X86
+
+}  // namespace
+
+bool direct_conv3d_applicable(const torch::Tensor& x, const torch::Tensor& weight, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  if (!cpu_supported() || !x.defined() || !weight.defined()) return false;
+  if (!x.is_cpu() || !weight.is_cpu() || x.scalar_type() != torch::kFloat32 || weight.scalar_type() != torch::kFloat32)
+    return false;
+  if (torch::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad())) return false;
+  if (x.dim() != 5 || weight.dim() != 5 || groups != 1 || weight.size(1) != x.size(1)) return false;
+  const int64_t k = weight.size(2), kk = weight.size(3);
+  if (k % 2 == 0 || (kk != 1 && kk != 3) || weight.size(4) != kk || weight.size(0) % kBlock != 0) return false;
+  const auto is = [](at::IntArrayRef a, int64_t d, int64_t h, int64_t w) {
+    return a.size() == 3 && a[0] == d && a[1] == h && a[2] == w;
+  };
+  return is(stride, 1, 1, 1) && is(dilation, 1, 1, 1) && is(padding, k / 2, kk / 2, kk / 2);
+}
+
+torch::Tensor direct_conv3d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  const int64_t kk = weight.dim() == 5 ? weight.size(3) : 0;
+  const std::vector<int64_t> unit{1, 1, 1}, same{weight.dim() == 5 ? weight.size(2) / 2 : 0, kk / 2, kk / 2};
+  if (!direct_conv3d_applicable(x, weight, unit, same, unit, 1))
+    throw CoreError("direct_conv3d: not a float32 CPU (k x 3 x 3) or (k x 1 x 1) convolution with a multiple of 8 "
+                    "output channels on an AVX-512 machine");
+  const int64_t cout = weight.size(0), cin = weight.size(1), k = weight.size(2), blocks = cout / kBlock;
+  if (bias.defined() && (bias.scalar_type() != torch::kFloat32 || bias.numel() != cout))
+    throw CoreError("direct_conv3d: the bias must be float32 with one value per output channel");
+  const torch::Tensor in = x.contiguous();
+  // Weights packed as [block][cin][k][kk][kk][8]: the 8 output channels of a tap side by side.
+  const torch::Tensor wp = weight.reshape({blocks, kBlock, cin * k * kk * kk}).permute({0, 2, 1}).contiguous();
+  const torch::Tensor b = bias.defined() ? bias.contiguous() : torch::zeros({cout}, torch::kFloat32);
+  torch::Tensor y = torch::empty({x.size(0), cout, x.size(2), x.size(3), x.size(4)}, x.options());
+#ifdef HEMEXP_DIRECT_CONV_X86
+  const Shape s{cin, x.size(2), x.size(3), x.size(4), k};
+  const float* xp = in.data_ptr<float>();
+  const float* wptr = wp.data_ptr<float>();
+  const float* bp = b.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t total = x.size(0) * blocks * s.d * s.h;
+  at::parallel_for(0, total, 8, [&](int64_t r0, int64_t r1) {
+    if (kk == 3) rows<3>(xp, wptr, bp, yp, blocks, s, r0, r1);
+    else rows<1>(xp, wptr, bp, yp, blocks, s, r0, r1);
+  });
+#endif
+  return y;
+}
+
+}  // namespace hemexp

@@ -1,0 +1,98 @@
+// The direct (k x 3 x 3 and k x 1 x 1) convolution of the segmenter's small-channel layers against ATen's
+// conv3d in double precision: every border, widths that are not a multiple of 16, batches,
+// with and without bias; which convolutions it takes; thread-count independence.
+#include <gtest/gtest.h>
+
+#include <ATen/Parallel.h>
+
+#include "hemexp/core/conv_direct.hpp"
+#include "hemexp/core/error.hpp"
+
+namespace hemexp {
+namespace {
+
+bool available() {
+  const torch::Tensor x = torch::zeros({1, 8, 1, 3, 3});
+  return direct_conv3d_applicable(x, torch::zeros({8, 8, 1, 3, 3}), {1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 1);
+}
+
+// Largest |direct - reference| over the largest |reference|, the reference computed in double.
+double relative_error(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  const int64_t k = w.size(2), kk = w.size(3);
+  const torch::Tensor got = direct_conv3d(x, w, b);
+  const torch::Tensor ref = torch::conv3d(x.to(torch::kFloat64), w.to(torch::kFloat64),
+                                          b.defined() ? b.to(torch::kFloat64) : torch::Tensor(), {1, 1, 1},
+                                          {k / 2, kk / 2, kk / 2});
+  EXPECT_EQ(got.sizes(), ref.sizes());
+  EXPECT_EQ(got.scalar_type(), torch::kFloat32);
+  return (got.to(torch::kFloat64) - ref).abs().max().item<double>() / ref.abs().max().item<double>();
+}
+
+TEST(DirectConv, MatchesAtenOnEveryBorderAndWidth) {
+  if (!available()) GTEST_SKIP() << "this CPU has no AVX-512F: the network keeps oneDNN";
+  torch::manual_seed(3);
+  struct Case {
+    int64_t n, cin, cout, k, kk, d, h, w;
+    bool bias;
+  };
+  // The network's shapes (1 -> 8, 8 -> 8, 16 -> 8, 16 -> 16, 32 -> 32 in 3D; 1 x 1 x 1 skips) on
+  // small grids, widths below, at and across multiples of 16 (masked columns), one-voxel grids,
+  // batches.
+  const std::vector<Case> cases{
+      {1, 1, 8, 1, 3, 2, 5, 96, true},  {1, 8, 8, 1, 3, 3, 4, 48, true},   {2, 16, 8, 1, 3, 2, 3, 17, false},
+      {1, 16, 16, 1, 3, 1, 6, 33, true}, {1, 32, 32, 3, 3, 4, 3, 20, true}, {3, 8, 24, 3, 3, 3, 2, 1, true},
+      {1, 8, 8, 1, 3, 1, 1, 16, false},  {1, 3, 8, 5, 3, 6, 4, 64, true},   {1, 8, 8, 3, 3, 1, 1, 81, true},
+      {1, 16, 8, 1, 1, 2, 5, 96, true},  {2, 32, 16, 1, 1, 3, 3, 35, false}, {1, 1, 8, 3, 1, 4, 2, 7, true}};
+  for (const Case& c : cases) {
+    const torch::Tensor x = torch::randn({c.n, c.cin, c.d, c.h, c.w});
+    const torch::Tensor w = torch::randn({c.cout, c.cin, c.k, c.kk, c.kk});
+    const torch::Tensor b = c.bias ? torch::randn({c.cout}) : torch::Tensor();
+    EXPECT_LE(relative_error(x, w, b), 1e-6) << c.n << "x" << c.cin << "->" << c.cout << " k" << c.k << "x" << c.kk
+                                             << " " << c.d << "x" << c.h << "x" << c.w;
+  }
+  // A non-contiguous input (a slice of a wider tensor) is read as its values, not its storage.
+  const torch::Tensor wide = torch::randn({1, 8, 2, 5, 40});
+  const torch::Tensor view = wide.narrow(4, 3, 30);
+  ASSERT_FALSE(view.is_contiguous());
+  EXPECT_LE(relative_error(view, torch::randn({8, 8, 1, 3, 3}), torch::randn({8})), 1e-6);
+}
+
+TEST(DirectConv, TakesOnlyWhatItComputes) {
+  if (!available()) GTEST_SKIP() << "this CPU has no AVX-512F";
+  const torch::Tensor x = torch::zeros({1, 8, 2, 4, 4});
+  const auto ok = [&](const torch::Tensor& in, const torch::Tensor& w, std::vector<int64_t> stride,
+                      std::vector<int64_t> pad, std::vector<int64_t> dil = {1, 1, 1}, int64_t groups = 1) {
+    return direct_conv3d_applicable(in, w, stride, pad, dil, groups);
+  };
+  EXPECT_TRUE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 1, 1}, {0, 1, 1}));
+  EXPECT_TRUE(ok(x, torch::zeros({16, 8, 3, 3, 3}), {1, 1, 1}, {1, 1, 1}));
+  EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 2, 2}, {0, 1, 1}));        // strided
+  EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 1, 1}, {0, 0, 0}));        // not "same"
+  EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 1, 1}, {0, 1, 1}, {1, 2, 2}));  // dilated
+  EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2));  // grouped
+  EXPECT_FALSE(ok(x, torch::zeros({4, 8, 1, 3, 3}), {1, 1, 1}, {0, 1, 1}));        // 4 output channels
+  EXPECT_TRUE(ok(x, torch::zeros({8, 8, 1, 1, 1}), {1, 1, 1}, {0, 0, 0}));         // 1 x 1 x 1
+  EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 1, 1}), {1, 1, 1}, {0, 1, 1}));        // 1 x 1 x 1, padded
+  EXPECT_FALSE(ok(x, torch::zeros({16, 8, 1, 1, 1}), {1, 2, 2}, {0, 0, 0}));       // strided skip
+  EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 1}), {1, 1, 1}, {0, 1, 0}));        // 3 x 1 in plane
+  EXPECT_FALSE(ok(x, torch::zeros({8, 8, 2, 3, 3}), {1, 1, 1}, {1, 1, 1}));        // even depth
+  EXPECT_FALSE(ok(x.to(torch::kFloat64), torch::zeros({8, 8, 1, 3, 3}, torch::kFloat64), {1, 1, 1}, {0, 1, 1}));
+  EXPECT_THROW(direct_conv3d(x, torch::zeros({4, 8, 1, 3, 3}), torch::Tensor()), CoreError);
+  EXPECT_THROW(direct_conv3d(x, torch::zeros({8, 8, 1, 3, 3}), torch::zeros({7})), CoreError);
+}
+
+TEST(DirectConv, SameBitsOnOneAndTwoThreads) {
+  if (!available()) GTEST_SKIP() << "this CPU has no AVX-512F";
+  torch::manual_seed(8);
+  const torch::Tensor x = torch::randn({1, 16, 4, 24, 96}), w = torch::randn({8, 16, 1, 3, 3}), b = torch::randn({8});
+  const int before = at::get_num_threads();
+  at::set_num_threads(1);
+  const torch::Tensor one = direct_conv3d(x, w, b);
+  at::set_num_threads(2);
+  const torch::Tensor two = direct_conv3d(x, w, b);
+  at::set_num_threads(before);
+  EXPECT_TRUE(torch::equal(one, two));
+}
+
+}  // namespace
+}  // namespace hemexp
