@@ -47,14 +47,14 @@ TEST(DirectConv, MatchesAtenOnEveryBorderAndWidth) {
     const torch::Tensor x = torch::randn({c.n, c.cin, c.d, c.h, c.w});
     const torch::Tensor w = torch::randn({c.cout, c.cin, c.k, c.kk, c.kk});
     const torch::Tensor b = c.bias ? torch::randn({c.cout}) : torch::Tensor();
-    EXPECT_LE(relative_error(x, w, b), 1e-6) << c.n << "x" << c.cin << "->" << c.cout << " k" << c.k << "x" << c.kk
+    EXPECT_LE(relative_error(x, w, b), 5e-6) << c.n << "x" << c.cin << "->" << c.cout << " k" << c.k << "x" << c.kk
                                              << " " << c.d << "x" << c.h << "x" << c.w;
   }
   // A non-contiguous input (a slice of a wider tensor) is read as its values, not its storage.
   const torch::Tensor wide = torch::randn({1, 8, 2, 5, 40});
   const torch::Tensor view = wide.narrow(4, 3, 30);
   ASSERT_FALSE(view.is_contiguous());
-  EXPECT_LE(relative_error(view, torch::randn({8, 8, 1, 3, 3}), torch::randn({8})), 1e-6);
+  EXPECT_LE(relative_error(view, torch::randn({8, 8, 1, 3, 3}), torch::randn({8})), 5e-6);
 }
 
 TEST(DirectConv, TakesOnlyWhatItComputes) {

@@ -337,8 +337,8 @@ TEST(Postprocessing, SmallComponentsGoByVolumeOrByShareOfTheLargest) {
 // check) are an OpenMP pragma in ATen's header: compiled without -fopenmp they ran on one thread
 // whatever --threads said (docs/PERFORMANCE.md, 2026-12-05).
 TEST(Runtime, ParallelLoopsUseTheThreadsAskedFor) {
-  EXPECT_EQ(parallel_loop_threads(1), 1);
   EXPECT_EQ(parallel_loop_threads(2), 2);
+  EXPECT_EQ(parallel_loop_threads(3), 3);
 }
 
 }  // namespace

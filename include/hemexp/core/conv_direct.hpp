@@ -16,7 +16,8 @@ namespace hemexp {
 // rounding only (a different summation order).
 
 // True when direct_conv3d can compute this convolution on this machine (AVX-512F, checked at
-// run time; other CPUs keep oneDNN).
+// run time; other CPUs keep the network's other backends: oneDNN, ATen for 1 x 1 x 1). The bias
+// is not looked at: direct_conv3d wants a float32 one (or none) and computes no gradients.
 bool direct_conv3d_applicable(const torch::Tensor& x, const torch::Tensor& weight, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 

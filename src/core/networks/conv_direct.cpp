@@ -72,14 +72,18 @@ __attribute__((target("avx512f"))) void row_chunk(const float* xn, const float* 
       for (int64_t kh = 0; kh < KK; ++kh) {
         const int64_t ih = oh + kh - KK / 2;
         if (ih < 0 || ih >= s.h) continue;
-        // Column w0 + kw - KK / 2 of the input row; a lane outside [0, w) is masked (never read).
-        const float* row = xn + ci * volume + id * plane + ih * s.w + w0 - KK / 2;
+        // Column w0 + 16 v + kw - KK / 2 of the input row; a lane outside [0, w) is masked (never
+        // read). The address is formed as an integer: it may lie just outside the tensor.
+        const uintptr_t row = reinterpret_cast<uintptr_t>(xn + ci * volume + id * plane + ih * s.w);
         const float* wk = wp + ((ci * s.k + kd) * KK + kh) * KK * kBlock;
 #pragma GCC unroll 3
         for (int kw = 0; kw < KK; ++kw) {
           __m512 xv[V];
 #pragma GCC unroll 4
-          for (int v = 0; v < V; ++v) xv[v] = _mm512_maskz_loadu_ps(in_mask[kw][v], row + kLanes * v + kw);
+          for (int v = 0; v < V; ++v)
+            xv[v] = _mm512_maskz_loadu_ps(
+                in_mask[kw][v],
+                reinterpret_cast<const void*>(row + uintptr_t((w0 + kLanes * v + kw - KK / 2) * int64_t(sizeof(float)))));
 #pragma GCC unroll 8
           for (int co = 0; co < kBlock; ++co) {
             const __m512 wv = _mm512_set1_ps(wk[kw * kBlock + co]);
