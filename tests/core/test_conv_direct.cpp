@@ -7,6 +7,7 @@
 
 #include "hemexp/core/conv_direct.hpp"
 #include "hemexp/core/error.hpp"
+#include "hemexp/core/umamba.hpp"
 
 namespace hemexp {
 namespace {
@@ -92,6 +93,23 @@ TEST(DirectConv, SameBitsOnOneAndTwoThreads) {
   const torch::Tensor two = direct_conv3d(x, w, b);
   at::set_num_threads(before);
   EXPECT_TRUE(torch::equal(one, two));
+}
+
+// The network sends its 8- and 16-channel convolutions to the kernel (bit for bit what
+// direct_conv3d gives) and its 32-channel ones to oneDNN (umamba.cpp, conv3d).
+TEST(DirectConv, TheNetworkRoutesItsSmallLayersHere) {
+  if (!available()) GTEST_SKIP() << "this CPU has no AVX-512F";
+  torch::manual_seed(4);
+  c10::InferenceMode guard;
+  torch::nn::Conv3d small(torch::nn::Conv3dOptions(8, 8, {1, 3, 3}).padding({0, 1, 1}));
+  torch::nn::Conv3d skip(torch::nn::Conv3dOptions(16, 8, 1));
+  torch::nn::Conv3d wide(torch::nn::Conv3dOptions(32, 32, 3).padding(1));
+  const torch::Tensor x8 = torch::randn({1, 8, 4, 20, 40}), x16 = torch::randn({1, 16, 4, 20, 40});
+  const torch::Tensor x32 = torch::randn({1, 32, 4, 12, 12});
+  EXPECT_TRUE(torch::equal(inference_conv3d(*small, x8, {0, 1, 1}), direct_conv3d(x8, small->weight, small->bias)));
+  EXPECT_TRUE(torch::equal(inference_conv3d(*skip, x16, {0, 0, 0}), direct_conv3d(x16, skip->weight, skip->bias)));
+  EXPECT_TRUE(torch::equal(inference_conv3d(*wide, x32, {1, 1, 1}),
+                           torch::mkldnn_convolution(x32, wide->weight, wide->bias, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1)));
 }
 
 }  // namespace
