@@ -1,5 +1,6 @@
 #include "hemexp/core/conv_direct.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -34,14 +35,13 @@ struct Shape {
 
 #ifdef HEMEXP_DIRECT_CONV_X86
 
-// The lanes of a register holding columns [w0, w0 + 16) whose column + offset lies in [0, w).
+// The lanes of a register holding columns [w0, w0 + 16) whose column + offset lies in [0, w):
+// lanes lo <= j < hi.
 inline __mmask16 lanes(int64_t w0, int64_t offset, int64_t w) {
-  uint32_t m = 0;
-  for (int64_t j = 0; j < kLanes; ++j) {
-    const int64_t c = w0 + j + offset;
-    if (c >= 0 && c < w) m |= 1u << j;
-  }
-  return __mmask16(m);
+  const int64_t first = w0 + offset;
+  const int64_t lo = std::clamp<int64_t>(-first, 0, kLanes), hi = std::clamp<int64_t>(w - first, 0, kLanes);
+  if (hi <= lo) return 0;
+  return __mmask16(((1u << hi) - 1u) & ~((1u << lo) - 1u));
 }
 
 // One output row (od, oh), columns [w0, w0 + 16 V), the 8 output channels of one block:
