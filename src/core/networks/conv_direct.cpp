@@ -99,16 +99,32 @@ __attribute__((target("avx512f"))) void row_chunk(const float* xn, const float* 
     for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(y + co * cstride + kLanes * v, out_mask[v], acc[co][v]);
 }
 
-// Output rows [r0, r1) of all (sample, channel block, depth, row), each in chunks of up to three
-// registers (48 columns).
+// Output rows [r0, r1) of all (sample, depth, row, channel block), each in chunks of up to three
+// registers (48 columns). The channel blocks of one output row are neighbours, so they read the
+// same input rows while those are in cache, and a thread reads only its share of the input. In
+// (N, C, D, H, W) each input channel is its own stream (Cin streams, a plane apart), too many
+// for the hardware prefetcher: before the first block of a row, the rows that output row
+// `kAhead` further down will need are prefetched, one per (input channel, kernel depth).
 template <int KK>
 void rows(const float* x, const float* wp, const float* bias, float* y, int64_t blocks, const Shape& s, int64_t r0,
           int64_t r1) {
-  const int64_t cstride = s.d * s.h * s.w, vectors = (s.w + kLanes - 1) / kLanes;
-  const int64_t wsize = s.cin * s.k * KK * KK * kBlock;
+  constexpr int64_t kAhead = 2;
+  const int64_t cstride = s.d * s.h * s.w, plane = s.h * s.w, vectors = (s.w + kLanes - 1) / kLanes;
+  const int64_t wsize = s.cin * s.k * KK * KK * kBlock, half = s.k / 2;
+  const int64_t row_bytes = s.w * int64_t(sizeof(float));
   for (int64_t r = r0; r < r1; ++r) {
-    const int64_t oh = r % s.h, od = (r / s.h) % s.d, b = (r / (s.h * s.d)) % blocks, n = r / (s.h * s.d * blocks);
+    const int64_t b = r % blocks, oh = (r / blocks) % s.h, od = (r / (blocks * s.h)) % s.d, n = r / (blocks * s.h * s.d);
     const float* xn = x + n * s.cin * cstride;
+    if (b == 0 && oh + KK / 2 + kAhead < s.h) {
+      const int64_t ih = oh + KK / 2 + kAhead;
+      for (int64_t ci = 0; ci < s.cin; ++ci)
+        for (int64_t kd = 0; kd < s.k; ++kd) {
+          const int64_t id = od + kd - half;
+          if (id < 0 || id >= s.d) continue;
+          const char* row = reinterpret_cast<const char*>(xn + ci * cstride + id * plane + ih * s.w);
+          for (int64_t off = 0; off < row_bytes; off += 64) _mm_prefetch(row + off, _MM_HINT_T0);
+        }
+    }
     const float* wb = wp + b * wsize;
     const float* bb = bias + b * kBlock;
     float* yr = y + ((n * blocks + b) * kBlock * s.d + od) * s.h * s.w + oh * s.w;
