@@ -8,6 +8,7 @@
 #include "hemexp/core/orientation.hpp"
 #include "hemexp/core/segmenter.hpp"
 #include "hemexp/core/synth.hpp"
+#include "hemexp/core/umamba.hpp"
 #include "test_shapes.hpp"
 
 namespace hemexp {
@@ -84,6 +85,35 @@ TEST(UMamba, OneDnnConvolutionsAgreeWithTheModules) {
   EXPECT_LE((fast - modules).abs().max().item<double>(), 1e-3);
   EXPECT_GT(modules.abs().max().item<double>(), 1.0);
   EXPECT_TRUE(torch::equal(fast.argmax(1), modules.argmax(1)));
+}
+
+// The decoder's join (upsample_concat) writes exactly what ATen's nearest interpolate and cat give:
+// every mix of kept and doubled sizes, odd extents, a batch of two, the 8 -> 4 channel split, and
+// the fallback (a ratio of 3, a non-contiguous input) through ATen itself.
+TEST(UMamba, UpsampleConcatIsInterpolateThenCat) {
+  namespace F = torch::nn::functional;
+  c10::InferenceMode guard;
+  torch::manual_seed(11);
+  const auto reference = [](const torch::Tensor& x, const torch::Tensor& skip) {
+    return torch::cat({F::interpolate(x, F::InterpolateFuncOptions()
+                                             .size(std::vector<int64_t>{skip.size(2), skip.size(3), skip.size(4)})
+                                             .mode(torch::kNearest)),
+                       skip},
+                      1);
+  };
+  struct Case {
+    std::vector<int64_t> x, skip;
+  };
+  const std::vector<Case> cases = {{{1, 8, 4, 12, 12}, {1, 4, 8, 24, 24}},   {{1, 4, 8, 24, 24}, {1, 4, 8, 48, 48}},
+                                   {{2, 3, 3, 5, 7}, {2, 5, 6, 10, 14}},     {{1, 2, 5, 3, 9}, {1, 1, 5, 6, 9}},
+                                   {{1, 1, 1, 1, 1}, {1, 2, 2, 2, 2}},       {{1, 2, 2, 3, 4}, {1, 2, 6, 3, 4}}};
+  for (const Case& c : cases) {
+    const torch::Tensor x = torch::randn(c.x), skip = torch::randn(c.skip);
+    const torch::Tensor got = upsample_concat(x, skip);
+    EXPECT_TRUE(torch::equal(got, reference(x, skip))) << c.x << " -> " << c.skip;
+  }
+  const torch::Tensor x = torch::randn({1, 2, 6, 4, 3}).transpose(3, 4), skip = torch::randn({1, 3, 12, 6, 8});
+  EXPECT_TRUE(torch::equal(upsample_concat(x, skip), reference(x, skip)));
 }
 
 // segment() resamples only the block that can hold foreground unless the probability map is

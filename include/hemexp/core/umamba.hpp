@@ -39,6 +39,12 @@ struct UMambaConfig {
 torch::Tensor inference_conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const std::vector<int64_t>& padding,
                                torch::ScalarType dtype = torch::kFloat32);
 
+// torch::cat({nearest upsampling of x to skip's spatial size, skip}, 1), as the decoder joins an
+// upsampled stage to its skip connection: written once into the result for float32 contiguous
+// CPU tensors whose sizes are x's or twice them (ATen's nearest then takes voxel o / 2,
+// exactly), else through ATen's interpolate and cat. The same values either way (copies only).
+torch::Tensor upsample_concat(const torch::Tensor& x, const torch::Tensor& skip);
+
 // conv - InstanceNorm - LeakyReLU - conv - InstanceNorm, plus a 1x1 (strided) projection on the
 // skip when the shape changes, then LeakyReLU of the sum.
 class ResidualBlockImpl : public torch::nn::Module {

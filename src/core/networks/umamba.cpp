@@ -1,6 +1,7 @@
 #include "hemexp/core/umamba.hpp"
 
 #include <cmath>
+#include <cstring>
 
 #include <ATen/Parallel.h>
 
@@ -127,6 +128,44 @@ torch::Tensor norm_act(torch::nn::InstanceNorm3dImpl& norm, torch::Tensor x, con
 }
 
 }  // namespace
+
+torch::Tensor upsample_concat(const torch::Tensor& x, const torch::Tensor& skip) {
+  const auto nearest = [&] {
+    return F::interpolate(x, F::InterpolateFuncOptions()
+                                 .size(std::vector<int64_t>{skip.size(2), skip.size(3), skip.size(4)})
+                                 .mode(torch::kNearest));
+  };
+  const bool plain = x.dim() == 5 && skip.dim() == 5 && x.is_cpu() && skip.is_cpu() &&
+                     x.scalar_type() == torch::kFloat32 && skip.scalar_type() == torch::kFloat32 &&
+                     x.is_contiguous() && skip.is_contiguous() && x.size(0) == skip.size(0) && !torch::GradMode::is_enabled();
+  bool whole = plain;
+  for (int k = 2; whole && k < 5; ++k) whole = skip.size(k) == x.size(k) || skip.size(k) == 2 * x.size(k);
+  if (!whole) return torch::cat({nearest(), skip}, 1);
+  const int64_t batch = x.size(0), c1 = x.size(1), c2 = skip.size(1);
+  const int64_t d = x.size(2), h = x.size(3), w = x.size(4), D = skip.size(2), H = skip.size(3), W = skip.size(4);
+  const int64_t sd = D / d, sh = H / h, sw = W / w, plane = D * H * W;
+  torch::Tensor out = torch::empty({batch, c1 + c2, D, H, W}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* sp = skip.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  // One output row (sample, channel, z, y) per step: a repeated row of x, or a row of skip.
+  at::parallel_for(0, batch * (c1 + c2) * D * H, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t oy = r % H, oz = (r / H) % D, c = (r / (H * D)) % (c1 + c2), n = r / (H * D * (c1 + c2));
+      float* dst = op + ((n * (c1 + c2) + c) * D + oz) * H * W + oy * W;
+      if (c >= c1) {
+        std::memcpy(dst, sp + (n * c2 + c - c1) * plane + (oz * H + oy) * W, size_t(W) * sizeof(float));
+        continue;
+      }
+      const float* src = xp + ((n * c1 + c) * d + oz / sd) * h * w + (oy / sh) * w;
+      if (sw == 2)
+        for (int64_t i = 0; i < w; ++i) dst[2 * i] = dst[2 * i + 1] = src[i];
+      else
+        std::memcpy(dst, src, size_t(W) * sizeof(float));
+    }
+  });
+  return out;
+}
 
 torch::Tensor inference_conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const std::vector<int64_t>& padding,
                                torch::ScalarType dtype) {
@@ -344,10 +383,7 @@ std::vector<torch::Tensor> UMambaImpl::run(const torch::Tensor& input, bool all_
     // convolution acts on each voxel alone, nearest upsampling copies voxels) at a quarter to an
     // eighth of the cost, and upsamples the fewer channels.
     x = conv3d(*upsample_convs_[s]->as<torch::nn::Conv3dImpl>(), x, {0, 0, 0}, conv_dtype_);
-    x = F::interpolate(x, F::InterpolateFuncOptions()
-                              .size(std::vector<int64_t>{skip.size(2), skip.size(3), skip.size(4)})
-                              .mode(torch::kNearest));
-    x = decoder_stages_[s]->as<torch::nn::Sequential>()->forward(torch::cat({x, skip}, 1));
+    x = decoder_stages_[s]->as<torch::nn::Sequential>()->forward(upsample_concat(x, skip));
     if ((all_heads && config_.deep_supervision) || s == n - 2)
       outputs.push_back(conv3d(*seg_heads_[s]->as<torch::nn::Conv3dImpl>(), x, {0, 0, 0}, conv_dtype_));
   }
