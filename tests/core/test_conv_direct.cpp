@@ -43,7 +43,9 @@ TEST(DirectConv, MatchesAtenOnEveryBorderAndWidth) {
       {1, 1, 8, 1, 3, 2, 5, 96, true},  {1, 8, 8, 1, 3, 3, 4, 48, true},   {2, 16, 8, 1, 3, 2, 3, 17, false},
       {1, 16, 16, 1, 3, 1, 6, 33, true}, {1, 32, 32, 3, 3, 4, 3, 20, true}, {3, 8, 24, 3, 3, 3, 2, 1, true},
       {1, 8, 8, 1, 3, 1, 1, 16, false},  {1, 3, 8, 5, 3, 6, 4, 64, true},   {1, 8, 8, 3, 3, 1, 1, 81, true},
-      {1, 16, 8, 1, 1, 2, 5, 96, true},  {2, 32, 16, 1, 1, 3, 3, 35, false}, {1, 1, 8, 3, 1, 4, 2, 7, true}};
+      {1, 16, 8, 1, 1, 2, 5, 96, true},  {2, 32, 16, 1, 1, 3, 3, 35, false}, {1, 1, 8, 3, 1, 4, 2, 7, true},
+      // Partial output blocks: the 8 -> 4 head, 12 and 1 output channels, 3 x 3 and 1 x 1.
+      {1, 8, 4, 1, 1, 2, 5, 96, true},   {2, 8, 12, 1, 3, 2, 4, 40, true},  {1, 5, 1, 3, 3, 3, 3, 19, false}};
   for (const Case& c : cases) {
     const torch::Tensor x = torch::randn({c.n, c.cin, c.d, c.h, c.w});
     const torch::Tensor w = torch::randn({c.cout, c.cin, c.k, c.kk, c.kk});
@@ -71,14 +73,15 @@ TEST(DirectConv, TakesOnlyWhatItComputes) {
   EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 1, 1}, {0, 0, 0}));        // not "same"
   EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 1, 1}, {0, 1, 1}, {1, 2, 2}));  // dilated
   EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2));  // grouped
-  EXPECT_FALSE(ok(x, torch::zeros({4, 8, 1, 3, 3}), {1, 1, 1}, {0, 1, 1}));        // 4 output channels
+  EXPECT_TRUE(ok(x, torch::zeros({4, 8, 1, 3, 3}), {1, 1, 1}, {0, 1, 1}));         // 4 output channels
+  EXPECT_FALSE(ok(x, torch::zeros({0, 8, 1, 3, 3}), {1, 1, 1}, {0, 1, 1}));        // none
   EXPECT_TRUE(ok(x, torch::zeros({8, 8, 1, 1, 1}), {1, 1, 1}, {0, 0, 0}));         // 1 x 1 x 1
   EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 1, 1}), {1, 1, 1}, {0, 1, 1}));        // 1 x 1 x 1, padded
   EXPECT_FALSE(ok(x, torch::zeros({16, 8, 1, 1, 1}), {1, 2, 2}, {0, 0, 0}));       // strided skip
   EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 1}), {1, 1, 1}, {0, 1, 0}));        // 3 x 1 in plane
   EXPECT_FALSE(ok(x, torch::zeros({8, 8, 2, 3, 3}), {1, 1, 1}, {1, 1, 1}));        // even depth
   EXPECT_FALSE(ok(x.to(torch::kFloat64), torch::zeros({8, 8, 1, 3, 3}, torch::kFloat64), {1, 1, 1}, {0, 1, 1}));
-  EXPECT_THROW(direct_conv3d(x, torch::zeros({4, 8, 1, 3, 3}), torch::Tensor()), CoreError);
+  EXPECT_THROW(direct_conv3d(x, torch::zeros({8, 8, 1, 3, 3}, torch::kFloat64), torch::Tensor()), CoreError);
   EXPECT_THROW(direct_conv3d(x, torch::zeros({8, 8, 1, 3, 3}), torch::zeros({7})), CoreError);
 }
 
@@ -95,7 +98,7 @@ TEST(DirectConv, SameBitsOnOneAndTwoThreads) {
   EXPECT_TRUE(torch::equal(one, two));
 }
 
-// The network sends its 8- and 16-channel convolutions to the kernel (bit for bit what
+// The network sends its 4-, 8- and 16-channel convolutions to the kernel (bit for bit what
 // direct_conv3d gives) and its 32-channel ones to oneDNN (umamba.cpp, conv3d).
 TEST(DirectConv, TheNetworkRoutesItsSmallLayersHere) {
   if (!available()) GTEST_SKIP() << "this CPU has no AVX-512F";
@@ -108,6 +111,8 @@ TEST(DirectConv, TheNetworkRoutesItsSmallLayersHere) {
   const torch::Tensor x32 = torch::randn({1, 32, 4, 12, 12});
   EXPECT_TRUE(torch::equal(inference_conv3d(*small, x8, {0, 1, 1}), direct_conv3d(x8, small->weight, small->bias)));
   EXPECT_TRUE(torch::equal(inference_conv3d(*skip, x16, {0, 0, 0}), direct_conv3d(x16, skip->weight, skip->bias)));
+  torch::nn::Conv3d head(torch::nn::Conv3dOptions(8, 4, 1));
+  EXPECT_TRUE(torch::equal(inference_conv3d(*head, x8, {0, 0, 0}), direct_conv3d(x8, head->weight, head->bias)));
   EXPECT_TRUE(torch::equal(inference_conv3d(*wide, x32, {1, 1, 1}),
                            torch::mkldnn_convolution(x32, wide->weight, wide->bias, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1)));
 }

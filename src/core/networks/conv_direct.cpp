@@ -49,11 +49,13 @@ inline __mmask16 lanes(int64_t w0, int64_t offset, int64_t w) {
 // row (masked at the borders: zero padding) and 8 x V fused multiply-adds with the tap's weight
 // broadcast. KK: the kernel's height and width (3, or 1 for a 1 x 1 x 1 convolution). `xn`: the
 // sample's input; `wp`: the block's weights packed as [cin][k][KK][KK][8]; `y`: output element
-// (block's first channel, od, oh, w0); `cstride`: D x H x W.
+// (block's first channel, od, oh, w0); `cstride`: D x H x W; `stored`: how many of the block's 8
+// channels exist (fewer in a last, partial block, whose missing channels have zero weights and
+// are computed but not stored).
 template <int V, int KK>
 __attribute__((target("avx512f"))) void row_chunk(const float* xn, const float* wp, const float* bias, float* y,
                                                   int64_t cstride, int64_t od, int64_t oh, int64_t w0,
-                                                  const Shape& s) {
+                                                  const Shape& s, int stored) {
   __m512 acc[kBlock][V];
   __mmask16 in_mask[KK][V], out_mask[V];
 #pragma GCC unroll 8
@@ -96,7 +98,8 @@ __attribute__((target("avx512f"))) void row_chunk(const float* xn, const float* 
 #pragma GCC unroll 8
   for (int co = 0; co < kBlock; ++co)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(y + co * cstride + kLanes * v, out_mask[v], acc[co][v]);
+    for (int v = 0; v < V; ++v)
+      if (co < stored) _mm512_mask_storeu_ps(y + co * cstride + kLanes * v, out_mask[v], acc[co][v]);
 }
 
 // Output rows [r0, r1) of all (sample, depth, row, channel block), each in chunks of up to three
@@ -106,8 +109,9 @@ __attribute__((target("avx512f"))) void row_chunk(const float* xn, const float* 
 // for the hardware prefetcher: before the first block of a row, the rows that output row
 // `kAhead` further down will need are prefetched, one per (input channel, kernel depth).
 template <int KK>
-void rows(const float* x, const float* wp, const float* bias, float* y, int64_t blocks, const Shape& s, int64_t r0,
+void rows(const float* x, const float* wp, const float* bias, float* y, int64_t cout, const Shape& s, int64_t r0,
           int64_t r1) {
+  const int64_t blocks = (cout + kBlock - 1) / kBlock;
   constexpr int64_t kAhead = 2;
   const int64_t cstride = s.d * s.h * s.w, plane = s.h * s.w, vectors = (s.w + kLanes - 1) / kLanes;
   const int64_t wsize = s.cin * s.k * KK * KK * kBlock, half = s.k / 2;
@@ -127,11 +131,12 @@ void rows(const float* x, const float* wp, const float* bias, float* y, int64_t 
     }
     const float* wb = wp + b * wsize;
     const float* bb = bias + b * kBlock;
-    float* yr = y + ((n * blocks + b) * kBlock * s.d + od) * s.h * s.w + oh * s.w;
+    float* yr = y + ((n * cout + b * kBlock) * s.d + od) * s.h * s.w + oh * s.w;
+    const int stored = int(std::min(kBlock, cout - b * kBlock));
     int64_t v = 0;
-    for (; v + 3 <= vectors; v += 3) row_chunk<3, KK>(xn, wb, bb, yr + v * kLanes, cstride, od, oh, v * kLanes, s);
-    if (vectors - v == 2) row_chunk<2, KK>(xn, wb, bb, yr + v * kLanes, cstride, od, oh, v * kLanes, s);
-    if (vectors - v == 1) row_chunk<1, KK>(xn, wb, bb, yr + v * kLanes, cstride, od, oh, v * kLanes, s);
+    for (; v + 3 <= vectors; v += 3) row_chunk<3, KK>(xn, wb, bb, yr + v * kLanes, cstride, od, oh, v * kLanes, s, stored);
+    if (vectors - v == 2) row_chunk<2, KK>(xn, wb, bb, yr + v * kLanes, cstride, od, oh, v * kLanes, s, stored);
+    if (vectors - v == 1) row_chunk<1, KK>(xn, wb, bb, yr + v * kLanes, cstride, od, oh, v * kLanes, s, stored);
   }
 }
 
@@ -147,7 +152,7 @@ bool direct_conv3d_applicable(const torch::Tensor& x, const torch::Tensor& weigh
   if (torch::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad())) return false;
   if (x.dim() != 5 || weight.dim() != 5 || groups != 1 || weight.size(1) != x.size(1)) return false;
   const int64_t k = weight.size(2), kk = weight.size(3);
-  if (k % 2 == 0 || (kk != 1 && kk != 3) || weight.size(4) != kk || weight.size(0) % kBlock != 0) return false;
+  if (k % 2 == 0 || (kk != 1 && kk != 3) || weight.size(4) != kk || weight.size(0) < 1) return false;
   const auto is = [](at::IntArrayRef a, int64_t d, int64_t h, int64_t w) {
     return a.size() == 3 && a[0] == d && a[1] == h && a[2] == w;
   };
@@ -158,15 +163,20 @@ torch::Tensor direct_conv3d(const torch::Tensor& x, const torch::Tensor& weight,
   const int64_t kk = weight.dim() == 5 ? weight.size(3) : 0;
   const std::vector<int64_t> unit{1, 1, 1}, same{weight.dim() == 5 ? weight.size(2) / 2 : 0, kk / 2, kk / 2};
   if (!direct_conv3d_applicable(x, weight, unit, same, unit, 1))
-    throw CoreError("direct_conv3d: not a float32 CPU (k x 3 x 3) or (k x 1 x 1) convolution with a multiple of 8 "
-                    "output channels on an AVX-512 machine");
-  const int64_t cout = weight.size(0), cin = weight.size(1), k = weight.size(2), blocks = cout / kBlock;
+    throw CoreError("direct_conv3d: not a float32 CPU (k x 3 x 3) or (k x 1 x 1) \"same\" convolution on an AVX-512 "
+                    "machine");
+  const int64_t cout = weight.size(0), cin = weight.size(1), k = weight.size(2), blocks = (cout + kBlock - 1) / kBlock;
   if (bias.defined() && (bias.scalar_type() != torch::kFloat32 || bias.numel() != cout))
     throw CoreError("direct_conv3d: the bias must be float32 with one value per output channel");
   const torch::Tensor in = x.contiguous();
-  // Weights packed as [block][cin][k][kk][kk][8]: the 8 output channels of a tap side by side.
-  const torch::Tensor wp = weight.reshape({blocks, kBlock, cin * k * kk * kk}).permute({0, 2, 1}).contiguous();
-  const torch::Tensor b = bias.defined() ? bias.contiguous() : torch::zeros({cout}, torch::kFloat32);
+  // Weights packed as [block][cin][k][kk][kk][8]: the 8 output channels of a tap side by side;
+  // a last, partial block padded with zero weights and biases.
+  const int64_t padded = blocks * kBlock - cout;
+  const torch::Tensor wfull =
+      padded ? torch::cat({weight, torch::zeros({padded, cin, k, kk, kk}, weight.options())}) : weight;
+  const torch::Tensor wp = wfull.reshape({blocks, kBlock, cin * k * kk * kk}).permute({0, 2, 1}).contiguous();
+  const torch::Tensor b = torch::cat({bias.defined() ? bias.contiguous() : torch::zeros({cout}, torch::kFloat32),
+                                      torch::zeros({padded}, torch::kFloat32)});
   torch::Tensor y = torch::empty({x.size(0), cout, x.size(2), x.size(3), x.size(4)}, x.options());
 #ifdef HEMEXP_DIRECT_CONV_X86
   const Shape s{cin, x.size(2), x.size(3), x.size(4), k};
@@ -176,8 +186,8 @@ torch::Tensor direct_conv3d(const torch::Tensor& x, const torch::Tensor& weight,
   float* yp = y.data_ptr<float>();
   const int64_t total = x.size(0) * blocks * s.d * s.h;
   at::parallel_for(0, total, 8, [&](int64_t r0, int64_t r1) {
-    if (kk == 3) rows<3>(xp, wptr, bp, yp, blocks, s, r0, r1);
-    else rows<1>(xp, wptr, bp, yp, blocks, s, r0, r1);
+    if (kk == 3) rows<3>(xp, wptr, bp, yp, cout, s, r0, r1);
+    else rows<1>(xp, wptr, bp, yp, cout, s, r0, r1);
   });
 #endif
   return y;

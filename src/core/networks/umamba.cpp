@@ -1,5 +1,6 @@
 #include "hemexp/core/umamba.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -51,14 +52,15 @@ torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const 
                       at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
   if (!lower && !onednn) return conv.forward(x);
   const auto& o = conv.options;  // this file's convolutions: zero padding `padding`, no dilation
-  // The layers with 8 or 16 output channels (k x 3 x 3, and the unstrided 1 x 1 x 1 skips and
-  // channel changes): a direct kernel (conv_direct.hpp) where the CPU has AVX-512.
+  // The layers with at most 16 output channels (k x 3 x 3, and the unstrided 1 x 1 x 1 skips,
+  // channel changes and the segmentation head): a direct kernel (conv_direct.hpp) where the CPU
+  // has AVX-512.
   if (!lower && conv.weight.size(0) <= kDirectMaxChannels &&
       direct_conv3d_applicable(x, conv.weight, *o.stride(), padding, *o.dilation(), o.groups()))
     return direct_conv3d(x, conv.weight, conv.bias);
-  // Any other 1 x 1 x 1 convolution (strided skips, wider ones, the heads) is a matrix product
-  // over the voxels: ATen's own conv3d does it as one GEMM, where oneDNN takes 1.4 ms for the
-  // 8 -> 4 head on a 16 x 96 x 96 window against 0.4 ms (bench_layers, docs/PERFORMANCE.md).
+  // Any other 1 x 1 x 1 convolution (strided skips, wider ones; the head without AVX-512) is a
+  // matrix product over the voxels: ATen's own conv3d does it as one GEMM, where oneDNN took 1.4 ms
+  // for the 8 -> 4 head on a 16 x 96 x 96 window against 0.4 ms (bench_layers, docs/PERFORMANCE.md).
   const bool pointwise = conv.weight.size(2) == 1 && conv.weight.size(3) == 1 && conv.weight.size(4) == 1;
   if (pointwise && !lower) return torch::conv3d(x, conv.weight, conv.bias, *o.stride(), padding, *o.dilation(), o.groups());
   const torch::Tensor in = lower ? x.to(dtype) : x, weight = lower ? conv.weight.to(dtype) : conv.weight;
@@ -72,28 +74,33 @@ torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const 
 // Instance normalisation (per sample and channel, biased variance, affine), then optionally
 // `residual` added, then LeakyReLU(0.01), in place on a float32 contiguous (N, C,
 // ...) tensor: for inference, where ATen's instance_norm and leaky_relu would each write a new
-// tensor. Statistics in double (mean, then the sum of squared deviations), eight partial sums so
-// that the loops vectorise without reordering; target_clones compiles AVX-512 and AVX2 variants.
+// tensor. Statistics in one pass, in double: the sum and the sum of squares (each square exact),
+// 32 partial sums of each so that the loop vectorises without reordering and keeps the adders
+// busy; variance = mean of squares - squared mean (with float data in double, its rounding is
+// about 1e-15 of the variance, far below the float32 scale it feeds). target_clones compiles
+// AVX-512 and AVX2 variants.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void normalize_plane(
     float* x, const float* residual, int64_t n, float gamma, float beta, double eps) {
-  double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  constexpr int kParts = 32;
+  double part_sum[kParts] = {}, part_sq[kParts] = {};
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) part[k] += double(x[i + k]);
-  double sum = 0;
-  for (; i < n; ++i) sum += double(x[i]);
-  for (int k = 0; k < 8; ++k) sum += part[k];
-  const double mean = sum / double(n);
-  for (double& p : part) p = 0;
-  double ss = 0;
-  for (i = 0; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) {
-      const double d = double(x[i + k]) - mean;
-      part[k] += d * d;
+  for (; i + kParts <= n; i += kParts)
+    for (int k = 0; k < kParts; ++k) {
+      const double v = double(x[i + k]);
+      part_sum[k] += v;
+      part_sq[k] += v * v;
     }
-  for (; i < n; ++i) ss += (double(x[i]) - mean) * (double(x[i]) - mean);
-  for (int k = 0; k < 8; ++k) ss += part[k];
-  const double scale = double(gamma) / std::sqrt(ss / double(n) + eps);
+  double sum = 0, sq = 0;
+  for (; i < n; ++i) {
+    sum += double(x[i]);
+    sq += double(x[i]) * double(x[i]);
+  }
+  for (int k = 0; k < kParts; ++k) {
+    sum += part_sum[k];
+    sq += part_sq[k];
+  }
+  const double mean = sum / double(n), var = std::max(0.0, sq / double(n) - mean * mean);
+  const double scale = double(gamma) / std::sqrt(var + eps);
   const float a = float(scale), b = float(double(beta) - mean * scale);
   for (i = 0; i < n; ++i) {
     float v = x[i] * a + b;
