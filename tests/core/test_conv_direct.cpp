@@ -99,7 +99,8 @@ TEST(DirectConv, SameBitsOnOneAndTwoThreads) {
 }
 
 // The network sends its 4-, 8- and 16-channel convolutions to the kernel (bit for bit what
-// direct_conv3d gives) and its 32-channel ones to oneDNN (umamba.cpp, conv3d).
+// direct_conv3d gives; a strided 1 x 1 x 1 on the voxels it reads) and its 32-channel ones to
+// oneDNN (umamba.cpp, conv3d).
 TEST(DirectConv, TheNetworkRoutesItsSmallLayersHere) {
   if (!available()) GTEST_SKIP() << "this CPU has no AVX-512F";
   torch::manual_seed(4);
@@ -113,6 +114,15 @@ TEST(DirectConv, TheNetworkRoutesItsSmallLayersHere) {
   EXPECT_TRUE(torch::equal(inference_conv3d(*skip, x16, {0, 0, 0}), direct_conv3d(x16, skip->weight, skip->bias)));
   torch::nn::Conv3d head(torch::nn::Conv3dOptions(8, 4, 1));
   EXPECT_TRUE(torch::equal(inference_conv3d(*head, x8, {0, 0, 0}), direct_conv3d(x8, head->weight, head->bias)));
+  // A strided 1 x 1 x 1 skip: every other voxel in plane (odd extents), gathered, then the kernel;
+  // ATen's strided convolution gives the same shape and values to float rounding.
+  torch::nn::Conv3d strided(torch::nn::Conv3dOptions(8, 16, 1).stride({1, 2, 2}));
+  const torch::Tensor odd = torch::randn({1, 8, 3, 21, 41});
+  const torch::Tensor got = inference_conv3d(*strided, odd, {0, 0, 0});
+  EXPECT_TRUE(torch::equal(got, direct_conv3d(odd.slice(3, 0, 21, 2).slice(4, 0, 41, 2), strided->weight, strided->bias)));
+  const torch::Tensor aten = torch::conv3d(odd, strided->weight, strided->bias, {1, 2, 2});
+  ASSERT_EQ(got.sizes(), aten.sizes());
+  EXPECT_LE((got - aten).abs().max().item<double>(), 1e-5);
   EXPECT_TRUE(torch::equal(inference_conv3d(*wide, x32, {1, 1, 1}),
                            torch::mkldnn_convolution(x32, wide->weight, wide->bias, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1)));
 }

@@ -58,10 +58,20 @@ torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const 
   if (!lower && conv.weight.size(0) <= kDirectMaxChannels &&
       direct_conv3d_applicable(x, conv.weight, *o.stride(), padding, *o.dilation(), o.groups()))
     return direct_conv3d(x, conv.weight, conv.bias);
-  // Any other 1 x 1 x 1 convolution (strided skips, wider ones; the head without AVX-512) is a
+  const bool pointwise = conv.weight.size(2) == 1 && conv.weight.size(3) == 1 && conv.weight.size(4) == 1;
+  // A strided 1 x 1 x 1 skip reads every s-th voxel: those voxels, gathered, through the direct
+  // kernel (ATen's strided 1 x 1 x 1 path ran at 33 GFLOP/s, bench_layers).
+  const auto stride = *o.stride();
+  if (pointwise && !lower && conv.weight.size(0) <= kDirectMaxChannels && x.dim() == 5 && stride.size() == 3 &&
+      padding == std::vector<int64_t>{0, 0, 0}) {
+    const torch::Tensor sub =
+        x.slice(2, 0, x.size(2), stride[0]).slice(3, 0, x.size(3), stride[1]).slice(4, 0, x.size(4), stride[2]);
+    if (direct_conv3d_applicable(sub, conv.weight, {1, 1, 1}, padding, *o.dilation(), o.groups()))
+      return direct_conv3d(sub, conv.weight, conv.bias);
+  }
+  // Any other 1 x 1 x 1 convolution (wider strided skips; all of them without AVX-512) is a
   // matrix product over the voxels: ATen's own conv3d does it as one GEMM, where oneDNN took 1.4 ms
   // for the 8 -> 4 head on a 16 x 96 x 96 window against 0.4 ms (bench_layers, docs/PERFORMANCE.md).
-  const bool pointwise = conv.weight.size(2) == 1 && conv.weight.size(3) == 1 && conv.weight.size(4) == 1;
   if (pointwise && !lower) return torch::conv3d(x, conv.weight, conv.bias, *o.stride(), padding, *o.dilation(), o.groups());
   const torch::Tensor in = lower ? x.to(dtype) : x, weight = lower ? conv.weight.to(dtype) : conv.weight;
   const torch::Tensor bias = lower && conv.bias.defined() ? conv.bias.to(dtype) : conv.bias;
