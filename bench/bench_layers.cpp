@@ -155,14 +155,12 @@ int main(int argc, char** argv) {
   for (int64_t s = 0; s < n - 1; ++s) {
     const torch::Tensor& skip = skips[size_t(n - 2 - s)];
     auto up = (*ups)[s]->as<torch::nn::Conv3dImpl>();
-    x = module_row("up" + std::to_string(s), "upsample", x, [&](const torch::Tensor& t) {
-      torch::Tensor u = torch::conv3d(t, up->weight, up->bias);  // 1x1x1: ATen, as the network does
-      return torch::nn::functional::interpolate(
-          u, torch::nn::functional::InterpolateFuncOptions()
-                 .size(std::vector<int64_t>{skip.size(2), skip.size(3), skip.size(4)})
-                 .mode(torch::kNearest));
-    });
-    x = module_row("concat" + std::to_string(s), "concat", x, [&](const torch::Tensor& t) { return torch::cat({t, skip}, 1); });
+    // As the network does it: the 1x1x1 channel change at the lower resolution, then the nearest
+    // upsampling written with the skip connection into the joined tensor (upsample_concat).
+    x = module_row("up" + std::to_string(s), "upsample", x,
+                   [&](const torch::Tensor& t) { return hemexp::inference_conv3d(*up, t, {0, 0, 0}); });
+    x = module_row("join" + std::to_string(s), "join", x,
+                   [&](const torch::Tensor& t) { return hemexp::upsample_concat(t, skip); });
     x = stage_rows("decoder" + std::to_string(s), *(*decoder)[s]->as<torch::nn::SequentialImpl>(), x);
     // forward() runs the full-resolution head only (the deep-supervision ones are for training).
     if (s == n - 2) conv_row("head" + std::to_string(s), *(*heads)[s]->as<torch::nn::Conv3dImpl>(), x);
