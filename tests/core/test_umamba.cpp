@@ -106,7 +106,9 @@ TEST(UMamba, UpsampleConcatIsInterpolateThenCat) {
   };
   const std::vector<Case> cases = {{{1, 8, 4, 12, 12}, {1, 4, 8, 24, 24}},   {{1, 4, 8, 24, 24}, {1, 4, 8, 48, 48}},
                                    {{2, 3, 3, 5, 7}, {2, 5, 6, 10, 14}},     {{1, 2, 5, 3, 9}, {1, 1, 5, 6, 9}},
-                                   {{1, 1, 1, 1, 1}, {1, 2, 2, 2, 2}},       {{1, 2, 2, 3, 4}, {1, 2, 6, 3, 4}}};
+                                   {{1, 1, 1, 1, 1}, {1, 2, 2, 2, 2}},       {{1, 2, 2, 3, 4}, {1, 2, 6, 3, 4}},
+                                   {{1, 2, 3, 4, 5}, {1, 3, 3, 4, 10}},      {{1, 2, 3, 4, 5}, {1, 3, 6, 4, 5}},
+                                   {{2, 2, 3, 4, 5}, {2, 3, 3, 4, 5}},       {{1, 2, 3, 4, 5}, {1, 1, 3, 8, 5}}};
   for (const Case& c : cases) {
     const torch::Tensor x = torch::randn(c.x), skip = torch::randn(c.skip);
     const torch::Tensor got = upsample_concat(x, skip);
@@ -114,6 +116,38 @@ TEST(UMamba, UpsampleConcatIsInterpolateThenCat) {
   }
   const torch::Tensor x = torch::randn({1, 2, 6, 4, 3}).transpose(3, 4), skip = torch::randn({1, 3, 12, 6, 8});
   EXPECT_TRUE(torch::equal(upsample_concat(x, skip), reference(x, skip)));
+}
+
+// The fused normalisation (one pass of statistics in double, then the in-place apply; umamba.cpp,
+// norm_act) against the modules' own InstanceNorm3d (ATen, two passes in double) on planes that
+// sit on a large mean (1000) with a small spread (0.1). Both convolutions are the identity plus a
+// bias of 1000 (one rounding, the same in every backend), so only the normalisations differ: a
+// variance formed in float, or one that cancels badly, would be off by far more than this.
+TEST(UMamba, FusedNormKeepsASmallSpreadOnALargeMean) {
+  torch::manual_seed(12);
+  ResidualBlock block(8, 8, std::array<int64_t, 3>{1, 3, 3}, std::array<int64_t, 3>{1, 1, 1});
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& p : block->named_parameters()) {
+      if (p.key().find("conv") == std::string::npos) continue;
+      if (p.key().find("bias") != std::string::npos) {
+        p.value().fill_(1000.0);
+        continue;
+      }
+      p.value().zero_();
+      for (int64_t c = 0; c < 8; ++c) p.value()[c][c][0][1][1] = 1.0;
+    }
+  }
+  const torch::Tensor x = 0.1 * torch::randn({1, 8, 3, 12, 40});
+  torch::Tensor fast, modules;
+  {
+    c10::InferenceMode guard;
+    fast = block->forward(x);
+  }
+  modules = block->forward(x).detach();
+  ASSERT_EQ(fast.sizes(), modules.sizes());
+  EXPECT_GT(modules.abs().max().item<double>(), 1.0);
+  EXPECT_LE((fast - modules).abs().max().item<double>(), 5e-3);
 }
 
 // segment() resamples only the block that can hold foreground unless the probability map is

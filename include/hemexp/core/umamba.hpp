@@ -41,8 +41,9 @@ torch::Tensor inference_conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor&
 
 // torch::cat({nearest upsampling of x to skip's spatial size, skip}, 1), as the decoder joins an
 // upsampled stage to its skip connection: written once into the result for float32 contiguous
-// CPU tensors whose sizes are x's or twice them (ATen's nearest then takes voxel o / 2,
-// exactly), else through ATen's interpolate and cat. The same values either way (copies only).
+// CPU tensors of the same batch size, with gradients off, whose sizes are x's or twice them
+// (ATen's nearest then takes voxel o / 2, exactly), else through ATen's interpolate and cat. The
+// same values either way (copies only).
 torch::Tensor upsample_concat(const torch::Tensor& x, const torch::Tensor& skip);
 
 // conv - InstanceNorm - LeakyReLU - conv - InstanceNorm, plus a 1x1 (strided) projection on the

@@ -105,7 +105,7 @@ __attribute__((target("avx512f"))) void row_chunk(const float* xn, const float* 
 // Output rows [r0, r1) of all (sample, depth, row, channel block), each in chunks of up to three
 // registers (48 columns). The channel blocks of one output row are neighbours, so they read the
 // same input rows while those are in cache, and a thread reads only its share of the input. In
-// (N, C, D, H, W) each input channel is its own stream (Cin streams, a plane apart), too many
+// (N, C, D, H, W) each input channel is its own stream (Cin streams, a D x H x W volume apart), too many
 // for the hardware prefetcher: before the first block of a row, the rows that output row
 // `kAhead` further down will need are prefetched, one per (input channel, kernel depth).
 template <int KK>
@@ -175,7 +175,7 @@ torch::Tensor direct_conv3d(const torch::Tensor& x, const torch::Tensor& weight,
   const torch::Tensor wfull =
       padded ? torch::cat({weight, torch::zeros({padded, cin, k, kk, kk}, weight.options())}) : weight;
   const torch::Tensor wp = wfull.reshape({blocks, kBlock, cin * k * kk * kk}).permute({0, 2, 1}).contiguous();
-  const torch::Tensor b = torch::cat({bias.defined() ? bias.contiguous() : torch::zeros({cout}, torch::kFloat32),
+  const torch::Tensor b = torch::cat({bias.defined() ? bias.reshape({cout}) : torch::zeros({cout}, torch::kFloat32),
                                       torch::zeros({padded}, torch::kFloat32)});
   torch::Tensor y = torch::empty({x.size(0), cout, x.size(2), x.size(3), x.size(4)}, x.options());
 #ifdef HEMEXP_DIRECT_CONV_X86

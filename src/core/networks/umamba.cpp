@@ -69,9 +69,9 @@ torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const 
     if (direct_conv3d_applicable(sub, conv.weight, {1, 1, 1}, padding, *o.dilation(), o.groups()))
       return direct_conv3d(sub, conv.weight, conv.bias);
   }
-  // Any other 1 x 1 x 1 convolution (wider strided skips; all of them without AVX-512) is a
-  // matrix product over the voxels: ATen's own conv3d does it as one GEMM, where oneDNN took 1.4 ms
-  // for the 8 -> 4 head on a 16 x 96 x 96 window against 0.4 ms (bench_layers, docs/PERFORMANCE.md).
+  // Any other 1 x 1 x 1 convolution (more than 16 output channels, strided or not; all of them
+  // without AVX-512) is a matrix product over the voxels: ATen's own conv3d does it as one GEMM,
+  // where oneDNN was 3-4x slower on such layers (bench_layers, docs/PERFORMANCE.md).
   if (pointwise && !lower) return torch::conv3d(x, conv.weight, conv.bias, *o.stride(), padding, *o.dilation(), o.groups());
   const torch::Tensor in = lower ? x.to(dtype) : x, weight = lower ? conv.weight.to(dtype) : conv.weight;
   const torch::Tensor bias = lower && conv.bias.defined() ? conv.bias.to(dtype) : conv.bias;
@@ -84,32 +84,35 @@ torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const 
 // Instance normalisation (per sample and channel, biased variance, affine), then optionally
 // `residual` added, then LeakyReLU(0.01), in place on a float32 contiguous (N, C,
 // ...) tensor: for inference, where ATen's instance_norm and leaky_relu would each write a new
-// tensor. Statistics in one pass, in double: the sum and the sum of squares (each square exact),
-// 32 partial sums of each so that the loop vectorises without reordering and keeps the adders
-// busy; variance = mean of squares - squared mean (with float data in double, its rounding is
-// about 1e-15 of the variance, far below the float32 scale it feeds). target_clones compiles
-// AVX-512 and AVX2 variants.
+// tensor. Statistics in one pass, in double, of the values less the plane's first value (a pivot
+// near the mean, so that a plane with a large mean and a small spread loses nothing to
+// cancellation): their sum and sum of squares, 32 partial sums of each so that the loop
+// vectorises without reordering and keeps the adders busy; variance = mean of squares - squared
+// mean. target_clones compiles AVX-512 and AVX2 variants.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void normalize_plane(
     float* x, const float* residual, int64_t n, float gamma, float beta, double eps) {
   constexpr int kParts = 32;
+  const double pivot = n > 0 ? double(x[0]) : 0.0;
   double part_sum[kParts] = {}, part_sq[kParts] = {};
   int64_t i = 0;
   for (; i + kParts <= n; i += kParts)
     for (int k = 0; k < kParts; ++k) {
-      const double v = double(x[i + k]);
+      const double v = double(x[i + k]) - pivot;
       part_sum[k] += v;
       part_sq[k] += v * v;
     }
   double sum = 0, sq = 0;
   for (; i < n; ++i) {
-    sum += double(x[i]);
-    sq += double(x[i]) * double(x[i]);
+    const double v = double(x[i]) - pivot;
+    sum += v;
+    sq += v * v;
   }
   for (int k = 0; k < kParts; ++k) {
     sum += part_sum[k];
     sq += part_sq[k];
   }
-  const double mean = sum / double(n), var = std::max(0.0, sq / double(n) - mean * mean);
+  const double shift = sum / double(n), var = std::max(0.0, sq / double(n) - shift * shift);
+  const double mean = pivot + shift;
   const double scale = double(gamma) / std::sqrt(var + eps);
   const float a = float(scale), b = float(double(beta) - mean * scale);
   for (i = 0; i < n; ++i) {
@@ -156,7 +159,8 @@ torch::Tensor upsample_concat(const torch::Tensor& x, const torch::Tensor& skip)
                      x.scalar_type() == torch::kFloat32 && skip.scalar_type() == torch::kFloat32 &&
                      x.is_contiguous() && skip.is_contiguous() && x.size(0) == skip.size(0) && !torch::GradMode::is_enabled();
   bool whole = plain;
-  for (int k = 2; whole && k < 5; ++k) whole = skip.size(k) == x.size(k) || skip.size(k) == 2 * x.size(k);
+  for (int k = 2; whole && k < 5; ++k)
+    whole = x.size(k) > 0 && (skip.size(k) == x.size(k) || skip.size(k) == 2 * x.size(k));
   if (!whole) return torch::cat({nearest(), skip}, 1);
   const int64_t batch = x.size(0), c1 = x.size(1), c2 = skip.size(1);
   const int64_t d = x.size(2), h = x.size(3), w = x.size(4), D = skip.size(2), H = skip.size(3), W = skip.size(4);
