@@ -124,6 +124,7 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
       log.info("{}: removed {} components smaller than {} mL or {}% of the largest", id, seg.removed_components,
                segmenter.recipe().min_component_ml, 100.0 * segmenter.recipe().min_component_fraction);
     result.timings_s["segment"] = seconds_since(t0);
+    result.timings_s["segment_network"] = seg.seconds.network;  // of which the sliding-window network
   }
 
   t0 = Clock::now();

@@ -294,6 +294,10 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
     EXPECT_EQ(r["models"]["segmentation"]["sha256"], sha);
     EXPECT_EQ(r["qc_flags"].dump().find("no_segmentation_model"), std::string::npos);
     EXPECT_TRUE(r["timings_s"].contains("segment") && r["timings_s"].contains("measure"));
+    // The network's share of `segment`: part of it, not a stage of its own.
+    ASSERT_TRUE(r["timings_s"].contains("segment_network"));
+    EXPECT_GT(r["timings_s"]["segment_network"].get<double>(), 0.0);
+    EXPECT_LE(r["timings_s"]["segment_network"].get<double>(), r["timings_s"]["segment"].get<double>());
     const ImageFileContents mask = read_image_file(out / "cases" / id / "mask.nii.gz");
     const ImageFileContents prob = read_image_file(out / "cases" / id / "probability.nii.gz");
     EXPECT_TRUE(prob.volume.geometry.same_grid(mask.volume.geometry, 1e-4));
