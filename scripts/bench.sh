@@ -124,10 +124,11 @@ for n in (32, 128, 300):
         stages = sorted({s for r in runs for s in r["timings_s"]})
         med = {s: statistics.median(r["timings_s"].get(s, 0.0) for r in warm) for s in stages}
         total = statistics.median(r["seconds"] for r in warm)
-        net = med["segment_network"] if "segment_network" in med else network.get((n, threads))
-        # the case's time less its own network time, per case, then the median
-        without = (statistics.median(r["seconds"] - r["timings_s"]["segment_network"] for r in warm)
-                   if all("segment_network" in r["timings_s"] for r in warm) else None if net is None else total - net)
+        if all("segment_network" in r["timings_s"] for r in warm):  # each case less its own network time
+            without = statistics.median(r["seconds"] - r["timings_s"]["segment_network"] for r in warm)
+        else:  # a hemexp without it: bench_segmenter's network time, when the segment part ran
+            net = network.get((n, threads))
+            without = None if net is None else total - net
         r = {"slices": n, "threads": threads, "voxels": voxels, "stages_s": med, "case_s": total,
              "cold_case_s": runs[0]["seconds"], "cold_stages_s": runs[0]["timings_s"],
              "peak_rss_mb": int(open(out + ".rss").read().split()[-1]) / 1024,

@@ -52,22 +52,20 @@ torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const 
                       at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
   if (!lower && !onednn) return conv.forward(x);
   const auto& o = conv.options;  // this file's convolutions: zero padding `padding`, no dilation
-  // The layers with at most 16 output channels (k x 3 x 3, and the unstrided 1 x 1 x 1 skips,
-  // channel changes and the segmentation head): a direct kernel (conv_direct.hpp) where the CPU
-  // has AVX-512.
-  if (!lower && conv.weight.size(0) <= kDirectMaxChannels &&
-      direct_conv3d_applicable(x, conv.weight, *o.stride(), padding, *o.dilation(), o.groups()))
-    return direct_conv3d(x, conv.weight, conv.bias);
   const bool pointwise = conv.weight.size(2) == 1 && conv.weight.size(3) == 1 && conv.weight.size(4) == 1;
-  // A strided 1 x 1 x 1 skip reads every s-th voxel: those voxels, gathered, through the direct
-  // kernel (ATen's strided 1 x 1 x 1 path ran at 33 GFLOP/s, bench_layers).
-  const auto stride = *o.stride();
-  if (pointwise && !lower && conv.weight.size(0) <= kDirectMaxChannels && x.dim() == 5 && stride.size() == 3 &&
-      padding == std::vector<int64_t>{0, 0, 0}) {
-    const torch::Tensor sub =
-        x.slice(2, 0, x.size(2), stride[0]).slice(3, 0, x.size(3), stride[1]).slice(4, 0, x.size(4), stride[2]);
-    if (direct_conv3d_applicable(sub, conv.weight, {1, 1, 1}, padding, *o.dilation(), o.groups()))
-      return direct_conv3d(sub, conv.weight, conv.bias);
+  // The layers with at most 16 output channels (k x 3 x 3; 1 x 1 x 1 skips, channel changes and
+  // the segmentation head): a direct kernel (conv_direct.hpp) where the CPU has AVX-512. An
+  // unpadded 1 x 1 x 1 reads every s-th voxel of a stride s: it gets those voxels (a strided
+  // view, gathered by the kernel) at stride 1 (ATen's strided path ran at 33 GFLOP/s, bench_layers).
+  if (!lower && conv.weight.size(0) <= kDirectMaxChannels) {
+    const auto stride = *o.stride();
+    const bool gather = pointwise && x.dim() == 5 && padding == std::vector<int64_t>{0, 0, 0};
+    const torch::Tensor in =
+        gather ? x.slice(2, 0, x.size(2), stride[0]).slice(3, 0, x.size(3), stride[1]).slice(4, 0, x.size(4), stride[2])
+               : x;
+    if (direct_conv3d_applicable(in, conv.weight, gather ? at::IntArrayRef{1, 1, 1} : at::IntArrayRef(*o.stride()),
+                                 padding, *o.dilation(), o.groups()))
+      return direct_conv3d(in, conv.weight, conv.bias);
   }
   // Any other 1 x 1 x 1 convolution (more than 16 output channels, strided or not; all of them
   // without AVX-512) is a matrix product over the voxels: ATen's own conv3d does it as one GEMM,
