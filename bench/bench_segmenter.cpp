@@ -2,9 +2,11 @@
 // synthetic 512 x 512 head (`hemexp synth --seed 424242 --thin-fraction 0`, case 0) resampled
 // along z to each requested slice count, for each thread count: median seconds of segment()'s
 // steps, the network's FLOPs per window (counted from the card's network), its GFLOP/s, and a
-// plain large conv3d's GFLOP/s in the same process (what this machine's LibTorch can do).
+// plain large conv3d's GFLOP/s in the same process (what this machine's LibTorch can do); for
+// the first slice count, the network's share of that from --pairs alternated pairs (default 11;
+// 0: none): median, min and max.
 //
-//   bench_segmenter --model FILE [--repeats R] [--slices 32,128,300] [--threads 1,2]
+//   bench_segmenter --model FILE [--repeats R] [--pairs P] [--slices 32,128,300] [--threads 1,2]
 //                   [--json OUT] [--dump DIR] [--device cpu|cuda] [--windows-per-pass N] [--parity]
 //                   [--precision fp32|bf16|fp16]
 //
@@ -21,6 +23,7 @@
 // of the first slice count, the C++ softmax probabilities on it, and the seconds the C++ sliding
 // window took per thread count (the PyTorch reference runs the same windows on the same weights).
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -143,7 +146,7 @@ hemexp::Volume head_with_slices(const hemexp::Volume& head, int64_t slices) {
 int main(int argc, char** argv) {
   hemexp::keep_freed_memory();  // as `hemexp` does
   std::string model, json_out, dump;
-  int repeats = 3;
+  int repeats = 3, pairs = 11;
   std::vector<int> slice_counts{32, 128, 300}, thread_counts{1, 2};
   std::string device_name = "cpu";
   std::string precision = "fp32";
@@ -153,6 +156,7 @@ int main(int argc, char** argv) {
     const bool has_value = i + 1 < argc;
     if (!std::strcmp(argv[i], "--model") && has_value) model = argv[++i];
     else if (!std::strcmp(argv[i], "--repeats") && has_value) repeats = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--pairs") && has_value) pairs = std::max(0, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--slices") && has_value) slice_counts = parse_list(argv[++i]);
     else if (!std::strcmp(argv[i], "--threads") && has_value) thread_counts = parse_list(argv[++i]);
     else if (!std::strcmp(argv[i], "--json") && has_value) json_out = argv[++i];
@@ -162,7 +166,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--parity")) parity = true;
     else if (!std::strcmp(argv[i], "--precision") && has_value) precision = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s --model FILE [--repeats R] [--slices 32,128,300] [--threads 1,2] [--json OUT] "
+      std::fprintf(stderr, "usage: %s --model FILE [--repeats R] [--pairs P] [--slices 32,128,300] [--threads 1,2] [--json OUT] "
                    "[--dump DIR] [--device cpu|cuda] [--windows-per-pass N] [--parity] [--precision fp32|bf16|fp16]\n", argv[0]);
       return 2;
     }
@@ -250,12 +254,33 @@ int main(int argc, char** argv) {
       const double network = row["seconds"]["network"].get<double>();
       row["network_gflops"] = double(windows) * window_flops / network / 1e9;
       row["ns_per_voxel"] = row["seconds"]["total"].get<double>() / double(volume.geometry.voxel_count()) * 1e9;
-      report["segment"].push_back(row);
       std::printf("%6d %3d %7lld | %8.3f %8.3f %8.3f %8.3f %8.3f | %8.1f %8.1f\n", slice_counts[si], threads,
                   static_cast<long long>(windows), row["seconds"]["prepare"].get<double>(), network,
                   row["seconds"]["resample"].get<double>(), row["seconds"]["cleanup"].get<double>(),
                   row["seconds"]["total"].get<double>(), row["network_gflops"].get<double>(),
                   row["ns_per_voxel"].get<double>());
+      // The network's share of the plain conv3d from alternated pairs (one plain conv3d, then
+      // one segment() of this scan): a slow phase of a shared machine slows both halves of a
+      // pair, where the plain conv3d timed once before everything else may have run in another.
+      if (si == 0 && pairs > 0) {
+        const hemexp::bench::PlainConvRun plain(device);
+        plain();  // warm-up
+        std::vector<double> shares;
+        for (int p = 0; p < pairs; ++p) {
+          const auto start = std::chrono::steady_clock::now();
+          plain();
+          const double plain_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+          const hemexp::Segmentation s = segmenter.segment(volume);
+          const double network_gflops = double(s.windows) * window_flops / s.seconds.network / 1e9;
+          shares.push_back(network_gflops / (hemexp::bench::PlainConvRun::kFlops / plain_seconds / 1e9));
+        }
+        const double median_share = hemexp::median(shares);
+        const auto [lo, hi] = std::minmax_element(shares.begin(), shares.end());
+        row["network_share_paired"] = {{"median", median_share}, {"min", *lo}, {"max", *hi}, {"pairs", pairs}};
+        std::printf("%6s %3s network share of the plain conv3d in %d alternated pairs: median %.1f%% (%.1f-%.1f%%)\n",
+                    "", "", pairs, 100 * median_share, 100 * *lo, 100 * *hi);
+      }
+      report["segment"].push_back(row);
       std::fflush(stdout);
     }
     if (si == 0 && !dump.empty()) {  // the windows for scripts/bench_reference.py
