@@ -4,7 +4,13 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <functional>
 #include <limits>
+#include <thread>
+#include <vector>
 
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/intracranial.hpp"
@@ -25,6 +31,33 @@ std::map<std::string, nlohmann::json> CasePipeline::models() const {
   if (classifier) m["classification"] = classifier->file().provenance_json();
   return m;
 }
+
+namespace {
+
+// Every task, on up to io_threads() threads (--threads; one: in order on this one); once all
+// have finished, the first failure in the list's order is rethrown. Each file is written under
+// a temporary name and renamed, so a failure leaves no half-written file beside the others.
+void run_side_by_side(const std::vector<std::function<void()>>& tasks) {
+  std::vector<std::exception_ptr> failed(tasks.size());
+  std::atomic<size_t> next{0};
+  const auto work = [&] {
+    for (size_t i = next++; i < tasks.size(); i = next++) {
+      try {
+        tasks[i]();
+      } catch (...) {
+        failed[i] = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (size_t k = 1; k < std::min(tasks.size(), size_t(std::max(1, io_threads()))); ++k) helpers.emplace_back(work);
+  work();
+  for (std::thread& h : helpers) h.join();
+  for (const std::exception_ptr& e : failed)
+    if (e) std::rethrow_exception(e);
+}
+
+}  // namespace
 
 ReadCase read_case(const CaseInput& c, const CasePipeline& pipeline, spdlog::logger& log) {
   const auto t0 = Clock::now();
@@ -165,20 +198,27 @@ void write_case_outputs(const fs::path& dir, const LoadedVolume& loaded, const C
                         const CasePipeline& pipeline, CaseResult& result) {
   const auto t0 = Clock::now();
   const Geometry& grid = loaded.volume.geometry;
-  write_image_file(dir / CaseFiles::kMask, a.mask, grid);
-  if (a.labels.defined()) write_image_file(dir / CaseFiles::kLabels, a.labels, grid);
+  std::vector<std::function<void()>> writes;  // the largest first
+  writes.emplace_back([&] { write_image_file(dir / CaseFiles::kMask, a.mask, grid); });
+  if (a.labels.defined()) writes.emplace_back([&] { write_image_file(dir / CaseFiles::kLabels, a.labels, grid); });
   else fs::remove(dir / CaseFiles::kLabels);  // an earlier run's, with a model of more labels: not this mask's
-  if (a.probability.defined()) write_image_file(dir / CaseFiles::kProbability, a.probability, grid);
-  if (pipeline.qc)
-    write_png(dir / CaseFiles::kQc,
-              qc_mosaic(a.canonical.volume, a.canonical_labels.defined() ? a.canonical_labels : a.canonical_mask));
+  if (a.probability.defined())
+    writes.emplace_back([&] { write_image_file(dir / CaseFiles::kProbability, a.probability, grid); });
   if (loaded.info.grid_resampled) {
     // The mask lives on the corrected grid, which no viewer rebuilds from the DICOM files in
     // the same way: ship the corrected CT so that the mask overlays it exactly.
-    const torch::Tensor hu = loaded.volume.voxels.round().clamp(-32768, 32767).to(torch::kInt16);
-    write_image_file(dir / CaseFiles::kCorrectedCt, hu, grid);
-    result.corrected_ct = CaseFiles::kCorrectedCt;
+    writes.emplace_back([&] {
+      const torch::Tensor hu = loaded.volume.voxels.round().clamp(-32768, 32767).to(torch::kInt16);
+      write_image_file(dir / CaseFiles::kCorrectedCt, hu, grid);
+    });
   }
+  if (pipeline.qc)
+    writes.emplace_back([&] {
+      write_png(dir / CaseFiles::kQc,
+                qc_mosaic(a.canonical.volume, a.canonical_labels.defined() ? a.canonical_labels : a.canonical_mask));
+    });
+  run_side_by_side(writes);
+  if (loaded.info.grid_resampled) result.corrected_ct = CaseFiles::kCorrectedCt;
   result.timings_s["write"] = seconds_since(t0);
 }
 

@@ -7,13 +7,15 @@
 #include <itkImageFileReader.h>
 #include <itkImageFileWriter.h>
 #include <itkImageIOFactory.h>
-#include <itkRGBPixel.h>
 #include <itkVersion.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <future>
+
+#include <zlib.h>
 
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
@@ -75,13 +77,43 @@ torch::Tensor read_codes_on_grid(const fs::path& path, const Geometry& grid) {
   return image.volume.voxels.round().clamp(0, 255).to(torch::kUInt8);
 }
 
+namespace {
+// The volume through ITK, checked for what a CT volume must be (one component, 3D, within
+// max_voxels, a direction matrix that spans space).
+ImageFileContents read_with_itk(const fs::path& path, const std::string& format, uint64_t max_voxels);
+}  // namespace
+
 ImageFileContents read_image_file(const fs::path& path, uint64_t max_voxels) {
   const std::string format = format_of(path);
   if (format.empty()) throw IoError("not a NIfTI, MHA or NRRD file");
   std::error_code ec;
   if (fs::is_directory(path, ec)) throw IoError("is a folder named like a volume file");
   if (fs::file_size(path, ec) == 0 && !ec) throw IoError("file is empty (0 bytes)");
-  if (format == "nifti") check_nifti_file(path, max_voxels);
+  if (format != "nifti") return read_with_itk(path, format, max_voxels);
+  // The header first: an impossible one is refused before ITK allocates anything. The rest of
+  // the check (the whole stream to its CRC, float voxels finite) decompresses the file a second
+  // time: with two or more threads for ITK (set_itk_threads: --threads), beside ITK's own read,
+  // whose result is used only once the check has passed.
+  check_nifti_file(path, max_voxels, NiftiCheck::kHeader);
+  if (io_threads() < 2) {
+    check_nifti_file(path, max_voxels);
+    return read_with_itk(path, format, max_voxels);
+  }
+  std::future<NiftiHeader> whole = std::async(std::launch::async, [&] { return check_nifti_file(path, max_voxels); });
+  ImageFileContents out;
+  try {
+    out = read_with_itk(path, format, max_voxels);
+  } catch (...) {
+    whole.get();  // the check's reason first: a damaged stream is what it names
+    throw;
+  }
+  whole.get();
+  return out;
+}
+
+namespace {
+
+ImageFileContents read_with_itk(const fs::path& path, const std::string& format, uint64_t max_voxels) {
   try {
     itk::ImageIOBase::Pointer io =
         itk::ImageIOFactory::CreateImageIO(path.c_str(), itk::ImageIOFactory::IOFileModeEnum::ReadMode);
@@ -150,6 +182,8 @@ ImageFileContents read_image_file(const fs::path& path, uint64_t max_voxels) {
   }
 }
 
+}  // namespace
+
 void write_image_file(const fs::path& path, const torch::Tensor& voxels, const Geometry& g) {
   check_matches(g, voxels, ("writing " + path.string()).c_str());
   try {
@@ -175,43 +209,66 @@ void write_image_file(const fs::path& path, const torch::Tensor& voxels, const G
   }
 }
 
+namespace {
+
+void put_u32(std::string& s, uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8) s.push_back(char((v >> shift) & 0xff));
+}
+
+// A PNG chunk: length, type, data, CRC-32 of type and data.
+void put_chunk(std::ostream& out, const char* type, const std::string& data) {
+  std::string c;
+  put_u32(c, uint32_t(data.size()));
+  c.append(type, 4);
+  c += data;
+  put_u32(c, uint32_t(crc32(0, reinterpret_cast<const Bytef*>(c.data() + 4), uInt(c.size() - 4))));
+  out.write(c.data(), std::streamsize(c.size()));
+}
+
+}  // namespace
+
+// PNG written here rather than through ITK: ITK 5.2's PNG writer corrupts the heap when a write
+// fails (a full disk) with compression set, and its default (zlib level 6, every row filter
+// tried) took 59 ms for a 768 x 1024 QC picture. Here: the Sub filter on every row (each byte
+// less the same channel of the pixel to its left), zlib level 1 (20 ms, docs/PERFORMANCE.md).
 void write_png(const fs::path& path, const torch::Tensor& pixels) {
   const torch::Tensor src = pixels.to(torch::kUInt8).contiguous();
-  const bool rgb = src.dim() == 3;
-  try {
-    write_atomically(path, [&](const fs::path& tmp) {
-      auto fill = [&](auto image) {
-        using Image = typename decltype(image)::ObjectType;
-        typename Image::RegionType region;
-        region.SetSize(0, src.size(1));
-        region.SetSize(1, src.size(0));
-        image->SetRegions(region);
-        image->Allocate();
-        std::memcpy(image->GetBufferPointer(), src.data_ptr(), size_t(src.numel()));
-        auto writer = itk::ImageFileWriter<Image>::New();
-        writer->SetFileName(tmp.string());
-        writer->SetInput(image);
-        writer->Update();
-      };
-      if (rgb) fill(itk::Image<itk::RGBPixel<uint8_t>, 2>::New());
-      else fill(itk::Image<uint8_t, 2>::New());
-      // A complete PNG ends with its IEND chunk; a write cut short by a full disk does not.
-      std::ifstream in(tmp, std::ios::binary | std::ios::ate);
-      static const char kIend[] = {0, 0, 0, 0, 'I', 'E', 'N', 'D', char(0xAE), 0x42, 0x60, char(0x82)};
-      char tail[12] = {};
-      if (in && in.tellg() >= 12) {
-        in.seekg(-12, std::ios::end);
-        in.read(tail, 12);
-      }
-      if (!in || std::memcmp(tail, kIend, 12) != 0)
-        throw IoError("writing " + path.string() + ": the written file is incomplete (disk full?)");
-    });
-  } catch (const itk::ExceptionObject& e) {
-    throw IoError("writing " + path.string() + ": " + itk_reason(e));
+  if (!(src.dim() == 2 || (src.dim() == 3 && src.size(2) == 3)) || src.size(0) < 1 || src.size(1) < 1 ||
+      src.size(0) >= (int64_t(1) << 31) || src.size(1) >= (int64_t(1) << 31))
+    throw IoError("writing " + path.string() + ": not a grey (H, W) or RGB (H, W, 3) picture");
+  const int64_t height = src.size(0), width = src.size(1), channels = src.dim() == 3 ? 3 : 1, stride = width * channels;
+  const uint8_t* p = src.data_ptr<uint8_t>();
+  std::string raw(size_t(height * (stride + 1)), '\0');
+  for (int64_t y = 0; y < height; ++y) {
+    char* row = &raw[size_t(y * (stride + 1))];
+    const uint8_t* in = p + y * stride;
+    row[0] = 1;  // Sub
+    for (int64_t i = 0; i < stride; ++i) row[1 + i] = char(uint8_t(in[i] - (i >= channels ? in[i - channels] : 0)));
   }
+  uLongf packed_size = compressBound(uLong(raw.size()));
+  std::string packed(size_t(packed_size), '\0');
+  if (compress2(reinterpret_cast<Bytef*>(packed.data()), &packed_size, reinterpret_cast<const Bytef*>(raw.data()),
+                uLong(raw.size()), 1) != Z_OK)
+    throw IoError("writing " + path.string() + ": zlib could not compress the picture");
+  packed.resize(size_t(packed_size));
+  std::string header;  // IHDR: width, height, 8 bits, grey (0) or RGB (2), deflate, adaptive filters, no interlace
+  put_u32(header, uint32_t(width));
+  put_u32(header, uint32_t(height));
+  header += {char(8), char(channels == 3 ? 2 : 0), char(0), char(0), char(0)};
+  write_atomically(path, [&](const fs::path& tmp) {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write("\x89PNG\r\n\x1a\n", 8);
+    put_chunk(out, "IHDR", header);
+    put_chunk(out, "IDAT", packed);
+    put_chunk(out, "IEND", "");
+    out.close();
+    if (!out) throw IoError("writing " + path.string() + ": the written file is incomplete (disk full?)");
+  });
 }
 
 void set_itk_threads(int threads) { itk::MultiThreaderBase::SetGlobalDefaultNumberOfThreads(std::max(1, threads)); }
+
+int io_threads() { return int(itk::MultiThreaderBase::GetGlobalDefaultNumberOfThreads()); }
 
 std::string itk_version() { return itk::Version::GetITKVersion(); }
 

@@ -175,7 +175,7 @@ NiftiHeader parse_nifti_header(const std::string& bytes, uint64_t max_voxels) {
   return h;
 }
 
-NiftiHeader check_nifti_file(const fs::path& path, uint64_t max_voxels) {
+NiftiHeader check_nifti_file(const fs::path& path, uint64_t max_voxels, NiftiCheck what) {
   std::error_code ec;
   const uint64_t file_size = fs::file_size(path, ec);
   if (ec) throw IoError("cannot read the file: " + ec.message());
@@ -194,6 +194,7 @@ NiftiHeader check_nifti_file(const fs::path& path, uint64_t max_voxels) {
   if (got < 0) throw IoError(zlib_problem());
   head.resize(size_t(got));
   const NiftiHeader h = parse_nifti_header(head, max_voxels);
+  if (what == NiftiCheck::kHeader) return h;
   const uint64_t needed = h.data_end();
   // Float voxels are scanned for NaN and infinity: ITK's NIfTI reader silently turns them into
   // zeros, which would then read as water.

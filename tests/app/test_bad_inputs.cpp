@@ -31,71 +31,77 @@ TEST(BadInputs, EachIsOneFailedRowWithItsReasonAndTheCohortGoesOn) {
   fs::create_directories(root / "cohort/empty-folder");
   fs::create_directory_symlink(".", root / "cohort/good-head-loop");
 
-  RunOptions o;
-  o.inputs = {(root / "cohort").string(), (root / "cohort/list-missing.txt").string(),
-              (root / "cohort/list-self.txt").string()};
-  o.output_dir = (root / "out").string();
-  o.seg_model = "none";  // reading is what is tested; the good scan is checked and described
-  o.threads = 1;
-  o.progress = false;
-  o.log_level = "error";
-  ASSERT_EQ(run_cases(o, {"hemexp", "run", "(test)"}), kExitCaseFailed);
+  // One thread reads a NIfTI file after checking it; two check its stream beside ITK's read
+  // (read_image_file): the same reasons either way.
+  for (const int threads : {1, 2}) {
+    SCOPED_TRACE(std::to_string(threads) + " thread(s)");
+    const fs::path out = root / ("out-" + std::to_string(threads));
+    RunOptions o;
+    o.inputs = {(root / "cohort").string(), (root / "cohort/list-missing.txt").string(),
+                (root / "cohort/list-self.txt").string()};
+    o.output_dir = out.string();
+    o.seg_model = "none";  // reading is what is tested; the good scan is checked and described
+    o.threads = threads;
+    o.progress = false;
+    o.log_level = "error";
+    ASSERT_EQ(run_cases(o, {"hemexp", "run", "(test)"}), kExitCaseFailed);
 
-  // Input (relative to the cohort folder) -> a part of the reason its row must give.
-  const std::map<std::string, std::string> expected = {
-      {"truncated.nii.gz", "the compressed file is truncated"},
-      {"garbage-inside.nii.gz", "the compressed data is corrupt"},
-      {"dims-32767-cubed.nii", "32767 x 32767 x 32767 voxels, more than the limit of 524288000 voxels (--max-voxels)"},
-      {"dims-2048x2048x1024.nii.gz", "2048 x 2048 x 1024 voxels, more than the limit"},
-      {"offset-beyond-file.nii", "its data offset is wrong: the header puts 2048 bytes of voxels at offset 1000000"},
-      {"uncompressed-cut.nii", "file is truncated"},
-      {"spacing-zero.nii.gz", "voxel spacing is not a positive finite number (pixdim 1, 0, 5)"},
-      {"spacing-negative.nii.gz", "voxel spacing is not a positive finite number (pixdim 1, 1, -5)"},
-      {"spacing-nan.nii.gz", "voxel spacing is not a positive finite number (pixdim NaN, 1, 5)"},
-      {"spacing-infinite.nii.gz", "voxel spacing is not a positive finite number (pixdim 1, inf, 5)"},
-      {"direction-singular.nii.gz", "NIfTI sform is singular or nearly so"},
-      // ITK refuses any sform that is not orthonormal, in its own words (prefix removed).
-      {"direction-sheared-80deg.nii.gz", "cannot read the nifti file: ITK only supports orthonormal direction cosines. "
-                                         "No orthonormal definition found!"},
-      {"voxels-nan.nii.gz", "1 voxels are NaN or infinite"},
-      {"voxels-infinite.nii.gz", "21 voxels are NaN or infinite"},
-      {"one-slice.nii.gz", "image is 16 x 16 x 1: 2D or a single slice"},
-      {"empty.nii.gz", "file is empty (0 bytes)"},
-      {"text-named.nii.gz", "not a NIfTI file"},
-      {"folder-named.nii.gz", "is a folder named like a volume file"},
-      {"dicom-pixeldata-odd-length", "pixel data length 8191 is odd"},
-      {"dicom-pixeldata-2GiB", "claims 2147483632 bytes, more than the file holds"},
-      {"dicom-rows-0", "image has 0 rows and 64 columns"},
-      {"dicom-65535x65535", "65535 x 65535"},
-      {"empty-folder", "folder holds no DICOM or volume files"},
-      {"good-head-loop", "symbolic link to a folder already searched"},
-      {"missing-1.nii.gz", "list list-missing.txt names missing-1.nii.gz, which does not exist"},
-      {"no/such/folder", "list list-missing.txt names no/such/folder, which does not exist"},
-      {"list-self.txt", "is a list file; lists inside lists are not followed"},
-  };
-  const CsvTable table = parse_csv(test::slurp(root / "out/results.csv"));
-  std::map<std::string, std::map<std::string, std::string>> by_input;
-  for (const auto& row : table.records()) {
-    const std::string input = fs::path(row.at("input")).lexically_relative(root / "cohort").generic_string();
-    EXPECT_TRUE(by_input.emplace(input, row).second) << input << " has two rows";
-  }
-  EXPECT_EQ(by_input.size(), expected.size() + 1) << "one row per bad input, and the good scan";
-  ASSERT_TRUE(by_input.count("good-head"));
-  EXPECT_EQ(by_input["good-head"]["status"], "ok") << by_input["good-head"]["error"];
-  EXPECT_EQ(by_input["good-head"]["gantry_tilt_deg"], "18.50");
-  for (const auto& [input, reason] : expected) {
-    ASSERT_TRUE(by_input.count(input)) << input << " has no row";
-    const auto& row = by_input[input];
-    EXPECT_EQ(row.at("status"), "failed") << input;
-    const std::string& error = row.at("error");
-    EXPECT_NE(error.find(reason), std::string::npos) << input << ": '" << error << "'";
-    EXPECT_EQ(error.find('\n'), std::string::npos) << input;
-    EXPECT_EQ(error.find("ITK ERROR"), std::string::npos) << input << ": '" << error << "'";
-    EXPECT_EQ(error.find("(0x"), std::string::npos) << input << ": '" << error << "'";
-    // Nothing of a failed case is left but its result.json.
-    const fs::path dir = root / "out/cases" / row.at("case_id");
-    EXPECT_TRUE(fs::exists(dir / "result.json")) << input;
-    EXPECT_FALSE(fs::exists(dir / "mask.nii.gz")) << input;
+    // Input (relative to the cohort folder) -> a part of the reason its row must give.
+    const std::map<std::string, std::string> expected = {
+        {"truncated.nii.gz", "the compressed file is truncated"},
+        {"garbage-inside.nii.gz", "the compressed data is corrupt"},
+        {"dims-32767-cubed.nii", "32767 x 32767 x 32767 voxels, more than the limit of 524288000 voxels (--max-voxels)"},
+        {"dims-2048x2048x1024.nii.gz", "2048 x 2048 x 1024 voxels, more than the limit"},
+        {"offset-beyond-file.nii", "its data offset is wrong: the header puts 2048 bytes of voxels at offset 1000000"},
+        {"uncompressed-cut.nii", "file is truncated"},
+        {"spacing-zero.nii.gz", "voxel spacing is not a positive finite number (pixdim 1, 0, 5)"},
+        {"spacing-negative.nii.gz", "voxel spacing is not a positive finite number (pixdim 1, 1, -5)"},
+        {"spacing-nan.nii.gz", "voxel spacing is not a positive finite number (pixdim NaN, 1, 5)"},
+        {"spacing-infinite.nii.gz", "voxel spacing is not a positive finite number (pixdim 1, inf, 5)"},
+        {"direction-singular.nii.gz", "NIfTI sform is singular or nearly so"},
+        // ITK refuses any sform that is not orthonormal, in its own words (prefix removed).
+        {"direction-sheared-80deg.nii.gz", "cannot read the nifti file: ITK only supports orthonormal direction cosines. "
+                                           "No orthonormal definition found!"},
+        {"voxels-nan.nii.gz", "1 voxels are NaN or infinite"},
+        {"voxels-infinite.nii.gz", "21 voxels are NaN or infinite"},
+        {"one-slice.nii.gz", "image is 16 x 16 x 1: 2D or a single slice"},
+        {"empty.nii.gz", "file is empty (0 bytes)"},
+        {"text-named.nii.gz", "not a NIfTI file"},
+        {"folder-named.nii.gz", "is a folder named like a volume file"},
+        {"dicom-pixeldata-odd-length", "pixel data length 8191 is odd"},
+        {"dicom-pixeldata-2GiB", "claims 2147483632 bytes, more than the file holds"},
+        {"dicom-rows-0", "image has 0 rows and 64 columns"},
+        {"dicom-65535x65535", "65535 x 65535"},
+        {"empty-folder", "folder holds no DICOM or volume files"},
+        {"good-head-loop", "symbolic link to a folder already searched"},
+        {"missing-1.nii.gz", "list list-missing.txt names missing-1.nii.gz, which does not exist"},
+        {"no/such/folder", "list list-missing.txt names no/such/folder, which does not exist"},
+        {"list-self.txt", "is a list file; lists inside lists are not followed"},
+    };
+    const CsvTable table = parse_csv(test::slurp(out / "results.csv"));
+    std::map<std::string, std::map<std::string, std::string>> by_input;
+    for (const auto& row : table.records()) {
+      const std::string input = fs::path(row.at("input")).lexically_relative(root / "cohort").generic_string();
+      EXPECT_TRUE(by_input.emplace(input, row).second) << input << " has two rows";
+    }
+    EXPECT_EQ(by_input.size(), expected.size() + 1) << "one row per bad input, and the good scan";
+    ASSERT_TRUE(by_input.count("good-head"));
+    EXPECT_EQ(by_input["good-head"]["status"], "ok") << by_input["good-head"]["error"];
+    EXPECT_EQ(by_input["good-head"]["gantry_tilt_deg"], "18.50");
+    for (const auto& [input, reason] : expected) {
+      ASSERT_TRUE(by_input.count(input)) << input << " has no row";
+      const auto& row = by_input[input];
+      EXPECT_EQ(row.at("status"), "failed") << input;
+      const std::string& error = row.at("error");
+      EXPECT_NE(error.find(reason), std::string::npos) << input << ": '" << error << "'";
+      EXPECT_EQ(error.find('\n'), std::string::npos) << input;
+      EXPECT_EQ(error.find("ITK ERROR"), std::string::npos) << input << ": '" << error << "'";
+      EXPECT_EQ(error.find("(0x"), std::string::npos) << input << ": '" << error << "'";
+      // Nothing of a failed case is left but its result.json.
+      const fs::path dir = out / "cases" / row.at("case_id");
+      EXPECT_TRUE(fs::exists(dir / "result.json")) << input;
+      EXPECT_FALSE(fs::exists(dir / "mask.nii.gz")) << input;
+    }
   }
   fs::remove_all(root);
 }

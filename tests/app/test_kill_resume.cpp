@@ -262,5 +262,37 @@ TEST(WriteFailure, AFullDiskFailsTheCaseOrStopsTheRunAndKeepsEverythingWritten) 
   fs::remove_all(root);
 }
 
+// With two threads a case's files are written side by side (write_case_outputs): the picture
+// that does not fit fails the case once the others are finished, and nothing of it is left
+// but its result.json (no mask written beside the picture, no temporary file).
+TEST(WriteFailure, FilesWrittenSideBySideFailTheCaseTogether) {
+  const fs::path root = fs::temp_directory_path() / ("hemexp-full2-" + std::to_string(::getpid()));
+  const std::string model = fresh_cohort(root, 37, 1);
+  const std::vector<std::string> args{"hemexp", "run", "-i", (root / "in").string(), "-o", (root / "out").string(),
+                                      "--seg-model", model, "--threads", "2", "--no-progress", "--log-level", "error",
+                                      "--resume"};
+  ASSERT_EQ(wait_exit(start(args)), kExitOk);
+  const auto before = files_under(root / "out/cases");
+  ASSERT_TRUE(before.count("in_head0/mask.nii.gz"));
+  fs::copy_file(root / "in/head0.nii.gz", root / "in/head1.nii.gz");  // a second scan with files of the same sizes
+  // Room for every file of a case but its picture (and for the tables).
+  uintmax_t limit = std::max<uintmax_t>(2 * slurp(root / "out/results.csv").size(), slurp(root / "out/run.json").size()) + 2048;
+  for (const auto& [name, bytes] : before)
+    if (name != "in_head0/qc.png") limit = std::max<uintmax_t>(limit, bytes.size() + 2048);
+  ASSERT_GT(before.at("in_head0/qc.png").size(), limit) << "the picture must not fit for this test to test";
+  EXPECT_EQ(wait_exit(start(args, limit)), kExitCaseFailed);
+  const auto rows = parse_csv(slurp(root / "out/results.csv")).records();
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[1].at("status"), "failed");
+  EXPECT_NE(rows[1].at("error").find("qc.png"), std::string::npos) << rows[1].at("error");
+  auto after = files_under(root / "out/cases");
+  EXPECT_EQ(after.count("in_head1/result.json"), 1u);
+  after.erase("in_head1/result.json");
+  EXPECT_EQ(after, before);
+  for (const auto& e : fs::recursive_directory_iterator(root / "out"))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  fs::remove_all(root);
+}
+
 }  // namespace
 }  // namespace hemexp

@@ -3,8 +3,13 @@
 #include <cmath>
 #include <fstream>
 
+#include <itkImage.h>
+#include <itkImageFileReader.h>
+#include <itkRGBPixel.h>
+
 #include "hemexp/core/orientation.hpp"
 #include "hemexp/io/atomic_file.hpp"
+#include "hemexp/io/error.hpp"
 #include "hemexp/io/image_file.hpp"
 #include "hemexp/io/reader.hpp"
 #include "test_support.hpp"
@@ -101,6 +106,49 @@ TEST(Writer, VoxelTypesRoundTripExactly) {
   EXPECT_EQ(sa, sb);
   EXPECT_THROW(write_image_file(dir / "bad.nii.gz", torch::zeros({3, 4, 4}), g), std::exception);
   EXPECT_FALSE(fs::exists(dir / "bad.nii.gz"));
+}
+
+// write_png encodes PNG itself (zlib, Sub filter): ITK's reader (libpng) gives back every
+// pixel, RGB and grey, on odd sizes, one pixel wide and with runs a filter could get wrong.
+TEST(Writer, PngPicturesDecodeToTheirPixelsExactly) {
+  ScratchDir dir;
+  torch::manual_seed(7);
+  torch::Tensor rgb = torch::randint(0, 256, {37, 53, 3}, torch::kUInt8);
+  rgb.slice(0, 10, 20).fill_(255);  // flat rows
+  rgb.slice(1, 0, 5).fill_(0);
+  const torch::Tensor grey = torch::randint(0, 256, {9, 1}, torch::kUInt8);
+  write_png(dir / "rgb.png", rgb);
+  write_png(dir / "grey.png", grey);
+
+  using Rgb = itk::Image<itk::RGBPixel<uint8_t>, 2>;
+  auto rgb_reader = itk::ImageFileReader<Rgb>::New();
+  rgb_reader->SetFileName((dir / "rgb.png").string());
+  rgb_reader->Update();
+  const Rgb* back = rgb_reader->GetOutput();
+  ASSERT_EQ(back->GetLargestPossibleRegion().GetSize()[0], 53u);
+  ASSERT_EQ(back->GetLargestPossibleRegion().GetSize()[1], 37u);
+  int64_t differ = 0;
+  for (int64_t y = 0; y < 37; ++y)
+    for (int64_t x = 0; x < 53; ++x)
+      for (int c = 0; c < 3; ++c)
+        differ += back->GetPixel({{x, y}})[unsigned(c)] != rgb[y][x][c].item<uint8_t>();
+  EXPECT_EQ(differ, 0);
+
+  using Grey = itk::Image<uint8_t, 2>;
+  auto grey_reader = itk::ImageFileReader<Grey>::New();
+  grey_reader->SetFileName((dir / "grey.png").string());
+  grey_reader->Update();
+  ASSERT_EQ(grey_reader->GetOutput()->GetLargestPossibleRegion().GetSize()[0], 1u);
+  ASSERT_EQ(grey_reader->GetOutput()->GetLargestPossibleRegion().GetSize()[1], 9u);
+  for (int64_t y = 0; y < 9; ++y) EXPECT_EQ(grey_reader->GetOutput()->GetPixel({{0, y}}), grey[y][0].item<uint8_t>());
+
+  // The same picture twice: the same bytes. A picture of another shape: refused, nothing written.
+  write_png(dir / "again.png", rgb);
+  std::ifstream a(dir / "rgb.png", std::ios::binary), b(dir / "again.png", std::ios::binary);
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(a)), {}), std::string((std::istreambuf_iterator<char>(b)), {}));
+  EXPECT_THROW(write_png(dir / "bad.png", torch::zeros({4, 4, 2}, torch::kUInt8)), IoError);
+  EXPECT_THROW(write_png(dir / "empty.png", torch::zeros({0, 4}, torch::kUInt8)), IoError);
+  EXPECT_FALSE(fs::exists(dir / "bad.png"));
 }
 
 TEST(Writer, CorrectedDicomGridRoundTripsThroughNifti) {

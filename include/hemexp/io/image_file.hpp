@@ -36,13 +36,17 @@ torch::Tensor read_codes_on_grid(const std::filesystem::path& path, const Geomet
 void write_image_file(const std::filesystem::path& path, const torch::Tensor& voxels,
                       const Geometry& g);
 
-// Writes an 8-bit grey (H,W) or RGB (H,W,3) uint8 image as PNG, atomically.
-// The threads ITK may use for one read (decompression, filters), for every read of this process.
+// Writes an 8-bit grey (H,W) or RGB (H,W,3) uint8 image as PNG (zlib level 1: a QC picture
+// is written once per case and looked at, not archived), atomically.
+void write_png(const std::filesystem::path& path, const torch::Tensor& pixels);
+
+// The threads ITK may use for one read (decompression, filters), for every read of this
+// process (--threads). With two or more, a NIfTI file's integrity check runs beside ITK's read
+// (read_image_file), and a case's output files are written side by side (io_threads()).
 void set_itk_threads(int threads);
+int io_threads();
 
 // The ITK version this build reads and writes with ("5.2.1").
 std::string itk_version();
-
-void write_png(const std::filesystem::path& path, const torch::Tensor& pixels);
 
 }  // namespace hemexp

@@ -28,10 +28,16 @@ struct NiftiHeader {
 // Throws IoError naming the problem. Pure: no file access (fuzzed).
 NiftiHeader parse_nifti_header(const std::string& first_bytes, uint64_t max_voxels);
 
+// What check_nifti_file looks at: the header alone (enough to refuse a file before anything
+// is allocated for it), or also the voxel data.
+enum class NiftiCheck { kHeader, kWhole };
+
 // Checks a .nii or .nii.gz file before it is read: not empty, a valid header
-// (parse_nifti_header), and every voxel the header promises present: for a plain file the
-// file size, for a gzip file the whole stream, decompressed and checked against its CRC (one
-// streaming pass, bounded memory). Throws IoError naming the problem.
-NiftiHeader check_nifti_file(const std::filesystem::path& path, uint64_t max_voxels);
+// (parse_nifti_header), and (kWhole) every voxel the header promises present: for a plain
+// file the file size, for a gzip file the whole stream, decompressed and checked against its
+// CRC (one streaming pass, bounded memory), float voxels finite. Throws IoError naming the
+// problem.
+NiftiHeader check_nifti_file(const std::filesystem::path& path, uint64_t max_voxels,
+                             NiftiCheck what = NiftiCheck::kWhole);
 
 }  // namespace hemexp
