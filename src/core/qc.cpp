@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
+
+#include <ATen/Parallel.h>
 
 namespace hemexp {
 
@@ -11,18 +14,31 @@ namespace {
 int64_t tile_step(const Geometry& g) { return std::max<int64_t>(1, (std::max(g.size[0], g.size[1]) + 255) / 256); }
 
 // Axial slice z at brain window (W80 L40), every step-th pixel, the mask (label codes) blended
-// in: 1 red, 2 blue, 3 yellow, higher green.
+// in: 1 red, 2 blue, 3 yellow, higher green. One loop over the tile's pixels, in the order and
+// float rounding of the element-wise tensor operations it replaces (grey = clamp(hu / 80, 0,
+// 1) x 255; grey x (1 - alpha) + colour x alpha, rounded half to even), each product rounded on
+// its own (no fused multiply-add: -ffp-contract=off, CMakeLists.txt): the same picture, without
+// a dozen passes over the tile.
 torch::Tensor render_tile(const Volume& canonical, const torch::Tensor& mask, int64_t z, int64_t step) {
   const int64_t h = canonical.geometry.size[1], w = canonical.geometry.size[0];
-  const torch::Tensor hu = canonical.voxels[z].slice(0, 0, h, step).slice(1, 0, w, step).to(torch::kFloat32);
-  const torch::Tensor codes = mask[z].slice(0, 0, h, step).slice(1, 0, w, step).to(torch::kLong).clamp(0, 4);
-  const torch::Tensor grey = ((hu - 0.f) / 80.f).clamp(0, 1) * 255.f;  // W80 L40: 0..80 HU
-  torch::Tensor rgb = torch::stack({grey, grey, grey}, -1);
-  const torch::Tensor colours =
-      torch::tensor({0.f, 0.f, 0.f, 255.f, 0.f, 0.f, 40.f, 120.f, 255.f, 255.f, 220.f, 0.f, 0.f, 200.f, 0.f}).view({5, 3});
-  const torch::Tensor alpha = (0.45f * (codes != 0).to(torch::kFloat32)).unsqueeze(-1);
-  rgb = rgb * (1 - alpha) + colours.index({codes}) * alpha;
-  return rgb.round().to(torch::kUInt8);
+  const torch::Tensor hu = canonical.voxels[z].slice(0, 0, h, step).slice(1, 0, w, step).to(torch::kFloat32).contiguous();
+  const torch::Tensor codes = mask[z].slice(0, 0, h, step).slice(1, 0, w, step).to(torch::kLong).clamp(0, 4).contiguous();
+  static constexpr float kColours[5][3] = {{0, 0, 0}, {255, 0, 0}, {40, 120, 255}, {255, 220, 0}, {0, 200, 0}};
+  torch::Tensor rgb = torch::empty({hu.size(0), hu.size(1), 3}, torch::kUInt8);
+  const float* hp = hu.data_ptr<float>();
+  const int64_t* cp = codes.data_ptr<int64_t>();
+  uint8_t* out = rgb.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < hu.numel(); ++i) {
+    const float grey = std::min(std::max((hp[i] - 0.f) / 80.f, 0.f), 1.f) * 255.f;
+    const float alpha = 0.45f * float(cp[i] != 0), keep = 1.f - alpha;
+    for (int c = 0; c < 3; ++c) {
+      const float blended = grey * keep + kColours[cp[i]][c] * alpha;  // in [0, 255]
+      // Rounded half to even, as nearbyint (a library call here): adding and taking away 2^23
+      // leaves a float in [0, 2^23) rounded to an integer in the default rounding mode.
+      out[3 * i + c] = uint8_t((blended + 8388608.f) - 8388608.f);
+    }
+  }
+  return rgb;
 }
 
 // The axial slice with the most mask voxels (the middle one without a mask).
@@ -43,14 +59,28 @@ torch::Tensor qc_mosaic(const Volume& canonical, const torch::Tensor& mask, int6
   check_matches(canonical.geometry, mask, "QC picture mask");
   const int64_t nz = canonical.geometry.size[2];
   std::vector<int64_t> candidates;
-  // Slices with hematoma (code 1) first; a label map without one shows its other labels.
-  // Reduced with any(), not sum(): a sum over a bool volume is an int64 copy of it (630 MB for
-  // 512 x 512 x 300).
-  const torch::Tensor hematoma = mask == 1;
-  const torch::Tensor per_slice = (hematoma.any().item<bool>() ? hematoma : mask != 0).any(2).any(1).contiguous();
-  const auto shown = per_slice.accessor<bool, 1>();
+  // Slices with hematoma (code 1) first; a label map without one shows its other labels. One
+  // pass over the codes (as bytes), slice by slice, a slice's scan ending at its first 1.
+  const torch::Tensor codes = mask.to(torch::kUInt8).contiguous();
+  const int64_t plane = canonical.geometry.size[0] * canonical.geometry.size[1];
+  std::vector<char> has_hematoma(size_t(nz), 0), has_code(size_t(nz), 0);
+  const uint8_t* cp = codes.data_ptr<uint8_t>();
+  at::parallel_for(0, nz, 1, [&](int64_t z0, int64_t z1) {
+    for (int64_t z = z0; z < z1; ++z) {
+      const uint8_t* p = cp + z * plane;
+      for (int64_t i = 0; i < plane; ++i) {
+        if (p[i] == 1) {
+          has_hematoma[size_t(z)] = has_code[size_t(z)] = 1;
+          break;
+        }
+        if (p[i] != 0) has_code[size_t(z)] = 1;
+      }
+    }
+  });
+  const bool any_hematoma = std::find(has_hematoma.begin(), has_hematoma.end(), 1) != has_hematoma.end();
+  const std::vector<char>& shown = any_hematoma ? has_hematoma : has_code;
   for (int64_t z = 0; z < nz; ++z)
-    if (shown[z]) candidates.push_back(z);
+    if (shown[size_t(z)]) candidates.push_back(z);
   if (candidates.empty())
     for (int64_t z = 0; z < nz; ++z) candidates.push_back(z);
   const int64_t n = std::min<int64_t>(tiles, int64_t(candidates.size()));

@@ -32,5 +32,28 @@ TEST(Qc, MosaicShowsMaskedSlicesInRed) {
   EXPECT_TRUE(torch::equal(coloured[42][55], torch::tensor({185, 169, 70}, torch::kUInt8))) << coloured[42][55];
 }
 
+// A tile is the brain-window grey blended with the label colours, computed in one loop: the
+// same bytes as the element-wise tensor formula, on random HU with exact ties for the rounding
+// (values on a 1/8 grid) and every code, the higher ones clamped to green.
+TEST(Qc, TileIsTheTensorFormulaExactly) {
+  const Geometry g = test::grid({301, 197, 1}, {0.5, 0.5, 5.0});
+  torch::manual_seed(11);
+  const torch::Tensor hu = ((torch::rand(tensor_shape(g)) * 300 - 100) * 8).round() / 8;
+  const torch::Tensor mask = torch::randint(0, 7, tensor_shape(g), torch::kUInt8);
+  const torch::Tensor got = qc_mosaic(Volume{g, hu}, mask);
+  // The formula, on every second pixel (301 px -> 151 across).
+  const torch::Tensor h = hu[0].slice(0, 0, 197, 2).slice(1, 0, 301, 2);
+  const torch::Tensor codes = mask[0].slice(0, 0, 197, 2).slice(1, 0, 301, 2).to(torch::kLong).clamp(0, 4);
+  const torch::Tensor grey = ((h - 0.f) / 80.f).clamp(0, 1) * 255.f;
+  const torch::Tensor colours =
+      torch::tensor({0.f, 0.f, 0.f, 255.f, 0.f, 0.f, 40.f, 120.f, 255.f, 255.f, 220.f, 0.f, 0.f, 200.f, 0.f}).view({5, 3});
+  const torch::Tensor alpha = (0.45f * (codes != 0).to(torch::kFloat32)).unsqueeze(-1);
+  const torch::Tensor blended = torch::stack({grey, grey, grey}, -1) * (1 - alpha) + colours.index({codes}) * alpha;
+  const torch::Tensor want = blended.round().to(torch::kUInt8);
+  ASSERT_EQ(got.sizes(), want.sizes());
+  EXPECT_EQ(got.ne(want).sum().item<int64_t>(), 0);
+  EXPECT_GT((blended.frac() == 0.5f).sum().item<int64_t>(), 0) << "ties must occur for this test to test";
+}
+
 }  // namespace
 }  // namespace hemexp
