@@ -3,7 +3,9 @@
 # bench.json (in the current folder, or BENCH_JSON=path).
 #   ./scripts/bench.sh [REPEATS] [PART...]
 # PART: segment   segment()'s steps for 512x512x32/128/300 heads, 1 and 2 threads; the network's
-#                 GFLOP/s against a plain conv3d's; the PyTorch-eager reference on the same
+#                 GFLOP/s against a plain conv3d's (also as the median share over alternated
+#                 pairs of one plain conv3d and one segment(): bench_segmenter --pairs); the
+#                 PyTorch-eager reference on the same
 #                 weights and windows, and the ratio (bench_segmenter, scripts/bench_reference.py)
 #       stages    `hemexp run` per stage on the same three heads, 1 and 2 threads: REPEATS+1
 #                 copies of the scan in one run (the first is the cold start, the median is over
@@ -233,7 +235,9 @@ if seg and ref:
             "pytorch_over_hemexp_network": ref[f"threads_{t}"]["pytorch_over_cpp"],
             "network_gflops": net["network_gflops"],
             "plain_conv3d_gflops": seg["plain_conv3d"][str(t)]["gflops"],
-            "network_share_of_plain_conv3d": net["network_gflops"] / seg["plain_conv3d"][str(t)]["gflops"]}
+            "network_share_of_plain_conv3d": net["network_gflops"] / seg["plain_conv3d"][str(t)]["gflops"],
+            # from alternated pairs (bench_segmenter --pairs): median, min, max
+            "network_share_paired": net.get("network_share_paired")}
     report["summary"] = summary
     print(json.dumps(summary, indent=1))
 json.dump(report, open(out, "w"), indent=1)
