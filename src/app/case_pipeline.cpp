@@ -9,6 +9,7 @@
 #include <exception>
 #include <functional>
 #include <limits>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -34,10 +35,17 @@ std::map<std::string, nlohmann::json> CasePipeline::models() const {
 
 namespace {
 
-// Every task, on up to io_threads() threads (--threads; one: in order on this one); once all
-// have finished, the first failure in the list's order is rethrown. Each file is written under
-// a temporary name and renamed, so a failure leaves no half-written file beside the others.
+// Every task, in order: on this thread alone with one I/O thread (--threads 1; the first
+// failure stops the rest, as a plain sequence would), else on up to io_threads() threads, where
+// all of them finish and then the first failure in the list's order is rethrown. Each file is
+// written under a temporary name and renamed, so a failure leaves no half-written file beside
+// the others. A helper thread that cannot be started leaves its share to the threads that did.
 void run_side_by_side(const std::vector<std::function<void()>>& tasks) {
+  const size_t threads = std::min(tasks.size(), size_t(std::max(1, io_threads())));
+  if (threads < 2) {
+    for (const auto& task : tasks) task();
+    return;
+  }
   std::vector<std::exception_ptr> failed(tasks.size());
   std::atomic<size_t> next{0};
   const auto work = [&] {
@@ -50,7 +58,10 @@ void run_side_by_side(const std::vector<std::function<void()>>& tasks) {
     }
   };
   std::vector<std::thread> helpers;
-  for (size_t k = 1; k < std::min(tasks.size(), size_t(std::max(1, io_threads()))); ++k) helpers.emplace_back(work);
+  try {
+    for (size_t k = 1; k < threads; ++k) helpers.emplace_back(work);
+  } catch (const std::system_error&) {  // no thread to be had: fewer helpers
+  }
   work();
   for (std::thread& h : helpers) h.join();
   for (const std::exception_ptr& e : failed)
@@ -198,12 +209,17 @@ void write_case_outputs(const fs::path& dir, const LoadedVolume& loaded, const C
                         const CasePipeline& pipeline, CaseResult& result) {
   const auto t0 = Clock::now();
   const Geometry& grid = loaded.volume.geometry;
-  std::vector<std::function<void()>> writes;  // the largest first
+  std::vector<std::function<void()>> writes;  // in the order they were always written
   writes.emplace_back([&] { write_image_file(dir / CaseFiles::kMask, a.mask, grid); });
   if (a.labels.defined()) writes.emplace_back([&] { write_image_file(dir / CaseFiles::kLabels, a.labels, grid); });
   else fs::remove(dir / CaseFiles::kLabels);  // an earlier run's, with a model of more labels: not this mask's
   if (a.probability.defined())
     writes.emplace_back([&] { write_image_file(dir / CaseFiles::kProbability, a.probability, grid); });
+  if (pipeline.qc)
+    writes.emplace_back([&] {
+      write_png(dir / CaseFiles::kQc,
+                qc_mosaic(a.canonical.volume, a.canonical_labels.defined() ? a.canonical_labels : a.canonical_mask));
+    });
   if (loaded.info.grid_resampled) {
     // The mask lives on the corrected grid, which no viewer rebuilds from the DICOM files in
     // the same way: ship the corrected CT so that the mask overlays it exactly.
@@ -212,11 +228,6 @@ void write_case_outputs(const fs::path& dir, const LoadedVolume& loaded, const C
       write_image_file(dir / CaseFiles::kCorrectedCt, hu, grid);
     });
   }
-  if (pipeline.qc)
-    writes.emplace_back([&] {
-      write_png(dir / CaseFiles::kQc,
-                qc_mosaic(a.canonical.volume, a.canonical_labels.defined() ? a.canonical_labels : a.canonical_mask));
-    });
   run_side_by_side(writes);
   if (loaded.info.grid_resampled) result.corrected_ct = CaseFiles::kCorrectedCt;
   result.timings_s["write"] = seconds_since(t0);

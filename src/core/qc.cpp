@@ -60,8 +60,13 @@ torch::Tensor qc_mosaic(const Volume& canonical, const torch::Tensor& mask, int6
   const int64_t nz = canonical.geometry.size[2];
   std::vector<int64_t> candidates;
   // Slices with hematoma (code 1) first; a label map without one shows its other labels. One
-  // pass over the codes (as bytes), slice by slice, a slice's scan ending at its first 1.
-  const torch::Tensor codes = mask.to(torch::kUInt8).contiguous();
+  // pass over the codes as bytes (uint8 and bool masks as they are; any other type compared in
+  // its own type first: 1 stays 1, any other nonzero code becomes 2), slice by slice, a slice's
+  // scan ending at its first 1.
+  const bool bytes = mask.scalar_type() == torch::kUInt8 || mask.scalar_type() == torch::kBool;
+  const torch::Tensor codes =
+      (bytes ? mask.to(torch::kUInt8) : (mask == 1).to(torch::kUInt8) + 2 * ((mask != 0) & (mask != 1)).to(torch::kUInt8))
+          .contiguous();
   const int64_t plane = canonical.geometry.size[0] * canonical.geometry.size[1];
   std::vector<char> has_hematoma(size_t(nz), 0), has_code(size_t(nz), 0);
   const uint8_t* cp = codes.data_ptr<uint8_t>();

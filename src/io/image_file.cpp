@@ -12,8 +12,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <future>
+#include <system_error>
 
 #include <zlib.h>
 
@@ -95,11 +95,17 @@ ImageFileContents read_image_file(const fs::path& path, uint64_t max_voxels) {
   // time: with two or more threads for ITK (set_itk_threads: --threads), beside ITK's own read,
   // whose result is used only once the check has passed.
   check_nifti_file(path, max_voxels, NiftiCheck::kHeader);
-  if (io_threads() < 2) {
+  std::future<NiftiHeader> whole;
+  if (io_threads() >= 2) {
+    try {
+      whole = std::async(std::launch::async, [&] { return check_nifti_file(path, max_voxels); });
+    } catch (const std::system_error&) {  // no thread to be had: in turn
+    }
+  }
+  if (!whole.valid()) {
     check_nifti_file(path, max_voxels);
     return read_with_itk(path, format, max_voxels);
   }
-  std::future<NiftiHeader> whole = std::async(std::launch::async, [&] { return check_nifti_file(path, max_voxels); });
   ImageFileContents out;
   try {
     out = read_with_itk(path, format, max_voxels);
@@ -215,14 +221,13 @@ void put_u32(std::string& s, uint32_t v) {
   for (int shift = 24; shift >= 0; shift -= 8) s.push_back(char((v >> shift) & 0xff));
 }
 
-// A PNG chunk: length, type, data, CRC-32 of type and data.
-void put_chunk(std::ostream& out, const char* type, const std::string& data) {
-  std::string c;
-  put_u32(c, uint32_t(data.size()));
-  c.append(type, 4);
-  c += data;
-  put_u32(c, uint32_t(crc32(0, reinterpret_cast<const Bytef*>(c.data() + 4), uInt(c.size() - 4))));
-  out.write(c.data(), std::streamsize(c.size()));
+// A PNG chunk appended to `png`: length, type, data, CRC-32 of type and data.
+void put_chunk(std::string& png, const char* type, const std::string& data) {
+  const size_t start = png.size() + 4;
+  put_u32(png, uint32_t(data.size()));
+  png.append(type, 4);
+  png += data;
+  put_u32(png, uint32_t(crc32_z(0, reinterpret_cast<const Bytef*>(png.data() + start), png.size() - start)));
 }
 
 }  // namespace
@@ -230,12 +235,15 @@ void put_chunk(std::ostream& out, const char* type, const std::string& data) {
 // PNG written here rather than through ITK: ITK 5.2's PNG writer corrupts the heap when a write
 // fails (a full disk) with compression set, and its default (zlib level 6, every row filter
 // tried) took 59 ms for a 768 x 1024 QC picture. Here: the Sub filter on every row (each byte
-// less the same channel of the pixel to its left), zlib level 1 (20 ms, docs/PERFORMANCE.md).
+// less the same channel of the pixel to its left), zlib level 1 (8 ms, docs/PERFORMANCE.md), and
+// the file written as any other (write_text_atomically: a full disk is named as such).
 void write_png(const fs::path& path, const torch::Tensor& pixels) {
   const torch::Tensor src = pixels.to(torch::kUInt8).contiguous();
-  if (!(src.dim() == 2 || (src.dim() == 3 && src.size(2) == 3)) || src.size(0) < 1 || src.size(1) < 1 ||
-      src.size(0) >= (int64_t(1) << 31) || src.size(1) >= (int64_t(1) << 31))
+  if (!(src.dim() == 2 || (src.dim() == 3 && src.size(2) == 3)) || src.size(0) < 1 || src.size(1) < 1)
     throw IoError("writing " + path.string() + ": not a grey (H, W) or RGB (H, W, 3) picture");
+  // One IDAT chunk holds at most 2^31 - 1 bytes: far more than a QC picture (2.4 MB).
+  if (double(src.size(0)) * (double(src.size(1)) * double(src.dim() == 3 ? 3 : 1) + 1) >= 2147483647.0)
+    throw IoError("writing " + path.string() + ": the picture is too large for one PNG chunk");
   const int64_t height = src.size(0), width = src.size(1), channels = src.dim() == 3 ? 3 : 1, stride = width * channels;
   const uint8_t* p = src.data_ptr<uint8_t>();
   std::string raw(size_t(height * (stride + 1)), '\0');
@@ -251,19 +259,16 @@ void write_png(const fs::path& path, const torch::Tensor& pixels) {
                 uLong(raw.size()), 1) != Z_OK)
     throw IoError("writing " + path.string() + ": zlib could not compress the picture");
   packed.resize(size_t(packed_size));
+  if (packed.size() > 0x7fffffffu) throw IoError("writing " + path.string() + ": the picture is too large for one PNG chunk");
   std::string header;  // IHDR: width, height, 8 bits, grey (0) or RGB (2), deflate, adaptive filters, no interlace
   put_u32(header, uint32_t(width));
   put_u32(header, uint32_t(height));
   header += {char(8), char(channels == 3 ? 2 : 0), char(0), char(0), char(0)};
-  write_atomically(path, [&](const fs::path& tmp) {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write("\x89PNG\r\n\x1a\n", 8);
-    put_chunk(out, "IHDR", header);
-    put_chunk(out, "IDAT", packed);
-    put_chunk(out, "IEND", "");
-    out.close();
-    if (!out) throw IoError("writing " + path.string() + ": the written file is incomplete (disk full?)");
-  });
+  std::string png("\x89PNG\r\n\x1a\n", 8);
+  put_chunk(png, "IHDR", header);
+  put_chunk(png, "IDAT", packed);
+  put_chunk(png, "IEND", "");
+  write_text_atomically(path, png);
 }
 
 void set_itk_threads(int threads) { itk::MultiThreaderBase::SetGlobalDefaultNumberOfThreads(std::max(1, threads)); }
