@@ -36,12 +36,13 @@ std::map<std::string, nlohmann::json> CasePipeline::models() const {
 namespace {
 
 // Every task, in order: on this thread alone with one I/O thread (--threads 1; the first
-// failure stops the rest, as a plain sequence would), else on up to io_threads() threads, where
-// all of them finish and then the first failure in the list's order is rethrown. Each file is
+// failure stops the rest, as a plain sequence would), else on two threads (more would hold more
+// files in memory at once: a 512 x 512 x 300 probability map is 315 MB, twice while ITK writes
+// it), where all of them finish and then the first failure in the list's order is rethrown. Each file is
 // written under a temporary name and renamed, so a failure leaves no half-written file beside
 // the others. A helper thread that cannot be started leaves its share to the threads that did.
 void run_side_by_side(const std::vector<std::function<void()>>& tasks) {
-  const size_t threads = std::min(tasks.size(), size_t(std::max(1, io_threads())));
+  const size_t threads = std::min({tasks.size(), size_t(std::max(1, io_threads())), size_t(2)});
   if (threads < 2) {
     for (const auto& task : tasks) task();
     return;
