@@ -29,7 +29,7 @@ torch::Tensor render_tile(const Volume& canonical, const torch::Tensor& mask, in
   const int64_t* cp = codes.data_ptr<int64_t>();
   uint8_t* out = rgb.data_ptr<uint8_t>();
   for (int64_t i = 0; i < hu.numel(); ++i) {
-    const float grey = std::min(std::max((hp[i] - 0.f) / 80.f, 0.f), 1.f) * 255.f;
+    const float grey = std::min(std::max((hp[i] - 0.f) / 80.f, 0.f), 1.f) * 255.f;  // W80 L40: 0..80 HU
     const float alpha = 0.45f * float(cp[i] != 0), keep = 1.f - alpha;
     for (int c = 0; c < 3; ++c) {
       const float blended = grey * keep + kColours[cp[i]][c] * alpha;  // in [0, 255]

@@ -78,47 +78,9 @@ torch::Tensor read_codes_on_grid(const fs::path& path, const Geometry& grid) {
 }
 
 namespace {
+
 // The volume through ITK, checked for what a CT volume must be (one component, 3D, within
 // max_voxels, a direction matrix that spans space).
-ImageFileContents read_with_itk(const fs::path& path, const std::string& format, uint64_t max_voxels);
-}  // namespace
-
-ImageFileContents read_image_file(const fs::path& path, uint64_t max_voxels) {
-  const std::string format = format_of(path);
-  if (format.empty()) throw IoError("not a NIfTI, MHA or NRRD file");
-  std::error_code ec;
-  if (fs::is_directory(path, ec)) throw IoError("is a folder named like a volume file");
-  if (fs::file_size(path, ec) == 0 && !ec) throw IoError("file is empty (0 bytes)");
-  if (format != "nifti") return read_with_itk(path, format, max_voxels);
-  // The header first: an impossible one is refused before ITK allocates anything. The rest of
-  // the check (the whole stream to its CRC, float voxels finite) decompresses the file a second
-  // time: with two or more threads for ITK (set_itk_threads: --threads), beside ITK's own read,
-  // whose result is used only once the check has passed.
-  check_nifti_file(path, max_voxels, NiftiCheck::kHeader);
-  std::future<NiftiHeader> whole;
-  if (io_threads() >= 2) {
-    try {
-      whole = std::async(std::launch::async, [&] { return check_nifti_file(path, max_voxels); });
-    } catch (const std::system_error&) {  // no thread to be had: in turn
-    }
-  }
-  if (!whole.valid()) {
-    check_nifti_file(path, max_voxels);
-    return read_with_itk(path, format, max_voxels);
-  }
-  ImageFileContents out;
-  try {
-    out = read_with_itk(path, format, max_voxels);
-  } catch (...) {
-    whole.get();  // the check's reason first: a damaged stream is what it names
-    throw;
-  }
-  whole.get();
-  return out;
-}
-
-namespace {
-
 ImageFileContents read_with_itk(const fs::path& path, const std::string& format, uint64_t max_voxels) {
   try {
     itk::ImageIOBase::Pointer io =
@@ -189,6 +151,40 @@ ImageFileContents read_with_itk(const fs::path& path, const std::string& format,
 }
 
 }  // namespace
+
+ImageFileContents read_image_file(const fs::path& path, uint64_t max_voxels) {
+  const std::string format = format_of(path);
+  if (format.empty()) throw IoError("not a NIfTI, MHA or NRRD file");
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) throw IoError("is a folder named like a volume file");
+  if (fs::file_size(path, ec) == 0 && !ec) throw IoError("file is empty (0 bytes)");
+  if (format != "nifti") return read_with_itk(path, format, max_voxels);
+  // The header first: an impossible one is refused before ITK allocates anything. The rest of
+  // the check (the whole stream to its CRC, float voxels finite) decompresses the file a second
+  // time: with two or more threads for ITK (set_itk_threads: --threads), beside ITK's own read,
+  // whose result is used only once the check has passed.
+  check_nifti_file(path, max_voxels, NiftiCheck::kHeader);
+  std::future<NiftiHeader> whole;
+  if (io_threads() >= 2) {
+    try {
+      whole = std::async(std::launch::async, [&] { return check_nifti_file(path, max_voxels); });
+    } catch (const std::system_error&) {  // no thread to be had: in turn
+    }
+  }
+  if (!whole.valid()) {
+    check_nifti_file(path, max_voxels);
+    return read_with_itk(path, format, max_voxels);
+  }
+  ImageFileContents out;
+  try {
+    out = read_with_itk(path, format, max_voxels);
+  } catch (...) {
+    whole.get();  // the check's reason first: a damaged stream is what it names
+    throw;
+  }
+  whole.get();
+  return out;
+}
 
 void write_image_file(const fs::path& path, const torch::Tensor& voxels, const Geometry& g) {
   check_matches(g, voxels, ("writing " + path.string()).c_str());

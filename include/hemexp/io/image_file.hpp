@@ -42,7 +42,7 @@ void write_png(const std::filesystem::path& path, const torch::Tensor& pixels);
 
 // The threads ITK may use for one read (decompression, filters), for every read of this
 // process (--threads). With two or more, a NIfTI file's integrity check runs beside ITK's read
-// (read_image_file), and a case's output files are written side by side (io_threads()).
+// (read_image_file), and a case's output files are written two at a time (write_case_outputs).
 void set_itk_threads(int threads);
 int io_threads();
 
