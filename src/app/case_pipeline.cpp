@@ -173,13 +173,15 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
   }
 
   t0 = Clock::now();
-  if (a.labels.defined())
+  if (a.labels.defined()) {
+    const std::array<int64_t, 256> counts = code_counts(a.labels);
     for (int64_t code = 2; code < int64_t(recipe.labels.size()); ++code) {
       LabelVolume& l = result.labels[recipe.labels[size_t(code)]];
       l.code = int(code);
-      l.voxels = torch::count_nonzero(a.labels == code).item<int64_t>();  // sum() would copy to int64
+      l.voxels = counts[size_t(code)];
       l.volume_ml = double(l.voxels) * volume.geometry.voxel_volume_mm3() / 1000.0;
     }
+  }
   const HematomaMeasurements h = measure_hematoma(a.mask, volume.voxels, volume.geometry);
   result.hematoma = h;
   if (h.touches_border) result.qc_flags.push_back("hematoma_touches_border");

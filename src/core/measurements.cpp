@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <mutex>
 #include <vector>
+
+#include <ATen/Parallel.h>
 
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/statistics.hpp"
@@ -107,6 +110,21 @@ std::vector<MaskBox> label_boxes(const torch::Tensor& labels, int64_t n) {
     boxes[size_t(k)].size = {b[3] - b[0] + 1, b[4] - b[1] + 1, b[5] - b[2] + 1};
   }
   return boxes;
+}
+
+std::array<int64_t, 256> code_counts(const torch::Tensor& codes) {
+  if (codes.scalar_type() != torch::kUInt8) throw CoreError("code counts: need a uint8 label map");
+  const torch::Tensor c = codes.contiguous();
+  const uint8_t* p = c.data_ptr<uint8_t>();
+  std::array<int64_t, 256> total{};
+  std::mutex merge;
+  at::parallel_for(0, c.numel(), int64_t(1) << 20, [&](int64_t begin, int64_t end) {
+    std::array<int64_t, 256> local{};
+    for (int64_t i = begin; i < end; ++i) ++local[p[i]];
+    const std::lock_guard<std::mutex> lock(merge);
+    for (size_t k = 0; k < 256; ++k) total[k] += local[k];
+  });
+  return total;
 }
 
 torch::Tensor MaskBox::crop(const torch::Tensor& volume) const {

@@ -291,20 +291,29 @@ Segmentation Segmenter::segment(const Volume& canonical, bool with_probability) 
   }
   s.seconds.resample = seconds_since(t0);
   t0 = Clock::now();
-  for (int64_t code = 1; code < int64_t(recipe_.labels.size()); ++code) {
+  // Nothing outside the block is foreground, so every component lies in it: small ones are
+  // removed there (the same codes, without whole-grid passes per label on a thin-slice scan).
+  const torch::Tensor in_block = block.empty() ? torch::Tensor() : block.crop(s.labels);
+  const Geometry block_grid = block.empty() ? grid : block.crop(grid);
+  for (int64_t code = 1; in_block.defined() && code < int64_t(recipe_.labels.size()); ++code) {
     // A two-class label map is the mask itself: no copy per label.
-    const torch::Tensor in_label = multi ? (s.labels == code).to(torch::kUInt8) : s.labels;
+    const torch::Tensor in_label = multi ? (in_block == code).to(torch::kUInt8) : in_block;
     int64_t removed = 0;
     const ComponentCleanup cleanup =
         code == 1 ? ComponentCleanup{recipe_.min_component_ml, recipe_.min_component_fraction, recipe_.keep_satellites_within_mm}
                   : ComponentCleanup{recipe_.min_component_ml, 0.0, 0.0};
-    const torch::Tensor kept = remove_small_components(in_label, canonical.geometry, cleanup, &removed);
+    const torch::Tensor kept = remove_small_components(in_label, block_grid, cleanup, &removed);
     if (code == 1) s.removed_components = removed;
     if (!removed) continue;
-    if (multi) s.labels.masked_fill_((in_label != 0) & (kept == 0), 0);
-    else s.labels = kept;
+    if (multi) in_block.masked_fill_((in_label != 0) & (kept == 0), 0);
+    else in_block.copy_(kept);
   }
-  s.mask = multi ? (s.labels == 1).to(torch::kUInt8) : s.labels;
+  if (multi) {
+    s.mask = torch::zeros_like(s.labels);
+    if (in_block.defined()) block.crop(s.mask).copy_(in_block == 1);
+  } else {
+    s.mask = s.labels;
+  }
   s.seconds.cleanup = seconds_since(t0);
   return s;
 }

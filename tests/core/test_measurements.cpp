@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "hemexp/core/error.hpp"
 #include "hemexp/core/measurements.hpp"
 
 namespace hemexp {
@@ -128,6 +129,23 @@ TEST(Measurements, BoundingBoxAndMeasuringInsideIt) {
   EXPECT_FALSE(a.touches_border);
   EXPECT_TRUE(b.touches_border);
   EXPECT_EQ(a.components, 2);
+}
+
+TEST(Measurements, CodeCountsAreEachCodesVoxels) {
+  torch::manual_seed(3);
+  // More voxels than one parallel chunk (2^20), codes spread unevenly over 0..255.
+  const torch::Tensor codes = (torch::rand({5, 300, 1000}).pow(3) * 256).clamp_max(255).to(torch::kUInt8);
+  const torch::Tensor expected = torch::bincount(codes.reshape({-1}).to(torch::kLong), {}, 256);
+  const std::array<int64_t, 256> counts = code_counts(codes), strided = code_counts(codes.transpose(0, 2));
+  int64_t total = 0;
+  for (size_t k = 0; k < 256; ++k) {
+    EXPECT_EQ(counts[k], expected[int64_t(k)].item<int64_t>()) << "code " << k;
+    EXPECT_EQ(strided[k], counts[k]) << "code " << k;
+    total += counts[k];
+  }
+  EXPECT_EQ(total, codes.numel());
+  EXPECT_GT(counts[0], counts[255]);
+  EXPECT_THROW(code_counts(codes.to(torch::kInt32)), CoreError);
 }
 
 }  // namespace

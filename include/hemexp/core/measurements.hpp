@@ -58,4 +58,8 @@ int64_t connected_components(const torch::Tensor& mask, torch::Tensor* labels = 
 // in one pass: element k is label k's box (element 0, the background, and absent labels: empty).
 std::vector<MaskBox> label_boxes(const torch::Tensor& labels, int64_t n);
 
+// How many voxels of a uint8 label map hold each code 0..255, in one pass on the ATen threads
+// (a comparison per code would read a 512 x 512 x 300 map once per label).
+std::array<int64_t, 256> code_counts(const torch::Tensor& codes);
+
 }  // namespace hemexp
