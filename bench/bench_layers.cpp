@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
                        }).median;
     r.aten_seconds = time_it(repeats, [&] { y = torch::conv3d(in, conv.weight, conv.bias, *conv.options.stride(), pad); }).median;
     if (hemexp::direct_conv3d_applicable(in, conv.weight, *conv.options.stride(), pad, {1, 1, 1}, 1))
-      r.direct_seconds = time_it(repeats, [&] { y = hemexp::direct_conv3d(in, conv.weight, conv.bias); }).median;
+      r.direct_seconds = time_it(repeats, [&] { y = hemexp::direct_conv3d(in, conv.weight, conv.bias, (*conv.options.stride())[1]); }).median;
     r.gflop = conv_gflop(conv, y);
     rows.push_back(r);
   };

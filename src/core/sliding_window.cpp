@@ -119,7 +119,9 @@ torch::Tensor sliding_window_probabilities(const PatchNetwork& network, const to
     if (sum.size(1) != num_classes) throw CoreError("sliding window: the network gives a different class count");
     if (sum.size(0) != int64_t(last - first)) throw CoreError("sliding window: the network gives a different batch size");
     for (size_t w = first; w < last; ++w) {
-      window(probabilities, starts[w], 1) += sum[int64_t(w - first)] / float(flips.size()) * weight_patch;
+      // One pass into the accumulator (what `+= p * weight` computes, without two temporaries).
+      const torch::Tensor p = sum[int64_t(w - first)];
+      window(probabilities, starts[w], 1).addcmul_(flips.size() == 1 ? p : p / float(flips.size()), weight_patch);
       window(weights, starts[w], 0) += weight_patch;
     }
   }

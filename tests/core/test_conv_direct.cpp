@@ -18,11 +18,11 @@ bool available() {
 }
 
 // Largest |direct - reference| over the largest |reference|, the reference computed in double.
-double relative_error(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+double relative_error(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, int64_t stride = 1) {
   const int64_t k = w.size(2), kk = w.size(3);
-  const torch::Tensor got = direct_conv3d(x, w, b);
+  const torch::Tensor got = direct_conv3d(x, w, b, stride);
   const torch::Tensor ref = torch::conv3d(x.to(torch::kFloat64), w.to(torch::kFloat64),
-                                          b.defined() ? b.to(torch::kFloat64) : torch::Tensor(), {1, 1, 1},
+                                          b.defined() ? b.to(torch::kFloat64) : torch::Tensor(), {1, stride, stride},
                                           {k / 2, kk / 2, kk / 2});
   EXPECT_EQ(got.sizes(), ref.sizes());
   EXPECT_EQ(got.scalar_type(), torch::kFloat32);
@@ -35,6 +35,7 @@ TEST(DirectConv, MatchesAtenOnEveryBorderAndWidth) {
   struct Case {
     int64_t n, cin, cout, k, kk, d, h, w;
     bool bias;
+    int64_t stride = 1;  // in plane
   };
   // The network's shapes (1 -> 8, 8 -> 8, 16 -> 8, 16 -> 16, 32 -> 32 in 3D; 1 x 1 x 1 skips) on
   // small grids, widths below, at and across multiples of 16 (masked columns), one-voxel grids,
@@ -45,13 +46,19 @@ TEST(DirectConv, MatchesAtenOnEveryBorderAndWidth) {
       {1, 8, 8, 1, 3, 1, 1, 16, false},  {1, 3, 8, 5, 3, 6, 4, 64, true},   {1, 8, 8, 3, 3, 1, 1, 81, true},
       {1, 16, 8, 1, 1, 2, 5, 96, true},  {2, 32, 16, 1, 1, 3, 3, 35, false}, {1, 1, 8, 3, 1, 4, 2, 7, true},
       // Partial output blocks: the 8 -> 4 head, 12 and 1 output channels, 3 x 3 and 1 x 1.
-      {1, 8, 4, 1, 1, 2, 5, 96, true},   {2, 8, 12, 1, 3, 2, 4, 40, true},  {1, 5, 1, 3, 3, 3, 3, 19, false}};
+      {1, 8, 4, 1, 1, 2, 5, 96, true},   {2, 8, 12, 1, 3, 2, 4, 40, true},  {1, 5, 1, 3, 3, 3, 3, 19, false},
+      // Stride 1 x 2 x 2 (the 8 -> 16 downsampling): even and odd extents, outputs below, at and
+      // across 16 columns (the two loads of a register on both sides of the right border), a
+      // one-column input, partial blocks, 3 x 3 x 3.
+      {1, 8, 16, 1, 3, 2, 6, 96, true, 2}, {1, 8, 16, 1, 3, 1, 7, 33, true, 2}, {2, 3, 12, 1, 3, 2, 5, 65, false, 2},
+      {1, 8, 8, 3, 3, 3, 4, 31, true, 2},  {1, 8, 8, 1, 3, 1, 3, 1, true, 2},   {1, 16, 4, 1, 3, 2, 9, 130, true, 2}};
   for (const Case& c : cases) {
     const torch::Tensor x = torch::randn({c.n, c.cin, c.d, c.h, c.w});
     const torch::Tensor w = torch::randn({c.cout, c.cin, c.k, c.kk, c.kk});
     const torch::Tensor b = c.bias ? torch::randn({c.cout}) : torch::Tensor();
-    EXPECT_LE(relative_error(x, w, b), 5e-6) << c.n << "x" << c.cin << "->" << c.cout << " k" << c.k << "x" << c.kk
-                                             << " " << c.d << "x" << c.h << "x" << c.w;
+    EXPECT_LE(relative_error(x, w, b, c.stride), 5e-6) << c.n << "x" << c.cin << "->" << c.cout << " k" << c.k << "x"
+                                                       << c.kk << " " << c.d << "x" << c.h << "x" << c.w << " stride "
+                                                       << c.stride;
   }
   // A non-contiguous input (a slice of a wider tensor) is read as its values, not its storage.
   const torch::Tensor wide = torch::randn({1, 8, 2, 5, 40});
@@ -69,7 +76,10 @@ TEST(DirectConv, TakesOnlyWhatItComputes) {
   };
   EXPECT_TRUE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 1, 1}, {0, 1, 1}));
   EXPECT_TRUE(ok(x, torch::zeros({16, 8, 3, 3, 3}), {1, 1, 1}, {1, 1, 1}));
-  EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 2, 2}, {0, 1, 1}));        // strided
+  EXPECT_TRUE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 2, 2}, {0, 1, 1}));         // downsampling in plane
+  EXPECT_FALSE(ok(x, torch::zeros({8, 8, 3, 3, 3}), {2, 2, 2}, {1, 1, 1}));        // strided in depth
+  EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 3, 3}, {0, 1, 1}));        // stride 3
+  EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 1, 2}, {0, 1, 1}));        // in one direction
   EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 1, 1}, {0, 0, 0}));        // not "same"
   EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 1, 1}, {0, 1, 1}, {1, 2, 2}));  // dilated
   EXPECT_FALSE(ok(x, torch::zeros({8, 8, 1, 3, 3}), {1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2));  // grouped
@@ -83,6 +93,8 @@ TEST(DirectConv, TakesOnlyWhatItComputes) {
   EXPECT_FALSE(ok(x.to(torch::kFloat64), torch::zeros({8, 8, 1, 3, 3}, torch::kFloat64), {1, 1, 1}, {0, 1, 1}));
   EXPECT_THROW(direct_conv3d(x, torch::zeros({8, 8, 1, 3, 3}, torch::kFloat64), torch::Tensor()), CoreError);
   EXPECT_THROW(direct_conv3d(x, torch::zeros({8, 8, 1, 3, 3}), torch::zeros({7})), CoreError);
+  EXPECT_THROW(direct_conv3d(x, torch::zeros({8, 8, 1, 3, 3}), torch::Tensor(), 3), CoreError);
+  EXPECT_THROW(direct_conv3d(x, torch::zeros({8, 8, 1, 1, 1}), torch::Tensor(), 2), CoreError);
 }
 
 // Two blocks and a partial one (12 output channels), a batch of two: the same bits on one and
@@ -129,6 +141,11 @@ TEST(DirectConv, TheNetworkRoutesItsSmallLayersHere) {
   const torch::Tensor aten = torch::conv3d(odd, strided->weight, strided->bias, {1, 2, 2});
   ASSERT_EQ(got.sizes(), aten.sizes());
   EXPECT_LE((got - aten).abs().max().item<double>(), 1e-5);
+  // The 8 -> 16 downsampling (1 x 3 x 3, stride 1 x 2 x 2) too.
+  torch::nn::Conv3d down(torch::nn::Conv3dOptions(8, 16, {1, 3, 3}).stride({1, 2, 2}).padding({0, 1, 1}));
+  EXPECT_TRUE(torch::equal(inference_conv3d(*down, odd, {0, 1, 1}), direct_conv3d(odd, down->weight, down->bias, 2)));
+  EXPECT_LE((inference_conv3d(*down, odd, {0, 1, 1}) -
+             torch::conv3d(odd, down->weight, down->bias, {1, 2, 2}, {0, 1, 1})).abs().max().item<double>(), 1e-5);
   EXPECT_TRUE(torch::equal(inference_conv3d(*wide, x32, {1, 1, 1}),
                            torch::mkldnn_convolution(x32, wide->weight, wide->bias, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1)));
 }

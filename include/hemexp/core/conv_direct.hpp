@@ -5,7 +5,7 @@
 namespace hemexp {
 
 // A direct convolution for the segmenter's small-channel layers: kernel (k, 3, 3) or (k, 1, 1)
-// with k odd, stride 1, "same" zero padding, no dilation, one group, float32 on the CPU. Output
+// with k odd, stride 1 (or, for (k, 3, 3), stride 2 in plane: the downsampling convolutions), "same" zero padding, no dilation, one group, float32 on the CPU. Output
 // channels go in blocks of 8 (a last, partial block, e.g. the 4 of a segmentation head, is
 // computed with zero weights in the missing places and only its real channels are stored). LibTorch 1.13's oneDNN and ATen kernels run the 8- and
 // 16-channel layers at a third of what the machine does for a wide convolution
@@ -23,7 +23,10 @@ bool direct_conv3d_applicable(const torch::Tensor& x, const torch::Tensor& weigh
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 
 // The convolution (x: N x Cin x D x H x W; weight: Cout x Cin x k x 3 x 3 or Cout x Cin x k x 1
-// x 1; bias: Cout or undefined). CoreError when direct_conv3d_applicable would say no.
-torch::Tensor direct_conv3d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+// x 1; bias: Cout or undefined), of stride (1, s, s) with s = in_plane_stride (2 only for k x 3 x
+// 3): output N x Cout x D x ((H - 1) / s + 1) x ((W - 1) / s + 1). CoreError when
+// direct_conv3d_applicable would say no.
+torch::Tensor direct_conv3d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                            int64_t in_plane_stride = 1);
 
 }  // namespace hemexp

@@ -53,8 +53,8 @@ torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const 
   if (!lower && !onednn) return conv.forward(x);
   const auto& o = conv.options;  // this file's convolutions: zero padding `padding`, no dilation
   const bool pointwise = conv.weight.size(2) == 1 && conv.weight.size(3) == 1 && conv.weight.size(4) == 1;
-  // The layers with at most 16 output channels (k x 3 x 3; 1 x 1 x 1 skips, channel changes and
-  // the segmentation head): a direct kernel (conv_direct.hpp) where the CPU has AVX-512. An
+  // The layers with at most 16 output channels (k x 3 x 3 of stride 1 or 1 x 2 x 2; 1 x 1 x 1
+  // skips, channel changes and the segmentation head): a direct kernel (conv_direct.hpp) where the CPU has AVX-512. An
   // unpadded 1 x 1 x 1 reads every s-th voxel of a stride s: it gets those voxels (a strided
   // view, gathered by the kernel) at stride 1 (ATen's strided path ran at 33 GFLOP/s, bench_layers).
   if (!lower && conv.weight.size(0) <= kDirectMaxChannels) {
@@ -65,7 +65,7 @@ torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const 
                : x;
     if (direct_conv3d_applicable(in, conv.weight, gather ? at::IntArrayRef{1, 1, 1} : at::IntArrayRef(*o.stride()),
                                  padding, *o.dilation(), o.groups()))
-      return direct_conv3d(in, conv.weight, conv.bias);
+      return direct_conv3d(in, conv.weight, conv.bias, gather ? 1 : stride[1]);
   }
   // Any other 1 x 1 x 1 convolution (more than 16 output channels, strided or not; all of them
   // without AVX-512) is a matrix product over the voxels: ATen's own conv3d does it as one GEMM,
