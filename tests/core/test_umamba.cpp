@@ -150,8 +150,8 @@ TEST(UMamba, FusedNormKeepsASmallSpreadOnALargeMean) {
   EXPECT_LE((fast - modules).abs().max().item<double>(), 5e-3);
 }
 
-// segment() resamples only the block that can hold foreground unless the probability map is
-// asked for: both shipped models (two classes; four labels) give the same label maps either way
+// segment() resamples only the block that can hold foreground, and removes small components
+// there, unless the probability map is asked for: both shipped models (two classes; four labels) give the same label maps either way
 // on a thin-slice synthetic head with a hematoma.
 TEST(Segmenter, LabelsWithoutTheProbabilityMapAreTheWholeGrids) {
   synth::SynthCase c;
@@ -165,6 +165,8 @@ TEST(Segmenter, LabelsWithoutTheProbabilityMapAreTheWholeGrids) {
     ASSERT_TRUE(whole.probability.defined());
     EXPECT_TRUE(torch::equal(block.labels, whole.labels)) << name;
     EXPECT_TRUE(torch::equal(block.mask, whole.mask)) << name;
+    // Small components removed in the block or on the whole grid: the same (2 with the two-class model).
+    EXPECT_EQ(block.removed_components, whole.removed_components) << name;
     EXPECT_GT(block.mask.sum().item<int64_t>(), 100) << name;
   }
 }
