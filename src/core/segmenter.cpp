@@ -92,7 +92,9 @@ torch::Tensor class_codes_between_grids(const torch::Tensor& foreground, const G
   // reads are brought to the output's in-plane size (x, then y, then z: the order of
   // resample_between_grids), so only the codes and class 1's map are whole output volumes.
   // Outside `block` the codes are 0 and nothing is computed; inside, every value is the one
-  // the whole grid gives (the same slabs, the same positions).
+  // the whole grid gives (the same slabs, the same positions; a slab's slices outside the block
+  // are computed with it but not kept, so that the cleanup and the mask, which work in the
+  // block, see every code).
   constexpr int64_t kSlab = 8;
   const int64_t nz = to.size[2], source_slices = foreground.size(1);
   const double step_x = to.spacing_mm[0] / from.spacing_mm[0], step_y = to.spacing_mm[1] / from.spacing_mm[1],
@@ -107,7 +109,8 @@ torch::Tensor class_codes_between_grids(const torch::Tensor& foreground, const G
     const double first = double(k0) * step_z;
     const int64_t lo = std::clamp<int64_t>(int64_t(std::floor(first)), 0, source_slices - 1);
     const int64_t hi = std::clamp<int64_t>(int64_t(std::floor(first + double(n - 1) * step_z)) + 1, 0, source_slices - 1);
-    torch::Tensor codes_slab = in_block(codes.slice(0, k0, k0 + n)), best, sum;
+    const int64_t keep0 = std::max(k0, b.begin[0]), keep1 = std::min(k0 + n, z_end);  // the block's slices
+    torch::Tensor codes_slab = in_block(codes.slice(0, keep0, keep1)), best, sum;
     for (int64_t k = 0; k < foreground.size(0); ++k) {
       const torch::Tensor plane =
           interpolate_axis(interpolate_axis(foreground[k].slice(0, lo, hi + 1), 2, b.size[2], 0.0, step_x, std::nullopt, b.begin[2]),
@@ -115,8 +118,9 @@ torch::Tensor class_codes_between_grids(const torch::Tensor& foreground, const G
       // Positions before or past the source clamp to its edge slices, as on the whole grid.
       torch::Tensor v = interpolate_axis(plane, 0, n, first - double(lo), step_z);
       if (v.data_ptr() == plane.data_ptr()) v = v.clone();  // interpolate_axis may return its input
+      v = v.narrow(0, keep0 - k0, keep1 - keep0);
       if (k == 0) {
-        if (first_class) in_block(first_class->slice(0, k0, k0 + n)).copy_(v);
+        if (first_class) in_block(first_class->slice(0, keep0, keep1)).copy_(v);
         codes_slab.fill_(1);
         best = v;  // replaced, never changed in place
         sum = v.clone();

@@ -119,7 +119,8 @@ torch::Tensor sliding_window_probabilities(const PatchNetwork& network, const to
     if (sum.size(1) != num_classes) throw CoreError("sliding window: the network gives a different class count");
     if (sum.size(0) != int64_t(last - first)) throw CoreError("sliding window: the network gives a different batch size");
     for (size_t w = first; w < last; ++w) {
-      // One pass into the accumulator (what `+= p * weight` computes, without two temporaries).
+      // One pass into the accumulator, without the two temporaries of `+= p * weight` (the same
+      // values on the CPU, checked equal; on CUDA an FMA may round the last bit differently).
       const torch::Tensor p = sum[int64_t(w - first)];
       window(probabilities, starts[w], 1).addcmul_(flips.size() == 1 ? p : p / float(flips.size()), weight_patch);
       window(weights, starts[w], 0) += weight_patch;

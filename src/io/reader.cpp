@@ -46,7 +46,8 @@ void check_hounsfield(const Volume& v) {
   const int64_t stride = std::max<int64_t>(1, n / 1000000);
   std::vector<float> sample;
   sample.reserve(size_t((n + stride - 1) / stride));
-  for (const float* p = flat.data_ptr<float>(), *end = p + n; p < end; p += stride) sample.push_back(*p);
+  const float* p = flat.data_ptr<float>();
+  for (int64_t i = 0; i < n; i += stride) sample.push_back(p[i]);
   const auto percentile = [&](double q) {
     const auto k = sample.begin() + int64_t(q * double(sample.size() - 1));
     std::nth_element(sample.begin(), k, sample.end());

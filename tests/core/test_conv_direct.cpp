@@ -113,6 +113,12 @@ TEST(DirectConv, SameBitsOnOneAndTwoThreads) {
     EXPECT_TRUE(torch::equal(one, two));
     for (int64_t n = 0; n < 2; ++n) EXPECT_TRUE(torch::equal(two[n], direct_conv3d(x.slice(0, n, n + 1), w, b)[0]));
   }
+  // Stride 2 in plane: rows split over the threads by output row.
+  at::set_num_threads(1);
+  const torch::Tensor one_strided = direct_conv3d(x, w, b, 2);
+  at::set_num_threads(2);
+  EXPECT_TRUE(torch::equal(one_strided, direct_conv3d(x, w, b, 2)));
+  EXPECT_EQ(one_strided.sizes(), (std::vector<int64_t>{2, 12, 4, 12, 48}));
   at::set_num_threads(before);
 }
 

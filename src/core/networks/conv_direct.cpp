@@ -80,8 +80,9 @@ __attribute__((target("avx512f"))) void row_chunk(const float* xn, const float* 
       for (int64_t kh = 0; kh < KK; ++kh) {
         const int64_t ih = S * oh + kh - KK / 2;
         if (ih < 0 || ih >= s.h) continue;
-        // Column w0 + 16 v + kw - KK / 2 of the input row; a lane outside [0, w) is masked (never
-        // read). The address is formed as an integer: it may lie just outside the tensor.
+        // Column S (w0 + 16 v) + kw - KK / 2 of the input row (and the 16 after it for S = 2); a
+        // lane outside [0, w) is masked (never read). The address is formed as an integer: it may
+        // lie just outside the tensor.
         const uintptr_t row = reinterpret_cast<uintptr_t>(xn + ci * volume + id * plane + ih * s.w);
         const float* wk = wp + ((ci * s.k + kd) * KK + kh) * KK * kBlock;
 #pragma GCC unroll 3
@@ -132,7 +133,8 @@ void rows(const float* x, const float* wp, const float* bias, float* y, int64_t 
     const int64_t b = r % blocks, oh = (r / blocks) % s.oh, od = (r / (blocks * s.oh)) % s.d,
                   n = r / (blocks * s.oh * s.d);
     const float* xn = x + n * s.cin * cstride;
-    // The S input rows that output row oh + kAhead reads first (one with stride 1; two with 2).
+    // The input rows that output row oh + kAhead needs and the row before it did not (one with
+    // stride 1; two with stride 2).
     for (int64_t ih = S * (oh + kAhead) + KK / 2 - (S - 1); b == 0 && ih <= S * (oh + kAhead) + KK / 2 && ih < s.h; ++ih)
       for (int64_t ci = 0; ci < s.cin; ++ci)
         for (int64_t kd = 0; kd < s.k; ++kd) {
