@@ -163,15 +163,15 @@ ImageFileContents read_image_file(const fs::path& path, uint64_t max_voxels) {
   // the check (the whole stream to its CRC, float voxels finite) decompresses the file a second
   // time: with two or more threads for ITK (set_itk_threads: --threads), beside ITK's own read,
   // whose result is used only once the check has passed.
-  check_nifti_file(path, max_voxels, NiftiCheck::kHeader);
   std::future<NiftiHeader> whole;
   if (io_threads() >= 2) {
+    check_nifti_file(path, max_voxels, NiftiCheck::kHeader);
     try {
       whole = std::async(std::launch::async, [&] { return check_nifti_file(path, max_voxels); });
     } catch (const std::system_error&) {  // no thread to be had: in turn
     }
   }
-  if (!whole.valid()) {
+  if (!whole.valid()) {  // in turn: the whole check (the header first), then ITK
     check_nifti_file(path, max_voxels);
     return read_with_itk(path, format, max_voxels);
   }

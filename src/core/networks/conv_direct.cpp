@@ -69,8 +69,8 @@ __attribute__((target("avx512f"))) void row_chunk(const float* xn, const float* 
   for (int v = 0; v < V; ++v) {
     out_mask[v] = lanes(w0 + kLanes * v, 0, s.ow);
     for (int kw = 0; kw < KK; ++kw)
-      for (int half = 0; half < S; ++half)
-        in_mask[kw][v][half] = lanes(S * (w0 + kLanes * v) + kLanes * half, kw - KK / 2, s.w);
+      for (int part = 0; part < S; ++part)  // the S loads of 16 inputs a register of 16 outputs reads
+        in_mask[kw][v][part] = lanes(S * (w0 + kLanes * v) + kLanes * part, kw - KK / 2, s.w);
   }
   const int64_t plane = s.h * s.w, volume = s.d * plane, half = s.k / 2;
   for (int64_t ci = 0; ci < s.cin; ++ci)
@@ -180,7 +180,7 @@ torch::Tensor direct_conv3d(const torch::Tensor& x, const torch::Tensor& weight,
                             int64_t in_plane_stride) {
   const int64_t kk = weight.dim() == 5 ? weight.size(3) : 0, st = in_plane_stride;
   const std::vector<int64_t> unit{1, 1, 1}, stride{1, st, st}, same{weight.dim() == 5 ? weight.size(2) / 2 : 0, kk / 2, kk / 2};
-  if ((st != 1 && st != 2) || !direct_conv3d_applicable(x, weight, stride, same, unit, 1))
+  if (!direct_conv3d_applicable(x, weight, stride, same, unit, 1))  // stride 1, or 2 for k x 3 x 3
     throw CoreError("direct_conv3d: not a float32 CPU (k x 3 x 3) or (k x 1 x 1) \"same\" convolution of stride 1 "
                     "(or 1 x 2 x 2 in plane for k x 3 x 3) on an AVX-512 machine");
   const int64_t cout = weight.size(0), cin = weight.size(1), k = weight.size(2), blocks = (cout + kBlock - 1) / kBlock;

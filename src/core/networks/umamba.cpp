@@ -54,9 +54,10 @@ torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const 
   const auto& o = conv.options;  // this file's convolutions: zero padding `padding`, no dilation
   const bool pointwise = conv.weight.size(2) == 1 && conv.weight.size(3) == 1 && conv.weight.size(4) == 1;
   // The layers with at most 16 output channels (k x 3 x 3 of stride 1 or 1 x 2 x 2; 1 x 1 x 1
-  // skips, channel changes and the segmentation head): a direct kernel (conv_direct.hpp) where the CPU has AVX-512. An
-  // unpadded 1 x 1 x 1 reads every s-th voxel of a stride s: it gets those voxels (a strided
-  // view, gathered by the kernel) at stride 1 (ATen's strided path ran at 33 GFLOP/s, bench_layers).
+  // skips, channel changes and the segmentation head): a direct kernel (conv_direct.hpp) where
+  // the CPU has AVX-512. An unpadded 1 x 1 x 1 reads every s-th voxel of a stride s: it gets those
+  // voxels (a strided view, gathered by the kernel) at stride 1 (ATen's strided path ran at 33
+  // GFLOP/s, bench_layers).
   if (!lower && conv.weight.size(0) <= kDirectMaxChannels) {
     const auto stride = *o.stride();
     const bool gather = pointwise && x.dim() == 5 && padding == std::vector<int64_t>{0, 0, 0};
