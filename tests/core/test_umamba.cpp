@@ -118,6 +118,41 @@ TEST(UMamba, UpsampleConcatIsInterpolateThenCat) {
   EXPECT_TRUE(torch::equal(upsample_concat(x, skip), reference(x, skip)));
 }
 
+// The Mamba block's causal depthwise convolution as one loop (causal_depthwise_conv1d) against
+// conv1d with padding taps - 1, its first L outputs (what the module computes), on chunks of a
+// wider tensor as in_proj's output gives them: one token, fewer tokens than taps, the shipped
+// model's 576 tokens x 128 channels, a batch of two. A tap applied to the wrong token or channel
+// would be off by the size of the values (about 1), not by float rounding (measured: equal bits
+// with LibTorch 1.13's CPU conv1d).
+TEST(UMamba, CausalDepthwiseConv1dIsTheModulesConv1d) {
+  namespace F = torch::nn::functional;
+  torch::manual_seed(13);
+  struct Case {
+    int64_t batch, length, channels, taps;
+  };
+  for (const Case& c : {Case{1, 576, 128, 4}, Case{2, 7, 5, 4}, Case{1, 1, 3, 4}, Case{1, 2, 16, 4}, Case{1, 9, 6, 1}}) {
+    const torch::Tensor xz = torch::randn({c.batch, c.length, 2 * c.channels});
+    const torch::Tensor x = xz.chunk(2, -1)[0];
+    const torch::Tensor w = 0.5 * torch::randn({c.channels, 1, c.taps}), b = torch::randn({c.channels});
+    const torch::Tensor expected =
+        F::conv1d(x.transpose(1, 2), w, F::Conv1dFuncOptions().bias(b).padding(c.taps - 1).groups(c.channels))
+            .slice(2, 0, c.length)
+            .transpose(1, 2);
+    EXPECT_FALSE(causal_depthwise_conv1d_applicable(x, w, b));  // gradients on: the module's own path
+    c10::InferenceMode guard;
+    ASSERT_TRUE(causal_depthwise_conv1d_applicable(x, w, b));
+    const torch::Tensor got = causal_depthwise_conv1d(x, w, b);
+    ASSERT_EQ(got.sizes(), expected.sizes());
+    EXPECT_TRUE(got.is_contiguous());
+    EXPECT_LE((got - expected).abs().max().item<double>(), 1e-5) << c.length << " tokens, " << c.taps << " taps";
+  }
+  c10::InferenceMode guard;
+  const torch::Tensor x = torch::randn({1, 4, 6});
+  EXPECT_THROW(causal_depthwise_conv1d(x.transpose(1, 2), torch::randn({4, 1, 4}), torch::randn({4})), CoreError);
+  EXPECT_THROW(causal_depthwise_conv1d(x, torch::randn({6, 1, 4}), torch::Tensor()), CoreError);
+  EXPECT_THROW(causal_depthwise_conv1d(x.to(torch::kFloat64), torch::randn({6, 1, 4}), torch::randn({6})), CoreError);
+}
+
 // The fused normalisation (one pass of statistics in double, then the in-place apply; umamba.cpp,
 // norm_act) against the modules' own InstanceNorm3d (ATen, two passes in double) on planes that
 // sit on a large mean (1000) with a small spread (0.1). Both convolutions are the identity plus a

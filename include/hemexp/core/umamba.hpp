@@ -46,6 +46,15 @@ torch::Tensor inference_conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor&
 // same values either way (copies only).
 torch::Tensor upsample_concat(const torch::Tensor& x, const torch::Tensor& skip);
 
+// The Mamba block's causal depthwise convolution along the tokens: x (batch, L, channels), a view
+// whose channels are adjacent (a chunk of in_proj's output), weight (channels, 1, taps), bias
+// (channels); y[n, l, c] = bias[c] + sum over k of weight[c, 0, k] x[n, l + k - taps + 1, c] (tokens
+// before the first count as zero), contiguous (batch, L, channels): conv1d with padding taps - 1,
+// its first L outputs, transposed. One loop, the same sums in the same order as LibTorch's CPU
+// conv1d for this case; `applicable` says where it runs (float32 CPU, gradients off).
+bool causal_depthwise_conv1d_applicable(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+torch::Tensor causal_depthwise_conv1d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+
 // conv - InstanceNorm - LeakyReLU - conv - InstanceNorm, plus a 1x1 (strided) projection on the
 // skip when the shape changes, then LeakyReLU of the sum.
 class ResidualBlockImpl : public torch::nn::Module {

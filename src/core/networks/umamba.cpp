@@ -187,6 +187,51 @@ torch::Tensor upsample_concat(const torch::Tensor& x, const torch::Tensor& skip)
   return out;
 }
 
+namespace {
+
+// Output (l, c) of a row of tokens: bias, then each tap's product fused into the sum in kernel
+// order, the taps before the first token skipped: the order (and so the bits) of LibTorch's CPU
+// conv1d for this depthwise case (checked equal on the shipped model's shapes; test_umamba.cpp).
+// Clones for AVX-512 and for AVX2 with FMA; std::fma keeps the fused rounding in each.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void causal_taps(
+    const float* x, int64_t x_row, const float* w, const float* bias, float* y, int64_t length, int64_t channels,
+    int64_t taps) {
+  for (int64_t l = 0; l < length; ++l) {
+    float* out = y + l * channels;
+    for (int64_t c = 0; c < channels; ++c) out[c] = bias[c];
+    for (int64_t k = 0; k < taps; ++k) {
+      const int64_t j = l + k - (taps - 1);
+      if (j < 0) continue;
+      const float* in = x + j * x_row;
+      for (int64_t c = 0; c < channels; ++c) out[c] = std::fma(w[k * channels + c], in[c], out[c]);
+    }
+  }
+}
+
+}  // namespace
+
+bool causal_depthwise_conv1d_applicable(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  return x.dim() == 3 && x.is_cpu() && x.scalar_type() == torch::kFloat32 && x.stride(2) == 1 && weight.dim() == 3 &&
+         weight.size(0) == x.size(2) && weight.size(1) == 1 && weight.is_cpu() &&
+         weight.scalar_type() == torch::kFloat32 && bias.defined() && bias.numel() == x.size(2) &&
+         bias.scalar_type() == torch::kFloat32 && !torch::GradMode::is_enabled();
+}
+
+torch::Tensor causal_depthwise_conv1d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  if (!causal_depthwise_conv1d_applicable(x, weight, bias))
+    throw CoreError("causal_depthwise_conv1d: not a float32 CPU (batch, tokens, channels) input with channels "
+                    "adjacent, a (channels, 1, taps) weight and a bias, at inference");
+  const int64_t batch = x.size(0), length = x.size(1), channels = x.size(2), taps = weight.size(2);
+  // Taps laid out [k][channel], so that the inner loop runs along the channels of a token.
+  const torch::Tensor w = weight.reshape({channels, taps}).t().contiguous();
+  const torch::Tensor b = bias.contiguous();
+  torch::Tensor y = torch::empty({batch, length, channels}, x.options());
+  for (int64_t n = 0; n < batch; ++n)
+    causal_taps(x.data_ptr<float>() + n * x.stride(0), x.stride(1), w.data_ptr<float>(), b.data_ptr<float>(),
+                y.data_ptr<float>() + n * length * channels, length, channels, taps);
+  return y;
+}
+
 torch::Tensor inference_conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const std::vector<int64_t>& padding,
                                torch::ScalarType dtype) {
   return conv3d(conv, x, padding, dtype);
@@ -326,8 +371,11 @@ MambaImpl::MambaImpl(int64_t d_model, int64_t d_state, int64_t d_conv, int64_t e
 torch::Tensor MambaImpl::forward(const torch::Tensor& x) {
   const int64_t L = x.size(1);
   const auto xz = in_proj_(x).chunk(2, -1);
-  // Causal depthwise convolution along the tokens: pad d_conv - 1 on both sides, keep the first L.
-  torch::Tensor u = conv1d_(xz[0].transpose(1, 2)).slice(2, 0, L).transpose(1, 2);
+  // Causal depthwise convolution along the tokens: pad d_conv - 1 on both sides, keep the first L
+  // (the module), or the same sums in one loop at inference on the CPU.
+  torch::Tensor u = causal_depthwise_conv1d_applicable(xz[0], conv1d_->weight, conv1d_->bias)
+                        ? causal_depthwise_conv1d(xz[0], conv1d_->weight, conv1d_->bias)
+                        : conv1d_(xz[0].transpose(1, 2)).slice(2, 0, L).transpose(1, 2).contiguous();
   u = F::silu(u).contiguous();
   const auto parts = x_proj_(u).split({dt_rank_, d_state_, d_state_}, -1);
   const torch::Tensor delta = F::softplus(dt_proj_(parts[0])).contiguous();
