@@ -153,6 +153,27 @@ TEST(UMamba, CausalDepthwiseConv1dIsTheModulesConv1d) {
   EXPECT_THROW(causal_depthwise_conv1d(x.to(torch::kFloat64), torch::randn({6, 1, 4}), torch::randn({6})), CoreError);
 }
 
+// The Mamba block at inference (its conv1d and dt_proj as loops of their own) against the same
+// block with gradients on (the modules): d_model 64 gives dt_rank 4, as in the shipped model;
+// d_model 20 gives 2. A product over the wrong feature or tap would be off by about the size of
+// the output, not by float rounding.
+TEST(UMamba, MambaBlockAtInferenceIsTheModules) {
+  torch::manual_seed(14);
+  for (const int64_t d_model : {64, 20}) {
+    Mamba block(d_model, 16, 4, 2);
+    const torch::Tensor x = torch::randn({2, 37, d_model});
+    const torch::Tensor modules = block->forward(x).detach();
+    torch::Tensor fast;
+    {
+      c10::InferenceMode guard;
+      fast = block->forward(x);
+    }
+    ASSERT_EQ(fast.sizes(), modules.sizes());
+    EXPECT_GT(modules.abs().max().item<double>(), 0.05);
+    EXPECT_LE((fast - modules).abs().max().item<double>(), 1e-5) << d_model;
+  }
+}
+
 // The fused normalisation (one pass of statistics in double, then the in-place apply; umamba.cpp,
 // norm_act) against the modules' own InstanceNorm3d (ATen, two passes in double) on planes that
 // sit on a large mean (1000) with a small spread (0.1). Both convolutions are the identity plus a
