@@ -50,6 +50,48 @@ TEST(SlidingWindow, ReproducesAVoxelwiseNetworkExactly) {
     }
 }
 
+// The CPU's one-pass softmax and accumulation (softmax_accumulate) against ATen's softmax and
+// addcmul_ into a window of a larger accumulator: one class (probability 1), two, four and
+// sixteen; rows of 21 voxels (a full group of 16 and 5 left), of 96 and of 3; logits spread
+// over +-200 (differences beyond e^-87, where its exp stops). Softmax cancels an error common to
+// every exp; an exp wrong by more than float rounding anywhere on [-87, 0] does not cancel.
+TEST(SlidingWindow, SoftmaxAccumulateIsSoftmaxThenAddcmul) {
+  torch::manual_seed(21);
+  c10::InferenceMode guard;
+  struct Case {
+    std::vector<int64_t> logits;
+    double scale;
+  };
+  for (const Case& c : {Case{{1, 3, 5, 21}, 3.0}, Case{{2, 3, 5, 21}, 3.0}, Case{{4, 16, 12, 96}, 6.0},
+                        Case{{16, 2, 3, 40}, 10.0}, Case{{4, 2, 2, 3}, 200.0}, Case{{2, 1, 1, 17}, 40.0}}) {
+    const torch::Tensor logits = c.scale * torch::randn(c.logits);
+    const torch::Tensor weight = torch::rand({c.logits[1], c.logits[2], c.logits[3]}) + 0.1;
+    const torch::Tensor start = torch::rand({c.logits[0], c.logits[1] + 3, c.logits[2] + 4, c.logits[3] + 5});
+    const auto window = [&](torch::Tensor t) {
+      return t.slice(1, 2, 2 + c.logits[1]).slice(2, 1, 1 + c.logits[2]).slice(3, 3, 3 + c.logits[3]);
+    };
+    torch::Tensor expected = start.clone(), got = start.clone();
+    window(expected).addcmul_(torch::softmax(logits, 0), weight);
+    torch::Tensor target = window(got);
+    ASSERT_TRUE(softmax_accumulate_applicable(logits, weight, target));
+    softmax_accumulate(logits, weight, target);
+    EXPECT_LE((got - expected).abs().max().item<double>(), 1e-6) << c.logits;
+    EXPECT_TRUE(torch::equal(got.slice(1, 0, 2), start.slice(1, 0, 2)));  // nothing outside the window
+  }
+  // Two classes whose logits differ by ln 3: probabilities 3/4 and 1/4.
+  const torch::Tensor logits = torch::stack({torch::full({1, 2, 18}, std::log(3.0f)), torch::zeros({1, 2, 18})});
+  torch::Tensor out = torch::zeros({2, 1, 2, 18});
+  softmax_accumulate(logits, torch::ones({1, 2, 18}), out);
+  EXPECT_LE((out[0] - 0.75).abs().max().item<double>(), 1e-7);
+  EXPECT_LE((out[1] - 0.25).abs().max().item<double>(), 1e-7);
+  torch::Tensor many = torch::zeros({17, 1, 2, 3}), wide = torch::zeros({2, 1, 2, 6});
+  EXPECT_FALSE(softmax_accumulate_applicable(torch::zeros({17, 1, 2, 3}), torch::ones({1, 2, 3}), many));
+  torch::Tensor strided = wide.slice(3, 0, 6, 2);
+  EXPECT_THROW(softmax_accumulate(torch::zeros({2, 1, 2, 3}), torch::ones({1, 2, 3}), strided), CoreError);
+  torch::Tensor doubles = torch::zeros({2, 1, 2, 3}, torch::kFloat64);
+  EXPECT_THROW(softmax_accumulate(torch::zeros({2, 1, 2, 3}, torch::kFloat64), torch::ones({1, 2, 3}), doubles), CoreError);
+}
+
 // Windows stacked into one forward pass (what a GPU does) give what one window at a time gives:
 // a network whose output depends on each window as a whole (its mean) sees every window once,
 // in order, whatever the batch, with and without mirroring and a last batch left short.

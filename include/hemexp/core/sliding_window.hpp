@@ -34,6 +34,17 @@ std::vector<int64_t> window_starts(int64_t size, int64_t patch, double overlap);
 // nnU-Net's Gaussian importance weights (sigma = patch / 8), maximum 1, no zeros.
 torch::Tensor gaussian_importance(const std::array<int64_t, 3>& patch_size);
 
+// out += softmax(logits over its first dimension) * weight, in one pass: logits (K, z, y, x) and
+// weight (z, y, x) float32 CPU, out (K, z, y, x) float32 CPU with x adjacent (a window of the
+// accumulator), K at most 16. The sliding window's step on the CPU without mirroring. ATen's
+// order (maximum over the classes, exp of each logit less it, their sum in class order, each
+// exp divided by it, times the weight, added), with an exp of its own (range reduction by ln 2,
+// a degree-7 polynomial: within 1.3 ulp of exp on [-87, 0]; below -87 it gives e^-87): so each
+// value within a few ulp of softmax + addcmul_, not always the same bits. Throws CoreError on
+// anything else.
+void softmax_accumulate(const torch::Tensor& logits, const torch::Tensor& weight, torch::Tensor& out);
+bool softmax_accumulate_applicable(const torch::Tensor& logits, const torch::Tensor& weight, const torch::Tensor& out);
+
 // Softmax probabilities (K, z, y, x) on the CPU for an image (C, z, y, x): every window is
 // evaluated, weighted by the Gaussian, and the weighted average is returned. The image goes to
 // the options' device once and the accumulators live there: one transfer in and one out per
