@@ -30,6 +30,7 @@
 #include <torch/torch.h>
 
 #include "hemexp/core/error.hpp"
+#include "simd.hpp"
 
 #ifdef HEMEXP_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -41,12 +42,10 @@
 namespace hemexp {
 namespace {
 
+using simd::Simd;
+
 constexpr int kBlock = 16;  // channels per task: one AVX-512 vector, two AVX2 vectors
 constexpr int64_t kPrefetch = 8;  // tokens ahead
-
-#if !defined(__GNUC__)
-#error "the selective-scan kernel uses GCC/Clang vector extensions"
-#endif
 
 std::string shape_of(const torch::Tensor& t) {
   std::ostringstream s;
@@ -89,71 +88,6 @@ void check_shapes(const torch::Tensor& u, const torch::Tensor& delta, const torc
     if (all[i]->device() != u.device())
       throw CoreError(ctx + names[i] + " is on " + all[i]->device().str() + " but u is on " + u.device().str());
 }
-
-// kW float lanes (GCC/Clang vector extension): 16 = one AVX-512 register, 8 = one AVX2
-// register, 4 = one SSE2 register. Written with explicit vectors so that vectorisation does
-// not depend on the optimiser (auto-vectorising the selects in fast_exp would need
-// -fno-trapping-math). (-Wpsabi: these vectors are passed by value only between inlined
-// functions of this file.)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#define HEMEXP_INLINE inline __attribute__((always_inline))
-
-// (One explicit specialisation per width: GCC drops vector_size on dependent typedefs.)
-template <int kW>
-struct SimdTypes;
-template <>
-struct SimdTypes<4> {
-  typedef float F __attribute__((vector_size(16)));
-  typedef int32_t I __attribute__((vector_size(16)));
-};
-template <>
-struct SimdTypes<8> {
-  typedef float F __attribute__((vector_size(32)));
-  typedef int32_t I __attribute__((vector_size(32)));
-};
-template <>
-struct SimdTypes<16> {
-  typedef float F __attribute__((vector_size(64)));
-  typedef int32_t I __attribute__((vector_size(64)));
-};
-
-template <int kW>
-struct Simd {
-  using F = typename SimdTypes<kW>::F;
-  using I = typename SimdTypes<kW>::I;
-  static_assert(sizeof(F) == sizeof(float) * kW && sizeof(I) == sizeof(F), "vector types");
-
-  static HEMEXP_INLINE F splat(float x) { return F{} + x; }
-  static HEMEXP_INLINE F load(const float* p) {
-    F v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-  }
-  static HEMEXP_INLINE void store(float* p, F v) { std::memcpy(p, &v, sizeof(v)); }
-
-  // exp(x) lane-wise: x = k ln2 + r with |r| <= ln2/2, Cephes' degree-6 polynomial for exp(r),
-  // 2^k built in the exponent bits. About 1 ulp; exactly 1 at x = 0; 0 below -87.34 (where
-  // expf would be subnormal); clamped at +88 (not reached: delta >= 0 and A < 0 in Mamba).
-  static HEMEXP_INLINE F exp(F x) {
-    const F low = splat(-87.33654f);
-    const F high = splat(88.0f);
-    const F round = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-    F xc = x < low ? low : x;
-    xc = xc > high ? high : xc;
-    const F k = (xc * 1.44269504088896341f + round) - round;
-    const F r = (xc - k * 0.693359375f) - k * -2.12194440e-4f;  // ln 2 in two parts: k * hi is exact
-    F p = splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    const I bits = (__builtin_convertvector(k, I) + 127) << 23;
-    const F scale = (F)bits;  // same-size vector cast: reinterprets the bits
-    return x < low ? splat(0.0f) : p * scale;
-  }
-};
 
 // The whole sequence for channels [c0, c0 + width) of one sequence, kW lanes per vector.
 // Pointers are to the start of that sequence: u, delta, y are (L, d_inner); B, C are (L, N).
@@ -257,9 +191,9 @@ bool isa_supported(ScanIsa isa) {
       return true;
 #ifdef HEMEXP_SCAN_X86
     case ScanIsa::Avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+      return simd::cpu_has_avx2_fma();
     case ScanIsa::Avx512:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+      return __builtin_cpu_supports("avx512f") && simd::cpu_has_avx2_fma();
 #else
     default:
       return false;

@@ -2,13 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <utility>
 #include <vector>
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 
 #include "hemexp/core/error.hpp"
+#include "simd.hpp"
 
 namespace hemexp {
 
@@ -51,86 +52,112 @@ std::pair<int64_t, int64_t> content_range(const torch::Tensor& content, int64_t 
 }
 
 constexpr int64_t kSoftmaxMaxClasses = 16;
-constexpr int64_t kSoftmaxLanes = 16;  // voxels of a row taken together (one AVX-512 register)
 
-// e^x for x <= 0: x = n ln 2 + r with n an integer (rounded by adding 1.5 x 2^23) and |r| <= ln 2
-// / 2 (ln 2 in two parts, so that n ln 2 is exact), e^r by its Taylor polynomial to degree 7
-// (truncation under 5e-9 relative there), 2^n through the exponent's bits. Clamped at -87, where
-// 2^n is still a normal float. Written so that the compiler vectorises a loop over it.
-inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  constexpr float kRound = 12582912.0f, kLog2e = 1.44269504088896341f;
-  const float n = (x * kLog2e + kRound) - kRound;
-  float r = std::fma(n, -0.693145751953125f, x);
-  r = std::fma(n, -1.428606765330187045e-06f, r);
-  float p = std::fma(1.0f / 5040, r, 1.0f / 720);
-  p = std::fma(p, r, 1.0f / 120);
-  p = std::fma(p, r, 1.0f / 24);
-  p = std::fma(p, r, 1.0f / 6);
-  p = std::fma(p, r, 0.5f);
-  p = std::fma(p, r, 1.0f);
-  p = std::fma(p, r, 1.0f);
-  const int32_t bits = (int32_t(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HEMEXP_SOFTMAX_X86 1
+
+// kW voxels: logit of class c at l[c * lplane + i], the accumulator's at o[c * ostep + i]. ATen's
+// order: the maximum over the classes, exp of each logit less it (the selective scan's exp,
+// simd.hpp), their sum in class order, each exp divided by it, times the weight, added.
+template <int kW>
+HEMEXP_INLINE void softmax_group(const float* l, int64_t lplane, int64_t classes, const float* g, float* o,
+                                 int64_t ostep) {
+  using S = simd::Simd<kW>;
+  using F = typename S::F;
+  F e[kSoftmaxMaxClasses];
+  F m = S::load(l);
+  for (int64_t c = 1; c < classes; ++c) {
+    const F v = S::load(l + c * lplane);
+    m = v > m ? v : m;
+  }
+  F sum = S::splat(0.0f);
+  for (int64_t c = 0; c < classes; ++c) {
+    e[c] = S::exp(S::load(l + c * lplane) - m);
+    sum += e[c];
+  }
+  const F w = S::load(g);
+  for (int64_t c = 0; c < classes; ++c) S::store(o + c * ostep, S::load(o + c * ostep) + (e[c] / sum) * w);
 }
 
-// One row of voxels [0, count) (count <= kSoftmaxLanes): logit of class c at l[c * plane + i],
-// the accumulator's at o[c * ostride + i]. A full row of lanes is a separate instance, so that its
-// loops have a fixed length.
-template <bool kFull>
-__attribute__((always_inline)) inline void softmax_lanes(const float* l, int64_t plane, int64_t classes, const float* g, float* o, int64_t ostride,
-                          int64_t count) {
-  constexpr int64_t N = kSoftmaxLanes;
-  const auto logit = [&](int64_t c, int64_t i) { return kFull || i < count ? l[c * plane + i] : 0.0f; };
-  float m[N], s[N], e[kSoftmaxMaxClasses][N];
-  for (int64_t i = 0; i < N; ++i) m[i] = logit(0, i);
-  for (int64_t c = 1; c < classes; ++c)
-    for (int64_t i = 0; i < N; ++i) m[i] = std::max(m[i], logit(c, i));
-  for (int64_t i = 0; i < N; ++i) s[i] = 0.0f;
-  for (int64_t c = 0; c < classes; ++c)
-    for (int64_t i = 0; i < N; ++i) {
-      e[c][i] = exp_nonpositive(logit(c, i) - m[i]);
-      s[i] += e[c][i];
-    }
-  for (int64_t c = 0; c < classes; ++c)
-    for (int64_t i = 0; i < (kFull ? N : count); ++i) o[c * ostride + i] += (e[c][i] / s[i]) * g[i];
-}
-
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void softmax_accumulate_row(
-    const float* l, int64_t plane, int64_t classes, const float* g, float* o, int64_t ostride, int64_t width) {
+// One row of `width` voxels, kW at a time (class c's logits `plane` apart, its accumulator
+// `ostride` apart); a last group of fewer than kW voxels through a padded copy.
+template <int kW>
+HEMEXP_INLINE void softmax_row(const float* l, int64_t plane, int64_t classes, const float* g, float* o, int64_t ostride,
+                               int64_t width) {
   int64_t x = 0;
-  for (; x + kSoftmaxLanes <= width; x += kSoftmaxLanes)
-    softmax_lanes<true>(l + x, plane, classes, g + x, o + x, ostride, kSoftmaxLanes);
-  if (x < width) softmax_lanes<false>(l + x, plane, classes, g + x, o + x, ostride, width - x);
+  for (; x + kW <= width; x += kW) softmax_group<kW>(l + x, plane, classes, g + x, o + x, ostride);
+  if (x == width) return;
+  const int64_t rest = width - x;
+  float lt[kSoftmaxMaxClasses * kW] = {}, gt[kW] = {}, ot[kSoftmaxMaxClasses * kW] = {};
+  for (int64_t c = 0; c < classes; ++c)
+    for (int64_t i = 0; i < rest; ++i) {
+      lt[c * kW + i] = l[c * plane + x + i];
+      ot[c * kW + i] = o[c * ostride + x + i];
+    }
+  for (int64_t i = 0; i < rest; ++i) gt[i] = g[x + i];
+  softmax_group<kW>(lt, kW, classes, gt, ot, kW);
+  for (int64_t c = 0; c < classes; ++c)
+    for (int64_t i = 0; i < rest; ++i) o[c * ostride + x + i] = ot[c * kW + i];
 }
+
+__attribute__((target("avx512f,avx2,fma"))) void softmax_row_avx512(const float* l, int64_t plane, int64_t classes,
+                                                                    const float* g, float* o, int64_t ostride,
+                                                                    int64_t width) {
+  softmax_row<16>(l, plane, classes, g, o, ostride, width);
+}
+
+__attribute__((target("avx2,fma"))) void softmax_row_avx2(const float* l, int64_t plane, int64_t classes,
+                                                          const float* g, float* o, int64_t ostride, int64_t width) {
+  softmax_row<8>(l, plane, classes, g, o, ostride, width);
+}
+#endif
 
 }  // namespace
 
 bool softmax_accumulate_applicable(const torch::Tensor& logits, const torch::Tensor& weight, const torch::Tensor& out) {
+#ifdef HEMEXP_SOFTMAX_X86
   const auto plain = [](const torch::Tensor& t) { return t.defined() && t.is_cpu() && t.scalar_type() == torch::kFloat32; };
+  if (!simd::cpu_has_avx2_fma() || torch::GradMode::is_enabled()) return false;
   if (!plain(logits) || !plain(weight) || !plain(out) || logits.dim() != 4 || weight.dim() != 3 || out.dim() != 4)
     return false;
   if (logits.size(0) < 1 || logits.size(0) > kSoftmaxMaxClasses || out.sizes() != logits.sizes()) return false;
-  return weight.sizes() == logits.sizes().slice(1) && out.stride(3) == 1 && !torch::GradMode::is_enabled();
+  if (weight.sizes() != logits.sizes().slice(1) || out.stride(3) != 1) return false;
+  // No element reached twice: what ATen's in-place ops refuse (has_internal_overlap says Yes), and
+  // any stride of 0 along a dimension of more than one (an expanded tensor).
+  for (int64_t d = 0; d < 4; ++d)
+    if (out.size(d) > 1 && out.stride(d) == 0) return false;
+  return at::has_internal_overlap(out) != at::MemOverlap::Yes;
+#else
+  (void)logits, (void)weight, (void)out;
+  return false;
+#endif
 }
 
 void softmax_accumulate(const torch::Tensor& logits, const torch::Tensor& weight, torch::Tensor& out) {
   if (!softmax_accumulate_applicable(logits, weight, out))
     throw CoreError("softmax_accumulate: needs float32 CPU logits (K <= 16, z, y, x), a (z, y, x) weight and a (K, z, y, "
-                    "x) output with x adjacent, gradients off");
+                    "x) output with x adjacent and no overlap, gradients off, a CPU with AVX2 and FMA");
   const torch::Tensor l = logits.contiguous(), g = weight.contiguous();
   const int64_t classes = l.size(0), depth = l.size(1), height = l.size(2), width = l.size(3);
   const float* lp = l.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t plane = depth * height * width;
+#ifdef HEMEXP_SOFTMAX_X86
+  const bool avx512 = __builtin_cpu_supports("avx512f");
+#endif
   at::parallel_for(0, depth * height, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t z = r / height, y = r % height;
-      softmax_accumulate_row(lp + r * width, plane, classes, gp + r * width, op + z * out.stride(1) + y * out.stride(2),
-                             out.stride(0), width);
+      float* row = op + z * out.stride(1) + y * out.stride(2);
+#ifdef HEMEXP_SOFTMAX_X86
+      if (avx512)
+        softmax_row_avx512(lp + r * width, plane, classes, gp + r * width, row, out.stride(0), width);
+      else
+        softmax_row_avx2(lp + r * width, plane, classes, gp + r * width, row, out.stride(0), width);
+#else
+      (void)row;
+#endif
     }
   });
 }

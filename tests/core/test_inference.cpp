@@ -51,33 +51,47 @@ TEST(SlidingWindow, ReproducesAVoxelwiseNetworkExactly) {
 }
 
 // The CPU's one-pass softmax and accumulation (softmax_accumulate) against ATen's softmax and
-// addcmul_ into a window of a larger accumulator: one class (probability 1), two, four and
-// sixteen; rows of 21 voxels (a full group of 16 and 5 left), of 96 and of 3; logits spread
-// over +-200 (differences beyond e^-87, where its exp stops). Softmax cancels an error common to
-// every exp; an exp wrong by more than float rounding anywhere on [-87, 0] does not cancel.
+// addcmul_: one class (probability 1), two, four and sixteen; rows of 21 voxels (a full group and
+// a partial one), of 96 and of 3; logits spread over +-200 (differences far beyond where exp
+// underflows); logits that are a strided view; an accumulator whose depth and rows are swapped in
+// memory. Into zeros, each value within 4 ulp of ATen's (an exp wrong by more than its rounding
+// at any magnitude shows); into a window of a larger accumulator, nothing outside it changes.
 TEST(SlidingWindow, SoftmaxAccumulateIsSoftmaxThenAddcmul) {
+  {
+    c10::InferenceMode guard;
+    torch::Tensor probe = torch::zeros({2, 1, 1, 16});
+    if (!softmax_accumulate_applicable(torch::zeros({2, 1, 1, 16}), torch::ones({1, 1, 16}), probe))
+      GTEST_SKIP() << "softmax_accumulate needs an x86 CPU with AVX2 and FMA (the sliding window uses ATen's softmax)";
+  }
   torch::manual_seed(21);
-  c10::InferenceMode guard;
   struct Case {
     std::vector<int64_t> logits;
     double scale;
   };
   for (const Case& c : {Case{{1, 3, 5, 21}, 3.0}, Case{{2, 3, 5, 21}, 3.0}, Case{{4, 16, 12, 96}, 6.0},
                         Case{{16, 2, 3, 40}, 10.0}, Case{{4, 2, 2, 3}, 200.0}, Case{{2, 1, 1, 17}, 40.0}}) {
-    const torch::Tensor logits = c.scale * torch::randn(c.logits);
-    const torch::Tensor weight = torch::rand({c.logits[1], c.logits[2], c.logits[3]}) + 0.1;
-    const torch::Tensor start = torch::rand({c.logits[0], c.logits[1] + 3, c.logits[2] + 4, c.logits[3] + 5});
-    const auto window = [&](torch::Tensor t) {
-      return t.slice(1, 2, 2 + c.logits[1]).slice(2, 1, 1 + c.logits[2]).slice(3, 3, 3 + c.logits[3]);
-    };
-    torch::Tensor expected = start.clone(), got = start.clone();
-    window(expected).addcmul_(torch::softmax(logits, 0), weight);
-    torch::Tensor target = window(got);
-    ASSERT_TRUE(softmax_accumulate_applicable(logits, weight, target));
+    const int64_t k = c.logits[0], d = c.logits[1], h = c.logits[2], w = c.logits[3];
+    const torch::Tensor logits = (c.scale * torch::randn({k, d, h, w + 3})).slice(3, 1, 1 + w);  // a strided view
+    const torch::Tensor weight = torch::rand({d, h, w}) + 0.1;
+    const torch::Tensor expected = torch::softmax(logits, 0) * weight;
+    // Into zeros, the accumulator's depth and rows swapped in memory.
+    torch::Tensor swapped = torch::zeros({k, h, d, w}).permute({0, 2, 1, 3});
+    EXPECT_FALSE(softmax_accumulate_applicable(logits, weight, swapped));  // gradients on
+    c10::InferenceMode guard;
+    ASSERT_TRUE(softmax_accumulate_applicable(logits, weight, swapped));
+    softmax_accumulate(logits, weight, swapped);
+    const torch::Tensor error = (swapped - expected).abs() - (4 * 6e-8 * expected.abs() + 1e-37);
+    EXPECT_LE(error.max().item<double>(), 0.0) << c.logits;
+    // Into a window of a larger accumulator: the window gets expected, the rest stays.
+    const torch::Tensor start = torch::rand({k, d + 3, h + 4, w + 5});
+    const auto window = [&](torch::Tensor t) { return t.slice(1, 2, 2 + d).slice(2, 1, 1 + h).slice(3, 3, 3 + w); };
+    torch::Tensor got = start.clone(), target = window(got);
     softmax_accumulate(logits, weight, target);
-    EXPECT_LE((got - expected).abs().max().item<double>(), 1e-6) << c.logits;
-    EXPECT_TRUE(torch::equal(got.slice(1, 0, 2), start.slice(1, 0, 2)));  // nothing outside the window
+    EXPECT_LE((target - (window(start) + expected)).abs().max().item<double>(), 1e-6);
+    window(got).copy_(window(start));
+    EXPECT_TRUE(torch::equal(got, start)) << "changed outside the window";
   }
+  c10::InferenceMode guard;
   // Two classes whose logits differ by ln 3: probabilities 3/4 and 1/4.
   const torch::Tensor logits = torch::stack({torch::full({1, 2, 18}, std::log(3.0f)), torch::zeros({1, 2, 18})});
   torch::Tensor out = torch::zeros({2, 1, 2, 18});
@@ -86,8 +100,9 @@ TEST(SlidingWindow, SoftmaxAccumulateIsSoftmaxThenAddcmul) {
   EXPECT_LE((out[1] - 0.25).abs().max().item<double>(), 1e-7);
   torch::Tensor many = torch::zeros({17, 1, 2, 3}), wide = torch::zeros({2, 1, 2, 6});
   EXPECT_FALSE(softmax_accumulate_applicable(torch::zeros({17, 1, 2, 3}), torch::ones({1, 2, 3}), many));
-  torch::Tensor strided = wide.slice(3, 0, 6, 2);
+  torch::Tensor strided = wide.slice(3, 0, 6, 2), overlapping = torch::zeros({2, 1, 1, 3}).expand({2, 1, 2, 3});
   EXPECT_THROW(softmax_accumulate(torch::zeros({2, 1, 2, 3}), torch::ones({1, 2, 3}), strided), CoreError);
+  EXPECT_THROW(softmax_accumulate(torch::zeros({2, 1, 2, 3}), torch::ones({1, 2, 3}), overlapping), CoreError);
   torch::Tensor doubles = torch::zeros({2, 1, 2, 3}, torch::kFloat64);
   EXPECT_THROW(softmax_accumulate(torch::zeros({2, 1, 2, 3}, torch::kFloat64), torch::ones({1, 2, 3}), doubles), CoreError);
 }

@@ -35,13 +35,14 @@ std::vector<int64_t> window_starts(int64_t size, int64_t patch, double overlap);
 torch::Tensor gaussian_importance(const std::array<int64_t, 3>& patch_size);
 
 // out += softmax(logits over its first dimension) * weight, in one pass: logits (K, z, y, x) and
-// weight (z, y, x) float32 CPU, out (K, z, y, x) float32 CPU with x adjacent (a window of the
-// accumulator), K at most 16. The sliding window's step on the CPU without mirroring. ATen's
-// order (maximum over the classes, exp of each logit less it, their sum in class order, each
-// exp divided by it, times the weight, added), with an exp of its own (range reduction by ln 2,
-// a degree-7 polynomial: within 1.3 ulp of exp on [-87, 0]; below -87 it gives e^-87): so each
-// value within a few ulp of softmax + addcmul_, not always the same bits. Throws CoreError on
-// anything else.
+// weight (z, y, x) float32 CPU, out (K, z, y, x) float32 CPU with x adjacent and no element
+// twice (a window of the accumulator), K at most 16; gradients off; an x86 CPU with AVX2 and FMA
+// (`applicable` says so; the sliding window falls back to ATen's softmax and addcmul_). The
+// sliding window's step on the CPU without mirroring. ATen's order (maximum over the classes,
+// exp of each logit less it, their sum in class order, each exp divided by it, times the weight,
+// added), with the selective scan's exp (about 1 ulp; 0 below -87.3, as expf's subnormals are
+// to float precision): each value within a few ulp of softmax + addcmul_, not always the same
+// bits. Throws CoreError where it does not apply.
 void softmax_accumulate(const torch::Tensor& logits, const torch::Tensor& weight, torch::Tensor& out);
 bool softmax_accumulate_applicable(const torch::Tensor& logits, const torch::Tensor& weight, const torch::Tensor& out);
 

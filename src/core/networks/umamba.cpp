@@ -10,6 +10,7 @@
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/selective_scan.hpp"
+#include "../simd.hpp"
 
 namespace hemexp {
 
@@ -192,7 +193,9 @@ namespace {
 // Output (l, c) of a row of tokens: bias, then each tap's product fused into the sum in kernel
 // order, the taps before the first token skipped: the order (and so the bits) of LibTorch's CPU
 // conv1d for this depthwise case (checked equal on the shipped model's shapes; test_umamba.cpp).
-// Clones for AVX-512 and for AVX2 with FMA; std::fma keeps the fused rounding in each.
+// Clones for AVX-512 and for AVX2 with FMA; std::fma keeps the fused rounding in each. The
+// default clone (which would call libm's fmaf per element) is never used: `applicable` asks for
+// AVX2 and FMA, and the module runs elsewhere.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void causal_taps(
     const float* x, int64_t x_row, const float* w, const float* bias, float* y, int64_t length, int64_t channels,
     int64_t taps) {
@@ -210,7 +213,7 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) vo
 
 // dt_proj at inference: y[l, c] = (sum over r of w[r][c] x[l, r], each product fused in order from
 // zero) + bias[c], for a few input features (the Mamba block's dt_rank): the order, and so the
-// bits, of LibTorch 1.13's CPU linear (an OpenBLAS product, then the bias) for these shapes,
+// bits, of Debian's LibTorch 1.13 CPU linear (an OpenBLAS product, then the bias) for these shapes,
 // without its cost for a product this thin (0.55 ms for 576 tokens x 4 -> 128, most of it outside
 // the arithmetic). `w`: the weight transposed, [feature][output].
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void thin_linear_rows(
@@ -229,10 +232,11 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) vo
 constexpr int64_t kThinLinearFeatures = 4;  // where the order above was checked against LibTorch
 
 bool thin_linear_applicable(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
-  return x.dim() == 3 && x.is_cpu() && x.scalar_type() == torch::kFloat32 && x.stride(2) == 1 &&
-         x.stride(0) == x.size(1) * x.stride(1) && weight.dim() == 2 && weight.size(1) == x.size(2) &&
-         weight.size(1) <= kThinLinearFeatures && weight.scalar_type() == torch::kFloat32 && bias.defined() &&
-         bias.numel() == weight.size(0) && bias.scalar_type() == torch::kFloat32 && !torch::GradMode::is_enabled();
+  return simd::cpu_has_avx2_fma() && x.dim() == 3 && x.is_cpu() && x.scalar_type() == torch::kFloat32 &&
+         x.stride(2) == 1 && x.stride(0) == x.size(1) * x.stride(1) && weight.dim() == 2 && weight.is_cpu() &&
+         weight.size(1) == x.size(2) && weight.size(1) <= kThinLinearFeatures &&
+         weight.scalar_type() == torch::kFloat32 && bias.defined() && bias.is_cpu() && bias.numel() == weight.size(0) &&
+         bias.scalar_type() == torch::kFloat32 && !torch::GradMode::is_enabled();
 }
 
 torch::Tensor thin_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
@@ -247,9 +251,9 @@ torch::Tensor thin_linear(const torch::Tensor& x, const torch::Tensor& weight, c
 }  // namespace
 
 bool causal_depthwise_conv1d_applicable(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
-  return x.dim() == 3 && x.is_cpu() && x.scalar_type() == torch::kFloat32 && x.stride(2) == 1 && weight.dim() == 3 &&
-         weight.size(0) == x.size(2) && weight.size(1) == 1 && weight.is_cpu() &&
-         weight.scalar_type() == torch::kFloat32 && bias.defined() && bias.numel() == x.size(2) &&
+  return simd::cpu_has_avx2_fma() && x.dim() == 3 && x.is_cpu() && x.scalar_type() == torch::kFloat32 &&
+         x.stride(2) == 1 && weight.dim() == 3 && weight.size(0) == x.size(2) && weight.size(1) == 1 && weight.is_cpu() &&
+         weight.scalar_type() == torch::kFloat32 && bias.defined() && bias.is_cpu() && bias.numel() == x.size(2) &&
          bias.scalar_type() == torch::kFloat32 && !torch::GradMode::is_enabled();
 }
 
