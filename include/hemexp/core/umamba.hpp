@@ -50,8 +50,9 @@ torch::Tensor upsample_concat(const torch::Tensor& x, const torch::Tensor& skip)
 // whose channels are adjacent (a chunk of in_proj's output), weight (channels, 1, taps), bias
 // (channels); y[n, l, c] = bias[c] + sum over k of weight[c, 0, k] x[n, l + k - taps + 1, c] (tokens
 // before the first count as zero), contiguous (batch, L, channels): conv1d with padding taps - 1,
-// its first L outputs, transposed. One loop, the same sums in the same order as LibTorch's CPU
-// conv1d for this case; `applicable` says where it runs (float32 CPU, gradients off).
+// its first L outputs, transposed. One loop, the same sums in the same order as LibTorch 1.13's
+// CPU conv1d for this case; `applicable` says where it runs (float32 CPU tensors, gradients off, a
+// CPU with AVX2 and FMA).
 bool causal_depthwise_conv1d_applicable(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 torch::Tensor causal_depthwise_conv1d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 
