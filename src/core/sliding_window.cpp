@@ -222,27 +222,14 @@ torch::Tensor sliding_window_probabilities(const PatchNetwork& network, const to
     std::vector<torch::Tensor> patches;
     for (size_t w = first; w < last; ++w) patches.push_back(window(input, starts[w], 1));
     const torch::Tensor batch = patches.size() == 1 ? patches[0].unsqueeze(0) : torch::stack(patches);
-    // On the CPU without mirroring: each window's softmax added to the accumulator in one pass.
-    if (flips.size() == 1 && o.device.is_cpu()) {
-      const torch::Tensor logits = network(batch).to(torch::kFloat32);
-      if (logits.dim() != 5 || logits.size(1) != num_classes)
-        throw CoreError("sliding window: the network gives a different class count");
-      if (logits.size(0) != int64_t(last - first)) throw CoreError("sliding window: the network gives a different batch size");
-      for (size_t w = first; w < last; ++w) {
-        torch::Tensor target = window(probabilities, starts[w], 1);
-        const torch::Tensor item = logits[int64_t(w - first)];
-        if (softmax_accumulate_applicable(item, weight_patch, target))
-          softmax_accumulate(item, weight_patch, target);
-        else
-          target.addcmul_(torch::softmax(item, 0), weight_patch);
-        window(weights, starts[w], 0) += weight_patch;
-      }
-      continue;
-    }
+    // Without mirroring the logits are kept and each window's softmax is taken as it is added
+    // (in one pass where softmax_accumulate applies); with it, the flips' probabilities are summed.
+    const bool single = flips.size() == 1;
     torch::Tensor sum;
     for (const auto& dims : flips) {
       const torch::Tensor in = dims.empty() ? batch : batch.flip(dims);
-      torch::Tensor p = torch::softmax(network(in).to(torch::kFloat32), 1);
+      torch::Tensor p = network(in).to(torch::kFloat32);
+      if (!single) p = torch::softmax(p, 1);
       if (!dims.empty()) p = p.flip(dims);
       sum = sum.defined() ? sum + p : p;
     }
@@ -251,8 +238,12 @@ torch::Tensor sliding_window_probabilities(const PatchNetwork& network, const to
     for (size_t w = first; w < last; ++w) {
       // One pass into the accumulator, without the two temporaries of `+= p * weight` (the same
       // values on the CPU, checked equal; on CUDA an FMA may round the last bit differently).
-      const torch::Tensor p = sum[int64_t(w - first)];
-      window(probabilities, starts[w], 1).addcmul_(flips.size() == 1 ? p : p / float(flips.size()), weight_patch);
+      const torch::Tensor item = sum[int64_t(w - first)];
+      torch::Tensor target = window(probabilities, starts[w], 1);
+      if (single && softmax_accumulate_applicable(item, weight_patch, target))
+        softmax_accumulate(item, weight_patch, target);
+      else
+        target.addcmul_(single ? torch::softmax(item, 0) : item / float(flips.size()), weight_patch);
       window(weights, starts[w], 0) += weight_patch;
     }
   }

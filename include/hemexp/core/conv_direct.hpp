@@ -5,11 +5,12 @@
 namespace hemexp {
 
 // A direct convolution for the segmenter's small-channel layers: kernel (k, 3, 3) or (k, 1, 1)
-// with k odd, stride 1 (or, for (k, 3, 3), stride 2 in plane: the downsampling convolutions), "same" zero padding, no dilation, one group, float32 on the CPU. Output
-// channels go in blocks of 8 (a last, partial block, e.g. the 4 of a segmentation head, is
-// computed with zero weights in the missing places and only its real channels are stored). LibTorch 1.13's oneDNN and ATen kernels run the 8- and
-// 16-channel layers at a third of what the machine does for a wide convolution
-// (docs/PERFORMANCE.md): this one keeps eight output channels of sixteen consecutive voxels in
+// with k odd, stride 1 (or, for (k, 3, 3), stride 2 in plane: the downsampling convolutions),
+// "same" zero padding, no dilation, one group, float32 on the CPU. Output channels go in blocks of
+// 8 (a last, partial block, e.g. the 4 of a segmentation head, is computed with zero weights in
+// the missing places and only its real channels are stored). LibTorch 1.13's oneDNN and ATen
+// kernels run the 8- and 16-channel layers at a third of what the machine does for a wide
+// convolution (docs/PERFORMANCE.md): this one keeps eight output channels of sixteen consecutive voxels in
 // registers and streams the input rows, in the tensor's own (N, C, D, H, W) layout.
 //
 // Each output is bias + sum over (input channel, kernel depth, row, column), in that order, on
