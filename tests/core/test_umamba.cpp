@@ -42,8 +42,10 @@ TEST_P(Parity, LogitsMatchPyTorchTo1e4) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, Parity, ::testing::Values("umambabot", "umambaenc"));
 
-// Several windows in one forward pass (the sliding window's windows_per_pass, for GPUs): each
-// item of the batch gets what it gets alone (the scan and every layer keep items apart).
+// Several windows in one forward pass (the sliding window's windows_per_pass): each item of the
+// batch gets what it gets alone (the scan and every layer keep items apart), to float rounding
+// (these small networks' oneDNN convolutions may sum a batch in another order; the shipped
+// model's give the same bits: the next test).
 TEST(UMamba, BatchedWindowsEqualOneAtATime) {
   for (const std::string stem : {"umambabot", "umambaenc"}) {
     const ModelFile file = ModelFile::read(kParity / (stem + ".safetensors"), "segmentation");
@@ -59,6 +61,37 @@ TEST(UMamba, BatchedWindowsEqualOneAtATime) {
       const torch::Tensor alone = network->forward(items[size_t(i)]);
       EXPECT_LE((batched[i] - alone[0]).abs().max().item<double>(), 1e-5) << stem << " item " << i;
     }
+  }
+}
+
+// The shipped model on real-sized windows: with a batch, its full- and half-resolution stages
+// (8 x 16 x 96 x 96 and 16 x 16 x 48 x 48 floats a window, over 1 MiB) take one window at a time
+// and the rest take the batch together; each window gets the bits it gets alone, batches of two
+// and three. One window, or gradients on, runs everything as one batch.
+TEST(UMamba, LargeStagesTakeOneWindowAtATime) {
+  const Segmenter seg = Segmenter::load(kParity.parent_path().parent_path().parent_path() / "models/hemexp-seg-labels.safetensors");
+  UMamba net = seg.network();
+  torch::manual_seed(6);
+  const torch::Tensor x = torch::randn({3, 1, 16, 96, 96});
+  {
+    torch::NoGradGuard off;
+    EXPECT_EQ(net->per_sample_stages(x), 2);
+    EXPECT_EQ(net->per_sample_stages(x.slice(0, 0, 1)), 0);
+    // 8 x 16 x 64 x 64 floats (2 MiB), then 16 x 16 x 32 x 32 (1 MiB: not over).
+    EXPECT_EQ(net->per_sample_stages(torch::randn({2, 1, 16, 64, 64})), 1);
+    EXPECT_EQ(net->per_sample_stages(torch::randn({2, 1, 4, 12, 12})), 0);
+  }
+  {
+    torch::AutoGradMode on(true);
+    EXPECT_EQ(net->per_sample_stages(x), 0);
+  }
+  c10::InferenceMode guard;
+  std::vector<torch::Tensor> alone;
+  for (int64_t i = 0; i < 3; ++i) alone.push_back(net->forward(x.slice(0, i, i + 1)));
+  for (const int64_t batch : {2, 3}) {
+    const torch::Tensor together = net->forward(x.slice(0, 0, batch));
+    ASSERT_EQ(together.sizes(), (std::vector<int64_t>{batch, 4, 16, 96, 96}));
+    for (int64_t i = 0; i < batch; ++i) EXPECT_TRUE(torch::equal(together[i], alone[size_t(i)][0])) << batch << " windows, item " << i;
   }
 }
 

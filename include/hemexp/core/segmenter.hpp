@@ -10,6 +10,9 @@ namespace hemexp {
 
 // Sliding-window windows per forward pass off the CPU.
 constexpr int64_t kGpuWindowsPerPass = 8;
+// On the CPU: two windows go through the network's small stages together (UMambaImpl::run),
+// each with the bits it gets alone (docs/PERFORMANCE.md, session 44).
+constexpr int64_t kCpuWindowsPerPass = 2;
 
 // How a segmentation model is run, from the card's "inference" and "postprocessing" blocks.
 struct SegmentationRecipe {
@@ -124,9 +127,12 @@ class Segmenter {
   const SegmentationRecipe& recipe() const { return recipe_; }
   const UMamba& network() const { return network_; }
   const torch::Device& device() const { return device_; }
-  // Windows per forward pass of the sliding window: 1 on the CPU, kGpuWindowsPerPass elsewhere,
-  // unless set (benchmarks and the parity check; the result agrees to float rounding).
-  int64_t windows_per_pass() const { return windows_per_pass_ > 0 ? windows_per_pass_ : device_.is_cpu() ? 1 : kGpuWindowsPerPass; }
+  // Windows per forward pass of the sliding window: kCpuWindowsPerPass on the CPU (the same
+  // bits as one at a time), kGpuWindowsPerPass elsewhere (agrees to float rounding), unless set
+  // (benchmarks and the parity check).
+  int64_t windows_per_pass() const {
+    return windows_per_pass_ > 0 ? windows_per_pass_ : device_.is_cpu() ? kCpuWindowsPerPass : kGpuWindowsPerPass;
+  }
   void set_windows_per_pass(int64_t n) { windows_per_pass_ = n; }
   // The precision of the network's convolutions (UMambaImpl::set_convolution_dtype): "fp32"
   // (the default: what the card's validation measured), "bf16" (CPU with oneDNN's bfloat16

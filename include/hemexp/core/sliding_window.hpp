@@ -14,8 +14,9 @@ struct SlidingWindowOptions {
   bool mirror = false;                             // test-time augmentation: average of 8 flips
   float pad_value = 0.f;                           // for images smaller than a patch
   torch::Device device = torch::kCPU;              // where patches are evaluated
-  // Windows stacked into one forward pass (a batch). 1 on the CPU (what the masks were measured
-  // with); on a GPU several keep it busy. Results agree to float rounding whatever the count.
+  // Windows stacked into one forward pass (a batch); the segmenter's choice is 2 on the CPU and
+  // more on a GPU. Results agree to float rounding whatever the count (on the CPU, with the
+  // shipped segmenter, they are the same bits: test UMamba.LargeStagesTakeOneWindowAtATime).
   int64_t windows_per_pass = 1;
   // Tile only the bounding box of the voxels that differ from pad_value (in any channel, by more
   // than 1e-4); outside it class 0 has probability 1. A window there would see nothing but the pad
