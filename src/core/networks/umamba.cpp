@@ -181,20 +181,23 @@ torch::Tensor upsample_concat(const torch::Tensor& x, const torch::Tensor& skip)
   const float* xp = x.data_ptr<float>();
   const float* sp = skip.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  // One output row (sample, channel, z, y) per step: a repeated row of x, or a row of skip.
-  at::parallel_for(0, batch * (c1 + c2) * D * H, 64, [&](int64_t r0, int64_t r1) {
+  // One output row position (sample, z, y) per step, every channel: repeated rows of x, then rows
+  // of skip. Each thread gets both kinds of work (split by channel, one thread would get all the
+  // repeating and the other all the copying), and the depth slices that the next convolution's
+  // share of rows reads.
+  at::parallel_for(0, batch * D * H, 4, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t oy = r % H, oz = (r / H) % D, c = (r / (H * D)) % (c1 + c2), n = r / (H * D * (c1 + c2));
-      float* dst = op + ((n * (c1 + c2) + c) * D + oz) * H * W + oy * W;
-      if (c >= c1) {
-        std::memcpy(dst, sp + (n * c2 + c - c1) * plane + (oz * H + oy) * W, size_t(W) * sizeof(float));
-        continue;
+      const int64_t oy = r % H, oz = (r / H) % D, n = r / (H * D);
+      float* row = op + (n * (c1 + c2) * D + oz) * H * W + oy * W;  // channel 0's
+      for (int64_t c = 0; c < c1; ++c, row += plane) {
+        const float* src = xp + ((n * c1 + c) * d + oz / sd) * h * w + (oy / sh) * w;
+        if (sw == 2)
+          for (int64_t i = 0; i < w; ++i) row[2 * i] = row[2 * i + 1] = src[i];
+        else
+          std::memcpy(row, src, size_t(W) * sizeof(float));
       }
-      const float* src = xp + ((n * c1 + c) * d + oz / sd) * h * w + (oy / sh) * w;
-      if (sw == 2)
-        for (int64_t i = 0; i < w; ++i) dst[2 * i] = dst[2 * i + 1] = src[i];
-      else
-        std::memcpy(dst, src, size_t(W) * sizeof(float));
+      for (int64_t c = 0; c < c2; ++c, row += plane)
+        std::memcpy(row, sp + (n * c2 + c) * plane + (oz * H + oy) * W, size_t(W) * sizeof(float));
     }
   });
   return out;
