@@ -251,7 +251,8 @@ Segmentation Segmenter::segment(const Volume& canonical, bool with_probability) 
   o.overlap = recipe_.overlap;
   o.mirror = recipe_.mirror;
   o.device = device_;
-  // Two windows a pass on the CPU (the same bits as one at a time); a GPU is kept busy with more.
+  // Two windows a pass on the CPU (at float32 the same bits as one at a time); a GPU is kept
+  // busy with more.
   o.windows_per_pass = windows_per_pass();
   // Pad with the normalised value of air, what the network saw outside the head in training.
   o.pad_value = float((recipe_.preprocessing.clip_low_hu - recipe_.preprocessing.mean_hu) / recipe_.preprocessing.std_hu);

@@ -11,7 +11,7 @@ namespace hemexp {
 // Sliding-window windows per forward pass off the CPU.
 constexpr int64_t kGpuWindowsPerPass = 8;
 // On the CPU: two windows go through the network's small stages together (UMambaImpl::run),
-// each with the bits it gets alone (docs/PERFORMANCE.md, session 44).
+// each with the bits it gets alone at float32 (docs/PERFORMANCE.md, session 44).
 constexpr int64_t kCpuWindowsPerPass = 2;
 
 // How a segmentation model is run, from the card's "inference" and "postprocessing" blocks.
@@ -128,7 +128,8 @@ class Segmenter {
   const UMamba& network() const { return network_; }
   const torch::Device& device() const { return device_; }
   // Windows per forward pass of the sliding window: kCpuWindowsPerPass on the CPU (the same
-  // bits as one at a time), kGpuWindowsPerPass elsewhere (agrees to float rounding), unless set
+  // bits as one at a time at float32; to float rounding with --precision bf16),
+  // kGpuWindowsPerPass elsewhere (agrees to float rounding), unless set
   // (benchmarks and the parity check).
   int64_t windows_per_pass() const {
     return windows_per_pass_ > 0 ? windows_per_pass_ : device_.is_cpu() ? kCpuWindowsPerPass : kGpuWindowsPerPass;

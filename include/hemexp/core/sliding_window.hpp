@@ -16,7 +16,8 @@ struct SlidingWindowOptions {
   torch::Device device = torch::kCPU;              // where patches are evaluated
   // Windows stacked into one forward pass (a batch); the segmenter's choice is 2 on the CPU and
   // more on a GPU. Results agree to float rounding whatever the count (on the CPU, with the
-  // shipped segmenter, they are the same bits: test UMamba.LargeStagesTakeOneWindowAtATime).
+  // shipped segmenter at float32, they are the same bits: test
+  // UMamba.LargeStagesTakeOneWindowAtATime).
   int64_t windows_per_pass = 1;
   // Tile only the bounding box of the voxels that differ from pad_value (in any channel, by more
   // than 1e-4); outside it class 0 has probability 1. A window there would see nothing but the pad

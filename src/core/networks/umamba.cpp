@@ -22,8 +22,10 @@ namespace {
 constexpr std::array<int64_t, 3> kUnitStride{1, 1, 1};
 // Widest convolution sent to direct_conv3d (docs/PERFORMANCE.md: where it beats oneDNN).
 constexpr int64_t kDirectMaxChannels = 16;
-// A stage whose output map is larger than this for one sample (about a core's L2 cache) takes
-// the samples of a batch one at a time at inference on the CPU (UMambaImpl::run).
+// A stage whose output map is larger than this for one sample takes the samples of a batch one
+// at a time at inference on the CPU (UMambaImpl::run). Chosen by measurement on the shipped model:
+// with 1 MiB its two largest stages go one at a time; with 3 MiB only the largest, which was no
+// faster (docs/PERFORMANCE.md, session 44).
 constexpr int64_t kPerSampleBytes = int64_t(1) << 20;
 
 std::vector<int64_t> vec(const std::array<int64_t, 3>& a) { return {a[0], a[1], a[2]}; }
@@ -504,12 +506,14 @@ int64_t UMambaImpl::per_sample_stages(const torch::Tensor& input) const {
 std::vector<torch::Tensor> UMambaImpl::run(const torch::Tensor& input, bool all_heads) {
   const int64_t n = config_.n_stages();
   // With several windows at inference on the CPU, the stages whose maps are large (over 1 MiB a
-  // window: the shipped model's full- and half-resolution stages) take one window at a time,
-  // so that its maps stay in cache, and the small ones take them all at once, which gives the
-  // threads enough work (one window's oneDNN convolutions and Mamba layer there keep the second
-  // thread mostly waiting). The activations are groups of samples: one per sample in the first
-  // `split` stages (and the decoder stages at their resolution), the whole batch after. Each
-  // window gets the bits it gets alone.
+  // window: the shipped model's full- and half-resolution stages) take one window at a time
+  // (the whole network on a batch was slower: several windows' large maps crowd the caches), and
+  // the small ones take them all at once, which gives the threads enough work (one window's
+  // oneDNN convolutions there keep the second thread mostly waiting). The activations are groups
+  // of samples: one per sample in the first `split` stages (and the decoder stages at their
+  // resolution), the whole batch after. With float32 convolutions each of the shipped model's
+  // windows gets the bits it gets alone (test UMamba.LargeStagesTakeOneWindowAtATime); with a
+  // lower --precision, the same to float rounding.
   const int64_t split = per_sample_stages(input);
   const auto samples = [](const torch::Tensor& t) {
     std::vector<torch::Tensor> items;
@@ -528,15 +532,27 @@ std::vector<torch::Tensor> UMambaImpl::run(const torch::Tensor& input, bool all_
     auto* stage = encoder_stages_[s]->as<torch::nn::Sequential>();
     each(x, [stage](const torch::Tensor& t) { return stage->forward(t); });
     if (config_.mamba_after_every_stage() || s == n - 1) {
+      // The Mamba layer takes one window at a time even in the batched stages: ATen splits its
+      // element-wise steps (and OpenBLAS its products) by size, so a batch could round a window's
+      // last bits differently (it did on 5 threads), and batching it gained nothing (two windows
+      // took as long as two of one).
       auto* mamba = encoder_mamba_[mamba_index++]->as<MambaLayer>();
-      each(x, [mamba](const torch::Tensor& t) { return mamba->forward(t); });
+      each(x, [mamba, split, &samples](const torch::Tensor& t) {
+        if (split == 0 || t.size(0) == 1) return mamba->forward(t);
+        std::vector<torch::Tensor> items;
+        for (const torch::Tensor& item : samples(t)) items.push_back(mamba->forward(item));
+        return torch::cat(items, 0);
+      });
     }
     skips.push_back(x);
   }
   std::vector<torch::Tensor> outputs;
   for (int64_t s = 0; s < n - 1; ++s) {
     const std::vector<torch::Tensor>& skip = skips[size_t(n - 2 - s)];
-    if (skip.size() != x.size()) x = samples(x.front());
+    if (skip.size() != x.size()) {
+      TORCH_INTERNAL_ASSERT(x.size() == 1, "umamba: a batched stage follows a one-at-a-time one");
+      x = samples(x.front());
+    }
     auto* up = upsample_convs_[s]->as<torch::nn::Conv3dImpl>();
     auto* stage = decoder_stages_[s]->as<torch::nn::Sequential>();
     for (size_t i = 0; i < x.size(); ++i)
