@@ -507,7 +507,7 @@ std::vector<torch::Tensor> UMambaImpl::run(const torch::Tensor& input, bool all_
   const int64_t n = config_.n_stages();
   // With several windows at inference on the CPU, the stages whose maps are large (over 1 MiB a
   // window: the shipped model's full- and half-resolution stages) take one window at a time
-  // (the whole network on a batch was slower: several windows' large maps crowd the caches), and
+  // (the whole network on a batch was no faster and rounded differently), and
   // the small ones take them all at once, which gives the threads enough work (one window's
   // oneDNN convolutions there keep the second thread mostly waiting). The activations are groups
   // of samples: one per sample in the first `split` stages (and the decoder stages at their
