@@ -193,7 +193,7 @@ bool isa_supported(ScanIsa isa) {
     case ScanIsa::Avx2:
       return simd::cpu_has_avx2_fma();
     case ScanIsa::Avx512:
-      return __builtin_cpu_supports("avx512f") && simd::cpu_has_avx2_fma();
+      return simd::cpu_has_avx512f() && simd::cpu_has_avx2_fma();
 #else
     default:
       return false;

@@ -88,4 +88,14 @@ inline bool cpu_has_avx2_fma() {
 #endif
 }
 
+// Whether this CPU runs the AVX-512 kernels (AVX-512F; x86 GCC builds, elsewhere false).
+inline bool cpu_has_avx512f() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+#else
+  return false;
+#endif
+}
+
 }  // namespace hemexp::simd

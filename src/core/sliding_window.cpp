@@ -144,7 +144,7 @@ void softmax_accumulate(const torch::Tensor& logits, const torch::Tensor& weight
   float* op = out.data_ptr<float>();
   const int64_t plane = depth * height * width;
 #ifdef HEMEXP_SOFTMAX_X86
-  const bool avx512 = __builtin_cpu_supports("avx512f");
+  const bool avx512 = simd::cpu_has_avx512f();
 #endif
   at::parallel_for(0, depth * height, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {

@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 
 #include "hemexp/core/error.hpp"
+#include "../simd.hpp"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -22,8 +23,7 @@ constexpr int64_t kLanes = 16;  // float32 lanes of an AVX-512 register
 
 bool cpu_supported() {
 #ifdef HEMEXP_DIRECT_CONV_X86
-  static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok;
+  return simd::cpu_has_avx512f();
 #else
   return false;
 #endif

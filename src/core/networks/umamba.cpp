@@ -30,6 +30,15 @@ constexpr int64_t kPerSampleBytes = int64_t(1) << 20;
 
 std::vector<int64_t> vec(const std::array<int64_t, 3>& a) { return {a[0], a[1], a[2]}; }
 
+// f on each sample of a batch alone (slices of one), the results concatenated: for layers that
+// would otherwise round a sample of a batch differently from the sample alone (UMambaImpl::run).
+torch::Tensor each_sample(const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& f) {
+  if (x.size(0) == 1) return f(x);
+  std::vector<torch::Tensor> items;
+  for (int64_t b = 0; b < x.size(0); ++b) items.push_back(f(x.slice(0, b, b + 1)));
+  return torch::cat(items, 0);
+}
+
 std::array<int64_t, 3> triple(const nlohmann::json& j, const std::string& what) {
   if (!j.is_array() || j.size() != 3) throw CoreError("model card: " + what + " must be a list of 3 integers");
   std::array<int64_t, 3> out{};
@@ -78,15 +87,12 @@ torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const 
   // Any other 1 x 1 x 1 convolution (more than 16 output channels, strided or not; all of them
   // without AVX-512) is a matrix product over the voxels: ATen's own conv3d does it as one GEMM,
   // where oneDNN was 3-4x slower on such layers (bench_layers, docs/PERFORMANCE.md).
-  if (pointwise && !lower) {
-    if (x.size(0) == 1) return torch::conv3d(x, conv.weight, conv.bias, *o.stride(), padding, *o.dilation(), o.groups());
-    // One sample at a time: ATen takes another path for a batch, whose sums differ in the last
-    // bit, and each window of a batch must get what it gets alone.
-    std::vector<torch::Tensor> items;
-    for (int64_t b = 0; b < x.size(0); ++b)
-      items.push_back(torch::conv3d(x.slice(0, b, b + 1), conv.weight, conv.bias, *o.stride(), padding, *o.dilation(), o.groups()));
-    return torch::cat(items, 0);
-  }
+  // One sample at a time: ATen takes another path for a batch, whose sums differ in the last bit,
+  // and each window of a batch must get what it gets alone.
+  if (pointwise && !lower)
+    return each_sample(x, [&](const torch::Tensor& item) {
+      return torch::conv3d(item, conv.weight, conv.bias, *o.stride(), padding, *o.dilation(), o.groups());
+    });
   const torch::Tensor in = lower ? x.to(dtype) : x, weight = lower ? conv.weight.to(dtype) : conv.weight;
   const torch::Tensor bias = lower && conv.bias.defined() ? conv.bias.to(dtype) : conv.bias;
   const torch::Tensor y = onednn ? torch::mkldnn_convolution(in.contiguous(), weight, bias, padding, *o.stride(),
@@ -537,12 +543,8 @@ std::vector<torch::Tensor> UMambaImpl::run(const torch::Tensor& input, bool all_
       // last bits differently (it did on 5 threads), and batching it gained nothing (two windows
       // took as long as two of one).
       auto* mamba = encoder_mamba_[mamba_index++]->as<MambaLayer>();
-      each(x, [mamba, split, &samples](const torch::Tensor& t) {
-        if (split == 0 || t.size(0) == 1) return mamba->forward(t);
-        std::vector<torch::Tensor> items;
-        for (const torch::Tensor& item : samples(t)) items.push_back(mamba->forward(item));
-        return torch::cat(items, 0);
-      });
+      const auto layer = [mamba](const torch::Tensor& t) { return mamba->forward(t); };
+      each(x, [&layer, split](const torch::Tensor& t) { return split == 0 ? layer(t) : each_sample(t, layer); });
     }
     skips.push_back(x);
   }
