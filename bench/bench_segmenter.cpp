@@ -14,10 +14,11 @@
 // precision other than fp32 the logits are not held to 1e-3 (bf16 keeps 8 bits of mantissa):
 // only the mask Dice against the float32 CPU is (>= 0.99), and both are reported.
 // --device runs the benchmark there (default cpu). --parity first checks the device against the
-// CPU one window at a time (the CPU's default is 2 a pass, the same bits): the logits of one window
-// (max |difference|, must be <= 1e-3) and the whole 32-slice head's segment() (max |probability
-// difference|, mask Dice, must be >= 0.999); exit status 1 when either fails. With --device cpu
-// and --windows-per-pass N > 1 it checks batched windows against one at a time.
+// CPU one window at a time on all threads (the CPU's default is a window per thread at once):
+// the logits of two windows (max |difference|, must be <= 1e-3) and the whole 32-slice head's
+// segment() (max |probability difference|, mask Dice, must be >= 0.999); exit status 1 when
+// either fails. With --device cpu and --windows-per-pass N > 1 it checks N windows at once (one
+// per thread) against one at a time.
 //
 // --dump DIR writes DIR/windows.safetensors for scripts/bench_reference.py: the model-grid input
 // of the first slice count, the C++ softmax probabilities on it, and the seconds the C++ sliding

@@ -118,7 +118,7 @@ if [ $CUDA = 1 ]; then
     "$BUILD/bench_segmenter" --model "$MODEL" --device cuda --parity --slices 32 --threads "$THREADS" --repeats 1 \
     --json "$RESULTS/parity.json" || failed=1
 else
-  stage "parity: 4 windows per pass against one at a time (cpu; the CPU's default is 2)" \
+  stage "parity: 4 windows per pass at once against one at a time (cpu; the default is one per thread)" \
     "$BUILD/bench_segmenter" --model "$MODEL" --device cpu --windows-per-pass 4 --parity --slices 32 --threads "$THREADS" \
     --repeats 1 --json "$RESULTS/parity.json" || failed=1
 fi

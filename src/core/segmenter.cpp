@@ -1,6 +1,7 @@
 #include "hemexp/core/segmenter.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "hemexp/core/error.hpp"
@@ -251,9 +252,11 @@ Segmentation Segmenter::segment(const Volume& canonical, bool with_probability) 
   o.overlap = recipe_.overlap;
   o.mirror = recipe_.mirror;
   o.device = device_;
-  // Two windows a pass on the CPU (at float32 the same bits as one at a time); a GPU is kept
-  // busy with more.
+  // On the CPU the windows of a pass go through the network at once, one per thread, each on its
+  // thread alone (faster than each window on every thread, and the same bits whatever the thread
+  // count: docs/PERFORMANCE.md, session 45); a GPU takes a stack of windows per forward pass.
   o.windows_per_pass = windows_per_pass();
+  o.concurrent_windows = device_.is_cpu() && o.windows_per_pass > 1;
   // Pad with the normalised value of air, what the network saw outside the head in training.
   o.pad_value = float((recipe_.preprocessing.clip_low_hu - recipe_.preprocessing.mean_hu) / recipe_.preprocessing.std_hu);
   // Windows only over the box of the voxels above the clip floor (the head, and whatever else is
@@ -261,14 +264,14 @@ Segmentation Segmenter::segment(const Volume& canonical, bool with_probability) 
   o.crop_to_content = true;
   UMamba net = network_;  // a handle to the same module (forward is not const in LibTorch)
   const int64_t classes = net->config().num_classes;
-  int64_t windows = 0;
+  std::atomic<int64_t> windows{0};  // the network may be called from several threads at once
   const torch::Tensor probabilities = sliding_window_probabilities(
       [&net, &windows](const torch::Tensor& patch) {
         windows += patch.size(0);
         return net->forward(patch);
       },
       input, classes, o);
-  s.windows = windows;
+  s.windows = windows.load();
   s.seconds.network = seconds_since(t0);
   t0 = Clock::now();
   const bool multi = recipe_.multi_class();

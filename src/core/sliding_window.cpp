@@ -7,6 +7,7 @@
 
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include "hemexp/core/error.hpp"
 #include "simd.hpp"
@@ -217,14 +218,10 @@ torch::Tensor sliding_window_probabilities(const PatchNetwork& network, const to
         .slice(first_dim + 1, at[1], at[1] + o.patch_size[1])
         .slice(first_dim + 2, at[2], at[2] + o.patch_size[2]);
   };
-  for (size_t first = 0; first < starts.size(); first += size_t(o.windows_per_pass)) {
-    const size_t last = std::min(starts.size(), first + size_t(o.windows_per_pass));
-    std::vector<torch::Tensor> patches;
-    for (size_t w = first; w < last; ++w) patches.push_back(window(input, starts[w], 1));
-    const torch::Tensor batch = patches.size() == 1 ? patches[0].unsqueeze(0) : torch::stack(patches);
-    // Without mirroring the logits are kept and each window's softmax is taken as it is added
-    // (in one pass where softmax_accumulate applies); with it, the flips' probabilities are summed.
-    const bool single = flips.size() == 1;
+  // Without mirroring the logits are kept and each window's softmax is taken as it is added
+  // (in one pass where softmax_accumulate applies); with it, the flips' probabilities are summed.
+  const bool single = flips.size() == 1;
+  const auto evaluate = [&](const torch::Tensor& batch) {
     torch::Tensor sum;
     for (const auto& dims : flips) {
       const torch::Tensor in = dims.empty() ? batch : batch.flip(dims);
@@ -234,11 +231,37 @@ torch::Tensor sliding_window_probabilities(const PatchNetwork& network, const to
       sum = sum.defined() ? sum + p : p;
     }
     if (sum.size(1) != num_classes) throw CoreError("sliding window: the network gives a different class count");
-    if (sum.size(0) != int64_t(last - first)) throw CoreError("sliding window: the network gives a different batch size");
+    if (sum.size(0) != batch.size(0)) throw CoreError("sliding window: the network gives a different batch size");
+    return sum;
+  };
+  const bool concurrent = o.concurrent_windows && o.device.is_cpu();
+  for (size_t first = 0; first < starts.size(); first += size_t(o.windows_per_pass)) {
+    const size_t last = std::min(starts.size(), first + size_t(o.windows_per_pass));
+    // Each window's (1, K, z, y, x) result.
+    std::vector<torch::Tensor> results(last - first);
+    if (concurrent) {
+      // One window per thread: inside at::parallel_for every ATen, oneDNN and OpenBLAS call of
+      // the network runs on its thread alone, so each window gets the bits of a one-thread run
+      // whatever the thread count. A lone window still goes through the parallel region (with an
+      // idle second slot) so that it too runs on one thread. The workers take the caller's
+      // thread-local state (inference mode, grad mode).
+      const int64_t n = int64_t(last - first);
+      const at::ThreadLocalState state;
+      at::parallel_for(0, std::max<int64_t>(n, 2), 1, [&](int64_t begin, int64_t end) {
+        const at::ThreadLocalStateGuard guard(state);
+        for (int64_t i = begin; i < std::min(end, n); ++i)
+          results[size_t(i)] = evaluate(window(input, starts[first + size_t(i)], 1).unsqueeze(0));
+      });
+    } else {
+      std::vector<torch::Tensor> patches;
+      for (size_t w = first; w < last; ++w) patches.push_back(window(input, starts[w], 1));
+      const torch::Tensor sum = evaluate(patches.size() == 1 ? patches[0].unsqueeze(0) : torch::stack(patches));
+      for (size_t w = first; w < last; ++w) results[w - first] = sum.slice(0, int64_t(w - first), int64_t(w - first) + 1);
+    }
     for (size_t w = first; w < last; ++w) {
       // One pass into the accumulator, without the two temporaries of `+= p * weight` (the same
       // values on the CPU, checked equal; on CUDA an FMA may round the last bit differently).
-      const torch::Tensor item = sum[int64_t(w - first)];
+      const torch::Tensor item = results[w - first][0];
       torch::Tensor target = window(probabilities, starts[w], 1);
       if (single && softmax_accumulate_applicable(item, weight_patch, target))
         softmax_accumulate(item, weight_patch, target);

@@ -1,6 +1,11 @@
 // Preprocessing (resampling between grids, CT normalisation) and sliding-window inference.
 #include <gtest/gtest.h>
 
+#include <mutex>
+#include <set>
+
+#include <ATen/Parallel.h>
+
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/preprocessing.hpp"
 #include "hemexp/core/runtime.hpp"
@@ -107,9 +112,10 @@ TEST(SlidingWindow, SoftmaxAccumulateIsSoftmaxThenAddcmul) {
   EXPECT_THROW(softmax_accumulate(torch::zeros({2, 1, 2, 3}, torch::kFloat64), torch::ones({1, 2, 3}), doubles), CoreError);
 }
 
-// Windows stacked into one forward pass (what a GPU does) give what one window at a time gives:
-// a network whose output depends on each window as a whole (its mean) sees every window once,
-// in order, whatever the batch, with and without mirroring and a last batch left short.
+// Windows stacked into one forward pass (what a GPU does), or sent through the network at once,
+// one per thread (the CPU), give what one window at a time gives: a network whose output depends
+// on each window as a whole (its mean) sees every window once, in its place, whatever the pass,
+// with and without mirroring and a last pass left short.
 TEST(SlidingWindow, WindowsPerPassDoNotChangeTheResult) {
   const auto per_window = [](const torch::Tensor& patch) {
     const torch::Tensor centred = patch - patch.mean({1, 2, 3, 4}, true);
@@ -122,16 +128,78 @@ TEST(SlidingWindow, WindowsPerPassDoNotChangeTheResult) {
     o.patch_size = {8, 16, 16};
     o.mirror = mirror;
     const torch::Tensor one = sliding_window_probabilities(per_window, image, 3, o);
-    for (const int64_t n : {2, 3, 100}) {  // 3 x 3 x 3 = 27 windows: 13 + 1, 9, 1 pass
-      o.windows_per_pass = n;
-      const torch::Tensor batched = sliding_window_probabilities(per_window, image, 3, o);
-      ASSERT_EQ(batched.sizes(), one.sizes());
-      EXPECT_LT((batched - one).abs().max().item<double>(), 1e-6) << n << " windows per pass, mirror " << mirror;
-    }
+    for (const bool concurrent : {false, true})
+      for (const int64_t n : {2, 3, 100}) {  // 3 x 3 x 3 = 27 windows: 13 + 1, 9, 1 pass
+        o.windows_per_pass = n;
+        o.concurrent_windows = concurrent;
+        const torch::Tensor batched = sliding_window_probabilities(per_window, image, 3, o);
+        ASSERT_EQ(batched.sizes(), one.sizes());
+        EXPECT_LT((batched - one).abs().max().item<double>(), 1e-6)
+            << n << " windows per pass, mirror " << mirror << ", concurrent " << concurrent;
+      }
   }
   SlidingWindowOptions o;
   o.windows_per_pass = 0;
   EXPECT_THROW(sliding_window_probabilities(per_window, image, 3, o), CoreError);
+}
+
+// The CPU's way (the segmenter's default there): the windows of a pass go through the shipped
+// network at once, one per thread, each on its thread alone. The probabilities are the same bits
+// as one window at a time on one thread, on 2 and 3 threads, with more windows a pass than
+// threads, a lone window in the last pass, and mirroring; the network really is called from
+// two threads at once, inside the caller's inference mode. (One window at a time on two threads,
+// each window's convolutions split between them, rounds differently: not the same bits.)
+TEST(SlidingWindow, ConcurrentWindowsGiveOneThreadBits) {
+  const Segmenter seg = Segmenter::load(std::filesystem::path(HEMEXP_TEST_DATA).parent_path().parent_path() / "models/hemexp-seg-labels.safetensors");
+  UMamba net = seg.network();
+  std::mutex mutex;
+  std::set<int> threads_seen;
+  bool inference_everywhere = true;
+  const auto network = [&](const torch::Tensor& patch) {
+    {
+      const std::lock_guard<std::mutex> lock(mutex);
+      threads_seen.insert(at::get_thread_num());
+      inference_everywhere = inference_everywhere && c10::InferenceMode::is_enabled();
+    }
+    return net->forward(patch);
+  };
+  torch::manual_seed(12);
+  const torch::Tensor image = torch::randn({1, 20, 120, 150});  // 2 x 2 x 3 = 12 windows of 16 x 96 x 96
+  SlidingWindowOptions o;
+  o.patch_size = seg.recipe().patch_size;
+  o.overlap = seg.recipe().overlap;
+  c10::InferenceMode guard;
+  const int before = at::get_num_threads();
+  at::set_num_threads(1);
+  const torch::Tensor reference = sliding_window_probabilities(network, image, 4, o);
+  o.concurrent_windows = true;
+  for (const auto& [threads, per_pass] : std::vector<std::pair<int, int64_t>>{{2, 2}, {3, 3}, {2, 5}}) {
+    at::set_num_threads(threads);
+    threads_seen.clear();
+    o.windows_per_pass = per_pass;  // 5: passes of 5, 5 and 2
+    EXPECT_TRUE(torch::equal(sliding_window_probabilities(network, image, 4, o), reference))
+        << threads << " threads, " << per_pass << " windows a pass";
+    EXPECT_EQ(threads_seen.size(), size_t(threads)) << threads << " threads";
+  }
+  EXPECT_TRUE(inference_everywhere);
+  // Three windows, passes of 2 and 1 (the lone window on one thread too), with mirroring (8 flips
+  // a window).
+  const torch::Tensor three = image.slice(1, 0, 16).slice(2, 0, 96);
+  o.mirror = true;
+  at::set_num_threads(1);
+  o.windows_per_pass = 1;
+  const torch::Tensor mirrored = sliding_window_probabilities(network, three, 4, o);
+  at::set_num_threads(2);
+  o.windows_per_pass = 2;
+  EXPECT_TRUE(torch::equal(sliding_window_probabilities(network, three, 4, o), mirrored));
+  // One window at a time on two threads: close, but other bits.
+  o.mirror = false;
+  o.windows_per_pass = 1;
+  o.concurrent_windows = false;
+  const double split = (sliding_window_probabilities(network, image, 4, o) - reference).abs().max().item<double>();
+  EXPECT_GT(split, 0.0);
+  EXPECT_LT(split, 1e-4);
+  at::set_num_threads(before);
 }
 
 // Cropping to the content: windows only over the box of voxels that differ from the pad value;

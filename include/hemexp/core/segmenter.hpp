@@ -1,5 +1,7 @@
 #pragma once
 
+#include <ATen/Parallel.h>
+
 #include "hemexp/core/measurements.hpp"
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/preprocessing.hpp"
@@ -8,11 +10,8 @@
 
 namespace hemexp {
 
-// Sliding-window windows per forward pass off the CPU.
+// Sliding-window windows per forward pass off the CPU (on the CPU: one per thread, at once).
 constexpr int64_t kGpuWindowsPerPass = 8;
-// On the CPU: two windows go through the network's small stages together (UMambaImpl::run),
-// each with the bits it gets alone at float32 (docs/PERFORMANCE.md, session 44).
-constexpr int64_t kCpuWindowsPerPass = 2;
 
 // How a segmentation model is run, from the card's "inference" and "postprocessing" blocks.
 struct SegmentationRecipe {
@@ -127,12 +126,13 @@ class Segmenter {
   const SegmentationRecipe& recipe() const { return recipe_; }
   const UMamba& network() const { return network_; }
   const torch::Device& device() const { return device_; }
-  // Windows per forward pass of the sliding window: kCpuWindowsPerPass on the CPU (the same
-  // bits as one at a time at float32; to float rounding with --precision bf16),
-  // kGpuWindowsPerPass elsewhere (agrees to float rounding), unless set
-  // (benchmarks and the parity check).
+  // Windows per pass of the sliding window: on the CPU one per thread (at::get_num_threads()),
+  // each through the network on its thread alone (SlidingWindowOptions::concurrent_windows: the
+  // same bits on any thread count); elsewhere kGpuWindowsPerPass stacked into one forward pass
+  // (agrees to float rounding); unless set (benchmarks and the parity check; on the CPU, 1 runs
+  // each window on all threads, one after another).
   int64_t windows_per_pass() const {
-    return windows_per_pass_ > 0 ? windows_per_pass_ : device_.is_cpu() ? kCpuWindowsPerPass : kGpuWindowsPerPass;
+    return windows_per_pass_ > 0 ? windows_per_pass_ : device_.is_cpu() ? int64_t(at::get_num_threads()) : kGpuWindowsPerPass;
   }
   void set_windows_per_pass(int64_t n) { windows_per_pass_ = n; }
   // The precision of the network's convolutions (UMambaImpl::set_convolution_dtype): "fp32"

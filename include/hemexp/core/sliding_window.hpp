@@ -14,11 +14,18 @@ struct SlidingWindowOptions {
   bool mirror = false;                             // test-time augmentation: average of 8 flips
   float pad_value = 0.f;                           // for images smaller than a patch
   torch::Device device = torch::kCPU;              // where patches are evaluated
-  // Windows stacked into one forward pass (a batch); the segmenter's choice is 2 on the CPU and
-  // more on a GPU. Results agree to float rounding whatever the count (on the CPU, with the
-  // shipped segmenter at float32, they are the same bits: test
-  // UMamba.LargeStagesTakeOneWindowAtATime).
+  // Windows per pass: stacked into one forward pass (a batch), or, with concurrent_windows, sent
+  // through the network at the same time, one window per thread. The segmenter's choice is the
+  // thread count on the CPU, concurrently, and 8 stacked on a GPU. Stacked results agree with one
+  // window at a time to float rounding.
   int64_t windows_per_pass = 1;
+  // On the CPU: the windows of a pass go through the network one per thread, each on its thread
+  // alone (every ATen, oneDNN and OpenBLAS call inside at::parallel_for runs single-threaded),
+  // and are then added in window order. Each window's logits are those of a one-thread run, so
+  // the probabilities are the same bits on any thread count (test
+  // SlidingWindow.ConcurrentWindowsGiveOneThreadBits). The network must be safe to call from
+  // several threads at once (a LibTorch module at inference is). Ignored off the CPU.
+  bool concurrent_windows = false;
   // Tile only the bounding box of the voxels that differ from pad_value (in any channel, by more
   // than 1e-4); outside it class 0 has probability 1. A window there would see nothing but the pad
   // value (a CT clipped below at air/fat level: the air around the head), so what changes is where
@@ -52,7 +59,8 @@ bool softmax_accumulate_applicable(const torch::Tensor& logits, const torch::Ten
 // evaluated, weighted by the Gaussian, and the weighted average is returned. The image goes to
 // the options' device once and the accumulators live there: one transfer in and one out per
 // image, whatever the device. Memory (on the device): the image, one (K, z, y, x) accumulator
-// and one (z, y, x) weight map, plus windows_per_pass patches.
+// and one (z, y, x) weight map, plus windows_per_pass patches (and, with concurrent_windows,
+// one network's working memory per window of a pass).
 torch::Tensor sliding_window_probabilities(const PatchNetwork& network, const torch::Tensor& image,
                                            int64_t num_classes, const SlidingWindowOptions& options);
 

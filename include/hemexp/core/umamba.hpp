@@ -120,10 +120,6 @@ class UMambaImpl : public torch::nn::Module {
   // the parameters): CoreError, and the previous precision kept, when the backend cannot.
   void set_convolution_dtype(torch::ScalarType dtype);
   torch::ScalarType convolution_dtype() const { return conv_dtype_; }
-  // How many leading encoder stages (and the decoder stages at their resolution) the forward
-  // pass runs one sample at a time for this input: at inference on the CPU with a batch, those
-  // whose output map is over 1 MiB a sample; 0 otherwise (everything batched).
-  int64_t per_sample_stages(const torch::Tensor& input) const;
 
  private:
   // The forward pass; all_heads: every deep-supervision output, else the full-resolution one.

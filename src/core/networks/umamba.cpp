@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <functional>
 
 #include <ATen/Parallel.h>
 
@@ -22,22 +21,8 @@ namespace {
 constexpr std::array<int64_t, 3> kUnitStride{1, 1, 1};
 // Widest convolution sent to direct_conv3d (docs/PERFORMANCE.md: where it beats oneDNN).
 constexpr int64_t kDirectMaxChannels = 16;
-// A stage whose output map is larger than this for one sample takes the samples of a batch one
-// at a time at inference on the CPU (UMambaImpl::run). Chosen by measurement on the shipped model:
-// with 1 MiB its two largest stages go one at a time; with 3 MiB only the largest, which was no
-// faster (docs/PERFORMANCE.md, session 44).
-constexpr int64_t kPerSampleBytes = int64_t(1) << 20;
 
 std::vector<int64_t> vec(const std::array<int64_t, 3>& a) { return {a[0], a[1], a[2]}; }
-
-// f on each sample of a batch alone (slices of one), the results concatenated: for layers that
-// would otherwise round a sample of a batch differently from the sample alone (UMambaImpl::run).
-torch::Tensor each_sample(const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& f) {
-  if (x.size(0) == 1) return f(x);
-  std::vector<torch::Tensor> items;
-  for (int64_t b = 0; b < x.size(0); ++b) items.push_back(f(x.slice(0, b, b + 1)));
-  return torch::cat(items, 0);
-}
 
 std::array<int64_t, 3> triple(const nlohmann::json& j, const std::string& what) {
   if (!j.is_array() || j.size() != 3) throw CoreError("model card: " + what + " must be a list of 3 integers");
@@ -87,12 +72,7 @@ torch::Tensor conv3d(torch::nn::Conv3dImpl& conv, const torch::Tensor& x, const 
   // Any other 1 x 1 x 1 convolution (more than 16 output channels, strided or not; all of them
   // without AVX-512) is a matrix product over the voxels: ATen's own conv3d does it as one GEMM,
   // where oneDNN was 3-4x slower on such layers (bench_layers, docs/PERFORMANCE.md).
-  // One sample at a time: ATen takes another path for a batch, whose sums differ in the last bit,
-  // and each window of a batch must get what it gets alone.
-  if (pointwise && !lower)
-    return each_sample(x, [&](const torch::Tensor& item) {
-      return torch::conv3d(item, conv.weight, conv.bias, *o.stride(), padding, *o.dilation(), o.groups());
-    });
+  if (pointwise && !lower) return torch::conv3d(x, conv.weight, conv.bias, *o.stride(), padding, *o.dilation(), o.groups());
   const torch::Tensor in = lower ? x.to(dtype) : x, weight = lower ? conv.weight.to(dtype) : conv.weight;
   const torch::Tensor bias = lower && conv.bias.defined() ? conv.bias.to(dtype) : conv.bias;
   const torch::Tensor y = onednn ? torch::mkldnn_convolution(in.contiguous(), weight, bias, padding, *o.stride(),
@@ -497,77 +477,28 @@ UMambaImpl::UMambaImpl(const UMambaConfig& c) : config_(c) {
 
 std::vector<torch::Tensor> UMambaImpl::forward_all(const torch::Tensor& input) { return run(input, true); }
 
-int64_t UMambaImpl::per_sample_stages(const torch::Tensor& input) const {
-  if (input.dim() != 5 || input.size(0) < 2 || !input.is_cpu() || torch::GradMode::is_enabled()) return 0;
-  std::array<int64_t, 3> size{input.size(2), input.size(3), input.size(4)};
-  int64_t s = 0;
-  for (; s < config_.n_stages(); ++s) {
-    for (size_t a = 0; a < 3; ++a) size[a] = (size[a] - 1) / config_.strides[size_t(s)][a] + 1;  // "same" padding
-    if (config_.features_per_stage[size_t(s)] * size[0] * size[1] * size[2] * int64_t(sizeof(float)) <= kPerSampleBytes)
-      break;
-  }
-  return s;
-}
-
 std::vector<torch::Tensor> UMambaImpl::run(const torch::Tensor& input, bool all_heads) {
   const int64_t n = config_.n_stages();
-  // With several windows at inference on the CPU, the stages whose maps are large (over 1 MiB a
-  // window: the shipped model's full- and half-resolution stages) take one window at a time
-  // (the whole network on a batch was no faster and rounded differently), and
-  // the small ones take them all at once, which gives the threads enough work (one window's
-  // oneDNN convolutions there keep the second thread mostly waiting). The activations are groups
-  // of samples: one per sample in the first `split` stages (and the decoder stages at their
-  // resolution), the whole batch after. With float32 convolutions each of the shipped model's
-  // windows gets the bits it gets alone (test UMamba.LargeStagesTakeOneWindowAtATime); with a
-  // lower --precision, the same to float rounding.
-  const int64_t split = per_sample_stages(input);
-  const auto samples = [](const torch::Tensor& t) {
-    std::vector<torch::Tensor> items;
-    for (int64_t b = 0; b < t.size(0); ++b) items.push_back(t.slice(0, b, b + 1));
-    return items;
-  };
-  const auto each = [](std::vector<torch::Tensor>& groups, const std::function<torch::Tensor(const torch::Tensor&)>& f) {
-    for (torch::Tensor& g : groups) g = f(g);
-  };
-  std::vector<torch::Tensor> x = split > 0 ? samples(input) : std::vector<torch::Tensor>{input};
-  each(x, [this](const torch::Tensor& t) { return stem_(t); });
-  std::vector<std::vector<torch::Tensor>> skips;
+  std::vector<torch::Tensor> skips;
+  torch::Tensor x = stem_(input);
   size_t mamba_index = 0;
   for (int64_t s = 0; s < n; ++s) {
-    if (s == split && x.size() > 1) x = {torch::cat(x, 0)};
-    auto* stage = encoder_stages_[s]->as<torch::nn::Sequential>();
-    each(x, [stage](const torch::Tensor& t) { return stage->forward(t); });
-    if (config_.mamba_after_every_stage() || s == n - 1) {
-      // The Mamba layer takes one window at a time even in the batched stages: ATen splits its
-      // element-wise steps (and OpenBLAS its products) by size, so a batch could round a window's
-      // last bits differently (it did on 5 threads), and batching it gained nothing (two windows
-      // took as long as two of one).
-      auto* mamba = encoder_mamba_[mamba_index++]->as<MambaLayer>();
-      const auto layer = [mamba](const torch::Tensor& t) { return mamba->forward(t); };
-      each(x, [&layer, split](const torch::Tensor& t) { return split == 0 ? layer(t) : each_sample(t, layer); });
-    }
+    x = encoder_stages_[s]->as<torch::nn::Sequential>()->forward(x);
+    if (config_.mamba_after_every_stage() || s == n - 1)
+      x = encoder_mamba_[mamba_index++]->as<MambaLayer>()->forward(x);
     skips.push_back(x);
   }
   std::vector<torch::Tensor> outputs;
   for (int64_t s = 0; s < n - 1; ++s) {
-    const std::vector<torch::Tensor>& skip = skips[size_t(n - 2 - s)];
-    if (skip.size() != x.size()) {
-      TORCH_INTERNAL_ASSERT(x.size() == 1, "umamba: a batched stage follows a one-at-a-time one");
-      x = samples(x.front());
-    }
-    auto* up = upsample_convs_[s]->as<torch::nn::Conv3dImpl>();
-    auto* stage = decoder_stages_[s]->as<torch::nn::Sequential>();
-    for (size_t i = 0; i < x.size(); ++i)
-      // Nearest upsampling to the skip's size (= scale by the stage stride when it divides), then
-      // the 1x1 convolution: computed in the other order, which gives the same values (a 1x1
-      // convolution acts on each voxel alone, nearest upsampling copies voxels) at a quarter to
-      // an eighth of the cost, and upsamples the fewer channels.
-      x[i] = stage->forward(upsample_concat(conv3d(*up, x[i], {0, 0, 0}, conv_dtype_), skip[i]));
-    if ((all_heads && config_.deep_supervision) || s == n - 2) {
-      std::vector<torch::Tensor> heads;
-      for (const torch::Tensor& t : x) heads.push_back(conv3d(*seg_heads_[s]->as<torch::nn::Conv3dImpl>(), t, {0, 0, 0}, conv_dtype_));
-      outputs.push_back(heads.size() == 1 ? heads.front() : torch::cat(heads, 0));
-    }
+    const torch::Tensor& skip = skips[n - 2 - s];
+    // Nearest upsampling to the skip's size (= scale by the stage stride when it divides), then
+    // the 1x1 convolution: computed in the other order, which gives the same values (a 1x1
+    // convolution acts on each voxel alone, nearest upsampling copies voxels) at a quarter to an
+    // eighth of the cost, and upsamples the fewer channels.
+    x = conv3d(*upsample_convs_[s]->as<torch::nn::Conv3dImpl>(), x, {0, 0, 0}, conv_dtype_);
+    x = decoder_stages_[s]->as<torch::nn::Sequential>()->forward(upsample_concat(x, skip));
+    if ((all_heads && config_.deep_supervision) || s == n - 2)
+      outputs.push_back(conv3d(*seg_heads_[s]->as<torch::nn::Conv3dImpl>(), x, {0, 0, 0}, conv_dtype_));
   }
   std::reverse(outputs.begin(), outputs.end());
   return outputs;
