@@ -17,8 +17,8 @@
 // CPU one window at a time on all threads (the CPU's default is a window per thread at once):
 // the logits of two windows (max |difference|, must be <= 1e-3) and the whole 32-slice head's
 // segment() (max |probability difference|, mask Dice, must be >= 0.999); exit status 1 when
-// either fails. With --device cpu and --windows-per-pass N > 1 it checks N windows at once (one
-// per thread) against one at a time.
+// either fails. With --device cpu and --windows-per-pass N > 1 its segment() half checks N
+// windows at once (one per thread) against one at a time on all threads.
 //
 // --dump DIR writes DIR/windows.safetensors for scripts/bench_reference.py: the model-grid input
 // of the first slice count, the C++ softmax probabilities on it, and the seconds the C++ sliding
@@ -101,8 +101,10 @@ double umamba_flops(const hemexp::UMambaConfig& c, const std::array<int64_t, 3>&
   return flops;
 }
 
-// The device segmenter against the CPU one (one window at a time: `cpu` is set so): one window's
-// logits and the whole head's segment(). Prints and records the differences; false when out of tolerance.
+// The device segmenter against the CPU one (one window at a time: `cpu` is set so): the logits
+// of a batch of two windows (the network alone: 0 when both are on the CPU) and the whole head's
+// segment() (the sliding window as configured). Prints and records the differences; false when
+// out of tolerance.
 bool check_parity(const hemexp::Segmenter& candidate, const hemexp::Segmenter& cpu, const hemexp::Volume& head,
                   nlohmann::json& out) {
   c10::InferenceMode guard;
@@ -195,7 +197,6 @@ int main(int argc, char** argv) {
   report["repeats"] = repeats;
   report["window_gflop"] = window_flops / 1e9;
   report["device"] = device.str();
-  report["windows_per_pass"] = segmenter.windows_per_pass();
   report["precision"] = segmenter.precision();
   if (parity) {
     hemexp::Segmenter one_at_a_time = hemexp::Segmenter::load(model);
@@ -248,6 +249,7 @@ int main(int argc, char** argv) {
         windows = s.windows;
       });
       nlohmann::json row{{"slices", slice_counts[si]}, {"threads", threads}, {"windows", windows},
+                         {"windows_per_pass", segmenter.windows_per_pass()},
                          {"whole_grid_windows", whole_grid_windows},
                          {"input_voxels", volume.geometry.voxel_count()}, {"mask_voxels", mask_voxels}};
       for (auto& [name, values] : steps) {

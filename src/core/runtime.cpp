@@ -11,6 +11,9 @@
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace hemexp {
 
@@ -24,6 +27,21 @@ void keep_freed_memory() {
 void release_freed_memory() {
 #if defined(__GLIBC__)
   malloc_trim(0);
+#endif
+}
+
+OneThreadScope::OneThreadScope() {
+#ifdef _OPENMP
+  // ATen sets a thread's OpenMP count to its own on the thread's first use: done first, so that
+  // it cannot undo the one below.
+  previous_ = at::get_num_threads();
+  omp_set_num_threads(1);
+#endif
+}
+
+OneThreadScope::~OneThreadScope() {
+#ifdef _OPENMP
+  omp_set_num_threads(previous_);
 #endif
 }
 

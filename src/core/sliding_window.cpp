@@ -10,6 +10,7 @@
 #include <ATen/ThreadLocalState.h>
 
 #include "hemexp/core/error.hpp"
+#include "hemexp/core/runtime.hpp"
 #include "simd.hpp"
 
 namespace hemexp {
@@ -241,14 +242,16 @@ torch::Tensor sliding_window_probabilities(const PatchNetwork& network, const to
     std::vector<torch::Tensor> results(last - first);
     if (concurrent) {
       // One window per thread: inside at::parallel_for every ATen, oneDNN and OpenBLAS call of
-      // the network runs on its thread alone, so each window gets the bits of a one-thread run
-      // whatever the thread count. A lone window still goes through the parallel region (with an
-      // idle second slot) so that it too runs on one thread. The workers take the caller's
-      // thread-local state (inference mode, grad mode).
+      // the network runs on its thread alone, and each worker is told it has one thread
+      // (OneThreadScope: the libraries choose their algorithm by that count), so each window gets
+      // the bits of a one-thread run whatever the thread count. A lone window still goes through
+      // the parallel region (with an idle second slot) so that it too runs on one thread. The
+      // workers take the caller's thread-local state (inference mode, grad mode).
       const int64_t n = int64_t(last - first);
       const at::ThreadLocalState state;
       at::parallel_for(0, std::max<int64_t>(n, 2), 1, [&](int64_t begin, int64_t end) {
         const at::ThreadLocalStateGuard guard(state);
+        const OneThreadScope one_thread;
         for (int64_t i = begin; i < std::min(end, n); ++i)
           results[size_t(i)] = evaluate(window(input, starts[first + size_t(i)], 1).unsqueeze(0));
       });

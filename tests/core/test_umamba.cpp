@@ -231,6 +231,29 @@ TEST(Segmenter, LabelsWithoutTheProbabilityMapAreTheWholeGrids) {
   }
 }
 
+// segment() on the CPU takes a window per thread at once (the sliding window's
+// concurrent_windows): the probability map and the labels are the same bits on one, two and
+// three threads, with as many windows a pass as threads, and every window is counted once.
+TEST(Segmenter, ProbabilitiesDoNotDependOnTheThreadCount) {
+  synth::SynthCase c;
+  const Volume canonical = to_canonical(test::synthetic_head(31, 128, 1.0, &c)).volume;
+  const Segmenter seg = Segmenter::load(kParity.parent_path().parent_path().parent_path() / "models/hemexp-seg-labels.safetensors");
+  const int before = at::get_num_threads();
+  at::set_num_threads(1);
+  EXPECT_EQ(seg.windows_per_pass(), 1);
+  const Segmentation one = seg.segment(canonical, true);
+  ASSERT_GT(one.windows, 2);
+  for (const int threads : {2, 3}) {
+    at::set_num_threads(threads);
+    EXPECT_EQ(seg.windows_per_pass(), threads);
+    const Segmentation more = seg.segment(canonical, true);
+    EXPECT_TRUE(torch::equal(more.probability, one.probability)) << threads << " threads";
+    EXPECT_TRUE(torch::equal(more.labels, one.labels)) << threads << " threads";
+    EXPECT_EQ(more.windows, one.windows) << threads << " threads";
+  }
+  at::set_num_threads(before);
+}
+
 // --precision bf16 (Segmenter::set_precision): the convolutions run in bfloat16 through oneDNN
 // (this CPU has AVX-512 BF16 or oneDNN emulates it on AVX-512; elsewhere the option is refused,
 // and so is this test's premise), the logits move by bfloat16 rounding, not more, and fp32

@@ -26,6 +26,24 @@ void release_freed_memory();
 // `threads`, and 1 when the core was compiled without OpenMP (ATen's loop is then a plain call).
 int parallel_loop_threads(int threads);
 
+// While it lives, the calling thread is told it has one thread: OpenMP's count for this thread,
+// which ATen's at::get_num_threads(), oneDNN and OpenBLAS read to choose their algorithm (ATen,
+// for one, sends a large 1 x 1 x 1 convolution to oneDNN with two threads and to its own matrix
+// product with one, which round differently); the count before is put back after. For work that
+// runs on one thread inside a parallel region (the sliding window's concurrent windows), so that
+// it computes exactly what a one-thread run computes, not only on one thread. A no-op without
+// OpenMP.
+class OneThreadScope {
+ public:
+  OneThreadScope();
+  ~OneThreadScope();
+  OneThreadScope(const OneThreadScope&) = delete;
+  OneThreadScope& operator=(const OneThreadScope&) = delete;
+
+ private:
+  int previous_ = 1;
+};
+
 using Clock = std::chrono::steady_clock;
 
 // Wall-clock seconds since t0 (the timings_s of result.json, the benchmarks' steps).
