@@ -9,7 +9,9 @@
 #                 weights and windows, and the ratio (bench_segmenter, scripts/bench_reference.py)
 #       stages    `hemexp run` per stage on the same three heads, 1 and 2 threads: REPEATS+1
 #                 copies of the scan in one run (the first is the cold start, the median is over
-#                 the rest, as in a cohort), peak resident set, cost per voxel
+#                 the rest, as in a cohort), peak resident set, cost per voxel; then the three
+#                 heads interleaved in one run (cohort order): the network-free cost per voxel
+#                 of 300 against 32 slices, paired by round
 #       scan      the selective-scan kernel against its ATen reference
 #       layers    the network module by module on one window, each convolution through oneDNN
 #                 and ATen, against a plain conv3d (bench_layers), 1 and 2 threads
@@ -142,6 +144,51 @@ for n in (32, 128, 300):
               f" | {total:6.2f} {r['cold_case_s']:6.2f} {r['peak_rss_mb']:7.0f} {r['ns_per_voxel']:8.1f} {extra}")
 json.dump(rows, open(f"{work}/stages.json", "w"))
 PY
+  # Cost per voxel in cohort order: the three heads interleaved in one run (32, 128, 300 slices,
+  # REPEATS+1 rounds; the first round warms up), as a cohort of mixed scans runs them. Each
+  # round's 300- and 32-slice cases ran seconds apart, so a slow phase of a shared machine hits
+  # both: the paired ratio of their network-free cost per voxel is the linearity measure (the
+  # per-size runs above put each size in its own process, minutes apart).
+  echo
+  echo "== cohort order: the three heads interleaved, $repeats rounds after a warm-up round"
+  for threads in 1 2; do
+    mixed="$work/mixed-$threads"
+    mkdir -p "$mixed/in"
+    for ((k = 0; k <= repeats; k++)); do
+      for n in 32 128 300; do ln -sf "$work/head_$n.nii.gz" "$mixed/in/r$(printf %02d "$k")_s$(printf %03d "$n").nii.gz"; done
+    done
+    "$hemexp" run -i "$mixed/in" -o "$mixed/out" --threads "$threads" --seg-model "$model_file" --cls-model none \
+      --no-progress --log-level error 2>/dev/null || true
+  done
+  $py - "$work" "$repeats" <<'PY'
+import glob, json, statistics, sys
+work, repeats = sys.argv[1], int(sys.argv[2])
+print(f"{'thr':>3} {'slices':>6} | {'case s':>7} {'ns/vox-net':>10} | 300 vs 32 slices, paired by round")
+rows = []
+for threads in (1, 2):
+    cost = {}
+    for n in (32, 128, 300):
+        per_round = []
+        for k in range(1, repeats + 1):
+            r = json.load(open(glob.glob(f"{work}/mixed-{threads}/out/cases/*r{k:02d}_s{n:03d}/result.json")[0]))
+            voxels = 1
+            for s in r["input"]["size"]:
+                voxels *= s
+            per_round.append((r["seconds"], (r["seconds"] - r["timings_s"]["segment_network"]) / voxels * 1e9))
+        cost[n] = per_round
+    ratios = [b[1] / a[1] - 1 for a, b in zip(cost[32], cost[300])]
+    for n in (32, 128, 300):
+        row = {"threads": threads, "slices": n, "case_s": statistics.median(c for c, _ in cost[n]),
+               "ns_per_voxel_without_network": statistics.median(v for _, v in cost[n])}
+        if n == 300:
+            row["paired_change_from_32"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                                            "rounds": len(ratios)}
+        rows.append(row)
+        extra = (f"{100 * statistics.median(ratios):+.1f}% (rounds {', '.join(f'{100 * x:+.1f}' for x in ratios)})"
+                 if n == 300 else "")
+        print(f"{threads:>3} {n:>6} | {row['case_s']:7.2f} {row['ns_per_voxel_without_network']:10.1f} | {extra}")
+json.dump(rows, open(f"{work}/stages_mixed.json", "w"))
+PY
 fi
 
 if want scan; then
@@ -223,7 +270,8 @@ def load(name, kind="json"):
 report = {"date_utc": datetime.datetime.utcnow().isoformat(timespec="seconds"), "repeats": repeats,
           "model": model, "cores": os.cpu_count(), "load_average_at_end": open("/proc/loadavg").read().split()[:3],
           "segmenter": load("segmenter.json"), "pytorch_reference": load("reference.json"),
-          "stages": load("stages.json"), "selective_scan": load("scan.txt", "text"),
+          "stages": load("stages.json"), "stages_cohort_order": load("stages_mixed.json"),
+          "selective_scan": load("scan.txt", "text"),
           "classifier": load("vit.txt", "text"), "cohort": load("cohort.txt", "text"),
           "layers": {t: j for t in ("1", "2") if (j := load(f"layers_{t}.json"))} or None}
 seg, ref = report["segmenter"], report["pytorch_reference"]
