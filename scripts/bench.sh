@@ -106,7 +106,7 @@ PY
   # Medians over the warm cases, the network-free cost per voxel (network seconds from the same
   # cases' timings_s.segment_network; from bench_segmenter for a hemexp without it), the table,
   # and stages.json.
-  $py - "$work" "$repeats" <<'PY'
+  $py - "$work" "$repeats" <<'PY' || echo "per-stage table: not measured (see above)"
 import glob, json, os, statistics, sys
 work, repeats = sys.argv[1], int(sys.argv[2])
 seg_path = f"{work}/segmenter.json"
@@ -121,6 +121,10 @@ for n in (32, 128, 300):
         out = f"{work}/run-{n}-{threads}"
         # case ids are "<folder>_case<k>": the cold case is case0
         runs = [json.load(open(glob.glob(f"{out}/cases/*case{k}/result.json")[0])) for k in range(repeats + 1)]
+        failed = [k for k, r in enumerate(runs) if r.get("status") != "ok"]
+        if failed:  # a failed case has no full timings: say so, and leave this row out
+            print(f"{n:>6} {threads:>3} | cases {failed} did not finish: row left out")
+            continue
         warm = runs[1:]
         voxels = 1
         for s in runs[0]["input"]["size"]:
@@ -160,32 +164,46 @@ PY
     "$hemexp" run -i "$mixed/in" -o "$mixed/out" --threads "$threads" --seg-model "$model_file" --cls-model none \
       --no-progress --log-level error 2>/dev/null || true
   done
-  $py - "$work" "$repeats" <<'PY'
+  $py - "$work" "$repeats" <<'PY' || echo "cohort order: not measured (see above)"
 import glob, json, statistics, sys
 work, repeats = sys.argv[1], int(sys.argv[2])
+
+
+def case(threads, k, n):
+    """(seconds, network-free ns per voxel) of round k's n-slice case, or None if it did not finish."""
+    paths = glob.glob(f"{work}/mixed-{threads}/out/cases/in_r{k:02d}_s{n:03d}/result.json")
+    if not paths:
+        return None
+    r = json.load(open(paths[0]))
+    if r.get("status") != "ok" or "segment_network" not in r.get("timings_s", {}):
+        return None
+    voxels = 1
+    for s in r["input"]["size"]:
+        voxels *= s
+    return r["seconds"], (r["seconds"] - r["timings_s"]["segment_network"]) / voxels * 1e9
+
+
 print(f"{'thr':>3} {'slices':>6} | {'case s':>7} {'ns/vox-net':>10} | 300 vs 32 slices, paired by round")
 rows = []
 for threads in (1, 2):
-    cost = {}
+    cost = {n: [case(threads, k, n) for k in range(1, repeats + 1)] for n in (32, 128, 300)}
+    # Rounds whose 32- and 300-slice cases both finished; a failed case is left out, and said.
+    ratios = [b[1] / a[1] - 1 for a, b in zip(cost[32], cost[300]) if a and b]
     for n in (32, 128, 300):
-        per_round = []
-        for k in range(1, repeats + 1):
-            r = json.load(open(glob.glob(f"{work}/mixed-{threads}/out/cases/*r{k:02d}_s{n:03d}/result.json")[0]))
-            voxels = 1
-            for s in r["input"]["size"]:
-                voxels *= s
-            per_round.append((r["seconds"], (r["seconds"] - r["timings_s"]["segment_network"]) / voxels * 1e9))
-        cost[n] = per_round
-    ratios = [b[1] / a[1] - 1 for a, b in zip(cost[32], cost[300])]
-    for n in (32, 128, 300):
-        row = {"threads": threads, "slices": n, "case_s": statistics.median(c for c, _ in cost[n]),
-               "ns_per_voxel_without_network": statistics.median(v for _, v in cost[n])}
-        if n == 300:
-            row["paired_change_from_32"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-                                            "rounds": len(ratios)}
+        done = [c for c in cost[n] if c]
+        if not done:
+            print(f"{threads:>3} {n:>6} | no finished case")
+            continue
+        row = {"threads": threads, "slices": n, "cases": len(done), "case_s": statistics.median(c for c, _ in done),
+               "ns_per_voxel_without_network": statistics.median(v for _, v in done)}
+        extra = ""
+        if n == 300 and ratios:
+            row["paired_change_from_32"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                            "max": max(ratios), "rounds": len(ratios), "values": ratios}
+            extra = f"{100 * statistics.median(ratios):+.1f}% (rounds {', '.join(f'{100 * x:+.1f}' for x in ratios)})"
+            if len(ratios) < repeats:
+                extra += f", {repeats - len(ratios)} round(s) left out: a case did not finish"
         rows.append(row)
-        extra = (f"{100 * statistics.median(ratios):+.1f}% (rounds {', '.join(f'{100 * x:+.1f}' for x in ratios)})"
-                 if n == 300 else "")
         print(f"{threads:>3} {n:>6} | {row['case_s']:7.2f} {row['ns_per_voxel_without_network']:10.1f} | {extra}")
 json.dump(rows, open(f"{work}/stages_mixed.json", "w"))
 PY
