@@ -6,12 +6,32 @@
 #include <string>
 #include <vector>
 
+#include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
 #include "hemexp/core/model_file.hpp"
 #include "hemexp/core/safetensors.hpp"
 
 namespace hemexp::test {
+
+// A model file shipped in the repository's models/ (beside tests/).
+inline std::filesystem::path shipped_model(const std::string& name) {
+  return std::filesystem::path(HEMEXP_TEST_DATA).parent_path().parent_path() / "models" / name;
+}
+
+// Sets LibTorch's thread count for a scope and puts the caller's back when it ends, also when an
+// ASSERT leaves the test early.
+class ThreadCount {
+ public:
+  explicit ThreadCount(int threads) : before_(at::get_num_threads()) { at::set_num_threads(threads); }
+  ~ThreadCount() { at::set_num_threads(before_); }
+  ThreadCount(const ThreadCount&) = delete;
+  ThreadCount& operator=(const ThreadCount&) = delete;
+  void set(int threads) const { at::set_num_threads(threads); }
+
+ private:
+  int before_;
+};
 
 inline std::string slurp(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);

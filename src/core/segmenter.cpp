@@ -256,7 +256,7 @@ Segmentation Segmenter::segment(const Volume& canonical, bool with_probability) 
   // thread alone (faster than each window on every thread, and the same bits whatever the thread
   // count: docs/PERFORMANCE.md, session 45); a GPU takes a stack of windows per forward pass.
   o.windows_per_pass = windows_per_pass();
-  o.concurrent_windows = device_.is_cpu() && o.windows_per_pass > 1;
+  o.concurrent_windows = o.windows_per_pass > 1;  // ignored off the CPU
   // Pad with the normalised value of air, what the network saw outside the head in training.
   o.pad_value = float((recipe_.preprocessing.clip_low_hu - recipe_.preprocessing.mean_hu) / recipe_.preprocessing.std_hu);
   // Windows only over the box of the voxels above the clip floor (the head, and whatever else is

@@ -288,7 +288,7 @@ TEST_F(Expansion, PairsFromADicomStudyFolder) {
 TEST_F(Expansion, MeasuredGrowthOfSyntheticPairsMatchesTheTruth) {
   // Synthetic pairs with known growth, segmented by the shipped model: the measured growth and
   // the expansion labels against the generator's.
-  const fs::path model = kData.parent_path().parent_path() / "models/hemexp-seg.safetensors";
+  const fs::path model = test::shipped_model("hemexp-seg.safetensors");
   ASSERT_TRUE(fs::exists(model)) << model;
   const std::string truth = (root_ / "truth").string();
   const char* synth[] = {"hemexp", "synth", "-o", truth.c_str(), "--count", "2", "--seed", "8", "--matrix", "256",

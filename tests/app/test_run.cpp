@@ -415,7 +415,7 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
 TEST_F(RunCommand, ShippedLabelModelFindsEachLabelOfASynthHead) {
   const synth::SynthCase head = small_head();
   RunOptions o = small_head_run(head, "l");
-  o.seg_model = (kData.parent_path().parent_path() / "models/hemexp-seg-labels.safetensors").string();
+  o.seg_model = test::shipped_model("hemexp-seg-labels.safetensors").string();
   o.cls_model = "none";
   ASSERT_EQ(run(o), kExitOk);
   const ImageFileContents labels = read_image_file(root_ / "outl/cases/head/labels.nii.gz");
@@ -438,16 +438,15 @@ TEST_F(RunCommand, ShippedLabelModelFindsEachLabelOfASynthHead) {
 // results.csv. Pinned values measured on this build (2026-12-05); they move only when the
 // classifier, the segmenter, the markers or the ROI change.
 TEST_F(RunCommand, ShippedClassifierScoresTheSynthHeadByDefault) {
-  const fs::path models = kData.parent_path().parent_path() / "models";
   const synth::SynthCase head = small_head();
   RunOptions o = small_head_run(head, "c");
-  o.seg_model = (models / "hemexp-seg-labels.safetensors").string();
+  o.seg_model = test::shipped_model("hemexp-seg-labels.safetensors").string();
   o.cls_model = "";  // the default: models/hemexp-cls.safetensors
   ASSERT_EQ(run(o), kExitOk);
   const json r = json::parse(slurp(root_ / "outc/cases/head/result.json"));
   const json& he = r["he"];
   ASSERT_TRUE(he["probability"].is_number()) << he;
-  EXPECT_EQ(he["model"]["sha256"], sha256_file(models / "hemexp-cls.safetensors"));
+  EXPECT_EQ(he["model"]["sha256"], sha256_file(test::shipped_model("hemexp-cls.safetensors")));
   EXPECT_EQ(he["calibrated"], true);
   EXPECT_NEAR(he["threshold"].get<double>(), 0.2030736, 1e-6);
   const double p = he["probability"].get<double>();

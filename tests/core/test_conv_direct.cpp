@@ -8,6 +8,7 @@
 #include "hemexp/core/conv_direct.hpp"
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/umamba.hpp"
+#include "test_helpers.hpp"
 
 namespace hemexp {
 namespace {
@@ -27,6 +28,17 @@ double relative_error(const torch::Tensor& x, const torch::Tensor& w, const torc
   EXPECT_EQ(got.sizes(), ref.sizes());
   EXPECT_EQ(got.scalar_type(), torch::kFloat32);
   return (got.to(torch::kFloat64) - ref).abs().max().item<double>() / ref.abs().max().item<double>();
+}
+
+// The other DirectConv tests skip on a CPU without AVX-512F, where the network keeps oneDNN.
+// That gate must follow the CPU and nothing else: on an AVX-512F CPU the kernel is available
+// (a broken gate would otherwise turn every test here into a skip).
+TEST(DirectConv, AvailableExactlyWhereTheCpuHasAvx512F) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  EXPECT_EQ(available(), bool(__builtin_cpu_supports("avx512f")));
+#else
+  EXPECT_FALSE(available());
+#endif
 }
 
 TEST(DirectConv, MatchesAtenOnEveryBorderAndWidth) {
@@ -104,22 +116,20 @@ TEST(DirectConv, SameBitsOnOneAndTwoThreads) {
   if (!available()) GTEST_SKIP() << "this CPU has no AVX-512F";
   torch::manual_seed(8);
   const torch::Tensor x = torch::randn({2, 16, 4, 24, 96}), w = torch::randn({12, 16, 1, 3, 3}), b = torch::randn({12});
-  const int before = at::get_num_threads();
-  at::set_num_threads(1);
+  const test::ThreadCount threads_now(1);
   const torch::Tensor one = direct_conv3d(x, w, b);
-  at::set_num_threads(2);
+  threads_now.set(2);
   for (int repeat = 0; repeat < 3; ++repeat) {
     const torch::Tensor two = direct_conv3d(x, w, b);
     EXPECT_TRUE(torch::equal(one, two));
     for (int64_t n = 0; n < 2; ++n) EXPECT_TRUE(torch::equal(two[n], direct_conv3d(x.slice(0, n, n + 1), w, b)[0]));
   }
   // Stride 2 in plane: rows split over the threads by output row.
-  at::set_num_threads(1);
+  threads_now.set(1);
   const torch::Tensor one_strided = direct_conv3d(x, w, b, 2);
-  at::set_num_threads(2);
+  threads_now.set(2);
   EXPECT_TRUE(torch::equal(one_strided, direct_conv3d(x, w, b, 2)));
   EXPECT_EQ(one_strided.sizes(), (std::vector<int64_t>{2, 12, 4, 12, 48}));
-  at::set_num_threads(before);
 }
 
 // The network sends its 4-, 8- and 16-channel convolutions to the kernel (bit for bit what

@@ -12,6 +12,7 @@
 #include "hemexp/core/runtime.hpp"
 #include "hemexp/core/segmenter.hpp"
 #include "hemexp/core/sliding_window.hpp"
+#include "test_helpers.hpp"
 #include "test_shapes.hpp"
 
 namespace hemexp {
@@ -62,6 +63,19 @@ TEST(SlidingWindow, ReproducesAVoxelwiseNetworkExactly) {
 // underflows); logits that are a strided view; an accumulator whose depth and rows are swapped in
 // memory. Into zeros, each value within 4 ulp of ATen's (an exp wrong by more than its rounding
 // at any magnitude shows); into a window of a larger accumulator, nothing outside it changes.
+// The next test skips on a CPU without AVX2 and FMA (the sliding window then uses ATen's softmax
+// and addcmul_). The gate must follow the CPU: on an x86 CPU with both, the one-pass kernel applies.
+TEST(SlidingWindow, SoftmaxAccumulateAppliesExactlyWhereTheCpuHasAvx2AndFma) {
+  c10::InferenceMode guard;
+  torch::Tensor out = torch::zeros({2, 1, 1, 16});
+  const bool applies = softmax_accumulate_applicable(torch::zeros({2, 1, 1, 16}), torch::ones({1, 1, 16}), out);
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // as the kernel is compiled
+  EXPECT_EQ(applies, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
+#else
+  EXPECT_FALSE(applies);
+#endif
+}
+
 TEST(SlidingWindow, SoftmaxAccumulateIsSoftmaxThenAddcmul) {
   {
     c10::InferenceMode guard;
@@ -151,7 +165,7 @@ TEST(SlidingWindow, WindowsPerPassDoNotChangeTheResult) {
 // two threads at once, inside the caller's inference mode. (One window at a time on two threads,
 // each window's convolutions split between them, agrees to float rounding only.)
 TEST(SlidingWindow, ConcurrentWindowsGiveOneThreadBits) {
-  const Segmenter seg = Segmenter::load(std::filesystem::path(HEMEXP_TEST_DATA).parent_path().parent_path() / "models/hemexp-seg-labels.safetensors");
+  const Segmenter seg = Segmenter::load(test::shipped_model("hemexp-seg-labels.safetensors"));
   UMamba net = seg.network();
   std::mutex mutex;
   std::set<int> threads_seen;
@@ -170,12 +184,11 @@ TEST(SlidingWindow, ConcurrentWindowsGiveOneThreadBits) {
   o.patch_size = seg.recipe().patch_size;
   o.overlap = seg.recipe().overlap;
   c10::InferenceMode guard;
-  const int before = at::get_num_threads();
-  at::set_num_threads(1);
+  const test::ThreadCount threads_now(1);
   const torch::Tensor reference = sliding_window_probabilities(network, image, 4, o);
   o.concurrent_windows = true;
   for (const auto& [threads, per_pass] : std::vector<std::pair<int, int64_t>>{{2, 2}, {3, 3}, {2, 5}}) {
-    at::set_num_threads(threads);
+    threads_now.set(threads);
     threads_seen.clear();
     o.windows_per_pass = per_pass;  // 5: passes of 5 and 1
     EXPECT_TRUE(torch::equal(sliding_window_probabilities(network, image, 4, o), reference))
@@ -186,10 +199,10 @@ TEST(SlidingWindow, ConcurrentWindowsGiveOneThreadBits) {
   // Mirroring (8 flips a window), two windows.
   const torch::Tensor two = image.slice(1, 0, 16).slice(3, 0, 120);
   o.mirror = true;
-  at::set_num_threads(1);
+  threads_now.set(1);
   o.windows_per_pass = 1;
   const torch::Tensor mirrored = sliding_window_probabilities(network, two, 4, o);
-  at::set_num_threads(2);
+  threads_now.set(2);
   o.windows_per_pass = 2;
   EXPECT_TRUE(torch::equal(sliding_window_probabilities(network, two, 4, o), mirrored));
   // One window at a time on two threads: to float rounding.
@@ -197,7 +210,6 @@ TEST(SlidingWindow, ConcurrentWindowsGiveOneThreadBits) {
   o.windows_per_pass = 1;
   o.concurrent_windows = false;
   EXPECT_LT((sliding_window_probabilities(network, image, 4, o) - reference).abs().max().item<double>(), 1e-4);
-  at::set_num_threads(before);
 }
 
 // What a network computes may depend on the thread count it is told, not only on how many
@@ -217,16 +229,14 @@ TEST(SlidingWindow, ConcurrentWindowsAreToldOneThread) {
   SlidingWindowOptions o;
   o.patch_size = {16, 48, 48};
   c10::InferenceMode guard;
-  const int before = at::get_num_threads();
-  at::set_num_threads(1);
+  const test::ThreadCount threads_now(1);
   const torch::Tensor reference = sliding_window_probabilities(network, image, 4, o);
-  at::set_num_threads(2);
+  threads_now.set(2);
   o.concurrent_windows = true;
   o.windows_per_pass = 2;
   EXPECT_TRUE(torch::equal(sliding_window_probabilities(network, image, 4, o), reference));
   EXPECT_EQ(told_more.load(), 0);
   EXPECT_EQ(at::get_num_threads(), 2);  // the caller's count is left as it was
-  at::set_num_threads(before);
 }
 
 // Cropping to the content: windows only over the box of voxels that differ from the pad value;

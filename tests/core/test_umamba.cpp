@@ -11,6 +11,7 @@
 #include "hemexp/core/segmenter.hpp"
 #include "hemexp/core/synth.hpp"
 #include "hemexp/core/umamba.hpp"
+#include "test_helpers.hpp"
 #include "test_shapes.hpp"
 
 namespace hemexp {
@@ -71,7 +72,7 @@ TEST(UMamba, BatchedWindowsEqualOneAtATime) {
 // real-sized window: both give the same logits to float rounding, and the argmax agrees
 // everywhere. (The parity fixtures, whose stages have two blocks, cover the identity skip.)
 TEST(UMamba, OneDnnConvolutionsAgreeWithTheModules) {
-  const Segmenter seg = Segmenter::load(kParity.parent_path().parent_path().parent_path() / "models/hemexp-seg.safetensors");
+  const Segmenter seg = Segmenter::load(test::shipped_model("hemexp-seg.safetensors"));
   UMamba net = seg.network();
   torch::manual_seed(5);
   const torch::Tensor x = torch::randn({1, 1, 16, 96, 96});
@@ -216,9 +217,8 @@ TEST(Segmenter, LabelsWithoutTheProbabilityMapAreTheWholeGrids) {
   synth::SynthCase c;
   const Volume canonical = to_canonical(test::synthetic_head(31, 128, 1.0, &c)).volume;
   ASSERT_GT(c.baseline.volume_ml, 1.0);
-  const std::filesystem::path models = kParity.parent_path().parent_path().parent_path() / "models";
   for (const char* name : {"hemexp-seg.safetensors", "hemexp-seg-labels.safetensors"}) {
-    const Segmenter seg = Segmenter::load(models / name);
+    const Segmenter seg = Segmenter::load(test::shipped_model(name));
     const Segmentation block = seg.segment(canonical), whole = seg.segment(canonical, true);
     EXPECT_FALSE(block.probability.defined());
     ASSERT_TRUE(whole.probability.defined());
@@ -237,21 +237,19 @@ TEST(Segmenter, LabelsWithoutTheProbabilityMapAreTheWholeGrids) {
 TEST(Segmenter, ProbabilitiesDoNotDependOnTheThreadCount) {
   synth::SynthCase c;
   const Volume canonical = to_canonical(test::synthetic_head(31, 128, 1.0, &c)).volume;
-  const Segmenter seg = Segmenter::load(kParity.parent_path().parent_path().parent_path() / "models/hemexp-seg-labels.safetensors");
-  const int before = at::get_num_threads();
-  at::set_num_threads(1);
+  const Segmenter seg = Segmenter::load(test::shipped_model("hemexp-seg-labels.safetensors"));
+  const test::ThreadCount threads_now(1);
   EXPECT_EQ(seg.windows_per_pass(), 1);
   const Segmentation one = seg.segment(canonical, true);
   ASSERT_GT(one.windows, 2);
   for (const int threads : {2, 3}) {
-    at::set_num_threads(threads);
+    threads_now.set(threads);
     EXPECT_EQ(seg.windows_per_pass(), threads);
     const Segmentation more = seg.segment(canonical, true);
     EXPECT_TRUE(torch::equal(more.probability, one.probability)) << threads << " threads";
     EXPECT_TRUE(torch::equal(more.labels, one.labels)) << threads << " threads";
     EXPECT_EQ(more.windows, one.windows) << threads << " threads";
   }
-  at::set_num_threads(before);
 }
 
 // --precision bf16 (Segmenter::set_precision): the convolutions run in bfloat16 through oneDNN
@@ -259,7 +257,7 @@ TEST(Segmenter, ProbabilitiesDoNotDependOnTheThreadCount) {
 // and so is this test's premise), the logits move by bfloat16 rounding, not more, and fp32
 // gives back exactly what the model gave before. fp16 needs CUDA; unknown names are refused.
 TEST(Segmenter, Bf16ConvolutionsStayCloseAndFp32IsExact) {
-  Segmenter seg = Segmenter::load(kParity.parent_path().parent_path().parent_path() / "models/hemexp-seg.safetensors");
+  Segmenter seg = Segmenter::load(test::shipped_model("hemexp-seg.safetensors"));
   EXPECT_THROW(seg.set_precision("fp16"), CoreError);
   EXPECT_THROW(seg.set_precision("int8"), CoreError);
   EXPECT_EQ(seg.precision(), "fp32");
