@@ -141,9 +141,11 @@ ImageFileContents read_with_itk(const fs::path& path, const std::string& format,
     if (!(std::abs(det) >= 0.5))
       throw IoError("direction matrix is singular or nearly so (determinant " + format_number(det, 3) +
                     "): the axes do not span 3D space");
-    out.volume.voxels = torch::empty(tensor_shape(g), torch::kFloat32);
-    std::memcpy(out.volume.voxels.data_ptr<float>(), image->GetBufferPointer(),
-                sizeof(float) * size_t(g.voxel_count()));
+    // The tensor takes ITK's buffer rather than a copy of it (a 512 x 512 x 300 scan: 315 MB
+    // less to copy and to hold twice); the image lives as long as the tensor's storage.
+    float* buffer = image->GetBufferPointer();
+    out.volume.voxels = torch::from_blob(
+        buffer, tensor_shape(g), [image](void*) mutable { image = nullptr; }, torch::kFloat32);
     return out;
   } catch (const itk::ExceptionObject& e) {
     throw IoError("cannot read the " + format + " file: " + itk_reason(e));
