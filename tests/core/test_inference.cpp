@@ -2,10 +2,17 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <mutex>
 #include <set>
 
 #include <ATen/Parallel.h>
+
+#if defined(__linux__)
+#include <sys/resource.h>
+#endif
 
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/preprocessing.hpp"
@@ -503,5 +510,49 @@ TEST(Runtime, ParallelLoopsUseTheThreadsAskedFor) {
   EXPECT_EQ(parallel_loop_threads(3), 3);
 }
 
+// keep_freed_memory marks the heap for transparent huge pages (runtime.hpp): a large block taken
+// after it lies in a mapping whose flags say so ("hg" in /proc/self/smaps). Each test runs in a
+// process of its own (gtest_discover_tests), so the allocator settings stay with this one.
+TEST(Runtime, KeptMemoryIsMarkedForHugePages) {
+#if defined(__GLIBC__) && defined(__linux__) && !defined(__SANITIZE_ADDRESS__)
+  if (std::getenv("HEMEXP_SMALL_PAGES")) GTEST_SKIP() << "HEMEXP_SMALL_PAGES is set";
+  for (int resource : {RLIMIT_AS, RLIMIT_DATA}) {
+    rlimit limit{};
+    if (getrlimit(resource, &limit) != 0 || limit.rlim_cur != RLIM_INFINITY)
+      GTEST_SKIP() << "an address-space or data limit is set: no reservation";
+  }
+  if (!std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled")) GTEST_SKIP() << "no transparent huge pages";
+  keep_freed_memory();
+  constexpr size_t kBytes = size_t(256) << 20;
+  char* const block = static_cast<char*>(std::malloc(kBytes));
+  ASSERT_NE(block, nullptr);
+  std::memset(block, 1, kBytes);
+  // The VmFlags line of the mapping that holds `address`.
+  const auto flags_at = [](uintptr_t address) {
+    std::ifstream smaps("/proc/self/smaps");
+    std::string line;
+    bool inside = false;
+    while (std::getline(smaps, line)) {
+      const size_t dash = line.find('-'), space = line.find(' ');
+      if (dash != std::string::npos && space != std::string::npos && dash < space &&
+          line.find_first_not_of("0123456789abcdef") == dash) {
+        const uintptr_t lo = std::stoull(line.substr(0, dash), nullptr, 16);
+        const uintptr_t hi = std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16);
+        inside = lo <= address && address < hi;
+      } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+        return line;
+      }
+    }
+    return std::string();
+  };
+  const std::string flags = flags_at(reinterpret_cast<uintptr_t>(block) + kBytes / 2);
+  std::free(block);
+  EXPECT_NE(flags.find(" hg"), std::string::npos) << "the block's mapping: " << flags;
+#else
+  GTEST_SKIP() << "glibc on Linux only";
+#endif
+}
+
 }  // namespace
 }  // namespace hemexp
+

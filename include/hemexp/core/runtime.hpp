@@ -12,7 +12,13 @@ namespace hemexp {
 // (docs/PERFORMANCE.md). The price: the resident set stays at its peak until the process ends.
 // This holds for the main thread's heap (where the analysis allocates); other threads' arenas
 // (the read-ahead thread) still map blocks over 64 MiB afresh, and a free heap top of more than
-// 2 GiB is still given back. Call once, at the start of a program. A no-op off glibc.
+// 2 GiB is still given back. Unless HEMEXP_SMALL_PAGES is set, also: every thread allocates
+// from that one heap (one malloc arena), and its first 1.5 GiB of address space is reserved at
+// once and marked for transparent huge pages (madvise), so that blocks map 2 MiB at a time on
+// first touch: with 4 KiB pages a 512 x 512 x 300 case still took some 25,000 page faults after
+// the first (the writers' and readers' buffers), and the first case some 200,000
+// (docs/PERFORMANCE.md, session 46). Not where ulimit -v or -d is set, nor under AddressSanitizer.
+// Call once, at the start of a program, before other threads start. A no-op off glibc.
 void keep_freed_memory();
 
 // Hands the free memory of every malloc arena back to the kernel (glibc malloc_trim; a no-op
