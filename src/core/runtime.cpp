@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #endif
 #ifdef _OPENMP
@@ -23,41 +24,39 @@
 
 namespace hemexp {
 
-#if defined(__GLIBC__)
-namespace {
-
-// Takes the heap's next kReserve bytes of address space at once (nothing is touched, so no memory
-// is used yet) and hands them back to the heap's free top, then marks them for transparent huge
-// pages: blocks carved from them later map 2 MiB at a time on first touch instead of 4 KiB.
-// Skipped where an address-space or data limit is set (ulimit -v, -d: the reservation would
-// count against it) and under AddressSanitizer (its own allocator).
-void reserve_huge_page_heap() {
-#if !defined(__SANITIZE_ADDRESS__)
-  constexpr size_t kReserve = size_t(3) << 29, kHuge = size_t(1) << 21;  // 1.5 GiB, 2 MiB
-  for (int resource : {RLIMIT_AS, RLIMIT_DATA}) {
-    rlimit limit{};
-    if (getrlimit(resource, &limit) != 0 || limit.rlim_cur != RLIM_INFINITY) return;
-  }
-  char* const before = static_cast<char*>(sbrk(0));
-  if (before == reinterpret_cast<char*>(-1)) return;
-  void* volatile block = std::malloc(kReserve);  // from the heap (no mmap): its top grows
-  std::free(block);  // (volatile: the pair must not be optimised away)
-  const uintptr_t first = (reinterpret_cast<uintptr_t>(before) + kHuge - 1) & ~uintptr_t(kHuge - 1);
-  const uintptr_t last = reinterpret_cast<uintptr_t>(sbrk(0)) & ~uintptr_t(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#endif
-}
-
-}  // namespace
-#endif
-
 void keep_freed_memory() {
 #if defined(__GLIBC__)
   mallopt(M_MMAP_MAX, 0);                  // every block from the heap, reused after free
   mallopt(M_TRIM_THRESHOLD, INT_MAX);      // never hand the heap's top back (2 GiB free at most)
-  if (std::getenv("HEMEXP_SMALL_PAGES")) return;
-  mallopt(M_ARENA_MAX, 1);                 // every thread's blocks from that one heap
-  reserve_huge_page_heap();
+#endif
+}
+
+bool use_huge_page_heap() {
+#if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
+  if (std::getenv("HEMEXP_SMALL_PAGES")) return false;
+  // Where the reservation would count against a limit: ulimit -v or -d, or strict overcommit
+  // (vm.overcommit_memory = 2 counts address space taken, touched or not).
+  for (int resource : {RLIMIT_AS, RLIMIT_DATA}) {
+    rlimit limit{};
+    if (getrlimit(resource, &limit) != 0 || limit.rlim_cur != RLIM_INFINITY) return false;
+  }
+  int overcommit = 0;
+  if (FILE* f = std::fopen("/proc/sys/vm/overcommit_memory", "r")) {
+    if (std::fscanf(f, "%d", &overcommit) != 1) overcommit = 0;
+    std::fclose(f);
+  }
+  if (overcommit == 2) return false;
+  mallopt(M_ARENA_MAX, 1);  // every thread's blocks from the one heap
+  constexpr size_t kReserve = size_t(3) << 29, kHuge = size_t(1) << 21;  // 1.5 GiB, 2 MiB
+  char* const before = static_cast<char*>(sbrk(0));
+  if (before == reinterpret_cast<char*>(-1)) return false;
+  void* volatile block = std::malloc(kReserve);  // from the heap (no mmap): its top grows
+  std::free(block);  // (volatile: the pair must not be optimised away)
+  const uintptr_t first = (reinterpret_cast<uintptr_t>(before) + kHuge - 1) & ~uintptr_t(kHuge - 1);
+  const uintptr_t last = reinterpret_cast<uintptr_t>(sbrk(0)) & ~uintptr_t(kHuge - 1);
+  return last > first && madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE) == 0;
+#else
+  return false;
 #endif
 }
 

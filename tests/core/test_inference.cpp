@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -510,10 +511,11 @@ TEST(Runtime, ParallelLoopsUseTheThreadsAskedFor) {
   EXPECT_EQ(parallel_loop_threads(3), 3);
 }
 
-// keep_freed_memory marks the heap for transparent huge pages (runtime.hpp): a large block taken
-// after it lies in a mapping whose flags say so ("hg" in /proc/self/smaps). Each test runs in a
-// process of its own (gtest_discover_tests), so the allocator settings stay with this one.
-TEST(Runtime, KeptMemoryIsMarkedForHugePages) {
+// use_huge_page_heap marks the heap for transparent huge pages (runtime.hpp): a large block taken
+// after it lies in a mapping whose flags say so ("hg" in /proc/self/smaps; the flag says the
+// mapping was marked, not that the kernel found huge pages for it). In a child process, so that
+// the allocator settings stay out of the other tests when the whole binary runs in one process.
+TEST(Runtime, HeapIsMarkedForHugePages) {
 #if defined(__GLIBC__) && defined(__linux__) && !defined(__SANITIZE_ADDRESS__)
   if (std::getenv("HEMEXP_SMALL_PAGES")) GTEST_SKIP() << "HEMEXP_SMALL_PAGES is set";
   for (int resource : {RLIMIT_AS, RLIMIT_DATA}) {
@@ -521,12 +523,10 @@ TEST(Runtime, KeptMemoryIsMarkedForHugePages) {
     if (getrlimit(resource, &limit) != 0 || limit.rlim_cur != RLIM_INFINITY)
       GTEST_SKIP() << "an address-space or data limit is set: no reservation";
   }
+  std::ifstream overcommit("/proc/sys/vm/overcommit_memory");
+  int mode = 0;
+  if (overcommit >> mode && mode == 2) GTEST_SKIP() << "strict overcommit: no reservation";
   if (!std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled")) GTEST_SKIP() << "no transparent huge pages";
-  keep_freed_memory();
-  constexpr size_t kBytes = size_t(256) << 20;
-  char* const block = static_cast<char*>(std::malloc(kBytes));
-  ASSERT_NE(block, nullptr);
-  std::memset(block, 1, kBytes);
   // The VmFlags line of the mapping that holds `address`.
   const auto flags_at = [](uintptr_t address) {
     std::ifstream smaps("/proc/self/smaps");
@@ -545,9 +545,24 @@ TEST(Runtime, KeptMemoryIsMarkedForHugePages) {
     }
     return std::string();
   };
-  const std::string flags = flags_at(reinterpret_cast<uintptr_t>(block) + kBytes / 2);
-  std::free(block);
-  EXPECT_NE(flags.find(" hg"), std::string::npos) << "the block's mapping: " << flags;
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        keep_freed_memory();
+        if (!use_huge_page_heap()) {
+          std::fprintf(stderr, "use_huge_page_heap: false\n");
+          std::exit(1);
+        }
+        constexpr size_t kBytes = size_t(256) << 20;
+        char* const block = static_cast<char*>(std::malloc(kBytes));
+        if (!block) std::exit(2);
+        std::memset(block, 1, kBytes);
+        const std::string flags = flags_at(reinterpret_cast<uintptr_t>(block) + kBytes / 2);
+        std::free(block);
+        std::fprintf(stderr, "the block's mapping: %s\n", flags.c_str());
+        std::exit(flags.find(" hg") != std::string::npos ? 0 : 3);
+      },
+      ::testing::ExitedWithCode(0), "mapping: VmFlags:.* hg");
 #else
   GTEST_SKIP() << "glibc on Linux only";
 #endif

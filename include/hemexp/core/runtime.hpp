@@ -11,15 +11,22 @@ namespace hemexp {
 // temporary cost more than the arithmetic: a 512 x 512 x 32 case went from 8.3 s to 3.7 s
 // (docs/PERFORMANCE.md). The price: the resident set stays at its peak until the process ends.
 // This holds for the main thread's heap (where the analysis allocates); other threads' arenas
-// (the read-ahead thread) still map blocks over 64 MiB afresh, and a free heap top of more than
-// 2 GiB is still given back. Unless HEMEXP_SMALL_PAGES is set, also: every thread allocates
-// from that one heap (one malloc arena), and its first 1.5 GiB of address space is reserved at
-// once and marked for transparent huge pages (madvise), so that blocks map 2 MiB at a time on
-// first touch: with 4 KiB pages a 512 x 512 x 300 case still took some 25,000 page faults after
-// the first (the writers' and readers' buffers), and the first case some 200,000
-// (docs/PERFORMANCE.md, session 46). Not where ulimit -v or -d is set, nor under AddressSanitizer.
-// Call once, at the start of a program, before other threads start. A no-op off glibc.
+// (the read-ahead thread) still map blocks over 64 MiB afresh unless use_huge_page_heap() put
+// every thread on that heap, and a free heap top of more than 2 GiB is still given back. Call
+// once, at the start of a program. A no-op off glibc.
 void keep_freed_memory();
+
+// After keep_freed_memory, for programs that do not trim (release_freed_memory would hand the
+// marked part back, and the heap's later growth is not marked): every thread allocates from the
+// one heap (one malloc arena), and the heap's next 1.5 GiB of address space is taken at once
+// (untouched: no memory used) and marked for transparent huge pages (madvise), so that blocks
+// map 2 MiB at a time on first touch instead of 4 KiB. With 4 KiB pages a 512 x 512 x 300 case
+// still took some 25,000 page faults after the first (the writers' and readers' buffers) and the
+// first case some 200,000 (docs/PERFORMANCE.md, session 46). Not done (false) where
+// HEMEXP_SMALL_PAGES is set, under ulimit -v or -d, with strict overcommit
+// (vm.overcommit_memory = 2), under AddressSanitizer or off glibc. Call before other threads
+// start. True when the heap was marked.
+bool use_huge_page_heap();
 
 // Hands the free memory of every malloc arena back to the kernel (glibc malloc_trim; a no-op
 // elsewhere). For loops whose work runs on threads of their own (synth's workers): with
