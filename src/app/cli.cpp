@@ -148,12 +148,12 @@ int main_entry(int argc, const char* const* argv) {
   auto app = make_app(line);
   try {
     app->parse(argc, argv);
-    // Not for synth, whose workers hand their memory back after each case (core/runtime.hpp).
-    if (line.command != "synth") use_huge_page_heap();
   } catch (const CLI::ParseError& e) {
     const int code = app->exit(e);
     return code == 0 ? kExitOk : kExitUsage;
   }
+  // Not for synth, whose workers hand their memory back after each case (core/runtime.hpp).
+  if (line.command != "synth") use_huge_page_heap();
   const std::vector<std::string> args(argv, argv + argc);
   // The options a run really used (config file, command line and defaults), for run.json.
   for (const char* name : {"run", "expansion"}) {

@@ -31,7 +31,7 @@ void keep_freed_memory() {
 #endif
 }
 
-bool use_huge_page_heap() {
+bool huge_page_heap_allowed() {
 #if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
   if (std::getenv("HEMEXP_SMALL_PAGES")) return false;
   // Where the reservation would count against a limit: ulimit -v or -d, or strict overcommit
@@ -45,7 +45,15 @@ bool use_huge_page_heap() {
     if (std::fscanf(f, "%d", &overcommit) != 1) overcommit = 0;
     std::fclose(f);
   }
-  if (overcommit == 2) return false;
+  return overcommit != 2;
+#else
+  return false;
+#endif
+}
+
+bool use_huge_page_heap() {
+#if defined(__GLIBC__)
+  if (!huge_page_heap_allowed()) return false;
   mallopt(M_ARENA_MAX, 1);  // every thread's blocks from the one heap
   constexpr size_t kReserve = size_t(3) << 29, kHuge = size_t(1) << 21;  // 1.5 GiB, 2 MiB
   char* const before = static_cast<char*>(sbrk(0));

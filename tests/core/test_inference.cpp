@@ -11,9 +11,6 @@
 
 #include <ATen/Parallel.h>
 
-#if defined(__linux__)
-#include <sys/resource.h>
-#endif
 
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/preprocessing.hpp"
@@ -516,16 +513,9 @@ TEST(Runtime, ParallelLoopsUseTheThreadsAskedFor) {
 // mapping was marked, not that the kernel found huge pages for it). In a child process, so that
 // the allocator settings stay out of the other tests when the whole binary runs in one process.
 TEST(Runtime, HeapIsMarkedForHugePages) {
-#if defined(__GLIBC__) && defined(__linux__) && !defined(__SANITIZE_ADDRESS__)
-  if (std::getenv("HEMEXP_SMALL_PAGES")) GTEST_SKIP() << "HEMEXP_SMALL_PAGES is set";
-  for (int resource : {RLIMIT_AS, RLIMIT_DATA}) {
-    rlimit limit{};
-    if (getrlimit(resource, &limit) != 0 || limit.rlim_cur != RLIM_INFINITY)
-      GTEST_SKIP() << "an address-space or data limit is set: no reservation";
-  }
-  std::ifstream overcommit("/proc/sys/vm/overcommit_memory");
-  int mode = 0;
-  if (overcommit >> mode && mode == 2) GTEST_SKIP() << "strict overcommit: no reservation";
+#if defined(__linux__)
+  if (!huge_page_heap_allowed())
+    GTEST_SKIP() << "no reservation here (HEMEXP_SMALL_PAGES, ulimit -v/-d, strict overcommit, ASan or not glibc)";
   if (!std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled")) GTEST_SKIP() << "no transparent huge pages";
   // The VmFlags line of the mapping that holds `address`.
   const auto flags_at = [](uintptr_t address) {
@@ -564,10 +554,9 @@ TEST(Runtime, HeapIsMarkedForHugePages) {
       },
       ::testing::ExitedWithCode(0), "mapping: VmFlags:.* hg");
 #else
-  GTEST_SKIP() << "glibc on Linux only";
+  GTEST_SKIP() << "Linux only";
 #endif
 }
 
 }  // namespace
 }  // namespace hemexp
-

@@ -23,10 +23,14 @@ void keep_freed_memory();
 // map 2 MiB at a time on first touch instead of 4 KiB. With 4 KiB pages a 512 x 512 x 300 case
 // still took some 25,000 page faults after the first (the writers' and readers' buffers) and the
 // first case some 200,000 (docs/PERFORMANCE.md, session 46). Not done (false) where
-// HEMEXP_SMALL_PAGES is set, under ulimit -v or -d, with strict overcommit
-// (vm.overcommit_memory = 2), under AddressSanitizer or off glibc. Call before other threads
-// start. True when the heap was marked.
+// huge_page_heap_allowed() says no. Call before other threads start. True when the heap was
+// marked.
 bool use_huge_page_heap();
+
+// Whether use_huge_page_heap may reserve: not where HEMEXP_SMALL_PAGES is set (any value), under
+// ulimit -v or -d or strict overcommit (vm.overcommit_memory = 2: the reservation would count
+// against the limit), under AddressSanitizer, or off glibc.
+bool huge_page_heap_allowed();
 
 // Hands the free memory of every malloc arena back to the kernel (glibc malloc_trim; a no-op
 // elsewhere). For loops whose work runs on threads of their own (synth's workers): with
