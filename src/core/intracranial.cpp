@@ -9,6 +9,7 @@
 
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/statistics.hpp"
+#include "dilation.hpp"
 
 namespace hemexp {
 
@@ -47,46 +48,6 @@ void flood_from_border(const uint8_t* wall, int64_t h, int64_t w, std::vector<ui
   }
 }
 
-// dst[i * step] = 1 when src holds a nonzero within r elements of i along a line of n (the
-// window clipped at the ends): a running count, O(1) per element whatever r.
-void dilate_line(const uint8_t* src, uint8_t* dst, int64_t n, int64_t step, int64_t r) {
-  int64_t count = 0;
-  for (int64_t i = 0; i < std::min(r, n); ++i) count += src[i * step] != 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (i + r < n) count += src[(i + r) * step] != 0;
-    if (i - r - 1 >= 0) count -= src[(i - r - 1) * step] != 0;
-    dst[i * step] = count > 0;
-  }
-}
-
-// dilate_line along every column of an (h, w) slice at once: one running count per column, the
-// rows visited in memory order (what dilate_line(src + x, dst + x, h, w, r) gives for each x).
-void dilate_columns(const uint8_t* src, uint8_t* dst, int64_t h, int64_t w, int64_t r, std::vector<uint16_t>& count) {
-  count.assign(size_t(w), 0);
-  uint16_t* c = count.data();
-  for (int64_t y = 0; y < std::min(r, h); ++y)
-    for (int64_t x = 0; x < w; ++x) c[x] = uint16_t(c[x] + (src[y * w + x] != 0));
-  for (int64_t y = 0; y < h; ++y) {
-    if (y + r < h) {
-      const uint8_t* add = src + (y + r) * w;
-      for (int64_t x = 0; x < w; ++x) c[x] = uint16_t(c[x] + (add[x] != 0));
-    }
-    if (y - r - 1 >= 0) {
-      const uint8_t* sub = src + (y - r - 1) * w;
-      for (int64_t x = 0; x < w; ++x) c[x] = uint16_t(c[x] - (sub[x] != 0));
-    }
-    uint8_t* d = dst + y * w;
-    for (int64_t x = 0; x < w; ++x) d[x] = c[x] > 0;
-  }
-}
-
-// Dilation of an (h, w) binary slice by a (2 ry + 1) x (2 rx + 1) square: rows, then columns.
-void dilate_square(const uint8_t* src, uint8_t* tmp, uint8_t* dst, int64_t h, int64_t w, int64_t ry, int64_t rx,
-                   std::vector<uint16_t>& count) {
-  for (int64_t y = 0; y < h; ++y) dilate_line(src + y * w, tmp + y * w, w, 1, rx);
-  dilate_columns(tmp, dst, h, w, ry, count);
-}
-
 }  // namespace
 
 torch::Tensor close_slices(const torch::Tensor& binary, int64_t ry, int64_t rx) {
@@ -103,9 +64,9 @@ torch::Tensor close_slices(const torch::Tensor& binary, int64_t ry, int64_t rx) 
     for (int64_t z = z0; z < z1; ++z) {
       const uint8_t* src = ip + z * h * w;
       uint8_t* dst = op + z * h * w;
-      dilate_square(src, b.data(), a.data(), h, w, ry, rx, count);  // a: dilated
+      dilation::rectangle(src, b.data(), a.data(), h, w, ry, rx, count);  // a: dilated
       for (auto& v : a) v = !v;                                      // erosion = not (dilation of not),
-      dilate_square(a.data(), b.data(), dst, h, w, ry, rx, count);  // clipped windows: outside counts as 1
+      dilation::rectangle(a.data(), b.data(), dst, h, w, ry, rx, count);  // clipped windows: outside counts as 1
       for (int64_t i = 0; i < h * w; ++i) dst[i] = !dst[i];
     }
   });

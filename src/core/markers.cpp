@@ -45,12 +45,10 @@ constexpr double kShellInner = 0.4, kShellOuter = 0.7, kShellDropHu = 10.0;
 
 // Dilation of a bool volume by a 3 x 3 x 3 box; beyond the tensor counts as `beyond`.
 torch::Tensor grow_by_one(const torch::Tensor& m, bool beyond) {
-  torch::Tensor grown = torch::constant_pad_nd(m.to(torch::kFloat32), {1, 1, 1, 1, 1, 1}, beyond ? 1.0 : 0.0).unsqueeze(0);
-  // A box is three 1-D poolings (separable), not one 3-D pooling.
-  grown = torch::max_pool3d(grown, {1, 1, 3}, 1);
-  grown = torch::max_pool3d(grown, {1, 3, 1}, 1);
-  grown = torch::max_pool3d(grown, {3, 1, 1}, 1);
-  return grown.squeeze(0) > 0.5f;
+  torch::Tensor grown = dilate_box(m, {1, 1, 1});
+  if (beyond)  // every voxel on a face has a neighbour beyond
+    for (int64_t d = 0; d < 3; ++d) grown.select(d, 0).fill_(true), grown.select(d, grown.size(d) - 1).fill_(true);
+  return grown;
 }
 
 // Voxels whose 26 neighbours are all in the mask (erosion by a 3 x 3 x 3 box); outside the
@@ -192,8 +190,7 @@ double island_probability(const torch::Tensor& labels, int64_t id, const MaskBox
     spread = std::sqrt(std::max(torch::linalg_eigvalsh(covariance, "L").max().item<double>(), 0.0));
   }
   if (spread > kIslandMaxSpreadMm) return 0.0;
-  const torch::Tensor near = torch::max_pool3d(r.to(torch::kFloat32).unsqueeze(0), {3, ky, kx}, 1, {1, ky / 2, kx / 2})
-                                 .squeeze(0) > 0.5f;
+  const torch::Tensor near = dilate_box(r, {1, ky / 2, kx / 2});
   const torch::Tensor surround = near & ~box.crop(excluded);
   if (surround.sum().item<int64_t>() == 0) return 0.0;
   const double around = median(to_vector(s.masked_select(surround)));
@@ -241,15 +238,10 @@ int64_t count_islands(const torch::Tensor& mask, const torch::Tensor& hu, const 
   const double reference_hu = median(to_vector(reference_voxels));
 
   // Bone and what lies within kBoneMarginMm of it (a box): partial volume with bone is bright.
-  torch::Tensor bone = (values > float(kBoneHu)).to(torch::kFloat32).unsqueeze(0);
-  const std::array<int64_t, 3> reach{odd_width(2 * kBoneMarginMm, g.spacing_mm[2]),
-                                     odd_width(2 * kBoneMarginMm, g.spacing_mm[1]),
-                                     odd_width(2 * kBoneMarginMm, g.spacing_mm[0])};
-  bone = torch::max_pool3d(bone, {reach[0], 1, 1}, 1, {reach[0] / 2, 0, 0});
-  bone = torch::max_pool3d(bone, {1, reach[1], 1}, 1, {0, reach[1] / 2, 0});
-  bone = torch::max_pool3d(bone, {1, 1, reach[2]}, 1, {0, 0, reach[2] / 2});
-  const torch::Tensor bright = (smooth > float(reference_hu - kIslandDropHu)) & (smooth < float(kIslandMaxHu)) &
-                               (bone.squeeze(0) < 0.5f);
+  const torch::Tensor bone = dilate_box(values > float(kBoneHu), {odd_width(2 * kBoneMarginMm, g.spacing_mm[2]) / 2,
+                                                                   odd_width(2 * kBoneMarginMm, g.spacing_mm[1]) / 2,
+                                                                   odd_width(2 * kBoneMarginMm, g.spacing_mm[0]) / 2});
+  const torch::Tensor bright = (smooth > float(reference_hu - kIslandDropHu)) & (smooth < float(kIslandMaxHu)) & ~bone;
 
   torch::Tensor labels;
   const int64_t n = connected_components(bright, &labels);
@@ -266,7 +258,7 @@ int64_t count_islands(const torch::Tensor& mask, const torch::Tensor& hu, const 
                             (sizes_mm3 >= kIslandMinMm3) & (sizes_mm3 <= kIslandMaxMm3);
   candidate[0] = false;
   if (clot > 0) candidate[clot] = false;
-  const torch::Tensor not_surround = bright | m | (bone.squeeze(0) > 0.5f);
+  const torch::Tensor not_surround = bright | m | bone;
   const std::vector<MaskBox> boxes = label_boxes(labels, n);
   int64_t islands = 0;
   const torch::Tensor ids = candidate.nonzero().reshape({-1}).contiguous();

@@ -10,6 +10,7 @@
 
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/statistics.hpp"
+#include "dilation.hpp"
 
 namespace hemexp {
 
@@ -73,19 +74,79 @@ int64_t connected_components(const torch::Tensor& mask, torch::Tensor* labels) {
 MaskBox mask_bounding_box(const torch::Tensor& mask) {
   if (mask.dim() != 3) throw CoreError("bounding box: the mask must be (z, y, x)");
   MaskBox box;
-  // Two passes over the volume: along x (giving z and y), then along z (giving x). A uint8 or
-  // bool mask is reduced as it is, without a whole-volume temporary.
   const bool binary = mask.scalar_type() == torch::kUInt8 || mask.scalar_type() == torch::kBool;
-  const torch::Tensor m = binary ? mask : mask.ne(0);
-  const torch::Tensor zy = m.any(2);
-  const torch::Tensor along[3] = {zy.any(1), zy.any(0), m.any(0).any(0)};  // z, y, x
-  for (int d = 0; d < 3; ++d) {
-    const torch::Tensor where = along[d].nonzero();
-    if (where.numel() == 0) return MaskBox{};
-    box.begin[size_t(d)] = where.min().item<int64_t>();
-    box.size[size_t(d)] = where.max().item<int64_t>() - box.begin[size_t(d)] + 1;
+  if (!binary || !mask.is_contiguous()) {
+    // Two passes over the volume: along x (giving z and y), then along z (giving x).
+    const torch::Tensor m = binary ? mask : mask.ne(0);
+    const torch::Tensor zy = m.any(2);
+    const torch::Tensor along[3] = {zy.any(1), zy.any(0), m.any(0).any(0)};  // z, y, x
+    for (int d = 0; d < 3; ++d) {
+      const torch::Tensor where = along[d].nonzero();
+      if (where.numel() == 0) return MaskBox{};
+      box.begin[size_t(d)] = where.min().item<int64_t>();
+      box.size[size_t(d)] = where.max().item<int64_t>() - box.begin[size_t(d)] + 1;
+    }
+    return box;
   }
+  // A contiguous uint8 or bool mask: one pass, slices in parallel, a row skipped at the cost of
+  // an OR over its bytes when it holds nothing (most rows of a scan).
+  const int64_t nz = mask.size(0), ny = mask.size(1), nx = mask.size(2);
+  const uint8_t* p = static_cast<const uint8_t*>(mask.data_ptr());
+  std::vector<std::array<int64_t, 4>> per_slice(static_cast<size_t>(nz));  // y first, y last, x first, x last (-1: none)
+  at::parallel_for(0, nz, 1, [&](int64_t z0, int64_t z1) {
+    for (int64_t z = z0; z < z1; ++z) {
+      std::array<int64_t, 4> s{ny, -1, nx, -1};
+      for (int64_t y = 0; y < ny; ++y) {
+        const uint8_t* row = p + (z * ny + y) * nx;
+        uint8_t any = 0;
+        for (int64_t x = 0; x < nx; ++x) any |= row[x];
+        if (!any) continue;
+        int64_t first = 0, last = nx - 1;
+        while (!row[first]) ++first;
+        while (!row[last]) --last;
+        s[0] = std::min(s[0], y), s[1] = y, s[2] = std::min(s[2], first), s[3] = std::max(s[3], last);
+      }
+      per_slice[size_t(z)] = s;
+    }
+  });
+  std::array<int64_t, 6> lohi{nz, ny, nx, -1, -1, -1};
+  for (int64_t z = 0; z < nz; ++z) {
+    const auto& s = per_slice[size_t(z)];
+    if (s[1] < 0) continue;
+    lohi[0] = std::min(lohi[0], z), lohi[3] = z;
+    lohi[1] = std::min(lohi[1], s[0]), lohi[4] = std::max(lohi[4], s[1]);
+    lohi[2] = std::min(lohi[2], s[2]), lohi[5] = std::max(lohi[5], s[3]);
+  }
+  if (lohi[3] < 0) return MaskBox{};
+  box.begin = {lohi[0], lohi[1], lohi[2]};
+  box.size = {lohi[3] - lohi[0] + 1, lohi[4] - lohi[1] + 1, lohi[5] - lohi[2] + 1};
   return box;
+}
+
+torch::Tensor dilate_box(const torch::Tensor& mask, const std::array<int64_t, 3>& radius) {
+  if (mask.dim() != 3) throw CoreError("dilation: the mask must be (z, y, x)");
+  for (const int64_t r : radius)
+    if (r < 0 || r > 32767) throw CoreError("dilation: a radius must be 0 to 32767 voxels");
+  const bool binary = mask.scalar_type() == torch::kUInt8 || mask.scalar_type() == torch::kBool;
+  const torch::Tensor in = (binary ? mask : mask.ne(0)).contiguous();
+  const int64_t nz = in.size(0), h = in.size(1), w = in.size(2), plane = h * w;
+  const torch::Tensor rows = torch::empty({nz, h, w}, torch::kUInt8);
+  torch::Tensor out = torch::empty({nz, h, w}, torch::kBool);
+  const uint8_t* ip = static_cast<const uint8_t*>(in.data_ptr());
+  uint8_t* rp = rows.data_ptr<uint8_t>();
+  uint8_t* op = static_cast<uint8_t*>(out.data_ptr());  // a bool is one byte, 0 or 1
+  // In-plane per slice, then along z per column of the volume.
+  at::parallel_for(0, nz, 1, [&](int64_t z0, int64_t z1) {
+    std::vector<uint8_t> tmp(static_cast<size_t>(plane));
+    std::vector<uint16_t> count;
+    for (int64_t z = z0; z < z1; ++z)
+      dilation::rectangle(ip + z * plane, tmp.data(), rp + z * plane, h, w, radius[1], radius[2], count);
+  });
+  at::parallel_for(0, plane, 4096, [&](int64_t c0, int64_t c1) {
+    std::vector<uint16_t> count;
+    dilation::columns(rp + c0, op + c0, nz, c1 - c0, plane, radius[0], count);
+  });
+  return out;
 }
 
 std::vector<MaskBox> label_boxes(const torch::Tensor& labels, int64_t n) {

@@ -97,6 +97,55 @@ TEST(Measurements, ComponentsBorderAndEmptyMask) {
 namespace hemexp {
 namespace {
 
+// The running-count dilation against max pooling (what the markers used before): every radius
+// from none to wider than the volume, per dim, on sparse and dense masks, bool and uint8.
+TEST(Measurements, BoxDilationEqualsMaxPooling) {
+  torch::manual_seed(5);
+  const std::vector<std::array<int64_t, 3>> radii{{0, 0, 0}, {1, 1, 1}, {0, 3, 2}, {2, 6, 6}, {5, 1, 0}, {9, 23, 30}};
+  for (const auto& r : radii) {
+    for (double density : {0.002, 0.05, 0.3}) {
+      const torch::Tensor set = torch::rand({7, 29, 41}) < density;
+      const torch::Tensor expected =
+          torch::max_pool3d(set.to(torch::kFloat32).unsqueeze(0), {2 * r[0] + 1, 2 * r[1] + 1, 2 * r[2] + 1}, 1,
+                            {r[0], r[1], r[2]})
+              .squeeze(0) > 0.5f;
+      for (const torch::Tensor& in : {set, set.to(torch::kUInt8) * 3}) {
+        const torch::Tensor got = dilate_box(in, r);
+        ASSERT_EQ(got.scalar_type(), torch::kBool);
+        EXPECT_TRUE(torch::equal(got, expected)) << r[0] << " " << r[1] << " " << r[2] << " density " << density;
+      }
+    }
+  }
+  EXPECT_THROW(dilate_box(torch::zeros({2, 2, 2}, torch::kBool), {0, -1, 0}), CoreError);
+}
+
+// The one-pass box of a contiguous uint8 or bool mask against the nonzero voxels' extremes, and
+// the same box from a non-contiguous view (the general path) and from a float mask.
+TEST(Measurements, BoundingBoxOfEveryLayoutIsTheExtremesOfTheVoxelsSet) {
+  torch::manual_seed(6);
+  for (double density : {1e-5, 1e-3, 0.05}) {
+    for (int trial = 0; trial < 4; ++trial) {
+      const torch::Tensor set = torch::rand({9, 33, 70}) < density;
+      const torch::Tensor where = set.nonzero();
+      if (where.size(0) == 0) {
+        EXPECT_TRUE(mask_bounding_box(set).empty());
+        continue;
+      }
+      const torch::Tensor lo = std::get<0>(where.min(0)), hi = std::get<0>(where.max(0));
+      const std::array<int64_t, 3> begin{lo[0].item<int64_t>(), lo[1].item<int64_t>(), lo[2].item<int64_t>()};
+      const std::array<int64_t, 3> size{hi[0].item<int64_t>() - begin[0] + 1, hi[1].item<int64_t>() - begin[1] + 1,
+                                        hi[2].item<int64_t>() - begin[2] + 1};
+      const torch::Tensor transposed = set.transpose(0, 2).contiguous().transpose(0, 2);  // same values, other strides
+      ASSERT_FALSE(transposed.is_contiguous());
+      for (const torch::Tensor& m : {set, set.to(torch::kUInt8), transposed, set.to(torch::kFloat32)}) {
+        const MaskBox box = mask_bounding_box(m);
+        EXPECT_EQ(box.begin, begin) << density;
+        EXPECT_EQ(box.size, size) << density;
+      }
+    }
+  }
+}
+
 // The box the measurements work in, and that working in it changes nothing: a mask shifted
 // inside a larger volume measures exactly as the same mask filling a tight one.
 TEST(Measurements, BoundingBoxAndMeasuringInsideIt) {
