@@ -65,7 +65,7 @@ torch::Tensor close_slices(const torch::Tensor& binary, int64_t ry, int64_t rx) 
       const uint8_t* src = ip + z * h * w;
       uint8_t* dst = op + z * h * w;
       dilation::rectangle(src, b.data(), a.data(), h, w, ry, rx, count);  // a: dilated
-      for (auto& v : a) v = !v;                                      // erosion = not (dilation of not),
+      for (auto& v : a) v = !v;                                           // erosion = not (dilation of not),
       dilation::rectangle(a.data(), b.data(), dst, h, w, ry, rx, count);  // clipped windows: outside counts as 1
       for (int64_t i = 0; i < h * w; ++i) dst[i] = !dst[i];
     }

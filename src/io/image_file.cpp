@@ -38,7 +38,7 @@ std::string format_of(const fs::path& path) {
 using FloatImage = itk::Image<float, 3>;
 
 template <typename Pixel>
-void write_typed(const fs::path& path, const torch::Tensor& voxels, const Geometry& g) {
+void write_typed(const fs::path& path, const torch::Tensor& voxels, const Geometry& g, bool compress = true) {
   using Image = itk::Image<Pixel, 3>;
   auto image = Image::New();
   typename Image::RegionType region;
@@ -61,8 +61,84 @@ void write_typed(const fs::path& path, const torch::Tensor& voxels, const Geomet
   auto writer = itk::ImageFileWriter<Image>::New();
   writer->SetFileName(path.string());
   writer->SetInput(image);
-  writer->SetUseCompression(true);
+  writer->SetUseCompression(compress);
   writer->Update();
+}
+
+// The NIfTI-1 header (and extension flag: the vox_offset bytes before the voxels) that ITK writes
+// for an image of type Pixel on grid g: ITK writes a 2 x 2 x 2 image on the same grid (spacing,
+// origin, direction) uncompressed next to `near`, and its size fields are set to g's. Empty where
+// that is not what ITK wrote (a change of ITK): the caller then lets ITK write the whole file.
+template <typename Pixel>
+std::string itk_nifti_header(const fs::path& near, const Geometry& g) {
+  Geometry small = g;
+  small.size = {2, 2, 2};
+  const fs::path tmp = temporary_path_for(near.parent_path() / "header.nii");
+  std::string bytes;
+  try {
+    write_typed<Pixel>(tmp, torch::zeros({2, 2, 2}, c10::CppTypeToScalarType<Pixel>::value), small, false);
+    bytes = read_text_file(tmp);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
+  }
+  std::error_code ec;
+  fs::remove(tmp, ec);
+  constexpr size_t kHeader = 348, kDim = 40, kVoxOffset = 108;
+  int32_t header_size = 0;
+  int16_t dim[4] = {0, 0, 0, 0};
+  float vox_offset = 0;
+  if (bytes.size() < kHeader) return {};
+  std::memcpy(&header_size, bytes.data(), 4);
+  std::memcpy(dim, bytes.data() + kDim, sizeof dim);
+  std::memcpy(&vox_offset, bytes.data() + kVoxOffset, 4);
+  const size_t offset = size_t(vox_offset);
+  if (header_size != int32_t(kHeader) || dim[0] != 3 || dim[1] != 2 || dim[2] != 2 || dim[3] != 2 ||
+      float(offset) != vox_offset || offset < kHeader || bytes.size() != offset + 8 * sizeof(Pixel))
+    return {};
+  bytes.resize(offset);
+  for (size_t d = 0; d < 3; ++d) {
+    const int16_t n = int16_t(g.size[d]);
+    std::memcpy(bytes.data() + kDim + 2 * (d + 1), &n, 2);
+  }
+  return bytes;
+}
+
+// A .nii.gz file of ITK's header (itk_nifti_header) and the voxels, deflated here at zlib level 1
+// (run-length matches only for uint8 label maps, mostly runs of zeros: level 6's size at level
+// 1's speed); ITK deflates at level 6 whatever it is asked (docs/PERFORMANCE.md). Every write
+// and the close are checked: a full disk is an IoError, not a cut file. False where the header
+// is not ITK's usual one (the caller lets ITK write the file).
+template <typename Pixel>
+bool write_nifti_gz(const fs::path& tmp, const torch::Tensor& voxels, const Geometry& g) {
+  for (const int64_t n : g.size)
+    if (n < 2 || n > 32767) return false;  // what a 2 x 2 x 2 header with its sizes set cannot say
+  const std::string header = itk_nifti_header<Pixel>(tmp, g);
+  if (header.empty()) return false;
+  const torch::Tensor src = voxels.contiguous();
+  gzFile f = gzopen(tmp.c_str(), std::is_same_v<Pixel, uint8_t> ? "wb1R" : "wb1");
+  if (!f) throw IoError(std::string("cannot create the file: ") + std::strerror(errno));
+  gzbuffer(f, 1 << 20);
+  const auto put = [&](const char* p, size_t n) {
+    while (n > 0) {
+      const unsigned k = unsigned(std::min<size_t>(n, size_t(1) << 30));
+      if (gzwrite(f, p, k) != int(k)) {
+        int code = 0;
+        const char* text = gzerror(f, &code);
+        const std::string why = code == Z_ERRNO ? std::strerror(errno) : (text ? text : "zlib error");
+        gzclose(f);
+        throw IoError("the write failed (disk full?): " + why);
+      }
+      p += k, n -= k;
+    }
+  };
+  put(header.data(), header.size());
+  put(static_cast<const char*>(src.data_ptr()), sizeof(Pixel) * size_t(g.voxel_count()));
+  errno = 0;
+  if (gzclose(f) != Z_OK)
+    throw IoError(std::string("closing the file failed (disk full?): ") + (errno ? std::strerror(errno) : "zlib error"));
+  return true;
 }
 
 }  // namespace
@@ -190,22 +266,34 @@ ImageFileContents read_image_file(const fs::path& path, uint64_t max_voxels) {
 
 void write_image_file(const fs::path& path, const torch::Tensor& voxels, const Geometry& g) {
   check_matches(g, voxels, ("writing " + path.string()).c_str());
+  const bool nifti = format_of(path) == "nifti", gz = ends_with(lower(path.filename().string()), ".gz");
   try {
     write_atomically(path, [&](const fs::path& tmp) {
-      switch (voxels.scalar_type()) {
-        case torch::kUInt8: write_typed<uint8_t>(tmp, voxels, g); break;
-        case torch::kInt16: write_typed<int16_t>(tmp, voxels, g); break;
-        case torch::kFloat32: write_typed<float>(tmp, voxels, g); break;
-        default: throw IoError("writing " + path.string() + ": unsupported voxel type");
-      }
-      // ITK does not check every write (nor closing the file): a full disk could leave a cut
-      // file under the final name. A NIfTI file is read back through its checksum first.
-      if (format_of(path) == "nifti") {
-        try {
-          check_nifti_file(tmp, uint64_t(g.voxel_count()));
-        } catch (const IoError& e) {
-          throw IoError("writing " + path.string() + ": the written file does not read back (disk full?): " + e.what());
+      const auto write = [&](auto pixel) {
+        using Pixel = decltype(pixel);
+        if (nifti && gz) {
+          try {
+            if (write_nifti_gz<Pixel>(tmp, voxels, g)) return;
+          } catch (const IoError& e) {
+            throw IoError("writing " + path.string() + ": " + e.what());
+          }
         }
+        write_typed<Pixel>(tmp, voxels, g);
+        // ITK does not check every write (nor closing the file): a full disk could leave a cut
+        // file under the final name. A NIfTI file ITK wrote is read back through its checksum.
+        if (nifti) {
+          try {
+            check_nifti_file(tmp, uint64_t(g.voxel_count()));
+          } catch (const IoError& e) {
+            throw IoError("writing " + path.string() + ": the written file does not read back (disk full?): " + e.what());
+          }
+        }
+      };
+      switch (voxels.scalar_type()) {
+        case torch::kUInt8: write(uint8_t{}); break;
+        case torch::kInt16: write(int16_t{}); break;
+        case torch::kFloat32: write(float{}); break;
+        default: throw IoError("writing " + path.string() + ": unsupported voxel type");
       }
     });
   } catch (const itk::ExceptionObject& e) {

@@ -1,10 +1,14 @@
 // Writing masks back on the input grid: every voxel keeps its physical point (the pattern of
 // ITK's orientation-filter tests), through the canonical orientation and a NIfTI file.
 #include <cmath>
+#include <cstring>
 #include <fstream>
+
+#include <zlib.h>
 
 #include <itkImage.h>
 #include <itkImageFileReader.h>
+#include <itkImageFileWriter.h>
 #include <itkRGBPixel.h>
 
 #include "hemexp/core/orientation.hpp"
@@ -106,6 +110,72 @@ TEST(Writer, VoxelTypesRoundTripExactly) {
   EXPECT_EQ(sa, sb);
   EXPECT_THROW(write_image_file(dir / "bad.nii.gz", torch::zeros({3, 4, 4}), g), std::exception);
   EXPECT_FALSE(fs::exists(dir / "bad.nii.gz"));
+}
+
+// hemexp deflates .nii.gz files itself (ITK's header, zlib level 1): inflated, each is byte for
+// byte the .nii that ITK writes for the same image, for every voxel type, on an oblique grid
+// and a flipped one; nothing else is left in the folder (the header's temporary file).
+TEST(Writer, DeflatedNiftiIsItksOwnFileByteForByte) {
+  const auto inflate = [](const fs::path& file) {
+    gzFile f = gzopen(file.c_str(), "rb");
+    EXPECT_NE(f, nullptr);
+    std::string out;
+    char buf[65536];
+    for (int n; (n = gzread(f, buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
+    gzclose(f);
+    return out;
+  };
+  const auto itk_file = [](const fs::path& file, const torch::Tensor& voxels, const Geometry& g, auto pixel) {
+    using Image = itk::Image<decltype(pixel), 3>;
+    auto image = Image::New();
+    typename Image::RegionType region;
+    typename Image::SpacingType spacing;
+    typename Image::PointType origin;
+    typename Image::DirectionType direction;
+    for (unsigned a = 0; a < 3; ++a) {
+      region.SetSize(a, g.size[a]);
+      spacing[a] = g.spacing_mm[a];
+      origin[a] = g.origin_mm[a];
+      for (unsigned b = 0; b < 3; ++b) direction(a, b) = g.direction[a * 3 + b];
+    }
+    image->SetRegions(region);
+    image->SetSpacing(spacing);
+    image->SetOrigin(origin);
+    image->SetDirection(direction);
+    image->Allocate();
+    std::memcpy(image->GetBufferPointer(), voxels.contiguous().data_ptr(), voxels.nbytes());
+    auto writer = itk::ImageFileWriter<Image>::New();
+    writer->SetFileName(file.string());
+    writer->SetInput(image);
+    writer->Update();
+    return read_text_file(file);
+  };
+  torch::manual_seed(8);
+  for (const Mat3& direction : {rotation(0.3, -0.2, 0.1), Mat3{-1, 0, 0, 0, 0, 1, 0, -1, 0}}) {
+    ScratchDir dir;
+    Geometry g;
+    g.size = {37, 29, 13};
+    g.spacing_mm = {0.48, 0.52, 2.5};
+    g.origin_mm = {-101.25, 87.5, -12.0};
+    g.direction = direction;
+    const torch::Tensor mask = (torch::rand({13, 29, 37}) < 0.1).to(torch::kUInt8) * 3;
+    const torch::Tensor hu = torch::randint(-1024, 3000, {13, 29, 37}).to(torch::kInt16);
+    const torch::Tensor p = torch::rand({13, 29, 37});
+    write_image_file(dir / "mask.nii.gz", mask, g);
+    write_image_file(dir / "ct.nii.gz", hu, g);
+    write_image_file(dir / "p.nii.gz", p, g);
+    std::vector<std::string> files;
+    for (const auto& e : fs::directory_iterator(dir.path())) files.push_back(e.path().filename().string());
+    std::sort(files.begin(), files.end());
+    EXPECT_EQ(files, (std::vector<std::string>{"ct.nii.gz", "mask.nii.gz", "p.nii.gz"}));
+    for (const std::string& f : files)  // gzip's XFL byte: 4 = the fastest level (hemexp's), 0 = ITK's level 6
+      EXPECT_EQ(read_text_file(dir / f).at(8), '\x04') << f;
+    const std::string mask_itk = itk_file(dir / "ref-mask.nii", mask, g, uint8_t{});
+    EXPECT_EQ(mask_itk.size(), 352u + 13 * 29 * 37);
+    EXPECT_EQ(inflate(dir / "mask.nii.gz"), mask_itk);
+    EXPECT_EQ(inflate(dir / "ct.nii.gz"), itk_file(dir / "ref-ct.nii", hu, g, int16_t{}));
+    EXPECT_EQ(inflate(dir / "p.nii.gz"), itk_file(dir / "ref-p.nii", p, g, float{}));
+  }
 }
 
 // write_png encodes PNG itself (zlib, Sub filter): ITK's reader (libpng) gives back every
