@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
+
+#include <ATen/Parallel.h>
 
 #include "hemexp/core/error.hpp"
 
@@ -48,6 +51,55 @@ Geometry grid_with_spacing(const Geometry& g, const Vec3& spacing_mm) {
   return out;
 }
 
+namespace {
+
+// a + (b - a) w along `dim` of a float tensor, a and b its slices i0[j] and i1[j], w[j] a float:
+// what index_select, sub_, mul_ and add_ give (each operation rounded on its own: this file is
+// compiled without fused multiply-add), in one pass over the output and without its four
+// output-sized temporaries.
+torch::Tensor lerp_along(const torch::Tensor& x, int64_t dim, const torch::Tensor& i0, const torch::Tensor& i1,
+                         const torch::Tensor& w) {
+  const torch::Tensor src = x.contiguous();
+  const torch::Tensor lo = i0.contiguous(), hi = i1.contiguous(), weight = w.reshape({-1}).contiguous();
+  const int64_t in_size = src.size(dim), out_size = lo.numel();
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < dim; ++d) outer *= src.size(d);
+  for (int64_t d = dim + 1; d < src.dim(); ++d) inner *= src.size(d);
+  std::vector<int64_t> shape = src.sizes().vec();
+  shape[size_t(dim)] = out_size;
+  torch::Tensor out = torch::empty(shape, src.options());
+  const float* in = src.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  const int64_t *p0 = lo.data_ptr<int64_t>(), *p1 = hi.data_ptr<int64_t>();
+  float* o = out.data_ptr<float>();
+  if (inner == 1) {  // along the rows: a gather per output element
+    at::parallel_for(0, outer, std::max<int64_t>(1, 32768 / std::max<int64_t>(out_size, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* row = in + r * in_size;
+        float* d = o + r * out_size;
+        for (int64_t j = 0; j < out_size; ++j) {
+          const float a = row[p0[j]];
+          d[j] = (row[p1[j]] - a) * wp[j] + a;
+        }
+      }
+    });
+  } else {  // whole rows or planes at a time
+    at::parallel_for(0, outer * out_size, std::max<int64_t>(1, 32768 / inner), [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t r = k / out_size, j = k % out_size;
+        const float* a = in + (r * in_size + p0[j]) * inner;
+        const float* b = in + (r * in_size + p1[j]) * inner;
+        const float wj = wp[j];
+        float* d = o + k * inner;
+        for (int64_t t = 0; t < inner; ++t) d[t] = (b[t] - a[t]) * wj + a[t];
+      }
+    });
+  }
+  return out;
+}
+
+}  // namespace
+
 torch::Tensor interpolate_axis(const torch::Tensor& x, int64_t dim, int64_t out_size, double first, double step,
                                std::optional<double> outside, int64_t first_k) {
   if (!outside && !x.is_floating_point())
@@ -63,6 +115,7 @@ torch::Tensor interpolate_axis(const torch::Tensor& x, int64_t dim, int64_t out_
     const auto i0 = pos.floor().to(torch::kLong).clamp(0, in_size - 1);
     const auto i1 = (i0 + 1).clamp(0, in_size - 1);
     const auto w = (pos - i0.to(torch::kFloat64)).to(x.scalar_type()).reshape(shape);
+    if (x.scalar_type() == torch::kFloat32 && x.device().is_cpu()) return lerp_along(x, dim, i0, i1, w);
     const auto a = x.index_select(dim, i0);
     // a + (b - a) w, in place in b: two output-sized tensors instead of five (the same values:
     // the same operations, and addition commutes exactly).

@@ -332,6 +332,42 @@ TEST(Preprocessing, ResamplingIsExactForLinearIntensities) {
 
 // A mask (uint8) is interpolated like the same mask in float: it used to be truncated to its
 // integer type, which turned linear interpolation into taking the lower neighbour.
+// interpolate_axis on float CPU tensors runs its own loop (lerp_along): the bits of the tensor
+// operations it replaced (index_select of both neighbours, then sub_, mul_, add_), along every
+// dim, down and up, from a block's first index, on a non-contiguous input, on 1 and 2 threads.
+TEST(Preprocessing, AxisInterpolationIsTheTensorOperationsBitForBit) {
+  torch::manual_seed(9);
+  const torch::Tensor x = torch::randn({2, 13, 37, 29}) * 400.0f;
+  const auto reference = [](const torch::Tensor& v, int64_t dim, int64_t out_size, double first, double step,
+                            int64_t first_k) {
+    const int64_t in_size = v.size(dim);
+    auto pos = (first + torch::arange(first_k, first_k + out_size, torch::kFloat64) * step).clamp(0, double(in_size - 1));
+    const auto i0 = pos.floor().to(torch::kLong).clamp(0, in_size - 1), i1 = (i0 + 1).clamp(0, in_size - 1);
+    std::vector<int64_t> shape(size_t(v.dim()), 1);
+    shape[size_t(dim)] = out_size;
+    const auto w = (pos - i0.to(torch::kFloat64)).to(torch::kFloat32).reshape(shape);
+    const auto a = v.index_select(dim, i0);
+    return v.index_select(dim, i1).sub_(a).mul_(w).add_(a);
+  };
+  int64_t compared = 0;
+  for (const int threads : {1, 2}) {
+    const test::ThreadCount threads_now(threads);
+    for (int64_t dim = 0; dim < 4; ++dim)
+      for (const double step : {0.3125, 1.0, 2.7})
+        for (const int64_t first_k : {int64_t(0), int64_t(3)}) {
+          const int64_t out_size = std::max<int64_t>(1, int64_t(double(x.size(dim)) / step) - first_k);
+          for (const torch::Tensor& v : {x, x.transpose(1, 3)}) {
+            const torch::Tensor got = interpolate_axis(v, dim, out_size, 0.25, step, std::nullopt, first_k);
+            const torch::Tensor want = reference(v, dim, out_size, 0.25, step, first_k);
+            ASSERT_EQ(got.sizes(), want.sizes());
+            EXPECT_TRUE(torch::equal(got, want)) << "dim " << dim << " step " << step << " first " << first_k;
+            ++compared;
+          }
+        }
+  }
+  EXPECT_EQ(compared, 96);
+}
+
 TEST(Preprocessing, IntegerMasksAreInterpolatedNotTruncated) {
   Geometry from;
   from.size = {8, 1, 1};
