@@ -75,7 +75,7 @@ MaskBox mask_bounding_box(const torch::Tensor& mask) {
   if (mask.dim() != 3) throw CoreError("bounding box: the mask must be (z, y, x)");
   MaskBox box;
   const bool binary = mask.scalar_type() == torch::kUInt8 || mask.scalar_type() == torch::kBool;
-  if (!binary || !mask.is_contiguous()) {
+  if (!binary || !mask.is_contiguous() || !mask.device().is_cpu()) {
     // Two passes over the volume: along x (giving z and y), then along z (giving x).
     const torch::Tensor m = binary ? mask : mask.ne(0);
     const torch::Tensor zy = m.any(2);
@@ -126,10 +126,16 @@ MaskBox mask_bounding_box(const torch::Tensor& mask) {
 torch::Tensor dilate_box(const torch::Tensor& mask, const std::array<int64_t, 3>& radius) {
   if (mask.dim() != 3) throw CoreError("dilation: the mask must be (z, y, x)");
   for (const int64_t r : radius)
-    if (r < 0 || r > 32767) throw CoreError("dilation: a radius must be 0 to 32767 voxels");
+    if (r < 0) throw CoreError("dilation: a radius cannot be negative");
   const bool binary = mask.scalar_type() == torch::kUInt8 || mask.scalar_type() == torch::kBool;
-  const torch::Tensor in = (binary ? mask : mask.ne(0)).contiguous();
+  const torch::Tensor in = (binary ? mask : mask.ne(0)).to(torch::kCPU).contiguous();
   const int64_t nz = in.size(0), h = in.size(1), w = in.size(2), plane = h * w;
+  // A window wider than its dim covers all of it: the same result with r = size - 1, which also
+  // keeps the 16-bit running counts (at most 2 r + 1 or the size) in range for any scan.
+  std::array<int64_t, 3> r = radius;
+  for (size_t d = 0; d < 3; ++d) r[d] = std::min(r[d], std::max<int64_t>(in.size(int64_t(d)) - 1, 0));
+  for (size_t d = 0; d < 3; ++d)
+    if (std::min(2 * r[d] + 1, in.size(int64_t(d))) > 65535) throw CoreError("dilation: a dim of over 65535 voxels");
   const torch::Tensor rows = torch::empty({nz, h, w}, torch::kUInt8);
   torch::Tensor out = torch::empty({nz, h, w}, torch::kBool);
   const uint8_t* ip = static_cast<const uint8_t*>(in.data_ptr());
@@ -140,13 +146,13 @@ torch::Tensor dilate_box(const torch::Tensor& mask, const std::array<int64_t, 3>
     std::vector<uint8_t> tmp(static_cast<size_t>(plane));
     std::vector<uint16_t> count;
     for (int64_t z = z0; z < z1; ++z)
-      dilation::rectangle(ip + z * plane, tmp.data(), rp + z * plane, h, w, radius[1], radius[2], count);
+      dilation::rectangle(ip + z * plane, tmp.data(), rp + z * plane, h, w, r[1], r[2], count);
   });
   at::parallel_for(0, plane, 4096, [&](int64_t c0, int64_t c1) {
     std::vector<uint16_t> count;
-    dilation::columns(rp + c0, op + c0, nz, c1 - c0, plane, radius[0], count);
+    dilation::columns(rp + c0, op + c0, nz, c1 - c0, plane, r[0], count);
   });
-  return out;
+  return out.to(mask.device());
 }
 
 std::vector<MaskBox> label_boxes(const torch::Tensor& labels, int64_t n) {

@@ -10,6 +10,7 @@
 #include <itkVersion.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <future>
@@ -117,8 +118,15 @@ bool write_nifti_gz(const fs::path& tmp, const torch::Tensor& voxels, const Geom
   const std::string header = itk_nifti_header<Pixel>(tmp, g);
   if (header.empty()) return false;
   const torch::Tensor src = voxels.contiguous();
+  if constexpr (std::is_same_v<Pixel, float>) {  // what the reader's check refuses (check_nifti_file)
+    const float* p = src.data_ptr<float>();
+    bool finite = true;
+    for (int64_t i = 0, n = src.numel(); i < n; ++i) finite &= std::isfinite(p[i]);
+    if (!finite) throw IoError("the voxels hold NaN or infinite values");
+  }
+  errno = 0;
   gzFile f = gzopen(tmp.c_str(), std::is_same_v<Pixel, uint8_t> ? "wb1R" : "wb1");
-  if (!f) throw IoError(std::string("cannot create the file: ") + std::strerror(errno));
+  if (!f) throw IoError(std::string("cannot create the file: ") + (errno ? std::strerror(errno) : "zlib error"));
   gzbuffer(f, 1 << 20);
   const auto put = [&](const char* p, size_t n) {
     while (n > 0) {

@@ -109,13 +109,19 @@ TEST(Measurements, BoxDilationEqualsMaxPooling) {
           torch::max_pool3d(set.to(torch::kFloat32).unsqueeze(0), {2 * r[0] + 1, 2 * r[1] + 1, 2 * r[2] + 1}, 1,
                             {r[0], r[1], r[2]})
               .squeeze(0) > 0.5f;
-      for (const torch::Tensor& in : {set, set.to(torch::kUInt8) * 3}) {
+      for (const torch::Tensor& in : {set, set.to(torch::kUInt8) * 3, set.to(torch::kFloat32) * 0.5f,
+                                      set.transpose(0, 2).contiguous().transpose(0, 2)}) {
         const torch::Tensor got = dilate_box(in, r);
         ASSERT_EQ(got.scalar_type(), torch::kBool);
         EXPECT_TRUE(torch::equal(got, expected)) << r[0] << " " << r[1] << " " << r[2] << " density " << density;
       }
     }
   }
+  // A radius wider than the volume: every voxel of a column with one set voxel.
+  const torch::Tensor one = torch::zeros({40, 3, 2}, torch::kBool).index_put_({17, 1, 0}, true);
+  const torch::Tensor column = dilate_box(one, {100000, 0, 0});
+  EXPECT_EQ(column.sum().item<int64_t>(), 40);
+  EXPECT_TRUE(column.select(1, 1).select(1, 0).all().item<bool>());
   EXPECT_THROW(dilate_box(torch::zeros({2, 2, 2}, torch::kBool), {0, -1, 0}), CoreError);
 }
 

@@ -1,8 +1,11 @@
 // Writing masks back on the input grid: every voxel keeps its physical point (the pattern of
 // ITK's orientation-filter tests), through the canonical orientation and a NIfTI file.
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <fstream>
+
+#include <sys/resource.h>
 
 #include <zlib.h>
 
@@ -176,6 +179,37 @@ TEST(Writer, DeflatedNiftiIsItksOwnFileByteForByte) {
     EXPECT_EQ(inflate(dir / "ct.nii.gz"), itk_file(dir / "ref-ct.nii", hu, g, int16_t{}));
     EXPECT_EQ(inflate(dir / "p.nii.gz"), itk_file(dir / "ref-p.nii", p, g, float{}));
   }
+}
+
+// A write that runs out of room (a file size limit, as a full disk): an IoError that names the
+// file and says why, and nothing left in the folder, neither the file nor a temporary (the
+// header's included). In a child process: the limit is the process's.
+TEST(Writer, AFailedNiftiWriteNamesTheFileAndLeavesNothing) {
+  ScratchDir dir;
+  Geometry g;
+  g.size = {256, 256, 40};
+  torch::manual_seed(10);
+  const torch::Tensor noise = torch::randint(-1024, 3000, {40, 256, 256}).to(torch::kInt16);  // does not deflate much
+  const torch::Tensor nan = torch::full({40, 256, 256}, std::nanf(""));
+  const auto child = [&] {
+    std::signal(SIGXFSZ, SIG_IGN);
+    const rlimit limit{200000, 200000};
+    setrlimit(RLIMIT_FSIZE, &limit);
+    int failures = 0;
+    for (const auto& [name, voxels] : {std::pair{"ct.nii.gz", noise}, std::pair{"p.nii.gz", nan}}) {
+      try {
+        write_image_file(dir / name, voxels, g);
+      } catch (const IoError& e) {
+        const std::string why = e.what();
+        const bool named = why.find("writing " + (dir / name).string()) != std::string::npos;
+        const bool reason = why.find(std::string(name) == "ct.nii.gz" ? "File too large" : "NaN") != std::string::npos;
+        if (named && reason) ++failures;
+        else std::fprintf(stderr, "unexpected message: %s\n", why.c_str());
+      }
+    }
+    std::exit(failures == 2 && fs::is_empty(dir.path()) ? 0 : 1);
+  };
+  EXPECT_EXIT(child(), ::testing::ExitedWithCode(0), "");
 }
 
 // write_png encodes PNG itself (zlib, Sub filter): ITK's reader (libpng) gives back every

@@ -52,7 +52,7 @@ MaskBox mask_bounding_box(const torch::Tensor& mask);
 
 // Dilation of a (z, y, x) mask (nonzero = set) by a box of 2 r + 1 voxels per dim, radius r in
 // (z, y, x) order; beyond the volume counts as unset (as max pooling with r of padding). Running
-// counts: the cost does not grow with the radius. Returns bool.
+// counts: the cost does not grow with the radius. Returns bool, on the mask's device.
 torch::Tensor dilate_box(const torch::Tensor& mask, const std::array<int64_t, 3>& radius);
 
 // Number of 26-connected components of a mask, and a label volume (int32, 0 = background,
