@@ -11,7 +11,6 @@
 
 #include <itkImage.h>
 #include <itkImageFileReader.h>
-#include <itkImageFileWriter.h>
 #include <itkRGBPixel.h>
 
 #include "hemexp/core/orientation.hpp"
@@ -116,8 +115,9 @@ TEST(Writer, VoxelTypesRoundTripExactly) {
 }
 
 // hemexp deflates .nii.gz files itself (ITK's header, zlib level 1): inflated, each is byte for
-// byte the .nii that ITK writes for the same image, for every voxel type, on an oblique grid
-// and a flipped one; nothing else is left in the folder (the header's temporary file).
+// byte the .nii that ITK writes for the same image (a .nii target: ITK writes it all), for every
+// voxel type, on an oblique grid and a flipped one; nothing else is left in the folder (the
+// header's temporary file).
 TEST(Writer, DeflatedNiftiIsItksOwnFileByteForByte) {
   const auto inflate = [](const fs::path& file) {
     gzFile f = gzopen(file.c_str(), "rb");
@@ -128,29 +128,9 @@ TEST(Writer, DeflatedNiftiIsItksOwnFileByteForByte) {
     gzclose(f);
     return out;
   };
-  const auto itk_file = [](const fs::path& file, const torch::Tensor& voxels, const Geometry& g, auto pixel) {
-    using Image = itk::Image<decltype(pixel), 3>;
-    auto image = Image::New();
-    typename Image::RegionType region;
-    typename Image::SpacingType spacing;
-    typename Image::PointType origin;
-    typename Image::DirectionType direction;
-    for (unsigned a = 0; a < 3; ++a) {
-      region.SetSize(a, g.size[a]);
-      spacing[a] = g.spacing_mm[a];
-      origin[a] = g.origin_mm[a];
-      for (unsigned b = 0; b < 3; ++b) direction(a, b) = g.direction[a * 3 + b];
-    }
-    image->SetRegions(region);
-    image->SetSpacing(spacing);
-    image->SetOrigin(origin);
-    image->SetDirection(direction);
-    image->Allocate();
-    std::memcpy(image->GetBufferPointer(), voxels.contiguous().data_ptr(), voxels.nbytes());
-    auto writer = itk::ImageFileWriter<Image>::New();
-    writer->SetFileName(file.string());
-    writer->SetInput(image);
-    writer->Update();
+  // ITK's own file: an uncompressed .nii is written by ITK (write_typed), as before this writer.
+  const auto itk_file = [](const fs::path& file, const torch::Tensor& voxels, const Geometry& g) {
+    write_image_file(file, voxels, g);
     return read_text_file(file);
   };
   torch::manual_seed(8);
@@ -173,11 +153,11 @@ TEST(Writer, DeflatedNiftiIsItksOwnFileByteForByte) {
     EXPECT_EQ(files, (std::vector<std::string>{"ct.nii.gz", "mask.nii.gz", "p.nii.gz"}));
     for (const std::string& f : files)  // gzip's XFL byte: 4 = the fastest level (hemexp's), 0 = ITK's level 6
       EXPECT_EQ(read_text_file(dir / f).at(8), '\x04') << f;
-    const std::string mask_itk = itk_file(dir / "ref-mask.nii", mask, g, uint8_t{});
+    const std::string mask_itk = itk_file(dir / "ref-mask.nii", mask, g);
     EXPECT_EQ(mask_itk.size(), 352u + 13 * 29 * 37);
     EXPECT_EQ(inflate(dir / "mask.nii.gz"), mask_itk);
-    EXPECT_EQ(inflate(dir / "ct.nii.gz"), itk_file(dir / "ref-ct.nii", hu, g, int16_t{}));
-    EXPECT_EQ(inflate(dir / "p.nii.gz"), itk_file(dir / "ref-p.nii", p, g, float{}));
+    EXPECT_EQ(inflate(dir / "ct.nii.gz"), itk_file(dir / "ref-ct.nii", hu, g));
+    EXPECT_EQ(inflate(dir / "p.nii.gz"), itk_file(dir / "ref-p.nii", p, g));
   }
 }
 
