@@ -115,7 +115,7 @@ torch::Tensor interpolate_axis(const torch::Tensor& x, int64_t dim, int64_t out_
     const auto i0 = pos.floor().to(torch::kLong).clamp(0, in_size - 1);
     const auto i1 = (i0 + 1).clamp(0, in_size - 1);
     const auto w = (pos - i0.to(torch::kFloat64)).to(x.scalar_type()).reshape(shape);
-    if (x.scalar_type() == torch::kFloat32 && x.device().is_cpu()) return lerp_along(x, dim, i0, i1, w);
+    if (x.scalar_type() == torch::kFloat32 && x.device().is_cpu() && x.numel() > 0) return lerp_along(x, dim, i0, i1, w);
     const auto a = x.index_select(dim, i0);
     // a + (b - a) w, in place in b: two output-sized tensors instead of five (the same values:
     // the same operations, and addition commutes exactly).

@@ -330,8 +330,6 @@ TEST(Preprocessing, ResamplingIsExactForLinearIntensities) {
   EXPECT_TRUE(torch::allclose(two[1], -r));
 }
 
-// A mask (uint8) is interpolated like the same mask in float: it used to be truncated to its
-// integer type, which turned linear interpolation into taking the lower neighbour.
 // interpolate_axis on float CPU tensors runs its own loop (lerp_along): the bits of the tensor
 // operations it replaced (index_select of both neighbours, then sub_, mul_, add_), along every
 // dim, down and up, from a block's first index, on a non-contiguous input, on 1 and 2 threads.
@@ -366,8 +364,13 @@ TEST(Preprocessing, AxisInterpolationIsTheTensorOperationsBitForBit) {
         }
   }
   EXPECT_EQ(compared, 96);
+  // An empty input gives an empty output, as the tensor operations did (the loop is not run).
+  EXPECT_EQ(interpolate_axis(torch::zeros({2, 3, 0}), 1, 5, 0.0, 0.5, std::nullopt, 0).sizes(),
+            (std::vector<int64_t>{2, 5, 0}));
 }
 
+// A mask (uint8) is interpolated like the same mask in float: it used to be truncated to its
+// integer type, which turned linear interpolation into taking the lower neighbour.
 TEST(Preprocessing, IntegerMasksAreInterpolatedNotTruncated) {
   Geometry from;
   from.size = {8, 1, 1};
