@@ -74,24 +74,13 @@ int64_t connected_components(const torch::Tensor& mask, torch::Tensor* labels) {
 MaskBox mask_bounding_box(const torch::Tensor& mask) {
   if (mask.dim() != 3) throw CoreError("bounding box: the mask must be (z, y, x)");
   MaskBox box;
+  // One pass, slices in parallel, a row skipped at the cost of an OR over its bytes when it holds
+  // nothing (most rows of a scan). A contiguous uint8 or bool mask on the CPU (every caller's) is
+  // read as it is; any other is made one first.
   const bool binary = mask.scalar_type() == torch::kUInt8 || mask.scalar_type() == torch::kBool;
-  if (!binary || !mask.is_contiguous() || !mask.device().is_cpu()) {
-    // Two passes over the volume: along x (giving z and y), then along z (giving x).
-    const torch::Tensor m = binary ? mask : mask.ne(0);
-    const torch::Tensor zy = m.any(2);
-    const torch::Tensor along[3] = {zy.any(1), zy.any(0), m.any(0).any(0)};  // z, y, x
-    for (int d = 0; d < 3; ++d) {
-      const torch::Tensor where = along[d].nonzero();
-      if (where.numel() == 0) return MaskBox{};
-      box.begin[size_t(d)] = where.min().item<int64_t>();
-      box.size[size_t(d)] = where.max().item<int64_t>() - box.begin[size_t(d)] + 1;
-    }
-    return box;
-  }
-  // A contiguous uint8 or bool mask: one pass, slices in parallel, a row skipped at the cost of
-  // an OR over its bytes when it holds nothing (most rows of a scan).
-  const int64_t nz = mask.size(0), ny = mask.size(1), nx = mask.size(2);
-  const uint8_t* p = static_cast<const uint8_t*>(mask.data_ptr());
+  const torch::Tensor m = (binary ? mask : mask.ne(0)).to(torch::kCPU).contiguous();
+  const int64_t nz = m.size(0), ny = m.size(1), nx = m.size(2);
+  const uint8_t* p = static_cast<const uint8_t*>(m.data_ptr());
   std::vector<std::array<int64_t, 4>> per_slice(static_cast<size_t>(nz));  // y first, y last, x first, x last (-1: none)
   at::parallel_for(0, nz, 1, [&](int64_t z0, int64_t z1) {
     for (int64_t z = z0; z < z1; ++z) {
