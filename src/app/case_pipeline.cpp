@@ -5,12 +5,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <atomic>
 #include <exception>
 #include <functional>
 #include <limits>
-#include <system_error>
-#include <thread>
 #include <vector>
 
 #include "hemexp/core/error.hpp"
@@ -33,43 +30,6 @@ std::map<std::string, nlohmann::json> CasePipeline::models() const {
   return m;
 }
 
-namespace {
-
-// Every task, in order: on this thread alone with one I/O thread (--threads 1; the first
-// failure stops the rest, as a plain sequence would), else on two threads (more would hold more
-// files in memory at once: a 512 x 512 x 300 probability map is 315 MB, twice while ITK writes
-// it), where all of them finish and then the first failure in the list's order is rethrown. Each file is
-// written under a temporary name and renamed, so a failure leaves no half-written file beside
-// the others. A helper thread that cannot be started leaves its share to the threads that did.
-void run_side_by_side(const std::vector<std::function<void()>>& tasks) {
-  const size_t threads = std::min({tasks.size(), size_t(std::max(1, io_threads())), size_t(2)});
-  if (threads < 2) {
-    for (const auto& task : tasks) task();
-    return;
-  }
-  std::vector<std::exception_ptr> failed(tasks.size());
-  std::atomic<size_t> next{0};
-  const auto work = [&] {
-    for (size_t i = next++; i < tasks.size(); i = next++) {
-      try {
-        tasks[i]();
-      } catch (...) {
-        failed[i] = std::current_exception();
-      }
-    }
-  };
-  std::vector<std::thread> helpers;
-  try {
-    for (size_t k = 1; k < threads; ++k) helpers.emplace_back(work);
-  } catch (const std::system_error&) {  // no thread to be had: fewer helpers
-  }
-  work();
-  for (std::thread& h : helpers) h.join();
-  for (const std::exception_ptr& e : failed)
-    if (e) std::rethrow_exception(e);
-}
-
-}  // namespace
 
 ReadCase read_case(const CaseInput& c, const CasePipeline& pipeline, spdlog::logger& log) {
   const auto t0 = Clock::now();

@@ -1,5 +1,7 @@
 #include "hemexp/core/runtime.hpp"
 
+#include <atomic>
+#include <exception>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -87,6 +89,28 @@ OneThreadScope::~OneThreadScope() {
 #ifdef _OPENMP
   omp_set_num_threads(previous_);
 #endif
+}
+
+void run_side_by_side(const std::vector<std::function<void()>>& tasks) {
+  if (tasks.size() < 2 || at::get_num_threads() < 2 || at::in_parallel_region()) {
+    for (const auto& task : tasks) task();
+    return;
+  }
+  std::vector<std::exception_ptr> failed(tasks.size());
+  std::atomic<size_t> next{0};
+  // Two slots, so that at most two threads take part; however many the team gives, every task
+  // is taken.
+  at::parallel_for(0, 2, 1, [&](int64_t, int64_t) {
+    for (size_t i = next++; i < tasks.size(); i = next++) {
+      try {
+        tasks[i]();
+      } catch (...) {
+        failed[i] = std::current_exception();
+      }
+    }
+  });
+  for (const std::exception_ptr& e : failed)
+    if (e) std::rethrow_exception(e);
 }
 
 int parallel_loop_threads(int threads) {

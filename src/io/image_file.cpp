@@ -13,14 +13,13 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
-#include <future>
-#include <system_error>
 
 #include <zlib.h>
 
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
 #include "hemexp/io/nifti_check.hpp"
+#include "hemexp/core/runtime.hpp"
 #include "hemexp/core/text.hpp"
 
 namespace hemexp {
@@ -247,28 +246,11 @@ ImageFileContents read_image_file(const fs::path& path, uint64_t max_voxels) {
   if (format != "nifti") return read_with_itk(path, format, max_voxels);
   // The header first: an impossible one is refused before ITK allocates anything. The rest of
   // the check (the whole stream to its CRC, float voxels finite) decompresses the file a second
-  // time: with two or more threads for ITK (set_itk_threads: --threads), beside ITK's own read,
-  // whose result is used only once the check has passed.
-  std::future<NiftiHeader> whole;
-  if (io_threads() >= 2) {
-    check_nifti_file(path, max_voxels, NiftiCheck::kHeader);
-    try {
-      whole = std::async(std::launch::async, [&] { return check_nifti_file(path, max_voxels); });
-    } catch (const std::system_error&) {  // no thread to be had: in turn
-    }
-  }
-  if (!whole.valid()) {  // in turn: the whole check (the header first), then ITK
-    check_nifti_file(path, max_voxels);
-    return read_with_itk(path, format, max_voxels);
-  }
+  // time, beside ITK's own read with two or more threads (--threads), in turn with one; its
+  // failure is the one named (a damaged stream), and ITK's result is used only once it has passed.
+  check_nifti_file(path, max_voxels, NiftiCheck::kHeader);
   ImageFileContents out;
-  try {
-    out = read_with_itk(path, format, max_voxels);
-  } catch (...) {
-    whole.get();  // the check's reason first: a damaged stream is what it names
-    throw;
-  }
-  whole.get();
+  run_side_by_side({[&] { check_nifti_file(path, max_voxels); }, [&] { out = read_with_itk(path, format, max_voxels); }});
   return out;
 }
 

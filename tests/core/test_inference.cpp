@@ -2,13 +2,17 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <set>
-
+#include <stdexcept>
+#include <thread>
+#include <vector>
 #include <ATen/Parallel.h>
 
 
@@ -545,6 +549,60 @@ TEST(Postprocessing, SmallComponentsGoByVolumeOrByShareOfTheLargest) {
 TEST(Runtime, ParallelLoopsUseTheThreadsAskedFor) {
   EXPECT_EQ(parallel_loop_threads(2), 2);
   EXPECT_EQ(parallel_loop_threads(3), 3);
+}
+
+// run_side_by_side (runtime.hpp): every task runs, two at a time, inside a parallel region of
+// ATen's own team (the calling thread and the team's worker: no thread of its own), and the first
+// failure in the list's order is rethrown once all have run; with one thread, in order on the
+// calling thread, and a failure stops the rest. Tasks 0 and 1 meet (each waits for the other to
+// start), which only two threads at once can do.
+TEST(Runtime, SideBySideTasksRunTwoAtATimeInTheTeamOfTheLoops) {
+  const int before = at::get_num_threads();
+  at::set_num_threads(2);
+  std::mutex m;
+  std::set<std::thread::id> used;
+  std::atomic<int> running{0}, most{0}, started{0}, in_region{0};
+  std::vector<int> ran(6, 0);
+  std::vector<std::function<void()>> tasks;
+  for (int i = 0; i < 6; ++i)
+    tasks.emplace_back([&, i] {
+      const int now = ++running;
+      for (int seen = most.load(); now > seen && !most.compare_exchange_weak(seen, now);) {
+      }
+      ++started;
+      in_region += at::in_parallel_region();
+      if (i < 2 && at::get_num_threads() >= 2) {  // the first two meet, for 10 s at most
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (started.load() < 2 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+      }
+      {
+        std::lock_guard<std::mutex> lock(m);
+        used.insert(std::this_thread::get_id());
+      }
+      ++ran[size_t(i)];
+      --running;
+      if (i == 2 || i == 4) throw std::runtime_error("task " + std::to_string(i));
+    });
+  try {
+    run_side_by_side(tasks);
+    ADD_FAILURE() << "no failure rethrown";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "task 2");
+  }
+  EXPECT_EQ(ran, std::vector<int>(6, 1));
+  EXPECT_EQ(most.load(), 2);
+  EXPECT_EQ(in_region.load(), 6);
+  EXPECT_EQ(used.size(), 2u);
+  EXPECT_EQ(used.count(std::this_thread::get_id()), 1u);
+  at::set_num_threads(1);
+  ran.assign(6, 0);
+  most = 0;
+  in_region = 0;
+  EXPECT_THROW(run_side_by_side(tasks), std::runtime_error);
+  EXPECT_EQ(ran, (std::vector<int>{1, 1, 1, 0, 0, 0}));
+  EXPECT_EQ(most.load(), 1);
+  EXPECT_EQ(in_region.load(), 0);
+  at::set_num_threads(before);
 }
 
 // use_huge_page_heap marks the heap for transparent huge pages (runtime.hpp): a large block taken
