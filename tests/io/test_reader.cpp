@@ -190,6 +190,39 @@ TEST(Reader, DefectiveInputsFailWithClearReasons) {
   }
 }
 
+// The HU check decides as the 1st and 99th percentiles of its sample would: exactly at the
+// ranks' edges, with values at the limits passing, and on the strided sample of about a million
+// voxels, not the whole volume.
+TEST(Reader, HounsfieldCheckDecidesAtThePercentilesOfItsSample) {
+  ScratchDir dir;
+  const auto verdict = [&](const torch::Tensor& hu) {
+    Geometry g;
+    g.size = {hu.size(2), hu.size(1), hu.size(0)};
+    write_image_file(dir / "v.nii", hu, g);
+    return error_of(dir / "v.nii");
+  };
+  // 1001 voxels, each one sampled: the 1st percentile is the 11th smallest, the 99th the 991st.
+  const auto volume = [](int64_t air, int64_t bone, float air_hu, float bone_hu) {
+    torch::Tensor v = torch::full({1001}, 40.f);
+    v.slice(0, 0, air).fill_(air_hu);
+    v.slice(0, 1001 - bone, 1001).fill_(bone_hu);
+    return v.reshape({7, 11, 13});
+  };
+  const std::string why = "do not look like head CT in Hounsfield units (1st percentile ";
+  EXPECT_EQ(verdict(volume(11, 10, -1000, 4100)), "");
+  EXPECT_EQ(verdict(volume(11, 11, -500, 4000)), "");  // at the limits: not above them
+  EXPECT_NE(verdict(volume(10, 10, -1000, 4100)).find(why + "40, 99th 40;"), std::string::npos);
+  EXPECT_NE(verdict(volume(11, 11, -1000, 4100)).find(why + "-1000, 99th 4100;"), std::string::npos);
+  EXPECT_NE(verdict(volume(11, 11, -499, 4000)).find(why + "-499, 99th 4000;"), std::string::npos);
+  // 2,000,000 voxels: every second one is sampled (x even). Air in every odd column is half the
+  // volume and none of the sample; in every even column, half of both.
+  torch::Tensor columns = torch::full({20, 250, 400}, 40.f);
+  columns.slice(2, 1, 400, 2).fill_(-1000);
+  EXPECT_NE(verdict(columns).find(why + "40, 99th 40;"), std::string::npos);
+  columns.fill_(40).slice(2, 0, 400, 2).fill_(-1000);
+  EXPECT_EQ(verdict(columns), "");
+}
+
 TEST(Reader, DuplicateSlicePositions) {
   ScratchDir dir;
   for (const char* f : {"01.dcm", "02.dcm", "03.dcm"})
