@@ -30,7 +30,6 @@ std::map<std::string, nlohmann::json> CasePipeline::models() const {
   return m;
 }
 
-
 ReadCase read_case(const CaseInput& c, const CasePipeline& pipeline, spdlog::logger& log) {
   const auto t0 = Clock::now();
   if (!c.problem.empty()) throw IoError(c.problem);

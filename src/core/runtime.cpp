@@ -92,14 +92,19 @@ OneThreadScope::~OneThreadScope() {
 }
 
 void run_side_by_side(const std::vector<std::function<void()>>& tasks) {
-  if (tasks.size() < 2 || at::get_num_threads() < 2 || at::in_parallel_region()) {
+#ifdef _OPENMP
+  const bool side_by_side = tasks.size() >= 2 && at::get_num_threads() >= 2 && !at::in_parallel_region();
+#else
+  const bool side_by_side = false;  // ATen's loop is a plain call in this file: in turn
+#endif
+  if (!side_by_side) {
     for (const auto& task : tasks) task();
     return;
   }
   std::vector<std::exception_ptr> failed(tasks.size());
   std::atomic<size_t> next{0};
-  // Two slots, so that at most two threads take part; however many the team gives, every task
-  // is taken.
+  // Two slots, so that at most two threads take part; however many the team gives (one, under
+  // OMP_DYNAMIC or OMP_THREAD_LIMIT), every task is taken.
   at::parallel_for(0, 2, 1, [&](int64_t, int64_t) {
     for (size_t i = next++; i < tasks.size(); i = next++) {
       try {

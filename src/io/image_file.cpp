@@ -349,8 +349,6 @@ void write_png(const fs::path& path, const torch::Tensor& pixels) {
 
 void set_itk_threads(int threads) { itk::MultiThreaderBase::SetGlobalDefaultNumberOfThreads(std::max(1, threads)); }
 
-int io_threads() { return int(itk::MultiThreaderBase::GetGlobalDefaultNumberOfThreads()); }
-
 std::string itk_version() { return itk::Version::GetITKVersion(); }
 
 }  // namespace hemexp

@@ -48,13 +48,14 @@ void check_hounsfield(const Volume& v) {
   const int64_t stride = std::max<int64_t>(1, n / 1000000);
   const float* p = flat.data_ptr<float>();
   const int64_t samples = (n + stride - 1) / stride;
+  if (samples == 0) throw IoError("the volume has no voxels");
   const auto rank = [&](double q) { return int64_t(q * double(samples - 1)); };
   int64_t air = 0, below_bone_limit = 0;
   for (int64_t i = 0; i < n; i += stride) {
     air += p[i] <= -500.f;
     below_bone_limit += p[i] <= 4000.f;
   }
-  if (samples > 0 && air > rank(0.01) && below_bone_limit > rank(0.99)) return;
+  if (air > rank(0.01) && below_bone_limit > rank(0.99)) return;
   std::vector<float> sample;
   sample.reserve(size_t(samples));
   for (int64_t i = 0; i < n; i += stride) sample.push_back(p[i]);

@@ -557,8 +557,7 @@ TEST(Runtime, ParallelLoopsUseTheThreadsAskedFor) {
 // calling thread, and a failure stops the rest. Tasks 0 and 1 meet (each waits for the other to
 // start), which only two threads at once can do.
 TEST(Runtime, SideBySideTasksRunTwoAtATimeInTheTeamOfTheLoops) {
-  const int before = at::get_num_threads();
-  at::set_num_threads(2);
+  const test::ThreadCount threads(2);
   std::mutex m;
   std::set<std::thread::id> used;
   std::atomic<int> running{0}, most{0}, started{0}, in_region{0};
@@ -594,7 +593,7 @@ TEST(Runtime, SideBySideTasksRunTwoAtATimeInTheTeamOfTheLoops) {
   EXPECT_EQ(in_region.load(), 6);
   EXPECT_EQ(used.size(), 2u);
   EXPECT_EQ(used.count(std::this_thread::get_id()), 1u);
-  at::set_num_threads(1);
+  threads.set(1);
   ran.assign(6, 0);
   most = 0;
   in_region = 0;
@@ -602,7 +601,6 @@ TEST(Runtime, SideBySideTasksRunTwoAtATimeInTheTeamOfTheLoops) {
   EXPECT_EQ(ran, (std::vector<int>{1, 1, 1, 0, 0, 0}));
   EXPECT_EQ(most.load(), 1);
   EXPECT_EQ(in_region.load(), 0);
-  at::set_num_threads(before);
 }
 
 // use_huge_page_heap marks the heap for transparent huge pages (runtime.hpp): a large block taken

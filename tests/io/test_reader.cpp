@@ -202,11 +202,11 @@ TEST(Reader, HounsfieldCheckDecidesAtThePercentilesOfItsSample) {
     return error_of(dir / "v.nii");
   };
   // 1001 voxels, each one sampled: the 1st percentile is the 11th smallest, the 99th the 991st.
-  const auto volume = [](int64_t air, int64_t bone, float air_hu, float bone_hu) {
-    torch::Tensor v = torch::full({1001}, 40.f);
+  const auto volume = [](int64_t air, int64_t bone, float air_hu, float bone_hu, int64_t n = 1001) {
+    torch::Tensor v = torch::full({n}, 40.f);
     v.slice(0, 0, air).fill_(air_hu);
-    v.slice(0, 1001 - bone, 1001).fill_(bone_hu);
-    return v.reshape({7, 11, 13});
+    v.slice(0, n - bone, n).fill_(bone_hu);
+    return v.reshape({n / 143, 11, 13});
   };
   const std::string why = "do not look like head CT in Hounsfield units (1st percentile ";
   EXPECT_EQ(verdict(volume(11, 10, -1000, 4100)), "");
@@ -214,6 +214,9 @@ TEST(Reader, HounsfieldCheckDecidesAtThePercentilesOfItsSample) {
   EXPECT_NE(verdict(volume(10, 10, -1000, 4100)).find(why + "40, 99th 40;"), std::string::npos);
   EXPECT_NE(verdict(volume(11, 11, -1000, 4100)).find(why + "-1000, 99th 4100;"), std::string::npos);
   EXPECT_NE(verdict(volume(11, 11, -499, 4000)).find(why + "-499, 99th 4000;"), std::string::npos);
+  // 1144 voxels: the ranks are 0.01 and 0.99 of 1143 (11 and 1131), not of 1144 (11 and 1132).
+  EXPECT_EQ(verdict(volume(12, 12, -1000, 4100, 1144)), "");
+  EXPECT_NE(verdict(volume(11, 13, -1000, 4100, 1144)).find(why + "40, 99th 4100;"), std::string::npos);
   // 2,000,000 voxels: every second one is sampled (x even). Air in every odd column is half the
   // volume and none of the sample; in every even column, half of both.
   torch::Tensor columns = torch::full({20, 250, 400}, 40.f);

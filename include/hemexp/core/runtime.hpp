@@ -45,15 +45,16 @@ void release_freed_memory();
 // `threads`, and 1 when the core was compiled without OpenMP (ATen's loop is then a plain call).
 int parallel_loop_threads(int threads);
 
-// Runs every task, two at a time, on ATen's own threads (the OpenMP team of the analysis), each
-// thread taking the next task until none is left; all of them finish, then the first failure in
-// the list's order is rethrown. A thread started for the purpose would share a core with the
-// team's worker, which spins for a while after each parallel loop: on 2 cores that cost the
-// writing of a case 7-14 ms and its reading some 10 ms (docs/PERFORMANCE.md, session 48). With
-// one thread (ATen's count, or inside a parallel region) the tasks run in order on the calling
-// thread, and the first failure stops the rest, as a plain sequence would. Inside a task, ATen's
-// own loops run on one thread. More than two at a time would hold more files in memory at once
-// (a 512 x 512 x 300 probability map is 315 MB, twice while it is written).
+// Runs every task, two at a time, on ATen's threads (the calling thread's OpenMP team: the
+// analysis's on the main thread), each thread taking the next task until none is left; all of
+// them finish, then the first failure in the list's order is rethrown (also where the team gives
+// one thread only: it takes them all). A thread started for the purpose would share a core with
+// the team's worker, which spins for a while after each parallel loop: on 2 cores that cost a
+// case's reading and writing some 15-20 ms (docs/PERFORMANCE.md, session 48). With one thread
+// (ATen's count, inside a parallel region, or a core built without OpenMP) the tasks run in order
+// on the calling thread, and the first failure stops the rest, as a plain sequence would. Inside
+// a task, ATen's own loops run on one thread. More than two at a time would hold more files in
+// memory at once (a 512 x 512 x 300 probability map is 315 MB, twice while it is written).
 void run_side_by_side(const std::vector<std::function<void()>>& tasks);
 
 // While it lives, the calling thread is told it has one thread: OpenMP's count for this thread,

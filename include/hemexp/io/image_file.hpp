@@ -41,10 +41,10 @@ void write_image_file(const std::filesystem::path& path, const torch::Tensor& vo
 void write_png(const std::filesystem::path& path, const torch::Tensor& pixels);
 
 // The threads ITK may use for one read (decompression, filters), for every read of this
-// process (--threads). With two or more, a NIfTI file's integrity check runs beside ITK's read
-// (read_image_file), and a case's output files are written two at a time (write_case_outputs).
+// process (--threads). Whether a NIfTI file's integrity check runs beside ITK's read
+// (read_image_file) and a case's files are written two at a time (write_case_outputs) is
+// LibTorch's thread count instead (run_side_by_side, core/runtime.hpp).
 void set_itk_threads(int threads);
-int io_threads();
 
 // The ITK version this build reads and writes with ("5.2.1").
 std::string itk_version();
