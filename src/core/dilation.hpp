@@ -1,12 +1,22 @@
 #pragma once
-// Binary dilation by running counts (O(1) per voxel whatever the radius), shared by the core's
-// morphology: close_slices (intracranial.cpp) and dilate_box (measurements.cpp). Internal to
-// hemexp_core: not installed. Windows are clipped at the ends: beyond the data counts as unset.
+// Byte masks (nonzero = set): binary dilation by running counts (O(1) per voxel whatever the
+// radius), shared by the core's morphology: close_slices (intracranial.cpp) and dilate_box
+// (measurements.cpp); and whether a run of bytes holds a set one (mask_bounding_box's rows, the QC
+// picture's slices). Internal to hemexp_core: not installed. Windows are clipped at the ends:
+// beyond the data counts as unset.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
 namespace hemexp::dilation {
+
+// Whether any of the n bytes at p is set: an OR over all of them (a loop that stops at the first
+// set byte is not vectorised; this one is).
+inline bool any_set(const uint8_t* p, int64_t n) {
+  uint8_t any = 0;
+  for (int64_t i = 0; i < n; ++i) any |= p[i];
+  return any != 0;
+}
 
 // dst[i * step] = 1 when src holds a nonzero within r elements of i along a line of n.
 inline void line(const uint8_t* src, uint8_t* dst, int64_t n, int64_t step, int64_t r) {
@@ -21,7 +31,7 @@ inline void line(const uint8_t* src, uint8_t* dst, int64_t n, int64_t step, int6
 
 // line() along every column of h rows of w elements, rows `stride` elements apart, at once: one
 // running count per column, the rows visited in memory order (what line(src + x, dst + x, h,
-// stride, r) gives for each x < w). r < 32768 (the counts are 16-bit).
+// stride, r) gives for each x < w). The counts are 16-bit: min(2 r + 1, h) <= 65535.
 inline void columns(const uint8_t* src, uint8_t* dst, int64_t h, int64_t w, int64_t stride, int64_t r,
                     std::vector<uint16_t>& count) {
   count.assign(size_t(w), 0);

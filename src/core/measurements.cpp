@@ -87,9 +87,7 @@ MaskBox mask_bounding_box(const torch::Tensor& mask) {
       std::array<int64_t, 4> s{ny, -1, nx, -1};
       for (int64_t y = 0; y < ny; ++y) {
         const uint8_t* row = p + (z * ny + y) * nx;
-        uint8_t any = 0;
-        for (int64_t x = 0; x < nx; ++x) any |= row[x];
-        if (!any) continue;
+        if (!dilation::any_set(row, nx)) continue;
         int64_t first = 0, last = nx - 1;
         while (!row[first]) ++first;
         while (!row[last]) --last;

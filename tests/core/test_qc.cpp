@@ -31,8 +31,8 @@ TEST(Qc, MosaicShowsMaskedSlicesInRed) {
   EXPECT_TRUE(torch::equal(coloured[27][75], torch::tensor({88, 124, 185}, torch::kUInt8))) << coloured[27][75];
   EXPECT_TRUE(torch::equal(coloured[42][55], torch::tensor({185, 169, 70}, torch::kUInt8))) << coloured[42][55];
   // Without hematoma, a label map shows the slices of its other labels: blood in the ventricles
-  // in slice 3 and in the last byte of slice 15 (past the last whole 64-byte block of the 60,000
-  // in a plane), edema in the first byte of slice 16: three tiles, the first with the blue.
+  // in slice 3 and in the last byte of slice 15's plane, edema in the first byte of slice 16:
+  // three tiles, the first with the blue.
   torch::Tensor others = torch::zeros_like(mask);
   others[3].slice(0, 50, 60).slice(1, 100, 120).fill_(2);
   others[15][199][299] = 2;
