@@ -7,9 +7,11 @@
 #                 pairs of one plain conv3d and one segment(): bench_segmenter --pairs); the
 #                 PyTorch-eager reference on the same
 #                 weights and windows, and the ratio (bench_segmenter, scripts/bench_reference.py)
-#       stages    `hemexp run` per stage on the same three heads, 1 and 2 threads: REPEATS+1
-#                 copies of the scan in one run (the first is the cold start, the median is over
-#                 the rest, as in a cohort), peak resident set, cost per voxel; then the three
+#       stages    `hemexp run` per stage on the same three heads, 1 and 2 threads, in REPEATS
+#                 rounds of one run per size (REPEATS+1 copies of the scan in each run: the first
+#                 is the cold start, the medians are over the rest of every round, as in a
+#                 cohort), peak resident set, cost per voxel (300 against 32 slices also paired by
+#                 round); then the three
 #                 heads interleaved in one run (cohort order): the network-free cost per voxel
 #                 of 300 against 32 slices, paired by round
 #       scan      the selective-scan kernel against its ATen reference
@@ -69,7 +71,7 @@ fi
 
 if want stages; then
   echo
-  echo "== hemexp run per stage (512x512 head, seed 424242): median over $repeats warm cases after one cold case"
+  echo "== hemexp run per stage (512x512 head, seed 424242): $repeats rounds of one run per size, each a cold case and $repeats warm ones"
   "$hemexp" synth -o "$work/synth" --count 1 --seed 424242 --thin-fraction 0 --log-level warn
   # The same head on 128 and 300 slices over the same extent (linear along z).
   $py - "$work/synth/synth_00000/ct.nii.gz" "$work" <<'PY'
@@ -94,13 +96,23 @@ for n in (32, 128, 300):
     hdr.set_data_dtype(np.int16)
     nib.save(nib.Nifti1Image(vol, affine, hdr), f"{out}/head_{n}.nii.gz")
 PY
+  # REPEATS rounds; in each, one run per size and thread count (REPEATS+1 copies of the head:
+  # a cold case, then warm ones), the sizes in a rotated order. A slow phase of a shared machine
+  # (a case slower by a third for a minute) then falls on one round of every size, not on all of
+  # one size's cases, and each round's 300- and 32-slice runs, seconds apart, make a pair.
   for n in 32 128 300; do
     mkdir -p "$work/in_$n"
     for ((k = 0; k <= repeats; k++)); do ln -sf "$work/head_$n.nii.gz" "$work/in_$n/case$k.nii.gz"; done
+  done
+  sizes=(32 128 300)
+  for ((round = 1; round <= repeats; round++)); do
     for threads in 1 2; do
-      out="$work/run-$n-$threads"
-      /usr/bin/time -f "%M" -o "$out.rss" "$hemexp" run -i "$work/in_$n" -o "$out" --threads "$threads" \
-        --seg-model "$model_file" --cls-model none --no-progress --log-level error 2>/dev/null || true
+      for ((i = 0; i < 3; i++)); do
+        n=${sizes[$(((i + round - 1) % 3))]}
+        out="$work/run-$n-$threads-r$round"
+        /usr/bin/time -f "%M" -o "$out.rss" "$hemexp" run -i "$work/in_$n" -o "$out" --threads "$threads" \
+          --seg-model "$model_file" --cls-model none --no-progress --log-level error 2>/dev/null || true
+      done
     done
   done
   # Medians over the warm cases, the network-free cost per voxel (network seconds from the same
@@ -115,44 +127,76 @@ if os.path.exists(seg_path):
     network = {(s["slices"], s["threads"]): s["seconds"]["network"] for s in json.load(open(seg_path))["segment"]}
 order = ["read", "brain_check", "segment", "measure", "write"]
 print(f"{'slices':>6} {'thr':>3} | " + " ".join(f"{s:>11}" for s in order) + f" | {'case':>6} {'cold':>6} {'RSS MB':>7} {'ns/voxel':>8} {'ns/vox-net':>10}")
+print(f"{'':>6} {'':>3} | medians over every round's warm cases; cold: median over the rounds; RSS: the largest run")
 rows = []
-for n in (32, 128, 300):
-    for threads in (1, 2):
-        out = f"{work}/run-{n}-{threads}"
-        # case ids are "<folder>_case<k>": the cold case is case0
-        runs = [json.load(open(glob.glob(f"{out}/cases/*case{k}/result.json")[0])) for k in range(repeats + 1)]
-        failed = [k for k, r in enumerate(runs) if r.get("status") != "ok"]
-        if failed:  # a failed case has no full timings: say so, and leave this row out
-            print(f"{n:>6} {threads:>3} | cases {failed} did not finish: row left out")
+by_round = {}  # (slices, threads) -> each round's median network-free ns per voxel (None: not finished)
+for threads in (1, 2):
+    for n in (32, 128, 300):
+        rounds = []  # per round: (runs, peak RSS MB), or None where a case did not finish
+        for k in range(1, repeats + 1):
+            out = f"{work}/run-{n}-{threads}-r{k}"
+            # case ids are "<folder>_case<k>": the cold case is case0
+            paths = [glob.glob(f"{out}/cases/*case{c}/result.json") for c in range(repeats + 1)]
+            runs = [json.load(open(p[0])) if p else {} for p in paths]
+            failed = [c for c, r in enumerate(runs) if r.get("status") != "ok"]
+            if failed:  # a failed case has no full timings: say so, and leave this round out
+                print(f"{n:>6} {threads:>3} | round {k}: cases {failed} did not finish: round left out")
+                rounds.append(None)
+                continue
+            rounds.append((runs, int(open(out + ".rss").read().split()[-1]) / 1024))
+        done = [r for r in rounds if r]
+        if not done:
             continue
-        warm = runs[1:]
+        runs0 = done[0][0][0]
         voxels = 1
-        for s in runs[0]["input"]["size"]:
+        for s in runs0["input"]["size"]:
             voxels *= s
-        stages = sorted({s for r in runs for s in r["timings_s"]})
+        warm = [r for runs, _ in done for r in runs[1:]]
+        cold = [runs[0] for runs, _ in done]
+        stages = sorted({s for r in warm for s in r["timings_s"]})
         med = {s: statistics.median(r["timings_s"].get(s, 0.0) for r in warm) for s in stages}
         total = statistics.median(r["seconds"] for r in warm)
-        if all("segment_network" in r["timings_s"] for r in warm):  # each case less its own network time
-            without = statistics.median(r["seconds"] - r["timings_s"]["segment_network"] for r in warm)
-        else:  # a hemexp without it: bench_segmenter's network time, when the segment part ran
-            net = network.get((n, threads))
-            without = None if net is None else total - net
-        r = {"slices": n, "threads": threads, "voxels": voxels, "stages_s": med, "case_s": total,
-             "cold_case_s": runs[0]["seconds"], "cold_stages_s": runs[0]["timings_s"],
-             "peak_rss_mb": int(open(out + ".rss").read().split()[-1]) / 1024,
+
+        def without_network(cases):
+            """Median seconds of these cases less the network's, or None where that is not known."""
+            if all("segment_network" in r["timings_s"] for r in cases):  # each case less its own network time
+                return statistics.median(r["seconds"] - r["timings_s"]["segment_network"] for r in cases)
+            net = network.get((n, threads))  # a hemexp without it: bench_segmenter's network time
+            return None if net is None else statistics.median(r["seconds"] for r in cases) - net
+
+        without = without_network(warm)
+        by_round[(n, threads)] = [None if r is None or without_network(r[0][1:]) is None
+                                  else without_network(r[0][1:]) / voxels * 1e9 for r in rounds]
+        cold_stages = sorted({s for r in cold for s in r["timings_s"]})
+        r = {"slices": n, "threads": threads, "voxels": voxels, "rounds": len(done), "warm_cases": len(warm),
+             "stages_s": med, "case_s": total,
+             "cold_case_s": statistics.median(c["seconds"] for c in cold),
+             "cold_stages_s": {s: statistics.median(c["timings_s"].get(s, 0.0) for c in cold) for s in cold_stages},
+             "peak_rss_mb": max(rss for _, rss in done),  # the largest of the rounds' runs
              "ns_per_voxel": total / voxels * 1e9,
-             "ns_per_voxel_without_network": None if without is None else without / voxels * 1e9}
+             "ns_per_voxel_without_network": None if without is None else without / voxels * 1e9,
+             "ns_per_voxel_without_network_by_round": by_round[(n, threads)]}
         rows.append(r)
         extra = f"{r['ns_per_voxel_without_network']:10.1f}" if without is not None else f"{'-':>10}"
         print(f"{n:>6} {threads:>3} | " + " ".join(f"{med.get(s, 0):11.3f}" for s in order) +
               f" | {total:6.2f} {r['cold_case_s']:6.2f} {r['peak_rss_mb']:7.0f} {r['ns_per_voxel']:8.1f} {extra}")
+    # The linearity measure: each round's 300-slice network-free cost per voxel against the same
+    # round's 32-slice one (runs seconds apart), median and spread over the rounds.
+    pairs = [b / a - 1 for a, b in zip(by_round.get((32, threads), []), by_round.get((300, threads), [])) if a and b]
+    if pairs:
+        for r in rows:
+            if r["threads"] == threads and r["slices"] == 300:
+                r["paired_change_from_32"] = {"median": statistics.median(pairs), "min": min(pairs),
+                                              "max": max(pairs), "rounds": len(pairs), "values": pairs}
+        print(f"{'':>6} {threads:>3} | network-free cost per voxel, 300 vs 32 slices by round: "
+              f"{100 * statistics.median(pairs):+.1f}% (rounds {', '.join(f'{100 * x:+.1f}' for x in pairs)})")
 json.dump(rows, open(f"{work}/stages.json", "w"))
 PY
   # Cost per voxel in cohort order: the three heads interleaved in one run (32, 128, 300 slices,
   # REPEATS+1 rounds; the first round warms up), as a cohort of mixed scans runs them. Each
   # round's 300- and 32-slice cases ran seconds apart, so a slow phase of a shared machine hits
   # both: the paired ratio of their network-free cost per voxel is the linearity measure (the
-  # per-size runs above put each size in its own process, minutes apart).
+  # per-size runs above pair runs of their own processes, seconds apart).
   echo
   echo "== cohort order: the three heads interleaved, $repeats rounds after a warm-up round"
   for threads in 1 2; do
