@@ -73,8 +73,8 @@ ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& a
   return he;
 }
 
-CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, CaseResult& result,
-                            spdlog::logger& log, const torch::Tensor& reuse_mask) {
+CaseAnalysis segment_case(const Volume& volume, const CasePipeline& pipeline, CaseResult& result, spdlog::logger& log,
+                          const torch::Tensor& reuse_mask) {
   const std::string& id = result.case_id;
   CaseAnalysis a;
   // Work happens in the canonical orientation; results go back to the input grid.
@@ -130,8 +130,15 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
     result.timings_s["segment"] = seconds_since(t0);
     result.timings_s["segment_network"] = seg.seconds.network;  // of which the sliding-window network
   }
+  return a;
+}
 
-  t0 = Clock::now();
+void measure_case(const Volume& volume, const CaseAnalysis& a, const CasePipeline& pipeline, CaseResult& result,
+                  spdlog::logger& log) {
+  if (!pipeline.segmenter) return;  // no mask to measure (no_segmentation_model)
+  const std::string& id = result.case_id;
+  const SegmentationRecipe& recipe = pipeline.segmenter->recipe();
+  const auto t0 = Clock::now();
   if (a.labels.defined()) {
     const std::array<int64_t, 256> counts = code_counts(a.labels);
     for (int64_t code = 2; code < int64_t(recipe.labels.size()); ++code) {
@@ -149,27 +156,31 @@ CaseAnalysis analyse_volume(const Volume& volume, const CasePipeline& pipeline, 
   result.timings_s["measure"] = seconds_since(t0);
   log.info("{}: hematoma {:.2f} mL (ABC/2 {:.2f} mL), mean {:.1f} HU, {} components", id, h.volume_ml,
            h.abc2_volume_ml, h.mean_hu, h.components);
-
-  if (pipeline.classifier) {
-    t0 = Clock::now();
-    const auto ivh = result.labels.find("ivh");
-    result.he = expansion_risk(*pipeline.classifier, a, h, *result.markers,
-                               ivh != result.labels.end() ? ivh->second.volume_ml
-                                                          : std::numeric_limits<double>::quiet_NaN());
-    if (result.he->roi_mask_fraction_inside && *result.he->roi_mask_fraction_inside < 0.99)
-      result.qc_flags.push_back("hematoma_larger_than_classifier_roi");
-    result.timings_s["classify"] = seconds_since(t0);
-    if (result.he->probability)
-      log.info("{}: expansion probability {:.3f} ({} risk)", id, *result.he->probability, result.he->risk);
-    else
-      log.info("{}: no expansion probability: {}", id, result.he->reason);
-  }
-  return a;
 }
 
-void write_case_outputs(const fs::path& dir, const LoadedVolume& loaded, const CaseAnalysis& a,
-                        const CasePipeline& pipeline, CaseResult& result) {
+void classify_case(const CaseAnalysis& a, const CasePipeline& pipeline, CaseResult& result, spdlog::logger& log) {
+  if (!pipeline.classifier || !result.hematoma || !result.markers) return;  // nothing measured: nothing to score
+  const std::string& id = result.case_id;
   const auto t0 = Clock::now();
+  const auto ivh = result.labels.find("ivh");
+  result.he = expansion_risk(*pipeline.classifier, a, *result.hematoma, *result.markers,
+                             ivh != result.labels.end() ? ivh->second.volume_ml
+                                                        : std::numeric_limits<double>::quiet_NaN());
+  if (result.he->roi_mask_fraction_inside && *result.he->roi_mask_fraction_inside < 0.99)
+    result.qc_flags.push_back("hematoma_larger_than_classifier_roi");
+  result.timings_s["classify"] = seconds_since(t0);
+  if (result.he->probability)
+    log.info("{}: expansion probability {:.3f} ({} risk)", id, *result.he->probability, result.he->risk);
+  else
+    log.info("{}: no expansion probability: {}", id, result.he->reason);
+}
+
+namespace {
+
+// The writing of each CaseFiles file of the case, as tasks; an earlier run's label map that this
+// model does not make is removed here.
+std::vector<std::function<void()>> case_output_writes(const fs::path& dir, const LoadedVolume& loaded,
+                                                     const CaseAnalysis& a, const CasePipeline& pipeline) {
   const Geometry& grid = loaded.volume.geometry;
   std::vector<std::function<void()>> writes;  // in the order they were always written
   writes.emplace_back([&] { write_image_file(dir / CaseFiles::kMask, a.mask, grid); });
@@ -190,9 +201,28 @@ void write_case_outputs(const fs::path& dir, const LoadedVolume& loaded, const C
       write_image_file(dir / CaseFiles::kCorrectedCt, hu, grid);
     });
   }
-  run_side_by_side(writes);
+  return writes;
+}
+
+}  // namespace
+
+void measure_and_write_case(const fs::path& dir, const LoadedVolume& loaded, const CaseAnalysis& a,
+                            const CasePipeline& pipeline, CaseResult& result, spdlog::logger& log) {
+  const auto t0 = Clock::now();
+  const std::vector<std::function<void()>> writes = case_output_writes(dir, loaded, a, pipeline);
+  // The measurements first, so that theirs is the failure reported when both fail; each write
+  // notes when it finished (its own slot: no task touches `result` but the measurements).
+  std::vector<Clock::time_point> written(writes.size(), t0);
+  std::vector<std::function<void()>> tasks{[&] { measure_case(loaded.volume, a, pipeline, result, log); }};
+  for (size_t i = 0; i < writes.size(); ++i)
+    tasks.emplace_back([&, i] {
+      writes[i]();
+      written[i] = Clock::now();
+    });
+  run_side_by_side(tasks);
   if (loaded.info.grid_resampled) result.corrected_ct = CaseFiles::kCorrectedCt;
-  result.timings_s["write"] = seconds_since(t0);
+  // From the start of the stage to the last file written, the measurements beside it.
+  result.timings_s["write"] = std::chrono::duration<double>(*std::max_element(written.begin(), written.end()) - t0).count();
 }
 
 CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipeline& pipeline, spdlog::logger& log,
@@ -227,14 +257,15 @@ CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipel
         if (!labels) reuse_mask = (reuse_mask > 0).to(torch::kUInt8);
         if (labels && reuse_mask.max().item<int64_t>() >= int64_t(pipeline.segmenter->recipe().labels.size()))
           throw IoError("its label codes are not the model's");
-        result.timings_s["mask_reused"] = seconds_since(t_mask);  // reading it; analyse_volume skips segment
+        result.timings_s["mask_reused"] = seconds_since(t_mask);  // reading it; segment_case skips segment
       } catch (const std::exception& e) {
         log.warn("{}: the previous mask (or label map) beside {} cannot be used ({}): segmenting again", c.id,
                  c.reuse_mask.string(), one_line(e.what()));
       }
     }
-    const CaseAnalysis analysis = analyse_volume(loaded.volume, pipeline, result, log, reuse_mask);
-    write_case_outputs(dir, loaded, analysis, pipeline, result);
+    const CaseAnalysis analysis = segment_case(loaded.volume, pipeline, result, log, reuse_mask);
+    measure_and_write_case(dir, loaded, analysis, pipeline, result, log);
+    classify_case(analysis, pipeline, result, log);
   } catch (const std::exception& e) {
     result.status = "failed";
     result.error = one_line(e.what());

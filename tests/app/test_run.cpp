@@ -7,9 +7,12 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include "test_helpers.hpp"
+#include "hemexp/app/case_pipeline.hpp"
 #include "hemexp/app/case_result.hpp"
+#include "hemexp/core/error.hpp"
 #include "hemexp/core/metrics.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/core/model_file.hpp"
@@ -516,6 +519,50 @@ TEST_F(RunCommand, MultiClassModelWritesALabelMapAndItsVolumes) {
   EXPECT_TRUE(json::parse(slurp(dir / "result.json"))["timings_s"].contains("segment"));
   EXPECT_FALSE(fs::exists(dir / "labels.nii.gz"));
   EXPECT_FALSE(json::parse(slurp(dir / "result.json")).contains("labels"));
+}
+
+// The measurements run beside the writing of the case's files (measure_and_write_case): with two
+// threads every task finishes (the files are there for process_case to remove), and the
+// measurements' failure is the one reported, also when the files fail too; with one thread the
+// measurements come first and their failure stops the rest.
+TEST(CaseStages, MeasurementsFailureIsReportedBeforeTheFilesWrittenBesideThem) {
+  CasePipeline pipeline;
+  pipeline.segmenter.emplace(Segmenter::load(test::shipped_model("hemexp-seg-labels.safetensors")));
+  pipeline.qc = false;
+  LoadedVolume loaded;
+  loaded.volume.geometry.size = {16, 12, 8};
+  loaded.volume.voxels = torch::full({8, 12, 16}, 40.0f);
+  CaseAnalysis a;
+  a.mask = torch::zeros({8, 12, 16}, torch::kUInt8);
+  a.labels = torch::zeros({8, 12, 16}, torch::kInt16);  // written as it is, but not uint8 codes to count
+  spdlog::logger log("test");  // no sinks
+  const fs::path root = fs::temp_directory_path() / ("hemexp-stages-" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root / "case");
+  std::ofstream(root / "not-a-folder") << "x";
+  const auto failure = [&](const fs::path& dir) {
+    CaseResult result;
+    try {
+      measure_and_write_case(dir, loaded, a, pipeline, result, log);
+    } catch (const CoreError& e) {
+      return std::string("CoreError: ") + e.what();
+    } catch (const std::exception& e) {
+      return std::string("other: ") + e.what();
+    }
+    return std::string("none");
+  };
+  const std::string expected = "CoreError: code counts: need a uint8 label map";
+  test::ThreadCount threads(2);
+  EXPECT_EQ(failure(root / "case"), expected);
+  EXPECT_TRUE(fs::exists(root / "case" / CaseFiles::kMask));
+  EXPECT_TRUE(fs::exists(root / "case" / CaseFiles::kLabels));
+  EXPECT_EQ(failure(root / "not-a-folder"), expected);  // every file fails too
+  threads.set(1);
+  fs::remove_all(root / "case");
+  fs::create_directories(root / "case");
+  EXPECT_EQ(failure(root / "case"), expected);
+  EXPECT_TRUE(fs::is_empty(root / "case"));
+  fs::remove_all(root);
 }
 
 }  // namespace
