@@ -211,18 +211,23 @@ void measure_and_write_case(const fs::path& dir, const LoadedVolume& loaded, con
   const auto t0 = Clock::now();
   const std::vector<std::function<void()>> writes = case_output_writes(dir, loaded, a, pipeline);
   // The measurements first, so that theirs is the failure reported when both fail; each write
-  // notes when it finished (its own slot: no task touches `result` but the measurements).
-  std::vector<Clock::time_point> written(writes.size(), t0);
+  // notes when it began and finished (its own slots: no task touches `result` but the measurements).
+  std::vector<Clock::time_point> began(writes.size(), t0), written(writes.size(), t0);
   std::vector<std::function<void()>> tasks{[&] { measure_case(loaded.volume, a, pipeline, result, log); }};
   for (size_t i = 0; i < writes.size(); ++i)
     tasks.emplace_back([&, i] {
+      began[i] = Clock::now();
       writes[i]();
       written[i] = Clock::now();
     });
   run_side_by_side(tasks);
   if (loaded.info.grid_resampled) result.corrected_ct = CaseFiles::kCorrectedCt;
-  // From the start of the stage to the last file written, the measurements beside it.
-  result.timings_s["write"] = std::chrono::duration<double>(*std::max_element(written.begin(), written.end()) - t0).count();
+  // From the first file begun to the last one written: on one thread the writing alone, after
+  // the measurements; on two, beside them.
+  if (!writes.empty())  // always the mask at least
+    result.timings_s["write"] = std::chrono::duration<double>(*std::max_element(written.begin(), written.end()) -
+                                                              *std::min_element(began.begin(), began.end()))
+                                    .count();
 }
 
 CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipeline& pipeline, spdlog::logger& log,
