@@ -10,7 +10,7 @@ HEMEXP_BUILD="${HEMEXP_BUILD:-$HEMEXP_ROOT/build}"
 # Debian's LibTorch would otherwise use (about 15x slower matrix products).
 HEMEXP_PACKAGES=(
   cmake make g++ git
-  libtorch-dev libopenblas0-openmp zlib1g-dev
+  libtorch-dev libopenblas0-openmp zlib1g-dev libdeflate-dev
   libinsighttoolkit5-dev libgdcm-tools
   libcli11-dev libspdlog-dev nlohmann-json3-dev libgtest-dev
 )

@@ -92,6 +92,8 @@ NiftiHeader parse_nifti_header(const std::string& bytes, uint64_t max_voxels) {
     h.bitpix = b.get<int16_t>(72);
     for (int i = 0; i < 8; ++i) pixdim[i] = b.get<float>(76 + 4 * i);
     vox_offset = b.get<float>(108);
+    h.scl_slope = b.get<float>(112);
+    h.scl_inter = b.get<float>(116);
     qform_code = b.get<int16_t>(252);
     sform_code = b.get<int16_t>(254);
     if (qform_code > 0)
@@ -107,6 +109,8 @@ NiftiHeader parse_nifti_header(const std::string& bytes, uint64_t max_voxels) {
     for (int i = 0; i < 8; ++i) pixdim[i] = b.get<double>(104 + 8 * i);
     const int64_t offset = b.get<int64_t>(168);
     vox_offset = double(offset);
+    h.scl_slope = b.get<double>(176);
+    h.scl_inter = b.get<double>(184);
     qform_code = b.get<int32_t>(344);
     sform_code = b.get<int32_t>(348);
     if (qform_code > 0)

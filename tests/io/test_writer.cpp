@@ -11,6 +11,7 @@
 
 #include <itkImage.h>
 #include <itkImageFileReader.h>
+#include <itkImageFileWriter.h>
 #include <itkRGBPixel.h>
 
 #include "hemexp/core/orientation.hpp"
@@ -159,6 +160,96 @@ TEST(Writer, DeflatedNiftiIsItksOwnFileByteForByte) {
     EXPECT_EQ(inflate(dir / "ct.nii.gz"), itk_file(dir / "ref-ct.nii", hu, g));
     EXPECT_EQ(inflate(dir / "p.nii.gz"), itk_file(dir / "ref-p.nii", p, g));
   }
+}
+
+// A .nii.gz file of plain voxels is decompressed by hemexp itself (read_image_file), the same
+// file uncompressed is read by ITK: the two give the same grid and the same float values, bit for
+// bit, for every scalar type ITK writes, on an oblique grid, and for the real files in
+// tests/data/edge. A scaled file (scl_slope 2, scl_inter -1024) is left to ITK, which applies
+// the scaling.
+TEST(CompressedNifti, ReadsAsItsUncompressedSelfForEveryVoxelType) {
+  ScratchDir dir;
+  const auto gzip = [](const fs::path& from, const fs::path& to) {
+    const std::string bytes = read_text_file(from);
+    gzFile f = gzopen(to.c_str(), "wb6");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(gzwrite(f, bytes.data(), unsigned(bytes.size())), int(bytes.size()));
+    ASSERT_EQ(gzclose(f), Z_OK);
+  };
+  const auto gunzip = [](const fs::path& from, const fs::path& to) {
+    gzFile f = gzopen(from.c_str(), "rb");
+    ASSERT_NE(f, nullptr);
+    std::string out;
+    char buf[65536];
+    for (int n; (n = gzread(f, buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
+    gzclose(f);
+    std::ofstream(to, std::ios::binary) << out;
+  };
+  const auto expect_same = [](const fs::path& gz, const fs::path& plain, const std::string& what) {
+    const ImageFileContents a = read_image_file(gz), b = read_image_file(plain);
+    EXPECT_EQ(a.volume.geometry.size, b.volume.geometry.size) << what;
+    EXPECT_EQ(a.volume.geometry.spacing_mm, b.volume.geometry.spacing_mm) << what;
+    EXPECT_EQ(a.volume.geometry.origin_mm, b.volume.geometry.origin_mm) << what;
+    EXPECT_EQ(a.volume.geometry.direction, b.volume.geometry.direction) << what;
+    EXPECT_TRUE(torch::equal(a.volume.voxels, b.volume.voxels)) << what;
+    return b.volume.voxels;
+  };
+  torch::manual_seed(49);
+  const torch::Tensor values = torch::randn({7, 6, 5}, torch::kFloat64) * 3e4;  // (z, y, x)
+  const auto write_itk = [&](auto pixel, const std::string& name) {
+    using Pixel = decltype(pixel);
+    using Image = itk::Image<Pixel, 3>;
+    auto image = Image::New();
+    typename Image::RegionType region;
+    region.SetSize({5, 6, 7});
+    image->SetRegions(region);
+    image->Allocate();
+    const Mat3 d = rotation(0.3, -0.2, 0.1);
+    typename Image::DirectionType direction;
+    for (unsigned a = 0; a < 3; ++a)
+      for (unsigned b = 0; b < 3; ++b) direction(a, b) = d[a * 3 + b];
+    image->SetDirection(direction);
+    image->SetSpacing(std::array<double, 3>{0.45, 0.5, 3.0}.data());
+    image->SetOrigin(std::array<double, 3>{-90.5, 101.25, -40.0}.data());
+    const double* v = values.data_ptr<double>();
+    Pixel* out = image->GetBufferPointer();
+    for (int64_t i = 0; i < values.numel(); ++i) {  // values of the type's range, its edges included
+      const double lo = double(std::numeric_limits<Pixel>::lowest()), hi = double(std::numeric_limits<Pixel>::max());
+      out[i] = std::is_floating_point_v<Pixel> ? Pixel(v[i] * 1.000000123) : Pixel(std::clamp(std::round(v[i] * 1e5), lo, hi));
+    }
+    out[1] = std::numeric_limits<Pixel>::lowest();
+    out[2] = std::numeric_limits<Pixel>::max();
+    auto writer = itk::ImageFileWriter<Image>::New();
+    writer->SetFileName((dir / (name + ".nii")).string());
+    writer->SetInput(image);
+    writer->Update();
+    gzip(dir / (name + ".nii"), dir / (name + ".nii.gz"));
+    expect_same(dir / (name + ".nii.gz"), dir / (name + ".nii"), name);
+  };
+  write_itk(uint8_t{}, "uint8");
+  write_itk(int8_t{}, "int8");
+  write_itk(int16_t{}, "int16");
+  write_itk(uint16_t{}, "uint16");
+  write_itk(int32_t{}, "int32");
+  write_itk(uint32_t{}, "uint32");
+  write_itk(float{}, "float32");
+  write_itk(double{}, "float64");
+
+  for (const char* edge : {"edge/dicom2nifti/sliceincrement/002_ground_truth.nii.gz",
+                           "edge/dicom2nifti/sliceincrement/002_ground_truth_reoriented.nii.gz",
+                           "edge/nibabel/standard.nii.gz"}) {
+    gunzip(test::data(edge), dir / "edge.nii");
+    expect_same(test::data(edge), dir / "edge.nii", edge);
+  }
+
+  std::string scaled = read_text_file(dir / "int16.nii");
+  const float slope = 2.0f, inter = -1024.0f;
+  std::memcpy(&scaled[112], &slope, 4);
+  std::memcpy(&scaled[116], &inter, 4);
+  std::ofstream(dir / "scaled.nii", std::ios::binary) << scaled;
+  gzip(dir / "scaled.nii", dir / "scaled.nii.gz");
+  const torch::Tensor raw = read_image_file(dir / "int16.nii").volume.voxels;
+  EXPECT_TRUE(torch::equal(expect_same(dir / "scaled.nii.gz", dir / "scaled.nii", "scaled"), raw * 2 - 1024));
 }
 
 // A write that runs out of room (a file size limit, as a full disk): an IoError that names the

@@ -24,7 +24,9 @@ constexpr uint64_t kDefaultMaxVoxels = 512ull * 512 * 2000;
 // truncated or corrupt file (a NIfTI file is checked by check_nifti_file first), 2D, 4D or
 // multi-component images, more than max_voxels voxels, a voxel spacing that is not positive
 // and finite, and a direction matrix that is not finite or is singular (|det| < 0.5; milder
-// shear, as in a tilted scan stored sheared, is kept and noted by the reader).
+// shear, as in a tilted scan stored sheared, is kept and noted by the reader). The grid is
+// always ITK's; the voxels of a .nii.gz file of plain values (unscaled, 3D, one intact gzip
+// stream) are decompressed by hemexp itself, once, to the same values ITK gives.
 ImageFileContents read_image_file(const std::filesystem::path& path, uint64_t max_voxels = kDefaultMaxVoxels);
 
 // A mask or label map (uint8 codes, values rounded) that must lie on `grid` (within 1e-3 mm):
@@ -42,7 +44,7 @@ void write_png(const std::filesystem::path& path, const torch::Tensor& pixels);
 
 // The threads ITK may use for one read (decompression, filters), for every read of this
 // process (--threads). Whether a NIfTI file's integrity check runs beside ITK's read
-// (read_image_file) and a case's files are written two at a time (write_case_outputs) is
+// (read_image_file) and a case's files are written two at a time (measure_and_write_case) is
 // LibTorch's thread count instead (run_side_by_side, core/runtime.hpp).
 void set_itk_threads(int threads);
 

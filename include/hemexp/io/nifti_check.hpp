@@ -17,6 +17,7 @@ struct NiftiHeader {
   int datatype = 0, bitpix = 0;
   std::array<double, 3> pixdim_mm{};    // pixdim[1..3]
   uint64_t vox_offset = 0;              // where the voxels start
+  double scl_slope = 0, scl_inter = 0;  // the stored scaling (a slope of 0: none)
   uint64_t voxels = 0;                  // product of dim[1..ndim]
   uint64_t data_end() const { return vox_offset + voxels * uint64_t(bitpix / 8); }
 };
