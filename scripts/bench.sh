@@ -127,7 +127,8 @@ if os.path.exists(seg_path):
     network = {(s["slices"], s["threads"]): s["seconds"]["network"] for s in json.load(open(seg_path))["segment"]}
 order = ["read", "brain_check", "segment", "measure", "write"]
 print(f"{'slices':>6} {'thr':>3} | " + " ".join(f"{s:>11}" for s in order) + f" | {'case':>6} {'cold':>6} {'RSS MB':>7} {'ns/voxel':>8} {'ns/vox-net':>10}")
-print(f"{'':>6} {'':>3} | medians over every round's warm cases; cold: median over the rounds; RSS: the largest run")
+print(f"{'':>6} {'':>3} | medians over every round's warm cases; cold: median over the rounds; RSS: the largest run;")
+print(f"{'':>6} {'':>3} | with 2 threads measure and write run side by side (their times overlap)")
 rows = []
 by_round = {}  # (slices, threads) -> each round's median network-free ns per voxel (None: not finished)
 for threads in (1, 2):
@@ -165,8 +166,8 @@ for threads in (1, 2):
             return None if net is None else statistics.median(r["seconds"] for r in cases) - net
 
         without = without_network(warm)
-        by_round[(n, threads)] = [None if r is None or without_network(r[0][1:]) is None
-                                  else without_network(r[0][1:]) / voxels * 1e9 for r in rounds]
+        by_round[(n, threads)] = [None if r is None or (w := without_network(r[0][1:])) is None
+                                  else w / voxels * 1e9 for r in rounds]
         cold_stages = sorted({s for r in cold for s in r["timings_s"]})
         r = {"slices": n, "threads": threads, "voxels": voxels, "rounds": len(done), "warm_cases": len(warm),
              "stages_s": med, "case_s": total,
@@ -188,8 +189,9 @@ for threads in (1, 2):
             if r["threads"] == threads and r["slices"] == 300:
                 r["paired_change_from_32"] = {"median": statistics.median(pairs), "min": min(pairs),
                                               "max": max(pairs), "rounds": len(pairs), "values": pairs}
+        left_out = f", {repeats - len(pairs)} round(s) left out: a case did not finish" if len(pairs) < repeats else ""
         print(f"{'':>6} {threads:>3} | network-free cost per voxel, 300 vs 32 slices by round: "
-              f"{100 * statistics.median(pairs):+.1f}% (rounds {', '.join(f'{100 * x:+.1f}' for x in pairs)})")
+              f"{100 * statistics.median(pairs):+.1f}% (rounds {', '.join(f'{100 * x:+.1f}' for x in pairs)}{left_out})")
 json.dump(rows, open(f"{work}/stages.json", "w"))
 PY
   # Cost per voxel in cohort order: the three heads interleaved in one run (32, 128, 300 slices,

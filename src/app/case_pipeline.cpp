@@ -183,20 +183,21 @@ std::vector<std::function<void()>> case_output_writes(const fs::path& dir, const
                                                      const CaseAnalysis& a, const CasePipeline& pipeline) {
   const Geometry& grid = loaded.volume.geometry;
   std::vector<std::function<void()>> writes;  // in the order they were always written
-  writes.emplace_back([&] { write_image_file(dir / CaseFiles::kMask, a.mask, grid); });
-  if (a.labels.defined()) writes.emplace_back([&] { write_image_file(dir / CaseFiles::kLabels, a.labels, grid); });
+  writes.emplace_back([&dir, &a, &grid] { write_image_file(dir / CaseFiles::kMask, a.mask, grid); });
+  if (a.labels.defined())
+    writes.emplace_back([&dir, &a, &grid] { write_image_file(dir / CaseFiles::kLabels, a.labels, grid); });
   else fs::remove(dir / CaseFiles::kLabels);  // an earlier run's, with a model of more labels: not this mask's
   if (a.probability.defined())
-    writes.emplace_back([&] { write_image_file(dir / CaseFiles::kProbability, a.probability, grid); });
+    writes.emplace_back([&dir, &a, &grid] { write_image_file(dir / CaseFiles::kProbability, a.probability, grid); });
   if (pipeline.qc)
-    writes.emplace_back([&] {
+    writes.emplace_back([&dir, &a] {
       write_png(dir / CaseFiles::kQc,
                 qc_mosaic(a.canonical.volume, a.canonical_labels.defined() ? a.canonical_labels : a.canonical_mask));
     });
   if (loaded.info.grid_resampled) {
     // The mask lives on the corrected grid, which no viewer rebuilds from the DICOM files in
     // the same way: ship the corrected CT so that the mask overlays it exactly.
-    writes.emplace_back([&] {
+    writes.emplace_back([&dir, &loaded, &grid] {
       const torch::Tensor hu = loaded.volume.voxels.round().clamp(-32768, 32767).to(torch::kInt16);
       write_image_file(dir / CaseFiles::kCorrectedCt, hu, grid);
     });

@@ -188,31 +188,45 @@ bool to_float(const char* src, float* out, int64_t n) {
 
 // The voxels of a .nii.gz file, decompressed once and whole by libdeflate (about twice zlib's
 // speed, docs/PERFORMANCE.md, session 49), when the file is one gzip member that ends where the
-// voxels end, intact (its CRC and length), of plain values: 3D, a scalar type, the machine's byte
-// order, no scaling (scl_slope 0 or 1, scl_inter 0), float values finite. Then they are exactly
-// what ITK's reader gives (its values cast to float, in file order: x fastest), and the whole
-// check (check_nifti_file) has nothing left to find. Anything else: nothing, and the file goes
-// through ITK and the streaming check, whose messages name what is wrong.
+// voxels end, intact (the CRC and length of its data; libdeflate does not check the optional CRC
+// of the gzip header), of plain values: NIfTI-1, 3D, a scalar type up to 32 bits or float64, the
+// machine's byte order, no scaling (scl_slope 0 or 1, scl_inter 0), float values finite. Then
+// they are exactly what ITK's reader gives (its values cast to float, in file order: x fastest),
+// and what the streaming check (check_nifti_file) looks at has been checked. Anything else:
+// nothing, and the file goes through ITK and the streaming check, whose messages name what is
+// wrong. Nothing is allocated for a length that the file's gzip trailer does not state.
 std::optional<torch::Tensor> plain_nifti_gz_voxels(const fs::path& path, const NiftiHeader& h) {
-  if (h.byte_swapped || h.ndim != 3 || !(h.scl_slope == 0 || h.scl_slope == 1) || h.scl_inter != 0) return {};
+  if (h.version != 1 || h.byte_swapped || h.ndim != 3 || !(h.scl_slope == 0 || h.scl_slope == 1) ||
+      h.scl_inter != 0)
+    return {};
+  switch (h.datatype) {
+    case 2: case 256: case 4: case 512: case 8: case 768: case 16: case 64: break;
+    default: return {};  // 64-bit integers: ITK's
+  }
   std::error_code ec;
   const uintmax_t packed_size = fs::file_size(path, ec);
   if (ec || packed_size < 18) return {};  // not even a gzip header and trailer
-  std::string packed(size_t(packed_size), '\0');
+  const size_t raw_size = size_t(h.data_end());
+  // Deflate cannot shrink data more than 1032 times; the trailer's last 4 bytes are the length
+  // modulo 2^32. A header that promises more than the stream holds goes to the check's message.
+  if (raw_size / 1032 > packed_size) return {};
+  std::unique_ptr<char[]> packed(new char[size_t(packed_size)]);
   {
     std::ifstream in(path, std::ios::binary);
-    if (!in.read(packed.data(), std::streamsize(packed.size()))) return {};
+    if (!in.read(packed.get(), std::streamsize(packed_size))) return {};
   }
-  const size_t raw_size = size_t(h.data_end());
-  const std::unique_ptr<char[]> raw(new char[raw_size]);  // not zeroed: every byte is written
+  uint32_t stated = 0;
+  std::memcpy(&stated, packed.get() + packed_size - 4, 4);  // little-endian, as on this machine
+  if (stated != uint32_t(raw_size)) return {};
+  std::unique_ptr<char[]> raw(new char[raw_size]);  // not zeroed: every byte is written
   const std::unique_ptr<libdeflate_decompressor, void (*)(libdeflate_decompressor*)> inflater(
       libdeflate_alloc_decompressor(), libdeflate_free_decompressor);
   if (!inflater) return {};
   size_t read = 0, written = 0;
-  const libdeflate_result r = libdeflate_gzip_decompress_ex(inflater.get(), packed.data(), packed.size(), raw.get(),
-                                                            raw_size, &read, &written);
-  if (r != LIBDEFLATE_SUCCESS || read != packed.size() || written != raw_size) return {};
-  std::string().swap(packed);  // freed before the float copy is made
+  const libdeflate_result r = libdeflate_gzip_decompress_ex(inflater.get(), packed.get(), size_t(packed_size),
+                                                            raw.get(), raw_size, &read, &written);
+  if (r != LIBDEFLATE_SUCCESS || read != packed_size || written != raw_size) return {};
+  packed.reset();  // freed before the float copy is made
   torch::Tensor voxels = torch::empty({h.dim[2], h.dim[1], h.dim[0]}, torch::kFloat32);
   const char* src = raw.get() + h.vox_offset;
   float* out = voxels.data_ptr<float>();
@@ -227,7 +241,7 @@ std::optional<torch::Tensor> plain_nifti_gz_voxels(const fs::path& path, const N
     case 768: finite = to_float<uint32_t>(src, out, n); break;
     case 16: finite = to_float<float>(src, out, n); break;
     case 64: finite = to_float<double>(src, out, n); break;
-    default: return {};  // 64-bit integers: ITK's
+    default: return {};  // refused above
   }
   if (!finite) return {};
   return voxels;

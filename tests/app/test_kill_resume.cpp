@@ -262,7 +262,7 @@ TEST(WriteFailure, AFullDiskFailsTheCaseOrStopsTheRunAndKeepsEverythingWritten) 
   fs::remove_all(root);
 }
 
-// With two threads a case's files are written side by side (write_case_outputs): the picture
+// With two threads a case's files are written side by side (measure_and_write_case): the picture
 // that does not fit fails the case once the others are finished, and nothing of it is left
 // but its result.json (no mask written beside the picture, no temporary file). What it checks
 // is the clean-up after a failure on that path; that the writes overlap is measured, not tested.

@@ -13,6 +13,7 @@
 #include "hemexp/app/case_pipeline.hpp"
 #include "hemexp/app/case_result.hpp"
 #include "hemexp/core/error.hpp"
+#include "hemexp/core/runtime.hpp"
 #include "hemexp/core/metrics.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/core/model_file.hpp"
@@ -553,9 +554,11 @@ TEST(CaseStages, MeasurementsFailureIsReportedBeforeTheFilesWrittenBesideThem) {
   };
   const std::string expected = "CoreError: code counts: need a uint8 label map";
   test::ThreadCount threads(2);
-  EXPECT_EQ(failure(root / "case"), expected);
-  EXPECT_TRUE(fs::exists(root / "case" / CaseFiles::kMask));
-  EXPECT_TRUE(fs::exists(root / "case" / CaseFiles::kLabels));
+  if (parallel_loop_threads(2) == 2) {  // side by side (a core without OpenMP runs them in turn)
+    EXPECT_EQ(failure(root / "case"), expected);
+    EXPECT_TRUE(fs::exists(root / "case" / CaseFiles::kMask));
+    EXPECT_TRUE(fs::exists(root / "case" / CaseFiles::kLabels));
+  }
   EXPECT_EQ(failure(root / "not-a-folder"), expected);  // every file fails too
   threads.set(1);
   fs::remove_all(root / "case");

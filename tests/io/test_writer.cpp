@@ -250,6 +250,20 @@ TEST(CompressedNifti, ReadsAsItsUncompressedSelfForEveryVoxelType) {
   gzip(dir / "scaled.nii", dir / "scaled.nii.gz");
   const torch::Tensor raw = read_image_file(dir / "int16.nii").volume.voxels;
   EXPECT_TRUE(torch::equal(expect_same(dir / "scaled.nii.gz", dir / "scaled.nii", "scaled"), raw * 2 - 1024));
+
+  // A header that puts the voxels 100 GB into a small file: the check's message, nothing
+  // allocated for what the stream cannot hold.
+  std::string far = read_text_file(dir / "int16.nii");
+  const float offset = 1e11f;
+  std::memcpy(&far[108], &offset, 4);
+  std::ofstream(dir / "far.nii", std::ios::binary) << far;
+  gzip(dir / "far.nii", dir / "far.nii.gz");
+  try {
+    read_image_file(dir / "far.nii.gz");
+    ADD_FAILURE() << "read";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("file is truncated"), std::string::npos) << e.what();
+  }
 }
 
 // A write that runs out of room (a file size limit, as a full disk): an IoError that names the

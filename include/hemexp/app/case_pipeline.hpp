@@ -64,9 +64,10 @@ CaseAnalysis segment_case(const Volume& volume, const CasePipeline& pipeline, Ca
 void measure_case(const Volume& volume, const CaseAnalysis& analysis, const CasePipeline& pipeline,
                   CaseResult& result, spdlog::logger& log);
 
-// 3 and 4. The measurements, and beside them the CaseFiles of the case folder on the input's exact
-//    grid (run_side_by_side: the measurements are mostly one thread's work, and so is each file).
-//    Every task finishes; a failure of the measurements is the one rethrown before a file's.
+// 4. The measurements (3), and beside them the CaseFiles of the case folder on the input's
+//    exact grid (run_side_by_side: the measurements are mostly one thread's work, and so is each
+//    file). With two or more threads every task finishes, and a failure of the measurements is
+//    the one rethrown before a file's; with one, they come first and their failure stops the rest.
 void measure_and_write_case(const std::filesystem::path& case_dir, const LoadedVolume& loaded,
                             const CaseAnalysis& analysis, const CasePipeline& pipeline, CaseResult& result,
                             spdlog::logger& log);
