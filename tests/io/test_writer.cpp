@@ -43,6 +43,18 @@ struct GridCase {
 
 class MaskOnInputGrid : public ::testing::TestWithParam<GridCase> {};
 
+// A gzip file's contents, through zlib.
+std::string inflated(const fs::path& file) {
+  gzFile f = gzopen(file.c_str(), "rb");
+  EXPECT_NE(f, nullptr);
+  std::string out;
+  if (!f) return out;
+  char buf[65536];
+  for (int n; (n = gzread(f, buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
+  gzclose(f);
+  return out;
+}
+
 TEST_P(MaskOnInputGrid, EveryVoxelMapsToTheSamePhysicalPoint) {
   const GridCase gc = GetParam();
   Mat3 p{};
@@ -120,15 +132,6 @@ TEST(Writer, VoxelTypesRoundTripExactly) {
 // voxel type, on an oblique grid and a flipped one; nothing else is left in the folder (the
 // header's temporary file).
 TEST(Writer, DeflatedNiftiIsItksOwnFileByteForByte) {
-  const auto inflate = [](const fs::path& file) {
-    gzFile f = gzopen(file.c_str(), "rb");
-    EXPECT_NE(f, nullptr);
-    std::string out;
-    char buf[65536];
-    for (int n; (n = gzread(f, buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
-    gzclose(f);
-    return out;
-  };
   // ITK's own file: an uncompressed .nii is written by ITK (write_typed), as before this writer.
   const auto itk_file = [](const fs::path& file, const torch::Tensor& voxels, const Geometry& g) {
     write_image_file(file, voxels, g);
@@ -156,9 +159,9 @@ TEST(Writer, DeflatedNiftiIsItksOwnFileByteForByte) {
       EXPECT_EQ(read_text_file(dir / f).at(8), '\x04') << f;
     const std::string mask_itk = itk_file(dir / "ref-mask.nii", mask, g);
     EXPECT_EQ(mask_itk.size(), 352u + 13 * 29 * 37);
-    EXPECT_EQ(inflate(dir / "mask.nii.gz"), mask_itk);
-    EXPECT_EQ(inflate(dir / "ct.nii.gz"), itk_file(dir / "ref-ct.nii", hu, g));
-    EXPECT_EQ(inflate(dir / "p.nii.gz"), itk_file(dir / "ref-p.nii", p, g));
+    EXPECT_EQ(inflated(dir / "mask.nii.gz"), mask_itk);
+    EXPECT_EQ(inflated(dir / "ct.nii.gz"), itk_file(dir / "ref-ct.nii", hu, g));
+    EXPECT_EQ(inflated(dir / "p.nii.gz"), itk_file(dir / "ref-p.nii", p, g));
   }
 }
 
@@ -176,15 +179,7 @@ TEST(CompressedNifti, ReadsAsItsUncompressedSelfForEveryVoxelType) {
     ASSERT_EQ(gzwrite(f, bytes.data(), unsigned(bytes.size())), int(bytes.size()));
     ASSERT_EQ(gzclose(f), Z_OK);
   };
-  const auto gunzip = [](const fs::path& from, const fs::path& to) {
-    gzFile f = gzopen(from.c_str(), "rb");
-    ASSERT_NE(f, nullptr);
-    std::string out;
-    char buf[65536];
-    for (int n; (n = gzread(f, buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
-    gzclose(f);
-    std::ofstream(to, std::ios::binary) << out;
-  };
+  const auto gunzip = [](const fs::path& from, const fs::path& to) { std::ofstream(to, std::ios::binary) << inflated(from); };
   const auto expect_same = [](const fs::path& gz, const fs::path& plain, const std::string& what) {
     const ImageFileContents a = read_image_file(gz), b = read_image_file(plain);
     EXPECT_EQ(a.volume.geometry.size, b.volume.geometry.size) << what;
