@@ -1,9 +1,12 @@
 #include "hemexp/io/reader.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <sstream>
 #include <vector>
+
+#include <ATen/Parallel.h>
 
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/slice_stack.hpp"
@@ -24,13 +27,31 @@ std::string fixed(double v, int precision) {
   return s.str();
 }
 
+// One pass over a float32 volume: its NaN or infinite voxels, and its finite ones below `low`.
+struct VoxelCounts {
+  int64_t not_finite = 0, below = 0;
+};
+VoxelCounts count_voxels(const torch::Tensor& voxels, float low) {
+  const torch::Tensor v = voxels.to(torch::kFloat32).contiguous();  // itself, for a Volume's voxels
+  const float* p = v.data_ptr<float>();
+  std::atomic<int64_t> not_finite{0}, below{0};
+  at::parallel_for(0, v.numel(), int64_t(1) << 18, [&](int64_t begin, int64_t end) {
+    int64_t bad = 0, under = 0;
+    for (int64_t i = begin; i < end; ++i) {
+      bad += !std::isfinite(p[i]);
+      under += p[i] < low;  // false for NaN; -inf is counted as not finite as well
+    }
+    not_finite += bad;
+    below += under;
+  });
+  return {not_finite.load(), below.load()};
+}
+
 // Values below the CT range (outside the reconstruction circle, vendor fill values) are
-// raised to min_hu; recorded when it happens.
-void clamp_below_range(Volume& v, const ReadOptions& options, InputInfo& info) {
-  const torch::Tensor low = v.voxels < float(options.min_hu);
-  const int64_t n = torch::count_nonzero(low).item<int64_t>();  // sum() would make an int64 copy of the volume
+// raised to min_hu; recorded when it happens. n: how many there are (count_voxels).
+void clamp_below_range(Volume& v, const ReadOptions& options, InputInfo& info, int64_t n) {
   if (n == 0) return;
-  v.voxels.masked_fill_(low, float(options.min_hu));
+  v.voxels.clamp_min_(float(options.min_hu));  // the others, all finite, are left as they are
   info.corrections.push_back(std::to_string(n) + " voxels below " + fixed(options.min_hu, 0) +
                              " HU (outside the reconstruction circle) set to " +
                              fixed(options.min_hu, 0) + " HU");
@@ -173,15 +194,12 @@ LoadedVolume read_volume(const fs::path& path, const ReadOptions& options) {
   } else {
     throw IoError("not a recognised image: expected NIfTI, MHA, NRRD or DICOM");
   }
-  // A NaN or an infinity makes the sum NaN or infinite; only then are they counted (isfinite
-  // allocates a float copy of the volume and three bool ones). Huge finite values can overflow
-  // the sum too, so the count decides.
-  if (!std::isfinite(out.volume.voxels.sum().item<double>()))
-    if (const int64_t bad = out.volume.voxels.numel() - torch::count_nonzero(torch::isfinite(out.volume.voxels)).item<int64_t>();
-        bad > 0)
-      throw IoError(std::to_string(bad) + " voxels are NaN or infinite");
+  // One pass counts the voxels that are not finite and those below the CT range (no temporary
+  // of the volume's size, where a sum, a comparison and a count were three passes and a bool copy).
+  const VoxelCounts counts = count_voxels(out.volume.voxels, float(options.min_hu));
+  if (counts.not_finite > 0) throw IoError(std::to_string(counts.not_finite) + " voxels are NaN or infinite");
   check_hounsfield(out.volume);
-  clamp_below_range(out.volume, options, out.info);
+  clamp_below_range(out.volume, options, out.info, counts.below);
   out.info.geometry = out.volume.geometry;
   return out;
 }

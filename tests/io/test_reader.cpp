@@ -193,6 +193,33 @@ TEST(Reader, DefectiveInputsFailWithClearReasons) {
 // The HU check decides as the 1st and 99th percentiles of its sample would: exactly at the
 // ranks' edges, with values at the limits passing, and on the strided sample of about a million
 // voxels, not the whole volume.
+// Values below the CT range (a scanner's fill outside the reconstruction circle) are raised to
+// min_hu, counted in the corrections; every other voxel keeps its value, -1024 itself included.
+TEST(Reader, ValuesBelowTheCtRangeAreRaisedAndCounted) {
+  ScratchDir dir;
+  Geometry g;
+  g.size = {24, 20, 6};
+  g.spacing_mm = {0.5, 0.5, 5.0};
+  torch::manual_seed(3);
+  torch::Tensor hu = torch::randint(-100, 200, {6, 20, 24}).to(torch::kInt16);
+  hu.slice(2, 0, 4).fill_(-1000);  // air
+  hu.slice(2, 0, 2).slice(1, 0, 7).fill_(-3024);  // fill outside the circle: 6 x 7 x 2 = 84 voxels
+  hu[0][19][23] = -2048;
+  hu[1][19][23] = -1024;
+  hu[2][19][23] = -1025;
+  write_image_file(dir / "ct.nii.gz", hu, g);
+  const LoadedVolume v = read_volume(dir / "ct.nii.gz");
+  const torch::Tensor expected = hu.to(torch::kFloat32).clamp_min(-1024);
+  EXPECT_TRUE(torch::equal(v.volume.voxels, expected));
+  EXPECT_EQ(v.info.corrections, (std::vector<std::string>{
+                                    "86 voxels below -1024 HU (outside the reconstruction circle) set to -1024 HU"}));
+  ReadOptions lower;
+  lower.min_hu = -4000;
+  const LoadedVolume kept = read_volume(dir / "ct.nii.gz", lower);
+  EXPECT_TRUE(torch::equal(kept.volume.voxels, hu.to(torch::kFloat32)));
+  EXPECT_TRUE(kept.info.corrections.empty());
+}
+
 TEST(Reader, HounsfieldCheckDecidesAtThePercentilesOfItsSample) {
   ScratchDir dir;
   const auto verdict = [&](const torch::Tensor& hu) {
