@@ -199,8 +199,16 @@ std::optional<torch::Tensor> plain_nifti_gz_voxels(const fs::path& path, const N
   if (h.version != 1 || h.byte_swapped || h.ndim != 3 || !(h.scl_slope == 0 || h.scl_slope == 1) ||
       h.scl_inter != 0)
     return {};
+  bool (*convert)(const char*, float*, int64_t) = nullptr;  // the file's type to float
   switch (h.datatype) {
-    case 2: case 256: case 4: case 512: case 8: case 768: case 16: case 64: break;
+    case 2: convert = to_float<uint8_t>; break;
+    case 256: convert = to_float<int8_t>; break;
+    case 4: convert = to_float<int16_t>; break;
+    case 512: convert = to_float<uint16_t>; break;
+    case 8: convert = to_float<int32_t>; break;
+    case 768: convert = to_float<uint32_t>; break;
+    case 16: convert = to_float<float>; break;
+    case 64: convert = to_float<double>; break;
     default: return {};  // 64-bit integers: ITK's
   }
   std::error_code ec;
@@ -228,22 +236,7 @@ std::optional<torch::Tensor> plain_nifti_gz_voxels(const fs::path& path, const N
   if (r != LIBDEFLATE_SUCCESS || read != packed_size || written != raw_size) return {};
   packed.reset();  // freed before the float copy is made
   torch::Tensor voxels = torch::empty({h.dim[2], h.dim[1], h.dim[0]}, torch::kFloat32);
-  const char* src = raw.get() + h.vox_offset;
-  float* out = voxels.data_ptr<float>();
-  const int64_t n = voxels.numel();
-  bool finite = true;
-  switch (h.datatype) {
-    case 2: finite = to_float<uint8_t>(src, out, n); break;
-    case 256: finite = to_float<int8_t>(src, out, n); break;
-    case 4: finite = to_float<int16_t>(src, out, n); break;
-    case 512: finite = to_float<uint16_t>(src, out, n); break;
-    case 8: finite = to_float<int32_t>(src, out, n); break;
-    case 768: finite = to_float<uint32_t>(src, out, n); break;
-    case 16: finite = to_float<float>(src, out, n); break;
-    case 64: finite = to_float<double>(src, out, n); break;
-    default: return {};  // refused above
-  }
-  if (!finite) return {};
+  if (!convert(raw.get() + h.vox_offset, voxels.data_ptr<float>(), voxels.numel())) return {};
   return voxels;
 }
 

@@ -74,9 +74,10 @@ void measure_and_write_case(const std::filesystem::path& case_dir, const LoadedV
 
 // 5. Expansion risk (classify_case): the `he` block of a measured case, on all of LibTorch's
 //    threads (nothing without a classifier or measurements). expansion_risk gives it: the
-//    classifier's calibrated probability and risk, or no probability with the reason (no hematoma, or one below the card's min_volume_ml). The
-// markers and measurements feed the classifier's scalar features when its card has them;
-// ivh_volume_ml is the segmenter's intraventricular blood (NaN: a segmenter without that label).
+//    classifier's calibrated probability and risk, or no probability with the reason (no
+//    hematoma, or one below the card's min_volume_ml). The markers and measurements feed the
+//    classifier's scalar features when its card has them; ivh_volume_ml is the segmenter's
+//    intraventricular blood (NaN: a segmenter without that label).
 ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& analysis,
                              const HematomaMeasurements& hematoma, const NcctMarkers& markers,
                              double ivh_volume_ml);
