@@ -13,7 +13,7 @@
 #                 cohort), peak resident set, cost per voxel (300 against 32 slices also paired by
 #                 round); then the three
 #                 heads interleaved in one run (cohort order): the network-free cost per voxel
-#                 of 300 against 32 slices, paired by round
+#                 of 300 against 32 slices, paired by round (3 x REPEATS rounds)
 #       scan      the selective-scan kernel against its ATen reference
 #       layers    the network module by module on one window, each convolution through oneDNN
 #                 and ATen, against a plain conv3d (bench_layers), 1 and 2 threads
@@ -198,21 +198,24 @@ PY
   # REPEATS+1 rounds; the first round warms up), as a cohort of mixed scans runs them. Each
   # round's 300- and 32-slice cases ran seconds apart, so a slow phase of a shared machine hits
   # both: the paired ratio of their network-free cost per voxel is the linearity measure (the
-  # per-size runs above pair runs of their own processes, seconds apart).
+  # per-size runs above pair runs of their own processes, seconds apart). One round is one case
+  # of each size, so a single round moves with one case's noise (10-30 points on a shared VM,
+  # docs/PERFORMANCE.md): 3 x REPEATS rounds, about 40 s more at the default.
+  mixed_rounds=$((3 * repeats))
   echo
-  echo "== cohort order: the three heads interleaved, $repeats rounds after a warm-up round"
+  echo "== cohort order: the three heads interleaved, $mixed_rounds rounds after a warm-up round"
   for threads in 1 2; do
     mixed="$work/mixed-$threads"
     mkdir -p "$mixed/in"
-    for ((k = 0; k <= repeats; k++)); do
+    for ((k = 0; k <= mixed_rounds; k++)); do
       for n in 32 128 300; do ln -sf "$work/head_$n.nii.gz" "$mixed/in/r$(printf %02d "$k")_s$(printf %03d "$n").nii.gz"; done
     done
     "$hemexp" run -i "$mixed/in" -o "$mixed/out" --threads "$threads" --seg-model "$model_file" --cls-model none \
       --no-progress --log-level error 2>/dev/null || true
   done
-  $py - "$work" "$repeats" <<'PY' || echo "cohort order: not measured (see above)"
+  $py - "$work" "$mixed_rounds" <<'PY' || echo "cohort order: not measured (see above)"
 import glob, json, statistics, sys
-work, repeats = sys.argv[1], int(sys.argv[2])
+work, rounds = sys.argv[1], int(sys.argv[2])
 
 
 def case(threads, k, n):
@@ -232,7 +235,7 @@ def case(threads, k, n):
 print(f"{'thr':>3} {'slices':>6} | {'case s':>7} {'ns/vox-net':>10} | 300 vs 32 slices, paired by round")
 rows = []
 for threads in (1, 2):
-    cost = {n: [case(threads, k, n) for k in range(1, repeats + 1)] for n in (32, 128, 300)}
+    cost = {n: [case(threads, k, n) for k in range(1, rounds + 1)] for n in (32, 128, 300)}
     # Rounds whose 32- and 300-slice cases both finished; a failed case is left out, and said.
     ratios = [b[1] / a[1] - 1 for a, b in zip(cost[32], cost[300]) if a and b]
     for n in (32, 128, 300):
@@ -247,8 +250,8 @@ for threads in (1, 2):
             row["paired_change_from_32"] = {"median": statistics.median(ratios), "min": min(ratios),
                                             "max": max(ratios), "rounds": len(ratios), "values": ratios}
             extra = f"{100 * statistics.median(ratios):+.1f}% (rounds {', '.join(f'{100 * x:+.1f}' for x in ratios)})"
-            if len(ratios) < repeats:
-                extra += f", {repeats - len(ratios)} round(s) left out: a case did not finish"
+            if len(ratios) < rounds:
+                extra += f", {rounds - len(ratios)} round(s) left out: a case did not finish"
         rows.append(row)
         print(f"{threads:>3} {n:>6} | {row['case_s']:7.2f} {row['ns_per_voxel_without_network']:10.1f} | {extra}")
 json.dump(rows, open(f"{work}/stages_mixed.json", "w"))
