@@ -186,15 +186,9 @@ bool to_float(const char* src, float* out, int64_t n) {
   return finite;
 }
 
-// The voxels of a .nii.gz file, decompressed once and whole by libdeflate (about twice zlib's
-// speed, docs/PERFORMANCE.md, session 49), when the file is one gzip member that ends where the
-// voxels end, intact (the CRC and length of its data; libdeflate does not check the optional CRC
-// of the gzip header), of plain values: NIfTI-1, 3D, a scalar type up to 32 bits or float64, the
-// machine's byte order, no scaling (scl_slope 0 or 1, scl_inter 0), float values finite. Then
-// they are exactly what ITK's reader gives (its values cast to float, in file order: x fastest),
-// and what the streaming check (check_nifti_file) looks at has been checked. Anything else:
-// nothing, and the file goes through ITK and the streaming check, whose messages name what is
-// wrong. Nothing is allocated for a length that the file's gzip trailer does not state.
+}  // namespace
+
+// read_image_file's path for most CT files (image_file.hpp says which).
 std::optional<torch::Tensor> plain_nifti_gz_voxels(const fs::path& path, const NiftiHeader& h) {
   if (h.version != 1 || h.byte_swapped || h.ndim != 3 || !(h.scl_slope == 0 || h.scl_slope == 1) ||
       h.scl_inter != 0)
@@ -239,6 +233,8 @@ std::optional<torch::Tensor> plain_nifti_gz_voxels(const fs::path& path, const N
   if (!convert(raw.get() + h.vox_offset, voxels.data_ptr<float>(), voxels.numel())) return {};
   return voxels;
 }
+
+namespace {
 
 // The volume through ITK, checked for what a CT volume must be (one component, 3D, within
 // max_voxels, a direction matrix that spans space). With own_voxels (plain_nifti_gz_voxels) ITK

@@ -18,6 +18,7 @@
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
 #include "hemexp/io/image_file.hpp"
+#include "hemexp/io/nifti_check.hpp"
 #include "hemexp/io/reader.hpp"
 #include "test_support.hpp"
 
@@ -168,7 +169,8 @@ TEST(Writer, DeflatedNiftiIsItksOwnFileByteForByte) {
 // A .nii.gz file of plain voxels is decompressed by hemexp itself (read_image_file), the same
 // file uncompressed is read by ITK: the two give the same grid and the same float values, bit for
 // bit, for every scalar type ITK writes, on an oblique grid, and for the real files in
-// tests/data/edge. A scaled file (scl_slope 2, scl_inter -1024) is left to ITK, which applies
+// tests/data/edge. Each of them takes hemexp's path (plain_nifti_gz_voxels gives its voxels,
+// the same again). A scaled file (scl_slope 2, scl_inter -1024) is left to ITK, which applies
 // the scaling.
 TEST(CompressedNifti, ReadsAsItsUncompressedSelfForEveryVoxelType) {
   ScratchDir dir;
@@ -180,8 +182,11 @@ TEST(CompressedNifti, ReadsAsItsUncompressedSelfForEveryVoxelType) {
     ASSERT_EQ(gzclose(f), Z_OK);
   };
   const auto gunzip = [](const fs::path& from, const fs::path& to) { std::ofstream(to, std::ios::binary) << inflated(from); };
-  const auto expect_same = [](const fs::path& gz, const fs::path& plain, const std::string& what) {
+  const auto expect_same = [](const fs::path& gz, const fs::path& plain, const std::string& what, bool plain_values = true) {
     const ImageFileContents a = read_image_file(gz), b = read_image_file(plain);
+    const std::optional<torch::Tensor> own = plain_nifti_gz_voxels(gz, check_nifti_file(gz, kDefaultMaxVoxels, NiftiCheck::kHeader));
+    EXPECT_EQ(own.has_value(), plain_values) << what << ": " << (plain_values ? "left to ITK" : "not left to ITK");
+    if (own) EXPECT_TRUE(torch::equal(*own, b.volume.voxels)) << what;
     EXPECT_EQ(a.volume.geometry.size, b.volume.geometry.size) << what;
     EXPECT_EQ(a.volume.geometry.spacing_mm, b.volume.geometry.spacing_mm) << what;
     EXPECT_EQ(a.volume.geometry.origin_mm, b.volume.geometry.origin_mm) << what;
@@ -244,7 +249,7 @@ TEST(CompressedNifti, ReadsAsItsUncompressedSelfForEveryVoxelType) {
   std::ofstream(dir / "scaled.nii", std::ios::binary) << scaled;
   gzip(dir / "scaled.nii", dir / "scaled.nii.gz");
   const torch::Tensor raw = read_image_file(dir / "int16.nii").volume.voxels;
-  EXPECT_TRUE(torch::equal(expect_same(dir / "scaled.nii.gz", dir / "scaled.nii", "scaled"), raw * 2 - 1024));
+  EXPECT_TRUE(torch::equal(expect_same(dir / "scaled.nii.gz", dir / "scaled.nii", "scaled", false), raw * 2 - 1024));
 
   // A header that puts the voxels 100 GB into a small file: the check's message, nothing
   // allocated for what the stream cannot hold.
@@ -259,6 +264,7 @@ TEST(CompressedNifti, ReadsAsItsUncompressedSelfForEveryVoxelType) {
   } catch (const IoError& e) {
     EXPECT_NE(std::string(e.what()).find("file is truncated"), std::string::npos) << e.what();
   }
+  EXPECT_FALSE(plain_nifti_gz_voxels(dir / "far.nii.gz", check_nifti_file(dir / "far.nii.gz", kDefaultMaxVoxels, NiftiCheck::kHeader)));
 }
 
 // A write that runs out of room (a file size limit, as a full disk): an IoError that names the

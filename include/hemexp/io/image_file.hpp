@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include "hemexp/core/geometry.hpp"
@@ -28,6 +29,20 @@ constexpr uint64_t kDefaultMaxVoxels = 512ull * 512 * 2000;
 // always ITK's; the voxels of a .nii.gz file of plain values (unscaled, 3D, one intact gzip
 // stream) are decompressed by hemexp itself, once, to the same values ITK gives.
 ImageFileContents read_image_file(const std::filesystem::path& path, uint64_t max_voxels = kDefaultMaxVoxels);
+
+struct NiftiHeader;  // nifti_check.hpp
+
+// The voxels of a .nii.gz file (float32, z, y, x), decompressed once and whole by libdeflate
+// (about twice zlib's speed, docs/PERFORMANCE.md, session 49), when the file is one gzip member
+// that ends where the voxels end, intact (the CRC and length of its data; libdeflate does not
+// check the optional CRC of the gzip header), of plain values: NIfTI-1, 3D, a scalar type up to
+// 32 bits or float64, the machine's byte order, no scaling (scl_slope 0 or 1, scl_inter 0),
+// float values finite. Then they are exactly what ITK's reader gives (its values cast to float,
+// in file order: x fastest), and what the streaming check (check_nifti_file) looks at has been
+// checked. Anything else: nothing, and read_image_file leaves the file to ITK and the streaming
+// check, whose messages name what is wrong. Nothing is allocated for a length that the file's
+// gzip trailer does not state. `header` is check_nifti_file's (NiftiCheck::kHeader).
+std::optional<torch::Tensor> plain_nifti_gz_voxels(const std::filesystem::path& path, const NiftiHeader& header);
 
 // A mask or label map (uint8 codes, values rounded) that must lie on `grid` (within 1e-3 mm):
 // IoError naming the file otherwise.
