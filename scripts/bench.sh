@@ -195,12 +195,12 @@ for threads in (1, 2):
 json.dump(rows, open(f"{work}/stages.json", "w"))
 PY
   # Cost per voxel in cohort order: the three heads interleaved in one run (32, 128, 300 slices,
-  # REPEATS+1 rounds; the first round warms up), as a cohort of mixed scans runs them. Each
+  # 3 x REPEATS + 1 rounds; the first warms up), as a cohort of mixed scans runs them. Each
   # round's 300- and 32-slice cases ran seconds apart, so a slow phase of a shared machine hits
   # both: the paired ratio of their network-free cost per voxel is the linearity measure (the
   # per-size runs above pair runs of their own processes, seconds apart). One round is one case
-  # of each size, so a single round moves with one case's noise (10-30 points on a shared VM,
-  # docs/PERFORMANCE.md): 3 x REPEATS rounds, about 40 s more at the default.
+  # of each size, so a single round moves with one case's noise (up to about 50 points on a
+  # shared VM, docs/PERFORMANCE.md): 3 x REPEATS rounds, about 40 s more at the default.
   mixed_rounds=$((3 * repeats))
   echo
   echo "== cohort order: the three heads interleaved, $mixed_rounds rounds after a warm-up round"

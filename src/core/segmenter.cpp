@@ -146,9 +146,11 @@ MaskBox foreground_block(const torch::Tensor& probabilities, double threshold, c
   // the threshold) at all of them, it does at the point. kMargin keeps float rounding on the
   // safe side: a model voxel within it of a tie counts as foreground.
   constexpr float kMargin = 1e-3f;
-  // One pass over the model grid, slices in parallel: a fixed cost of every case (the model grid
-  // is the same for a thick- and a thin-slice scan of one head), which ATen's max, sum and
-  // compare made about 7 ms on 2 threads for 512 x 512 x 32 (docs/PERFORMANCE.md, session 50).
+  // One pass over the model grid, slices in parallel: a cost of every case that does not grow
+  // with the scan (the model grid is the same for a thick- and a thin-slice scan of one head),
+  // which ATen's max, sum, negate, add and compare made five passes (docs/PERFORMANCE.md,
+  // session 50). The sum is in class order, as ATen's for the shipped 2- and 4-class float
+  // maps; any other rounding lies far inside kMargin.
   const torch::Tensor p = probabilities.to(torch::kCPU, torch::kFloat32).contiguous();
   const int64_t classes = p.size(0), nz = p.size(1), plane = p.size(2) * p.size(3), n = nz * plane;
   torch::Tensor candidate = torch::empty({nz, p.size(2), p.size(3)}, torch::kUInt8);
@@ -156,13 +158,13 @@ MaskBox foreground_block(const torch::Tensor& probabilities, double threshold, c
   uint8_t* is_candidate = candidate.data_ptr<uint8_t>();
   const float above = float(threshold) - kMargin, floor_share = 1.0f - kMargin;
   at::parallel_for(0, nz, 1, [&](int64_t z0, int64_t z1) {
-    for (int64_t i = z0 * plane; i < z1 * plane; ++i) {
-      if (classes == 2) {
-        is_candidate[i] = src[n + i] > above;
-        continue;
-      }
-      // Any class beating background: best >= (1 - margin) - (sum of the classes), the sum in
-      // class order.
+    const int64_t begin = z0 * plane, end = z1 * plane;
+    if (classes == 2) {
+      for (int64_t i = begin; i < end; ++i) is_candidate[i] = src[n + i] > above;
+      return;
+    }
+    // Any class beating background: best >= (1 - margin) - (sum of the classes).
+    for (int64_t i = begin; i < end; ++i) {
       float best = src[n + i], sum = best;
       for (int64_t k = 2; k < classes; ++k) {
         best = std::max(best, src[k * n + i]);

@@ -194,17 +194,23 @@ std::optional<torch::Tensor> plain_nifti_gz_voxels(const fs::path& path, const N
       h.scl_inter != 0)
     return {};
   bool (*convert)(const char*, float*, int64_t) = nullptr;  // the file's type to float
+  int bytes = 0;                                           // per voxel
   switch (h.datatype) {
-    case 2: convert = to_float<uint8_t>; break;
-    case 256: convert = to_float<int8_t>; break;
-    case 4: convert = to_float<int16_t>; break;
-    case 512: convert = to_float<uint16_t>; break;
-    case 8: convert = to_float<int32_t>; break;
-    case 768: convert = to_float<uint32_t>; break;
-    case 16: convert = to_float<float>; break;
-    case 64: convert = to_float<double>; break;
+    case 2: convert = to_float<uint8_t>, bytes = 1; break;
+    case 256: convert = to_float<int8_t>, bytes = 1; break;
+    case 4: convert = to_float<int16_t>, bytes = 2; break;
+    case 512: convert = to_float<uint16_t>, bytes = 2; break;
+    case 8: convert = to_float<int32_t>, bytes = 4; break;
+    case 768: convert = to_float<uint32_t>, bytes = 4; break;
+    case 16: convert = to_float<float>, bytes = 4; break;
+    case 64: convert = to_float<double>, bytes = 8; break;
     default: return {};  // 64-bit integers: ITK's
   }
+  // What parse_nifti_header guarantees, checked again for a header made any other way: the
+  // voxels read below are exactly those the decompressed length holds.
+  if (h.bitpix != 8 * bytes || h.dim[0] < 1 || h.dim[1] < 1 || h.dim[2] < 1 ||
+      uint64_t(h.dim[0]) * uint64_t(h.dim[1]) * uint64_t(h.dim[2]) != h.voxels)
+    return {};
   std::error_code ec;
   const uintmax_t packed_size = fs::file_size(path, ec);
   if (ec || packed_size < 18) return {};  // not even a gzip header and trailer
