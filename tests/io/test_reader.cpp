@@ -190,9 +190,6 @@ TEST(Reader, DefectiveInputsFailWithClearReasons) {
   }
 }
 
-// The HU check decides as the 1st and 99th percentiles of its sample would: exactly at the
-// ranks' edges, with values at the limits passing, and on the strided sample of about a million
-// voxels, not the whole volume.
 // Values below the CT range (a scanner's fill outside the reconstruction circle) are raised to
 // min_hu, counted in the corrections; every other voxel keeps its value, -1024 itself included.
 TEST(Reader, ValuesBelowTheCtRangeAreRaisedAndCounted) {
@@ -220,6 +217,9 @@ TEST(Reader, ValuesBelowTheCtRangeAreRaisedAndCounted) {
   EXPECT_TRUE(kept.info.corrections.empty());
 }
 
+// The HU check decides as the 1st and 99th percentiles of its sample would: exactly at the
+// ranks' edges, with values at the limits passing, and on the strided sample of about a million
+// voxels, not the whole volume.
 TEST(Reader, HounsfieldCheckDecidesAtThePercentilesOfItsSample) {
   ScratchDir dir;
   const auto verdict = [&](const torch::Tensor& hu) {
