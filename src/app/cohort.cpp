@@ -42,6 +42,41 @@ std::string host_name() {
   return ::gethostname(buf, sizeof(buf) - 1) == 0 ? std::string(buf) : "unknown";
 }
 
+namespace {
+
+// What the folder search left out, grouped by reason in the order first met.
+std::vector<std::pair<std::string, std::vector<fs::path>>> by_reason(const std::vector<LeftOut>& left_out) {
+  std::vector<std::pair<std::string, std::vector<fs::path>>> groups;
+  for (const LeftOut& l : left_out) {
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == l.reason; });
+    if (it == groups.end()) it = groups.insert(groups.end(), {l.reason, {}});
+    it->second.push_back(l.path);
+  }
+  return groups;
+}
+
+// "1200 files: 8-bit codes (...); 1 folder: ..." for the log and the console.
+std::string left_out_summary(const std::vector<LeftOut>& left_out) {
+  std::string text;
+  for (const auto& [reason, paths] : by_reason(left_out))
+    text += (text.empty() ? "" : "; ") + std::to_string(paths.size()) + " x " + reason + " (e.g. " +
+            paths.front().string() + ")";
+  return text;
+}
+
+// run.json `inputs.left_out`: every path, by reason.
+json left_out_json(const std::vector<LeftOut>& left_out) {
+  json groups = json::array();
+  for (const auto& [reason, paths] : by_reason(left_out)) {
+    json list = json::array();
+    for (const fs::path& p : paths) list.push_back(p.string());
+    groups.push_back({{"reason", reason}, {"count", paths.size()}, {"paths", list}});
+  }
+  return groups;
+}
+
+}  // namespace
+
 CohortRunner::CohortRunner(CohortOptions options, std::vector<std::string> argv)
     : options_(std::move(options)), argv_(std::move(argv)), out_(options_.output_dir) {}
 
@@ -78,13 +113,15 @@ int CohortRunner::prepare() {
   }
   std::vector<CaseInput> all = options_.cases;
   try {
-    if (all.empty()) all = expand_inputs(std::vector<fs::path>(options_.inputs.begin(), options_.inputs.end()));
+    left_out_.clear();
+    if (all.empty())
+      all = expand_inputs(std::vector<fs::path>(options_.inputs.begin(), options_.inputs.end()), &left_out_, out_);
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     return kExitUsage;
   }
   if (all.empty()) {
-    spdlog::error("no scans found in the inputs");
+    spdlog::error("no scans found in the inputs{}", left_out_.empty() ? "" : "; left out: " + left_out_summary(left_out_));
     return kExitUsage;
   }
   cohort_size_ = all.size();
@@ -229,6 +266,12 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
     for (const CaseInput& c : cases_) fs::remove_all(out_ / "cases" / c.id, ec);
     fs::remove(out_ / results_name(), ec);
   }
+  if (!left_out_.empty()) {
+    log.warn("left out {} of the files and folders found in the inputs: {}; they are listed in {} and {} (a file named "
+             "on the command line or in a list is always read)",
+             left_out_.size(), left_out_summary(left_out_), log_name(), run_json_name());
+    for (const LeftOut& l : left_out_) log.info("left out {}: {}", l.path.string(), l.reason);
+  }
   json run = run_info;
   run.update({{"tool", "hemexp"},
               {"version", kVersion},
@@ -236,7 +279,7 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
               {"argv", argv_},
               {"host", host_name()},
               {"shard", {{"index", options_.shard_index}, {"count", options_.shard_count}}},
-              {"inputs", {{"cases", cohort_size_}, {"sha256", inputs_sha256_}}},
+              {"inputs", {{"cases", cohort_size_}, {"sha256", inputs_sha256_}, {"left_out", left_out_json(left_out_)}}},
               {"started", utc_now()},
               {"finished", nullptr},
               {"cases", {{"total", cases_.size()}, {"ok", 0}, {"failed", 0}, {"skipped", 0}}}});

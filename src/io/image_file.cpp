@@ -326,6 +326,30 @@ ImageFileContents read_with_itk(const fs::path& path, const std::string& format,
 
 }  // namespace
 
+std::string codes_not_ct_reason(const fs::path& path) {
+  const std::string format = format_of(path);
+  bool eight_bit = false;
+  try {
+    if (format == "nifti") {
+      const NiftiHeader h = check_nifti_file(path, kDefaultMaxVoxels, NiftiCheck::kHeader);
+      const bool unscaled = h.scl_slope == 0 || (h.scl_slope == 1 && h.scl_inter == 0);
+      eight_bit = (h.datatype == 2 || h.datatype == 256) && unscaled;  // DT_UINT8, DT_INT8
+    } else if (!format.empty()) {
+      itk::ImageIOBase::Pointer io =
+          itk::ImageIOFactory::CreateImageIO(path.c_str(), itk::ImageIOFactory::IOFileModeEnum::ReadMode);
+      if (!io) return "";
+      io->SetFileName(path.string());
+      io->ReadImageInformation();
+      const auto type = io->GetComponentType();
+      eight_bit = io->GetNumberOfComponents() == 1 &&
+                  (type == itk::IOComponentEnum::UCHAR || type == itk::IOComponentEnum::CHAR);
+    }
+  } catch (const std::exception&) {  // IoError, itk::ExceptionObject: the reader will say why
+    return "";
+  }
+  return eight_bit ? "8-bit codes (a mask or label map): a CT in Hounsfield units needs more than 256 values" : "";
+}
+
 ImageFileContents read_image_file(const fs::path& path, uint64_t max_voxels) {
   const std::string format = format_of(path);
   if (format.empty()) throw IoError("not a NIfTI, MHA or NRRD file");

@@ -31,19 +31,50 @@ struct Found {
   std::string problem;  // why this entry cannot be a case (CaseInput::problem)
 };
 
+// What a folder search leaves out (expand_inputs): where to note it, and the run's own output
+// folder (canonical; empty: none).
+struct LeaveOut {
+  std::vector<LeftOut>* left_out = nullptr;
+  fs::path output_folder;
+  void note(const fs::path& path, const std::string& reason) const {
+    if (left_out) left_out->push_back({path, reason});
+  }
+};
+
+// Why a folder's files are outputs of hemexp, not scans: it is this run's output folder, or it
+// holds an earlier run's run.json (a shard's run-K-of-N.json) that names hemexp as its tool.
+std::string outputs_folder_reason(const fs::path& canonical, const std::vector<fs::path>& entries,
+                                  const LeaveOut& leave) {
+  if (!leave.output_folder.empty() && canonical == leave.output_folder) return "the output folder of this run";
+  for (const fs::path& e : entries) {
+    const std::string name = e.filename().string();
+    const bool shard = name.rfind("run-", 0) == 0 && name.find("-of-") != std::string::npos;
+    if (!ends_with(name, ".json") || !(name == "run.json" || shard)) continue;
+    try {
+      const nlohmann::json run = nlohmann::json::parse(read_text_file(e));
+      if (run.is_object() && run.contains("tool") && run["tool"] == "hemexp")
+        return "holds the results of a hemexp run (" + name + "): its masks and maps are outputs, not scans";
+    } catch (const std::exception&) {  // not hemexp's, or unreadable: search the folder as usual
+    }
+  }
+  return "";
+}
+
 // Every folder under root (root included) that directly holds DICOM files is a case, and every
 // volume file; a folder without subfolders that yields nothing (empty, or no image in it) is a
 // case too, so that it shows up as a failed row rather than silently vanishing. Hidden entries
-// are skipped. A symbolic link to a folder already searched (a loop, or a second path to the
-// same folder) is a case with a problem, not a second copy of its scans. Never throws on an
-// unreadable entry: what cannot be listed is reported as a case of its own.
-void walk_folder(const fs::path& root, std::vector<Found>& out) {
+// are skipped, and what `leave` names is left out (expand_inputs). A symbolic link to a folder
+// already searched (a loop, or a second path to the same folder) is a case with a problem, not
+// a second copy of its scans. Never throws on an unreadable entry: what cannot be listed is
+// reported as a case of its own.
+void walk_folder(const fs::path& root, std::vector<Found>& out, const LeaveOut& leave) {
   const fs::path base = root.parent_path().empty() ? fs::path(".") : root.parent_path();
   const auto relative = [&](const fs::path& p) { return p.lexically_relative(base); };
   std::error_code ec;
   std::map<fs::path, fs::path> seen;  // canonical folder -> the path it was first found by
   std::vector<fs::path> pending{root};
   seen[fs::weakly_canonical(root, ec)] = root;
+  std::map<fs::path, fs::path> canonical_of{{root, fs::weakly_canonical(root, ec)}};
   std::vector<Found> found;
   while (!pending.empty()) {
     const fs::path folder = pending.back();
@@ -57,7 +88,11 @@ void walk_folder(const fs::path& root, std::vector<Found>& out) {
       continue;
     }
     std::sort(entries.begin(), entries.end());
-    bool has_dicom = false, has_subfolder = false;
+    if (const std::string why = outputs_folder_reason(canonical_of[folder], entries, leave); !why.empty()) {
+      leave.note(folder, why);
+      continue;
+    }
+    bool has_dicom = false, has_subfolder = false, left_out_here = false;
     const size_t before = found.size();
     for (const fs::path& e : entries) {
       std::error_code e_ec;
@@ -77,25 +112,35 @@ void walk_folder(const fs::path& root, std::vector<Found>& out) {
                                                        it->second.string() + "): a loop or a second path to the same scans"});
         } else {
           seen[canonical] = e;
+          canonical_of[e] = canonical;
           pending.push_back(e);
         }
       } else if (fs::is_regular_file(st)) {
-        if (is_volume_file(e)) found.push_back({e, relative(e)});
-        else if (!has_dicom && !is_list_file(e) && looks_like_dicom(e)) has_dicom = true;
+        if (is_volume_file(e)) {
+          if (const std::string why = codes_not_ct_reason(e); why.empty()) {
+            found.push_back({e, relative(e)});
+          } else {
+            leave.note(e, why);
+            left_out_here = true;
+          }
+        } else if (!has_dicom && !is_list_file(e) && looks_like_dicom(e)) {
+          has_dicom = true;
+        }
       }
     }
     if (has_dicom) found.push_back({folder, relative(folder)});
-    if (!has_dicom && !has_subfolder && found.size() == before) found.push_back({folder, relative(folder)});
+    if (!has_dicom && !has_subfolder && !left_out_here && found.size() == before)
+      found.push_back({folder, relative(folder)});
   }
   std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) { return a.path < b.path; });
   out.insert(out.end(), found.begin(), found.end());
 }
 
-void expand_one(const fs::path& input, std::vector<Found>& out, int depth) {
+void expand_one(const fs::path& input, std::vector<Found>& out, const LeaveOut& leave) {
   if (!fs::exists(input)) throw IoError("input " + input.string() + " does not exist");
   if (fs::is_directory(input)) {
-    walk_folder(fs::path(input).lexically_normal(), out);
-  } else if (is_list_file(input) && depth == 0) {
+    walk_folder(fs::path(input).lexically_normal(), out, leave);
+  } else if (is_list_file(input)) {
     CsvTable table;
     try {
       table = parse_csv(read_text_file(input));
@@ -140,7 +185,7 @@ void expand_one(const fs::path& input, std::vector<Found>& out, int depth) {
       if (!fs::exists(p)) f.problem = "list " + input.filename().string() + " names " + entry + ", which does not exist";
       else if (is_list_file(p)) f.problem = "is a list file; lists inside lists are not followed";
       if (f.problem.empty() && fs::is_directory(p) && f.given_id.empty() && f.extra.empty()) {
-        walk_folder(p.lexically_normal(), out);
+        walk_folder(p.lexically_normal(), out, leave);
       } else {
         // A file, a missing path, a list (not followed inside a list), or a folder given with
         // its own id and columns: one case.
@@ -175,9 +220,12 @@ std::string case_id_from_path(const fs::path& relative) {
   return id.empty() ? "case" : id;
 }
 
-std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs) {
+std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::vector<LeftOut>* left_out,
+                                     const fs::path& output_folder) {
+  std::error_code ec;
+  LeaveOut leave{left_out, output_folder.empty() ? fs::path() : fs::weakly_canonical(output_folder, ec)};
   std::vector<Found> found;
-  for (const fs::path& input : inputs) expand_one(input, found, 0);
+  for (const fs::path& input : inputs) expand_one(input, found, leave);
   // Files given by name (on the command line or in a list) that share a name but are
   // different files, as in `p1/ct.nii.gz p2/ct.nii.gz`, are named with their folder too
   // ("p1_ct", "p2_ct") rather than "ct", "ct-2".

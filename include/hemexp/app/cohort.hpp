@@ -92,7 +92,8 @@ class CohortRunner {
   std::vector<CaseInput> cases_;
   size_t cohort_size_ = 0;
   std::vector<std::string> extra_columns_;
-  std::string inputs_sha256_;  // of every case's id and path, all shards (run.json `inputs`)  // of the input lists, in order of appearance
+  std::string inputs_sha256_;  // of every case's id and path, all shards (run.json `inputs`)
+  std::vector<LeftOut> left_out_;  // what the folder search left out (expand_inputs), logged and in run.json
   std::shared_ptr<spdlog::logger> log_;
 };
 

@@ -34,6 +34,12 @@ struct CaseInput {
 // UIDs, dimensions). Throws IoError when the path cannot be listed.
 std::string input_fingerprint(const std::filesystem::path& path);
 
+// What a folder search found and left out, with why (expand_inputs).
+struct LeftOut {
+  std::filesystem::path path;
+  std::string reason;
+};
+
 // Expands the -i arguments, in order, into cases:
 //  - a NIfTI/MHA/NRRD file or a DICOM file: one case;
 //  - a .txt/.csv/.lst list: each line's path (first CSV column; '#' comments and a header
@@ -47,10 +53,17 @@ std::string input_fingerprint(const std::filesystem::path& path);
 //    every volume file is one case, in sorted path order; a folder without subfolders that
 //    holds neither (empty, or only other files) is a case that fails when read, and a
 //    symbolic link to a folder already searched is a case with a problem (walk_folder).
+//    A folder search leaves out, into `left_out` with the reason: volume files that hold
+//    8-bit codes (codes_not_ct_reason: the masks and label maps kept beside their scans, as
+//    in a `hemexp synth` folder or an nnU-Net dataset), `output_folder` (the run's own), and
+//    any folder holding a hemexp run's run.json (an earlier run's masks and maps). A file
+//    named on the command line or in a list is always a case.
 // Case ids come from the path relative to the folder or list it was found through; clashes
 // get a -2, -3 suffix in input order. Throws IoError for a command-line input that does not
 // exist, an unreadable list, and a list's case_id that is unsafe or given twice.
-std::vector<CaseInput> expand_inputs(const std::vector<std::filesystem::path>& inputs);
+std::vector<CaseInput> expand_inputs(const std::vector<std::filesystem::path>& inputs,
+                                     std::vector<LeftOut>* left_out = nullptr,
+                                     const std::filesystem::path& output_folder = {});
 
 // A filesystem-safe id from a relative path: separators become '_', other characters
 // outside [A-Za-z0-9._-] become '-', volume extensions are dropped, leading '.' and '_' too (no
