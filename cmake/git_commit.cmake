@@ -1,0 +1,16 @@
+# Writes OUT from IN with VERSION and the commit SOURCE_DIR is checked out at (GIT_COMMIT: 12
+# hex digits, "-modified" when tracked files differ from it, "unknown" without git). Run at
+# every build; configure_file leaves OUT untouched when nothing changed, so nothing rebuilds.
+execute_process(COMMAND git rev-parse --short=12 HEAD
+  WORKING_DIRECTORY ${SOURCE_DIR} RESULT_VARIABLE failed
+  OUTPUT_VARIABLE GIT_COMMIT OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+if(failed OR NOT GIT_COMMIT)
+  set(GIT_COMMIT "unknown")
+else()
+  execute_process(COMMAND git diff --quiet HEAD --
+    WORKING_DIRECTORY ${SOURCE_DIR} RESULT_VARIABLE modified OUTPUT_QUIET ERROR_QUIET)
+  if(modified EQUAL 1)
+    string(APPEND GIT_COMMIT "-modified")
+  endif()
+endif()
+configure_file(${IN} ${OUT} @ONLY)
