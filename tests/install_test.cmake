@@ -21,4 +21,26 @@ list(LENGTH installed n_installed)
 if(NOT n_shipped EQUAL n_installed)
   message(FATAL_ERROR "models: ${n_shipped} shipped, ${n_installed} installed")
 endif()
+# The same binary away from its models (a copied binary, a broken install): a setup error that
+# names where it looked, not a cohort of empty masks; `--seg-model none` still runs.
+set(BARE "${PREFIX}-bare")
+file(REMOVE_RECURSE "${BARE}")
+file(COPY "${PREFIX}/bin/hemexp" DESTINATION "${BARE}/bin")
+set(SCAN "${SOURCE}/tests/data/edge/nibabel/standard.nii.gz")
+set(ENV{HEMEXP_MODEL_DIR} "${BARE}/no-models-here")
+execute_process(COMMAND "${BARE}/bin/hemexp" run -i "${SCAN}" -o "${BARE}/out1" --no-progress
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+string(FIND "${err}" "no segmentation model found (looked in ${BARE}/no-models-here, ${BARE}/bin/models, " at)
+if(NOT rc EQUAL 3 OR at EQUAL -1)
+  message(FATAL_ERROR "hemexp without its models: exit ${rc}, ${err}")
+endif()
+if(EXISTS "${BARE}/out1/results.csv")
+  message(FATAL_ERROR "hemexp without its models wrote results")
+endif()
+execute_process(COMMAND "${BARE}/bin/hemexp" run -i "${SCAN}" -o "${BARE}/out2" --seg-model none --no-progress
+                RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)
+if(NOT EXISTS "${BARE}/out2/results.csv")  # the tiny file fails as a case (exit 4); the run itself goes on
+  message(FATAL_ERROR "hemexp --seg-model none without models: exit ${rc}, ${err}")
+endif()
+file(REMOVE_RECURSE "${BARE}")
 file(REMOVE_RECURSE "${PREFIX}")

@@ -85,6 +85,16 @@ int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
   std::vector<std::string> looked;
   // "none": read, check and describe the scans without segmenting them.
   const std::optional<fs::path> seg_path = model_path(o.seg_model, "hemexp-seg-labels.safetensors", looked);
+  // A default model that cannot be found is a setup error, not a cohort of empty masks: a
+  // copied binary or a broken install would otherwise give 2,000 rows of "ok" without a volume.
+  const auto missing = [](const char* what, const char* flag, const std::vector<std::string>& l) {
+    std::string places;
+    for (const std::string& d : l) places += (places.empty() ? "" : ", ") + d;
+    spdlog::error("no {} found (looked in {}); give {} FILE, or {} none to run without it", what,
+                  places.empty() ? "-" : places, flag, flag);
+    return kExitSetup;
+  };
+  if (!seg_path && o.seg_model != "none") return missing("segmentation model", "--seg-model", looked);
   if (seg_path) {
     try {
       pipeline.segmenter = Segmenter::load(*seg_path, device);
@@ -98,6 +108,8 @@ int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
   // The classifier scores the segmenter's masks: without a segmenter there is nothing to score.
   const std::optional<fs::path> cls_path =
       pipeline.segmenter ? model_path(o.cls_model, "hemexp-cls.safetensors", looked_cls) : std::nullopt;
+  if (!cls_path && pipeline.segmenter && o.cls_model != "none")
+    return missing("expansion classifier", "--cls-model", looked_cls);
   if (cls_path) {
     try {
       pipeline.classifier = Classifier::load(*cls_path, device);
@@ -107,18 +119,12 @@ int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
     }
   }
 
-  const auto where = [](const std::vector<std::string>& l) {
-    return l.empty() ? std::string("-") : l.front() + (l.size() > 1 ? " and others" : "");
-  };
   if (pipeline.segmenter) {
     const ModelFile& m = pipeline.segmenter->file();
     setup.notes.emplace_back(false, fmt::format("segmentation model {} ({}), sha256 {}; research use only",
                                                 m.path.string(), m.name().empty() ? "unnamed" : m.name(), m.sha256));
-  } else if (o.seg_model == "none") {
-    setup.notes.emplace_back(false, "no segmentation (--seg-model none): masks stay empty");
   } else {
-    setup.notes.emplace_back(
-        true, "no segmentation model (none given with --seg-model; looked in " + where(looked) + "): masks stay empty");
+    setup.notes.emplace_back(false, "no segmentation (--seg-model none): masks stay empty");
   }
   if (pipeline.classifier) {
     const ModelFile& m = pipeline.classifier->file();
@@ -133,9 +139,6 @@ int setup_run_pipeline(const RunOptions& o, RunSetup& setup) {
           true, "the expansion classifier reads the intraventricular-blood volume, which this segmentation model "
                 "does not label: that feature is taken as its training mean (use the segmentation model the "
                 "classifier was trained with, e.g. --seg-model models/hemexp-seg-labels.safetensors)");
-  } else if (pipeline.segmenter && o.cls_model != "none") {
-    setup.notes.emplace_back(true, "no expansion classifier (none given with --cls-model; looked in " +
-                                       where(looked_cls) + "): he_probability stays blank");
   }
 
   json models = json::object();
