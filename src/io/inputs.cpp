@@ -225,7 +225,11 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
   std::error_code ec;
   LeaveOut leave{left_out, output_folder.empty() ? fs::path() : fs::weakly_canonical(output_folder, ec)};
   std::vector<Found> found;
+  const size_t left_before = left_out ? left_out->size() : 0;
   for (const fs::path& input : inputs) expand_one(input, found, leave);
+  if (left_out)  // in path order, as the cases are
+    std::stable_sort(left_out->begin() + std::ptrdiff_t(left_before), left_out->end(),
+                     [](const LeftOut& a, const LeftOut& b) { return a.path < b.path; });
   // Files given by name (on the command line or in a list) that share a name but are
   // different files, as in `p1/ct.nii.gz p2/ct.nii.gz`, are named with their folder too
   // ("p1_ct", "p2_ct") rather than "ct", "ct-2".

@@ -1,7 +1,6 @@
 // Expanding -i arguments into cases with stable, unique, filesystem-safe ids.
 #include <cstring>
 #include <fstream>
-#include <map>
 
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
@@ -152,9 +151,9 @@ TEST(Inputs, FolderSearchLeavesOutMasksAndHemexpOutputs) {
   for (const CaseInput& c : cases) ids.push_back(c.id);
   EXPECT_EQ(ids, (std::vector<std::string>{"cohort_other_tool_ct", "cohort_p1_ct", "cohort_p2_ct", "cohort_p2_scaled"}));
   const std::string codes_reason = "8-bit codes (a mask or label map): a CT in Hounsfield units needs more than 256 values";
-  std::map<std::string, std::string> got;
-  for (const LeftOut& l : left_out) got[l.path.lexically_relative(dir.path()).generic_string()] = l.reason;
-  EXPECT_EQ(got, (std::map<std::string, std::string>{
+  std::vector<std::pair<std::string, std::string>> got;  // in path order
+  for (const LeftOut& l : left_out) got.emplace_back(l.path.lexically_relative(dir.path()).generic_string(), l.reason);
+  EXPECT_EQ(got, (std::vector<std::pair<std::string, std::string>>{
                      {"cohort/labelsTr/p1.nii.gz", codes_reason},
                      {"cohort/old_run", "holds the results of a hemexp run (run.json): its masks and maps are outputs, not scans"},
                      {"cohort/out", "the output folder of this run"},
