@@ -5,6 +5,11 @@ execute_process(COMMAND git rev-parse --short=12 HEAD
   WORKING_DIRECTORY ${SOURCE_DIR} RESULT_VARIABLE failed
   OUTPUT_VARIABLE GIT_COMMIT OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
 if(failed OR NOT GIT_COMMIT)
+  # No git, or git refusing the tree (another user's checkout, as under `sudo make install`):
+  # keep what an earlier build recorded rather than turn it into "unknown".
+  if(EXISTS ${OUT})
+    return()
+  endif()
   set(GIT_COMMIT "unknown")
 else()
   execute_process(COMMAND git diff --quiet HEAD --

@@ -6,6 +6,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$HEMEXP_ROOT"
+export HEMEXP_MODEL_DIR="${HEMEXP_MODEL_DIR:-$HEMEXP_ROOT/models}"  # the shipped models, wherever the build is
 out="${1:-demo-output}"
 data="tests/data"
 set +e

@@ -30,7 +30,8 @@ set(SCAN "${SOURCE}/tests/data/edge/nibabel/standard.nii.gz")
 set(ENV{HEMEXP_MODEL_DIR} "${BARE}/no-models-here")
 execute_process(COMMAND "${BARE}/bin/hemexp" run -i "${SCAN}" -o "${BARE}/out1" --no-progress
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-string(FIND "${err}" "no segmentation model found (looked in ${BARE}/no-models-here, ${BARE}/bin/models, " at)
+get_filename_component(BARE_REAL "${BARE}" REALPATH)  # as /proc/self/exe names it
+string(FIND "${err}" "no segmentation model found (looked in ${BARE}/no-models-here, ${BARE_REAL}/bin/models, " at)
 if(NOT rc EQUAL 3 OR at EQUAL -1)
   message(FATAL_ERROR "hemexp without its models: exit ${rc}, ${err}")
 endif()

@@ -55,7 +55,7 @@ std::vector<std::pair<std::string, std::vector<fs::path>>> by_reason(const std::
   return groups;
 }
 
-// "1200 files: 8-bit codes (...); 1 folder: ..." for the log and the console.
+// "1200 x <reason> (e.g. <first path>); 1 x <reason> (e.g. ...)" for the log and the console.
 std::string left_out_summary(const std::vector<LeftOut>& left_out) {
   std::string text;
   for (const auto& [reason, paths] : by_reason(left_out))
@@ -64,7 +64,8 @@ std::string left_out_summary(const std::vector<LeftOut>& left_out) {
   return text;
 }
 
-// run.json `inputs.left_out`: every path, by reason.
+// run.json `left_out`: every path, by reason (not under `inputs`, which `hemexp merge` requires
+// to be the same in every shard: what was left out may change between a shard and its resume).
 json left_out_json(const std::vector<LeftOut>& left_out) {
   json groups = json::array();
   for (const auto& [reason, paths] : by_reason(left_out)) {
@@ -279,7 +280,8 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
               {"argv", argv_},
               {"host", host_name()},
               {"shard", {{"index", options_.shard_index}, {"count", options_.shard_count}}},
-              {"inputs", {{"cases", cohort_size_}, {"sha256", inputs_sha256_}, {"left_out", left_out_json(left_out_)}}},
+              {"inputs", {{"cases", cohort_size_}, {"sha256", inputs_sha256_}}},
+              {"left_out", left_out_json(left_out_)},
               {"started", utc_now()},
               {"finished", nullptr},
               {"cases", {{"total", cases_.size()}, {"ok", 0}, {"failed", 0}, {"skipped", 0}}}});

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <optional>
 
@@ -331,8 +332,12 @@ std::string codes_not_ct_reason(const fs::path& path) {
   bool eight_bit = false;
   try {
     if (format == "nifti") {
-      const NiftiHeader h = check_nifti_file(path, kDefaultMaxVoxels, NiftiCheck::kHeader);
-      const bool unscaled = h.scl_slope == 0 || (h.scl_slope == 1 && h.scl_inter == 0);
+      // Any size (only the type matters here; --max-voxels is the reader's to apply).
+      const NiftiHeader h = check_nifti_file(path, std::numeric_limits<uint64_t>::max() / 2, NiftiCheck::kHeader);
+      // A slope that is 0 or not finite means no scaling (the NIfTI standard; nibabel writes NaN
+      // into unscaled files, and ITK reads them unscaled); an intercept that is not finite, 0.
+      const double slope = h.scl_slope, inter = std::isfinite(h.scl_inter) ? h.scl_inter : 0.0;
+      const bool unscaled = !std::isfinite(slope) || slope == 0 || (slope == 1 && inter == 0);
       eight_bit = (h.datatype == 2 || h.datatype == 256) && unscaled;  // DT_UINT8, DT_INT8
     } else if (!format.empty()) {
       itk::ImageIOBase::Pointer io =

@@ -41,19 +41,23 @@ struct LeaveOut {
   }
 };
 
-// Why a folder's files are outputs of hemexp, not scans: it is this run's output folder, or it
-// holds an earlier run's run.json (a shard's run-K-of-N.json) that names hemexp as its tool.
-std::string outputs_folder_reason(const fs::path& canonical, const std::vector<fs::path>& entries,
-                                  const LeaveOut& leave) {
-  if (!leave.output_folder.empty() && canonical == leave.output_folder) return "the output folder of this run";
+// Why a folder's `cases` subfolder holds hemexp's outputs (masks, label maps, probability maps,
+// corrected CTs), not scans: the folder is this run's output folder, or it holds an earlier
+// run's run.json (a shard's run-K-of-N.json) that names hemexp as its tool. "" otherwise.
+std::string run_folder_reason(const fs::path& canonical, const std::vector<fs::path>& entries, const LeaveOut& leave) {
+  if (!leave.output_folder.empty() && canonical == leave.output_folder)
+    return "the cases of this run's output folder: its outputs, not scans";
   for (const fs::path& e : entries) {
     const std::string name = e.filename().string();
     const bool shard = name.rfind("run-", 0) == 0 && name.find("-of-") != std::string::npos;
     if (!ends_with(name, ".json") || !(name == "run.json" || shard)) continue;
+    std::error_code ec;
+    // A run's record is a few hundred kB at most (argv of a long list); anything else is not one.
+    if (!fs::is_regular_file(e, ec) || fs::file_size(e, ec) > (16u << 20) || ec) continue;
     try {
       const nlohmann::json run = nlohmann::json::parse(read_text_file(e));
       if (run.is_object() && run.contains("tool") && run["tool"] == "hemexp")
-        return "holds the results of a hemexp run (" + name + "): its masks and maps are outputs, not scans";
+        return "the cases of an earlier hemexp run (" + name + " beside them): its outputs, not scans";
     } catch (const std::exception&) {  // not hemexp's, or unreadable: search the folder as usual
     }
   }
@@ -62,8 +66,9 @@ std::string outputs_folder_reason(const fs::path& canonical, const std::vector<f
 
 // Every folder under root (root included) that directly holds DICOM files is a case, and every
 // volume file; a folder without subfolders that yields nothing (empty, or no image in it) is a
-// case too, so that it shows up as a failed row rather than silently vanishing. Hidden entries
-// are skipped, and what `leave` names is left out (expand_inputs). A symbolic link to a folder
+// case too, so that it shows up as a failed row rather than silently vanishing (not when what it
+// held was left out, nor the run's own output folder). Hidden entries are skipped, and what
+// `leave` names is left out (expand_inputs). A symbolic link to a folder
 // already searched (a loop, or a second path to the same folder) is a case with a problem, not
 // a second copy of its scans. Never throws on an unreadable entry: what cannot be listed is
 // reported as a case of its own.
@@ -88,11 +93,8 @@ void walk_folder(const fs::path& root, std::vector<Found>& out, const LeaveOut& 
       continue;
     }
     std::sort(entries.begin(), entries.end());
-    if (const std::string why = outputs_folder_reason(canonical_of[folder], entries, leave); !why.empty()) {
-      leave.note(folder, why);
-      continue;
-    }
-    bool has_dicom = false, has_subfolder = false, left_out_here = false;
+    const std::string outputs = run_folder_reason(canonical_of[folder], entries, leave);
+    bool has_dicom = false, has_subfolder = false, left_out_here = !outputs.empty();
     const size_t before = found.size();
     for (const fs::path& e : entries) {
       std::error_code e_ec;
@@ -104,6 +106,10 @@ void walk_folder(const fs::path& root, std::vector<Found>& out, const LeaveOut& 
       }
       if (fs::is_directory(st)) {
         has_subfolder = true;
+        if (!outputs.empty() && e.filename() == "cases") {
+          leave.note(e, outputs);
+          continue;
+        }
         const fs::path canonical = fs::canonical(e, e_ec);
         if (e_ec) {
           found.push_back({e, relative(e), "", {}, "folder cannot be resolved: " + e_ec.message()});

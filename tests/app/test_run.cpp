@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -164,8 +163,9 @@ TEST_F(RunCommand, WritesEveryOutputAndReportsFailuresPerCase) {
     EXPECT_EQ(e.path().filename().string().rfind(".tmp-", 0), std::string::npos) << e.path();
 }
 
-// `-i` a folder that holds the scans, their masks and the runs made on them: only the scans are
-// cases, and run.json and the log say what was left out, and why.
+// `-i` a folder that holds the scans, their masks and the runs made on them (one inside it, and
+// this run's own output folder): only the scans are cases, and run.json and the log say what was
+// left out, and why; resumed, the run leaves out its own cases too.
 TEST_F(RunCommand, FolderSearchReadsTheScansNotTheMasksOrOutputsBesideThem) {
   RunOptions first = options_;
   first.output_dir = (root_ / "in/run1").string();
@@ -176,24 +176,28 @@ TEST_F(RunCommand, FolderSearchReadsTheScansNotTheMasksOrOutputsBesideThem) {
   RunOptions again = options_;
   again.inputs = {(root_ / "in").string()};
   again.output_dir = (root_ / "in/run2").string();
-  ASSERT_EQ(run(again), kExitCaseFailed);
-  const fs::path out = root_ / "in/run2";
-  const Results csv = read_results(out / "results.csv");
-  ASSERT_EQ(csv.rows(), 4u);
-  for (size_t r = 0; r < 4; ++r)
-    EXPECT_EQ(csv.at(r, "case_id"), (std::vector<std::string>{"in", "in_head", "in_nifti-ct", "in_phantom"}[r]));  // in: mr.dcm
-  const json left_out = json::parse(slurp(out / "run.json"))["inputs"]["left_out"];
-  ASSERT_EQ(left_out.size(), 3u) << left_out.dump();
-  std::map<std::string, json> by_reason;
-  for (const json& g : left_out) by_reason[g["reason"]] = g["paths"];
-  EXPECT_EQ(by_reason["8-bit codes (a mask or label map): a CT in Hounsfield units needs more than 256 values"],
-            json({(root_ / "in/nifti mask.nii.gz").string()}));
-  EXPECT_EQ(by_reason["holds the results of a hemexp run (run.json): its masks and maps are outputs, not scans"],
-            json({(root_ / "in/run1").string()}));
-  EXPECT_EQ(by_reason["the output folder of this run"], json({(root_ / "in/run2").string()}));
-  const std::string log = slurp(out / "hemexp.log");
-  EXPECT_NE(log.find("left out 3 of the files and folders found in the inputs"), std::string::npos);
-  EXPECT_NE(log.find("left out " + (root_ / "in/nifti mask.nii.gz").string() + ": 8-bit codes"), std::string::npos);
+  const std::string codes = "8-bit codes (a mask or label map): a CT in Hounsfield units needs more than 256 values";
+  const std::string earlier = "the cases of an earlier hemexp run (run.json beside them): its outputs, not scans";
+  for (const bool resume : {false, true}) {
+    again.resume = resume;
+    ASSERT_EQ(run(again), kExitCaseFailed);
+    const fs::path out = root_ / "in/run2";
+    const Results csv = read_results(out / "results.csv");
+    ASSERT_EQ(csv.rows(), 4u);
+    for (size_t r = 0; r < 4; ++r)  // "in": mr.dcm lies directly in it
+      EXPECT_EQ(csv.at(r, "case_id"), (std::vector<std::string>{"in", "in_head", "in_nifti-ct", "in_phantom"}[r]));
+    json expected = json::array({{{"reason", codes}, {"count", 1}, {"paths", {(root_ / "in/nifti mask.nii.gz").string()}}},
+                                 {{"reason", earlier}, {"count", 1}, {"paths", {(root_ / "in/run1/cases").string()}}}});
+    if (resume)
+      expected.push_back({{"reason", "the cases of this run's output folder: its outputs, not scans"},
+                          {"count", 1},
+                          {"paths", {(root_ / "in/run2/cases").string()}}});
+    EXPECT_EQ(json::parse(slurp(out / "run.json"))["left_out"], expected);
+    const std::string log = slurp(out / "hemexp.log");
+    EXPECT_NE(log.find("left out " + std::to_string(expected.size()) + " of the files and folders found in the inputs"),
+              std::string::npos);
+    EXPECT_NE(log.find("left out " + (root_ / "in/run1/cases").string() + ": " + earlier), std::string::npos);
+  }
 }
 
 TEST_F(RunCommand, PreviousRunNeedsResumeOrOverwrite) {

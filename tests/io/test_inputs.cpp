@@ -1,4 +1,6 @@
 // Expanding -i arguments into cases with stable, unique, filesystem-safe ids.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 
@@ -108,62 +110,74 @@ TEST(Inputs, ListsAsResearchersKeepThem) {
 }
 
 // A folder search takes CT volumes and leaves out, each with its reason, what cannot be one:
-// masks and label maps (8-bit codes, by the header: NIfTI of both kinds, MHA), an earlier hemexp
-// run's folder (its run.json, or a shard's) and the run's own output folder. A scaled 8-bit file
-// may be a CT and is kept; a run.json of another tool does not stop the search; a folder that
-// held only masks is not a failed case; a mask named directly is a case.
+// masks and label maps (8-bit codes, by the header: NIfTI of both kinds, nibabel's NaN scaling
+// included, and MHA) and the `cases` subfolder of an earlier hemexp run (its run.json, or a
+// shard's) and of the run's own output folder; the rest of those folders is searched. A scaled
+// 8-bit file may be a CT and is kept; a run.json of another tool changes nothing; a folder that
+// held only masks, and the run's own output folder, are not failed cases; a mask named directly
+// is a case.
 TEST(Inputs, FolderSearchLeavesOutMasksAndHemexpOutputs) {
   ScratchDir dir;
   Geometry g;
   g.size = {6, 5, 4};
   const torch::Tensor hu = torch::full({4, 5, 6}, 40, torch::kInt16), codes = torch::ones({4, 5, 6}, torch::kUInt8);
-  for (const char* d : {"p1", "p2", "labelsTr", "old_run/cases/a", "shard_run", "other_tool", "out"})
+  for (const char* d : {"p1", "p2", "labelsTr", "old_run/cases/a", "old_run/scans", "shard_run/cases/a", "other_tool",
+                        "out/cases/a", "empty_out"})
     fs::create_directories(dir / "cohort" / d);
   write_image_file(dir / "cohort/p1/ct.nii.gz", hu, g);
   write_image_file(dir / "cohort/p1/mask.nii.gz", codes, g);
   write_image_file(dir / "cohort/p1/labels.mha", codes, g);
   write_image_file(dir / "cohort/p2/ct.nrrd", hu, g);
-  // NIfTI header: datatype (int16) at byte 70, scl_slope and scl_inter (float) at 112 and 116.
-  write_image_file(dir / "cohort/p2/scaled.nii", codes, g);
-  std::string scaled = read_text_file(dir / "cohort/p2/scaled.nii");
-  const float slope = 16.0f, inter = -1024.0f;
-  std::memcpy(&scaled[112], &slope, 4);
-  std::memcpy(&scaled[116], &inter, 4);
-  std::ofstream(dir / "cohort/p2/scaled.nii", std::ios::binary) << scaled;
-  std::string int8 = read_text_file(dir / "cohort/p2/scaled.nii");
-  const int16_t dt_int8 = 256;
-  const float one = 1.0f, zero = 0.0f;
-  std::memcpy(&int8[70], &dt_int8, 2);
-  std::memcpy(&int8[112], &one, 4);
-  std::memcpy(&int8[116], &zero, 4);
-  std::ofstream(dir / "cohort/p2/int8.nii", std::ios::binary) << int8;
+  // NIfTI-1 header: datatype (int16) at byte 70, scl_slope and scl_inter (float) at 112 and 116.
+  const auto patched = [&](const std::string& name, int16_t datatype, float slope, float inter) {
+    write_image_file(dir / "cohort/p2" / name, codes, g);
+    std::string bytes = read_text_file(dir / "cohort/p2" / name);
+    std::memcpy(&bytes[70], &datatype, 2);
+    std::memcpy(&bytes[112], &slope, 4);
+    std::memcpy(&bytes[116], &inter, 4);
+    std::ofstream(dir / "cohort/p2" / name, std::ios::binary) << bytes;
+  };
+  patched("scaled.nii", 2, 16.0f, -1024.0f);                       // uint8 scaled: may be a CT
+  patched("int8.nii", 256, 1.0f, 0.0f);                            // int8 codes
+  patched("nan.nii", 2, std::nanf(""), std::nanf(""));             // nibabel's unscaled uint8
   write_image_file(dir / "cohort/labelsTr/p1.nii.gz", codes, g);
   std::ofstream(dir / "cohort/old_run/run.json") << R"({"argv": ["hemexp", "run"], "tool": "hemexp"})";
   write_image_file(dir / "cohort/old_run/cases/a/ct.nii.gz", hu, g);  // a corrected CT it wrote
+  write_image_file(dir / "cohort/old_run/scans/ct.nii.gz", hu, g);    // a scan kept beside it
   std::ofstream(dir / "cohort/shard_run/run-2-of-4.json") << R"({"tool": "hemexp"})";
-  write_image_file(dir / "cohort/shard_run/probability.nii.gz", hu.to(torch::kFloat32), g);
+  write_image_file(dir / "cohort/shard_run/cases/a/probability.nii.gz", hu.to(torch::kFloat32), g);
   std::ofstream(dir / "cohort/other_tool/run.json") << R"({"tool": "other"})";
   write_image_file(dir / "cohort/other_tool/ct.nii.gz", hu, g);
+  write_image_file(dir / "cohort/out/cases/a/ct.nii.gz", hu, g);  // this run's, when resumed
 
+  const auto ids_of = [](const std::vector<CaseInput>& cases) {
+    std::vector<std::string> ids;
+    for (const CaseInput& c : cases) ids.push_back(c.id);
+    return ids;
+  };
   std::vector<LeftOut> left_out;
-  const auto cases = expand_inputs({dir / "cohort"}, &left_out, dir / "cohort/out");
-  std::vector<std::string> ids;
-  for (const CaseInput& c : cases) ids.push_back(c.id);
-  EXPECT_EQ(ids, (std::vector<std::string>{"cohort_other_tool_ct", "cohort_p1_ct", "cohort_p2_ct", "cohort_p2_scaled"}));
+  EXPECT_EQ(ids_of(expand_inputs({dir / "cohort"}, &left_out, dir / "cohort/out")),
+            (std::vector<std::string>{"cohort_empty_out", "cohort_old_run_scans_ct", "cohort_other_tool_ct", "cohort_p1_ct",
+                                      "cohort_p2_ct", "cohort_p2_scaled"}));  // empty_out: an empty folder, failed
   const std::string codes_reason = "8-bit codes (a mask or label map): a CT in Hounsfield units needs more than 256 values";
   std::vector<std::pair<std::string, std::string>> got;  // in path order
   for (const LeftOut& l : left_out) got.emplace_back(l.path.lexically_relative(dir.path()).generic_string(), l.reason);
   EXPECT_EQ(got, (std::vector<std::pair<std::string, std::string>>{
                      {"cohort/labelsTr/p1.nii.gz", codes_reason},
-                     {"cohort/old_run", "holds the results of a hemexp run (run.json): its masks and maps are outputs, not scans"},
-                     {"cohort/out", "the output folder of this run"},
+                     {"cohort/old_run/cases", "the cases of an earlier hemexp run (run.json beside them): its outputs, not scans"},
+                     {"cohort/out/cases", "the cases of this run's output folder: its outputs, not scans"},
                      {"cohort/p1/labels.mha", codes_reason},
                      {"cohort/p1/mask.nii.gz", codes_reason},
                      {"cohort/p2/int8.nii", codes_reason},
-                     {"cohort/shard_run",
-                      "holds the results of a hemexp run (run-2-of-4.json): its masks and maps are outputs, not scans"}}));
-  // Without the output folder named, the empty folder is a failed case as before.
-  EXPECT_EQ(expand_inputs({dir / "cohort"}).size(), 5u);
+                     {"cohort/p2/nan.nii", codes_reason},
+                     {"cohort/shard_run/cases",
+                      "the cases of an earlier hemexp run (run-2-of-4.json beside them): its outputs, not scans"}}));
+  // An empty output folder (a first run) is not a failed case; any other empty folder is.
+  fs::remove_all(dir / "cohort/out");
+  fs::create_directories(dir / "cohort/out");
+  const std::vector<std::string> first_run = ids_of(expand_inputs({dir / "cohort"}, nullptr, dir / "cohort/out"));
+  EXPECT_EQ(std::count(first_run.begin(), first_run.end(), "cohort_out"), 0);
+  EXPECT_EQ(std::count(first_run.begin(), first_run.end(), "cohort_empty_out"), 1);
   // Named directly or in a list, a mask is read (and fails there with the reader's reason).
   std::ofstream(dir / "list.txt") << "cohort/p1/mask.nii.gz\n";
   left_out.clear();

@@ -55,9 +55,11 @@ struct LeftOut {
 //    symbolic link to a folder already searched is a case with a problem (walk_folder).
 //    A folder search leaves out, into `left_out` with the reason: volume files that hold
 //    8-bit codes (codes_not_ct_reason: the masks and label maps kept beside their scans, as
-//    in a `hemexp synth` folder or an nnU-Net dataset), `output_folder` (the run's own), and
-//    any folder holding a hemexp run's run.json (an earlier run's masks and maps). A file
-//    named on the command line or in a list is always a case.
+//    in a `hemexp synth` folder or an nnU-Net dataset), and the `cases` subfolder (hemexp's
+//    masks, maps and corrected CTs) of `output_folder` (the run's own) and of any folder
+//    holding a hemexp run's run.json; the rest of such a folder is searched as usual. A folder
+//    whose volume files were all left out, and the output folder, are not failed cases. A
+//    file named on the command line or in a list is always a case.
 // Case ids come from the path relative to the folder or list it was found through; clashes
 // get a -2, -3 suffix in input order. Throws IoError for a command-line input that does not
 // exist, an unreadable list, and a list's case_id that is unsafe or given twice.
