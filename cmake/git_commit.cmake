@@ -6,11 +6,14 @@ execute_process(COMMAND git rev-parse --short=12 HEAD
   OUTPUT_VARIABLE GIT_COMMIT OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
 if(failed OR NOT GIT_COMMIT)
   # No git, or git refusing the tree (another user's checkout, as under `sudo make install`):
-  # keep what an earlier build recorded rather than turn it into "unknown".
-  if(EXISTS ${OUT})
-    return()
-  endif()
+  # keep the commit an earlier build recorded rather than turn it into "unknown".
   set(GIT_COMMIT "unknown")
+  if(EXISTS ${OUT})
+    file(STRINGS ${OUT} earlier REGEX "kGitCommit = \"[^\"]*\"")
+    if(earlier MATCHES "kGitCommit = \"([^\"]*)\"")
+      set(GIT_COMMIT "${CMAKE_MATCH_1}")
+    endif()
+  endif()
 else()
   execute_process(COMMAND git diff --quiet HEAD --
     WORKING_DIRECTORY ${SOURCE_DIR} RESULT_VARIABLE modified OUTPUT_QUIET ERROR_QUIET)

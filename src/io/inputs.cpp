@@ -41,12 +41,16 @@ struct LeaveOut {
   }
 };
 
-// Why a folder's `cases` subfolder holds hemexp's outputs (masks, label maps, probability maps,
-// corrected CTs), not scans: the folder is this run's output folder, or it holds an earlier
-// run's run.json (a shard's run-K-of-N.json) that names hemexp as its tool. "" otherwise.
+// The subfolders in which hemexp writes a case's or a pair's files: `run` and `check` write
+// cases/<id>/ (masks, label maps, probability maps, corrected CTs), `expansion` also pairs/<id>/.
+bool is_outputs_subfolder(const fs::path& name) { return name == "cases" || name == "pairs"; }
+
+// Why a folder's cases/ and pairs/ subfolders hold hemexp's outputs, not scans: the folder is
+// this run's output folder, or it holds an earlier run's run.json (a shard's run-K-of-N.json)
+// that names hemexp as its tool. "" otherwise.
 std::string run_folder_reason(const fs::path& canonical, const std::vector<fs::path>& entries, const LeaveOut& leave) {
   if (!leave.output_folder.empty() && canonical == leave.output_folder)
-    return "the cases of this run's output folder: its outputs, not scans";
+    return "outputs of this run's output folder, not scans";
   for (const fs::path& e : entries) {
     const std::string name = e.filename().string();
     const bool shard = name.rfind("run-", 0) == 0 && name.find("-of-") != std::string::npos;
@@ -57,7 +61,7 @@ std::string run_folder_reason(const fs::path& canonical, const std::vector<fs::p
     try {
       const nlohmann::json run = nlohmann::json::parse(read_text_file(e));
       if (run.is_object() && run.contains("tool") && run["tool"] == "hemexp")
-        return "the cases of an earlier hemexp run (" + name + " beside them): its outputs, not scans";
+        return "outputs of an earlier hemexp run (" + name + " beside them), not scans";
     } catch (const std::exception&) {  // not hemexp's, or unreadable: search the folder as usual
     }
   }
@@ -106,7 +110,7 @@ void walk_folder(const fs::path& root, std::vector<Found>& out, const LeaveOut& 
       }
       if (fs::is_directory(st)) {
         has_subfolder = true;
-        if (!outputs.empty() && e.filename() == "cases") {
+        if (!outputs.empty() && is_outputs_subfolder(e.filename())) {
           leave.note(e, outputs);
           continue;
         }

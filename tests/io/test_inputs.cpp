@@ -111,8 +111,9 @@ TEST(Inputs, ListsAsResearchersKeepThem) {
 
 // A folder search takes CT volumes and leaves out, each with its reason, what cannot be one:
 // masks and label maps (8-bit codes, by the header: NIfTI of both kinds, nibabel's NaN scaling
-// included, and MHA) and the `cases` subfolder of an earlier hemexp run (its run.json, or a
-// shard's) and of the run's own output folder; the rest of those folders is searched. A scaled
+// included, and MHA) and the `cases` and `pairs` subfolders of an earlier hemexp run (its
+// run.json, or a shard's) and of the run's own output folder; the rest of those folders is
+// searched. A scaled
 // 8-bit file may be a CT and is kept; a run.json of another tool changes nothing; a folder that
 // held only masks, and the run's own output folder, are not failed cases; a mask named directly
 // is a case.
@@ -121,7 +122,7 @@ TEST(Inputs, FolderSearchLeavesOutMasksAndHemexpOutputs) {
   Geometry g;
   g.size = {6, 5, 4};
   const torch::Tensor hu = torch::full({4, 5, 6}, 40, torch::kInt16), codes = torch::ones({4, 5, 6}, torch::kUInt8);
-  for (const char* d : {"p1", "p2", "labelsTr", "old_run/cases/a", "old_run/scans", "shard_run/cases/a", "other_tool",
+  for (const char* d : {"p1", "p2", "labelsTr", "old_run/cases/a", "old_run/pairs/p", "old_run/scans", "shard_run/cases/a", "other_tool",
                         "out/cases/a", "empty_out"})
     fs::create_directories(dir / "cohort" / d);
   write_image_file(dir / "cohort/p1/ct.nii.gz", hu, g);
@@ -144,6 +145,7 @@ TEST(Inputs, FolderSearchLeavesOutMasksAndHemexpOutputs) {
   std::ofstream(dir / "cohort/old_run/run.json") << R"({"argv": ["hemexp", "run"], "tool": "hemexp"})";
   write_image_file(dir / "cohort/old_run/cases/a/ct.nii.gz", hu, g);  // a corrected CT it wrote
   write_image_file(dir / "cohort/old_run/scans/ct.nii.gz", hu, g);    // a scan kept beside it
+  std::ofstream(dir / "cohort/old_run/pairs/p/expansion.json") << "{}";  // `expansion`: no volume in it
   std::ofstream(dir / "cohort/shard_run/run-2-of-4.json") << R"({"tool": "hemexp"})";
   write_image_file(dir / "cohort/shard_run/cases/a/probability.nii.gz", hu.to(torch::kFloat32), g);
   std::ofstream(dir / "cohort/other_tool/run.json") << R"({"tool": "other"})";
@@ -164,14 +166,14 @@ TEST(Inputs, FolderSearchLeavesOutMasksAndHemexpOutputs) {
   for (const LeftOut& l : left_out) got.emplace_back(l.path.lexically_relative(dir.path()).generic_string(), l.reason);
   EXPECT_EQ(got, (std::vector<std::pair<std::string, std::string>>{
                      {"cohort/labelsTr/p1.nii.gz", codes_reason},
-                     {"cohort/old_run/cases", "the cases of an earlier hemexp run (run.json beside them): its outputs, not scans"},
-                     {"cohort/out/cases", "the cases of this run's output folder: its outputs, not scans"},
+                     {"cohort/old_run/cases", "outputs of an earlier hemexp run (run.json beside them), not scans"},
+                     {"cohort/old_run/pairs", "outputs of an earlier hemexp run (run.json beside them), not scans"},
+                     {"cohort/out/cases", "outputs of this run's output folder, not scans"},
                      {"cohort/p1/labels.mha", codes_reason},
                      {"cohort/p1/mask.nii.gz", codes_reason},
                      {"cohort/p2/int8.nii", codes_reason},
                      {"cohort/p2/nan.nii", codes_reason},
-                     {"cohort/shard_run/cases",
-                      "the cases of an earlier hemexp run (run-2-of-4.json beside them): its outputs, not scans"}}));
+                     {"cohort/shard_run/cases", "outputs of an earlier hemexp run (run-2-of-4.json beside them), not scans"}}));
   // An empty output folder (a first run) is not a failed case; any other empty folder is.
   fs::remove_all(dir / "cohort/out");
   fs::create_directories(dir / "cohort/out");
