@@ -72,10 +72,10 @@ std::string run_folder_reason(const fs::path& canonical, const std::vector<fs::p
 // volume file; a folder without subfolders that yields nothing (empty, or no image in it) is a
 // case too, so that it shows up as a failed row rather than silently vanishing (not when what it
 // held was left out, nor the run's own output folder). Hidden entries are skipped, and what
-// `leave` names is left out (expand_inputs). A symbolic link to a folder
-// already searched (a loop, or a second path to the same folder) is a case with a problem, not
-// a second copy of its scans. Never throws on an unreadable entry: what cannot be listed is
-// reported as a case of its own.
+// `leave` names is left out (expand_inputs). A symbolic link to a folder already searched (a
+// loop, or a second path to the same folder) is a case with a problem, not a second copy of its
+// scans. Never throws on an unreadable entry: what cannot be listed is reported as a case of its
+// own.
 void walk_folder(const fs::path& root, std::vector<Found>& out, const LeaveOut& leave) {
   const fs::path base = root.parent_path().empty() ? fs::path(".") : root.parent_path();
   const auto relative = [&](const fs::path& p) { return p.lexically_relative(base); };
