@@ -246,14 +246,22 @@ namespace {
 // The volume through ITK, checked for what a CT volume must be (one component, 3D, within
 // max_voxels, a direction matrix that spans space). With own_voxels (plain_nifti_gz_voxels) ITK
 // reads the header only, and the volume holds them.
+// ITK's reader for the file with its header read (dimensions, component type), no voxels;
+// nullptr when no ITK reader takes the file. Throws itk::ExceptionObject for a bad header.
+itk::ImageIOBase::Pointer image_information(const fs::path& path) {
+  itk::ImageIOBase::Pointer io =
+      itk::ImageIOFactory::CreateImageIO(path.c_str(), itk::ImageIOFactory::IOFileModeEnum::ReadMode);
+  if (!io) return nullptr;
+  io->SetFileName(path.string());
+  io->ReadImageInformation();
+  return io;
+}
+
 ImageFileContents read_with_itk(const fs::path& path, const std::string& format, uint64_t max_voxels,
                                 const torch::Tensor& own_voxels = {}) {
   try {
-    itk::ImageIOBase::Pointer io =
-        itk::ImageIOFactory::CreateImageIO(path.c_str(), itk::ImageIOFactory::IOFileModeEnum::ReadMode);
+    itk::ImageIOBase::Pointer io = image_information(path);
     if (!io) throw IoError("file is not a readable " + format + " image");
-    io->SetFileName(path.string());
-    io->ReadImageInformation();
     const unsigned dims = io->GetNumberOfDimensions();
     if (io->GetNumberOfComponents() != 1)
       throw IoError("image has " + std::to_string(io->GetNumberOfComponents()) +
@@ -340,11 +348,8 @@ std::string codes_not_ct_reason(const fs::path& path) {
       const bool unscaled = !std::isfinite(slope) || slope == 0 || (slope == 1 && inter == 0);
       eight_bit = (h.datatype == 2 || h.datatype == 256) && unscaled;  // DT_UINT8, DT_INT8
     } else if (!format.empty()) {
-      itk::ImageIOBase::Pointer io =
-          itk::ImageIOFactory::CreateImageIO(path.c_str(), itk::ImageIOFactory::IOFileModeEnum::ReadMode);
+      itk::ImageIOBase::Pointer io = image_information(path);
       if (!io) return "";
-      io->SetFileName(path.string());
-      io->ReadImageInformation();
       const auto type = io->GetComponentType();
       eight_bit = io->GetNumberOfComponents() == 1 &&
                   (type == itk::IOComponentEnum::UCHAR || type == itk::IOComponentEnum::CHAR);

@@ -14,8 +14,9 @@ bool is_volume_file(const std::filesystem::path& path);
 
 // Why a volume file holds codes rather than a CT, from its header alone: 8-bit integer voxels
 // (uint8 or int8) without scaling (a NIfTI scl_slope of 0, not finite, or 1 with scl_inter 0
-// or not finite; MHA and NRRD have none), whose 256 values cannot span the -1000 to 3000 HU of a head CT: a mask or a label
-// map. Empty when the file may be a CT, or when its header cannot be read (the reader says why).
+// or not finite; MHA and NRRD have none), whose 256 values cannot span the -1000 to 3000 HU of
+// a head CT: a mask or a label map. Empty when the file may be a CT, or when its header cannot
+// be read (the reader says why).
 std::string codes_not_ct_reason(const std::filesystem::path& path);
 
 struct ImageFileContents {

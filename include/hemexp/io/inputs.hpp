@@ -58,9 +58,9 @@ struct LeftOut {
 //    in a `hemexp synth` folder or an nnU-Net dataset), and the `cases` and `pairs` subfolders
 //    (hemexp's masks, maps, corrected CTs and pair pictures) of `output_folder` (the run's own)
 //    and of any folder holding a run.json (or a shard's run-K-of-N.json) whose tool is hemexp;
-//    the rest of such a folder is searched as usual. A folder
-//    whose volume files were all left out, and the output folder, are not failed cases. A
-//    file named on the command line or in a list is always a case.
+//    the rest of such a folder is searched as usual. A folder whose volume files were all left
+//    out, and the output folder, are not failed cases. A file named on the command line or in
+//    a list is always a case.
 // Case ids come from the path relative to the folder or list it was found through; clashes
 // get a -2, -3 suffix in input order. Throws IoError for a command-line input that does not
 // exist, an unreadable list, and a list's case_id that is unsafe or given twice.
