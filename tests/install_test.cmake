@@ -35,8 +35,8 @@ string(FIND "${err}" "no segmentation model found (looked in ${BARE}/no-models-h
 if(NOT rc EQUAL 3 OR at EQUAL -1)
   message(FATAL_ERROR "hemexp without its models: exit ${rc}, ${err}")
 endif()
-if(EXISTS "${BARE}/out1/results.csv")
-  message(FATAL_ERROR "hemexp without its models wrote results")
+if(EXISTS "${BARE}/out1")  # the models are resolved before OUTDIR is made
+  message(FATAL_ERROR "hemexp without its models made its output folder")
 endif()
 execute_process(COMMAND "${BARE}/bin/hemexp" run -i "${SCAN}" -o "${BARE}/out2" --seg-model none --no-progress
                 RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)

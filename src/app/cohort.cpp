@@ -92,21 +92,8 @@ std::string CohortRunner::run_json_name() const { return shard_file_name("run", 
 std::string CohortRunner::log_name() const { return shard_file_name("hemexp", ".log"); }
 
 int CohortRunner::prepare() {
-  // Output folder: must be creatable and writable, and not silently mixed with an old run.
-  std::error_code ec;
-  fs::create_directories(out_, ec);
-  try {
-    // Each shard probes with its own file: the shards of a job array start together, and one
-    // shard's clean-up must not take away the file another is writing.
-    const std::string probe = shard_file_name(".hemexp-write-test", "");
-    write_text_atomically(out_ / probe, "");
-    fs::remove(out_ / probe);
-    // What a killed run of this shard was writing (other shards may be writing theirs now).
-    remove_temporaries(out_, {probe, results_name(), run_json_name()});
-  } catch (const std::exception&) {
-    spdlog::error("output folder {} is not writable", out_.string());
-    return kExitSetup;
-  }
+  // Nothing is created before the inputs are known: a typo in -i, or a folder with no scans,
+  // leaves no empty OUTDIR behind.
   if (fs::exists(out_ / results_name()) && !options_.resume && !options_.overwrite) {
     spdlog::error("{} already holds the results of a run; use --resume to continue it or --overwrite to replace it",
                   out_.string());
@@ -124,6 +111,21 @@ int CohortRunner::prepare() {
   if (all.empty()) {
     spdlog::error("no scans found in the inputs{}", left_out_.empty() ? "" : "; left out: " + left_out_summary(left_out_));
     return kExitUsage;
+  }
+  // Output folder: must be creatable and writable, and not silently mixed with an old run.
+  std::error_code ec;
+  fs::create_directories(out_, ec);
+  try {
+    // Each shard probes with its own file: the shards of a job array start together, and one
+    // shard's clean-up must not take away the file another is writing.
+    const std::string probe = shard_file_name(".hemexp-write-test", "");
+    write_text_atomically(out_ / probe, "");
+    fs::remove(out_ / probe);
+    // What a killed run of this shard was writing (other shards may be writing theirs now).
+    remove_temporaries(out_, {probe, results_name(), run_json_name()});
+  } catch (const std::exception&) {
+    spdlog::error("output folder {} is not writable", out_.string());
+    return kExitSetup;
   }
   cohort_size_ = all.size();
   std::string list;

@@ -533,6 +533,10 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
     spdlog::error("expansion needs --pairs PAIRS.csv or --pairs-from STUDY_FOLDER");
     return kExitUsage;
   }
+  // The models first, as in `run`: a missing or broken one is exit 3 before a study folder's
+  // headers are read or OUTDIR is made.
+  RunSetup setup;
+  if (const int code = setup_run_pipeline(o.run, setup); code != kExitOk) return code;
   std::vector<ScanPair> pairs;
   StudyPairing pairing;
   try {
@@ -557,8 +561,6 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
   cohort_opts.cases = scans.cases;
   CohortRunner cohort(cohort_opts, argv);
   if (const int code = cohort.prepare(); code != kExitOk) return code;
-  RunSetup setup;
-  if (const int code = setup_run_pipeline(o.run, setup); code != kExitOk) return code;
   spdlog::logger& log = cohort.open_log();
   log_run_setup(log, o.run, setup, cohort);
   log.info("{} pairs over {} scans", pairs.size(), scans.cases.size());

@@ -186,10 +186,11 @@ int run_pipeline(CohortRunner& cohort, const CasePipeline& pipeline, const json&
 }
 
 int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
-  CohortRunner cohort(cohort_options(o), argv);
-  if (const int code = cohort.prepare(); code != kExitOk) return code;
+  // The models first: a missing or broken one is exit 3 before any input is walked or OUTDIR made.
   RunSetup setup;
   if (const int code = setup_run_pipeline(o, setup); code != kExitOk) return code;
+  CohortRunner cohort(cohort_options(o), argv);
+  if (const int code = cohort.prepare(); code != kExitOk) return code;
   spdlog::logger& log = cohort.open_log();
   log_run_setup(log, o, setup, cohort);
   return run_pipeline(cohort, setup.pipeline, setup.run_info);

@@ -323,6 +323,7 @@ TEST_F(Cohort, SetupExitCodes) {
   std::ofstream(root_ / "nothing.txt") << "# no scans\n";
   o.inputs = {(root_ / "nothing.txt").string()};
   EXPECT_EQ(run(o, fake(nullptr)), kExitUsage);  // no scans at all
+  EXPECT_FALSE(fs::exists(o.output_dir));         // and no empty OUTDIR left behind
   // An empty folder, and a list naming a missing file, are cases (that fail when read: the
   // problem travels with the case), not the end of the run.
   o = options_;

@@ -283,6 +283,12 @@ TEST_F(Expansion, PairsFromADicomStudyFolder) {
   const std::string pairs_csv = (root_ / "out/pairs.csv").string();
   const char* both[] = {"hemexp", "expansion", "--pairs", pairs_csv.c_str(), "--pairs-from", study.c_str(), "-o", out.c_str()};
   EXPECT_EQ(main_entry(8, both), kExitUsage);
+  // A model that is not a model is a setup error before any header is read or OUTDIR made.
+  const std::string out2 = (root_ / "out2").string(), not_a_model = pairs_csv;
+  const char* bad_model[] = {"hemexp", "expansion", "--pairs-from", study.c_str(), "-o", out2.c_str(),
+                             "--seg-model", not_a_model.c_str()};
+  EXPECT_EQ(main_entry(8, bad_model), kExitSetup);
+  EXPECT_FALSE(fs::exists(out2));
 }
 
 TEST_F(Expansion, MeasuredGrowthOfSyntheticPairsMatchesTheTruth) {

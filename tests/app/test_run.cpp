@@ -284,11 +284,15 @@ TEST_F(RunCommand, SetupErrors) {
   o.seg_model = test::write_random_segmenter(root_ / "model-fp16.safetensors").string();
   o.precision = "fp16";
   EXPECT_EQ(run(o), kExitSetup);  // fp16 convolutions need CUDA
-  EXPECT_FALSE(fs::exists(root_ / "out/results.csv"));
+  o = options_;
+  o.seg_model = (root_ / "a-file").string();
+  EXPECT_EQ(run(o), kExitSetup);  // not a model file
   o = options_;
   std::ofstream(root_ / "empty.txt") << "# nothing listed\n";
   o.inputs = {(root_ / "empty.txt").string()};
   EXPECT_EQ(run(o), kExitUsage);  // no scans at all
+  // None of these made OUTDIR: the models and the inputs are checked before it is created.
+  EXPECT_FALSE(fs::exists(root_ / "out"));
   // An empty folder is a scan that is missing: a failed row, not silence.
   fs::create_directories(root_ / "empty");
   o.inputs = {(root_ / "empty").string()};
