@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <regex>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -21,6 +22,28 @@ CLI::App* setup_merge(CLI::App& app, MergeOptions& o) {
   m->add_option("outdir", o.output_dir, "The OUTDIR the shards wrote into")->required()->check(CLI::ExistingDirectory);
   return m;
 }
+
+namespace {
+
+// Every shard's run.json `left_out` together (by reason in the order first met, each reason's
+// paths sorted and once): a shard that started after another had written cases into OUTDIR, or
+// was resumed, left out more than the first.
+json merged_left_out(const std::map<int, json>& shards) {
+  std::vector<std::pair<std::string, std::set<std::string>>> groups;
+  for (const auto& [k, r] : shards)
+    for (const json& g : r.value("left_out", json::array())) {
+      const std::string reason = g.value("reason", "");
+      auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& x) { return x.first == reason; });
+      if (it == groups.end()) it = groups.insert(groups.end(), {reason, {}});
+      for (const json& p : g.value("paths", json::array())) it->second.insert(p.get<std::string>());
+    }
+  json merged = json::array();
+  for (const auto& [reason, paths] : groups)
+    merged.push_back({{"reason", reason}, {"count", paths.size()}, {"paths", paths}});
+  return merged;
+}
+
+}  // namespace
 
 int run_merge(const MergeOptions& o) {
   const fs::path out(o.output_dir);
@@ -95,6 +118,7 @@ int run_merge(const MergeOptions& o) {
     finished = std::max(finished, r.value("finished", ""));
   }
   run["cases"] = cases;
+  if (json left_out = merged_left_out(shards); !left_out.empty()) run["left_out"] = std::move(left_out);
   run["started"] = started;
   run["finished"] = finished;
   write_text_atomically(out / "results.csv", csv);

@@ -163,6 +163,36 @@ TEST_F(RunCommand, WritesEveryOutputAndReportsFailuresPerCase) {
     EXPECT_EQ(e.path().filename().string().rfind(".tmp-", 0), std::string::npos) << e.path();
 }
 
+// The shards of one job array walk the same folder at different times: the second, started
+// after the first had written into OUTDIR, also leaves out OUTDIR's cases/. The merged run.json
+// lists what every shard left out.
+TEST_F(RunCommand, MergeListsWhatEveryShardLeftOut) {
+  Geometry small;
+  small.size = {5, 4, 3};
+  write_image_file(root_ / "in/nifti mask.nii.gz", torch::zeros({3, 4, 5}, torch::kUInt8), small);
+  RunOptions shard = options_;
+  shard.inputs = {(root_ / "in").string()};
+  shard.output_dir = (root_ / "in/out").string();
+  shard.qc = false;
+  shard.shard_count = 2;
+  for (const int k : {1, 2}) {
+    shard.shard_index = k;
+    const int code = run(shard);
+    ASSERT_TRUE(code == kExitOk || code == kExitCaseFailed) << code;
+  }
+  const std::string codes = "8-bit codes (a mask or label map): a CT in Hounsfield units needs more than 256 values";
+  const std::string own = "outputs of this run's output folder, not scans";
+  const fs::path out = root_ / "in/out";
+  ASSERT_EQ(json::parse(slurp(out / "run-2-of-2.json"))["left_out"].size(), 2u);
+  ASSERT_EQ(json::parse(slurp(out / "run-1-of-2.json"))["left_out"].size(), 1u);
+  const std::string folder = out.string();
+  const char* merge[] = {"hemexp", "merge", folder.c_str()};
+  ASSERT_EQ(main_entry(3, merge), kExitOk);
+  EXPECT_EQ(json::parse(slurp(out / "run.json"))["left_out"],
+            json::array({{{"reason", codes}, {"count", 1}, {"paths", {(root_ / "in/nifti mask.nii.gz").string()}}},
+                         {{"reason", own}, {"count", 1}, {"paths", {(out / "cases").string()}}}}));
+}
+
 // `-i` a folder that holds the scans, their masks and the runs made on them (one inside it, and
 // this run's own output folder): only the scans are cases, and run.json and the log say what was
 // left out, and why; resumed, the run leaves out its own cases too.
