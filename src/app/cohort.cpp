@@ -101,7 +101,7 @@ int CohortRunner::prepare() {
   }
   std::vector<CaseInput> all = options_.cases;
   try {
-    left_out_.clear();
+    left_out_ = options_.left_out;
     if (all.empty())
       all = expand_inputs(std::vector<fs::path>(options_.inputs.begin(), options_.inputs.end()), &left_out_, out_);
   } catch (const std::exception& e) {

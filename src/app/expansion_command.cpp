@@ -539,9 +539,10 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
   if (const int code = setup_run_pipeline(o.run, setup); code != kExitOk) return code;
   std::vector<ScanPair> pairs;
   StudyPairing pairing;
+  std::vector<LeftOut> left_out;  // masks and hemexp outputs in the study folder: logged, in run.json
   try {
     if (!o.pairs_from.empty()) {
-      pairing = pair_study_scans(describe_study_scans(o.pairs_from));
+      pairing = pair_study_scans(describe_study_scans(o.pairs_from, &left_out, out));
       pairs = pairing.pairs;
     } else {
       pairs = read_pairs(o.pairs_csv);
@@ -559,6 +560,7 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
   const PairScans scans = pair_scans(pairs);
   CohortOptions cohort_opts = cohort_options(o.run);
   cohort_opts.cases = scans.cases;
+  cohort_opts.left_out = std::move(left_out);
   CohortRunner cohort(cohort_opts, argv);
   if (const int code = cohort.prepare(); code != kExitOk) return code;
   spdlog::logger& log = cohort.open_log();

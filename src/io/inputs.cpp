@@ -271,9 +271,10 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
   return cases;
 }
 
-std::vector<StudyScan> describe_study_scans(const fs::path& folder) {
+std::vector<StudyScan> describe_study_scans(const fs::path& folder, std::vector<LeftOut>* left_out,
+                                            const fs::path& output_folder) {
   std::vector<StudyScan> scans;
-  for (const CaseInput& c : expand_inputs({folder})) {
+  for (const CaseInput& c : expand_inputs({folder}, left_out, output_folder)) {
     StudyScan s;
     s.input = c;
     if (!fs::is_directory(c.path)) {

@@ -14,6 +14,7 @@
 #include "hemexp/app/expansion_command.hpp"
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/text.hpp"
+#include "hemexp/io/image_file.hpp"
 
 namespace hemexp {
 namespace {
@@ -247,6 +248,9 @@ TEST_F(Expansion, PairsFromADicomStudyFolder) {
   test::write_dicom_scan(src, study / "carl/ct", {"CARL", "9.5", "9.5.1", "20240101", "0800", "", ""});
   test::write_dicom_scan(src, study / "dora/a", {"DORA", "9.6", "9.6.1", "20240101", "0800", "", ""});
   test::write_dicom_scan(src, study / "dora/b", {"DORA", "9.7", "9.7.1", "", "", "", ""});
+  Geometry small;  // a mask kept beside a scan: left out, and said so
+  small.size = {5, 4, 3};
+  write_image_file(study / "anna/mask.nii.gz", torch::zeros({3, 4, 5}, torch::kUInt8), small);
   const std::string out = (root_ / "out").string();
   const char* argv[] = {"hemexp", "expansion", "--pairs-from", study.c_str(), "-o", out.c_str(), "--seg-model",
                         "none", "--threads", "1", "--no-progress", "--log-level", "error"};
@@ -267,6 +271,11 @@ TEST_F(Expansion, PairsFromADicomStudyFolder) {
   EXPECT_NE(summary["not_paired"][0].get<std::string>().find("patient CARL: one scan only"), std::string::npos);
   EXPECT_NE(summary["not_paired"][1].get<std::string>().find("patient DORA"), std::string::npos);
   EXPECT_EQ(summary["failed"], 2);
+  EXPECT_EQ(json::parse(slurp(root_ / "out/run.json"))["left_out"],
+            json::array({{{"reason", "8-bit codes (a mask or label map): a CT in Hounsfield units needs more than 256 values"},
+                          {"count", 1},
+                          {"paths", {(study / "anna/mask.nii.gz").string()}}}}));
+  EXPECT_NE(slurp(root_ / "out/hemexp.log").find("left out " + (study / "anna/mask.nii.gz").string()), std::string::npos);
   const auto rows = read_csv(root_ / "out/expansion.csv");
   ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[0].at("status"), "failed");

@@ -25,6 +25,7 @@ namespace hemexp {
 struct CohortOptions {
   std::vector<std::string> inputs;  // as -i takes them
   std::vector<CaseInput> cases;     // the cases themselves, instead of inputs (hemexp expansion)
+  std::vector<LeftOut> left_out;    // what the search that found `cases` left out (logged, run.json)
   std::string output_dir;
   bool resume = false;
   bool overwrite = false;

@@ -86,9 +86,11 @@ struct StudyScan {
   std::string problem;         // why the scan cannot be paired, "" when it can
 };
 
-// Every case of a folder (expand_inputs) with the PatientID, study and date of the series
-// `run` would read from it. A volume file (no PatientID, no date) or a folder whose series
-// cannot be chosen gets a problem instead.
-std::vector<StudyScan> describe_study_scans(const std::filesystem::path& folder);
+// Every case of a folder (expand_inputs, with its `left_out` and `output_folder`) with the
+// PatientID, study and date of the series `run` would read from it. A volume file (no
+// PatientID, no date) or a folder whose series cannot be chosen gets a problem instead.
+std::vector<StudyScan> describe_study_scans(const std::filesystem::path& folder,
+                                            std::vector<LeftOut>* left_out = nullptr,
+                                            const std::filesystem::path& output_folder = {});
 
 }  // namespace hemexp
