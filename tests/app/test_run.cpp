@@ -91,6 +91,13 @@ class RunCommand : public ::testing::Test {
     return o;
   }
 
+  // An 8-bit mask in in/, as a segmentation tool leaves it beside its scans.
+  void write_mask_beside_the_scans() {
+    Geometry small;
+    small.size = {5, 4, 3};
+    write_image_file(root_ / "in/nifti mask.nii.gz", torch::zeros({3, 4, 5}, torch::kUInt8), small);
+  }
+
   static inline std::unique_ptr<LoadedVolume> head_;
   fs::path root_;
   RunOptions options_;
@@ -167,9 +174,7 @@ TEST_F(RunCommand, WritesEveryOutputAndReportsFailuresPerCase) {
 // after the first had written into OUTDIR, also leaves out OUTDIR's cases/. The merged run.json
 // lists what every shard left out.
 TEST_F(RunCommand, MergeListsWhatEveryShardLeftOut) {
-  Geometry small;
-  small.size = {5, 4, 3};
-  write_image_file(root_ / "in/nifti mask.nii.gz", torch::zeros({3, 4, 5}, torch::kUInt8), small);
+  write_mask_beside_the_scans();
   RunOptions shard = options_;
   shard.inputs = {(root_ / "in").string()};
   shard.output_dir = (root_ / "in/out").string();
@@ -200,9 +205,7 @@ TEST_F(RunCommand, FolderSearchReadsTheScansNotTheMasksOrOutputsBesideThem) {
   RunOptions first = options_;
   first.output_dir = (root_ / "in/run1").string();
   ASSERT_EQ(run(first), kExitCaseFailed);
-  Geometry small;
-  small.size = {5, 4, 3};
-  write_image_file(root_ / "in/nifti mask.nii.gz", torch::zeros({3, 4, 5}, torch::kUInt8), small);
+  write_mask_beside_the_scans();
   RunOptions again = options_;
   again.inputs = {(root_ / "in").string()};
   again.output_dir = (root_ / "in/run2").string();
