@@ -121,12 +121,33 @@ int CohortRunner::prepare() {
     const std::string probe = shard_file_name(".hemexp-write-test", "");
     write_text_atomically(out_ / probe, "");
     fs::remove(out_ / probe);
-    // What a killed run of this shard was writing (other shards may be writing theirs now).
-    remove_temporaries(out_, {probe, results_name(), run_json_name()});
   } catch (const std::exception&) {
     spdlog::error("output folder {} is not writable", out_.string());
     return kExitSetup;
   }
+  // One process per shard of an OUTDIR: a second run into it (a job submitted twice, a run
+  // started again while the first still runs) would clean away the first's files as they are
+  // written, and both would rewrite results.csv.
+  const fs::path lock_path = out_ / shard_file_name(".hemexp", ".lock");
+  try {
+    lock_ = std::make_unique<FileLock>(lock_path, fmt::format("pid {} on {} since {}", ::getpid(), host_name(), utc_now()));
+  } catch (const std::exception& e) {
+    spdlog::error("output folder {} is not writable: {}", out_.string(), one_line(e.what()));
+    return kExitSetup;
+  }
+  if (lock_->state() == FileLock::State::busy) {
+    spdlog::error("{} is in use by another hemexp run{} ({}): let it finish or stop it first; to run both at once, "
+                  "give them different output folders or shards (--shard K/N)",
+                  out_.string(), options_.shard_count > 1 ? fmt::format(" of shard {}/{}", options_.shard_index,
+                                                                        options_.shard_count) : "",
+                  lock_->detail());
+    return kExitSetup;
+  }
+  if (lock_->state() == FileLock::State::unsupported)
+    spdlog::warn("{} cannot be locked ({}): a second hemexp run into it at the same time would not be detected",
+                 lock_path.string(), lock_->detail());
+  // What a killed run of this shard was writing (other shards may be writing theirs now).
+  remove_temporaries(out_, {shard_file_name(".hemexp-write-test", ""), results_name(), run_json_name()});
   cohort_size_ = all.size();
   std::string list;
   for (const CaseInput& c : all) list += c.id + '\t' + c.path.string() + '\n';

@@ -1,5 +1,7 @@
 #include "hemexp/io/atomic_file.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -63,6 +65,34 @@ std::string read_text_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IoError("cannot read " + path.string());
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+FileLock::FileLock(const fs::path& path, const std::string& holder) {
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw IoError("cannot open " + path.string() + ": " + std::strerror(errno));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) == 0) {
+    state_ = State::held;
+    // Best effort: the lock itself is what protects; the text only names the holder.
+    if (::ftruncate(fd_, 0) == 0 && ::write(fd_, holder.data(), holder.size()) < 0) detail_.clear();
+    return;
+  }
+  const int error = errno;
+  if (error == EWOULDBLOCK) {
+    state_ = State::busy;
+    std::string text(512, '\0');
+    const ssize_t n = ::pread(fd_, text.data(), text.size(), 0);
+    text.resize(n > 0 ? size_t(n) : 0);
+    detail_ = text.empty() ? "held by a process that gave no name" : text;
+  } else {
+    state_ = State::unsupported;  // ENOLCK, EINVAL, EOPNOTSUPP: a file system without flock
+    detail_ = std::strerror(error);
+  }
+  ::close(fd_);
+  fd_ = -1;
+}
+
+FileLock::~FileLock() {
+  if (fd_ >= 0) ::close(fd_);  // releases the lock; the file stays (removing it would race a new holder)
 }
 
 }  // namespace hemexp

@@ -314,6 +314,34 @@ TEST(CohortProgress, OneLineWithCountsElapsedAndEta) {
   EXPECT_EQ(progress_line(0, 5, {}, 0.2, std::nan(""), "analysing a"), "[0/5] ok 0, failed 0, kept 0 | 0m00s elapsed, ETA ? | analysing a");
 }
 
+// A second process for the same shard of an OUTDIR (a job submitted twice, a run started again
+// while the first still runs) is refused while the first holds the folder; another shard is not;
+// the folder is free again once the first has gone (the kernel releases its lock however it ends).
+TEST_F(Cohort, ASecondRunIntoTheSameOutdirIsRefusedWhileTheFirstHoldsIt) {
+  auto first = std::make_unique<CohortRunner>(options_, std::vector<std::string>{"hemexp", "run"});
+  ASSERT_EQ(first->prepare(), kExitOk);
+  const std::string holder = slurp(root_ / "out/.hemexp.lock");
+  EXPECT_EQ(holder.rfind("pid " + std::to_string(::getpid()) + " on ", 0), 0u) << holder;
+  {
+    CohortRunner second(options_, {"hemexp", "run"});
+    ::testing::internal::CaptureStdout();
+    ::testing::internal::CaptureStderr();
+    EXPECT_EQ(second.prepare(), kExitSetup);
+    const std::string said = ::testing::internal::GetCapturedStdout() + ::testing::internal::GetCapturedStderr();
+    EXPECT_NE(said.find((root_ / "out").string() + " is in use by another hemexp run (" + holder + ")"), std::string::npos)
+        << said;
+  }
+  CohortOptions shard = options_;
+  shard.shard_count = 2;
+  shard.shard_index = 2;
+  CohortRunner other_shard(shard, {"hemexp", "run"});
+  EXPECT_EQ(other_shard.prepare(), kExitOk);
+  EXPECT_TRUE(fs::exists(root_ / "out/.hemexp-2-of-2.lock"));
+  first.reset();
+  CohortRunner again(options_, {"hemexp", "run"});
+  EXPECT_EQ(again.prepare(), kExitOk);
+}
+
 TEST_F(Cohort, SetupExitCodes) {
   CohortOptions o = options_;
   std::ofstream(root_ / "a-file") << "x";

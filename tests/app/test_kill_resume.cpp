@@ -18,6 +18,7 @@
 #include "hemexp/app/run_options.hpp"
 #include "hemexp/core/synth.hpp"
 #include "hemexp/core/text.hpp"
+#include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/image_file.hpp"
 
 namespace hemexp {
@@ -172,6 +173,30 @@ TEST(KillResume, KilledAtRandomMomentsAndResumedEqualsOneRun) {
   for (const auto& r : rows) EXPECT_TRUE(fs::exists(root / "term/cases" / r.at("case_id") / "mask.nii.gz"));
   ASSERT_EQ(wait_exit(start(args("term", true))), kExitOk);
   expect_same_run(root / "ref", root / "term");
+  fs::remove_all(root);
+}
+
+// A second hemexp process into an OUTDIR whose shard another process holds exits 3 before it
+// touches anything; once the holder has gone, the same command runs. The holder here is the
+// test itself (deterministic: a second real run would race the first to its end); that a killed
+// run releases the folder is shown by every resume of KilledAtRandomMomentsAndResumedEqualsOneRun.
+TEST(KillResume, ASecondProcessIntoAFolderInUseIsRefused) {
+  const fs::path root = fs::temp_directory_path() / ("hemexp-lock-" + std::to_string(::getpid()));
+  const std::string model = fresh_cohort(root, 22, 1);
+  fs::create_directories(root / "out");
+  const std::vector<std::string> args{"hemexp", "run", "-i", (root / "in").string(), "-o", (root / "out").string(),
+                                      "--seg-model", model, "--threads", "1", "--no-progress", "--log-level", "error"};
+  {
+    const FileLock held(root / "out/.hemexp.lock", "pid 1 on elsewhere since then");
+    ASSERT_EQ(held.state(), FileLock::State::held);
+    EXPECT_EQ(wait_exit(start(args)), kExitSetup);
+    std::vector<std::string> left;
+    for (const auto& e : fs::directory_iterator(root / "out")) left.push_back(e.path().filename().string());
+    EXPECT_EQ(left, std::vector<std::string>{".hemexp.lock"});
+    EXPECT_EQ(slurp(root / "out/.hemexp.lock"), "pid 1 on elsewhere since then");  // the holder's word stays
+  }
+  EXPECT_EQ(wait_exit(start(args)), kExitOk);
+  EXPECT_EQ(parse_csv(slurp(root / "out/results.csv")).rows.size(), 1u);
   fs::remove_all(root);
 }
 

@@ -15,6 +15,10 @@
 #include "hemexp/app/case_result.hpp"
 #include "hemexp/io/inputs.hpp"
 
+namespace hemexp {
+class FileLock;
+}
+
 namespace spdlog {
 class logger;
 }
@@ -55,8 +59,9 @@ class CohortRunner {
   CohortRunner(CohortOptions options, std::vector<std::string> argv);
   ~CohortRunner();
 
-  // Output folder writable and not silently mixed with an earlier run; inputs expanded; this
-  // shard's cases chosen. Returns kExitOk, or the exit code to stop with (reason logged).
+  // Output folder writable, not silently mixed with an earlier run, and not in use by another
+  // process for the same shard (a lock held until the runner is destroyed); inputs expanded;
+  // this shard's cases chosen. Returns kExitOk, or the exit code to stop with (reason logged).
   int prepare();
   const std::vector<CaseInput>& cases() const { return cases_; }
   size_t cohort_size() const { return cohort_size_; }  // all shards
@@ -96,6 +101,7 @@ class CohortRunner {
   std::string inputs_sha256_;  // of every case's id and path, all shards (run.json `inputs`)
   std::vector<LeftOut> left_out_;  // what the folder search left out (expand_inputs), logged and in run.json
   std::shared_ptr<spdlog::logger> log_;
+  std::unique_ptr<FileLock> lock_;  // OUTDIR/.hemexp[-K-of-N].lock: one process per shard of an OUTDIR
 };
 
 // Why a previous result cannot be kept for a case with fingerprint `expected` ("" when it can):

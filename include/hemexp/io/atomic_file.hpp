@@ -25,4 +25,27 @@ void remove_temporaries(const std::filesystem::path& dir, const std::vector<std:
 // The whole file as bytes; IoError naming the path when it cannot be opened.
 std::string read_text_file(const std::filesystem::path& path);
 
+// An exclusive advisory lock (flock) on `path`, taken without waiting and held for the object's
+// life. The kernel releases it when the process ends, however it ends, so a killed run leaves
+// no stale lock. The holder writes `holder` (who and since when) into the file, for the message
+// of a process that finds the lock taken. A file system without locks (some cluster mounts) is
+// `unsupported`, not an error: the caller decides whether to go on unprotected.
+class FileLock {
+ public:
+  enum class State { held, busy, unsupported };
+  FileLock(const std::filesystem::path& path, const std::string& holder);  // IoError: cannot open
+  ~FileLock();
+  FileLock(const FileLock&) = delete;
+  FileLock& operator=(const FileLock&) = delete;
+
+  State state() const { return state_; }
+  // busy: what the holder wrote; unsupported: why the lock could not be taken.
+  const std::string& detail() const { return detail_; }
+
+ private:
+  int fd_ = -1;
+  State state_ = State::unsupported;
+  std::string detail_;
+};
+
 }  // namespace hemexp
