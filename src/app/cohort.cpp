@@ -91,9 +91,57 @@ std::string CohortRunner::results_name() const { return shard_file_name("results
 std::string CohortRunner::run_json_name() const { return shard_file_name("run", ".json"); }
 std::string CohortRunner::log_name() const { return shard_file_name("hemexp", ".log"); }
 
+// One process per shard of an OUTDIR: a second run into it (a job submitted twice, a run
+// started again while the first still runs) would clean away the first's files as they are
+// written, and both would rewrite results.csv. An unsharded run holds OUTDIR/.hemexp.lock
+// exclusively; shard K of N holds it shared (shards run side by side, an unsharded run does not
+// run beside them: it would redo their unfinished cases) and .hemexp-K-of-N.lock exclusively.
+int CohortRunner::lock_output_folder() {
+  const std::string who = fmt::format("pid {} on {} since {}", ::getpid(), host_name(), utc_now());
+  const bool sharded = options_.shard_count > 1;
+  const auto busy = [&](const std::string& by) {
+    spdlog::error("{} is in use by {}: let it finish or stop it first; to run at the same time, give each run its own "
+                  "output folder, or each process its own --shard K/N of one",
+                  out_.string(), by);
+    return kExitSetup;
+  };
+  std::vector<std::string> unprotected;
+  try {
+    folder_lock_ = std::make_unique<FileLock>(out_ / ".hemexp.lock", who,
+                                              sharded ? FileLock::Mode::shared : FileLock::Mode::exclusive);
+    if (folder_lock_->state() == FileLock::State::busy)
+      return busy(!folder_lock_->detail().empty() ? "another hemexp run (" + folder_lock_->detail() + ")"
+                  : sharded ? "another hemexp run"
+                            : "the shards of a job array (each OUTDIR/.hemexp-K-of-N.lock names one)");
+    if (folder_lock_->state() == FileLock::State::unsupported) unprotected.push_back(folder_lock_->detail());
+    if (sharded) {
+      lock_ = std::make_unique<FileLock>(out_ / shard_file_name(".hemexp", ".lock"), who);
+      if (lock_->state() == FileLock::State::busy)
+        return busy(fmt::format("another hemexp run of shard {}/{} ({})", options_.shard_index, options_.shard_count,
+                                lock_->detail().empty() ? "it gave no name" : lock_->detail()));
+      if (lock_->state() == FileLock::State::unsupported) unprotected.push_back(lock_->detail());
+    }
+  } catch (const std::exception& e) {
+    spdlog::error("output folder {} is not writable: {}", out_.string(), one_line(e.what()));
+    return kExitSetup;
+  }
+  if (!unprotected.empty())
+    lock_note_ = fmt::format("{} cannot be locked ({}): a second hemexp run into it at the same time would not be "
+                             "detected",
+                             out_.string(), unprotected.front());
+  return kExitOk;
+}
+
 int CohortRunner::prepare() {
-  // Nothing is created before the inputs are known: a typo in -i, or a folder with no scans,
-  // leaves no empty OUTDIR behind.
+  lock_.reset();
+  folder_lock_.reset();
+  lock_note_.clear();
+  // A folder that exists is locked before anything is read from it: a second run gets "in use",
+  // not "holds the results of a run".
+  if (fs::is_directory(out_))
+    if (const int code = lock_output_folder(); code != kExitOk) return code;
+  // Nothing is created before the inputs are known: a folder with no scans leaves no empty
+  // OUTDIR behind.
   if (fs::exists(out_ / results_name()) && !options_.resume && !options_.overwrite) {
     spdlog::error("{} already holds the results of a run; use --resume to continue it or --overwrite to replace it",
                   out_.string());
@@ -125,27 +173,8 @@ int CohortRunner::prepare() {
     spdlog::error("output folder {} is not writable", out_.string());
     return kExitSetup;
   }
-  // One process per shard of an OUTDIR: a second run into it (a job submitted twice, a run
-  // started again while the first still runs) would clean away the first's files as they are
-  // written, and both would rewrite results.csv.
-  const fs::path lock_path = out_ / shard_file_name(".hemexp", ".lock");
-  try {
-    lock_ = std::make_unique<FileLock>(lock_path, fmt::format("pid {} on {} since {}", ::getpid(), host_name(), utc_now()));
-  } catch (const std::exception& e) {
-    spdlog::error("output folder {} is not writable: {}", out_.string(), one_line(e.what()));
-    return kExitSetup;
-  }
-  if (lock_->state() == FileLock::State::busy) {
-    spdlog::error("{} is in use by another hemexp run{} ({}): let it finish or stop it first; to run both at once, "
-                  "give them different output folders or shards (--shard K/N)",
-                  out_.string(), options_.shard_count > 1 ? fmt::format(" of shard {}/{}", options_.shard_index,
-                                                                        options_.shard_count) : "",
-                  lock_->detail());
-    return kExitSetup;
-  }
-  if (lock_->state() == FileLock::State::unsupported)
-    spdlog::warn("{} cannot be locked ({}): a second hemexp run into it at the same time would not be detected",
-                 lock_path.string(), lock_->detail());
+  if (!folder_lock_)
+    if (const int code = lock_output_folder(); code != kExitOk) return code;
   // What a killed run of this shard was writing (other shards may be writing theirs now).
   remove_temporaries(out_, {shard_file_name(".hemexp-write-test", ""), results_name(), run_json_name()});
   cohort_size_ = all.size();
@@ -180,6 +209,7 @@ spdlog::logger& CohortRunner::open_log() {
   std::string command_line;
   for (const std::string& a : argv_) command_line += (command_line.empty() ? "" : " ") + a;
   log_->info("hemexp {} ({}) on {}: {}", kVersion, kGitCommit, host_name(), command_line);
+  if (!lock_note_.empty()) log_->warn("{}", lock_note_);
   return *log_;
 }
 

@@ -553,7 +553,9 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
   }
   for (const std::string& problem : pairing.problems) spdlog::warn("not paired: {}", problem);
   if (pairs.empty()) {
-    spdlog::error("no pairs to measure{}", o.pairs_from.empty() ? " in " + o.pairs_csv : " in " + o.pairs_from);
+    spdlog::error("no pairs to measure in {}{}", o.pairs_from.empty() ? o.pairs_csv : o.pairs_from,
+                  left_out.empty() ? "" : fmt::format(" ({} files or folders left out: masks, label maps, hemexp outputs)",
+                                                      left_out.size()));
     return kExitUsage;
   }
 

@@ -29,17 +29,20 @@ namespace {
 // paths sorted and once): a shard that started after another had written cases into OUTDIR, or
 // was resumed, left out more than the first.
 json merged_left_out(const std::map<int, json>& shards) {
-  std::vector<std::pair<std::string, std::set<std::string>>> groups;
+  std::vector<std::pair<std::string, std::set<fs::path>>> groups;  // paths in a run's order (by component)
   for (const auto& [k, r] : shards)
     for (const json& g : r.value("left_out", json::array())) {
       const std::string reason = g.value("reason", "");
       auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& x) { return x.first == reason; });
       if (it == groups.end()) it = groups.insert(groups.end(), {reason, {}});
-      for (const json& p : g.value("paths", json::array())) it->second.insert(p.get<std::string>());
+      for (const json& p : g.value("paths", json::array())) it->second.insert(fs::path(p.get<std::string>()));
     }
   json merged = json::array();
-  for (const auto& [reason, paths] : groups)
-    merged.push_back({{"reason", reason}, {"count", paths.size()}, {"paths", paths}});
+  for (const auto& [reason, paths] : groups) {
+    json list = json::array();
+    for (const fs::path& p : paths) list.push_back(p.string());
+    merged.push_back({{"reason", reason}, {"count", paths.size()}, {"paths", list}});
+  }
   return merged;
 }
 

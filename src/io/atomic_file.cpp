@@ -67,13 +67,23 @@ std::string read_text_file(const std::filesystem::path& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-FileLock::FileLock(const fs::path& path, const std::string& holder) {
-  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw IoError("cannot open " + path.string() + ": " + std::strerror(errno));
-  if (::flock(fd_, LOCK_EX | LOCK_NB) == 0) {
+FileLock::FileLock(const fs::path& path, const std::string& holder, Mode mode) {
+  bool writable = true;
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  if (fd_ < 0 && errno == EACCES) {  // another user's lock file in a shared folder
+    writable = false;
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  }
+  if (fd_ < 0) {
+    const int error = errno;
+    throw IoError("cannot open " + path.string() + ": " + std::strerror(error));
+  }
+  if (::flock(fd_, (mode == Mode::shared ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0) {
     state_ = State::held;
     // Best effort: the lock itself is what protects; the text only names the holder.
-    if (::ftruncate(fd_, 0) == 0 && ::write(fd_, holder.data(), holder.size()) < 0) detail_.clear();
+    if (writable && ::ftruncate(fd_, 0) == 0 && mode == Mode::exclusive &&
+        ::pwrite(fd_, holder.data(), holder.size(), 0) == ssize_t(holder.size()))
+      ::fsync(fd_);  // so that a process on another node reads the name (NFS)
     return;
   }
   const int error = errno;
@@ -82,9 +92,9 @@ FileLock::FileLock(const fs::path& path, const std::string& holder) {
     std::string text(512, '\0');
     const ssize_t n = ::pread(fd_, text.data(), text.size(), 0);
     text.resize(n > 0 ? size_t(n) : 0);
-    detail_ = text.empty() ? "held by a process that gave no name" : text;
+    detail_ = text;
   } else {
-    state_ = State::unsupported;  // ENOLCK, EINVAL, EOPNOTSUPP: a file system without flock
+    state_ = State::unsupported;  // ENOLCK, EINVAL, EOPNOTSUPP: a file system without flock; EBADF: read-only on NFS
     detail_ = std::strerror(error);
   }
   ::close(fd_);

@@ -15,6 +15,7 @@
 #include "hemexp/app/cli.hpp"
 #include "hemexp/app/cohort.hpp"
 #include "hemexp/core/text.hpp"
+#include "hemexp/io/atomic_file.hpp"
 
 namespace hemexp {
 namespace {
@@ -314,32 +315,69 @@ TEST(CohortProgress, OneLineWithCountsElapsedAndEta) {
   EXPECT_EQ(progress_line(0, 5, {}, 0.2, std::nan(""), "analysing a"), "[0/5] ok 0, failed 0, kept 0 | 0m00s elapsed, ETA ? | analysing a");
 }
 
+// Whether this machine's temporary folder has flock locks that exclude one open file from
+// another within a process, as a local file system has (NFS emulates flock with per-process locks).
+bool locks_exclude_within_a_process(const fs::path& dir) {
+  const FileLock a(dir / "probe.lock", ""), b(dir / "probe.lock", "");
+  return a.state() == FileLock::State::held && b.state() == FileLock::State::busy;
+}
+
 // A second process for the same shard of an OUTDIR (a job submitted twice, a run started again
-// while the first still runs) is refused while the first holds the folder; another shard is not;
-// the folder is free again once the first has gone (the kernel releases its lock however it ends).
+// while the first still runs) is refused while the first holds the folder, naming it; another
+// shard is not; an unsharded run is not run beside shards, nor shards beside it; the folder is
+// free again once the first has gone (the kernel releases its lock however it ends).
 TEST_F(Cohort, ASecondRunIntoTheSameOutdirIsRefusedWhileTheFirstHoldsIt) {
+  if (!locks_exclude_within_a_process(root_)) GTEST_SKIP() << "no local flock in " << root_;
+  const auto said_by = [](CohortRunner& r, int* code) {
+    ::testing::internal::CaptureStdout();
+    ::testing::internal::CaptureStderr();
+    *code = r.prepare();
+    return ::testing::internal::GetCapturedStdout() + ::testing::internal::GetCapturedStderr();
+  };
+  const std::string out = (root_ / "out").string();
   auto first = std::make_unique<CohortRunner>(options_, std::vector<std::string>{"hemexp", "run"});
   ASSERT_EQ(first->prepare(), kExitOk);
   const std::string holder = slurp(root_ / "out/.hemexp.lock");
   EXPECT_EQ(holder.rfind("pid " + std::to_string(::getpid()) + " on ", 0), 0u) << holder;
+  int code = 0;
   {
-    CohortRunner second(options_, {"hemexp", "run"});
-    ::testing::internal::CaptureStdout();
-    ::testing::internal::CaptureStderr();
-    EXPECT_EQ(second.prepare(), kExitSetup);
-    const std::string said = ::testing::internal::GetCapturedStdout() + ::testing::internal::GetCapturedStderr();
-    EXPECT_NE(said.find((root_ / "out").string() + " is in use by another hemexp run (" + holder + ")"), std::string::npos)
-        << said;
+    CohortOptions resume = options_;  // the results check comes after the lock: "in use", not "use --resume"
+    std::ofstream(root_ / "out/results.csv") << "case_id\n";
+    CohortRunner second(resume, {"hemexp", "run"});
+    const std::string said = said_by(second, &code);
+    EXPECT_EQ(code, kExitSetup);
+    EXPECT_NE(said.find(out + " is in use by another hemexp run (" + holder + ")"), std::string::npos) << said;
+    fs::remove(root_ / "out/results.csv");
   }
   CohortOptions shard = options_;
   shard.shard_count = 2;
   shard.shard_index = 2;
-  CohortRunner other_shard(shard, {"hemexp", "run"});
-  EXPECT_EQ(other_shard.prepare(), kExitOk);
-  EXPECT_TRUE(fs::exists(root_ / "out/.hemexp-2-of-2.lock"));
+  {
+    CohortRunner beside_unsharded(shard, {"hemexp", "run"});
+    const std::string said = said_by(beside_unsharded, &code);
+    EXPECT_EQ(code, kExitSetup);
+    EXPECT_NE(said.find(out + " is in use by another hemexp run (" + holder + ")"), std::string::npos) << said;
+  }
   first.reset();
-  CohortRunner again(options_, {"hemexp", "run"});
-  EXPECT_EQ(again.prepare(), kExitOk);
+  CohortRunner shard2(shard, {"hemexp", "run"});
+  ASSERT_EQ(shard2.prepare(), kExitOk);
+  EXPECT_TRUE(fs::exists(root_ / "out/.hemexp-2-of-2.lock"));
+  shard.shard_index = 1;
+  CohortRunner shard1(shard, {"hemexp", "run"});
+  EXPECT_EQ(shard1.prepare(), kExitOk);  // the shards of one job array side by side
+  {
+    shard.shard_index = 2;
+    CohortRunner twice(shard, {"hemexp", "run"});
+    const std::string said = said_by(twice, &code);
+    EXPECT_EQ(code, kExitSetup);
+    EXPECT_NE(said.find(out + " is in use by another hemexp run of shard 2/2 (pid " + std::to_string(::getpid())),
+              std::string::npos)
+        << said;
+    CohortRunner unsharded(options_, {"hemexp", "run"});
+    const std::string said2 = said_by(unsharded, &code);
+    EXPECT_EQ(code, kExitSetup);
+    EXPECT_NE(said2.find(out + " is in use by the shards of a job array"), std::string::npos) << said2;
+  }
 }
 
 TEST_F(Cohort, SetupExitCodes) {

@@ -53,7 +53,7 @@ using StagedCaseFunction = std::function<CaseResult(const CaseInput& input, cons
 
 // The cohort around the cases: output folder, input list, shards, resume, progress,
 // results.csv (rewritten atomically after every case, in input order), run.json and the log.
-// Use: prepare() -> (load models) -> open_log() -> run(f, run_info).
+// Use: (load models) -> prepare() -> open_log() -> run(f, run_info).
 class CohortRunner {
  public:
   CohortRunner(CohortOptions options, std::vector<std::string> argv);
@@ -101,7 +101,11 @@ class CohortRunner {
   std::string inputs_sha256_;  // of every case's id and path, all shards (run.json `inputs`)
   std::vector<LeftOut> left_out_;  // what the folder search left out (expand_inputs), logged and in run.json
   std::shared_ptr<spdlog::logger> log_;
-  std::unique_ptr<FileLock> lock_;  // OUTDIR/.hemexp[-K-of-N].lock: one process per shard of an OUTDIR
+  // OUTDIR/.hemexp.lock (exclusive, or shared by the shards of a job array) and a shard's own
+  // .hemexp-K-of-N.lock (exclusive): one process per shard of an OUTDIR (lock_output_folder).
+  std::unique_ptr<FileLock> folder_lock_, lock_;
+  std::string lock_note_;  // why OUTDIR could not be locked, warned in the log
+  int lock_output_folder();
 };
 
 // Why a previous result cannot be kept for a case with fingerprint `expected` ("" when it can):

@@ -25,21 +25,27 @@ void remove_temporaries(const std::filesystem::path& dir, const std::vector<std:
 // The whole file as bytes; IoError naming the path when it cannot be opened.
 std::string read_text_file(const std::filesystem::path& path);
 
-// An exclusive advisory lock (flock) on `path`, taken without waiting and held for the object's
-// life. The kernel releases it when the process ends, however it ends, so a killed run leaves
-// no stale lock. The holder writes `holder` (who and since when) into the file, for the message
-// of a process that finds the lock taken. A file system without locks (some cluster mounts) is
-// `unsupported`, not an error: the caller decides whether to go on unprotected.
+// An advisory lock (flock) on `path`, exclusive or shared, taken without waiting and held for
+// the object's life. The kernel releases it when the process ends, however it ends, so a killed
+// run leaves no lock behind on a local file system. An exclusive holder writes `holder` (who and
+// since when) into the file, for the message of a process that finds the lock taken; shared
+// holders clear it (no exclusive holder can exist beside them). The file is created with the
+// umask's permissions (a group's shared folder stays shared); one that exists and cannot be
+// written is locked through a read-only descriptor. A file system without locks (some cluster
+// mounts) is `unsupported`, not an error: the caller decides whether to go on unprotected.
 class FileLock {
  public:
   enum class State { held, busy, unsupported };
-  FileLock(const std::filesystem::path& path, const std::string& holder);  // IoError: cannot open
+  enum class Mode { exclusive, shared };
+  // IoError when the file can neither be created nor opened.
+  FileLock(const std::filesystem::path& path, const std::string& holder, Mode mode = Mode::exclusive);
   ~FileLock();
   FileLock(const FileLock&) = delete;
   FileLock& operator=(const FileLock&) = delete;
 
   State state() const { return state_; }
-  // busy: what the holder wrote; unsupported: why the lock could not be taken.
+  // busy: what the holder wrote ("" when it wrote nothing, as shared holders do);
+  // unsupported: why the lock could not be taken.
   const std::string& detail() const { return detail_; }
 
  private:
