@@ -42,8 +42,10 @@ struct LeaveOut {
 };
 
 // The subfolders in which hemexp writes a case's or a pair's files: `run` and `check` write
-// cases/<id>/ (masks, label maps, probability maps, corrected CTs), `expansion` also pairs/<id>/.
-bool is_outputs_subfolder(const fs::path& name) { return name == "cases" || name == "pairs"; }
+// cases/<id>/ (masks, label maps, probability maps, corrected CTs), `expansion` also pairs/<id>/,
+// and scripts/slurm_array.sh puts the job array's logs in slurm/ (text only: it would be a
+// failed case, "no scan in it", in every shard of a run whose OUTDIR is inside its input).
+bool is_outputs_subfolder(const fs::path& name) { return name == "cases" || name == "pairs" || name == "slurm"; }
 
 // Why a folder's cases/ and pairs/ subfolders hold hemexp's outputs, not scans: the folder is
 // this run's output folder, or it holds an earlier run's run.json (a shard's run-K-of-N.json)

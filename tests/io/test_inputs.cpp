@@ -123,7 +123,7 @@ TEST(Inputs, FolderSearchLeavesOutMasksAndHemexpOutputs) {
   g.size = {6, 5, 4};
   const torch::Tensor hu = torch::full({4, 5, 6}, 40, torch::kInt16), codes = torch::ones({4, 5, 6}, torch::kUInt8);
   for (const char* d : {"p1", "p2", "labelsTr", "old_run/cases/a", "old_run/pairs/p", "old_run/scans", "shard_run/cases/a", "other_tool",
-                        "out/cases/a", "empty_out"})
+                        "out/cases/a", "out/slurm", "empty_out"})
     fs::create_directories(dir / "cohort" / d);
   write_image_file(dir / "cohort/p1/ct.nii.gz", hu, g);
   write_image_file(dir / "cohort/p1/mask.nii.gz", codes, g);
@@ -151,6 +151,7 @@ TEST(Inputs, FolderSearchLeavesOutMasksAndHemexpOutputs) {
   std::ofstream(dir / "cohort/other_tool/run.json") << R"({"tool": "other"})";
   write_image_file(dir / "cohort/other_tool/ct.nii.gz", hu, g);
   write_image_file(dir / "cohort/out/cases/a/ct.nii.gz", hu, g);  // this run's, when resumed
+  std::ofstream(dir / "cohort/out/slurm/shard-1.out") << "log\n";  // scripts/slurm_array.sh's job logs
 
   const auto ids_of = [](const std::vector<CaseInput>& cases) {
     std::vector<std::string> ids;
@@ -169,6 +170,7 @@ TEST(Inputs, FolderSearchLeavesOutMasksAndHemexpOutputs) {
                      {"cohort/old_run/cases", "outputs of an earlier hemexp run (run.json beside them), not scans"},
                      {"cohort/old_run/pairs", "outputs of an earlier hemexp run (run.json beside them), not scans"},
                      {"cohort/out/cases", "outputs of this run's output folder, not scans"},
+                     {"cohort/out/slurm", "outputs of this run's output folder, not scans"},
                      {"cohort/p1/labels.mha", codes_reason},
                      {"cohort/p1/mask.nii.gz", codes_reason},
                      {"cohort/p2/int8.nii", codes_reason},

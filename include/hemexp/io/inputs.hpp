@@ -55,8 +55,9 @@ struct LeftOut {
 //    symbolic link to a folder already searched is a case with a problem (walk_folder).
 //    A folder search leaves out, into `left_out` with the reason: volume files that hold
 //    8-bit codes (codes_not_ct_reason: the masks and label maps kept beside their scans, as
-//    in a `hemexp synth` folder or an nnU-Net dataset), and the `cases` and `pairs` subfolders
-//    (hemexp's masks, maps, corrected CTs and pair pictures) of `output_folder` (the run's own)
+//    in a `hemexp synth` folder or an nnU-Net dataset), and the `cases`, `pairs` and `slurm`
+//    subfolders (hemexp's masks, maps, corrected CTs and pair pictures; scripts/slurm_array.sh's
+//    job logs) of `output_folder` (the run's own)
 //    and of any folder holding a run.json (or a shard's run-K-of-N.json) whose tool is hemexp;
 //    the rest of such a folder is searched as usual. A folder whose volume files were all left
 //    out, and the output folder, are not failed cases. A file named on the command line or in
