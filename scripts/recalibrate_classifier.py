@@ -1,0 +1,244 @@
+#!/usr/bin/python3
+"""Recalibrate an expansion classifier on your own labelled patients, without retraining it.
+
+A classifier trained elsewhere (the shipped one is trained on hemexp's synthetic data) ranks
+cases by its logit; what its probability means depends on the prevalence and case mix it was
+calibrated on. With a `hemexp run` of your baseline scans scored by that classifier and a
+`case_id,he_label` CSV, this script refits only the calibration (the card's Platt slope and
+intercept, or the intercept alone), the decision threshold and the risk categories' observed
+rates, and writes a copy of the model file with the new card. The network's weights are copied
+unchanged, so the ranking (AUC) does not move: recalibration cannot make a model discriminate
+better, only make its probabilities match your patients.
+
+    /usr/bin/python3 scripts/recalibrate_classifier.py --model models/hemexp-cls.safetensors \\
+        --run run --labels labels.csv -o my-cls.safetensors
+    hemexp run -i scans/ -o run --resume --cls-model my-cls.safetensors   # re-scores, masks kept
+
+Each case's uncalibrated logit is read from the run's cases/<id>/result.json (`he.logit`); the
+run must have been scored by the same model file (`he.model.sha256`), or nothing is written.
+Cases without a probability (no hematoma, under the minimum volume, failed) are left out and
+counted. The numbers after recalibration are in-sample: measure the new file on other patients.
+"""
+import argparse
+import csv
+import datetime
+import glob
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hemexp_safetensors  # noqa: E402
+from train_classifier import (bootstrap_auc_ci, platt_fit, roc_auc, probability_summary,  # noqa: E402
+                              risk_categories, rounded, sigmoid, youden_threshold)
+
+CARD_KEY = "hemexp_model_card"
+# Fewer expansions than this and a refitted slope is poorly determined (rule of thumb for
+# logistic recalibration); --method intercept is then the safer choice.
+MIN_EVENTS_FOR_SLOPE = 50
+
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_labels(path):
+    """case_id -> 0/1 from a CSV with case_id and he_label columns (blank labels are skipped)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "case_id" not in reader.fieldnames or "he_label" not in reader.fieldnames:
+            raise SystemExit(f"{path}: needs the columns case_id and he_label")
+        labels = {}
+        for row in reader:
+            value = (row.get("he_label") or "").strip()
+            if value == "":
+                continue
+            if value not in ("0", "1"):
+                raise SystemExit(f"{path}: he_label of {row['case_id']} is '{value}', not 0 or 1")
+            if row["case_id"] in labels:
+                raise SystemExit(f"{path}: case_id {row['case_id']} appears twice")
+            labels[row["case_id"]] = int(value)
+    return labels
+
+
+def read_logits(run, labels, model_sha256):
+    """(case ids, logits, labels) of the labelled cases that got a probability, and a count of
+    what was left out, by reason. SystemExit when a case was scored by another model file."""
+    files = sorted(glob.glob(os.path.join(run, "cases", "*", "result.json")))
+    if not files:
+        raise SystemExit(f"{run}: no cases/*/result.json (is it a `hemexp run` output folder?)")
+    ids, logits, y = [], [], []
+    left_out = {}
+    for path in files:
+        with open(path) as f:
+            r = json.load(f)
+        case_id = r.get("case_id") or os.path.basename(os.path.dirname(path))
+        if case_id not in labels:
+            left_out["no label"] = left_out.get("no label", 0) + 1
+            continue
+        he = r.get("he") or {}
+        sha = (he.get("model") or {}).get("sha256")
+        if sha is not None and sha != model_sha256:
+            raise SystemExit(f"{run}: case {case_id} was scored by model {sha[:12]}..., not by the model file given "
+                             f"({model_sha256[:12]}...): rerun with --resume --cls-model MODEL first")
+        logit = he.get("logit")
+        if r.get("status") not in ("ok", "skipped") or logit is None or not math.isfinite(float(logit)):
+            # "hematoma 0.29 mL is under ..." for every small clot: counted as one reason
+            why = re.sub(r"[0-9]+(\.[0-9]+)? mL", "N mL", he.get("reason") or r.get("status") or "no classifier output")
+            reason = "no probability (" + why + ")"
+            left_out[reason] = left_out.get(reason, 0) + 1
+            continue
+        ids.append(case_id)
+        logits.append(float(logit))
+        y.append(labels[case_id])
+    return ids, logits, y, left_out
+
+
+def fit_intercept(z, y, slope, intercept):
+    """Recalibration in the large: the card's slope kept, the intercept moved so that the mean
+    probability equals the observed rate (maximum likelihood with the old linear predictor as an
+    offset)."""
+    offset = slope * np.asarray(z, dtype=np.float64) + intercept
+    delta = 0.0
+    y = np.asarray(y, dtype=np.float64)
+    for _ in range(100):  # Newton on one parameter: concave, converges in a few steps
+        p = sigmoid(offset + delta)
+        gradient, curvature = float(np.sum(y - p)), float(np.sum(p * (1.0 - p)))
+        if curvature <= 0:
+            break
+        step = gradient / curvature
+        delta += step
+        if abs(step) < 1e-12:
+            break
+    return slope, intercept + delta
+
+
+def threshold_at_sensitivity(p, y, target):
+    """The highest cut with sensitivity >= target ("positive when p >= t"), halfway to the next
+    lower distinct value, as youden_threshold places its cut."""
+    p = np.asarray(p, dtype=np.float64)
+    y = np.asarray(y).astype(bool)
+    values = np.unique(p)[::-1]
+    for i, v in enumerate(values):
+        pred = p >= v
+        sens = (pred & y).sum() / y.sum()
+        if sens >= target:
+            lower = values[i + 1] if i + 1 < len(values) else v / 2.0
+            spec = (~pred & ~y).sum() / (~y).sum()
+            return {"threshold": float((v + lower) / 2.0), "sensitivity": float(sens), "specificity": float(spec)}
+    raise ValueError("no cut reaches the sensitivity")
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--model", required=True, metavar="MODEL.safetensors", help="the classifier that scored the runs")
+    ap.add_argument("--run", nargs="+", required=True, metavar="RUN", help="hemexp run folders scored by it")
+    ap.add_argument("--labels", nargs="+", required=True, metavar="CSV",
+                    help="case_id,he_label CSV (one for all runs, or one per run in the same order)")
+    ap.add_argument("--method", choices=["platt", "intercept"], default="platt",
+                    help="refit slope and intercept (default), or only the intercept (few expansions)")
+    ap.add_argument("--sensitivity", type=float, default=None, metavar="S",
+                    help="set the decision threshold at this sensitivity instead of Youden's J")
+    ap.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
+    ap.add_argument("--name", default=None, help="the new card's name (default: the old one + '-recalibrated')")
+    args = ap.parse_args(argv)
+    if len(args.labels) not in (1, len(args.run)):
+        ap.error("--labels takes one CSV, or one per --run")
+    if args.sensitivity is not None and not 0.0 < args.sensitivity <= 1.0:
+        ap.error("--sensitivity must be in (0, 1]")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    tensors, metadata = hemexp_safetensors.load(args.model)
+    if CARD_KEY not in metadata:
+        raise SystemExit(f"{args.model}: no model card ({CARD_KEY}) in its metadata")
+    card = json.loads(metadata[CARD_KEY])
+    old = card.get("calibration") or {}
+    if card.get("kind", "classification") != "classification" or "decision" not in card:
+        raise SystemExit(f"{args.model}: not an expansion classifier (no decision in its card)")
+    old_slope, old_intercept = float(old.get("slope", 1.0)), float(old.get("intercept", 0.0))
+    model_sha256 = sha256_of(args.model)
+
+    ids, z, y, left_out = [], [], [], {}
+    for k, run in enumerate(args.run):
+        labels = read_labels(args.labels[k if len(args.labels) > 1 else 0])
+        i, l, t, lo = read_logits(run, labels, model_sha256)
+        ids += [f"{run}:{c}" for c in i]
+        z += l
+        y += t
+        for reason, n in lo.items():
+            left_out[reason] = left_out.get(reason, 0) + n
+    z, y = np.asarray(z, dtype=np.float64), np.asarray(y, dtype=np.int64)
+    n, events = len(y), int(y.sum())
+    if events == 0 or events == n:
+        raise SystemExit(f"{n} labelled cases with a probability, {events} expansions: both classes are needed")
+    if args.method == "platt" and events < MIN_EVENTS_FOR_SLOPE:
+        print(f"warning: {events} expansions: a refitted slope is poorly determined below {MIN_EVENTS_FOR_SLOPE}; "
+              "consider --method intercept", file=sys.stderr)
+
+    before = sigmoid(old_slope * z + old_intercept)
+    if args.method == "platt":
+        slope, intercept = platt_fit(z, y)
+    else:
+        slope, intercept = fit_intercept(z, y, old_slope, old_intercept)
+    after = sigmoid(slope * z + intercept)
+    if args.sensitivity is None:
+        decision = youden_threshold(after, y)
+        rule = f"Youden's J on the recalibration cases (n={n}, prevalence {events / n:.3f})"
+    else:
+        decision = threshold_at_sensitivity(after, y, args.sensitivity)
+        rule = f"sensitivity >= {args.sensitivity:g} on the recalibration cases (n={n}, prevalence {events / n:.3f})"
+    auc, ci = roc_auc(z, y), bootstrap_auc_ci(z, y)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    source = {"model": os.path.basename(args.model), "sha256": model_sha256, "name": card.get("name"),
+              "calibration": old, "decision": card.get("decision"), "risk_categories": card.get("risk_categories")}
+    card["calibration"] = {"method": "platt", "slope": slope, "intercept": intercept,
+                           "fitted_on": (f"recalibrated ({args.method}) on {n} labelled cases of "
+                                         f"{', '.join(args.run)} ({events} expansions), {when}")}
+    card["decision"] = rounded({"rule": rule, "threshold": decision["threshold"],
+                                "sensitivity": decision["sensitivity"], "specificity": decision["specificity"]})
+    bounds = tuple((c["name"], c.get("below")) for c in source["risk_categories"] or [])
+    card["risk_categories"] = risk_categories(after, y, bounds) if bounds else risk_categories(after, y)
+    card["recalibration"] = rounded({
+        "method": args.method, "date": when, "runs": args.run, "labels": args.labels, "n": n, "events": events,
+        "prevalence": events / n, "left_out": left_out,
+        "auc": auc, "auc_ci95": list(ci), "auc_note": "of the logit: recalibration does not change it",
+        "before": probability_summary(before, y), "after_in_sample": probability_summary(after, y),
+        "source": source})
+    card["name"] = args.name or (str(card.get("name", "classifier")) + "-recalibrated")
+    metadata = dict(metadata)
+    metadata[CARD_KEY] = json.dumps(card, sort_keys=True)
+    tmp = args.output + ".tmp"
+    hemexp_safetensors.save(tmp, tensors, metadata)
+    os.replace(tmp, args.output)
+
+    b, a = card["recalibration"]["before"], card["recalibration"]["after_in_sample"]
+    print(f"{n} labelled cases with a probability ({events} expansions, prevalence {events / n:.3f}); left out: "
+          + (", ".join(f"{v} {k}" for k, v in sorted(left_out.items())) or "none"))
+    print(f"AUC {auc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] (unchanged by recalibration)")
+    print(f"calibration: p = sigmoid({old_slope:.4f} logit + {old_intercept:.4f}) -> "
+          f"sigmoid({slope:.4f} logit + {intercept:.4f})")
+    for label, s in (("before", b), ("after (in-sample)", a)):
+        print(f"  {label}: ECE {s['ece']:.3f}, calibration slope {s['calibration_slope']:.2f}, "
+              f"intercept {s['calibration_intercept']:.2f}, Brier {s['brier']:.4f}")
+    print(f"threshold {decision['threshold']:.4f} ({rule}): sensitivity {decision['sensitivity']:.3f}, "
+          f"specificity {decision['specificity']:.3f}")
+    print("risk categories: " + ", ".join(f"{c['name']} n {c['n']} rate {c['observed_rate']}" for c in card["risk_categories"]))
+    print(f"written: {args.output} (weights unchanged; measure it on other patients before use)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

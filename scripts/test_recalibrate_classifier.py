@@ -1,0 +1,145 @@
+"""Self-test of scripts/recalibrate_classifier.py on a run folder made here with known logits and
+labels drawn from a known calibration; with the hemexp binary as the first argument, also that
+hemexp reads the recalibrated shipped classifier's card:
+
+    /usr/bin/python3 scripts/test_recalibrate_classifier.py [build/hemexp]
+"""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hemexp_safetensors  # noqa: E402
+import recalibrate_classifier as rc  # noqa: E402
+import train_classifier as tc  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CARD = {"name": "toy", "kind": "classification", "calibration": {"method": "platt", "slope": 1.0, "intercept": 0.0},
+        "decision": {"rule": "toy", "threshold": 0.5},
+        "risk_categories": [{"name": "low", "below": 0.1}, {"name": "intermediate", "below": 0.3}, {"name": "high"}]}
+
+
+def sha256_of(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def write_run(folder, sha, z, y, extra=()):
+    """cases/c<i>/result.json with he.logit z[i]; labels.csv with y[i]; extra: (id, result) pairs."""
+    os.makedirs(folder)
+    rows = ["case_id,he_label"]
+    for i, (zi, yi) in enumerate(zip(z, y)):
+        rows.append(f"c{i},{yi}")
+        os.makedirs(os.path.join(folder, "cases", f"c{i}"))
+        with open(os.path.join(folder, "cases", f"c{i}", "result.json"), "w") as f:
+            json.dump({"case_id": f"c{i}", "status": "ok", "he": {"logit": float(zi), "model": {"sha256": sha}}}, f)
+    for case_id, result in extra:
+        os.makedirs(os.path.join(folder, "cases", case_id))
+        with open(os.path.join(folder, "cases", case_id, "result.json"), "w") as f:
+            json.dump(result, f)
+        if case_id != "unlabelled":
+            rows.append(f"{case_id},0")
+    with open(os.path.join(folder, "labels.csv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+
+
+def main():
+    binary = sys.argv[1] if len(sys.argv) > 1 else None
+    tmp = tempfile.mkdtemp(prefix="hemexp-recal-")
+    try:
+        model = os.path.join(tmp, "toy.safetensors")
+        tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+        hemexp_safetensors.save(model, tensors, {rc.CARD_KEY: json.dumps(CARD)})
+        sha = sha256_of(model)
+        rng = np.random.RandomState(7)
+        z = rng.normal(0.0, 1.0, 4000)
+        y = (rng.uniform(size=z.size) < tc.sigmoid(2.0 * z - 1.5)).astype(int)  # the truth: slope 2, intercept -1.5
+        small = {"case_id": "small", "status": "ok",
+                 "he": {"logit": None, "reason": "hematoma 0.29 mL is under the classifier's minimum of 0.50 mL",
+                        "model": {"sha256": sha}}}
+        small2 = dict(small, case_id="small2", he=dict(small["he"], reason="hematoma 0.41 mL is under the classifier's "
+                                                       "minimum of 0.50 mL"))
+        failed = {"case_id": "failed", "status": "failed", "he": None}
+        unlabelled = {"case_id": "unlabelled", "status": "ok", "he": {"logit": 0.3, "model": {"sha256": sha}}}
+        run = os.path.join(tmp, "run")
+        write_run(run, sha, z, y, [("small", small), ("small2", small2), ("failed", failed), ("unlabelled", unlabelled)])
+        labels = os.path.join(run, "labels.csv")
+
+        # Platt: recovers the truth's slope and intercept; weights copied bit for bit.
+        out = os.path.join(tmp, "platt.safetensors")
+        assert rc.main(["--model", model, "--run", run, "--labels", labels, "-o", out]) == 0
+        t2, meta = hemexp_safetensors.load(out)
+        assert torch.equal(t2["w"], tensors["w"])
+        card = json.loads(meta[rc.CARD_KEY])
+        cal = card["calibration"]
+        assert abs(cal["slope"] - 2.0) < 0.15 and abs(cal["intercept"] + 1.5) < 0.15, cal
+        rec = card["recalibration"]
+        assert rec["n"] == 4000 and rec["events"] == int(y.sum()), rec
+        assert rec["left_out"] == {"no label": 1, "no probability (hematoma N mL is under the classifier's minimum of "
+                                   "N mL)": 2, "no probability (failed)": 1}, rec["left_out"]
+        assert rec["source"]["sha256"] == sha and rec["source"]["calibration"] == CARD["calibration"]
+        assert rec["before"]["ece"] > 0.05 > rec["after_in_sample"]["ece"], rec
+        assert abs(rec["after_in_sample"]["calibration_slope"] - 1.0) < 0.01, rec
+        p = tc.sigmoid(cal["slope"] * z + cal["intercept"])
+        youden = tc.youden_threshold(p, y)
+        assert abs(card["decision"]["threshold"] - youden["threshold"]) < 1e-5, (card["decision"], youden)
+        assert [c["name"] for c in card["risk_categories"]] == ["low", "intermediate", "high"]
+        assert sum(c["n"] for c in card["risk_categories"]) == 4000
+        low = p < 0.1
+        assert abs(card["risk_categories"][0]["observed_rate"] - y[low].mean()) < 1e-5
+        assert card["name"] == "toy-recalibrated"
+
+        # Intercept only: the slope is kept and the mean probability equals the observed rate.
+        out = os.path.join(tmp, "intercept.safetensors")
+        assert rc.main(["--model", model, "--run", run, "--labels", labels, "--method", "intercept", "-o", out]) == 0
+        cal = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["calibration"]
+        assert cal["slope"] == 1.0, cal
+        assert abs(tc.sigmoid(z + cal["intercept"]).mean() - y.mean()) < 1e-9, cal
+
+        # A sensitivity target instead of Youden's J.
+        out = os.path.join(tmp, "sens.safetensors")
+        assert rc.main(["--model", model, "--run", run, "--labels", labels, "--sensitivity", "0.9", "-o", out]) == 0
+        decision = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["decision"]
+        assert decision["sensitivity"] >= 0.9 and decision["rule"].startswith("sensitivity >= 0.9"), decision
+
+        # A run scored by another model file: refused, nothing written.
+        other = os.path.join(tmp, "other")
+        write_run(other, "0" * 64, z[:10], y[:10])
+        out = os.path.join(tmp, "refused.safetensors")
+        try:
+            rc.main(["--model", model, "--run", other, "--labels", os.path.join(other, "labels.csv"), "-o", out])
+            raise AssertionError("a run scored by another model was accepted")
+        except SystemExit as e:
+            assert "not by the model file given" in str(e), e
+        assert not os.path.exists(out)
+
+        # hemexp reads the recalibrated shipped classifier (the card's other fields as they were).
+        shipped = os.path.join(HERE, "..", "models", "hemexp-cls.safetensors")
+        if binary and os.path.exists(shipped):
+            run2 = os.path.join(tmp, "run2")
+            write_run(run2, sha256_of(shipped), z, y)
+            out = os.path.join(tmp, "shipped-recal.safetensors")
+            assert rc.main(["--model", shipped, "--run", run2, "--labels", os.path.join(run2, "labels.csv"),
+                            "-o", out]) == 0
+            info = subprocess.run([binary, "info", out], capture_output=True, text=True, check=True).stdout
+            slope = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["calibration"]["slope"]
+            assert f"recipe:      ok; calibration platt (p = sigmoid({slope:.4f} logit" in info, info[:600]
+            assert "hemexp-cls-vit-signs-quad-synth-v4-recalibrated" in info
+        elif binary:
+            raise AssertionError(f"{shipped} is missing")
+        print("recalibrate_classifier: all checks passed" + ("" if binary else " (hemexp binary not given: card read by "
+                                                             "hemexp not checked)"))
+    finally:
+        shutil.rmtree(tmp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
