@@ -34,8 +34,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hemexp_safetensors  # noqa: E402
-from train_classifier import (bootstrap_auc_ci, platt_fit, roc_auc, probability_summary,  # noqa: E402
-                              risk_categories, rounded, sigmoid, youden_threshold)
+from train_classifier import (PLATT_MIN_SLOPE, bootstrap_auc_ci, platt_fit, roc_auc,  # noqa: E402
+                              probability_summary, risk_categories, rounded, sigmoid, youden_threshold)
 
 CARD_KEY = "hemexp_model_card"
 # Fewer expansions than this and a refitted slope is poorly determined (rule of thumb for
@@ -53,7 +53,7 @@ def sha256_of(path):
 
 def read_labels(path):
     """case_id -> 0/1 from a CSV with case_id and he_label columns (blank labels are skipped)."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "case_id" not in reader.fieldnames or "he_label" not in reader.fieldnames:
             raise SystemExit(f"{path}: needs the columns case_id and he_label")
@@ -64,27 +64,49 @@ def read_labels(path):
                 continue
             if value not in ("0", "1"):
                 raise SystemExit(f"{path}: he_label of {row['case_id']} is '{value}', not 0 or 1")
-            if row["case_id"] in labels:
-                raise SystemExit(f"{path}: case_id {row['case_id']} appears twice")
-            labels[row["case_id"]] = int(value)
+            case_id = row["case_id"].strip()
+            if case_id in labels:
+                raise SystemExit(f"{path}: case_id {case_id} appears twice")
+            labels[case_id] = int(value)
     return labels
 
 
+def run_case_ids(run):
+    """The case ids of a run's results table(s): results.csv, else every shard's
+    results-K-of-N.csv. Case folders that no table lists (an earlier run's, left in OUTDIR) are
+    not this run's cases."""
+    tables = [os.path.join(run, "results.csv")]
+    if not os.path.exists(tables[0]):
+        tables = sorted(glob.glob(os.path.join(run, "results-*-of-*.csv")))
+    if not tables:
+        raise SystemExit(f"{run}: no results.csv (is it a `hemexp run` or `hemexp expansion` output folder?)")
+    ids = []
+    for table in tables:
+        with open(table, newline="") as f:
+            ids += [row["case_id"] for row in csv.DictReader(f)]
+    return ids
+
+
 def read_logits(run, labels, model_sha256):
-    """(case ids, logits, labels) of the labelled cases that got a probability, and a count of
-    what was left out, by reason. SystemExit when a case was scored by another model file."""
-    files = sorted(glob.glob(os.path.join(run, "cases", "*", "result.json")))
-    if not files:
-        raise SystemExit(f"{run}: no cases/*/result.json (is it a `hemexp run` output folder?)")
+    """(case ids, logits, labels) of the labelled cases of the run that got a probability, a count
+    of what was left out, by reason, and the labels' keys that matched a case. A case matches
+    its label by case id, or (as `hemexp prepare` matches) by the name of the folder holding its
+    scan. SystemExit when a case was scored by another model file."""
     ids, logits, y = [], [], []
-    left_out = {}
-    for path in files:
+    left_out, matched = {}, set()
+    for case_id in run_case_ids(run):
+        path = os.path.join(run, "cases", case_id, "result.json")
+        if not os.path.exists(path):
+            left_out["no result.json"] = left_out.get("no result.json", 0) + 1
+            continue
         with open(path) as f:
             r = json.load(f)
-        case_id = r.get("case_id") or os.path.basename(os.path.dirname(path))
-        if case_id not in labels:
+        key = case_id if case_id in labels else \
+            os.path.basename(os.path.dirname(os.path.normpath((r.get("input") or {}).get("path", "") or "")))
+        if key not in labels:
             left_out["no label"] = left_out.get("no label", 0) + 1
             continue
+        matched.add(key)
         he = r.get("he") or {}
         sha = (he.get("model") or {}).get("sha256")
         if sha is not None and sha != model_sha256:
@@ -99,26 +121,27 @@ def read_logits(run, labels, model_sha256):
             continue
         ids.append(case_id)
         logits.append(float(logit))
-        y.append(labels[case_id])
-    return ids, logits, y, left_out
+        y.append(labels[key])
+    return ids, logits, y, left_out, matched
 
 
 def fit_intercept(z, y, slope, intercept):
     """Recalibration in the large: the card's slope kept, the intercept moved so that the mean
-    probability equals the observed rate (maximum likelihood with the old linear predictor as an
-    offset)."""
+    probability equals the observed rate (the maximum-likelihood intercept with the old linear
+    predictor as an offset). The mean probability rises monotonically with the shift, so the
+    shift is found by bisection, which cannot run away however far off the old calibration is."""
     offset = slope * np.asarray(z, dtype=np.float64) + intercept
-    delta = 0.0
-    y = np.asarray(y, dtype=np.float64)
-    for _ in range(100):  # Newton on one parameter: concave, converges in a few steps
-        p = sigmoid(offset + delta)
-        gradient, curvature = float(np.sum(y - p)), float(np.sum(p * (1.0 - p)))
-        if curvature <= 0:
-            break
-        step = gradient / curvature
-        delta += step
-        if abs(step) < 1e-12:
-            break
+    rate = float(np.mean(y))
+    low, high = -60.0, 60.0  # logits: wider than any rate strictly between 0 and 1 needs
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        if float(np.mean(sigmoid(offset + mid))) < rate:
+            low = mid
+        else:
+            high = mid
+    delta = (low + high) / 2.0
+    if abs(float(np.mean(sigmoid(offset + delta))) - rate) > 1e-6:
+        raise SystemExit("the intercept-only fit did not converge: nothing written")
     return slope, intercept + delta
 
 
@@ -168,14 +191,26 @@ def main(argv=None):
     old = card.get("calibration") or {}
     if card.get("kind", "classification") != "classification" or "decision" not in card:
         raise SystemExit(f"{args.model}: not an expansion classifier (no decision in its card)")
-    old_slope, old_intercept = float(old.get("slope", 1.0)), float(old.get("intercept", 0.0))
+    if old.get("method", "none") == "platt":
+        old_slope, old_intercept = float(old.get("slope", 1.0)), float(old.get("intercept", 0.0))
+    else:  # uncalibrated: the probability is sigmoid(logit)
+        old_slope, old_intercept = 1.0, 0.0
     model_sha256 = sha256_of(args.model)
 
-    ids, z, y, left_out = [], [], [], {}
+    z, y, left_out, seen = [], [], {}, {}
     for k, run in enumerate(args.run):
-        labels = read_labels(args.labels[k if len(args.labels) > 1 else 0])
-        i, l, t, lo = read_logits(run, labels, model_sha256)
-        ids += [f"{run}:{c}" for c in i]
+        labels_path = args.labels[k if len(args.labels) > 1 else 0]
+        labels = read_labels(labels_path)
+        i, l, t, lo, matched = read_logits(run, labels, model_sha256)
+        for case_id in i:  # one labels file for several runs: an id in two runs would get one label twice
+            if len(args.labels) == 1 and case_id in seen:
+                raise SystemExit(f"case {case_id} is in {seen[case_id]} and in {run}, which share one labels file: "
+                                 "give one --labels per --run")
+            seen[case_id] = run
+        unmatched = sorted(set(labels) - matched)
+        if unmatched and (len(args.labels) > 1 or k == len(args.run) - 1):
+            print(f"warning: {len(unmatched)} of {len(labels)} labels in {labels_path} matched no case of the run(s) "
+                  f"(e.g. {', '.join(unmatched[:3])}): the ids are the run's case_id column", file=sys.stderr)
         z += l
         y += t
         for reason, n in lo.items():
@@ -183,14 +218,18 @@ def main(argv=None):
     z, y = np.asarray(z, dtype=np.float64), np.asarray(y, dtype=np.int64)
     n, events = len(y), int(y.sum())
     if events == 0 or events == n:
-        raise SystemExit(f"{n} labelled cases with a probability, {events} expansions: both classes are needed")
-    if args.method == "platt" and events < MIN_EVENTS_FOR_SLOPE:
-        print(f"warning: {events} expansions: a refitted slope is poorly determined below {MIN_EVENTS_FOR_SLOPE}; "
-              "consider --method intercept", file=sys.stderr)
+        raise SystemExit(f"{n} labelled cases with a probability, {events} expansions: both classes are needed "
+                         "(nothing written)")
+    if args.method == "platt" and min(events, n - events) < MIN_EVENTS_FOR_SLOPE:
+        print(f"warning: {min(events, n - events)} cases in the smaller class: a refitted slope is poorly determined "
+              f"below {MIN_EVENTS_FOR_SLOPE}; consider --method intercept", file=sys.stderr)
 
     before = sigmoid(old_slope * z + old_intercept)
     if args.method == "platt":
         slope, intercept = platt_fit(z, y)
+        if slope <= PLATT_MIN_SLOPE:
+            print("warning: the logits rank these cases no better than chance: every case gets the observed rate",
+                  file=sys.stderr)
     else:
         slope, intercept = fit_intercept(z, y, old_slope, old_intercept)
     after = sigmoid(slope * z + intercept)
@@ -202,13 +241,17 @@ def main(argv=None):
         rule = f"sensitivity >= {args.sensitivity:g} on the recalibration cases (n={n}, prevalence {events / n:.3f})"
     auc, ci = roc_auc(z, y), bootstrap_auc_ci(z, y)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # The source card's calibration numbers move under recalibration.source (`validation` described
+    # the old calibration on the old data).
     source = {"model": os.path.basename(args.model), "sha256": model_sha256, "name": card.get("name"),
-              "calibration": old, "decision": card.get("decision"), "risk_categories": card.get("risk_categories")}
+              "calibration": old, "decision": card.get("decision"), "risk_categories": card.get("risk_categories"),
+              "validation": card.pop("validation", None)}
     card["calibration"] = {"method": "platt", "slope": slope, "intercept": intercept,
                            "fitted_on": (f"recalibrated ({args.method}) on {n} labelled cases of "
                                          f"{', '.join(args.run)} ({events} expansions), {when}")}
-    card["decision"] = rounded({"rule": rule, "threshold": decision["threshold"],
-                                "sensitivity": decision["sensitivity"], "specificity": decision["specificity"]})
+    # The threshold in full (hemexp compares probabilities with it); the rest rounded for reading.
+    card["decision"] = {"rule": rule, "threshold": decision["threshold"],
+                        "sensitivity": rounded(decision["sensitivity"]), "specificity": rounded(decision["specificity"])}
     bounds = tuple((c["name"], c.get("below")) for c in source["risk_categories"] or [])
     card["risk_categories"] = risk_categories(after, y, bounds) if bounds else risk_categories(after, y)
     card["recalibration"] = rounded({
@@ -221,15 +264,21 @@ def main(argv=None):
     metadata = dict(metadata)
     metadata[CARD_KEY] = json.dumps(card, sort_keys=True)
     tmp = args.output + ".tmp"
-    hemexp_safetensors.save(tmp, tensors, metadata)
-    os.replace(tmp, args.output)
+    try:
+        hemexp_safetensors.save(tmp, tensors, metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, args.output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
     b, a = card["recalibration"]["before"], card["recalibration"]["after_in_sample"]
     print(f"{n} labelled cases with a probability ({events} expansions, prevalence {events / n:.3f}); left out: "
           + (", ".join(f"{v} {k}" for k, v in sorted(left_out.items())) or "none"))
     print(f"AUC {auc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] (unchanged by recalibration)")
-    print(f"calibration: p = sigmoid({old_slope:.4f} logit + {old_intercept:.4f}) -> "
-          f"sigmoid({slope:.4f} logit + {intercept:.4f})")
+    print(f"calibration: p = sigmoid({old_slope:.4f} logit {old_intercept:+.4f}) -> "
+          f"sigmoid({slope:.4f} logit {intercept:+.4f})")
     for label, s in (("before", b), ("after (in-sample)", a)):
         print(f"  {label}: ECE {s['ece']:.3f}, calibration slope {s['calibration_slope']:.2f}, "
               f"intercept {s['calibration_intercept']:.2f}, Brier {s['brier']:.4f}")

@@ -32,21 +32,30 @@ def sha256_of(path):
 
 
 def write_run(folder, sha, z, y, extra=()):
-    """cases/c<i>/result.json with he.logit z[i]; labels.csv with y[i]; extra: (id, result) pairs."""
+    """cases/c<i>/result.json with he.logit z[i], results.csv listing them, labels.csv with y[i];
+    extra: (id, result) pairs, listed and labelled 0 unless named unlabelled; a case folder of an
+    earlier run ("stale", labelled 1, listed in no table) and a label that matches no case."""
     os.makedirs(folder)
-    rows = ["case_id,he_label"]
+    rows, listed = ["case_id,he_label"], []
     for i, (zi, yi) in enumerate(zip(z, y)):
         rows.append(f"c{i},{yi}")
+        listed.append(f"c{i}")
         os.makedirs(os.path.join(folder, "cases", f"c{i}"))
         with open(os.path.join(folder, "cases", f"c{i}", "result.json"), "w") as f:
             json.dump({"case_id": f"c{i}", "status": "ok", "he": {"logit": float(zi), "model": {"sha256": sha}}}, f)
-    for case_id, result in extra:
+    stale = {"case_id": "stale", "status": "ok", "he": {"logit": 9.0, "model": {"sha256": sha}}}
+    for case_id, result in list(extra) + [("stale", stale)]:
         os.makedirs(os.path.join(folder, "cases", case_id))
         with open(os.path.join(folder, "cases", case_id, "result.json"), "w") as f:
             json.dump(result, f)
+        if case_id != "stale":
+            listed.append(case_id)
         if case_id != "unlabelled":
-            rows.append(f"{case_id},0")
-    with open(os.path.join(folder, "labels.csv"), "w") as f:
+            rows.append(f"{case_id},{1 if case_id == 'stale' else 0}")
+    rows.append("nowhere,1")
+    with open(os.path.join(folder, "results.csv"), "w") as f:
+        f.write("case_id,status\n" + "".join(f"{c},ok\n" for c in listed))
+    with open(os.path.join(folder, "labels.csv"), "w", encoding="utf-8-sig") as f:  # as a spreadsheet saves it
         f.write("\n".join(rows) + "\n")
 
 
@@ -62,9 +71,9 @@ def main():
         z = rng.normal(0.0, 1.0, 4000)
         y = (rng.uniform(size=z.size) < tc.sigmoid(2.0 * z - 1.5)).astype(int)  # the truth: slope 2, intercept -1.5
         small = {"case_id": "small", "status": "ok",
-                 "he": {"logit": None, "reason": "hematoma 0.29 mL is under the classifier's minimum of 0.50 mL",
+                 "he": {"logit": None, "reason": "hematoma 0.29 mL is below the classifier's minimum of 0.50 mL",
                         "model": {"sha256": sha}}}
-        small2 = dict(small, case_id="small2", he=dict(small["he"], reason="hematoma 0.41 mL is under the classifier's "
+        small2 = dict(small, case_id="small2", he=dict(small["he"], reason="hematoma 0.41 mL is below the classifier's "
                                                        "minimum of 0.50 mL"))
         failed = {"case_id": "failed", "status": "failed", "he": None}
         unlabelled = {"case_id": "unlabelled", "status": "ok", "he": {"logit": 0.3, "model": {"sha256": sha}}}
@@ -82,8 +91,8 @@ def main():
         assert abs(cal["slope"] - 2.0) < 0.15 and abs(cal["intercept"] + 1.5) < 0.15, cal
         rec = card["recalibration"]
         assert rec["n"] == 4000 and rec["events"] == int(y.sum()), rec
-        assert rec["left_out"] == {"no label": 1, "no probability (hematoma N mL is under the classifier's minimum of "
-                                   "N mL)": 2, "no probability (failed)": 1}, rec["left_out"]
+        assert rec["left_out"] == {"no label": 1, "no probability (hematoma N mL is below the classifier's minimum of "
+                                   "N mL)": 2, "no probability (failed)": 1}, rec["left_out"]  # "stale": not this run's
         assert rec["source"]["sha256"] == sha and rec["source"]["calibration"] == CARD["calibration"]
         assert rec["before"]["ece"] > 0.05 > rec["after_in_sample"]["ece"], rec
         assert abs(rec["after_in_sample"]["calibration_slope"] - 1.0) < 0.01, rec
@@ -96,18 +105,39 @@ def main():
         assert abs(card["risk_categories"][0]["observed_rate"] - y[low].mean()) < 1e-5
         assert card["name"] == "toy-recalibrated"
 
-        # Intercept only: the slope is kept and the mean probability equals the observed rate.
-        out = os.path.join(tmp, "intercept.safetensors")
-        assert rc.main(["--model", model, "--run", run, "--labels", labels, "--method", "intercept", "-o", out]) == 0
-        cal = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["calibration"]
-        assert cal["slope"] == 1.0, cal
-        assert abs(tc.sigmoid(z + cal["intercept"]).mean() - y.mean()) < 1e-9, cal
+        # Intercept only: the slope is kept and the mean probability equals the observed rate, also
+        # when the old calibration is far off (a Newton step from 0 ran away there).
+        for old_intercept in (0.0, 4.0, -6.0):
+            far = os.path.join(tmp, "far.safetensors")
+            hemexp_safetensors.save(far, tensors, {rc.CARD_KEY: json.dumps(
+                dict(CARD, calibration={"method": "platt", "slope": 1.0, "intercept": old_intercept}))})
+            write_run(os.path.join(tmp, f"far{old_intercept}"), sha256_of(far), z, y)
+            out = os.path.join(tmp, "intercept.safetensors")
+            assert rc.main(["--model", far, "--run", os.path.join(tmp, f"far{old_intercept}"), "--labels",
+                            os.path.join(tmp, f"far{old_intercept}", "labels.csv"), "--method", "intercept",
+                            "-o", out]) == 0
+            cal = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["calibration"]
+            assert cal["slope"] == 1.0, cal
+            assert abs(tc.sigmoid(z + cal["intercept"]).mean() - y.mean()) < 1e-9, (old_intercept, cal)
 
         # A sensitivity target instead of Youden's J.
         out = os.path.join(tmp, "sens.safetensors")
         assert rc.main(["--model", model, "--run", run, "--labels", labels, "--sensitivity", "0.9", "-o", out]) == 0
-        decision = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["decision"]
+        card = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])
+        decision, cal = card["decision"], card["calibration"]
         assert decision["sensitivity"] >= 0.9 and decision["rule"].startswith("sensitivity >= 0.9"), decision
+        p = tc.sigmoid(cal["slope"] * z + cal["intercept"])
+        sens = ((p >= decision["threshold"]) & (y == 1)).sum() / y.sum()  # the stored cut gives the stored numbers
+        assert abs(sens - decision["sensitivity"]) < 1e-6, (sens, decision)
+        higher = np.unique(p[p >= decision["threshold"]])[1]  # the next cut up misses the target
+        assert ((p >= higher) & (y == 1)).sum() / y.sum() < 0.9
+
+        # One labels file for two runs that share case ids: refused.
+        try:
+            rc.main(["--model", model, "--run", run, run, "--labels", labels, "-o", out + "2"])
+            raise AssertionError("two runs sharing case ids and one labels file were accepted")
+        except SystemExit as e:
+            assert "give one --labels per --run" in str(e), e
 
         # A run scored by another model file: refused, nothing written.
         other = os.path.join(tmp, "other")
@@ -132,6 +162,7 @@ def main():
             slope = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["calibration"]["slope"]
             assert f"recipe:      ok; calibration platt (p = sigmoid({slope:.4f} logit" in info, info[:600]
             assert "hemexp-cls-vit-signs-quad-synth-v4-recalibrated" in info
+            assert "\nrecalibration: {" in info and "\nvalidation:" not in info, info  # old numbers moved to source
         elif binary:
             raise AssertionError(f"{shipped} is missing")
         print("recalibrate_classifier: all checks passed" + ("" if binary else " (hemexp binary not given: card read by "

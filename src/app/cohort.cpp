@@ -110,7 +110,7 @@ int CohortRunner::lock_output_folder() {
     folder_lock_ = std::make_unique<FileLock>(out_ / ".hemexp.lock", who,
                                               sharded ? FileLock::Mode::shared : FileLock::Mode::exclusive);
     if (folder_lock_->state() == FileLock::State::busy)
-      return busy(!folder_lock_->detail().empty() ? "another hemexp run (" + folder_lock_->detail() + ")"
+      return busy(!folder_lock_->detail().empty() ? "another hemexp run (" + folder_lock_->detail() + ", as its lock file says)"
                   : sharded ? "another hemexp run"
                             : "the shards of a job array (each OUTDIR/.hemexp-K-of-N.lock names one)");
     if (folder_lock_->state() == FileLock::State::unsupported) unprotected.push_back(folder_lock_->detail());
@@ -118,7 +118,7 @@ int CohortRunner::lock_output_folder() {
       lock_ = std::make_unique<FileLock>(out_ / shard_file_name(".hemexp", ".lock"), who);
       if (lock_->state() == FileLock::State::busy)
         return busy(fmt::format("another hemexp run of shard {}/{} ({})", options_.shard_index, options_.shard_count,
-                                lock_->detail().empty() ? "it gave no name" : lock_->detail()));
+                                lock_->detail().empty() ? "it gave no name" : lock_->detail() + ", as its lock file says"));
       if (lock_->state() == FileLock::State::unsupported) unprotected.push_back(lock_->detail());
     }
   } catch (const std::exception& e) {

@@ -73,7 +73,8 @@ int run_info(const InfoOptions& o) {
     std::printf("tensors:     %zu, %lld parameters\n", tensors, static_cast<long long>(parameters));
     std::printf("recipe:      %s\n", recipe.c_str());
     for (const char* block : {"network", "preprocessing", "inference", "postprocessing", "roi", "min_volume_ml",
-                              "features", "calibration", "decision", "risk_categories", "trained_on", "training", "validation"})
+                              "features", "calibration", "decision", "risk_categories", "recalibration", "trained_on", "training",
+                              "validation"})
       if (card.json.contains(block)) std::printf("%-12s %s\n", (std::string(block) + ":").c_str(), card.json[block].dump().c_str());
     std::printf("\nResearch use only, not for clinical decisions. hemexp's models are trained on synthetic\n"
                 "data (procedural heads and synthetic hematomas in real CT backgrounds); their numbers on\n"

@@ -346,7 +346,7 @@ TEST_F(Cohort, ASecondRunIntoTheSameOutdirIsRefusedWhileTheFirstHoldsIt) {
     CohortRunner second(resume, {"hemexp", "run"});
     const std::string said = said_by(second, &code);
     EXPECT_EQ(code, kExitSetup);
-    EXPECT_NE(said.find(out + " is in use by another hemexp run (" + holder + ")"), std::string::npos) << said;
+    EXPECT_NE(said.find(out + " is in use by another hemexp run (" + holder + ", as its lock file says)"), std::string::npos) << said;
     fs::remove(root_ / "out/results.csv");
   }
   CohortOptions shard = options_;
@@ -356,7 +356,7 @@ TEST_F(Cohort, ASecondRunIntoTheSameOutdirIsRefusedWhileTheFirstHoldsIt) {
     CohortRunner beside_unsharded(shard, {"hemexp", "run"});
     const std::string said = said_by(beside_unsharded, &code);
     EXPECT_EQ(code, kExitSetup);
-    EXPECT_NE(said.find(out + " is in use by another hemexp run (" + holder + ")"), std::string::npos) << said;
+    EXPECT_NE(said.find(out + " is in use by another hemexp run (" + holder + ", as its lock file says)"), std::string::npos) << said;
   }
   first.reset();
   CohortRunner shard2(shard, {"hemexp", "run"});
