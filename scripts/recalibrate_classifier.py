@@ -65,6 +65,8 @@ def read_labels(path):
             if value not in ("0", "1"):
                 raise SystemExit(f"{path}: he_label of {row['case_id']} is '{value}', not 0 or 1")
             case_id = row["case_id"].strip()
+            if case_id == "":
+                continue
             if case_id in labels:
                 raise SystemExit(f"{path}: case_id {case_id} appears twice")
             labels[case_id] = int(value)
@@ -84,16 +86,29 @@ def run_case_ids(run):
     for table in tables:
         with open(table, newline="") as f:
             ids += [row["case_id"] for row in csv.DictReader(f)]
+    if len(set(ids)) != len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise SystemExit(f"{run}: case {twice[0]} is listed twice in its results tables ({', '.join(tables)}): "
+                         "shards of two different splits in one folder?")
     return ids
 
 
-def read_logits(run, labels, model_sha256):
-    """(case ids, logits, labels) of the labelled cases of the run that got a probability, a count
-    of what was left out, by reason, and the labels' keys that matched a case. A case matches
-    its label by case id, or (as `hemexp prepare` matches) by the name of the folder holding its
-    scan. SystemExit when a case was scored by another model file."""
+def scan_folder_name(input_path):
+    """The name of the folder that holds a case's scan: a DICOM folder's own name, a file's
+    folder (as `hemexp prepare` names it)."""
+    p = os.path.normpath(input_path)
+    return os.path.basename(p) if os.path.isdir(p) else os.path.basename(os.path.dirname(p))
+
+
+def read_logits(run, labels, model_sha256, taken):
+    """(case ids, logits, labels) of the labelled cases of the run that got a probability, and a
+    count of what was left out, by reason. A case matches its label by case id, or (as `hemexp
+    prepare` matches) by the name of the folder holding its scan. `taken`: label -> the case that
+    took it, across the runs that share the labels file; a label reached by a second case (one id
+    in two runs, or two scans in one patient's folder) is refused. SystemExit, too, when a case
+    was scored by another model file."""
     ids, logits, y = [], [], []
-    left_out, matched = {}, set()
+    left_out = {}
     for case_id in run_case_ids(run):
         path = os.path.join(run, "cases", case_id, "result.json")
         if not os.path.exists(path):
@@ -101,28 +116,33 @@ def read_logits(run, labels, model_sha256):
             continue
         with open(path) as f:
             r = json.load(f)
-        key = case_id if case_id in labels else \
-            os.path.basename(os.path.dirname(os.path.normpath((r.get("input") or {}).get("path", "") or "")))
+        input_path = (r.get("input") or {}).get("path") or ""
+        key = case_id if case_id in labels else (scan_folder_name(input_path) if input_path else "")
         if key not in labels:
             left_out["no label"] = left_out.get("no label", 0) + 1
             continue
-        matched.add(key)
+        if key in taken:
+            raise SystemExit(f"label {key} matches two cases, {taken[key]} and {run}: {case_id}: key the labels by "
+                             "the run's case_id (and give one --labels per --run when runs share case ids)")
+        taken[key] = f"{run}: {case_id}"
         he = r.get("he") or {}
         sha = (he.get("model") or {}).get("sha256")
         if sha is not None and sha != model_sha256:
             raise SystemExit(f"{run}: case {case_id} was scored by model {sha[:12]}..., not by the model file given "
                              f"({model_sha256[:12]}...): rerun with --resume --cls-model MODEL first")
         logit = he.get("logit")
-        if r.get("status") not in ("ok", "skipped") or logit is None or not math.isfinite(float(logit)):
-            # "hematoma 0.29 mL is under ..." for every small clot: counted as one reason
-            why = re.sub(r"[0-9]+(\.[0-9]+)? mL", "N mL", he.get("reason") or r.get("status") or "no classifier output")
+        ok = r.get("status") in ("ok", "skipped")
+        if not ok or logit is None or not math.isfinite(float(logit)):
+            # "hematoma 0.29 mL is below ..." for every small clot: counted as one reason
+            why = re.sub(r"[0-9]+(\.[0-9]+)? mL", "N mL",
+                         he.get("reason") or (r.get("status") if not ok else "") or "no classifier output")
             reason = "no probability (" + why + ")"
             left_out[reason] = left_out.get(reason, 0) + 1
             continue
         ids.append(case_id)
         logits.append(float(logit))
         y.append(labels[key])
-    return ids, logits, y, left_out, matched
+    return ids, logits, y, left_out
 
 
 def fit_intercept(z, y, slope, intercept):
@@ -197,20 +217,20 @@ def main(argv=None):
         old_slope, old_intercept = 1.0, 0.0
     model_sha256 = sha256_of(args.model)
 
-    z, y, left_out, seen = [], [], {}, {}
+    z, y, left_out = [], [], {}
+    taken = {}  # label -> case, per labels file (one shared by every run, or one per run)
     for k, run in enumerate(args.run):
         labels_path = args.labels[k if len(args.labels) > 1 else 0]
         labels = read_labels(labels_path)
-        i, l, t, lo, matched = read_logits(run, labels, model_sha256)
-        for case_id in i:  # one labels file for several runs: an id in two runs would get one label twice
-            if len(args.labels) == 1 and case_id in seen:
-                raise SystemExit(f"case {case_id} is in {seen[case_id]} and in {run}, which share one labels file: "
-                                 "give one --labels per --run")
-            seen[case_id] = run
-        unmatched = sorted(set(labels) - matched)
-        if unmatched and (len(args.labels) > 1 or k == len(args.run) - 1):
-            print(f"warning: {len(unmatched)} of {len(labels)} labels in {labels_path} matched no case of the run(s) "
-                  f"(e.g. {', '.join(unmatched[:3])}): the ids are the run's case_id column", file=sys.stderr)
+        if len(args.labels) > 1:
+            taken = {}
+        _, l, t, lo = read_logits(run, labels, model_sha256, taken)
+        if len(args.labels) > 1 or k == len(args.run) - 1:
+            unmatched = sorted(set(labels) - set(taken))
+            if unmatched:
+                print(f"warning: {len(unmatched)} of {len(labels)} labels in {labels_path} matched no case of "
+                      f"{run if len(args.labels) > 1 else ', '.join(args.run)} (e.g. {', '.join(unmatched[:3])}): "
+                      "key them by the run's case_id column", file=sys.stderr)
         z += l
         y += t
         for reason, n in lo.items():
@@ -245,7 +265,7 @@ def main(argv=None):
     # the old calibration on the old data).
     source = {"model": os.path.basename(args.model), "sha256": model_sha256, "name": card.get("name"),
               "calibration": old, "decision": card.get("decision"), "risk_categories": card.get("risk_categories"),
-              "validation": card.pop("validation", None)}
+              "validation": card.pop("validation", None), "recalibration": card.pop("recalibration", None)}
     card["calibration"] = {"method": "platt", "slope": slope, "intercept": intercept,
                            "fitted_on": (f"recalibrated ({args.method}) on {n} labelled cases of "
                                          f"{', '.join(args.run)} ({events} expansions), {when}")}

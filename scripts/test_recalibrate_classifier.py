@@ -4,7 +4,9 @@ hemexp reads the recalibrated shipped classifier's card:
 
     /usr/bin/python3 scripts/test_recalibrate_classifier.py [build/hemexp]
 """
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -22,7 +24,7 @@ import train_classifier as tc  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CARD = {"name": "toy", "kind": "classification", "calibration": {"method": "platt", "slope": 1.0, "intercept": 0.0},
-        "decision": {"rule": "toy", "threshold": 0.5},
+        "decision": {"rule": "toy", "threshold": 0.5}, "validation": {"ece": 0.5},
         "risk_categories": [{"name": "low", "below": 0.1}, {"name": "intermediate", "below": 0.3}, {"name": "high"}]}
 
 
@@ -59,6 +61,23 @@ def write_run(folder, sha, z, y, extra=()):
         f.write("\n".join(rows) + "\n")
 
 
+def stderr_of(argv):
+    """recalibrate_classifier.main(argv)'s exit status and what it wrote to stderr."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = rc.main(argv)
+    return code, err.getvalue()
+
+
+def expect_refused(argv, words, out):
+    try:
+        rc.main(argv)
+        raise AssertionError(f"accepted: {argv}")
+    except SystemExit as e:
+        assert words in str(e), e
+    assert not os.path.exists(out) and not os.path.exists(out + ".tmp")
+
+
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else None
     tmp = tempfile.mkdtemp(prefix="hemexp-recal-")
@@ -83,7 +102,10 @@ def main():
 
         # Platt: recovers the truth's slope and intercept; weights copied bit for bit.
         out = os.path.join(tmp, "platt.safetensors")
-        assert rc.main(["--model", model, "--run", run, "--labels", labels, "-o", out]) == 0
+        code, err = stderr_of(["--model", model, "--run", run, "--labels", labels, "-o", out])
+        assert code == 0 and "2 of 4005 labels in " + labels + " matched no case of " + run + " (e.g. nowhere, stale)" \
+            in err, err
+        assert not os.path.exists(out + ".tmp")
         t2, meta = hemexp_safetensors.load(out)
         assert torch.equal(t2["w"], tensors["w"])
         card = json.loads(meta[rc.CARD_KEY])
@@ -94,11 +116,12 @@ def main():
         assert rec["left_out"] == {"no label": 1, "no probability (hematoma N mL is below the classifier's minimum of "
                                    "N mL)": 2, "no probability (failed)": 1}, rec["left_out"]  # "stale": not this run's
         assert rec["source"]["sha256"] == sha and rec["source"]["calibration"] == CARD["calibration"]
+        assert "validation" not in card and rec["source"]["validation"] == CARD["validation"]  # the old numbers
         assert rec["before"]["ece"] > 0.05 > rec["after_in_sample"]["ece"], rec
         assert abs(rec["after_in_sample"]["calibration_slope"] - 1.0) < 0.01, rec
         p = tc.sigmoid(cal["slope"] * z + cal["intercept"])
         youden = tc.youden_threshold(p, y)
-        assert abs(card["decision"]["threshold"] - youden["threshold"]) < 1e-5, (card["decision"], youden)
+        assert card["decision"]["threshold"] == youden["threshold"], (card["decision"], youden)  # stored in full
         assert [c["name"] for c in card["risk_categories"]] == ["low", "intermediate", "high"]
         assert sum(c["n"] for c in card["risk_categories"]) == 4000
         low = p < 0.1
@@ -133,11 +156,50 @@ def main():
         assert ((p >= higher) & (y == 1)).sum() / y.sum() < 0.9
 
         # One labels file for two runs that share case ids: refused.
-        try:
-            rc.main(["--model", model, "--run", run, run, "--labels", labels, "-o", out + "2"])
-            raise AssertionError("two runs sharing case ids and one labels file were accepted")
-        except SystemExit as e:
-            assert "give one --labels per --run" in str(e), e
+        expect_refused(["--model", model, "--run", run, run, "--labels", labels, "-o", out + "2"],
+                       "give one --labels per --run", out + "2")
+
+        # Labels keyed by the folder that holds each scan (as `hemexp prepare` matches); one label
+        # reached by two scans in one folder is refused; one labels file for two runs with
+        # different ids: every label matched, no warning.
+        def folder_run(name, folders):
+            folder = os.path.join(tmp, name)
+            os.makedirs(os.path.join(folder, "cases"))
+            with open(os.path.join(folder, "results.csv"), "w") as f:
+                f.write("case_id,status\n" + "".join(f"{name}{i},ok\n" for i in range(len(folders))))
+            for i, patient in enumerate(folders):
+                os.makedirs(os.path.join(folder, "cases", f"{name}{i}"))
+                with open(os.path.join(folder, "cases", f"{name}{i}", "result.json"), "w") as f:
+                    json.dump({"case_id": f"{name}{i}", "status": "ok", "input": {"path": f"/data/{patient}/ct.nii.gz"},
+                               "he": {"logit": float(z[i]), "model": {"sha256": sha}}}, f)
+            return folder
+        by_folder = os.path.join(tmp, "by_folder.csv")
+        with open(by_folder, "w") as f:
+            f.write("case_id,he_label\n" + "".join(f"P{i},{y[i]}\n" for i in range(200)))
+        a, b = folder_run("a", [f"P{i}" for i in range(100)]), folder_run("b", [f"P{i}" for i in range(100, 200)])
+        out = os.path.join(tmp, "folders.safetensors")
+        code, err = stderr_of(["--model", model, "--run", a, b, "--labels", by_folder, "-o", out])
+        assert code == 0 and "matched no case" not in err, err
+        assert json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["recalibration"]["n"] == 200
+        twice = folder_run("twice", ["P0", "P1", "P1"])
+        expect_refused(["--model", model, "--run", twice, "--labels", by_folder, "-o", out + "3"],
+                       "label P1 matches two cases", out + "3")
+        # Shard tables of two different splits in one folder: a case listed twice, refused.
+        shards = folder_run("shards", ["P0", "P1"])
+        os.remove(os.path.join(shards, "results.csv"))
+        for k in ("1-of-2", "1-of-3"):
+            with open(os.path.join(shards, f"results-{k}.csv"), "w") as f:
+                f.write("case_id,status\nshards0,ok\n")
+        expect_refused(["--model", model, "--run", shards, "--labels", by_folder, "-o", out + "4"],
+                       "is listed twice", out + "4")
+        # A recalibrated model recalibrated again keeps the first recalibration under source.
+        again = os.path.join(tmp, "again.safetensors")
+        platt = os.path.join(tmp, "platt.safetensors")
+        write_run(os.path.join(tmp, "run3"), sha256_of(platt), z, y)
+        assert rc.main(["--model", platt, "--run", os.path.join(tmp, "run3"), "--labels",
+                        os.path.join(tmp, "run3", "labels.csv"), "-o", again]) == 0
+        rec2 = json.loads(hemexp_safetensors.load(again)[1][rc.CARD_KEY])["recalibration"]
+        assert rec2["source"]["recalibration"]["n"] == 4000 and rec2["source"]["name"] == "toy-recalibrated", rec2
 
         # A run scored by another model file: refused, nothing written.
         other = os.path.join(tmp, "other")

@@ -722,7 +722,7 @@ def load_card(path):
     net, roi = card["network"], card["roi"]
     if list(roi["size"]) != list(net["image_size"]) or len(roi["channels"]) != net["in_channels"]:
         raise SystemExit(f"{path}: network image_size/in_channels differ from roi size/channels")
-    for key in ("training", "validation", "calibration", "decision", "risk_categories"):
+    for key in ("training", "validation", "calibration", "decision", "risk_categories", "recalibration"):
         card.pop(key, None)
     names = card.get("features", [])
     names = [n["name"] if isinstance(n, dict) else n for n in names]

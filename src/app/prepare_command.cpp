@@ -20,6 +20,7 @@
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
 #include "hemexp/io/image_file.hpp"
+#include "hemexp/io/inputs.hpp"
 #include "hemexp/io/reader.hpp"
 #include "hemexp/version.hpp"
 
@@ -112,7 +113,7 @@ std::vector<PrepareCase> run_cases_with_labels(const fs::path& run, const fs::pa
     if (const auto ivh = r->labels.find("ivh"); ivh != r->labels.end())
       pc.ivh_volume_ml = format_number(ivh->second.volume_ml, 4);
     auto it = labels.find(r->case_id);
-    if (it == labels.end()) it = labels.find(fs::path(r->input_path).parent_path().filename().string());
+    if (it == labels.end()) it = labels.find(scan_folder_name(r->input_path));
     if (it != labels.end()) pc.label = it->second;
     else if (!labels.empty()) {
       ++unlabelled;

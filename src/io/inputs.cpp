@@ -273,6 +273,13 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
   return cases;
 }
 
+std::string scan_folder_name(const fs::path& input) {
+  fs::path p = input.lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();  // "P001/"
+  std::error_code ec;
+  return (fs::is_directory(p, ec) ? p : p.parent_path()).filename().string();
+}
+
 std::vector<StudyScan> describe_study_scans(const fs::path& folder, std::vector<LeftOut>* left_out,
                                             const fs::path& output_folder) {
   std::vector<StudyScan> scans;

@@ -117,6 +117,17 @@ TEST(Inputs, ListsAsResearchersKeepThem) {
 // 8-bit file may be a CT and is kept; a run.json of another tool changes nothing; a folder that
 // held only masks, and the run's own output folder, are not failed cases; a mask named directly
 // is a case.
+TEST(Inputs, ScanFolderNameIsADicomFoldersOwnNameAndAFilesFolder) {
+  ScratchDir dir;
+  fs::create_directories(dir / "cohort/P001");
+  std::ofstream(dir / "cohort/P002.nii.gz") << "x";
+  EXPECT_EQ(scan_folder_name(dir / "cohort/P001"), "P001");
+  EXPECT_EQ(scan_folder_name((dir / "cohort/P001").string() + "/"), "P001");
+  EXPECT_EQ(scan_folder_name(dir / "cohort/P001/ct.nii.gz"), "P001");
+  EXPECT_EQ(scan_folder_name(dir / "cohort/P002.nii.gz"), "cohort");
+  EXPECT_EQ(scan_folder_name("gone/P003/ct.nii.gz"), "P003");  // a file that is no longer there
+}
+
 TEST(Inputs, FolderSearchLeavesOutMasksAndHemexpOutputs) {
   ScratchDir dir;
   Geometry g;

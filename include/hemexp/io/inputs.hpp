@@ -75,6 +75,10 @@ std::vector<CaseInput> expand_inputs(const std::vector<std::filesystem::path>& i
 constexpr size_t kMaxCaseIdLength = 120;
 std::string case_id_from_path(const std::filesystem::path& relative);
 
+// The name of the folder that holds a scan, as labels keyed by patient folder name it: a DICOM
+// folder's own name ("P001" for P001/ and P001), a file's folder ("P001" for P001/ct.nii.gz).
+std::string scan_folder_name(const std::filesystem::path& input);
+
 // One scan of a study folder, described for pairing a patient's scans by date.
 struct StudyScan {
   CaseInput input;             // as expand_inputs finds it
