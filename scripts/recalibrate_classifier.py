@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hemexp_safetensors  # noqa: E402
-from train_classifier import (PLATT_MIN_SLOPE, bootstrap_auc_ci, platt_fit, roc_auc,  # noqa: E402
+from train_classifier import (PLATT_MIN_SLOPE, bootstrap_auc_ci, cut_below, platt_fit, roc_auc,  # noqa: E402
                               probability_summary, risk_categories, rounded, sigmoid, youden_threshold)
 
 CARD_KEY = "hemexp_model_card"
@@ -166,8 +166,8 @@ def fit_intercept(z, y, slope, intercept):
 
 
 def threshold_at_sensitivity(p, y, target):
-    """The highest cut with sensitivity >= target ("positive when p >= t"), halfway to the next
-    lower distinct value, as youden_threshold places its cut."""
+    """The highest cut with sensitivity >= target ("positive when p >= t"), placed as
+    youden_threshold places its cut (cut_below)."""
     p = np.asarray(p, dtype=np.float64)
     y = np.asarray(y).astype(bool)
     values = np.unique(p)[::-1]
@@ -175,9 +175,8 @@ def threshold_at_sensitivity(p, y, target):
         pred = p >= v
         sens = (pred & y).sum() / y.sum()
         if sens >= target:
-            lower = values[i + 1] if i + 1 < len(values) else v / 2.0
             spec = (~pred & ~y).sum() / (~y).sum()
-            return {"threshold": float((v + lower) / 2.0), "sensitivity": float(sens), "specificity": float(spec)}
+            return {"threshold": cut_below(values, i), "sensitivity": float(sens), "specificity": float(spec)}
     raise ValueError("no cut reaches the sensitivity")
 
 

@@ -5,7 +5,6 @@ hemexp reads the recalibrated shipped classifier's card:
     /usr/bin/python3 scripts/test_recalibrate_classifier.py [build/hemexp]
 """
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -26,11 +25,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CARD = {"name": "toy", "kind": "classification", "calibration": {"method": "platt", "slope": 1.0, "intercept": 0.0},
         "decision": {"rule": "toy", "threshold": 0.5}, "validation": {"ece": 0.5},
         "risk_categories": [{"name": "low", "below": 0.1}, {"name": "intermediate", "below": 0.3}, {"name": "high"}]}
-
-
-def sha256_of(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def write_run(folder, sha, z, y, extra=()):
@@ -85,7 +79,7 @@ def main():
         model = os.path.join(tmp, "toy.safetensors")
         tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
         hemexp_safetensors.save(model, tensors, {rc.CARD_KEY: json.dumps(CARD)})
-        sha = sha256_of(model)
+        sha = rc.sha256_of(model)
         rng = np.random.RandomState(7)
         z = rng.normal(0.0, 1.0, 4000)
         y = (rng.uniform(size=z.size) < tc.sigmoid(2.0 * z - 1.5)).astype(int)  # the truth: slope 2, intercept -1.5
@@ -134,7 +128,7 @@ def main():
             far = os.path.join(tmp, "far.safetensors")
             hemexp_safetensors.save(far, tensors, {rc.CARD_KEY: json.dumps(
                 dict(CARD, calibration={"method": "platt", "slope": 1.0, "intercept": old_intercept}))})
-            write_run(os.path.join(tmp, f"far{old_intercept}"), sha256_of(far), z, y)
+            write_run(os.path.join(tmp, f"far{old_intercept}"), rc.sha256_of(far), z, y)
             out = os.path.join(tmp, "intercept.safetensors")
             assert rc.main(["--model", far, "--run", os.path.join(tmp, f"far{old_intercept}"), "--labels",
                             os.path.join(tmp, f"far{old_intercept}", "labels.csv"), "--method", "intercept",
@@ -195,7 +189,7 @@ def main():
         # A recalibrated model recalibrated again keeps the first recalibration under source.
         again = os.path.join(tmp, "again.safetensors")
         platt = os.path.join(tmp, "platt.safetensors")
-        write_run(os.path.join(tmp, "run3"), sha256_of(platt), z, y)
+        write_run(os.path.join(tmp, "run3"), rc.sha256_of(platt), z, y)
         assert rc.main(["--model", platt, "--run", os.path.join(tmp, "run3"), "--labels",
                         os.path.join(tmp, "run3", "labels.csv"), "-o", again]) == 0
         rec2 = json.loads(hemexp_safetensors.load(again)[1][rc.CARD_KEY])["recalibration"]
@@ -216,7 +210,7 @@ def main():
         shipped = os.path.join(HERE, "..", "models", "hemexp-cls.safetensors")
         if binary and os.path.exists(shipped):
             run2 = os.path.join(tmp, "run2")
-            write_run(run2, sha256_of(shipped), z, y)
+            write_run(run2, rc.sha256_of(shipped), z, y)
             out = os.path.join(tmp, "shipped-recal.safetensors")
             assert rc.main(["--model", shipped, "--run", run2, "--labels", os.path.join(run2, "labels.csv"),
                             "-o", out]) == 0

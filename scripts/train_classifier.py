@@ -211,6 +211,13 @@ def calibration_slope_intercept(p, y):
     return float(w[0]), b
 
 
+def cut_below(values, i):
+    """The cut for "positive when p >= values[i]" (values distinct, descending): halfway between
+    values[i] and the next lower value (half of values[i] when none), so no case sits on it."""
+    lower = values[i + 1] if i + 1 < len(values) else values[i] / 2.0
+    return float((values[i] + lower) / 2.0)
+
+
 def youden_threshold(p, y):
     """The cut maximising Youden's J = sensitivity + specificity - 1 for "positive when p >= t".
     Candidates are the distinct values of p; among equal J the highest cut wins (fewer false
@@ -229,8 +236,7 @@ def youden_threshold(p, y):
         spec = (~pred & ~y).sum() / n_neg
         j = sens + spec - 1.0
         if best is None or j > best[0] + 1e-12:
-            lower = values[i + 1] if i + 1 < len(values) else v / 2.0
-            best = (j, float((v + lower) / 2.0), float(sens), float(spec))
+            best = (j, cut_below(values, i), float(sens), float(spec))
     return {"threshold": best[1], "sensitivity": best[2], "specificity": best[3], "youden_j": best[0]}
 
 

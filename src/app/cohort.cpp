@@ -64,8 +64,8 @@ std::string left_out_summary(const std::vector<LeftOut>& left_out) {
   return text;
 }
 
-// run.json `left_out`: every path, by reason (not under `inputs`, which `hemexp merge` requires
-// to be the same in every shard: what was left out may change between a shard and its resume).
+}  // namespace
+
 json left_out_json(const std::vector<LeftOut>& left_out) {
   json groups = json::array();
   for (const auto& [reason, paths] : by_reason(left_out)) {
@@ -75,8 +75,6 @@ json left_out_json(const std::vector<LeftOut>& left_out) {
   }
   return groups;
 }
-
-}  // namespace
 
 CohortRunner::CohortRunner(CohortOptions options, std::vector<std::string> argv)
     : options_(std::move(options)), argv_(std::move(argv)), out_(options_.output_dir) {}
@@ -163,10 +161,10 @@ int CohortRunner::prepare() {
   // Output folder: must be creatable and writable, and not silently mixed with an old run.
   std::error_code ec;
   fs::create_directories(out_, ec);
+  // Each shard probes with its own file: the shards of a job array start together, and one
+  // shard's clean-up must not take away the file another is writing.
+  const std::string probe = shard_file_name(".hemexp-write-test", "");
   try {
-    // Each shard probes with its own file: the shards of a job array start together, and one
-    // shard's clean-up must not take away the file another is writing.
-    const std::string probe = shard_file_name(".hemexp-write-test", "");
     write_text_atomically(out_ / probe, "");
     fs::remove(out_ / probe);
   } catch (const std::exception&) {
@@ -176,7 +174,7 @@ int CohortRunner::prepare() {
   if (!folder_lock_)
     if (const int code = lock_output_folder(); code != kExitOk) return code;
   // What a killed run of this shard was writing (other shards may be writing theirs now).
-  remove_temporaries(out_, {shard_file_name(".hemexp-write-test", ""), results_name(), run_json_name()});
+  remove_temporaries(out_, {probe, results_name(), run_json_name()});
   cohort_size_ = all.size();
   std::string list;
   for (const CaseInput& c : all) list += c.id + '\t' + c.path.string() + '\n';

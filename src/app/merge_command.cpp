@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "hemexp/app/cohort.hpp"
 #include "hemexp/app/run_options.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/io/atomic_file.hpp"
@@ -25,25 +26,19 @@ CLI::App* setup_merge(CLI::App& app, MergeOptions& o) {
 
 namespace {
 
-// Every shard's run.json `left_out` together (by reason in the order first met, each reason's
-// paths sorted and once): a shard that started after another had written cases into OUTDIR, or
+// Every shard's run.json `left_out` together, each path once, in path order as one run lists
+// them (left_out_json): a shard that started after another had written cases into OUTDIR, or
 // was resumed, left out more than the first.
 json merged_left_out(const std::map<int, json>& shards) {
-  std::vector<std::pair<std::string, std::set<fs::path>>> groups;  // paths in a run's order (by component)
+  std::set<std::pair<fs::path, std::string>> seen;
+  std::vector<LeftOut> all;
   for (const auto& [k, r] : shards)
-    for (const json& g : r.value("left_out", json::array())) {
-      const std::string reason = g.value("reason", "");
-      auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& x) { return x.first == reason; });
-      if (it == groups.end()) it = groups.insert(groups.end(), {reason, {}});
-      for (const json& p : g.value("paths", json::array())) it->second.insert(fs::path(p.get<std::string>()));
-    }
-  json merged = json::array();
-  for (const auto& [reason, paths] : groups) {
-    json list = json::array();
-    for (const fs::path& p : paths) list.push_back(p.string());
-    merged.push_back({{"reason", reason}, {"count", paths.size()}, {"paths", list}});
-  }
-  return merged;
+    for (const json& g : r.value("left_out", json::array()))
+      for (const json& p : g.value("paths", json::array()))
+        if (seen.insert({fs::path(p.get<std::string>()), g.value("reason", "")}).second)
+          all.push_back({p.get<std::string>(), g.value("reason", "")});
+  std::stable_sort(all.begin(), all.end(), [](const LeftOut& a, const LeftOut& b) { return a.path < b.path; });
+  return left_out_json(all);
 }
 
 }  // namespace

@@ -243,9 +243,6 @@ std::optional<torch::Tensor> plain_nifti_gz_voxels(const fs::path& path, const N
 
 namespace {
 
-// The volume through ITK, checked for what a CT volume must be (one component, 3D, within
-// max_voxels, a direction matrix that spans space). With own_voxels (plain_nifti_gz_voxels) ITK
-// reads the header only, and the volume holds them.
 // ITK's reader for the file with its header read (dimensions, component type), no voxels;
 // nullptr when no ITK reader takes the file. Throws itk::ExceptionObject for a bad header.
 itk::ImageIOBase::Pointer image_information(const fs::path& path) {
@@ -257,6 +254,9 @@ itk::ImageIOBase::Pointer image_information(const fs::path& path) {
   return io;
 }
 
+// The volume through ITK, checked for what a CT volume must be (one component, 3D, within
+// max_voxels, a direction matrix that spans space). With own_voxels (plain_nifti_gz_voxels) ITK
+// reads the header only, and the volume holds them.
 ImageFileContents read_with_itk(const fs::path& path, const std::string& format, uint64_t max_voxels,
                                 const torch::Tensor& own_voxels = {}) {
   try {

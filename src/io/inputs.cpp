@@ -47,7 +47,7 @@ struct LeaveOut {
 // failed case, "no scan in it", in every shard of a run whose OUTDIR is inside its input).
 bool is_outputs_subfolder(const fs::path& name) { return name == "cases" || name == "pairs" || name == "slurm"; }
 
-// Why a folder's cases/ and pairs/ subfolders hold hemexp's outputs, not scans: the folder is
+// Why a folder's output subfolders (is_outputs_subfolder) hold hemexp's outputs, not scans: the folder is
 // this run's output folder, or it holds an earlier run's run.json (a shard's run-K-of-N.json)
 // that names hemexp as its tool. "" otherwise.
 std::string run_folder_reason(const fs::path& canonical, const std::vector<fs::path>& entries, const LeaveOut& leave) {

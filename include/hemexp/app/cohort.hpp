@@ -108,6 +108,11 @@ class CohortRunner {
   int lock_output_folder();
 };
 
+// run.json `left_out`: every path, by reason in the order first met (not under `inputs`, which
+// `hemexp merge` requires to be the same in every shard: what was left out may change between a
+// shard and its resume, and merge writes every shard's together through this).
+nlohmann::json left_out_json(const std::vector<LeftOut>& left_out);
+
 // Why a previous result cannot be kept for a case with fingerprint `expected` ("" when it can):
 // no fingerprint (written before hemexp recorded one), input content changed, a model changed
 // (which), options changed (which, from what to what).

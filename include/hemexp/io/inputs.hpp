@@ -57,8 +57,8 @@ struct LeftOut {
 //    8-bit codes (codes_not_ct_reason: the masks and label maps kept beside their scans, as
 //    in a `hemexp synth` folder or an nnU-Net dataset), and the `cases`, `pairs` and `slurm`
 //    subfolders (hemexp's masks, maps, corrected CTs and pair pictures; scripts/slurm_array.sh's
-//    job logs) of `output_folder` (the run's own)
-//    and of any folder holding a run.json (or a shard's run-K-of-N.json) whose tool is hemexp;
+//    job logs) of `output_folder` (the run's own) and of any folder holding a run.json (or a
+//    shard's run-K-of-N.json) whose tool is hemexp;
 //    the rest of such a folder is searched as usual. A folder whose volume files were all left
 //    out, and the output folder, are not failed cases. A file named on the command line or in
 //    a list is always a case.
