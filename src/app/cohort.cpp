@@ -13,6 +13,7 @@
 #include <ctime>
 #include <map>
 #include <optional>
+#include <regex>
 #include <iomanip>
 #include <sstream>
 
@@ -89,6 +90,27 @@ std::string CohortRunner::results_name() const { return shard_file_name("results
 std::string CohortRunner::run_json_name() const { return shard_file_name("run", ".json"); }
 std::string CohortRunner::log_name() const { return shard_file_name("hemexp", ".log"); }
 
+std::optional<std::pair<int, int>> shard_of_file(const std::string& file_name) {
+  static const std::regex name(R"((?:run-(\d+)-of-(\d+)\.json)|(?:results-(\d+)-of-(\d+)\.csv)|)"
+                               R"((?:hemexp-(\d+)-of-(\d+)\.log)|(?:\.hemexp-(\d+)-of-(\d+)\.lock))");
+  std::smatch m;
+  if (!std::regex_match(file_name, m, name)) return std::nullopt;
+  for (size_t g = 1; g + 1 < m.size(); g += 2)
+    if (m[g].matched) return std::pair<int, int>{std::stoi(m[g]), std::stoi(m[g + 1])};
+  return std::nullopt;
+}
+
+// A file of a sharded run with another shard count than this run's, by name ("" when none).
+std::string CohortRunner::file_of_another_split() const {
+  std::error_code ec;
+  std::vector<std::string> found;
+  for (fs::directory_iterator it(out_, ec), end; !ec && it != end; it.increment(ec))
+    if (const auto split = shard_of_file(it->path().filename().string()); split && split->second != options_.shard_count)
+      found.push_back(it->path().filename().string());
+  std::sort(found.begin(), found.end());
+  return found.empty() ? "" : found.front();
+}
+
 // One process per shard of an OUTDIR: a second run into it (a job submitted twice, a run
 // started again while the first still runs) would clean away the first's files as they are
 // written, and both would rewrite results.csv. An unsharded run holds OUTDIR/.hemexp.lock
@@ -113,6 +135,18 @@ int CohortRunner::lock_output_folder() {
                             : "the shards of a job array (each OUTDIR/.hemexp-K-of-N.lock names one)");
     if (folder_lock_->state() == FileLock::State::unsupported) unprotected.push_back(folder_lock_->detail());
     if (sharded) {
+      // One OUTDIR takes one split: shard 1/3 beside the shards of a split into 2 would analyse
+      // cases they analyse too, and merge cannot combine the two. Looked for before this shard's
+      // own lock file is made, so that a refused run leaves nothing in the other split's folder.
+      if (const std::string other = file_of_another_split(); !other.empty()) {
+        spdlog::error("{0} holds the files of a run split into {1} shards ({2}), and this is shard {3}/{4}: one output "
+                      "folder takes one split. Use --shard K/{1} as that run did, or give this run its own output "
+                      "folder, or, once none of that split's shards is running, delete its files (run-*-of-{1}.json, "
+                      "results-*-of-{1}.csv, hemexp-*-of-{1}.log, .hemexp-*-of-{1}.lock): the cases it finished are "
+                      "kept by --resume",
+                      out_.string(), shard_of_file(other)->second, other, options_.shard_index, options_.shard_count);
+        return kExitUsage;
+      }
       lock_ = std::make_unique<FileLock>(out_ / shard_file_name(".hemexp", ".lock"), who);
       if (lock_->state() == FileLock::State::busy)
         return busy(fmt::format("another hemexp run of shard {}/{} ({})", options_.shard_index, options_.shard_count,
@@ -140,10 +174,21 @@ int CohortRunner::prepare() {
     if (const int code = lock_output_folder(); code != kExitOk) return code;
   // Nothing is created before the inputs are known: a folder with no scans leaves no empty
   // OUTDIR behind.
-  if (fs::exists(out_ / results_name()) && !options_.resume && !options_.overwrite) {
-    spdlog::error("{} already holds the results of a run; use --resume to continue it or --overwrite to replace it",
-                  out_.string());
-    return kExitUsage;
+  // The results of a run this one would mix with: its own table, and an unsharded run's beside a
+  // shard's or the reverse (the other shards' tables of this split are its siblings).
+  if (!options_.resume && !options_.overwrite) {
+    std::string previous = fs::exists(out_ / results_name()) ? results_name() : "";
+    std::error_code ec;
+    for (fs::directory_iterator it(out_, ec), end; previous.empty() && !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      const auto split = shard_of_file(name);
+      if (options_.shard_count > 1 ? name == "results.csv" : split && name.rfind("results-", 0) == 0) previous = name;
+    }
+    if (!previous.empty()) {
+      spdlog::error("{} already holds the results of a run ({}); use --resume to continue it or --overwrite to replace it",
+                    out_.string(), previous);
+      return kExitUsage;
+    }
   }
   std::vector<CaseInput> all = options_.cases;
   try {

@@ -2,9 +2,9 @@
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <filesystem>
-#include <regex>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -45,15 +45,13 @@ json merged_left_out(const std::map<int, json>& shards) {
 
 int run_merge(const MergeOptions& o) {
   const fs::path out(o.output_dir);
-  // run-K-of-N.json files.
-  static const std::regex name(R"(run-(\d+)-of-(\d+)\.json)");
   std::map<int, json> shards;
   int count = 0;
   for (const auto& e : fs::directory_iterator(out)) {
-    std::smatch m;
     const std::string f = e.path().filename().string();
-    if (!std::regex_match(f, m, name)) continue;
-    const int k = std::stoi(m[1]), n = std::stoi(m[2]);
+    const auto split = shard_of_file(f);
+    if (!split || f.rfind("run-", 0) != 0) continue;
+    const auto [k, n] = *split;
     if (count != 0 && n != count) {
       spdlog::error("{} holds shards of different splits (of {} and of {})", out.string(), count, n);
       return kExitUsage;
@@ -70,13 +68,33 @@ int run_merge(const MergeOptions& o) {
     spdlog::error("{} holds no shard files (run-K-of-N.json)", out.string());
     return kExitUsage;
   }
+  // The folder's lock, exclusively, as an unsharded run holds it: no shard is running while
+  // merge reads their tables (a shard that has not finished has then been stopped), and none
+  // starts before results.csv and run.json are written.
+  std::unique_ptr<FileLock> lock;
+  try {
+    lock = std::make_unique<FileLock>(out / ".hemexp.lock", fmt::format("pid {} on {} since {} (hemexp merge)",
+                                                                        ::getpid(), host_name(), utc_now()));
+  } catch (const std::exception& e) {
+    spdlog::error("output folder {} is not writable: {}", out.string(), one_line(e.what()));
+    return kExitSetup;
+  }
+  if (lock->state() == FileLock::State::busy) {
+    spdlog::error("{} is in use by {}: merge once every shard has finished", out.string(),
+                  lock->detail().empty() ? "shards that are still running (each OUTDIR/.hemexp-K-of-N.lock names one)"
+                                         : "another hemexp run (" + lock->detail() + ", as its lock file says)");
+    return kExitSetup;
+  }
+  const bool none_running = lock->state() == FileLock::State::held;
   std::vector<std::string> problems;
   for (int k = 1; k <= count; ++k)
     if (!shards.count(k)) problems.push_back("shard " + std::to_string(k) + " of " + std::to_string(count) + " is missing");
   const json* first = shards.empty() ? nullptr : &shards.begin()->second;
   for (const auto& [k, r] : shards) {
     const std::string who = "shard " + std::to_string(k);
-    if (r.value("finished", json()).is_null()) problems.push_back(who + " has not finished");
+    if (r.value("finished", json()).is_null())
+      problems.push_back(who + (none_running ? " was stopped before it finished (killed, or its node lost): rerun it with --resume"
+                                             : " has not finished"));
     if (r.contains("interrupted")) problems.push_back(who + " was interrupted: rerun it with --resume");
     for (const char* key : {"inputs", "models", "result_options"})
       if (r.value(key, json()) != first->value(key, json()))

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <set>
@@ -378,6 +379,114 @@ TEST_F(Cohort, ASecondRunIntoTheSameOutdirIsRefusedWhileTheFirstHoldsIt) {
     EXPECT_EQ(code, kExitSetup);
     EXPECT_NE(said2.find(out + " is in use by the shards of a job array"), std::string::npos) << said2;
   }
+}
+
+// What a CohortRunner's prepare() or `hemexp merge` says on the console, and its exit code.
+std::string said_by(const std::function<int()>& f, int* code) {
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  *code = f();
+  return ::testing::internal::GetCapturedStdout() + ::testing::internal::GetCapturedStderr();
+}
+
+// One OUTDIR takes one split: a shard of a split into 3 into the folder of a split into 2 would
+// analyse cases the other analyses, and merge could not combine them. It is refused before it
+// makes any file there; the other split's shards and an unsharded run (which finishes a split's
+// leftovers) are not, but need --resume to run beside the other's results, as a run into its own
+// results does.
+TEST_F(Cohort, AnotherSplitIntoTheSameOutdirIsRefused) {
+  CohortOptions o = options_;
+  o.shard_count = 2;
+  o.shard_index = 1;
+  ASSERT_EQ(run(o, fake(nullptr)), kExitOk);  // scan0, 2, 4, 6
+  const auto names = [&] {
+    std::set<std::string> n;
+    for (const auto& e : fs::directory_iterator(root_ / "out")) n.insert(e.path().filename().string());
+    return n;
+  };
+  const std::set<std::string> before = names();
+  EXPECT_EQ(before, (std::set<std::string>{".hemexp.lock", ".hemexp-1-of-2.lock", "cases", "hemexp-1-of-2.log",
+                                           "results-1-of-2.csv", "run-1-of-2.json"}));
+  CohortOptions three = options_;
+  three.shard_count = 3;
+  three.resume = true;
+  for (const int k : {1, 3}) {
+    three.shard_index = k;
+    CohortRunner other(three, {"hemexp", "run"});
+    int code = 0;
+    const std::string said = said_by([&] { return other.prepare(); }, &code);
+    EXPECT_EQ(code, kExitUsage);
+    EXPECT_NE(said.find((root_ / "out").string() + " holds the files of a run split into 2 shards (.hemexp-1-of-2.lock), "
+                        "and this is shard " + std::to_string(k) + "/3: one output folder takes one split"),
+              std::string::npos)
+        << said;
+    EXPECT_NE(said.find("delete its files (run-*-of-2.json, results-*-of-2.csv, hemexp-*-of-2.log, .hemexp-*-of-2.lock)"),
+              std::string::npos)
+        << said;
+  }
+  EXPECT_EQ(names(), before);
+  o.shard_index = 2;
+  EXPECT_EQ(run(o, fake(nullptr)), kExitCaseFailed);  // scan3 fails
+  CohortOptions whole = options_;
+  EXPECT_EQ(run(whole, fake(nullptr)), kExitUsage);  // the shards' results: --resume or --overwrite
+  whole.resume = true;
+  std::vector<std::string> called;
+  EXPECT_EQ(run(whole, fake(&called)), kExitCaseFailed);
+  EXPECT_EQ(called, std::vector<std::string>{"in_scan3"});  // the failed case is tried again, the rest kept
+  o.shard_index = 1;
+  EXPECT_EQ(run(o, fake(nullptr)), kExitUsage);  // a shard beside the unsharded run's results.csv
+  o.resume = true;
+  EXPECT_EQ(run(o, fake(nullptr)), kExitOk);
+  EXPECT_EQ(shard_of_file("run-12-of-30.json"), (std::pair<int, int>{12, 30}));
+  EXPECT_EQ(shard_of_file(".hemexp-1-of-2.lock"), (std::pair<int, int>{1, 2}));
+  EXPECT_EQ(shard_of_file("hemexp-3-of-4.log"), (std::pair<int, int>{3, 4}));
+  EXPECT_EQ(shard_of_file("results-1-of-2.csv"), (std::pair<int, int>{1, 2}));
+  for (const char* other : {"results.csv", "run-1-of-2.json.tmp-x", "run-1-of-.json", "results-1-of-2.json", "hemexp.log"})
+    EXPECT_FALSE(shard_of_file(other).has_value()) << other;
+}
+
+// hemexp merge holds the folder's lock as an unsharded run does: while shards still run it
+// refuses (exit 3) and writes nothing; a shard that never finished while none runs was stopped,
+// and merge says so and how to go on; once every shard has finished it merges.
+TEST_F(Cohort, MergeWaitsForRunningShardsAndNamesAStoppedOne) {
+  if (!locks_exclude_within_a_process(root_)) GTEST_SKIP() << "no local flock in " << root_;
+  CohortOptions o = options_;
+  o.shard_count = 2;
+  for (const int k : {1, 2}) {
+    o.shard_index = k;
+    ASSERT_NE(run(o, fake(nullptr)), kExitSetup);
+  }
+  const std::string out = (root_ / "out").string();
+  const char* merge[] = {"hemexp", "merge", out.c_str()};
+  int code = 0;
+  {
+    o.shard_index = 2;
+    o.resume = true;
+    CohortRunner running(o, {"hemexp", "run"});
+    ASSERT_EQ(running.prepare(), kExitOk);
+    const std::string said = said_by([&] { return main_entry(3, merge); }, &code);
+    EXPECT_EQ(code, kExitSetup);
+    EXPECT_NE(said.find(out + " is in use by shards that are still running (each OUTDIR/.hemexp-K-of-N.lock names one): "
+                        "merge once every shard has finished"),
+              std::string::npos)
+        << said;
+    EXPECT_FALSE(fs::exists(root_ / "out/results.csv"));
+  }
+  const std::string finished = slurp(root_ / "out/run-2-of-2.json");
+  nlohmann::json stopped = nlohmann::json::parse(finished);
+  stopped["finished"] = nullptr;  // as a shard killed with SIGKILL leaves it
+  write_text_atomically(root_ / "out/run-2-of-2.json", stopped.dump(2));
+  std::string said = said_by([&] { return main_entry(3, merge); }, &code);
+  EXPECT_EQ(code, kExitUsage);
+  EXPECT_NE(said.find("shard 2 was stopped before it finished (killed, or its node lost): rerun it with --resume"),
+            std::string::npos)
+      << said;
+  EXPECT_FALSE(fs::exists(root_ / "out/results.csv"));
+  write_text_atomically(root_ / "out/run-2-of-2.json", finished);
+  said = said_by([&] { return main_entry(3, merge); }, &code);
+  EXPECT_EQ(code, kExitOk) << said;
+  EXPECT_EQ(parse_csv(slurp(root_ / "out/results.csv")).rows.size(), 7u);
+  EXPECT_EQ(slurp(root_ / "out/.hemexp.lock").find("(hemexp merge)") != std::string::npos, true);
 }
 
 TEST_F(Cohort, SetupExitCodes) {

@@ -106,6 +106,7 @@ class CohortRunner {
   std::unique_ptr<FileLock> folder_lock_, lock_;
   std::string lock_note_;  // why OUTDIR could not be locked, warned in the log
   int lock_output_folder();
+  std::string file_of_another_split() const;
 };
 
 // run.json `left_out`: every path, by reason in the order first met (not under `inputs`, which
@@ -133,5 +134,9 @@ std::string progress_line(size_t done, size_t total, const std::map<std::string,
 
 std::string utc_now();
 std::string host_name();
+
+// The split a file of a sharded run belongs to, from its name: {K, N} for run-K-of-N.json,
+// results-K-of-N.csv, hemexp-K-of-N.log and .hemexp-K-of-N.lock; nullopt for any other name.
+std::optional<std::pair<int, int>> shard_of_file(const std::string& file_name);
 
 }  // namespace hemexp
