@@ -275,6 +275,10 @@ CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipel
   } catch (const std::exception& e) {
     result.status = "failed";
     result.error = one_line(e.what());
+    if (const auto* read = dynamic_cast<const ReadError*>(&e)) {  // what the reading had learnt
+      result.input = read->info();
+      if (!read->info().series_choice.empty()) log.info("{}: {}", c.id, read->info().series_choice);
+    }
     result.corrected_ct.clear();
     CaseFiles::remove_outputs(dir);  // never leave outputs of this or an earlier attempt
     log.error("{}: failed: {} ({})", c.id, result.error, c.path.string());

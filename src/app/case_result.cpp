@@ -25,17 +25,21 @@ Geometry geometry_from_json(const nlohmann::json& j) {
 
 nlohmann::json input_json(const InputInfo& info) {
   json j = {{"path", info.path}, {"format", info.format}, {"modality", info.modality}};
-  j.update(geometry_json(info.geometry));
+  // A read that failed before the volume was stacked (ReadError) knows the series, not its grid.
+  const bool stacked = info.geometry.voxel_count() > 0;
+  if (stacked) j.update(geometry_json(info.geometry));
   if (info.format == "dicom") {
     j["series_uid"] = info.series_uid;
     j["series_description"] = info.series_description;
     j["series_choice"] = info.series_choice;
-    j["source_slices"] = info.source_slices;
+    if (stacked) j["source_slices"] = info.source_slices;
     j["patient_id"] = info.patient_id;
     j["datetime"] = info.datetime;
   }
-  j["gantry_tilt_deg"] = std::round(info.gantry_tilt_deg * 100.0) / 100.0;
-  j["slice_spacing_mm"] = {{"min", info.min_slice_spacing_mm}, {"max", info.max_slice_spacing_mm}};
+  if (stacked) {
+    j["gantry_tilt_deg"] = std::round(info.gantry_tilt_deg * 100.0) / 100.0;
+    j["slice_spacing_mm"] = {{"min", info.min_slice_spacing_mm}, {"max", info.max_slice_spacing_mm}};
+  }
   j["corrections"] = info.corrections;
   j["warnings"] = info.warnings;
   return j;
@@ -46,18 +50,21 @@ InputInfo input_from_json(const nlohmann::json& j) {
   info.path = j.at("path").get<std::string>();
   info.format = j.at("format").get<std::string>();
   info.modality = j.at("modality").get<std::string>();
-  info.geometry = geometry_from_json(j);
+  const bool stacked = j.contains("size");
+  if (stacked) info.geometry = geometry_from_json(j);
   if (info.format == "dicom") {
     info.series_uid = j.at("series_uid").get<std::string>();
     info.series_description = j.at("series_description").get<std::string>();
     info.series_choice = j.at("series_choice").get<std::string>();
-    info.source_slices = j.at("source_slices").get<int64_t>();
+    if (stacked) info.source_slices = j.at("source_slices").get<int64_t>();
     info.patient_id = j.value("patient_id", "");  // absent from older result.json files
     info.datetime = j.value("datetime", "");
   }
-  info.gantry_tilt_deg = j.at("gantry_tilt_deg").get<double>();
-  info.min_slice_spacing_mm = j.at("slice_spacing_mm").at("min").get<double>();
-  info.max_slice_spacing_mm = j.at("slice_spacing_mm").at("max").get<double>();
+  if (stacked) {
+    info.gantry_tilt_deg = j.at("gantry_tilt_deg").get<double>();
+    info.min_slice_spacing_mm = j.at("slice_spacing_mm").at("min").get<double>();
+    info.max_slice_spacing_mm = j.at("slice_spacing_mm").at("max").get<double>();
+  }
   info.corrections = j.at("corrections").get<std::vector<std::string>>();
   info.warnings = j.at("warnings").get<std::vector<std::string>>();
   return info;
@@ -197,7 +204,8 @@ std::map<std::string, std::string> CaseResult::csv_row() const {
   if (input) {
     row["format"] = input->format;
     if (input->format == "dicom") row["series_uid"] = input->series_uid;
-    row["gantry_tilt_deg"] = format_number(std::round(input->gantry_tilt_deg * 100.0) / 100.0, 2);
+    if (input->geometry.voxel_count() > 0)
+      row["gantry_tilt_deg"] = format_number(std::round(input->gantry_tilt_deg * 100.0) / 100.0, 2);
     row["corrections"] = join(input->corrections, "; ");
     row["qc_flags"] = join(qc_flags, ";");
   }

@@ -60,16 +60,194 @@ bool read_up_to_pixel_data(gdcm::Reader& reader) {
   return reader.ReadUpToTag(pixel_data, {pixel_data});
 }
 
+// Where a DICOM file ends inside an element before its pixel data: a copy or download that was
+// cut short. GDCM (as Debian builds it) stops the whole process with a failed assertion on many
+// such files instead of reporting them, so they are found here first, by walking the elements'
+// lengths (sequences and items included) without interpreting any value. The walk gives up
+// (nothing said, GDCM decides) on what it does not know: a deflated data set, an element header
+// past the first 16 MiB, an encoding it cannot recognise.
+class HeaderWalk {
+ public:
+  explicit HeaderWalk(const fs::path& path) {
+    std::error_code ec;
+    size_ = fs::file_size(path, ec);
+    if (ec) return;
+    std::ifstream in(path, std::ios::binary);
+    bytes_.resize(size_t(std::min<uint64_t>(size_, 16u << 20)));
+    in.read(bytes_.data(), std::streamsize(bytes_.size()));
+    bytes_.resize(size_t(std::max<std::streamsize>(in.gcount(), 0)));
+    readable_ = true;
+  }
+
+  // The byte at which an element runs past the end of the file, if one does.
+  std::optional<uint64_t> cut_at() {
+    if (!readable_) return std::nullopt;
+    uint64_t at = 0;
+    bool explicit_vr = true, big = false;
+    if (bytes_.size() >= 132 && std::memcmp(bytes_.data() + 128, "DICM", 4) == 0) {
+      at = 132;
+      std::string syntax;
+      // The file meta information: group 0002, explicit VR little endian.
+      while (true) {
+        if (at == size_) return at;  // nothing after the meta header
+        if (at + 8 > size_) return at;
+        if (at + 8 > bytes_.size()) return std::nullopt;
+        if (u16(at, false) != 0x0002) break;
+        const uint16_t element = u16(at + 2, false);
+        const uint64_t start = at;
+        if (const Step s = element_at(at, true, false, false); s != Step::next) return verdict(s, start);
+        if (element == 0x0010) syntax = value_text(start, at);
+      }
+      if (syntax == "1.2.840.10008.1.2") explicit_vr = false;
+      else if (syntax == "1.2.840.10008.1.2.2") big = true;
+      else if (syntax == "1.2.840.10008.1.2.1.99") return std::nullopt;  // deflated: not walked
+    } else {
+      if (bytes_.size() < 8) return std::nullopt;
+      explicit_vr = is_vr(4);  // no meta header: the data set tells its own encoding
+    }
+    while (true) {
+      if (at == size_) return std::nullopt;
+      const uint64_t start = at;
+      const Step s = element_at(at, explicit_vr, big, true);
+      if (s == Step::pixel_data) return std::nullopt;
+      if (s != Step::next) return verdict(s, start);
+    }
+  }
+
+ private:
+  enum class Step { next, pixel_data, item_end, cut, unknown };
+  static constexpr uint32_t kUndefined = 0xFFFFFFFFu;
+
+  std::optional<uint64_t> verdict(Step s, uint64_t) const {
+    return s == Step::cut ? std::optional<uint64_t>(cut_) : std::nullopt;
+  }
+  uint32_t byte(uint64_t i) const { return uint32_t(static_cast<unsigned char>(bytes_[size_t(i)])); }
+  uint16_t u16(uint64_t at, bool big) const {
+    return uint16_t(big ? (byte(at) << 8 | byte(at + 1)) : (byte(at) | byte(at + 1) << 8));
+  }
+  uint32_t u32(uint64_t at, bool big) const {
+    return big ? (byte(at) << 24 | byte(at + 1) << 16 | byte(at + 2) << 8 | byte(at + 3))
+               : (byte(at) | byte(at + 1) << 8 | byte(at + 2) << 16 | byte(at + 3) << 24);
+  }
+  bool is_vr(uint64_t at) const {
+    return at + 2 <= bytes_.size() && std::isupper(int(byte(at))) && std::isupper(int(byte(at + 1)));
+  }
+  std::string value_text(uint64_t element_start, uint64_t next) const {
+    const uint64_t from = element_start + 8;  // meta elements are short-form UI
+    if (next > bytes_.size() || from > next) return "";
+    std::string v = bytes_.substr(size_t(from), size_t(next - from));
+    while (!v.empty() && (v.back() == '\0' || v.back() == ' ')) v.pop_back();
+    return v;
+  }
+  Step cut(uint64_t at) {
+    cut_ = at;
+    return Step::cut;
+  }
+
+  // One element (or item delimiter) at `at`, moving `at` past it.
+  Step element_at(uint64_t& at, bool explicit_vr, bool big, bool top, int depth = 0) {
+    if (depth > 32) return Step::unknown;
+    const uint64_t start = at;
+    if (at + 8 > size_) return cut(start);
+    if (at + 8 > bytes_.size()) return Step::unknown;
+    const uint16_t group = u16(at, big), element = u16(at + 2, big);
+    if (group == 0xFFFE) {
+      if (element == 0xE00D && u32(at + 4, big) == 0) {
+        at += 8;
+        return Step::item_end;
+      }
+      return Step::unknown;
+    }
+    uint64_t header = 8;
+    uint32_t length = 0;
+    bool sequence = false;
+    bool nested_explicit = explicit_vr;
+    if (explicit_vr) {
+      if (!is_vr(at + 4)) return Step::unknown;
+      const std::string vr = bytes_.substr(size_t(at + 4), 2);
+      static const char* kLong[] = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"};
+      if (std::any_of(std::begin(kLong), std::end(kLong), [&](const char* v) { return vr == v; })) {
+        header = 12;
+        if (at + 12 > size_) return cut(start);
+        if (at + 12 > bytes_.size()) return Step::unknown;
+        length = u32(at + 8, big);
+      } else {
+        length = u16(at + 6, big);
+      }
+      sequence = vr == "SQ" || vr == "UN";
+      if (vr == "UN") nested_explicit = false;  // an unknown sequence's items are implicit VR
+    } else {
+      length = u32(at + 4, big);
+      sequence = true;  // only a sequence has an undefined length here (pixel data aside)
+    }
+    if (top && group == 0x7FE0 && element == 0x0010) return Step::pixel_data;
+    if (length != kUndefined) {
+      if (at + header + length > size_) return cut(start);
+      at += header + length;
+      return Step::next;
+    }
+    if (!sequence) return Step::unknown;
+    at += header;
+    // Items until the sequence delimiter.
+    while (true) {
+      const uint64_t item = at;
+      if (at + 8 > size_) return cut(item);
+      if (at + 8 > bytes_.size()) return Step::unknown;
+      if (u16(at, big) != 0xFFFE) return Step::unknown;
+      const uint16_t tag = u16(at + 2, big);
+      const uint32_t item_length = u32(at + 4, big);
+      at += 8;
+      if (tag == 0xE0DD) return Step::next;  // sequence delimiter
+      if (tag != 0xE000) return Step::unknown;
+      if (item_length != kUndefined) {
+        if (at + item_length > size_) return cut(item);
+        at += item_length;
+        continue;
+      }
+      while (true) {  // the item's elements until its delimiter
+        const Step s = element_at(at, nested_explicit, big, false, depth + 1);
+        if (s == Step::item_end) break;
+        if (s != Step::next) return s;
+      }
+    }
+  }
+
+  std::string bytes_;
+  uint64_t size_ = 0;
+  uint64_t cut_ = 0;
+  bool readable_ = false;
+};
+
 }  // namespace
 
+bool has_dicom_extension(const fs::path& path) {
+  const std::string ext = lower(path.extension().string());
+  return ext == ".dcm" || ext == ".ima";
+}
+
+std::optional<std::string> header_cut_short(const fs::path& path) {
+  std::error_code ec;
+  const uint64_t size = fs::file_size(path, ec);
+  if (ec) return std::nullopt;
+  if (size == 0) return "an empty file";
+  const std::optional<uint64_t> at = HeaderWalk(path).cut_at();
+  if (!at) return std::nullopt;
+  return "the file ends inside its header (at byte " + std::to_string(*at) + " of " + std::to_string(size) +
+         ": a copy or download cut short?)";
+}
+
 bool looks_like_dicom(const fs::path& path) {
+  // A DICOMDIR (PS 3.10 names it so) is the index of a CD or export, not an image.
+  if (upper(path.filename().string()) == "DICOMDIR") return false;
   std::ifstream in(path, std::ios::binary);
   char buf[132] = {};
   in.read(buf, 132);
   if (in.gcount() == 132 && std::memcmp(buf + 128, "DICM", 4) == 0) return true;
   // Files without preamble or meta header: let GDCM try, but only on plausible candidates.
   const std::string ext = path.extension().string();
-  if (!(ext.empty() || ext == ".dcm" || ext == ".DCM" || ext == ".ima" || ext == ".IMA")) return false;
+  const bool uid_name = ext.size() > 1 && std::all_of(ext.begin() + 1, ext.end(), ::isdigit);
+  if (!(ext.empty() || uid_name || has_dicom_extension(path))) return false;
+  if (header_cut_short(path)) return false;
   gdcm::Reader reader;
   reader.SetFileName(path.c_str());
   return read_up_to_pixel_data(reader) && reader.GetFile().GetDataSet().FindDataElement(gdcm::Tag(0x0008, 0x0016));
@@ -181,6 +359,8 @@ const DicomHeader* earliest_stamp(const std::vector<DicomHeader>& series) {
 }
 
 DicomHeader read_dicom_header(const fs::path& path) {
+  if (const auto cut = header_cut_short(path)) throw IoError(path.filename().string() + ": " + *cut);
+  // (GDCM is not given such a file: it would end the process.)
   gdcm::Trace::WarningOff();  // problems are reported by hemexp, once, in plain words
   gdcm::Reader reader;
   reader.SetFileName(path.c_str());
@@ -332,11 +512,19 @@ std::vector<DicomHeader> read_folder_headers(const fs::path& folder, std::vector
   std::sort(files.begin(), files.end());
   std::vector<DicomHeader> out;
   for (const fs::path& f : files) {
-    if (!looks_like_dicom(f)) continue;
+    if (!looks_like_dicom(f)) {
+      // A file named as a DICOM file that is not one (empty, cut short) may be a lost slice.
+      if (unreadable && has_dicom_extension(f) && upper(f.filename().string()) != "DICOMDIR") {
+        const auto cut = header_cut_short(f);
+        unreadable->push_back(f.filename().string() + ": " + (cut ? *cut : "not a readable DICOM file"));
+      }
+      continue;
+    }
     try {
       out.push_back(read_dicom_header(f));
     } catch (const IoError& e) {
-      if (unreadable) unreadable->push_back(f.filename().string() + ": " + e.what());
+      const std::string what = e.what(), name = f.filename().string();
+      if (unreadable) unreadable->push_back(what.find(name) != std::string::npos ? what : name + ": " + what);
     }
   }
   return out;

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <map>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "hemexp/io/dicom.hpp"
@@ -13,9 +14,10 @@ namespace hemexp {
 namespace {
 
 bool is_bone_kernel(const std::string& kernel) {
-  // Vendor names for sharp bone reconstructions: BONE/BONEPLUS (GE), H60+/H70+/B70+ (Siemens),
-  // YC/D/E (Philips bone filters), FC30+ (Canon/Toshiba bone).
-  static const std::regex bone(R"((BONE|LUNG|SHARP|^[HB][6-9]\d|^J[6-9]\d|^YC$|^FC[3-8]\d))");
+  // Vendor names for sharp bone reconstructions: BONE/BONEPLUS (GE); Siemens sharpness 60 and
+  // up, in the older (H60s, B70f, J70h) and the newer naming (Hr64, Br64, Qr69, Ur77: a second
+  // letter before the number); YC (Philips bone filter); FC30+ (Canon/Toshiba bone).
+  static const std::regex bone(R"((BONE|LUNG|SHARP|^[HBJQU][A-Z]?[6-9]\d|^YC$|^FC[3-8]\d))");
   return std::regex_search(upper(kernel), bone);
 }
 
@@ -31,7 +33,8 @@ std::string describe(const Candidate& c) {
   std::ostringstream s;
   s << "series " << h.series_number;
   if (!h.series_description.empty()) s << " '" << h.series_description << "'";
-  s << " (" << (h.modality.empty() ? "?" : h.modality) << ", " << c.files.size() << " images)";
+  s << " (" << (h.modality.empty() ? "?" : h.modality) << ", " << c.files.size()
+    << (c.files.size() == 1 ? " image" : " images") << ")";
   return s.str();
 }
 
@@ -89,8 +92,11 @@ SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::s
     c.bone = is_bone_kernel(c.files.front().convolution_kernel);
     if (c.excluded.empty()) usable.push_back(&c);
   }
-  const bool soft_tissue_exists =
-      std::any_of(usable.begin(), usable.end(), [](const Candidate* c) { return !c->bone; });
+  // A lone image (a key image, a dose sheet saved as CT) is not a soft-tissue series that would
+  // make a whole bone-kernel head series unusable.
+  const bool soft_tissue_exists = std::any_of(usable.begin(), usable.end(), [](const Candidate* c) {
+    return !c->bone && (c->files.size() > 1 || c->files.front().frames > 1);
+  });
   if (soft_tissue_exists)
     for (Candidate* c : usable)
       if (c->bone) c->excluded = "bone kernel " + c->files.front().convolution_kernel;
@@ -106,6 +112,28 @@ SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::s
     std::string msg = s.str();
     msg.pop_back();
     throw IoError(msg);
+  }
+  // Series of more than one patient or study: which one is the case's scan (a baseline and its
+  // follow-up, two patients' exports in one folder) is not guessed.
+  std::map<std::pair<std::string, std::string>, std::vector<const Candidate*>> studies;
+  for (const Candidate* c : usable) studies[{c->files.front().patient_id, c->files.front().study_uid}].push_back(c);
+  if (studies.size() > 1) {
+    std::ostringstream s;
+    std::set<std::string> patients;
+    for (const auto& [key, list] : studies) patients.insert(key.first);
+    s << "the folder holds CT series of " << studies.size() << " studies";
+    if (patients.size() > 1) s << " of " << patients.size() << " patients";
+    s << " (";
+    bool first = true;
+    for (const auto& [key, list] : studies) {
+      const DicomHeader* stamped = earliest_stamp(list.front()->files);
+      s << (first ? "" : "; ") << "patient '" << key.first << "' "
+        << (stamped ? stamped->datetime : std::string("undated")) << ": " << describe(*list.front());
+      first = false;
+    }
+    s << "): give each study its own folder, or name the series with --series-uid (hemexp expansion "
+         "--pairs-from pairs a patient's studies by date)";
+    throw IoError(s.str());
   }
   // Most images wins; ties go to the lower series number, then the UID, for stability.
   std::stable_sort(usable.begin(), usable.end(), [](const Candidate* a, const Candidate* b) {
@@ -124,7 +152,11 @@ SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::s
     for (const std::string& uid : order) {
       if (uid == best.uid) continue;
       const Candidate& c = by_uid[uid];
-      why << " " << describe(c) << ": " << (c.excluded.empty() ? "fewer images" : c.excluded) << ";";
+      const std::string tie = c.files.front().series_number != best.files.front().series_number
+                                  ? "as many images, and a higher series number"
+                                  : "as many images and the same series number, and a later series UID";
+      why << " " << describe(c) << ": "
+          << (!c.excluded.empty() ? c.excluded : c.files.size() < best.files.size() ? "fewer images" : tie) << ";";
     }
   }
   choice.explanation = why.str();

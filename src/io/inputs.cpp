@@ -148,10 +148,18 @@ void walk_folder(const fs::path& root, std::vector<Found>& out, const LeaveOut& 
   out.insert(out.end(), found.begin(), found.end());
 }
 
+// A folder's path without a trailing separator: `-i cohort/` names its cases as `-i cohort` does
+// (the separator made the folder its own parent, and a single scan folder's case "case").
+fs::path folder_path(const fs::path& folder) {
+  fs::path p = folder.lexically_normal();
+  if (p.filename().empty() && p.has_relative_path()) p = p.parent_path();
+  return p;
+}
+
 void expand_one(const fs::path& input, std::vector<Found>& out, const LeaveOut& leave) {
   if (!fs::exists(input)) throw IoError("input " + input.string() + " does not exist");
   if (fs::is_directory(input)) {
-    walk_folder(fs::path(input).lexically_normal(), out, leave);
+    walk_folder(folder_path(input), out, leave);
   } else if (is_list_file(input)) {
     CsvTable table;
     try {
@@ -197,7 +205,7 @@ void expand_one(const fs::path& input, std::vector<Found>& out, const LeaveOut& 
       if (!fs::exists(p)) f.problem = "list " + input.filename().string() + " names " + entry + ", which does not exist";
       else if (is_list_file(p)) f.problem = "is a list file; lists inside lists are not followed";
       if (f.problem.empty() && fs::is_directory(p) && f.given_id.empty() && f.extra.empty()) {
-        walk_folder(p.lexically_normal(), out, leave);
+        walk_folder(folder_path(p), out, leave);
       } else {
         // A file, a missing path, a list (not followed inside a list), or a folder given with
         // its own id and columns: one case.
@@ -274,8 +282,7 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
 }
 
 std::string scan_folder_name(const fs::path& input) {
-  fs::path p = input.lexically_normal();
-  if (p.filename().empty()) p = p.parent_path();  // "P001/"
+  const fs::path p = folder_path(input);  // "P001/"
   std::error_code ec;
   return (fs::is_directory(p, ec) ? p : p.parent_path()).filename().string();
 }

@@ -91,6 +91,9 @@ void check_hounsfield(const Volume& v) {
                   fixed(p1, 0) + ", 99th " + fixed(p99, 0) + "; expected air near -1000 and bone below 3000)");
 }
 
+void read_chosen_series(const SeriesChoice& choice, const std::vector<std::string>& unreadable,
+                        const ReadOptions& options, LoadedVolume& out);
+
 LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
   const bool single_file = fs::is_regular_file(path);
   const fs::path folder = single_file ? path.parent_path() : path;
@@ -116,13 +119,6 @@ LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
     throw IoError(problem.empty() ? "a single 2D image; a volume needs the whole series" : problem);
   }
   SeriesChoice choice = choose_series(headers, single_file && options.series_uid.empty() ? "" : wanted);
-  uint64_t voxels = 0;  // from the headers, before any pixel is decoded
-  for (const DicomHeader& h : choice.files) voxels += uint64_t(h.rows) * uint64_t(h.columns) * uint64_t(h.frames);
-  if (voxels > options.max_voxels)
-    throw IoError("series of " + std::to_string(choice.files.size()) + " images of " + std::to_string(choice.files.front().rows) +
-                  " x " + std::to_string(choice.files.front().columns) + " pixels is more than the limit of " +
-                  std::to_string(options.max_voxels) + " voxels (--max-voxels)");
-
   LoadedVolume out;
   InputInfo& info = out.info;
   info.path = path.string();
@@ -134,6 +130,32 @@ LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
   info.patient_id = first.patient_id;
   if (const DicomHeader* stamped = earliest_stamp(choice.files)) info.datetime = stamped->datetime;
   info.series_choice = choice.explanation;
+  try {
+    read_chosen_series(choice, unreadable, options, out);
+  } catch (const IoError& e) {
+    throw ReadError(e.what(), info);  // the case's result keeps which series, and why
+  }
+  return out;
+}
+
+// The chosen series' pixels, stacked into one volume (read_dicom).
+void read_chosen_series(const SeriesChoice& choice, const std::vector<std::string>& unreadable,
+                        const ReadOptions& options, LoadedVolume& out) {
+  // A file of the folder that could not be read may be one of the series' slices (an end slice
+  // leaves no gap to find): the case is not measured on what may be part of a head.
+  if (!unreadable.empty())
+    throw IoError(std::to_string(unreadable.size()) + (unreadable.size() == 1 ? " file" : " files") +
+                  " of the folder cannot be read and may be slices of the series (" + unreadable.front() +
+                  (unreadable.size() > 1 ? "; ..." : "") + "): replace or remove " +
+                  (unreadable.size() == 1 ? "it" : "them"));
+  uint64_t voxels = 0;  // from the headers, before any pixel is decoded
+  for (const DicomHeader& h : choice.files) voxels += uint64_t(h.rows) * uint64_t(h.columns) * uint64_t(h.frames);
+  if (voxels > options.max_voxels)
+    throw IoError("series of " + std::to_string(choice.files.size()) + " images of " + std::to_string(choice.files.front().rows) +
+                  " x " + std::to_string(choice.files.front().columns) + " pixels is more than the limit of " +
+                  std::to_string(options.max_voxels) + " voxels (--max-voxels)");
+  InputInfo& info = out.info;
+  const DicomHeader& first = choice.files.front();
 
   std::vector<Slice> slices;
   PixelStats stats;
@@ -167,7 +189,6 @@ LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
     info.warnings.push_back("GantryDetectorTilt tag says " + fixed(*first.gantry_tilt_tag_deg, 1) +
                             " deg but slice positions give " + fixed(report.gantry_tilt_deg, 1) +
                             " deg; the positions were used");
-  return out;
 }
 
 }  // namespace
@@ -196,10 +217,15 @@ LoadedVolume read_volume(const fs::path& path, const ReadOptions& options) {
   }
   // One pass counts the voxels that are not finite and those below the CT range (no temporary
   // of the volume's size, where a sum, a comparison and a count were three passes and a bool copy).
-  const VoxelCounts counts = count_voxels(out.volume.voxels, float(options.min_hu));
-  if (counts.not_finite > 0) throw IoError(std::to_string(counts.not_finite) + " voxels are NaN or infinite");
-  check_hounsfield(out.volume);
-  clamp_below_range(out.volume, options, out.info, counts.below);
+  try {
+    const VoxelCounts counts = count_voxels(out.volume.voxels, float(options.min_hu));
+    if (counts.not_finite > 0) throw IoError(std::to_string(counts.not_finite) + " voxels are NaN or infinite");
+    check_hounsfield(out.volume);
+    clamp_below_range(out.volume, options, out.info, counts.below);
+  } catch (const IoError& e) {
+    out.info.geometry = out.volume.geometry;
+    throw ReadError(e.what(), out.info);
+  }
   out.info.geometry = out.volume.geometry;
   return out;
 }

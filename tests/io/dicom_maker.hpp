@@ -19,6 +19,7 @@ struct ScanTags {
   std::string study_uid, series_uid;  // each file gets series_uid + "." + its index
   std::string study_date, study_time;  // (0008,0020), (0008,0030)
   std::string acquisition_date, acquisition_time;  // (0008,0022), (0008,0032); empty: removed
+  std::map<std::pair<uint16_t, uint16_t>, std::string> more;  // any other tag, e.g. the kernel (0018,1210)
 };
 
 // Copies every file of `source` into `target` with the tags of `t`.
@@ -38,7 +39,9 @@ inline void write_dicom_scan(const std::filesystem::path& source, const std::fil
         {{0x0008, 0x0020}, t.study_date},       {{0x0008, 0x0030}, t.study_time},
         {{0x0008, 0x0021}, t.study_date},       {{0x0008, 0x0031}, t.study_time},
         {{0x0008, 0x0022}, t.acquisition_date}, {{0x0008, 0x0032}, t.acquisition_time}};
-    for (const auto& [tag, value] : values) {
+    std::map<std::pair<uint16_t, uint16_t>, std::string> all = values;
+    for (const auto& [tag, value] : t.more) all[tag] = value;
+    for (const auto& [tag, value] : all) {
       if (value.empty()) a.Remove(gdcm::Tag(tag.first, tag.second));
       else a.Replace(gdcm::Tag(tag.first, tag.second), value.c_str());
     }

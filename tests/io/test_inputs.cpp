@@ -7,6 +7,7 @@
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
 #include "hemexp/io/image_file.hpp"
+#include "hemexp/io/dicom.hpp"
 #include "hemexp/io/inputs.hpp"
 #include "test_support.hpp"
 
@@ -15,6 +16,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using test::ScratchDir;
+using test::data;
 
 TEST(Inputs, CaseIdsAreFilesystemSafe) {
   EXPECT_EQ(case_id_from_path("scan 01.nii.gz"), "scan-01");
@@ -126,6 +128,30 @@ TEST(Inputs, ScanFolderNameIsADicomFoldersOwnNameAndAFilesFolder) {
   EXPECT_EQ(scan_folder_name(dir / "cohort/P001/ct.nii.gz"), "P001");
   EXPECT_EQ(scan_folder_name(dir / "cohort/P002.nii.gz"), "cohort");
   EXPECT_EQ(scan_folder_name("gone/P003/ct.nii.gz"), "P003");  // a file that is no longer there
+}
+
+// A folder named with a trailing separator (as a shell's completion writes it) gives the ids the
+// same folder gives without it; an export's DICOMDIR index is not a scan of its folder.
+TEST(Inputs, AFoldersCasesDoNotDependOnATrailingSeparatorAndADicomdirIsNoScan) {
+  ScratchDir dir;
+  for (const char* d : {"cohort/siteB/P001", "cd/DICOM/S1"}) fs::create_directories(dir / d);
+  for (const auto& e : fs::directory_iterator(data("ge-head-ct-tilt-mixed-thickness")))
+    fs::copy_file(e.path(), dir / "cohort/siteB/P001" / e.path().filename()),
+        fs::copy_file(e.path(), dir / "cd/DICOM/S1" / e.path().filename());
+  fs::copy_file(data("dicom-codecs-mr/1.dcm"), dir / "cd/DICOMDIR");  // any DICOM file named so
+  const auto ids = [&](const std::string& input) {
+    std::vector<std::string> out;
+    for (const CaseInput& c : expand_inputs({fs::path(input)})) out.push_back(c.id);
+    return out;
+  };
+  const std::string site = (dir / "cohort/siteB").string(), patient = (dir / "cohort/siteB/P001").string();
+  EXPECT_EQ(ids(site), std::vector<std::string>{"siteB_P001"});
+  EXPECT_EQ(ids(site + "/"), std::vector<std::string>{"siteB_P001"});
+  EXPECT_EQ(ids(site + "//"), std::vector<std::string>{"siteB_P001"});
+  EXPECT_EQ(ids(patient), std::vector<std::string>{"P001"});
+  EXPECT_EQ(ids(patient + "/"), std::vector<std::string>{"P001"});
+  EXPECT_EQ(ids((dir / "cd").string()), std::vector<std::string>{"cd_DICOM_S1"});
+  EXPECT_FALSE(looks_like_dicom(dir / "cd/DICOMDIR"));
 }
 
 TEST(Inputs, FolderSearchLeavesOutMasksAndHemexpOutputs) {

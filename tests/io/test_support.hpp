@@ -14,11 +14,12 @@ inline std::filesystem::path data(const std::string& relative) {
 // A fresh folder per test, removed afterwards.
 class ScratchDir {
  public:
-  ScratchDir() {
+  // `name` tells apart the folders of one test.
+  explicit ScratchDir(const std::string& name = "") {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     path_ = std::filesystem::temp_directory_path() /
             ("hemexp-test-" + std::string(info->test_suite_name()) + "-" + info->name() + "-" +
-             std::to_string(::getpid()));
+             std::to_string(::getpid()) + (name.empty() ? "" : "-" + name));
     for (char& c : const_cast<std::string&>(path_.native()))
       if (c == '*') c = '_';
     std::filesystem::remove_all(path_);

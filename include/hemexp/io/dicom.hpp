@@ -44,8 +44,18 @@ std::string dicom_datetime(const std::string& date, const std::string& time);
 // seconds apart), or nullptr when no file has one.
 const DicomHeader* earliest_stamp(const std::vector<DicomHeader>& series);
 
-// Cheap test used when walking folders: DICM preamble, or a header GDCM can parse.
+// Cheap test used when walking folders: DICM preamble, or a header GDCM can parse (tried on
+// names a DICOM file without preamble has: no extension, .dcm, .ima, or a UID's last digits).
+// A file named DICOMDIR (an export's index) is not an image.
 bool looks_like_dicom(const std::filesystem::path& path);
+
+// Whether the file is named as a DICOM file is (.dcm or .ima, any case).
+bool has_dicom_extension(const std::filesystem::path& path);
+
+// Why a file cannot be a whole DICOM header: empty, or it ends inside an element before its
+// pixel data (a copy cut short; GDCM aborts the process on many such files). nullopt when the
+// walk finds nothing wrong or cannot tell.
+std::optional<std::string> header_cut_short(const std::filesystem::path& path);
 
 // Reads the header (throws IoError if the file is not readable DICOM).
 DicomHeader read_dicom_header(const std::filesystem::path& path);

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "hemexp/core/geometry.hpp"
+#include "hemexp/io/error.hpp"
 
 namespace hemexp {
 
@@ -26,6 +27,17 @@ struct InputInfo {
   // DICOM: true when tilt or spacing correction put the voxels on a grid of their own,
   // rather than the grid the slices were acquired on.
   bool grid_resampled = false;
+};
+
+// A read that failed after it had learnt something about the scan (which series was chosen and
+// why, its patient and date): the case's result keeps that.
+class ReadError : public IoError {
+ public:
+  ReadError(const std::string& what, InputInfo info) : IoError(what), info_(std::move(info)) {}
+  const InputInfo& info() const { return info_; }
+
+ private:
+  InputInfo info_;
 };
 
 struct ReadOptions {
