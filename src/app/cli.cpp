@@ -104,7 +104,9 @@ void add_run_options(CLI::App* run, RunOptions& o) {
   run->add_flag("--read-ahead", o.read_ahead,
                 "Read the next scan on a second thread while one is analysed (for slow or network storage; off by "
                 "default: no gain measured on a local disk)");
-  run->add_flag("!--no-progress", o.progress, "No per-case progress lines on the console");
+  // Named as --qc is, so that run.json's `config` says progress = false and replays it (a flag
+  // with only the negated name was written as no-progress = false, and read back the other way).
+  run->add_flag("--progress,!--no-progress", o.progress, "Per-case progress lines on the console (default: on)");
 }
 
 std::unique_ptr<CLI::App> make_app(CommandLine& line) {
@@ -137,6 +139,15 @@ std::unique_ptr<CLI::App> make_app(CommandLine& line) {
   return app;
 }
 
+void record_given_options(const CLI::App& app, CommandLine& line) {
+  for (const char* name : {"run", "expansion"}) {
+    const CLI::App* sub = app.get_subcommand(name);
+    // Only what was given: CLI11 writes options left at their defaults in ways that do not read
+    // back (an empty model path fails its file check; flags it never saw as false).
+    if (sub->parsed()) (line.command == "run" ? line.run : line.expansion.run).effective_config = sub->config_to_str(false, false);
+  }
+}
+
 int main_entry(int argc, const char* const* argv) {
   keep_freed_memory();  // before the first large tensor (core/runtime.hpp)
   // Every command reports the same way: diagnostics on stderr as "error: ...", "warning: ...";
@@ -155,11 +166,7 @@ int main_entry(int argc, const char* const* argv) {
   // Not for synth, whose workers hand their memory back after each case (core/runtime.hpp).
   if (line.command != "synth") use_huge_page_heap();
   const std::vector<std::string> args(argv, argv + argc);
-  // The options a run really used (config file, command line and defaults), for run.json.
-  for (const char* name : {"run", "expansion"}) {
-    CLI::App* sub = app->get_subcommand(name);
-    if (sub->parsed()) (line.command == "run" ? line.run : line.expansion.run).effective_config = sub->config_to_str(true, false);
-  }
+  record_given_options(*app, line);
   if (line.command == "run") return run_cases(line.run, args);
   if (line.command == "merge") return run_merge(line.merge);
   if (line.command == "check") return run_check(line.check);

@@ -88,6 +88,46 @@ TEST(Cli, RunOptionsFromAConfigFileAndTheCommandLineOverIt) {
   EXPECT_NE(parse({"run", "-i", kData, "-o", "x", "--config", config}).error, "");
 }
 
+// run.json's `config` repeats the run: read back with --config, it gives the same options, flags
+// that were turned off included (CLI11's own dump of every option did not read back).
+TEST(Cli, TheRecordedConfigRepeatsTheRun) {
+  const std::string model = kData + "/parity/umambabot.safetensors";
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"run", "-i", kData, "-o", "out", "--no-progress", "--no-qc", "--resume", "--shard", "3/8", "--max-voxels", "1000",
+            "--seg-model", model, "--cls-model", "none", "--series-uid", "1.2.3", "--log-level", "debug", "--threads", "2"},
+           {"run", "-i", kData, "-o", "out", "--overwrite", "--save-probabilities", "--read-ahead", "--precision", "bf16"},
+           {"run", "-i", kData, "-o", "out"}}) {
+    CommandLine line;
+    auto app = make_app(line);
+    std::vector<const char*> argv{"hemexp"};
+    for (const std::string& a : args) argv.push_back(a.c_str());
+    ASSERT_NO_THROW(app->parse(int(argv.size()), argv.data()));
+    record_given_options(*app, line);
+    const std::string file = ::testing::TempDir() + "/hemexp-replay.toml";
+    std::ofstream(file, std::ios::trunc) << line.run.effective_config;
+    const Parsed again = parse({"run", "--config", file});
+    ASSERT_EQ(again.error, "") << line.run.effective_config;
+    const RunOptions &a = line.run, &b = again.line.run;
+    EXPECT_EQ(a.inputs, b.inputs);
+    EXPECT_EQ(a.output_dir, b.output_dir);
+    EXPECT_EQ(a.threads, b.threads);
+    EXPECT_EQ(a.precision, b.precision);
+    EXPECT_EQ(a.resume, b.resume);
+    EXPECT_EQ(a.overwrite, b.overwrite);
+    EXPECT_EQ(a.shard_index, b.shard_index);
+    EXPECT_EQ(a.shard_count, b.shard_count);
+    EXPECT_EQ(a.seg_model, b.seg_model);
+    EXPECT_EQ(a.cls_model, b.cls_model);
+    EXPECT_EQ(a.qc, b.qc);
+    EXPECT_EQ(a.save_probabilities, b.save_probabilities);
+    EXPECT_EQ(a.series_uid, b.series_uid);
+    EXPECT_EQ(a.max_voxels, b.max_voxels);
+    EXPECT_EQ(a.log_level, b.log_level);
+    EXPECT_EQ(a.read_ahead, b.read_ahead);
+    EXPECT_EQ(a.progress, b.progress) << line.run.effective_config;
+  }
+}
+
 TEST(Cli, BadArgumentsAreRejectedWithAReason) {
   const std::vector<std::pair<std::vector<std::string>, std::string>> bad = {
       {{}, "A subcommand is required"},

@@ -40,6 +40,10 @@ void add_run_options(CLI::App* command, RunOptions& options);
 // The whole command line interface; the returned app writes into `line` when parsed.
 std::unique_ptr<CLI::App> make_app(CommandLine& line);
 
+// The options given to `run` or `expansion` (on the command line and in a --config file), as a
+// config file that repeats the run (`--config`), into RunOptions::effective_config for run.json.
+void record_given_options(const CLI::App& app, CommandLine& line);
+
 // Parses argv and runs the chosen command; returns the process exit code.
 int main_entry(int argc, const char* const* argv);
 

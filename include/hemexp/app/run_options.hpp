@@ -36,7 +36,7 @@ struct RunOptions {
   std::string log_level = "info";
   bool progress = true;
   bool read_ahead = false;  // read the next case on a second thread while one is analysed (--read-ahead)
-  std::string effective_config;  // every option's value as a TOML config (run.json `config`)
+  std::string effective_config;  // the options given, as a TOML config that repeats the run (run.json `config`)
 };
 
 }  // namespace hemexp
