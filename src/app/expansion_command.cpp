@@ -14,6 +14,7 @@
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/expansion.hpp"
 #include "hemexp/core/metrics.hpp"
+#include "hemexp/core/model_file.hpp"
 #include "hemexp/core/orientation.hpp"
 #include "hemexp/core/qc.hpp"
 #include "hemexp/core/statistics.hpp"
@@ -80,6 +81,16 @@ std::optional<double> epoch_seconds(const std::string& stamp) {
   return double(timegm(&tm)) + fraction;
 }
 
+// One scan however it is named: relative or absolute, with a trailing separator or not, through
+// a symbolic link or not.
+std::string scan_key(const fs::path& p) {
+  std::error_code ec;
+  fs::path k = fs::weakly_canonical(fs::absolute(p), ec);
+  if (ec) k = fs::absolute(p).lexically_normal();
+  if (k.filename().empty() && k.has_relative_path()) k = k.parent_path();
+  return k.string();
+}
+
 json optional_number(const std::optional<double>& v) { return v ? json_number(*v) : json(nullptr); }
 std::string optional_text(const std::optional<double>& v, int decimals) {
   return v && std::isfinite(*v) ? format_number(*v, decimals) : std::string();
@@ -121,11 +132,15 @@ std::vector<ScanPair> read_pairs(const fs::path& csv) {
           if (!p.hours_between) throw CoreError(where + ": hours_between '" + value + "' is not a number");
         }
       } else {
-        p.extra.emplace_back(column, value);
+        // A column of the researcher's named like one hemexp measures (he_label: a reader's
+        // label) is kept beside it, never in its place: list_<name>, as `run` does.
+        const auto& measured = PairResult::csv_columns();
+        const bool clash = std::find(measured.begin(), measured.end(), column) != measured.end();
+        p.extra.emplace_back(clash ? "list_" + column : column, value);
       }
     }
     if (p.pair_id.empty()) throw CoreError(where + ": no pair_id");
-    if (p.baseline == p.followup) throw CoreError(where + ": baseline and followup are the same scan");
+    if (scan_key(p.baseline) == scan_key(p.followup)) throw CoreError(where + ": baseline and followup are the same scan");
     // The pair's folder is named after its id: ids must differ as folder names too.
     if (!ids.insert(case_id_from_path(p.pair_id)).second)
       throw CoreError(where + ": pair_id '" + p.pair_id + "' repeats an earlier one");
@@ -138,6 +153,7 @@ StudyPairing pair_study_scans(const std::vector<StudyScan>& scans) {
   StudyPairing out;
   std::map<std::string, std::vector<const StudyScan*>> by_patient;
   std::vector<std::string> patients;  // in order of first appearance
+  std::map<std::string, std::string> id_owner;  // a pair id's patient part -> the patient id it came from
   for (const StudyScan& s : scans) {
     if (s.patient_id.empty() || (!s.problem.empty() && s.datetime.empty() && s.series_uid.empty())) {
       out.problems.push_back(s.input.path.string() + ": " + (s.problem.empty() ? "no PatientID" : s.problem));
@@ -174,23 +190,33 @@ StudyPairing pair_study_scans(const std::vector<StudyScan>& scans) {
     }
     for (const auto& [key, s] : by_study) kept.push_back(s);
     std::sort(kept.begin(), kept.end(), [](const StudyScan* a, const StudyScan* b) {
-      return a->datetime != b->datetime ? a->datetime < b->datetime : a->input.path < b->input.path;
+      const std::optional<double> h = hours_between(a->datetime, b->datetime);
+      return h && *h != 0.0 ? *h > 0.0 : a->input.path < b->input.path;
     });
     if (kept.size() < 2) {
       out.problems.push_back("patient " + patient + ": one scan only (" + kept.front()->input.path.string() +
                              "), no follow-up to pair with");
       continue;
     }
-    bool tie = false;
-    for (size_t k = 1; k < kept.size(); ++k) tie = tie || kept[k]->datetime == kept[k - 1]->datetime;
+    bool tie = false;  // by time, not text: 12:00:00 and 12:00:00.000 are one moment
+    for (size_t k = 1; k < kept.size(); ++k) {
+      const std::optional<double> h = hours_between(kept[k - 1]->datetime, kept[k]->datetime);
+      tie = tie || !h || *h == 0.0;
+    }
     if (tie) {
       out.problems.push_back("patient " + patient + ": two studies at the same date and time; which is the baseline "
                              "is not guessed, none paired");
       continue;
     }
+    // Patient ids that the file-name-safe form makes alike ("A B", "A-B", "Müller", "Möller")
+    // keep apart by a digest of the id as written.
+    std::string name = case_id_from_path(patient);
+    if (const auto [it, fresh] = id_owner.try_emplace(name, patient); !fresh && it->second != patient)
+      name += "-" + sha256_hex(patient).substr(0, 8);
     for (size_t k = 1; k < kept.size(); ++k) {
       ScanPair p;
-      p.pair_id = case_id_from_path(patient + "_fu" + std::to_string(k));
+      p.pair_id = case_id_from_path(name + "_fu" + std::to_string(k));
+      p.hours_source = "dicom";
       p.baseline = kept.front()->input.path;
       p.followup = kept[k]->input.path;
       p.hours_between = hours_between(kept.front()->datetime, kept[k]->datetime);
@@ -302,12 +328,13 @@ PairResult measure_pair(const ScanPair& pair, const std::string& baseline_id, co
   r.extra = pair.extra;
   if (pair.hours_between) {
     r.hours_between = pair.hours_between;
-    r.hours_source = "pairs.csv";
+    r.hours_source = pair.hours_source;
   } else if (baseline && followup && baseline->input && followup->input) {
     r.hours_between = hours_between(baseline->input->datetime, followup->input->datetime);
     if (r.hours_between) r.hours_source = "dicom";
   }
   if (r.hours_between && *r.hours_between < 0) r.qc_flags.push_back("followup_before_baseline");
+  if (r.hours_between && *r.hours_between == 0) r.qc_flags.push_back("followup_at_baseline_time");
 
   std::vector<std::string> problems;
   for (const auto& [role, res] : {std::pair<const char*, const std::optional<CaseResult>*>{"baseline", &baseline},
@@ -325,6 +352,12 @@ PairResult measure_pair(const ScanPair& pair, const std::string& baseline_id, co
   }
   if (!problems.empty()) {
     r.error = join(problems, "; ");
+    // What one scan's analysis did measure stays in the row.
+    if (baseline && baseline->status == "ok" && baseline->hematoma) {
+      r.baseline_ml = baseline->hematoma->volume_ml;
+      if (baseline->he) r.he_probability = baseline->he->probability, r.he_risk = baseline->he->risk;
+    }
+    if (followup && followup->status == "ok" && followup->hematoma) r.followup_ml = followup->hematoma->volume_ml;
     return r;
   }
   const CaseResult& b = *baseline;
@@ -353,8 +386,10 @@ PairResult measure_pair(const ScanPair& pair, const std::string& baseline_id, co
     if (std::sqrt(shift2) > limits.head_shift_mm) r.qc_flags.push_back("head_position_changed");
   }
   if (b.input && f.input) {
-    const Geometry& gb = b.input->geometry;
-    const Geometry& gf = f.input->geometry;
+    // In the patient's axes (left-right, front-back, head-foot), whatever order each file
+    // stores its axes in.
+    const Geometry gb = to_canonical(b.input->geometry, canonical_axis_map(b.input->geometry));
+    const Geometry gf = to_canonical(f.input->geometry, canonical_axis_map(f.input->geometry));
     const auto ratio = [](double x, double y) { return std::max(x, y) / std::max(1e-9, std::min(x, y)); };
     bool fov = false;
     for (size_t a = 0; a < 2; ++a)
@@ -368,16 +403,15 @@ PairResult measure_pair(const ScanPair& pair, const std::string& baseline_id, co
   return r;
 }
 
-std::string labels_csv_text(const std::vector<PairResult>& pairs) {
-  std::vector<std::string> columns{"case_id", "pair_id", "followup_hours", "growth_ml"};
-  for (const ExpansionDefinition& d : expansion_definitions()) columns.push_back(d.column);
+std::vector<const PairResult*> label_pairs(const std::vector<PairResult>& pairs) {
   std::map<std::string, const PairResult*> chosen;
   std::vector<std::string> order;
   const auto distance = [](const PairResult* p) {
     return p->hours_between ? std::abs(*p->hours_between - 24.0) : std::numeric_limits<double>::infinity();
   };
   for (const PairResult& p : pairs) {
-    if (p.status != "ok") continue;
+    // A follow-up before (or at) its baseline measures no growth in time: not a label.
+    if (p.status != "ok" || (p.hours_between && *p.hours_between <= 0)) continue;
     auto it = chosen.find(p.baseline_case_id);
     if (it == chosen.end()) {
       chosen[p.baseline_case_id] = &p;
@@ -386,10 +420,18 @@ std::string labels_csv_text(const std::vector<PairResult>& pairs) {
       it->second = &p;
     }
   }
+  std::vector<const PairResult*> out;
+  for (const std::string& id : order) out.push_back(chosen[id]);
+  return out;
+}
+
+std::string labels_csv_text(const std::vector<PairResult>& pairs) {
+  std::vector<std::string> columns{"case_id", "pair_id", "followup_hours", "growth_ml"};
+  for (const ExpansionDefinition& d : expansion_definitions()) columns.push_back(d.column);
   std::string text = csv_line(columns);
-  for (const std::string& id : order) {
-    const PairResult& p = *chosen[id];
-    std::map<std::string, std::string> row{{"case_id", id},
+  for (const PairResult* chosen : label_pairs(pairs)) {
+    const PairResult& p = *chosen;
+    std::map<std::string, std::string> row{{"case_id", p.baseline_case_id},
                                            {"pair_id", p.pair_id},
                                            {"followup_hours", optional_text(p.hours_between, 2)},
                                            {"growth_ml", optional_text(p.growth_ml, 3)}};
@@ -410,7 +452,6 @@ struct PairScans {
   std::map<std::string, std::string> id_of;  // normalized absolute path -> case id
 };
 
-std::string scan_key(const fs::path& p) { return fs::absolute(p).lexically_normal().string(); }
 
 PairScans pair_scans(const std::vector<ScanPair>& pairs) {
   std::vector<fs::path> paths;
@@ -490,11 +531,14 @@ json expansion_summary(const std::vector<PairResult>& results, bool classifier, 
       if (it == r.labels.end()) continue;
       ++n;
       positives += it->second ? 1 : 0;
-      if (r.he_probability) {
-        p.push_back(*r.he_probability);
+    }
+    // The classifier is judged once per baseline, on its labels.csv pair: a patient with 6 h
+    // and 24 h follow-ups does not count twice, nor a follow-up before its baseline.
+    for (const PairResult* r : label_pairs(results))
+      if (const auto it = r->labels.find(d.column); it != r->labels.end() && r->he_probability) {
+        p.push_back(*r->he_probability);
         y.push_back(it->second ? 1 : 0);
       }
-    }
     json j = {{"column", d.column}, {"rule", d.rule}, {"pairs", n}, {"expansions", positives},
               {"rate", n > 0 ? json(double(positives) / n) : json(nullptr)}};
     // The classifier's predictions for the baselines against the measured expansion.
@@ -551,8 +595,8 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
     spdlog::error("{}", e.what());
     return kExitUsage;
   }
-  for (const std::string& problem : pairing.problems) spdlog::warn("not paired: {}", problem);
   if (pairs.empty()) {
+    for (const std::string& problem : pairing.problems) spdlog::warn("not paired: {}", problem);
     spdlog::error("no pairs to measure in {}{}", o.pairs_from.empty() ? o.pairs_csv : o.pairs_from,
                   left_out.empty() ? "" : fmt::format(" ({} files or folders left out: masks, label maps, hemexp outputs)",
                                                       left_out.size()));
@@ -567,6 +611,11 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
   if (const int code = cohort.prepare(); code != kExitOk) return code;
   spdlog::logger& log = cohort.open_log();
   log_run_setup(log, o.run, setup, cohort);
+  if (o.run.overwrite) {  // an interrupted run must not leave the replaced run's pair tables
+    std::error_code ec;
+    for (const char* table : {"expansion.csv", "labels.csv", "expansion_summary.json"}) fs::remove(out / table, ec);
+    fs::remove_all(out / "pairs", ec);
+  }
   log.info("{} pairs over {} scans", pairs.size(), scans.cases.size());
   if (!o.pairs_from.empty()) {
     write_text_atomically(out / "pairs.csv", pairs_csv_text(pairs));
@@ -589,7 +638,6 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
   std::map<std::string, std::optional<CaseResult>> results;
   for (const CaseInput& c : scans.cases) results[c.id] = scan_result(out, c);
   std::error_code ec;
-  if (o.run.overwrite) fs::remove_all(out / "pairs", ec);
   std::vector<PairResult> measured;
   for (const ScanPair& p : pairs) {
     const std::string bid = scans.id_of.at(scan_key(p.baseline)), fid = scans.id_of.at(scan_key(p.followup));

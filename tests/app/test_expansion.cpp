@@ -13,6 +13,8 @@
 #include "hemexp/app/cli.hpp"
 #include "hemexp/app/expansion_command.hpp"
 #include "hemexp/core/error.hpp"
+#include "hemexp/core/expansion.hpp"
+#include "hemexp/core/model_file.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/io/image_file.hpp"
 
@@ -85,6 +87,34 @@ StudyScan scan(const std::string& path, const std::string& patient, const std::s
   return s;
 }
 
+// A pairs file's own columns named like measured ones (a reader's he_label) are kept beside them
+// as list_<name>, never in a measured column; the same scan named two ways is one scan.
+TEST_F(Expansion, PairsFileColumnsNeverTakeAMeasuredColumnsPlace) {
+  fs::create_directories(root_ / "data/s1");
+  std::ofstream(root_ / "data/b.nii.gz") << "x";
+  std::ofstream(root_ / "data/f.nii.gz") << "x";
+  std::ofstream(root_ / "data/pairs.csv") << "pair_id,baseline,followup,he_label,growth_ml,note\nX1,b.nii.gz,f.nii.gz,1,9,reader\n";
+  const std::vector<ScanPair> pairs = read_pairs(root_ / "data/pairs.csv");
+  ASSERT_EQ(pairs.size(), 1u);
+  EXPECT_EQ(pairs[0].extra, (std::vector<std::pair<std::string, std::string>>{
+                                {"list_he_label", "1"}, {"list_growth_ml", "9"}, {"note", "reader"}}));
+  CaseResult failed;
+  failed.status = "failed";
+  failed.error = "gone";
+  const auto row = measure_pair(pairs[0], "b", failed, "f", failed).csv_row();
+  EXPECT_EQ(row.count("he_label"), 0u);  // blank: nothing was measured
+  EXPECT_EQ(row.at("list_he_label"), "1");
+  for (const std::string& twice : {"X2,b.nii.gz," + (root_ / "data/b.nii.gz").string(), std::string("X3,s1/,s1")}) {
+    std::ofstream(root_ / "data/same.csv", std::ios::trunc) << "pair_id,baseline,followup\n" << twice << "\n";
+    try {
+      read_pairs(root_ / "data/same.csv");
+      ADD_FAILURE() << twice;
+    } catch (const CoreError& e) {
+      EXPECT_NE(std::string(e.what()).find("baseline and followup are the same scan"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST_F(Expansion, StudyScansArePairedByPatientAndDateAndNothingIsGuessed) {
   const std::vector<StudyScan> scans{
       scan("/s/p1/day2", "P1", "1.1", "2024-01-02T09:00:00"),
@@ -97,9 +127,20 @@ TEST_F(Expansion, StudyScansArePairedByPatientAndDateAndNothingIsGuessed) {
       scan("/s/p4/a", "P4", "4.1", "2024-05-01T10:00:00"),
       scan("/s/p4/b", "P4", "4.2", "2024-05-01T10:00:00"),
       scan("/s/anon", "", "5.1", "2024-05-01T10:00:00"),
+      scan("/s/p5/a", "P5", "6.1", "2024-06-01T12:00:00"),
+      scan("/s/p5/b", "P5", "6.2", "2024-06-01T12:00:00.000"),  // the same moment, written otherwise
+      scan("/s/ab1/a", "A B", "7.1", "2024-07-01T08:00:00"),
+      scan("/s/ab1/b", "A B", "7.2", "2024-07-02T08:00:00"),
+      scan("/s/ab2/a", "A-B", "8.1", "2024-07-01T09:00:00"),
+      scan("/s/ab2/b", "A-B", "8.2", "2024-07-03T09:00:00"),
   };
   const StudyPairing p = pair_study_scans(scans);
-  ASSERT_EQ(p.pairs.size(), 2u);
+  ASSERT_EQ(p.pairs.size(), 4u);
+  // Patient ids that become one file-name-safe id keep apart (a digest of the id as written).
+  EXPECT_EQ(p.pairs[2].pair_id, "A-B_fu1");
+  EXPECT_EQ(p.pairs[3].pair_id, "A-B-" + sha256_hex("A-B").substr(0, 8) + "_fu1");
+  EXPECT_EQ(p.pairs[3].baseline, fs::path("/s/ab2/a"));
+  for (const ScanPair& pair : p.pairs) EXPECT_EQ(pair.hours_source, "dicom");
   EXPECT_EQ(p.pairs[0].pair_id, "P1_fu1");
   EXPECT_EQ(p.pairs[0].baseline, fs::path("/s/p1/day1-thin"));
   EXPECT_EQ(p.pairs[0].followup, fs::path("/s/p1/day2"));
@@ -113,16 +154,16 @@ TEST_F(Expansion, StudyScansArePairedByPatientAndDateAndNothingIsGuessed) {
     for (const std::string& s : p.problems) all += s + "\n";
     return all;
   }();
-  EXPECT_EQ(p.problems.size(), 5u) << problems;
+  EXPECT_EQ(p.problems.size(), 6u) << problems;
   for (const std::string& expected :
        {"/s/anon: no PatientID", "/s/p1/day1 is another series of the study of /s/p1/day1-thin",
         "patient P2: one scan only (/s/p2/only)", "patient P3: /s/p3/b has no usable acquisition",
-        "patient P4: two studies at the same date and time"})
+        "patient P4: two studies at the same date and time", "patient P5: two studies at the same date and time"})
     EXPECT_NE(problems.find(expected), std::string::npos) << expected << "\n" << problems;
   // pairs.csv reads back as the same pairs.
   std::ofstream(root_ / "pairs.csv") << pairs_csv_text(p.pairs);
   const std::vector<ScanPair> back = read_pairs(root_ / "pairs.csv");
-  ASSERT_EQ(back.size(), 2u);
+  ASSERT_EQ(back.size(), 4u);
   EXPECT_EQ(back[1].baseline, p.pairs[1].baseline);
   EXPECT_DOUBLE_EQ(*back[1].hours_between, 72.0);
   EXPECT_EQ(back[1].extra, p.pairs[1].extra);
@@ -216,6 +257,55 @@ TEST_F(Expansion, APairsGrowthLabelsAndFlags) {
   EXPECT_FALSE(r.growth_ml.has_value());
   EXPECT_TRUE(r.labels.empty());
   EXPECT_EQ(r.csv_row().count("he_label"), 0u);  // a blank cell
+  // What the scan that was analysed measured stays in the row.
+  b = scan_result(4.5, 450);
+  b.he = ExpansionRisk{};
+  b.he->probability = 0.3;
+  r = measure_pair(pair, "b", b, "f", failed);
+  EXPECT_EQ(r.error, "followup failed: not a head CT");
+  EXPECT_DOUBLE_EQ(*r.baseline_ml, 4.5);
+  EXPECT_DOUBLE_EQ(*r.he_probability, 0.3);
+  EXPECT_FALSE(r.followup_ml.has_value());
+  EXPECT_FALSE(r.growth_ml.has_value());
+
+  // A follow-up at the baseline's own time is flagged too.
+  pair.hours_between = 0.0;
+  EXPECT_EQ(measure_pair(pair, "b", b, "f", b).qc_flags, std::vector<std::string>{"followup_at_baseline_time"});
+
+  // The grid flags compare the patient's axes, not the file's: the follow-up stored with its axes
+  // in another order (z, x, y) is the same grid.
+  CaseResult same = scan_result(4.5, 450);
+  same.input->geometry.size = {30, 512, 512};
+  same.input->geometry.spacing_mm = {5.0, 0.45, 0.45};
+  same.input->geometry.direction = {0, 1, 0, 0, 0, 1, 1, 0, 0};  // file axis 0 is z, 1 is x, 2 is y
+  pair.hours_between = 24.0;
+  EXPECT_TRUE(measure_pair(pair, "b", b, "f", same).qc_flags.empty()) << measure_pair(pair, "b", b, "f", same).to_json();
+}
+
+// Growth at exactly a definition's boundary, as volumes made of voxels give it (with rounding
+// error either side): > 33 % is strictly above, >= 12.5 mL includes it.
+TEST_F(Expansion, BoundariesAreDecidedAsTheRulesSayDespiteRounding) {
+  int wrong = 0;
+  for (int voxels = 10; voxels <= 5000; voxels += 10) {
+    for (const double voxel_ml : {0.001, 0.000439453125, 0.0011, 0.00123}) {
+      const double b = voxels * voxel_ml;
+      const int thirds = voxels * 33 / 100;
+      if (thirds * 100 != voxels * 33) continue;  // exactly 33 % in whole voxels only
+      const double f = (voxels + thirds) * voxel_ml;
+      if (f - b <= 6.0 && is_expansion(b, f)) ++wrong;  // exactly 33 %: not "> 33 %"
+    }
+  }
+  EXPECT_EQ(wrong, 0);
+  const auto& defs = expansion_definitions();
+  for (const double voxel_ml : {0.001, 0.0011, 0.00123, 0.000439453125}) {
+    const double b = 1000 * voxel_ml;
+    const double f3 = b + std::round(3.0 / voxel_ml) * voxel_ml, f125 = b + std::round(12.5 / voxel_ml) * voxel_ml;
+    if (std::abs((f3 - b) - 3.0) < 1e-9) EXPECT_TRUE(defs[2].test(b, f3)) << voxel_ml;
+    if (std::abs((f125 - b) - 12.5) < 1e-9) EXPECT_TRUE(defs[1].test(b, f125)) << voxel_ml;
+  }
+  EXPECT_FALSE(is_expansion(3.0, 3.99));
+  EXPECT_FALSE(is_expansion(10.0, 13.3));
+  EXPECT_TRUE(is_expansion(10.0, 13.31));
 }
 
 TEST_F(Expansion, LabelsTakeTheFollowupClosestTo24Hours) {
@@ -232,10 +322,15 @@ TEST_F(Expansion, LabelsTakeTheFollowupClosestTo24Hours) {
                                 pr("b1", "b", std::nullopt, 3.0), pr("b2", "b", std::nullopt, 20.0)};
   pairs.push_back(pr("c", "c", 24.0, 50.0));
   pairs.back().status = "failed";
+  // A follow-up before its baseline (or at its time) is never a label, however near 24 h.
+  pairs.push_back(pr("d-reversed", "d", -20.0, 7.0));
+  pairs.push_back(pr("d72h", "d", 72.0, 1.0));
+  pairs.push_back(pr("e-same-time", "e", 0.0, 9.0));
   EXPECT_EQ(labels_csv_text(pairs),
             "case_id,pair_id,followup_hours,growth_ml,he_label,he_label_12_5ml,he_label_3ml\n"
             "a,a26h,26.00,7.000,1,0,1\n"
-            "b,b1,,3.000,0,0,1\n");
+            "b,b1,,3.000,0,0,1\n"
+            "d,d72h,72.00,1.000,0,0,0\n");
 }
 
 TEST_F(Expansion, PairsFromADicomStudyFolder) {

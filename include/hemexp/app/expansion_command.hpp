@@ -35,6 +35,7 @@ struct ScanPair {
   std::filesystem::path baseline, followup;  // as `run -i` takes them
   std::optional<double> hours_between;       // follow-up time minus baseline time
   std::vector<std::pair<std::string, std::string>> extra;  // other columns, carried through
+  std::string hours_source = "pairs.csv";  // where hours_between came from: pairs.csv, dicom
 };
 
 // PAIRS.csv: a header with pair_id, baseline, followup (required), hours_between (optional,
@@ -100,10 +101,14 @@ PairResult measure_pair(const ScanPair& pair, const std::string& baseline_id, co
                         const std::string& followup_id, const std::optional<CaseResult>& followup,
                         const PairQcLimits& limits = {});
 
-// labels.csv: one row per baseline scan of an ok pair (case_id = the baseline's case id, what
-// `hemexp prepare --run OUTDIR --labels` reads): pair_id, followup_hours, growth_ml and a column
-// per definition. A baseline with several follow-ups takes the one closest to 24 h (the first
-// listed when hours are unknown).
+// The pair that gives each baseline its label: of its ok pairs whose follow-up is not before
+// or at the baseline's time, the one closest to 24 h (the first listed when hours are
+// unknown); one per baseline, in order of first appearance.
+std::vector<const PairResult*> label_pairs(const std::vector<PairResult>& pairs);
+
+// labels.csv: one row per label_pairs pair (case_id = the baseline's case id, what `hemexp
+// prepare --run OUTDIR --labels` reads): pair_id, followup_hours, growth_ml and a column per
+// definition.
 std::string labels_csv_text(const std::vector<PairResult>& pairs);
 
 }  // namespace hemexp
