@@ -94,14 +94,41 @@ void check_hounsfield(const Volume& v) {
 void read_chosen_series(const SeriesChoice& choice, const std::vector<std::string>& unreadable,
                         const ReadOptions& options, LoadedVolume& out);
 
+// The DICOM headers of every folder below `folder` (hidden ones skipped, at most 4 levels deep,
+// which covers patient/study/series), each unreadable file named by its path below `folder`.
+std::vector<DicomHeader> subtree_headers(const fs::path& folder, std::vector<std::string>* unreadable) {
+  std::vector<DicomHeader> out;
+  std::error_code ec;
+  std::vector<fs::path> folders;
+  for (fs::recursive_directory_iterator it(folder, fs::directory_options::skip_permission_denied, ec), end;
+       !ec && it != end; it.increment(ec)) {
+    const bool hidden = it->path().filename().string()[0] == '.';
+    if (it->is_directory(ec) && (hidden || it.depth() >= 3)) it.disable_recursion_pending();
+    if (!hidden && it->is_directory(ec)) folders.push_back(it->path());
+  }
+  std::sort(folders.begin(), folders.end());
+  for (const fs::path& f : folders) {
+    std::vector<std::string> cannot;
+    for (DicomHeader& h : read_folder_headers(f, &cannot)) out.push_back(std::move(h));
+    for (const std::string& c : cannot) unreadable->push_back((f.lexically_relative(folder) / c).generic_string());
+  }
+  return out;
+}
+
 LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
   const bool single_file = fs::is_regular_file(path);
   const fs::path folder = single_file ? path.parent_path() : path;
   std::vector<std::string> unreadable;
   std::vector<DicomHeader> headers = read_folder_headers(folder.empty() ? "." : folder, &unreadable);
+  // A folder with no DICOM file of its own but series folders below it (a PACS or CD export's
+  // patient/study/series layout, named as one case in a list): the series of its whole subtree.
+  if (!single_file && headers.empty() && unreadable.empty()) headers = subtree_headers(folder, &unreadable);
   std::string wanted = options.series_uid;
   if (single_file) {
     const DicomHeader h = read_dicom_header(path);
+    if (!wanted.empty() && wanted != h.series_uid)
+      throw IoError("--series-uid " + wanted + " is not the series of this file (" + h.series_uid +
+                    "): give its folder to choose among the folder's series");
     if (wanted.empty()) wanted = h.series_uid;
     // The series of the given file only.
     std::vector<DicomHeader> same;

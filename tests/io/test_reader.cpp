@@ -459,6 +459,33 @@ TEST(Reader, ASeriesFolderWithAFileThatCannotBeReadFailsNamingIt) {
   }
 }
 
+// A folder whose series lie in subfolders (a PACS or CD export's patient/study/series layout,
+// as a list names a patient's folder) is read as the study it holds: its series are chosen
+// among as in one folder.
+TEST(Reader, APatientFolderOfSeriesFoldersIsReadAsItsStudy) {
+  ScratchDir dir;
+  fs::create_directories(dir / "PAT9/STUDY1/SER1");
+  fs::create_directories(dir / "PAT9/STUDY1/SER2");
+  fs::create_directories(dir / "PAT9/.hidden");
+  for (const auto& e : fs::directory_iterator(data("ge-head-ct-tilt-mixed-thickness")))
+    fs::copy_file(e.path(), dir / "PAT9/STUDY1/SER1" / e.path().filename());
+  fs::copy_file(data("dicom-codecs-mr/1.dcm"), dir / "PAT9/STUDY1/SER2/mr.dcm");
+  fs::copy_file(data("dicom-codecs-mr/2.dcm"), dir / "PAT9/.hidden/mr.dcm");
+  const LoadedVolume lv = read_volume(dir / "PAT9");
+  EXPECT_EQ(lv.info.source_slices, 28);
+  EXPECT_NE(lv.info.series_choice.find("(MR, 1 image): modality is MR, not CT"), std::string::npos) << lv.info.series_choice;
+  std::ofstream(dir / "PAT9/STUDY1/SER1/28.dcm", std::ios::trunc);  // an empty slice, named by its path
+  EXPECT_NE(error_of(dir / "PAT9").find("(STUDY1/SER1/28.dcm: an empty file)"), std::string::npos) << error_of(dir / "PAT9");
+}
+
+// --series-uid with a single file: a uid that is not the file's own series says so.
+TEST(Reader, SeriesUidOfAnotherSeriesThanTheFilesIsNamedAsSuch) {
+  ReadOptions options;
+  options.series_uid = "1.2.3.4";
+  const std::string error = error_of(data("philips-head-phantom-5mm/I120"), options);
+  EXPECT_EQ(error.rfind("--series-uid 1.2.3.4 is not the series of this file (", 0), 0u) << error;
+}
+
 TEST(Reader, SingleFileOfASeriesReadsTheWholeSeries) {
   const LoadedVolume lv = read_volume(data("philips-head-phantom-5mm/I120"));
   EXPECT_EQ(lv.info.source_slices, 6);
