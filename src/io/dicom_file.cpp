@@ -68,15 +68,10 @@ bool read_up_to_pixel_data(gdcm::Reader& reader) {
 // past the first 16 MiB, an encoding it cannot recognise.
 class HeaderWalk {
  public:
-  explicit HeaderWalk(const fs::path& path) {
+  explicit HeaderWalk(const fs::path& path) : in_(path, std::ios::binary) {
     std::error_code ec;
     size_ = fs::file_size(path, ec);
-    if (ec) return;
-    std::ifstream in(path, std::ios::binary);
-    bytes_.resize(size_t(std::min<uint64_t>(size_, 16u << 20)));
-    in.read(bytes_.data(), std::streamsize(bytes_.size()));
-    bytes_.resize(size_t(std::max<std::streamsize>(in.gcount(), 0)));
-    readable_ = true;
+    readable_ = !ec && bool(in_);
   }
 
   // The byte at which an element runs past the end of the file, if one does.
@@ -84,14 +79,14 @@ class HeaderWalk {
     if (!readable_) return std::nullopt;
     uint64_t at = 0;
     bool explicit_vr = true, big = false;
-    if (bytes_.size() >= 132 && std::memcmp(bytes_.data() + 128, "DICM", 4) == 0) {
+    if (have(132) && std::memcmp(bytes_.data() + 128, "DICM", 4) == 0) {
       at = 132;
       std::string syntax;
       // The file meta information: group 0002, explicit VR little endian.
       while (true) {
         if (at == size_) return at;  // nothing after the meta header
         if (at + 8 > size_) return at;
-        if (at + 8 > bytes_.size()) return std::nullopt;
+        if (!have(at + 8)) return std::nullopt;
         if (u16(at, false) != 0x0002) break;
         const uint16_t element = u16(at + 2, false);
         const uint64_t start = at;
@@ -102,7 +97,7 @@ class HeaderWalk {
       else if (syntax == "1.2.840.10008.1.2.2") big = true;
       else if (syntax == "1.2.840.10008.1.2.1.99") return std::nullopt;  // deflated: not walked
     } else {
-      if (bytes_.size() < 8) return std::nullopt;
+      if (!have(8)) return std::nullopt;
       explicit_vr = is_vr(4);  // no meta header: the data set tells its own encoding
     }
     while (true) {
@@ -129,16 +124,32 @@ class HeaderWalk {
     return big ? (byte(at) << 24 | byte(at + 1) << 16 | byte(at + 2) << 8 | byte(at + 3))
                : (byte(at) | byte(at + 1) << 8 | byte(at + 2) << 16 | byte(at + 3) << 24);
   }
-  bool is_vr(uint64_t at) const {
-    return at + 2 <= bytes_.size() && std::isupper(int(byte(at))) && std::isupper(int(byte(at + 1)));
+  bool is_vr(uint64_t at) {
+    return have(at + 2) && std::isupper(int(byte(at))) && std::isupper(int(byte(at + 1)));
   }
-  std::string value_text(uint64_t element_start, uint64_t next) const {
+  std::string value_text(uint64_t element_start, uint64_t next) {
     const uint64_t from = element_start + 8;  // meta elements are short-form UI
-    if (next > bytes_.size() || from > next) return "";
+    if (!have(next) || from > next) return "";
     std::string v = bytes_.substr(size_t(from), size_t(next - from));
     while (!v.empty() && (v.back() == '\0' || v.back() == ' ')) v.pop_back();
     return v;
   }
+  // Whether the first `end` bytes are read, reading more (64 kB at least, doubling, at most the
+  // first 16 MiB) when they are not: a slice's header is a few kB of a half-megabyte file.
+  bool have(uint64_t end) {
+    const uint64_t limit = std::min<uint64_t>(size_, 16u << 20);
+    if (end <= bytes_.size()) return true;
+    if (end > limit || !in_) return false;
+    const uint64_t target = std::min(limit, std::max<uint64_t>({end, 2 * uint64_t(bytes_.size()), 64u << 10}));
+    const size_t had = bytes_.size();
+    bytes_.resize(size_t(target));
+    in_.clear();
+    in_.seekg(std::streamoff(had));
+    in_.read(bytes_.data() + had, std::streamsize(target - had));
+    bytes_.resize(had + size_t(std::max<std::streamsize>(in_.gcount(), 0)));
+    return end <= bytes_.size();
+  }
+
   Step cut(uint64_t at) {
     cut_ = at;
     return Step::cut;
@@ -149,7 +160,7 @@ class HeaderWalk {
     if (depth > 32) return Step::unknown;
     const uint64_t start = at;
     if (at + 8 > size_) return cut(start);
-    if (at + 8 > bytes_.size()) return Step::unknown;
+    if (!have(at + 8)) return Step::unknown;
     const uint16_t group = u16(at, big), element = u16(at + 2, big);
     if (group == 0xFFFE) {
       if (element == 0xE00D && u32(at + 4, big) == 0) {
@@ -169,7 +180,7 @@ class HeaderWalk {
       if (std::any_of(std::begin(kLong), std::end(kLong), [&](const char* v) { return vr == v; })) {
         header = 12;
         if (at + 12 > size_) return cut(start);
-        if (at + 12 > bytes_.size()) return Step::unknown;
+        if (!have(at + 12)) return Step::unknown;
         length = u32(at + 8, big);
       } else {
         length = u16(at + 6, big);
@@ -192,7 +203,7 @@ class HeaderWalk {
     while (true) {
       const uint64_t item = at;
       if (at + 8 > size_) return cut(item);
-      if (at + 8 > bytes_.size()) return Step::unknown;
+      if (!have(at + 8)) return Step::unknown;
       if (u16(at, big) != 0xFFFE) return Step::unknown;
       const uint16_t tag = u16(at + 2, big);
       const uint32_t item_length = u32(at + 4, big);
@@ -212,6 +223,7 @@ class HeaderWalk {
     }
   }
 
+  std::ifstream in_;
   std::string bytes_;
   uint64_t size_ = 0;
   uint64_t cut_ = 0;
