@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "hemexp/io/dicom.hpp"
@@ -74,6 +75,9 @@ class HeaderWalk {
     readable_ = !ec && bool(in_);
   }
 
+  // Whether the cut found is inside the compressed pixel data's fragments.
+  bool in_pixel_data() const { return in_pixel_data_; }
+
   // The byte at which an element runs past the end of the file, if one does.
   std::optional<uint64_t> cut_at() {
     if (!readable_) return std::nullopt;
@@ -97,6 +101,11 @@ class HeaderWalk {
       else if (syntax == "1.2.840.10008.1.2.2") big = true;
       else if (syntax == "1.2.840.10008.1.2.1.99") return std::nullopt;  // deflated: not walked
     } else {
+      // A file cut inside its 128-byte preamble (zeros, as nearly every writer leaves it).
+      if (size_ < 132 && have(size_) &&
+          std::all_of(bytes_.begin(), bytes_.begin() + std::ptrdiff_t(std::min<uint64_t>(size_, 128)),
+                      [](char c) { return c == 0; }))
+        return size_;
       if (!have(8)) return std::nullopt;
       explicit_vr = is_vr(4);  // no meta header: the data set tells its own encoding
     }
@@ -126,6 +135,12 @@ class HeaderWalk {
   }
   bool is_vr(uint64_t at) {
     return have(at + 2) && std::isupper(int(byte(at))) && std::isupper(int(byte(at + 1)));
+  }
+  bool is_known_vr(uint64_t at) {
+    static const std::set<std::string> kVrs{"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO",
+                                            "LT", "OB", "OD", "OF", "OL", "OV", "OW", "PN", "SH", "SL", "SQ",
+                                            "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV"};
+    return is_vr(at) && kVrs.count(bytes_.substr(size_t(at), 2)) > 0;
   }
   std::string value_text(uint64_t element_start, uint64_t next) {
     const uint64_t from = element_start + 8;  // meta elements are short-form UI
@@ -172,7 +187,6 @@ class HeaderWalk {
     uint64_t header = 8;
     uint32_t length = 0;
     bool sequence = false;
-    bool nested_explicit = explicit_vr;
     if (explicit_vr) {
       if (!is_vr(at + 4)) return Step::unknown;
       const std::string vr = bytes_.substr(size_t(at + 4), 2);
@@ -185,13 +199,35 @@ class HeaderWalk {
       } else {
         length = u16(at + 6, big);
       }
-      sequence = vr == "SQ" || vr == "UN";
-      if (vr == "UN") nested_explicit = false;  // an unknown sequence's items are implicit VR
+      // An unknown sequence's items are implicit VR, or explicit in files written before CP-246:
+      // which, only reading them tells; not walked.
+      if (vr == "UN" && length == kUndefined) return Step::unknown;
+      sequence = vr == "SQ";
     } else {
       length = u32(at + 4, big);
       sequence = true;  // only a sequence has an undefined length here (pixel data aside)
     }
-    if (top && group == 0x7FE0 && element == 0x0010) return Step::pixel_data;
+    if (top && group == 0x7FE0 && element == 0x0010) {
+      if (length != kUndefined) return Step::pixel_data;  // native: its length is checked when decoded
+      at += header;
+      in_pixel_data_ = true;
+      while (true) {  // encapsulated (JPEG, JPEG 2000, RLE): every fragment within the file
+        const uint64_t item = at;
+        if (at + 8 > size_) return cut(item);
+        if (!have(at + 8)) return Step::unknown;
+        if (u16(at, big) != 0xFFFE) return Step::unknown;
+        const uint16_t tag = u16(at + 2, big);
+        const uint32_t fragment = u32(at + 4, big);
+        at += 8;
+        if (tag == 0xE0DD) return Step::pixel_data;
+        if (tag != 0xE000 || fragment == kUndefined) return Step::unknown;
+        if (at + fragment > size_) return cut(item);
+        at += fragment;
+      }
+    }
+    // Implicit VR whose bytes read as a VR code: an explicit data set its meta header calls
+    // implicit (GDCM reads such files); not walked.
+    if (!explicit_vr && is_known_vr(at + 4)) return Step::unknown;
     if (length != kUndefined) {
       if (at + header + length > size_) return cut(start);
       at += header + length;
@@ -216,7 +252,7 @@ class HeaderWalk {
         continue;
       }
       while (true) {  // the item's elements until its delimiter
-        const Step s = element_at(at, nested_explicit, big, false, depth + 1);
+        const Step s = element_at(at, explicit_vr, big, false, depth + 1);
         if (s == Step::item_end) break;
         if (s != Step::next) return s;
       }
@@ -227,7 +263,7 @@ class HeaderWalk {
   std::string bytes_;
   uint64_t size_ = 0;
   uint64_t cut_ = 0;
-  bool readable_ = false;
+  bool readable_ = false, in_pixel_data_ = false;
 };
 
 }  // namespace
@@ -242,10 +278,11 @@ std::optional<std::string> header_cut_short(const fs::path& path) {
   const uint64_t size = fs::file_size(path, ec);
   if (ec) return std::nullopt;
   if (size == 0) return "an empty file";
-  const std::optional<uint64_t> at = HeaderWalk(path).cut_at();
+  HeaderWalk walk(path);
+  const std::optional<uint64_t> at = walk.cut_at();
   if (!at) return std::nullopt;
-  return "the file ends inside its header (at byte " + std::to_string(*at) + " of " + std::to_string(size) +
-         ": a copy or download cut short?)";
+  return std::string("the file ends inside its ") + (walk.in_pixel_data() ? "compressed pixel data" : "header") +
+         " (at byte " + std::to_string(*at) + " of " + std::to_string(size) + ": a copy or download cut short?)";
 }
 
 bool looks_like_dicom(const fs::path& path) {
@@ -257,7 +294,8 @@ bool looks_like_dicom(const fs::path& path) {
   if (in.gcount() == 132 && std::memcmp(buf + 128, "DICM", 4) == 0) return true;
   // Files without preamble or meta header: let GDCM try, but only on plausible candidates.
   const std::string ext = path.extension().string();
-  const bool uid_name = ext.size() > 1 && std::all_of(ext.begin() + 1, ext.end(), ::isdigit);
+  const bool uid_name =
+      ext.size() > 1 && std::all_of(ext.begin() + 1, ext.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
   if (!(ext.empty() || uid_name || has_dicom_extension(path))) return false;
   if (header_cut_short(path)) return false;
   gdcm::Reader reader;
@@ -515,6 +553,20 @@ torch::Tensor read_dicom_pixels(const DicomHeader& h, double air_hu, PixelStats*
     throw IoError("cannot decode pixel data of " + h.path.filename().string() + " (" +
                   h.transfer_syntax + "): " + library_reason(e.GetDescription()));
   }
+}
+
+std::vector<fs::path> folders_below(const fs::path& folder) {
+  std::vector<fs::path> folders;
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(folder, fs::directory_options::skip_permission_denied, ec), end;
+       !ec && it != end; it.increment(ec)) {
+    std::error_code entry_ec;  // a dangling link is skipped, not the end of the search
+    if (!it->is_directory(entry_ec) || entry_ec) continue;
+    if (it->path().filename().string()[0] == '.' || it.depth() >= 3) it.disable_recursion_pending();
+    if (it->path().filename().string()[0] != '.') folders.push_back(it->path());
+  }
+  std::sort(folders.begin(), folders.end());
+  return folders;
 }
 
 std::vector<DicomHeader> read_folder_headers(const fs::path& folder, std::vector<std::string>* unreadable) {

@@ -320,6 +320,7 @@ std::vector<StudyScan> describe_study_scans(const fs::path& folder, std::vector<
 
 std::string input_fingerprint(const fs::path& path) {
   std::vector<fs::path> files;
+  fs::path base;  // files are recorded by their path below it
   std::error_code ec;
   if (fs::is_directory(path, ec) || (!is_volume_file(path) && looks_like_dicom(path))) {
     // A DICOM file stands for its series, read from the files beside it.
@@ -327,6 +328,12 @@ std::string input_fingerprint(const fs::path& path) {
     for (const auto& e : fs::directory_iterator(folder, ec))
       if (e.is_regular_file() && e.path().filename().string()[0] != '.') files.push_back(e.path());
     if (ec) throw IoError("cannot list " + folder.string() + ": " + ec.message());
+    // A folder without files of its own is read through its series folders (reader): those.
+    if (files.empty() && fs::is_directory(path, ec))
+      for (const fs::path& below : folders_below(folder))
+        for (const auto& e : fs::directory_iterator(below, ec))
+          if (e.is_regular_file() && e.path().filename().string()[0] != '.') files.push_back(e.path());
+    base = folder;
   } else {
     files.push_back(path);
   }
@@ -339,7 +346,7 @@ std::string input_fingerprint(const fs::path& path) {
     if (ec) throw IoError("cannot read " + f.string() + ": " + ec.message());
     std::ifstream in(f, std::ios::binary);
     in.read(head.data(), std::streamsize(head.size()));
-    record += f.filename().string() + '\0' + std::to_string(size) + '\0' +
+    record += (base.empty() ? f.filename() : f.lexically_relative(base)).generic_string() + '\0' + std::to_string(size) + '\0' +
               std::to_string(time.time_since_epoch().count()) + '\0' +
               sha256_hex(std::string(head.data(), size_t(in.gcount()))) + '\n';
   }

@@ -94,20 +94,11 @@ void check_hounsfield(const Volume& v) {
 void read_chosen_series(const SeriesChoice& choice, const std::vector<std::string>& unreadable,
                         const ReadOptions& options, LoadedVolume& out);
 
-// The DICOM headers of every folder below `folder` (hidden ones skipped, at most 4 levels deep,
-// which covers patient/study/series), each unreadable file named by its path below `folder`.
+// The DICOM headers of every folder below `folder` (folders_below), each unreadable file named
+// by its path below `folder`.
 std::vector<DicomHeader> subtree_headers(const fs::path& folder, std::vector<std::string>* unreadable) {
   std::vector<DicomHeader> out;
-  std::error_code ec;
-  std::vector<fs::path> folders;
-  for (fs::recursive_directory_iterator it(folder, fs::directory_options::skip_permission_denied, ec), end;
-       !ec && it != end; it.increment(ec)) {
-    const bool hidden = it->path().filename().string()[0] == '.';
-    if (it->is_directory(ec) && (hidden || it.depth() >= 3)) it.disable_recursion_pending();
-    if (!hidden && it->is_directory(ec)) folders.push_back(it->path());
-  }
-  std::sort(folders.begin(), folders.end());
-  for (const fs::path& f : folders) {
+  for (const fs::path& f : folders_below(folder)) {
     std::vector<std::string> cannot;
     for (DicomHeader& h : read_folder_headers(f, &cannot)) out.push_back(std::move(h));
     for (const std::string& c : cannot) unreadable->push_back((f.lexically_relative(folder) / c).generic_string());

@@ -8,6 +8,7 @@
 #include "hemexp/io/dicom.hpp"
 #include "hemexp/io/error.hpp"
 #include "hemexp/io/image_file.hpp"
+#include "hemexp/io/inputs.hpp"
 #include "hemexp/io/reader.hpp"
 #include "dicom_maker.hpp"
 #include "test_support.hpp"
@@ -399,11 +400,13 @@ std::string file_bytes(const fs::path& p) {
 // A DICOM file cut short anywhere before its pixel data (an interrupted copy) is a failed read
 // that says so, never the end of the process: GDCM, as Debian builds it, stops the process with a
 // failed assertion on many such files, so hemexp finds them first. Every cut of every real file
-// of tests/data's series and codecs (explicit and implicit VR, big endian, sequences) is tried.
+// of tests/data's series and codecs (explicit and implicit VR, big endian, sequences) is tried,
+// from the preamble on, and cuts inside compressed pixel data.
 TEST(Reader, ADicomFileCutShortAnywhereInItsHeaderIsAFailedRead) {
   ScratchDir dir;
   std::vector<fs::path> files{data("ge-head-ct-tilt-mixed-thickness/01.dcm"), data("philips-head-phantom-5mm/I100")};
   for (int k = 1; k <= 9; ++k) files.push_back(data("dicom-codecs-mr/" + std::to_string(k) + ".dcm"));
+  int encapsulated_files = 0;
   for (const fs::path& f : files) {
     const std::string bytes = file_bytes(f);
     // The pixel data element: (7FE0,0010) in either byte order, after the meta header.
@@ -412,7 +415,7 @@ TEST(Reader, ADicomFileCutShortAnywhereInItsHeaderIsAFailedRead) {
     int said_cut = 0, read = 0, tried = 0;
     // Every byte of the meta header and of headers up to 8 kB; beyond, every 131st (the MR
     // codec files' 88 kB of sequences).
-    for (size_t n = 132; n < pixel; n += (n < 640 || pixel < 8192) ? 1 : 131) {
+    for (size_t n = 1; n < pixel; n += (n < 640 || pixel < 8192) ? 1 : 131) {
       ++tried;
       std::ofstream(dir / "cut.dcm", std::ios::binary) << bytes.substr(0, n);
       try {
@@ -425,7 +428,18 @@ TEST(Reader, ADicomFileCutShortAnywhereInItsHeaderIsAFailedRead) {
       }
     }
     EXPECT_GE(said_cut, int(0.9 * tried)) << f << ": " << read << " of " << tried << " cuts read";
+    // Compressed pixel data (fragments of undefined length): cut inside it, said so.
+    const bool encapsulated = bytes.compare(pixel + 4, 8, std::string("OB\0\0\xFF\xFF\xFF\xFF", 8)) == 0;
+    if (!encapsulated) continue;
+    ++encapsulated_files;
+    for (size_t n = pixel + 12; n + 1 < bytes.size(); n += (bytes.size() - pixel) / 23) {
+      std::ofstream(dir / "cut.dcm", std::ios::binary | std::ios::trunc) << bytes.substr(0, n);
+      const auto cut = header_cut_short(dir / "cut.dcm");
+      ASSERT_TRUE(cut.has_value()) << f << " cut at " << n;
+      EXPECT_EQ(cut->rfind("the file ends inside its compressed pixel data (at byte ", 0), 0u) << *cut;
+    }
   }
+  EXPECT_GE(encapsulated_files, 4);  // the JPEG, JPEG-LS, JPEG 2000 and RLE codec files
   std::ofstream(dir / "empty.dcm", std::ios::binary);
   EXPECT_EQ(header_cut_short(dir / "empty.dcm"), std::optional<std::string>("an empty file"));
   for (const fs::path& f : files) EXPECT_EQ(header_cut_short(f), std::nullopt) << f;  // whole files are fine
@@ -473,6 +487,13 @@ TEST(Reader, APatientFolderOfSeriesFoldersIsReadAsItsStudy) {
   fs::copy_file(data("dicom-codecs-mr/2.dcm"), dir / "PAT9/.hidden/mr.dcm");
   const LoadedVolume lv = read_volume(dir / "PAT9");
   EXPECT_EQ(lv.info.source_slices, 28);
+  // --resume sees a change below the folder: its fingerprint covers the files read.
+  const std::string before = input_fingerprint(dir / "PAT9");
+  std::ofstream(dir / "PAT9/STUDY1/SER2/mr.dcm", std::ios::app) << "x";
+  const std::string changed = input_fingerprint(dir / "PAT9");
+  EXPECT_NE(changed, before);
+  std::ofstream(dir / "PAT9/.hidden/mr.dcm", std::ios::app) << "x";  // not read, not fingerprinted
+  EXPECT_EQ(input_fingerprint(dir / "PAT9"), changed);
   EXPECT_NE(lv.info.series_choice.find("(MR, 1 image): modality is MR, not CT"), std::string::npos) << lv.info.series_choice;
   std::ofstream(dir / "PAT9/STUDY1/SER1/28.dcm", std::ios::trunc);  // an empty slice, named by its path
   EXPECT_NE(error_of(dir / "PAT9").find("(STUDY1/SER1/28.dcm: an empty file)"), std::string::npos) << error_of(dir / "PAT9");

@@ -52,9 +52,10 @@ bool looks_like_dicom(const std::filesystem::path& path);
 // Whether the file is named as a DICOM file is (.dcm or .ima, any case).
 bool has_dicom_extension(const std::filesystem::path& path);
 
-// Why a file cannot be a whole DICOM header: empty, or it ends inside an element before its
-// pixel data (a copy cut short; GDCM aborts the process on many such files). nullopt when the
-// walk finds nothing wrong or cannot tell.
+// Why a file cannot be a whole DICOM file: empty, cut inside its preamble, or it ends inside
+// an element before its pixel data or inside its compressed pixel data's fragments (a copy cut
+// short; GDCM aborts the process on many such files). nullopt when the walk finds nothing wrong
+// or cannot tell (native pixel data's length is checked when it is decoded).
 std::optional<std::string> header_cut_short(const std::filesystem::path& path);
 
 // Reads the header (throws IoError if the file is not readable DICOM).
@@ -81,6 +82,11 @@ struct SeriesChoice {
 // non-CT, reformats (non-axial or DERIVED) and bone kernels when a soft-tissue one exists.
 // wanted_uid, when given, overrides the choice. Throws IoError when nothing qualifies.
 SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::string& wanted_uid);
+
+// The folders below `folder` (not itself), at most 4 levels deep (patient/study/series and one
+// more), hidden ones and their contents skipped, in path order: where `run` looks for the series
+// of a folder that holds no DICOM file of its own (a patient's export named in a list).
+std::vector<std::filesystem::path> folders_below(const std::filesystem::path& folder);
 
 // Reads every DICOM file of a folder (not recursive). Files that are not DICOM are ignored.
 std::vector<DicomHeader> read_folder_headers(const std::filesystem::path& folder,
