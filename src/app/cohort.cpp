@@ -91,8 +91,8 @@ std::string CohortRunner::run_json_name() const { return shard_file_name("run", 
 std::string CohortRunner::log_name() const { return shard_file_name("hemexp", ".log"); }
 
 std::optional<std::pair<int, int>> shard_of_file(const std::string& file_name) {
-  static const std::regex name(R"((?:run-(\d+)-of-(\d+)\.json)|(?:results-(\d+)-of-(\d+)\.csv)|)"
-                               R"((?:hemexp-(\d+)-of-(\d+)\.log)|(?:\.hemexp-(\d+)-of-(\d+)\.lock))");
+  static const std::regex name(R"((?:run-(\d{1,9})-of-(\d{1,9})\.json)|(?:results-(\d{1,9})-of-(\d{1,9})\.csv)|)"
+                               R"((?:hemexp-(\d{1,9})-of-(\d{1,9})\.log)|(?:\.hemexp-(\d{1,9})-of-(\d{1,9})\.lock))");
   std::smatch m;
   if (!std::regex_match(file_name, m, name)) return std::nullopt;
   for (size_t g = 1; g + 1 < m.size(); g += 2)
@@ -147,7 +147,20 @@ int CohortRunner::lock_output_folder() {
                       out_.string(), shard_of_file(other)->second, other, options_.shard_index, options_.shard_count);
         return kExitUsage;
       }
-      lock_ = std::make_unique<FileLock>(out_ / shard_file_name(".hemexp", ".lock"), who);
+      const fs::path own = out_ / shard_file_name(".hemexp", ".lock");
+      const bool made = !fs::exists(own);
+      lock_ = std::make_unique<FileLock>(own, who);
+      // Two job arrays of different splits started at one moment: each now sees the other's
+      // lock file, and both stop (rather than both going on).
+      if (lock_->state() != FileLock::State::busy && !file_of_another_split().empty()) {
+        lock_.reset();
+        std::error_code ec;
+        if (made) fs::remove(own, ec);
+        spdlog::error("{} is being started as another split of shards at the same time (a file of it appeared: {}): "
+                      "one output folder takes one split",
+                      out_.string(), file_of_another_split());
+        return kExitUsage;
+      }
       if (lock_->state() == FileLock::State::busy)
         return busy(fmt::format("another hemexp run of shard {}/{} ({})", options_.shard_index, options_.shard_count,
                                 lock_->detail().empty() ? "it gave no name" : lock_->detail() + ", as its lock file says"));

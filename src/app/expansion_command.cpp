@@ -153,7 +153,6 @@ StudyPairing pair_study_scans(const std::vector<StudyScan>& scans) {
   StudyPairing out;
   std::map<std::string, std::vector<const StudyScan*>> by_patient;
   std::vector<std::string> patients;  // in order of first appearance
-  std::map<std::string, std::string> id_owner;  // a pair id's patient part -> the patient id it came from
   for (const StudyScan& s : scans) {
     if (s.patient_id.empty() || (!s.problem.empty() && s.datetime.empty() && s.series_uid.empty())) {
       out.problems.push_back(s.input.path.string() + ": " + (s.problem.empty() ? "no PatientID" : s.problem));
@@ -162,6 +161,8 @@ StudyPairing pair_study_scans(const std::vector<StudyScan>& scans) {
     if (!by_patient.count(s.patient_id)) patients.push_back(s.patient_id);
     by_patient[s.patient_id].push_back(&s);
   }
+  std::multiset<std::string> safe_names;  // each patient's file-name-safe id
+  for (const std::string& patient : patients) safe_names.insert(case_id_from_path(patient));
   for (const std::string& patient : patients) {
     std::vector<const StudyScan*> list = by_patient[patient];
     // A scan without a usable date leaves the order of the patient's scans unknown.
@@ -209,10 +210,10 @@ StudyPairing pair_study_scans(const std::vector<StudyScan>& scans) {
       continue;
     }
     // Patient ids that the file-name-safe form makes alike ("A B", "A-B", "Müller", "Möller")
-    // keep apart by a digest of the id as written.
+    // keep apart by a digest of the id as written, every one of them (so that a patient added
+    // later changes no other's pair ids).
     std::string name = case_id_from_path(patient);
-    if (const auto [it, fresh] = id_owner.try_emplace(name, patient); !fresh && it->second != patient)
-      name += "-" + sha256_hex(patient).substr(0, 8);
+    if (safe_names.count(name) > 1) name += "-" + sha256_hex(patient).substr(0, 8);
     for (size_t k = 1; k < kept.size(); ++k) {
       ScanPair p;
       p.pair_id = case_id_from_path(name + "_fu" + std::to_string(k));
@@ -366,7 +367,9 @@ PairResult measure_pair(const ScanPair& pair, const std::string& baseline_id, co
   r.followup_ml = f.hematoma->volume_ml;
   r.growth_ml = *r.followup_ml - *r.baseline_ml;
   if (b.hematoma->voxels > 0) r.growth_fraction = *r.growth_ml / *r.baseline_ml;
-  for (const ExpansionDefinition& d : expansion_definitions()) r.labels[d.column] = d.test(*r.baseline_ml, *r.followup_ml);
+  // A follow-up before (or at) its baseline's time measures no growth over time: no label.
+  if (!r.hours_between || *r.hours_between > 0)
+    for (const ExpansionDefinition& d : expansion_definitions()) r.labels[d.column] = d.test(*r.baseline_ml, *r.followup_ml);
   if (b.he) {
     r.he_probability = b.he->probability;
     r.he_risk = b.he->risk;
@@ -614,6 +617,7 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
   if (o.run.overwrite) {  // an interrupted run must not leave the replaced run's pair tables
     std::error_code ec;
     for (const char* table : {"expansion.csv", "labels.csv", "expansion_summary.json"}) fs::remove(out / table, ec);
+    if (o.pairs_from.empty()) fs::remove(out / "pairs.csv", ec);  // an earlier --pairs-from run's pairing
     fs::remove_all(out / "pairs", ec);
   }
   log.info("{} pairs over {} scans", pairs.size(), scans.cases.size());

@@ -45,6 +45,24 @@ json merged_left_out(const std::map<int, json>& shards) {
 
 int run_merge(const MergeOptions& o) {
   const fs::path out(o.output_dir);
+  // The folder's lock, exclusively, as an unsharded run holds it, before any shard file is read:
+  // no shard is running while merge reads their records and tables (a shard that has not finished has then been stopped), and none
+  // starts before results.csv and run.json are written.
+  std::unique_ptr<FileLock> lock;
+  try {
+    lock = std::make_unique<FileLock>(out / ".hemexp.lock", fmt::format("pid {} on {} since {} (hemexp merge)",
+                                                                        ::getpid(), host_name(), utc_now()));
+  } catch (const std::exception& e) {
+    spdlog::error("output folder {} is not writable: {}", out.string(), one_line(e.what()));
+    return kExitSetup;
+  }
+  if (lock->state() == FileLock::State::busy) {
+    spdlog::error("{} is in use by {}: merge once every shard has finished", out.string(),
+                  lock->detail().empty() ? "shards that are still running (each OUTDIR/.hemexp-K-of-N.lock names one)"
+                                         : "another hemexp run (" + lock->detail() + ", as its lock file says)");
+    return kExitSetup;
+  }
+  const bool none_running = lock->state() == FileLock::State::held;
   std::map<int, json> shards;
   int count = 0;
   for (const auto& e : fs::directory_iterator(out)) {
@@ -68,24 +86,6 @@ int run_merge(const MergeOptions& o) {
     spdlog::error("{} holds no shard files (run-K-of-N.json)", out.string());
     return kExitUsage;
   }
-  // The folder's lock, exclusively, as an unsharded run holds it: no shard is running while
-  // merge reads their tables (a shard that has not finished has then been stopped), and none
-  // starts before results.csv and run.json are written.
-  std::unique_ptr<FileLock> lock;
-  try {
-    lock = std::make_unique<FileLock>(out / ".hemexp.lock", fmt::format("pid {} on {} since {} (hemexp merge)",
-                                                                        ::getpid(), host_name(), utc_now()));
-  } catch (const std::exception& e) {
-    spdlog::error("output folder {} is not writable: {}", out.string(), one_line(e.what()));
-    return kExitSetup;
-  }
-  if (lock->state() == FileLock::State::busy) {
-    spdlog::error("{} is in use by {}: merge once every shard has finished", out.string(),
-                  lock->detail().empty() ? "shards that are still running (each OUTDIR/.hemexp-K-of-N.lock names one)"
-                                         : "another hemexp run (" + lock->detail() + ", as its lock file says)");
-    return kExitSetup;
-  }
-  const bool none_running = lock->state() == FileLock::State::held;
   std::vector<std::string> problems;
   for (int k = 1; k <= count; ++k)
     if (!shards.count(k)) problems.push_back("shard " + std::to_string(k) + " of " + std::to_string(count) + " is missing");

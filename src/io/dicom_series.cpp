@@ -92,6 +92,28 @@ SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::s
     c.bone = is_bone_kernel(c.files.front().convolution_kernel);
     if (c.excluded.empty()) usable.push_back(&c);
   }
+  // Series of more than one patient or study: which one is the case's scan (a baseline and its
+  // follow-up, two patients' exports in one folder) is not guessed, whatever their kernels.
+  std::map<std::pair<std::string, std::string>, std::vector<const Candidate*>> studies;
+  for (const Candidate* c : usable) studies[{c->files.front().patient_id, c->files.front().study_uid}].push_back(c);
+  if (studies.size() > 1) {
+    std::ostringstream s;
+    std::set<std::string> patients;
+    for (const auto& [key, list] : studies) patients.insert(key.first);
+    s << "the folder holds CT series of " << studies.size() << " studies";
+    if (patients.size() > 1) s << " of " << patients.size() << " patients";
+    s << " (";
+    bool first = true;
+    for (const auto& [key, list] : studies) {
+      const DicomHeader* stamped = earliest_stamp(list.front()->files);
+      s << (first ? "" : "; ") << "patient '" << key.first << "' "
+        << (stamped ? stamped->datetime : std::string("undated")) << ": " << describe(*list.front());
+      first = false;
+    }
+    s << "): give each study its own folder, or name the series with --series-uid (hemexp expansion "
+         "--pairs-from pairs a patient's studies by date)";
+    throw IoError(s.str());
+  }
   // A lone image (a key image, a dose sheet saved as CT) is not a soft-tissue series that would
   // make a whole bone-kernel head series unusable.
   const bool soft_tissue_exists = std::any_of(usable.begin(), usable.end(), [](const Candidate* c) {
@@ -112,28 +134,6 @@ SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::s
     std::string msg = s.str();
     msg.pop_back();
     throw IoError(msg);
-  }
-  // Series of more than one patient or study: which one is the case's scan (a baseline and its
-  // follow-up, two patients' exports in one folder) is not guessed.
-  std::map<std::pair<std::string, std::string>, std::vector<const Candidate*>> studies;
-  for (const Candidate* c : usable) studies[{c->files.front().patient_id, c->files.front().study_uid}].push_back(c);
-  if (studies.size() > 1) {
-    std::ostringstream s;
-    std::set<std::string> patients;
-    for (const auto& [key, list] : studies) patients.insert(key.first);
-    s << "the folder holds CT series of " << studies.size() << " studies";
-    if (patients.size() > 1) s << " of " << patients.size() << " patients";
-    s << " (";
-    bool first = true;
-    for (const auto& [key, list] : studies) {
-      const DicomHeader* stamped = earliest_stamp(list.front()->files);
-      s << (first ? "" : "; ") << "patient '" << key.first << "' "
-        << (stamped ? stamped->datetime : std::string("undated")) << ": " << describe(*list.front());
-      first = false;
-    }
-    s << "): give each study its own folder, or name the series with --series-uid (hemexp expansion "
-         "--pairs-from pairs a patient's studies by date)";
-    throw IoError(s.str());
   }
   // Most images wins; ties go to the lower series number, then the UID, for stability.
   std::stable_sort(usable.begin(), usable.end(), [](const Candidate* a, const Candidate* b) {

@@ -137,7 +137,7 @@ TEST_F(Expansion, StudyScansArePairedByPatientAndDateAndNothingIsGuessed) {
   const StudyPairing p = pair_study_scans(scans);
   ASSERT_EQ(p.pairs.size(), 4u);
   // Patient ids that become one file-name-safe id keep apart (a digest of the id as written).
-  EXPECT_EQ(p.pairs[2].pair_id, "A-B_fu1");
+  EXPECT_EQ(p.pairs[2].pair_id, "A-B-" + sha256_hex("A B").substr(0, 8) + "_fu1");
   EXPECT_EQ(p.pairs[3].pair_id, "A-B-" + sha256_hex("A-B").substr(0, 8) + "_fu1");
   EXPECT_EQ(p.pairs[3].baseline, fs::path("/s/ab2/a"));
   for (const ScanPair& pair : p.pairs) EXPECT_EQ(pair.hours_source, "dicom");
@@ -268,9 +268,12 @@ TEST_F(Expansion, APairsGrowthLabelsAndFlags) {
   EXPECT_FALSE(r.followup_ml.has_value());
   EXPECT_FALSE(r.growth_ml.has_value());
 
-  // A follow-up at the baseline's own time is flagged too.
+  // A follow-up at the baseline's own time is flagged too; before or at it, no label.
   pair.hours_between = 0.0;
-  EXPECT_EQ(measure_pair(pair, "b", b, "f", b).qc_flags, std::vector<std::string>{"followup_at_baseline_time"});
+  r = measure_pair(pair, "b", b, "f", b);
+  EXPECT_EQ(r.qc_flags, std::vector<std::string>{"followup_at_baseline_time"});
+  EXPECT_TRUE(r.labels.empty());
+  EXPECT_DOUBLE_EQ(*r.growth_ml, 0.0);
 
   // The grid flags compare the patient's axes, not the file's: the follow-up stored with its axes
   // in another order (z, x, y) is the same grid.
