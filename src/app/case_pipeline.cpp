@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
 #include <exception>
 #include <functional>
 #include <limits>
@@ -62,6 +63,10 @@ ExpansionRisk expansion_risk(const Classifier& classifier, const CaseAnalysis& a
   }
   const ExpansionScore s = classifier.score(a.canonical.volume, a.canonical_mask,
                                             recipe.feature_vector(markers, h, ivh_volume_ml));
+  if (!std::isfinite(s.logit) || !std::isfinite(s.probability)) {  // never a risk category without a number
+    he.reason = "the classifier gave no finite output (NaN or infinite) for this case";
+    return he;
+  }
   he.probability = s.probability;
   he.logit = s.logit;
   he.risk = s.risk;

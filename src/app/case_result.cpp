@@ -1,5 +1,6 @@
 #include "hemexp/app/case_result.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 
@@ -260,6 +261,44 @@ std::string one_line(const std::string& what) {
   std::string s = what.substr(0, what.find('\n'));
   if (s.size() > 400) s = s.substr(0, 397) + "...";
   return s;
+}
+
+std::optional<std::vector<std::string>> listed_case_ids(const std::filesystem::path& run) {
+  std::vector<std::filesystem::path> tables;
+  if (std::filesystem::exists(run / "results.csv")) {
+    tables.push_back(run / "results.csv");
+  } else {
+    std::error_code ec;
+    for (std::filesystem::directory_iterator it(run, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      if (name.rfind("results-", 0) == 0 && name.size() > 4 && name.compare(name.size() - 4, 4, ".csv") == 0)
+        tables.push_back(it->path());
+    }
+    std::sort(tables.begin(), tables.end());
+  }
+  if (tables.empty()) return std::nullopt;
+  std::vector<std::string> ids;
+  for (const auto& t : tables)
+    for (const auto& row : parse_csv(read_text_file(t)).records()) ids.push_back(row.at("case_id"));
+  return ids;
+}
+
+std::filesystem::path run_input_path(const std::filesystem::path& run, const std::string& input) {
+  const std::filesystem::path p(input);
+  if (p.is_absolute()) return p;
+  std::vector<std::filesystem::path> records{run / "run.json"};  // else a shard's run-K-of-N.json
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(run, ec), end; !ec && it != end; it.increment(ec))
+    if (it->path().filename().string().rfind("run-", 0) == 0 && it->path().extension() == ".json")
+      records.push_back(it->path());
+  for (const auto& record : records) {
+    try {
+      const json r = json::parse(read_text_file(record));
+      if (r.contains("working_directory")) return std::filesystem::path(r["working_directory"].get<std::string>()) / p;
+    } catch (const std::exception&) {  // absent or not a run record: the next one
+    }
+  }
+  return p;
 }
 
 }  // namespace hemexp

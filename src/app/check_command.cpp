@@ -1,6 +1,9 @@
 #include "hemexp/app/check_command.hpp"
 
 #include <CLI/CLI.hpp>
+#include <cmath>
+#include <cstdlib>
+#include <optional>
 #include <spdlog/spdlog.h>
 
 #include <cmath>
@@ -27,7 +30,7 @@ CLI::App* setup_check(CLI::App& app, CheckOptions& o) {
       ->check(CLI::ExistingPath);
   c->add_option("run", o.run_dir, "Run folder to check")->required()->check(CLI::ExistingDirectory);
   c->add_option("--volume-ml", o.volume_ml, "Largest allowed change of a hematoma volume (mL)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(CLI::Range(0.0, 1e9))  // a number (NaN would turn the check off)
       ->capture_default_str();
   c->add_option("--probability", o.probability, "Largest allowed change of an expansion probability")
       ->check(CLI::Range(0.0, 1.0))
@@ -43,8 +46,19 @@ namespace {
 
 std::map<std::string, std::map<std::string, std::string>> rows_by_case(const fs::path& csv) {
   std::map<std::string, std::map<std::string, std::string>> rows;
-  for (auto& row : parse_csv(read_text_file(csv)).records()) rows[row["case_id"]] = row;
+  for (auto& row : parse_csv(read_text_file(csv)).records()) {
+    const std::string id = row["case_id"];
+    if (!rows.emplace(id, row).second) throw IoError(csv.string() + ": case_id '" + id + "' is listed twice");
+  }
   return rows;
+}
+
+// A number as results.csv writes it; nullopt for anything else (text, nan, inf).
+std::optional<double> finite_number(const std::string& text) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || end != text.c_str() + text.size() || !std::isfinite(v)) return std::nullopt;
+  return v;
 }
 
 std::string value(const std::map<std::string, std::string>& row, const std::string& key) {
@@ -61,7 +75,12 @@ void compare_number(const std::string& id, const std::string& column, const std:
     out.push_back({id, column, a.empty() ? "(blank)" : a, b.empty() ? "(blank)" : b, tol});
     return;
   }
-  if (std::abs(std::stod(a) - std::stod(b)) > tolerance) out.push_back({id, column, a, b, tol});
+  const std::optional<double> x = finite_number(a), y = finite_number(b);
+  if (!x || !y) {  // not a number on a side (nan, text): drift, unless both sides say the same
+    if (a != b) out.push_back({id, column, a, b, tol + ", both numbers"});
+    return;
+  }
+  if (std::abs(*x - *y) > tolerance) out.push_back({id, column, a, b, tol});
 }
 
 }  // namespace
@@ -92,7 +111,14 @@ std::vector<Drift> find_drift(const CheckOptions& o) {
     if (fs::exists(mb) != fs::exists(mr)) {
       drift.push_back({id, "mask", fs::exists(mb) ? "present" : "missing", fs::exists(mr) ? "present" : "missing", "both or neither"});
     } else if (fs::exists(mb)) {
-      const ImageFileContents a = read_image_file(mb), c = read_image_file(mr);
+      ImageFileContents a, c;
+      try {  // an unreadable mask is this case's drift, not the end of the check
+        a = read_image_file(mb);
+        c = read_image_file(mr);
+      } catch (const std::exception& e) {
+        drift.push_back({id, "mask", "readable", one_line(e.what()), "both readable"});
+        continue;
+      }
       if (!a.volume.geometry.same_grid(c.volume.geometry, 1e-4)) {
         drift.push_back({id, "mask grid", a.volume.geometry.describe(), c.volume.geometry.describe(), "the same grid"});
       } else {
@@ -128,7 +154,14 @@ int run_check(const CheckOptions& o) {
     }
     std::printf("DRIFT: %zu difference(s) beyond tolerance\n", drift.size());
   }
-  if (!o.json_path.empty()) write_text_atomically(o.json_path, j.dump(2) + "\n");
+  if (!o.json_path.empty()) {
+    try {
+      write_text_atomically(o.json_path, j.dump(2) + "\n");
+    } catch (const std::exception& e) {
+      spdlog::error("{}", one_line(e.what()));
+      return kExitSetup;
+    }
+  }
   return drift.empty() ? kExitOk : kExitDrift;
 }
 

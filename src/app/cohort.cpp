@@ -388,6 +388,7 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
               {"git_commit", kGitCommit},
               {"argv", argv_},
               {"host", host_name()},
+              {"working_directory", fs::current_path().string()},  // where relative input paths start
               {"shard", {{"index", options_.shard_index}, {"count", options_.shard_count}}},
               {"inputs", {{"cases", cohort_size_}, {"sha256", inputs_sha256_}}},
               {"left_out", left_out_json(left_out_)},

@@ -9,9 +9,11 @@
 #include <fstream>
 #include <map>
 #include <iterator>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
+#include "hemexp/app/case_result.hpp"
 #include "hemexp/app/cli.hpp"
 #include "hemexp/core/metrics.hpp"
 #include "hemexp/core/statistics.hpp"
@@ -48,15 +50,31 @@ int run_eval(const EvalOptions& o) {
   // Predicted cases by the truth case they read: <truth>/<case_id>/ct.nii.gz.
   std::map<std::string, fs::path> pred_case_dirs;
   std::map<std::string, json> pred_results;
-  if (fs::exists(pred / "cases"))
-    for (const auto& e : fs::directory_iterator(pred / "cases")) {
-      std::ifstream in(e.path() / "result.json");
+  // The run's cases are those of its results table: case folders an earlier run left in OUTDIR
+  // (an --overwrite of fewer scans) are not evaluated.
+  std::vector<fs::path> case_dirs;
+  std::optional<std::vector<std::string>> listed;
+  try {
+    listed = listed_case_ids(pred);
+  } catch (const std::exception& e) {
+    spdlog::error("{}: {}", pred.string(), e.what());
+    return kExitUsage;
+  }
+  if (listed) {
+    for (const std::string& id : *listed) case_dirs.push_back(pred / "cases" / id);
+  } else if (fs::exists(pred / "cases")) {
+    spdlog::warn("{} has no results table (a run stopped early?): every case folder in it is evaluated", pred.string());
+    for (const auto& e : fs::directory_iterator(pred / "cases")) case_dirs.push_back(e.path());
+  }
+  for (const fs::path& dir : case_dirs) {
+      std::ifstream in(dir / "result.json");
       if (!in) continue;
       try {
         const json r = json::parse(in);
-        const fs::path input = fs::weakly_canonical(r.at("input").at("path").get<std::string>());
-        if (input.filename() == "ct.nii.gz" && fs::equivalent(input.parent_path().parent_path(), truth)) {
-          pred_case_dirs[input.parent_path().filename().string()] = e.path();
+        const fs::path input = fs::weakly_canonical(run_input_path(pred, r.at("input").at("path").get<std::string>()));
+        std::error_code ec;
+        if (input.filename() == "ct.nii.gz" && fs::equivalent(input.parent_path().parent_path(), truth, ec)) {
+          pred_case_dirs[input.parent_path().filename().string()] = dir;
           pred_results[input.parent_path().filename().string()] = r;
         }
       } catch (const std::exception&) {
@@ -64,6 +82,9 @@ int run_eval(const EvalOptions& o) {
     }
 
   std::vector<double> dice, iou, hd95, volume_error, he_scores, oracle_scores, observable_scores;
+  // The oracles on the cases the model scored, so that the model's AUC is compared on its own
+  // cases (missing and failed cases change the set).
+  std::vector<double> oracle_scored, observable_scored;
   // Hematoma Dice by group (true volume; intraventricular blood in the truth or not), and the
   // further labels of a multi-class model against the synth label map.
   std::map<std::string, std::vector<double>> dice_by_group;
@@ -77,12 +98,24 @@ int run_eval(const EvalOptions& o) {
   int no_probability = 0;
   json cases = json::array();
   int missing = 0, failed = 0, hd_undefined = 0;
-  for (const auto& row : truth_rows) {
-    const std::string id = row.at("case_id");
-    const int label = std::stoi(row.at("he_label"));
-    oracle_scores.push_back(std::stod(row.at("he_probability")));
+  for (size_t n = 0; n < truth_rows.size(); ++n) {
+    const auto& row = truth_rows[n];
+    const std::string id = row.count("case_id") ? row.at("case_id") : "";
+    int label = 0;
+    double oracle = 0, observable = std::nan("");
+    try {
+      label = std::stoi(row.at("he_label"));
+      oracle = std::stod(row.at("he_probability"));
+      if (row.count("he_observable_probability")) observable = std::stod(row.at("he_observable_probability"));
+      if (label != 0 && label != 1) throw std::invalid_argument("he_label");
+    } catch (const std::exception&) {
+      spdlog::error("{} row {} ({}): he_label must be 0 or 1 and he_probability a number", (truth / "labels.csv").string(),
+                    n + 2, id);
+      return kExitUsage;
+    }
+    oracle_scores.push_back(oracle);
     oracle_labels.push_back(label);
-    if (row.count("he_observable_probability")) observable_scores.push_back(std::stod(row.at("he_observable_probability")));
+    if (row.count("he_observable_probability")) observable_scores.push_back(observable);
     json c = {{"case_id", id}, {"he_label", label}};
     const auto it = pred_case_dirs.find(id);
     if (it == pred_case_dirs.end()) {
@@ -98,8 +131,17 @@ int run_eval(const EvalOptions& o) {
       cases.push_back(c);
       continue;
     }
-    const ImageFileContents t = read_image_file(truth / id / "mask.nii.gz");
-    const ImageFileContents p = read_image_file(it->second / "mask.nii.gz");
+    ImageFileContents t, p;
+    try {  // one unreadable mask is that case's failure, named, not the end of the evaluation
+      t = read_image_file(truth / id / "mask.nii.gz");
+      p = read_image_file(it->second / "mask.nii.gz");
+    } catch (const std::exception& e) {
+      ++failed;
+      c["status"] = "mask unreadable: " + one_line(e.what());
+      spdlog::warn("{}: mask unreadable: {}", id, one_line(e.what()));
+      cases.push_back(c);
+      continue;
+    }
     if (!p.volume.geometry.same_grid(t.volume.geometry, 1e-3)) {
       ++failed;
       c["status"] = "grid differs from the truth";
@@ -150,6 +192,8 @@ int run_eval(const EvalOptions& o) {
       if (r["he"]["probability"].is_number()) {
         he_scores.push_back(r["he"]["probability"].get<double>());
         he_labels.push_back(label);
+        oracle_scored.push_back(oracle);
+        observable_scored.push_back(observable);
         c["he_probability"] = r["he"]["probability"];
       } else {
         ++no_probability;  // no hematoma, or one below the classifier's minimum: reported, not guessed
@@ -183,6 +227,10 @@ int run_eval(const EvalOptions& o) {
                                                      : std::nan(""))},
         {"prevalence", json_number(mean(std::vector<double>(oracle_labels.begin(), oracle_labels.end())))},
         {"cases_with_prediction", he_scores.size()},
+        {"oracle_auc_on_scored_cases", json_number(roc_auc(oracle_scored, he_labels))},
+        {"observable_oracle_auc_on_scored_cases", json_number(roc_auc(observable_scored, he_labels))},
+        {"model_auc_to_observable_oracle",
+         json_number(roc_auc(he_scores, he_labels) / roc_auc(observable_scored, he_labels))},
         {"cases_without_probability", no_probability},
         {"model", classification_report(he_scores, he_labels, threshold)}}},
       {"per_case", cases}};
@@ -199,7 +247,12 @@ int run_eval(const EvalOptions& o) {
                               {"volume_abs_error_ml_mean", json_number(mean(s.volume_error))},
                               {"volume_abs_error_ml_median", json_number(median(s.volume_error))}};
   const fs::path json_path = o.json_path.empty() ? pred / "eval.json" : fs::path(o.json_path);
-  write_text_atomically(json_path, report.dump(2) + "\n");
+  try {
+    write_text_atomically(json_path, report.dump(2) + "\n");
+  } catch (const std::exception& e) {
+    spdlog::error("{}", one_line(e.what()));
+    return kExitSetup;
+  }
 
   const auto f = [](double v, int d) { return std::isfinite(v) ? format_number(v, d) : std::string("n/a"); };
   std::printf("cases: %zu in truth, %zu evaluated, %d missing, %d failed\n", cases.size(), dice.size(), missing, failed);
@@ -218,7 +271,7 @@ int run_eval(const EvalOptions& o) {
                 name.c_str(), f(mean(s.dice), 4).c_str(), f(median(s.dice), 4).c_str(), s.truth_cases,
                 f(mean(s.dice_1ml), 4).c_str(), s.dice_1ml.size(), f(median(s.volume_error), 3).c_str(),
                 s.volume_error.size());
-  std::printf("HE: oracle AUC %s (true probabilities), %s (observable part), prevalence %s\n",
+  std::printf("HE: oracle AUC %s (true probabilities), %s (observable part), prevalence %s, over every truth case\n",
               f(roc_auc(oracle_scores, oracle_labels), 3).c_str(),
               f(report["expansion"]["observable_oracle_auc"].is_number()
                     ? report["expansion"]["observable_oracle_auc"].get<double>()
@@ -236,6 +289,11 @@ int run_eval(const EvalOptions& o) {
                 he_scores.size(), no_probability, g("auc", 3).c_str(), g("auc_ci95_low", 3).c_str(),
                 g("auc_ci95_high", 3).c_str(), g("brier", 4).c_str(), g("ece", 4).c_str(),
                 g("calibration_slope", 2).c_str(), g("calibration_intercept", 2).c_str());
+    const json& x = report["expansion"];
+    const auto h = [&x, &f](const char* k) { return x[k].is_number() ? f(x[k].get<double>(), 3) : std::string("n/a"); };
+    std::printf("  on the same %zu cases: oracle AUC %s, observable %s; the model's AUC is %s x the observable oracle\n",
+                he_scores.size(), h("oracle_auc_on_scored_cases").c_str(), h("observable_oracle_auc_on_scored_cases").c_str(),
+                h("model_auc_to_observable_oracle").c_str());
     std::printf("  at threshold %s: accuracy %s, sensitivity %s, specificity %s, PPV %s, NPV %s\n",
                 g("threshold", 3).c_str(), g("accuracy", 3).c_str(), g("sensitivity", 3).c_str(),
                 g("specificity", 3).c_str(), g("ppv", 3).c_str(), g("npv", 3).c_str());

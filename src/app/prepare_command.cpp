@@ -3,7 +3,9 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <optional>
 #include <fstream>
 #include <iterator>
 
@@ -89,31 +91,63 @@ std::vector<PrepareCase> synth_cases(const std::vector<std::string>& dirs) {
   return cases;
 }
 
-// The ok cases of a run, with the labels CSV row of each: by the run's case_id, or by the name
-// of the folder that holds the scan (a synth folder's case_id).
+// The ok cases of a run's results table, with the labels CSV row of each: by the run's case_id,
+// or by the name of the folder that holds the scan (a synth folder's case_id). A labels file
+// that cannot mean one thing is refused (std::runtime_error): no he_label column, a value other
+// than 0 or 1, an id twice, a label that two cases would share. Labelled cases the run could not
+// analyse, and labels that match no case, are counted in warnings.
 std::vector<PrepareCase> run_cases_with_labels(const fs::path& run, const fs::path& labels_csv) {
   std::map<std::string, std::map<std::string, std::string>> labels;
-  if (!labels_csv.empty())
-    for (auto& row : parse_csv(read_text_file(labels_csv)).records()) labels[row["case_id"]] = row;
+  if (!labels_csv.empty()) {
+    const CsvTable table = parse_csv(read_text_file(labels_csv));
+    for (const char* column : {"case_id", "he_label"})
+      if (std::find(table.header.begin(), table.header.end(), column) == table.header.end())
+        throw std::runtime_error(labels_csv.string() + " has no " + column + " column");
+    size_t n = 1;
+    for (auto& row : table.records()) {
+      ++n;
+      const std::string id = trim(row["case_id"]), label = trim(row["he_label"]);
+      if (id.empty()) continue;
+      if (label != "0" && label != "1")
+        throw std::runtime_error(labels_csv.string() + " row " + std::to_string(n) + " (" + id + "): he_label '" + label +
+                                 "' is not 0 or 1");
+      if (!labels.emplace(id, row).second)
+        throw std::runtime_error(labels_csv.string() + ": case_id '" + id + "' is labelled twice");
+    }
+  }
   std::vector<fs::path> dirs;
-  if (fs::exists(run / "cases"))
+  if (const std::optional<std::vector<std::string>> listed = listed_case_ids(run)) {
+    for (const std::string& id : *listed) dirs.push_back(run / "cases" / id);
+  } else if (fs::exists(run / "cases")) {
+    spdlog::warn("{} has no results table (a run stopped early?): every case folder in it is read", run.string());
     for (const auto& e : fs::directory_iterator(run / "cases")) dirs.push_back(e.path());
-  std::sort(dirs.begin(), dirs.end());
+    std::sort(dirs.begin(), dirs.end());
+  }
   std::vector<PrepareCase> cases;
-  int unlabelled = 0;
+  int unlabelled = 0, not_analysed = 0;
+  std::map<std::string, std::string> used;  // label id -> the case it was given to
   for (const fs::path& d : dirs) {
     const std::optional<CaseResult> r = CaseResult::read(d / CaseFiles::kResult);
-    if (!r || r->status != "ok" || !fs::exists(d / CaseFiles::kMask)) continue;
+    const fs::path input = r ? run_input_path(run, r->input_path) : fs::path();
+    auto it = !r ? labels.end() : labels.find(r->case_id);
+    if (r && it == labels.end()) it = labels.find(scan_folder_name(input));
+    if (it != labels.end()) {
+      if (const auto [u, fresh] = used.emplace(it->first, r->case_id); !fresh)
+        throw std::runtime_error(labels_csv.string() + ": the label of '" + it->first + "' would go to two cases (" +
+                                 u->second + " and " + r->case_id + "): label by the run's case_id");
+    }
+    if (!r || r->status != "ok" || !fs::exists(d / CaseFiles::kMask)) {
+      if (it != labels.end()) ++not_analysed;
+      continue;
+    }
     PrepareCase pc;
     pc.id = r->case_id;
-    pc.ct = r->input_path;
+    pc.ct = input;
     pc.mask = d / CaseFiles::kMask;
     pc.mask_source = "predicted";
     // the segmenter's, never the labels CSV's (a synth labels.csv has the true one)
     if (const auto ivh = r->labels.find("ivh"); ivh != r->labels.end())
       pc.ivh_volume_ml = format_number(ivh->second.volume_ml, 4);
-    auto it = labels.find(r->case_id);
-    if (it == labels.end()) it = labels.find(scan_folder_name(r->input_path));
     if (it != labels.end()) pc.label = it->second;
     else if (!labels.empty()) {
       ++unlabelled;
@@ -122,6 +156,10 @@ std::vector<PrepareCase> run_cases_with_labels(const fs::path& run, const fs::pa
     cases.push_back(pc);
   }
   if (unlabelled) spdlog::warn("{} ok cases of {} have no row in {}: left out", unlabelled, run.string(), labels_csv.string());
+  if (not_analysed)
+    spdlog::warn("{} labelled cases failed in the run (or have no mask): left out; rerun them with --resume", not_analysed);
+  if (const size_t unmatched = labels.size() - used.size(); !labels.empty() && unmatched > 0)
+    spdlog::warn("{} of the {} labels in {} match no case of {}", unmatched, labels.size(), labels_csv.string(), run.string());
   return cases;
 }
 
@@ -303,7 +341,7 @@ int run_prepare(const PrepareOptions& o) {
       throw std::runtime_error("network.num_classes is not the number of labels");
     return export_segmentation(cases, Preprocessing::from_json(card.at("preprocessing")), labels, out);
   } catch (const std::exception& e) {
-    spdlog::error("card {}: {}", o.card_path, e.what());
+    spdlog::error("{}", one_line(e.what()));  // the card's, the labels', or a write's: the message says which
     return kExitUsage;
   }
 }

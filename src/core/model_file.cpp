@@ -160,6 +160,9 @@ void load_named_tensors(torch::nn::Module& module, const std::map<std::string, t
     if (it->second.is_floating_point() != target.is_floating_point())
       throw ModelError("model " + file_name + ": tensor '" + name + "' is " + std::string(c10::toString(it->second.scalar_type())) +
                       ", the network expects " + std::string(c10::toString(target.scalar_type())));
+    // A damaged or badly exported file: NaN weights give NaN outputs that pass as numbers.
+    if (it->second.is_floating_point() && !torch::isfinite(it->second).all().item<bool>())
+      throw ModelError("model " + file_name + ": tensor '" + name + "' holds NaN or infinite values (a damaged file?)");
     target.copy_(it->second.to(target.dtype()));
     used.insert(name);
   };

@@ -25,6 +25,14 @@ fs::path temporary_path_for(const fs::path& target) {
 }
 
 void write_atomically(const fs::path& target, const std::function<void(const fs::path&)>& write) {
+  // A target that exists and is not a regular file (/dev/null, a named pipe, /dev/stdout) is
+  // written into as it is: renaming over it would replace a device with a file.
+  std::error_code ec;
+  if (const fs::file_status st = fs::status(target, ec); !ec && fs::exists(st) && !fs::is_regular_file(st)) {
+    if (fs::is_directory(st)) throw IoError("cannot write " + target.string() + ": it is a folder");
+    write(target);
+    return;
+  }
   const fs::path tmp = temporary_path_for(target);
   try {
     write(tmp);

@@ -14,6 +14,7 @@ namespace hemexp {
 namespace {
 
 namespace fs = std::filesystem;
+using test::slurp;
 
 struct Case {
   std::string id, status, volume, probability;
@@ -68,6 +69,22 @@ TEST(Check, FindsEveryDriftBeyondTolerance) {
   // A results.csv as the baseline: no masks compared.
   o.baseline = (root / "base/results.csv").string();
   EXPECT_EQ(find_drift(o).size(), 5u);
+  // A NaN (a damaged model's output) is drift, never within tolerance; an unreadable mask is
+  // that case's drift, named; a case listed twice is refused (exit 2).
+  o.baseline = (root / "base").string();
+  write_run(root / "nan", {{"a", "ok", "nan", "-nan", 100}, {"b", "ok", "0.000", "", 0},
+                           {"c", "failed", "", "", -1}, {"d", "ok", "5.000", "0.1000", 50}});
+  std::ofstream(root / "nan/cases/d/mask.nii.gz", std::ios::trunc) << "junk";
+  o.run_dir = (root / "nan").string();
+  found.clear();
+  for (const Drift& d : find_drift(o)) found.push_back(d.case_id + " " + d.check + " " + d.baseline + " -> " + d.run);
+  ASSERT_EQ(found.size(), 3u) << found.front();
+  EXPECT_EQ(found[0], "a hematoma_volume_ml 10.000 -> nan");
+  EXPECT_EQ(found[1], "a he_probability 0.2000 -> -nan");
+  EXPECT_EQ(found[2].rfind("d mask readable -> ", 0), 0u) << found[2];
+  write_text_atomically(root / "nan/results.csv", slurp(root / "base/results.csv") +
+                                                      csv_line(CaseResult::csv_columns(), {{"case_id", "a"}, {"status", "ok"}}));
+  EXPECT_EQ(run_check(o), kExitUsage);
   fs::remove_all(root);
 }
 

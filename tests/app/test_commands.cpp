@@ -249,6 +249,59 @@ TEST_F(Commands, EvalComparesARunWithTheTruth) {
   EXPECT_DOUBLE_EQ(edema["dice_mean"].get<double>(), 0.5);
   EXPECT_NEAR(edema["volume_abs_error_ml_mean"].get<double>(), 0.5 * std::stod(labels_[1].at("edema_volume_ml")), 1e-4);
   EXPECT_EQ(report["per_case"][0]["edema"]["dice"], 1.0);
+  EXPECT_TRUE(report["expansion"].contains("observable_oracle_auc_on_scored_cases"));
+
+  // The run's cases are its results table's: a folder an earlier run left (c3, for the case
+  // never run) is not evaluated; a relative input is taken from the run's working folder; an
+  // unreadable mask is that case's failure, named, and the rest is evaluated.
+  const std::string id3 = labels_[3].at("case_id");
+  fs::create_directories(pred / "cases/c3");
+  fs::copy_file(root_ / "truth" / id3 / "mask.nii.gz", pred / "cases/c3/mask.nii.gz");
+  std::ofstream(pred / "cases/c3/result.json")
+      << json({{"case_id", id3}, {"status", "ok"}, {"input", {{"path", (root_ / "truth" / id3 / "ct.nii.gz").string()}}}}).dump();
+  std::ofstream(pred / "results.csv") << "case_id,status\nc0,ok\nc1,ok\nc2,failed\n";
+  json r0 = json::parse(slurp(pred / "cases/c0/result.json"));
+  r0["input"]["path"] = (fs::path("truth") / labels_[0].at("case_id") / "ct.nii.gz").string();
+  std::ofstream(pred / "cases/c0/result.json", std::ios::trunc) << r0.dump();
+  std::ofstream(pred / "run.json") << json({{"working_directory", root_.string()}}).dump();
+  std::ofstream(pred / "cases/c1/mask.nii.gz", std::ios::trunc) << "junk";
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  ASSERT_EQ(run_eval(o), kExitOk);
+  const std::string again = ::testing::internal::GetCapturedStdout() + ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(again.find("cases: 4 in truth, 1 evaluated, 1 missing, 2 failed"), std::string::npos) << again;
+  EXPECT_NE(again.find(labels_[1].at("case_id") + ": mask unreadable: "), std::string::npos) << again;
+  o.json_path = (root_ / "no-such-folder/eval.json").string();
+  ::testing::internal::CaptureStdout();
+  EXPECT_EQ(run_eval(o), kExitSetup);  // said, not an abort
+  ::testing::internal::GetCapturedStdout();
+}
+
+// A labels file for `prepare --run` that cannot mean one thing is refused: no he_label column,
+// a value other than 0 or 1, an id labelled twice.
+TEST_F(Commands, PrepareFromARunRefusesLabelsThatCannotMeanOneThing) {
+  const fs::path card = root_ / "cls-card-labels.json";
+  std::ofstream(card) << test::parity_classifier_card(0.0, 1.0, 0.0).dump();
+  const std::string id = labels_[0].at("case_id");
+  const fs::path run = root_ / "run-labels";
+  fs::create_directories(run / "cases" / id);
+  fs::copy_file(root_ / "truth" / id / "mask.nii.gz", run / "cases" / id / "mask.nii.gz");
+  CaseResult r;
+  r.case_id = id;
+  r.input_path = (root_ / "truth" / id / "ct.nii.gz").string();
+  std::ofstream(run / "cases" / id / "result.json") << r.to_json().dump();
+  PrepareOptions o;
+  o.run_dir = run.string();
+  o.card_path = card.string();
+  o.output_dir = (root_ / "prepared-labels").string();
+  for (const std::string& labels : {"case_id,label\n" + id + ",1\n", "case_id,he_label\n" + id + ",2\n",
+                                    "case_id,he_label\n" + id + ",1\n" + id + ",0\n"}) {
+    std::ofstream(root_ / "labels-bad.csv", std::ios::trunc) << labels;
+    o.labels_csv = (root_ / "labels-bad.csv").string();
+    EXPECT_EQ(run_prepare(o), kExitUsage) << labels;
+  }
+  std::ofstream(root_ / "labels-bad.csv", std::ios::trunc) << "case_id,he_label\n" << id << ",1\nnobody,0\n";
+  EXPECT_EQ(run_prepare(o), kExitOk);  // a label that matches no case is warned about, not refused
 }
 
 TEST_F(Commands, InfoDescribesAModelAndRejectsOtherFiles) {

@@ -320,6 +320,21 @@ TEST_F(RunCommand, SetupErrors) {
   o = options_;
   o.seg_model = (root_ / "a-file").string();
   EXPECT_EQ(run(o), kExitSetup);  // not a model file
+  // A damaged model whose weights hold a NaN: refused when loaded, not run into NaN outputs.
+  {
+    SafetensorsFile f = read_safetensors(test::write_random_segmenter(root_ / "model-nan.safetensors"));
+    torch::Tensor& t = f.tensors.begin()->second;
+    t = t.clone();
+    t.view({-1})[0] = std::nan("");
+    write_safetensors(root_ / "model-nan.safetensors", f);
+    o = options_;
+    o.seg_model = (root_ / "model-nan.safetensors").string();
+    ::testing::internal::CaptureStdout();
+    ::testing::internal::CaptureStderr();
+    EXPECT_EQ(run(o), kExitSetup);
+    const std::string said = ::testing::internal::GetCapturedStdout() + ::testing::internal::GetCapturedStderr();
+    EXPECT_NE(said.find("holds NaN or infinite values (a damaged file?)"), std::string::npos) << said;
+  }
   o = options_;
   std::ofstream(root_ / "empty.txt") << "# nothing listed\n";
   o.inputs = {(root_ / "empty.txt").string()};

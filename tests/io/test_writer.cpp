@@ -6,6 +6,9 @@
 #include <fstream>
 
 #include <sys/resource.h>
+#include <sys/stat.h>
+
+#include <thread>
 
 #include <zlib.h>
 
@@ -110,6 +113,26 @@ INSTANTIATE_TEST_SUITE_P(
                       GridCase{{0, 1, 2}, {1, 1, 1}, 0.32, ".nii"},       // tilted, uncompressed
                       GridCase{{1, 0, 2}, {1, -1, -1}, 0.1, ".mha"},
                       GridCase{{0, 1, 2}, {1, 1, -1}, 0.05, ".nrrd"}));
+
+// A target that is not a regular file (a named pipe here; /dev/null, /dev/stdout for `--json`)
+// is written into as it is: the temporary-then-rename write would replace it with a file (as
+// root, /dev/null itself).
+TEST(Writer, ATargetThatIsNotARegularFileIsWrittenIntoNotReplaced) {
+  test::ScratchDir dir;
+  const fs::path fifo = dir / "pipe";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  std::string got;
+  std::thread reader([&] {
+    std::ifstream in(fifo, std::ios::binary);
+    got.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  });
+  write_text_atomically(fifo, "report\n");
+  reader.join();
+  EXPECT_EQ(got, "report\n");
+  EXPECT_TRUE(fs::is_fifo(fifo));
+  EXPECT_THROW(write_text_atomically(dir.path(), "x"), IoError);  // a folder: said, not replaced
+  EXPECT_TRUE(fs::is_directory(dir.path()));
+}
 
 TEST(Writer, VoxelTypesRoundTripExactly) {
   ScratchDir dir;

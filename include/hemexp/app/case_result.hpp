@@ -99,4 +99,13 @@ struct CaseFiles {
 // A bounded, one-line reason for results.csv.
 std::string one_line(const std::string& what);
 
+// The case ids a run lists in its results table (results.csv; else, for a job array not merged
+// yet, its shards' results-K-of-N.csv), in table order; nullopt when it has none (a run stopped
+// before writing one). Case folders an earlier run left in OUTDIR are not the run's.
+std::optional<std::vector<std::string>> listed_case_ids(const std::filesystem::path& run);
+
+// A case's input as the run read it: a relative path is taken from the folder the run was
+// started in (run.json `working_directory`) when it is recorded, else as it is.
+std::filesystem::path run_input_path(const std::filesystem::path& run, const std::string& input);
+
 }  // namespace hemexp
