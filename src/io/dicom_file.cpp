@@ -170,6 +170,18 @@ class HeaderWalk {
     return Step::cut;
   }
 
+  // The item or delimiter header at `at`, (FFFE,tag) and a 32-bit length, `at` moved past it;
+  // cut or unknown when there is none.
+  Step item_header(uint64_t& at, bool big, uint16_t& tag, uint32_t& length) {
+    if (at + 8 > size_) return cut(at);
+    if (!have(at + 8)) return Step::unknown;
+    if (u16(at, big) != 0xFFFE) return Step::unknown;
+    tag = u16(at + 2, big);
+    length = u32(at + 4, big);
+    at += 8;
+    return Step::next;
+  }
+
   // One element (or item delimiter) at `at`, moving `at` past it.
   Step element_at(uint64_t& at, bool explicit_vr, bool big, bool top, int depth = 0) {
     if (depth > 32) return Step::unknown;
@@ -213,12 +225,9 @@ class HeaderWalk {
       in_pixel_data_ = true;
       while (true) {  // encapsulated (JPEG, JPEG 2000, RLE): every fragment within the file
         const uint64_t item = at;
-        if (at + 8 > size_) return cut(item);
-        if (!have(at + 8)) return Step::unknown;
-        if (u16(at, big) != 0xFFFE) return Step::unknown;
-        const uint16_t tag = u16(at + 2, big);
-        const uint32_t fragment = u32(at + 4, big);
-        at += 8;
+        uint16_t tag = 0;
+        uint32_t fragment = 0;
+        if (const Step s = item_header(at, big, tag, fragment); s != Step::next) return s;
         if (tag == 0xE0DD) return Step::pixel_data;
         if (tag != 0xE000 || fragment == kUndefined) return Step::unknown;
         if (at + fragment > size_) return cut(item);
@@ -238,12 +247,9 @@ class HeaderWalk {
     // Items until the sequence delimiter.
     while (true) {
       const uint64_t item = at;
-      if (at + 8 > size_) return cut(item);
-      if (!have(at + 8)) return Step::unknown;
-      if (u16(at, big) != 0xFFFE) return Step::unknown;
-      const uint16_t tag = u16(at + 2, big);
-      const uint32_t item_length = u32(at + 4, big);
-      at += 8;
+      uint16_t tag = 0;
+      uint32_t item_length = 0;
+      if (const Step s = item_header(at, big, tag, item_length); s != Step::next) return s;
       if (tag == 0xE0DD) return Step::next;  // sequence delimiter
       if (tag != 0xE000) return Step::unknown;
       if (item_length != kUndefined) {
