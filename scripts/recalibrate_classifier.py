@@ -237,8 +237,11 @@ def main(argv=None):
     z, y = np.asarray(z, dtype=np.float64), np.asarray(y, dtype=np.int64)
     n, events = len(y), int(y.sum())
     if events == 0 or events == n:
+        why = "; ".join(f"{k}: {v}" for k, v in sorted(left_out.items()))
         raise SystemExit(f"{n} labelled cases with a probability, {events} expansions: both classes are needed "
-                         "(nothing written)")
+                         f"(nothing written){'; left out: ' + why if why else ''}"
+                         + ("; was the run scored by a classifier? (hemexp run --resume --cls-model MODEL)"
+                            if n == 0 else ""))
     if args.method == "platt" and min(events, n - events) < MIN_EVENTS_FOR_SLOPE:
         print(f"warning: {min(events, n - events)} cases in the smaller class: a refitted slope is poorly determined "
               f"below {MIN_EVENTS_FOR_SLOPE}; consider --method intercept", file=sys.stderr)
@@ -282,6 +285,9 @@ def main(argv=None):
     card["name"] = args.name or (str(card.get("name", "classifier")) + "-recalibrated")
     metadata = dict(metadata)
     metadata[CARD_KEY] = json.dumps(card, sort_keys=True)
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise SystemExit(f"-o {args.output}: folder {folder} does not exist (nothing written)")
     tmp = args.output + ".tmp"
     try:
         hemexp_safetensors.save(tmp, tensors, metadata)

@@ -206,6 +206,18 @@ def main():
             assert "not by the model file given" in str(e), e
         assert not os.path.exists(out)
 
+        # A run made without a classifier: refused, saying so; an output folder that does not exist:
+        # refused before anything is written (it was a traceback).
+        unscored = os.path.join(tmp, "unscored")
+        write_run(unscored, "0" * 64, [], [], extra=[(f"n{i}", {"case_id": f"n{i}", "status": "ok", "he": None})
+                                                        for i in range(3)])
+        out = os.path.join(tmp, "unscored.safetensors")
+        expect_refused(["--model", model, "--run", unscored, "--labels", os.path.join(unscored, "labels.csv"), "-o", out],
+                       "was the run scored by a classifier?", out)
+        out = os.path.join(tmp, "no-such-folder", "x.safetensors")
+        expect_refused(["--model", model, "--run", run, "--labels", os.path.join(run, "labels.csv"), "-o", out],
+                       "does not exist (nothing written)", out)
+
         # hemexp reads the recalibrated shipped classifier (the card's other fields as they were).
         shipped = os.path.join(HERE, "..", "models", "hemexp-cls.safetensors")
         if binary and os.path.exists(shipped):
