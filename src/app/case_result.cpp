@@ -3,8 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
+#include <set>
 
+#include "hemexp/app/cohort.hpp"
 #include "hemexp/core/error.hpp"
+#include "hemexp/io/error.hpp"
 #include "hemexp/core/text.hpp"
 #include "hemexp/io/atomic_file.hpp"
 
@@ -264,40 +268,59 @@ std::string one_line(const std::string& what) {
 }
 
 std::optional<std::vector<std::string>> listed_case_ids(const std::filesystem::path& run) {
-  std::vector<std::filesystem::path> tables;
+  std::vector<std::pair<int, std::filesystem::path>> tables;  // by shard number
   if (std::filesystem::exists(run / "results.csv")) {
-    tables.push_back(run / "results.csv");
+    tables.emplace_back(0, run / "results.csv");
   } else {
     std::error_code ec;
     for (std::filesystem::directory_iterator it(run, ec), end; !ec && it != end; it.increment(ec)) {
       const std::string name = it->path().filename().string();
-      if (name.rfind("results-", 0) == 0 && name.size() > 4 && name.compare(name.size() - 4, 4, ".csv") == 0)
-        tables.push_back(it->path());
+      if (const auto split = shard_of_file(name); split && name.rfind("results-", 0) == 0)
+        tables.emplace_back(split->first, it->path());
     }
     std::sort(tables.begin(), tables.end());
   }
   if (tables.empty()) return std::nullopt;
   std::vector<std::string> ids;
-  for (const auto& t : tables)
-    for (const auto& row : parse_csv(read_text_file(t)).records()) ids.push_back(row.at("case_id"));
+  std::set<std::string> seen;
+  for (const auto& [k, t] : tables)
+    for (const auto& row : parse_csv(read_text_file(t)).records()) {
+      const std::string& id = row.at("case_id");
+      if (!seen.insert(id).second)
+        throw IoError(t.string() + ": case " + id + " is listed twice (tables of two splits, or an edited table)");
+      ids.push_back(id);
+    }
   return ids;
 }
 
 std::filesystem::path run_input_path(const std::filesystem::path& run, const std::string& input) {
   const std::filesystem::path p(input);
   if (p.is_absolute()) return p;
-  std::vector<std::filesystem::path> records{run / "run.json"};  // else a shard's run-K-of-N.json
-  std::error_code ec;
-  for (std::filesystem::directory_iterator it(run, ec), end; !ec && it != end; it.increment(ec))
-    if (it->path().filename().string().rfind("run-", 0) == 0 && it->path().extension() == ".json")
-      records.push_back(it->path());
-  for (const auto& record : records) {
-    try {
-      const json r = json::parse(read_text_file(record));
-      if (r.contains("working_directory")) return std::filesystem::path(r["working_directory"].get<std::string>()) / p;
-    } catch (const std::exception&) {  // absent or not a run record: the next one
+  // The run's working folder, read once per run folder (eval and prepare ask for every case).
+  static std::map<std::filesystem::path, std::filesystem::path> working_of;
+  auto [it, fresh] = working_of.try_emplace(run);
+  if (fresh) {
+    std::vector<std::filesystem::path> records{run / "run.json"};  // else a shard's run-K-of-N.json
+    std::error_code ec;
+    for (std::filesystem::directory_iterator d(run, ec), end; !ec && d != end; d.increment(ec))
+      if (const auto split = shard_of_file(d->path().filename().string());
+          split && d->path().filename().string().rfind("run-", 0) == 0)
+        records.push_back(d->path());
+    for (const auto& record : records) {
+      try {
+        const json r = json::parse(read_text_file(record));
+        if (r.contains("working_directory")) {
+          it->second = r["working_directory"].get<std::string>();
+          break;
+        }
+      } catch (const std::exception&) {  // absent or not a run record: the next one
+      }
     }
   }
+  // From the recorded folder when the file is there (a run folder copied to another machine,
+  // evaluated from its own root, still finds its inputs as given).
+  std::error_code ec;
+  if (!it->second.empty() && std::filesystem::exists(it->second / p, ec)) return it->second / p;
   return p;
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <optional>
+#include <sstream>
 #include <spdlog/spdlog.h>
 
 #include <cmath>
@@ -23,6 +24,24 @@ namespace hemexp {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+namespace {
+
+// A tolerance must be a finite number in [low, high]: CLI11's Range lets NaN through (every
+// comparison with it is false), and a NaN tolerance would turn its check off.
+CLI::Validator finite_in(double low, double high) {
+  return CLI::Validator(
+      [low, high](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        if (text.empty() || *end != '\0' || !std::isfinite(v) || v < low || v > high)
+          return "must be a number from " + format_number(low, 1) + " to " + format_number(high, 1);
+        return "";
+      },
+      "FINITE", "finite");
+}
+
+}  // namespace
+
 CLI::App* setup_check(CLI::App& app, CheckOptions& o) {
   CLI::App* c = app.add_subcommand("check", "Compare a run with a baseline run (regression check for CI)");
   c->add_option("--baseline", o.baseline, "Baseline run folder (masks compared too) or its results.csv")
@@ -30,13 +49,13 @@ CLI::App* setup_check(CLI::App& app, CheckOptions& o) {
       ->check(CLI::ExistingPath);
   c->add_option("run", o.run_dir, "Run folder to check")->required()->check(CLI::ExistingDirectory);
   c->add_option("--volume-ml", o.volume_ml, "Largest allowed change of a hematoma volume (mL)")
-      ->check(CLI::Range(0.0, 1e9))  // a number (NaN would turn the check off)
+      ->check(finite_in(0.0, 1e9))
       ->capture_default_str();
   c->add_option("--probability", o.probability, "Largest allowed change of an expansion probability")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(finite_in(0.0, 1.0))
       ->capture_default_str();
   c->add_option("--dice", o.dice, "Smallest allowed Dice between a case's two masks")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(finite_in(0.0, 1.0))
       ->capture_default_str();
   c->add_option("--json", o.json_path, "Also write the drifts as JSON");
   return c;
@@ -120,7 +139,16 @@ std::vector<Drift> find_drift(const CheckOptions& o) {
         continue;
       }
       if (!a.volume.geometry.same_grid(c.volume.geometry, 1e-4)) {
-        drift.push_back({id, "mask grid", a.volume.geometry.describe(), c.volume.geometry.describe(), "the same grid"});
+        // Size and spacing, and where they are alike, what differs: the origin or the axes.
+        const auto where = [](const Geometry& g) {
+          std::ostringstream s;
+          s << g.describe() << ", origin " << g.origin_mm[0] << "," << g.origin_mm[1] << "," << g.origin_mm[2];
+          for (size_t i = 0; i < 9; ++i) s << (i == 0 ? ", axes " : ",") << std::round(g.direction[i] * 1e4) / 1e4;
+          return s.str();
+        };
+        const bool alike = a.volume.geometry.describe() == c.volume.geometry.describe();
+        drift.push_back({id, "mask grid", alike ? where(a.volume.geometry) : a.volume.geometry.describe(),
+                         alike ? where(c.volume.geometry) : c.volume.geometry.describe(), "the same grid"});
       } else {
         const double dice = compare_masks(c.volume.voxels > 0, a.volume.voxels > 0, a.volume.geometry).dice;
         if (dice < o.dice)

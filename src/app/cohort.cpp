@@ -82,6 +82,16 @@ CohortRunner::CohortRunner(CohortOptions options, std::vector<std::string> argv)
 
 CohortRunner::~CohortRunner() = default;
 
+namespace {
+
+std::string working_directory() {
+  std::error_code ec;  // a folder deleted under the run: recorded as unknown, not an abort
+  const fs::path p = fs::current_path(ec);
+  return ec ? std::string() : p.string();
+}
+
+}  // namespace
+
 std::string CohortRunner::shard_file_name(const std::string& stem, const std::string& extension) const {
   if (options_.shard_count <= 1) return stem + extension;
   return stem + "-" + std::to_string(options_.shard_index) + "-of-" + std::to_string(options_.shard_count) + extension;
@@ -388,7 +398,7 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
               {"git_commit", kGitCommit},
               {"argv", argv_},
               {"host", host_name()},
-              {"working_directory", fs::current_path().string()},  // where relative input paths start
+              {"working_directory", working_directory()},  // where relative input paths start
               {"shard", {{"index", options_.shard_index}, {"count", options_.shard_count}}},
               {"inputs", {{"cases", cohort_size_}, {"sha256", inputs_sha256_}}},
               {"left_out", left_out_json(left_out_)},

@@ -204,6 +204,10 @@ int run_eval(const EvalOptions& o) {
     cases.push_back(c);
   }
 
+  // Only when the truth gives every scored case a number (an older synth folder has no column).
+  const bool observable_known = std::all_of(observable_scored.begin(), observable_scored.end(),
+                                            [](double v) { return std::isfinite(v); });
+  const double observable_on_scored = observable_known ? roc_auc(observable_scored, he_labels) : std::nan("");
   json report = {
       {"pred", o.pred_dir},
       {"truth", o.truth_dir},
@@ -228,9 +232,8 @@ int run_eval(const EvalOptions& o) {
         {"prevalence", json_number(mean(std::vector<double>(oracle_labels.begin(), oracle_labels.end())))},
         {"cases_with_prediction", he_scores.size()},
         {"oracle_auc_on_scored_cases", json_number(roc_auc(oracle_scored, he_labels))},
-        {"observable_oracle_auc_on_scored_cases", json_number(roc_auc(observable_scored, he_labels))},
-        {"model_auc_to_observable_oracle",
-         json_number(roc_auc(he_scores, he_labels) / roc_auc(observable_scored, he_labels))},
+        {"observable_oracle_auc_on_scored_cases", json_number(observable_on_scored)},
+        {"model_auc_to_observable_oracle", json_number(roc_auc(he_scores, he_labels) / observable_on_scored)},
         {"cases_without_probability", no_probability},
         {"model", classification_report(he_scores, he_labels, threshold)}}},
       {"per_case", cases}};

@@ -161,8 +161,6 @@ StudyPairing pair_study_scans(const std::vector<StudyScan>& scans) {
     if (!by_patient.count(s.patient_id)) patients.push_back(s.patient_id);
     by_patient[s.patient_id].push_back(&s);
   }
-  std::multiset<std::string> safe_names;  // each patient's file-name-safe id
-  for (const std::string& patient : patients) safe_names.insert(case_id_from_path(patient));
   for (const std::string& patient : patients) {
     std::vector<const StudyScan*> list = by_patient[patient];
     // A scan without a usable date leaves the order of the patient's scans unknown.
@@ -209,11 +207,11 @@ StudyPairing pair_study_scans(const std::vector<StudyScan>& scans) {
                              "is not guessed, none paired");
       continue;
     }
-    // Patient ids that the file-name-safe form makes alike ("A B", "A-B", "Müller", "Möller")
-    // keep apart by a digest of the id as written, every one of them (so that a patient added
-    // later changes no other's pair ids).
+    // A patient id that the file-name-safe form changes ("A B", "Müller") gets a digest of the id
+    // as written, so that no two patients share a pair id ("A B" and "A-B", "Müller" and
+    // "Möller") and none changes as the cohort grows.
     std::string name = case_id_from_path(patient);
-    if (safe_names.count(name) > 1) name += "-" + sha256_hex(patient).substr(0, 8);
+    if (name != patient) name += "-" + sha256_hex(patient).substr(0, 8);
     for (size_t k = 1; k < kept.size(); ++k) {
       ScanPair p;
       p.pair_id = case_id_from_path(name + "_fu" + std::to_string(k));
@@ -661,7 +659,7 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
     write_text_atomically(dir / "expansion.json", r.to_json().dump(2) + "\n");
     if (r.status == "ok")
       log.info("pair {}: {:.2f} -> {:.2f} mL ({:+.2f} mL){}{}", p.pair_id, *r.baseline_ml, *r.followup_ml, *r.growth_ml,
-               r.labels.at("he_label") ? ", expansion" : "", r.qc_flags.empty() ? "" : " [" + join(r.qc_flags, ", ") + "]");
+               r.labels.count("he_label") && r.labels.at("he_label") ? ", expansion" : "", r.qc_flags.empty() ? "" : " [" + join(r.qc_flags, ", ") + "]");
     else
       log.warn("pair {}: {}: {}", p.pair_id, r.status, r.error);
     measured.push_back(std::move(r));

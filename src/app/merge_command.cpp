@@ -45,6 +45,16 @@ json merged_left_out(const std::map<int, json>& shards) {
 
 int run_merge(const MergeOptions& o) {
   const fs::path out(o.output_dir);
+  // Not a job array's folder: said before any lock file is made in it.
+  bool any_shard = false;
+  for (const auto& e : fs::directory_iterator(out)) {
+    const std::string f = e.path().filename().string();
+    any_shard = any_shard || (shard_of_file(f) && f.rfind("run-", 0) == 0);
+  }
+  if (!any_shard) {
+    spdlog::error("{} holds no shard files (run-K-of-N.json)", out.string());
+    return kExitUsage;
+  }
   // The folder's lock, exclusively, as an unsharded run holds it, before any shard file is read:
   // no shard is running while merge reads their records and tables (a shard that has not finished has then been stopped), and none
   // starts before results.csv and run.json are written.

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <optional>
+#include <set>
 #include <fstream>
 #include <iterator>
 
@@ -107,7 +108,7 @@ std::vector<PrepareCase> run_cases_with_labels(const fs::path& run, const fs::pa
     for (auto& row : table.records()) {
       ++n;
       const std::string id = trim(row["case_id"]), label = trim(row["he_label"]);
-      if (id.empty()) continue;
+      if (id.empty() || label.empty()) continue;  // not labelled (as recalibrate_classifier.py skips it)
       if (label != "0" && label != "1")
         throw std::runtime_error(labels_csv.string() + " row " + std::to_string(n) + " (" + id + "): he_label '" + label +
                                  "' is not 0 or 1");
@@ -126,11 +127,13 @@ std::vector<PrepareCase> run_cases_with_labels(const fs::path& run, const fs::pa
   std::vector<PrepareCase> cases;
   int unlabelled = 0, not_analysed = 0;
   std::map<std::string, std::string> used;  // label id -> the case it was given to
+  std::set<std::string> case_ids;  // a label keyed by a case's own id is that case's only
+  for (const fs::path& d : dirs) case_ids.insert(d.filename().string());
   for (const fs::path& d : dirs) {
     const std::optional<CaseResult> r = CaseResult::read(d / CaseFiles::kResult);
     const fs::path input = r ? run_input_path(run, r->input_path) : fs::path();
     auto it = !r ? labels.end() : labels.find(r->case_id);
-    if (r && it == labels.end()) it = labels.find(scan_folder_name(input));
+    if (r && it == labels.end() && !case_ids.count(scan_folder_name(input))) it = labels.find(scan_folder_name(input));
     if (it != labels.end()) {
       if (const auto [u, fresh] = used.emplace(it->first, r->case_id); !fresh)
         throw std::runtime_error(labels_csv.string() + ": the label of '" + it->first + "' would go to two cases (" +

@@ -28,6 +28,12 @@ void write_atomically(const fs::path& target, const std::function<void(const fs:
   // A target that exists and is not a regular file (/dev/null, a named pipe, /dev/stdout) is
   // written into as it is: renaming over it would replace a device with a file.
   std::error_code ec;
+  // Through a symbolic link (/dev/stdout, a user's link to a file): the file it leads to, so
+  // that the link itself is never replaced.
+  if (fs::is_symlink(fs::symlink_status(target, ec))) {
+    const fs::path real = fs::canonical(target, ec);
+    if (!ec && real != target) return write_atomically(real, write);
+  }
   if (const fs::file_status st = fs::status(target, ec); !ec && fs::exists(st) && !fs::is_regular_file(st)) {
     if (fs::is_directory(st)) throw IoError("cannot write " + target.string() + ": it is a folder");
     write(target);

@@ -223,7 +223,9 @@ class HeaderWalk {
       if (length != kUndefined) return Step::pixel_data;  // native: its length is checked when decoded
       at += header;
       in_pixel_data_ = true;
-      while (true) {  // encapsulated (JPEG, JPEG 2000, RLE): every fragment within the file
+      for (int fragments = 0;; ++fragments) {  // encapsulated (JPEG, JPEG 2000, RLE): every fragment within the file
+        // A file that ends right after a whole fragment, without the delimiter: GDCM reads it.
+        if (at == size_ && fragments > 0) return Step::pixel_data;
         const uint64_t item = at;
         uint16_t tag = 0;
         uint32_t fragment = 0;

@@ -328,8 +328,12 @@ std::string input_fingerprint(const fs::path& path) {
     for (const auto& e : fs::directory_iterator(folder, ec))
       if (e.is_regular_file() && e.path().filename().string()[0] != '.') files.push_back(e.path());
     if (ec) throw IoError("cannot list " + folder.string() + ": " + ec.message());
-    // A folder without files of its own is read through its series folders (reader): those.
-    if (files.empty() && fs::is_directory(path, ec))
+    // A folder with no DICOM file of its own is read through its series folders (reader): those
+    // too (a DICOMDIR, a README or Thumbs.db at the top change nothing of what is read).
+    const bool own_dicom = std::any_of(files.begin(), files.end(), [](const fs::path& f) {
+      return has_dicom_extension(f) || looks_like_dicom(f);
+    });
+    if (!own_dicom && fs::is_directory(path, ec))
       for (const fs::path& below : folders_below(folder))
         for (const auto& e : fs::directory_iterator(below, ec))
           if (e.is_regular_file() && e.path().filename().string()[0] != '.') files.push_back(e.path());

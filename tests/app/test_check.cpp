@@ -78,13 +78,27 @@ TEST(Check, FindsEveryDriftBeyondTolerance) {
   o.run_dir = (root / "nan").string();
   found.clear();
   for (const Drift& d : find_drift(o)) found.push_back(d.case_id + " " + d.check + " " + d.baseline + " -> " + d.run);
-  ASSERT_EQ(found.size(), 3u) << found.front();
+  ASSERT_EQ(found.size(), 3u);
   EXPECT_EQ(found[0], "a hematoma_volume_ml 10.000 -> nan");
   EXPECT_EQ(found[1], "a he_probability 0.2000 -> -nan");
   EXPECT_EQ(found[2].rfind("d mask readable -> ", 0), 0u) << found[2];
   write_text_atomically(root / "nan/results.csv", slurp(root / "base/results.csv") +
                                                       csv_line(CaseResult::csv_columns(), {{"case_id", "a"}, {"status", "ok"}}));
   EXPECT_EQ(run_check(o), kExitUsage);
+  // A mask moved 20 mm: the drift says what differs (the origin), not the same text twice.
+  write_run(root / "moved", {{"a", "ok", "10.000", "0.2000", 100}});
+  {
+    ImageFileContents m = read_image_file(root / "moved/cases/a/mask.nii.gz");
+    m.volume.geometry.origin_mm[0] += 20;
+    write_image_file(root / "moved/cases/a/mask.nii.gz", m.volume.voxels, m.volume.geometry);
+  }
+  o.baseline = (root / "base").string();
+  o.run_dir = (root / "moved").string();
+  std::string grid;
+  for (const Drift& d : find_drift(o))
+    if (d.check == "mask grid") grid = d.baseline + " -> " + d.run;
+  EXPECT_NE(grid.find("origin 0,0,0, axes 1,0,0,0,1,0,0,0,1 -> 8x8x4 voxels of 1x1x1 mm, origin 20,0,0"), std::string::npos)
+      << grid;
   fs::remove_all(root);
 }
 

@@ -141,6 +141,8 @@ TEST(Cli, BadArgumentsAreRejectedWithAReason) {
       {{"run", "-i", kData, "-o", "out", "--resume", "--overwrite"}, "excludes"},
       {{"run", "-i", kData, "-o", "out", "--log-level", "loud"}, "loud"},
       {{"run", "-i", kData, "-o", "out", "--no-such-flag"}, "--no-such-flag"},
+      {{"check", "--baseline", kData, kData, "--volume-ml", "nan"}, "must be a number from"},
+      {{"check", "--baseline", kData, kData, "--dice", "nan"}, "must be a number from"},
       {{"frobnicate"}, "A subcommand is required"},
       {{"run", "-i", kData, "-o", "out", "--seg-model", "/no/model.safetensors"}, "does not exist"},
   };

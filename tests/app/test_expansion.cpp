@@ -136,9 +136,10 @@ TEST_F(Expansion, StudyScansArePairedByPatientAndDateAndNothingIsGuessed) {
   };
   const StudyPairing p = pair_study_scans(scans);
   ASSERT_EQ(p.pairs.size(), 4u);
-  // Patient ids that become one file-name-safe id keep apart (a digest of the id as written).
+  // A patient id the file-name-safe form changes gets a digest of the id as written: "A B" and
+  // "A-B" keep apart, and neither id depends on the other being there.
   EXPECT_EQ(p.pairs[2].pair_id, "A-B-" + sha256_hex("A B").substr(0, 8) + "_fu1");
-  EXPECT_EQ(p.pairs[3].pair_id, "A-B-" + sha256_hex("A-B").substr(0, 8) + "_fu1");
+  EXPECT_EQ(p.pairs[3].pair_id, "A-B_fu1");  // a safe id stays as it is, whoever else is there
   EXPECT_EQ(p.pairs[3].baseline, fs::path("/s/ab2/a"));
   for (const ScanPair& pair : p.pairs) EXPECT_EQ(pair.hours_source, "dicom");
   EXPECT_EQ(p.pairs[0].pair_id, "P1_fu1");
@@ -437,6 +438,23 @@ TEST_F(Expansion, MeasuredGrowthOfSyntheticPairsMatchesTheTruth) {
   ASSERT_EQ(labels.size(), truth_rows.size());
   EXPECT_EQ(labels[0].at("case_id"), truth_rows[0].at("case_id") + "_ct");
   EXPECT_EQ(labels[0].at("he_label"), truth_rows[0].at("he_label"));
+
+  // A pair whose follow-up is 20 h before its baseline (the same scans, swapped: resumed, nothing
+  // analysed again): measured and flagged, no label, never in labels.csv, and the run goes on.
+  const std::string id0 = truth_rows[0].at("case_id");
+  std::ofstream(root_ / "truth/pairs.csv", std::ios::app)
+      << "reversed," << id0 << "/followup_ct.nii.gz," << id0 << "/ct.nii.gz,-20\n";
+  const char* resume[] = {"hemexp", "expansion", "--pairs", pairs_csv.c_str(), "-o", out.c_str(), "--seg-model",
+                          model.c_str(), "--cls-model", "none", "--threads", "2", "--no-progress", "--log-level", "error",
+                          "--resume"};
+  ASSERT_EQ(main_entry(16, resume), kExitOk);
+  const auto again = read_csv(root_ / "out/expansion.csv");
+  ASSERT_EQ(again.size(), truth_rows.size() + 1);
+  EXPECT_EQ(again.back().at("status"), "ok");
+  EXPECT_EQ(again.back().at("he_label"), "");
+  EXPECT_NE(again.back().at("qc_flags").find("followup_before_baseline"), std::string::npos);
+  EXPECT_EQ(std::stod(again.back().at("growth_ml")), -std::stod(rows[0].at("growth_ml")));
+  EXPECT_EQ(read_csv(root_ / "out/labels.csv").size(), truth_rows.size());
 }
 
 }  // namespace
