@@ -56,6 +56,7 @@ import train_classifier  # noqa: E402
 from train_classifier import (binary_metrics, bootstrap_auc_ci, brier_score, calibration_slope_intercept,  # noqa: E402
                               expected_calibration_error, fit_logistic, parse_float, read_cases_csv, roc_auc,
                               rounded, sigmoid, youden_threshold)
+from recalibrate_classifier import run_case_ids  # noqa: E402
 
 MARKERS = ["hypodense_fraction", "hu_sd", "hu_cv", "bimodality_coefficient", "satellite_count",
            "satellite_volume_ml", "island_count", "surface_ratio", "mean_hu"]
@@ -109,7 +110,9 @@ def number(value):
 
 def read_run(folder, truth):
     """truth case_id -> what the run says about it: status, probability, threshold, markers, volume."""
-    files = sorted(glob.glob(os.path.join(folder, "cases", "*", "result.json")))
+    # The cases of the run's results table, not case folders an earlier run left in it.
+    files = [p for p in (os.path.join(folder, "cases", c, "result.json") for c in run_case_ids(folder))
+             if os.path.exists(p)]
     if not files:
         raise SystemExit(f"{folder}: no cases/*/result.json (is it a `hemexp run` output folder?)")
     cases, unmatched = {}, []

@@ -100,6 +100,23 @@ def scan_folder_name(input_path):
     return os.path.basename(p) if os.path.isdir(p) else os.path.basename(os.path.dirname(p))
 
 
+def run_input(run, input_path):
+    """A case's input as the run read it: a relative path from the folder the run was started in
+    (run.json working_directory), when the file is there (as hemexp eval and prepare take it)."""
+    if not input_path or os.path.isabs(input_path):
+        return input_path
+    for record in [os.path.join(run, "run.json")] + sorted(glob.glob(os.path.join(run, "run-*-of-*.json"))):
+        try:
+            with open(record) as f:
+                wd = json.load(f).get("working_directory")
+        except (OSError, ValueError):
+            continue
+        if wd:
+            joined = os.path.join(wd, input_path)
+            return joined if os.path.exists(joined) else input_path
+    return input_path
+
+
 def read_logits(run, labels, model_sha256, taken):
     """(case ids, logits, labels) of the labelled cases of the run that got a probability, and a
     count of what was left out, by reason. A case matches its label by case id, or (as `hemexp
@@ -109,15 +126,18 @@ def read_logits(run, labels, model_sha256, taken):
     was scored by another model file."""
     ids, logits, y = [], [], []
     left_out = {}
-    for case_id in run_case_ids(run):
+    listed = run_case_ids(run)
+    own_ids = set(listed)  # a label keyed by a case's own id is that case's only
+    for case_id in listed:
         path = os.path.join(run, "cases", case_id, "result.json")
         if not os.path.exists(path):
             left_out["no result.json"] = left_out.get("no result.json", 0) + 1
             continue
         with open(path) as f:
             r = json.load(f)
-        input_path = (r.get("input") or {}).get("path") or ""
-        key = case_id if case_id in labels else (scan_folder_name(input_path) if input_path else "")
+        input_path = run_input(run, (r.get("input") or {}).get("path") or "")
+        folder = scan_folder_name(input_path) if input_path else ""
+        key = case_id if case_id in labels else (folder if folder not in own_ids else "")
         if key not in labels:
             left_out["no label"] = left_out.get("no label", 0) + 1
             continue

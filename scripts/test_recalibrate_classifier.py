@@ -206,6 +206,20 @@ def main():
             assert "not by the model file given" in str(e), e
         assert not os.path.exists(out)
 
+        # Labels keyed by case id where one case's folder is named like another case (P1 and the
+        # unlabelled P1/ct.nii.gz): the folder-name match never takes a case's own label.
+        own = os.path.join(tmp, "own")
+        he = {"logit": 0.5, "model": {"sha256": rc.sha256_of(model)}}
+        write_run(own, rc.sha256_of(model), z[:200], y[:200],
+                  extra=[("P1", {"case_id": "P1", "status": "ok", "input": {"path": "/x/P1"}, "he": he}),
+                         ("unlabelled", {"case_id": "unlabelled", "status": "ok", "input": {"path": "/x/P1/ct.nii.gz"},
+                                         "he": he})])
+        out = os.path.join(tmp, "own.safetensors")
+        code, err = stderr_of(["--model", model, "--run", own, "--labels", os.path.join(own, "labels.csv"), "-o", out])
+        assert code == 0 and os.path.exists(out), err
+        rec = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["recalibration"]
+        assert rec["n"] == 201 and rec["left_out"].get("no label") == 1, rec
+
         # A run made without a classifier: refused, saying so; an output folder that does not exist:
         # refused before anything is written (it was a traceback).
         unscored = os.path.join(tmp, "unscored")
