@@ -110,9 +110,14 @@ def number(value):
 
 def read_run(folder, truth):
     """truth case_id -> what the run says about it: status, probability, threshold, markers, volume."""
-    # The cases of the run's results table, not case folders an earlier run left in it.
-    files = [p for p in (os.path.join(folder, "cases", c, "result.json") for c in run_case_ids(folder))
-             if os.path.exists(p)]
+    # The cases of the run's results table, not case folders an earlier run left in it; a run
+    # stopped before writing one: every case folder, said (as hemexp eval does).
+    if os.path.exists(os.path.join(folder, "results.csv")) or glob.glob(os.path.join(folder, "results-*-of-*.csv")):
+        files = [p for p in (os.path.join(folder, "cases", c, "result.json") for c in run_case_ids(folder))
+                 if os.path.exists(p)]
+    else:
+        print(f"warning: {folder} has no results table: every case folder in it is read", file=sys.stderr)
+        files = sorted(glob.glob(os.path.join(folder, "cases", "*", "result.json")))
     if not files:
         raise SystemExit(f"{folder}: no cases/*/result.json (is it a `hemexp run` output folder?)")
     cases, unmatched = {}, []

@@ -105,16 +105,35 @@ def run_input(run, input_path):
     (run.json working_directory), when the file is there (as hemexp eval and prepare take it)."""
     if not input_path or os.path.isabs(input_path):
         return input_path
-    for record in [os.path.join(run, "run.json")] + sorted(glob.glob(os.path.join(run, "run-*-of-*.json"))):
-        try:
-            with open(record) as f:
-                wd = json.load(f).get("working_directory")
-        except (OSError, ValueError):
-            continue
-        if wd:
-            joined = os.path.join(wd, input_path)
-            return joined if os.path.exists(joined) else input_path
+    for wd in run_working_folders(run):
+        joined = os.path.join(wd, input_path)
+        if os.path.exists(joined):
+            return joined
     return input_path
+
+
+_WORKING_FOLDERS = {}
+
+
+def run_working_folders(run):
+    """The folders a run was started in: run.json's, else each shard record's by shard number
+    (as hemexp's run_input_path reads them), read once per run folder."""
+    if run not in _WORKING_FOLDERS:
+        shard = re.compile(r"run-(\d{1,9})-of-(\d{1,9})\.json$")
+        records = [(0, os.path.join(run, "run.json"))] + sorted(
+            (int(m.group(1)), os.path.join(run, n)) for n in os.listdir(run) if (m := shard.match(n)))
+        folders = []
+        for _, record in records:
+            try:
+                with open(record) as f:
+                    r = json.load(f)
+            except (OSError, ValueError):
+                continue
+            wd = r.get("working_directory") if isinstance(r, dict) else None
+            if wd and wd not in folders:
+                folders.append(wd)
+        _WORKING_FOLDERS[run] = folders
+    return _WORKING_FOLDERS[run]
 
 
 def read_logits(run, labels, model_sha256, taken):

@@ -294,33 +294,39 @@ std::optional<std::vector<std::string>> listed_case_ids(const std::filesystem::p
 }
 
 std::filesystem::path run_input_path(const std::filesystem::path& run, const std::string& input) {
-  const std::filesystem::path p(input);
+  namespace fs = std::filesystem;
+  const fs::path p(input);
   if (p.is_absolute()) return p;
-  // The run's working folder, read once per run folder (eval and prepare ask for every case).
-  static std::map<std::filesystem::path, std::filesystem::path> working_of;
-  auto [it, fresh] = working_of.try_emplace(run);
-  if (fresh) {
-    std::vector<std::filesystem::path> records{run / "run.json"};  // else a shard's run-K-of-N.json
-    std::error_code ec;
-    for (std::filesystem::directory_iterator d(run, ec), end; !ec && d != end; d.increment(ec))
+  // The folders the run was started in (run.json, else each shard's record by shard number;
+  // unknown ones skipped), read once per state of the run folder: eval and prepare ask for every
+  // case, and a folder rewritten since (its records renamed into it) is read again.
+  std::error_code ec;
+  const fs::path key = fs::absolute(run, ec);
+  const auto stamp = fs::last_write_time(run, ec);
+  static std::map<fs::path, std::pair<fs::file_time_type, std::vector<fs::path>>> cache;
+  auto& [when, folders] = cache[key];
+  if (folders.empty() || when != stamp) {
+    when = stamp;
+    folders.clear();
+    std::vector<std::pair<int, fs::path>> records{{0, run / "run.json"}};
+    for (fs::directory_iterator d(run, ec), end; !ec && d != end; d.increment(ec))
       if (const auto split = shard_of_file(d->path().filename().string());
           split && d->path().filename().string().rfind("run-", 0) == 0)
-        records.push_back(d->path());
-    for (const auto& record : records) {
+        records.emplace_back(split->first, d->path());
+    std::sort(records.begin(), records.end());
+    for (const auto& [k, record] : records) {
       try {
         const json r = json::parse(read_text_file(record));
-        if (r.contains("working_directory")) {
-          it->second = r["working_directory"].get<std::string>();
-          break;
-        }
+        const std::string wd = r.is_object() ? r.value("working_directory", "") : "";
+        if (!wd.empty() && std::find(folders.begin(), folders.end(), fs::path(wd)) == folders.end()) folders.emplace_back(wd);
       } catch (const std::exception&) {  // absent or not a run record: the next one
       }
     }
   }
-  // From the recorded folder when the file is there (a run folder copied to another machine,
-  // evaluated from its own root, still finds its inputs as given).
-  std::error_code ec;
-  if (!it->second.empty() && std::filesystem::exists(it->second / p, ec)) return it->second / p;
+  // The first recorded folder where the file is (a run folder copied elsewhere and evaluated
+  // from its own root still finds its inputs as given).
+  for (const fs::path& wd : folders)
+    if (fs::exists(wd / p, ec)) return wd / p;
   return p;
 }
 

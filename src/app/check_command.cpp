@@ -37,7 +37,7 @@ CLI::Validator finite_in(double low, double high) {
           return "must be a number from " + format_number(low, 1) + " to " + format_number(high, 1);
         return "";
       },
-      "FINITE", "finite");
+      "FLOAT in [" + format_number(low, 1) + " - " + format_number(high, 1) + "]", "finite");
 }
 
 }  // namespace

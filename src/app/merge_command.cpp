@@ -47,8 +47,9 @@ int run_merge(const MergeOptions& o) {
   const fs::path out(o.output_dir);
   // Not a job array's folder: said before any lock file is made in it.
   bool any_shard = false;
-  for (const auto& e : fs::directory_iterator(out)) {
-    const std::string f = e.path().filename().string();
+  std::error_code ec;
+  for (fs::directory_iterator it(out, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string f = it->path().filename().string();
     any_shard = any_shard || (shard_of_file(f) && f.rfind("run-", 0) == 0);
   }
   if (!any_shard) {

@@ -28,8 +28,15 @@ void write_atomically(const fs::path& target, const std::function<void(const fs:
   // A target that exists and is not a regular file (/dev/null, a named pipe, /dev/stdout) is
   // written into as it is: renaming over it would replace a device with a file.
   std::error_code ec;
-  // Through a symbolic link (/dev/stdout, a user's link to a file): the file it leads to, so
-  // that the link itself is never replaced.
+  // /dev/stdout, /dev/fd/N, /proc/...: written in place, whatever they lead to (renaming beside
+  // the file a shell redirected them to would swap that file under the shell).
+  const std::string text = target.lexically_normal().string();
+  if (text.rfind("/dev/", 0) == 0 || text.rfind("/proc/", 0) == 0) {
+    write(target);
+    return;
+  }
+  // Through a user's symbolic link to a file: that file, written beside it and renamed, so that
+  // the link stays a link (a dangling or looping link is replaced, as before).
   if (fs::is_symlink(fs::symlink_status(target, ec))) {
     const fs::path real = fs::canonical(target, ec);
     if (!ec && real != target) return write_atomically(real, write);

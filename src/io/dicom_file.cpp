@@ -224,8 +224,9 @@ class HeaderWalk {
       at += header;
       in_pixel_data_ = true;
       for (int fragments = 0;; ++fragments) {  // encapsulated (JPEG, JPEG 2000, RLE): every fragment within the file
-        // A file that ends right after a whole fragment, without the delimiter: GDCM reads it.
-        if (at == size_ && fragments > 0) return Step::pixel_data;
+        // A file that ends right after a whole image fragment (the offset table is the first
+        // item), without the delimiter: GDCM reads it.
+        if (at == size_ && fragments > 1) return Step::pixel_data;
         const uint64_t item = at;
         uint16_t tag = 0;
         uint32_t fragment = 0;

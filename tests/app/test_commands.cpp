@@ -275,6 +275,8 @@ TEST_F(Commands, EvalComparesARunWithTheTruth) {
   ::testing::internal::CaptureStdout();
   EXPECT_EQ(run_eval(o), kExitSetup);  // said, not an abort
   ::testing::internal::GetCapturedStdout();
+  std::ofstream(pred / "results.csv", std::ios::app) << "c0,ok\n";  // a case listed twice: refused
+  EXPECT_EQ(run_eval(o), kExitUsage);
 }
 
 // A labels file for `prepare --run` that cannot mean one thing is refused: no he_label column,

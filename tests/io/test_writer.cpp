@@ -132,6 +132,13 @@ TEST(Writer, ATargetThatIsNotARegularFileIsWrittenIntoNotReplaced) {
   EXPECT_TRUE(fs::is_fifo(fifo));
   EXPECT_THROW(write_text_atomically(dir.path(), "x"), IoError);  // a folder: said, not replaced
   EXPECT_TRUE(fs::is_directory(dir.path()));
+  // A user's symbolic link to a file: the file is written, the link stays a link.
+  std::ofstream(dir / "real.json") << "old";
+  fs::create_symlink(dir / "real.json", dir / "link.json");
+  write_text_atomically(dir / "link.json", "new");
+  EXPECT_TRUE(fs::is_symlink(dir / "link.json"));
+  std::ifstream in(dir / "real.json");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()), "new");
 }
 
 TEST(Writer, VoxelTypesRoundTripExactly) {
