@@ -100,40 +100,39 @@ def scan_folder_name(input_path):
     return os.path.basename(p) if os.path.isdir(p) else os.path.basename(os.path.dirname(p))
 
 
-def run_input(run, input_path):
-    """A case's input as the run read it: a relative path from the folder the run was started in
-    (run.json working_directory), when the file is there (as hemexp eval and prepare take it)."""
+def run_working_folders(run):
+    """The folders a run was started in: run.json's, else each shard record's by shard number
+    (as hemexp's run_working_folders reads them)."""
+    shard = re.compile(r"run-(\d{1,9})-of-(\d{1,9})\.json$")
+    shards = []
+    for n in os.listdir(run):
+        m = shard.match(n)
+        if m:
+            shards.append((int(m.group(2)), int(m.group(1)), n))
+    records = [os.path.join(run, "run.json")] + [os.path.join(run, n) for _, _, n in sorted(shards)]
+    folders = []
+    for record in records:
+        try:
+            with open(record) as f:
+                r = json.load(f)
+        except (OSError, ValueError):
+            continue
+        wd = r.get("working_directory") if isinstance(r, dict) else None
+        if wd and wd not in folders:
+            folders.append(wd)
+    return folders
+
+
+def run_input(working_folders, input_path):
+    """A case's input as the run read it: a relative path from the first of the run's working
+    folders where the file is, else as it is (as hemexp eval and prepare take it)."""
     if not input_path or os.path.isabs(input_path):
         return input_path
-    for wd in run_working_folders(run):
+    for wd in working_folders:
         joined = os.path.join(wd, input_path)
         if os.path.exists(joined):
             return joined
     return input_path
-
-
-_WORKING_FOLDERS = {}
-
-
-def run_working_folders(run):
-    """The folders a run was started in: run.json's, else each shard record's by shard number
-    (as hemexp's run_input_path reads them), read once per run folder."""
-    if run not in _WORKING_FOLDERS:
-        shard = re.compile(r"run-(\d{1,9})-of-(\d{1,9})\.json$")
-        records = [(0, os.path.join(run, "run.json"))] + sorted(
-            (int(m.group(1)), os.path.join(run, n)) for n in os.listdir(run) if (m := shard.match(n)))
-        folders = []
-        for _, record in records:
-            try:
-                with open(record) as f:
-                    r = json.load(f)
-            except (OSError, ValueError):
-                continue
-            wd = r.get("working_directory") if isinstance(r, dict) else None
-            if wd and wd not in folders:
-                folders.append(wd)
-        _WORKING_FOLDERS[run] = folders
-    return _WORKING_FOLDERS[run]
 
 
 def read_logits(run, labels, model_sha256, taken):
@@ -147,6 +146,7 @@ def read_logits(run, labels, model_sha256, taken):
     left_out = {}
     listed = run_case_ids(run)
     own_ids = set(listed)  # a label keyed by a case's own id is that case's only
+    working = run_working_folders(run)
     for case_id in listed:
         path = os.path.join(run, "cases", case_id, "result.json")
         if not os.path.exists(path):
@@ -154,7 +154,7 @@ def read_logits(run, labels, model_sha256, taken):
             continue
         with open(path) as f:
             r = json.load(f)
-        input_path = run_input(run, (r.get("input") or {}).get("path") or "")
+        input_path = run_input(working, (r.get("input") or {}).get("path") or "")
         folder = scan_folder_name(input_path) if input_path else ""
         key = case_id if case_id in labels else (folder if folder not in own_ids else "")
         if key not in labels:

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <map>
 #include <set>
 
 #include "hemexp/app/cohort.hpp"
@@ -268,22 +267,14 @@ std::string one_line(const std::string& what) {
 }
 
 std::optional<std::vector<std::string>> listed_case_ids(const std::filesystem::path& run) {
-  std::vector<std::pair<int, std::filesystem::path>> tables;  // by shard number
-  if (std::filesystem::exists(run / "results.csv")) {
-    tables.emplace_back(0, run / "results.csv");
-  } else {
-    std::error_code ec;
-    for (std::filesystem::directory_iterator it(run, ec), end; !ec && it != end; it.increment(ec)) {
-      const std::string name = it->path().filename().string();
-      if (const auto split = shard_of_file(name); split && name.rfind("results-", 0) == 0)
-        tables.emplace_back(split->first, it->path());
-    }
-    std::sort(tables.begin(), tables.end());
-  }
+  std::vector<std::filesystem::path> tables;
+  if (std::filesystem::exists(run / "results.csv")) tables.push_back(run / "results.csv");
+  else
+    for (const ShardFile& f : shard_files(run, "results", ".csv")) tables.push_back(f.path);
   if (tables.empty()) return std::nullopt;
   std::vector<std::string> ids;
   std::set<std::string> seen;
-  for (const auto& [k, t] : tables)
+  for (const auto& t : tables)
     for (const auto& row : parse_csv(read_text_file(t)).records()) {
       const std::string& id = row.at("case_id");
       if (!seen.insert(id).second)
@@ -293,40 +284,27 @@ std::optional<std::vector<std::string>> listed_case_ids(const std::filesystem::p
   return ids;
 }
 
-std::filesystem::path run_input_path(const std::filesystem::path& run, const std::string& input) {
-  namespace fs = std::filesystem;
-  const fs::path p(input);
-  if (p.is_absolute()) return p;
-  // The folders the run was started in (run.json, else each shard's record by shard number;
-  // unknown ones skipped), read once per state of the run folder: eval and prepare ask for every
-  // case, and a folder rewritten since (its records renamed into it) is read again.
-  std::error_code ec;
-  const fs::path key = fs::absolute(run, ec);
-  const auto stamp = fs::last_write_time(run, ec);
-  static std::map<fs::path, std::pair<fs::file_time_type, std::vector<fs::path>>> cache;
-  auto& [when, folders] = cache[key];
-  if (folders.empty() || when != stamp) {
-    when = stamp;
-    folders.clear();
-    std::vector<std::pair<int, fs::path>> records{{0, run / "run.json"}};
-    for (fs::directory_iterator d(run, ec), end; !ec && d != end; d.increment(ec))
-      if (const auto split = shard_of_file(d->path().filename().string());
-          split && d->path().filename().string().rfind("run-", 0) == 0)
-        records.emplace_back(split->first, d->path());
-    std::sort(records.begin(), records.end());
-    for (const auto& [k, record] : records) {
-      try {
-        const json r = json::parse(read_text_file(record));
-        const std::string wd = r.is_object() ? r.value("working_directory", "") : "";
-        if (!wd.empty() && std::find(folders.begin(), folders.end(), fs::path(wd)) == folders.end()) folders.emplace_back(wd);
-      } catch (const std::exception&) {  // absent or not a run record: the next one
-      }
+std::vector<std::filesystem::path> run_working_folders(const std::filesystem::path& run) {
+  std::vector<std::filesystem::path> records{run / "run.json"}, folders;
+  for (const ShardFile& f : shard_files(run, "run", ".json")) records.push_back(f.path);
+  for (const auto& record : records) {
+    try {
+      const json r = json::parse(read_text_file(record));
+      const std::string wd = r.is_object() ? r.value("working_directory", "") : "";
+      if (!wd.empty() && std::find(folders.begin(), folders.end(), std::filesystem::path(wd)) == folders.end())
+        folders.emplace_back(wd);
+    } catch (const std::exception&) {  // absent or not a run record: the next one
     }
   }
-  // The first recorded folder where the file is (a run folder copied elsewhere and evaluated
-  // from its own root still finds its inputs as given).
-  for (const fs::path& wd : folders)
-    if (fs::exists(wd / p, ec)) return wd / p;
+  return folders;
+}
+
+std::filesystem::path run_input_path(const std::vector<std::filesystem::path>& working_folders, const std::string& input) {
+  const std::filesystem::path p(input);
+  if (p.is_absolute()) return p;
+  std::error_code ec;
+  for (const auto& wd : working_folders)
+    if (std::filesystem::exists(wd / p, ec)) return wd / p;
   return p;
 }
 

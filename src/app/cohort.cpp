@@ -16,6 +16,7 @@
 #include <regex>
 #include <iomanip>
 #include <sstream>
+#include <tuple>
 
 #include "hemexp/app/cli.hpp"
 #include "hemexp/core/model_file.hpp"
@@ -110,6 +111,20 @@ std::optional<std::pair<int, int>> shard_of_file(const std::string& file_name) {
   return std::nullopt;
 }
 
+std::vector<ShardFile> shard_files(const fs::path& folder, const std::string& stem, const std::string& extension) {
+  std::vector<ShardFile> out;
+  std::error_code ec;
+  for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind(stem + "-", 0) != 0 || it->path().extension() != extension) continue;
+    if (const auto split = shard_of_file(name)) out.push_back({split->first, split->second, it->path()});
+  }
+  std::sort(out.begin(), out.end(), [](const ShardFile& a, const ShardFile& b) {
+    return std::tie(a.count, a.index) < std::tie(b.count, b.index);
+  });
+  return out;
+}
+
 // A file of a sharded run with another shard count than this run's, by name ("" when none).
 std::string CohortRunner::file_of_another_split() const {
   std::error_code ec;
@@ -201,12 +216,9 @@ int CohortRunner::prepare() {
   // shard's or the reverse (the other shards' tables of this split are its siblings).
   if (!options_.resume && !options_.overwrite) {
     std::string previous = fs::exists(out_ / results_name()) ? results_name() : "";
-    std::error_code ec;
-    for (fs::directory_iterator it(out_, ec), end; previous.empty() && !ec && it != end; it.increment(ec)) {
-      const std::string name = it->path().filename().string();
-      const auto split = shard_of_file(name);
-      if (options_.shard_count > 1 ? name == "results.csv" : split && name.rfind("results-", 0) == 0) previous = name;
-    }
+    if (previous.empty() && options_.shard_count > 1 && fs::exists(out_ / "results.csv")) previous = "results.csv";
+    if (const auto tables = shard_files(out_, "results", ".csv"); previous.empty() && options_.shard_count <= 1 && !tables.empty())
+      previous = tables.front().path.filename().string();
     if (!previous.empty()) {
       spdlog::error("{} already holds the results of a run ({}); use --resume to continue it or --overwrite to replace it",
                     out_.string(), previous);

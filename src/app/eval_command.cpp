@@ -66,12 +66,13 @@ int run_eval(const EvalOptions& o) {
     spdlog::warn("{} has no results table (a run stopped early?): every case folder in it is evaluated", pred.string());
     for (const auto& e : fs::directory_iterator(pred / "cases")) case_dirs.push_back(e.path());
   }
+  const std::vector<fs::path> working = run_working_folders(pred);
   for (const fs::path& dir : case_dirs) {
       std::ifstream in(dir / "result.json");
       if (!in) continue;
       try {
         const json r = json::parse(in);
-        const fs::path input = fs::weakly_canonical(run_input_path(pred, r.at("input").at("path").get<std::string>()));
+        const fs::path input = fs::weakly_canonical(run_input_path(working, r.at("input").at("path").get<std::string>()));
         std::error_code ec;
         if (input.filename() == "ct.nii.gz" && fs::equivalent(input.parent_path().parent_path(), truth, ec)) {
           pred_case_dirs[input.parent_path().filename().string()] = dir;

@@ -46,19 +46,14 @@ json merged_left_out(const std::map<int, json>& shards) {
 int run_merge(const MergeOptions& o) {
   const fs::path out(o.output_dir);
   // Not a job array's folder: said before any lock file is made in it.
-  bool any_shard = false;
-  std::error_code ec;
-  for (fs::directory_iterator it(out, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string f = it->path().filename().string();
-    any_shard = any_shard || (shard_of_file(f) && f.rfind("run-", 0) == 0);
-  }
-  if (!any_shard) {
+  const std::vector<ShardFile> records = shard_files(out, "run", ".json");
+  if (records.empty()) {
     spdlog::error("{} holds no shard files (run-K-of-N.json)", out.string());
     return kExitUsage;
   }
   // The folder's lock, exclusively, as an unsharded run holds it, before any shard file is read:
-  // no shard is running while merge reads their records and tables (a shard that has not finished has then been stopped), and none
-  // starts before results.csv and run.json are written.
+  // no shard is running while merge reads their records and tables (a shard that has not
+  // finished has then been stopped), and none starts before results.csv and run.json are written.
   std::unique_ptr<FileLock> lock;
   try {
     lock = std::make_unique<FileLock>(out / ".hemexp.lock", fmt::format("pid {} on {} since {} (hemexp merge)",
@@ -75,27 +70,18 @@ int run_merge(const MergeOptions& o) {
   }
   const bool none_running = lock->state() == FileLock::State::held;
   std::map<int, json> shards;
-  int count = 0;
-  for (const auto& e : fs::directory_iterator(out)) {
-    const std::string f = e.path().filename().string();
-    const auto split = shard_of_file(f);
-    if (!split || f.rfind("run-", 0) != 0) continue;
-    const auto [k, n] = *split;
-    if (count != 0 && n != count) {
-      spdlog::error("{} holds shards of different splits (of {} and of {})", out.string(), count, n);
+  const int count = records.back().count;
+  for (const ShardFile& f : records) {
+    if (f.count != count) {
+      spdlog::error("{} holds shards of different splits (of {} and of {})", out.string(), f.count, count);
       return kExitUsage;
     }
-    count = n;
     try {
-      shards[k] = json::parse(read_text_file(e.path()));
+      shards[f.index] = json::parse(read_text_file(f.path));
     } catch (const std::exception& ex) {
-      spdlog::error("{}: {}", f, ex.what());
+      spdlog::error("{}: {}", f.path.filename().string(), ex.what());
       return kExitUsage;
     }
-  }
-  if (count == 0) {
-    spdlog::error("{} holds no shard files (run-K-of-N.json)", out.string());
-    return kExitUsage;
   }
   std::vector<std::string> problems;
   for (int k = 1; k <= count; ++k)

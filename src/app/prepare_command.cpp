@@ -129,9 +129,10 @@ std::vector<PrepareCase> run_cases_with_labels(const fs::path& run, const fs::pa
   std::map<std::string, std::string> used;  // label id -> the case it was given to
   std::set<std::string> case_ids;  // a label keyed by a case's own id is that case's only
   for (const fs::path& d : dirs) case_ids.insert(d.filename().string());
+  const std::vector<fs::path> working = run_working_folders(run);
   for (const fs::path& d : dirs) {
     const std::optional<CaseResult> r = CaseResult::read(d / CaseFiles::kResult);
-    const fs::path input = r ? run_input_path(run, r->input_path) : fs::path();
+    const fs::path input = r ? run_input_path(working, r->input_path) : fs::path();
     auto it = !r ? labels.end() : labels.find(r->case_id);
     if (r && it == labels.end() && !case_ids.count(scan_folder_name(input))) it = labels.find(scan_folder_name(input));
     if (it != labels.end()) {

@@ -149,13 +149,13 @@ class HeaderWalk {
     while (!v.empty() && (v.back() == '\0' || v.back() == ' ')) v.pop_back();
     return v;
   }
-  // Whether the first `end` bytes are read, reading more (64 kB at least, doubling, at most the
+  // Whether the first `end` bytes are read, reading more (16 kB at least, doubling, at most the
   // first 16 MiB) when they are not: a slice's header is a few kB of a half-megabyte file.
   bool have(uint64_t end) {
     const uint64_t limit = std::min<uint64_t>(size_, 16u << 20);
     if (end <= bytes_.size()) return true;
     if (end > limit || !in_) return false;
-    const uint64_t target = std::min(limit, std::max<uint64_t>({end, 2 * uint64_t(bytes_.size()), 64u << 10}));
+    const uint64_t target = std::min(limit, std::max<uint64_t>({end, 2 * uint64_t(bytes_.size()), 16u << 10}));
     const size_t had = bytes_.size();
     bytes_.resize(size_t(target));
     in_.clear();

@@ -104,8 +104,13 @@ std::string one_line(const std::string& what);
 // before writing one). Case folders an earlier run left in OUTDIR are not the run's.
 std::optional<std::vector<std::string>> listed_case_ids(const std::filesystem::path& run);
 
-// A case's input as the run read it: a relative path is taken from the folder the run was
-// started in (run.json `working_directory`) when it is recorded, else as it is.
-std::filesystem::path run_input_path(const std::filesystem::path& run, const std::string& input);
+// The folders a run was started in (run.json `working_directory`, else each shard record's by
+// shard number; unknown ones skipped), where its relative input paths start.
+std::vector<std::filesystem::path> run_working_folders(const std::filesystem::path& run);
+
+// A case's input as the run read it: a relative path from the first of the run's working
+// folders where the file is, else as it is (a run folder copied elsewhere and evaluated from its
+// own root still finds its inputs as given).
+std::filesystem::path run_input_path(const std::vector<std::filesystem::path>& working_folders, const std::string& input);
 
 }  // namespace hemexp

@@ -139,4 +139,13 @@ std::string host_name();
 // results-K-of-N.csv, hemexp-K-of-N.log and .hemexp-K-of-N.lock; nullopt for any other name.
 std::optional<std::pair<int, int>> shard_of_file(const std::string& file_name);
 
+// The files `<stem>-K-of-N<extension>` of sharded runs in `folder` (stem "run", ".json": their
+// records; "results", ".csv": their tables), ordered by N then K.
+struct ShardFile {
+  int index = 0, count = 0;
+  std::filesystem::path path;
+};
+std::vector<ShardFile> shard_files(const std::filesystem::path& folder, const std::string& stem,
+                                   const std::string& extension);
+
 }  // namespace hemexp
