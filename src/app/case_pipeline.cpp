@@ -295,8 +295,13 @@ CaseResult process_case(const CaseInput& c, const fs::path& dir, const CasePipel
   try {
     result.write(dir / CaseFiles::kResult);
   } catch (const std::exception& e) {
+    // Without its result.json a case is not done: its mask and pictures go too (--resume
+    // analyses it again), and the row says why.
     result.status = "failed";
     result.error = one_line(std::string("writing result.json: ") + e.what());
+    result.corrected_ct.clear();
+    CaseFiles::remove_outputs(dir);
+    log.error("{}: failed: {} ({})", c.id, result.error, c.path.string());
   }
   return result;
 }

@@ -237,7 +237,7 @@ std::map<std::string, std::string> CaseResult::csv_row() const {
 }
 
 void CaseResult::write(const std::filesystem::path& file) const {
-  write_text_atomically(file, to_json().dump(2) + "\n");
+  write_text_atomically(file, json_text(to_json()));
 }
 
 std::optional<CaseResult> CaseResult::read(const std::filesystem::path& file) {

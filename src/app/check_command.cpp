@@ -184,7 +184,7 @@ int run_check(const CheckOptions& o) {
   }
   if (!o.json_path.empty()) {
     try {
-      write_text_atomically(o.json_path, j.dump(2) + "\n");
+      write_text_atomically(o.json_path, json_text(j));
     } catch (const std::exception& e) {
       spdlog::error("{}", one_line(e.what()));
       return kExitSetup;

@@ -6,6 +6,7 @@
 
 #include <regex>
 
+#include "hemexp/app/case_result.hpp"
 #include "hemexp/app/run_command.hpp"
 #include "hemexp/app/synth_command.hpp"
 #include "hemexp/core/runtime.hpp"
@@ -167,14 +168,21 @@ int main_entry(int argc, const char* const* argv) {
   if (line.command != "synth") use_huge_page_heap();
   const std::vector<std::string> args(argv, argv + argc);
   record_given_options(*app, line);
-  if (line.command == "run") return run_cases(line.run, args);
-  if (line.command == "merge") return run_merge(line.merge);
-  if (line.command == "check") return run_check(line.check);
-  if (line.command == "expansion") return run_expansion(line.expansion, args);
-  if (line.command == "synth") return run_synth(line.synth, args);
-  if (line.command == "prepare") return run_prepare(line.prepare);
-  if (line.command == "eval") return run_eval(line.eval);
-  if (line.command == "info") return run_info(line.info);
+  // What a command does not catch itself (a write that fails where it was not expected to) is
+  // said on one line with its exit code, not an abort with a core dump.
+  try {
+    if (line.command == "run") return run_cases(line.run, args);
+    if (line.command == "merge") return run_merge(line.merge);
+    if (line.command == "check") return run_check(line.check);
+    if (line.command == "expansion") return run_expansion(line.expansion, args);
+    if (line.command == "synth") return run_synth(line.synth, args);
+    if (line.command == "prepare") return run_prepare(line.prepare);
+    if (line.command == "eval") return run_eval(line.eval);
+    if (line.command == "info") return run_info(line.info);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", one_line(e.what()));
+    return kExitSetup;
+  }
   return kExitUsage;
 }
 

@@ -418,7 +418,7 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
               {"finished", nullptr},
               {"cases", {{"total", cases_.size()}, {"ok", 0}, {"failed", 0}, {"skipped", 0}}}});
   try {
-    write_text_atomically(out_ / run_json_name(), run.dump(2) + "\n");
+    write_text_atomically(out_ / run_json_name(), json_text(run));
   } catch (const std::exception& e) {
     spdlog::error("cannot write {}: {}; nothing was done (free space and rerun)", run_json_name(), one_line(e.what()));
     return kExitOutputFailed;
@@ -555,6 +555,15 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
     }
   }
   if (options_.progress && terminal && !cases_.empty()) std::fprintf(stderr, "\n");
+  // A shard with no case (more shards than scans) still has its table: merge reads every one.
+  if (cases_.empty()) {
+    try {
+      write_text_atomically(out_ / results_name(), csv);
+    } catch (const std::exception& e) {
+      output_failure = one_line(e.what());
+      spdlog::error("cannot write {}: {}: free space and rerun", results_name(), output_failure);
+    }
+  }
   const int stop = signals.received();
   run["finished"] = utc_now();
   run["cases"] = {{"total", cases_.size()}, {"ok", counts["ok"]}, {"failed", counts["failed"]},
@@ -566,12 +575,20 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
   if (!output_failure.empty()) {
     run["output_failure"] = output_failure;
     try {
-      write_text_atomically(out_ / run_json_name(), run.dump(2) + "\n");
+      write_text_atomically(out_ / run_json_name(), json_text(run));
     } catch (const std::exception&) {  // the disk is still full: already said
     }
     return kExitOutputFailed;
   }
-  write_text_atomically(out_ / run_json_name(), run.dump(2) + "\n");
+  try {
+    write_text_atomically(out_ / run_json_name(), json_text(run));
+  } catch (const std::exception& e) {
+    // results.csv is complete; the record still says the run has not finished, as after a kill.
+    log.error("cannot write {}: {}", run_json_name(), one_line(e.what()));
+    spdlog::error("cannot write {}: {}; {} is complete: free space and rerun with --resume to record the run",
+                  run_json_name(), one_line(e.what()), results_name());
+    return kExitOutputFailed;
+  }
   log.info("done: {} ok, {} failed, {} kept from a previous run", counts["ok"], counts["failed"], counts["skipped"]);
   if (stop) {
     log.warn("interrupted by {} after {} of {} cases; rerun with --resume to finish", stop == SIGINT ? "SIGINT" : "SIGTERM",

@@ -252,7 +252,7 @@ int run_eval(const EvalOptions& o) {
                               {"volume_abs_error_ml_median", json_number(median(s.volume_error))}};
   const fs::path json_path = o.json_path.empty() ? pred / "eval.json" : fs::path(o.json_path);
   try {
-    write_text_atomically(json_path, report.dump(2) + "\n");
+    write_text_atomically(json_path, json_text(report));
   } catch (const std::exception& e) {
     spdlog::error("{}", one_line(e.what()));
     return kExitSetup;

@@ -656,7 +656,7 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
         log.warn("pair {}: no QC picture: {}", p.pair_id, one_line(e.what()));
       }
     }
-    write_text_atomically(dir / "expansion.json", r.to_json().dump(2) + "\n");
+    write_text_atomically(dir / "expansion.json", json_text(r.to_json()));
     if (r.status == "ok")
       log.info("pair {}: {:.2f} -> {:.2f} mL ({:+.2f} mL){}{}", p.pair_id, *r.baseline_ml, *r.followup_ml, *r.growth_ml,
                r.labels.count("he_label") && r.labels.at("he_label") ? ", expansion" : "", r.qc_flags.empty() ? "" : " [" + join(r.qc_flags, ", ") + "]");
@@ -675,7 +675,7 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
                                    classifier ? pipeline.classifier->recipe().threshold : std::nan(""));
   summary["not_paired"] = pairing.problems;
   if (classifier) summary["classifier"] = pipeline.classifier->file().provenance_json();
-  write_text_atomically(out / "expansion_summary.json", summary.dump(2) + "\n");
+  write_text_atomically(out / "expansion_summary.json", json_text(summary));
   print_summary(summary);
   const bool pair_failed = std::any_of(measured.begin(), measured.end(), [](const PairResult& r) { return r.status != "ok"; });
   return code != kExitOk ? code : (pair_failed ? kExitCaseFailed : kExitOk);

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <set>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -105,7 +106,13 @@ int run_merge(const MergeOptions& o) {
   // Case g of the unsharded list is row g / N of shard g % N + 1.
   std::vector<CsvTable> tables;
   for (int k = 1; k <= count; ++k) {
-    tables.push_back(parse_csv(read_text_file(out / ("results-" + std::to_string(k) + "-of-" + std::to_string(count) + ".csv"))));
+    const fs::path table = out / ("results-" + std::to_string(k) + "-of-" + std::to_string(count) + ".csv");
+    try {
+      tables.push_back(parse_csv(read_text_file(table)));
+    } catch (const std::exception& e) {
+      spdlog::error("shard {}: {}: rerun it with --resume", k, one_line(e.what()));
+      return kExitUsage;
+    }
     if (tables.back().header != tables.front().header) {
       spdlog::error("shard {} has other columns than shard 1", k);
       return kExitUsage;
@@ -121,6 +128,26 @@ int run_merge(const MergeOptions& o) {
   for (size_t g = 0; g < total; ++g) csv += csv_line(tables[g % size_t(count)].rows.at(g / size_t(count)));
   json run = *first;
   run.erase("shard");
+  // The record of the whole run: shard 1's command and options without its --shard, so that
+  // `--config` with it (or its argv) runs the cohort unsharded.
+  json argv = json::array();
+  const json given = run.value("argv", json::array());
+  for (size_t i = 0; i < given.size(); ++i) {
+    const std::string a = given[i].is_string() ? given[i].get<std::string>() : "";
+    if (a == "--shard") ++i;
+    else if (a.rfind("--shard=", 0) != 0) argv.push_back(given[i]);
+  }
+  run["argv"] = argv;
+  if (run.contains("config") && run["config"].is_string()) {
+    std::istringstream lines(run["config"].get<std::string>());
+    std::string kept;
+    for (std::string line; std::getline(lines, line);) {
+      const std::string t = trim(line);
+      const size_t eq = t.find('=');
+      if (eq == std::string::npos || trim(t.substr(0, eq)) != "shard") kept += line + "\n";
+    }
+    run["config"] = kept;
+  }
   run["merged_from"] = json::array();
   json cases = {{"total", 0}, {"ok", 0}, {"failed", 0}, {"skipped", 0}};
   std::string started = first->value("started", ""), finished = first->value("finished", "");
@@ -134,8 +161,13 @@ int run_merge(const MergeOptions& o) {
   if (json left_out = merged_left_out(shards); !left_out.empty()) run["left_out"] = std::move(left_out);
   run["started"] = started;
   run["finished"] = finished;
-  write_text_atomically(out / "results.csv", csv);
-  write_text_atomically(out / "run.json", run.dump(2) + "\n");
+  try {
+    write_text_atomically(out / "results.csv", csv);
+    write_text_atomically(out / "run.json", json_text(run));
+  } catch (const std::exception& e) {
+    spdlog::error("{} (the shard files are intact: free space and merge again)", one_line(e.what()));
+    return kExitOutputFailed;
+  }
   std::printf("merged %d shards: %zu cases (%d ok, %d failed, %d kept) into %s\n", count, total, cases["ok"].get<int>(),
               cases["failed"].get<int>(), cases["skipped"].get<int>(), (out / "results.csv").string().c_str());
   return kExitOk;

@@ -244,7 +244,7 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
       {"he_definition", "follow-up growth > 6 mL or > 33 %"},
       {"failed", failed.load()},
   };
-  write_text_atomically(out / "synth.json", meta.dump(2) + "\n");
+  write_text_atomically(out / "synth.json", json_text(meta));
   const double seconds = seconds_since(t0);
   spdlog::info("{} cases in {:.1f} s ({:.2f} cases/s), {} failed", o.count, seconds, o.count / seconds, failed.load());
   return failed > 0 ? kExitCaseFailed : kExitOk;

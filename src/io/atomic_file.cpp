@@ -91,14 +91,14 @@ std::string read_text_file(const std::filesystem::path& path) {
 FileLock::FileLock(const fs::path& path, const std::string& holder, Mode mode) {
   bool writable = true;
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-  if (fd_ < 0 && errno == EACCES) {  // another user's lock file in a shared folder
+  int error = fd_ < 0 ? errno : 0;
+  if (fd_ < 0 && error == EACCES) {  // another user's lock file in a shared folder
     writable = false;
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // No lock file to read either (a folder the user may not write in): the first reason is the one.
+    if (fd_ < 0 && errno != ENOENT) error = errno;
   }
-  if (fd_ < 0) {
-    const int error = errno;
-    throw IoError("cannot open " + path.string() + ": " + std::strerror(error));
-  }
+  if (fd_ < 0) throw IoError("cannot open " + path.string() + ": " + std::strerror(error));
   if (::flock(fd_, (mode == Mode::shared ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0) {
     state_ = State::held;
     // Best effort: the lock itself is what protects; the text only names the holder.
@@ -107,7 +107,7 @@ FileLock::FileLock(const fs::path& path, const std::string& holder, Mode mode) {
       ::fsync(fd_);  // so that a process on another node reads the name (NFS)
     return;
   }
-  const int error = errno;
+  error = errno;
   if (error == EWOULDBLOCK) {
     state_ = State::busy;
     std::string text(512, '\0');

@@ -19,6 +19,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The fewest voxels along any axis of a volume hemexp measures (read_volume).
+constexpr int64_t kMinVoxelsPerAxis = 3;
+
 std::string fixed(double v, int precision) {
   std::ostringstream s;
   s.setf(std::ios::fixed);
@@ -236,6 +239,13 @@ LoadedVolume read_volume(const fs::path& path, const ReadOptions& options) {
   // One pass counts the voxels that are not finite and those below the CT range (no temporary
   // of the volume's size, where a sum, a comparison and a count were three passes and a bool copy).
   try {
+    // Two slices through a clot segmented to nothing and came out "ok, 0 mL"; one sagittal slice
+    // found no skull. A head CT has many voxels along every axis.
+    const auto& n = out.volume.geometry.size;
+    if (std::min({n[0], n[1], n[2]}) < kMinVoxelsPerAxis)
+      throw IoError("image is " + std::to_string(n[0]) + " x " + std::to_string(n[1]) + " x " + std::to_string(n[2]) +
+                    ": fewer than " + std::to_string(kMinVoxelsPerAxis) +
+                    " voxels along an axis, too thin a slab to measure; a 3D head CT volume is expected");
     const VoxelCounts counts = count_voxels(out.volume.voxels, float(options.min_hu));
     if (counts.not_finite > 0) throw IoError(std::to_string(counts.not_finite) + " voxels are NaN or infinite");
     check_hounsfield(out.volume);

@@ -489,6 +489,64 @@ TEST_F(Cohort, MergeWaitsForRunningShardsAndNamesAStoppedOne) {
   EXPECT_EQ(slurp(root_ / "out/.hemexp.lock").find("(hemexp merge)") != std::string::npos, true);
 }
 
+// More shards than scans (a job array of 9 over a 7-scan pilot): the shards without a case
+// write a table of their own (the header), and merge combines them; merge stopped with an
+// uncaught exception (exit 134, no results.csv) before. The merged run.json is the whole run's:
+// shard 1's command and options without --shard, so that `--config` replays the cohort. A shard
+// table that cannot be read is a message and exit 2, not an abort.
+TEST_F(Cohort, MoreShardsThanScansMergeIntoTheWholeRun) {
+  const std::string out = (root_ / "out").string();
+  for (int k = 1; k <= 9; ++k) {
+    CohortOptions o = options_;
+    o.shard_index = k;
+    o.shard_count = 9;
+    const std::string shard = std::to_string(k) + "/9";
+    CohortRunner cohort(o, {"hemexp", "run", "-i", options_.inputs[0], "--shard", shard, "-o", out, "--shard=" + shard});
+    ASSERT_EQ(cohort.prepare(), kExitOk);
+    ASSERT_EQ(cohort.run(fake(nullptr), {{"config", "threads=1\nshard=\"" + shard + "\"\nqc=false\n"}}),
+              k == 4 ? kExitCaseFailed : kExitOk);
+  }
+  EXPECT_EQ(slurp(root_ / "out/results-9-of-9.csv"), csv_line(CaseResult::csv_columns()));
+  const char* merge[] = {"hemexp", "merge", out.c_str()};
+  int code = 0;
+  std::string said = said_by([&] { return main_entry(3, merge); }, &code);
+  EXPECT_EQ(code, kExitOk) << said;
+  const CsvTable t = parse_csv(slurp(root_ / "out/results.csv"));
+  ASSERT_EQ(t.rows.size(), 7u);
+  for (size_t i = 0; i < 7; ++i) EXPECT_EQ(t.rows[i][0], "in_scan" + std::to_string(i));
+  const auto run_json = nlohmann::json::parse(slurp(root_ / "out/run.json"));
+  EXPECT_EQ(run_json["argv"], nlohmann::json({"hemexp", "run", "-i", options_.inputs[0], "-o", out}));
+  EXPECT_EQ(run_json["config"], "threads=1\nqc=false\n");
+  EXPECT_EQ(run_json["cases"], nlohmann::json({{"total", 7}, {"ok", 6}, {"failed", 1}, {"skipped", 0}}));
+  fs::remove(root_ / "out/results-8-of-9.csv");
+  said = said_by([&] { return main_entry(3, merge); }, &code);
+  EXPECT_EQ(code, kExitUsage);
+  EXPECT_NE(said.find("shard 8: cannot read " + out + "/results-8-of-9.csv"), std::string::npos) << said;
+  EXPECT_NE(said.find("rerun it with --resume"), std::string::npos) << said;
+}
+
+// A file name that is not UTF-8 (Latin-1 from an old Windows export: "M\xfcller") was analysed,
+// then failed at the end with "invalid UTF-8 byte" from the JSON writer, leaving its mask and no
+// result.json; named on the command line it stopped the run with a false "free space" advice.
+// Its bytes are written as U+FFFD into result.json and run.json; the case is ok.
+TEST_F(Cohort, AFileNameThatIsNotUtf8IsRecordedNotFailed) {
+  const fs::path latin1 = root_ / "in" / "M\xfcller.nii.gz";
+  std::ofstream(latin1) << "x";
+  CohortRunner cohort(options_, {"hemexp", "run", "-i", latin1.string()});
+  ASSERT_EQ(cohort.prepare(), kExitOk);
+  ASSERT_EQ(cohort.run(fake(nullptr), {{"device", "cpu"}}), kExitCaseFailed);  // scan3 only
+  const CsvTable t = parse_csv(slurp(root_ / "out/results.csv"));
+  ASSERT_EQ(t.rows.size(), 8u);
+  const auto records = t.records();
+  EXPECT_EQ(records[0].at("case_id"), "in_M-ller");
+  EXPECT_EQ(records[0].at("status"), "ok");
+  EXPECT_EQ(records[0].at("input"), latin1.string());  // the table keeps the bytes as they are
+  const auto result = nlohmann::json::parse(slurp(root_ / "out/cases/in_M-ller/result.json"));
+  EXPECT_EQ(result["input"]["path"], (root_ / "in" / "M\xef\xbf\xbdller.nii.gz").string());
+  const auto run_json = nlohmann::json::parse(slurp(root_ / "out/run.json"));
+  EXPECT_EQ(run_json["argv"][3], (root_ / "in" / "M\xef\xbf\xbdller.nii.gz").string());
+}
+
 TEST_F(Cohort, SetupExitCodes) {
   CohortOptions o = options_;
   std::ofstream(root_ / "a-file") << "x";

@@ -301,6 +301,28 @@ TEST(Reader, TwoDimensionalAndFourDimensionalImages) {
   EXPECT_NE(error_of(dir / "four.nii").find("4D with 3 volumes"), std::string::npos) << error_of(dir / "four.nii");
 }
 
+// Two slices through a clot were segmented to nothing and reported "ok, 0 mL"; a one-voxel
+// sagittal or coronal slab found no skull and gave 0 mL too. Fewer than 3 voxels along any axis
+// is refused, in any orientation; 3 are read.
+TEST(Reader, ThinSlabsAreRefusedNotMeasuredAsEmpty) {
+  ScratchDir dir;
+  torch::manual_seed(5);
+  for (const auto& [size, refused] : std::vector<std::pair<std::array<int64_t, 3>, bool>>{
+           {{40, 30, 2}, true}, {{1, 30, 20}, true}, {{40, 2, 20}, true}, {{40, 30, 3}, false}, {{3, 30, 20}, false}}) {
+    Geometry g;
+    g.size = size;
+    torch::Tensor hu = torch::randint(-1000, 1500, {size[2], size[1], size[0]}).to(torch::kInt16);
+    write_image_file(dir / "slab.nii.gz", hu, g);
+    const std::string why = error_of(dir / "slab.nii.gz");
+    const std::string shape = std::to_string(size[0]) + " x " + std::to_string(size[1]) + " x " + std::to_string(size[2]);
+    if (refused)
+      EXPECT_EQ(why, "image is " + shape + ": fewer than 3 voxels along an axis, too thin a slab to measure; a 3D "
+                     "head CT volume is expected");
+    else
+      EXPECT_EQ(why, "") << shape;
+  }
+}
+
 TEST(Reader, NonImageFile) {
   ScratchDir dir;
   std::ofstream(dir / "notes.bin") << "not an image";

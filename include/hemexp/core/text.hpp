@@ -19,6 +19,10 @@ std::string join(const std::vector<std::string>& items, const std::string& separ
 // v as a JSON number, or null when v is NaN or infinite (JSON has neither).
 nlohmann::json json_number(double v);
 
+// j as the text of a JSON file: indented by 2, a final newline. Bytes that are not UTF-8 (a
+// file name in Latin-1 from an old export) become U+FFFD instead of failing the write.
+std::string json_text(const nlohmann::json& j);
+
 // Fixed decimals, independent of the locale ("3.50", never "3,50").
 std::string format_number(double value, int decimals);
 
