@@ -187,13 +187,19 @@ namespace {
 std::vector<std::function<void()>> case_output_writes(const fs::path& dir, const LoadedVolume& loaded,
                                                      const CaseAnalysis& a, const CasePipeline& pipeline) {
   const Geometry& grid = loaded.volume.geometry;
+  // A NIfTI scan's own qform and sform go into every file on its grid (viewers differ in which
+  // they follow; the two can disagree).
+  const NiftiPlacement* placement = loaded.info.nifti_placement ? &*loaded.info.nifti_placement : nullptr;
   std::vector<std::function<void()>> writes;  // in the order they were always written
-  writes.emplace_back([&dir, &a, &grid] { write_image_file(dir / CaseFiles::kMask, a.mask, grid); });
+  writes.emplace_back([&dir, &a, &grid, placement] { write_image_file(dir / CaseFiles::kMask, a.mask, grid, placement); });
   if (a.labels.defined())
-    writes.emplace_back([&dir, &a, &grid] { write_image_file(dir / CaseFiles::kLabels, a.labels, grid); });
+    writes.emplace_back(
+        [&dir, &a, &grid, placement] { write_image_file(dir / CaseFiles::kLabels, a.labels, grid, placement); });
   else fs::remove(dir / CaseFiles::kLabels);  // an earlier run's, with a model of more labels: not this mask's
   if (a.probability.defined())
-    writes.emplace_back([&dir, &a, &grid] { write_image_file(dir / CaseFiles::kProbability, a.probability, grid); });
+    writes.emplace_back([&dir, &a, &grid, placement] {
+      write_image_file(dir / CaseFiles::kProbability, a.probability, grid, placement);
+    });
   if (pipeline.qc)
     writes.emplace_back([&dir, &a] {
       write_png(dir / CaseFiles::kQc,

@@ -118,11 +118,20 @@ std::string itk_nifti_header(const fs::path& near, const Geometry& g) {
 // and the close are checked: a full disk is an IoError, not a cut file. False where the header
 // is not ITK's usual one (the caller lets ITK write the file).
 template <typename Pixel>
-bool write_nifti_gz(const fs::path& tmp, const torch::Tensor& voxels, const Geometry& g) {
+bool write_nifti_gz(const fs::path& tmp, const torch::Tensor& voxels, const Geometry& g, const NiftiPlacement* placement) {
   for (const int64_t n : g.size)
     if (n < 2 || n > 32767) return false;  // what a 2 x 2 x 2 header with its sizes set cannot say
-  const std::string header = itk_nifti_header<Pixel>(tmp, g);
+  std::string header = itk_nifti_header<Pixel>(tmp, g);
   if (header.empty()) return false;
+  if (placement) {  // the scan's own placement, in NIfTI-1's fields (nifti1.h offsets)
+    const auto put = [&header](size_t at, auto v) { std::memcpy(header.data() + at, &v, sizeof v); };
+    for (size_t i = 0; i < 8; ++i) put(76 + 4 * i, float(placement->pixdim[i]));
+    header[123] = char(placement->xyzt_units);
+    put(252, int16_t(placement->qform_code));
+    put(254, int16_t(placement->sform_code));
+    for (size_t i = 0; i < 6; ++i) put(256 + 4 * i, float(placement->quatern[i]));
+    for (size_t i = 0; i < 12; ++i) put(280 + 4 * i, float(placement->srow[i]));
+  }
   const torch::Tensor src = voxels.contiguous();
   if constexpr (std::is_same_v<Pixel, float>) {  // what the reader's check refuses (check_nifti_file)
     const float* p = src.data_ptr<float>();
@@ -333,6 +342,57 @@ ImageFileContents read_with_itk(const fs::path& path, const std::string& format,
   }
 }
 
+// The 3 x 4 matrix (voxel index to RAS mm) of the grid ITK read (LPS).
+std::array<double, 12> ras_matrix(const Geometry& g) {
+  std::array<double, 12> m{};
+  for (size_t i = 0; i < 3; ++i) {
+    const double sign = i < 2 ? -1.0 : 1.0;
+    for (size_t j = 0; j < 3; ++j) m[4 * i + j] = sign * g.direction[i * 3 + j] * g.spacing_mm[j];
+    m[4 * i + 3] = sign * g.origin_mm[i];
+  }
+  return m;
+}
+
+// The farthest apart two matrices put any of the grid's 8 corner voxels, in mm.
+double corner_distance(const std::array<double, 12>& a, const std::array<double, 12>& b, const Geometry& g) {
+  double worst = 0;
+  for (int corner = 0; corner < 8; ++corner) {
+    const double ijk[3] = {corner & 1 ? double(g.size[0] - 1) : 0.0, corner & 2 ? double(g.size[1] - 1) : 0.0,
+                           corner & 4 ? double(g.size[2] - 1) : 0.0};
+    double d2 = 0;
+    for (size_t i = 0; i < 3; ++i) {
+      double d = a[4 * i + 3] - b[4 * i + 3];
+      for (size_t j = 0; j < 3; ++j) d += (a[4 * i + j] - b[4 * i + j]) * ijk[j];
+      d2 += d * d;
+    }
+    worst = std::max(worst, std::sqrt(d2));
+  }
+  return worst;
+}
+
+// What a NIfTI header's placement leaves uncertain, against the grid ITK read from it.
+std::vector<std::string> placement_warnings(const NiftiPlacement& p, const Geometry& g) {
+  std::vector<std::string> out;
+  if (p.qform_code <= 0 && p.sform_code <= 0) {
+    out.push_back("the NIfTI header gives no orientation (qform and sform codes 0): left and right and the position "
+                  "in space are unknown; measured on the voxel grid as ITK places it, and the mask's header has no "
+                  "orientation either, as the scan's");
+  } else if (p.qform_code > 0 && p.sform_code > 0) {
+    const std::array<double, 12> q = nifti_qform_matrix(p), s = nifti_sform_matrix(p), itk = ras_matrix(g);
+    if (const double apart = corner_distance(q, s, g); apart > 0.5) {
+      const std::string used = corner_distance(itk, q, g) <= corner_distance(itk, s, g) ? "qform" : "sform";
+      const double shear = shear_degrees(s);
+      out.push_back("the NIfTI's qform and sform disagree (they place the volume's corners up to " +
+                    format_number(apart, 1) + " mm apart" +
+                    (shear > 0.5 ? "; the sform is sheared by " + format_number(shear, 1) + " degrees, an uncorrected gantry tilt?" : "") +
+                    "): measured on the " + used + "'s grid, as ITK reads the file, while nibabel, FSL and SPM follow the "
+                    "sform; the mask's header keeps both, so a viewer overlays it where it shows the scan: check which "
+                    "transform is right");
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string codes_not_ct_reason(const fs::path& path) {
@@ -374,15 +434,46 @@ ImageFileContents read_image_file(const fs::path& path, uint64_t max_voxels) {
   // (--threads), in turn with one; its failure is the one named (a damaged stream), and ITK's
   // result is used only once it has passed.
   const NiftiHeader header = check_nifti_file(path, max_voxels, NiftiCheck::kHeader);
-  if (ends_with(lower(path.filename().string()), ".gz"))
-    if (const std::optional<torch::Tensor> voxels = plain_nifti_gz_voxels(path, header))
-      return read_with_itk(path, format, max_voxels, *voxels);
+  if (header.version == 2)  // ITK 5.2 reads NIfTI-1 only
+    throw IoError("NIfTI-2 files are not read (ITK 5.2 reads NIfTI-1): save the scan as NIfTI-1 (.nii.gz)");
   ImageFileContents out;
-  run_side_by_side({[&] { check_nifti_file(path, max_voxels); }, [&] { out = read_with_itk(path, format, max_voxels); }});
+  try {
+    if (std::optional<torch::Tensor> voxels;
+        ends_with(lower(path.filename().string()), ".gz") && (voxels = plain_nifti_gz_voxels(path, header)))
+      out = read_with_itk(path, format, max_voxels, *voxels);
+    else
+      run_side_by_side({[&] { check_nifti_file(path, max_voxels); }, [&] { out = read_with_itk(path, format, max_voxels); }});
+  } catch (const IoError&) {
+    // ITK refuses a sform it cannot make a rotation of when there is no qform: say what it is.
+    const NiftiPlacement& p = header.placement;
+    if (p.qform_code <= 0 && p.sform_code > 0) {
+      const std::array<double, 12> m = nifti_sform_matrix(p);
+      if (const double shear = shear_degrees(m); shear > 0.01)
+        throw IoError("the NIfTI's only transform (its sform) is sheared by " + format_number(shear, 1) +
+                      " degrees (an uncorrected gantry tilt?), which is not a grid hemexp can read: resample it onto an "
+                      "orthogonal grid, or give hemexp the DICOM series (it corrects the tilt)");
+      std::array<double, 3> sizes{};
+      bool differ = false;
+      for (size_t j = 0; j < 3; ++j) {
+        sizes[j] = std::sqrt(m[j] * m[j] + m[4 + j] * m[4 + j] + m[8 + j] * m[8 + j]);
+        differ |= std::abs(sizes[j] - std::abs(p.pixdim[j + 1])) > 1e-3 * std::abs(p.pixdim[j + 1]);
+      }
+      if (differ)
+        throw IoError("the NIfTI's only transform (its sform) gives voxels of " + format_number(sizes[0], 3) + " x " +
+                      format_number(sizes[1], 3) + " x " + format_number(sizes[2], 3) + " mm where its pixdim says " +
+                      format_number(p.pixdim[1], 3) + " x " + format_number(p.pixdim[2], 3) + " x " +
+                      format_number(p.pixdim[3], 3) + " mm, which ITK cannot read: fix the header (which voxel size is "
+                      "right?)");
+    }
+    throw;
+  }
+  out.placement = header.placement;
+  out.warnings = placement_warnings(header.placement, out.volume.geometry);
   return out;
 }
 
-void write_image_file(const fs::path& path, const torch::Tensor& voxels, const Geometry& g) {
+void write_image_file(const fs::path& path, const torch::Tensor& voxels, const Geometry& g,
+                      const NiftiPlacement* placement) {
   check_matches(g, voxels, ("writing " + path.string()).c_str());
   const bool nifti = format_of(path) == "nifti", gz = ends_with(lower(path.filename().string()), ".gz");
   try {
@@ -391,7 +482,7 @@ void write_image_file(const fs::path& path, const torch::Tensor& voxels, const G
         using Pixel = decltype(pixel);
         if (nifti && gz) {
           try {
-            if (write_nifti_gz<Pixel>(tmp, voxels, g)) return;
+            if (write_nifti_gz<Pixel>(tmp, voxels, g, placement)) return;
           } catch (const IoError& e) {
             throw IoError("writing " + path.string() + ": " + e.what());
           }

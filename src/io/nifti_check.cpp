@@ -61,6 +61,43 @@ int bits_of(int datatype) {
 
 }  // namespace
 
+std::array<double, 12> nifti_qform_matrix(const NiftiPlacement& p) {
+  const double b = p.quatern[0], c = p.quatern[1], d = p.quatern[2];
+  const double a = std::sqrt(std::max(0.0, 1.0 - (b * b + c * c + d * d)));
+  const double qfac = p.pixdim[0] < 0 ? -1.0 : 1.0;
+  const double r[3][3] = {{a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)},
+                          {2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)},
+                          {2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b}};
+  const double scale[3] = {std::abs(p.pixdim[1]), std::abs(p.pixdim[2]), qfac * std::abs(p.pixdim[3])};
+  std::array<double, 12> m{};
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) m[size_t(4 * i + j)] = r[i][j] * scale[j];
+    m[size_t(4 * i + 3)] = p.quatern[size_t(3 + i)];
+  }
+  return m;
+}
+
+std::array<double, 12> nifti_sform_matrix(const NiftiPlacement& p) { return p.srow; }
+
+double shear_degrees(const std::array<double, 12>& m) {
+  const auto col = [&](int j) { return std::array<double, 3>{m[size_t(j)], m[size_t(4 + j)], m[size_t(8 + j)]}; };
+  const auto cross = [](const std::array<double, 3>& u, const std::array<double, 3>& v) {
+    return std::array<double, 3>{u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]};
+  };
+  const auto dot = [](const std::array<double, 3>& u, const std::array<double, 3>& v) {
+    return u[0] * v[0] + u[1] * v[1] + u[2] * v[2];
+  };
+  double worst = 0;
+  for (int j = 0; j < 3; ++j) {
+    const std::array<double, 3> n = cross(col((j + 1) % 3), col((j + 2) % 3)), a = col(j);
+    const double denominator = std::sqrt(dot(n, n) * dot(a, a));
+    if (!(denominator > 0)) return 90.0;
+    const double cosine = std::min(1.0, std::abs(dot(n, a)) / denominator);
+    worst = std::max(worst, std::acos(cosine) * 180.0 / M_PI);
+  }
+  return worst;
+}
+
 NiftiHeader parse_nifti_header(const std::string& bytes, uint64_t max_voxels) {
   if (bytes.size() < 4) throw IoError("not a NIfTI file: " + std::to_string(bytes.size()) + " bytes, too short for a header");
   int32_t size;
@@ -100,6 +137,9 @@ NiftiHeader parse_nifti_header(const std::string& bytes, uint64_t max_voxels) {
       for (int i = 0; i < 6; ++i) transform.push_back(b.get<float>(256 + 4 * i));
     if (sform_code > 0)
       for (int i = 0; i < 12; ++i) transform.push_back(b.get<float>(280 + 4 * i));
+    h.placement.xyzt_units = int(static_cast<unsigned char>(bytes[123]));
+    for (int i = 0; i < 6; ++i) h.placement.quatern[size_t(i)] = b.get<float>(256 + 4 * i);
+    for (int i = 0; i < 12; ++i) h.placement.srow[size_t(i)] = b.get<float>(280 + 4 * i);
   } else {
     if (std::memcmp(bytes.data() + 4, "n+2\0", 4) != 0)
       throw IoError("not a single-file NIfTI-2 file: the magic string is not 'n+2'");
@@ -117,7 +157,13 @@ NiftiHeader parse_nifti_header(const std::string& bytes, uint64_t max_voxels) {
       for (int i = 0; i < 6; ++i) transform.push_back(b.get<double>(352 + 8 * i));
     if (sform_code > 0)
       for (int i = 0; i < 12; ++i) transform.push_back(b.get<double>(400 + 8 * i));
+    h.placement.xyzt_units = b.get<int32_t>(500);
+    for (int i = 0; i < 6; ++i) h.placement.quatern[size_t(i)] = b.get<double>(352 + 8 * i);
+    for (int i = 0; i < 12; ++i) h.placement.srow[size_t(i)] = b.get<double>(400 + 8 * i);
   }
+  h.placement.pixdim = pixdim;
+  h.placement.qform_code = qform_code;
+  h.placement.sform_code = sform_code;
 
   h.ndim = int(dim[0]);
   if (h.ndim < 1 || h.ndim > 7) throw IoError("NIfTI header has " + std::to_string(dim[0]) + " dimensions (1 to 7 expected)");

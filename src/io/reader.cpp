@@ -10,6 +10,7 @@
 
 #include "hemexp/core/error.hpp"
 #include "hemexp/core/slice_stack.hpp"
+#include "hemexp/core/text.hpp"
 #include "hemexp/io/dicom.hpp"
 #include "hemexp/io/error.hpp"
 #include "hemexp/io/image_file.hpp"
@@ -222,6 +223,8 @@ LoadedVolume read_volume(const fs::path& path, const ReadOptions& options) {
     out.volume = std::move(file.volume);
     out.info.path = path.string();
     out.info.format = file.format;
+    out.info.nifti_placement = file.placement;
+    out.info.warnings = file.warnings;
     out.info.modality = "CT";  // not recorded by these formats; the HU check below guards it
     const double dz = out.volume.geometry.spacing_mm[2];
     out.info.min_slice_spacing_mm = out.info.max_slice_spacing_mm = dz;
@@ -233,6 +236,8 @@ LoadedVolume read_volume(const fs::path& path, const ReadOptions& options) {
       out.info.warnings.push_back("direction matrix is not orthogonal (sheared grid)");
   } else if (fs::is_directory(path) || looks_like_dicom(path)) {
     out = read_dicom(path, options);
+  } else if (const std::string ext = lower(path.extension().string()); ext == ".hdr" || ext == ".img") {
+    throw IoError("a NIfTI or Analyze .hdr/.img pair is not read: save the scan as one .nii.gz file");
   } else {
     throw IoError("not a recognised image: expected NIfTI, MHA, NRRD or DICOM");
   }

@@ -4,6 +4,7 @@
 #include <csignal>
 #include <cstring>
 #include <fstream>
+#include <functional>
 
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -330,6 +331,109 @@ TEST(Writer, AFailedNiftiWriteNamesTheFileAndLeavesNothing) {
 
 // write_png encodes PNG itself (zlib, Sub filter): ITK's reader (libpng) gives back every
 // pixel, RGB and grey, on odd sizes, one pixel wide and with runs a filter could get wrong.
+// A NIfTI scan whose header fields are edited in place (an uncompressed .nii of ITK's writing).
+void edit_header(const fs::path& file, const std::function<void(std::string&)>& edit) {
+  std::string bytes;
+  {
+    std::ifstream in(file, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  edit(bytes);
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
+}
+template <typename T>
+void put(std::string& bytes, size_t at, T v) {
+  std::memcpy(bytes.data() + at, &v, sizeof v);
+}
+
+// Viewers differ in which of a NIfTI's transforms they follow (ITK, and ITK-SNAP, the qform when
+// the sform's code is not 1; nibabel, FSL, SPM, MRIcroGL the sform whenever its code is set). A
+// scan whose sform mirrors its qform (sform code 2, as registration tools write) had its mask
+// written with ITK's choice in both fields: mirrored left-right in every sform viewer. The mask
+// now carries the scan's own pixdim, units, qform, sform and codes, so every viewer places it
+// as it places the scan; the disagreement is a warning. The same for a header without any
+// orientation (codes 0: the mask has none either), and a sform-only sheared file is refused
+// with its shear named.
+TEST(Writer, AMaskCarriesItsNiftiScansOwnQformAndSform) {
+  ScratchDir dir;
+  Geometry g;
+  g.size = {12, 10, 6};
+  g.spacing_mm = {0.75, 0.75, 5.0};
+  g.origin_mm = {-4.0, 7.0, -20.0};
+  torch::manual_seed(11);
+  const torch::Tensor hu = torch::randint(-1000, 1500, {6, 10, 12}).to(torch::kInt16);
+  const torch::Tensor mask = (torch::rand({6, 10, 12}) > 0.7).to(torch::kUInt8);
+  constexpr size_t kQformCode = 252, kSformCode = 254, kSrow = 280;
+  const auto placement_of = [](const fs::path& f) { return check_nifti_file(f, 1u << 20, NiftiCheck::kHeader).placement; };
+  const auto same = [](const NiftiPlacement& a, const NiftiPlacement& b) {
+    return a.qform_code == b.qform_code && a.sform_code == b.sform_code && a.quatern == b.quatern && a.srow == b.srow &&
+           a.pixdim == b.pixdim && a.xyzt_units == b.xyzt_units;
+  };
+  struct Variant {
+    const char* name;
+    std::function<void(std::string&)> edit;
+    const char* warning;  // a part of the one warning expected, or "" for none
+  };
+  const std::vector<Variant> variants = {
+      {"as_written", [](std::string&) {}, ""},
+      {"sform_mirrored_code_2",
+       [&](std::string& b) {
+         float x0, x3;
+         std::memcpy(&x0, b.data() + kSrow, 4);
+         std::memcpy(&x3, b.data() + kSrow + 12, 4);
+         put(b, kSrow, -x0);                                   // i runs the other way ...
+         put(b, kSrow + 12, x3 + x0 * float(g.size[0] - 1));  // ... from the other end
+         put(b, kSformCode, int16_t(2));
+       },
+       "the NIfTI's qform and sform disagree (they place the volume's corners up to 8.2 mm apart): measured on "
+       "the qform's grid"},
+      {"no_orientation",
+       [&](std::string& b) {
+         put(b, kQformCode, int16_t(0));
+         put(b, kSformCode, int16_t(0));
+       },
+       "the NIfTI header gives no orientation (qform and sform codes 0)"},
+  };
+  for (const Variant& v : variants) {
+    const fs::path scan = dir / (std::string(v.name) + ".nii");
+    write_image_file(scan, hu, g);
+    edit_header(scan, v.edit);
+    const LoadedVolume loaded = read_volume(scan);
+    ASSERT_TRUE(loaded.info.nifti_placement.has_value()) << v.name;
+    if (*v.warning) {
+      ASSERT_EQ(loaded.info.warnings.size(), 1u) << v.name;
+      EXPECT_NE(loaded.info.warnings[0].find(v.warning), std::string::npos) << loaded.info.warnings[0];
+    } else {
+      EXPECT_TRUE(loaded.info.warnings.empty()) << v.name;
+    }
+    const fs::path written = dir / (std::string(v.name) + "_mask.nii.gz");
+    write_image_file(written, mask, loaded.volume.geometry, &*loaded.info.nifti_placement);
+    EXPECT_TRUE(same(placement_of(written), placement_of(scan))) << v.name;
+    EXPECT_TRUE(torch::equal(read_codes_on_grid(written, loaded.volume.geometry), mask)) << v.name;  // ITK: the same grid
+  }
+  const NiftiPlacement mirrored = placement_of(dir / "sform_mirrored_code_2.nii");
+  EXPECT_EQ(mirrored.sform_code, 2);
+  EXPECT_NEAR(nifti_sform_matrix(mirrored)[0], 0.75, 1e-6);  // RAS: +x along i, where the qform has -x
+  EXPECT_NEAR(nifti_qform_matrix(mirrored)[0], -0.75, 1e-6);
+
+  // A sform that holds a 15 degree gantry tilt, and no qform: ITK's "no orthonormal definition".
+  const fs::path sheared = dir / "sheared.nii";
+  write_image_file(sheared, hu, g);
+  edit_header(sheared, [&](std::string& b) {
+    put(b, kQformCode, int16_t(0));
+    put(b, kSformCode, int16_t(1));
+    put(b, kSrow + 16 + 8, float(5.0 * std::tan(15.0 * M_PI / 180)));  // srow_y[2]: y moves with k
+  });
+  try {
+    read_volume(sheared);
+    ADD_FAILURE() << "a sheared sform-only file was read";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("the NIfTI's only transform (its sform) is sheared by 15.0 degrees"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(Writer, PngPicturesDecodeToTheirPixelsExactly) {
   ScratchDir dir;
   torch::manual_seed(7);

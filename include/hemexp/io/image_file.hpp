@@ -4,8 +4,10 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "hemexp/core/geometry.hpp"
+#include "hemexp/io/nifti_check.hpp"
 
 namespace hemexp {
 
@@ -22,6 +24,11 @@ std::string codes_not_ct_reason(const std::filesystem::path& path);
 struct ImageFileContents {
   Volume volume;            // voxels as float32 (scl_slope/inter applied by ITK)
   std::string format;       // "nifti", "mha", "nrrd"
+  // NIfTI: where its header places the voxels, for the masks written on its grid.
+  std::optional<NiftiPlacement> placement;
+  // What the reader must know about the header (qform and sform that disagree, a sheared
+  // sform, no orientation at all): one line each.
+  std::vector<std::string> warnings;
 };
 
 // The most voxels a case may have (--max-voxels): a 512 x 512 x 2000 scan. A header that
@@ -36,8 +43,6 @@ constexpr uint64_t kDefaultMaxVoxels = 512ull * 512 * 2000;
 // always ITK's; the voxels of a .nii.gz file of plain values (unscaled, 3D, one intact gzip
 // stream) are decompressed by hemexp itself, once, to the same values ITK gives.
 ImageFileContents read_image_file(const std::filesystem::path& path, uint64_t max_voxels = kDefaultMaxVoxels);
-
-struct NiftiHeader;  // nifti_check.hpp
 
 // The voxels of a .nii.gz file (float32, z, y, x), decompressed once and whole by libdeflate
 // (about twice zlib's speed, docs/PERFORMANCE.md, session 49), when the file is one gzip member
@@ -56,9 +61,11 @@ std::optional<torch::Tensor> plain_nifti_gz_voxels(const std::filesystem::path& 
 torch::Tensor read_codes_on_grid(const std::filesystem::path& path, const Geometry& grid);
 
 // Writes voxels (z,y,x; uint8, int16 or float32) on grid g, atomically. The file type follows
-// the extension (.nii.gz, .nii, .mha, .nrrd).
+// the extension (.nii.gz, .nii, .mha, .nrrd). With `placement` (the NIfTI scan's own, g being
+// the grid it was read as) a .nii.gz file's header places the voxels as the scan's does: its
+// pixdim, units, qform, sform and their codes.
 void write_image_file(const std::filesystem::path& path, const torch::Tensor& voxels,
-                      const Geometry& g);
+                      const Geometry& g, const NiftiPlacement* placement = nullptr);
 
 // Writes an 8-bit grey (H,W) or RGB (H,W,3) uint8 image as PNG (zlib level 1: a QC picture
 // is written once per case and looked at, not archived), atomically.

@@ -1,11 +1,13 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "hemexp/core/geometry.hpp"
 #include "hemexp/io/error.hpp"
+#include "hemexp/io/nifti_check.hpp"
 
 namespace hemexp {
 
@@ -27,6 +29,9 @@ struct InputInfo {
   // DICOM: true when tilt or spacing correction put the voxels on a grid of their own,
   // rather than the grid the slices were acquired on.
   bool grid_resampled = false;
+  // NIfTI: where the file's header places the voxels (qform, sform, pixdim), given to the
+  // masks written on its grid so that they overlay it in any viewer.
+  std::optional<NiftiPlacement> nifti_placement;
 };
 
 // A read that failed after it had learnt something about the scan (which series was chosen and
