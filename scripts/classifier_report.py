@@ -2,7 +2,7 @@
 transparent marker baseline and the generator's oracles, plus how well each measured NCCT
 marker recovers the generator's true marker.
 
-    /usr/bin/python3 scripts/classifier_report.py --truth SYNTHDIR \
+    /usr/bin/python3 scripts/classifier_report.py (--truth SYNTHDIR | --labels LABELS.csv) \
         [--test-run RUN_OUTDIR] [--test-run-name NAME] [--model NAME=RUN_OUTDIR ...] \
         [--baseline-train DIR [DIR...]] [--bootstrap 2000] [--seed 1] \
         [--markdown REPORT.md] [--json REPORT.json]
@@ -11,8 +11,17 @@ marker recovers the generator's true marker.
 folder), one per classifier (e.g. 1:4, 1:2, 1:1). Several cohorts pooled into one table: give
 --truth several synth folders and each run as that many folders in the same order (--test-run
 RUN_A RUN_B, --model NAME=RUN_A,RUN_B); case ids become FOLDERNAME/case_id (--scored: one cohort
-only). A run case is matched to its truth by the
-parent folder name of result.json's input.path (SYNTHDIR/<case_id>/ct.nii.gz). The measured
+only). A run case is matched to its truth by its case id, else (when no case of the run has
+that id) by the name of the folder holding its scan (SYNTHDIR/<case_id>/ct.nii.gz), as
+recalibrate_classifier.py and `hemexp prepare` match labels; two cases on one truth row are
+never merged: in a synth folder the baseline ct.nii.gz is taken and the others (follow-up scans)
+left out with a warning, with --labels it is refused.
+
+--labels: your own patients' case_id,he_label file(s) instead of --truth (UTF-8, or Windows-1252
+with a warning; blank labels skipped and counted). Everything that needs only the label is
+reported (AUC with CI, Brier, ECE, calibration slope and intercept, decision metrics, the marker
+baseline, paired comparisons); the oracle rows and the marker table need the generator's truth
+and are left out, with a note. The measured
 markers and volumes (for the baseline and the marker table) come from --test-run, or from the
 first --model when there is no --test-run.
 
@@ -41,7 +50,6 @@ baseline's, on the cases both score, with CIs from the same resamples for both (
 The cohort is every truth case matched by at least one run; each row's missing = cohort - n.
 """
 import argparse
-import csv
 import glob
 import json
 import math
@@ -54,9 +62,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hemexp_safetensors  # noqa: E402
 import train_classifier  # noqa: E402
 from train_classifier import (binary_metrics, bootstrap_auc_ci, brier_score, calibration_slope_intercept,  # noqa: E402
-                              expected_calibration_error, fit_logistic, parse_float, read_cases_csv, roc_auc,
-                              rounded, sigmoid, youden_threshold)
-from recalibrate_classifier import run_case_ids  # noqa: E402
+                              expected_calibration_error, fit_logistic, parse_float, read_cases_csv, read_csv_rows,
+                              roc_auc, rounded, sigmoid, youden_threshold)
+from recalibrate_classifier import (read_labels_counted, run_case_ids, run_input, run_working_folders,  # noqa: E402
+                                    scan_folder_name)
 
 MARKERS = ["hypodense_fraction", "hu_sd", "hu_cv", "bimodality_coefficient", "satellite_count",
            "satellite_volume_ml", "island_count", "surface_ratio", "mean_hu"]
@@ -92,11 +101,77 @@ MARKER_PAIRS = [("hypodense_fraction", "hypodensity"), ("hypodense_fraction", "b
 
 
 def read_truth(folder):
+    """(case_id -> labels.csv row of a `hemexp synth` folder, ids with a blank label); rows with
+    a blank he_label are skipped and counted, any other label but 0 or 1 refused."""
     path = os.path.join(folder, "labels.csv")
     if not os.path.exists(path):
-        raise SystemExit(f"{folder}: no labels.csv (is it a folder written by `hemexp synth`?)")
-    with open(path, newline="") as f:
-        return {r["case_id"]: r for r in csv.DictReader(f)}
+        raise SystemExit(f"{folder}: no labels.csv (is it a folder written by `hemexp synth`? Your own "
+                         "case_id,he_label file goes to --labels)")
+    header, rows = read_csv_rows(path)
+    if "case_id" not in header or "he_label" not in header:
+        raise SystemExit(f"{path}: needs the columns case_id and he_label (has: {', '.join(header) or 'none'})")
+    truth, blank = {}, []
+    for r in rows:
+        value = (r.get("he_label") or "").strip()
+        case_id = (r.get("case_id") or "").strip()
+        if value == "" or case_id == "":
+            blank.append(case_id)
+            continue
+        if value not in ("0", "1"):
+            raise SystemExit(f"{path}: he_label of {case_id} is '{value}', not 0 or 1")
+        if case_id in truth:
+            raise SystemExit(f"{path}: case_id {case_id} appears twice")
+        truth[case_id] = dict(r, case_id=case_id, he_label=value)
+    if blank:
+        print(f"{path}: {len(blank)} row(s) with a blank he_label or case_id skipped (no label)", file=sys.stderr)
+    return truth, set(blank)
+
+
+def read_labels_file(path):
+    """(case_id -> {"case_id", "he_label"}, ids with a blank label) of a clinical labels file
+    (case_id,he_label; other columns ignored, none of them is the generator's truth), read as
+    recalibrate_classifier.py and `hemexp prepare` read it: blank labels skipped and counted."""
+    labels, blank = read_labels_counted(path)
+    if blank:
+        print(f"{path}: {len(blank)} blank label(s) skipped (no label)", file=sys.stderr)
+    return {i: {"case_id": i, "he_label": str(v)} for i, v in labels.items()}, set(blank)
+
+
+SYNTH_BASELINE = "ct.nii.gz"  # a synth folder's baseline scan (<case_id>/ct.nii.gz), as hemexp eval reads it
+
+
+def match_cases(entries, truth, where, synth_layout):
+    """entries: (case_id, input path as the run read it, payload) -> ({truth id: payload}, unmatched
+    case ids). A case matches its truth row by its case id, else by the name of the folder that
+    holds its scan when no case of the same entries has that id (recalibrate_classifier.py's and
+    `hemexp prepare`'s rule). Two cases matching one truth row are never merged: with a synth
+    layout (synth_layout) the one that read <folder>/ct.nii.gz is taken (the baseline, as hemexp
+    eval matches) and the others are left out, loudly; otherwise SystemExit."""
+    own_ids = {c for c, _, _ in entries}
+    groups, unmatched = {}, []
+    for case_id, input_path, payload in entries:
+        folder = scan_folder_name(input_path) if input_path else ""
+        key = case_id if case_id in truth else (folder if folder and folder not in own_ids else "")
+        if key not in truth:
+            unmatched.append(case_id)
+            continue
+        groups.setdefault(key, []).append((case_id, input_path, payload))
+    out, dropped = {}, []
+    for key, group in groups.items():
+        if len(group) > 1:
+            baseline = [g for g in group if os.path.basename(os.path.normpath(g[1] or "")) == SYNTH_BASELINE]
+            if not synth_layout or len(baseline) != 1:
+                raise SystemExit(f"{where}: {len(group)} cases match the label of {key} (scans in one folder): "
+                                 f"{', '.join(g[0] + ' (' + (g[1] or '?') + ')' for g in group[:4])}; key the labels "
+                                 "by the run's case_id column (results.csv) so that each scan has its own")
+            dropped += [g[0] for g in group if g is not baseline[0]]
+            group = baseline
+        out[key] = group[0][2]
+    if dropped:
+        print(f"warning: {where}: {len(dropped)} case(s) read another scan of a synth case's folder than its "
+              f"baseline {SYNTH_BASELINE} (e.g. {', '.join(dropped[:3])}): left out, the truth is the baseline's",
+              file=sys.stderr)
+    return out, unmatched
 
 
 def number(value):
@@ -108,8 +183,9 @@ def number(value):
         return float("nan")
 
 
-def read_run(folder, truth):
-    """truth case_id -> what the run says about it: status, probability, threshold, markers, volume."""
+def read_run(folder, truth, synth_layout=True):
+    """truth case_id -> what the run says about it: status, probability, threshold, markers, volume.
+    Cases are matched by match_cases (case id, else the scan's folder; never two cases on one)."""
     # The cases of the run's results table, not case folders an earlier run left in it; a run
     # stopped before writing one: every case folder, said (as hemexp eval does).
     if os.path.exists(os.path.join(folder, "results.csv")) or glob.glob(os.path.join(folder, "results-*-of-*.csv")):
@@ -120,15 +196,13 @@ def read_run(folder, truth):
         files = sorted(glob.glob(os.path.join(folder, "cases", "*", "result.json")))
     if not files:
         raise SystemExit(f"{folder}: no cases/*/result.json (is it a `hemexp run` output folder?)")
-    cases, unmatched = {}, []
+    working = run_working_folders(folder)
+    entries = []
     for path in files:
         with open(path) as f:
             r = json.load(f)
-        input_path = (r.get("input") or {}).get("path", "")
-        truth_id = os.path.basename(os.path.dirname(os.path.normpath(input_path)))
-        if truth_id not in truth:
-            unmatched.append(r.get("case_id"))
-            continue
+        case_id = r.get("case_id") or os.path.basename(os.path.dirname(path))
+        input_path = run_input(working, (r.get("input") or {}).get("path") or "")
         he = r.get("he") or {}
         hematoma = r.get("hematoma") or {}
         markers = r.get("markers") or {}
@@ -138,17 +212,19 @@ def read_run(folder, truth):
         values["ivh_volume_ml"] = number(((r.get("labels") or {}).get("ivh") or {}).get("volume_ml"))
         for sign, p in (he.get("signs") or {}).items():  # a classifier with a sign layer
             values[SIGN_PREFIX + sign] = number(p)
-        cases[truth_id] = {"ok": ok, "probability": number(he.get("probability")) if ok else float("nan"),
-                           "threshold": number(he.get("threshold")), "markers": values if ok else
-                           {k: float("nan") for k in values}}
-    return cases, unmatched
+        entries.append((case_id, input_path, {
+            "case_id": case_id, "ok": ok, "probability": number(he.get("probability")) if ok else float("nan"),
+            "threshold": number(he.get("threshold")), "markers": values if ok else {k: float("nan") for k in values}}))
+    return match_cases(entries, truth, folder, synth_layout)
 
 
-def score_prepared(model_path, prep_dir):
+def score_prepared(model_path, prep_dir, truth=None, synth_layout=True):
     """truth case_id -> {"probability", "threshold"} of a classifier file on ROIs that `hemexp
     prepare --run` exported from a test run's predicted masks, through the PyTorch reference
     (bit-identical to the C++ ViT on the parity fixture) and the card's Platt calibration and
-    minimum volume: the C++ tool's score, without segmenting the cohort again per model."""
+    minimum volume: the C++ tool's score, without segmenting the cohort again per model. Rows are
+    matched to truth by match_cases (their case_id, else their scan's folder); without truth they
+    are keyed by case_id."""
     import torch
     import hemexp_nets
     tensors, metadata = hemexp_safetensors.load(model_path)
@@ -157,11 +233,8 @@ def score_prepared(model_path, prep_dir):
     net.load_state_dict({k: v for k, v in tensors.items()}, strict=True)
     net.eval()
     cal = card["calibration"]
-    out = {}
-    with open(os.path.join(prep_dir, "cases.csv"), newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        truth_id = os.path.basename(os.path.dirname(os.path.normpath(r["source"])))
+    entries = []
+    for r in read_cases_csv(prep_dir):
         p = float("nan")
         if number(r["volume_ml"]) >= card.get("min_volume_ml", 0.0):
             roi = hemexp_safetensors.load(os.path.join(prep_dir, r["file"]))[0]["roi"]
@@ -172,7 +245,14 @@ def score_prepared(model_path, prep_dir):
                 logit = float(net(roi.unsqueeze(0).float(), features)[0])
             z = cal["slope"] * logit + cal["intercept"] if cal["method"] == "platt" else logit
             p = 1.0 / (1.0 + math.exp(-z))
-        out[truth_id] = {"probability": p, "threshold": card["decision"]["threshold"]}
+        entries.append((r["case_id"], r.get("source") or "", {"probability": p,
+                                                           "threshold": card["decision"]["threshold"]}))
+    if truth is None:
+        return {c: v for c, _, v in entries}
+    out, unmatched = match_cases(entries, truth, prep_dir, synth_layout)
+    if unmatched:
+        print(f"warning: {prep_dir}: {len(unmatched)} prepared case(s) match no label, e.g. {unmatched[:3]}",
+              file=sys.stderr)
     return out
 
 
@@ -355,9 +435,11 @@ def fmt(x, digits=3):
 
 
 def markdown(report):
+    synth = report.get("truth_kind", "hemexp synth") == "hemexp synth"
     out = [f"# Expansion classifiers on {report['truth']}", "",
-           f"Cohort: {report['cohort']['n']} synthetic cases matched by the runs "
-           f"({report['cohort']['labels_csv']} in labels.csv, {report['cohort']['unmatched_truth']} unmatched), "
+           f"Cohort: {report['cohort']['n']} {'synthetic' if synth else 'labelled'} cases matched by the runs "
+           f"({report['cohort']['labels_csv']} labelled in {'labels.csv' if synth else 'the labels file(s)'}, "
+           f"{report['cohort']['unmatched_truth']} unmatched), "
            f"prevalence {fmt(report['cohort']['prevalence'])}. AUC 95% CI: percentile bootstrap, "
            f"{report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}.", "",
            "| model | n | missing | prevalence | AUC [95% CI] | threshold | accuracy | sensitivity | specificity "
@@ -374,6 +456,7 @@ def markdown(report):
                    f"{fmt(r['calibration_slope_ci95'][1], 2)}] | {fmt(r['calibration_intercept'], 2)} |")
     out += ["", "Thresholds: classifiers from their cards (Youden's J on their validation cohorts); the marker "
             "baseline by Youden's J on its training data; * Youden's J on this test cohort itself (optimistic).", ""]
+    out += [n for note in report.get("notes") or [] for n in (note, "")]
     if report.get("paired"):
         out += ["## Paired comparisons (same cases, same bootstrap resamples)", "",
                 "| model | against | n | AUC / AUC [95% CI] | AUC - AUC [95% CI] | P(difference <= 0) |",
@@ -413,10 +496,15 @@ def marker_auc(name_measured, name_true, ids, run, truth, resamples, seed):
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--truth", required=True, nargs="+", metavar="SYNTHDIR",
-                    help="`hemexp synth` folder with labels.csv (several: their cases pooled)")
+    truth = ap.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--truth", nargs="+", metavar="SYNTHDIR",
+                       help="`hemexp synth` folder with labels.csv (several: their cases pooled)")
+    truth.add_argument("--labels", nargs="+", metavar="CSV",
+                       help="your own case_id,he_label file instead (keyed by the run's case ids, or the name of "
+                            "the folder holding each scan; blank labels skipped); several: their cases pooled. No "
+                            "generator truth: no oracle rows, no marker table")
     ap.add_argument("--test-run", default=None, nargs="+", metavar="RUN_OUTDIR",
-                    help="`hemexp run` output folder (one per --truth folder, same order)")
+                    help="`hemexp run` output folder (one per --truth folder or --labels file, same order)")
     ap.add_argument("--test-run-name", default="classifier", help="its row's name")
     ap.add_argument("--model", action="append", default=[], metavar="NAME=RUN_OUTDIR[,RUN_OUTDIR...]",
                     help="one classifier's run over the same cohort(s) (repeatable)")
@@ -441,11 +529,13 @@ def parse_args(argv):
         ap.error("give --test-run and/or --model")
     if len({n for n, _ in runs}) != len(runs):
         ap.error("model names must be unique")
+    sources = args.truth or args.labels
+    what = "--truth folder(s)" if args.truth else "--labels file(s)"
     for name, folders in runs:
-        if len(folders) != len(args.truth):
-            ap.error(f"{name}: {len(folders)} run folder(s) for {len(args.truth)} --truth folder(s)")
-    if args.scored and len(args.truth) > 1:
-        ap.error("--scored takes one cohort (one --truth folder)")
+        if len(folders) != len(sources):
+            ap.error(f"{name}: {len(folders)} run folder(s) for {len(sources)} {what}")
+    if args.scored and len(sources) > 1:
+        ap.error(f"--scored takes one cohort (one {what[:-3]})")
     return args, runs
 
 
@@ -460,22 +550,29 @@ def cohort_prefixes(folders):
 
 def main(argv=None):
     args, runs = parse_args(sys.argv[1:] if argv is None else argv)
-    prefixes = cohort_prefixes(args.truth)
-    truths = [read_truth(folder) for folder in args.truth]
+    synth = args.truth is not None  # the generator's truth (oracles, true markers) or your own labels
+    sources = args.truth if synth else args.labels
+    prefixes = cohort_prefixes(sources)
+    read = [read_truth(folder) for folder in sources] if synth else [read_labels_file(f) for f in sources]
+    truths, blanks = [t for t, _ in read], [b for _, b in read]
+    label_files = [os.path.join(f, "labels.csv") for f in sources] if synth else sources
     truth = {pre + i: row for pre, t in zip(prefixes, truths) for i, row in t.items()}
     loaded = []
     for name, folders in runs:
         cases = {}
-        for pre, t, truth_folder, folder in zip(prefixes, truths, args.truth, folders):
-            found, unmatched = read_run(folder, t)
+        for pre, t, blank, label_file, folder in zip(prefixes, truths, blanks, label_files, folders):
+            found, unmatched = read_run(folder, t, synth)
+            unmatched = [c for c in unmatched if c not in blank]  # counted already (blank labels)
             if unmatched:
-                print(f"warning: {folder}: {len(unmatched)} case(s) not in {truth_folder}/labels.csv, e.g. "
-                      f"{unmatched[:3]}", file=sys.stderr)
+                print(f"warning: {folder}: {len(unmatched)} case(s) not in {label_file}, e.g. "
+                      f"{unmatched[:3]}" + ("" if synth else ": key the labels by the run's case_id column"),
+                      file=sys.stderr)
             cases.update({pre + i: c for i, c in found.items()})
         loaded.append((name, folders, cases))
     ids = sorted(set().union(*(c.keys() for _, _, c in loaded)))
     if not ids:
-        raise SystemExit("no run case matches the truth folder")
+        raise SystemExit("no run case matches " + ("the truth folder" if synth else "a label (key the labels by the "
+                                                   "run's case_id column)"))
     y = np.array([int(truth[i]["he_label"]) for i in ids])
     rs, seed = args.bootstrap, args.seed
 
@@ -490,7 +587,7 @@ def main(argv=None):
     for spec in args.scored:
         name, rest = spec.split("=", 1)
         model_path, prep_dir = rest.rsplit(":", 1)
-        scores = score_prepared(model_path, prep_dir)
+        scores = score_prepared(model_path, prep_dir, truths[0], synth)
         p = [scores[i]["probability"] if i in scores else np.nan for i in ids]
         thr = [scores[i]["threshold"] if i in scores else np.nan for i in ids]
         row = evaluate(name, ids, p, y, thr, "card (Youden on its validation cohort)", rs, seed)
@@ -509,9 +606,15 @@ def main(argv=None):
         references["marker baseline"] = p
         baseline_info = {**baseline.describe(), "train": [os.path.abspath(d) for d in args.baseline_train],
                          "markers_from_run": ",".join(os.path.abspath(f) for f in marker_folders)}
+    notes = []
     for name, column in (("oracle", "he_probability"), ("observable oracle", "he_observable_probability")):
         p = np.array([number(truth[i].get(column)) for i in ids])
         if not np.isfinite(p).any():
+            if name == "oracle":
+                notes.append("No oracle rows: " + ("the labels file(s) are your own labels, without the generator's "
+                                                   "he_probability and he_observable_probability" if not synth else
+                                                   "labels.csv has no he_probability (not written by hemexp synth?)")
+                             + "; every other row needs only the labels.")
             continue
         have = np.isfinite(p)
         t = youden_threshold(p[have], y[have])["threshold"] if len(set(y[have])) == 2 else np.nan
@@ -532,7 +635,9 @@ def main(argv=None):
                 paired.append({"model": name, "against": against, **r})
 
     markers = None
-    present_true = [t for t in TRUE_MARKERS if any(t in truth[i] for i in ids)]
+    present_true = [t for t in TRUE_MARKERS if any(t in truth[i] for i in ids)] if synth else []
+    if not present_true:
+        notes.append("No marker table: it needs the generator's true markers (`hemexp synth` labels.csv).")
     if present_true:
         pairs = [marker_auc(m, t, ids, marker_run, truth, rs, seed) for m, t in MARKER_PAIRS if t in present_true]
         every = [marker_auc(m, t, ids, marker_run, truth, rs, seed) for m in MARKERS + REGION_MARKERS + SHELL_MARKERS
@@ -541,7 +646,9 @@ def main(argv=None):
                         if k.startswith(SIGN_PREFIX)})
         detected = [marker_auc(SIGN_PREFIX + t, t, ids, marker_run, truth, rs, seed) for t in present_true if t in signs]
         markers = {"run": marker_name, "pairs": pairs, "all": every, "signs": detected}
-    report = rounded({"truth": " + ".join(os.path.abspath(f) for f in args.truth),
+    report = rounded({"truth": " + ".join(os.path.abspath(f) for f in sources),
+                      "truth_kind": "hemexp synth" if synth else "labels file",
+                      "notes": notes,
                       "cohort": {"n": len(ids), "labels_csv": len(truth), "unmatched_truth": len(truth) - len(ids),
                                  "prevalence": float(y.mean())},
                       "bootstrap": {"resamples": rs, "seed": seed, "method": "percentile"},

@@ -34,8 +34,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hemexp_safetensors  # noqa: E402
-from train_classifier import (PLATT_MIN_SLOPE, bootstrap_auc_ci, cut_below, platt_fit, roc_auc,  # noqa: E402
-                              probability_summary, risk_categories, rounded, sigmoid, youden_threshold)
+from train_classifier import (PLATT_MIN_SLOPE, bootstrap_auc_ci, cut_below, platt_fit, read_csv_rows,  # noqa: E402
+                              roc_auc, probability_summary, risk_categories, rounded, sigmoid, youden_threshold)
 
 CARD_KEY = "hemexp_model_card"
 # Fewer expansions than this and a refitted slope is poorly determined (rule of thumb for
@@ -51,26 +51,35 @@ def sha256_of(path):
     return h.hexdigest()
 
 
+def read_labels_counted(path):
+    """(case_id -> 0/1, the case ids with a blank label) from a CSV with case_id and he_label
+    columns, as a spreadsheet saves it (UTF-8 with or without a byte-order mark, else Windows-1252
+    with a warning; CRLF or LF). Blank labels (no follow-up) are skipped, their ids returned."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path}: no such file")
+    header, rows = read_csv_rows(path)
+    if "case_id" not in header or "he_label" not in header:
+        raise SystemExit(f"{path}: needs the columns case_id and he_label (has: {', '.join(header) or 'none'})")
+    labels, blank = {}, []
+    for row in rows:
+        value = (row.get("he_label") or "").strip()
+        if value == "":
+            blank.append((row.get("case_id") or "").strip())
+            continue
+        if value not in ("0", "1"):
+            raise SystemExit(f"{path}: he_label of {row['case_id']} is '{value}', not 0 or 1")
+        case_id = (row["case_id"] or "").strip()
+        if case_id == "":
+            continue
+        if case_id in labels:
+            raise SystemExit(f"{path}: case_id {case_id} appears twice")
+        labels[case_id] = int(value)
+    return labels, blank
+
+
 def read_labels(path):
     """case_id -> 0/1 from a CSV with case_id and he_label columns (blank labels are skipped)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "case_id" not in reader.fieldnames or "he_label" not in reader.fieldnames:
-            raise SystemExit(f"{path}: needs the columns case_id and he_label")
-        labels = {}
-        for row in reader:
-            value = (row.get("he_label") or "").strip()
-            if value == "":
-                continue
-            if value not in ("0", "1"):
-                raise SystemExit(f"{path}: he_label of {row['case_id']} is '{value}', not 0 or 1")
-            case_id = row["case_id"].strip()
-            if case_id == "":
-                continue
-            if case_id in labels:
-                raise SystemExit(f"{path}: case_id {case_id} appears twice")
-            labels[case_id] = int(value)
-    return labels
+    return read_labels_counted(path)[0]
 
 
 def run_case_ids(run):
@@ -135,15 +144,34 @@ def run_input(working_folders, input_path):
     return input_path
 
 
-def read_logits(run, labels, model_sha256, taken):
+def scan_keys(result, input_path):
+    """What identifies the scan a case read, across runs: its input path resolved (symbolic links
+    followed) and the content fingerprint hemexp records (result.json fingerprint.input, with the
+    series UID chosen from a DICOM folder)."""
+    keys = []
+    if input_path:
+        keys.append("path:" + os.path.realpath(input_path))
+    fingerprint = result.get("fingerprint") if isinstance(result.get("fingerprint"), dict) else {}
+    if fingerprint.get("input"):
+        uid = ((fingerprint.get("options") or {}).get("series_uid") or "") if isinstance(fingerprint.get("options"),
+                                                                                         dict) else ""
+        keys.append(f"content:{fingerprint['input']}:{uid}")
+    return keys
+
+
+def read_logits(run, labels, model_sha256, taken, seen=None):
     """(case ids, logits, labels) of the labelled cases of the run that got a probability, and a
     count of what was left out, by reason. A case matches its label by case id, or (as `hemexp
     prepare` matches) by the name of the folder holding its scan. `taken`: label -> the case that
     took it, across the runs that share the labels file; a label reached by a second case (one id
     in two runs, or two scans in one patient's folder) is refused. SystemExit, too, when a case
-    was scored by another model file."""
+    was scored by another model file. `seen`: scan key (scan_keys) -> the case of an earlier run
+    that read it; a case of this run reading a scan an earlier run's case read is counted once:
+    left out and listed in `duplicates` (this case, the earlier one)."""
     ids, logits, y = [], [], []
-    left_out = {}
+    left_out, duplicates = {}, []
+    seen = {} if seen is None else seen
+    mine = {}  # this run's scan keys: a scan listed twice in one run is not an earlier run's
     listed = run_case_ids(run)
     own_ids = set(listed)  # a label keyed by a case's own id is that case's only
     working = run_working_folders(run)
@@ -157,6 +185,17 @@ def read_logits(run, labels, model_sha256, taken):
         input_path = run_input(working, (r.get("input") or {}).get("path") or "")
         folder = scan_folder_name(input_path) if input_path else ""
         key = case_id if case_id in labels else (folder if folder not in own_ids else "")
+        keys = scan_keys(r, input_path)
+        earlier = next((seen[k] for k in keys if k in seen), None)
+        if earlier is not None:
+            duplicates.append((f"{run}: {case_id}", earlier))
+            left_out["same scan as a case of an earlier --run"] = \
+                left_out.get("same scan as a case of an earlier --run", 0) + 1
+            if key in labels and key not in taken:  # its label is matched, not counted again
+                taken[key] = f"{run}: {case_id} (the same scan as {earlier})"
+            continue
+        for k in keys:
+            mine.setdefault(k, f"{run}: {case_id}")
         if key not in labels:
             left_out["no label"] = left_out.get("no label", 0) + 1
             continue
@@ -181,7 +220,8 @@ def read_logits(run, labels, model_sha256, taken):
         ids.append(case_id)
         logits.append(float(logit))
         y.append(labels[key])
-    return ids, logits, y, left_out
+    seen.update(mine)
+    return ids, logits, y, left_out, duplicates
 
 
 def fit_intercept(z, y, slope, intercept):
@@ -257,12 +297,19 @@ def main(argv=None):
 
     z, y, left_out = [], [], {}
     taken = {}  # label -> case, per labels file (one shared by every run, or one per run)
+    seen = {}  # scan -> the case that read it, across runs: each scan counts once
     for k, run in enumerate(args.run):
         labels_path = args.labels[k if len(args.labels) > 1 else 0]
-        labels = read_labels(labels_path)
+        labels, blank = read_labels_counted(labels_path)
+        if blank and (len(args.labels) > 1 or k == 0):
+            print(f"{labels_path}: {len(blank)} blank label(s) skipped (no label)", file=sys.stderr)
         if len(args.labels) > 1:
             taken = {}
-        _, l, t, lo = read_logits(run, labels, model_sha256, taken)
+        _, l, t, lo, duplicates = read_logits(run, labels, model_sha256, taken, seen)
+        if duplicates:
+            print(f"warning: {len(duplicates)} case(s) of {run} read the same scan (same input path or content) as a "
+                  f"case of an earlier --run, e.g. {duplicates[0][0]} = {duplicates[0][1]}: each scan is counted "
+                  "once, in the earlier run", file=sys.stderr)
         if len(args.labels) > 1 or k == len(args.run) - 1:
             unmatched = sorted(set(labels) - set(taken))
             if unmatched:

@@ -186,6 +186,68 @@ def main():
                 f.write("case_id,status\nshards0,ok\n")
         expect_refused(["--model", model, "--run", shards, "--labels", by_folder, "-o", out + "4"],
                        "is listed twice", out + "4")
+        # D5: a labels file saved by Excel on Windows (Windows-1252: "Zürich" is byte 0xfc, CRLF) with a
+        # blank label: read, with a warning and the blank counted (it was a UnicodeDecodeError traceback)
+        latin = os.path.join(tmp, "labels_cp1252.csv")
+        with open(latin, "w", encoding="cp1252", newline="") as f:
+            f.write("case_id,he_label,site\r\n" + "".join(f"P{i},{'' if i == 5 else y[i]},Z\u00fcrich\r\n"
+                                                          for i in range(200)))
+        out = os.path.join(tmp, "latin.safetensors")
+        code, err = stderr_of(["--model", model, "--run", a, b, "--labels", latin, "-o", out])
+        assert code == 0 and "Windows-1252" in err and "1 blank label(s) skipped" in err, err
+        rec = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["recalibration"]
+        assert rec["n"] == 199 and rec["left_out"] == {"no label": 1}, rec
+        garbage = os.path.join(tmp, "labels_garbage.csv")  # not text in either encoding: a clear refusal
+        with open(garbage, "wb") as f:
+            f.write(b"case_id,he_label\nP0,1\x81\x8d\n")
+        expect_refused(["--model", model, "--run", a, "--labels", garbage, "-o", out + "5"],
+                       "neither UTF-8 nor Windows-1252", out + "5")
+
+        # D6: a second run of the same scans (a study sheet run over scans/ again: other case ids, the
+        # same files, relative to the same working folder; one copied elsewhere: the same content)
+        # counts each scan once, with a warning
+        def path_run(name, paths, ids, fingerprints=None):
+            folder = os.path.join(tmp, name)
+            os.makedirs(os.path.join(folder, "cases"))
+            with open(os.path.join(folder, "results.csv"), "w") as f:
+                f.write("case_id,status\n" + "".join(f"{i},ok\n" for i in ids))
+            with open(os.path.join(folder, "run.json"), "w") as f:
+                json.dump({"working_directory": tmp}, f)
+            for k, (path, case_id) in enumerate(zip(paths, ids)):
+                os.makedirs(os.path.join(folder, "cases", case_id))
+                result = {"case_id": case_id, "status": "ok", "input": {"path": path},
+                          "he": {"logit": float(z[k]), "model": {"sha256": sha}}}
+                if fingerprints:
+                    result["fingerprint"] = {"input": fingerprints[k], "options": {"series_uid": ""}}
+                with open(os.path.join(folder, "cases", case_id, "result.json"), "w") as f:
+                    json.dump(result, f)
+            return folder
+        os.makedirs(os.path.join(tmp, "scans"))
+        for k in range(60):
+            open(os.path.join(tmp, "scans", f"S{k}.nii.gz"), "w").close()
+        whole = path_run("whole", [f"scans/S{k}.nii.gz" for k in range(60)], [f"scans_S{k}" for k in range(60)],
+                         [f"{k:064x}" for k in range(60)])
+        study = path_run("study", [os.path.join(tmp, "scans", f"S{k}.nii.gz") for k in range(12)],
+                         [f"S{k}" for k in range(12)])
+        copied = path_run("copied", [f"/elsewhere/S{k}.nii.gz" for k in range(50, 55)], [f"C{k}" for k in range(5)],
+                          [f"{k:064x}" for k in range(50, 55)])
+        labels_whole = os.path.join(tmp, "labels_whole.csv")
+        with open(labels_whole, "w") as f:
+            f.write("case_id,he_label\n" + "".join(f"scans_S{k},{y[k]}\n" for k in range(60)))
+        labels_study = os.path.join(tmp, "labels_study.csv")
+        with open(labels_study, "w") as f:
+            f.write("case_id,he_label\n" + "".join(f"S{k},{y[k]}\n" for k in range(12)))
+        labels_copied = os.path.join(tmp, "labels_copied.csv")
+        with open(labels_copied, "w") as f:
+            f.write("case_id,he_label\n" + "".join(f"C{k},{y[50 + k]}\n" for k in range(5)))
+        out = os.path.join(tmp, "dup.safetensors")
+        code, err = stderr_of(["--model", model, "--run", whole, study, copied, "--labels", labels_whole,
+                               labels_study, labels_copied, "-o", out])
+        assert code == 0 and "12 case(s) of " + study in err and "5 case(s) of " + copied in err, err
+        assert "matched no case" not in err, err  # the duplicates' labels are matched, not counted
+        rec = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["recalibration"]
+        assert rec["n"] == 60 and rec["left_out"] == {"same scan as a case of an earlier --run": 17}, rec
+
         # A recalibrated model recalibrated again keeps the first recalibration under source.
         again = os.path.join(tmp, "again.safetensors")
         platt = os.path.join(tmp, "platt.safetensors")

@@ -3,7 +3,9 @@ data made here (no hemexp binary needed); plain asserts, under a minute on one t
 
     /usr/bin/python3 scripts/test_train_classifier.py
 """
+import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -47,10 +49,12 @@ def make_roi(rng, label):
     return roi, d * h * w * 0.036
 
 
-def make_cohort(folder, n, prevalence, seed, labels=None, tiny=0, noisy=0):
+def make_cohort(folder, n, prevalence, seed, labels=None, tiny=0, noisy=0, clinical=False):
     """A prepared folder: cases.csv (with quoted fields and empty markers) + one ROI file per case.
     The first `tiny` cases get volume 0.1 mL (below min_volume_ml: must be left out); the last
-    `noisy` cases look like the other class (so the cohort is not separable)."""
+    `noisy` cases look like the other class (so the cohort is not separable). clinical: as `hemexp
+    prepare --run RUN --labels` writes it for your own labels (mask_source predicted, no generator
+    truth columns filled)."""
     os.makedirs(folder)
     rng = np.random.RandomState(seed)
     if labels is None:
@@ -69,8 +73,13 @@ def make_cohort(folder, n, prevalence, seed, labels=None, tiny=0, noisy=0):
                      "satellite_count": rng.randint(0, 3), "satellite_volume_ml": rng.rand(),
                      "surface_ratio": 1 + rng.rand(), "mean_hu": 60 + rng.rand(),
                      **{"true_" + m: (label if m == "heterogeneity" else int(rng.rand() < 0.3)) for m in tc.AUX_MARKERS}})
+    columns = COLUMNS
+    if clinical:
+        columns = COLUMNS[:3] + ["mask_source"] + COLUMNS[3:] + ["he_probability", "he_observable_probability"]
+        for r in rows:
+            r.update({"mask_source": "predicted", **{"true_" + m: "" for m in tc.AUX_MARKERS}})
     with open(os.path.join(folder, "cases.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS, quoting=csv.QUOTE_NONNUMERIC)
+        writer = csv.DictWriter(f, columns, quoting=csv.QUOTE_NONNUMERIC)
         writer.writeheader()
         writer.writerows(rows)
     return labels
@@ -146,7 +155,8 @@ def test_train_export_and_report(tmp):
     tensors, meta = hemexp_safetensors.load(out)
     card = json.loads(meta["hemexp_model_card"])
     print(json.dumps({k: v for k, v in card.items() if k != "training"}, indent=1, sort_keys=True))
-    assert card["format_version"] == 1 and card["kind"] == "classification" and card["name"] == "test-vit"
+    # the name comes from the output file (never the template's), the description loses the template's note
+    assert card["format_version"] == 1 and card["kind"] == "classification" and card["name"] == "cls"
     assert card["network"] == NETWORK and card["roi"] == ROI and card["min_volume_ml"] == 0.5
     assert card["calibration"]["method"] == "platt" and card["calibration"]["slope"] > 0
     assert math.isfinite(card["calibration"]["intercept"])
@@ -182,7 +192,10 @@ def test_train_export_and_report(tmp):
     # the kept epoch: best validation AUC, ties broken by the lower validation loss
     best = min(tr["history"], key=lambda h: (-h["val_auc"], h["val_loss"]))
     assert tr["best_epoch"] == best["epoch"] == card["validation"]["best_epoch"], (tr["best_epoch"], best)
-    assert card["research_use_only"] is True and "synthetic" in card["trained_on"]
+    assert card["research_use_only"] is True  # every case synthetic: the shipped models' wording, unchanged
+    assert card["trained_on"] == ("synthetic data from hemexp synth; the expansion label comes from hemexp's own "
+                                  "generator model"), card["trained_on"]
+    assert {r["kind"] for r in tr["data_provenance"]} == {"synthetic"}
     v = card["validation"]
     assert abs(v["prevalence"] - 0.3) < 1e-9 and v["auc"] >= 0.8, v  # the label is learnable (3 of 30 cases are not)
     assert v["auc_ci95"][0] <= v["auc"] <= v["auc_ci95"][1]
@@ -375,7 +388,9 @@ def test_features_and_aux(tmp):
         pass
     # the PyTorch scorer of classifier_report reads the features of a prepared row
     scored = classifier_report.score_prepared(out, os.path.join(tmp, "val"))
-    assert len(scored) > 0 and all(0 < v["probability"] < 1 for v in scored.values() if not math.isnan(v["probability"]))
+    # one score per prepared case (their sources are no folder: all were one key before)
+    assert len(scored) == 30 and all(0 <= v["probability"] <= 1 for v in scored.values()
+                                     if not math.isnan(v["probability"]))
 
 
 def test_sign_layer(tmp):
@@ -446,7 +461,263 @@ def check_sign_layer(tmp, names, card_path, sign_inputs, width):
     expect = torch.cat([torch.sigmoid(x @ tensors["signs.weight"].T + tensors["signs.bias"]), x[:, [0]]], 1)
     assert torch.allclose(net.head_inputs(x[:, :len(names)]), expect, atol=1e-6)
     scored = classifier_report.score_prepared(out, os.path.join(tmp, "val"))
-    assert len(scored) > 0 and all(0 < v["probability"] < 1 for v in scored.values() if not math.isnan(v["probability"]))
+    # one score per prepared case (their sources are no folder: all were one key before)
+    assert len(scored) == 30 and all(0 <= v["probability"] <= 1 for v in scored.values()
+                                     if not math.isnan(v["probability"]))
+
+
+def refused(fn, *words):
+    """fn() must stop with SystemExit whose message (its own, or what it wrote to stderr) holds
+    every one of words; returns (exit code, message)."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            fn()
+    except SystemExit as e:
+        message = (str(e.code) if not isinstance(e.code, int) else "") + err.getvalue()
+        assert all(w in message for w in words), (words, message)
+        return (e.code if isinstance(e.code, int) else 1), message
+    raise AssertionError(f"accepted, expected a refusal with {words}")
+
+
+QUICK = ["--epochs", "1", "--batch-size", "8", "--threads", "1", "--seed", "2"]
+
+
+def own_cohort(tmp):
+    """Your own labelled cases as `hemexp prepare --run --labels` writes them (predicted masks, no
+    generator truth), a training and a validation folder, and a card template: (train, val, template)."""
+    own_train, own_val = os.path.join(tmp, "own_train"), os.path.join(tmp, "own_val")
+    template = os.path.join(tmp, "own-template.json")
+    if not os.path.exists(own_train):
+        make_cohort(own_train, 24, 0.35, 11, clinical=True)
+        make_cohort(own_val, 16, 0.4, 12, clinical=True)
+        with open(template, "w") as f:
+            json.dump({"name": "hemexp-template-name", "network": NETWORK, "roi": ROI, "min_volume_ml": 0.5,
+                       "description": "A toy ViT. Template: scripts/train_classifier.py fills the rest.",
+                       "trained_on": "synthetic data from hemexp synth; (the template's)",
+                       "features": ["log_volume_ml", "hu_sd"]}, f)
+    return own_train, own_val, template
+
+
+def test_own_cohort_card(tmp):
+    """D1: a classifier trained on your own labelled cases is named after its file (or --name),
+    never the template, and its trained_on says what it was trained on (with a synthetic top-up)."""
+    own_train, own_val, template = own_cohort(tmp)
+    quick = QUICK
+    out = os.path.join(tmp, "my-cls.safetensors")
+    tc.main(["--train", own_train, "--topup", os.path.join(tmp, "topup"), "--topup-count", "3", "--val", own_val,
+             "--card", template, "-o", out] + quick)
+    card = json.loads(hemexp_safetensors.load(out)[1]["hemexp_model_card"])
+    assert card["name"] == "my-cls", card["name"]
+    assert card["description"] == "A toy ViT.", card["description"]
+    on = card["trained_on"]
+    assert not on.startswith("synthetic data from hemexp synth"), on
+    assert on.startswith("training: 24 labelled cases (labels from a labels file, ROIs from hemexp's predicted "
+                         "masks); top-up: 3 synthetic cases from hemexp synth"), on
+    assert "validation: 16 labelled cases" in on, on
+    prov = {(r["role"], r["kind"]): r for r in card["training"]["data_provenance"]}
+    assert sorted(prov) == [("topup", "synthetic"), ("training", "labelled"), ("validation", "labelled")], prov
+    assert prov[("training", "labelled")]["mask_source"] == ["predicted"] and prov[("training", "labelled")]["cases"] == 24
+    out_named = os.path.join(tmp, "named.safetensors")
+    tc.main(["--train", own_train, "--val", own_val, "--card", template, "-o", out_named, "--name", "site-a-v1"] + quick)
+    card = json.loads(hemexp_safetensors.load(out_named)[1]["hemexp_model_card"])
+    assert card["name"] == "site-a-v1" and card["trained_on"].startswith("training: 24 labelled cases"), card["name"]
+    assert tc.data_kind([{"mask_source": "predicted", "he_observable_probability": "0.3"}]) == "synthetic"
+    assert tc.data_kind([{"mask_source": "predicted", "true_swirl": "1"}]) == "labelled"  # a clinic's own sign column
+
+
+def test_early_refusals(tmp):
+    """D4: -o into a missing or unwritable folder, a missing --card, --log in a missing folder: refused
+    with exit status 2 before anything is trained (it was a traceback after the whole training)."""
+    own_train, own_val, template = own_cohort(tmp)
+    quick = QUICK
+    # D4: -o into a missing or unwritable folder, a missing --card, --log in a missing folder: exit 2 at once
+    base = ["--train", own_train, "--val", own_val, "--card", template] + quick
+    started = time.perf_counter()
+    code, msg = refused(lambda: tc.main(base + ["-o", os.path.join(tmp, "nonexist", "x.safetensors")]),
+                        "does not exist", "nonexist")
+    assert code == 2 and time.perf_counter() - started < 5, (code, msg)
+    code, _ = refused(lambda: tc.main(["--train", own_train, "--val", own_val, "--card", os.path.join(tmp, "nope.json"),
+                                       "-o", os.path.join(tmp, "y.safetensors")] + quick), "--card", "nope.json")
+    assert code == 2
+    code, _ = refused(lambda: tc.main(base + ["-o", os.path.join(tmp, "z.safetensors"), "--log",
+                                              os.path.join(tmp, "nologdir", "train.log")]), "--log", "nologdir")
+    assert code == 2 and not os.path.exists(os.path.join(tmp, "z.safetensors"))
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = os.path.join(tmp, "locked")
+        os.makedirs(locked)
+        os.chmod(locked, 0o555)
+        try:
+            code, _ = refused(lambda: tc.main(base + ["-o", os.path.join(locked, "x.safetensors")]), "not writable")
+            assert code == 2
+        finally:
+            os.chmod(locked, 0o755)
+
+
+def test_spreadsheet_cases(tmp):
+    """D8: a cases.csv re-saved by Excel is read; a split folder without its ROI files is named."""
+    own_train, own_val, template = own_cohort(tmp)
+    quick = QUICK
+    # D8: a cases.csv re-saved by Excel (byte-order mark, CRLF) reads as the original; a missing ROI
+    # file names the case and the file before anything is trained
+    bom = os.path.join(tmp, "own_val_bom")
+    shutil.copytree(own_val, bom)
+    text = open(os.path.join(own_val, "cases.csv"), newline="").read().replace("\r\n", "\n")
+    with open(os.path.join(bom, "cases.csv"), "w", newline="", encoding="utf-8") as f:
+        f.write("\ufeff" + text.replace("\n", "\r\n"))
+    assert tc.read_cases_csv(bom) == tc.read_cases_csv(own_val)
+    nofiles = os.path.join(tmp, "own_val_nofiles")
+    os.makedirs(nofiles)
+    shutil.copy(os.path.join(own_val, "cases.csv"), nofiles)
+    first = tc.read_cases_csv(own_val)[0]["case_id"]
+    refused(lambda: tc.main(["--train", own_train, "--val", nofiles, "--card", template,
+                             "-o", os.path.join(tmp, "nf.safetensors")] + quick),
+            f"case {first}", os.path.join(nofiles, first + ".safetensors"), "does not exist")
+
+
+def test_absent_feature(tmp):
+    """D9: a card feature with no value in any training case is refused, unless the card allows it."""
+    own_train, own_val, _ = own_cohort(tmp)
+    quick = QUICK
+    # D9: a card feature blank in every training case (ivh_volume_ml from a two-class segmenter run)
+    # is refused, naming it and what leaves it blank; allowed when the card lists it as absent
+    ivh_card = os.path.join(tmp, "ivh-template.json")
+    with open(ivh_card, "w") as f:
+        json.dump({"name": "t", "network": NETWORK, "roi": ROI, "features": ["log_volume_ml", "log_ivh_volume_ml"]}, f)
+    for d in (own_train, own_val):  # the column is there (a current hemexp prepare), every value blank
+        with open(os.path.join(d, "cases.csv"), newline="") as f:
+            rows = list(csv.DictReader(f))
+        with open(os.path.join(d, "cases.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, list(rows[0]) + ["ivh_volume_ml"])
+            writer.writeheader()
+            writer.writerows([dict(r, ivh_volume_ml="") for r in rows])
+    refused(lambda: tc.main(["--train", own_train, "--val", own_val, "--card", ivh_card,
+                             "-o", os.path.join(tmp, "noivh.safetensors")] + quick),
+            "log_ivh_volume_ml", "ivh_volume_ml", "two-class", "features_may_be_absent")
+    assert not os.path.exists(os.path.join(tmp, "noivh.safetensors"))
+    with open(ivh_card, "w") as f:
+        json.dump({"name": "t", "network": NETWORK, "roi": ROI, "features": ["log_volume_ml", "log_ivh_volume_ml"],
+                   "features_may_be_absent": ["log_ivh_volume_ml"]}, f)
+    tc.main(["--train", own_train, "--val", own_val, "--card", ivh_card, "-o", os.path.join(tmp, "noivh.safetensors")]
+            + quick)
+    norms = json.loads(hemexp_safetensors.load(os.path.join(tmp, "noivh.safetensors"))[1]["hemexp_model_card"])["features"]
+    assert norms[1] == {"name": "log_ivh_volume_ml", "mean": 0.0, "sd": 1.0}, norms
+
+
+def write_fake_run(run, cases, working=None):
+    """A `hemexp run` folder: results.csv listing the cases, cases/<id>/result.json; cases:
+    (case_id, input path, probability)."""
+    os.makedirs(os.path.join(run, "cases"))
+    with open(os.path.join(run, "results.csv"), "w") as f:
+        f.write("case_id,status\n" + "".join(f"{c},ok\n" for c, _, _ in cases))
+    if working:
+        with open(os.path.join(run, "run.json"), "w") as f:
+            json.dump({"working_directory": working}, f)
+    for k, (case_id, path, p) in enumerate(cases):
+        os.makedirs(os.path.join(run, "cases", case_id))
+        with open(os.path.join(run, "cases", case_id, "result.json"), "w") as f:
+            json.dump({"case_id": case_id, "status": "ok", "input": {"path": path},
+                       "hematoma": {"volume_ml": 10.0 + k, "mean_hu": 60.0},
+                       "markers": {"hypodense_fraction": 0.1, "hu_sd": 5.0 + (p or 0)},
+                       "he": {"probability": p, "threshold": 0.5, "model": {}}}, f)
+
+
+def test_report_follow_ups(tmp):
+    """D3: classifier_report.py never lets a follow-up scan in its baseline's folder replace it."""
+    rng = np.random.RandomState(21)
+    # D3a: synth layout with follow-up scans beside each baseline (hemexp expansion's run): the
+    # baseline ct.nii.gz is the case the truth is about; the follow-ups, listed after their
+    # baselines, score the opposite here, and must not replace them
+    synth, run = os.path.join(tmp, "fu_synth"), os.path.join(tmp, "fu_run")
+    truth_rows, cases = [], []
+    for i in range(30):
+        cid, label = f"synth_{i:05d}", int(i % 3 == 0)
+        truth_rows.append({"case_id": cid, "he_label": label, "he_probability": 0.2 + 0.5 * label})
+        os.makedirs(os.path.join(synth, cid))
+        p = float(np.clip(0.3 + 0.4 * label + rng.normal(0, 0.15), 0.01, 0.99))
+        cases.append((cid + "_ct", os.path.join(synth, cid, "ct.nii.gz"), p))
+        cases.append((cid + "_followup_ct", os.path.join(synth, cid, "followup_ct.nii.gz"), 1.0 - p))
+    with open(os.path.join(synth, "labels.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, list(truth_rows[0]))
+        writer.writeheader()
+        writer.writerows(truth_rows)
+    write_fake_run(run, cases)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        report = classifier_report.main(["--truth", synth, "--test-run", run, "--bootstrap", "50"])
+    row = {r["name"]: r for r in report["models"]}["classifier"]
+    y = [t["he_label"] for t in truth_rows]
+    expect = tc.roc_auc([c[2] for c in cases[::2]], y)
+    assert row["n"] == 30 and abs(row["auc"] - expect) < 1e-5 and expect > 0.8, (row["auc"], expect)
+    assert "30 case(s) read another scan" in err.getvalue() and "synth_00000_followup_ct" in err.getvalue(), err.getvalue()
+
+
+def test_report_labels(tmp):
+    """D2 (and D3 on the flat layout): classifier_report.py --labels reads a clinic's case_id,he_label
+    file, keyed by the run's case ids, for a run of scans/P001.nii.gz ...; --scored keys by case id."""
+    rng = np.random.RandomState(22)
+    # D3b + D2: the flat clinical layout (scans/P001.nii.gz ..., run ids scans_P001 ...), labels keyed
+    # by the run's case ids in a clinic's file: Windows-1252, CRLF, a site column, a blank label
+    work = os.path.join(tmp, "clinic")
+    os.makedirs(os.path.join(work, "scans"))
+    cases, rows = [], ["case_id,he_label,site"]
+    for i in range(40):
+        label = int(i % 5 < 2)
+        p = float(np.clip(0.3 + 0.35 * label + rng.normal(0, 0.2), 0.01, 0.99))
+        cases.append((f"scans_P{i:03d}", f"scans/P{i:03d}.nii.gz", p))
+        rows.append(f"scans_P{i:03d},{'' if i == 7 else label},Z\u00fcrich")
+    labels = os.path.join(work, "labels.csv")
+    with open(labels, "w", encoding="cp1252", newline="") as f:
+        f.write("\r\n".join(rows) + "\r\n")
+    clinic_run = os.path.join(work, "run")
+    write_fake_run(clinic_run, cases, working=work)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        report = classifier_report.main(["--labels", labels, "--test-run", clinic_run, "--bootstrap", "50",
+                                         "--markdown", os.path.join(tmp, "clinic.md")])
+    rows_by = {r["name"]: r for r in report["models"]}
+    assert list(rows_by) == ["classifier"], list(rows_by)  # no oracle rows without the generator
+    keep = [k for k in range(40) if k != 7]
+    yy = [int(k % 5 < 2) for k in keep]
+    expect = tc.roc_auc([cases[k][2] for k in keep], yy)
+    r = rows_by["classifier"]
+    assert r["n"] == 39 and report["cohort"]["n"] == 39 and abs(r["auc"] - expect) < 1e-5, (r["n"], r["auc"], expect)
+    assert r["auc_ci95"][0] <= r["auc"] <= r["auc_ci95"][1] and r["brier"] is not None and r["ece"] is not None
+    assert r["calibration_slope"] is not None and r["sensitivity"] is not None and r["threshold"] == 0.5
+    assert "1 blank label(s) skipped" in err.getvalue() and "Windows-1252" in err.getvalue(), err.getvalue()
+    assert "case(s) not in" not in err.getvalue(), err.getvalue()  # the blank one is counted once, as blank
+    assert report["markers"] is None and any("No oracle rows" in n for n in report["notes"]), report["notes"]
+    md = open(os.path.join(tmp, "clinic.md")).read()
+    assert "39 labelled cases" in md and "No oracle rows" in md, md[:400]
+
+
+def test_report_scored_and_collisions(tmp):
+    """D3: --scored (score_prepared) on the flat layout keys by case id; two scans of one patient's
+    folder on one clinical label are refused, not merged."""
+    work = os.path.join(tmp, "clinic")
+    # --scored on the prepared flat layout: one score per case, not all under the folder name "scans"
+    prep = os.path.join(tmp, "clinic_prep")
+    os.makedirs(prep)
+    with open(os.path.join(tmp, "val", "cases.csv"), newline="") as f:
+        val_rows = list(csv.DictReader(f))
+    for k, vr in enumerate(val_rows):
+        vr["source"] = os.path.join(work, "scans", f"P{k:03d}.nii.gz")
+        shutil.copy(os.path.join(tmp, "val", vr["file"]), prep)
+    with open(os.path.join(prep, "cases.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, list(val_rows[0]))
+        writer.writeheader()
+        writer.writerows(val_rows)
+    scored = classifier_report.score_prepared(os.path.join(tmp, "cls.safetensors"), prep)
+    assert sorted(scored) == sorted(vr["case_id"] for vr in val_rows), sorted(scored)[:3]
+    # two scans of one patient's folder matched by the folder name of a clinical label: refused, not merged
+    twice = os.path.join(tmp, "twice_run")
+    write_fake_run(twice, [("a1", "/data/P1/baseline.nii.gz", 0.3), ("a2", "/data/P1/followup.nii.gz", 0.6),
+                           ("a3", "/data/P2/baseline.nii.gz", 0.4)])
+    by_folder = os.path.join(tmp, "by_folder.csv")
+    with open(by_folder, "w") as f:
+        f.write("case_id,he_label\nP1,1\nP2,0\n")
+    refused(lambda: classifier_report.main(["--labels", by_folder, "--test-run", twice, "--bootstrap", "10"]),
+            "2 cases match the label of P1", "a1", "a2")
 
 
 def main():
@@ -459,6 +730,13 @@ def main():
         test_train_export_and_report(tmp)
         test_features_and_aux(tmp)
         test_sign_layer(tmp)
+        test_own_cohort_card(tmp)
+        test_early_refusals(tmp)
+        test_spreadsheet_cases(tmp)
+        test_absent_feature(tmp)
+        test_report_follow_ups(tmp)
+        test_report_labels(tmp)
+        test_report_scored_and_collisions(tmp)
     print(f"test_train_classifier: all passed in {time.perf_counter() - start:.1f} s")
 
 

@@ -3,10 +3,17 @@
 weights + model card to safetensors for the C++ tool.
 
     /usr/bin/python3 scripts/train_classifier.py --train DIR [DIR...] --val DIR [DIR...] \
-        --card TEMPLATE.json -o MODEL.safetensors \
+        --card TEMPLATE.json -o MODEL.safetensors [--name NAME] \
         [--topup DIR [DIR...] (--topup-count N | --target-ratio 1:2)] [--epochs 40] [--batch-size 16]
         [--lr 3e-4] [--weight-decay 0.05] [--schedule cosine|poly] [--warmup-epochs 1]
         [--seed 1] [--threads 2] [--log FILE]
+
+The card is the template's (network, roi, features, description without its "Template: ..."
+note) with the name --name (default: the output file's name without .safetensors, never the
+template's) and `trained_on` from what the folders' cases.csv record (`hemexp prepare`'s
+mask_source, and whether the labels carry the generator's truth): "synthetic data from hemexp
+synth ..." only when every training, top-up and validation case is synthetic; your own labelled
+cases (predicted masks, a labels file) are named as such (training.data_provenance per folder).
 
 Each DIR holds `cases.csv` (case_id, file, he_label, volume_ml, markers...; RFC 4180, empty =
 missing) and per case a safetensors file with `roi` (float32 (C, D, H, W): CT windows in [0, 1]
@@ -31,6 +38,8 @@ Scalar features (optional): when the card template has "features": [names] (log_
 mean_hu, or measured-marker columns of cases.csv), the network's head also reads them
 (network.num_features); each is standardised with the training set's mean and SD (written to
 the card as [{"name", "mean", "sd"}], the C++ tool applies the same) and a missing value is 0.
+A feature with no value in any training case (e.g. log_ivh_volume_ml from a run with the two-class
+segmenter) is refused, unless the card lists it in "features_may_be_absent".
 
 Head from the transparent baseline (--head-init logistic [--freeze-feature-weights]): the head's
 feature weights and bias start as a logistic regression of the training labels on the
@@ -59,9 +68,11 @@ scripts/classifier_report.py uses: one of each.
 """
 import argparse
 import csv
+import io
 import json
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -308,16 +319,44 @@ def parse_float(text):
         return float("nan")
 
 
+def read_csv_text(path):
+    """A CSV file's text as a spreadsheet may have saved it: UTF-8 (a byte-order mark dropped), else
+    Windows-1252 (Excel's "CSV" on Windows; Latin-1 letters are the same bytes), said on stderr;
+    SystemExit when it is neither. Line endings are kept for the csv module (CRLF is fine)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        utf8_error = e
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        raise SystemExit(f"{path}: neither UTF-8 nor Windows-1252 text (byte {utf8_error.start}): save it as "
+                         "\"CSV UTF-8\"")
+    print(f"warning: {path} is not UTF-8 (byte 0x{data[utf8_error.start]:02x} at {utf8_error.start}): read as "
+          "Windows-1252 (Excel's CSV on Windows); save it as \"CSV UTF-8\" to be sure of its accents", file=sys.stderr)
+    return text
+
+
+def read_csv_rows(path):
+    """(header, rows as dicts of strings) of a CSV file read by read_csv_text (csv module: RFC 4180
+    quoting, CRLF or LF)."""
+    reader = csv.DictReader(io.StringIO(read_csv_text(path), newline=""))
+    rows = list(reader)
+    return list(reader.fieldnames or []), rows
+
+
 def read_cases_csv(folder):
-    """Rows of DIR/cases.csv (csv module: RFC 4180 quoting) as dicts of strings."""
+    """Rows of DIR/cases.csv (csv module: RFC 4180 quoting; a byte-order mark and CRLF, as a
+    spreadsheet re-saves it, are fine) as dicts of strings."""
     path = os.path.join(folder, "cases.csv")
     if not os.path.exists(path):
         raise SystemExit(f"{folder}: no cases.csv (is it a folder written by `hemexp prepare`?)")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    header, rows = read_csv_rows(path)
     for col in ("case_id", "file", "he_label"):
-        if rows and col not in rows[0]:
-            raise SystemExit(f"{path}: no column {col}")
+        if col not in header:
+            raise SystemExit(f"{path}: no column {col} (columns: {', '.join(header) or 'none'})")
     return rows
 
 
@@ -400,6 +439,10 @@ class Cohort:
                                 dtype=torch.float32).reshape(len(entries), len(AUX_MARKERS))
         for i, (folder, row) in enumerate(entries):
             path = os.path.join(folder, row["file"])
+            if not os.path.isfile(path):
+                raise SystemExit(f"{os.path.join(folder, 'cases.csv')}: case {row['case_id']}: its ROI file {path} does "
+                                 "not exist (a folder split by hand needs each listed case's .safetensors file beside "
+                                 "its cases.csv)")
             tensors, meta = hemexp_safetensors.load(path)
             if "roi" not in tensors:
                 raise SystemExit(f"{path}: no tensor 'roi'")
@@ -446,6 +489,91 @@ def check_feature_columns(folders, feature_names):
             raise SystemExit(f"{os.path.join(folder, 'cases.csv')}: no column for the card's features {missing}: "
                              "prepared by an older hemexp? Run `hemexp run --resume` and `hemexp prepare` again "
                              "with this version")
+
+
+FEATURE_SOURCES = {"log_ivh_volume_ml": "a run with a segmenter without an 'ivh' label (the two-class "
+                                         "segmenter) leaves ivh_volume_ml blank; use models/hemexp-seg-labels.safetensors"}
+
+
+def check_features_present(entries, feature_names, may_be_absent=()):
+    """SystemExit when one of the card's features has no value in any training case (entries:
+    (folder, row)): standardised as mean 0, SD 1 and 0 for every case, it would silently carry
+    nothing, and the C++ tool would read a real value later as a huge one. A feature the card lists
+    in "features_may_be_absent" is allowed (said). A feature blank in every row of one training
+    folder but not of another is warned about (it would tell the folders apart)."""
+    for name in feature_names:
+        column = feature_column(name)
+        have = {}
+        for folder, row in entries:
+            have.setdefault(folder, 0)
+            if math.isfinite(feature_value(row, name)):
+                have[folder] += 1
+        if not any(have.values()):
+            if name in may_be_absent:
+                log(f"warning: the card's feature {name} has no value in any training case (column {column}): "
+                    "standardised as mean 0, sd 1, so 0 for every case (the card's features_may_be_absent lists it)")
+                continue
+            why = FEATURE_SOURCES.get(name, "")
+            raise SystemExit(f"the card's feature {name} has no value in any of the {len(entries)} training cases "
+                             f"(column {column} of {', '.join(os.path.join(f, 'cases.csv') for f in have)} is blank "
+                             f"or not a number in every row){': ' + why if why else ''}. Prepare the folders from "
+                             f"a run that measures it, remove {name} from the card's features, or list it in the "
+                             f"card's \"features_may_be_absent\" to train with it at 0 for every case")
+        empty = [f for f, n in have.items() if n == 0]
+        if empty:
+            log(f"warning: the card's feature {name} has no value in any case of {', '.join(empty)} but has in the "
+                "other training folders: the network can tell those folders apart by it")
+
+
+def data_kind(rows):
+    """What one prepared folder's rows are, from what `hemexp prepare` recorded in cases.csv:
+    "synthetic" (true masks of `hemexp synth`, or the generator's labels: he_observable_probability
+    or all of its true markers), or "labelled" (predicted masks with labels from a labels file)."""
+    def generator(r):
+        return (r.get("mask_source") or "").strip() == "truth" or \
+            (r.get("he_observable_probability") or "").strip() != "" or \
+            all((r.get("true_" + m) or "").strip() != "" for m in AUX_MARKERS)
+    return "synthetic" if rows and all(generator(r) for r in rows) else (
+        "labelled" if not any(generator(r) for r in rows) else "mixed")
+
+
+def data_provenance(groups):
+    """groups: (role, [(folder, row)]) -> (trained_on sentence, per-folder records for the card)."""
+    records = []
+    for role, entries in groups:
+        by_folder = {}
+        for folder, row in entries:
+            by_folder.setdefault(folder, []).append(row)
+        for folder, rows in by_folder.items():
+            masks = sorted({(r.get("mask_source") or "").strip() or "not recorded" for r in rows})
+            kind = data_kind(rows)
+            records.append({"role": role, "folder": os.path.abspath(folder), "cases": len(rows),
+                            "he": sum(int(r["he_label"]) for r in rows), "kind": kind, "mask_source": masks,
+                            "labels": {"synthetic": "hemexp synth's generator model",
+                                       "labelled": "a labels file (no generator truth)",
+                                       "mixed": "some from hemexp synth's generator, some from a labels file"}[kind]})
+    if records and all(r["kind"] == "synthetic" for r in records):
+        return "synthetic data from hemexp synth; the expansion label comes from hemexp's own generator model", records
+    parts = []
+    for role, what in (("training", "training"), ("topup", "top-up"), ("validation", "validation")):
+        mine = [r for r in records if r["role"] == role]
+        if not mine:
+            continue
+        bits = []
+        for kind in ("labelled", "mixed", "synthetic"):
+            n = sum(r["cases"] for r in mine if r["kind"] == kind)
+            if not n:
+                continue
+            masks = sorted({m for r in mine if r["kind"] == kind for m in r["mask_source"]})
+            mask_text = {"predicted": "hemexp's predicted masks", "truth": "the generator's true masks"}
+            masks = ", ".join(mask_text.get(m, "masks " + m) for m in masks)
+            bits.append({"labelled": f"{n} labelled cases (labels from a labels file, ROIs from {masks})",
+                         "mixed": f"{n} cases with labels partly from hemexp synth's generator, partly from a labels "
+                                  f"file (ROIs from {masks})",
+                         "synthetic": f"{n} synthetic cases from hemexp synth (label from hemexp's own generator "
+                                      f"model, ROIs from {masks})"}[kind])
+        parts.append(f"{what}: " + " and ".join(bits))
+    return "; ".join(parts), records
 
 
 def select_rows(folders, min_volume_ml):
@@ -675,6 +803,9 @@ def parse_args(argv):
                          "procedural and real-background): checkpoint, calibration, threshold")
     ap.add_argument("--card", required=True, metavar="TEMPLATE.json", help="card template: name, network, roi")
     ap.add_argument("-o", "--out", required=True, metavar="MODEL.safetensors")
+    ap.add_argument("--name", default=None,
+                    help="the model card's name (default: the output file's name without .safetensors; never the "
+                         "template's)")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
@@ -716,6 +847,11 @@ def parse_args(argv):
         ap.error("--epochs and --batch-size must be >= 1")
     if {os.path.abspath(d) for d in args.val} & {os.path.abspath(d) for d in args.train + (args.topup or [])}:
         ap.error("--val must not be a training folder")
+    if args.name is None:
+        stem = os.path.basename(args.out)
+        args.name = stem[:-len(".safetensors")] if stem.endswith(".safetensors") and len(stem) > 12 else stem
+    elif not args.name.strip():
+        ap.error("--name must not be empty")
     return args
 
 
@@ -728,8 +864,10 @@ def load_card(path):
     net, roi = card["network"], card["roi"]
     if list(roi["size"]) != list(net["image_size"]) or len(roi["channels"]) != net["in_channels"]:
         raise SystemExit(f"{path}: network image_size/in_channels differ from roi size/channels")
-    for key in ("training", "validation", "calibration", "decision", "risk_categories", "recalibration"):
+    for key in ("training", "validation", "calibration", "decision", "risk_categories", "recalibration", "trained_on"):
         card.pop(key, None)
+    if isinstance(card.get("description"), str):  # the template's note to this script is not the model's
+        card["description"] = re.sub(r"\s*Template: .*$", "", card["description"], flags=re.S).strip()
     names = card.get("features", [])
     names = [n["name"] if isinstance(n, dict) else n for n in names]
     unknown = [n for n in names if n not in FEATURE_NAMES]
@@ -748,10 +886,35 @@ def load_card(path):
     return card
 
 
+def check_paths(args):
+    """What would otherwise fail only after the whole training (-o's folder) or as a traceback
+    (--card, --log's folder): a message per problem, none when all is well."""
+    problems = []
+    if not os.path.isfile(args.card):
+        problems.append(f"--card {args.card}: no such file")
+    for option, path in (("-o", args.out), ("--log", args.log)):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            problems.append(f"{option} {path} is a folder: give a file name")
+        elif not os.path.isdir(folder):
+            problems.append(f"{option} {path}: folder {folder} does not exist")
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            problems.append(f"{option} {path}: folder {folder} is not writable")
+    return problems
+
+
 def main(argv=None):
     global _log_file
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    problems = check_paths(args)
+    if problems:  # exit status 2, as argparse's usage errors
+        for p in problems:
+            print(f"train_classifier.py: error: {p}", file=sys.stderr)
+        print("train_classifier.py: nothing trained", file=sys.stderr)
+        raise SystemExit(2)
     if args.log:
         _log_file = open(args.log, "a")
     try:
@@ -789,6 +952,15 @@ def train(args, argv):
     else:
         topup_count, extra = 0, []
     val_rows, skipped_val = select_rows(args.val, min_volume_ml)
+    for folder, row in base_rows + extra + val_rows:  # before any ROI is read
+        path = os.path.join(folder, row["file"])
+        if not os.path.isfile(path):
+            raise SystemExit(f"{os.path.join(folder, 'cases.csv')}: case {row['case_id']}: its ROI file {path} does "
+                             "not exist (a folder split by hand needs each listed case's .safetensors file beside "
+                             "its cases.csv)")
+    check_features_present(base_rows + extra, card.get("features", []), card.get("features_may_be_absent", []))
+    trained_on, provenance = data_provenance([("training", base_rows), ("topup", extra), ("validation", val_rows)])
+    log(f"data: {trained_on}")
     overlap = shared_scans([r for _, r in base_rows + extra], [r for _, r in val_rows])
     if overlap:
         log(f"warning: {len(overlap)} scan(s) in both training and validation data, e.g. {overlap[:3]}")
@@ -930,6 +1102,7 @@ def train(args, argv):
         "risk_categories": categories,
         "training": rounded({
             "data": [os.path.abspath(d) for d in args.train],
+            "data_provenance": provenance,
             "topup": [os.path.abspath(d) for d in args.topup] if args.topup else None,
             "topup_count": topup_count, "target_ratio": args.target_ratio,
             "cases": {"base_he": n_he, "base_nhe": n_nhe, "he": counts["he"], "nhe": counts["nhe"],
@@ -972,7 +1145,8 @@ def train(args, argv):
             "calibrated": probability_summary(p_cal, labels_val),
             "note": "in-sample: the checkpoint, calibration and threshold were chosen on this cohort"}),
         "research_use_only": True,
-        "trained_on": "synthetic data from hemexp synth; the expansion label comes from hemexp's own generator model",
+        "trained_on": trained_on,
+        "name": args.name,
     })
     if norms:
         card["features"] = norms
