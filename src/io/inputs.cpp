@@ -156,6 +156,14 @@ fs::path folder_path(const fs::path& folder) {
   return p;
 }
 
+// The names a one-column list's header gives its column.
+bool is_header_word(const std::string& entry) {
+  static const std::set<std::string> words{"path",  "paths", "file",   "files", "filename", "filepath", "scan",
+                                           "scans", "image", "images", "input", "inputs",   "ct",       "folder",
+                                           "series", "nifti", "dicom",  "volume"};
+  return words.count(lower(trim(entry))) > 0;
+}
+
 void expand_one(const fs::path& input, std::vector<Found>& out, const LeaveOut& leave) {
   if (!fs::exists(input)) throw IoError("input " + input.string() + " does not exist");
   if (fs::is_directory(input)) {
@@ -187,8 +195,10 @@ void expand_one(const fs::path& input, std::vector<Found>& out, const LeaveOut& 
       first = false;
       if (entry.empty() || entry[0] == '#') continue;
       fs::path p = fs::path(entry).is_absolute() ? fs::path(entry) : input.parent_path() / entry;
-      // A CSV header names a column ("path"), not a file.
-      if (header && !fs::exists(p) && entry.find_first_of("./\\") == std::string::npos) continue;
+      // A one-column list's header names its column ("file", "scan"), not a file. Only such
+      // words: any other first line that is not there is a missing scan (a failed row), not a
+      // header to drop silently.
+      if (header && !fs::exists(p) && is_header_word(entry)) continue;
       Found f{p, fs::path(entry).filename(), "", {}, ""};
       if (path_col >= 0) {
         for (size_t c = 0; c < table.header.size(); ++c) {
@@ -198,7 +208,7 @@ void expand_one(const fs::path& input, std::vector<Found>& out, const LeaveOut& 
         }
         if (!f.given_id.empty() && case_id_from_path(f.given_id) != f.given_id)
           throw IoError("list " + input.string() + " row " + std::to_string(n + 2) + ": case_id '" + f.given_id +
-                        "' may hold only letters, digits, '.', '_' and '-', may not start with '.' or '_', and "
+                        "' may hold only letters, digits, '.', '_' and '-', may not start with '.', '_' or '-', and "
                         "is at most " + std::to_string(kMaxCaseIdLength) + " characters");
       }
       // A missing path is that case's failure, not the cohort's.
@@ -219,7 +229,11 @@ void expand_one(const fs::path& input, std::vector<Found>& out, const LeaveOut& 
 
 }  // namespace
 
-std::string case_id_from_path(const fs::path& relative) {
+namespace {
+
+// case_id_from_path, and whether the id is the path's own name (only '/' made '_' and the
+// extension dropped) rather than a changed one.
+std::pair<std::string, bool> case_id_and_exact(const fs::path& relative) {
   std::string name = relative.generic_string();
   for (const std::string ext : {".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm"}) {
     if (name.size() > ext.size() && lower(name.substr(name.size() - ext.size())) == ext) {
@@ -228,25 +242,55 @@ std::string case_id_from_path(const fs::path& relative) {
     }
   }
   std::string id;
+  bool exact = true;
   for (char c : name) {
     if (c == '/') id += '_';
     else if (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_') id += c;
-    else id += '-';
+    else id += '-', exact = false;
   }
-  while (!id.empty() && (id.front() == '.' || id.front() == '_')) id.erase(id.begin());
+  // Not '.' or '..', nor a hidden name; not '-' either, which a spreadsheet reads as a formula
+  // ("-1-2" from "=1+2.nii.gz" shows as -3) and a command line as an option.
+  while (!id.empty() && (id.front() == '.' || id.front() == '_' || id.front() == '-')) id.erase(id.begin()), exact = false;
   // A deep path would make a name the file system refuses (255 bytes): shortened, with a
   // digest of the whole so that two long paths stay two ids.
-  if (id.size() > kMaxCaseIdLength) id = id.substr(0, kMaxCaseIdLength - 9) + "-" + sha256_hex(id).substr(0, 8);
-  return id.empty() ? "case" : id;
+  if (id.size() > kMaxCaseIdLength) {
+    id = id.substr(0, kMaxCaseIdLength - 9) + "-" + sha256_hex(id).substr(0, 8);
+    exact = false;
+  }
+  if (id.empty()) return {"case", false};
+  return {id, exact};
 }
+
+}  // namespace
+
+std::string case_id_from_path(const fs::path& relative) { return case_id_and_exact(relative).first; }
 
 std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::vector<LeftOut>* left_out,
                                      const fs::path& output_folder) {
   std::error_code ec;
   LeaveOut leave{left_out, output_folder.empty() ? fs::path() : fs::weakly_canonical(output_folder, ec)};
-  std::vector<Found> found;
+  std::vector<Found> all;
   const size_t left_before = left_out ? left_out->size() : 0;
-  for (const fs::path& input : inputs) expand_one(input, found, leave);
+  for (const fs::path& input : inputs) expand_one(input, all, leave);
+  // The same scan reached twice (named twice, through a link, or named and found in a folder
+  // searched) is one case: the first; the others are left out, named. A list row with its own
+  // id or columns is kept as the researcher wrote it.
+  std::vector<Found> found;
+  std::map<fs::path, fs::path> first_by_file;
+  for (Found& f : all) {
+    if (f.problem.empty() && f.given_id.empty() && f.extra.empty()) {
+      std::error_code e;
+      const fs::path canonical = fs::weakly_canonical(f.path, e);
+      if (!e) {
+        const auto [it, is_new] = first_by_file.emplace(canonical, f.path);
+        if (!is_new) {
+          leave.note(f.path, "the same scan as " + it->second.string() + ", named or found twice");
+          continue;
+        }
+      }
+    }
+    found.push_back(std::move(f));
+  }
   if (left_out)  // in path order, as the cases are
     std::stable_sort(left_out->begin() + std::ptrdiff_t(left_before), left_out->end(),
                      [](const LeftOut& a, const LeftOut& b) { return a.path < b.path; });
@@ -262,17 +306,34 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
   for (const Found& f : found)
     if (!f.given_id.empty() && !used.insert(f.given_id).second)
       throw IoError("case_id '" + f.given_id + "' is given to more than one scan");
-  for (const Found& f : found) {
-    if (!f.given_id.empty()) {
-      cases.push_back({f.given_id, f.path, {}, f.extra, f.problem});
-      continue;
-    }
+  // Each derived id, and how many different names it was derived from: names that the safe form
+  // makes equal ("Müller" and "Møller", "a b" and "a,b") each get a digest of the name as
+  // written, so that a scan added later never takes the id an earlier one had (labels keyed by
+  // id would follow it to another patient); the name that needed no change keeps the plain id.
+  std::vector<fs::path> relatives(found.size());
+  std::map<std::string, std::set<std::string>> names_by_id;
+  for (size_t i = 0; i < found.size(); ++i) {
+    const Found& f = found[i];
+    if (!f.given_id.empty()) continue;
     fs::path relative = f.relative;
     if (!relative.has_parent_path() && paths_by_name[case_id_from_path(relative)].size() > 1) {
       const fs::path folder = fs::absolute(f.path).lexically_normal().parent_path().filename();
       if (!folder.empty()) relative = folder / relative;
     }
-    const std::string base = case_id_from_path(relative);
+    relatives[i] = relative;
+    names_by_id[case_id_from_path(relative)].insert(relative.generic_string());
+  }
+  for (size_t i = 0; i < found.size(); ++i) {
+    const Found& f = found[i];
+    if (!f.given_id.empty()) {
+      cases.push_back({f.given_id, f.path, {}, f.extra, f.problem});
+      continue;
+    }
+    auto [base, exact] = case_id_and_exact(relatives[i]);
+    if (!exact && names_by_id[base].size() > 1) {
+      const std::string digest = "-" + sha256_hex(relatives[i].generic_string()).substr(0, 8);
+      base = base.substr(0, std::min(base.size(), kMaxCaseIdLength - digest.size())) + digest;
+    }
     std::string id = base;
     for (int k = 2; used.count(id); ++k) id = base + "-" + std::to_string(k);
     used.insert(id);

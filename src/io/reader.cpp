@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <optional>
 #include <sstream>
 #include <vector>
 
@@ -108,6 +109,33 @@ std::vector<DicomHeader> subtree_headers(const fs::path& folder, std::vector<std
     for (const std::string& c : cannot) unreadable->push_back((f.lexically_relative(folder) / c).generic_string());
   }
   return out;
+}
+
+// A folder named as one case (a patient's folder in a study spreadsheet) that holds volume
+// files and no DICOM file of its own: its one CT volume file (masks and label maps, 8-bit codes,
+// are not CT); several are refused, named, since which one is the case cannot be told.
+// Nothing for a DICOM folder, or one without volume files.
+std::optional<fs::path> volume_file_of_folder(const fs::path& folder) {
+  std::vector<fs::path> volumes;
+  std::error_code ec;
+  for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
+    const fs::path& e = it->path();
+    if (e.filename().string()[0] == '.' || !fs::is_regular_file(e, ec)) continue;
+    if (is_volume_file(e)) {
+      if (codes_not_ct_reason(e).empty()) volumes.push_back(e);
+    } else if (has_dicom_extension(e) || looks_like_dicom(e)) {
+      return std::nullopt;
+    }
+  }
+  if (volumes.empty()) return std::nullopt;
+  std::sort(volumes.begin(), volumes.end());
+  if (volumes.size() > 1) {
+    std::string names;
+    for (const fs::path& v : volumes) names += (names.empty() ? "" : ", ") + v.filename().string();
+    throw IoError("folder holds " + std::to_string(volumes.size()) + " volume files and no DICOM file (" + names +
+                  "): which is the case cannot be told; name each file in the list, one row per scan");
+  }
+  return volumes.front();
 }
 
 LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
@@ -234,6 +262,8 @@ LoadedVolume read_volume(const fs::path& path, const ReadOptions& options) {
     const Vec3 c0 = column(d, 0), c1 = column(d, 1), c2 = column(d, 2);
     if (std::abs(dot(c0, c1)) > 1e-3 || std::abs(dot(c0, c2)) > 1e-3 || std::abs(dot(c1, c2)) > 1e-3)
       out.info.warnings.push_back("direction matrix is not orthogonal (sheared grid)");
+  } else if (const std::optional<fs::path> volume = fs::is_directory(path) ? volume_file_of_folder(path) : std::nullopt) {
+    return read_volume(*volume, options);
   } else if (fs::is_directory(path) || looks_like_dicom(path)) {
     out = read_dicom(path, options);
   } else if (const std::string ext = lower(path.extension().string()); ext == ".hdr" || ext == ".img") {

@@ -3,12 +3,14 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <map>
 
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
 #include "hemexp/io/image_file.hpp"
 #include "hemexp/io/dicom.hpp"
 #include "hemexp/io/inputs.hpp"
+#include "hemexp/core/model_file.hpp"
 #include "test_support.hpp"
 
 namespace hemexp {
@@ -22,7 +24,8 @@ TEST(Inputs, CaseIdsAreFilesystemSafe) {
   EXPECT_EQ(case_id_from_path("scan 01.nii.gz"), "scan-01");
   EXPECT_EQ(case_id_from_path("cohort/pat#7/ct.NII"), "cohort_pat-7_ct");
   EXPECT_EQ(case_id_from_path(".hidden/x.mha"), "hidden_x");
-  EXPECT_EQ(case_id_from_path("éa.nrrd"), "--a");
+  EXPECT_EQ(case_id_from_path("éa.nrrd"), "a");  // no id starts with '-' (a formula in a spreadsheet)
+  EXPECT_EQ(case_id_from_path("=1+2.nii.gz"), "1-2");
 }
 
 TEST(Inputs, CohortFolderListAndClashes) {
@@ -53,11 +56,14 @@ TEST(Inputs, CohortFolderListAndClashes) {
   // Different files with the same name (one folder per patient): named with their folder.
   fs::create_directories(dir / "p3");
   std::ofstream(dir / "p3/ct.nii.gz") << "x";
-  const auto same_name = expand_inputs({dir / "cohort/p2/ct.nii.gz", dir / "p3/ct.nii.gz", dir / "p3/ct.nii.gz"});
-  ASSERT_EQ(same_name.size(), 3u);
+  // The very same file twice is one case; the second is left out, named.
+  std::vector<LeftOut> twice;
+  const auto same_name = expand_inputs({dir / "cohort/p2/ct.nii.gz", dir / "p3/ct.nii.gz", dir / "p3/ct.nii.gz"}, &twice);
+  ASSERT_EQ(same_name.size(), 2u);
   EXPECT_EQ(same_name[0].id, "p2_ct");
   EXPECT_EQ(same_name[1].id, "p3_ct");
-  EXPECT_EQ(same_name[2].id, "p3_ct-2");  // the very same file twice: suffix
+  ASSERT_EQ(twice.size(), 1u);
+  EXPECT_EQ(twice[0].reason, "the same scan as " + (dir / "p3/ct.nii.gz").string() + ", named or found twice");
 
   // A list entry that does not exist is that case's failure, not the cohort's.
   std::ofstream(dir / "broken.txt") << "missing.nii\nother.nii\n";
@@ -75,6 +81,49 @@ TEST(Inputs, CohortFolderListAndClashes) {
   EXPECT_NE(id1, id2);
   EXPECT_EQ(case_id_from_path(".."), "case");
   EXPECT_EQ(case_id_from_path("../../etc/passwd"), "etc_passwd");
+}
+
+// Names that the safe form makes equal ("Müller" and "Møller") got "M--ller" and "M--ller-2" in
+// path order, so a scan added later took the id an earlier one had, and labels keyed by that id
+// went to another patient. Each such name now gets a digest of itself; the name that needed no
+// change keeps its plain id. The same scan named twice, directly and through a link or a folder
+// searched, is one case. A list's first line is a header only when it names a column ("file"),
+// not when it is a scan folder that is missing.
+TEST(Inputs, IdsStayWithTheirScansAsTheCohortGrowsAndEachScanIsOneCase) {
+  ScratchDir dir;
+  fs::create_directories(dir / "names/M\xc3\xbcller");
+  std::ofstream(dir / "names/M\xc3\xbcller/ct.nii.gz") << "x";
+  const auto alone = expand_inputs({dir / "names"});
+  ASSERT_EQ(alone.size(), 1u);
+  EXPECT_EQ(alone[0].id, "names_M--ller_ct");  // no clash: the plain safe form
+  for (const char* other : {"M\xc3\xb8ller", "M--ller"}) {
+    fs::create_directories(dir / "names" / other);
+    std::ofstream(dir / "names" / other / "ct.nii.gz") << "x";
+  }
+  const auto grown = expand_inputs({dir / "names"});
+  ASSERT_EQ(grown.size(), 3u);
+  std::map<std::string, std::string> id_of;
+  for (const CaseInput& c : grown) id_of[c.path.parent_path().filename().string()] = c.id;
+  EXPECT_EQ(id_of["M--ller"], "names_M--ller_ct");  // its own name: kept
+  EXPECT_EQ(id_of["M\xc3\xbcller"], "names_M--ller_ct-" + sha256_hex("names/M\xc3\xbcller/ct.nii.gz").substr(0, 8));
+  EXPECT_EQ(id_of["M\xc3\xb8ller"], "names_M--ller_ct-" + sha256_hex("names/M\xc3\xb8ller/ct.nii.gz").substr(0, 8));
+  EXPECT_NE(id_of["M\xc3\xbcller"], id_of["M\xc3\xb8ller"]);
+
+  fs::create_symlink(dir / "names/M--ller/ct.nii.gz", dir / "names/link.nii.gz");
+  std::vector<LeftOut> left_out;
+  const auto linked = expand_inputs({dir / "names/M--ller/ct.nii.gz", dir / "names"}, &left_out);
+  ASSERT_EQ(linked.size(), 3u);  // the named file, and the two others found in the folder
+  EXPECT_EQ(linked[0].id, "ct");
+  ASSERT_EQ(left_out.size(), 2u);  // the file found again in the folder, and through the link
+  for (const LeftOut& l : left_out)
+    EXPECT_EQ(l.reason, "the same scan as " + (dir / "names/M--ller/ct.nii.gz").string() + ", named or found twice");
+
+  std::ofstream(dir / "first_missing.txt") << "P001\nnames/M--ller/ct.nii.gz\n";
+  const auto listed = expand_inputs({dir / "first_missing.txt"});
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_EQ(listed[0].problem, "list first_missing.txt names P001, which does not exist");
+  std::ofstream(dir / "headed.txt") << "File\nnames/M--ller/ct.nii.gz\n";
+  EXPECT_EQ(expand_inputs({dir / "headed.txt"}).size(), 1u);
 }
 
 TEST(Inputs, ListsAsResearchersKeepThem) {
@@ -220,7 +269,7 @@ TEST(Inputs, FolderSearchLeavesOutMasksAndHemexpOutputs) {
   EXPECT_EQ(std::count(first_run.begin(), first_run.end(), "cohort_out"), 0);
   EXPECT_EQ(std::count(first_run.begin(), first_run.end(), "cohort_empty_out"), 1);
   // Named directly or in a list, a mask is read (and fails there with the reader's reason).
-  std::ofstream(dir / "list.txt") << "cohort/p1/mask.nii.gz\n";
+  std::ofstream(dir / "list.txt") << "cohort/p1/labels.mha\n";
   left_out.clear();
   EXPECT_EQ(expand_inputs({dir / "cohort/p1/mask.nii.gz", dir / "list.txt"}, &left_out).size(), 2u);
   EXPECT_TRUE(left_out.empty());

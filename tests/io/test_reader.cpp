@@ -181,7 +181,7 @@ TEST(Reader, DefectiveInputsFailWithClearReasons) {
       {"edge/fo-dicom/GH1728.dcm", "CT stored as Secondary Capture"},
       {"edge/dicom2nifti/sliceincrement/001", "missing slices: a gap of 10.00 mm"},
       {"edge/dicom2nifti/sliceincrement/002", "missing slices: a gap of 1.50 mm"},
-      {"edge/nibabel/analyze.hdr", "not a recognised image"},
+      {"edge/nibabel/analyze.hdr", "a NIfTI or Analyze .hdr/.img pair is not read: save the scan as one .nii.gz file"},
       {"edge/nibabel/anatomical.nii", "do not look like head CT in Hounsfield units (1st percentile 1203, 99th 12719;"},
       {"edge/nibabel/standard.nii.gz", "do not look like head CT in Hounsfield units (1st percentile 0, 99th 255;"},
   };
@@ -321,6 +321,26 @@ TEST(Reader, ThinSlabsAreRefusedNotMeasuredAsEmpty) {
     else
       EXPECT_EQ(why, "") << shape;
   }
+}
+
+// A patient's folder named as one case in a study spreadsheet, holding a volume file rather
+// than DICOM, failed with "folder holds no DICOM or volume files". Its one CT volume is read (a
+// mask beside it is not a CT); two CT volumes are refused, named.
+TEST(Reader, AFolderOfOneVolumeFileIsThatScan) {
+  ScratchDir dir;
+  fs::create_directories(dir / "P002");
+  Geometry g;
+  g.size = {20, 16, 6};
+  torch::manual_seed(2);
+  const torch::Tensor hu = torch::randint(-1000, 1500, {6, 16, 20}).to(torch::kInt16);
+  write_image_file(dir / "P002/ct.nii.gz", hu, g);
+  write_image_file(dir / "P002/mask.nii.gz", (hu > 60).to(torch::kUInt8), g);
+  const LoadedVolume v = read_volume(dir / "P002");
+  EXPECT_EQ(v.info.path, (dir / "P002/ct.nii.gz").string());
+  EXPECT_TRUE(torch::equal(v.volume.voxels, hu.to(torch::kFloat32)));
+  write_image_file(dir / "P002/followup.nii.gz", hu, g);
+  EXPECT_EQ(error_of(dir / "P002"), "folder holds 2 volume files and no DICOM file (ct.nii.gz, followup.nii.gz): which "
+                                    "is the case cannot be told; name each file in the list, one row per scan");
 }
 
 TEST(Reader, NonImageFile) {

@@ -62,16 +62,18 @@ struct LeftOut {
 //    the rest of such a folder is searched as usual. A folder whose volume files were all left
 //    out, and the output folder, are not failed cases. A file named on the command line or in
 //    a list is always a case.
-// Case ids come from the path relative to the folder or list it was found through; clashes
-// get a -2, -3 suffix in input order. Throws IoError for a command-line input that does not
+// Case ids come from the path relative to the folder or list it was found through; names the
+// safe form makes equal get a digest of the name as written (the name that needed no change
+// keeps the plain id), and any clash left a -2, -3 suffix in input order. The same scan reached
+// twice (by path, link, or folder search) is one case, the others noted in left_out. Throws IoError for a command-line input that does not
 // exist, an unreadable list, and a list's case_id that is unsafe or given twice.
 std::vector<CaseInput> expand_inputs(const std::vector<std::filesystem::path>& inputs,
                                      std::vector<LeftOut>* left_out = nullptr,
                                      const std::filesystem::path& output_folder = {});
 
 // A filesystem-safe id from a relative path: separators become '_', other characters
-// outside [A-Za-z0-9._-] become '-', volume extensions are dropped, leading '.' and '_' too (no
-// id is "." or ".."), and one longer than kMaxCaseIdLength is cut, with a digest of the whole.
+// outside [A-Za-z0-9._-] become '-', volume extensions are dropped, leading '.', '_' and '-' too
+// (no id is "." or "..", or reads as a spreadsheet formula), and one longer than kMaxCaseIdLength is cut, with a digest of the whole.
 constexpr size_t kMaxCaseIdLength = 120;
 std::string case_id_from_path(const std::filesystem::path& relative);
 
