@@ -153,7 +153,10 @@ void measure_case(const Volume& volume, const CaseAnalysis& a, const CasePipelin
       l.volume_ml = double(l.voxels) * volume.geometry.voxel_volume_mm3() / 1000.0;
     }
   }
-  const HematomaMeasurements h = measure_hematoma(a.mask, volume.voxels, volume.geometry);
+  // On the canonical grid (the input's, permuted and flipped: the same voxels): ABC/2 measures on
+  // axial slices whichever way the file stores its axes (on the input grid a sagittal-first file
+  // gave -13%, a flipped one -1.7%); every other measurement is the same on either grid.
+  const HematomaMeasurements h = measure_hematoma(a.canonical_mask, a.canonical.volume.voxels, a.canonical.volume.geometry);
   result.hematoma = h;
   if (h.touches_border) result.qc_flags.push_back("hematoma_touches_border");
   if (h.components > 1) result.qc_flags.push_back("multiple_components");

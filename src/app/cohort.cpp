@@ -432,6 +432,21 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
                           ? "list_" + name
                           : name);
   std::string csv = csv_line(columns);
+  // The table is written anew from each case's result.json: columns added or edited by hand (in
+  // a spreadsheet) would go without a word. A table whose columns are not these is kept aside.
+  if (std::error_code ec; options_.resume && fs::exists(out_ / results_name(), ec)) {
+    try {
+      if (parse_csv(read_text_file(out_ / results_name())).header != columns) {
+        const std::string aside = shard_file_name("results", ".before-resume.csv");
+        fs::copy_file(out_ / results_name(), out_ / aside, fs::copy_options::overwrite_existing);
+        log.warn("{} has other columns than hemexp writes (edited in a spreadsheet?): it is written anew from each "
+                 "case's result.json, and the old table is kept as {}", results_name(), aside);
+        spdlog::warn("{} has other columns than hemexp writes: the old table is kept as {}", results_name(), aside);
+      }
+    } catch (const std::exception& e) {  // unreadable: written anew all the same
+      log.warn("{} cannot be read ({}): it is written anew from each case's result.json", results_name(), one_line(e.what()));
+    }
+  }
   std::map<std::string, int> counts{{"ok", 0}, {"failed", 0}, {"skipped", 0}};
   // What every result of this run depends on besides its input.
   json models = json::object();

@@ -76,9 +76,17 @@ int run_info(const InfoOptions& o) {
                               "features", "calibration", "decision", "risk_categories", "recalibration", "trained_on", "training",
                               "validation"})
       if (card.json.contains(block)) std::printf("%-12s %s\n", (std::string(block) + ":").c_str(), card.json[block].dump().c_str());
-    std::printf("\nResearch use only, not for clinical decisions. hemexp's models are trained on synthetic\n"
-                "data (procedural heads and synthetic hematomas in real CT backgrounds); their numbers on\n"
-                "synthetic validation data do not transfer to patients without your own validation.\n");
+    // A model a researcher trained on their own labelled scans (scripts/train_classifier.py
+    // writes what it was trained on) is not said to be synthetic.
+    const std::string trained_on = card.json.value("trained_on", nlohmann::json()).is_string() ? card.json["trained_on"].get<std::string>() : "";
+    if (trained_on.find("labelled") != std::string::npos)
+      std::printf("\nResearch use only, not for clinical decisions. This model was trained on labelled scans (its\n"
+                  "trained_on above): its numbers hold for patients like those it was validated on; validate it on\n"
+                  "patients it has not seen before relying on it.\n");
+    else
+      std::printf("\nResearch use only, not for clinical decisions. hemexp's models are trained on synthetic\n"
+                  "data (procedural heads and synthetic hematomas in real CT backgrounds); their numbers on\n"
+                  "synthetic validation data do not transfer to patients without your own validation.\n");
     return kExitOk;
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());

@@ -97,6 +97,14 @@ std::vector<PrepareCase> synth_cases(const std::vector<std::string>& dirs) {
 // that cannot mean one thing is refused (std::runtime_error): no he_label column, a value other
 // than 0 or 1, an id twice, a label that two cases would share. Labelled cases the run could not
 // analyse, and labels that match no case, are counted in warnings.
+// The labels.csv columns of hemexp synth that are the generator's truth (he_probability, the
+// observable part, each NCCT sign), written to cases.csv for auxiliary targets and checks.
+const std::vector<std::string>& generator_truth_columns() {
+  static const std::vector<std::string> names{"he_probability", "he_observable_probability", "heterogeneity", "swirl",
+                                              "blend", "black_hole", "island", "irregular_margin", "hypodensity", "ivh"};
+  return names;
+}
+
 std::vector<PrepareCase> run_cases_with_labels(const fs::path& run, const fs::path& labels_csv) {
   std::map<std::string, std::map<std::string, std::string>> labels;
   if (!labels_csv.empty()) {
@@ -114,6 +122,19 @@ std::vector<PrepareCase> run_cases_with_labels(const fs::path& run, const fs::pa
                                  "' is not 0 or 1");
       if (!labels.emplace(id, row).second)
         throw std::runtime_error(labels_csv.string() + ": case_id '" + id + "' is labelled twice");
+    }
+    // A researcher's own columns named like the generator's truth (a radiologist's "swirl"
+    // reading) are not its truth: only a hemexp synth labels.csv (synth.json beside it) is.
+    if (!fs::exists(labels_csv.parent_path() / "synth.json")) {
+      std::vector<std::string> ignored;
+      for (const std::string& name : generator_truth_columns())
+        if (std::find(table.header.begin(), table.header.end(), name) != table.header.end()) ignored.push_back(name);
+      for (auto& [id, row] : labels)
+        for (const std::string& name : ignored) row.erase(name);
+      if (!ignored.empty())
+        spdlog::warn("{}: columns {} are not taken as the generator's truth (no synth.json beside the file: not a hemexp "
+                     "synth labels.csv); cases.csv leaves their true_ columns blank",
+                     labels_csv.string(), join(ignored, ", "));
     }
   }
   std::vector<fs::path> dirs;
@@ -259,11 +280,9 @@ int export_rois(const std::vector<PrepareCase>& cases, const RoiRecipe& recipe, 
   // The generator's truth, when the labels have it (synth cohorts): labels.csv column -> this
   // CSV's column. The probabilities, and each true NCCT marker (0/1) as true_<marker>, for
   // auxiliary training targets and for checking the measured markers.
-  std::vector<std::pair<std::string, std::string>> truth{{"he_probability", "he_probability"},
-                                                         {"he_observable_probability", "he_observable_probability"}};
-  for (const char* marker : {"heterogeneity", "swirl", "blend", "black_hole", "island", "irregular_margin",
-                             "hypodensity", "ivh"})
-    truth.emplace_back(marker, std::string("true_") + marker);
+  std::vector<std::pair<std::string, std::string>> truth;
+  for (const std::string& name : generator_truth_columns())
+    truth.emplace_back(name, name.rfind("he_", 0) == 0 ? name : "true_" + name);
   for (const auto& [label, column] : truth) columns.push_back(column);
   std::string csv = csv_line(columns);
   int failed = 0, done = 0, empty = 0;

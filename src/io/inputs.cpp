@@ -183,6 +183,14 @@ void expand_one(const fs::path& input, std::vector<Found>& out, const LeaveOut& 
       return -1;
     };
     const int path_col = column("path"), id_col = path_col >= 0 ? column("case_id") : -1;
+    // A column named twice ("notes", "notes") keeps both: the second as notes_2 (one name in
+    // results.csv held only one of them, the other lost without a word).
+    std::vector<std::string> names;
+    for (const std::string& h : table.header) {
+      std::string name = trim(h);
+      for (int k = 2; std::find(names.begin(), names.end(), name) != names.end(); ++k) name = trim(h) + "_" + std::to_string(k);
+      names.push_back(name);
+    }
     std::vector<std::vector<std::string>> lines;
     if (path_col < 0) lines.push_back(table.header);
     lines.insert(lines.end(), table.rows.begin(), table.rows.end());
@@ -204,7 +212,7 @@ void expand_one(const fs::path& input, std::vector<Found>& out, const LeaveOut& 
         for (size_t c = 0; c < table.header.size(); ++c) {
           const std::string value = c < line.size() ? trim(line[c]) : std::string();
           if (int(c) == id_col) f.given_id = value;
-          else if (int(c) != path_col) f.extra.emplace_back(trim(table.header[c]), value);
+          else if (int(c) != path_col) f.extra.emplace_back(names[c], value);
         }
         if (!f.given_id.empty() && case_id_from_path(f.given_id) != f.given_id)
           throw IoError("list " + input.string() + " row " + std::to_string(n + 2) + ": case_id '" + f.given_id +

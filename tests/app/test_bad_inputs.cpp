@@ -59,9 +59,9 @@ TEST(BadInputs, EachIsOneFailedRowWithItsReasonAndTheCohortGoesOn) {
         {"spacing-nan.nii.gz", "voxel spacing is not a positive finite number (pixdim NaN, 1, 5)"},
         {"spacing-infinite.nii.gz", "voxel spacing is not a positive finite number (pixdim 1, inf, 5)"},
         {"direction-singular.nii.gz", "NIfTI sform is singular or nearly so"},
-        // ITK refuses any sform that is not orthonormal, in its own words (prefix removed).
-        {"direction-sheared-80deg.nii.gz", "cannot read the nifti file: ITK only supports orthonormal direction cosines. "
-                                           "No orthonormal definition found!"},
+        // ITK refuses any sform-only file that is not orthonormal ("No orthonormal definition
+        // found!"); hemexp names the shear instead (x and y 80 degrees apart: 10 from square).
+        {"direction-sheared-80deg.nii.gz", "the NIfTI's only transform (its sform) is sheared by 10.0 degrees"},
         {"voxels-nan.nii.gz", "1 voxels are NaN or infinite"},
         {"voxels-infinite.nii.gz", "21 voxels are NaN or infinite"},
         {"one-slice.nii.gz", "image is 16 x 16 x 1: 2D or a single slice"},

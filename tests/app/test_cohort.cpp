@@ -547,6 +547,29 @@ TEST_F(Cohort, AFileNameThatIsNotUtf8IsRecordedNotFailed) {
   EXPECT_EQ(run_json["argv"][3], (root_ / "in" / "M\xef\xbf\xbdller.nii.gz").string());
 }
 
+// --resume writes results.csv anew from each case's result.json: a column a researcher added in
+// a spreadsheet went without a word. Such a table is kept aside, and said so.
+TEST_F(Cohort, ATableEditedByHandIsKeptAsideOnResume) {
+  ASSERT_EQ(run(options_, fake(nullptr)), kExitCaseFailed);
+  const std::string own = slurp(root_ / "out/results.csv");
+  const std::string edited = "\xef\xbb\xbf" + std::string(own).insert(own.find('\n'), ",reader_note");
+  write_text_atomically(root_ / "out/results.csv", edited);
+  CohortOptions o = options_;
+  o.resume = true;
+  int code = 0;
+  const std::string said = said_by([&] { return run(o, fake(nullptr)); }, &code);
+  EXPECT_EQ(code, kExitCaseFailed);
+  EXPECT_EQ(slurp(root_ / "out/results.before-resume.csv"), edited);
+  EXPECT_NE(said.find("results.csv has other columns than hemexp writes: the old table is kept as "
+                      "results.before-resume.csv"),
+            std::string::npos)
+      << said;
+  EXPECT_EQ(parse_csv(slurp(root_ / "out/results.csv")).header, parse_csv(own).header);
+  fs::remove(root_ / "out/results.before-resume.csv");
+  ASSERT_EQ(run(o, fake(nullptr)), kExitCaseFailed);  // its own table: nothing kept aside
+  EXPECT_FALSE(fs::exists(root_ / "out/results.before-resume.csv"));
+}
+
 TEST_F(Cohort, SetupExitCodes) {
   CohortOptions o = options_;
   std::ofstream(root_ / "a-file") << "x";

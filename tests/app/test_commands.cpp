@@ -198,6 +198,19 @@ TEST_F(Commands, PrepareFromARunTakesTheSegmentersIvhVolume) {
   EXPECT_EQ(rows[0].at("ivh_volume_ml"), "1.2500");
   EXPECT_EQ(rows[1].at("ivh_volume_ml"), "");
   EXPECT_EQ(rows[0].at("he_label"), labels_[0].at("he_label"));
+  ASSERT_TRUE(fs::exists(root_ / "truth/synth.json"));
+  EXPECT_EQ(rows[0].at("true_swirl"), labels_[0].at("swirl"));  // a hemexp synth labels.csv: the truth
+  EXPECT_EQ(rows[0].at("he_probability"), labels_[0].at("he_probability"));
+  // The same columns in a researcher's own file (a radiologist's "swirl" reading) are not.
+  fs::copy_file(root_ / "truth/labels.csv", root_ / "clinic-labels.csv", fs::copy_options::overwrite_existing);
+  o.labels_csv = (root_ / "clinic-labels.csv").string();
+  o.output_dir = (root_ / "prepared-clinic-rois").string();
+  ASSERT_EQ(run_prepare(o), kExitOk);
+  const auto clinic = parse_csv(slurp(root_ / "prepared-clinic-rois/cases.csv")).records();
+  ASSERT_EQ(clinic.size(), 2u);
+  EXPECT_EQ(clinic[0].at("he_label"), labels_[0].at("he_label"));
+  EXPECT_EQ(clinic[0].at("true_swirl"), "");
+  EXPECT_EQ(clinic[0].at("he_probability"), "");
 }
 
 TEST_F(Commands, EvalComparesARunWithTheTruth) {
@@ -332,6 +345,18 @@ TEST_F(Commands, InfoDescribesAModelAndRejectsOtherFiles) {
   EXPECT_NE(info.find("sha256:      " + sha256_file(o.model_path)), std::string::npos) << info;
   EXPECT_NE(info.find("recipe:      ok"), std::string::npos) << info;
   EXPECT_NE(info.find("Research use only"), std::string::npos);
+  EXPECT_NE(info.find("hemexp's models are trained on synthetic"), std::string::npos) << info;
+  // A model trained on a researcher's labelled scans is not said to be synthetic.
+  card["trained_on"] = "training: 25 labelled cases (labels from a labels file, ROIs from hemexp's predicted masks)";
+  f.metadata["hemexp_model_card"] = card.dump();
+  write_safetensors(o.model_path, f);
+  ::testing::internal::CaptureStdout();
+  ASSERT_EQ(run_info(o), kExitOk);
+  const std::string own = ::testing::internal::GetCapturedStdout();
+  EXPECT_EQ(own.find("trained on synthetic"), std::string::npos) << own;
+  EXPECT_NE(own.find("Research use only, not for clinical decisions. This model was trained on labelled scans"),
+            std::string::npos)
+      << own;
   // A classifier whose sign layer reads the features and their pairwise products says so.
   const json cls = test::with_parity_sign_layer(test::parity_classifier_card(0.0, 1.0, 0.0), "vit_signs_quad");
   o.model_path = test::write_parity_classifier(root_ / "quad.safetensors", cls, "vit_signs_quad").string();

@@ -616,6 +616,48 @@ TEST_F(RunCommand, MultiClassModelWritesALabelMapAndItsVolumes) {
 // threads every task finishes (the files are there for process_case to remove), and the
 // measurements' failure is the one reported, also when the files fail too; with one thread the
 // measurements come first and their failure stops the rest.
+// ABC/2 measures on axial slices: it was taken on the input grid's third index axis, so the same
+// clot stored sagittal-first gave another number (-13% on a synthetic head). It is now measured
+// on the canonical grid, the same for any storage of the same voxels.
+TEST(CaseStages, AbcOverTwoIsTheSameForAnyAxisOrderOfTheFile) {
+  CasePipeline pipeline;
+  pipeline.segmenter.emplace(Segmenter::load(test::shipped_model("hemexp-seg-labels.safetensors")));
+  spdlog::logger log("test");  // no sinks
+  // An elongated clot (z, y, x) = 4 slices of 5 mm, 9 x 21 voxels of 0.5 mm: A 10.5, B 4.5, C 20 mm.
+  Volume axial;
+  axial.geometry.size = {30, 16, 10};
+  axial.geometry.spacing_mm = {0.5, 0.5, 5.0};
+  axial.voxels = torch::full({10, 16, 30}, 30.0f);
+  torch::Tensor mask = torch::zeros({10, 16, 30}, torch::kUInt8);
+  mask.slice(0, 3, 7).slice(1, 4, 13).slice(2, 5, 26).fill_(1);
+  axial.voxels.masked_fill_(mask.to(torch::kBool), 60.0f);
+  // The same voxels stored x-first: index axis 0 is superior-inferior, axis 2 left-right.
+  Volume sagittal;
+  sagittal.geometry.size = {10, 16, 30};
+  sagittal.geometry.spacing_mm = {5.0, 0.5, 0.5};
+  sagittal.geometry.direction = {0, 0, 1, 0, 1, 0, 1, 0, 0};
+  sagittal.voxels = axial.voxels.permute({2, 1, 0}).contiguous();
+  double abc2[2] = {0, 0};
+  int k = 0;
+  for (const auto& [v, m] : {std::pair{axial, mask}, std::pair{sagittal, mask.permute({2, 1, 0}).contiguous()}}) {
+    CaseAnalysis a;
+    a.canonical = to_canonical(v);
+    a.mask = m;
+    a.canonical_mask = to_canonical(m, a.canonical.map);
+    CaseResult result;
+    measure_case(v, a, pipeline, result, log);
+    ASSERT_TRUE(result.hematoma.has_value());
+    EXPECT_EQ(result.hematoma->voxels, 4 * 9 * 21);
+    abc2[k++] = result.hematoma->abc2_volume_ml;
+  }
+  EXPECT_GT(abc2[0], 0.0);
+  EXPECT_DOUBLE_EQ(abc2[1], abc2[0]);
+  // What the input grid gave for the sagittal file (the check bites): C from 21 "slices" of 0.5 mm.
+  const double on_input_grid =
+      measure_hematoma(mask.permute({2, 1, 0}).contiguous(), sagittal.voxels, sagittal.geometry).abc2_volume_ml;
+  EXPECT_GT(std::abs(on_input_grid - abc2[0]), 0.1 * abc2[0]);
+}
+
 TEST(CaseStages, MeasurementsFailureIsReportedBeforeTheFilesWrittenBesideThem) {
   CasePipeline pipeline;
   pipeline.segmenter.emplace(Segmenter::load(test::shipped_model("hemexp-seg-labels.safetensors")));

@@ -124,6 +124,11 @@ TEST(Inputs, IdsStayWithTheirScansAsTheCohortGrowsAndEachScanIsOneCase) {
   EXPECT_EQ(listed[0].problem, "list first_missing.txt names P001, which does not exist");
   std::ofstream(dir / "headed.txt") << "File\nnames/M--ller/ct.nii.gz\n";
   EXPECT_EQ(expand_inputs({dir / "headed.txt"}).size(), 1u);
+  // A spreadsheet column named twice keeps both values.
+  std::ofstream(dir / "twice.csv") << "path,notes,notes\nnames/M--ller/ct.nii.gz,first,second\n";
+  const auto noted = expand_inputs({dir / "twice.csv"});
+  ASSERT_EQ(noted.size(), 1u);
+  EXPECT_EQ(noted[0].extra, (std::vector<std::pair<std::string, std::string>>{{"notes", "first"}, {"notes_2", "second"}}));
 }
 
 TEST(Inputs, ListsAsResearchersKeepThem) {
