@@ -146,10 +146,12 @@ def run_input(working_folders, input_path):
 
 def scan_keys(result, input_path):
     """What identifies the scan a case read, across runs: its input path resolved (symbolic links
-    followed) and the content fingerprint hemexp records (result.json fingerprint.input, with the
+    followed; only when the file is there) and the content fingerprint hemexp records (result.json fingerprint.input, with the
     series UID chosen from a DICOM folder)."""
     keys = []
-    if input_path:
+    # Only a path that is there: two sites' runs copied here both recording `scans/001.nii.gz`
+    # (not found on this machine) are different scans, told apart by their content.
+    if input_path and os.path.exists(input_path):
         keys.append("path:" + os.path.realpath(input_path))
     fingerprint = result.get("fingerprint") if isinstance(result.get("fingerprint"), dict) else {}
     if fingerprint.get("input"):

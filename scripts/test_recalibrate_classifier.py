@@ -248,6 +248,22 @@ def main():
         rec = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["recalibration"]
         assert rec["n"] == 60 and rec["left_out"] == {"same scan as a case of an earlier --run": 17}, rec
 
+        # Two sites' runs copied here without their scans, both recording scans_gone/S<k>.nii.gz (not
+        # found here) with different content: different scans, both counted (a path that is not
+        # there does not identify a scan; before, site B's cases were dropped as duplicates).
+        site_a = path_run("siteA", [f"scans_gone/S{k}.nii.gz" for k in range(60)], [f"A{k}" for k in range(60)],
+                          [f"a{k:063x}" for k in range(60)])
+        site_b = path_run("siteB", [f"scans_gone/S{k}.nii.gz" for k in range(60)], [f"B{k}" for k in range(60)],
+                          [f"b{k:063x}" for k in range(60)])
+        labels_sites = os.path.join(tmp, "labels_sites.csv")
+        with open(labels_sites, "w") as f:
+            f.write("case_id,he_label\n" + "".join(f"{s}{k},{y[k]}\n" for s in "AB" for k in range(60)))
+        out = os.path.join(tmp, "sites.safetensors")
+        code, err = stderr_of(["--model", model, "--run", site_a, site_b, "--labels", labels_sites, "-o", out])
+        assert code == 0 and "read the same scan" not in err, err
+        rec = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["recalibration"]
+        assert rec["n"] == 120 and not rec.get("left_out"), rec
+
         # A recalibrated model recalibrated again keeps the first recalibration under source.
         again = os.path.join(tmp, "again.safetensors")
         platt = os.path.join(tmp, "platt.safetensors")

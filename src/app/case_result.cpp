@@ -27,8 +27,24 @@ Geometry geometry_from_json(const nlohmann::json& j) {
   return g;
 }
 
+// An input path in JSON: "path" as text, and where the name is not UTF-8 (Latin-1 from an old
+// export: written with U+FFFD in "path") its bytes in hex as "path_bytes", read back exactly
+// (expansion, prepare, eval and --resume find the file by it).
+void put_path(json& j, const std::string& path) {
+  j["path"] = path;
+  try {
+    (void)json(path).dump();
+  } catch (const json::type_error&) {  // not UTF-8
+    static const char* digits = "0123456789abcdef";
+    std::string hex;
+    for (unsigned char c : path) hex += digits[c >> 4], hex += digits[c & 15];
+    j["path_bytes"] = hex;
+  }
+}
+
 nlohmann::json input_json(const InputInfo& info) {
-  json j = {{"path", info.path}, {"format", info.format}, {"modality", info.modality}};
+  json j = {{"format", info.format}, {"modality", info.modality}};
+  put_path(j, info.path);
   // A read that failed before the volume was stacked (ReadError) knows the series, not its grid.
   const bool stacked = info.geometry.voxel_count() > 0;
   if (stacked) j.update(geometry_json(info.geometry));
@@ -51,7 +67,7 @@ nlohmann::json input_json(const InputInfo& info) {
 
 InputInfo input_from_json(const nlohmann::json& j) {
   InputInfo info;
-  info.path = j.at("path").get<std::string>();
+  info.path = input_path_of(j);
   info.format = j.at("format").get<std::string>();
   info.modality = j.at("modality").get<std::string>();
   const bool stacked = j.contains("size");
@@ -131,6 +147,14 @@ HematomaMeasurements hematoma_from_json(const json& j) {
 
 }  // namespace
 
+std::string input_path_of(const nlohmann::json& j) {
+  if (!j.contains("path_bytes")) return j.at("path").get<std::string>();
+  const std::string hex = j.at("path_bytes").get<std::string>();
+  std::string bytes;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) bytes += char(std::stoi(hex.substr(i, 2), nullptr, 16));
+  return bytes;
+}
+
 nlohmann::json CaseResult::to_json() const {
   json j = {{"case_id", case_id}, {"status", status}};
   if (!error.empty()) j["error"] = error;
@@ -138,7 +162,8 @@ nlohmann::json CaseResult::to_json() const {
     j["input"] = input_json(*input);
     j["qc_flags"] = qc_flags;
   } else {
-    j["input"] = {{"path", input_path}};
+    j["input"] = json::object();
+    put_path(j["input"], input_path);
   }
   if (intracranial) j["intracranial"] = intracranial->to_json();
   if (hematoma) j["hematoma"] = hematoma->to_json();
@@ -165,7 +190,7 @@ CaseResult CaseResult::from_json(const nlohmann::json& j) {
     r.case_id = j.at("case_id").get<std::string>();
     r.status = j.at("status").get<std::string>();
     r.error = j.value("error", "");
-    r.input_path = j.at("input").at("path").get<std::string>();
+    r.input_path = input_path_of(j.at("input"));
     if (j.contains("qc_flags")) {
       r.input = input_from_json(j.at("input"));
       r.qc_flags = j.at("qc_flags").get<std::vector<std::string>>();

@@ -437,7 +437,8 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
   if (std::error_code ec; options_.resume && fs::exists(out_ / results_name(), ec)) {
     try {
       if (parse_csv(read_text_file(out_ / results_name())).header != columns) {
-        const std::string aside = shard_file_name("results", ".before-resume.csv");
+        // Not results-K-of-N.*: nothing that looks for shard tables may take it for one.
+        const std::string aside = shard_file_name("results.before-resume", ".csv");
         fs::copy_file(out_ / results_name(), out_ / aside, fs::copy_options::overwrite_existing);
         log.warn("{} has other columns than hemexp writes (edited in a spreadsheet?): it is written anew from each "
                  "case's result.json, and the old table is kept as {}", results_name(), aside);
@@ -610,6 +611,9 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
              counts["ok"] + counts["failed"] + counts["skipped"], cases_.size());
     return kExitInterrupted;
   }
+  // "Nothing worked" apart from "some failed" (dcm2niix's convention): a wrong path or a
+  // missing mount fails every case, which a pipeline should not take for a partial success.
+  if (counts["failed"] > 0 && counts["ok"] == 0 && counts["skipped"] == 0) return kExitAllFailed;
   return counts["failed"] > 0 ? kExitCaseFailed : kExitOk;
 }
 

@@ -72,7 +72,7 @@ int run_eval(const EvalOptions& o) {
       if (!in) continue;
       try {
         const json r = json::parse(in);
-        const fs::path input = fs::weakly_canonical(run_input_path(working, r.at("input").at("path").get<std::string>()));
+        const fs::path input = fs::weakly_canonical(run_input_path(working, input_path_of(r.at("input"))));
         std::error_code ec;
         if (input.filename() == "ct.nii.gz" && fs::equivalent(input.parent_path().parent_path(), truth, ec)) {
           pred_case_dirs[input.parent_path().filename().string()] = dir;

@@ -466,12 +466,12 @@ PairScans pair_scans(const std::vector<ScanPair>& pairs) {
            std::mismatch(common.begin(), common.end(), p.begin(), p.end()).first != common.end())
       common = common.parent_path();
   PairScans out;
-  std::set<std::string> used;
-  for (const fs::path& p : paths) {
-    const std::string base = case_id_from_path(p.lexically_relative(common));
-    std::string id = base;
-    for (int k = 2; used.count(id); ++k) id = base + "-" + std::to_string(k);
-    used.insert(id);
+  std::vector<fs::path> relatives;
+  for (const fs::path& p : paths) relatives.push_back(p.lexically_relative(common));
+  const std::vector<std::string> ids = unique_case_ids(relatives);  // the rule of `run`'s ids
+  for (size_t i = 0; i < paths.size(); ++i) {
+    const fs::path& p = paths[i];
+    const std::string& id = ids[i];
     CaseInput c;
     c.id = id;
     c.path = p;

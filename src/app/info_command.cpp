@@ -79,7 +79,7 @@ int run_info(const InfoOptions& o) {
     // A model a researcher trained on their own labelled scans (scripts/train_classifier.py
     // writes what it was trained on) is not said to be synthetic.
     const std::string trained_on = card.json.value("trained_on", nlohmann::json()).is_string() ? card.json["trained_on"].get<std::string>() : "";
-    if (trained_on.find("labelled") != std::string::npos)
+    if (trained_on.find("labelled") != std::string::npos || trained_on.find("labels file") != std::string::npos)
       std::printf("\nResearch use only, not for clinical decisions. This model was trained on labelled scans (its\n"
                   "trained_on above): its numbers hold for patients like those it was validated on; validate it on\n"
                   "patients it has not seen before relying on it.\n");

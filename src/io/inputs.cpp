@@ -273,6 +273,32 @@ std::pair<std::string, bool> case_id_and_exact(const fs::path& relative) {
 
 std::string case_id_from_path(const fs::path& relative) { return case_id_and_exact(relative).first; }
 
+std::vector<std::string> unique_case_ids(const std::vector<fs::path>& relatives, std::set<std::string> taken) {
+  std::vector<std::pair<std::string, bool>> safe;
+  std::map<std::string, std::set<std::string>> names, exact_names;  // id -> the names it comes from
+  for (const fs::path& r : relatives) {
+    safe.push_back(case_id_and_exact(r));
+    names[safe.back().first].insert(r.generic_string());
+    if (safe.back().second) exact_names[safe.back().first].insert(r.generic_string());
+  }
+  std::vector<std::string> ids;
+  for (size_t i = 0; i < relatives.size(); ++i) {
+    auto [base, exact] = safe[i];
+    // Names that the safe form makes equal: each changed one gets a digest of the name as
+    // written, and so do names that need no change but still meet ("a/b" and "a_b", "P1.nii"
+    // and "P1.mha"), so that no id passes from one scan to another as the cohort grows.
+    if (names[base].size() > 1 && (!exact || exact_names[base].size() > 1)) {
+      const std::string digest = "-" + sha256_hex(relatives[i].generic_string()).substr(0, 8);
+      base = base.substr(0, std::min(base.size(), kMaxCaseIdLength - digest.size())) + digest;
+    }
+    std::string id = base;  // the very same name twice (two lists' roots): in input order
+    for (int k = 2; taken.count(id); ++k) id = base + "-" + std::to_string(k);
+    taken.insert(id);
+    ids.push_back(id);
+  }
+  return ids;
+}
+
 std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::vector<LeftOut>* left_out,
                                      const fs::path& output_folder) {
   std::error_code ec;
@@ -314,12 +340,7 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
   for (const Found& f : found)
     if (!f.given_id.empty() && !used.insert(f.given_id).second)
       throw IoError("case_id '" + f.given_id + "' is given to more than one scan");
-  // Each derived id, and how many different names it was derived from: names that the safe form
-  // makes equal ("Müller" and "Møller", "a b" and "a,b") each get a digest of the name as
-  // written, so that a scan added later never takes the id an earlier one had (labels keyed by
-  // id would follow it to another patient); the name that needed no change keeps the plain id.
-  std::vector<fs::path> relatives(found.size());
-  std::map<std::string, std::set<std::string>> names_by_id;
+  std::vector<fs::path> relatives;  // of the entries whose id is derived from their path
   for (size_t i = 0; i < found.size(); ++i) {
     const Found& f = found[i];
     if (!f.given_id.empty()) continue;
@@ -328,24 +349,12 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
       const fs::path folder = fs::absolute(f.path).lexically_normal().parent_path().filename();
       if (!folder.empty()) relative = folder / relative;
     }
-    relatives[i] = relative;
-    names_by_id[case_id_from_path(relative)].insert(relative.generic_string());
+    relatives.push_back(relative);
   }
-  for (size_t i = 0; i < found.size(); ++i) {
+  const std::vector<std::string> ids = unique_case_ids(relatives, used);
+  for (size_t i = 0, d = 0; i < found.size(); ++i) {
     const Found& f = found[i];
-    if (!f.given_id.empty()) {
-      cases.push_back({f.given_id, f.path, {}, f.extra, f.problem});
-      continue;
-    }
-    auto [base, exact] = case_id_and_exact(relatives[i]);
-    if (!exact && names_by_id[base].size() > 1) {
-      const std::string digest = "-" + sha256_hex(relatives[i].generic_string()).substr(0, 8);
-      base = base.substr(0, std::min(base.size(), kMaxCaseIdLength - digest.size())) + digest;
-    }
-    std::string id = base;
-    for (int k = 2; used.count(id); ++k) id = base + "-" + std::to_string(k);
-    used.insert(id);
-    cases.push_back({id, f.path, {}, f.extra, f.problem});
+    cases.push_back({f.given_id.empty() ? ids[d++] : f.given_id, f.path, {}, f.extra, f.problem});
   }
   return cases;
 }

@@ -112,7 +112,7 @@ std::vector<DicomHeader> subtree_headers(const fs::path& folder, std::vector<std
 }
 
 // A folder named as one case (a patient's folder in a study spreadsheet) that holds volume
-// files and no DICOM file of its own: its one CT volume file (masks and label maps, 8-bit codes,
+// files and no DICOM file, in it or in its subfolders: its one CT volume file (masks and label maps, 8-bit codes,
 // are not CT); several are refused, named, since which one is the case cannot be told.
 // Nothing for a DICOM folder, or one without volume files.
 std::optional<fs::path> volume_file_of_folder(const fs::path& folder) {
@@ -128,6 +128,12 @@ std::optional<fs::path> volume_file_of_folder(const fs::path& folder) {
     }
   }
   if (volumes.empty()) return std::nullopt;
+  // DICOM series in its subfolders (an export beside a converted file) are the scan, as before.
+  for (const fs::path& below : folders_below(folder))
+    for (fs::directory_iterator it(below, ec), end; !ec && it != end; it.increment(ec))
+      if (it->path().filename().string()[0] != '.' && fs::is_regular_file(it->path(), ec) && !is_volume_file(it->path()) &&
+          (has_dicom_extension(it->path()) || looks_like_dicom(it->path())))
+        return std::nullopt;
   std::sort(volumes.begin(), volumes.end());
   if (volumes.size() > 1) {
     std::string names;
@@ -263,7 +269,11 @@ LoadedVolume read_volume(const fs::path& path, const ReadOptions& options) {
     if (std::abs(dot(c0, c1)) > 1e-3 || std::abs(dot(c0, c2)) > 1e-3 || std::abs(dot(c1, c2)) > 1e-3)
       out.info.warnings.push_back("direction matrix is not orthogonal (sheared grid)");
   } else if (const std::optional<fs::path> volume = fs::is_directory(path) ? volume_file_of_folder(path) : std::nullopt) {
-    return read_volume(*volume, options);
+    // The case is still the folder (its results and --resume name the folder), read from its file.
+    LoadedVolume one = read_volume(*volume, options);
+    one.info.path = path.string();
+    one.info.corrections.push_back("read from " + volume->filename().string() + ", the folder's one CT volume file");
+    return one;
   } else if (fs::is_directory(path) || looks_like_dicom(path)) {
     out = read_dicom(path, options);
   } else if (const std::string ext = lower(path.extension().string()); ext == ".hdr" || ext == ".img") {

@@ -504,7 +504,7 @@ TEST_F(Cohort, MoreShardsThanScansMergeIntoTheWholeRun) {
     CohortRunner cohort(o, {"hemexp", "run", "-i", options_.inputs[0], "--shard", shard, "-o", out, "--shard=" + shard});
     ASSERT_EQ(cohort.prepare(), kExitOk);
     ASSERT_EQ(cohort.run(fake(nullptr), {{"config", "threads=1\nshard=\"" + shard + "\"\nqc=false\n"}}),
-              k == 4 ? kExitCaseFailed : kExitOk);
+              k == 4 ? kExitAllFailed : kExitOk);  // shard 4 holds only scan3, which fails
   }
   EXPECT_EQ(slurp(root_ / "out/results-9-of-9.csv"), csv_line(CaseResult::csv_columns()));
   const char* merge[] = {"hemexp", "merge", out.c_str()};
@@ -543,6 +543,10 @@ TEST_F(Cohort, AFileNameThatIsNotUtf8IsRecordedNotFailed) {
   EXPECT_EQ(records[0].at("input"), latin1.string());  // the table keeps the bytes as they are
   const auto result = nlohmann::json::parse(slurp(root_ / "out/cases/in_M-ller/result.json"));
   EXPECT_EQ(result["input"]["path"], (root_ / "in" / "M\xef\xbf\xbdller.nii.gz").string());
+  // The bytes are kept beside it, and read back exactly (expansion, prepare and eval find the file).
+  EXPECT_TRUE(result["input"].contains("path_bytes"));
+  EXPECT_EQ(CaseResult::read(root_ / "out/cases/in_M-ller/result.json")->input_path, latin1.string());
+  EXPECT_FALSE(nlohmann::json::parse(slurp(root_ / "out/cases/in_scan0/result.json"))["input"].contains("path_bytes"));
   const auto run_json = nlohmann::json::parse(slurp(root_ / "out/run.json"));
   EXPECT_EQ(run_json["argv"][3], (root_ / "in" / "M\xef\xbf\xbdller.nii.gz").string());
 }

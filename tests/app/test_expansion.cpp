@@ -353,8 +353,9 @@ TEST_F(Expansion, PairsFromADicomStudyFolder) {
   const std::string out = (root_ / "out").string();
   const char* argv[] = {"hemexp", "expansion", "--pairs-from", study.c_str(), "-o", out.c_str(), "--seg-model",
                         "none", "--threads", "1", "--no-progress", "--log-level", "error"};
-  // The scans are a phantom: they fail the brain check, so the pairs fail, and the run says so.
-  EXPECT_EQ(main_entry(13, argv), kExitCaseFailed);
+  // The scans are a phantom: they fail the brain check, so the pairs fail, and the run says so
+  // (every scan failed: nothing worked).
+  EXPECT_EQ(main_entry(13, argv), kExitAllFailed);
   const auto pairs = read_csv(root_ / "out/pairs.csv");
   ASSERT_EQ(pairs.size(), 2u);
   EXPECT_EQ(pairs[0].at("pair_id"), "ANNA_fu1");

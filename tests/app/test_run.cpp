@@ -345,7 +345,7 @@ TEST_F(RunCommand, SetupErrors) {
   fs::create_directories(root_ / "empty");
   o.inputs = {(root_ / "empty").string()};
   o.output_dir = (root_ / "out-empty").string();
-  EXPECT_EQ(run(o), kExitCaseFailed);
+  EXPECT_EQ(run(o), kExitAllFailed);  // its only case failed: nothing worked
   const Results csv = read_results(root_ / "out-empty/results.csv");
   ASSERT_EQ(csv.rows(), 1u);
   EXPECT_EQ(csv.at(0, "error"), "folder holds no DICOM or volume files");
@@ -612,10 +612,6 @@ TEST_F(RunCommand, MultiClassModelWritesALabelMapAndItsVolumes) {
   EXPECT_FALSE(json::parse(slurp(dir / "result.json")).contains("labels"));
 }
 
-// The measurements run beside the writing of the case's files (measure_and_write_case): with two
-// threads every task finishes (the files are there for process_case to remove), and the
-// measurements' failure is the one reported, also when the files fail too; with one thread the
-// measurements come first and their failure stops the rest.
 // ABC/2 measures on axial slices: it was taken on the input grid's third index axis, so the same
 // clot stored sagittal-first gave another number (-13% on a synthetic head). It is now measured
 // on the canonical grid, the same for any storage of the same voxels.
@@ -658,6 +654,10 @@ TEST(CaseStages, AbcOverTwoIsTheSameForAnyAxisOrderOfTheFile) {
   EXPECT_GT(std::abs(on_input_grid - abc2[0]), 0.1 * abc2[0]);
 }
 
+// The measurements run beside the writing of the case's files (measure_and_write_case): with two
+// threads every task finishes (the files are there for process_case to remove), and the
+// measurements' failure is the one reported, also when the files fail too; with one thread the
+// measurements come first and their failure stops the rest.
 TEST(CaseStages, MeasurementsFailureIsReportedBeforeTheFilesWrittenBesideThem) {
   CasePipeline pipeline;
   pipeline.segmenter.emplace(Segmenter::load(test::shipped_model("hemexp-seg-labels.safetensors")));

@@ -109,6 +109,18 @@ TEST(Inputs, IdsStayWithTheirScansAsTheCohortGrowsAndEachScanIsOneCase) {
   EXPECT_EQ(id_of["M\xc3\xb8ller"], "names_M--ller_ct-" + sha256_hex("names/M\xc3\xb8ller/ct.nii.gz").substr(0, 8));
   EXPECT_NE(id_of["M\xc3\xbcller"], id_of["M\xc3\xb8ller"]);
 
+  // Names that need no change can meet too ("a/b" and "a_b"): both get digests, whichever came first.
+  fs::create_directories(dir / "flat");
+  std::ofstream(dir / "flat/a_b.nii.gz") << "x";
+  EXPECT_EQ(expand_inputs({dir / "flat"})[0].id, "flat_a_b");
+  fs::create_directories(dir / "flat/a");
+  std::ofstream(dir / "flat/a/b.nii.gz") << "y";
+  const auto flat = expand_inputs({dir / "flat"});
+  ASSERT_EQ(flat.size(), 2u);
+  EXPECT_EQ(flat[0].id, "flat_a_b-" + sha256_hex("flat/a/b.nii.gz").substr(0, 8));
+  EXPECT_EQ(flat[1].id, "flat_a_b-" + sha256_hex("flat/a_b.nii.gz").substr(0, 8));
+  EXPECT_EQ(unique_case_ids({"x.nii", "x.nii"}), (std::vector<std::string>{"x", "x-2"}));  // the same name twice
+
   fs::create_symlink(dir / "names/M--ller/ct.nii.gz", dir / "names/link.nii.gz");
   std::vector<LeftOut> left_out;
   const auto linked = expand_inputs({dir / "names/M--ller/ct.nii.gz", dir / "names"}, &left_out);

@@ -336,8 +336,15 @@ TEST(Reader, AFolderOfOneVolumeFileIsThatScan) {
   write_image_file(dir / "P002/ct.nii.gz", hu, g);
   write_image_file(dir / "P002/mask.nii.gz", (hu > 60).to(torch::kUInt8), g);
   const LoadedVolume v = read_volume(dir / "P002");
-  EXPECT_EQ(v.info.path, (dir / "P002/ct.nii.gz").string());
+  EXPECT_EQ(v.info.path, (dir / "P002").string());  // the case is the folder (expansion and --resume match it)
+  EXPECT_EQ(v.info.corrections, std::vector<std::string>{"read from ct.nii.gz, the folder's one CT volume file"});
   EXPECT_TRUE(torch::equal(v.volume.voxels, hu.to(torch::kFloat32)));
+  // A DICOM series in a subfolder is the scan, as before (an export beside its converted file).
+  fs::create_directories(dir / "P003/study/series");
+  fs::copy_file(dir / "P002/ct.nii.gz", dir / "P003/ct.nii.gz");
+  for (const char* f : {"01.dcm", "02.dcm", "03.dcm"})
+    fs::copy_file(data("ge-head-ct-tilt-mixed-thickness") / f, dir / "P003/study/series" / f);
+  EXPECT_EQ(read_volume(dir / "P003").info.format, "dicom");
   write_image_file(dir / "P002/followup.nii.gz", hu, g);
   EXPECT_EQ(error_of(dir / "P002"), "folder holds 2 volume files and no DICOM file (ct.nii.gz, followup.nii.gz): which "
                                     "is the case cannot be told; name each file in the list, one row per scan");

@@ -329,8 +329,6 @@ TEST(Writer, AFailedNiftiWriteNamesTheFileAndLeavesNothing) {
   EXPECT_EXIT(child(), ::testing::ExitedWithCode(0), "");
 }
 
-// write_png encodes PNG itself (zlib, Sub filter): ITK's reader (libpng) gives back every
-// pixel, RGB and grey, on odd sizes, one pixel wide and with runs a filter could get wrong.
 // A NIfTI scan whose header fields are edited in place (an uncompressed .nii of ITK's writing).
 void edit_header(const fs::path& file, const std::function<void(std::string&)>& edit) {
   std::string bytes;
@@ -434,6 +432,8 @@ TEST(Writer, AMaskCarriesItsNiftiScansOwnQformAndSform) {
   }
 }
 
+// write_png encodes PNG itself (zlib, Sub filter): ITK's reader (libpng) gives back every
+// pixel, RGB and grey, on odd sizes, one pixel wide and with runs a filter could get wrong.
 TEST(Writer, PngPicturesDecodeToTheirPixelsExactly) {
   ScratchDir dir;
   torch::manual_seed(7);

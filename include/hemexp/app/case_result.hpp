@@ -99,6 +99,10 @@ struct CaseFiles {
 // A bounded, one-line reason for results.csv.
 std::string one_line(const std::string& what);
 
+// The input path of a result.json's "input" object, exactly: its "path_bytes" where the name is
+// not UTF-8 (the "path" text then holds U+FFFD in place of those bytes).
+std::string input_path_of(const nlohmann::json& input);
+
 // The case ids a run lists in its results table (results.csv; else, for a job array not merged
 // yet, its shards' results-K-of-N.csv), in table order; nullopt when it has none (a run stopped
 // before writing one). Case folders an earlier run left in OUTDIR are not the run's.

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <filesystem>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,14 @@ std::vector<CaseInput> expand_inputs(const std::vector<std::filesystem::path>& i
 // (no id is "." or "..", or reads as a spreadsheet formula), and one longer than kMaxCaseIdLength is cut, with a digest of the whole.
 constexpr size_t kMaxCaseIdLength = 120;
 std::string case_id_from_path(const std::filesystem::path& relative);
+
+// The ids of scans named by these relative paths (case_id_from_path), unique and not in `taken`:
+// names that the safe form makes equal each get a digest of the name as written ("M--ller-3f0a9c1e"
+// for "Müller" beside "Møller"; "a/b" beside "a_b" both), except one name that needed no change
+// among changed ones; the very same name twice gets -2, -3 in order. An id never passes to
+// another scan as scans are added.
+std::vector<std::string> unique_case_ids(const std::vector<std::filesystem::path>& relatives,
+                                         std::set<std::string> taken = {});
 
 // The name of the folder that holds a scan, as labels keyed by patient folder name it: a DICOM
 // folder's own name ("P001" for P001/ and P001), a file's folder ("P001" for P001/ct.nii.gz).
