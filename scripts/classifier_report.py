@@ -64,8 +64,8 @@ import train_classifier  # noqa: E402
 from train_classifier import (binary_metrics, bootstrap_auc_ci, brier_score, calibration_slope_intercept,  # noqa: E402
                               expected_calibration_error, fit_logistic, parse_float, read_cases_csv, read_csv_rows,
                               roc_auc, rounded, sigmoid, youden_threshold)
-from recalibrate_classifier import (read_labels_counted, run_case_ids, run_input, run_working_folders,  # noqa: E402
-                                    scan_folder_name)
+from recalibrate_classifier import (input_path_of, read_labels_counted, run_case_ids, run_input,  # noqa: E402
+                                    run_working_folders, scan_folder_name)
 
 MARKERS = ["hypodense_fraction", "hu_sd", "hu_cv", "bimodality_coefficient", "satellite_count",
            "satellite_volume_ml", "island_count", "surface_ratio", "mean_hu"]
@@ -202,7 +202,7 @@ def read_run(folder, truth, synth_layout=True):
         with open(path) as f:
             r = json.load(f)
         case_id = r.get("case_id") or os.path.basename(os.path.dirname(path))
-        input_path = run_input(working, (r.get("input") or {}).get("path") or "")
+        input_path = run_input(working, input_path_of(r.get("input") or {}))
         he = r.get("he") or {}
         hematoma = r.get("hematoma") or {}
         markers = r.get("markers") or {}

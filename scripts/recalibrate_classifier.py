@@ -93,7 +93,8 @@ def run_case_ids(run):
         raise SystemExit(f"{run}: no results.csv (is it a `hemexp run` or `hemexp expansion` output folder?)")
     ids = []
     for table in tables:
-        with open(table, newline="") as f:
+        # A file name that is not UTF-8 stays as its bytes in the table's input column.
+        with open(table, newline="", encoding="utf-8", errors="surrogateescape") as f:
             ids += [row["case_id"] for row in csv.DictReader(f)]
     if len(set(ids)) != len(ids):
         twice = sorted({i for i in ids if ids.count(i) > 1})
@@ -144,10 +145,18 @@ def run_input(working_folders, input_path):
     return input_path
 
 
+def input_path_of(input_block):
+    """A result.json input's path, exactly: hemexp writes a name that is not UTF-8 as text with
+    U+FFFD and its bytes in hex as path_bytes."""
+    if input_block.get("path_bytes"):
+        return os.fsdecode(bytes.fromhex(input_block["path_bytes"]))
+    return input_block.get("path") or ""
+
+
 def scan_keys(result, input_path):
     """What identifies the scan a case read, across runs: its input path resolved (symbolic links
-    followed; only when the file is there) and the content fingerprint hemexp records (result.json fingerprint.input, with the
-    series UID chosen from a DICOM folder)."""
+    followed; only when the file is there) and the content fingerprint hemexp records
+    (result.json fingerprint.input, with the series UID chosen from a DICOM folder)."""
     keys = []
     # Only a path that is there: two sites' runs copied here both recording `scans/001.nii.gz`
     # (not found on this machine) are different scans, told apart by their content.
@@ -167,8 +176,8 @@ def read_logits(run, labels, model_sha256, taken, seen=None):
     prepare` matches) by the name of the folder holding its scan. `taken`: label -> the case that
     took it, across the runs that share the labels file; a label reached by a second case (one id
     in two runs, or two scans in one patient's folder) is refused. SystemExit, too, when a case
-    was scored by another model file. `seen`: scan key (scan_keys) -> the case of an earlier run
-    that read it; a case of this run reading a scan an earlier run's case read is counted once:
+    was scored by another model file. `seen`: scan key (scan_keys) -> (the case of an earlier run
+    that read it, whether that case has a content fingerprint); a case of this run reading a scan an earlier run's case read is counted once:
     left out and listed in `duplicates` (this case, the earlier one)."""
     ids, logits, y = [], [], []
     left_out, duplicates = {}, []
@@ -184,11 +193,15 @@ def read_logits(run, labels, model_sha256, taken, seen=None):
             continue
         with open(path) as f:
             r = json.load(f)
-        input_path = run_input(working, (r.get("input") or {}).get("path") or "")
+        input_path = run_input(working, input_path_of(r.get("input") or {}))
         folder = scan_folder_name(input_path) if input_path else ""
         key = case_id if case_id in labels else (folder if folder not in own_ids else "")
         keys = scan_keys(r, input_path)
-        earlier = next((seen[k] for k in keys if k in seen), None)
+        # The same content is the same scan; the same path only where a side has no content
+        # fingerprint (two sites' runs may name different scans by one path).
+        content = next((k for k in keys if k.startswith("content:")), None)
+        earlier = seen[content][0] if content in seen else next(
+            (seen[k][0] for k in keys if k.startswith("path:") and k in seen and not (content and seen[k][1])), None)
         if earlier is not None:
             duplicates.append((f"{run}: {case_id}", earlier))
             left_out["same scan as a case of an earlier --run"] = \
@@ -197,7 +210,7 @@ def read_logits(run, labels, model_sha256, taken, seen=None):
                 taken[key] = f"{run}: {case_id} (the same scan as {earlier})"
             continue
         for k in keys:
-            mine.setdefault(k, f"{run}: {case_id}")
+            mine.setdefault(k, (f"{run}: {case_id}", content is not None))
         if key not in labels:
             left_out["no label"] = left_out.get("no label", 0) + 1
             continue

@@ -248,12 +248,16 @@ def main():
         rec = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["recalibration"]
         assert rec["n"] == 60 and rec["left_out"] == {"same scan as a case of an earlier --run": 17}, rec
 
-        # Two sites' runs copied here without their scans, both recording scans_gone/S<k>.nii.gz (not
-        # found here) with different content: different scans, both counted (a path that is not
-        # there does not identify a scan; before, site B's cases were dropped as duplicates).
-        site_a = path_run("siteA", [f"scans_gone/S{k}.nii.gz" for k in range(60)], [f"A{k}" for k in range(60)],
+        # Two sites' runs, both recording scans_site/S<k>.nii.gz, with different content: different
+        # scans, both counted, whether or not files of that path are here (site A's are): a path
+        # names a scan only where a side has no content fingerprint (site B's cases were dropped
+        # as duplicates of site A's).
+        os.makedirs(os.path.join(tmp, "scans_site"))
+        for k in range(30):
+            open(os.path.join(tmp, "scans_site", f"S{k}.nii.gz"), "w").close()
+        site_a = path_run("siteA", [f"scans_site/S{k}.nii.gz" for k in range(60)], [f"A{k}" for k in range(60)],
                           [f"a{k:063x}" for k in range(60)])
-        site_b = path_run("siteB", [f"scans_gone/S{k}.nii.gz" for k in range(60)], [f"B{k}" for k in range(60)],
+        site_b = path_run("siteB", [f"scans_site/S{k}.nii.gz" for k in range(60)], [f"B{k}" for k in range(60)],
                           [f"b{k:063x}" for k in range(60)])
         labels_sites = os.path.join(tmp, "labels_sites.csv")
         with open(labels_sites, "w") as f:

@@ -74,9 +74,13 @@ int run_eval(const EvalOptions& o) {
         const json r = json::parse(in);
         const fs::path input = fs::weakly_canonical(run_input_path(working, input_path_of(r.at("input"))));
         std::error_code ec;
-        if (input.filename() == "ct.nii.gz" && fs::equivalent(input.parent_path().parent_path(), truth, ec)) {
-          pred_case_dirs[input.parent_path().filename().string()] = dir;
-          pred_results[input.parent_path().filename().string()] = r;
+        // TRUTH/<id>/ct.nii.gz, or the case folder TRUTH/<id> itself (a study spreadsheet names
+        // it; it is read from its one volume file).
+        const bool folder = !ec && fs::is_directory(input, ec) && fs::equivalent(input.parent_path(), truth, ec);
+        if (folder || (input.filename() == "ct.nii.gz" && fs::equivalent(input.parent_path().parent_path(), truth, ec))) {
+          const std::string id = (folder ? input : input.parent_path()).filename().string();
+          pred_case_dirs[id] = dir;
+          pred_results[id] = r;
         }
       } catch (const std::exception&) {
       }

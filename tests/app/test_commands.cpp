@@ -224,8 +224,10 @@ TEST_F(Commands, EvalComparesARunWithTheTruth) {
     const ImageFileContents truth = read_image_file(root_ / "truth" / id / "mask.nii.gz");
     const torch::Tensor mask = i == 0 ? truth.volume.voxels.to(torch::kUInt8) : torch::zeros_like(truth.volume.voxels).to(torch::kUInt8);
     if (i < 2) write_image_file(dir / "mask.nii.gz", mask, truth.volume.geometry);
+    // Case 1 was named by its folder (a study spreadsheet's row), which run reads from its one
+    // CT volume file and records as the folder: eval finds it all the same.
     json r = {{"case_id", id}, {"status", i < 2 ? "ok" : "failed"},
-              {"input", {{"path", (root_ / "truth" / id / "ct.nii.gz").string()}}}};
+              {"input", {{"path", (i == 1 ? root_ / "truth" / id : root_ / "truth" / id / "ct.nii.gz").string()}}}};
     // A four-label model's label map: the truth's for case 0, nothing for case 1.
     const torch::Tensor truth_labels = read_image_file(root_ / "truth" / id / "labels.nii.gz").volume.voxels.to(torch::kUInt8);
     if (i < 2) write_image_file(dir / "labels.nii.gz", i == 0 ? truth_labels : torch::zeros_like(truth_labels), truth.volume.geometry);

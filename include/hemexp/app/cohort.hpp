@@ -75,8 +75,9 @@ class CohortRunner {
   // role -> provenance with sha256, result_options, library versions) goes into run.json
   // beside the runner's own fields. SIGINT or SIGTERM end the run after the case being
   // analysed, with results.csv and run.json written (run.json `interrupted`); a second signal
-  // stops at once. Returns kExitOk, kExitCaseFailed when some case failed, or
-  // kExitInterrupted.
+  // stops at once. Returns kExitOk, kExitCaseFailed when some case failed, kExitAllFailed when
+  // every case analysed failed and none succeeded or was kept, kExitInterrupted, or
+  // kExitOutputFailed when results.csv or the final run.json could not be written.
   int run(const CaseFunction& f, const nlohmann::json& run_info);
   // The same with read-ahead (CohortOptions::read_ahead): at most one case is read ahead.
   int run(const StagedCaseFunction& f, const CaseReader& read, const nlohmann::json& run_info);
