@@ -36,6 +36,7 @@ struct Found {
 struct LeaveOut {
   std::vector<LeftOut>* left_out = nullptr;
   fs::path output_folder;
+  std::set<fs::path> same_named_roots;  // names of folders given to search that more than one has
   void note(const fs::path& path, const std::string& reason) const {
     if (left_out) left_out->push_back({path, reason});
   }
@@ -79,7 +80,10 @@ std::string run_folder_reason(const fs::path& canonical, const std::vector<fs::p
 // scans. Never throws on an unreadable entry: what cannot be listed is reported as a case of its
 // own.
 void walk_folder(const fs::path& root, std::vector<Found>& out, const LeaveOut& leave) {
-  const fs::path base = root.parent_path().empty() ? fs::path(".") : root.parent_path();
+  // Cases are named from the folder's own name down, or from its parent's where another folder
+  // searched has the same name (`-i siteA/scans siteB/scans`: siteA_scans_P1, siteB_scans_P1).
+  const fs::path from = leave.same_named_roots.count(root.filename()) ? root.parent_path().parent_path() : root.parent_path();
+  const fs::path base = from.empty() ? fs::path(".") : from;
   const auto relative = [&](const fs::path& p) { return p.lexically_relative(base); };
   std::error_code ec;
   std::map<fs::path, fs::path> seen;  // canonical folder -> the path it was first found by
@@ -303,6 +307,11 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
                                      const fs::path& output_folder) {
   std::error_code ec;
   LeaveOut leave{left_out, output_folder.empty() ? fs::path() : fs::weakly_canonical(output_folder, ec)};
+  std::map<fs::path, int> roots_named;
+  for (const fs::path& input : inputs)
+    if (fs::is_directory(input, ec)) ++roots_named[folder_path(input).filename()];
+  for (const auto& [name, n] : roots_named)
+    if (n > 1) leave.same_named_roots.insert(name);
   std::vector<Found> all;
   const size_t left_before = left_out ? left_out->size() : 0;
   for (const fs::path& input : inputs) expand_one(input, all, leave);

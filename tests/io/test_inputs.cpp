@@ -120,6 +120,21 @@ TEST(Inputs, IdsStayWithTheirScansAsTheCohortGrowsAndEachScanIsOneCase) {
   EXPECT_EQ(flat[0].id, "flat_a_b-" + sha256_hex("flat/a/b.nii.gz").substr(0, 8));
   EXPECT_EQ(flat[1].id, "flat_a_b-" + sha256_hex("flat/a_b.nii.gz").substr(0, 8));
   EXPECT_EQ(unique_case_ids({"x.nii", "x.nii"}), (std::vector<std::string>{"x", "x-2"}));  // the same name twice
+  // Two searched folders of one name (two sites' exports): named from their parents, in any
+  // order (scans_P1 and scans_P1-2 before, in argument order).
+  for (const char* site : {"siteA", "siteB"}) {
+    fs::create_directories(dir / site / "scans");
+    std::ofstream(dir / site / "scans/P1.nii.gz") << site;
+  }
+  for (const bool swapped : {false, true}) {
+    const auto sites = expand_inputs(swapped ? std::vector<fs::path>{dir / "siteB/scans", dir / "siteA/scans/"}
+                                             : std::vector<fs::path>{dir / "siteA/scans", dir / "siteB/scans"});
+    ASSERT_EQ(sites.size(), 2u);
+    std::map<std::string, std::string> site_of;
+    for (const CaseInput& c : sites) site_of[c.id] = c.path.parent_path().parent_path().filename().string();
+    EXPECT_EQ(site_of, (std::map<std::string, std::string>{{"siteA_scans_P1", "siteA"}, {"siteB_scans_P1", "siteB"}}));
+  }
+  EXPECT_EQ(expand_inputs({dir / "siteA/scans"})[0].id, "scans_P1");  // alone: as before
 
   fs::create_symlink(dir / "names/M--ller/ct.nii.gz", dir / "names/link.nii.gz");
   std::vector<LeftOut> left_out;
