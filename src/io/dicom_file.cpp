@@ -15,6 +15,7 @@
 
 #include "hemexp/io/dicom.hpp"
 #include "hemexp/io/error.hpp"
+#include "hemexp/io/image_file.hpp"
 #include "hemexp/core/text.hpp"
 
 namespace hemexp {
@@ -537,6 +538,7 @@ std::string slice_problem(const DicomHeader& h) {
 }
 
 torch::Tensor read_dicom_pixels(const DicomHeader& h, double air_hu, PixelStats* stats) {
+  itk_first_use();
   using Image = itk::Image<float, 3>;
   try {
     auto io = itk::GDCMImageIO::New();

@@ -18,6 +18,8 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <unistd.h>
+#include <mutex>
 
 #include <ATen/Parallel.h>
 #include <libdeflate.h>
@@ -168,6 +170,42 @@ bool write_nifti_gz(const fs::path& tmp, const torch::Tensor& voxels, const Geom
 
 bool is_volume_file(const fs::path& path) { return !format_of(path).empty(); }
 
+// ITK 5.2 makes its global singletons (the IO factory list, the multi-threader defaults, the
+// data objects' release flag) on first use without a lock: first uses from two threads at once
+// (synth's workers writing their cases, a case's files written side by side) corrupted the heap
+// about once in 60 runs ("double free or corruption", or "Could not create IO object"). Every
+// entry to ITK here goes through this first, which makes them once, in turn: a small NIfTI file
+// written and read back in the temporary folder, each step of which touches them.
+void itk_first_use() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    (void)itk::MultiThreaderBase::GetGlobalDefaultNumberOfThreads();
+    (void)itk::DataObject::GetGlobalReleaseDataFlag();
+    (void)itk::ImageIOFactory::CreateImageIO("hemexp.nii.gz", itk::ImageIOFactory::IOFileModeEnum::WriteMode);
+    std::error_code ec;
+    const fs::path file = fs::temp_directory_path(ec) / ("hemexp-itk-" + std::to_string(::getpid()) + ".nii");
+    if (ec) return;
+    try {
+      using Image = itk::Image<uint8_t, 3>;
+      auto image = Image::New();
+      Image::RegionType region;
+      region.SetSize({2, 2, 2});
+      image->SetRegions(region);
+      image->Allocate(true);
+      auto writer = itk::ImageFileWriter<Image>::New();
+      writer->SetFileName(file.string());
+      writer->SetInput(image);
+      writer->Update();
+      auto reader = itk::ImageFileReader<Image>::New();
+      reader->SetFileName(file.string());
+      reader->Update();
+    } catch (const std::exception&) {  // an unwritable temporary folder: the singletons exist by now all the same
+    }
+    fs::remove(file, ec);
+  });
+}
+
+
 std::string itk_reason(const itk::ExceptionObject& e) { return library_reason(e.GetDescription()); }
 
 torch::Tensor read_codes_on_grid(const fs::path& path, const Geometry& grid) {
@@ -255,6 +293,7 @@ namespace {
 // ITK's reader for the file with its header read (dimensions, component type), no voxels;
 // nullptr when no ITK reader takes the file. Throws itk::ExceptionObject for a bad header.
 itk::ImageIOBase::Pointer image_information(const fs::path& path) {
+  itk_first_use();
   itk::ImageIOBase::Pointer io =
       itk::ImageIOFactory::CreateImageIO(path.c_str(), itk::ImageIOFactory::IOFileModeEnum::ReadMode);
   if (!io) return nullptr;
@@ -421,6 +460,7 @@ std::string codes_not_ct_reason(const fs::path& path) {
 }
 
 ImageFileContents read_image_file(const fs::path& path, uint64_t max_voxels) {
+  itk_first_use();
   const std::string format = format_of(path);
   if (format.empty()) throw IoError("not a NIfTI, MHA or NRRD file");
   std::error_code ec;
@@ -474,6 +514,7 @@ ImageFileContents read_image_file(const fs::path& path, uint64_t max_voxels) {
 
 void write_image_file(const fs::path& path, const torch::Tensor& voxels, const Geometry& g,
                       const NiftiPlacement* placement) {
+  itk_first_use();
   check_matches(g, voxels, ("writing " + path.string()).c_str());
   const bool nifti = format_of(path) == "nifti", gz = ends_with(lower(path.filename().string()), ".gz");
   try {

@@ -71,6 +71,11 @@ void write_image_file(const std::filesystem::path& path, const torch::Tensor& vo
 // is written once per case and looked at, not archived), atomically.
 void write_png(const std::filesystem::path& path, const torch::Tensor& pixels);
 
+// Makes ITK's global objects once, in turn, before any thread uses ITK (ITK 5.2 makes them on
+// first use without a lock, and two first uses at once corrupted the heap). Called by every
+// function here that uses ITK, and by the DICOM reader; cheap after the first call.
+void itk_first_use();
+
 // The threads ITK may use for one read (decompression, filters), for every read of this
 // process (--threads). Whether a NIfTI file's integrity check runs beside ITK's read
 // (read_image_file) and a case's files are written two at a time (measure_and_write_case) is
