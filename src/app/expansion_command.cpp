@@ -154,6 +154,10 @@ StudyPairing pair_study_scans(const std::vector<StudyScan>& scans) {
   std::map<std::string, std::vector<const StudyScan*>> by_patient;
   std::vector<std::string> patients;  // in order of first appearance
   for (const StudyScan& s : scans) {
+    if (s.other_series_of_study) {
+      out.problems.push_back("patient " + s.patient_id + ": " + s.problem);
+      continue;
+    }
     if (s.patient_id.empty() || (!s.problem.empty() && s.datetime.empty() && s.series_uid.empty())) {
       out.problems.push_back(s.input.path.string() + ": " + (s.problem.empty() ? "no PatientID" : s.problem));
       continue;
@@ -171,7 +175,8 @@ StudyPairing pair_study_scans(const std::vector<StudyScan>& scans) {
                              "; none of the patient's " + std::to_string(list.size()) + " scans paired");
       continue;
     }
-    // One scan per study: the series with the most images (as `run` chooses within a folder).
+    // One scan per study (describe_study_scans chose among a study's folders as `run` chooses
+    // within one; for scans described otherwise, the one with the most images).
     std::map<std::string, const StudyScan*> by_study;
     std::vector<const StudyScan*> kept;
     for (const StudyScan* s : list) {
@@ -184,7 +189,8 @@ StudyPairing pair_study_scans(const std::vector<StudyScan>& scans) {
       const StudyScan* keep = s->images > it->second->images ? s : it->second;
       const StudyScan* drop = keep == s ? it->second : s;
       out.problems.push_back("patient " + patient + ": " + drop->input.path.string() + " is another series of the study of " +
-                             keep->input.path.string() + " (fewer images): not used");
+                             keep->input.path.string() + (drop->images < keep->images ? " (fewer images)" : " (as many images, later in path order)") +
+                             ": not used");
       it->second = keep;
     }
     for (const auto& [key, s] : by_study) kept.push_back(s);

@@ -449,6 +449,8 @@ DicomHeader read_dicom_header(const fs::path& path) {
   h.series_description = get(0x0008, 0x103e);
   h.patient_id = get(0x0010, 0x0020);
   h.study_uid = get(0x0020, 0x000d);
+  h.sop_instance_uid = get(0x0008, 0x0018);
+  h.contrast_agent = get(0x0018, 0x0010);
   const std::pair<const char*, std::string> stamps[] = {
       {"AcquisitionDateTime", dicom_datetime(get(0x0008, 0x002a), "")},
       {"AcquisitionDate/Time", dicom_datetime(get(0x0008, 0x0022), get(0x0008, 0x0032))},

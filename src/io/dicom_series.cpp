@@ -1,5 +1,6 @@
 // Choosing the series of a study folder.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <map>
 #include <regex>
@@ -13,19 +14,31 @@
 namespace hemexp {
 namespace {
 
-bool is_bone_kernel(const std::string& kernel) {
-  // Vendor names for sharp bone reconstructions: BONE/BONEPLUS (GE); Siemens sharpness 60 and
-  // up, in the older (H60s, B70f, J70h) and the newer naming (Hr64, Br64, Qr69, Ur77: a second
-  // letter before the number); YC (Philips bone filter); FC30+ (Canon/Toshiba bone).
-  static const std::regex bone(R"((BONE|LUNG|SHARP|^[HBJQU][A-Z]?[6-9]\d|^YC$|^FC[3-8]\d))");
-  return std::regex_search(upper(kernel), bone);
+// Fewer images than this cannot make a volume (the reader refuses under 3 voxels on any axis): a
+// key image or a dose sheet stored as CT is not a candidate, and does not make a folder look
+// like two studies.
+constexpr size_t kMinSeriesImages = 3;
+
+bool is_bone_kernel(const DicomHeader& h) {
+  // Vendor names for sharp bone and lung reconstructions: BONE/BONEPLUS/EDGE/LUNG (GE);
+  // Siemens sharpness 60 and up, in the older (H60s, B70f, J70h, I70f) and the newer naming
+  // (Hr64, Br64, Qr69, Ur77: a second letter before the number), and Siemens lung kernels (Bl57:
+  // second letter l); Philips D, E, L, YC to YF; Canon/Toshiba FC30 and up.
+  static const std::regex bone(
+      R"((BONE|LUNG|SHARP|EDGE|^[HBJQUI][A-Z]?[6-9]\d|^[BHIJQU]L\d\d|^(D|E|L|YC|YD|YE|YF)$|^FC[3-8]\d))");
+  // A series described as bone or lung whatever its kernel's name ("BONE 1.25mm").
+  static const std::regex described(R"(\b(BONE|LUNG)\b)");
+  return std::regex_search(upper(h.convolution_kernel), bone) ||
+         std::regex_search(upper(h.series_description), described);
 }
 
 struct Candidate {
   std::string uid;
   std::vector<DicomHeader> files;
+  int copies = 0;        // files holding an image already in `files` (same SOPInstanceUID)
   std::string excluded;  // why it cannot be the case's series, "" if it can
-  bool bone = false;
+  bool overridable = false;  // excluded for a reason --series-uid overrides (not axial, contrast)
+  bool bone = false, derived = false;
 };
 
 std::string describe(const Candidate& c) {
@@ -38,58 +51,126 @@ std::string describe(const Candidate& c) {
   return s.str();
 }
 
-std::string series_problem(const Candidate& c) {
-  // The first file that cannot be a CT slice names the series' problem.
+// Why no file of the series can be a CT slice (the first problem met), "" when they all can.
+std::string slices_problem(const Candidate& c) {
   std::map<std::string, int> problems;
   for (const DicomHeader& h : c.files) {
     const std::string p = slice_problem(h);
     if (!p.empty()) ++problems[p];
   }
-  if (problems.empty()) {
-    const SliceGeometry& g = c.files.front().geometry;
-    const Vec3 normal = cross(g.row_direction, g.column_direction);
-    if (std::abs(normal[2]) < 0.8 * norm(normal)) return "not axial (a sagittal or coronal reformat)";
-    if (upper(c.files.front().image_type).find("DERIVED") != std::string::npos)
-      return "derived images (a reformat or reconstruction)";
-    return "";
-  }
+  if (problems.empty()) return "";
   const auto& first = *problems.begin();
   if (int(c.files.size()) == first.second || c.files.size() == 1) return first.first;
   return first.first + " (" + std::to_string(first.second) + " of " + std::to_string(c.files.size()) +
          " images)";
 }
 
+// Why the series is not chosen when hemexp chooses (--series-uid still reads it), "" if it can be.
+std::string choice_problem(const Candidate& c, bool& overridable) {
+  overridable = false;
+  if (std::string p = slices_problem(c); !p.empty()) return p;
+  if (c.files.size() < kMinSeriesImages)
+    return "too few images for a volume (" + std::to_string(c.files.size()) + ")";
+  std::set<std::array<long long, 3>> positions;  // to 0.01 mm
+  for (const DicomHeader& h : c.files)
+    positions.insert({std::llround(h.geometry.position_mm[0] * 100), std::llround(h.geometry.position_mm[1] * 100),
+                      std::llround(h.geometry.position_mm[2] * 100)});
+  if (positions.size() < c.files.size())
+    return std::to_string(c.files.size()) + " images at " + std::to_string(positions.size()) +
+           " slice positions (positions imaged more than once: a perfusion or dynamic series, or several "
+           "acquisitions under one series UID)";
+  const SliceGeometry& g = c.files.front().geometry;
+  const Vec3 normal = cross(g.row_direction, g.column_direction);
+  overridable = true;
+  if (std::abs(normal[2]) < 0.8 * norm(normal)) {
+    const double degrees = std::acos(std::min(1.0, std::abs(normal[2]) / norm(normal))) * 180.0 / M_PI;
+    return "not axial: its slices are " + format_number(degrees, 0) +
+           " degrees from axial (a sagittal, coronal or oblique reformat)";
+  }
+  for (const DicomHeader& h : c.files)
+    if (names_contrast_agent(h.contrast_agent))
+      return "contrast-enhanced (ContrastBolusAgent '" + h.contrast_agent +
+             "'): hemexp reads non-contrast CT, where blood is the bright tissue";
+  overridable = false;
+  return "";
+}
+
+// Best first: ORIGINAL before DERIVED, then most images, then the lower series number and UID.
+bool better(const Candidate* a, const Candidate* b) {
+  if (a->derived != b->derived) return !a->derived;
+  if (a->files.size() != b->files.size()) return a->files.size() > b->files.size();
+  if (a->files.front().series_number != b->files.front().series_number)
+    return a->files.front().series_number < b->files.front().series_number;
+  return a->uid < b->uid;
+}
+
+// Why `c` came after `best` in the ranking (better()).
+std::string ranked_after(const Candidate& c, const Candidate& best) {
+  if (c.derived && !best.derived) return "derived images (a reformat or reconstruction), after an original series";
+  if (c.files.size() < best.files.size()) return "fewer images";
+  return c.files.front().series_number != best.files.front().series_number
+             ? "as many images, and a higher series number"
+             : "as many images and the same series number, and a later series UID";
+}
+
+std::string copies_note(const Candidate& c) {
+  return c.copies == 0 ? ""
+                       : "; " + std::to_string(c.copies) + (c.copies == 1 ? " file holds" : " files hold") +
+                             " an image of it a second time (the same SOPInstanceUID): read once";
+}
+
+SeriesChoice choice_of(const Candidate& c, const std::string& explanation) {
+  SeriesChoice s;
+  s.series_uid = c.uid;
+  s.files = c.files;
+  s.description = describe(c);
+  s.explanation = explanation;
+  return s;
+}
+
 }  // namespace
+
+bool names_contrast_agent(const std::string& value) {
+  static const std::regex none(R"(^(|NONE|NO|NIL|NON|N/?A|0|-+|NONE GIVEN|NO CONTRAST|NON[- ]?CONTRAST|WITHOUT( CONTRAST)?|W/?O( CONTRAST)?|PLAIN|NATIVE?)$)");
+  return !std::regex_match(upper(trim(value)), none);
+}
 
 SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::string& wanted_uid) {
   if (headers.empty()) throw IoError("no DICOM images found");
   std::map<std::string, Candidate> by_uid;
   std::vector<std::string> order;
+  std::map<std::string, std::set<std::string>> instances;  // series -> SOPInstanceUIDs seen
   for (const DicomHeader& h : headers) {
     auto [it, inserted] = by_uid.try_emplace(h.series_uid);
     if (inserted) order.push_back(h.series_uid), it->second.uid = h.series_uid;
+    // The same image in two files (a series sent twice into one folder) is one image.
+    if (!h.sop_instance_uid.empty() && !instances[h.series_uid].insert(h.sop_instance_uid).second) {
+      ++it->second.copies;
+      continue;
+    }
     it->second.files.push_back(h);
   }
-  SeriesChoice choice;
 
   if (!wanted_uid.empty()) {
     auto it = by_uid.find(wanted_uid);
-    if (it == by_uid.end()) throw IoError("series UID " + wanted_uid + " is not in this folder");
-    const std::string problem = series_problem(it->second);
-    if (!problem.empty() && problem.find("not axial") == std::string::npos &&
-        problem.find("derived") == std::string::npos)
+    if (it == by_uid.end()) {
+      std::string known;
+      for (size_t k = 0; k < order.size() && k < 12; ++k)
+        known += (k ? "; " : "") + order[k] + " " + describe(by_uid[order[k]]);
+      if (order.size() > 12) known += "; ...";
+      throw IoError("series UID " + wanted_uid + " is not in this folder (its series: " + known + ")");
+    }
+    if (const std::string problem = slices_problem(it->second); !problem.empty())
       throw IoError("requested series " + wanted_uid + ": " + problem);
-    choice.series_uid = wanted_uid;
-    choice.files = it->second.files;
-    choice.explanation = "series " + wanted_uid + " requested with --series-uid";
-    return choice;
+    return choice_of(it->second, "series " + wanted_uid + " requested with --series-uid" + copies_note(it->second));
   }
 
   std::vector<Candidate*> usable;
   for (const std::string& uid : order) {
     Candidate& c = by_uid[uid];
-    c.excluded = series_problem(c);
-    c.bone = is_bone_kernel(c.files.front().convolution_kernel);
+    c.excluded = choice_problem(c, c.overridable);
+    c.bone = is_bone_kernel(c.files.front());
+    c.derived = upper(c.files.front().image_type).find("DERIVED") != std::string::npos;
     if (c.excluded.empty()) usable.push_back(&c);
   }
   // Series of more than one patient or study: which one is the case's scan (a baseline and its
@@ -97,70 +178,95 @@ SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::s
   std::map<std::pair<std::string, std::string>, std::vector<const Candidate*>> studies;
   for (const Candidate* c : usable) studies[{c->files.front().patient_id, c->files.front().study_uid}].push_back(c);
   if (studies.size() > 1) {
-    std::ostringstream s;
+    struct Study {
+      std::string patient, when;
+      std::vector<const Candidate*> series;
+    };
+    std::vector<Study> list;
     std::set<std::string> patients;
-    for (const auto& [key, list] : studies) patients.insert(key.first);
+    for (const auto& [key, series] : studies) {
+      Study s{key.first, "", series};
+      for (const Candidate* c : series)
+        if (const DicomHeader* stamped = earliest_stamp(c->files); stamped && (s.when.empty() || stamped->datetime < s.when))
+          s.when = stamped->datetime;
+      patients.insert(key.first);
+      list.push_back(std::move(s));
+    }
+    // By patient, then in time (undated last).
+    std::stable_sort(list.begin(), list.end(), [](const Study& a, const Study& b) {
+      if (a.patient != b.patient) return a.patient < b.patient;
+      return !a.when.empty() && (b.when.empty() || a.when < b.when);
+    });
+    std::ostringstream s;
     s << "the folder holds CT series of " << studies.size() << " studies";
     if (patients.size() > 1) s << " of " << patients.size() << " patients";
     s << " (";
-    bool first = true;
-    for (const auto& [key, list] : studies) {
-      const DicomHeader* stamped = earliest_stamp(list.front()->files);
-      s << (first ? "" : "; ") << "patient '" << key.first << "' "
-        << (stamped ? stamped->datetime : std::string("undated")) << ": " << describe(*list.front());
-      first = false;
+    for (size_t k = 0; k < list.size(); ++k) {
+      s << (k ? "; " : "") << "patient '" << list[k].patient << "' " << (list[k].when.empty() ? "undated" : list[k].when) << ": ";
+      for (size_t j = 0; j < list[k].series.size(); ++j)
+        s << (j ? ", " : "") << describe(*list[k].series[j]) << " UID " << list[k].series[j]->uid;
     }
     s << "): give each study its own folder, or name the series with --series-uid (hemexp expansion "
          "--pairs-from pairs a patient's studies by date)";
     throw IoError(s.str());
   }
-  // A lone image (a key image, a dose sheet saved as CT) is not a soft-tissue series that would
-  // make a whole bone-kernel head series unusable.
-  const bool soft_tissue_exists = std::any_of(usable.begin(), usable.end(), [](const Candidate* c) {
-    return !c->bone && (c->files.size() > 1 || c->files.front().frames > 1);
-  });
+  const bool soft_tissue_exists = std::any_of(usable.begin(), usable.end(), [](const Candidate* c) { return !c->bone; });
   if (soft_tissue_exists)
     for (Candidate* c : usable)
-      if (c->bone) c->excluded = "bone kernel " + c->files.front().convolution_kernel;
+      if (c->bone) c->excluded = "bone or lung kernel" + (c->files.front().convolution_kernel.empty()
+                                                              ? std::string(" (described so)")
+                                                              : " " + c->files.front().convolution_kernel);
   usable.erase(std::remove_if(usable.begin(), usable.end(),
                               [](const Candidate* c) { return !c->excluded.empty(); }),
                usable.end());
 
   if (usable.empty()) {
-    if (order.size() == 1) throw IoError(by_uid[order.front()].excluded);
+    // What --series-uid overrides (a reformat's or a contrast series' choice) says so.
+    const std::string hint = "; name a series with --series-uid to read it anyway";
+    if (order.size() == 1) {
+      const Candidate& only = by_uid[order.front()];
+      if (only.overridable) throw IoError(only.excluded + " (" + describe(only) + ", UID " + only.uid + ")" + hint);
+      throw IoError(only.excluded);
+    }
     std::ostringstream s;
-    s << "no axial CT series among " << order.size() << " series:";
-    for (const std::string& uid : order) s << " " << describe(by_uid[uid]) << ": " << by_uid[uid].excluded << ";";
+    s << "no axial non-contrast CT series among " << order.size() << " series:";
+    bool overridable = false;
+    for (const std::string& uid : order) {
+      const Candidate& c = by_uid[uid];
+      s << " " << describe(c) << " UID " << uid << ": " << c.excluded << ";";
+      overridable = overridable || c.overridable;
+    }
     std::string msg = s.str();
     msg.pop_back();
-    throw IoError(msg);
+    throw IoError(overridable ? msg + hint : msg);
   }
-  // Most images wins; ties go to the lower series number, then the UID, for stability.
-  std::stable_sort(usable.begin(), usable.end(), [](const Candidate* a, const Candidate* b) {
-    if (a->files.size() != b->files.size()) return a->files.size() > b->files.size();
-    if (a->files.front().series_number != b->files.front().series_number)
-      return a->files.front().series_number < b->files.front().series_number;
-    return a->uid < b->uid;
-  });
+  std::stable_sort(usable.begin(), usable.end(), better);
   const Candidate& best = *usable.front();
-  choice.series_uid = best.uid;
-  choice.files = best.files;
   std::ostringstream why;
+  std::map<std::string, std::string> skipped;
   why << "chose " << describe(best);
   if (order.size() > 1) {
-    why << " as the axial CT series with the most images; skipped";
+    why << (best.derived ? " as the axial CT series with the most images (derived images: no original series)"
+                         : " as the axial CT series with the most images");
+    why << "; skipped";
     for (const std::string& uid : order) {
       if (uid == best.uid) continue;
       const Candidate& c = by_uid[uid];
-      const std::string tie = c.files.front().series_number != best.files.front().series_number
-                                  ? "as many images, and a higher series number"
-                                  : "as many images and the same series number, and a later series UID";
-      why << " " << describe(c) << ": "
-          << (!c.excluded.empty() ? c.excluded : c.files.size() < best.files.size() ? "fewer images" : tie) << ";";
+      skipped[uid] = !c.excluded.empty() ? c.excluded : ranked_after(c, best);
+      why << " " << describe(c) << ": " << skipped[uid] << ";";
     }
+  } else if (best.derived) {
+    why << ": derived images (a reconstruction), the folder's only series";
   }
-  choice.explanation = why.str();
-  if (choice.explanation.back() == ';') choice.explanation.pop_back();
+  std::string explanation = why.str();
+  if (explanation.back() == ';') explanation.pop_back();
+  SeriesChoice choice = choice_of(best, explanation + copies_note(best));
+  choice.series_in_folder = order.size();
+  choice.skipped = std::move(skipped);
+  for (size_t k = 1; k < usable.size(); ++k) {
+    const Candidate& next = *usable[k];
+    choice.next_best.push_back(choice_of(next, "chose " + describe(next) + ", the next axial CT series" + copies_note(next)));
+  }
   return choice;
 }
 

@@ -398,9 +398,47 @@ std::vector<StudyScan> describe_study_scans(const fs::path& folder, std::vector<
         else if (s.datetime.empty()) s.problem = "no usable acquisition, series or study date and time";
       } catch (const std::exception& e) {
         s.problem = e.what();
+        // A flat folder of several studies: --pairs-from pairs studies that have their own folders.
+        const std::string advice = " (hemexp expansion --pairs-from pairs a patient's studies by date)";
+        if (const size_t at = s.problem.find(advice); at != std::string::npos)
+          s.problem.replace(at, advice.size(), "; --pairs-from pairs a patient's studies when each is in its own folder");
       }
     }
     scans.push_back(std::move(s));
+  }
+  // A study whose series lie in several folders: one choice among all of them, as in one folder.
+  std::map<std::pair<std::string, std::string>, std::vector<StudyScan*>> studies;
+  for (StudyScan& s : scans)
+    if (s.problem.empty() && !s.study_uid.empty()) studies[{s.patient_id, s.study_uid}].push_back(&s);
+  for (auto& [key, group] : studies) {
+    if (group.size() < 2) continue;
+    std::vector<DicomHeader> headers;
+    for (const StudyScan* s : group)
+      for (DicomHeader& h : read_folder_headers(s->input.path))
+        if (h.study_uid == key.second) headers.push_back(std::move(h));
+    SeriesChoice choice;
+    try {
+      choice = choose_series(headers, "");
+    } catch (const std::exception&) {
+      continue;  // each folder's own choice stands (pair_study_scans keeps the larger)
+    }
+    const StudyScan* kept = nullptr;
+    for (const StudyScan* s : group)
+      if (s->series_uid == choice.series_uid) {
+        kept = s;
+        break;
+      }
+    if (!kept) continue;
+    for (StudyScan* s : group) {
+      if (s == kept) continue;
+      const auto why = choice.skipped.find(s->series_uid);
+      s->other_series_of_study = true;
+      s->problem = s->input.path.string() + " is another series of the study of " + kept->input.path.string() + " (" +
+                   (s->series_uid == kept->series_uid ? "the same series: a part or a copy of it"
+                    : why != choice.skipped.end() ? why->second
+                                                  : "not chosen") +
+                   "): not used";
+    }
   }
   return scans;
 }

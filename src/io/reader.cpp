@@ -24,14 +24,6 @@ namespace {
 // The fewest voxels along any axis of a volume hemexp measures (read_volume).
 constexpr int64_t kMinVoxelsPerAxis = 3;
 
-std::string fixed(double v, int precision) {
-  std::ostringstream s;
-  s.setf(std::ios::fixed);
-  s.precision(precision);
-  s << v;
-  return s.str();
-}
-
 // One pass over a float32 volume: its NaN or infinite voxels, and its finite ones below `low`.
 struct VoxelCounts {
   int64_t not_finite = 0, below = 0;
@@ -57,9 +49,9 @@ VoxelCounts count_voxels(const torch::Tensor& voxels, float low) {
 void clamp_below_range(Volume& v, const ReadOptions& options, InputInfo& info, int64_t n) {
   if (n == 0) return;
   v.voxels.clamp_min_(float(options.min_hu));  // the others, all finite, are left as they are
-  info.corrections.push_back(std::to_string(n) + " voxels below " + fixed(options.min_hu, 0) +
+  info.corrections.push_back(std::to_string(n) + " voxels below " + format_number(options.min_hu, 0) +
                              " HU (outside the reconstruction circle) set to " +
-                             fixed(options.min_hu, 0) + " HU");
+                             format_number(options.min_hu, 0) + " HU");
 }
 
 // A head CT in HU has air around the head (near -1000) and almost nothing above bone
@@ -93,7 +85,7 @@ void check_hounsfield(const Volume& v) {
   const double p1 = percentile(0.01), p99 = percentile(0.99);
   if (p1 > -500 || p99 > 4000)
     throw IoError("intensities do not look like head CT in Hounsfield units (1st percentile " +
-                  fixed(p1, 0) + ", 99th " + fixed(p99, 0) + "; expected air near -1000 and bone below 3000)");
+                  format_number(p1, 0) + ", 99th " + format_number(p99, 0) + "; expected air near -1000 and bone below 3000)");
 }
 
 void read_chosen_series(const SeriesChoice& choice, const std::vector<std::string>& unreadable,
@@ -168,30 +160,62 @@ LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
   }
   if (headers.empty()) {
     if (!unreadable.empty()) throw IoError("no readable DICOM file: " + unreadable.front());
+    // Series nested deeper than the search goes (folders_below) are named, not called absent.
+    std::error_code ec;
+    int looked = 0;
+    for (fs::recursive_directory_iterator it(folder, fs::directory_options::skip_permission_denied, ec), end;
+         !ec && it != end && ++looked < 20000; it.increment(ec))
+      if (it.depth() >= 4 && it->path().filename().string()[0] != '.' && fs::is_regular_file(it->path(), ec) &&
+          !is_volume_file(it->path()) && looks_like_dicom(it->path()))
+        throw IoError("folder holds no DICOM or volume files in it or in its subfolders up to 4 levels down; DICOM "
+                      "lies deeper (" + it->path().parent_path().lexically_relative(folder).generic_string() +
+                      "): name a folder nearer to the series");
     throw IoError("folder holds no DICOM or volume files");
   }
   if (single_file && headers.size() == 1) {
     const std::string problem = slice_problem(headers.front());
     throw IoError(problem.empty() ? "a single 2D image; a volume needs the whole series" : problem);
   }
-  SeriesChoice choice = choose_series(headers, single_file && options.series_uid.empty() ? "" : wanted);
-  LoadedVolume out;
-  InputInfo& info = out.info;
-  info.path = path.string();
-  info.format = "dicom";
-  const DicomHeader& first = choice.files.front();
-  info.modality = first.modality;
-  info.series_uid = choice.series_uid;
-  info.series_description = first.series_description;
-  info.patient_id = first.patient_id;
-  if (const DicomHeader* stamped = earliest_stamp(choice.files)) info.datetime = stamped->datetime;
-  info.series_choice = choice.explanation;
-  try {
-    read_chosen_series(choice, unreadable, options, out);
-  } catch (const IoError& e) {
-    throw ReadError(e.what(), info);  // the case's result keeps which series, and why
+  const SeriesChoice choice = choose_series(headers, single_file && options.series_uid.empty() ? "" : wanted);
+  // The chosen series, or when it cannot be read (slices lost in transfer, pixels that do not
+  // decode) the next usable one, in turn; every failure is kept in the explanation.
+  std::vector<const SeriesChoice*> tries{&choice};
+  for (const SeriesChoice& next : choice.next_best) tries.push_back(&next);
+  std::vector<std::string> failures;  // "series 2 (...) could not be read: ..."
+  for (size_t k = 0;; ++k) {
+    const SeriesChoice& c = *tries[k];
+    LoadedVolume out;
+    InputInfo& info = out.info;
+    info.path = path.string();
+    info.format = "dicom";
+    const DicomHeader& first = c.files.front();
+    info.modality = first.modality;
+    info.series_uid = c.series_uid;
+    info.series_description = first.series_description;
+    info.patient_id = first.patient_id;
+    if (const DicomHeader* stamped = earliest_stamp(c.files)) info.datetime = stamped->datetime;
+    const auto explain = [&] {
+      return k == 0 ? c.explanation
+                    : "read " + c.description + ", the next usable series: " + join(failures, "; ") +
+                          " (the first choice: " + choice.explanation + ")";
+    };
+    info.series_choice = explain();
+    try {
+      read_chosen_series(c, unreadable, options, out);
+      return out;
+    } catch (const IoError& e) {
+      failures.push_back(c.description + " could not be read: " + e.what());
+      // A folder's unreadable file stops every series alike: no other series is tried.
+      if (k + 1 < tries.size() && unreadable.empty()) continue;
+      if (k > 0) info.series_choice = "no usable series could be read: " + join(failures, "; ") + " (" + choice.explanation + ")";
+      // The case's result keeps which series, and why; among several series the error names
+      // the one chosen (and says when the others failed too).
+      std::string message = failures.front();
+      if (choice.series_in_folder == 1) message = message.substr(c.description.size() + std::string(" could not be read: ").size());
+      if (k > 0) message += " (the other usable series could not be read either: see series_choice)";
+      throw ReadError(message, info);
+    }
   }
-  return out;
 }
 
 // The chosen series' pixels, stacked into one volume (read_dicom).
@@ -224,8 +248,8 @@ void read_chosen_series(const SeriesChoice& choice, const std::vector<std::strin
   }
   if (stats.padding_voxels > 0)
     info.corrections.push_back(std::to_string(stats.padding_voxels) + " padding voxels (value " +
-                               fixed(*first.padding_value, 0) + ") set to air (" +
-                               fixed(options.air_hu, 0) + " HU)");
+                               format_number(*first.padding_value, 0) + ") set to air (" +
+                               format_number(options.air_hu, 0) + " HU)");
   StackReport report;
   StackOptions stack_options;
   stack_options.air_hu = options.air_hu;
@@ -242,8 +266,8 @@ void read_chosen_series(const SeriesChoice& choice, const std::vector<std::strin
   info.grid_resampled = !report.corrections.empty();
   if (first.gantry_tilt_tag_deg && std::abs(std::abs(*first.gantry_tilt_tag_deg) -
                                             std::abs(report.gantry_tilt_deg)) > 1.0)
-    info.warnings.push_back("GantryDetectorTilt tag says " + fixed(*first.gantry_tilt_tag_deg, 1) +
-                            " deg but slice positions give " + fixed(report.gantry_tilt_deg, 1) +
+    info.warnings.push_back("GantryDetectorTilt tag says " + format_number(*first.gantry_tilt_tag_deg, 1) +
+                            " deg but slice positions give " + format_number(report.gantry_tilt_deg, 1) +
                             " deg; the positions were used");
 }
 

@@ -255,12 +255,28 @@ TEST(Reader, HounsfieldCheckDecidesAtThePercentilesOfItsSample) {
   EXPECT_EQ(verdict(columns), "");
 }
 
+// A file copied (the same SOPInstanceUID) is one image read once; another image at a position
+// already imaged is refused when hemexp chooses, and by the slice stack when the series is named.
 TEST(Reader, DuplicateSlicePositions) {
-  ScratchDir dir;
+  ScratchDir dir, copies("copies"), source("source");
   for (const char* f : {"01.dcm", "02.dcm", "03.dcm"})
     fs::copy_file(data("ge-head-ct-tilt-mixed-thickness") / f, dir / f);
   fs::copy_file(data("ge-head-ct-tilt-mixed-thickness/02.dcm"), dir / "02-copy.dcm");
-  EXPECT_NE(error_of(dir.path()).find("duplicate slice positions"), std::string::npos) << error_of(dir.path());
+  const LoadedVolume once = read_volume(dir.path());
+  EXPECT_EQ(once.info.source_slices, 3);
+  EXPECT_EQ(once.info.series_choice,
+            "chose series 2 (CT, 3 images); 1 file holds an image of it a second time (the same SOPInstanceUID): read once");
+
+  const DicomHeader h = read_dicom_header(dir / "02.dcm");
+  fs::copy_file(data("ge-head-ct-tilt-mixed-thickness/02.dcm"), source / "02.dcm");
+  test::write_dicom_scan(source.path(), copies.path(), {h.patient_id, h.study_uid, "2.25.50", "", "", "", "", {{{0x0020, 0x000e}, h.series_uid}}});
+  fs::remove(dir / "02-copy.dcm");
+  fs::copy_file(copies / "02.dcm", dir / "02-again.dcm");  // its own SOPInstanceUID
+  EXPECT_EQ(error_of(dir.path()), "4 images at 3 slice positions (positions imaged more than once: a perfusion or dynamic "
+                                  "series, or several acquisitions under one series UID)");
+  ReadOptions options;
+  options.series_uid = h.series_uid;
+  EXPECT_NE(error_of(dir.path(), options).find("duplicate slice positions"), std::string::npos) << error_of(dir.path(), options);
 }
 
 TEST(Reader, TruncatedPixelData) {
@@ -391,7 +407,7 @@ TEST(Reader, StudyFolderChoosesTheAxialCtSeriesWithMostImages) {
   EXPECT_NE(why.find("(CT, 28 images): as many images and the same series number, and a later series UID"),
             std::string::npos)
       << why;
-  EXPECT_NE(why.find("(CT, 28 images): bone kernel Hr64"), std::string::npos) << why;
+  EXPECT_NE(why.find("(CT, 28 images): bone or lung kernel Hr64"), std::string::npos) << why;
   EXPECT_NE(why.find("(MR, 1 image): modality is MR, not CT"), std::string::npos) << why;
   EXPECT_NE(why.find("Secondary Capture"), std::string::npos) << why;
 
@@ -401,7 +417,8 @@ TEST(Reader, StudyFolderChoosesTheAxialCtSeriesWithMostImages) {
   fs::copy_file(data("ge-head-ct-tilt-mixed-thickness/05.dcm"), lone / "key.dcm");
   const LoadedVolume bone = read_volume(lone.path());
   EXPECT_EQ(bone.info.series_uid, "2.25.2");
-  EXPECT_NE(bone.info.series_choice.find("(CT, 1 image): fewer images"), std::string::npos) << bone.info.series_choice;
+  EXPECT_NE(bone.info.series_choice.find("(CT, 1 image): too few images for a volume (1)"), std::string::npos)
+      << bone.info.series_choice;
 
   // Two studies of one patient (a baseline and its follow-up) in one folder: not guessed.
   ScratchDir two("two");
@@ -426,19 +443,116 @@ TEST(Reader, StudyFolderOfTwoPatientsIsNotGuessed) {
   fs::copy_file(data("dicom-codecs-mr/1.dcm"), dir / "mr.dcm");
   const std::string error = error_of(dir.path());
   EXPECT_EQ(error.rfind("the folder holds CT series of 2 studies of 2 patients (patient 'PLASTIC' ", 0), 0u) << error;
-  EXPECT_NE(error.find("series 201 'STD BRAIN 5MM' (CT, 6 images); patient 'QMNx85rKkkg' undated: series 2 (CT, 28 images)"),
+  const DicomHeader ph = read_dicom_header(data("philips-head-phantom-5mm/I100"));
+  const DicomHeader ge = read_dicom_header(data("ge-head-ct-tilt-mixed-thickness/01.dcm"));
+  // Each study's series with its UID, for --series-uid.
+  EXPECT_NE(error.find("series 201 'STD BRAIN 5MM' (CT, 6 images) UID " + ph.series_uid + "; patient 'QMNx85rKkkg' undated: "
+                       "series 2 (CT, 28 images) UID " + ge.series_uid + "): "),
             std::string::npos)
       << error;
 
   // --series-uid overrides the choice.
-  const DicomHeader philips = read_dicom_header(data("philips-head-phantom-5mm/I100"));
+  const DicomHeader& philips = ph;
   ReadOptions options;
   options.series_uid = philips.series_uid;
   const LoadedVolume chosen = read_volume(dir.path(), options);
   EXPECT_EQ(chosen.info.source_slices, 6);
   EXPECT_EQ(chosen.info.series_uid, philips.series_uid);
   options.series_uid = "1.2.3.4";
-  EXPECT_NE(error_of(dir.path(), options).find("series UID 1.2.3.4 is not in this folder"), std::string::npos);
+  // A UID that is not there: the folder's series are listed, with their UIDs.
+  EXPECT_NE(error_of(dir.path(), options).find("series UID 1.2.3.4 is not in this folder (its series: "), std::string::npos);
+  EXPECT_NE(error_of(dir.path(), options).find(ph.series_uid + " series 201 'STD BRAIN 5MM' (CT, 6 images)"), std::string::npos)
+      << error_of(dir.path(), options);
+}
+
+// What a PACS export puts beside the head CT: a CT angiography (ContrastBolusAgent), a perfusion
+// series (each position scanned again), and the head series sent twice into the folder (the same
+// SOPInstanceUIDs). The plain head CT is chosen, each of the others says why it was not, and the
+// copies count once. A series with slices lost in transfer gives way to the next usable one; a
+// folder's only series that is DERIVED is read.
+TEST(Reader, StudyFolderChoosesTheNonContrastSeriesAndCountsCopiesOnce) {
+  ScratchDir dir, copies("copies");
+  const fs::path ge = data("ge-head-ct-tilt-mixed-thickness");
+  const DicomHeader first = read_dicom_header(ge / "01.dcm");
+  const auto add = [&](const std::string& name, const std::string& uid, std::map<std::pair<uint16_t, uint16_t>, std::string> more,
+                       const fs::path& into) {
+    test::write_dicom_scan(ge, copies / name, {first.patient_id, first.study_uid, uid, "20240101", "101500", "", "", more});
+    for (const auto& e : fs::directory_iterator(copies / name)) fs::copy_file(e.path(), into / (name + "-" + e.path().filename().string()));
+  };
+  add("head", "2.25.20", {{{0x0020, 0x0011}, "3"}}, dir.path());
+  add("again", "2.25.20", {{{0x0020, 0x0011}, "3"}}, dir.path());  // the same images, sent twice
+  // A CT angiography of as many images and a lower series number: it would win a tie.
+  add("cta", "2.25.21", {{{0x0020, 0x0011}, "2"}, {{0x0018, 0x0010}, "OMNIPAQUE 350"}}, dir.path());
+  // Perfusion: one series of two passes over the same positions (own SOPInstanceUIDs).
+  add("pass1", "2.25.22", {{{0x0020, 0x0011}, "1"}}, dir.path());
+  add("pass2", "2.25.23", {{{0x0020, 0x0011}, "1"}, {{0x0020, 0x000e}, "2.25.22"}}, dir.path());
+
+  const LoadedVolume lv = read_volume(dir.path());
+  EXPECT_EQ(lv.info.series_uid, "2.25.20");
+  EXPECT_EQ(lv.info.source_slices, 28);
+  const std::string& why = lv.info.series_choice;
+  EXPECT_EQ(why.rfind("chose series 3 (CT, 28 images) as the axial CT series with the most images; skipped ", 0), 0u) << why;
+  EXPECT_NE(why.find("series 2 (CT, 28 images): contrast-enhanced (ContrastBolusAgent 'OMNIPAQUE 350')"), std::string::npos) << why;
+  EXPECT_NE(why.find("series 1 (CT, 56 images): 56 images at 28 slice positions (positions imaged more than once: a perfusion"), std::string::npos) << why;
+  EXPECT_NE(why.find("; 28 files hold an image of it a second time (the same SOPInstanceUID): read once"), std::string::npos) << why;
+  // "No contrast" written out is no agent.
+  EXPECT_FALSE(names_contrast_agent("NONE"));
+  EXPECT_FALSE(names_contrast_agent(" no contrast "));
+  EXPECT_FALSE(names_contrast_agent(""));
+  EXPECT_TRUE(names_contrast_agent("Iomeron 400"));
+
+  // The contrast series alone is refused, saying how to read it anyway.
+  ScratchDir cta("cta");
+  for (const auto& e : fs::directory_iterator(copies / "cta")) fs::copy_file(e.path(), cta / e.path().filename());
+  const std::string error = error_of(cta.path());
+  EXPECT_EQ(error.rfind("contrast-enhanced (ContrastBolusAgent 'OMNIPAQUE 350')", 0), 0u) << error;
+  EXPECT_NE(error.find("UID 2.25.21); name a series with --series-uid to read it anyway"), std::string::npos) << error;
+  ReadOptions options;
+  options.series_uid = "2.25.21";
+  EXPECT_EQ(read_volume(cta.path(), options).info.source_slices, 28);
+
+  // Two slices lost from the original series: it cannot be read, and the complete DERIVED
+  // reconstruction (ranked after it) is read instead, saying why.
+  ScratchDir lost("lost");
+  add("derived", "2.25.24", {{{0x0008, 0x0008}, "DERIVED\\SECONDARY\\AXIAL"}}, lost.path());
+  add("gappy", "2.25.25", {}, lost.path());
+  fs::remove(lost / "gappy-05.dcm");
+  fs::remove(lost / "gappy-06.dcm");
+  const LoadedVolume next = read_volume(lost.path());
+  EXPECT_EQ(next.info.series_uid, "2.25.24");
+  EXPECT_EQ(next.info.source_slices, 28);
+  EXPECT_EQ(next.info.series_choice.rfind("read series 2 (CT, 28 images), the next usable series: series 2 (CT, 26 images) "
+                                          "could not be read: DICOM series has missing slices",
+                                          0),
+            0u)
+      << next.info.series_choice;
+  // The DERIVED series alone is read, and says what it is.
+  ScratchDir derived("derived");
+  for (const auto& e : fs::directory_iterator(copies / "derived")) fs::copy_file(e.path(), derived / e.path().filename());
+  const LoadedVolume only = read_volume(derived.path());
+  EXPECT_EQ(only.info.source_slices, 28);
+  EXPECT_EQ(only.info.series_choice, "chose series 2 (CT, 28 images): derived images (a reconstruction), the folder's only series");
+}
+
+// Bone and lung kernels of each vendor are skipped for the soft-tissue series.
+TEST(Reader, BoneAndLungKernelsOfEachVendor) {
+  const auto bone = [](const std::string& kernel, const std::string& description = "") {
+    ScratchDir dir, copies("copies");
+    const fs::path ge = data("ge-head-ct-tilt-mixed-thickness");
+    const DicomHeader first = read_dicom_header(ge / "01.dcm");
+    test::write_dicom_scan(ge, copies / "soft", {first.patient_id, first.study_uid, "2.25.40", "20240101", "101500", "", "",
+                                                 {{{0x0018, 0x1210}, "STANDARD"}, {{0x0020, 0x0011}, "5"}}});
+    test::write_dicom_scan(ge, copies / "k", {first.patient_id, first.study_uid, "2.25.41", "20240101", "101500", "", "",
+                                              {{{0x0018, 0x1210}, kernel}, {{0x0020, 0x0011}, "4"}, {{0x0008, 0x103e}, description}}});
+    for (const char* s : {"soft", "k"})
+      for (const auto& e : fs::directory_iterator(copies / s)) fs::copy_file(e.path(), dir / (std::string(s) + e.path().filename().string()));
+    // The same images: the lower series number (the kernel's) wins unless the kernel is skipped.
+    return read_volume(dir.path()).info.series_uid == "2.25.40";
+  };
+  for (const char* k : {"BONE", "BONEPLUS", "EDGE", "LUNG", "H70h", "Hr64", "I70f", "Bl57", "B70f", "YC", "YD", "D", "L", "FC30"})
+    EXPECT_TRUE(bone(k)) << k;
+  for (const char* k : {"STANDARD", "SOFT", "Hr38", "H31s", "J40s", "UB", "YB", "FC21"}) EXPECT_FALSE(bone(k)) << k;
+  EXPECT_TRUE(bone("STANDARD", "Head BONE 1.25mm"));
 }
 
 std::string file_bytes(const fs::path& p) {

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,6 +16,8 @@ struct DicomHeader {
   std::string sop_class_uid, modality, series_uid, series_description, image_type,
       convolution_kernel, transfer_syntax;
   std::string patient_id, study_uid;
+  std::string sop_instance_uid;  // (0008,0018): the same image sent twice has the same one
+  std::string contrast_agent;    // ContrastBolusAgent (0018,0010), as written ("" when absent)
   // When the images were made, as "YYYY-MM-DDTHH:MM:SS" (seconds may carry a fraction), from
   // the first of AcquisitionDateTime, AcquisitionDate+Time, SeriesDate+Time, StudyDate+Time,
   // ContentDate+Time that is complete and valid; empty when none is. datetime_source names it.
@@ -72,15 +75,27 @@ struct PixelStats {
 };
 torch::Tensor read_dicom_pixels(const DicomHeader& h, double air_hu, PixelStats* stats = nullptr);
 
+// Whether a ContrastBolusAgent value names an agent ("NONE", "N/A", "NO CONTRAST" ... do not).
+bool names_contrast_agent(const std::string& value);
+
 // Choosing one series among the files of a folder.
 struct SeriesChoice {
   std::string series_uid;
-  std::vector<DicomHeader> files;  // of the chosen series
+  std::vector<DicomHeader> files;  // of the chosen series, one file per image (SOPInstanceUID)
+  std::string description;         // "series 2 'Head 5mm' (CT, 28 images)"
   std::string explanation;         // why this series, and why the others were skipped
+  size_t series_in_folder = 1;     // how many series the choice was made among
+  std::map<std::string, std::string> skipped;  // series UID -> why it was not chosen
+  // The other usable series, best first: read in turn when the chosen one cannot be read (a
+  // series with slices lost in transfer beside a complete one).
+  std::vector<SeriesChoice> next_best;
 };
-// Picks the axial CT series with the most images, skipping localizers, secondary captures,
-// non-CT, reformats (non-axial or DERIVED) and bone kernels when a soft-tissue one exists.
-// wanted_uid, when given, overrides the choice. Throws IoError when nothing qualifies.
+// Picks the axial non-contrast CT series with the most images: skipping localizers, secondary
+// captures, non-CT, series of fewer than 3 images, series with repeated slice positions
+// (perfusion, dynamic), contrast-enhanced series (ContrastBolusAgent), non-axial reformats, and
+// bone or lung kernels when a soft-tissue series exists; DERIVED series rank after ORIGINAL ones.
+// The same image twice (one SOPInstanceUID in two files) counts once. wanted_uid, when given,
+// overrides the choice. Throws IoError when nothing qualifies.
 SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::string& wanted_uid);
 
 // The folders below `folder` (not itself), at most 4 levels deep (patient/study/series and one

@@ -100,11 +100,17 @@ struct StudyScan {
   std::string datetime_source;
   int64_t images = 0;
   std::string problem;         // why the scan cannot be paired, "" when it can
+  // Another folder of the same study holds the series `run` would choose among the study's
+  // series (a PATIENT/STUDY/SERIES export: a bone series beside the soft-tissue one): `problem`
+  // says which and why this one is not used.
+  bool other_series_of_study = false;
 };
 
 // Every case of a folder (expand_inputs, with its `left_out` and `output_folder`) with the
 // PatientID, study and date of the series `run` would read from it. A volume file (no
-// PatientID, no date) or a folder whose series cannot be chosen gets a problem instead.
+// PatientID, no date) or a folder whose series cannot be chosen gets a problem instead. Where a
+// study's series lie in several folders, the series is chosen among all of them as `run` chooses
+// within one folder (choose_series), and the other folders are marked other_series_of_study.
 std::vector<StudyScan> describe_study_scans(const std::filesystem::path& folder,
                                             std::vector<LeftOut>* left_out = nullptr,
                                             const std::filesystem::path& output_folder = {});
