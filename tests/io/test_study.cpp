@@ -66,5 +66,25 @@ TEST(StudyScans, PatientStudyAndDateOfEachFolder) {
   EXPECT_EQ(v.info.datetime, "2024-01-01T08:15:02");
 }
 
+// A PATIENT/STUDY/SERIES export gives each series its own folder: the study's scan is chosen
+// among its folders as `run` chooses within one (the soft-tissue series over a bone series of as
+// many or more images), and the others say why they are not used.
+TEST(StudyScans, AStudysSeriesInSeveralFoldersAreChosenAmongAsInOne) {
+  test::ScratchDir dir;
+  const fs::path source = test::data("philips-head-phantom-5mm");
+  test::write_dicom_scan(source, dir / "P1/ST1/SE2", {"P1", "1.2.3.1", "1.2.3.1.2", "20240101", "080000", "", "",
+                                                      {{{0x0018, 0x1210}, "UB"}, {{0x0020, 0x0011}, "2"}}});
+  test::write_dicom_scan(source, dir / "P1/ST1/SE1", {"P1", "1.2.3.1", "1.2.3.1.1", "20240101", "080000", "", "",
+                                                      {{{0x0018, 0x1210}, "YC"}, {{0x0020, 0x0011}, "1"}}});
+  const std::vector<StudyScan> scans = describe_study_scans(dir.path());
+  ASSERT_EQ(scans.size(), 2u);
+  EXPECT_EQ(scans[0].input.path, dir / "P1/ST1/SE1");  // path order; the bone series
+  EXPECT_TRUE(scans[0].other_series_of_study);
+  EXPECT_EQ(scans[0].problem, (dir / "P1/ST1/SE1").string() + " is another series of the study of " +
+                                  (dir / "P1/ST1/SE2").string() + " (bone or lung kernel YC): not used");
+  EXPECT_FALSE(scans[1].other_series_of_study);
+  EXPECT_EQ(scans[1].problem, "");
+}
+
 }  // namespace
 }  // namespace hemexp
