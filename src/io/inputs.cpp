@@ -4,6 +4,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "hemexp/io/dicom.hpp"
@@ -90,6 +91,7 @@ void walk_folder(const fs::path& root, std::vector<Found>& out, const LeaveOut& 
   std::vector<fs::path> pending{root};
   seen[fs::weakly_canonical(root, ec)] = root;
   std::map<fs::path, fs::path> canonical_of{{root, fs::weakly_canonical(root, ec)}};
+  std::set<fs::path> on_cd;  // folders at or below one that holds a DICOMDIR (a CD or export)
   std::vector<Found> found;
   while (!pending.empty()) {
     const fs::path folder = pending.back();
@@ -104,6 +106,8 @@ void walk_folder(const fs::path& root, std::vector<Found>& out, const LeaveOut& 
     }
     std::sort(entries.begin(), entries.end());
     const std::string outputs = run_folder_reason(canonical_of[folder], entries, leave);
+    if (std::any_of(entries.begin(), entries.end(), [](const fs::path& e) { return upper(e.filename().string()) == "DICOMDIR"; }))
+      on_cd.insert(folder);
     bool has_dicom = false, has_subfolder = false, left_out_here = !outputs.empty();
     const size_t before = found.size();
     for (const fs::path& e : entries) {
@@ -129,6 +133,7 @@ void walk_folder(const fs::path& root, std::vector<Found>& out, const LeaveOut& 
         } else {
           seen[canonical] = e;
           canonical_of[e] = canonical;
+          if (on_cd.count(folder)) on_cd.insert(e);
           pending.push_back(e);
         }
       } else if (fs::is_regular_file(st)) {
@@ -145,8 +150,11 @@ void walk_folder(const fs::path& root, std::vector<Found>& out, const LeaveOut& 
       }
     }
     if (has_dicom) found.push_back({folder, relative(folder)});
-    if (!has_dicom && !has_subfolder && !left_out_here && found.size() == before)
-      found.push_back({folder, relative(folder)});
+    if (!has_dicom && !has_subfolder && !left_out_here && found.size() == before) {
+      // On a CD (a DICOMDIR above), folders without scans are its viewer, help and documents.
+      if (on_cd.count(folder)) leave.note(folder, "no scan in it: a folder of a CD or export beside its DICOMDIR (a viewer, documents)");
+      else found.push_back({folder, relative(folder)});
+    }
   }
   std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) { return a.path < b.path; });
   out.insert(out.end(), found.begin(), found.end());
@@ -334,6 +342,68 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
     }
     found.push_back(std::move(f));
   }
+  // One DICOM series in two folders: a second copy of it (its first image has the same
+  // SOPInstanceUID) is left out, the folder with more files kept; parts of one series split
+  // across folders (a CD writer's folders of so many files) would be measured as half heads
+  // each: both fail, named. Each folder is known by the first DICOM file it holds.
+  {
+    // A folder's files (not hidden) and the header of the first DICOM file among them.
+    struct Folder {
+      size_t files = 0;
+      std::optional<DicomHeader> first;
+    };
+    const auto look = [](const fs::path& folder) {
+      Folder out;
+      std::error_code e;
+      std::vector<fs::path> files;
+      for (fs::directory_iterator it(folder, e), end; !e && it != end; it.increment(e))
+        if (it->path().filename().string()[0] != '.' && it->is_regular_file(e)) files.push_back(it->path());
+      std::sort(files.begin(), files.end());
+      out.files = files.size();
+      for (const fs::path& file : files)
+        if (!is_volume_file(file) && !is_list_file(file) && looks_like_dicom(file)) {
+          try {
+            out.first = read_dicom_header(file);
+          } catch (const std::exception&) {  // the reader says what is wrong with it
+          }
+          break;
+        }
+      return out;
+    };
+    std::map<std::string, std::pair<size_t, Folder>> by_series;  // series UID -> index in `found`, its folder
+    std::vector<bool> drop(found.size(), false);
+    for (size_t i = 0; i < found.size(); ++i) {
+      Found& f = found[i];
+      std::error_code e;
+      if (!f.problem.empty() || !fs::is_directory(f.path, e)) continue;
+      Folder here = look(f.path);
+      // A folder of one or two files is no scan of its own, whatever it shares (it fails as it is).
+      if (!here.first || here.first->series_uid.empty() || here.files < 3) continue;
+      const std::string series = here.first->series_uid;
+      const auto [it, is_new] = by_series.try_emplace(series, i, here);
+      if (is_new) continue;
+      auto& [at, there] = it->second;
+      if (!here.first->sop_instance_uid.empty() && there.first->sop_instance_uid == here.first->sop_instance_uid) {
+        // A copy: the folder with more files is kept (a complete resend after a partial one).
+        const bool keep_here = here.files > there.files;
+        const size_t gone = keep_here ? at : i;
+        leave.note(found[gone].path, "a second copy of the series in " + found[keep_here ? i : at].path.string() +
+                                         " (its first image has the same SOPInstanceUID)");
+        drop[gone] = true;
+        if (keep_here) at = i, there = std::move(here);
+      } else {
+        const std::string why = "series " + series + " is split between " + found[at].path.string() + " and " +
+                                f.path.string() + " (one scan in two folders, each a part of it): put its files in one "
+                                "folder, or name the folder above them as one case in a study spreadsheet (path column)";
+        f.problem = why;
+        if (found[at].problem.empty()) found[at].problem = why;
+      }
+    }
+    std::vector<Found> kept;
+    for (size_t i = 0; i < found.size(); ++i)
+      if (!drop[i]) kept.push_back(std::move(found[i]));
+    found = std::move(kept);
+  }
   if (left_out)  // in path order, as the cases are
     std::stable_sort(left_out->begin() + std::ptrdiff_t(left_before), left_out->end(),
                      [](const LeftOut& a, const LeftOut& b) { return a.path < b.path; });
@@ -380,7 +450,9 @@ std::vector<StudyScan> describe_study_scans(const fs::path& folder, std::vector<
   for (const CaseInput& c : expand_inputs({folder}, left_out, output_folder)) {
     StudyScan s;
     s.input = c;
-    if (!fs::is_directory(c.path)) {
+    if (!c.problem.empty()) {
+      s.problem = c.problem;  // a split series, a list row that does not exist, ...
+    } else if (!fs::is_directory(c.path)) {
       s.problem = "not DICOM: no PatientID or acquisition date to pair it by";
     } else {
       try {

@@ -10,7 +10,9 @@
 #include "hemexp/io/image_file.hpp"
 #include "hemexp/io/dicom.hpp"
 #include "hemexp/io/inputs.hpp"
+#include "hemexp/io/reader.hpp"
 #include "hemexp/core/model_file.hpp"
+#include "dicom_maker.hpp"
 #include "test_support.hpp"
 
 namespace hemexp {
@@ -233,6 +235,54 @@ TEST(Inputs, AFoldersCasesDoNotDependOnATrailingSeparatorAndADicomdirIsNoScan) {
   EXPECT_EQ(ids(patient + "/"), std::vector<std::string>{"P001"});
   EXPECT_EQ(ids((dir / "cd").string()), std::vector<std::string>{"cd_DICOM_S1"});
   EXPECT_FALSE(looks_like_dicom(dir / "cd/DICOMDIR"));
+}
+
+// One series in two folders: a second copy (the same first image) is left out, keeping the
+// folder with more files; a series split across folders (a CD writer's folders of so many files)
+// fails in both, named, rather than being measured as two half heads; a study spreadsheet's row
+// naming the folder above them reads it whole. On a CD, folders without scans (its viewer) are
+// left out, not failed cases.
+TEST(Inputs, OneSeriesInTwoFoldersIsACopyOrASplitNeverTwoScans) {
+  ScratchDir dir;
+  const fs::path ge = data("ge-head-ct-tilt-mixed-thickness");
+  for (const char* d : {"export/SE2", "export/SE2_resent", "cd/DICOM/00000001", "cd/DICOM/00000002", "cd/VIEWER/bin"})
+    fs::create_directories(dir / d);
+  const DicomHeader first = read_dicom_header(ge / "01.dcm");
+  test::write_dicom_scan(ge, dir / "whole", {first.patient_id, first.study_uid, "2.25.60", "", "", "", "", {}});
+  for (const auto& e : fs::directory_iterator(ge)) {
+    const std::string name = e.path().filename().string();
+    fs::copy_file(e.path(), dir / "export/SE2" / name);
+    if (name < "20") fs::copy_file(e.path(), dir / "export/SE2_resent" / name);  // a partial resend
+    fs::rename(dir / "whole" / name, dir / (name < "15" ? "cd/DICOM/00000001" : "cd/DICOM/00000002") / name);
+  }
+  fs::remove(dir / "whole");
+  std::ofstream(dir / "cd/VIEWER/bin/viewer.exe") << "MZ";
+  fs::copy_file(data("dicom-codecs-mr/1.dcm"), dir / "cd/DICOMDIR");
+  std::vector<LeftOut> left_out;
+  const std::vector<CaseInput> cases = expand_inputs({dir / "export", dir / "cd"}, &left_out);
+  ASSERT_EQ(cases.size(), 3u);
+  EXPECT_EQ(cases[0].path, dir / "export/SE2");  // the complete copy
+  EXPECT_EQ(cases[0].problem, "");
+  EXPECT_EQ(cases[1].path, dir / "cd/DICOM/00000001");
+  EXPECT_EQ(cases[2].path, dir / "cd/DICOM/00000002");
+  const std::string split = "series 2.25.60 is split between " + (dir / "cd/DICOM/00000001").string() + " and " +
+                            (dir / "cd/DICOM/00000002").string() +
+                            " (one scan in two folders, each a part of it): put its files in one folder, or name the "
+                            "folder above them as one case in a study spreadsheet (path column)";
+  EXPECT_EQ(cases[1].problem, split);
+  EXPECT_EQ(cases[2].problem, split);
+  ASSERT_EQ(left_out.size(), 2u);
+  EXPECT_EQ(left_out[0].path, dir / "cd/VIEWER/bin");
+  EXPECT_EQ(left_out[0].reason, "no scan in it: a folder of a CD or export beside its DICOMDIR (a viewer, documents)");
+  EXPECT_EQ(left_out[1].path, dir / "export/SE2_resent");
+  EXPECT_EQ(left_out[1].reason, "a second copy of the series in " + (dir / "export/SE2").string() +
+                                    " (its first image has the same SOPInstanceUID)");
+  // The remedy the message gives: the folder above the parts, as one case, is read whole.
+  std::ofstream(dir / "sheet.csv") << "path,case_id\n" << (dir / "cd/DICOM").string() << ",P1\n";
+  const std::vector<CaseInput> sheet = expand_inputs({dir / "sheet.csv"});
+  ASSERT_EQ(sheet.size(), 1u);
+  EXPECT_EQ(sheet[0].problem, "");
+  EXPECT_EQ(read_volume(sheet[0].path).info.source_slices, 28);
 }
 
 TEST(Inputs, FolderSearchLeavesOutMasksAndHemexpOutputs) {
