@@ -152,7 +152,7 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
   so.matrix = o.matrix;
   double intercept = 0.0;
   try {
-    intercept = synth::calibrated_intercept(o.he_fraction);
+    intercept = synth::calibrated_intercept(o.he_fraction, {}, o.backgrounds.empty());
   } catch (const CoreError& e) {
     spdlog::error("{}", e.what());
     return kExitUsage;
@@ -177,7 +177,8 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
   // the one asked for, so an expansion-only top-up comes from the same model as a cohort.
   std::vector<int64_t> indices;
   for (int64_t i = 0; int64_t(indices.size()) < o.count; ++i)
-    if (o.label == "any" || synth::sample_case_truth(o.seed, i, o.he_fraction).he.label == (o.label == "he"))
+    if (o.label == "any" ||
+        synth::sample_case_truth(o.seed, i, o.he_fraction, o.backgrounds.empty()).he.label == (o.label == "he"))
       indices.push_back(i);
 
   const int threads = o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
@@ -193,7 +194,7 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
       try {
         const synth::SynthCase c =
             backgrounds.empty() ? synth::render_procedural_case(so, i)
-                                : synth::render_background_case(so, i, backgrounds[i % backgrounds.size()]);
+                                : synth::render_background_case(so, i, backgrounds[size_t(k) % backgrounds.size()]);
         write_case(out / c.truth.case_id, c);
         rows[k] = label_row(c);
         release_freed_memory();  // the worker's arena would keep each case's volumes (core/runtime.hpp)
@@ -240,6 +241,7 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
         {"irregular_margin", model.irregular_margin},
         {"hypodensity", model.hypodensity},
         {"ivh", model.ivh},
+        {"ivh_drawn", o.backgrounds.empty()},
         {"unobserved_sd", model.unobserved_sd}}},
       {"he_definition", "follow-up growth > 6 mL or > 33 %"},
       {"failed", failed.load()},

@@ -190,6 +190,31 @@ TEST(SynthCommand, BackgroundInsertionNeverTouchesBoneOrAir) {
   const auto rows = read_labels(out / "labels.csv");
   ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[0].at("background"), background.string());
+  // Each clot lies in one hemisphere, the one its `side` names (the falx is a barrier): no mask
+  // voxel lies more than 6 mm across the head's middle (the mid-point of the skull's extent in
+  // x; patient left is +x), and its centroid is on the named side. The IVH of the truth is 0
+  // (never rendered into a real background).
+  const torch::Tensor head = bg.volume.voxels > 300;
+  for (const auto& row : rows) {
+    const auto mask = hemexp::read_image_file(out / row.at("case_id") / "mask.nii.gz");
+    const auto x_of = [&](const torch::Tensor& m) {
+      std::vector<double> xs;
+      const torch::Tensor idx = m.nonzero();  // (z, y, x)
+      const auto a = idx.accessor<int64_t, 2>();
+      for (int64_t n = 0; n < idx.size(0); n += std::max<int64_t>(1, idx.size(0) / 4000))
+        xs.push_back(bg.volume.geometry.index_to_point(hemexp::Vec3{double(a[n][2]), double(a[n][1]), double(a[n][0])})[0]);
+      return xs;
+    };
+    const std::vector<double> skull = x_of(head);
+    const double middle = 0.5 * (*std::min_element(skull.begin(), skull.end()) + *std::max_element(skull.begin(), skull.end()));
+    const std::vector<double> clot = x_of(mask.volume.voxels > 0.5);
+    const double side = row.at("side") == "left" ? 1.0 : -1.0;
+    double centroid = 0.0, across = 0.0;
+    for (const double x : clot) centroid += x / double(clot.size()), across = std::max(across, -side * (x - middle));
+    EXPECT_GT(side * (centroid - middle), 0.0) << row.at("case_id") << " " << row.at("side");
+    EXPECT_LT(across, 6.0) << row.at("case_id") << ": " << across << " mm across the middle";
+    EXPECT_EQ(row.at("ivh"), "0");
+  }
   EXPECT_NEAR(std::stod(rows[0].at("volume_ml")), mask_ml(out / "synth_00000" / "mask.nii.gz"), 1e-4);
   for (size_t r = 0; r < rows.size(); ++r) {
     const fs::path dir = out / rows[r].at("case_id");

@@ -134,6 +134,34 @@ TEST(SynthHeModel, ObservableProbabilityIsCalibrated) {
   EXPECT_NEAR(fit.intercept, 0.0, 0.08);
 }
 
+// A case drawn into a real background, where IVH is never rendered, has no IVH in its truth:
+// its probability and label come from what its image can show (and the unobserved factor), the
+// intercept calibrated for such patients, so the prevalence is still --he-fraction. The other
+// features are the procedural draw's.
+TEST(SynthHeModel, BackgroundTruthHasNoIvhAndKeepsThePrevalence) {
+  const hs::HeModel model;
+  double p_sum = 0.0;
+  int with_ivh = 0, differs = 0;
+  constexpr int kCases = 4000;
+  const double intercept = hs::calibrated_intercept(0.2, model, false);
+  EXPECT_GT(intercept, hs::calibrated_intercept(0.2, model, true));  // IVH's +term made up elsewhere
+  for (int i = 0; i < kCases; ++i) {
+    const hs::CaseTruth bg = hs::sample_case_truth(77, i, 0.2, false), procedural = hs::sample_case_truth(77, i, 0.2);
+    ASSERT_FALSE(bg.features.ivh) << i;
+    EXPECT_EQ(bg.features.volume_ml, procedural.features.volume_ml);
+    EXPECT_EQ(bg.features.markers.count(), procedural.features.markers.count());
+    const double observable = intercept + model.observable_logit(bg.features);
+    EXPECT_NEAR(bg.he.observable_probability, model.observable_probability(observable), 1e-12) << i;
+    EXPECT_NEAR(bg.he.logit, observable + bg.features.unobserved, 1e-12) << i;
+    with_ivh += procedural.features.ivh;
+    differs += bg.he.logit != procedural.he.logit;
+    p_sum += bg.he.probability;
+  }
+  EXPECT_GT(with_ivh, kCases / 20);
+  EXPECT_EQ(differs, kCases);  // the intercept differs for every case
+  EXPECT_NEAR(p_sum / kCases, 0.2, 0.01);
+}
+
 TEST(SynthHeModel, PrevalenceFollowsHeFraction) {
   for (const double f : {0.1, 0.35, 0.5}) {
     const Cohort c = sample_cohort(11, 500, f);

@@ -9,6 +9,7 @@
 // only on (seed, index, arguments), never on --count or the number of threads.
 
 #include <array>
+#include <optional>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -108,8 +109,10 @@ struct HeModel {
 HeFeatures sample_features(Rng& rng, const HeModel& model);
 
 // Intercept that makes the expected prevalence equal he_fraction (0 < F < 1), found by
-// bisection over a fixed 20,000-patient calibration cohort (its own seed). Cached.
-double calibrated_intercept(double he_fraction, const HeModel& model = {});
+// bisection over a fixed 20,000-patient calibration cohort (its own seed). Cached. Without
+// ivh_possible, the cohort's patients have no IVH (cases drawn into real backgrounds, where IVH
+// is never rendered).
+double calibrated_intercept(double he_fraction, const HeModel& model = {}, bool ivh_possible = true);
 
 struct HeTruth {
   double logit = 0.0;
@@ -128,8 +131,11 @@ struct CaseTruth {
 };
 
 std::string case_id_for(int64_t index);
-// Pure function of (seed, index, he_fraction): the sampler of the HE truth.
-CaseTruth sample_case_truth(uint64_t seed, int64_t index, double he_fraction);
+// Pure function of (seed, index, he_fraction, ivh_possible): the sampler of the HE truth.
+// Without ivh_possible (a case drawn into a real background, where IVH is not rendered) the case
+// has no IVH, and its probability and label are drawn without it: nothing in the truth is
+// absent from the image.
+CaseTruth sample_case_truth(uint64_t seed, int64_t index, double he_fraction, bool ivh_possible = true);
 
 // Follow-ups are drawn to agree with the label under hemexp::is_expansion (core/expansion.hpp).
 
@@ -196,6 +202,10 @@ struct Background {
   torch::Tensor local_mean;    // float (z,y,x), canonical: in-plane 3x3 mean HU
   std::vector<int64_t> candidates;  // voxel indices deep inside the parenchyma
   std::array<double, 3> intracranial_centre_mm{0, 0, 0};
+  // The midsagittal plane as the canonical column index i = a + b j + c k, fitted through the
+  // middles of the skull's inner rows (the falx: a clot is drawn in one hemisphere); none when
+  // too few rows were wide enough to tell.
+  std::optional<std::array<double, 3>> midline;
   double intracranial_radius_mm = 60.0;
   double noise_sd_hu = 0.0;    // estimated in the parenchyma
   int64_t parenchyma_voxels = 0;

@@ -91,6 +91,9 @@ Background prepare_background(const Volume& volume, const std::string& name) {
   double cx = 0, cy = 0, cz = 0;
   int64_t n_intra = 0;
   std::vector<uint8_t> barrier(plane), outside(plane), csf(plane);
+  // Weighted least squares of the middle of each wide intracranial row: i = a + b j + c k.
+  double sums[3][4] = {};  // normal equations [A | y]
+  int64_t rows_used = 0;
   const int64_t csf_r = std::max<int64_t>(2, std::lround(3.0 / g.spacing_mm[0]));
   for (int64_t k = 0; k < nz; ++k) {
     const float* s = hu + k * plane;
@@ -132,6 +135,21 @@ Background prepare_background(const Volume& volume, const std::string& name) {
       if (i < nx - 1) seed(idx + 1);
       if (j > 0) seed(idx - nx);
       if (j < ny - 1) seed(idx + nx);
+    }
+    for (int64_t j = 0; j < ny; ++j) {
+      int64_t first = -1, last = -1;
+      for (int64_t i = 0; i < nx; ++i)
+        if (!outside[j * nx + i] && !barrier[j * nx + i]) {
+          if (first < 0) first = i;
+          last = i;
+        }
+      if (first < 0 || (last - first) * g.spacing_mm[0] < 60.0) continue;
+      const double w = double(last - first), x[3] = {1.0, double(j), double(k)}, mid = 0.5 * (first + last);
+      for (int r = 0; r < 3; ++r) {
+        for (int c = 0; c < 3; ++c) sums[r][c] += w * x[r] * x[c];
+        sums[r][3] += w * x[r] * mid;
+      }
+      ++rows_used;
     }
     for (int64_t idx = 0; idx < plane; ++idx) {
       if (outside[idx] || barrier[idx]) continue;
@@ -183,6 +201,30 @@ Background prepare_background(const Volume& volume, const std::string& name) {
     std::nth_element(diffs.begin(), diffs.begin() + diffs.size() / 2, diffs.end());
     bg.noise_sd_hu = 1.4826 * diffs[diffs.size() / 2] / std::sqrt(2.0);
   }
+  // The midline needs rows over a few centimetres of the head in at least two directions; a
+  // single slice gives no slope along k (c = 0).
+  if (rows_used >= 20) {
+    const bool one_slice = sums[2][2] * sums[0][0] - sums[0][2] * sums[0][2] < 1e-9 * sums[0][0] * sums[0][0];
+    const int n = one_slice ? 2 : 3;
+    double m[3][4];
+    for (int r = 0; r < 3; ++r)
+      for (int c = 0; c < 4; ++c) m[r][c] = sums[r][c];
+    // Gauss-Jordan on the n x n system.
+    bool solved = true;
+    for (int p = 0; p < n && solved; ++p) {
+      int best = p;
+      for (int r = p + 1; r < n; ++r)
+        if (std::fabs(m[r][p]) > std::fabs(m[best][p])) best = r;
+      std::swap(m[p], m[best]);
+      if (std::fabs(m[p][p]) < 1e-12) solved = false;
+      for (int r = 0; r < n && solved; ++r) {
+        if (r == p) continue;
+        const double f = m[r][p] / m[p][p];
+        for (int c = 0; c < 4; ++c) m[r][c] -= f * m[p][c];
+      }
+    }
+    if (solved) bg.midline = std::array<double, 3>{m[0][3] / m[0][0], m[1][3] / m[1][1], n == 3 ? m[2][3] / m[2][2] : 0.0};
+  }
   const Vec3 centre = g.index_to_point({cx / n_intra, cy / n_intra, cz / n_intra});
   bg.intracranial_centre_mm = {centre[0], centre[1], centre[2]};
   bg.intracranial_radius_mm = std::cbrt(3.0 * n_intra * g.voxel_volume_mm3() / (4.0 * 3.14159265));
@@ -190,6 +232,17 @@ Background prepare_background(const Volume& volume, const std::string& name) {
 }
 
 namespace {
+// The hemisphere a clot is drawn in: voxels across the midline (the falx) take no blood.
+struct Hemisphere {
+  const std::optional<std::array<double, 3>>* midline = nullptr;
+  double side = 1.0;  // +1: patient left (canonical i above the midline), -1: right
+  bool allows(int64_t i, int64_t j, int64_t k) const {
+    if (!midline || !*midline) return true;
+    const auto& m = **midline;
+    return side * (double(i) - (m[0] + m[1] * double(j) + m[2] * double(k))) >= 0.0;
+  }
+};
+
 struct Insert {
   torch::Tensor ct;    // int16, canonical
   torch::Tensor mask;  // uint8, canonical
@@ -198,7 +251,7 @@ struct Insert {
   int64_t edema_voxels = 0;
 };
 
-Insert insert(const Background& bg, const HematomaShape& shape, float growth) {
+Insert insert(const Background& bg, const HematomaShape& shape, float growth, const Hemisphere& hemisphere) {
   const Geometry& g = bg.canonical.geometry;
   const int64_t nx = g.size[0], ny = g.size[1], plane = nx * ny;
   const float* hu = bg.canonical.voxels.data_ptr<float>();
@@ -220,7 +273,7 @@ Insert insert(const Background& bg, const HematomaShape& shape, float growth) {
       for (int64_t i = box.lo[0]; i <= box.hi[0]; ++i) {
         const int64_t idx = k * plane + j * nx + i;
         const uint8_t cls = par[idx];
-        if (!cls) continue;  // never bone, air, ventricles or cisterns
+        if (!cls || !hemisphere.allows(i, j, k)) continue;  // never bone, air, ventricles, cisterns or the other side
         float occ = 0.f, blood = 0.f, edema = 0.f;
         for (int s = 0; s < ns; ++s) {
           const double off = slice_sample_offset(s, ns);
@@ -252,7 +305,7 @@ Insert insert(const Background& bg, const HematomaShape& shape, float growth) {
 }
 
 // Share of the hematoma's voxels (at voxel centres) that fall on parenchyma.
-double retained_fraction(const Background& bg, const HematomaShape& shape) {
+double retained_fraction(const Background& bg, const HematomaShape& shape, const Hemisphere& hemisphere) {
   const Geometry& g = bg.canonical.geometry;
   const int64_t nx = g.size[0], plane = nx * g.size[1];
   const uint8_t* par = bg.parenchyma.data_ptr<uint8_t>();
@@ -265,7 +318,7 @@ double retained_fraction(const Background& bg, const HematomaShape& shape) {
         const V3 p = to_v3(g.index_to_point({static_cast<double>(i), static_cast<double>(j), static_cast<double>(k)}));
         if (eval_hematoma(shape, p, 1.f, extent).occupancy < kMaskBloodFraction) continue;
         ++total;
-        kept += par[k * plane + j * nx + i] != 0;
+        kept += par[k * plane + j * nx + i] != 0 && hemisphere.allows(i, j, k);
       }
   return total > 0 ? static_cast<double>(kept) / total : 0.0;
 }
@@ -286,22 +339,29 @@ SynthImages to_output(const Background& bg, const Insert& ins) {
 
 SynthCase render_background_case(const SynthOptions& options, int64_t index, const Background& bg) {
   SynthCase c;
-  c.truth = sample_case_truth(options.seed, index, options.he_fraction);
+  c.truth = sample_case_truth(options.seed, index, options.he_fraction, /*ivh_possible=*/false);
   c.background = bg.name;
   c.noise_sd_hu = bg.noise_sd_hu;
   const Geometry& g = bg.canonical.geometry;
   Rng rng(stream_key(options.seed, static_cast<uint64_t>(index), kPurposeBackground));
-  HeFeatures f = c.truth.features;
-  f.ivh = false;  // IVH is not rendered into real backgrounds
+  const HeFeatures& f = c.truth.features;  // without IVH: it is not rendered into real backgrounds
+  // The clot lies in the hemisphere drawn for it: its centre at least 8 mm from the midline.
+  const Hemisphere hemisphere{&bg.midline, f.left ? 1.0 : -1.0};
+  const double min_offset_voxels = 8.0 / g.spacing_mm[0];
   HematomaShape best;
   double best_fraction = -1.0;
-  for (int attempt = 0; attempt < 40 && best_fraction < 0.92; ++attempt) {
+  for (int attempt = 0, draws = 0; attempt < 40 && best_fraction < 0.92 && draws < 400; ++draws) {
     const int64_t cand = bg.candidates[static_cast<size_t>(rng.uniform() * bg.candidates.size()) % bg.candidates.size()];
     const int64_t i = cand % g.size[0], j = (cand / g.size[0]) % g.size[1], k = cand / (g.size[0] * g.size[1]);
+    if (bg.midline) {
+      const auto& m = *bg.midline;
+      if (hemisphere.side * (double(i) - (m[0] + m[1] * double(j) + m[2] * double(k))) < min_offset_voxels) continue;
+    }
+    ++attempt;
     const V3 centre = to_v3(g.index_to_point({static_cast<double>(i), static_cast<double>(j), static_cast<double>(k)}));
     const M3 orientation = random_rotation(rng);
     HematomaShape shape = make_hematoma_shape(rng, f, centre, orientation);
-    const double fraction = retained_fraction(bg, shape);
+    const double fraction = retained_fraction(bg, shape, hemisphere);
     if (fraction > best_fraction) {
       best_fraction = fraction;
       best = shape;
@@ -313,12 +373,22 @@ SynthCase render_background_case(const SynthOptions& options, int64_t index, con
                                 (best.center.z - ic[2]) * (best.center.z - ic[2]));
   c.location = dist < 0.45 * bg.intracranial_radius_mm ? "deep" : "lobar";
   c.blood_hu = best.blood_hu;
-  const Insert base = insert(bg, best, 1.f);
+  if (best_fraction < 0.0)
+    throw CoreError("could not place a hematoma of " + c.truth.case_id + " in the " + (f.left ? "left" : "right") +
+                    " hemisphere of background " + bg.name);
+  const Insert base = insert(bg, best, 1.f, hemisphere);
+  // Without a midline the clot went where it fitted: its side is where it lies against the
+  // intracranial centre (canonical x grows towards the patient's left).
+  if (!bg.midline && base.mask_voxels > 0) {
+    const torch::Tensor x = base.mask.nonzero().select(1, 2).to(torch::kDouble).mean();
+    const double centre_i = g.point_to_index(Vec3{ic[0], ic[1], ic[2]})[0];
+    c.truth.features.left = x.item<double>() > centre_i;
+  }
   c.baseline = to_output(bg, base);
   if (c.baseline.mask_voxels == 0)
     throw CoreError("could not place a hematoma of " + c.truth.case_id + " inside the brain of background " + bg.name);
   if (options.followup) {
-    render_followup(c, [&](float scale) { return to_output(bg, insert(bg, best, scale)); });
+    render_followup(c, [&](float scale) { return to_output(bg, insert(bg, best, scale, hemisphere)); });
   }
   return c;
 }

@@ -133,7 +133,7 @@ HeFeatures sample_features(Rng& rng, const HeModel& model) {
   return f;
 }
 
-double calibrated_intercept(double he_fraction, const HeModel& model) {
+double calibrated_intercept(double he_fraction, const HeModel& model, bool ivh_possible) {
   if (!(he_fraction > 0.0 && he_fraction < 1.0))
     throw CoreError("he-fraction must lie strictly between 0 and 1, got " + std::to_string(he_fraction));
   static std::mutex mutex;
@@ -141,12 +141,14 @@ double calibrated_intercept(double he_fraction, const HeModel& model) {
   std::lock_guard<std::mutex> lock(mutex);
   std::vector<double> key = model.coefficients();
   key.push_back(he_fraction);
+  key.push_back(ivh_possible ? 1.0 : 0.0);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   constexpr int kCohort = 20000;
   std::vector<double> logits(kCohort);
   for (int i = 0; i < kCohort; ++i) {
     Rng rng(stream_key(0x43414C4942ULL, static_cast<uint64_t>(i), kPurposeFeatures));
-    const HeFeatures f = sample_features(rng, model);
+    HeFeatures f = sample_features(rng, model);
+    if (!ivh_possible) f.ivh = false;
     logits[i] = model.observable_logit(f) + f.unobserved;
   }
   double lo = -20.0, hi = 20.0;
@@ -167,14 +169,15 @@ std::string case_id_for(int64_t index) {
   return buf;
 }
 
-CaseTruth sample_case_truth(uint64_t seed, int64_t index, double he_fraction) {
+CaseTruth sample_case_truth(uint64_t seed, int64_t index, double he_fraction, bool ivh_possible) {
   const HeModel model;
   CaseTruth t;
   t.index = index;
   t.case_id = case_id_for(index);
   Rng rng(stream_key(seed, static_cast<uint64_t>(index), kPurposeFeatures));
   t.features = sample_features(rng, model);
-  const double intercept = calibrated_intercept(he_fraction, model);
+  if (!ivh_possible) t.features.ivh = false;
+  const double intercept = calibrated_intercept(he_fraction, model, ivh_possible);
   const double observable = intercept + model.observable_logit(t.features);
   t.he.logit = observable + t.features.unobserved;
   t.he.probability = sigmoid(t.he.logit);
