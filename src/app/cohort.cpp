@@ -356,33 +356,40 @@ fs::path reusable_mask(const CaseResult& previous, const json& expected, const f
 
 namespace {
 
-// SIGINT / SIGTERM: the run stops between cases. The handler resets itself (SA_RESETHAND), so
-// a second signal ends the process at once; atomic writes leave no half-written file either way.
+// The first signal is recorded and the run stops between cases; a second one (of any kind)
+// takes the default action at once. Atomic writes leave no half-written file either way.
 volatile std::sig_atomic_t g_stop_signal = 0;
-extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
-
-class StopSignals {
- public:
-  StopSignals() {
-    g_stop_signal = 0;
-    struct sigaction sa {};
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESETHAND;
-    sigaction(SIGINT, &sa, &old_int_);
-    sigaction(SIGTERM, &sa, &old_term_);
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal != 0) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
   }
-  ~StopSignals() {
-    sigaction(SIGINT, &old_int_, nullptr);
-    sigaction(SIGTERM, &old_term_, nullptr);
-  }
-  int received() const { return int(g_stop_signal); }
-
- private:
-  struct sigaction old_int_ {}, old_term_ {};
-};
+  g_stop_signal = sig;
+}
+constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGHUP};
+int g_holders = 0;
+struct sigaction g_previous[3];
 
 }  // namespace
+
+StopSignals::StopSignals() {
+  if (g_holders++ > 0) return;
+  g_stop_signal = 0;
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &sa, &g_previous[i]);
+}
+
+StopSignals::~StopSignals() {
+  if (--g_holders > 0) return;
+  for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &g_previous[i], nullptr);
+}
+
+int StopSignals::received() { return int(g_stop_signal); }
+
+const char* signal_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGHUP ? "SIGHUP" : "SIGTERM"; }
 
 int CohortRunner::run(const CaseFunction& f, const json& run_info) {
   return run(
@@ -580,13 +587,16 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
       spdlog::error("cannot write {}: {}: free space and rerun", results_name(), output_failure);
     }
   }
-  const int stop = signals.received();
+  // A signal that came once every case had started stops nothing: the run is complete.
+  const size_t not_started = cases_.size() - size_t(counts["ok"] + counts["failed"] + counts["skipped"]);
+  const int stop = not_started > 0 ? signals.received() : 0;
+  if (signals.received() && !stop)
+    log.info("{} arrived while the last case was analysed: the run is complete", signal_name(signals.received()));
   run["finished"] = utc_now();
   run["cases"] = {{"total", cases_.size()}, {"ok", counts["ok"]}, {"failed", counts["failed"]},
                   {"skipped", counts["skipped"]}};
   if (stop) {
-    run["interrupted"] = {{"signal", stop == SIGINT ? "SIGINT" : "SIGTERM"},
-                          {"not_started", cases_.size() - size_t(counts["ok"] + counts["failed"] + counts["skipped"])}};
+    run["interrupted"] = {{"signal", signal_name(stop)}, {"not_started", not_started}};
   }
   if (!output_failure.empty()) {
     run["output_failure"] = output_failure;
@@ -607,7 +617,7 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
   }
   log.info("done: {} ok, {} failed, {} kept from a previous run", counts["ok"], counts["failed"], counts["skipped"]);
   if (stop) {
-    log.warn("interrupted by {} after {} of {} cases; rerun with --resume to finish", stop == SIGINT ? "SIGINT" : "SIGTERM",
+    log.warn("interrupted by {} after {} of {} cases; rerun with --resume to finish", signal_name(stop),
              counts["ok"] + counts["failed"] + counts["skipped"], cases_.size());
     return kExitInterrupted;
   }

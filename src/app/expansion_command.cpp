@@ -579,6 +579,7 @@ void print_summary(const json& s) {
 }  // namespace
 
 int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& argv) {
+  const StopSignals signals;  // from the start: a signal while models load or inputs are searched stops cleanly
   const fs::path out(o.run.output_dir);
   if (o.pairs_csv.empty() == o.pairs_from.empty()) {
     spdlog::error("expansion needs --pairs PAIRS.csv or --pairs-from STUDY_FOLDER");

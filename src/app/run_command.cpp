@@ -186,6 +186,7 @@ int run_pipeline(CohortRunner& cohort, const CasePipeline& pipeline, const json&
 }
 
 int run_cases(const RunOptions& o, const std::vector<std::string>& argv) {
+  const StopSignals signals;  // from the start: a signal while models load or inputs are searched stops cleanly
   // The models first: a missing or broken one is exit 3 before any input is walked or OUTDIR made.
   RunSetup setup;
   if (const int code = setup_run_pipeline(o, setup); code != kExitOk) return code;

@@ -173,6 +173,27 @@ TEST(KillResume, KilledAtRandomMomentsAndResumedEqualsOneRun) {
   for (const auto& r : rows) EXPECT_TRUE(fs::exists(root / "term/cases" / r.at("case_id") / "mask.nii.gz"));
   ASSERT_EQ(wait_exit(start(args("term", true))), kExitOk);
   expect_same_run(root / "ref", root / "term");
+
+  // SIGHUP (a dropped ssh session) as SIGTERM, here before any case is done: exit 5, recorded.
+  const pid_t hup = start(args("hup", false));
+  for (const auto until = Clock::now() + std::chrono::duration<double>(20 * seconds + 60);
+       !fs::exists(root / "hup/hemexp.log") && Clock::now() < until;)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  kill(hup, SIGHUP);
+  EXPECT_EQ(wait_exit(hup), kExitInterrupted);
+  const json hup_run = json::parse(slurp(root / "hup/run.json"));
+  EXPECT_EQ(hup_run["interrupted"]["signal"], "SIGHUP") << hup_run;
+  // A second signal, of another kind, ends the process at once.
+  const pid_t twice = start(args("twice", false));
+  for (const auto until = Clock::now() + std::chrono::duration<double>(20 * seconds + 60);
+       cases_done("twice") == 0 && Clock::now() < until;)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  kill(twice, SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  kill(twice, SIGINT);
+  EXPECT_EQ(wait_exit(twice), 128 + SIGINT);
+  ASSERT_EQ(wait_exit(start(args("twice", true))), kExitOk);
+  expect_same_run(root / "ref", root / "twice");
   fs::remove_all(root);
 }
 

@@ -54,6 +54,20 @@ using StagedCaseFunction = std::function<CaseResult(const CaseInput& input, cons
 // The cohort around the cases: output folder, input list, shards, resume, progress,
 // results.csv (rewritten atomically after every case, in input order), run.json and the log.
 // Use: (load models) -> prepare() -> open_log() -> run(f, run_info).
+// SIGINT, SIGTERM and SIGHUP (a dropped ssh or `srun --pty` session) ask a run to stop between
+// cases: the case being analysed is finished, the tables written, exit 5. A second signal ends
+// the process at once. Held for a whole command, from before its models load; a holder made
+// while another is held shares its state (the runner's own).
+class StopSignals {
+ public:
+  StopSignals();
+  ~StopSignals();
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  static int received();  // the first signal, 0 if none
+};
+const char* signal_name(int sig);
+
 class CohortRunner {
  public:
   CohortRunner(CohortOptions options, std::vector<std::string> argv);
