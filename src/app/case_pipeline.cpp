@@ -185,29 +185,36 @@ void classify_case(const CaseAnalysis& a, const CasePipeline& pipeline, CaseResu
 
 namespace {
 
-// The writing of each CaseFiles file of the case, as tasks; an earlier run's label map that this
-// model does not make is removed here.
+// The writing of each CaseFiles file of the case, as tasks; an earlier analysis's file that this
+// one does not write (a label map this model does not make, a probability map or QC picture not
+// asked for, a corrected CT this grid does not need) is removed here: a case done again holds
+// only files of this analysis.
 std::vector<std::function<void()>> case_output_writes(const fs::path& dir, const LoadedVolume& loaded,
-                                                     const CaseAnalysis& a, const CasePipeline& pipeline) {
+                                                     const CaseAnalysis& a, const CasePipeline& pipeline,
+                                                     bool mask_reused) {
   const Geometry& grid = loaded.volume.geometry;
   // A NIfTI scan's own qform and sform go into every file on its grid (viewers differ in which
   // they follow; the two can disagree).
   const NiftiPlacement* placement = loaded.info.nifti_placement ? &*loaded.info.nifti_placement : nullptr;
   std::vector<std::function<void()>> writes;  // in the order they were always written
+  std::error_code gone;  // a file that cannot be removed is not this analysis's failure: its writes say
   writes.emplace_back([&dir, &a, &grid, placement] { write_image_file(dir / CaseFiles::kMask, a.mask, grid, placement); });
   if (a.labels.defined())
     writes.emplace_back(
         [&dir, &a, &grid, placement] { write_image_file(dir / CaseFiles::kLabels, a.labels, grid, placement); });
-  else fs::remove(dir / CaseFiles::kLabels);  // an earlier run's, with a model of more labels: not this mask's
+  else fs::remove(dir / CaseFiles::kLabels, gone);  // an earlier run's, with a model of more labels: not this mask's
   if (a.probability.defined())
     writes.emplace_back([&dir, &a, &grid, placement] {
       write_image_file(dir / CaseFiles::kProbability, a.probability, grid, placement);
     });
+  else if (!mask_reused) fs::remove(dir / CaseFiles::kProbability, gone);  // a reused mask's map is still its own
   if (pipeline.qc)
     writes.emplace_back([&dir, &a] {
       write_png(dir / CaseFiles::kQc,
                 qc_mosaic(a.canonical.volume, a.canonical_labels.defined() ? a.canonical_labels : a.canonical_mask));
     });
+  else fs::remove(dir / CaseFiles::kQc, gone);
+  if (!loaded.info.grid_resampled) fs::remove(dir / CaseFiles::kCorrectedCt, gone);
   if (loaded.info.grid_resampled) {
     // The mask lives on the corrected grid, which no viewer rebuilds from the DICOM files in
     // the same way: ship the corrected CT so that the mask overlays it exactly.
@@ -224,7 +231,8 @@ std::vector<std::function<void()>> case_output_writes(const fs::path& dir, const
 void measure_and_write_case(const fs::path& dir, const LoadedVolume& loaded, const CaseAnalysis& a,
                             const CasePipeline& pipeline, CaseResult& result, spdlog::logger& log) {
   const auto t0 = Clock::now();
-  const std::vector<std::function<void()>> writes = case_output_writes(dir, loaded, a, pipeline);
+  const std::vector<std::function<void()>> writes =
+      case_output_writes(dir, loaded, a, pipeline, result.timings_s.count("mask_reused") > 0);
   // The measurements first, so that theirs is the failure reported when both fail; each write
   // notes when it began and finished (its own slots: no task touches `result` but the measurements).
   std::vector<Clock::time_point> began(writes.size(), t0), written(writes.size(), t0);

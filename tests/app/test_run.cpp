@@ -477,10 +477,21 @@ TEST_F(RunCommand, SegmentsWithAModelAndMeasuresTheMask) {
   ASSERT_EQ(with_signs["he"]["signs"].size(), signs.size());
   for (size_t k = 0; k < signs.size(); ++k)
     EXPECT_NEAR(with_signs["he"]["signs"][signs[k]].get<double>(), expected[int64_t(k)].item<double>(), 1e-5) << signs[k];
-  // Another segmentation model (or options) means segmenting again.
+  // Another segmentation model (or options) means segmenting again; a file of the earlier
+  // analysis that this one does not write (no probability map or QC picture asked for) goes.
   o.seg_model = test::write_random_segmenter(root_ / "model-copy.safetensors", "another-name").string();
+  o.save_probabilities = false;
+  o.qc = false;
+  ASSERT_TRUE(fs::exists(out / "cases/head/qc.png"));
   ASSERT_EQ(run(o), kExitOk);
   EXPECT_TRUE(json::parse(slurp(out / "cases/head/result.json"))["timings_s"].contains("segment"));
+  for (const std::string id : {"head", "nifti-ct"}) {
+    EXPECT_FALSE(fs::exists(out / "cases" / id / "probability.nii.gz")) << id;
+    EXPECT_FALSE(fs::exists(out / "cases" / id / "qc.png")) << id;
+    EXPECT_TRUE(fs::exists(out / "cases" / id / "mask.nii.gz")) << id;
+  }
+  o.save_probabilities = true;
+  o.qc = true;
   o.seg_model = (root_ / "model.safetensors").string();
   o.resume = false;
   o.overwrite = true;
