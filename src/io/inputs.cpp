@@ -409,7 +409,9 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
                      [](const LeftOut& a, const LeftOut& b) { return a.path < b.path; });
   // Files given by name (on the command line or in a list) that share a name but are
   // different files, as in `p1/ct.nii.gz p2/ct.nii.gz`, are named with their folder too
-  // ("p1_ct", "p2_ct") rather than "ct", "ct-2".
+  // ("p1_ct", "p2_ct") rather than "ct", "ct-2"; with as many folders as tell them apart
+  // (siteA/P001/ct.nii.gz and siteB/P001/ct.nii.gz: "siteA_P001_ct", "siteB_P001_ct"), so that
+  // no id depends on the order of the list.
   std::map<std::string, std::set<fs::path>> paths_by_name;
   for (const Found& f : found)
     if (!f.relative.has_parent_path()) paths_by_name[case_id_from_path(f.relative)].insert(f.path.lexically_normal());
@@ -419,14 +421,38 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
   for (const Found& f : found)
     if (!f.given_id.empty() && !used.insert(f.given_id).second)
       throw IoError("case_id '" + f.given_id + "' is given to more than one scan");
+  // The folders above a path, nearest first.
+  const auto folders_above = [](const fs::path& p) {
+    std::vector<fs::path> out;
+    for (fs::path d = fs::absolute(p).lexically_normal().parent_path(); !d.filename().empty(); d = d.parent_path())
+      out.push_back(d.filename());
+    return out;
+  };
+  std::map<std::string, size_t> folders_needed;  // per shared name: how many folders tell its paths apart
+  for (const auto& [name, paths] : paths_by_name) {
+    if (paths.size() < 2) continue;
+    size_t depth = 1;
+    for (;; ++depth) {
+      std::set<std::vector<fs::path>> seen;
+      size_t longest = 0;
+      for (const fs::path& p : paths) {
+        std::vector<fs::path> above = folders_above(p);
+        longest = std::max(longest, above.size());
+        above.resize(std::min(above.size(), depth));
+        seen.insert(above);
+      }
+      if (seen.size() == paths.size() || depth >= longest) break;
+    }
+    folders_needed[name] = depth;
+  }
   std::vector<fs::path> relatives;  // of the entries whose id is derived from their path
   for (size_t i = 0; i < found.size(); ++i) {
     const Found& f = found[i];
     if (!f.given_id.empty()) continue;
     fs::path relative = f.relative;
-    if (!relative.has_parent_path() && paths_by_name[case_id_from_path(relative)].size() > 1) {
-      const fs::path folder = fs::absolute(f.path).lexically_normal().parent_path().filename();
-      if (!folder.empty()) relative = folder / relative;
+    if (const auto it = folders_needed.find(case_id_from_path(relative)); !relative.has_parent_path() && it != folders_needed.end()) {
+      const std::vector<fs::path> above = folders_above(f.path);
+      for (size_t d = 0; d < std::min(it->second, above.size()); ++d) relative = above[d] / relative;
     }
     relatives.push_back(relative);
   }

@@ -137,6 +137,20 @@ TEST(Inputs, IdsStayWithTheirScansAsTheCohortGrowsAndEachScanIsOneCase) {
     EXPECT_EQ(site_of, (std::map<std::string, std::string>{{"siteA_scans_P1", "siteA"}, {"siteB_scans_P1", "siteB"}}));
   }
   EXPECT_EQ(expand_inputs({dir / "siteA/scans"})[0].id, "scans_P1");  // alone: as before
+  // Files of one name in a list, whose nearest folders are alike too: named with as many
+  // folders as tell them apart, in either order of the list (P001_ct and P001_ct-2 before).
+  for (const char* site : {"siteA", "siteB"}) {
+    fs::create_directories(dir / site / "P001");
+    std::ofstream(dir / site / "P001/ct.nii.gz") << site;
+  }
+  for (const bool swapped : {false, true}) {
+    std::ofstream(dir / "sites.txt") << (swapped ? "siteB/P001/ct.nii.gz\nsiteA/P001/ct.nii.gz\n"
+                                                 : "siteA/P001/ct.nii.gz\nsiteB/P001/ct.nii.gz\n");
+    std::map<std::string, std::string> site_of;
+    for (const CaseInput& c : expand_inputs({dir / "sites.txt"}))
+      site_of[c.id] = c.path.parent_path().parent_path().filename().string();
+    EXPECT_EQ(site_of, (std::map<std::string, std::string>{{"siteA_P001_ct", "siteA"}, {"siteB_P001_ct", "siteB"}}));
+  }
 
   fs::create_symlink(dir / "names/M--ller/ct.nii.gz", dir / "names/link.nii.gz");
   std::vector<LeftOut> left_out;
