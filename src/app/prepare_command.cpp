@@ -72,8 +72,16 @@ std::vector<PrepareCase> synth_cases(const std::vector<std::string>& dirs) {
     if (fs::exists(fs::path(dir) / "labels.csv"))
       for (auto& row : parse_csv(read_text_file(fs::path(dir) / "labels.csv")).records()) labels[row["case_id"]] = row;
     std::vector<fs::path> found;
-    for (const auto& e : fs::directory_iterator(dir))
-      if (fs::exists(e.path() / "ct.nii.gz") && fs::exists(e.path() / "mask.nii.gz")) found.push_back(e.path());
+    for (const auto& e : fs::directory_iterator(dir)) {
+      if (!fs::exists(e.path() / "ct.nii.gz") || !fs::exists(e.path() / "mask.nii.gz")) continue;
+      // With a labels.csv, its rows are the cases (a case folder it does not list is not this synth's).
+      if (!labels.empty() && !labels.count(e.path().filename().string())) {
+        spdlog::warn("{}: not in {}'s labels.csv (left by another synth into the same folder?): not exported",
+                     e.path().string(), dir);
+        continue;
+      }
+      found.push_back(e.path());
+    }
     std::sort(found.begin(), found.end());
     for (const fs::path& c : found) {
       PrepareCase pc;

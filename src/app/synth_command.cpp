@@ -20,6 +20,7 @@
 #include "hemexp/io/atomic_file.hpp"
 #include "hemexp/io/error.hpp"
 #include "hemexp/io/image_file.hpp"
+#include "hemexp/io/inputs.hpp"
 #include "hemexp/io/reader.hpp"
 #include "hemexp/version.hpp"
 
@@ -75,6 +76,7 @@ CLI::App* setup_synth(CLI::App& app, SynthOptions& o) {
   s->add_option("--log-level", o.log_level, "Log detail")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
       ->capture_default_str();
+  s->add_flag("--overwrite", o.overwrite, "Replace the cases of an earlier hemexp synth in the output folder");
   return s;
 }
 
@@ -139,6 +141,26 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
   spdlog::set_level(spdlog::level::from_str(o.log_level));
   const fs::path out(o.output_dir);
   std::error_code ec;
+  // An earlier synth's cases left beside this one's would be taken for them (prepare --synth).
+  if (fs::exists(out / "labels.csv", ec) || fs::exists(out / "synth.json", ec)) {
+    if (!o.overwrite) {
+      spdlog::error("{} already holds the cases of a hemexp synth (labels.csv, synth.json): give another folder, or "
+                    "--overwrite to replace them", out.string());
+      return kExitUsage;
+    }
+    try {  // the cases the earlier labels.csv lists, and its records; nothing else in the folder
+      if (fs::exists(out / "labels.csv"))
+        for (const auto& row : parse_csv(read_text_file(out / "labels.csv")).records())
+          if (const auto id = row.find("case_id"); id != row.end() && !id->second.empty() &&
+                                                   case_id_from_path(id->second) == id->second)
+            fs::remove_all(out / id->second);
+      fs::remove(out / "labels.csv");
+      fs::remove(out / "synth.json");
+    } catch (const std::exception& e) {
+      spdlog::error("cannot replace the earlier cases in {}: {}", out.string(), e.what());
+      return kExitSetup;
+    }
+  }
   fs::create_directories(out, ec);
   if (ec || !fs::is_directory(out)) {
     spdlog::error("cannot create output folder {}: {}", out.string(), ec.message());

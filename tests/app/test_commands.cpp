@@ -169,6 +169,43 @@ TEST_F(Commands, PrepareExportsClassifierRoisWithTheTruth) {
   }
 }
 
+// A second synth into a synth's folder is refused (its cases would be mixed with the first's);
+// --overwrite replaces the cases the earlier labels.csv lists and nothing else; prepare --synth
+// exports labels.csv's rows only, not a case folder it does not list.
+TEST_F(Commands, ASynthFolderHoldsOneSynthsCases) {
+  const fs::path dir = root_ / "twice";
+  const auto synth = [&](const char* seed, bool overwrite) {
+    std::vector<std::string> args{"hemexp", "synth", "-o", dir.string(), "--count", "2", "--seed", seed, "--matrix",
+                                  "48", "--thin-fraction", "0", "--log-level", "error"};
+    if (overwrite) args.push_back("--overwrite");
+    std::vector<const char*> argv;
+    for (const std::string& a : args) argv.push_back(a.c_str());
+    return main_entry(int(argv.size()), argv.data());
+  };
+  ASSERT_EQ(synth("5", false), kExitOk);
+  const std::string first = slurp(dir / "labels.csv");
+  EXPECT_EQ(synth("6", false), kExitUsage);
+  EXPECT_EQ(slurp(dir / "labels.csv"), first);
+  fs::create_directories(dir / "mine");
+  std::ofstream(dir / "mine/notes.txt") << "kept";
+  fs::copy(dir / "synth_00001", dir / "synth_00007");  // a case no labels.csv lists
+  ASSERT_EQ(synth("6", true), kExitOk);
+  EXPECT_NE(slurp(dir / "labels.csv"), first);
+  EXPECT_TRUE(fs::exists(dir / "mine/notes.txt"));
+  EXPECT_TRUE(fs::exists(dir / "synth_00007"));
+  const fs::path card = root_ / "cls-card-twice.json";
+  std::ofstream(card) << test::parity_classifier_card(0.0, 1.0, 0.0).dump();
+  PrepareOptions o;
+  o.synth_dirs = {dir.string()};
+  o.card_path = card.string();
+  o.output_dir = (root_ / "prepared-twice").string();
+  ASSERT_EQ(run_prepare(o), kExitOk);
+  const auto rows = parse_csv(slurp(root_ / "prepared-twice/cases.csv")).records();
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].at("case_id"), "twice_synth_00000");
+  EXPECT_EQ(rows[1].at("case_id"), "twice_synth_00001");
+}
+
 // Classifier ROIs from a run's masks: the IVH volume is the segmenter's (its "ivh" label in
 // result.json), never the labels CSV's true one; empty for a segmenter without that label.
 TEST_F(Commands, PrepareFromARunTakesTheSegmentersIvhVolume) {

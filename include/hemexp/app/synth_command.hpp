@@ -23,6 +23,7 @@ struct SynthOptions {
   int matrix = 512;            // in-plane matrix (field of view stays clinical)
   double thin_fraction = 0.1;  // share of thin-slice (1.25 mm) cases
   std::string log_level = "info";
+  bool overwrite = false;      // replace an earlier synth's cases in output_dir
 };
 
 // Binds SynthOptions to a `synth` subcommand of app (validators included).
