@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -122,15 +123,17 @@ std::map<std::string, std::string> label_row(const synth::SynthCase& c) {
   return r;
 }
 
-void write_case(const fs::path& dir, const synth::SynthCase& c) {
+// `placement`: a NIfTI background's own qform and sform (and units), written into every file
+// on its grid, as `run` writes its masks: each viewer places a case where it places the background.
+void write_case(const fs::path& dir, const synth::SynthCase& c, const NiftiPlacement* placement) {
   fs::create_directories(dir);
-  write_image_file(dir / "ct.nii.gz", c.baseline.ct, c.baseline.geometry);
-  write_image_file(dir / "mask.nii.gz", c.baseline.mask, c.baseline.geometry);
-  write_image_file(dir / "labels.nii.gz", c.baseline.labels, c.baseline.geometry);
+  write_image_file(dir / "ct.nii.gz", c.baseline.ct, c.baseline.geometry, placement);
+  write_image_file(dir / "mask.nii.gz", c.baseline.mask, c.baseline.geometry, placement);
+  write_image_file(dir / "labels.nii.gz", c.baseline.labels, c.baseline.geometry, placement);
   if (c.has_followup) {
-    write_image_file(dir / "followup_ct.nii.gz", c.followup.ct, c.followup.geometry);
-    write_image_file(dir / "followup_mask.nii.gz", c.followup.mask, c.followup.geometry);
-    write_image_file(dir / "followup_labels.nii.gz", c.followup.labels, c.followup.geometry);
+    write_image_file(dir / "followup_ct.nii.gz", c.followup.ct, c.followup.geometry, placement);
+    write_image_file(dir / "followup_mask.nii.gz", c.followup.mask, c.followup.geometry, placement);
+    write_image_file(dir / "followup_labels.nii.gz", c.followup.labels, c.followup.geometry, placement);
   }
 }
 
@@ -181,10 +184,20 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
   }
 
   std::vector<synth::Background> backgrounds;
+  std::vector<std::optional<NiftiPlacement>> placements;  // per background
+  nlohmann::json background_records = nlohmann::json::array();
   for (const auto& path : o.backgrounds) {
     try {
       const LoadedVolume loaded = read_volume(path);
       backgrounds.push_back(synth::prepare_background(loaded.volume, path));
+      placements.push_back(loaded.info.nifti_placement);
+      // Which scan, exactly (its content fingerprint), and what reading it changed.
+      background_records.push_back({{"path", path},
+                                    {"absolute_path", fs::absolute(path).lexically_normal().string()},
+                                    {"fingerprint", input_fingerprint(path)},
+                                    {"corrections", loaded.info.corrections},
+                                    {"warnings", loaded.info.warnings}});
+      for (const std::string& w : loaded.info.warnings) spdlog::warn("background {}: {}", path, w);
       spdlog::info("background {}: {} mL parenchyma, noise sd {:.1f} HU", path,
                    backgrounds.back().parenchyma_voxels * loaded.volume.geometry.voxel_volume_mm3() / 1000.0,
                    backgrounds.back().noise_sd_hu);
@@ -217,7 +230,8 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
         const synth::SynthCase c =
             backgrounds.empty() ? synth::render_procedural_case(so, i)
                                 : synth::render_background_case(so, i, backgrounds[size_t(k) % backgrounds.size()]);
-        write_case(out / c.truth.case_id, c);
+        const size_t b = backgrounds.empty() ? 0 : size_t(k) % backgrounds.size();
+        write_case(out / c.truth.case_id, c, backgrounds.empty() || !placements[b] ? nullptr : &*placements[b]);
         rows[k] = label_row(c);
         release_freed_memory();  // the worker's arena would keep each case's volumes (core/runtime.hpp)
         // No expansion label or probability on the console: a held-out cohort stays blind until
@@ -252,6 +266,7 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
       {"matrix", o.matrix},
       {"thin_fraction", o.thin_fraction},
       {"backgrounds", o.backgrounds},
+      {"background_scans", background_records},
       {"he_model",
        {{"intercept", intercept},
         {"volume_per_log_ml_over_15", model.volume_per_log},
