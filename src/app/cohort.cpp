@@ -9,6 +9,7 @@
 #include <chrono>
 #include <future>
 #include <cmath>
+#include <atomic>
 #include <csignal>
 #include <ctime>
 #include <map>
@@ -358,18 +359,20 @@ namespace {
 
 // The first signal is recorded and the run stops between cases; a second one (of any kind)
 // takes the default action at once. Atomic writes leave no half-written file either way.
-volatile std::sig_atomic_t g_stop_signal = 0;
+// (Any thread may take the signal: a lock-free atomic, set once.)
+std::atomic<int> g_stop_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free);
 extern "C" void on_stop_signal(int sig) {
-  if (g_stop_signal != 0) {
+  int none = 0;
+  if (!g_stop_signal.compare_exchange_strong(none, sig)) {
     std::signal(sig, SIG_DFL);
     std::raise(sig);
-    return;
   }
-  g_stop_signal = sig;
 }
 constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGHUP};
 int g_holders = 0;
 struct sigaction g_previous[3];
+bool g_installed[3] = {false, false, false};
 
 }  // namespace
 
@@ -379,15 +382,22 @@ StopSignals::StopSignals() {
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
-  for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &sa, &g_previous[i]);
+  for (const int sig : kStopSignals) sigaddset(&sa.sa_mask, sig);  // one handler at a time
+  for (int i = 0; i < 3; ++i) {
+    // A signal the process was started to ignore (`nohup`, a background job's SIGINT) stays ignored.
+    sigaction(kStopSignals[i], nullptr, &g_previous[i]);
+    g_installed[i] = g_previous[i].sa_handler != SIG_IGN;
+    if (g_installed[i]) sigaction(kStopSignals[i], &sa, nullptr);
+  }
 }
 
 StopSignals::~StopSignals() {
   if (--g_holders > 0) return;
-  for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &g_previous[i], nullptr);
+  for (int i = 0; i < 3; ++i)
+    if (g_installed[i]) sigaction(kStopSignals[i], &g_previous[i], nullptr);
 }
 
-int StopSignals::received() { return int(g_stop_signal); }
+int StopSignals::received() { return g_stop_signal.load(); }
 
 const char* signal_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGHUP ? "SIGHUP" : "SIGTERM"; }
 
@@ -508,8 +518,14 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
       }
   };
   std::string output_failure;  // why results.csv could not be written, if it could not
+  size_t not_started = 0;  // after a signal: the cases not kept from a previous run that were not begun
   for (size_t k = 0; k < cases_.size(); ++k) {
-    if (signals.received()) break;
+    // After a signal, only the cases kept from a previous run still get their rows (nothing to
+    // analyse); the others are not started.
+    if (signals.received() && !plan(k).kept) {
+      ++not_started;
+      continue;
+    }
     if (options_.progress && terminal)
       std::fprintf(stderr, "\r\033[K%s",
                    progress_line(k, cases_.size(), counts, seconds_since(t_run),
@@ -587,8 +603,7 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
       spdlog::error("cannot write {}: {}: free space and rerun", results_name(), output_failure);
     }
   }
-  // A signal that came once every case had started stops nothing: the run is complete.
-  const size_t not_started = cases_.size() - size_t(counts["ok"] + counts["failed"] + counts["skipped"]);
+  // A signal that came once every case to analyse had started stops nothing: the run is complete.
   const int stop = not_started > 0 ? signals.received() : 0;
   if (signals.received() && !stop)
     log.info("{} arrived while the last case was analysed: the run is complete", signal_name(signals.received()));

@@ -145,24 +145,11 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
   const fs::path out(o.output_dir);
   std::error_code ec;
   // An earlier synth's cases left beside this one's would be taken for them (prepare --synth).
-  if (fs::exists(out / "labels.csv", ec) || fs::exists(out / "synth.json", ec)) {
-    if (!o.overwrite) {
-      spdlog::error("{} already holds the cases of a hemexp synth (labels.csv, synth.json): give another folder, or "
-                    "--overwrite to replace them", out.string());
-      return kExitUsage;
-    }
-    try {  // the cases the earlier labels.csv lists, and its records; nothing else in the folder
-      if (fs::exists(out / "labels.csv"))
-        for (const auto& row : parse_csv(read_text_file(out / "labels.csv")).records())
-          if (const auto id = row.find("case_id"); id != row.end() && !id->second.empty() &&
-                                                   case_id_from_path(id->second) == id->second)
-            fs::remove_all(out / id->second);
-      fs::remove(out / "labels.csv");
-      fs::remove(out / "synth.json");
-    } catch (const std::exception& e) {
-      spdlog::error("cannot replace the earlier cases in {}: {}", out.string(), e.what());
-      return kExitSetup;
-    }
+  const bool earlier = fs::exists(out / "labels.csv", ec) || fs::exists(out / "synth.json", ec);
+  if (earlier && !o.overwrite) {
+    spdlog::error("{} already holds the cases of a hemexp synth (labels.csv, synth.json): give another folder, or "
+                  "--overwrite to replace them", out.string());
+    return kExitUsage;
   }
   fs::create_directories(out, ec);
   if (ec || !fs::is_directory(out)) {
@@ -203,6 +190,31 @@ int run_synth(const SynthOptions& o, const std::vector<std::string>& argv) {
                    backgrounds.back().noise_sd_hu);
     } catch (const std::exception& e) {
       spdlog::error("background {} unusable: {}", path, e.what());
+      return kExitSetup;
+    }
+  }
+
+  // Replaced only once nothing else can stop the command, and only a hemexp synth's own cases:
+  // those its labels.csv lists, beside its synth.json (a researcher's labels.csv is not one).
+  if (earlier) {
+    try {
+      const nlohmann::json meta = nlohmann::json::parse(read_text_file(out / "synth.json"));
+      if (!meta.is_object() || meta.value("tool", std::string()).rfind("hemexp", 0) != 0) throw std::runtime_error("");
+    } catch (const std::exception&) {
+      spdlog::error("{} holds a labels.csv or synth.json that is not a hemexp synth's: nothing replaced; give another "
+                    "folder", out.string());
+      return kExitUsage;
+    }
+    try {
+      if (fs::exists(out / "labels.csv"))
+        for (const auto& row : parse_csv(read_text_file(out / "labels.csv")).records())
+          if (const auto id = row.find("case_id"); id != row.end() && !id->second.empty() &&
+                                                   case_id_from_path(id->second) == id->second)
+            fs::remove_all(out / id->second);
+      fs::remove(out / "labels.csv");
+      fs::remove(out / "synth.json");
+    } catch (const std::exception& e) {
+      spdlog::error("cannot replace the earlier cases in {}: {}", out.string(), e.what());
       return kExitSetup;
     }
   }

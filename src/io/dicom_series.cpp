@@ -26,10 +26,11 @@ bool is_bone_kernel(const DicomHeader& h) {
   // second letter l); Philips D, E, L, YC to YF; Canon/Toshiba FC30 and up.
   static const std::regex bone(
       R"((BONE|LUNG|SHARP|EDGE|^[HBJQUI][A-Z]?[6-9]\d|^[BHIJQU]L\d\d|^(D|E|L|YC|YD|YE|YF)$|^FC[3-8]\d))");
-  // A series described as bone or lung whatever its kernel's name ("BONE 1.25mm").
+  // Without a kernel, a series described as bone or lung ("BONE 1.25mm"); a kernel, when there
+  // is one, says it ("Brain/Bone 5mm" of kernel STANDARD is soft tissue).
   static const std::regex described(R"(\b(BONE|LUNG)\b)");
-  return std::regex_search(upper(h.convolution_kernel), bone) ||
-         std::regex_search(upper(h.series_description), described);
+  if (trim(h.convolution_kernel).empty()) return std::regex_search(upper(h.series_description), described);
+  return std::regex_search(upper(h.convolution_kernel), bone);
 }
 
 struct Candidate {
@@ -37,8 +38,9 @@ struct Candidate {
   std::vector<DicomHeader> files;
   int copies = 0;        // files holding an image already in `files` (same SOPInstanceUID)
   std::string excluded;  // why it cannot be the case's series, "" if it can
-  bool overridable = false;  // excluded for a reason --series-uid overrides (not axial, contrast)
+  bool overridable = false;  // excluded for a reason --series-uid overrides (not axial)
   bool bone = false, derived = false;
+  std::string contrast;  // the ContrastBolusAgent that names an agent, "" for a plain series
 };
 
 std::string describe(const Candidate& c) {
@@ -87,16 +89,15 @@ std::string choice_problem(const Candidate& c, bool& overridable) {
     return "not axial: its slices are " + format_number(degrees, 0) +
            " degrees from axial (a sagittal, coronal or oblique reformat)";
   }
-  for (const DicomHeader& h : c.files)
-    if (names_contrast_agent(h.contrast_agent))
-      return "contrast-enhanced (ContrastBolusAgent '" + h.contrast_agent +
-             "'): hemexp reads non-contrast CT, where blood is the bright tissue";
   overridable = false;
   return "";
 }
 
-// Best first: ORIGINAL before DERIVED, then most images, then the lower series number and UID.
+// Best first: non-contrast before contrast-enhanced (a value misread as an agent never fails a
+// case: it only ranks), ORIGINAL before DERIVED, then most images, then the lower series number
+// and UID.
 bool better(const Candidate* a, const Candidate* b) {
+  if (a->contrast.empty() != b->contrast.empty()) return a->contrast.empty();
   if (a->derived != b->derived) return !a->derived;
   if (a->files.size() != b->files.size()) return a->files.size() > b->files.size();
   if (a->files.front().series_number != b->files.front().series_number)
@@ -106,6 +107,9 @@ bool better(const Candidate* a, const Candidate* b) {
 
 // Why `c` came after `best` in the ranking (better()).
 std::string ranked_after(const Candidate& c, const Candidate& best) {
+  if (!c.contrast.empty() && best.contrast.empty())
+    return "contrast-enhanced (ContrastBolusAgent '" + c.contrast +
+           "'), after a non-contrast series: hemexp reads non-contrast CT, where blood is the bright tissue";
   if (c.derived && !best.derived) return "derived images (a reformat or reconstruction), after an original series";
   if (c.files.size() < best.files.size()) return "fewer images";
   return c.files.front().series_number != best.files.front().series_number
@@ -131,7 +135,9 @@ SeriesChoice choice_of(const Candidate& c, const std::string& explanation) {
 }  // namespace
 
 bool names_contrast_agent(const std::string& value) {
-  static const std::regex none(R"(^(|NONE|NO|NIL|NON|N/?A|0|-+|NONE GIVEN|NO CONTRAST|NON[- ]?CONTRAST|WITHOUT( CONTRAST)?|W/?O( CONTRAST)?|PLAIN|NATIVE?)$)");
+  // Written for "none": empty, N, NC, C-, 0, dashes, NIL, N/A, PLAIN, NATIVE, and anything that
+  // starts with NO, NON, NOT, UN(enhanced), WITHOUT or W/O.
+  static const std::regex none(R"(^(|N|NC|C-|0|-+|NIL|N/?A|PLAIN|NATIVE?|(NO|NON|NOT|UN|WITHOUT|W/?O)\b.*|NON-.*|UN.*|NONE.*)$)");
   return !std::regex_match(upper(trim(value)), none);
 }
 
@@ -171,6 +177,11 @@ SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::s
     c.excluded = choice_problem(c, c.overridable);
     c.bone = is_bone_kernel(c.files.front());
     c.derived = upper(c.files.front().image_type).find("DERIVED") != std::string::npos;
+    for (const DicomHeader& h : c.files)
+      if (names_contrast_agent(h.contrast_agent)) {
+        c.contrast = h.contrast_agent;
+        break;
+      }
     if (c.excluded.empty()) usable.push_back(&c);
   }
   // Series of more than one patient or study: which one is the case's scan (a baseline and its
@@ -221,7 +232,7 @@ SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::s
                usable.end());
 
   if (usable.empty()) {
-    // What --series-uid overrides (a reformat's or a contrast series' choice) says so.
+    // What --series-uid overrides (a reformat) says so.
     const std::string hint = "; name a series with --series-uid to read it anyway";
     if (order.size() == 1) {
       const Candidate& only = by_uid[order.front()];
@@ -229,7 +240,7 @@ SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::s
       throw IoError(only.excluded);
     }
     std::ostringstream s;
-    s << "no axial non-contrast CT series among " << order.size() << " series:";
+    s << "no axial CT series among " << order.size() << " series:";
     bool overridable = false;
     for (const std::string& uid : order) {
       const Candidate& c = by_uid[uid];
@@ -246,8 +257,9 @@ SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::s
   std::map<std::string, std::string> skipped;
   why << "chose " << describe(best);
   if (order.size() > 1) {
-    why << (best.derived ? " as the axial CT series with the most images (derived images: no original series)"
-                         : " as the axial CT series with the most images");
+    why << " as the axial CT series with the most images";
+    if (!best.contrast.empty()) why << " (contrast-enhanced: no non-contrast series)";
+    if (best.derived) why << " (derived images: no original series)";
     why << "; skipped";
     for (const std::string& uid : order) {
       if (uid == best.uid) continue;
@@ -255,8 +267,9 @@ SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::s
       skipped[uid] = !c.excluded.empty() ? c.excluded : ranked_after(c, best);
       why << " " << describe(c) << ": " << skipped[uid] << ";";
     }
-  } else if (best.derived) {
-    why << ": derived images (a reconstruction), the folder's only series";
+  } else {
+    if (best.derived) why << ": derived images (a reconstruction), the folder's only series";
+    if (!best.contrast.empty()) why << (best.derived ? "; " : ": ") << "contrast-enhanced (ContrastBolusAgent '" << best.contrast << "')";
   }
   std::string explanation = why.str();
   if (explanation.back() == ';') explanation.pop_back();

@@ -152,7 +152,11 @@ void walk_folder(const fs::path& root, std::vector<Found>& out, const LeaveOut& 
     if (has_dicom) found.push_back({folder, relative(folder)});
     if (!has_dicom && !has_subfolder && !left_out_here && found.size() == before) {
       // On a CD (a DICOMDIR above), folders without scans are its viewer, help and documents.
-      if (on_cd.count(folder)) leave.note(folder, "no scan in it: a folder of a CD or export beside its DICOMDIR (a viewer, documents)");
+      // Only a folder of files none of which is named or made like DICOM: an empty one, or one of
+      // damaged .dcm files, is still a failed case.
+      const bool clutter = on_cd.count(folder) && !entries.empty() &&
+                           std::none_of(entries.begin(), entries.end(), [](const fs::path& e) { return has_dicom_extension(e); });
+      if (clutter) leave.note(folder, "no scan in it: a folder of a CD or export beside its DICOMDIR (a viewer, documents)");
       else found.push_back({folder, relative(folder)});
     }
   }
@@ -342,10 +346,11 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
     }
     found.push_back(std::move(f));
   }
-  // One DICOM series in two folders: a second copy of it (its first image has the same
-  // SOPInstanceUID) is left out, the folder with more files kept; parts of one series split
-  // across folders (a CD writer's folders of so many files) would be measured as half heads
-  // each: both fail, named. Each folder is known by the first DICOM file it holds.
+  // One DICOM series in two folders: a second copy of it (images with the same SOPInstanceUIDs)
+  // is left out, the folder with more images kept; parts of one series split across folders (a
+  // CD writer's folders of so many files) would be measured as half heads each: both fail,
+  // named. Each folder is known by the first DICOM file it holds; two that share a series are
+  // compared image by image.
   {
     // A folder's files (not hidden) and the header of the first DICOM file among them.
     struct Folder {
@@ -383,12 +388,26 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
       const auto [it, is_new] = by_series.try_emplace(series, i, here);
       if (is_new) continue;
       auto& [at, there] = it->second;
-      if (!here.first->sop_instance_uid.empty() && there.first->sop_instance_uid == here.first->sop_instance_uid) {
-        // A copy: the folder with more files is kept (a complete resend after a partial one).
-        const bool keep_here = here.files > there.files;
+      // Rare: the two folders' images compared whole. Shared images make a copy (a resend, an
+      // export named another way); none shared, parts of one series.
+      const auto images = [&series](const fs::path& folder) {
+        std::set<std::string> uids;
+        try {
+          for (const DicomHeader& h : read_folder_headers(folder))
+            if (h.series_uid == series && !h.sop_instance_uid.empty()) uids.insert(h.sop_instance_uid);
+        } catch (const std::exception&) {  // the reader says what is wrong with the folder
+        }
+        return uids;
+      };
+      const std::set<std::string> here_images = images(f.path), there_images = images(found[at].path);
+      const bool shared = std::any_of(here_images.begin(), here_images.end(),
+                                      [&](const std::string& u) { return there_images.count(u) > 0; });
+      if (shared) {
+        // A copy: the folder with more images is kept (a complete resend after a partial one).
+        const bool keep_here = here_images.size() > there_images.size();
         const size_t gone = keep_here ? at : i;
         leave.note(found[gone].path, "a second copy of the series in " + found[keep_here ? i : at].path.string() +
-                                         " (its first image has the same SOPInstanceUID)");
+                                         " (images with the same SOPInstanceUIDs)");
         drop[gone] = true;
         if (keep_here) at = i, there = std::move(here);
       } else {
@@ -511,11 +530,11 @@ std::vector<StudyScan> describe_study_scans(const fs::path& folder, std::vector<
   for (auto& [key, group] : studies) {
     if (group.size() < 2) continue;
     std::vector<DicomHeader> headers;
-    for (const StudyScan* s : group)
-      for (DicomHeader& h : read_folder_headers(s->input.path))
-        if (h.study_uid == key.second) headers.push_back(std::move(h));
     SeriesChoice choice;
     try {
+      for (const StudyScan* s : group)
+        for (DicomHeader& h : read_folder_headers(s->input.path))
+          if (h.study_uid == key.second) headers.push_back(std::move(h));
       choice = choose_series(headers, "");
     } catch (const std::exception&) {
       continue;  // each folder's own choice stands (pair_study_scans keeps the larger)

@@ -202,11 +202,19 @@ LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
     info.series_choice = explain();
     try {
       read_chosen_series(c, unreadable, options, out);
+      if (names_contrast_agent(first.contrast_agent))
+        info.warnings.push_back("the series is contrast-enhanced (ContrastBolusAgent '" + first.contrast_agent +
+                                "'): hemexp's models read non-contrast CT, where vessels are not bright like blood");
+      if (k > 0)
+        info.warnings.push_back("the chosen series could not be read (" + failures.front() + "); read " + c.description +
+                                " instead");
       return out;
     } catch (const IoError& e) {
       failures.push_back(c.description + " could not be read: " + e.what());
-      // A folder's unreadable file stops every series alike: no other series is tried.
-      if (k + 1 < tries.size() && unreadable.empty()) continue;
+      // A folder's unreadable file stops every series alike, and a series over --max-voxels is
+      // not replaced by a smaller one (the limit is the user's to raise).
+      const bool stops_all = !unreadable.empty() || std::string(e.what()).find("(--max-voxels)") != std::string::npos;
+      if (k + 1 < tries.size() && !stops_all) continue;
       if (k > 0) info.series_choice = "no usable series could be read: " + join(failures, "; ") + " (" + choice.explanation + ")";
       // The case's result keeps which series, and why; among several series the error names
       // the one chosen (and says when the others failed too).

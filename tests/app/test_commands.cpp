@@ -174,10 +174,11 @@ TEST_F(Commands, PrepareExportsClassifierRoisWithTheTruth) {
 // exports labels.csv's rows only, not a case folder it does not list.
 TEST_F(Commands, ASynthFolderHoldsOneSynthsCases) {
   const fs::path dir = root_ / "twice";
-  const auto synth = [&](const char* seed, bool overwrite) {
+  const auto synth = [&](const char* seed, bool overwrite, const std::string& background = "") {
     std::vector<std::string> args{"hemexp", "synth", "-o", dir.string(), "--count", "2", "--seed", seed, "--matrix",
-                                  "48", "--thin-fraction", "0", "--log-level", "error"};
+                                  "48", "--thin-fraction", "0", "--log-level", "warn"};
     if (overwrite) args.push_back("--overwrite");
+    if (!background.empty()) args.insert(args.end(), {"--background", background});
     std::vector<const char*> argv;
     for (const std::string& a : args) argv.push_back(a.c_str());
     return main_entry(int(argv.size()), argv.data());
@@ -186,6 +187,10 @@ TEST_F(Commands, ASynthFolderHoldsOneSynthsCases) {
   const std::string first = slurp(dir / "labels.csv");
   EXPECT_EQ(synth("6", false), kExitUsage);
   EXPECT_EQ(slurp(dir / "labels.csv"), first);
+  // A background that cannot be used stops --overwrite before anything is removed.
+  EXPECT_EQ(synth("6", true, (kData / "philips-head-phantom-5mm").string()), kExitSetup);
+  EXPECT_EQ(slurp(dir / "labels.csv"), first);
+  EXPECT_TRUE(fs::exists(dir / "synth_00000/ct.nii.gz"));
   fs::create_directories(dir / "mine");
   std::ofstream(dir / "mine/notes.txt") << "kept";
   fs::copy(dir / "synth_00001", dir / "synth_00007");  // a case no labels.csv lists
@@ -204,6 +209,16 @@ TEST_F(Commands, ASynthFolderHoldsOneSynthsCases) {
   ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[0].at("case_id"), "twice_synth_00000");
   EXPECT_EQ(rows[1].at("case_id"), "twice_synth_00001");
+  // A researcher's own labels.csv beside patient folders is not a synth's: nothing is replaced.
+  const fs::path own = root_ / "own";
+  fs::create_directories(own / "P001");
+  std::ofstream(own / "labels.csv") << "case_id,he_label\nP001,1\n";
+  std::vector<std::string> args{"hemexp", "synth", "-o", own.string(), "--count", "1", "--matrix", "48", "--overwrite",
+                                "--log-level", "warn"};
+  std::vector<const char*> argv;
+  for (const std::string& a : args) argv.push_back(a.c_str());
+  EXPECT_EQ(main_entry(int(argv.size()), argv.data()), kExitUsage);
+  EXPECT_TRUE(fs::exists(own / "P001"));
 }
 
 // Classifier ROIs from a run's masks: the IVH volume is the segmenter's (its "ivh" label in

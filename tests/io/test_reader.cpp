@@ -495,21 +495,21 @@ TEST(Reader, StudyFolderChoosesTheNonContrastSeriesAndCountsCopiesOnce) {
   EXPECT_NE(why.find("series 2 (CT, 28 images): contrast-enhanced (ContrastBolusAgent 'OMNIPAQUE 350')"), std::string::npos) << why;
   EXPECT_NE(why.find("series 1 (CT, 56 images): 56 images at 28 slice positions (positions imaged more than once: a perfusion"), std::string::npos) << why;
   EXPECT_NE(why.find("; 28 files hold an image of it a second time (the same SOPInstanceUID): read once"), std::string::npos) << why;
-  // "No contrast" written out is no agent.
-  EXPECT_FALSE(names_contrast_agent("NONE"));
-  EXPECT_FALSE(names_contrast_agent(" no contrast "));
-  EXPECT_FALSE(names_contrast_agent(""));
+  // "No contrast" as sites write it is no agent: a value misread would only rank a series.
+  for (const char* none : {"NONE", " no contrast ", "", "C-", "NC", "N", "NOT USED", "NONE USED", "NO IV CONTRAST",
+                           "UNENHANCED", "N/A", "w/o contrast", "Non-contrast"})
+    EXPECT_FALSE(names_contrast_agent(none)) << none;
   EXPECT_TRUE(names_contrast_agent("Iomeron 400"));
+  EXPECT_TRUE(names_contrast_agent("OMNIPAQUE 350"));
 
-  // The contrast series alone is refused, saying how to read it anyway.
+  // The contrast series alone is read, and says what it is.
   ScratchDir cta("cta");
   for (const auto& e : fs::directory_iterator(copies / "cta")) fs::copy_file(e.path(), cta / e.path().filename());
-  const std::string error = error_of(cta.path());
-  EXPECT_EQ(error.rfind("contrast-enhanced (ContrastBolusAgent 'OMNIPAQUE 350')", 0), 0u) << error;
-  EXPECT_NE(error.find("UID 2.25.21); name a series with --series-uid to read it anyway"), std::string::npos) << error;
-  ReadOptions options;
-  options.series_uid = "2.25.21";
-  EXPECT_EQ(read_volume(cta.path(), options).info.source_slices, 28);
+  const LoadedVolume enhanced = read_volume(cta.path());
+  EXPECT_EQ(enhanced.info.source_slices, 28);
+  EXPECT_EQ(enhanced.info.series_choice, "chose series 2 (CT, 28 images): contrast-enhanced (ContrastBolusAgent 'OMNIPAQUE 350')");
+  ASSERT_FALSE(enhanced.info.warnings.empty());
+  EXPECT_EQ(enhanced.info.warnings.back().rfind("the series is contrast-enhanced (ContrastBolusAgent 'OMNIPAQUE 350')", 0), 0u);
 
   // Two slices lost from the original series: it cannot be read, and the complete DERIVED
   // reconstruction (ranked after it) is read instead, saying why.
@@ -526,6 +526,16 @@ TEST(Reader, StudyFolderChoosesTheNonContrastSeriesAndCountsCopiesOnce) {
                                           0),
             0u)
       << next.info.series_choice;
+  ASSERT_FALSE(next.info.warnings.empty());
+  EXPECT_EQ(next.info.warnings.back().rfind("the chosen series could not be read (series 2 (CT, 26 images) could not be read: "
+                                            "DICOM series has missing slices", 0),
+            0u)
+      << next.info.warnings.back();
+  // Over --max-voxels, the series is not replaced by a smaller one: the limit is named.
+  ReadOptions small;
+  small.max_voxels = 1000;
+  EXPECT_NE(error_of(lost.path(), small).find("(--max-voxels)"), std::string::npos) << error_of(lost.path(), small);
+  EXPECT_EQ(error_of(lost.path(), small).rfind("series 2 (CT, 26 images) could not be read: series of 26 images", 0), 0u) << error_of(lost.path(), small);
   // The DERIVED series alone is read, and says what it is.
   ScratchDir derived("derived");
   for (const auto& e : fs::directory_iterator(copies / "derived")) fs::copy_file(e.path(), derived / e.path().filename());
@@ -552,7 +562,8 @@ TEST(Reader, BoneAndLungKernelsOfEachVendor) {
   for (const char* k : {"BONE", "BONEPLUS", "EDGE", "LUNG", "H70h", "Hr64", "I70f", "Bl57", "B70f", "YC", "YD", "D", "L", "FC30"})
     EXPECT_TRUE(bone(k)) << k;
   for (const char* k : {"STANDARD", "SOFT", "Hr38", "H31s", "J40s", "UB", "YB", "FC21"}) EXPECT_FALSE(bone(k)) << k;
-  EXPECT_TRUE(bone("STANDARD", "Head BONE 1.25mm"));
+  EXPECT_TRUE(bone("", "Head BONE 1.25mm"));         // no kernel: the description says it
+  EXPECT_FALSE(bone("STANDARD", "Brain/Bone 5mm"));   // a kernel says it
 }
 
 std::string file_bytes(const fs::path& p) {

@@ -92,8 +92,9 @@ struct SeriesChoice {
 };
 // Picks the axial non-contrast CT series with the most images: skipping localizers, secondary
 // captures, non-CT, series of fewer than 3 images, series with repeated slice positions
-// (perfusion, dynamic), contrast-enhanced series (ContrastBolusAgent), non-axial reformats, and
-// bone or lung kernels when a soft-tissue series exists; DERIVED series rank after ORIGINAL ones.
+// (perfusion, dynamic), non-axial reformats, and bone or lung kernels when a soft-tissue series
+// exists; contrast-enhanced series (ContrastBolusAgent) rank after non-contrast ones, DERIVED
+// after ORIGINAL ones.
 // The same image twice (one SOPInstanceUID in two files) counts once. wanted_uid, when given,
 // overrides the choice. Throws IoError when nothing qualifies.
 SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::string& wanted_uid);
