@@ -521,8 +521,9 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
   size_t not_started = 0;  // after a signal: the cases not kept from a previous run that were not begun
   for (size_t k = 0; k < cases_.size(); ++k) {
     // After a signal, only the cases kept from a previous run still get their rows (nothing to
-    // analyse); the others are not started.
-    if (signals.received() && !plan(k).kept) {
+    // analyse); the others are not started. Without --resume none is kept, and no case's
+    // fingerprint is computed (a scheduler's grace period after SIGTERM is short).
+    if (signals.received() && (!options_.resume || !plan(k).kept)) {
       ++not_started;
       continue;
     }

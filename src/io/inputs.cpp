@@ -403,6 +403,10 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
       const bool shared = std::any_of(here_images.begin(), here_images.end(),
                                       [&](const std::string& u) { return there_images.count(u) > 0; });
       if (shared) {
+        // A list row with its own id or columns is kept as the researcher wrote it (as for the
+        // same scan named twice).
+        const auto own = [](const Found& x) { return !x.given_id.empty() || !x.extra.empty(); };
+        if (own(f) || own(found[at])) continue;
         // A copy: the folder with more images is kept (a complete resend after a partial one).
         const bool keep_here = here_images.size() > there_images.size();
         const size_t gone = keep_here ? at : i;
