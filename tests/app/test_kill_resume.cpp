@@ -31,9 +31,11 @@ using Clock = std::chrono::steady_clock;
 
 // file_size_limit > 0: the child may not write a file beyond that many bytes (RLIMIT_FSIZE):
 // a write past it fails as on a full disk (EFBIG), without root or a small file system.
-pid_t start(const std::vector<std::string>& args, rlim_t file_size_limit = 0) {
+// `ignore_hangup`: the child starts with SIGHUP ignored, as under `nohup`.
+pid_t start(const std::vector<std::string>& args, rlim_t file_size_limit = 0, bool ignore_hangup = false) {
   const pid_t pid = fork();
   if (pid == 0) {
+    if (ignore_hangup) signal(SIGHUP, SIG_IGN);
     if (file_size_limit > 0) {
       const rlimit limit{file_size_limit, file_size_limit};
       setrlimit(RLIMIT_FSIZE, &limit);
@@ -183,6 +185,14 @@ TEST(KillResume, KilledAtRandomMomentsAndResumedEqualsOneRun) {
   EXPECT_EQ(wait_exit(hup), kExitInterrupted);
   const json hup_run = json::parse(slurp(root / "hup/run.json"));
   EXPECT_EQ(hup_run["interrupted"]["signal"], "SIGHUP") << hup_run;
+  // Started to ignore SIGHUP (nohup), it goes on to the end.
+  const pid_t nohup = start(args("nohup", false), 0, true);
+  for (const auto until = Clock::now() + std::chrono::duration<double>(20 * seconds + 60);
+       !fs::exists(root / "nohup/hemexp.log") && Clock::now() < until;)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  kill(nohup, SIGHUP);
+  EXPECT_EQ(wait_exit(nohup), kExitOk);
+  EXPECT_FALSE(json::parse(slurp(root / "nohup/run.json")).contains("interrupted"));
   // A second signal, of another kind, ends the process at once.
   const pid_t twice = start(args("twice", false));
   for (const auto until = Clock::now() + std::chrono::duration<double>(20 * seconds + 60);
