@@ -8,6 +8,7 @@
 #include <cmath>
 #include <exception>
 #include <functional>
+#include <set>
 #include <limits>
 #include <vector>
 
@@ -185,10 +186,10 @@ void classify_case(const CaseAnalysis& a, const CasePipeline& pipeline, CaseResu
 
 namespace {
 
-// The writing of each CaseFiles file of the case, as tasks; an earlier analysis's file that this
-// one does not write (a label map this model does not make, a probability map or QC picture not
-// asked for, a corrected CT this grid does not need) is removed here: a case done again holds
-// only files of this analysis.
+// The writing of each CaseFiles file of the case, as tasks. Every other file of CaseFiles::outputs()
+// that an earlier analysis left (a label map this model does not make, a probability map or QC
+// picture not asked for, a corrected CT this grid does not need) is removed here: a case done
+// again holds only files of this analysis; a reused mask's probability map is still its own.
 std::vector<std::function<void()>> case_output_writes(const fs::path& dir, const LoadedVolume& loaded,
                                                      const CaseAnalysis& a, const CasePipeline& pipeline,
                                                      bool mask_reused) {
@@ -197,32 +198,35 @@ std::vector<std::function<void()>> case_output_writes(const fs::path& dir, const
   // they follow; the two can disagree).
   const NiftiPlacement* placement = loaded.info.nifti_placement ? &*loaded.info.nifti_placement : nullptr;
   std::vector<std::function<void()>> writes;  // in the order they were always written
-  std::error_code gone;  // a file that cannot be removed is not this analysis's failure: its writes say
-  writes.emplace_back([&dir, &a, &grid, placement] { write_image_file(dir / CaseFiles::kMask, a.mask, grid, placement); });
+  std::set<std::string> written;
+  const auto add = [&](const char* name, std::function<void()> write) {
+    written.insert(name);
+    writes.push_back(std::move(write));
+  };
+  add(CaseFiles::kMask, [&dir, &a, &grid, placement] { write_image_file(dir / CaseFiles::kMask, a.mask, grid, placement); });
   if (a.labels.defined())
-    writes.emplace_back(
+    add(CaseFiles::kLabels,
         [&dir, &a, &grid, placement] { write_image_file(dir / CaseFiles::kLabels, a.labels, grid, placement); });
-  else fs::remove(dir / CaseFiles::kLabels, gone);  // an earlier run's, with a model of more labels: not this mask's
   if (a.probability.defined())
-    writes.emplace_back([&dir, &a, &grid, placement] {
+    add(CaseFiles::kProbability, [&dir, &a, &grid, placement] {
       write_image_file(dir / CaseFiles::kProbability, a.probability, grid, placement);
     });
-  else if (!mask_reused) fs::remove(dir / CaseFiles::kProbability, gone);  // a reused mask's map is still its own
   if (pipeline.qc)
-    writes.emplace_back([&dir, &a] {
+    add(CaseFiles::kQc, [&dir, &a] {
       write_png(dir / CaseFiles::kQc,
                 qc_mosaic(a.canonical.volume, a.canonical_labels.defined() ? a.canonical_labels : a.canonical_mask));
     });
-  else fs::remove(dir / CaseFiles::kQc, gone);
-  if (!loaded.info.grid_resampled) fs::remove(dir / CaseFiles::kCorrectedCt, gone);
   if (loaded.info.grid_resampled) {
     // The mask lives on the corrected grid, which no viewer rebuilds from the DICOM files in
     // the same way: ship the corrected CT so that the mask overlays it exactly.
-    writes.emplace_back([&dir, &loaded, &grid] {
+    add(CaseFiles::kCorrectedCt, [&dir, &loaded, &grid] {
       const torch::Tensor hu = loaded.volume.voxels.round().clamp(-32768, 32767).to(torch::kInt16);
       write_image_file(dir / CaseFiles::kCorrectedCt, hu, grid);
     });
   }
+  std::error_code gone;  // a file that cannot be removed is not this analysis's failure: its writes say
+  for (const std::string& name : CaseFiles::outputs())
+    if (!written.count(name) && !(mask_reused && name == CaseFiles::kProbability)) fs::remove(dir / name, gone);
   return writes;
 }
 

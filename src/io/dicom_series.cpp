@@ -36,6 +36,7 @@ bool is_bone_kernel(const DicomHeader& h) {
 struct Candidate {
   std::string uid;
   std::vector<DicomHeader> files;
+  std::set<std::string> images;  // SOPInstanceUIDs of `files`
   int copies = 0;        // files holding an image already in `files` (same SOPInstanceUID)
   std::string excluded;  // why it cannot be the case's series, "" if it can
   bool overridable = false;  // excluded for a reason --series-uid overrides (not axial)
@@ -83,13 +84,12 @@ std::string choice_problem(const Candidate& c, bool& overridable) {
            "acquisitions under one series UID)";
   const SliceGeometry& g = c.files.front().geometry;
   const Vec3 normal = cross(g.row_direction, g.column_direction);
-  overridable = true;
   if (std::abs(normal[2]) < 0.8 * norm(normal)) {
+    overridable = true;
     const double degrees = std::acos(std::min(1.0, std::abs(normal[2]) / norm(normal))) * 180.0 / M_PI;
     return "not axial: its slices are " + format_number(degrees, 0) +
            " degrees from axial (a sagittal, coronal or oblique reformat)";
   }
-  overridable = false;
   return "";
 }
 
@@ -137,7 +137,7 @@ SeriesChoice choice_of(const Candidate& c, const std::string& explanation) {
 bool names_contrast_agent(const std::string& value) {
   // Written for "none": empty, N, NC, C-, 0, dashes, NIL, N/A, PLAIN, NATIVE, and anything that
   // starts with NO, NON, NOT, UN(enhanced), WITHOUT or W/O.
-  static const std::regex none(R"(^(|N|NC|C-|0|-+|NIL|N/?A|PLAIN|NATIVE?|(NO|NON|NOT|UN|WITHOUT|W/?O)\b.*|NON-.*|UN.*|NONE.*)$)");
+  static const std::regex none(R"(^(|N|NC|C-|0|-+|NIL|N/?A|PLAIN|NATIVE?|(NO|NON|NOT|WITHOUT|W/?O)\b.*|UN.*|NONE.*)$)");
   return !std::regex_match(upper(trim(value)), none);
 }
 
@@ -145,12 +145,11 @@ SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::s
   if (headers.empty()) throw IoError("no DICOM images found");
   std::map<std::string, Candidate> by_uid;
   std::vector<std::string> order;
-  std::map<std::string, std::set<std::string>> instances;  // series -> SOPInstanceUIDs seen
   for (const DicomHeader& h : headers) {
     auto [it, inserted] = by_uid.try_emplace(h.series_uid);
     if (inserted) order.push_back(h.series_uid), it->second.uid = h.series_uid;
     // The same image in two files (a series sent twice into one folder) is one image.
-    if (!h.sop_instance_uid.empty() && !instances[h.series_uid].insert(h.sop_instance_uid).second) {
+    if (!h.sop_instance_uid.empty() && !it->second.images.insert(h.sop_instance_uid).second) {
       ++it->second.copies;
       continue;
     }
@@ -278,7 +277,7 @@ SeriesChoice choose_series(const std::vector<DicomHeader>& headers, const std::s
   choice.skipped = std::move(skipped);
   for (size_t k = 1; k < usable.size(); ++k) {
     const Candidate& next = *usable[k];
-    choice.next_best.push_back(choice_of(next, "chose " + describe(next) + ", the next axial CT series" + copies_note(next)));
+    choice.next_best.push_back(choice_of(next, copies_note(next)));  // read_dicom says why it is read
   }
   return choice;
 }

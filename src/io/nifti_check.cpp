@@ -1,5 +1,7 @@
 #include "hemexp/io/nifti_check.hpp"
 
+#include "hemexp/core/geometry.hpp"
+
 #include <zlib.h>
 
 #include <algorithm>
@@ -80,17 +82,11 @@ std::array<double, 12> nifti_qform_matrix(const NiftiPlacement& p) {
 std::array<double, 12> nifti_sform_matrix(const NiftiPlacement& p) { return p.srow; }
 
 double shear_degrees(const std::array<double, 12>& m) {
-  const auto col = [&](int j) { return std::array<double, 3>{m[size_t(j)], m[size_t(4 + j)], m[size_t(8 + j)]}; };
-  const auto cross = [](const std::array<double, 3>& u, const std::array<double, 3>& v) {
-    return std::array<double, 3>{u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]};
-  };
-  const auto dot = [](const std::array<double, 3>& u, const std::array<double, 3>& v) {
-    return u[0] * v[0] + u[1] * v[1] + u[2] * v[2];
-  };
+  const auto col = [&](int j) { return Vec3{m[size_t(j)], m[size_t(4 + j)], m[size_t(8 + j)]}; };
   double worst = 0;
   for (int j = 0; j < 3; ++j) {
-    const std::array<double, 3> n = cross(col((j + 1) % 3), col((j + 2) % 3)), a = col(j);
-    const double denominator = std::sqrt(dot(n, n) * dot(a, a));
+    const Vec3 n = cross(col((j + 1) % 3), col((j + 2) % 3)), a = col(j);
+    const double denominator = norm(n) * norm(a);
     if (!(denominator > 0)) return 90.0;
     const double cosine = std::min(1.0, std::abs(dot(n, a)) / denominator);
     worst = std::max(worst, std::acos(cosine) * 180.0 / M_PI);
@@ -133,10 +129,6 @@ NiftiHeader parse_nifti_header(const std::string& bytes, uint64_t max_voxels) {
     h.scl_inter = b.get<float>(116);
     qform_code = b.get<int16_t>(252);
     sform_code = b.get<int16_t>(254);
-    if (qform_code > 0)
-      for (int i = 0; i < 6; ++i) transform.push_back(b.get<float>(256 + 4 * i));
-    if (sform_code > 0)
-      for (int i = 0; i < 12; ++i) transform.push_back(b.get<float>(280 + 4 * i));
     h.placement.xyzt_units = int(static_cast<unsigned char>(bytes[123]));
     for (int i = 0; i < 6; ++i) h.placement.quatern[size_t(i)] = b.get<float>(256 + 4 * i);
     for (int i = 0; i < 12; ++i) h.placement.srow[size_t(i)] = b.get<float>(280 + 4 * i);
@@ -153,10 +145,6 @@ NiftiHeader parse_nifti_header(const std::string& bytes, uint64_t max_voxels) {
     h.scl_inter = b.get<double>(184);
     qform_code = b.get<int32_t>(344);
     sform_code = b.get<int32_t>(348);
-    if (qform_code > 0)
-      for (int i = 0; i < 6; ++i) transform.push_back(b.get<double>(352 + 8 * i));
-    if (sform_code > 0)
-      for (int i = 0; i < 12; ++i) transform.push_back(b.get<double>(400 + 8 * i));
     h.placement.xyzt_units = b.get<int32_t>(500);
     for (int i = 0; i < 6; ++i) h.placement.quatern[size_t(i)] = b.get<double>(352 + 8 * i);
     for (int i = 0; i < 12; ++i) h.placement.srow[size_t(i)] = b.get<double>(400 + 8 * i);
@@ -164,6 +152,8 @@ NiftiHeader parse_nifti_header(const std::string& bytes, uint64_t max_voxels) {
   h.placement.pixdim = pixdim;
   h.placement.qform_code = qform_code;
   h.placement.sform_code = sform_code;
+  if (qform_code > 0) transform.insert(transform.end(), h.placement.quatern.begin(), h.placement.quatern.end());
+  if (sform_code > 0) transform.insert(transform.end(), h.placement.srow.begin(), h.placement.srow.end());
 
   h.ndim = int(dim[0]);
   if (h.ndim < 1 || h.ndim > 7) throw IoError("NIfTI header has " + std::to_string(dim[0]) + " dimensions (1 to 7 expected)");

@@ -24,6 +24,12 @@ namespace {
 // The fewest voxels along any axis of a volume hemexp measures (read_volume).
 constexpr int64_t kMinVoxelsPerAxis = 3;
 
+// What stops every series of a folder alike, so that no other series is tried (read_dicom): a
+// file of the folder that cannot be read, and a series over --max-voxels (the user's to raise).
+struct NoOtherSeries : IoError {
+  using IoError::IoError;
+};
+
 // One pass over a float32 volume: its NaN or infinite voxels, and its finite ones below `low`.
 struct VoxelCounts {
   int64_t not_finite = 0, below = 0;
@@ -182,6 +188,7 @@ LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
   std::vector<const SeriesChoice*> tries{&choice};
   for (const SeriesChoice& next : choice.next_best) tries.push_back(&next);
   std::vector<std::string> failures;  // "series 2 (...) could not be read: ..."
+  std::string first_error;              // the chosen series' own reason
   for (size_t k = 0;; ++k) {
     const SeriesChoice& c = *tries[k];
     LoadedVolume out;
@@ -194,12 +201,9 @@ LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
     info.series_description = first.series_description;
     info.patient_id = first.patient_id;
     if (const DicomHeader* stamped = earliest_stamp(c.files)) info.datetime = stamped->datetime;
-    const auto explain = [&] {
-      return k == 0 ? c.explanation
-                    : "read " + c.description + ", the next usable series: " + join(failures, "; ") +
-                          " (the first choice: " + choice.explanation + ")";
-    };
-    info.series_choice = explain();
+    info.series_choice = k == 0 ? c.explanation
+                                : "read " + c.description + ", the next usable series" + c.explanation + ": " +
+                                      join(failures, "; ") + " (the first choice: " + choice.explanation + ")";
     try {
       read_chosen_series(c, unreadable, options, out);
       if (names_contrast_agent(first.contrast_agent))
@@ -210,16 +214,13 @@ LoadedVolume read_dicom(const fs::path& path, const ReadOptions& options) {
                                 " instead");
       return out;
     } catch (const IoError& e) {
+      if (k == 0) first_error = e.what();
       failures.push_back(c.description + " could not be read: " + e.what());
-      // A folder's unreadable file stops every series alike, and a series over --max-voxels is
-      // not replaced by a smaller one (the limit is the user's to raise).
-      const bool stops_all = !unreadable.empty() || std::string(e.what()).find("(--max-voxels)") != std::string::npos;
-      if (k + 1 < tries.size() && !stops_all) continue;
+      if (k + 1 < tries.size() && !dynamic_cast<const NoOtherSeries*>(&e)) continue;
       if (k > 0) info.series_choice = "no usable series could be read: " + join(failures, "; ") + " (" + choice.explanation + ")";
       // The case's result keeps which series, and why; among several series the error names
       // the one chosen (and says when the others failed too).
-      std::string message = failures.front();
-      if (choice.series_in_folder == 1) message = message.substr(c.description.size() + std::string(" could not be read: ").size());
+      std::string message = choice.series_in_folder > 1 ? failures.front() : first_error;
       if (k > 0) message += " (the other usable series could not be read either: see series_choice)";
       throw ReadError(message, info);
     }
@@ -232,14 +233,14 @@ void read_chosen_series(const SeriesChoice& choice, const std::vector<std::strin
   // A file of the folder that could not be read may be one of the series' slices (an end slice
   // leaves no gap to find): the case is not measured on what may be part of a head.
   if (!unreadable.empty())
-    throw IoError(std::to_string(unreadable.size()) + (unreadable.size() == 1 ? " file" : " files") +
+    throw NoOtherSeries(std::to_string(unreadable.size()) + (unreadable.size() == 1 ? " file" : " files") +
                   " of the folder cannot be read and may be slices of the series (" + unreadable.front() +
                   (unreadable.size() > 1 ? "; ..." : "") + "): replace or remove " +
                   (unreadable.size() == 1 ? "it" : "them"));
   uint64_t voxels = 0;  // from the headers, before any pixel is decoded
   for (const DicomHeader& h : choice.files) voxels += uint64_t(h.rows) * uint64_t(h.columns) * uint64_t(h.frames);
   if (voxels > options.max_voxels)
-    throw IoError("series of " + std::to_string(choice.files.size()) + " images of " + std::to_string(choice.files.front().rows) +
+    throw NoOtherSeries("series of " + std::to_string(choice.files.size()) + " images of " + std::to_string(choice.files.front().rows) +
                   " x " + std::to_string(choice.files.front().columns) + " pixels is more than the limit of " +
                   std::to_string(options.max_voxels) + " voxels (--max-voxels)");
   InputInfo& info = out.info;

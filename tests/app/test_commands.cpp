@@ -174,14 +174,17 @@ TEST_F(Commands, PrepareExportsClassifierRoisWithTheTruth) {
 // exports labels.csv's rows only, not a case folder it does not list.
 TEST_F(Commands, ASynthFolderHoldsOneSynthsCases) {
   const fs::path dir = root_ / "twice";
+  const auto cli = [](const std::vector<std::string>& args) {
+    std::vector<const char*> argv;
+    for (const std::string& a : args) argv.push_back(a.c_str());
+    return main_entry(int(argv.size()), argv.data());
+  };
   const auto synth = [&](const char* seed, bool overwrite, const std::string& background = "") {
     std::vector<std::string> args{"hemexp", "synth", "-o", dir.string(), "--count", "2", "--seed", seed, "--matrix",
                                   "48", "--thin-fraction", "0", "--log-level", "warn"};
     if (overwrite) args.push_back("--overwrite");
     if (!background.empty()) args.insert(args.end(), {"--background", background});
-    std::vector<const char*> argv;
-    for (const std::string& a : args) argv.push_back(a.c_str());
-    return main_entry(int(argv.size()), argv.data());
+    return cli(args);
   };
   ASSERT_EQ(synth("5", false), kExitOk);
   const std::string first = slurp(dir / "labels.csv");
@@ -213,11 +216,8 @@ TEST_F(Commands, ASynthFolderHoldsOneSynthsCases) {
   const fs::path own = root_ / "own";
   fs::create_directories(own / "P001");
   std::ofstream(own / "labels.csv") << "case_id,he_label\nP001,1\n";
-  std::vector<std::string> args{"hemexp", "synth", "-o", own.string(), "--count", "1", "--matrix", "48", "--overwrite",
-                                "--log-level", "warn"};
-  std::vector<const char*> argv;
-  for (const std::string& a : args) argv.push_back(a.c_str());
-  EXPECT_EQ(main_entry(int(argv.size()), argv.data()), kExitUsage);
+  EXPECT_EQ(cli({"hemexp", "synth", "-o", own.string(), "--count", "1", "--matrix", "48", "--overwrite", "--log-level", "warn"}),
+            kExitUsage);
   EXPECT_TRUE(fs::exists(own / "P001"));
 }
 
