@@ -342,7 +342,8 @@ def logistic_1d(z, y, ridge=1e-6, iterations=100):
     w, b = 1.0, 0.0
     n = len(z)
     for _ in range(iterations):
-        q = 1.0 / (1.0 + np.exp(-(w * z + b)))
+        with np.errstate(over="ignore"):  # exp(-z) of a far-off case: q is 0 there, as it should be
+            q = 1.0 / (1.0 + np.exp(-(w * z + b)))
         r = q * (1.0 - q)
         g = np.array([np.dot(q - y, z) / n + 2 * ridge * w, np.mean(q - y)])
         h = np.array([[np.dot(r, z * z) / n + 2 * ridge, np.dot(r, z) / n], [np.dot(r, z) / n, np.mean(r)]])
@@ -356,21 +357,33 @@ def logistic_1d(z, y, ridge=1e-6, iterations=100):
     return float(w), float(b)
 
 
+def separated(z, y):
+    """True when z separates the classes (every label-1 value at or above every label-0 value, or at
+    or below): the logistic fit has no finite maximum, as in hemexp's calibration_fit."""
+    z1, z0 = z[y == 1], z[y == 0]
+    return z0.max() <= z1.min() or z1.max() <= z0.min()
+
+
 def bootstrap_slope_ci(p, y, resamples=2000, seed=1, level=0.95):
     """Percentile bootstrap CI (whole-case resampling, the AUC's resampling scheme) of the calibration
     slope: {"calibration_slope_ci95": [lo, hi]}. (None for the ECE: resampling adds noise to every
     bin, so its bootstrap distribution sits above the observed ECE; ece_if_calibrated answers the
-    question instead.)"""
+    question instead.) Resamples whose logits separate the classes have no slope: they are left
+    out, and when more than 2.5% are (a small cohort), the interval is not given: the slopes left
+    would be a biased choice."""
     p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.int64)
+    nan2 = {"calibration_slope_ci95": [float("nan")] * 2}
     if len(p) == 0 or y.min() == y.max():
-        return {"calibration_slope_ci95": [float("nan")] * 2}
+        return nan2
     z = train_classifier.probability_logit(p)
     rng = np.random.RandomState(seed)
     slopes = []
     for _ in range(resamples):
         idx = rng.randint(0, len(p), len(p))
-        if y[idx].min() != y[idx].max():
+        if y[idx].min() != y[idx].max() and not separated(z[idx], y[idx]):
             slopes.append(logistic_1d(z[idx], y[idx])[0])
+    if len(slopes) < 0.975 * resamples:
+        return nan2
     tail = (1.0 - level) / 2.0 * 100.0
     return {"calibration_slope_ci95": [float(np.percentile(slopes, tail)), float(np.percentile(slopes, 100 - tail))]}
 
@@ -391,11 +404,14 @@ def paired_auc(p_a, p_b, y, resamples=2000, seed=1, level=0.95):
         if y[idx].min() == y[idx].max():
             continue
         ra, rb = roc_auc(p_a[idx], y[idx]), roc_auc(p_b[idx], y[idx])
-        ratios.append(ra / rb)
+        if rb > 0:  # a small resample can give the reference AUC 0: no ratio, still a difference
+            ratios.append(ra / rb)
         diffs.append(ra - rb)
     tail = (1.0 - level) / 2.0 * 100.0
     return {"n": int(have.sum()), "auc": a, "auc_reference": b,
-            "ratio": a / b, "ratio_ci95": [float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))],
+            "ratio": a / b if b > 0 else float("nan"),
+            "ratio_ci95": [float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))]
+            if ratios else [float("nan")] * 2,
             "difference": a - b,
             "difference_ci95": [float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100 - tail))],
             "p_difference_le_0": float(np.mean(np.asarray(diffs) <= 0))}
@@ -489,6 +505,9 @@ def marker_auc(name_measured, name_true, ids, run, truth, resamples, seed):
     y = np.array([number(truth[i].get(name_true)) for i in ids])
     have = np.isfinite(x) & np.isfinite(y)
     x, y = x[have], y[have].astype(np.int64)
+    if len(x) and x.min() == x.max():  # the same value in every case: it tells nothing, not "AUC 0.5"
+        return {"measured": name_measured, "true": name_true, "n": int(have.sum()), "n_true": int(y.sum()),
+                "auc": "constant", "auc_ci95": [float("nan")] * 2}
     lo, hi = bootstrap_auc_ci(x, y, resamples, seed)
     return {"measured": name_measured, "true": name_true, "n": int(have.sum()), "n_true": int(y.sum()),
             "auc": roc_auc(x, y), "auc_ci95": [lo, hi]}

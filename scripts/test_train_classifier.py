@@ -720,6 +720,34 @@ def test_report_scored_and_collisions(tmp):
             "2 cases match the label of P1", "a1", "a2")
 
 
+def test_report_small_cohorts():
+    """A small cohort: a bootstrap resample can give the reference AUC 0 (the ratio has no value
+    there, and the report once died of it); resamples whose logits separate the classes have no
+    calibration slope (their Newton fits ran off to +-1e5), so the slope CI is not given when too
+    many are; a marker with one value in every case is 'constant', not AUC 0.5."""
+    y = np.array([0, 1, 1, 0, 1, 0])
+    p = np.array([0.99, 0.3029, 0.0812, 0.0960, 0.1605, 0.1894])
+    ref = np.array([0.9, 0.1, 0.2, 0.8, 0.3, 0.7])  # AUC 0 on every resample with both classes
+    r = classifier_report.paired_auc(p, ref, y, resamples=200)
+    assert r["auc_reference"] == 0.0 and math.isnan(r["ratio"]) and math.isnan(r["ratio_ci95"][0]), r
+    assert r["difference"] == r["auc"] and all(math.isfinite(v) for v in r["difference_ci95"]), r
+    assert classifier_report.separated(np.array([1.0, 2.0, 3.0]), np.array([0, 1, 1]))
+    assert classifier_report.separated(np.array([1.0, 2.0, 2.0]), np.array([0, 0, 1]))  # they meet at 2: no fit
+    assert not classifier_report.separated(np.array([1.0, 2.0, 3.0]), np.array([1, 0, 1]))
+    ci = classifier_report.bootstrap_slope_ci(p, y, resamples=200)["calibration_slope_ci95"]
+    assert all(math.isnan(v) for v in ci), ci  # on six cases most resamples are separated
+    rng = np.random.default_rng(3)
+    big_p = rng.uniform(0.05, 0.95, 400)
+    big_y = (rng.uniform(size=400) < big_p).astype(np.int64)
+    lo, hi = classifier_report.bootstrap_slope_ci(big_p, big_y, resamples=200)["calibration_slope_ci95"]
+    assert 0.5 < lo < 1.0 < hi < 1.6, (lo, hi)
+    ids = ["a", "b", "c", "d"]
+    run = {i: {"markers": {"satellite_count": 0}} for i in ids}
+    truth = {i: {"island": str(k % 2)} for k, i in enumerate(ids)}
+    m = classifier_report.marker_auc("satellite_count", "island", ids, run, truth, 50, 1)
+    assert m["auc"] == "constant" and m["n"] == 4, m
+
+
 def main():
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -737,6 +765,7 @@ def main():
         test_report_follow_ups(tmp)
         test_report_labels(tmp)
         test_report_scored_and_collisions(tmp)
+    test_report_small_cohorts()
     print(f"test_train_classifier: all passed in {time.perf_counter() - start:.1f} s")
 
 

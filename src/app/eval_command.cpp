@@ -47,6 +47,18 @@ int run_eval(const EvalOptions& o) {
     spdlog::error("{}: {}", (truth / "labels.csv").string(), e.what());
     return kExitUsage;
   }
+  // A case listed twice in the truth would count twice in every number.
+  {
+    std::map<std::string, size_t> first_row;
+    for (size_t n = 0; n < truth_rows.size(); ++n) {
+      const std::string id = truth_rows[n].count("case_id") ? truth_rows[n].at("case_id") : "";
+      if (const auto [it, added] = first_row.emplace(id, n); !added) {
+        spdlog::error("{}: case '{}' appears twice (rows {} and {}): each case once", (truth / "labels.csv").string(), id,
+                      it->second + 2, n + 2);
+        return kExitUsage;
+      }
+    }
+  }
   // Predicted cases by the truth case they read: <truth>/<case_id>/ct.nii.gz.
   std::map<std::string, fs::path> pred_case_dirs;
   std::map<std::string, json> pred_results;
@@ -67,6 +79,7 @@ int run_eval(const EvalOptions& o) {
     for (const auto& e : fs::directory_iterator(pred / "cases")) case_dirs.push_back(e.path());
   }
   const std::vector<fs::path> working = run_working_folders(pred);
+  int outside_truth = 0;  // the run's cases that read no scan of TRUTH
   for (const fs::path& dir : case_dirs) {
       std::ifstream in(dir / "result.json");
       if (!in) continue;
@@ -79,12 +92,23 @@ int run_eval(const EvalOptions& o) {
         const bool folder = !ec && fs::is_directory(input, ec) && fs::equivalent(input.parent_path(), truth, ec);
         if (folder || (input.filename() == "ct.nii.gz" && fs::equivalent(input.parent_path().parent_path(), truth, ec))) {
           const std::string id = (folder ? input : input.parent_path()).filename().string();
-          pred_case_dirs[id] = dir;
+          // Two of the run's cases on one scan (named twice, or an id given twice in a list):
+          // which one to score is not eval's to choose.
+          if (const auto [it, added] = pred_case_dirs.emplace(id, dir); !added) {
+            spdlog::error("{} has two cases of the scan of truth case '{}' ({} and {}): evaluate a run with each scan once",
+                          pred.string(), id, it->second.filename().string(), dir.filename().string());
+            return kExitUsage;
+          }
           pred_results[id] = r;
+        } else {
+          ++outside_truth;
         }
       } catch (const std::exception&) {
       }
     }
+  if (outside_truth > 0)
+    spdlog::warn("{} of the run's cases read scans that are not {}'s cases: not evaluated", outside_truth,
+                 truth.string());
 
   std::vector<double> dice, iou, hd95, volume_error, he_scores, oracle_scores, observable_scores;
   // The oracles on the cases the model scored, so that the model's AUC is compared on its own
@@ -96,10 +120,13 @@ int run_eval(const EvalOptions& o) {
   struct LabelScores {
     std::vector<double> dice, dice_1ml, volume_error;
     int truth_cases = 0;
+    int false_positive_cases = 0;  // predicted where the truth has none of it
+    double false_positive_ml_max = 0;
   };
   std::map<std::string, LabelScores> label_scores;
   std::vector<int> he_labels, oracle_labels;
-  double threshold = std::nan("");
+  std::vector<double> thresholds;           // each scored case's own (its classifier's)
+  std::map<std::string, int> cls_models;    // classifier sha256 -> scored cases
   int no_probability = 0;
   json cases = json::array();
   int missing = 0, failed = 0, hd_undefined = 0;
@@ -189,6 +216,9 @@ int run_eval(const EvalOptions& o) {
           s.dice.push_back(d);
           if (nt * ml >= 1.0) s.dice_1ml.push_back(d);
           lc["dice"] = d;
+        } else if (np > 0) {
+          ++s.false_positive_cases;
+          s.false_positive_ml_max = std::max(s.false_positive_ml_max, np * ml);
         }
         c[name] = lc;
       }
@@ -200,11 +230,14 @@ int run_eval(const EvalOptions& o) {
         oracle_scored.push_back(oracle);
         observable_scored.push_back(observable);
         c["he_probability"] = r["he"]["probability"];
+        thresholds.push_back(r["he"].contains("threshold") && r["he"]["threshold"].is_number()
+                                 ? r["he"]["threshold"].get<double>()
+                                 : std::nan(""));
+        ++cls_models[r["he"].contains("model") ? r["he"]["model"].value("sha256", "") : ""];
       } else {
         ++no_probability;  // no hematoma, or one below the classifier's minimum: reported, not guessed
         c["he_probability"] = nullptr;
       }
-      if (r["he"].contains("threshold")) threshold = r["he"]["threshold"].get<double>();
     }
     cases.push_back(c);
   }
@@ -240,7 +273,7 @@ int run_eval(const EvalOptions& o) {
         {"observable_oracle_auc_on_scored_cases", json_number(observable_on_scored)},
         {"model_auc_to_observable_oracle", json_number(roc_auc(he_scores, he_labels) / observable_on_scored)},
         {"cases_without_probability", no_probability},
-        {"model", classification_report(he_scores, he_labels, threshold)}}},
+        {"model", classification_report(he_scores, he_labels, thresholds)}}},
       {"per_case", cases}};
   for (const auto& [group, d] : dice_by_group)
     report["segmentation"]["dice_by_group"][group] = {
@@ -253,7 +286,15 @@ int run_eval(const EvalOptions& o) {
                               {"cases_with_at_least_1ml", s.dice_1ml.size()},
                               {"dice_mean_at_least_1ml", json_number(mean(s.dice_1ml))},
                               {"volume_abs_error_ml_mean", json_number(mean(s.volume_error))},
-                              {"volume_abs_error_ml_median", json_number(median(s.volume_error))}};
+                              {"volume_abs_error_ml_median", json_number(median(s.volume_error))},
+                              {"false_positive_cases", s.false_positive_cases},
+                              {"false_positive_ml_max", s.false_positive_ml_max}};
+  if (cls_models.size() > 1) {
+    report["expansion"]["classifiers"] = cls_models;
+    spdlog::warn("the run's probabilities come from {} classifiers (a --resume with another --cls-model?): each case is "
+                 "called at its own classifier's threshold, and the AUC and calibration pool them",
+                 cls_models.size());
+  }
   const fs::path json_path = o.json_path.empty() ? pred / "eval.json" : fs::path(o.json_path);
   try {
     write_text_atomically(json_path, json_text(report));
@@ -275,10 +316,11 @@ int run_eval(const EvalOptions& o) {
                 f(median(d), 4).c_str());
   for (const auto& [name, s] : label_scores)
     std::printf("%s: Dice mean %s median %s over %d cases with it (mean %s over %zu with >= 1 mL); "
-                "volume |error| median %s mL over all %zu\n",
+                "volume |error| median %s mean %s mL over all %zu; predicted in %d cases without it (largest %s mL)\n",
                 name.c_str(), f(mean(s.dice), 4).c_str(), f(median(s.dice), 4).c_str(), s.truth_cases,
                 f(mean(s.dice_1ml), 4).c_str(), s.dice_1ml.size(), f(median(s.volume_error), 3).c_str(),
-                s.volume_error.size());
+                f(mean(s.volume_error), 3).c_str(), s.volume_error.size(), s.false_positive_cases,
+                f(s.false_positive_ml_max, 2).c_str());
   std::printf("HE: oracle AUC %s (true probabilities), %s (observable part), prevalence %s, over every truth case\n",
               f(roc_auc(oracle_scores, oracle_labels), 3).c_str(),
               f(report["expansion"]["observable_oracle_auc"].is_number()
@@ -296,14 +338,17 @@ int run_eval(const EvalOptions& o) {
                 "calibration slope %s intercept %s\n",
                 he_scores.size(), no_probability, g("auc", 3).c_str(), g("auc_ci95_low", 3).c_str(),
                 g("auc_ci95_high", 3).c_str(), g("brier", 4).c_str(), g("ece", 4).c_str(),
-                g("calibration_slope", 2).c_str(), g("calibration_intercept", 2).c_str());
+                m["auc"].is_number() && !m["calibration_slope"].is_number()
+                    ? "n/a (logit(p) separates the classes: no finite fit)"
+                    : g("calibration_slope", 2).c_str(),
+                g("calibration_intercept", 2).c_str());
     const json& x = report["expansion"];
     const auto h = [&x, &f](const char* k) { return x[k].is_number() ? f(x[k].get<double>(), 3) : std::string("n/a"); };
     std::printf("  on the same %zu cases: oracle AUC %s, observable %s; the model's AUC is %s x the observable oracle\n",
                 he_scores.size(), h("oracle_auc_on_scored_cases").c_str(), h("observable_oracle_auc_on_scored_cases").c_str(),
                 h("model_auc_to_observable_oracle").c_str());
     std::printf("  at threshold %s: accuracy %s, sensitivity %s, specificity %s, PPV %s, NPV %s\n",
-                g("threshold", 3).c_str(), g("accuracy", 3).c_str(), g("sensitivity", 3).c_str(),
+                m.contains("threshold_per_case") ? "of each case's classifier" : g("threshold", 3).c_str(), g("accuracy", 3).c_str(), g("sensitivity", 3).c_str(),
                 g("specificity", 3).c_str(), g("ppv", 3).c_str(), g("npv", 3).c_str());
   }
   std::printf("report: %s\n", json_path.c_str());

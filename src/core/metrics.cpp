@@ -213,9 +213,31 @@ CalibrationFit calibration_fit(const std::vector<double>& p, const std::vector<i
     const double q = std::clamp(p[i], 1e-6, 1.0 - 1e-6);
     x[i] = std::log(q / (1 - q));
   }
-  // Newton-Raphson on (slope a, intercept b) of P(y=1) = sigmoid(a x + b).
-  double a = 1.0, b = 0.0;
-  for (int iter = 0; iter < 100; ++iter) {
+  // On one axis the fit exists exactly when the classes overlap: if every expansion's logit is
+  // at or above every other case's (or at or below), the likelihood grows without end as the
+  // slope does (complete or quasi-complete separation), and no number is the slope.
+  double min1 = INFINITY, max1 = -INFINITY, min0 = INFINITY, max0 = -INFINITY;
+  for (size_t i = 0; i < x.size(); ++i) {
+    double& lo = y[i] ? min1 : min0;
+    double& hi = y[i] ? max1 : max0;
+    lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
+  }
+  if (max0 <= min1 || max1 <= min0) return {nan, nan};
+  // Newton-Raphson on (slope a, intercept b) of P(y=1) = sigmoid(a x + b), each step halved
+  // until the log-likelihood does not fall (a full step from far away can overshoot into
+  // saturated probabilities, where the Hessian vanishes).
+  const auto log_likelihood = [&](double a, double b) {
+    double l = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double z = a * x[i] + b;
+      // log sigmoid(z) for a label 1, log sigmoid(-z) for a label 0, without overflow
+      const double t = y[i] ? z : -z;
+      l -= t > 0 ? std::log1p(std::exp(-t)) : -t + std::log1p(std::exp(t));
+    }
+    return l;
+  };
+  double a = 1.0, b = 0.0, l = log_likelihood(a, b);
+  for (int iter = 0; iter < 200; ++iter) {
     double ga = 0, gb = 0, haa = 0, hab = 0, hbb = 0;
     for (size_t i = 0; i < x.size(); ++i) {
       const double m = 1.0 / (1.0 + std::exp(-(a * x[i] + b)));
@@ -224,10 +246,13 @@ CalibrationFit calibration_fit(const std::vector<double>& p, const std::vector<i
       haa += w * x[i] * x[i], hab += w * x[i], hbb += w;
     }
     const double det = haa * hbb - hab * hab;
-    if (!(std::abs(det) > 1e-12)) break;  // separable or degenerate: keep the last estimate
+    if (!(det > 0)) return {nan, nan};  // all logits equal: no slope to fit
     const double da = (hbb * ga - hab * gb) / det, db = (haa * gb - hab * ga) / det;
-    a += da, b += db;
-    if (std::abs(da) < 1e-10 && std::abs(db) < 1e-10) break;
+    double t = 1.0, next = log_likelihood(a + da, b + db);
+    while (!(next >= l) && t > 1e-12) t /= 2, next = log_likelihood(a + t * da, b + t * db);
+    if (!(next >= l)) break;  // no step improves: at the maximum to rounding
+    a += t * da, b += t * db, l = next;
+    if (std::abs(t * da) < 1e-10 && std::abs(t * db) < 1e-10) break;
   }
   return {a, b};
 }
@@ -243,10 +268,16 @@ double BinaryMetrics::ppv() const { return ratio(tp, tp + fp); }
 double BinaryMetrics::npv() const { return ratio(tn, tn + fn); }
 
 BinaryMetrics binary_metrics(const std::vector<double>& p, const std::vector<int>& y, double threshold) {
-  if (p.size() != y.size()) throw CoreError("binary metrics: probabilities and labels differ in length");
+  return binary_metrics(p, y, std::vector<double>(p.size(), threshold));
+}
+
+BinaryMetrics binary_metrics(const std::vector<double>& p, const std::vector<int>& y,
+                             const std::vector<double>& thresholds) {
+  if (p.size() != y.size() || p.size() != thresholds.size())
+    throw CoreError("binary metrics: probabilities, labels and thresholds differ in length");
   BinaryMetrics m;
   for (size_t i = 0; i < p.size(); ++i) {
-    const bool called = p[i] >= threshold;
+    const bool called = p[i] >= thresholds[i];
     if (y[i]) (called ? m.tp : m.fn)++;
     else (called ? m.fp : m.tn)++;
   }
@@ -254,9 +285,23 @@ BinaryMetrics binary_metrics(const std::vector<double>& p, const std::vector<int
 }
 
 nlohmann::json classification_report(const std::vector<double>& p, const std::vector<int>& y, double threshold) {
+  return classification_report(p, y, std::vector<double>(p.size(), threshold));
+}
+
+nlohmann::json classification_report(const std::vector<double>& p, const std::vector<int>& y,
+                                     const std::vector<double>& thresholds) {
   if (p.empty()) return nullptr;
+  if (thresholds.size() != p.size()) throw CoreError("classification report: one threshold per case is needed");
   const std::array<double, 2> ci = roc_auc_ci95(p, y);
   const CalibrationFit fit = calibration_fit(p, y);
+  // One threshold when every case has the same; otherwise each case is called at its own
+  // (cases scored by different classifiers) and the report says so.
+  const bool one = std::all_of(thresholds.begin(), thresholds.end(), [&](double t) {
+    return t == thresholds[0] || (std::isnan(t) && std::isnan(thresholds[0]));
+  });
+  const double threshold = one ? thresholds[0] : std::numeric_limits<double>::quiet_NaN();
+  const bool call = one ? std::isfinite(threshold)
+                        : std::all_of(thresholds.begin(), thresholds.end(), [](double t) { return std::isfinite(t); });
   nlohmann::json j = {{"n", p.size()},
             {"auc", json_number(roc_auc(p, y))},
             {"auc_ci95_low", json_number(ci[0])},
@@ -268,8 +313,9 @@ nlohmann::json classification_report(const std::vector<double>& p, const std::ve
             {"calibration_intercept", json_number(fit.intercept)},
             {"mean_probability", json_number(mean(p))},
             {"threshold", json_number(threshold)}};
-  if (std::isfinite(threshold)) {
-    const BinaryMetrics b = binary_metrics(p, y, threshold);
+  if (!one) j["threshold_per_case"] = true;
+  if (call) {
+    const BinaryMetrics b = binary_metrics(p, y, thresholds);
     j.update({{"tp", b.tp}, {"fp", b.fp}, {"tn", b.tn}, {"fn", b.fn},
               {"accuracy", json_number(b.accuracy())}, {"sensitivity", json_number(b.sensitivity())},
               {"specificity", json_number(b.specificity())}, {"ppv", json_number(b.ppv())},

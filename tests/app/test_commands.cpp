@@ -346,6 +346,86 @@ TEST_F(Commands, EvalComparesARunWithTheTruth) {
   EXPECT_EQ(run_eval(o), kExitUsage);
 }
 
+// Nothing counted twice, nothing silently chosen: every truth case scored by one of two
+// classifiers (a --resume with another --cls-model) is called at its own classifier's threshold
+// and the report says the threshold varies; a label the segmenter finds where the truth has none
+// is counted; a run with two cases of one scan, or a truth listing a case twice, is refused.
+TEST_F(Commands, EvalCallsEachCaseAtItsOwnThresholdAndRefusesDoubleCounting) {
+  const fs::path pred = root_ / "pred-mixed";
+  const std::vector<double> probability{0.30, 0.10, 0.20, 0.04}, threshold{0.5, 0.5, 0.05, 0.05};
+  int no_ivh = -1;
+  for (int i = 0; i < 4; ++i) {
+    const std::string id = labels_[size_t(i)].at("case_id");
+    const fs::path dir = pred / "cases" / id;
+    fs::create_directories(dir);
+    fs::copy_file(root_ / "truth" / id / "mask.nii.gz", dir / "mask.nii.gz");
+    // Intraventricular blood predicted in the first case whose truth has none: 8 voxels.
+    ImageFileContents labels = read_image_file(root_ / "truth" / id / "labels.nii.gz");
+    if (no_ivh < 0 && labels_[size_t(i)].at("ivh") == "0") {
+      no_ivh = i;
+      ASSERT_EQ(torch::count_nonzero(labels.volume.voxels == 2).item<int64_t>(), 0);
+      labels.volume.voxels.index_put_({torch::indexing::Slice(0, 2), torch::indexing::Slice(0, 2),
+                                       torch::indexing::Slice(0, 2)},
+                                      2);
+    }
+    write_image_file(dir / "labels.nii.gz", labels.volume.voxels.to(torch::kUInt8), labels.volume.geometry);
+    json r = {{"case_id", id}, {"status", "ok"}, {"input", {{"path", (root_ / "truth" / id / "ct.nii.gz").string()}}}};
+    r["labels"] = {{"ivh", {{"code", 2}}}, {"edema", {{"code", 3}}}};
+    r["he"] = {{"probability", probability[size_t(i)]},
+               {"threshold", threshold[size_t(i)]},
+               {"model", {{"sha256", i < 2 ? "aaaa" : "bbbb"}}}};
+    std::ofstream(dir / "result.json") << r.dump();
+  }
+  ASSERT_GE(no_ivh, 0) << "the suite's cohort has a case without IVH";
+  EvalOptions o;
+  o.pred_dir = pred.string();
+  o.truth_dir = (root_ / "truth").string();
+  ::testing::internal::CaptureStdout();
+  ASSERT_EQ(run_eval(o), kExitOk);
+  const std::string printed = ::testing::internal::GetCapturedStdout();
+  const json report = json::parse(slurp(pred / "eval.json"));
+  const json& m = report["expansion"]["model"];
+  EXPECT_TRUE(m["threshold"].is_null()) << m;
+  EXPECT_EQ(m["threshold_per_case"], true);
+  int64_t tp = 0, fp = 0, tn = 0, fn = 0;
+  for (size_t i = 0; i < 4; ++i) {
+    const bool called = probability[i] >= threshold[i], he = labels_[i].at("he_label") == "1";
+    (he ? (called ? tp : fn) : (called ? fp : tn))++;
+  }
+  EXPECT_EQ(m["tp"], tp);
+  EXPECT_EQ(m["fp"], fp);
+  EXPECT_EQ(m["tn"], tn);
+  EXPECT_EQ(m["fn"], fn);
+  EXPECT_EQ(report["expansion"]["classifiers"], json({{"aaaa", 2}, {"bbbb", 2}}));
+  EXPECT_NE(printed.find("at threshold of each case's classifier"), std::string::npos) << printed;
+  const json& ivh = report["labels"]["ivh"];
+  EXPECT_EQ(ivh["false_positive_cases"], 1) << ivh;
+  const double voxel_ml = read_image_file(root_ / "truth" / labels_[size_t(no_ivh)].at("case_id") / "mask.nii.gz")
+                              .volume.geometry.voxel_volume_mm3() / 1000.0;
+  EXPECT_NEAR(ivh["false_positive_ml_max"].get<double>(), 8 * voxel_ml, 1e-9);
+  EXPECT_NE(printed.find("predicted in 1 cases without it"), std::string::npos) << printed;
+
+  // A second case of the first scan (the scan named twice in the run): refused, both named.
+  const std::string id0 = labels_[0].at("case_id");
+  fs::copy(pred / "cases" / id0, pred / "cases" / (id0 + "-2"));
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(run_eval(o), kExitUsage);
+  const std::string twice = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(twice.find("two cases of the scan of truth case '" + id0 + "'"), std::string::npos) << twice;
+  fs::remove_all(pred / "cases" / (id0 + "-2"));
+  // A truth that lists a case twice: refused, with both rows.
+  fs::copy(root_ / "truth", root_ / "truth-twice", fs::copy_options::recursive);
+  const std::string table = slurp(root_ / "truth/labels.csv");
+  const size_t first_row = table.find('\n') + 1;
+  std::ofstream(root_ / "truth-twice/labels.csv", std::ios::app)
+      << table.substr(first_row, table.find('\n', first_row) + 1 - first_row);  // case 0's row again
+  o.truth_dir = (root_ / "truth-twice").string();
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(run_eval(o), kExitUsage);
+  const std::string dup = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(dup.find("case '" + id0 + "' appears twice (rows 2 and 6)"), std::string::npos) << dup;
+}
+
 // A labels file for `prepare --run` that cannot mean one thing is refused: no he_label column,
 // a value other than 0 or 1, an id labelled twice.
 TEST_F(Commands, PrepareFromARunRefusesLabelsThatCannotMeanOneThing) {

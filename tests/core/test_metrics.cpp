@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include <nlohmann/json.hpp>
+
 #include "hemexp/core/metrics.hpp"
 
 namespace hemexp {
@@ -133,6 +135,42 @@ TEST(ClassificationMetrics, BootstrapCiCalibrationFitAndConfusion) {
   EXPECT_DOUBLE_EQ(b.ppv(), 0.5);
   EXPECT_DOUBLE_EQ(b.npv(), 2.0 / 3.0);
   EXPECT_TRUE(std::isnan(binary_metrics({0.1}, {0}, 0.5).ppv()));  // nothing called positive
+  // Each case at its own threshold (cases scored by two classifiers): 0.4 is called at 0.3.
+  const BinaryMetrics own = binary_metrics({0.9, 0.8, 0.4, 0.2, 0.1}, {1, 0, 1, 0, 0}, {0.5, 0.5, 0.3, 0.3, 0.5});
+  EXPECT_EQ(own.tp, 2);
+  EXPECT_EQ(own.fn, 0);
+  EXPECT_EQ(own.fp, 1);
+  EXPECT_EQ(own.tn, 2);
+  const nlohmann::json mixed = classification_report({0.9, 0.8, 0.4, 0.2, 0.1}, {1, 0, 1, 0, 0}, {0.5, 0.5, 0.3, 0.3, 0.5});
+  EXPECT_TRUE(mixed["threshold"].is_null());
+  EXPECT_EQ(mixed["threshold_per_case"], true);
+  EXPECT_EQ(mixed["tp"], 2);
+  const nlohmann::json single = classification_report({0.9, 0.8, 0.4, 0.2, 0.1}, {1, 0, 1, 0, 0}, 0.5);
+  EXPECT_DOUBLE_EQ(single["threshold"].get<double>(), 0.5);
+  EXPECT_FALSE(single.contains("threshold_per_case"));
+  EXPECT_EQ(single["tp"], 1);
+}
+
+// Newton's method from (1, 0) overshoots on a small cohort with one confident miss: the full
+// step saturates every probability and the fit stopped there (slope 431.55, intercept 640.41).
+// The maximum-likelihood fit (a grid and gradient ascent in Python: -0.4677, -0.4515) is found
+// with step halving; when logit(p) separates the classes there is no finite fit, and none is
+// made up.
+TEST(Metrics, CalibrationFitFindsTheMaximumOrSaysThereIsNone) {
+  const std::vector<int> y{0, 1, 1, 0, 1, 0};
+  const CalibrationFit fit = calibration_fit({0.99, 0.3029, 0.0812, 0.0960, 0.1605, 0.1894}, y);
+  EXPECT_NEAR(fit.slope, -0.4677, 1e-3);
+  EXPECT_NEAR(fit.intercept, -0.4515, 1e-3);
+  // Separated (every expansion above every other case), and quasi-separated (they meet at one
+  // value): no slope.
+  EXPECT_TRUE(std::isnan(calibration_fit({0.1, 0.2, 0.3, 0.7, 0.8}, {0, 0, 0, 1, 1}).slope));
+  EXPECT_TRUE(std::isnan(calibration_fit({0.1, 0.2, 0.5, 0.5, 0.8}, {0, 0, 0, 1, 1}).slope));
+  EXPECT_TRUE(std::isnan(calibration_fit({0.9, 0.8, 0.1}, {0, 0, 1}).intercept));
+  // Probabilities of exactly 0 and 1 that do not separate: a finite fit, set by the clip at
+  // 1e-6 (y = 1 at p = 0 and 1, y = 0 at p = 0 and 1: slope 0, intercept 0).
+  const CalibrationFit flat = calibration_fit({0.0, 1.0, 0.0, 1.0}, {1, 1, 0, 0});
+  EXPECT_NEAR(flat.slope, 0.0, 1e-9);
+  EXPECT_NEAR(flat.intercept, 0.0, 1e-9);
 }
 
 }  // namespace

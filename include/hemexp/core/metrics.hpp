@@ -47,8 +47,10 @@ std::array<double, 2> roc_auc_ci95(const std::vector<double>& scores, const std:
                                    int resamples = 2000, uint64_t seed = 1);
 
 // Calibration slope and intercept: the logistic regression of the label on logit(p)
-// (Newton's method; p clipped to [1e-6, 1 - 1e-6]). A calibrated model has slope 1 and
-// intercept 0; slope < 1 means overconfident. {NaN, NaN} without both classes.
+// (Newton's method with step halving; p clipped to [1e-6, 1 - 1e-6]). A calibrated model has
+// slope 1 and intercept 0; slope < 1 means overconfident. {NaN, NaN} without both classes, and
+// when logit(p) separates them (every expansion at or above every other case, or at or below:
+// the likelihood then grows without end and there is no slope to report).
 struct CalibrationFit {
   double slope = 0.0, intercept = 0.0;
 };
@@ -64,12 +66,19 @@ struct BinaryMetrics {
   double npv() const;
 };
 BinaryMetrics binary_metrics(const std::vector<double>& probabilities, const std::vector<int>& labels, double threshold);
+// Each case called at its own threshold (cases scored by different classifiers).
+BinaryMetrics binary_metrics(const std::vector<double>& probabilities, const std::vector<int>& labels,
+                             const std::vector<double>& thresholds);
 
 // Discrimination (AUC with its bootstrap CI), calibration (Brier, ECE over 10 bins, slope and
 // intercept, mean probability) and, for a finite threshold, the decision `p >= threshold`
 // (counts, accuracy, sensitivity, specificity, PPV, NPV) of predicted probabilities; values
-// that are undefined (one class only) are null. null for no cases.
+// that are undefined (one class only) are null. null for no cases. With one threshold per case,
+// each case is called at its own; when they differ, "threshold" is null and
+// "threshold_per_case" true.
 nlohmann::json classification_report(const std::vector<double>& probabilities, const std::vector<int>& labels,
                                      double threshold);
+nlohmann::json classification_report(const std::vector<double>& probabilities, const std::vector<int>& labels,
+                                     const std::vector<double>& thresholds);
 
 }  // namespace hemexp
