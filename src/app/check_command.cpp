@@ -1,6 +1,7 @@
 #include "hemexp/app/check_command.hpp"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <optional>
@@ -65,7 +66,12 @@ namespace {
 
 std::map<std::string, std::map<std::string, std::string>> rows_by_case(const fs::path& csv) {
   std::map<std::string, std::map<std::string, std::string>> rows;
-  for (auto& row : parse_csv(read_text_file(csv)).records()) {
+  const CsvTable table = parse_csv(read_text_file(csv));
+  // An empty file, or text that is not a results table, is not "every case gone": it cannot be read.
+  if (std::find(table.header.begin(), table.header.end(), "case_id") == table.header.end())
+    throw IoError(csv.string() + ": not a results table (no case_id column" +
+                  (table.header.empty() ? std::string(": the file is empty)") : ")"));
+  for (auto& row : table.records()) {
     const std::string id = row["case_id"];
     if (!rows.emplace(id, row).second) throw IoError(csv.string() + ": case_id '" + id + "' is listed twice");
   }

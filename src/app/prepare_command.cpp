@@ -39,9 +39,11 @@ CLI::App* setup_prepare(CLI::App& app, PrepareOptions& o) {
   auto* synth = p->add_option("--synth", o.synth_dirs, "Folders written by `hemexp synth`")->check(CLI::ExistingDirectory);
   auto* run = p->add_option("--run", o.run_dir, "Output folder of `hemexp run` (classifier ROIs from its masks)")
                   ->check(CLI::ExistingDirectory);
+  // A synth folder's labels are its labels.csv: a file given beside --synth would be ignored.
   p->add_option("--labels", o.labels_csv,
                 "With --run: CSV with case_id,he_label (case_id of the run, or the folder holding the scan)")
-      ->check(CLI::ExistingFile);
+      ->check(CLI::ExistingFile)
+      ->needs(run);
   synth->excludes(run);
   p->add_option("--card", o.card_path,
                 "Model card (JSON): its preprocessing block (segmentation) or its roi block (classifier)")

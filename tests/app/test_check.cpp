@@ -85,6 +85,14 @@ TEST(Check, FindsEveryDriftBeyondTolerance) {
   write_text_atomically(root / "nan/results.csv", slurp(root / "base/results.csv") +
                                                       csv_line(CaseResult::csv_columns(), {{"case_id", "a"}, {"status", "ok"}}));
   EXPECT_EQ(run_check(o), kExitUsage);
+  // A baseline that is no results table (empty, text, another CSV) cannot be read: a usage error,
+  // not every case "absent" (drift, as it was).
+  o.run_dir = (root / "same").string();
+  for (const std::string& text : {std::string(""), std::string("garbage\n"), std::string("id,volume\na,1\n")}) {
+    write_text_atomically(root / "broken.csv", text);
+    o.baseline = (root / "broken.csv").string();
+    EXPECT_EQ(run_check(o), kExitUsage) << "baseline '" << text << "'";
+  }
   // A mask moved 20 mm: the drift says what differs (the origin), not the same text twice.
   write_run(root / "moved", {{"a", "ok", "10.000", "0.2000", 100}});
   {

@@ -451,6 +451,17 @@ TEST_F(Commands, PrepareFromARunRefusesLabelsThatCannotMeanOneThing) {
   }
   std::ofstream(root_ / "labels-bad.csv", std::ios::trunc) << "case_id,he_label\n" << id << ",1\nnobody,0\n";
   EXPECT_EQ(run_prepare(o), kExitOk);  // a label that matches no case is warned about, not refused
+  // With --synth the labels are the folder's labels.csv: a file given beside it was ignored
+  // without a word; it is refused on the command line.
+  const std::string truth = (root_ / "truth").string(), labels = (root_ / "labels-bad.csv").string(),
+                    card_file = card.string(), out = (root_ / "prepared-synth-labels").string();
+  const char* argv[] = {"hemexp", "prepare", "--synth", truth.c_str(), "--labels", labels.c_str(),
+                        "--card", card_file.c_str(), "-o", out.c_str()};
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(main_entry(10, argv), kExitUsage);
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("--labels requires --run"), std::string::npos) << said;
+  EXPECT_FALSE(fs::exists(out));
 }
 
 TEST_F(Commands, InfoDescribesAModelAndRejectsOtherFiles) {
