@@ -335,12 +335,20 @@ def ece_if_calibrated(p, bins=10, resamples=2000, seed=1):
     return float(np.median(draws)), float(np.percentile(draws, 95))
 
 
-def logistic_1d(z, y, ridge=1e-6, iterations=100):
-    """Newton-Raphson fit of y ~ sigmoid(w z + b) with a small ridge on w: the calibration slope and
-    intercept of calibration_slope_intercept without its L-BFGS, fast enough for a bootstrap."""
+def logistic_1d(z, y, ridge=1e-6, iterations=200):
+    """Newton-Raphson fit of y ~ sigmoid(w z + b) with a small ridge on w, each step halved until the
+    penalised log-likelihood does not fall (as hemexp's calibration_fit: a full step from (1, 0)
+    overshoots on a small cohort with a confident miss and ran off to slopes of 1e5): the
+    calibration slope and intercept, fast enough for a bootstrap."""
     z, y = np.asarray(z, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    w, b = 1.0, 0.0
     n = len(z)
+
+    def objective(w, b):  # mean log-likelihood minus the ridge, without overflow
+        t = np.where(y == 1, w * z + b, -(w * z + b))
+        return -np.mean(np.logaddexp(0.0, -t)) - ridge * w * w
+
+    w, b = 1.0, 0.0
+    current = objective(w, b)
     for _ in range(iterations):
         with np.errstate(over="ignore"):  # exp(-z) of a far-off case: q is 0 there, as it should be
             q = 1.0 / (1.0 + np.exp(-(w * z + b)))
@@ -351,8 +359,15 @@ def logistic_1d(z, y, ridge=1e-6, iterations=100):
             step = np.linalg.solve(h, g)
         except np.linalg.LinAlgError:
             break
-        w, b = w - step[0], b - step[1]
-        if np.abs(step).max() < 1e-10:
+        t = 1.0
+        nxt = objective(w - step[0], b - step[1])
+        while not nxt >= current and t > 1e-12:
+            t /= 2.0
+            nxt = objective(w - t * step[0], b - t * step[1])
+        if not nxt >= current:
+            break
+        w, b, current = w - t * step[0], b - t * step[1], nxt
+        if np.abs(t * step).max() < 1e-10:
             break
     return float(w), float(b)
 
@@ -377,12 +392,14 @@ def bootstrap_slope_ci(p, y, resamples=2000, seed=1, level=0.95):
         return nan2
     z = train_classifier.probability_logit(p)
     rng = np.random.RandomState(seed)
-    slopes = []
+    slopes, both = [], 0
     for _ in range(resamples):
         idx = rng.randint(0, len(p), len(p))
-        if y[idx].min() != y[idx].max() and not separated(z[idx], y[idx]):
-            slopes.append(logistic_1d(z[idx], y[idx])[0])
-    if len(slopes) < 0.975 * resamples:
+        if y[idx].min() != y[idx].max():
+            both += 1
+            if not separated(z[idx], y[idx]):
+                slopes.append(logistic_1d(z[idx], y[idx])[0])
+    if not slopes or len(slopes) < 0.975 * both:
         return nan2
     tail = (1.0 - level) / 2.0 * 100.0
     return {"calibration_slope_ci95": [float(np.percentile(slopes, tail)), float(np.percentile(slopes, 100 - tail))]}
@@ -407,6 +424,8 @@ def paired_auc(p_a, p_b, y, resamples=2000, seed=1, level=0.95):
         if rb > 0:  # a small resample can give the reference AUC 0: no ratio, still a difference
             ratios.append(ra / rb)
         diffs.append(ra - rb)
+    if len(ratios) < 0.975 * len(diffs):  # the ratios left would be a biased choice
+        ratios = []
     tail = (1.0 - level) / 2.0 * 100.0
     return {"n": int(have.sum()), "auc": a, "auc_reference": b,
             "ratio": a / b if b > 0 else float("nan"),
@@ -427,6 +446,8 @@ def evaluate(name, ids, p, y, threshold, threshold_from, resamples, seed):
     auc = roc_auc(p, y)
     lo, hi = bootstrap_auc_ci(p, y, resamples, seed)
     slope, intercept = calibration_slope_intercept(p, y)
+    if len(y) and 0 < y.sum() < len(y) and separated(train_classifier.probability_logit(p), y):
+        slope, intercept = float("nan"), float("nan")  # no finite fit (the ridge's number is no slope), as hemexp eval
     distinct = np.unique(thr)
     row = {"name": name, "n": int(have.sum()), "missing": int((~have).sum()),
            "prevalence": float(y.mean()) if len(y) else float("nan"), "auc": auc, "auc_ci95": [lo, hi],
@@ -486,7 +507,8 @@ def markdown(report):
         out += [f"## Measured markers against the generator's true markers ({report['markers']['run']})", "",
                 "| measured marker | true marker | n | true positives | AUC [95% CI] |", "|---|---|---:|---:|---|"]
         for r in report["markers"]["pairs"]:
-            out.append(f"| {r['measured']} | {r['true']} | {r['n']} | {r['n_true']} | {fmt(r['auc'])} "
+            out.append(f"| {r['measured']} | {r['true']} | {r['n']} | {r['n_true']} "
+                       f"| {'constant' if r.get('constant') else fmt(r['auc'])} "
                        f"[{fmt(r['auc_ci95'][0])}, {fmt(r['auc_ci95'][1])}] |")
         out += ["", "AUC < 0.5: the measured marker runs against the truth. Every measured marker against every "
                 "true marker is in the JSON (markers.all).", ""]
@@ -505,9 +527,9 @@ def marker_auc(name_measured, name_true, ids, run, truth, resamples, seed):
     y = np.array([number(truth[i].get(name_true)) for i in ids])
     have = np.isfinite(x) & np.isfinite(y)
     x, y = x[have], y[have].astype(np.int64)
-    if len(x) and x.min() == x.max():  # the same value in every case: it tells nothing, not "AUC 0.5"
+    if len(x) and x.min() == x.max() and 0 < y.sum() < len(y):  # one value everywhere: it tells nothing, not "AUC 0.5"
         return {"measured": name_measured, "true": name_true, "n": int(have.sum()), "n_true": int(y.sum()),
-                "auc": "constant", "auc_ci95": [float("nan")] * 2}
+                "auc": float("nan"), "constant": True, "auc_ci95": [float("nan")] * 2}
     lo, hi = bootstrap_auc_ci(x, y, resamples, seed)
     return {"measured": name_measured, "true": name_true, "n": int(have.sum()), "n_true": int(y.sum()),
             "auc": roc_auc(x, y), "auc_ci95": [lo, hi]}

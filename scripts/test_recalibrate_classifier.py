@@ -325,7 +325,8 @@ def main():
             info = subprocess.run([binary, "info", out], capture_output=True, text=True, check=True).stdout
             slope = json.loads(hemexp_safetensors.load(out)[1][rc.CARD_KEY])["calibration"]["slope"]
             assert f"recipe:      ok; calibration platt (p = sigmoid({slope:.4f} logit" in info, info[:600]
-            assert "hemexp-cls-vit-signs-quad-synth-v4-recalibrated" in info
+            shipped_name = json.loads(hemexp_safetensors.load(shipped)[1][rc.CARD_KEY])["name"]
+            assert f"{shipped_name}-recalibrated" in info, info[:600]
             assert "\nrecalibration: {" in info and "\nvalidation:" not in info, info  # old numbers moved to source
         elif binary:
             raise AssertionError(f"{shipped} is missing")

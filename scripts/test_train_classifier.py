@@ -275,7 +275,7 @@ def test_train_export_and_report(tmp):
     assert "| marker baseline |" in open(os.path.join(tmp, "report.md")).read()
     assert all(0 < r["ece_if_calibrated_median"] < r["ece_if_calibrated_p95"] for r in report["models"])
     for r in report["models"]:
-        if r["auc"] < 1.0:  # where the classes separate, the slope is the ridge's
+        if r["calibration_slope_ci95"][0] is not None:  # no CI (null) where the classes separate
             assert r["calibration_slope_ci95"][0] <= r["calibration_slope"] <= r["calibration_slope_ci95"][1], r
     paired = {(r["model"], r["against"]): r for r in report["paired"]}
     assert sorted(paired) == [("classifier", "copy"), ("classifier", "marker baseline"),
@@ -723,8 +723,9 @@ def test_report_scored_and_collisions(tmp):
 def test_report_small_cohorts():
     """A small cohort: a bootstrap resample can give the reference AUC 0 (the ratio has no value
     there, and the report once died of it); resamples whose logits separate the classes have no
-    calibration slope (their Newton fits ran off to +-1e5), so the slope CI is not given when too
-    many are; a marker with one value in every case is 'constant', not AUC 0.5."""
+    calibration slope, so the slope CI is not given when too many are; the fit of the others
+    halves its steps (a full Newton step ran off); a marker with one value in every case is
+    'constant', not AUC 0.5."""
     y = np.array([0, 1, 1, 0, 1, 0])
     p = np.array([0.99, 0.3029, 0.0812, 0.0960, 0.1605, 0.1894])
     ref = np.array([0.9, 0.1, 0.2, 0.8, 0.3, 0.7])  # AUC 0 on every resample with both classes
@@ -745,7 +746,11 @@ def test_report_small_cohorts():
     run = {i: {"markers": {"satellite_count": 0}} for i in ids}
     truth = {i: {"island": str(k % 2)} for k, i in enumerate(ids)}
     m = classifier_report.marker_auc("satellite_count", "island", ids, run, truth, 50, 1)
-    assert m["auc"] == "constant" and m["n"] == 4, m
+    assert m["constant"] is True and math.isnan(m["auc"]) and m["n"] == 4, m
+    # Not separated, yet a full Newton step from (1, 0) ran off to (117413, -859063): with step
+    # halving, the maximum (a grid search and gradient ascent: -0.4677, -0.4515; ridge 1e-6).
+    w, b = classifier_report.logistic_1d(tc.probability_logit(p), y)
+    assert abs(w + 0.4677) < 2e-3 and abs(b + 0.4515) < 2e-3, (w, b)
 
 
 def main():

@@ -233,7 +233,7 @@ int run_eval(const EvalOptions& o) {
         thresholds.push_back(r["he"].contains("threshold") && r["he"]["threshold"].is_number()
                                  ? r["he"]["threshold"].get<double>()
                                  : std::nan(""));
-        ++cls_models[r["he"].contains("model") ? r["he"]["model"].value("sha256", "") : ""];
+        ++cls_models[r["he"].contains("model") && r["he"]["model"].is_object() ? r["he"]["model"].value("sha256", "") : ""];
       } else {
         ++no_probability;  // no hematoma, or one below the classifier's minimum: reported, not guessed
         c["he_probability"] = nullptr;
@@ -339,7 +339,7 @@ int run_eval(const EvalOptions& o) {
                 he_scores.size(), no_probability, g("auc", 3).c_str(), g("auc_ci95_low", 3).c_str(),
                 g("auc_ci95_high", 3).c_str(), g("brier", 4).c_str(), g("ece", 4).c_str(),
                 m["auc"].is_number() && !m["calibration_slope"].is_number()
-                    ? "n/a (logit(p) separates the classes: no finite fit)"
+                    ? "n/a (no finite fit: logit(p) separates the classes, or is the same for all)"
                     : g("calibration_slope", 2).c_str(),
                 g("calibration_intercept", 2).c_str());
     const json& x = report["expansion"];
