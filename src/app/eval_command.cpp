@@ -48,8 +48,8 @@ int run_eval(const EvalOptions& o) {
     return kExitUsage;
   }
   // A case listed twice in the truth would count twice in every number.
+  std::map<std::string, size_t> first_row;  // truth case id -> its row
   {
-    std::map<std::string, size_t> first_row;
     for (size_t n = 0; n < truth_rows.size(); ++n) {
       const std::string id = truth_rows[n].count("case_id") ? truth_rows[n].at("case_id") : "";
       if (const auto [it, added] = first_row.emplace(id, n); !added) {
@@ -100,6 +100,7 @@ int run_eval(const EvalOptions& o) {
             return kExitUsage;
           }
           pred_results[id] = r;
+          if (!first_row.count(id)) ++outside_truth;  // a case folder of TRUTH that labels.csv does not list
         } else {
           ++outside_truth;
         }
@@ -107,7 +108,7 @@ int run_eval(const EvalOptions& o) {
       }
     }
   if (outside_truth > 0)
-    spdlog::warn("{} of the run's cases read scans that are not {}'s cases: not evaluated", outside_truth,
+    spdlog::warn("{} of the run's cases read scans that are not cases of {} (labels.csv): not evaluated", outside_truth,
                  truth.string());
 
   std::vector<double> dice, iou, hd95, volume_error, he_scores, oracle_scores, observable_scores;
@@ -138,7 +139,9 @@ int run_eval(const EvalOptions& o) {
     try {
       label = std::stoi(row.at("he_label"));
       oracle = std::stod(row.at("he_probability"));
-      if (row.count("he_observable_probability")) observable = std::stod(row.at("he_observable_probability"));
+      // A blank observable probability is unknown (NaN), not an unreadable row.
+      if (row.count("he_observable_probability") && !row.at("he_observable_probability").empty())
+        observable = std::stod(row.at("he_observable_probability"));
       if (label != 0 && label != 1) throw std::invalid_argument("he_label");
     } catch (const std::exception&) {
       spdlog::error("{} row {} ({}): he_label must be 0 or 1 and he_probability a number", (truth / "labels.csv").string(),
@@ -264,9 +267,11 @@ int run_eval(const EvalOptions& o) {
       {"labels", json::object()},
       {"expansion",
        {{"oracle_auc", json_number(roc_auc(oracle_scores, oracle_labels))},
-        {"observable_oracle_auc", json_number(observable_scores.size() == oracle_labels.size()
-                                                     ? roc_auc(observable_scores, oracle_labels)
-                                                     : std::nan(""))},
+        {"observable_oracle_auc", json_number(observable_scores.size() == oracle_labels.size() &&
+                                                       std::all_of(observable_scores.begin(), observable_scores.end(),
+                                                                   [](double v) { return std::isfinite(v); })
+                                                   ? roc_auc(observable_scores, oracle_labels)
+                                                   : std::nan(""))},
         {"prevalence", json_number(mean(std::vector<double>(oracle_labels.begin(), oracle_labels.end())))},
         {"cases_with_prediction", he_scores.size()},
         {"oracle_auc_on_scored_cases", json_number(roc_auc(oracle_scored, he_labels))},

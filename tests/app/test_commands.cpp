@@ -424,6 +424,34 @@ TEST_F(Commands, EvalCallsEachCaseAtItsOwnThresholdAndRefusesDoubleCounting) {
   EXPECT_EQ(run_eval(o), kExitUsage);
   const std::string dup = ::testing::internal::GetCapturedStderr();
   EXPECT_NE(dup.find("case '" + id0 + "' appears twice (rows 2 and 6)"), std::string::npos) << dup;
+  // A truth without case 0's row, and with a blank observable probability for case 1 (unknown,
+  // not an unreadable row: it stopped eval): case 0's run case is counted as outside the truth,
+  // and no observable oracle is made up.
+  fs::copy(root_ / "truth", root_ / "truth-part", fs::copy_options::recursive);
+  const CsvTable full = parse_csv(table);
+  std::string part = csv_line(full.header);
+  for (size_t i = 1; i < labels_.size(); ++i) {
+    std::map<std::string, std::string> row = labels_[i];
+    if (i == 1) row["he_observable_probability"] = "";
+    part += csv_line(full.header, row);
+  }
+  std::ofstream(root_ / "truth-part/labels.csv", std::ios::trunc) << part;
+  for (const auto& row : labels_) {  // the run's cases read truth-part's scans
+    const fs::path file = pred / "cases" / row.at("case_id") / "result.json";
+    json r = json::parse(slurp(file));
+    r["input"]["path"] = (root_ / "truth-part" / row.at("case_id") / "ct.nii.gz").string();
+    std::ofstream(file, std::ios::trunc) << r.dump();
+  }
+  o.truth_dir = (root_ / "truth-part").string();
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  ASSERT_EQ(run_eval(o), kExitOk);
+  ::testing::internal::GetCapturedStdout();
+  const std::string part_said = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(part_said.find("1 of the run's cases read scans that are not cases of"), std::string::npos) << part_said;
+  const json part_report = json::parse(slurp(pred / "eval.json"));
+  EXPECT_EQ(part_report["cases"]["total"], 3);
+  EXPECT_TRUE(part_report["expansion"]["observable_oracle_auc"].is_null()) << part_report["expansion"];
 }
 
 // A labels file for `prepare --run` that cannot mean one thing is refused: no he_label column,
