@@ -49,14 +49,12 @@ int run_eval(const EvalOptions& o) {
   }
   // A case listed twice in the truth would count twice in every number.
   std::map<std::string, size_t> first_row;  // truth case id -> its row
-  {
-    for (size_t n = 0; n < truth_rows.size(); ++n) {
-      const std::string id = truth_rows[n].count("case_id") ? truth_rows[n].at("case_id") : "";
-      if (const auto [it, added] = first_row.emplace(id, n); !added) {
-        spdlog::error("{}: case '{}' appears twice (rows {} and {}): each case once", (truth / "labels.csv").string(), id,
-                      it->second + 2, n + 2);
-        return kExitUsage;
-      }
+  for (size_t n = 0; n < truth_rows.size(); ++n) {
+    const std::string id = truth_rows[n].count("case_id") ? truth_rows[n].at("case_id") : "";
+    if (const auto [it, added] = first_row.emplace(id, n); !added) {
+      spdlog::error("{}: case '{}' appears twice (rows {} and {}): each case once", (truth / "labels.csv").string(), id,
+                    it->second + 2, n + 2);
+      return kExitUsage;
     }
   }
   // Predicted cases by the truth case they read: <truth>/<case_id>/ct.nii.gz.

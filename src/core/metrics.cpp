@@ -300,8 +300,7 @@ nlohmann::json classification_report(const std::vector<double>& p, const std::ve
     return t == thresholds[0] || (std::isnan(t) && std::isnan(thresholds[0]));
   });
   const double threshold = one ? thresholds[0] : std::numeric_limits<double>::quiet_NaN();
-  const bool call = one ? std::isfinite(threshold)
-                        : std::all_of(thresholds.begin(), thresholds.end(), [](double t) { return std::isfinite(t); });
+  const bool call = std::all_of(thresholds.begin(), thresholds.end(), [](double t) { return std::isfinite(t); });
   nlohmann::json j = {{"n", p.size()},
             {"auc", json_number(roc_auc(p, y))},
             {"auc_ci95_low", json_number(ci[0])},

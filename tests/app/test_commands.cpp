@@ -61,6 +61,15 @@ PrepareOptions segmentation_prepare(const fs::path& root, const std::string& nam
   return o;
 }
 
+// The parity classifier card written to root/name, and prepare's options with it into root/out.
+PrepareOptions classifier_prepare(const fs::path& root, const std::string& name, const std::string& out) {
+  std::ofstream(root / name) << test::parity_classifier_card(0.0, 1.0, 0.0).dump();
+  PrepareOptions o;
+  o.card_path = (root / name).string();
+  o.output_dir = (root / out).string();
+  return o;
+}
+
 TEST_F(Commands, PrepareExportsNetworkInputsAndLabels) {
   PrepareOptions o = segmentation_prepare(root_, "card.json", json::object(), "prepared");
   ASSERT_EQ(run_prepare(o), kExitOk);
@@ -147,12 +156,8 @@ TEST_F(Commands, PrepareExportsTheLabelMapForAModelWithMoreLabels) {
 // Classifier ROIs from the true masks: the cases.csv row carries the case's measured volume and
 // markers, and the generator's truth (label, probabilities, each true marker as true_<name>).
 TEST_F(Commands, PrepareExportsClassifierRoisWithTheTruth) {
-  const fs::path card = root_ / "cls-card.json";
-  std::ofstream(card) << test::parity_classifier_card(0.0, 1.0, 0.0).dump();
-  PrepareOptions o;
+  PrepareOptions o = classifier_prepare(root_, "cls-card.json", "prepared-rois");
   o.synth_dirs = {(root_ / "truth").string()};
-  o.card_path = card.string();
-  o.output_dir = (root_ / "prepared-rois").string();
   ASSERT_EQ(run_prepare(o), kExitOk);
   const auto rows = parse_csv(slurp(root_ / "prepared-rois/cases.csv")).records();
   ASSERT_EQ(rows.size(), labels_.size());
@@ -201,12 +206,8 @@ TEST_F(Commands, ASynthFolderHoldsOneSynthsCases) {
   EXPECT_NE(slurp(dir / "labels.csv"), first);
   EXPECT_TRUE(fs::exists(dir / "mine/notes.txt"));
   EXPECT_TRUE(fs::exists(dir / "synth_00007"));
-  const fs::path card = root_ / "cls-card-twice.json";
-  std::ofstream(card) << test::parity_classifier_card(0.0, 1.0, 0.0).dump();
-  PrepareOptions o;
+  PrepareOptions o = classifier_prepare(root_, "cls-card-twice.json", "prepared-twice");
   o.synth_dirs = {dir.string()};
-  o.card_path = card.string();
-  o.output_dir = (root_ / "prepared-twice").string();
   ASSERT_EQ(run_prepare(o), kExitOk);
   const auto rows = parse_csv(slurp(root_ / "prepared-twice/cases.csv")).records();
   ASSERT_EQ(rows.size(), 2u);
@@ -224,8 +225,6 @@ TEST_F(Commands, ASynthFolderHoldsOneSynthsCases) {
 // Classifier ROIs from a run's masks: the IVH volume is the segmenter's (its "ivh" label in
 // result.json), never the labels CSV's true one; empty for a segmenter without that label.
 TEST_F(Commands, PrepareFromARunTakesTheSegmentersIvhVolume) {
-  const fs::path card = root_ / "cls-card-run.json";
-  std::ofstream(card) << test::parity_classifier_card(0.0, 1.0, 0.0).dump();
   const fs::path run = root_ / "run-for-prepare";
   for (int i = 0; i < 2; ++i) {
     const std::string id = labels_[size_t(i)].at("case_id");
@@ -238,11 +237,9 @@ TEST_F(Commands, PrepareFromARunTakesTheSegmentersIvhVolume) {
     if (i == 0) r.labels["ivh"] = LabelVolume{2, 10, 1.25};
     std::ofstream(dir / "result.json") << r.to_json().dump();
   }
-  PrepareOptions o;
+  PrepareOptions o = classifier_prepare(root_, "cls-card-run.json", "prepared-run-rois");
   o.run_dir = run.string();
   o.labels_csv = (root_ / "truth" / "labels.csv").string();
-  o.card_path = card.string();
-  o.output_dir = (root_ / "prepared-run-rois").string();
   ASSERT_EQ(run_prepare(o), kExitOk);
   const auto rows = parse_csv(slurp(root_ / "prepared-run-rois/cases.csv")).records();
   ASSERT_EQ(rows.size(), 2u);
@@ -457,8 +454,7 @@ TEST_F(Commands, EvalCallsEachCaseAtItsOwnThresholdAndRefusesDoubleCounting) {
 // A labels file for `prepare --run` that cannot mean one thing is refused: no he_label column,
 // a value other than 0 or 1, an id labelled twice.
 TEST_F(Commands, PrepareFromARunRefusesLabelsThatCannotMeanOneThing) {
-  const fs::path card = root_ / "cls-card-labels.json";
-  std::ofstream(card) << test::parity_classifier_card(0.0, 1.0, 0.0).dump();
+  PrepareOptions o = classifier_prepare(root_, "cls-card-labels.json", "prepared-labels");
   const std::string id = labels_[0].at("case_id");
   const fs::path run = root_ / "run-labels";
   fs::create_directories(run / "cases" / id);
@@ -467,10 +463,7 @@ TEST_F(Commands, PrepareFromARunRefusesLabelsThatCannotMeanOneThing) {
   r.case_id = id;
   r.input_path = (root_ / "truth" / id / "ct.nii.gz").string();
   std::ofstream(run / "cases" / id / "result.json") << r.to_json().dump();
-  PrepareOptions o;
   o.run_dir = run.string();
-  o.card_path = card.string();
-  o.output_dir = (root_ / "prepared-labels").string();
   for (const std::string& labels : {"case_id,label\n" + id + ",1\n", "case_id,he_label\n" + id + ",2\n",
                                     "case_id,he_label\n" + id + ",1\n" + id + ",0\n"}) {
     std::ofstream(root_ / "labels-bad.csv", std::ios::trunc) << labels;
@@ -482,7 +475,7 @@ TEST_F(Commands, PrepareFromARunRefusesLabelsThatCannotMeanOneThing) {
   // With --synth the labels are the folder's labels.csv: a file given beside it was ignored
   // without a word; it is refused on the command line.
   const std::string truth = (root_ / "truth").string(), labels = (root_ / "labels-bad.csv").string(),
-                    card_file = card.string(), out = (root_ / "prepared-synth-labels").string();
+                    card_file = o.card_path, out = (root_ / "prepared-synth-labels").string();
   const char* argv[] = {"hemexp", "prepare", "--synth", truth.c_str(), "--labels", labels.c_str(),
                         "--card", card_file.c_str(), "-o", out.c_str()};
   ::testing::internal::CaptureStderr();
