@@ -213,6 +213,22 @@ TEST(SynthRender, SameBytesForSameSeedAndIndex) {
   EXPECT_FALSE(a.baseline.ct.equal(c.baseline.ct));
 }
 
+TEST(SynthRender, AScanDrawnShortOfAPosteriorFossaHematomaIsExtendedDownwards) {
+  // Seed 15101, case 564: a 5 mL cerebellar clot 133 mm below the vertex of a tall head whose
+  // drawn coverage stopped above it (earlier builds failed the case: empty hematoma mask).
+  hs::SynthOptions o;
+  o.seed = 15101;
+  o.matrix = 64;
+  const hs::SynthCase c = hs::render_procedural_case(o, 564);
+  EXPECT_EQ(c.location, "cerebellum");
+  ASSERT_GT(c.baseline.mask_voxels, 0);
+  EXPECT_NEAR(c.baseline.volume_ml / c.truth.features.volume_ml, 1.0, 0.05);  // the whole clot
+  // The scan reaches below it: the clot's lowest slice is not the scan's lowest.
+  const torch::Tensor per_slice = c.baseline.mask.to(torch::kLong).sum({1, 2});
+  EXPECT_EQ(per_slice[0].item<int64_t>(), 0);
+  EXPECT_GT(c.baseline.geometry.size[2], 24);
+}
+
 TEST(SynthRender, MaskDefinesVolumeAndIntensitiesArePlausible) {
   hs::SynthOptions o = small_options(8);
   o.matrix = 128;

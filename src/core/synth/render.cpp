@@ -56,6 +56,16 @@ Scan sample_scan(const SynthOptions& o, int64_t index, const HeadParams& head) {
   return s;
 }
 
+// Adds whole slices below the scan until its lowest slice centre is at or below z_low (mm).
+void extend_scan_down(Scan& s, double z_low) {
+  Geometry& g = s.geometry;
+  const double dz = g.spacing_mm[2];
+  if (z_low >= g.origin_mm[2]) return;
+  const auto k = static_cast<int64_t>(std::ceil((g.origin_mm[2] - z_low) / dz));
+  g.origin_mm[2] -= static_cast<double>(k) * dz;
+  g.size[2] += k;
+}
+
 V3 random_in_ball(Rng& rng, float radius) {
   V3 v;
   do {
@@ -267,7 +277,7 @@ SynthCase render_procedural_case(const SynthOptions& options, int64_t index) {
   c.truth = sample_case_truth(options.seed, index, options.he_fraction);
   c.background = "procedural";
   const HeadParams head = sample_head(options.seed, index);
-  const Scan scan = sample_scan(options, index, head);
+  Scan scan = sample_scan(options, index, head);
   Rng rng(stream_key(options.seed, static_cast<uint64_t>(index), kPurposeHematoma));
   V3 centre_std;
   M3 orientation;
@@ -283,6 +293,15 @@ SynthCase render_procedural_case(const SynthOptions& options, int64_t index) {
   RenderInputs in{&head, &shape, centre_std, &scan, 1.f,
                   stream_key(options.seed, static_cast<uint64_t>(index), kPurposeNoise), ivh_hu};
   c.baseline = render(in);
+  if (c.baseline.mask_voxels == 0) {
+    // The drawn coverage (140-165 mm down from the vertex) can stop above a posterior-fossa
+    // hematoma of a tall or tilted head (seed 15101, case 564: a cerebellar clot 133 mm below
+    // the vertex). A head CT covers the posterior fossa, so such a scan is extended downwards
+    // past the hematoma's reach and rendered again. Only cases that had no hematoma change.
+    const float centre_z = (head.translation + head.rotation.apply(shape.center)).z;
+    extend_scan_down(scan, static_cast<double>(centre_z - shape.bound_mm));
+    c.baseline = render(in);
+  }
   if (c.baseline.mask_voxels == 0)
     throw CoreError("synthetic case " + c.truth.case_id + " produced an empty hematoma mask");
   if (options.followup) {
