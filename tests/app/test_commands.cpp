@@ -292,7 +292,8 @@ TEST_F(Commands, EvalComparesARunWithTheTruth) {
   const std::string printed = ::testing::internal::GetCapturedStdout();
   EXPECT_NE(printed.find("cases: 4 in truth, 2 evaluated, 1 missing, 1 failed"), std::string::npos) << printed;
   const json report = json::parse(slurp(pred / "eval.json"));
-  EXPECT_EQ(report["cases"], json({{"total", 4}, {"evaluated", 2}, {"missing", 1}, {"failed", 1}}));
+  EXPECT_EQ(report["cases"],
+            json({{"total", 4}, {"evaluated", 2}, {"missing", 1}, {"failed", 1}, {"truth_without_label", 0}}));
   EXPECT_DOUBLE_EQ(report["segmentation"]["dice_mean"].get<double>(), 0.5);  // 1 and 0
   EXPECT_DOUBLE_EQ(report["segmentation"]["dice_median"].get<double>(), 0.5);
   EXPECT_EQ(report["segmentation"]["hd95_undefined_cases"], 1);
@@ -421,9 +422,10 @@ TEST_F(Commands, EvalCallsEachCaseAtItsOwnThresholdAndRefusesDoubleCounting) {
   EXPECT_EQ(run_eval(o), kExitUsage);
   const std::string dup = ::testing::internal::GetCapturedStderr();
   EXPECT_NE(dup.find("case '" + id0 + "' appears twice (rows 2 and 6)"), std::string::npos) << dup;
-  // A truth without case 0's row, and with a blank observable probability for case 1 (unknown,
-  // not an unreadable row: it stopped eval): case 0's run case is counted as outside the truth,
-  // and no observable oracle is made up.
+  // A truth without case 0's row, with a blank observable probability for case 1 (unknown,
+  // not an unreadable row: it stopped eval), and with the all-blank row synth writes for a case
+  // it could not render (it stopped eval too): case 0's run case is counted as outside the
+  // truth, the blank row is counted and left out, and no observable oracle is made up.
   fs::copy(root_ / "truth", root_ / "truth-part", fs::copy_options::recursive);
   const CsvTable full = parse_csv(table);
   std::string part = csv_line(full.header);
@@ -432,6 +434,7 @@ TEST_F(Commands, EvalCallsEachCaseAtItsOwnThresholdAndRefusesDoubleCounting) {
     if (i == 1) row["he_observable_probability"] = "";
     part += csv_line(full.header, row);
   }
+  part += csv_line(full.header, {{"case_id", "synth_00099"}});
   std::ofstream(root_ / "truth-part/labels.csv", std::ios::trunc) << part;
   for (const auto& row : labels_) {  // the run's cases read truth-part's scans
     const fs::path file = pred / "cases" / row.at("case_id") / "result.json";
@@ -443,11 +446,13 @@ TEST_F(Commands, EvalCallsEachCaseAtItsOwnThresholdAndRefusesDoubleCounting) {
   ::testing::internal::CaptureStdout();
   ::testing::internal::CaptureStderr();
   ASSERT_EQ(run_eval(o), kExitOk);
-  ::testing::internal::GetCapturedStdout();
+  const std::string part_printed = ::testing::internal::GetCapturedStdout();
   const std::string part_said = ::testing::internal::GetCapturedStderr();
   EXPECT_NE(part_said.find("1 of the run's cases read scans that are not cases of"), std::string::npos) << part_said;
+  EXPECT_NE(part_printed.find("1 more rows of the truth have no he_label"), std::string::npos) << part_printed;
   const json part_report = json::parse(slurp(pred / "eval.json"));
   EXPECT_EQ(part_report["cases"]["total"], 3);
+  EXPECT_EQ(part_report["cases"]["truth_without_label"], 1);
   EXPECT_TRUE(part_report["expansion"]["observable_oracle_auc"].is_null()) << part_report["expansion"];
 }
 
