@@ -416,8 +416,9 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
     fs::remove(out_ / results_name(), ec);
   }
   if (!left_out_.empty()) {
-    log.warn("left out {} of the files and folders found in the inputs: {}; they are listed in {} and {} (a file named "
-             "on the command line or in a list is always read)",
+    log.warn("left out {} of the files and folders found in the inputs: {}; they are listed in {} and {} (a volume file named "
+             "on the command line or in a list is read even where a search would leave it out; a scan reached twice, "
+             "or a second copy of a DICOM series, is read once)",
              left_out_.size(), left_out_summary(left_out_), log_name(), run_json_name());
     for (const LeftOut& l : left_out_) log.info("left out {}: {}", l.path.string(), l.reason);
   }

@@ -55,17 +55,21 @@ std::string describe(const Candidate& c) {
 }
 
 // Why no file of the series can be a CT slice (the first problem met), "" when they all can.
+// When only some files have it, the message names one (the first by name) to look at.
 std::string slices_problem(const Candidate& c) {
-  std::map<std::string, int> problems;
+  std::map<std::string, std::pair<int, std::string>> problems;  // problem -> files, first file name
   for (const DicomHeader& h : c.files) {
     const std::string p = slice_problem(h);
-    if (!p.empty()) ++problems[p];
+    if (p.empty()) continue;
+    auto& [count, name] = problems[p];
+    const std::string file = h.path.filename().string();
+    if (count++ == 0 || file < name) name = file;
   }
   if (problems.empty()) return "";
-  const auto& first = *problems.begin();
-  if (int(c.files.size()) == first.second || c.files.size() == 1) return first.first;
-  return first.first + " (" + std::to_string(first.second) + " of " + std::to_string(c.files.size()) +
-         " images)";
+  const auto& [problem, where] = *problems.begin();
+  if (int(c.files.size()) == where.first || c.files.size() == 1) return problem;
+  return problem + " (" + std::to_string(where.first) + " of " + std::to_string(c.files.size()) + " images" +
+         (where.first == 1 ? ": " : ", the first ") + where.second + ")";
 }
 
 // Why the series is not chosen when hemexp chooses (--series-uid still reads it), "" if it can be.

@@ -355,6 +355,7 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
     // A folder's files (not hidden) and the header of the first DICOM file among them.
     struct Folder {
       size_t files = 0;
+      uintmax_t bytes = 0;  // of its files: a copy with a truncated image holds fewer
       std::optional<DicomHeader> first;
     };
     const auto look = [](const fs::path& folder) {
@@ -365,6 +366,10 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
         if (it->path().filename().string()[0] != '.' && it->is_regular_file(e)) files.push_back(it->path());
       std::sort(files.begin(), files.end());
       out.files = files.size();
+      for (const fs::path& file : files) {
+        const uintmax_t size = fs::file_size(file, e);
+        if (!e) out.bytes += size;
+      }
       for (const fs::path& file : files)
         if (!is_volume_file(file) && !is_list_file(file) && looks_like_dicom(file)) {
           try {
@@ -407,8 +412,11 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
         // same scan named twice).
         const auto own = [](const Found& x) { return !x.given_id.empty() || !x.extra.empty(); };
         if (own(f) || own(found[at])) continue;
-        // A copy: the folder with more images is kept (a complete resend after a partial one).
-        const bool keep_here = here_images.size() > there_images.size();
+        // A copy: the folder with more images is kept (a complete resend after a partial one);
+        // with as many, the one with more bytes (a copy with a truncated file loses), then the
+        // first found.
+        const bool keep_here = here_images.size() > there_images.size() ||
+                               (here_images.size() == there_images.size() && here.bytes > there.bytes);
         const size_t gone = keep_here ? at : i;
         leave.note(found[gone].path, "a second copy of the series in " + found[keep_here ? i : at].path.string() +
                                          " (images with the same SOPInstanceUIDs)");

@@ -291,6 +291,18 @@ TEST(Inputs, OneSeriesInTwoFoldersIsACopyOrASplitNeverTwoScans) {
   EXPECT_EQ(left_out[1].path, dir / "export/SE2_resent");
   EXPECT_EQ(left_out[1].reason, "a second copy of the series in " + (dir / "export/SE2").string() +
                                     " (images with the same SOPInstanceUIDs)");
+  // Two copies with as many images, the first found with a truncated file: the intact one is
+  // kept, whichever comes first (the first was kept, and failed).
+  fs::create_directories(dir / "copies");
+  fs::copy(ge, dir / "copies/A_damaged");
+  fs::copy(ge, dir / "copies/B_intact");
+  fs::resize_file(dir / "copies/A_damaged/10.dcm", fs::file_size(ge / "10.dcm") - 10000);
+  std::vector<LeftOut> copies_left;
+  const std::vector<CaseInput> copies = expand_inputs({dir / "copies/A_damaged", dir / "copies/B_intact"}, &copies_left);
+  ASSERT_EQ(copies.size(), 1u);
+  EXPECT_EQ(copies[0].path, dir / "copies/B_intact");
+  ASSERT_EQ(copies_left.size(), 1u);
+  EXPECT_EQ(copies_left[0].path, dir / "copies/A_damaged");
   // The remedy the message gives: the folder above the parts, as one case, is read whole.
   std::ofstream(dir / "sheet.csv") << "path,case_id\n" << (dir / "cd/DICOM").string() << ",P1\n";
   const std::vector<CaseInput> sheet = expand_inputs({dir / "sheet.csv"});

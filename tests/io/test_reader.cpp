@@ -286,7 +286,10 @@ TEST(Reader, TruncatedPixelData) {
   fs::resize_file(dir / "03.dcm", fs::file_size(dir / "03.dcm") - 10000);
   const std::string error = error_of(dir.path());
   EXPECT_NE(error.find("pixel data is truncated"), std::string::npos) << error;
-  EXPECT_NE(error.find("1 of 4 images"), std::string::npos) << error;
+  EXPECT_NE(error.find("(1 of 4 images: 03.dcm)"), std::string::npos) << error;  // the file to look at
+  fs::resize_file(dir / "04.dcm", fs::file_size(dir / "04.dcm") - 10000);
+  const std::string two = error_of(dir.path());
+  EXPECT_NE(two.find("(2 of 4 images, the first 03.dcm)"), std::string::npos) << two;
 }
 
 TEST(Reader, TwoDimensionalAndFourDimensionalImages) {
