@@ -170,7 +170,10 @@ int run_merge(const MergeOptions& o) {
   }
   std::printf("merged %d shards: %zu cases (%d ok, %d failed, %d kept) into %s\n", count, total, cases["ok"].get<int>(),
               cases["failed"].get<int>(), cases["skipped"].get<int>(), (out / "results.csv").string().c_str());
-  return kExitOk;
+  // The whole cohort's outcome, as one unsharded run of it would exit: a job that checks only
+  // the merge's exit code sees failed cases.
+  if (cases["failed"].get<int>() == 0) return kExitOk;
+  return cases["ok"].get<int>() + cases["skipped"].get<int>() > 0 ? kExitCaseFailed : kExitAllFailed;
 }
 
 }  // namespace hemexp

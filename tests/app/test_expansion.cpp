@@ -456,6 +456,14 @@ TEST_F(Expansion, MeasuredGrowthOfSyntheticPairsMatchesTheTruth) {
   EXPECT_NE(again.back().at("qc_flags").find("followup_before_baseline"), std::string::npos);
   EXPECT_EQ(std::stod(again.back().at("growth_ml")), -std::stod(rows[0].at("growth_ml")));
   EXPECT_EQ(read_csv(root_ / "out/labels.csv").size(), truth_rows.size());
+
+  // Without a segmenter every scan is read but no pair can be measured: nothing worked (exit 8),
+  // not a partial success (it was exit 4).
+  const std::string out_none = (root_ / "out-none").string();
+  const char* none[] = {"hemexp", "expansion", "--pairs", pairs_csv.c_str(), "-o", out_none.c_str(), "--seg-model",
+                        "none", "--cls-model", "none", "--threads", "2", "--no-progress", "--log-level", "error"};
+  EXPECT_EQ(main_entry(15, none), kExitAllFailed);
+  for (const auto& r : read_csv(root_ / "out-none/expansion.csv")) EXPECT_EQ(r.at("status"), "failed") << r.at("pair_id");
 }
 
 }  // namespace
