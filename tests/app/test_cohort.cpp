@@ -484,7 +484,7 @@ TEST_F(Cohort, MergeWaitsForRunningShardsAndNamesAStoppedOne) {
   EXPECT_FALSE(fs::exists(root_ / "out/results.csv"));
   write_text_atomically(root_ / "out/run-2-of-2.json", finished);
   said = said_by([&] { return main_entry(3, merge); }, &code);
-  EXPECT_EQ(code, kExitOk) << said;
+  EXPECT_EQ(code, kExitCaseFailed) << said;  // merged; scan3 failed, as in an unsharded run
   EXPECT_EQ(parse_csv(slurp(root_ / "out/results.csv")).rows.size(), 7u);
   EXPECT_EQ(slurp(root_ / "out/.hemexp.lock").find("(hemexp merge)") != std::string::npos, true);
 }
@@ -510,7 +510,7 @@ TEST_F(Cohort, MoreShardsThanScansMergeIntoTheWholeRun) {
   const char* merge[] = {"hemexp", "merge", out.c_str()};
   int code = 0;
   std::string said = said_by([&] { return main_entry(3, merge); }, &code);
-  EXPECT_EQ(code, kExitOk) << said;
+  EXPECT_EQ(code, kExitCaseFailed) << said;  // scan3 failed: the whole run's outcome, not shard 4's
   const CsvTable t = parse_csv(slurp(root_ / "out/results.csv"));
   ASSERT_EQ(t.rows.size(), 7u);
   for (size_t i = 0; i < 7; ++i) EXPECT_EQ(t.rows[i][0], "in_scan" + std::to_string(i));
