@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <iterator>
 #include <optional>
 
@@ -57,6 +58,15 @@ int run_eval(const EvalOptions& o) {
       return kExitUsage;
     }
   }
+  // A case hemexp synth could not render keeps its row with every field blank but its id: no
+  // truth to compare with (no scan, no mask). Counted and left out, not an error.
+  const auto unrendered = [](const std::map<std::string, std::string>& row) {
+    const auto blank = [&row](const char* c) { return !row.count(c) || row.at(c).empty(); };
+    return blank("he_label") && blank("he_probability");
+  };
+  std::set<std::string> unrendered_ids;
+  for (const auto& row : truth_rows)
+    if (unrendered(row)) unrendered_ids.insert(row.count("case_id") ? row.at("case_id") : "");
   // Predicted cases by the truth case they read: <truth>/<case_id>/ct.nii.gz.
   std::map<std::string, fs::path> pred_case_dirs;
   std::map<std::string, json> pred_results;
@@ -98,7 +108,8 @@ int run_eval(const EvalOptions& o) {
             return kExitUsage;
           }
           pred_results[id] = r;
-          if (!first_row.count(id)) ++outside_truth;  // a case folder of TRUTH that labels.csv does not list
+          // A case folder of TRUTH that labels.csv does not list, or lists with no truth.
+          if (!first_row.count(id) || unrendered_ids.count(id)) ++outside_truth;
         } else {
           ++outside_truth;
         }
@@ -132,9 +143,7 @@ int run_eval(const EvalOptions& o) {
   for (size_t n = 0; n < truth_rows.size(); ++n) {
     const auto& row = truth_rows[n];
     const std::string id = row.count("case_id") ? row.at("case_id") : "";
-    // A case hemexp synth could not render keeps its row with every field blank: there is no
-    // truth to compare with (no scan, no mask), so it is counted and left out, not an error.
-    if (row.count("he_label") && row.at("he_label").empty()) {
+    if (unrendered(row)) {
       ++unlabelled;
       continue;
     }
@@ -317,7 +326,7 @@ int run_eval(const EvalOptions& o) {
   const auto f = [](double v, int d) { return std::isfinite(v) ? format_number(v, d) : std::string("n/a"); };
   std::printf("cases: %zu in truth, %zu evaluated, %d missing, %d failed\n", cases.size(), dice.size(), missing, failed);
   if (unlabelled > 0)
-    std::printf("      %d more rows of the truth have no he_label (cases synth could not render): left out\n", unlabelled);
+    std::printf("      and %d rows of the truth without a label (cases synth could not render): left out\n", unlabelled);
   std::printf("Dice  mean %s  median %s\n", f(mean(dice), 4).c_str(), f(median(dice), 4).c_str());
   std::printf("IoU   mean %s  median %s\n", f(mean(iou), 4).c_str(), f(median(iou), 4).c_str());
   std::printf("HD95  mean %s mm  median %s mm  (%d cases undefined: one mask empty)\n", f(mean(hd95), 2).c_str(),

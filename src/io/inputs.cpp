@@ -355,7 +355,6 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
     // A folder's files (not hidden) and the header of the first DICOM file among them.
     struct Folder {
       size_t files = 0;
-      uintmax_t bytes = 0;  // of its files: a copy with a truncated image holds fewer
       std::optional<DicomHeader> first;
     };
     const auto look = [](const fs::path& folder) {
@@ -366,10 +365,6 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
         if (it->path().filename().string()[0] != '.' && it->is_regular_file(e)) files.push_back(it->path());
       std::sort(files.begin(), files.end());
       out.files = files.size();
-      for (const fs::path& file : files) {
-        const uintmax_t size = fs::file_size(file, e);
-        if (!e) out.bytes += size;
-      }
       for (const fs::path& file : files)
         if (!is_volume_file(file) && !is_list_file(file) && looks_like_dicom(file)) {
           try {
@@ -395,16 +390,28 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
       auto& [at, there] = it->second;
       // Rare: the two folders' images compared whole. Shared images make a copy (a resend, an
       // export named another way); none shared, parts of one series.
-      const auto images = [&series](const fs::path& folder) {
+      // The series' images in a folder, and the bytes of their files (a copy with a truncated
+      // image holds fewer; other files in the folder do not count).
+      struct Images {
         std::set<std::string> uids;
+        uintmax_t bytes = 0;
+      };
+      const auto images = [&series](const fs::path& folder) {
+        Images out;
         try {
           for (const DicomHeader& h : read_folder_headers(folder))
-            if (h.series_uid == series && !h.sop_instance_uid.empty()) uids.insert(h.sop_instance_uid);
+            if (h.series_uid == series && !h.sop_instance_uid.empty()) {
+              std::error_code size_error;
+              const uintmax_t size = fs::file_size(h.path, size_error);
+              if (out.uids.insert(h.sop_instance_uid).second && !size_error) out.bytes += size;
+            }
         } catch (const std::exception&) {  // the reader says what is wrong with the folder
         }
-        return uids;
+        return out;
       };
-      const std::set<std::string> here_images = images(f.path), there_images = images(found[at].path);
+      const Images here_series = images(f.path), there_series = images(found[at].path);
+      const std::set<std::string>& here_images = here_series.uids;
+      const std::set<std::string>& there_images = there_series.uids;
       const bool shared = std::any_of(here_images.begin(), here_images.end(),
                                       [&](const std::string& u) { return there_images.count(u) > 0; });
       if (shared) {
@@ -416,7 +423,7 @@ std::vector<CaseInput> expand_inputs(const std::vector<fs::path>& inputs, std::v
         // with as many, the one with more bytes (a copy with a truncated file loses), then the
         // first found.
         const bool keep_here = here_images.size() > there_images.size() ||
-                               (here_images.size() == there_images.size() && here.bytes > there.bytes);
+                               (here_images.size() == there_images.size() && here_series.bytes > there_series.bytes);
         const size_t gone = keep_here ? at : i;
         leave.note(found[gone].path, "a second copy of the series in " + found[keep_here ? i : at].path.string() +
                                          " (images with the same SOPInstanceUIDs)");

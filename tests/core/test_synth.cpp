@@ -226,7 +226,13 @@ TEST(SynthRender, AScanDrawnShortOfAPosteriorFossaHematomaIsExtendedDownwards) {
   // The scan reaches below it: the clot's lowest slice is not the scan's lowest.
   const torch::Tensor per_slice = c.baseline.mask.to(torch::kLong).sum({1, 2});
   EXPECT_EQ(per_slice[0].item<int64_t>(), 0);
-  EXPECT_GT(c.baseline.geometry.size[2], 24);
+  // Its follow-up, on the same extended grid, is not cut either; the baseline is the same
+  // whether a follow-up is drawn or not.
+  o.followup = true;
+  const hs::SynthCase f = hs::render_procedural_case(o, 564);
+  ASSERT_TRUE(f.has_followup);
+  EXPECT_TRUE(f.baseline.ct.equal(c.baseline.ct));
+  EXPECT_EQ(f.followup.mask.to(torch::kLong).sum({1, 2})[0].item<int64_t>(), 0);
 }
 
 TEST(SynthRender, MaskDefinesVolumeAndIntensitiesArePlausible) {

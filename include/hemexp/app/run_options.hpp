@@ -14,7 +14,7 @@ enum ExitCode : int {
   kExitInterrupted = 5, // SIGINT or SIGTERM: stopped after the case being analysed; --resume goes on
   kExitDrift = 6,       // `hemexp check`: the run drifted from its baseline
   kExitOutputFailed = 7, // results.csv could not be written (disk full, quota): stopped, what was written is intact
-  kExitAllFailed = 8,    // `run`, `expansion`: finished and no case succeeded (every case analysed failed, none kept)
+  kExitAllFailed = 8,    // `run`, `expansion`, `merge`: finished and no case succeeded (every case analysed failed, none kept)
 };
 
 // Options of `hemexp run`, as data: filled by CLI11, consumed by run_cases().

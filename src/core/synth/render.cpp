@@ -56,14 +56,16 @@ Scan sample_scan(const SynthOptions& o, int64_t index, const HeadParams& head) {
   return s;
 }
 
-// Adds whole slices below the scan until its lowest slice centre is at or below z_low (mm).
-void extend_scan_down(Scan& s, double z_low) {
+// Adds whole slices below the scan until its lowest slice centre is at or below z_low (mm);
+// false when it already was.
+bool extend_scan_down(Scan& s, double z_low) {
   Geometry& g = s.geometry;
   const double dz = g.spacing_mm[2];
-  if (z_low >= g.origin_mm[2]) return;
+  if (z_low >= g.origin_mm[2]) return false;
   const auto k = static_cast<int64_t>(std::ceil((g.origin_mm[2] - z_low) / dz));
   g.origin_mm[2] -= static_cast<double>(k) * dz;
   g.size[2] += k;
+  return true;
 }
 
 V3 random_in_ball(Rng& rng, float radius) {
@@ -297,10 +299,15 @@ SynthCase render_procedural_case(const SynthOptions& options, int64_t index) {
     // The drawn coverage (140-165 mm down from the vertex) can stop above a posterior-fossa
     // hematoma of a tall or tilted head (seed 15101, case 564: a cerebellar clot 133 mm below
     // the vertex). A head CT covers the posterior fossa, so such a scan is extended downwards
-    // past the hematoma's reach and rendered again. Only cases that had no hematoma change.
+    // past the hematoma's reach (grown as a follow-up grows it, with its edema and a slice more)
+    // and rendered again. Only cases that had no hematoma change; the reach does not depend on
+    // --followup, so the baseline is the same with or without it.
     const float centre_z = (head.translation + head.rotation.apply(shape.center)).z;
-    extend_scan_down(scan, static_cast<double>(centre_z - shape.bound_mm));
-    c.baseline = render(in);
+    const float growth =
+        1.25f * std::fmax(1.f, static_cast<float>(std::cbrt(std::max(0.2, 1.0 + c.truth.growth_fraction_target))));
+    const float reach = shape.bound_mm * growth + shape.edema_mm * 1.25f + 4.f +
+                        static_cast<float>(scan.geometry.spacing_mm[2]);
+    if (extend_scan_down(scan, static_cast<double>(centre_z - reach))) c.baseline = render(in);
   }
   if (c.baseline.mask_voxels == 0)
     throw CoreError("synthetic case " + c.truth.case_id + " produced an empty hematoma mask");
