@@ -638,10 +638,7 @@ int CohortRunner::run(const StagedCaseFunction& f, const CaseReader& read, const
              counts["ok"] + counts["failed"] + counts["skipped"], cases_.size());
     return kExitInterrupted;
   }
-  // "Nothing worked" apart from "some failed" (dcm2niix's convention): a wrong path or a
-  // missing mount fails every case, which a pipeline should not take for a partial success.
-  if (counts["failed"] > 0 && counts["ok"] == 0 && counts["skipped"] == 0) return kExitAllFailed;
-  return counts["failed"] > 0 ? kExitCaseFailed : kExitOk;
+  return outcome_exit_code(counts["ok"] + counts["skipped"], counts["failed"]);
 }
 
 }  // namespace hemexp

@@ -139,14 +139,11 @@ int run_eval(const EvalOptions& o) {
   std::map<std::string, int> cls_models;    // classifier sha256 -> scored cases
   int no_probability = 0;
   json cases = json::array();
-  int missing = 0, failed = 0, hd_undefined = 0, unlabelled = 0;
+  int missing = 0, failed = 0, hd_undefined = 0;
   for (size_t n = 0; n < truth_rows.size(); ++n) {
     const auto& row = truth_rows[n];
     const std::string id = row.count("case_id") ? row.at("case_id") : "";
-    if (unrendered(row)) {
-      ++unlabelled;
-      continue;
-    }
+    if (unrendered_ids.count(id)) continue;  // ids are unique (checked above)
     int label = 0;
     double oracle = 0, observable = std::nan("");
     try {
@@ -267,7 +264,7 @@ int run_eval(const EvalOptions& o) {
       {"truth", o.truth_dir},
       {"cases",
        {{"total", cases.size()}, {"evaluated", dice.size()}, {"missing", missing}, {"failed", failed},
-        {"truth_without_label", unlabelled}}},
+        {"truth_without_label", unrendered_ids.size()}}},
       {"segmentation",
        {{"dice_mean", json_number(mean(dice))},
         {"dice_median", json_number(median(dice))},
@@ -325,8 +322,9 @@ int run_eval(const EvalOptions& o) {
 
   const auto f = [](double v, int d) { return std::isfinite(v) ? format_number(v, d) : std::string("n/a"); };
   std::printf("cases: %zu in truth, %zu evaluated, %d missing, %d failed\n", cases.size(), dice.size(), missing, failed);
-  if (unlabelled > 0)
-    std::printf("      and %d rows of the truth without a label (cases synth could not render): left out\n", unlabelled);
+  if (!unrendered_ids.empty())
+    std::printf("      and %zu rows of the truth without a label (cases synth could not render): left out\n",
+                unrendered_ids.size());
   std::printf("Dice  mean %s  median %s\n", f(mean(dice), 4).c_str(), f(median(dice), 4).c_str());
   std::printf("IoU   mean %s  median %s\n", f(mean(iou), 4).c_str(), f(median(iou), 4).c_str());
   std::printf("HD95  mean %s mm  median %s mm  (%d cases undefined: one mask empty)\n", f(mean(hd95), 2).c_str(),

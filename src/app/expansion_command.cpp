@@ -684,13 +684,11 @@ int run_expansion(const ExpansionOptions& o, const std::vector<std::string>& arg
   if (classifier) summary["classifier"] = pipeline.classifier->file().provenance_json();
   write_text_atomically(out / "expansion_summary.json", json_text(summary));
   print_summary(summary);
-  // Counted over the pairs as well as the scans: every scan read but no pair measured (no
-  // segmenter, say) is "nothing worked", not a partial success.
-  const bool pair_failed = std::any_of(measured.begin(), measured.end(), [](const PairResult& r) { return r.status != "ok"; });
-  const bool pair_ok = std::any_of(measured.begin(), measured.end(), [](const PairResult& r) { return r.status == "ok"; });
+  // Counted over the pairs as well as the scans (0 < 4 < 8: the worse of the two): every scan
+  // read but no pair measured (no segmenter, say) is "nothing worked", not a partial success.
   if (code != kExitOk && code != kExitCaseFailed) return code;
-  if (pair_failed && !pair_ok) return kExitAllFailed;
-  return code != kExitOk ? code : (pair_failed ? kExitCaseFailed : kExitOk);
+  const auto pairs_ok = std::count_if(measured.begin(), measured.end(), [](const PairResult& r) { return r.status == "ok"; });
+  return std::max(code, outcome_exit_code(pairs_ok, static_cast<int64_t>(measured.size()) - pairs_ok));
 }
 
 }  // namespace hemexp

@@ -172,8 +172,7 @@ int run_merge(const MergeOptions& o) {
               cases["failed"].get<int>(), cases["skipped"].get<int>(), (out / "results.csv").string().c_str());
   // The whole cohort's outcome, as one unsharded run of it would exit: a job that checks only
   // the merge's exit code sees failed cases.
-  if (cases["failed"].get<int>() == 0) return kExitOk;
-  return cases["ok"].get<int>() + cases["skipped"].get<int>() > 0 ? kExitCaseFailed : kExitAllFailed;
+  return outcome_exit_code(cases["ok"].get<int>() + cases["skipped"].get<int>(), cases["failed"].get<int>());
 }
 
 }  // namespace hemexp

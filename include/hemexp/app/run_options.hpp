@@ -17,6 +17,15 @@ enum ExitCode : int {
   kExitAllFailed = 8,    // `run`, `expansion`, `merge`: finished and no case succeeded (every case analysed failed, none kept)
 };
 
+// The exit code of a finished cohort from its counts: 0 when nothing failed, 4 when some cases
+// failed and others succeeded (or were kept by --resume), 8 when every case failed. "Nothing
+// worked" apart from "some failed" (dcm2niix's convention): a wrong path or a missing mount
+// fails every case, which a pipeline should not take for a partial success.
+inline int outcome_exit_code(int64_t succeeded, int64_t failed) {
+  if (failed == 0) return kExitOk;
+  return succeeded > 0 ? kExitCaseFailed : kExitAllFailed;
+}
+
 // Options of `hemexp run`, as data: filled by CLI11, consumed by run_cases().
 struct RunOptions {
   std::vector<std::string> inputs;
